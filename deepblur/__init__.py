@@ -1,0 +1,10 @@
+"""deepblur: blind identification of space-varying blur and deblurring.
+
+The public estimators follow scikit-learn's conventions and are re-exported
+here; the numerics live in :mod:`deepblur.operators` and
+:mod:`deepblur.solvers` as plain functions on torch tensors.
+"""
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,150 @@
+"""Input checks shared by the numerics and the estimators.
+
+Every check raises a ``ValueError`` whose message names the parameter, what was
+expected and what was given. None of them modifies its input.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+__all__ = [
+    "as_tensor",
+    "check_finite",
+    "check_ndim",
+    "check_shape_tail",
+    "check_positive_int_pair",
+    "check_boundary",
+    "resolve_device",
+    "to_like",
+]
+
+BOUNDARIES = ("zero", "periodic")
+
+
+def _is_tensor(x):
+    return isinstance(x, torch.Tensor)
+
+
+def check_finite(x, name):
+    """Raise if ``x`` (array or tensor) holds NaN or Inf."""
+    if _is_tensor(x):
+        ok = bool(torch.isfinite(x).all()) if x.is_floating_point() else True
+    else:
+        arr = np.asarray(x)
+        ok = bool(np.isfinite(arr).all()) if arr.dtype.kind in "fc" else True
+    if not ok:
+        raise ValueError(
+            f"{name} must contain only finite values; got NaN or Inf entries."
+        )
+    return x
+
+
+def check_ndim(x, name, ndims, what=None):
+    """Raise unless ``x.ndim`` is one of ``ndims`` (an int or a tuple of ints)."""
+    ndims = (ndims,) if isinstance(ndims, numbers.Integral) else tuple(ndims)
+    if x.ndim not in ndims:
+        expected = " or ".join(str(d) for d in ndims)
+        shape = f" {what}" if what else ""
+        raise ValueError(
+            f"{name} must have {expected} dimensions{shape}; got an array of "
+            f"shape {tuple(x.shape)} ({x.ndim} dimensions)."
+        )
+    return x
+
+
+def check_shape_tail(x, name, tail, what="image_shape"):
+    """Raise unless the last dimensions of ``x`` equal ``tail``."""
+    tail = tuple(int(t) for t in tail)
+    got = tuple(x.shape[-len(tail):]) if x.ndim >= len(tail) else tuple(x.shape)
+    if got != tail:
+        raise ValueError(
+            f"{name} must end with dimensions {tail} (the {what}); got an array "
+            f"of shape {tuple(x.shape)}."
+        )
+    return x
+
+
+def check_positive_int_pair(value, name):
+    """Turn an int or a pair of ints into a pair of positive ints."""
+    if isinstance(value, numbers.Integral):
+        value = (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a positive int or a pair of positive ints; got "
+            f"{value!r}."
+        ) from None
+    if len(pair) != 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+        for v in pair
+    ):
+        raise ValueError(
+            f"{name} must be a positive int or a pair of positive ints; got "
+            f"{value!r}."
+        )
+    return (int(pair[0]), int(pair[1]))
+
+
+def check_boundary(boundary, name="boundary"):
+    if boundary not in BOUNDARIES:
+        raise ValueError(
+            f"{name} must be one of {BOUNDARIES}; got {boundary!r}."
+        )
+    return boundary
+
+
+def resolve_device(device):
+    """Turn ``None``/``"auto"`` into CUDA when present, else CPU.
+
+    An explicit CUDA device where CUDA is absent is an error (never a silent
+    fallback that would hide a misconfiguration).
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was asked for but CUDA is not available on this "
+            "machine; use device='cpu' or device='auto'."
+        )
+    return dev
+
+
+def as_tensor(x, *, device=None, dtype=None):
+    """Return ``(tensor, is_numpy)``; numpy input is copied to a tensor.
+
+    Tensors keep their device unless ``device`` is given; numpy floating input
+    keeps float32/float64, other dtypes become ``dtype`` or float64.
+    """
+    if _is_tensor(x):
+        t = x
+        if dtype is not None and t.dtype != dtype:
+            t = t.to(dtype)
+        elif not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        if device is not None:
+            t = t.to(device)
+        return t, False
+    arr = np.asarray(x)
+    if dtype is None:
+        if arr.dtype in (np.float32, np.float64):
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    else:
+        t = torch.as_tensor(np.ascontiguousarray(arr)).to(dtype)
+    if device is not None:
+        t = t.to(device)
+    return t, True
+
+
+def to_like(t, is_numpy):
+    """Back to numpy when the input was numpy (detached, on CPU)."""
+    if is_numpy:
+        return t.detach().cpu().numpy()
+    return t
