@@ -1,0 +1,354 @@
+r"""Product-convolution operators: forward and adjoint, batched, in torch.
+
+A product-convolution operator (paper eq. 2-3) is
+
+.. math:: H[\gamma] u = \sum_{k=1}^K \gamma_k\, e_k * (f_k \odot u)
+
+with kernels :math:`e_k` of shape ``(kh, kw)`` and coefficient maps
+:math:`f_k` of the image's shape ``(H, W)``. Its adjoint is
+
+.. math:: H[\gamma]^T v = \sum_{k=1}^K \gamma_k\, f_k \odot (\tilde e_k * v)
+
+where :math:`\tilde e_k` is the flipped kernel (a correlation).
+
+Boundary models
+---------------
+``"zero"``
+    Linear convolution of the zero-extended image, cropped to the image:
+    ``scipy.signal.convolve2d(f_k * u, e_k, mode="same")``.
+``"periodic"``
+    Circular convolution on the image's torus:
+    ``convolve2d(f_k * u, e_k, mode="same", boundary="wrap")``.
+
+Both use scipy's kernel centre: kernel index ``(kh - 1) // 2`` (and likewise
+for the width) sits on the output pixel, for odd and even sizes.
+
+Cost
+----
+The kernel spectra are computed once per device and dtype and cached. The sum
+over ``k`` is done in the Fourier domain, so a forward costs ``K`` real FFTs of
+the weighted images and one inverse FFT; the adjoint costs one FFT and ``K``
+inverse FFTs. The zero boundary pads only to the smallest fast FFT size that
+avoids wrap-around, ``>= N + k // 2`` per axis. On CPU the batch is processed a
+few images at a time (``batch_chunk``) because whole-batch FFTs fall out of
+cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+import torch
+
+from deepblur._validation import (
+    as_tensor,
+    check_boundary,
+    check_finite,
+    check_ndim,
+)
+
+__all__ = [
+    "ProductConvolution",
+    "fft_shape",
+    "place_kernels",
+    "product_convolution",
+    "product_convolution_adjoint",
+]
+
+# Elements (batch x K x padded pixels) processed per chunk on CPU. Measured in
+# benchmarks/bench_operators.py on a 2-core CPU: see benchmarks/README.md.
+_CPU_CHUNK_ELEMENTS = 2**19
+
+
+def fft_shape(image_shape, kernel_shape, boundary):
+    """Padded FFT size per axis for the given boundary model.
+
+    ``"periodic"`` works on the image's own torus. ``"zero"`` needs
+    ``M >= N + k // 2`` to keep the wrapped tail out of the cropped output (and
+    ``M >= k`` so that the kernel fits); the smallest real-FFT-friendly size is
+    taken.
+    """
+    check_boundary(boundary)
+    if boundary == "periodic":
+        return tuple(int(n) for n in image_shape)
+    return tuple(
+        int(scipy.fft.next_fast_len(max(int(n) + int(k) // 2, int(k)), real=True))
+        for n, k in zip(image_shape, kernel_shape, strict=True)
+    )
+
+
+def place_kernels(kernels, shape):
+    """Put kernels on a torus of ``shape`` with their centre at index 0.
+
+    Kernel index ``j`` goes to ``(j - (k - 1) // 2) mod M`` on each axis, which
+    reproduces scipy's ``mode="same"`` centring. Entries that land on the same
+    place (kernels larger than the torus) are summed, as a circular convolution
+    requires.
+
+    Parameters
+    ----------
+    kernels : torch.Tensor of shape (K, kh, kw)
+    shape : tuple of int (M1, M2)
+
+    Returns
+    -------
+    torch.Tensor of shape (K, M1, M2)
+    """
+    K, kh, kw = kernels.shape
+    M1, M2 = shape
+    rows = (torch.arange(kh, device=kernels.device) - (kh - 1) // 2) % M1
+    cols = (torch.arange(kw, device=kernels.device) - (kw - 1) // 2) % M2
+    flat = (rows[:, None] * M2 + cols[None, :]).reshape(-1)
+    out = torch.zeros(K, M1 * M2, dtype=kernels.dtype, device=kernels.device)
+    out.index_add_(1, flat, kernels.reshape(K, -1))
+    return out.reshape(K, M1, M2)
+
+
+class ProductConvolution:
+    """A family of product-convolution operators ``H[gamma]``.
+
+    A plain, picklable object holding ``K`` kernels and ``K`` coefficient maps;
+    nothing is computed at construction. ``forward`` and ``adjoint`` take a
+    batch of images and one coefficient vector per image (or one for all).
+
+    Parameters
+    ----------
+    kernels : array-like or torch.Tensor of shape (K, kh, kw)
+        Kernels ``e_k``.
+    maps : array-like or torch.Tensor of shape (K, H, W)
+        Coefficient maps ``f_k``.
+    boundary : {"zero", "periodic"}, default="zero"
+        Boundary model (see the module's documentation).
+    batch_chunk : int or None, default=None
+        Images processed per FFT batch. ``None`` picks a cache-friendly size on
+        CPU and the whole batch on CUDA.
+
+    Attributes
+    ----------
+    kernels, maps : torch.Tensor
+        The families as given (converted to tensors, on their original device).
+    image_shape : tuple of int
+    kernel_shape : tuple of int
+    n_components : int
+    fft_shape : tuple of int
+        FFT size per axis.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from scipy.signal import convolve2d
+    >>> rng = np.random.default_rng(0)
+    >>> e, f, u = rng.random((2, 5, 5)), rng.random((2, 16, 16)), rng.random((16, 16))
+    >>> op = ProductConvolution(e, f, boundary="zero")
+    >>> y = op.forward(torch.from_numpy(u)[None], torch.tensor([1.0, 2.0]))
+    >>> ref = sum(g * convolve2d(fk * u, ek, mode="same")
+    ...           for g, ek, fk in zip([1.0, 2.0], e, f))
+    >>> bool(np.allclose(y[0].numpy(), ref))
+    True
+    """
+
+    def __init__(self, kernels, maps, boundary="zero", *, batch_chunk=None):
+        kernels, _ = as_tensor(kernels)
+        maps, _ = as_tensor(maps)
+        check_ndim(kernels, "kernels", 3, "(K, kh, kw)")
+        check_ndim(maps, "maps", 3, "(K, H, W)")
+        if kernels.shape[0] != maps.shape[0]:
+            raise ValueError(
+                "kernels and maps must hold the same number of components K; got "
+                f"{kernels.shape[0]} kernels and {maps.shape[0]} maps."
+            )
+        if kernels.shape[0] == 0 or min(kernels.shape[1:]) == 0:
+            raise ValueError(
+                f"kernels must be non-empty; got shape {tuple(kernels.shape)}."
+            )
+        check_finite(kernels, "kernels")
+        check_finite(maps, "maps")
+        self.boundary = check_boundary(boundary)
+        self.kernels = kernels
+        self.maps = maps
+        self.batch_chunk = batch_chunk
+        self._cache = {}
+
+    # -- geometry -----------------------------------------------------------
+    @property
+    def image_shape(self):
+        return tuple(self.maps.shape[1:])
+
+    @property
+    def kernel_shape(self):
+        return tuple(self.kernels.shape[1:])
+
+    @property
+    def n_components(self):
+        return int(self.kernels.shape[0])
+
+    @property
+    def fft_shape(self):
+        return fft_shape(self.image_shape, self.kernel_shape, self.boundary)
+
+    # -- pickling: the spectra cache is rebuilt where the object is loaded ---
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __repr__(self):
+        return (
+            f"ProductConvolution(K={self.n_components}, image_shape="
+            f"{self.image_shape}, kernel_shape={self.kernel_shape}, "
+            f"boundary={self.boundary!r})"
+        )
+
+    def to(self, device=None, dtype=None):
+        """A copy with kernels and maps moved to ``device`` / ``dtype``."""
+        return ProductConvolution(
+            self.kernels.to(device=device, dtype=dtype),
+            self.maps.to(device=device, dtype=dtype),
+            self.boundary,
+            batch_chunk=self.batch_chunk,
+        )
+
+    # -- cached device/dtype copies ----------------------------------------
+    def _buffers(self, device, dtype):
+        key = (str(device), dtype)
+        buf = self._cache.get(key)
+        if buf is None:
+            kernels = self.kernels.to(device=device, dtype=dtype)
+            placed = place_kernels(kernels, self.fft_shape)
+            spectra = torch.fft.rfft2(placed)
+            maps = self.maps.to(device=device, dtype=dtype).contiguous()
+            buf = (spectra, maps)
+            self._cache[key] = buf
+        return buf
+
+    def _chunk(self, n, device):
+        if self.batch_chunk is not None:
+            return max(1, int(self.batch_chunk))
+        if device.type != "cpu":
+            return max(n, 1)
+        M1, M2 = self.fft_shape
+        per_image = self.n_components * M1 * M2
+        return max(1, _CPU_CHUNK_ELEMENTS // per_image)
+
+    # -- input handling -----------------------------------------------------
+    def _prepare(self, x, gamma, name):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor; got {type(x).__name__} (use "
+                "ProductConvolutionBasis.apply for numpy arrays)."
+            )
+        check_ndim(x, name, 3, "(n, H, W)")
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{name} must have image shape {self.image_shape}; got an array "
+                f"of shape {tuple(x.shape)}."
+            )
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        gamma = torch.as_tensor(gamma, dtype=x.dtype, device=x.device)
+        check_ndim(gamma, "gamma", (1, 2), "(K,) or (n, K)")
+        if gamma.shape[-1] != self.n_components:
+            raise ValueError(
+                f"gamma must have {self.n_components} coefficients (one per "
+                f"component K); got shape {tuple(gamma.shape)}."
+            )
+        if gamma.ndim == 1:
+            gamma = gamma[None]
+        n = x.shape[0]
+        if gamma.shape[0] not in (1, n):
+            if n != 1:
+                raise ValueError(
+                    f"gamma must have 1 or n={n} rows (one per image); got shape "
+                    f"{tuple(gamma.shape)}."
+                )
+            x = x.expand(gamma.shape[0], *x.shape[1:])
+        elif gamma.shape[0] == 1 and n > 1:
+            gamma = gamma.expand(n, -1)
+        return x, gamma
+
+    # -- the operators ------------------------------------------------------
+    def forward(self, u, gamma):
+        """Apply ``H[gamma]`` to a batch of images.
+
+        Parameters
+        ----------
+        u : torch.Tensor of shape (n, H, W)
+        gamma : torch.Tensor or array-like of shape (K,), (1, K) or (n, K)
+            One coefficient vector for all images or one per image. With
+            ``n == 1`` and ``m`` rows of ``gamma``, the image is blurred by each
+            of the ``m`` operators.
+
+        Returns
+        -------
+        torch.Tensor of shape (max(n, m), H, W), dtype and device of ``u``.
+        """
+        u, gamma = self._prepare(u, gamma, "u")
+        spectra, maps = self._buffers(u.device, u.dtype)
+        H, W = self.image_shape
+        M = self.fft_shape
+        step = self._chunk(u.shape[0], u.device)
+        outs = []
+        for start in range(0, u.shape[0], step):
+            uc, gc = u[start:start + step], gamma[start:start + step]
+            spec = torch.fft.rfft2(maps * uc[:, None], s=M)  # (c, K, M1, M2r)
+            spec = spec * spectra
+            c = spec.shape[0]
+            summed = torch.bmm(
+                gc.to(spec.dtype)[:, None, :], spec.reshape(c, spec.shape[1], -1)
+            ).reshape(c, *spec.shape[2:])
+            outs.append(torch.fft.irfft2(summed, s=M)[:, :H, :W])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def adjoint(self, v, gamma):
+        """Apply the adjoint ``H[gamma]^T`` to a batch of images.
+
+        Same shapes and broadcasting as :meth:`forward`; ``<H u, v> = <u, H^T v>``
+        holds to floating-point precision for both boundary models.
+        """
+        v, gamma = self._prepare(v, gamma, "v")
+        spectra, maps = self._buffers(v.device, v.dtype)
+        H, W = self.image_shape
+        M = self.fft_shape
+        conj = spectra.conj()
+        step = self._chunk(v.shape[0], v.device)
+        outs = []
+        for start in range(0, v.shape[0], step):
+            vc, gc = v[start:start + step], gamma[start:start + step]
+            spec = torch.fft.rfft2(vc, s=M)  # (c, M1, M2r)
+            corr = torch.fft.irfft2(spec[:, None] * conj, s=M)[..., :H, :W]
+            outs.append(torch.einsum("ck,khw,ckhw->chw", gc, maps, corr))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def normal(self, u, gamma):
+        """``H^T H u`` (the gradient of ``||H u - y||^2 / 2`` without ``y``)."""
+        return self.adjoint(self.forward(u, gamma), gamma)
+
+
+def product_convolution(u, gamma, kernels, maps, boundary="zero"):
+    """Functional form of :meth:`ProductConvolution.forward`.
+
+    Builds the operator on every call (no spectra cache across calls): use
+    :class:`ProductConvolution` when applying the same family repeatedly.
+    """
+    return ProductConvolution(kernels, maps, boundary).forward(u, gamma)
+
+
+def product_convolution_adjoint(v, gamma, kernels, maps, boundary="zero"):
+    """Functional form of :meth:`ProductConvolution.adjoint`."""
+    return ProductConvolution(kernels, maps, boundary).adjoint(v, gamma)
+
+
+def dense_matrix(op, gamma, dtype=torch.float64):
+    """The operator as an explicit ``(H*W, H*W)`` matrix (small sizes only).
+
+    Column ``j`` is ``H[gamma]`` applied to the ``j``-th canonical image. Used
+    by the tests and by solvers' references (cvxpy).
+    """
+    H, W = op.image_shape
+    eye = torch.eye(H * W, dtype=dtype).reshape(H * W, H, W)
+    g = torch.as_tensor(np.asarray(gamma), dtype=dtype)
+    cols = op.forward(eye, g.reshape(1, -1)).reshape(H * W, H * W)
+    return cols.T.contiguous()

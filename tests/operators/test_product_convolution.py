@@ -1,0 +1,209 @@
+"""Forward/adjoint of product-convolution operators against scipy references."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.signal import convolve2d
+
+from deepblur.operators.product_convolution import (
+    ProductConvolution,
+    dense_matrix,
+    fft_shape,
+    product_convolution,
+    product_convolution_adjoint,
+)
+
+SCIPY_BOUNDARY = {"zero": {}, "periodic": {"boundary": "wrap"}}
+
+
+def scipy_reference(u, gamma, kernels, maps, boundary):
+    """H[gamma] u by scipy.signal.convolve2d, one image and one k at a time."""
+    out = np.zeros_like(u)
+    for i in range(u.shape[0]):
+        for k in range(kernels.shape[0]):
+            out[i] += gamma[i, k] * convolve2d(
+                maps[k] * u[i], kernels[k], mode="same", **SCIPY_BOUNDARY[boundary]
+            )
+    return out
+
+
+@pytest.mark.parametrize("boundary", ["zero", "periodic"])
+@pytest.mark.parametrize("kernel_shape", [(5, 5), (4, 4), (3, 6), (8, 7), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_matches_scipy(boundary, kernel_shape, dtype, rng):
+    K, n, H, W = 3, 2, 12, 10
+    e = rng.random((K,) + kernel_shape)
+    f = rng.random((K, H, W))
+    u = rng.random((n, H, W))
+    g = rng.standard_normal((n, K))
+    op = ProductConvolution(e, f, boundary)
+    y = op.forward(torch.from_numpy(u).to(dtype), torch.from_numpy(g))
+    assert y.dtype == dtype and y.shape == (n, H, W)
+    ref = scipy_reference(u, g, e, f, boundary)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(y.numpy(), ref, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("boundary", ["zero", "periodic"])
+@pytest.mark.parametrize("kernel_shape", [(5, 5), (4, 6), (15, 3)])
+def test_adjoint_identity(boundary, kernel_shape, device, rng):
+    K, n, H, W = 4, 3, 9, 11
+    op = ProductConvolution(rng.standard_normal((K,) + kernel_shape),
+                            rng.standard_normal((K, H, W)), boundary)
+    u = torch.from_numpy(rng.standard_normal((n, H, W))).to(device)
+    v = torch.from_numpy(rng.standard_normal((n, H, W))).to(device)
+    g = torch.from_numpy(rng.standard_normal((n, K))).to(device)
+    lhs = (op.forward(u, g) * v).sum(dim=(1, 2))
+    rhs = (u * op.adjoint(v, g)).sum(dim=(1, 2))
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("boundary", ["zero", "periodic"])
+def test_adjoint_is_transpose_of_dense_matrix(boundary, rng):
+    K, H, W = 2, 6, 5
+    op = ProductConvolution(rng.standard_normal((K, 3, 4)),
+                            rng.standard_normal((K, H, W)), boundary)
+    g = rng.standard_normal(K)
+    A = dense_matrix(op, g).numpy()
+    eye = torch.eye(H * W, dtype=torch.float64).reshape(H * W, H, W)
+    At = op.adjoint(eye, torch.from_numpy(g)).reshape(H * W, -1).numpy().T
+    np.testing.assert_allclose(At, A.T, atol=1e-12)
+
+
+def test_batch_broadcasting(rng):
+    K, H, W = 3, 8, 8
+    op = ProductConvolution(rng.random((K, 3, 3)), rng.random((K, H, W)))
+    u = torch.from_numpy(rng.random((4, H, W)))
+    g = torch.from_numpy(rng.random(K))
+    one = op.forward(u, g)
+    many = op.forward(u, g.expand(4, K))
+    torch.testing.assert_close(one, many)
+    # one image, several operators
+    gs = torch.from_numpy(rng.random((5, K)))
+    y = op.forward(u[:1], gs)
+    assert y.shape == (5, H, W)
+    torch.testing.assert_close(y[2], op.forward(u[:1], gs[2])[0])
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
+def test_chunking_does_not_change_results(chunk, rng):
+    K, H, W = 3, 10, 9
+    e, f = rng.random((K, 4, 4)), rng.random((K, H, W))
+    u = torch.from_numpy(rng.random((5, H, W)))
+    g = torch.from_numpy(rng.random((5, K)))
+    ref = ProductConvolution(e, f, batch_chunk=100)
+    op = ProductConvolution(e, f, batch_chunk=chunk)
+    torch.testing.assert_close(op.forward(u, g), ref.forward(u, g))
+    torch.testing.assert_close(op.adjoint(u, g), ref.adjoint(u, g))
+
+
+def test_autograd_matches_adjoint(rng):
+    """The gradient of <H u, v> w.r.t. u is H^T v; w.r.t. gamma is <H_k u, v>."""
+    K, H, W = 3, 7, 8
+    op = ProductConvolution(rng.random((K, 3, 3)), rng.random((K, H, W)))
+    u = torch.from_numpy(rng.random((2, H, W))).requires_grad_(True)
+    g = torch.from_numpy(rng.random((2, K))).requires_grad_(True)
+    v = torch.from_numpy(rng.random((2, H, W)))
+    (op.forward(u, g) * v).sum().backward()
+    torch.testing.assert_close(u.grad, op.adjoint(v, g.detach()))
+    eye = torch.eye(K, dtype=torch.float64)
+    expected = torch.stack([
+        torch.stack([(op.forward(u.detach()[i:i + 1], eye[k]) * v[i]).sum()
+                     for k in range(K)]) for i in range(2)])
+    torch.testing.assert_close(g.grad, expected)
+
+
+def test_functional_forms_match_class(rng):
+    e, f = rng.random((2, 3, 3)), rng.random((2, 6, 6))
+    u = torch.from_numpy(rng.random((1, 6, 6)))
+    g = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    op = ProductConvolution(e, f, "periodic")
+    torch.testing.assert_close(product_convolution(u, g, e, f, "periodic"),
+                               op.forward(u, g))
+    torch.testing.assert_close(product_convolution_adjoint(u, g, e, f, "periodic"),
+                               op.adjoint(u, g))
+
+
+def test_fft_shape_is_minimal_and_fast():
+    assert fft_shape((128, 128), (31, 31), "periodic") == (128, 128)
+    m = fft_shape((128, 128), (31, 31), "zero")
+    assert m[0] >= 128 + 15 and m[0] <= 160
+    # kernels larger than the image still fit
+    assert fft_shape((4, 4), (9, 9), "zero")[0] >= 9
+
+
+def test_pickle_drops_cache_and_reproduces(rng):
+    import pickle
+
+    op = ProductConvolution(rng.random((2, 3, 3)), rng.random((2, 6, 6)))
+    u = torch.from_numpy(rng.random((1, 6, 6)))
+    y = op.forward(u, [1.0, 1.0])
+    assert op._cache
+    op2 = pickle.loads(pickle.dumps(op))
+    assert not op2._cache
+    torch.testing.assert_close(op2.forward(u, [1.0, 1.0]), y)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(kernels=np.ones((2, 3)), maps=np.ones((2, 4, 4))), "kernels"),
+        (dict(kernels=np.ones((2, 3, 3)), maps=np.ones((3, 4, 4))), "same number"),
+        (dict(kernels=np.ones((2, 3, 3)), maps=np.ones((2, 4, 4)),
+              boundary="reflect"), "boundary"),
+        (dict(kernels=np.full((1, 3, 3), np.nan), maps=np.ones((1, 4, 4))),
+         "kernels"),
+        (dict(kernels=np.ones((1, 3, 3)), maps=np.full((1, 4, 4), np.inf)), "maps"),
+    ],
+)
+def test_bad_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ProductConvolution(**kwargs)
+
+
+def test_bad_inputs_name_the_parameter(rng):
+    op = ProductConvolution(rng.random((2, 3, 3)), rng.random((2, 6, 6)))
+    u = torch.zeros(1, 6, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"u must have image shape \(6, 6\)"):
+        op.forward(torch.zeros(1, 5, 6), [1.0, 1.0])
+    with pytest.raises(ValueError, match="u must have 3 dimensions"):
+        op.forward(torch.zeros(6, 6), [1.0, 1.0])
+    with pytest.raises(ValueError, match="gamma must have 2 coefficients"):
+        op.forward(u, [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="gamma must have 1 or n=2 rows"):
+        op.adjoint(torch.zeros(2, 6, 6), torch.ones(3, 2))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        op.forward(np.zeros((1, 6, 6)), [1.0, 1.0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    H=st.integers(3, 12), W=st.integers(3, 12), kh=st.integers(1, 9),
+    kw=st.integers(1, 9), boundary=st.sampled_from(["zero", "periodic"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_matches_dense_scipy(H, W, kh, kw, boundary, seed):
+    """Any sizes, kernels larger than the image included (zero boundary)."""
+    r = np.random.default_rng(seed)
+    if boundary == "periodic" and (kh > H or kw > W):
+        kh, kw = min(kh, H), min(kw, W)
+    e, f = r.standard_normal((2, kh, kw)), r.standard_normal((2, H, W))
+    u, g = r.standard_normal((1, H, W)), r.standard_normal((1, 2))
+    y = ProductConvolution(e, f, boundary).forward(torch.from_numpy(u),
+                                                   torch.from_numpy(g))
+    np.testing.assert_allclose(y.numpy(), scipy_reference(u, g, e, f, boundary),
+                               atol=1e-10)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(rng):
+    e, f = rng.random((3, 5, 5)), rng.random((3, 16, 16))
+    op = ProductConvolution(e, f)
+    u = torch.from_numpy(rng.random((4, 16, 16))).float()
+    g = torch.from_numpy(rng.random((4, 3))).float()
+    y_cpu = op.forward(u, g)
+    y_gpu = op.forward(u.cuda(), g.cuda())
+    assert y_gpu.device.type == "cuda"
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-4, atol=1e-5)
