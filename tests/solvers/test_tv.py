@@ -1,0 +1,288 @@
+import warnings
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from deepblur.solvers.tv import (
+    deblur,
+    objective,
+    prox_l1,
+    prox_tv,
+    total_variation,
+)
+
+SIZE = 24
+LAM = 40.0
+
+
+def _blur_matrix(rng, size=SIZE, n_components=3, width=5):
+    """Dense matrix of a random product-convolution-like operator (zero boundary)."""
+    n = size * size
+    A = np.zeros((n, n))
+    half = width // 2
+    for _ in range(n_components):
+        kernel = rng.random((width, width))
+        kernel /= kernel.sum()
+        weight = rng.random((size, size)).ravel()
+        C = np.zeros((n, n))
+        for di in range(-half, half + 1):
+            for dj in range(-half, half + 1):
+                for i in range(size):
+                    ii = i + di
+                    if not 0 <= ii < size:
+                        continue
+                    rows = i * size + np.arange(max(0, -dj), min(size, size - dj))
+                    C[rows, rows + di * size + dj] = kernel[di + half, dj + half]
+        A += C * weight[None, :]
+    return A
+
+
+def _dense_ops(A, size=SIZE):
+    At = torch.as_tensor(A)
+
+    def forward(u):
+        return (u.reshape(u.shape[0], -1) @ At.T.to(u.dtype)).reshape(u.shape)
+
+    def adjoint(v):
+        return (v.reshape(v.shape[0], -1) @ At.to(v.dtype)).reshape(v.shape)
+
+    return forward, adjoint
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    A = _blur_matrix(rng)
+    clean = np.zeros((SIZE, SIZE))
+    clean[4:14, 6:20] = 1.0
+    clean[10:21, 3:10] += 0.6
+    y = (A @ clean.ravel()).reshape(SIZE, SIZE)
+    y = y + 0.05 * rng.standard_normal(y.shape) - 0.1
+    return A, y
+
+
+def _cvxpy_optimum(A, y, lam, regularization, positive):
+    u = cp.Variable(SIZE * SIZE)
+    U = cp.reshape(u, (SIZE, SIZE), order="C")
+    if regularization == "tv":
+        # Same discretisation as deepblur: forward differences, last one zero.
+        d0 = cp.vstack([U[1:, :] - U[:-1, :], np.zeros((1, SIZE))])
+        d1 = cp.hstack([U[:, 1:] - U[:, :-1], np.zeros((SIZE, 1))])
+        stacked = cp.vstack([cp.vec(d0, order="C"), cp.vec(d1, order="C")])
+        reg = cp.sum(cp.norm(stacked, 2, axis=0))
+    else:
+        reg = cp.norm1(u)
+    obj = reg + lam / 2 * cp.sum_squares(A @ u - y.ravel())
+    problem = cp.Problem(cp.Minimize(obj), [u >= 0] if positive else [])
+    problem.solve(solver="CLARABEL", tol_gap_abs=1e-11, tol_gap_rel=1e-11,
+                  tol_feas=1e-11)
+    assert problem.status == "optimal"
+    return problem.value
+
+
+@pytest.mark.parametrize("positive", [False, True])
+@pytest.mark.parametrize("regularization", ["tv", "l1"])
+def test_reaches_cvxpy_optimum(problem, regularization, positive):
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    reference = _cvxpy_optimum(A, y, LAM, regularization, positive)
+    y_t = torch.as_tensor(y)[None]
+    u, res = deblur(y_t, forward, adjoint, LAM, regularization=regularization,
+                    positive=positive, max_iter=3000, tol=1e-8)
+    assert res.converged.all()
+    if positive:
+        assert float(u.min()) >= 0.0
+    value = float(objective(u, y_t, forward, LAM, regularization)[0])
+    assert abs(value - reference) <= 1e-4 * abs(reference)
+    # the recorded history ends at the same value
+    assert res.objective[-1, 0] == pytest.approx(value, rel=1e-12)
+
+
+def test_cvxpy_tv_discretisation_matches_total_variation():
+    rng = np.random.default_rng(1)
+    img = rng.standard_normal((SIZE, SIZE))
+    U = cp.Constant(img)
+    d0 = cp.vstack([U[1:, :] - U[:-1, :], np.zeros((1, SIZE))])
+    d1 = cp.hstack([U[:, 1:] - U[:, :-1], np.zeros((SIZE, 1))])
+    stacked = cp.vstack([cp.vec(d0, order="C"), cp.vec(d1, order="C")])
+    expected = cp.sum(cp.norm(stacked, 2, axis=0)).value
+    got = float(total_variation(torch.as_tensor(img)[None])[0])
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("regularization", ["tv", "l1"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_objective_is_monotone(problem, regularization, dtype):
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    y_t = torch.as_tensor(y, dtype=dtype)[None].repeat(2, 1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # tol=0 never warns
+        _, res = deblur(y_t, forward, adjoint, [LAM, 3.0],
+                        regularization=regularization, max_iter=150, tol=0.0)
+    hist = res.objective
+    assert hist.shape == (151, 2)
+    eps = np.finfo(np.float32 if dtype == torch.float32 else np.float64).eps
+    rise = np.diff(hist, axis=0)
+    assert np.all(rise <= 10 * eps * np.abs(hist[1:]))
+
+
+def test_batch_equals_separate_solves(problem):
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    ys = torch.stack([torch.as_tensor(y), torch.as_tensor(y[::-1].copy())])
+    lams = [LAM, 10.0]
+    u_b, _ = deblur(ys, forward, adjoint, lams, max_iter=2000, tol=1e-9)
+    for i in range(2):
+        u_i, _ = deblur(ys[i:i + 1], forward, adjoint, lams[i], max_iter=2000,
+                        tol=1e-9)
+        f_b = objective(u_b[i:i + 1], ys[i:i + 1], forward, lams[i])
+        f_i = objective(u_i, ys[i:i + 1], forward, lams[i])
+        assert float(f_b) == pytest.approx(float(f_i), rel=1e-6)
+
+
+def test_numpy_in_numpy_out_and_input_untouched(problem):
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    y32 = y.astype(np.float32)
+    y_copy = y32.copy()
+    u, res = deblur(y32, forward, adjoint, LAM, max_iter=50, tol=1e-3)
+    assert isinstance(u, np.ndarray) and u.dtype == np.float32
+    assert u.shape == y.shape  # 2-D in, 2-D out
+    np.testing.assert_array_equal(y32, y_copy)
+    assert res.objective.shape[1] == 1
+
+
+def test_convergence_warning_when_capped(problem):
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    with pytest.warns(ConvergenceWarning, match="max_iter=3"):
+        _, res = deblur(y[None], forward, adjoint, LAM, max_iter=3, tol=1e-12)
+    assert res.n_iter == 3 and not res.converged.any()
+    assert res.n_iter_per_image.tolist() == [3]
+
+
+def test_given_lipschitz_is_used(problem):
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    norm2 = np.linalg.norm(A, 2) ** 2
+    _, res = deblur(y[None], forward, adjoint, LAM, lipschitz=norm2, max_iter=5,
+                    tol=0.0)
+    assert res.lipschitz[0] == pytest.approx(1.05 * LAM * norm2)
+    _, res2 = deblur(y[None], forward, adjoint, LAM, max_iter=5, tol=0.0)
+    assert res2.lipschitz[0] == pytest.approx(1.05 * LAM * norm2, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lam": 0.0}, "lam"),
+        ({"lam": -1.0}, "lam"),
+        ({"lam": [1.0, 2.0]}, "lam"),
+        ({"lam": float("nan")}, "lam"),
+        ({"regularization": "tikhonov"}, "regularization"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"tol": -1.0}, "tol"),
+        ({"inner_iter": 0}, "inner_iter"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    y = np.zeros((1, 6, 6))
+    args = {"lam": 1.0, **kwargs}
+    lam = args.pop("lam")
+    with pytest.raises(ValueError, match=match):
+        deblur(y, lambda u: u, lambda v: v, lam, **args)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_observations(bad):
+    y = np.zeros((1, 6, 6))
+    y[0, 2, 3] = bad
+    with pytest.raises(ValueError, match="y must contain only finite"):
+        deblur(y, lambda u: u, lambda v: v, 1.0)
+
+
+def test_bad_ndim():
+    with pytest.raises(ValueError, match="y must have"):
+        deblur(np.zeros((1, 1, 6, 6)), lambda u: u, lambda v: v, 1.0)
+
+
+def test_prox_l1_closed_form():
+    rng = np.random.default_rng(0)
+    v = torch.as_tensor(rng.standard_normal((2, 5, 5)))
+    t = torch.tensor([0.3, 1.1]).reshape(2, 1, 1).double()
+    expected = np.sign(v.numpy()) * np.maximum(np.abs(v.numpy()) - t.numpy(), 0)
+    np.testing.assert_allclose(prox_l1(v, t).numpy(), expected)
+    np.testing.assert_allclose(prox_l1(v, t, positive=True).numpy(),
+                               np.maximum(v.numpy() - t.numpy(), 0))
+
+
+def test_prox_tv_closed_forms():
+    # t = 0 is the identity (or the projection when positive)
+    v = torch.randn(2, 7, 7, dtype=torch.float64)
+    assert torch.equal(prox_tv(v, 0.0, max_iter=5), v)
+    assert torch.equal(prox_tv(v, 0.0, positive=True, max_iter=5),
+                       torch.clamp(v, min=0))
+    # a constant image is a fixed point
+    c = torch.full((1, 6, 6), 3.0, dtype=torch.float64)
+    torch.testing.assert_close(prox_tv(c, 2.0, max_iter=50), c)
+    # a two-level image: the jump shrinks by t * (edge length) / (area) per side
+    size = 8
+    v = torch.zeros(1, size, size, dtype=torch.float64)
+    v[0, :, size // 2:] = 1.0
+    t = 0.5
+    u = prox_tv(v, t, max_iter=500)
+    shift = t * size / (size * size // 2)
+    torch.testing.assert_close(u[0, :, : size // 2],
+                               torch.full((size, size // 2), shift,
+                                          dtype=torch.float64))
+    torch.testing.assert_close(u[0, :, size // 2:],
+                               torch.full((size, size // 2), 1 - shift,
+                                          dtype=torch.float64))
+
+
+def test_prox_tv_matches_cvxpy_denoising():
+    rng = np.random.default_rng(3)
+    size = 10
+    v = rng.standard_normal((size, size))
+    t = 0.4
+    u = cp.Variable((size, size))
+    d0 = cp.vstack([u[1:, :] - u[:-1, :], np.zeros((1, size))])
+    d1 = cp.hstack([u[:, 1:] - u[:, :-1], np.zeros((size, 1))])
+    stacked = cp.vstack([cp.vec(d0, order="C"), cp.vec(d1, order="C")])
+    cons = [u >= 0]
+    for positive in (False, True):
+        obj = 0.5 * cp.sum_squares(u - v) + t * cp.sum(cp.norm(stacked, 2, axis=0))
+        cp.Problem(cp.Minimize(obj), cons if positive else []).solve(
+            solver="CLARABEL", tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+        got = prox_tv(torch.as_tensor(v)[None], t, positive=positive, max_iter=3000)
+        np.testing.assert_allclose(got[0].numpy(), u.value, atol=2e-4)
+
+
+def test_prox_tv_does_not_modify_warm_start():
+    v = torch.randn(1, 6, 6, dtype=torch.float64)
+    p0 = torch.zeros(1, 2, 6, 6, dtype=torch.float64)
+    p0[0, 0, 1, 1] = 0.5
+    p_copy = p0.clone()
+    _, p = prox_tv(v, 1.0, max_iter=3, p0=p0, return_dual=True)
+    assert torch.equal(p0, p_copy)
+    assert p.shape == p0.shape
+
+
+@pytest.mark.cuda
+def test_deblur_on_cuda(problem):
+    A, y = problem
+    At = torch.as_tensor(A, device="cuda")
+
+    def forward(u):
+        return (u.reshape(u.shape[0], -1) @ At.T.to(u.dtype)).reshape(u.shape)
+
+    def adjoint(v):
+        return (v.reshape(v.shape[0], -1) @ At.to(v.dtype)).reshape(v.shape)
+
+    y_t = torch.as_tensor(y, device="cuda")[None]
+    u, res = deblur(y_t, forward, adjoint, LAM, max_iter=100, tol=1e-4)
+    assert u.device.type == "cuda"
