@@ -2,9 +2,11 @@
 
 The public estimators follow scikit-learn's conventions and are re-exported
 here; the numerics live in :mod:`deepblur.operators` and
-:mod:`deepblur.solvers` as plain functions on torch tensors.
+:mod:`deepblur.solvers` as plain functions on torch tensors and arrays.
 """
+
+from deepblur.estimators.basis import ProductConvolutionBasis
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = ["ProductConvolutionBasis", "__version__"]

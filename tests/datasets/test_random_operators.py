@@ -1,0 +1,54 @@
+"""Random operators of paper section 1.2.1."""
+
+import numpy as np
+import pytest
+
+from deepblur.datasets import gaussian_kernel, make_random_operators
+
+
+def test_gaussian_kernel_moments():
+    k = gaussian_kernel((41, 41), (2.0, 4.0), np.pi / 6)
+    assert k.sum() == pytest.approx(1.0)
+    y, x = np.mgrid[-20:21, -20:21]
+    cov = np.array([[np.sum(k * x * x), np.sum(k * x * y)],
+                    [np.sum(k * x * y), np.sum(k * y * y)]])
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    R = np.array([[c, -s], [s, c]])
+    expected = R @ np.diag([4.0, 16.0]) @ R.T
+    np.testing.assert_allclose(cov, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_generator_shapes_partition_and_seed():
+    a = make_random_operators(4, image_shape=(32, 40), kernel_shape=(9, 7),
+                              grid_shape=(4, 5), n_pairs=3, random_state=7)
+    b = make_random_operators(4, image_shape=(32, 40), kernel_shape=(9, 7),
+                              grid_shape=(4, 5), n_pairs=3, random_state=7)
+    assert a.kernels.shape == (4, 3, 9, 7) and a.maps.shape == (4, 3, 32, 40)
+    assert a.psf_fields.shape == (4, 4, 5, 9, 7)
+    np.testing.assert_array_equal(a.psf_fields, b.psf_fields)
+    np.testing.assert_allclose(a.maps.sum(axis=1), 1.0)
+    assert (a.maps >= 0).all()
+    # the PSF at a grid position is the map-weighted mix of the kernels
+    r, c = a.positions[6]
+    expected = np.einsum("i,ihw->hw", a.maps[1, :, r, c], a.kernels[1])
+    np.testing.assert_allclose(a.psf_fields[1].reshape(20, 9, 7)[6], expected)
+
+
+def test_maps_are_contrasted_and_smooth():
+    ops = make_random_operators(3, image_shape=(64, 64), random_state=0,
+                                kernel_shape=(5, 5), grid_shape=(4, 4))
+    f = ops.maps[:, 0]
+    assert f.max() > 0.8 and f.min() < 0.2           # contrasted
+    assert np.abs(np.diff(f, axis=-1)).max() < 0.1     # smooth
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"n_operators": 0}, "n_operators"), ({"sigma_range": (0, 1)}, "sigma_range"),
+     ({"kernel_shape": (0, 3)}, "kernel_shape"),
+     ({"grid_shape": (64, 64), "image_shape": (32, 32)}, "grid_shape"),
+     ({"n_pairs": 0}, "n_pairs")],
+)
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_random_operators(**kwargs)

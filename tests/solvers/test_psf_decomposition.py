@@ -1,0 +1,64 @@
+"""CP decomposition of PSF-field tensors and map interpolation."""
+
+import numpy as np
+import pytest
+
+from deepblur.solvers.psf_decomposition import (
+    cp_als,
+    grid_positions,
+    interpolate_maps,
+    project_fields,
+    reconstruct_fields,
+)
+
+
+@pytest.mark.parametrize("P, X, D, K", [(40, 30, 49, 4), (1, 20, 25, 3), (8, 5, 9, 5)])
+@pytest.mark.parametrize("init", ["svd", "random"])
+def test_exact_low_rank_is_recovered(P, X, D, K, init):
+    r = np.random.default_rng(P + X)
+    T = reconstruct_fields(r.random((P, K)) + 0.1, r.standard_normal((X, K)),
+                           r.standard_normal((D, K)))
+    g, F, E, info = cp_als(T, K, init=init, random_state=np.random.default_rng(0))
+    rel = np.linalg.norm(reconstruct_fields(g, F, E) - T) / np.linalg.norm(T)
+    assert rel < 1e-6
+    assert info["residual"] == pytest.approx(rel, abs=1e-9)
+
+
+def test_fit_never_worsens_over_sweeps():
+    r = np.random.default_rng(1)
+    T = r.random((20, 16, 25))
+    *_, info = cp_als(T, 4, n_refine=30, max_iter=1, random_state=r)
+    hist = info["history"]
+    assert np.all(np.diff(hist) <= 1e-12)
+
+
+def test_projection_is_least_squares():
+    r = np.random.default_rng(2)
+    F, E = r.standard_normal((10, 3)), r.standard_normal((12, 3))
+    T = r.standard_normal((4, 10, 12))
+    g = project_fields(T, F, E)
+    design = np.einsum("xk,dk->xdk", F, E).reshape(-1, 3)
+    ref = np.linalg.lstsq(design, T.reshape(4, -1).T, rcond=None)[0].T
+    np.testing.assert_allclose(g, ref, rtol=1e-10)
+
+
+def test_grid_positions_are_cell_centres():
+    pos = grid_positions((16, 32), (2, 4))
+    assert pos.shape == (8, 2)
+    assert set(pos[:, 0]) == {4, 12} and set(pos[:, 1]) == {4, 12, 20, 28}
+
+
+def test_interpolation_passes_through_samples_and_keeps_planes():
+    pos = grid_positions((20, 20), (5, 5))
+    plane = 0.5 + 0.1 * pos[:, 0] - 0.05 * pos[:, 1]
+    maps = interpolate_maps(pos, plane[:, None], (20, 20))
+    rr, cc = np.mgrid[:20, :20]
+    np.testing.assert_allclose(maps[0], 0.5 + 0.1 * rr - 0.05 * cc, atol=1e-8)
+    # a single position gives a constant map
+    const = interpolate_maps(np.array([[3, 3]]), np.array([[2.0]]), (4, 4))
+    np.testing.assert_allclose(const, 2.0)
+
+
+def test_all_zero_tensor_is_refused():
+    with pytest.raises(ValueError, match="all zeros"):
+        cp_als(np.zeros((2, 3, 4)), 1, random_state=np.random.default_rng(0))
