@@ -36,6 +36,8 @@ cache.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.fft
 import torch
@@ -220,7 +222,23 @@ class ProductConvolution:
             placed = place_kernels(kernels, self.fft_shape)
             spectra = torch.fft.rfft2(placed)
             maps = self.maps.to(device=device, dtype=dtype).contiguous()
-            buf = (spectra, maps)
+            # materialised conjugate: multiplying by a lazy conj view is slower
+            buf = (spectra, maps, spectra.conj().resolve_conj())
+            self._cache[key] = buf
+        return buf
+
+    def _pad_buffer(self, n, device, dtype):
+        """Zero-padded work array for the forward FFTs, reused across calls.
+
+        Only the image block is ever written, so the padding stays zero. Used
+        when no gradient is recorded (in-place writes would break autograd);
+        one buffer per thread, so concurrent calls never share one.
+        """
+        key = ("pad", str(device), dtype, n, threading.get_ident())
+        buf = self._cache.get(key)
+        if buf is None:
+            buf = torch.zeros((n, self.n_components) + self.fft_shape,
+                              device=device, dtype=dtype)
             self._cache[key] = buf
         return buf
 
@@ -286,19 +304,28 @@ class ProductConvolution:
         torch.Tensor of shape (max(n, m), H, W), dtype and device of ``u``.
         """
         u, gamma = self._prepare(u, gamma, "u")
-        spectra, maps = self._buffers(u.device, u.dtype)
+        spectra, maps, _ = self._buffers(u.device, u.dtype)
         H, W = self.image_shape
         M = self.fft_shape
         step = self._chunk(u.shape[0], u.device)
+        reuse = not (torch.is_grad_enabled()
+                     and (u.requires_grad or gamma.requires_grad))
         outs = []
         for start in range(0, u.shape[0], step):
             uc, gc = u[start:start + step], gamma[start:start + step]
-            spec = torch.fft.rfft2(maps * uc[:, None], s=M)  # (c, K, M1, M2r)
-            spec = spec * spectra
-            c = spec.shape[0]
-            summed = torch.bmm(
-                gc.to(spec.dtype)[:, None, :], spec.reshape(c, spec.shape[1], -1)
-            ).reshape(c, *spec.shape[2:])
+            c = uc.shape[0]
+            # gamma is folded into the real weighted images (linearity of the
+            # FFT), so the sum over k is a plain sum of spectra.
+            if reuse:
+                pad = self._pad_buffer(c, u.device, u.dtype)
+                block = pad[..., :H, :W]
+                torch.mul(maps, uc[:, None], out=block)
+                block.mul_(gc[:, :, None, None])
+                spec = torch.fft.rfft2(pad)
+            else:
+                weighted = maps * (gc[:, :, None, None] * uc[:, None])
+                spec = torch.fft.rfft2(weighted, s=M)
+            summed = (spec * spectra).sum(1)  # (c, M1, M2r)
             outs.append(torch.fft.irfft2(summed, s=M)[:, :H, :W])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
@@ -309,17 +336,19 @@ class ProductConvolution:
         holds to floating-point precision for both boundary models.
         """
         v, gamma = self._prepare(v, gamma, "v")
-        spectra, maps = self._buffers(v.device, v.dtype)
+        _, maps, conj = self._buffers(v.device, v.dtype)
         H, W = self.image_shape
         M = self.fft_shape
-        conj = spectra.conj()
+        K = self.n_components
         step = self._chunk(v.shape[0], v.device)
         outs = []
         for start in range(0, v.shape[0], step):
             vc, gc = v[start:start + step], gamma[start:start + step]
+            c = vc.shape[0]
             spec = torch.fft.rfft2(vc, s=M)  # (c, M1, M2r)
             corr = torch.fft.irfft2(spec[:, None] * conj, s=M)[..., :H, :W]
-            outs.append(torch.einsum("ck,khw,ckhw->chw", gc, maps, corr))
+            weighted = (corr * maps).reshape(c, K, H * W)
+            outs.append(torch.bmm(gc[:, None, :], weighted).reshape(c, H, W))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def normal(self, u, gamma):
