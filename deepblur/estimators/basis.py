@@ -72,7 +72,7 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
         (deterministic) or random factors drawn from ``random_state``.
     max_iter : int, default=2000
         Cap on alternating least-squares sweeps.
-    tol : float, default=1e-10
+    tol : float, default=1e-8
         Relative change of the fit below which the sweeps stop.
     map_smoothing : float, default=0.0
         Smoothing of the thin-plate spline that extends the maps from the
@@ -169,7 +169,7 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
 
     def __init__(self, n_components=20, *, image_shape=(128, 128), kernel_shape=None,
                  positions=None, boundary="zero", init="svd", max_iter=2000,
-                 tol=1e-10, map_smoothing=0.0, random_state=None):
+                 tol=1e-8, map_smoothing=0.0, random_state=None):
         self.n_components = n_components
         self.image_shape = image_shape
         self.kernel_shape = kernel_shape

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.interpolate import RBFInterpolator
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "cp_als",
@@ -177,8 +178,12 @@ def cp_als(T, n_components, *, init="svd", max_iter=2000, tol=1e-10, n_refine=20
         Fc = _leading_vectors(np.eye(r2), K, rng) if K > r2 else np.eye(r2)[:, :K]
         Ec = _leading_vectors(np.eye(r3), K, rng) if K > r3 else np.eye(r3)[:, :K]
     gamma = project_fields(core, Fc, Ec)
-    gamma, Fc, Ec, n1, hist1 = _als_sweeps(core, gamma, Fc, Ec, norm_core,
-                                           max_iter, tol)
+    # The compressed sweeps are many small matrix products: threading them
+    # costs more than it gains (4x slower on 2 busy cores), so BLAS runs on
+    # one thread here and on all of them for the full-size steps.
+    with threadpool_limits(limits=1, user_api="blas"):
+        gamma, Fc, Ec, n1, hist1 = _als_sweeps(core, gamma, Fc, Ec, norm_core,
+                                               max_iter, tol)
     F, E = U2 @ Fc, U3 @ Ec
     gamma = project_fields(T, F, E)
     hist1 = [_relative_residual(T, gamma, F, E, norm_T)]
