@@ -1,0 +1,856 @@
+"""Geometry of the cone of admissible operators (paper, section 2.1).
+
+The operator coefficients ``gamma_p`` (rows of a ``(P, K)`` array) generate the
+convex cone ``C = cone(gamma_p)``. This module holds the numerics, as plain
+functions on numpy arrays (plus one torch variant of the sampler):
+
+* :func:`circumcenter` -- the axis of the narrowest revolution cone that
+  contains ``C`` (Henrion & Seeger), a second-order cone program solved with
+  cvxpy;
+* :func:`greedy_rays` and :func:`simplify_cone` -- the greedy cone
+  simplification of Algorithm 1;
+* :func:`cone_nnls` -- conic weights of points on a set of rays (non-negative
+  least squares, one problem per row);
+* :func:`draw_cone_weights`, :func:`sample_cone` and
+  :func:`sample_cone_torch` -- the random sampling of Algorithm 2.
+
+The estimators :class:`deepblur.estimators.cone.ConeSimplifier` and
+:class:`deepblur.estimators.cone.ConeSampler` call the same code paths.
+
+Notes
+-----
+The circumcenter solves
+
+.. math::
+
+    \\max_{x, t} \\; t \\quad \\text{s.t.} \\quad \\Gamma x \\ge t
+    \\mathbf{1}, \\; \\|x\\|_2 \\le 1,
+
+where the rows of :math:`\\Gamma` are the normalised ``gamma_p``. When the
+optimal ``t`` is positive the optimum has ``||x|| = 1``, ``x`` is the axis and
+``arccos(t)`` the circumradius. An optimal ``t <= 0`` (``x = 0`` is always
+feasible, so ``t >= 0``) means that no axis makes an acute angle with every
+row: the cone is not pointed and its circumradius is at least ``pi / 2``.
+
+Only the rows that touch the optimal revolution cone matter, so for large
+``P`` the program is solved by constraint generation: solve on a small subset
+of the rows, add the rows the solution violates, repeat. Each subset program is
+a relaxation of the full one, so stopping when no row is violated gives the
+optimum of the full program.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse
+import torch
+from threadpoolctl import threadpool_limits
+
+from deepblur._validation import check_finite
+
+__all__ = [
+    "circumcenter",
+    "greedy_rays",
+    "simplify_cone",
+    "cone_nnls",
+    "draw_cone_weights",
+    "sample_cone",
+    "sample_cone_torch",
+]
+
+# cvxpy solvers able to handle second-order cones, in order of preference:
+# interior-point solvers first (accurate), the first-order SCS last.
+SOCP_SOLVERS = ("CLARABEL", "ECOS", "SCS")
+_SOLVER_OPTIONS = {"SCS": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200_000}}
+
+# Smallest cosine (between the axis and the farthest row) below which the cone
+# counts as not pointed: a circumradius within ~1e-7 rad of pi / 2 is beyond
+# what the solvers resolve.
+_POINTED_TOL = 1e-7
+# A row violates a subset solution when its cosine to the axis is below the
+# subset optimum by more than this.
+_VIOLATION_TOL = 1e-10
+# Two unit rays closer than this in cosine are the same direction.
+_SAME_DIRECTION_TOL = 1e-12
+
+# Rows drawn per block in sample_cone: keeps the working set in cache.
+_SAMPLE_CHUNK = 16384
+
+
+# ---------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------
+
+
+def _as_2d_float(X, name, dtypes=(np.float64,)):
+    """``X`` as a 2-D finite floating array (a copy only when needed)."""
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array of shape (n_rows, n_features); got an "
+            f"array of shape {arr.shape}."
+        )
+    if arr.dtype not in dtypes:
+        arr = arr.astype(dtypes[0])
+    check_finite(arr, name)
+    return arr
+
+
+def _normalize_rows(X, name="X"):
+    """Unit-norm copy of the rows of ``X``; a zero row is an error."""
+    norms = np.linalg.norm(X, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        shown = ", ".join(str(i) for i in zero[:5]) + (", ..." if zero.size > 5 else "")
+        raise ValueError(
+            f"{name} must have no zero rows (a zero vector has no direction and "
+            f"generates no ray); got {zero.size} zero row(s), at index {shown}."
+        )
+    return X / norms[:, None]
+
+
+def _check_n_rays(n_rays, n_rows, name="n_rays"):
+    if (
+        not isinstance(n_rays, numbers.Integral)
+        or isinstance(n_rays, bool)
+        or n_rays < 1
+    ):
+        raise ValueError(f"{name} must be a positive int; got {n_rays!r}.")
+    if n_rays > n_rows:
+        raise ValueError(
+            f"{name}={n_rays} must not exceed the number of rows of X (the "
+            f"candidate rays); got X with n_samples={n_rows}."
+        )
+    return int(n_rays)
+
+
+def _check_alpha_range(alpha_range, name="alpha_range"):
+    """``(alpha_min, alpha_max)`` as floats with ``0 < alpha_min < alpha_max``."""
+    try:
+        pair = np.asarray(alpha_range, dtype=np.float64)
+    except (TypeError, ValueError):
+        pair = None
+    if pair is None or pair.shape != (2,):
+        raise ValueError(
+            f"{name} must be a pair (alpha_min, alpha_max) of floats; got "
+            f"{alpha_range!r}."
+        )
+    lo, hi = float(pair[0]), float(pair[1])
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
+        raise ValueError(
+            f"{name} must satisfy 0 < alpha_min < alpha_max (finite); got "
+            f"alpha_min={lo!r}, alpha_max={hi!r}."
+        )
+    return lo, hi
+
+
+def _resolve_max_rays(max_rays, n_generators, n_features, name="max_rays"):
+    """``None`` -> ``min(K, R)``; otherwise an int in ``[1, R]``."""
+    if max_rays is None:
+        return min(n_features, n_generators)
+    if (
+        not isinstance(max_rays, numbers.Integral)
+        or isinstance(max_rays, bool)
+        or max_rays < 1
+    ):
+        raise ValueError(f"{name} must be a positive int or None; got {max_rays!r}.")
+    if max_rays > n_generators:
+        raise ValueError(
+            f"{name}={max_rays} must not exceed the number of generators (rows of "
+            f"X); got X with n_samples={n_generators}."
+        )
+    return int(max_rays)
+
+
+def _check_n_samples(n_samples, name="n_samples"):
+    if (
+        not isinstance(n_samples, numbers.Integral)
+        or isinstance(n_samples, bool)
+        or n_samples < 0
+    ):
+        raise ValueError(f"{name} must be a non-negative int; got {n_samples!r}.")
+    return int(n_samples)
+
+
+def _as_generator(random_state):
+    """A ``numpy.random.Generator`` from a seed, RandomState or Generator."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    from sklearn.utils.validation import check_random_state
+
+    seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+    return np.random.default_rng(seed)
+
+
+def _socp_solvers(solver):
+    """The cvxpy solvers to try, in order; ``(names, installed)``."""
+    import cvxpy as cp
+
+    installed = list(cp.installed_solvers())
+    if solver is None:
+        names = [s for s in SOCP_SOLVERS if s in installed]
+        if not names:
+            raise RuntimeError(
+                "solver=None: no installed cvxpy solver handles second-order "
+                f"cones; looked for {list(SOCP_SOLVERS)}, installed cvxpy "
+                f"solvers are {installed}. Install clarabel, ecos or scs."
+            )
+        return names, installed
+    if solver not in SOCP_SOLVERS:
+        raise ValueError(
+            f"solver must be None or one of {list(SOCP_SOLVERS)} (cvxpy solvers "
+            f"for second-order cone programs); got {solver!r}."
+        )
+    if solver not in installed:
+        raise ValueError(
+            f"solver={solver!r} is not installed; installed cvxpy solvers are "
+            f"{installed}."
+        )
+    return [solver], installed
+
+
+def _solve_circumcenter_program(U, names, installed):
+    """Maximise ``t`` s.t. ``U x >= t``, ``||x|| <= 1``; returns ``(x, t)``."""
+    import cvxpy as cp
+
+    x = cp.Variable(U.shape[1])
+    t = cp.Variable()
+    problem = cp.Problem(cp.Maximize(t), [U @ x >= t, cp.norm(x, 2) <= 1])
+    failures = []
+    for name in names:
+        try:
+            problem.solve(solver=name, **_SOLVER_OPTIONS.get(name, {}))
+        except (cp.error.SolverError, ArithmeticError, ValueError) as exc:
+            failures.append(f"{name} raised {type(exc).__name__}: {exc}")
+            continue
+        if problem.status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) and (
+            x.value is not None and t.value is not None
+        ):
+            return np.asarray(x.value, dtype=np.float64), float(t.value)
+        failures.append(f"{name} returned status {problem.status!r}")
+    raise RuntimeError(
+        "The circumcenter program (a second-order cone program) could not be "
+        f"solved: tried solver(s) {names} among the installed cvxpy solvers "
+        f"{installed}; " + "; ".join(failures) + ". Try another solver with "
+        "the `solver` parameter."
+    )
+
+
+def _not_pointed_error(U, t_opt, name):
+    mean = U.mean(axis=0)
+    norm = np.linalg.norm(mean)
+    if norm > 0:
+        worst = np.degrees(np.arccos(np.clip((U @ (mean / norm)).min(), -1, 1)))
+        hint = (
+            f" Around the mean direction of the rows, the farthest row is at "
+            f"{worst:.1f} degrees."
+        )
+    else:
+        hint = " The normalised rows sum to zero (e.g. opposite rows)."
+    return ValueError(
+        f"The cone generated by the rows of {name} is not pointed: its "
+        "circumradius is at least pi/2 (90 degrees), i.e. no axis makes an "
+        "acute angle with every row (the largest achievable smallest cosine is "
+        f"{t_opt:.3g} <= 0, up to solver tolerance).{hint} The rows must lie "
+        "in an open half-space, e.g. have non-negative entries."
+    )
+
+
+def _circumcenter_unit(U, solver=None, name="X"):
+    """Circumcenter and circumradius of the cone of the unit rows ``U``."""
+    names, installed = _socp_solvers(solver)
+    n_rows, n_features = U.shape
+    # Constraint generation. Start with the rows farthest from the mean
+    # direction: they are the likeliest to touch the optimal cone.
+    first = max(64, 4 * n_features)
+    step = max(32, 2 * n_features)
+    if n_rows <= 2 * first:
+        active = np.arange(n_rows)
+    else:
+        mean = U.mean(axis=0)
+        norm = np.linalg.norm(mean)
+        score = U @ (mean / norm) if norm > 0 else np.zeros(n_rows)
+        active = np.argpartition(score, first)[:first]
+    in_active = np.zeros(n_rows, dtype=bool)
+    in_active[active] = True
+    while True:
+        x, t_opt = _solve_circumcenter_program(U[active], names, installed)
+        if t_opt <= _POINTED_TOL:
+            # A relaxation already fails: the full cone is not pointed either.
+            raise _not_pointed_error(U, t_opt, name)
+        axis = x / np.linalg.norm(x)
+        cosines = U @ axis
+        violated = np.flatnonzero((cosines < t_opt - _VIOLATION_TOL) & ~in_active)
+        if violated.size == 0:
+            break
+        if violated.size > step:
+            violated = violated[np.argpartition(cosines[violated], step)[:step]]
+        in_active[violated] = True
+        active = np.flatnonzero(in_active)
+    smallest = float(cosines.min())
+    if smallest <= _POINTED_TOL:
+        raise _not_pointed_error(U, smallest, name)
+    return axis, float(np.arccos(min(smallest, 1.0)))
+
+
+def _greedy_select(U, center, n_rays):
+    """Algorithm 1's loop on unit rows ``U``; ``(indices, cosines)``.
+
+    Maximising the smallest angle to the kept rays is minimising the largest
+    cosine: keep, for every row, its largest cosine to the kept rays and update
+    it with one matrix-vector product per step (O(P K) per step).
+    ``cosines[n]`` is the largest cosine of the n-th chosen row to the rays
+    kept before it.
+    """
+    U = np.ascontiguousarray(U, dtype=np.float64)
+    indices = np.empty(n_rays, dtype=np.intp)
+    cosines = np.empty(n_rays)
+    # The matrix-vector products are memory-bound: BLAS threads do not speed
+    # them up and, on a loaded machine, slowed the loop down 10-25 times.
+    with threadpool_limits(limits=1, user_api="blas"):
+        max_cos = U @ center
+        for n in range(n_rays):
+            p = int(np.argmin(max_cos))
+            indices[n] = p
+            cosines[n] = max_cos[p]
+            np.maximum(max_cos, U @ U[p], out=max_cos)
+            max_cos[p] = np.inf  # removed from the rays to explore
+    return indices, cosines
+
+
+def _simplify_cone(X, n_rays, solver=None, name="X"):
+    """Shared path of :func:`simplify_cone` and ``ConeSimplifier.fit``."""
+    U = _normalize_rows(X, name)
+    n_rays = _check_n_rays(n_rays, U.shape[0])
+    center, radius = _circumcenter_unit(U, solver=solver, name=name)
+    indices, cosines = _greedy_select(U, center, n_rays)
+    repeated = int(np.count_nonzero(cosines >= 1 - _SAME_DIRECTION_TOL))
+    if repeated:
+        warnings.warn(
+            f"n_rays={n_rays}: {repeated} of the kept rays repeat the direction "
+            f"of a ray kept before them; the rows of {name} span fewer distinct "
+            "directions than n_rays, so a smaller n_rays gives the same cone.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return U[indices], indices, center, radius
+
+
+def _cone_nnls(X, rays):
+    """Non-negative least squares of every row of ``X`` on ``rays``."""
+    A = np.ascontiguousarray(rays.T, dtype=np.float64)
+    W = np.zeros((X.shape[0], rays.shape[0]))
+    residuals = np.empty(X.shape[0])
+    maxiter = max(50, 5 * rays.shape[0])
+    for i, row in enumerate(X):
+        W[i], residuals[i] = scipy.optimize.nnls(A, row, maxiter=maxiter)
+    return W, residuals
+
+
+def _draw_weights(rng, n_samples, n_generators, max_rays, alpha_range):
+    """Algorithm 2 for ``n_samples`` draws, as a CSR array of conic weights.
+
+    J is drawn per sample; J distinct generators are chosen by Floyd's
+    algorithm, run on all samples at once: the samples are processed in
+    decreasing order of J so that the ones still drawing at step ``i`` (those
+    with ``J > i``) are a prefix. The weights are ``alpha * beta`` with
+    ``beta = E / sum(E)``, ``E`` i.i.d. standard exponentials, i.e. ``beta``
+    uniform on the (J-1)-simplex.
+    """
+    R = n_generators
+    J = rng.integers(1, max_rays + 1, size=n_samples)
+    order = np.argsort(-J, kind="stable")  # decreasing J
+    counts = np.bincount(J, minlength=max_rays + 1)[1:]
+    n_drawing = n_samples - np.cumsum(counts) + counts  # samples with J > i
+    R_minus_J = R - J[order]
+    indptr = np.zeros(n_samples + 1, dtype=np.intp)
+    np.cumsum(J, out=indptr[1:])
+    data = np.empty(indptr[-1])
+    indices = np.empty(indptr[-1], dtype=np.intp)
+    row_start = indptr[:-1][order]
+    chosen = np.zeros(n_samples * R, dtype=bool)  # flat (n_samples, R) table
+    table_start = order * R
+    totals = np.zeros(n_samples)
+    for i in range(max_rays):
+        k = n_drawing[i]
+        if k == 0:
+            break
+        # Floyd: draw t in {0, ..., R - J + i}; if already chosen, take
+        # R - J + i itself (never chosen before). This yields a uniformly
+        # random J-subset.
+        bound = R_minus_J[:k] + i
+        t = (rng.random(k) * (bound + 1)).astype(np.intp)
+        np.minimum(t, bound, out=t)  # guards a float rounding up to bound + 1
+        start = table_start[:k]
+        taken = np.take(chosen, start + t)
+        if taken.any():
+            t[taken] = bound[taken]
+        np.put(chosen, start + t, True)
+        e = rng.standard_exponential(k)
+        # An exponential draw of exactly 0 (probability ~1e-16) would make a
+        # J = 1 sample all zero: move it to the smallest positive float.
+        np.maximum(e, np.finfo(np.float64).tiny, out=e)
+        position = row_start[:k] + i
+        np.put(indices, position, t)
+        np.put(data, position, e)
+        totals[:k] += e
+    scale = np.empty(n_samples)
+    scale[order] = rng.uniform(alpha_range[0], alpha_range[1], n_samples) / totals
+    data *= np.repeat(scale, J)
+    return scipy.sparse.csr_array(
+        (data, indices, indptr), shape=(n_samples, n_generators)
+    )
+
+
+def _sample_cone(generators, n_samples, max_rays, alpha_range, rng):
+    """Shared path of :func:`sample_cone` and ``ConeSampler.sample``."""
+    out = np.empty((n_samples, generators.shape[1]), dtype=generators.dtype)
+    G = np.asarray(generators, dtype=np.float64)
+    for start in range(0, n_samples, _SAMPLE_CHUNK):
+        stop = min(start + _SAMPLE_CHUNK, n_samples)
+        W = _draw_weights(rng, stop - start, G.shape[0], max_rays, alpha_range)
+        out[start:stop] = W @ G
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------
+
+
+def circumcenter(X, *, solver=None):
+    """Circumcenter and circumradius of the cone generated by the rows of X.
+
+    The circumcenter is the unit axis ``x`` that maximises the smallest cosine
+    ``min_p <x, gamma_p / ||gamma_p||>``; the circumradius is the arccos of
+    that smallest cosine, the half-angle of the narrowest revolution cone
+    around ``x`` that contains every row.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+        Generators of the cone, one per row. No row may be zero.
+    solver : {"CLARABEL", "ECOS", "SCS"}, default=None
+        cvxpy solver of the second-order cone program. ``None`` tries the
+        installed ones in this order until one succeeds.
+
+    Returns
+    -------
+    center : ndarray of shape (n_features,)
+        Unit axis of the cone.
+    radius : float
+        Circumradius in radians, in ``[0, pi / 2)``.
+
+    Raises
+    ------
+    ValueError
+        If a row is zero or not finite, or the cone is not pointed
+        (circumradius at least ``pi / 2``).
+    RuntimeError
+        If no solver could solve the program.
+
+    See Also
+    --------
+    simplify_cone : Algorithm 1, which starts from the circumcenter.
+
+    Notes
+    -----
+    Solved by constraint generation over the rows (see the module notes), so
+    the cost grows slowly with the number of rows. The radius returned is
+    computed from the data for the returned axis, not read from the solver.
+
+    References
+    ----------
+    .. [1] R. Henrion and A. Seeger, "Inradius and circumradius of various
+       convex cones arising in applications," Set-Valued and Variational
+       Analysis, 18(3-4), 483-511, 2010.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> center, radius = circumcenter(np.eye(3))
+    >>> np.round(center, 4)
+    array([0.5774, 0.5774, 0.5774])
+    >>> bool(np.isclose(radius, np.arccos(1 / np.sqrt(3))))
+    True
+    """
+    U = _normalize_rows(_as_2d_float(X, "X"), "X")
+    return _circumcenter_unit(U, solver=solver, name="X")
+
+
+def greedy_rays(U, n_rays, *, center):
+    """Greedy farthest-ray selection of Algorithm 1 on unit rows.
+
+    Starting from the kept set ``{center}``, add ``n_rays`` times the row of
+    ``U`` whose smallest angle to the kept rays is largest (ties go to the
+    lowest row index).
+
+    Parameters
+    ----------
+    U : array-like of shape (n_rows, n_features)
+        Candidate rays, of unit norm (see :func:`simplify_cone` for raw rows).
+    n_rays : int
+        Number of rays to keep, at most ``n_rows``.
+    center : array-like of shape (n_features,)
+        Unit vector that starts the kept set, typically the circumcenter.
+
+    Returns
+    -------
+    indices : ndarray of shape (n_rays,)
+        Rows of ``U`` in the order they were chosen.
+
+    See Also
+    --------
+    simplify_cone : Normalises the rows, computes the center, then calls this.
+
+    Notes
+    -----
+    A running vector holds every row's largest cosine to the kept rays, so each
+    step costs one matrix-vector product: O(P K) per step, O(P K N) in all.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> U = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    >>> greedy_rays(U, 2, center=np.array([1.0, 1.0]) / np.sqrt(2))
+    array([0, 3])
+    """
+    U = _as_2d_float(U, "U")
+    center = np.asarray(center, dtype=np.float64)
+    if center.shape != (U.shape[1],):
+        raise ValueError(
+            f"center must have shape ({U.shape[1]},) to match U; got shape "
+            f"{center.shape}."
+        )
+    check_finite(center, "center")
+    n_rays = _check_n_rays(n_rays, U.shape[0])
+    return _greedy_select(U, center, n_rays)[0]
+
+
+def simplify_cone(X, n_rays, *, solver=None):
+    """Keep ``n_rays`` extreme rays of the cone of the rows of X (Algorithm 1).
+
+    Normalise the rows, compute the circumcenter of their cone, then greedily
+    keep, ``n_rays`` times, the row farthest (in angle) from the rays kept so
+    far, starting from the circumcenter, which is dropped at the end.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+        The ``gamma_p``, one per row. No row may be zero; the cone they
+        generate must be pointed.
+    n_rays : int
+        Number of rays to keep, ``1 <= n_rays <= n_rows``.
+    solver : {"CLARABEL", "ECOS", "SCS"}, default=None
+        cvxpy solver of the circumcenter program (see :func:`circumcenter`).
+
+    Returns
+    -------
+    rays : ndarray of shape (n_rays, n_features)
+        The kept rays, unit rows, in the order they were chosen.
+    indices : ndarray of shape (n_rays,)
+        Their rows in ``X``.
+    center : ndarray of shape (n_features,)
+        Circumcenter of the cone of ``X``.
+    radius : float
+        Circumradius in radians.
+
+    Warns
+    -----
+    UserWarning
+        When some kept rays repeat an earlier direction (X has fewer distinct
+        directions than ``n_rays``).
+
+    See Also
+    --------
+    deepblur.estimators.cone.ConeSimplifier : The same as an estimator.
+    circumcenter, greedy_rays : The two steps.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(size=(200, 3))
+    >>> rays, indices, center, radius = simplify_cone(X, 5)
+    >>> rays.shape, indices.shape
+    ((5, 3), (5,))
+    >>> bool(np.allclose(rays, X[indices] / np.linalg.norm(X[indices], axis=1,
+    ...                                                    keepdims=True)))
+    True
+    """
+    return _simplify_cone(_as_2d_float(X, "X"), n_rays, solver=solver)
+
+
+def cone_nnls(X, rays):
+    """Conic weights of every row of X on the rays (non-negative least squares).
+
+    For every row ``x`` solve ``min_{w >= 0} ||x - w @ rays||_2``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+        Points to project on ``cone(rays)``.
+    rays : array-like of shape (n_rays, n_features)
+        Generators of the cone.
+
+    Returns
+    -------
+    W : ndarray of shape (n_rows, n_rays)
+        Non-negative weights; ``W @ rays`` is the projection of ``X`` on the
+        cone. When ``n_rays > n_features`` the weights need not be unique (the
+        projection is); the solver returns a solution with at most
+        ``n_features`` non-zero weights in general.
+    residuals : ndarray of shape (n_rows,)
+        ``||x - w @ rays||_2`` for every row, zero when ``x`` is in the cone.
+
+    See Also
+    --------
+    scipy.optimize.nnls : The Lawson-Hanson active-set solver used per row.
+
+    Notes
+    -----
+    One exact active-set solve per row: 50 to 120 microseconds per row for 100
+    rays in 20 dimensions on the 2-core benchmark machine. A batched
+    accelerated projected gradient (FISTA) on all rows at once was measured
+    more than 20 times slower for a residual accurate to 1e-6 on these ill-conditioned
+    (``n_rays > n_features``) problems.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rays = np.eye(2)
+    >>> W, res = cone_nnls(np.array([[2.0, 1.0], [-1.0, 1.0]]), rays)
+    >>> W
+    array([[2., 1.],
+           [0., 1.]])
+    >>> res
+    array([0., 1.])
+    """
+    X = _as_2d_float(X, "X")
+    rays = _as_2d_float(rays, "rays")
+    if rays.shape[1] != X.shape[1]:
+        raise ValueError(
+            f"rays must have {X.shape[1]} columns like X; got rays of shape "
+            f"{rays.shape}."
+        )
+    return _cone_nnls(X, rays)
+
+
+def draw_cone_weights(
+    rng, n_samples, n_generators, *, max_rays, alpha_range=(0.5, 1.5)
+):
+    """Random conic weights of Algorithm 2 (the draw, without the generators).
+
+    For each sample: ``J`` uniform in ``{1, ..., max_rays}``; ``J`` distinct
+    generators uniformly at random; ``beta`` uniform on the (J-1)-simplex;
+    ``alpha`` uniform in ``alpha_range``. The sample's weights are
+    ``alpha * beta`` on the chosen generators and 0 elsewhere, so the sample
+    itself is ``W @ generators``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness (use ``numpy.random.default_rng(seed)``).
+    n_samples : int
+        Number of draws.
+    n_generators : int
+        Number ``R`` of generators of the cone.
+    max_rays : int
+        Largest number of generators per sample, ``1 <= max_rays <= R``
+        (the paper uses the dimension ``K``); ``None`` means ``n_generators``.
+    alpha_range : tuple of float, default=(0.5, 1.5)
+        ``(alpha_min, alpha_max)`` with ``0 < alpha_min < alpha_max``.
+
+    Returns
+    -------
+    W : scipy.sparse.csr_array of shape (n_samples, n_generators)
+        Exactly ``J`` stored (positive) weights per row, summing to ``alpha``.
+
+    See Also
+    --------
+    sample_cone : Applies these weights to the generators, in blocks.
+    sample_cone_torch : The same draw in torch, for a data pipeline.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = draw_cone_weights(np.random.default_rng(0), 4, 10, max_rays=3)
+    >>> W.shape
+    (4, 10)
+    >>> bool(np.all(np.diff(W.indptr) <= 3))
+    True
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            f"rng must be a numpy.random.Generator; got {type(rng).__name__}."
+        )
+    n_samples = _check_n_samples(n_samples)
+    if (
+        not isinstance(n_generators, numbers.Integral)
+        or isinstance(n_generators, bool)
+        or n_generators < 1
+    ):
+        raise ValueError(
+            f"n_generators must be a positive int; got {n_generators!r}."
+        )
+    max_rays = _resolve_max_rays(max_rays, n_generators, n_generators)
+    alpha_range = _check_alpha_range(alpha_range)
+    return _draw_weights(rng, n_samples, int(n_generators), max_rays, alpha_range)
+
+
+def sample_cone(
+    generators,
+    n_samples=1,
+    *,
+    max_rays=None,
+    alpha_range=(0.5, 1.5),
+    random_state=None,
+):
+    """Random points of the cone of the generators (Algorithm 2).
+
+    Each sample is ``alpha * sum_j beta_j * generators[z_j]`` with ``J``
+    uniform in ``{1, ..., max_rays}``, ``z_1, ..., z_J`` distinct and uniform,
+    ``beta`` uniform on the (J-1)-simplex and ``alpha`` uniform in
+    ``alpha_range``. Few active generators are as likely as many, which
+    favours the extreme rays of the cone.
+
+    Parameters
+    ----------
+    generators : array-like of shape (n_generators, n_features)
+        Generators of the cone, e.g. the rays kept by :func:`simplify_cone`.
+    n_samples : int, default=1
+        Number of samples.
+    max_rays : int, default=None
+        Largest number of generators per sample; ``None`` means
+        ``min(n_features, n_generators)`` (Caratheodory: every point of the
+        cone is a conic combination of at most ``n_features`` generators).
+    alpha_range : tuple of float, default=(0.5, 1.5)
+        ``(alpha_min, alpha_max)``, ``0 < alpha_min < alpha_max``: the scale of
+        the samples relative to that of the generators.
+    random_state : int, numpy.random.Generator, RandomState or None, \
+default=None
+        Source of randomness.
+
+    Returns
+    -------
+    samples : ndarray of shape (n_samples, n_features)
+        In the dtype of ``generators`` (float32 or float64).
+
+    See Also
+    --------
+    draw_cone_weights : The conic weights of the samples.
+    sample_cone_torch : The same in torch, on any device.
+    deepblur.estimators.cone.ConeSampler : The same as an estimator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> samples = sample_cone(np.eye(3), 1000, random_state=0)
+    >>> samples.shape
+    (1000, 3)
+    >>> bool(samples.min() >= 0 and samples.sum(axis=1).max() <= 1.5)
+    True
+    """
+    generators = _as_2d_float(
+        generators, "generators", dtypes=(np.float64, np.float32)
+    )
+    n_samples = _check_n_samples(n_samples)
+    max_rays = _resolve_max_rays(max_rays, *generators.shape)
+    alpha_range = _check_alpha_range(alpha_range)
+    rng = _as_generator(random_state)
+    return _sample_cone(generators, n_samples, max_rays, alpha_range, rng)
+
+
+def sample_cone_torch(
+    generators,
+    n_samples=1,
+    *,
+    max_rays=None,
+    alpha_range=(0.5, 1.5),
+    generator=None,
+    return_weights=False,
+):
+    """Algorithm 2 in torch: a batch of random points of the cone.
+
+    The same distribution as :func:`sample_cone`, computed with torch on the
+    device and in the dtype of ``generators``, so that a data pipeline can
+    draw one batch of operator coefficients per step without leaving the GPU.
+
+    Parameters
+    ----------
+    generators : torch.Tensor of shape (n_generators, n_features)
+        Generators of the cone (floating point).
+    n_samples : int, default=1
+        Batch size.
+    max_rays : int, default=None
+        As in :func:`sample_cone`; ``None`` means
+        ``min(n_features, n_generators)``.
+    alpha_range : tuple of float, default=(0.5, 1.5)
+        ``(alpha_min, alpha_max)``, ``0 < alpha_min < alpha_max``.
+    generator : torch.Generator, default=None
+        Source of randomness, on the device of ``generators``; ``None`` uses
+        torch's default generator.
+    return_weights : bool, default=False
+        Also return the dense conic weights.
+
+    Returns
+    -------
+    samples : torch.Tensor of shape (n_samples, n_features)
+    weights : torch.Tensor of shape (n_samples, n_generators)
+        Only when ``return_weights``: ``samples = weights @ generators``.
+
+    See Also
+    --------
+    sample_cone : The numpy version (faster on CPU for large batches).
+
+    Notes
+    -----
+    The ``J`` distinct generators are the first ``J`` of a uniformly random
+    ordered ``max_rays``-subset (``topk`` of i.i.d. uniform keys), hence a
+    uniformly random ``J``-subset. Memory is O(n_samples * n_generators).
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> batch = sample_cone_torch(torch.eye(3, dtype=torch.float64), 8,
+    ...                           generator=g)
+    >>> batch.shape, batch.dtype
+    (torch.Size([8, 3]), torch.float64)
+    """
+    if not isinstance(generators, torch.Tensor) or not generators.is_floating_point():
+        raise ValueError(
+            "generators must be a floating-point torch.Tensor; got "
+            f"{type(generators).__name__}"
+            + (f" of dtype {generators.dtype}" if torch.is_tensor(generators) else "")
+            + "."
+        )
+    if generators.ndim != 2:
+        raise ValueError(
+            "generators must have 2 dimensions (n_generators, n_features); got "
+            f"shape {tuple(generators.shape)}."
+        )
+    check_finite(generators, "generators")
+    n_samples = _check_n_samples(n_samples)
+    R, K = generators.shape
+    max_rays = _resolve_max_rays(max_rays, R, K)
+    lo, hi = _check_alpha_range(alpha_range)
+    kw = {"device": generators.device, "dtype": generators.dtype}
+    J = torch.randint(
+        1, max_rays + 1, (n_samples, 1), generator=generator,
+        device=generators.device,
+    )
+    keys = torch.rand((n_samples, R), generator=generator, **kw)
+    chosen = keys.topk(max_rays, dim=1).indices
+    active = torch.arange(max_rays, device=generators.device) < J
+    E = torch.empty((n_samples, max_rays), **kw).exponential_(generator=generator)
+    E = E.clamp_min(torch.finfo(generators.dtype).tiny) * active
+    alpha = lo + (hi - lo) * torch.rand((n_samples, 1), generator=generator, **kw)
+    weights = torch.zeros((n_samples, R), **kw)
+    weights.scatter_(1, chosen, E * (alpha / E.sum(dim=1, keepdim=True)))
+    samples = weights @ generators
+    return (samples, weights) if return_weights else samples
