@@ -1,9 +1,29 @@
-"""Data generators and loaders: random operators, images, simulators."""
+"""Data generators and loaders: random operators, offline images."""
 
+from deepblur.datasets.images import (
+    extract_patches,
+    load_image,
+    load_images,
+    load_microscopy_images,
+    load_natural_images,
+    make_point_sources,
+    natural_image_split,
+)
 from deepblur.datasets.random_operators import (
     gaussian_kernel,
     make_random_operators,
     random_maps,
 )
 
-__all__ = ["gaussian_kernel", "make_random_operators", "random_maps"]
+__all__ = [
+    "extract_patches",
+    "gaussian_kernel",
+    "load_image",
+    "load_images",
+    "load_microscopy_images",
+    "load_natural_images",
+    "make_point_sources",
+    "make_random_operators",
+    "natural_image_split",
+    "random_maps",
+]

@@ -325,7 +325,7 @@ class ProductConvolution:
             else:
                 weighted = maps * (gc[:, :, None, None] * uc[:, None])
                 spec = torch.fft.rfft2(weighted, s=M)
-            summed = (spec * spectra).sum(1)  # (c, M1, M2r)
+            summed = spec.mul_(spectra).sum(1)  # (c, M1, M2r)
             outs.append(torch.fft.irfft2(summed, s=M)[:, :H, :W])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 

@@ -1,0 +1,87 @@
+"""Offline images: bundled files, user files, patches, point sources."""
+
+import numpy as np
+import pytest
+
+from deepblur.datasets.images import (
+    MICROSCOPY_IMAGES,
+    NATURAL_TEST_IMAGES,
+    extract_patches,
+    load_image,
+    load_images,
+    load_microscopy_images,
+    load_natural_images,
+    make_point_sources,
+    natural_image_split,
+)
+
+
+def test_bundled_images_load_gray_unit_range():
+    imgs = load_natural_images(["camera", "china"])
+    for img in imgs.values():
+        assert img.ndim == 2 and img.min() == 0 and img.max() == 1
+    micro = load_microscopy_images()
+    assert set(micro) == set(MICROSCOPY_IMAGES)
+
+
+def test_split_is_by_source_image():
+    train, test = natural_image_split()
+    assert set(test) == set(NATURAL_TEST_IMAGES)
+    assert not set(train) & set(test) and len(train) >= 10
+    with pytest.raises(ValueError, match="test_names"):
+        natural_image_split(("nope",))
+
+
+def test_patches_shapes_seed_and_augmentation():
+    imgs = {"a": np.arange(64.0 * 80).reshape(64, 80) / (64 * 80)}
+    p1 = extract_patches(imgs, 20, (32, 32), random_state=0)
+    p2 = extract_patches(imgs, 20, (32, 32), random_state=0)
+    np.testing.assert_array_equal(p1, p2)
+    assert p1.shape == (20, 32, 32)
+    # every patch is a (possibly flipped/rotated) crop of the source
+    src = imgs["a"]
+    for patch in p1[:5]:
+        found = False
+        for k in range(4):
+            for q in (patch, patch[:, ::-1]):
+                cand = np.rot90(q, -k)
+                r, c = np.argwhere(np.isclose(src, cand[0, 0]))[0]
+                if r + 32 <= 64 and c + 32 <= 80 and np.allclose(
+                        src[r:r + 32, c:c + 32], cand):
+                    found = True
+        assert found
+    with pytest.raises(ValueError, match="smaller than patch_shape"):
+        extract_patches(imgs, 2, (100, 100))
+
+
+def test_user_files_png_tiff_and_arrays(tmp_path):
+    import imageio.v3 as iio
+    import tifffile
+
+    img8 = (np.arange(100, dtype=np.uint8).reshape(10, 10))
+    iio.imwrite(tmp_path / "a.png", img8)
+    tifffile.imwrite(tmp_path / "b.tif", img8.astype(np.uint16) * 300)
+    tifffile.imwrite(tmp_path / "c.tiff", img8.astype(np.float32) / 7)
+    loaded = load_images(tmp_path)
+    assert len(loaded) == 3
+    for img in loaded:
+        np.testing.assert_allclose(img, img8 / 99.0, atol=1e-6)
+    arr = load_images(np.stack([img8, img8]))
+    assert len(arr) == 2
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "x.bmpx").write_bytes(b"0")
+    with pytest.raises(ValueError, match="unsupported image format"):
+        load_image(tmp_path / "x.bmpx")
+    with pytest.raises(ValueError, match="finite"):
+        load_images([np.full((4, 4), np.nan)])
+
+
+def test_point_sources():
+    pts = make_point_sources(3, (64, 64), density=0.01, random_state=0)
+    assert pts.shape == (3, 64, 64)
+    n = (pts > 0).sum(axis=(1, 2))
+    assert (n > 10).all() and (n < 80).all()
+    assert pts.max() <= 1 and pts[pts > 0].min() >= 0.5
+    with pytest.raises(ValueError, match="density"):
+        make_point_sources(1, density=0)
