@@ -1,0 +1,468 @@
+"""Maths of the cone numerics: closed forms, brute-force references, cvxpy."""
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from deepblur.solvers import cone
+from deepblur.solvers.cone import (
+    SOCP_SOLVERS,
+    circumcenter,
+    cone_nnls,
+    draw_cone_weights,
+    greedy_rays,
+    sample_cone,
+    sample_cone_torch,
+    simplify_cone,
+)
+
+INSTALLED_SOCP = [s for s in SOCP_SOLVERS if s in cp.installed_solvers()]
+FEW = settings(max_examples=20, deadline=None)
+
+
+def unit_rows(X):
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def random_orthogonal(rng, k):
+    q, r = np.linalg.qr(rng.standard_normal((k, k)))
+    return q * np.sign(np.diag(r))
+
+
+def cvxpy_circumcenter(X):
+    """The program on all rows at once, without constraint generation."""
+    U = unit_rows(X)
+    x, t = cp.Variable(U.shape[1]), cp.Variable()
+    cp.Problem(cp.Maximize(t), [U @ x >= t, cp.norm(x, 2) <= 1]).solve(
+        solver=INSTALLED_SOCP[0]
+    )
+    return x.value / np.linalg.norm(x.value), float(t.value)
+
+
+def brute_force_algorithm1(X, n_rays, center):
+    """Algorithm 1 written as in the paper, with explicit angles and sets."""
+    U = unit_rows(X)
+    kept = [np.asarray(center)]
+    to_explore = list(range(len(U)))
+    chosen = []
+    for _ in range(n_rays):
+        best, best_angle = None, -np.inf
+        for p in to_explore:  # increasing index: ties go to the lowest
+            angle = min(np.arccos(np.clip(np.dot(U[p], r), -1, 1)) for r in kept)
+            if angle > best_angle:
+                best, best_angle = p, angle
+        to_explore.remove(best)
+        kept.append(U[best])
+        chosen.append(best)
+    return np.array(chosen)
+
+
+def revolution_cone(rng, k, half_angle, n):
+    """``n`` rays on the boundary of a revolution cone with a random axis."""
+    axis = unit_rows(rng.standard_normal((1, k)))[0]
+    v = rng.standard_normal((n, k))
+    v -= np.outer(v @ axis, axis)
+    v = unit_rows(v)
+    return axis, np.cos(half_angle) * axis + np.sin(half_angle) * v
+
+
+# --- circumcenter -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 20])
+def test_circumcenter_positive_orthant(k):
+    center, radius = circumcenter(np.eye(k))
+    np.testing.assert_allclose(center, np.full(k, 1 / np.sqrt(k)), atol=1e-6)
+    np.testing.assert_allclose(radius, np.arccos(1 / np.sqrt(k)), atol=1e-6)
+
+
+def test_circumcenter_orthant_with_interior_rows():
+    # Rows inside the orthant change nothing; the scale of rows neither.
+    rng = np.random.default_rng(0)
+    k = 6
+    X = np.vstack([3.0 * np.eye(k), rng.uniform(0.1, 1.0, size=(500, k))])
+    center, radius = circumcenter(X)
+    np.testing.assert_allclose(center, np.full(k, 1 / np.sqrt(k)), atol=1e-6)
+    np.testing.assert_allclose(radius, np.arccos(1 / np.sqrt(k)), atol=1e-6)
+
+
+@pytest.mark.parametrize("half_angle", [0.05, 0.6, 1.3])
+@pytest.mark.parametrize("k", [3, 8])
+def test_circumcenter_revolution_cone(k, half_angle):
+    rng = np.random.default_rng(k)
+    axis, X = revolution_cone(rng, k, half_angle, 3000)
+    center, radius = circumcenter(X)
+    np.testing.assert_allclose(center, axis, atol=1e-4)
+    np.testing.assert_allclose(radius, half_angle, atol=1e-7)
+
+
+def test_circumcenter_two_rays_in_the_plane_is_the_bisector():
+    a, b = 0.3, 1.9
+    X = np.array([[np.cos(a), np.sin(a)], [np.cos(b), np.sin(b)]])
+    center, radius = circumcenter(X)
+    m = (a + b) / 2
+    np.testing.assert_allclose(center, [np.cos(m), np.sin(m)], atol=1e-6)
+    np.testing.assert_allclose(radius, (b - a) / 2, atol=1e-7)
+
+
+def test_circumcenter_constraint_generation_matches_the_full_program():
+    # 5000 rows: far more than the first subset, so rows get added.
+    rng = np.random.default_rng(1)
+    X = np.abs(rng.standard_normal((5000, 7))) + 0.01
+    center, radius = circumcenter(X)
+    ref_center, ref_t = cvxpy_circumcenter(X)
+    np.testing.assert_allclose(np.cos(radius), ref_t, atol=1e-7)
+    np.testing.assert_allclose(center, ref_center, atol=1e-4)
+    # The radius is the data's: the farthest row sits exactly at it.
+    np.testing.assert_allclose(
+        (unit_rows(X) @ center).min(), np.cos(radius), rtol=0, atol=1e-14
+    )
+
+
+@pytest.mark.parametrize("solver", INSTALLED_SOCP)
+def test_circumcenter_each_installed_solver_agrees(solver):
+    center, radius = circumcenter(np.eye(4), solver=solver)
+    np.testing.assert_allclose(center, np.full(4, 0.5), atol=1e-4)
+    np.testing.assert_allclose(radius, np.pi / 3, atol=1e-4)
+
+
+@FEW
+@given(
+    X=arrays(np.float64, (12, 4), elements=st.floats(0.05, 10.0)),
+    seed=st.integers(0, 2**16),
+)
+def test_circumcenter_rotation_equivariance(X, seed):
+    Q = random_orthogonal(np.random.default_rng(seed), 4)
+    center, radius = circumcenter(X)
+    center_q, radius_q = circumcenter(X @ Q.T)
+    np.testing.assert_allclose(radius_q, radius, atol=1e-6)
+    # Every row lies within the radius of the axis, and one on the boundary.
+    cosines = unit_rows(X) @ center
+    assert cosines.min() == pytest.approx(np.cos(radius), abs=1e-12)
+    # The axis itself is unique when the cone is not degenerate; compare the
+    # cosine to the rotated axis rather than coordinates.
+    assert float(center_q @ (Q @ center)) > 1 - 1e-6
+
+
+@pytest.mark.parametrize(
+    "X",
+    [
+        np.array([[1.0, 2.0], [-1.0, -2.0]]),  # opposite rows
+        np.vstack([np.eye(3), -np.eye(3)]),  # the whole space
+        np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]),  # a half-plane
+    ],
+)
+def test_circumcenter_not_pointed(X):
+    with pytest.raises(ValueError, match=r"not pointed.*pi/2 \(90 degrees\)"):
+        circumcenter(X)
+
+
+def test_circumcenter_bad_rows():
+    with pytest.raises(ValueError, match="X must have no zero rows.*index 1"):
+        circumcenter(np.array([[1.0, 1.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="X must contain only finite"):
+        circumcenter(np.array([[1.0, np.nan], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="X must be a 2-D array"):
+        circumcenter(np.ones(3))
+
+
+def test_circumcenter_solver_not_installed(monkeypatch):
+    monkeypatch.setattr(cp, "installed_solvers", lambda: ["SCS", "OSQP"])
+    with pytest.raises(ValueError, match=r"solver='CLARABEL' is not installed.*SCS"):
+        circumcenter(np.eye(2), solver="CLARABEL")
+    with pytest.raises(ValueError, match="solver must be None or one of"):
+        circumcenter(np.eye(2), solver="OSQP")
+    monkeypatch.setattr(cp, "installed_solvers", lambda: ["OSQP"])
+    with pytest.raises(RuntimeError, match=r"solver=None.*installed.*OSQP"):
+        circumcenter(np.eye(2))
+
+
+def test_circumcenter_solver_failure_names_the_solvers(monkeypatch):
+    def fail(self, *args, **kwargs):
+        raise cp.error.SolverError(f"boom from {kwargs.get('solver')}")
+
+    monkeypatch.setattr(cp.Problem, "solve", fail)
+    with pytest.raises(RuntimeError) as info:
+        circumcenter(np.eye(3))
+    message = str(info.value)
+    for name in INSTALLED_SOCP:
+        assert f"{name} raised SolverError: boom from {name}" in message
+    assert "installed cvxpy solvers" in message
+    assert "`solver` parameter" in message
+
+
+# --- greedy simplification ----------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_greedy_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    P, K = rng.integers(5, 25), rng.integers(2, 6)
+    X = rng.uniform(0.0, 1.0, size=(P, K)) + 0.01
+    n_rays = int(rng.integers(1, P + 1))
+    rays, indices, center, radius = simplify_cone(X, n_rays)
+    np.testing.assert_array_equal(indices, brute_force_algorithm1(X, n_rays, center))
+    np.testing.assert_array_equal(greedy_rays(unit_rows(X), n_rays, center=center),
+                                  indices)
+    np.testing.assert_allclose(rays, unit_rows(X[indices]))
+
+
+@FEW
+@given(X=arrays(np.float64, (10, 3), elements=st.floats(-1.0, 1.0)))
+def test_greedy_matches_brute_force_any_center(X):
+    # greedy_rays on its own works for any data and any unit center.
+    X = X + np.array([0.0, 0.0, 2.5])  # rows away from zero
+    center = np.array([0.6, 0.0, 0.8])
+    n_rays = 6
+    np.testing.assert_array_equal(
+        greedy_rays(unit_rows(X), n_rays, center=center),
+        brute_force_algorithm1(X, n_rays, center),
+    )
+
+
+def test_greedy_first_ray_sits_at_the_circumradius():
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0.1, 1.0, size=(300, 5))
+    rays, indices, center, radius = simplify_cone(X, 4)
+    np.testing.assert_allclose(np.arccos(rays[0] @ center), radius, atol=1e-12)
+    # Positive rescaling of the rows changes nothing.
+    scaled = simplify_cone(X * rng.uniform(0.5, 3.0, size=(300, 1)), 4)
+    np.testing.assert_array_equal(scaled[1], indices)
+
+
+def test_greedy_keeps_extreme_rays_first():
+    # The orthant's edges, hidden among interior rows, are kept first.
+    rng = np.random.default_rng(4)
+    K = 4
+    X = np.vstack([rng.uniform(0.2, 1.0, size=(50, K)), np.eye(K)])
+    _, indices, _, _ = simplify_cone(X, K)
+    assert sorted(indices) == list(range(50, 50 + K))
+
+
+def test_greedy_warns_on_repeated_directions():
+    X = np.vstack([np.eye(3), 2 * np.eye(3)])
+    with pytest.warns(UserWarning, match=r"n_rays=5: 2 of the kept rays repeat"):
+        simplify_cone(X, 5)
+
+
+def test_greedy_bad_arguments():
+    U = np.eye(3)
+    with pytest.raises(ValueError, match=r"n_rays=4 must not exceed.*n_samples=3"):
+        greedy_rays(U, 4, center=np.ones(3) / np.sqrt(3))
+    with pytest.raises(ValueError, match="n_rays must be a positive int"):
+        greedy_rays(U, 0, center=np.ones(3) / np.sqrt(3))
+    with pytest.raises(ValueError, match=r"center must have shape \(3,\)"):
+        greedy_rays(U, 2, center=np.ones(2))
+
+
+def test_simplify_does_not_modify_its_input():
+    X = np.random.default_rng(5).uniform(0.1, 1.0, size=(40, 3))
+    before = X.copy()
+    simplify_cone(X, 5)
+    np.testing.assert_array_equal(X, before)
+
+
+# --- non-negative least squares ------------------------------------------------
+
+
+def test_cone_nnls_matches_cvxpy_projection():
+    rng = np.random.default_rng(6)
+    rays = rng.uniform(0.0, 1.0, size=(8, 5))
+    X = rng.standard_normal((6, 5))
+    W, residuals = cone_nnls(X, rays)
+    assert W.shape == (6, 8) and (W >= 0).all()
+    np.testing.assert_allclose(
+        residuals, np.linalg.norm(X - W @ rays, axis=1), atol=1e-12
+    )
+    for x, r in zip(X, residuals, strict=True):
+        w = cp.Variable(8, nonneg=True)
+        cp.Problem(cp.Minimize(cp.sum_squares(w @ rays - x))).solve(
+            solver=INSTALLED_SOCP[0]
+        )
+        np.testing.assert_allclose(r, np.linalg.norm(w.value @ rays - x), atol=1e-6)
+
+
+def test_cone_nnls_is_exact_inside_the_cone():
+    rng = np.random.default_rng(7)
+    rays = unit_rows(rng.uniform(0.0, 1.0, size=(30, 6)))  # more rays than K
+    W_true = rng.uniform(size=(100, 30)) * (rng.uniform(size=(100, 30)) < 0.2)
+    W, residuals = cone_nnls(W_true @ rays, rays)
+    assert residuals.max() < 1e-10
+    np.testing.assert_allclose(W @ rays, W_true @ rays, atol=1e-10)
+
+
+def test_cone_nnls_shape_mismatch():
+    with pytest.raises(ValueError, match="rays must have 3 columns"):
+        cone_nnls(np.ones((2, 3)), np.ones((4, 2)))
+
+
+# --- sampling (Algorithm 2) ----------------------------------------------------
+
+
+def weights_of(seed, n, R, max_rays, alpha_range=(0.5, 1.5)):
+    W = draw_cone_weights(
+        np.random.default_rng(seed), n, R, max_rays=max_rays, alpha_range=alpha_range
+    )
+    return W.toarray()
+
+
+def test_samples_lie_in_the_cone():
+    rng = np.random.default_rng(8)
+    generators = unit_rows(rng.uniform(0.0, 1.0, size=(40, 6)))
+    samples = sample_cone(generators, 2000, random_state=0)
+    residuals = cone_nnls(samples, generators)[1]
+    assert residuals.max() < 1e-10 * np.linalg.norm(samples, axis=1).max()
+
+
+def test_sample_is_weights_times_generators():
+    generators = np.random.default_rng(9).standard_normal((12, 4))
+    W = draw_cone_weights(np.random.default_rng(3), 500, 12, max_rays=4)
+    samples = sample_cone(generators, 500, random_state=np.random.default_rng(3))
+    np.testing.assert_allclose(samples, W @ generators, rtol=1e-13)
+
+
+def test_number_of_active_generators_is_uniform():
+    max_rays, n = 7, 14000
+    W = weights_of(0, n, 20, max_rays)
+    J = np.count_nonzero(W, axis=1)
+    counts = np.bincount(J, minlength=max_rays + 1)
+    assert counts[0] == 0 and J.max() == max_rays
+    assert scipy.stats.chisquare(counts[1:]).pvalue > 1e-3
+
+
+def test_chosen_generators_are_uniform_distinct_subsets():
+    # R = 5, J = 2: the 10 pairs are equally likely; each generator too.
+    W = weights_of(1, 30000, 5, 2)
+    pairs = W[np.count_nonzero(W, axis=1) == 2] > 0
+    codes = pairs @ (1 << np.arange(5))
+    counts = np.unique(codes, return_counts=True)[1]
+    assert len(counts) == 10
+    assert scipy.stats.chisquare(counts).pvalue > 1e-3
+    W = weights_of(2, 20000, 9, 9)
+    assert scipy.stats.chisquare(np.count_nonzero(W, axis=0)).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("J", [2, 3, 6])
+def test_weights_are_uniform_on_the_simplex(J):
+    # beta ~ Dirichlet(1, ..., 1): every coordinate is Beta(1, J - 1).
+    W = weights_of(J, 60000, 8, 6)
+    W = W[np.count_nonzero(W, axis=1) == J]
+    beta = W / W.sum(axis=1, keepdims=True)
+    # One coordinate per row (the coordinates of a row are dependent).
+    first = beta[np.arange(len(beta)), np.argmax(beta > 0, axis=1)]
+    assert scipy.stats.kstest(first, scipy.stats.beta(1, J - 1).cdf).pvalue > 1e-3
+    assert scipy.stats.kstest(
+        beta[:, -1][beta[:, -1] > 0], scipy.stats.beta(1, J - 1).cdf
+    ).pvalue > 1e-3
+
+
+def test_scale_is_uniform_in_range():
+    W = weights_of(3, 20000, 10, 4, alpha_range=(0.2, 3.0))
+    alpha = W.sum(axis=1)
+    assert alpha.min() >= 0.2 and alpha.max() <= 3.0
+    assert scipy.stats.kstest(alpha, scipy.stats.uniform(0.2, 2.8).cdf).pvalue > 1e-3
+
+
+def test_sampling_in_blocks(monkeypatch):
+    monkeypatch.setattr(cone, "_SAMPLE_CHUNK", 64)
+    generators = np.eye(5)
+    samples = sample_cone(generators, 1000, max_rays=2, random_state=1)
+    assert samples.shape == (1000, 5)
+    assert (np.count_nonzero(samples, axis=1) <= 2).all()
+    assert samples.sum(axis=1).min() >= 0.5 and samples.sum(axis=1).max() <= 1.5
+
+
+def test_sample_cone_reproducible_dtype_and_empty():
+    g64 = np.random.default_rng(0).uniform(size=(6, 3))
+    a = sample_cone(g64, 50, random_state=7)
+    np.testing.assert_array_equal(a, sample_cone(g64, 50, random_state=7))
+    assert not np.array_equal(a, sample_cone(g64, 50, random_state=8))
+    assert a.dtype == np.float64
+    assert sample_cone(g64.astype(np.float32), 5).dtype == np.float32
+    assert sample_cone(g64, 0).shape == (0, 3)
+    # max_rays defaults to min(K, R): here K = 3 < R = 6.
+    W = weights_of(4, 2000, 6, None)
+    assert np.count_nonzero(W, axis=1).max() == 6
+    samples = sample_cone(np.eye(3)[:2], 1000, random_state=0)  # R = 2 < K
+    assert np.count_nonzero(samples, axis=1).max() == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"alpha_range": (1.0, 1.0)}, r"alpha_range must satisfy 0 < alpha_min"),
+        ({"alpha_range": (2.0, 1.0)}, r"alpha_range must satisfy.*alpha_min=2\.0"),
+        ({"alpha_range": (0.0, 1.0)}, r"alpha_range must satisfy"),
+        ({"alpha_range": (-1.0, 1.0)}, r"alpha_range must satisfy"),
+        ({"alpha_range": (0.5, np.inf)}, r"alpha_range must satisfy.*finite"),
+        ({"alpha_range": (1.0,)}, r"alpha_range must be a pair"),
+        ({"alpha_range": "ab"}, r"alpha_range must be a pair"),
+        ({"max_rays": 0}, r"max_rays must be a positive int or None; got 0"),
+        ({"max_rays": 5}, r"max_rays=5 must not exceed the number of generators"),
+        ({"n_samples": -1}, r"n_samples must be a non-negative int; got -1"),
+    ],
+)
+def test_sample_cone_bad_arguments(kwargs, match):
+    kwargs = {"n_samples": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        sample_cone(np.eye(4), **kwargs)
+
+
+def test_draw_cone_weights_needs_a_generator():
+    with pytest.raises(ValueError, match="rng must be a numpy.random.Generator"):
+        draw_cone_weights(0, 3, 4, max_rays=2)
+
+
+@FEW
+@given(
+    G=arrays(np.float64, (7, 3), elements=st.floats(-5.0, 5.0)),
+    max_rays=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+def test_samples_in_cone_property(G, max_rays, seed):
+    samples = sample_cone(G, 20, max_rays=max_rays, random_state=seed)
+    residuals = cone_nnls(samples, G)[1]
+    assert residuals.max() <= 1e-9 * (1 + np.abs(G).max())
+
+
+# --- torch variant --------------------------------------------------------------
+
+
+def test_torch_sampler_distribution():
+    G = torch.as_tensor(unit_rows(np.random.default_rng(10).uniform(size=(15, 5))))
+    g = torch.Generator().manual_seed(0)
+    samples, W = sample_cone_torch(
+        G, 20000, max_rays=5, alpha_range=(0.3, 0.9), generator=g,
+        return_weights=True,
+    )
+    assert samples.dtype == torch.float64 and samples.shape == (20000, 5)
+    torch.testing.assert_close(samples, W @ G)
+    J = torch.count_nonzero(W, dim=1).numpy()
+    assert scipy.stats.chisquare(np.bincount(J, minlength=6)[1:]).pvalue > 1e-3
+    alpha = W.sum(dim=1).numpy()
+    assert alpha.min() >= 0.3 and alpha.max() <= 0.9
+    W2 = W[torch.count_nonzero(W, dim=1) == 3].numpy()
+    beta = W2 / W2.sum(axis=1, keepdims=True)
+    first = beta[np.arange(len(beta)), np.argmax(beta > 0, axis=1)]
+    assert scipy.stats.kstest(first, scipy.stats.beta(1, 2).cdf).pvalue > 1e-3
+    residuals = cone_nnls(samples[:500].numpy(), G.numpy())[1]
+    assert residuals.max() < 1e-10
+
+
+def test_torch_sampler_reproducible_and_dtype():
+    G = torch.eye(4, dtype=torch.float32)
+    a = sample_cone_torch(G, 10, generator=torch.Generator().manual_seed(1))
+    b = sample_cone_torch(G, 10, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.dtype == torch.float32
+    with pytest.raises(ValueError, match="generators must be a floating-point"):
+        sample_cone_torch(np.eye(3), 2)
+    with pytest.raises(ValueError, match="max_rays=5 must not exceed"):
+        sample_cone_torch(G, 2, max_rays=5)
+    with pytest.raises(ValueError, match="alpha_range must satisfy"):
+        sample_cone_torch(G, 2, alpha_range=(1.0, 0.5))
