@@ -1,0 +1,375 @@
+"""Non-blind and blind deblurring with a product-convolution operator.
+
+:class:`TVDeblurrer` is a scikit-learn transformer over
+:func:`deepblur.solvers.tv.deblur`: it turns blurry images into deblurred ones
+by solving ``min_u R(u) + lam/2 ||H[gamma] u - y||^2`` per image, with
+``H[gamma]`` from a fitted :class:`~deepblur.estimators.basis.ProductConvolutionBasis`
+and ``gamma`` either given (non-blind) or predicted by a fitted blur estimator
+(blind).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from deepblur._validation import (
+    as_tensor,
+    check_finite,
+    check_ndim,
+    resolve_device,
+    to_like,
+)
+from deepblur.metrics import psnr
+from deepblur.solvers.tv import REGULARIZATIONS, deblur, default_lam
+
+__all__ = ["TVDeblurrer"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _is_prefitted(obj):
+    """Whether ``obj`` is a component to share as is rather than to clone.
+
+    Fitted scikit-learn estimators (``check_is_fitted`` passes, which includes
+    :class:`sklearn.frozen.FrozenEstimator`) and plain objects that are not
+    estimators at all (anything with the needed methods but no ``fit``).
+    """
+    if obj is None:
+        return False
+    try:
+        check_is_fitted(obj)
+    except NotFittedError:
+        return False
+    except TypeError:  # no ``fit``: not an estimator, nothing to refit
+        return True
+    return True
+
+
+class TVDeblurrer(TransformerMixin, BaseEstimator):
+    """Deblur images by total-variation or ``l1`` regularised least squares.
+
+    For each image ``y`` of ``X``, solve
+
+    ``min_u R(u) + lam/2 ||H[gamma] u - y||^2`` (over ``u >= 0`` if
+    ``positive``)
+
+    with ``H[gamma] = sum_k gamma_k e_k * (f_k . u)`` the product-convolution
+    operator of ``basis`` and ``R`` the isotropic total variation (forward
+    differences, Neumann boundary, ``TV(u) = sum_ij sqrt(dx^2 + dy^2)``) or the
+    ``l1`` norm. The solver is :func:`deepblur.solvers.tv.deblur` (monotone
+    FISTA, batched over images, on CUDA when available).
+
+    Parameters
+    ----------
+    basis : ProductConvolutionBasis
+        A *fitted* basis (for instance from ``ProductConvolutionBasis.fit`` or
+        ``ProductConvolutionBasis.from_components``); it defines ``H[gamma]``
+        and the image shape. It is never refitted.
+    lam : float or "auto", default="auto"
+        Weight of the data term, > 0. ``"auto"`` picks one per image from an
+        estimate of its noise level (:func:`deepblur.solvers.tv.default_lam`);
+        see ``benchmarks/README.md`` for how it compares with a grid search.
+    regularization : {"tv", "l1"}, default="tv"
+        Total variation (natural and cell images) or ``l1`` (sparse images:
+        fluorescent point sources).
+    positive : bool, default=False
+        Constrain the result to be non-negative (intensities).
+    max_iter : int, default=500
+        Cap on solver iterations; a ``ConvergenceWarning`` says when it is hit.
+    tol : float, default=1e-5
+        Relative objective decrease over 5 iterations at which the solver
+        stops (about 1e-4 relative distance to the optimum, measured).
+    inner_iter : int, default=10
+        Warm-started dual iterations per TV proximal step.
+    device : str, torch.device or None, default="auto"
+        ``"auto"``/``None``: CUDA when available, else CPU. Asking for CUDA
+        where there is none is an error.
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the computation and of the returned images.
+    blur_estimator : object with ``predict(X) -> gamma``, default=None
+        Used when ``transform`` is called without ``gamma`` (blind
+        deblurring), typically a fitted ``ResNetBlurRegressor``. It is never
+        fitted by this estimator. A fitted estimator (or a
+        :class:`sklearn.frozen.FrozenEstimator`, or any non-estimator object
+        with ``predict``) is shared, not cloned, by :func:`sklearn.base.clone`
+        and hence by ``GridSearchCV``: a fresh unfitted copy could not predict.
+        The same holds for ``basis``.
+
+    Attributes
+    ----------
+    image_shape_ : tuple of int
+        ``(H, W)`` of the images, from ``basis``.
+    n_components_ : int
+        Number ``K`` of coefficients per operator.
+    n_features_in_ : int
+        ``H * W``.
+    n_iter_ : int
+        Solver iterations of the last ``transform`` call.
+    objective_history_ : numpy.ndarray of shape (n_iter_ + 1, n)
+        Objective per image along the iterations of the last ``transform``.
+    converged_ : numpy.ndarray of shape (n,) of bool
+        Whether each image of the last ``transform`` met ``tol``.
+    lam_ : numpy.ndarray of shape (n,)
+        The ``lam`` used for each image of the last ``transform``.
+
+    See Also
+    --------
+    deepblur.solvers.tv.deblur : The function this estimator calls.
+    deepblur.metrics.psnr : The score.
+
+    Notes
+    -----
+    ``fit`` learns nothing from the images: it validates the parameters and
+    records the geometry, so that the estimator can sit in a ``Pipeline`` and
+    be tuned by ``GridSearchCV`` on (blurry, clean) pairs with :meth:`score`.
+    In non-blind mode, pass ``gamma`` through ``transform``/``score``; inside
+    ``GridSearchCV`` this uses scikit-learn's metadata routing
+    (``set_score_request(gamma=True)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur.estimators.basis import ProductConvolutionBasis
+    >>> kernels = np.full((1, 3, 3), 1 / 9)
+    >>> basis = ProductConvolutionBasis.from_components(kernels, np.ones((1, 32, 32)))
+    >>> clean = np.zeros((2, 32, 32)); clean[:, 8:24, 8:24] = 1.0
+    >>> rng = np.random.default_rng(0)
+    >>> X = basis.apply(clean, np.ones(1)) + 0.02 * rng.standard_normal(clean.shape)
+    >>> deblurrer = TVDeblurrer(basis, lam=200.0, device="cpu").fit(X)
+    >>> U = deblurrer.transform(X, gamma=np.ones(1))
+    >>> U.shape
+    (2, 32, 32)
+    >>> bool(deblurrer.score(X, clean, gamma=np.ones(1)) > 25)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "basis": [HasMethods(["apply", "adjoint"])],
+        "lam": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "regularization": [StrOptions(set(REGULARIZATIONS))],
+        "positive": ["boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "inner_iter": [Interval(Integral, 1, None, closed="left")],
+        "device": [None, str, torch.device],
+        "dtype": [StrOptions(set(_DTYPES))],
+        "blur_estimator": [None, HasMethods(["predict"])],
+    }
+
+    def __init__(
+        self,
+        basis=None,
+        *,
+        lam="auto",
+        regularization="tv",
+        positive=False,
+        max_iter=500,
+        tol=1e-5,
+        inner_iter=10,
+        device="auto",
+        dtype="float32",
+        blur_estimator=None,
+    ):
+        self.basis = basis
+        self.lam = lam
+        self.regularization = regularization
+        self.positive = positive
+        self.max_iter = max_iter
+        self.tol = tol
+        self.inner_iter = inner_iter
+        self.device = device
+        self.dtype = dtype
+        self.blur_estimator = blur_estimator
+
+    # ------------------------------------------------------------------ clone
+    def __sklearn_clone__(self):
+        """Clone the parameters but share fitted ``basis`` / ``blur_estimator``.
+
+        ``clone`` normally returns unfitted copies of estimator parameters;
+        these two components are inputs that this estimator never fits, so a
+        fitted one is passed by reference (as ``FrozenEstimator`` does).
+        """
+        new = super().__sklearn_clone__()
+        keep = {
+            name: getattr(self, name)
+            for name in ("basis", "blur_estimator")
+            if _is_prefitted(getattr(self, name))
+        }
+        if keep:
+            new.set_params(**keep)
+        return new
+
+    # -------------------------------------------------------------- helpers
+    def _validate_images(self, X, name="X"):
+        """Tensor (n, H, W) on the solver's device/dtype, plus numpy flag."""
+        t, is_numpy = as_tensor(X)
+        check_ndim(t, name, (2, 3), "(n, H, W) or (H, W)")
+        if tuple(t.shape[-2:]) != tuple(self.image_shape_):
+            raise ValueError(
+                f"{name} must have image_shape {tuple(self.image_shape_)} (the "
+                f"basis' image shape); got an array of shape {tuple(t.shape)}."
+            )
+        check_finite(t, name)
+        single = t.ndim == 2
+        if single:
+            t = t[None]
+        t = t.to(device=self._device, dtype=_DTYPES[self.dtype])
+        return t, is_numpy, single
+
+    def _gamma(self, X_t, X, gamma, single):
+        n, K = X_t.shape[0], self.n_components_
+        if gamma is None:
+            if self.blur_estimator is None:
+                raise ValueError(
+                    "gamma was not given and blur_estimator is None: pass gamma "
+                    "(non-blind deblurring) or set blur_estimator to a fitted "
+                    "estimator with predict(X) -> gamma (blind deblurring)."
+                )
+            gamma = self.blur_estimator.predict(X[None] if single else X)
+            name = "blur_estimator.predict(X)"
+        else:
+            name = "gamma"
+        g, _ = as_tensor(gamma)
+        check_ndim(g, name, (1, 2), "(K,) or (n, K)")
+        if g.shape[-1] != K:
+            raise ValueError(
+                f"{name} must have K={K} coefficients per image (the basis' "
+                f"n_components); got shape {tuple(g.shape)}."
+            )
+        if g.ndim == 2 and g.shape[0] not in (1, n):
+            raise ValueError(
+                f"{name} must have one row per image (n={n}) or a single row; "
+                f"got shape {tuple(g.shape)}."
+            )
+        check_finite(g, name)
+        g = g.to(device=X_t.device, dtype=X_t.dtype)
+        if g.ndim == 1:
+            g = g[None]
+        return g.expand(n, K)
+
+    # ------------------------------------------------------------------ API
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X=None, y=None):
+        """Validate the parameters and record the geometry of ``basis``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), optional
+            Blurry images; only their shape is checked.
+        y : ignored
+            Clean images are not needed to fit (they are used by ``score``).
+
+        Returns
+        -------
+        self : TVDeblurrer
+        """
+        try:
+            check_is_fitted(self.basis)
+        except NotFittedError:
+            raise ValueError(
+                "basis must be a fitted ProductConvolutionBasis (fit it, or build "
+                "it with ProductConvolutionBasis.from_components); got an unfitted "
+                f"{type(self.basis).__name__}."
+            ) from None
+        except TypeError:
+            pass
+        self._device = resolve_device(self.device)
+        operator = self.basis.operator_
+        self.image_shape_ = tuple(int(s) for s in operator.image_shape)
+        self.n_components_ = int(operator.n_components)
+        self.n_features_in_ = int(np.prod(self.image_shape_))
+        if X is not None:
+            self._validate_images(X)
+        return self
+
+    def transform(self, X, gamma=None):
+        """Deblur images.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n, H, W) or (H, W)
+            Blurry images. Not modified. numpy in, numpy out; a tensor comes
+            back as a tensor on the solver's device.
+        gamma : array-like of shape (n, K) or (K,), optional
+            Operator coefficients (one row per image, or one for all). When
+            omitted, ``blur_estimator.predict(X)`` supplies them (blind mode).
+
+        Returns
+        -------
+        U : numpy.ndarray or torch.Tensor of shape like ``X``
+            Deblurred images, in ``dtype``.
+        """
+        check_is_fitted(self, "image_shape_")
+        X_t, is_numpy, single = self._validate_images(X)
+        g = self._gamma(X_t, X, gamma, single)
+        operator = self.basis.operator_
+
+        def forward(u):
+            return operator.forward(u, g)
+
+        def adjoint(v):
+            return operator.adjoint(v, g)
+
+        if isinstance(self.lam, str):
+            lam = default_lam(X_t, self.regularization)
+        else:
+            lam = float(self.lam)
+        U, result = deblur(
+            X_t, forward, adjoint, lam,
+            regularization=self.regularization, positive=self.positive,
+            max_iter=self.max_iter, tol=self.tol, inner_iter=self.inner_iter,
+        )
+        self.n_iter_ = result.n_iter
+        self.objective_history_ = result.objective
+        self.converged_ = result.converged
+        self.lam_ = np.broadcast_to(np.asarray(lam, dtype=np.float64),
+                                    (X_t.shape[0],)).copy()
+        if single:
+            U = U[0]
+        return to_like(U, is_numpy)
+
+    def score(self, X, y, gamma=None):
+        """Mean PSNR (dB) of the deblurred ``X`` against the clean ``y``.
+
+        The data range of each image is its clean version's peak-to-peak range
+        (``y.max() - y.min()``), see :func:`deepblur.metrics.psnr`. Higher is
+        better, so ``GridSearchCV`` can select ``lam``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W)
+            Blurry images.
+        y : array-like of shape (n, H, W)
+            Clean images.
+        gamma : array-like of shape (n, K) or (K,), optional
+            As in :meth:`transform`.
+
+        Returns
+        -------
+        score : float
+        """
+        U = self.transform(X, gamma=gamma)
+        y_t, _ = as_tensor(y)
+        if tuple(y_t.shape) != tuple(np.shape(U)):
+            raise ValueError(
+                f"y must have the shape of X ({tuple(np.shape(U))}); got "
+                f"{tuple(y_t.shape)}."
+            )
+        check_finite(y_t, "y")
+        if isinstance(U, torch.Tensor):
+            U = U.detach().cpu().numpy()
+        return float(np.mean(psnr(y_t.detach().cpu().numpy(), U)))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.requires_fit = True
+        return tags

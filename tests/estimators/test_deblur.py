@@ -1,0 +1,309 @@
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import sklearn
+import torch
+from sklearn.base import BaseEstimator, clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import GridSearchCV, KFold
+
+from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.deblur import TVDeblurrer
+from deepblur.solvers.tv import deblur
+
+SHAPE = (24, 24)
+K = 3
+
+
+@pytest.fixture(scope="module")
+def basis():
+    rng = np.random.default_rng(0)
+    kernels = rng.random((K, 5, 5))
+    kernels /= kernels.sum(axis=(1, 2), keepdims=True)
+    maps = rng.random((K,) + SHAPE)
+    maps /= maps.sum(axis=0, keepdims=True)
+    return ProductConvolutionBasis.from_components(kernels, maps)
+
+
+@pytest.fixture(scope="module")
+def data(basis):
+    rng = np.random.default_rng(1)
+    n = 6
+    clean = np.zeros((n,) + SHAPE)
+    for i in range(n):
+        a, b = rng.integers(2, 10, size=2)
+        clean[i, a:a + 10, b:b + 12] = 1.0
+        clean[i, 12:20, 4:9] += 0.5
+    gamma = 1.0 + 0.2 * rng.standard_normal((n, K))
+    blurry = basis.apply(clean, gamma) + 0.02 * rng.standard_normal(clean.shape)
+    return blurry, clean, gamma
+
+
+class FakeBlurRegressor(BaseEstimator):
+    """Fitted stand-in for ResNetBlurRegressor: predicts stored coefficients."""
+
+    def __init__(self, offset=0.0):
+        self.offset = offset
+
+    def fit(self, X, y):
+        self.table_ = {self._key(x): g for x, g in zip(X, y, strict=True)}
+        return self
+
+    @staticmethod
+    def _key(x):
+        return round(float(np.asarray(x).sum()), 6)
+
+    def predict(self, X):
+        return np.stack([self.table_[self._key(x)] + self.offset for x in X])
+
+
+def _est(basis, **kw):
+    kw.setdefault("device", "cpu")
+    kw.setdefault("lam", 100.0)
+    return TVDeblurrer(basis, **kw)
+
+
+def test_fit_attributes_and_transform(basis, data):
+    X, clean, gamma = data
+    est = _est(basis)
+    assert est.fit(X) is est
+    assert est.image_shape_ == SHAPE and est.n_components_ == K
+    assert est.n_features_in_ == SHAPE[0] * SHAPE[1]
+    U = est.transform(X, gamma=gamma)
+    assert isinstance(U, np.ndarray) and U.shape == X.shape and U.dtype == np.float32
+    assert est.objective_history_.shape == (est.n_iter_ + 1, len(X))
+    assert est.converged_.all()
+    np.testing.assert_array_equal(est.lam_, np.full(len(X), 100.0))
+    # deblurring helps
+    assert est.score(X, clean, gamma=gamma) > np.mean(
+        10 * np.log10(1 / np.mean((X - clean) ** 2, axis=(1, 2))))
+
+
+def test_same_as_solver_function(basis, data):
+    X, _, gamma = data
+    est = _est(basis, dtype="float64", tol=1e-7).fit(X)
+    U = est.transform(X, gamma=gamma)
+    op = basis.operator_
+    g = torch.as_tensor(gamma)
+    ref, _ = deblur(torch.as_tensor(X), lambda u: op.forward(u, g),
+                    lambda v: op.adjoint(v, g), 100.0, tol=1e-7)
+    np.testing.assert_allclose(U, ref.numpy(), atol=1e-6)
+
+
+def test_single_image_shared_gamma_and_torch(basis, data):
+    X, _, gamma = data
+    est = _est(basis).fit(X)
+    one = est.transform(X[0], gamma=gamma[0])
+    assert one.shape == SHAPE
+    both = est.transform(X[:2], gamma=gamma[0])
+    np.testing.assert_allclose(both[0], one, atol=1e-5)
+    out = est.transform(torch.as_tensor(X[:2]), gamma=torch.as_tensor(gamma[:2]))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("regularization", ["tv", "l1"])
+def test_positive(basis, data, regularization):
+    X, _, gamma = data
+    U = _est(basis, positive=True, regularization=regularization).fit(X).transform(
+        X - 0.3, gamma=gamma)
+    assert U.min() >= 0.0
+
+
+def test_auto_lam(basis, data):
+    X, clean, gamma = data
+    est = _est(basis, lam="auto").fit(X)
+    est.transform(X, gamma=gamma)
+    assert est.lam_.shape == (len(X),) and np.all(est.lam_ > 0)
+
+
+def test_convergence_warning(basis, data):
+    X, _, gamma = data
+    est = _est(basis, max_iter=2, tol=1e-12).fit(X)
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        est.transform(X, gamma=gamma)
+    assert est.n_iter_ == 2 and not est.converged_.any()
+
+
+def test_inputs_not_modified(basis, data):
+    X, clean, gamma = data
+    X0, g0, c0 = X.copy(), gamma.copy(), clean.copy()
+    est = _est(basis).fit(X)
+    est.transform(X, gamma=gamma)
+    est.score(X, clean, gamma=gamma)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(gamma, g0)
+    np.testing.assert_array_equal(clean, c0)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"lam": 0.0}, "lam"),
+        ({"lam": -1.0}, "lam"),
+        ({"lam": "silverman"}, "lam"),
+        ({"regularization": "tikhonov"}, "regularization"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"tol": -1e-3}, "tol"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"basis": None}, "basis"),
+        ({"blur_estimator": object()}, "blur_estimator"),
+    ],
+)
+def test_bad_parameters(basis, data, params, match):
+    X, _, _ = data
+    est = _est(basis).set_params(**params)
+    with pytest.raises(ValueError, match=match):
+        est.fit(X)
+
+
+def test_unfitted_basis(data):
+    X, _, _ = data
+    with pytest.raises(ValueError, match="basis must be a fitted"):
+        TVDeblurrer(ProductConvolutionBasis(n_components=K, image_shape=SHAPE)).fit(X)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_cuda_asked_without_cuda(basis, data):
+    with pytest.raises(ValueError, match="device='cuda'"):
+        _est(basis, device="cuda").fit(data[0])
+
+
+def test_bad_inputs(basis, data):
+    X, clean, gamma = data
+    est = _est(basis).fit(X)
+    with pytest.raises(ValueError, match="X must have image_shape"):
+        est.transform(np.zeros((2, 20, 24)), gamma=gamma[:2])
+    with pytest.raises(ValueError, match="X must have image_shape"):
+        est.fit(np.zeros((2, 20, 24)))
+    with pytest.raises(ValueError, match="X must have 2 or 3 dimensions"):
+        est.transform(np.zeros((1, 1) + SHAPE), gamma=gamma[:1])
+    with pytest.raises(ValueError, match="gamma must have K=3"):
+        est.transform(X, gamma=gamma[:, :2])
+    with pytest.raises(ValueError, match="gamma must have one row per image"):
+        est.transform(X, gamma=gamma[:2])
+    with pytest.raises(ValueError, match="gamma must have 1 or 2 dimensions"):
+        est.transform(X, gamma=gamma[None])
+    bad = X.copy()
+    bad[0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="X must contain only finite"):
+        est.transform(bad, gamma=gamma)
+    bad_g = gamma.copy()
+    bad_g[1, 0] = np.inf
+    with pytest.raises(ValueError, match="gamma must contain only finite"):
+        est.transform(X, gamma=bad_g)
+    with pytest.raises(ValueError, match="blur_estimator is None"):
+        est.transform(X)
+    with pytest.raises(ValueError, match="y must have the shape of X"):
+        est.score(X, clean[:2], gamma=gamma)
+    bad_y = clean.copy()
+    bad_y[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="y must contain only finite"):
+        est.score(X, bad_y, gamma=gamma)
+
+
+def test_transform_before_fit(basis, data):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        _est(basis).transform(data[0], gamma=data[2])
+
+
+def test_blind_predictor_output_checked(basis, data):
+    X, _, gamma = data
+    reg = FakeBlurRegressor().fit(X, np.zeros((len(X), K + 1)))
+    est = _est(basis, blur_estimator=reg).fit(X)
+    with pytest.raises(ValueError, match=r"blur_estimator.predict\(X\) must have K"):
+        est.transform(X)
+
+
+def test_blind_mode_equals_non_blind(basis, data):
+    X, _, gamma = data
+    reg = FakeBlurRegressor().fit(X, gamma)
+    est = _est(basis, blur_estimator=reg).fit(X)
+    np.testing.assert_allclose(est.transform(X), est.transform(X, gamma=gamma))
+
+
+def test_clone_shares_fitted_components(basis, data):
+    X, _, gamma = data
+    reg = FakeBlurRegressor().fit(X, gamma)
+    est = _est(basis, blur_estimator=reg)
+    cloned = clone(est)
+    assert cloned.basis is basis and cloned.blur_estimator is reg
+    assert cloned.lam == est.lam and not hasattr(cloned, "image_shape_")
+    # an unfitted estimator is cloned as usual
+    fresh = FakeBlurRegressor(offset=1.0)
+    cloned = clone(_est(basis, blur_estimator=fresh))
+    assert cloned.blur_estimator is not fresh
+    assert cloned.blur_estimator.get_params() == fresh.get_params()
+    # FrozenEstimator works too
+    frozen = FrozenEstimator(reg)
+    assert clone(_est(basis, blur_estimator=frozen)).blur_estimator is frozen
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_grid_search_blind(basis, data, wrap):
+    X, clean, gamma = data
+    reg = FakeBlurRegressor().fit(X, gamma)
+    blur_estimator = FrozenEstimator(reg) if wrap else reg
+    search = GridSearchCV(
+        _est(basis, blur_estimator=blur_estimator, max_iter=100),
+        {"lam": [1.0, 100.0, 1e4]},
+        cv=KFold(2),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, clean)
+    assert search.best_params_["lam"] == 100.0
+    assert search.best_estimator_.blur_estimator is blur_estimator
+    assert np.isfinite(search.best_score_)
+
+
+def test_grid_search_non_blind_with_metadata_routing(basis, data):
+    X, clean, gamma = data
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = _est(basis, max_iter=100).set_score_request(gamma=True)
+        search = GridSearchCV(est, {"lam": [1.0, 100.0, 1e4]}, cv=KFold(2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            search.fit(X, clean, gamma=gamma)
+    assert search.best_params_["lam"] == 100.0
+
+
+def test_joblib_round_trip(basis, data, tmp_path):
+    X, _, gamma = data
+    reg = FakeBlurRegressor().fit(X, gamma)
+    est = _est(basis, blur_estimator=reg).fit(X)
+    path = tmp_path / "deblurrer.joblib"
+    joblib.dump(est, path)
+    loaded = joblib.load(path)
+    np.testing.assert_allclose(loaded.transform(X[:2]), est.transform(X[:2]))
+    assert loaded.get_params(deep=False).keys() == est.get_params(deep=False).keys()
+
+
+def test_plain_predictor_object(basis, data):
+    X, _, gamma = data
+
+    class Predictor:  # not a scikit-learn estimator: shared by clone
+        def predict(self, X):
+            return np.tile(gamma[0], (len(X), 1))
+
+    pred = Predictor()
+    est = _est(basis, blur_estimator=pred)
+    assert clone(est).blur_estimator is pred
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        U = est.fit(X).transform(X[:2])
+    assert U.shape == (2,) + SHAPE
+
+
+@pytest.mark.cuda
+def test_cuda(basis, data):
+    X, _, gamma = data
+    est = TVDeblurrer(basis, lam=100.0, device="cuda").fit(X)
+    U = est.transform(torch.as_tensor(X), gamma=gamma)
+    assert U.device.type == "cuda"
+    cpu = _est(basis).fit(X).transform(X, gamma=gamma)
+    np.testing.assert_allclose(U.cpu().numpy(), cpu, atol=1e-3)

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from deepblur.metrics import psnr, psnr_scorer, snr, snr_scorer
+
+
+def test_psnr_closed_form_and_reference_range():
+    rng = np.random.default_rng(0)
+    ref = rng.random((3, 8, 8)) * 4.0
+    est = ref + 0.2
+    expected = 10 * np.log10(np.ptp(ref.reshape(3, -1), axis=1) ** 2 / 0.04)
+    np.testing.assert_allclose(psnr(ref, est), expected)
+    np.testing.assert_allclose(psnr(ref, est, data_range=1.0),
+                               10 * np.log10(1 / 0.04) * np.ones(3))
+
+
+def test_psnr_matches_skimage_with_same_range():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    rng = np.random.default_rng(1)
+    ref, est = rng.random((16, 16)), rng.random((16, 16))
+    dr = ref.max() - ref.min()
+    assert psnr(ref, est) == pytest.approx(
+        peak_signal_noise_ratio(ref, est, data_range=dr))
+
+
+def test_snr_closed_form():
+    ref = np.ones((2, 4, 4))
+    est = np.stack([0.9 * ref[0], ref[1]])
+    out = snr(ref, est)
+    assert out[0] == pytest.approx(20.0) and out[1] == np.inf
+
+
+def test_torch_and_numpy_agree():
+    rng = np.random.default_rng(2)
+    ref, est = rng.random((2, 5, 5)), rng.random((2, 5, 5))
+    np.testing.assert_allclose(psnr(torch.from_numpy(ref), torch.from_numpy(est)),
+                               psnr(ref, est))
+    np.testing.assert_allclose(snr(torch.from_numpy(ref), est), snr(ref, est))
+
+
+@pytest.mark.parametrize("fn", [psnr, snr])
+def test_bad_inputs(fn):
+    with pytest.raises(ValueError, match="same shape"):
+        fn(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)))
+    with pytest.raises(ValueError, match="estimate must contain only finite"):
+        fn(np.ones((4, 4)), np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="reference must have 2 or 3"):
+        fn(np.ones(4), np.ones(4))
+
+
+def test_psnr_constant_reference_needs_range():
+    with pytest.raises(ValueError, match="data_range"):
+        psnr(np.ones((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="data_range"):
+        psnr(np.ones((4, 4)), np.zeros((4, 4)), data_range=0.0)
+    assert psnr(np.ones((4, 4)), np.zeros((4, 4)), data_range=1.0) == 0.0
+
+
+def test_scorers_use_transform():
+    class Shift:
+        def transform(self, X):
+            return X - 0.1
+
+    y = np.zeros((2, 4, 4))
+    y[:, 1:3, 1:3] = 1.0
+    assert psnr_scorer(Shift(), y + 0.2, y) == pytest.approx(20.0)
+    assert snr_scorer(Shift(), y + 0.1, y) == np.inf
+
+
+def test_inputs_not_modified():
+    ref = np.random.default_rng(3).random((2, 4, 4))
+    est = ref.copy() + 0.1
+    r0, e0 = ref.copy(), est.copy()
+    psnr(ref, est)
+    snr(ref, est)
+    np.testing.assert_array_equal(ref, r0)
+    np.testing.assert_array_equal(est, e0)
