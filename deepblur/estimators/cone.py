@@ -281,7 +281,7 @@ class ConeSampler(BaseEstimator):
 
     Notes
     -----
-    ``sample`` draws about 2 million samples per second on 2 CPU cores (100
+    ``sample`` draws 2 to 3.5 million samples per second on 2 CPU cores (100
     generators in 20 dimensions). In a torch data pipeline, call
     ``sample_torch`` per batch; with several ``DataLoader`` workers give each
     worker its own ``torch.Generator`` (or refit with its own

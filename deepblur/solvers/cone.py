@@ -811,7 +811,8 @@ def sample_cone_torch(
     -----
     The ``J`` distinct generators are the first ``J`` of a uniformly random
     ordered ``max_rays``-subset (``topk`` of i.i.d. uniform keys), hence a
-    uniformly random ``J``-subset. Memory is O(n_samples * n_generators).
+    uniformly random ``J``-subset. Memory is
+    O(n_samples * (n_generators + max_rays * n_features)): call it per batch.
 
     Examples
     --------
@@ -850,7 +851,14 @@ def sample_cone_torch(
     E = torch.empty((n_samples, max_rays), **kw).exponential_(generator=generator)
     E = E.clamp_min(torch.finfo(generators.dtype).tiny) * active
     alpha = lo + (hi - lo) * torch.rand((n_samples, 1), generator=generator, **kw)
-    weights = torch.zeros((n_samples, R), **kw)
-    weights.scatter_(1, chosen, E * (alpha / E.sum(dim=1, keepdim=True)))
-    samples = weights @ generators
-    return (samples, weights) if return_weights else samples
+    w = E * (alpha / E.sum(dim=1, keepdim=True))
+    # A gather and a sum rather than a matrix product: n * max_rays * K work
+    # instead of n * R * K, and neither a BLAS call nor advanced indexing,
+    # whose thread pools stalled small batches on a loaded 2-core machine
+    # (12 to 16 ms for a batch of 64, against 0.25 ms for this function).
+    picked = generators.index_select(0, chosen.reshape(-1))
+    samples = (w.unsqueeze(-1) * picked.reshape(n_samples, max_rays, K)).sum(dim=1)
+    if not return_weights:
+        return samples
+    weights = torch.zeros((n_samples, R), **kw).scatter_(1, chosen, w)
+    return samples, weights
