@@ -26,7 +26,6 @@ from deepblur.solvers.cone import (
     SOCP_SOLVERS,
     _as_generator,
     _check_alpha_range,
-    _check_n_rays,
     _check_n_samples,
     _cone_nnls,
     _resolve_max_rays,
@@ -141,7 +140,6 @@ class ConeSimplifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             The fitted estimator.
         """
         X = validate_data(self, X, dtype=np.float64)
-        _check_n_rays(self.n_rays, X.shape[0])
         rays, indices, center, radius = _simplify_cone(
             X, self.n_rays, solver=self.solver
         )

@@ -347,7 +347,14 @@ def _cone_nnls(X, rays):
     residuals = np.empty(X.shape[0])
     maxiter = max(50, 5 * rays.shape[0])
     for i, row in enumerate(X):
-        W[i], residuals[i] = scipy.optimize.nnls(A, row, maxiter=maxiter)
+        try:
+            W[i], residuals[i] = scipy.optimize.nnls(A, row, maxiter=maxiter)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"Non-negative least squares of row {i} of X on the "
+                f"{rays.shape[0]} rays did not converge in {maxiter} iterations "
+                f"(scipy.optimize.nnls: {exc})."
+            ) from exc
     return W, residuals
 
 
