@@ -6,7 +6,13 @@ here; the numerics live in :mod:`deepblur.operators` and
 """
 
 from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["ProductConvolutionBasis", "__version__"]
+__all__ = [
+    "ConeSampler",
+    "ConeSimplifier",
+    "ProductConvolutionBasis",
+    "__version__",
+]
