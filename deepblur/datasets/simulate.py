@@ -1,0 +1,436 @@
+"""Blurry-noisy observations ``y = H[gamma] u + eta`` for training and testing.
+
+Scale convention
+----------------
+``H[alpha gamma] u = H[gamma] (alpha u)``: the scale of ``gamma`` can only be
+read from an observation if the intensity of the clean image is known. The
+simulator therefore normalises every clean image before blurring
+(``normalize="mean"``: each image is divided by its mean and multiplied by
+``image_mean``, default 0.5), so that the mean of ``y`` carries the gain of
+the operator. Apply the same convention to real data: the estimated ``gamma``
+is the operator that maps an image of mean ``image_mean`` to ``y``.
+``normalize=None`` keeps the images as given (then the scale of ``gamma`` is
+not identifiable beyond what the image statistics reveal).
+
+Noise is white Gaussian, given either as a standard deviation or as a target
+signal-to-noise ratio ``SNR = 10 log10(mean(H u ** 2) / sigma ** 2)`` in dB
+(fixed, or a ``(low, high)`` range drawn uniformly per image).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from torch.utils.data import IterableDataset, get_worker_info
+
+from deepblur.datasets.images import extract_patches
+
+__all__ = ["BlurDataset", "blur_images", "make_blurred_images"]
+
+
+def _check_basis(basis):
+    if basis is None:
+        raise ValueError("basis must be a fitted ProductConvolutionBasis; got None.")
+    if not hasattr(basis, "operator_") and not hasattr(basis, "fit"):
+        raise TypeError(
+            "basis must be a ProductConvolutionBasis; got "
+            f"{type(basis).__name__}."
+        )
+    check_is_fitted(basis, "operator_")
+    return basis
+
+
+def _check_range(value, name, low=0.0, allow_negative=False):
+    """A float or a (low, high) pair; returns (lo, hi)."""
+    if isinstance(value, Real) and not isinstance(value, bool):
+        lo = hi = float(value)
+    else:
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{name} must be a float or a (low, high) pair; got {value!r}."
+            ) from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise ValueError(
+            f"{name} must be finite with low <= high; got {value!r}."
+        )
+    if not allow_negative and lo < low:
+        raise ValueError(f"{name} must be >= {low}; got {value!r}.")
+    return lo, hi
+
+
+def _check_noise(noise_std, snr):
+    if snr is not None:
+        if noise_std is not None:
+            raise ValueError(
+                "give the noise either as noise_std or as snr, not both; got "
+                f"noise_std={noise_std!r} and snr={snr!r}."
+            )
+        return None, _check_range(snr, "snr", allow_negative=True)
+    if noise_std is None:
+        return (0.0, 0.0), None
+    return _check_range(noise_std, "noise_std"), None
+
+
+def _check_normalize(normalize, image_mean):
+    if normalize not in ("mean", None):
+        raise ValueError(f"normalize must be 'mean' or None; got {normalize!r}.")
+    if not (isinstance(image_mean, Real) and image_mean > 0):
+        raise ValueError(f"image_mean must be a positive float; got {image_mean!r}.")
+
+
+def _check_images(images, image_shape, name="images"):
+    t = images if torch.is_tensor(images) else torch.as_tensor(np.asarray(images))
+    if t.ndim == 2:
+        t = t[None]
+    if t.ndim != 3:
+        raise ValueError(
+            f"{name} must have shape (n, H, W) or (H, W); got {tuple(t.shape)}."
+        )
+    if tuple(t.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"{name} must have the basis's image_shape {tuple(image_shape)}; got "
+            f"shape {tuple(t.shape)}."
+        )
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite; got NaN or Inf values.")
+    if len(t) == 0:
+        raise ValueError(f"{name} must not be empty.")
+    return t
+
+
+def _uniform(lo, hi, n, generator, like):
+    u = torch.rand(n, generator=generator, device=like.device, dtype=like.dtype)
+    return lo + (hi - lo) * u
+
+
+def _simulate(u, gamma, operator, noise_std, snr, normalize, image_mean, generator):
+    """Core: normalise, blur, add noise; all torch, batched, on u's device."""
+    if normalize == "mean":
+        mean = u.mean(dim=(1, 2), keepdim=True)
+        if (mean <= 0).any():
+            raise ValueError(
+                "normalize='mean' needs images with a positive mean; got an "
+                "image whose mean is <= 0."
+            )
+        u = u * (image_mean / mean)
+    clean = operator.forward(u, gamma)
+    n = clean.shape[0]
+    if snr is not None:
+        snr_db = _uniform(snr[0], snr[1], n, generator, clean)
+        power = clean.square().mean(dim=(1, 2))
+        sigma = torch.sqrt(power / 10 ** (snr_db / 10))
+    else:
+        sigma = _uniform(noise_std[0], noise_std[1], n, generator, clean)
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device,
+                        dtype=clean.dtype)
+    return clean + sigma[:, None, None] * noise
+
+
+def _torch_generator(random_state, device):
+    rng = check_random_state(random_state)
+    seed = int(rng.randint(np.iinfo(np.int32).max))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def blur_images(images, gamma, basis, *, noise_std=0.01, snr=None, normalize="mean",
+                image_mean=0.5, random_state=None):
+    r"""Blur images by ``H[gamma]`` and add white Gaussian noise.
+
+    Parameters
+    ----------
+    images : array-like or torch.Tensor of shape (n, H, W) or (H, W)
+        Clean images at the basis's ``image_shape``.
+    gamma : array-like or torch.Tensor of shape (n, K) or (K,)
+        Coefficients of the operators, one row per image (or one for all).
+    basis : ProductConvolutionBasis
+        Fitted basis.
+    noise_std : float or (low, high), default=0.01
+        Noise standard deviation (per image, uniform in the range). Ignored
+        when ``snr`` is given (then pass ``noise_std=None``).
+    snr : float or (low, high), optional
+        Target SNR in dB, ``10 log10(mean((H u)^2) / sigma^2)``.
+    normalize : {"mean", None}, default="mean"
+        Scale each clean image to mean ``image_mean`` first (see the module
+        notes on the scale of ``gamma``).
+    image_mean : float, default=0.5
+    random_state : int, RandomState instance or None
+
+    Returns
+    -------
+    Array of shape (n, H, W), float32 (numpy in, numpy out; a tensor stays a
+    tensor on its device, in its floating dtype).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur.datasets.simulate import blur_images
+    >>> from deepblur.estimators.basis import ProductConvolutionBasis
+    >>> e = np.zeros((1, 3, 3)); e[0, 1, 1] = 1.0    # identity operator
+    >>> basis = ProductConvolutionBasis.from_components(e, np.ones((1, 8, 8)))
+    >>> y = blur_images(np.full((2, 8, 8), 0.2), [[2.0], [1.0]], basis,
+    ...                 noise_std=0.0)
+    >>> y.shape, float(y[0].mean()), float(y[1].mean())   # mean 0.5 times gain
+    ((2, 8, 8), 1.0, 0.5)
+    """
+    basis = _check_basis(basis)
+    noise_std, snr = _check_noise(noise_std, snr)
+    _check_normalize(normalize, image_mean)
+    is_numpy = not torch.is_tensor(images)
+    u = _check_images(images, basis.image_shape_)
+    if is_numpy:
+        u = u.to(torch.float32)
+    K = basis.kernels_.shape[0]
+    g = gamma if torch.is_tensor(gamma) else torch.as_tensor(np.asarray(gamma,
+                                                                        float))
+    g = g.to(dtype=u.dtype, device=u.device)
+    if g.ndim == 1:
+        g = g[None]
+    if g.ndim != 2 or g.shape[1] != K or g.shape[0] not in (1, u.shape[0]):
+        raise ValueError(
+            f"gamma must have shape (n={u.shape[0]}, K={K}) or (K,); got "
+            f"{tuple(np.shape(gamma))}."
+        )
+    if not torch.isfinite(g).all():
+        raise ValueError("gamma must be finite; got NaN or Inf values.")
+    gen = _torch_generator(random_state, u.device)
+    with torch.no_grad():
+        y = _simulate(u, g, basis.operator_, noise_std, snr, normalize, image_mean,
+                      gen)
+    return y.cpu().numpy() if is_numpy else y
+
+
+def _patch_pool(images, image_shape, n_patches, random_state):
+    """Patches at ``image_shape``: given as an array, or cropped from images."""
+    if isinstance(images, dict) or (isinstance(images, (list, tuple)) and any(
+            np.shape(im) != tuple(image_shape) for im in images)):
+        return extract_patches(images, n_patches, image_shape, augment=False,
+                               random_state=random_state)
+    return images
+
+
+def _dihedral(u, generator):
+    """Random flips and 90-degree rotations, per image (square images)."""
+    n = u.shape[0]
+    flip = torch.rand(n, generator=generator, device=u.device) < 0.5
+    u = torch.where(flip[:, None, None], u.flip(-1), u)
+    if u.shape[-1] == u.shape[-2]:
+        k = torch.randint(4, (n,), generator=generator, device=u.device)
+        rots = torch.stack([torch.rot90(u, r, dims=(-2, -1)) for r in range(4)])
+        u = rots[k, torch.arange(n, device=u.device)]
+    else:
+        flipv = torch.rand(n, generator=generator, device=u.device) < 0.5
+        u = torch.where(flipv[:, None, None], u.flip(-2), u)
+    return u
+
+
+def make_blurred_images(images, basis, sampler, n_samples=1000, *, noise_std=0.01,
+                        snr=None, normalize="mean", image_mean=0.5, augment=True,
+                        pool_size=2000, random_state=None):
+    r"""Fixed training/test arrays ``(X, y)``: blurry images and their ``gamma``.
+
+    Each sample draws a clean patch ``u`` (with replacement, random flips and
+    90° rotations when ``augment``), ``gamma`` from ``sampler`` (Algorithm 2),
+    and returns ``y = H[gamma] u + eta`` (see :func:`blur_images`).
+
+    Parameters
+    ----------
+    images : ndarray of shape (m, H, W), or dict / list of larger images
+        Clean patches at the basis's image shape, or source images from which
+        ``pool_size`` random patches are cropped first.
+    basis : ProductConvolutionBasis
+        Fitted basis.
+    sampler : ConeSampler
+        Fitted sampler of ``gamma`` (e.g. on ``ConeSimplifier().rays_``).
+    n_samples : int, default=1000
+    noise_std, snr, normalize, image_mean
+        See :func:`blur_images`.
+    augment : bool, default=True
+    pool_size : int, default=2000
+        Patches cropped from source images (ignored for an array of patches).
+    random_state : int, RandomState instance or None
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, H, W), float32
+        Blurry-noisy images.
+    y : ndarray of shape (n_samples, K), float32
+        Their coefficients ``gamma``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur.datasets.simulate import make_blurred_images
+    >>> from deepblur.estimators.basis import ProductConvolutionBasis
+    >>> from deepblur.estimators.cone import ConeSampler
+    >>> rng = np.random.default_rng(0)
+    >>> basis = ProductConvolutionBasis.from_components(
+    ...     rng.random((3, 5, 5)), rng.random((3, 16, 16)))
+    >>> sampler = ConeSampler(alpha_range=(0.8, 1.2), random_state=0).fit(np.eye(3))
+    >>> X, y = make_blurred_images(rng.random((10, 16, 16)), basis, sampler, 4,
+    ...                            random_state=0)
+    >>> X.shape, y.shape
+    ((4, 16, 16), (4, 3))
+    """
+    dataset = BlurDataset(images, basis, sampler, batch_size=n_samples, n_batches=1,
+                          noise_std=noise_std, snr=snr, normalize=normalize,
+                          image_mean=image_mean, augment=augment,
+                          pool_size=pool_size, random_state=random_state)
+    X, y = next(iter(dataset))
+    return X[:, 0].numpy(), y.numpy()
+
+
+class BlurDataset(IterableDataset):
+    r"""Endless stream of fresh batches ``(y, gamma)`` drawn on the fly.
+
+    Every batch draws new clean patches from a pool kept in memory (random
+    flips and 90° rotations), new ``gamma`` from the sampler and new noise,
+    and blurs the batch in one call on ``device``: effectively infinite
+    training data. An "epoch" is ``n_batches`` batches; iterating again
+    continues the random stream (new data), so that successive epochs never
+    repeat a sample. Each ``DataLoader`` worker gets its own stream.
+
+    Parameters
+    ----------
+    images : ndarray of shape (m, H, W), or dict / list of larger images
+        Patch pool, or source images to crop ``pool_size`` patches from.
+    basis : ProductConvolutionBasis
+        Fitted basis.
+    sampler : ConeSampler
+        Fitted sampler of ``gamma``.
+    batch_size : int, default=64
+    n_batches : int, default=100
+        Batches per pass over the dataset (``len(dataset)``).
+    noise_std, snr, normalize, image_mean
+        See :func:`blur_images`.
+    augment : bool, default=True
+    pool_size : int, default=2000
+    device : str or torch.device, default="cpu"
+        Where the batches are generated.
+    random_state : int, RandomState instance or None
+
+    Notes
+    -----
+    Batches are ``(X, y)`` with ``X`` of shape ``(batch_size, 1, H, W)`` and
+    ``y`` of shape ``(batch_size, K)``, float32. Use it with
+    ``DataLoader(dataset, batch_size=None)``; :class:`ResNetBlurRegressor`
+    does this when given a ``BlurDataset`` in ``fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur.datasets.simulate import BlurDataset
+    >>> from deepblur.estimators.basis import ProductConvolutionBasis
+    >>> from deepblur.estimators.cone import ConeSampler
+    >>> rng = np.random.default_rng(0)
+    >>> basis = ProductConvolutionBasis.from_components(
+    ...     rng.random((3, 5, 5)), rng.random((3, 16, 16)))
+    >>> sampler = ConeSampler(random_state=0).fit(np.eye(3))
+    >>> data = BlurDataset(rng.random((10, 16, 16)), basis, sampler,
+    ...                    batch_size=8, n_batches=2, random_state=0)
+    >>> [tuple(X.shape) for X, y in data]
+    [(8, 1, 16, 16), (8, 1, 16, 16)]
+    """
+
+    def __init__(self, images, basis, sampler, *, batch_size=64, n_batches=100,
+                 noise_std=0.01, snr=None, normalize="mean", image_mean=0.5,
+                 augment=True, pool_size=2000, device="cpu", random_state=None):
+        super().__init__()
+        self.images = images
+        self.basis = basis
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.n_batches = n_batches
+        self.noise_std = noise_std
+        self.snr = snr
+        self.normalize = normalize
+        self.image_mean = image_mean
+        self.augment = augment
+        self.pool_size = pool_size
+        self.device = device
+        self.random_state = random_state
+        self._state = None
+
+    def _setup(self):
+        basis = _check_basis(self.basis)
+        check_is_fitted(self.sampler, "generators_")
+        for name in ("batch_size", "n_batches", "pool_size"):
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        K = basis.kernels_.shape[0]
+        if self.sampler.generators_.shape[1] != K:
+            raise ValueError(
+                f"sampler must draw gamma with K={K} coefficients (the basis's "
+                f"n_components); got generators of shape "
+                f"{self.sampler.generators_.shape}."
+            )
+        noise_std, snr = _check_noise(self.noise_std, self.snr)
+        _check_normalize(self.normalize, self.image_mean)
+        device = torch.device(self.device)
+        rng = check_random_state(self.random_state)
+        pool = _patch_pool(self.images, basis.image_shape_, self.pool_size, rng)
+        pool = _check_images(pool, basis.image_shape_).to(device, torch.float32)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        operator = basis.operator_
+        generators = torch.as_tensor(self.sampler.generators_, dtype=torch.float32,
+                                     device=device)
+        self._state = dict(pool=pool, operator=operator, generators=generators,
+                           noise_std=noise_std, snr=snr, seed=seed, device=device,
+                           generator=None, worker=None)
+
+    def __len__(self):
+        return int(self.n_batches)
+
+    def _generator(self):
+        st = self._state
+        info = get_worker_info()
+        worker = None if info is None else info.id
+        if st["generator"] is None or st["worker"] != worker:
+            seed = st["seed"] + (0 if worker is None else 7919 * (worker + 1))
+            st["generator"] = torch.Generator(device=st["device"]).manual_seed(seed)
+            st["worker"] = worker
+        return st["generator"]
+
+    def draw(self, n):
+        """One batch of ``n`` fresh samples ``(X (n, 1, H, W), y (n, K))``."""
+        from deepblur.solvers.cone import sample_cone_torch
+
+        if self._state is None:
+            self._setup()
+        st = self._state
+        gen = self._generator()
+        idx = torch.randint(len(st["pool"]), (n,), generator=gen, device=st["device"])
+        u = st["pool"][idx]
+        if self.augment:
+            u = _dihedral(u, gen)
+        alpha_range = tuple(float(a) for a in self.sampler.alpha_range)
+        gamma = sample_cone_torch(st["generators"], n,
+                                  max_rays=self.sampler.max_rays_,
+                                  alpha_range=alpha_range, generator=gen)
+        with torch.no_grad():
+            X = _simulate(u, gamma, st["operator"], st["noise_std"], st["snr"],
+                          self.normalize, self.image_mean, gen)
+        return X[:, None].contiguous(), gamma
+
+    def __iter__(self):
+        if self._state is None:
+            self._setup()
+        info = get_worker_info()
+        n_batches = int(self.n_batches)
+        if info is not None:     # split the epoch's batches between workers
+            n_batches = len(range(info.id, n_batches, info.num_workers))
+        for _ in range(n_batches):
+            yield self.draw(int(self.batch_size))
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_state"] = None     # rebuilt lazily (torch.Generator is not picklable)
+        return state

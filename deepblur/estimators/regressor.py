@@ -1,0 +1,298 @@
+"""``ResNetBlurRegressor``: blind estimation of ``gamma`` from a blurry image."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import _clone_parametrized
+from sklearn.utils.validation import check_is_fitted
+from skorch import NeuralNetRegressor
+from skorch.dataset import Dataset
+
+from deepblur._validation import resolve_device
+from deepblur.datasets.simulate import BlurDataset
+from deepblur.nets.losses import RelativeFrobeniusLoss, relative_frobenius_error
+from deepblur.nets.resnet import ResNet
+
+__all__ = ["ResNetBlurRegressor"]
+
+_DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_images(X, image_shape=None, name="X"):
+    """(n, H, W) or (n, 1, H, W), finite -> float32 tensor (n, 1, H, W)."""
+    if torch.is_tensor(X):
+        t = X.detach()
+    else:
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "fiu":
+            raise ValueError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.ndim == 3:
+        t = t[:, None]
+    if t.ndim != 4 or t.shape[1] != 1:
+        raise ValueError(
+            f"{name} must have shape (n, H, W) or (n, 1, H, W) of grayscale "
+            f"images; got {tuple(t.shape)}."
+        )
+    if image_shape is not None and tuple(t.shape[-2:]) != tuple(image_shape):
+        raise ValueError(
+            f"{name} must hold images of the basis's image_shape "
+            f"{tuple(image_shape)}; got shape {tuple(t.shape)}."
+        )
+    t = t.to(torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite; got NaN or Inf values.")
+    return t
+
+
+class ResNetBlurRegressor(NeuralNetRegressor):
+    r"""Estimate the coefficients ``gamma`` of a space-varying blur from one image.
+
+    A skorch :class:`~skorch.NeuralNetRegressor` whose module maps a blurry,
+    noisy image ``y = H[gamma] u + eta`` to ``gamma`` (paper section 2.2) and
+    whose loss is the relative Frobenius distance between the true and
+    estimated operators, ``sqrt((g - g_hat)^T G (g - g_hat) / g^T G g)``, with
+    ``G`` the exact Gram matrix of the ``basis``.
+
+    Parameters
+    ----------
+    module : torch module class or instance, default=ResNet
+        ``module__*`` parameters reach it (``module__width``,
+        ``module__depth``, ``module__head``, ...). ``module__n_outputs``
+        defaults to the basis's ``K``.
+    basis : ProductConvolutionBasis, default=None
+        Fitted basis whose coefficients are regressed. Required in ``fit``
+        unless the criterion gets ``criterion__gram`` explicitly; gives the
+        Gram matrix of the loss and of ``score`` and checks image shapes.
+    criterion : torch loss class, default=RelativeFrobeniusLoss
+        ``torch.nn.MSELoss`` trains with plain MSE on ``gamma`` (for
+        comparison); ``score`` is the operator error either way.
+    optimizer : torch optimizer class, default=torch.optim.Adam
+    lr : float, default=1e-3
+    max_epochs : int, default=10
+    batch_size : int, default=64
+    device : str, default="cuda" if available else "cpu"
+        Asking for CUDA where there is none raises a ``ValueError`` in
+        ``fit``/``initialize`` (no silent fallback). A pickled model trained
+        on CUDA loads on a CPU-only machine with a ``DeviceWarning`` (skorch).
+    n_valid_batches : int, default=4
+        With a :class:`~deepblur.datasets.simulate.BlurDataset` in ``fit``,
+        the validation set is this many fixed batches drawn from the same
+        distribution with another seed (``train_split=None`` disables it).
+    **kwargs
+        Any other :class:`skorch.NeuralNet` parameter (``callbacks``,
+        ``train_split``, ``iterator_train__num_workers``, ...).
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        The initialised network.
+    criterion_ : torch.nn.Module
+        The initialised loss (holds the Gram matrix).
+    optimizer_ : torch.optim.Optimizer
+    history_ : skorch.History
+        Per-epoch losses and callbacks' records.
+
+    See Also
+    --------
+    deepblur.datasets.simulate.BlurDataset : fresh training data per batch.
+    deepblur.datasets.simulate.make_blurred_images : fixed ``(X, y)`` arrays.
+
+    Notes
+    -----
+    ``fit(X, y)`` takes arrays (``X`` of shape ``(n, H, W)`` or
+    ``(n, 1, H, W)``, ``y`` of shape ``(n, K)``), or ``fit(dataset, None)``
+    a ``BlurDataset`` that draws new images, operators and noise for every
+    batch. Inputs are cast to float32; NaN/Inf, a wrong image shape or a
+    wrong width of ``y`` are errors. The images must follow the scale
+    convention of the simulator (clean image mean ``image_mean``), which
+    makes the scale of ``gamma`` identifiable.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur.estimators.basis import ProductConvolutionBasis
+    >>> from deepblur.estimators.cone import ConeSampler
+    >>> from deepblur.estimators.regressor import ResNetBlurRegressor
+    >>> from deepblur.datasets.simulate import make_blurred_images
+    >>> rng = np.random.default_rng(0)
+    >>> basis = ProductConvolutionBasis.from_components(
+    ...     rng.random((3, 5, 5)), rng.random((3, 32, 32)))
+    >>> sampler = ConeSampler(random_state=0).fit(np.eye(3))
+    >>> X, y = make_blurred_images(rng.random((20, 32, 32)), basis, sampler, 32,
+    ...                            random_state=0)
+    >>> net = ResNetBlurRegressor(basis=basis, module__width=4, max_epochs=2,
+    ...                           device="cpu", verbose=0).fit(X, y)
+    >>> net.predict(X).shape
+    (32, 3)
+    >>> bool(net.score(X, y) <= 0)
+    True
+    """
+
+    def __init__(self, module=ResNet, *args, basis=None,
+                 criterion=RelativeFrobeniusLoss, optimizer=torch.optim.Adam,
+                 lr=1e-3, max_epochs=10, batch_size=64, device=_DEFAULT_DEVICE,
+                 n_valid_batches=4, **kwargs):
+        super().__init__(module, *args, criterion=criterion, optimizer=optimizer,
+                         lr=lr, max_epochs=max_epochs, batch_size=batch_size,
+                         device=device, **kwargs)
+        self.basis = basis
+        self.n_valid_batches = n_valid_batches
+
+    def __sklearn_clone__(self):
+        """Clone the hyper-parameters but keep the *fitted* basis.
+
+        The basis is data of the model (its maps and Gram matrix define what
+        ``gamma`` means), not a hyper-parameter to refit: scikit-learn's
+        default clone would give an unfitted copy, which would break
+        ``GridSearchCV``. It is shared, as it is never modified.
+        """
+        new = _clone_parametrized(self)
+        new.basis = self.basis
+        return new
+
+    # ------------------------------------------------------------ helpers
+    def _basis_or_none(self):
+        if self.basis is None:
+            return None
+        if not hasattr(self.basis, "fit") or not hasattr(self.basis, "n_components"):
+            raise TypeError(
+                "basis must be a ProductConvolutionBasis; got "
+                f"{type(self.basis).__name__}."
+            )
+        check_is_fitted(self.basis, "gram_",
+                        msg="basis must be a fitted ProductConvolutionBasis; "
+                            "call basis.fit(psf_fields) first (got an unfitted one).")
+        return self.basis
+
+    def _n_outputs(self):
+        basis = self._basis_or_none()
+        if basis is not None:
+            return int(basis.gram_.shape[0])
+        gram = self.get_params_for("criterion").get("gram")
+        return None if gram is None else int(np.shape(gram)[0])
+
+    def _gram(self):
+        basis = self._basis_or_none()
+        gram = self.get_params_for("criterion").get("gram")
+        if gram is not None:
+            return np.asarray(gram.detach().cpu() if torch.is_tensor(gram) else gram,
+                              dtype=np.float64)
+        if basis is None:
+            raise ValueError(
+                "basis must be given (a fitted ProductConvolutionBasis) or "
+                "criterion__gram set: the relative operator error needs the "
+                "Gram matrix; got basis=None."
+            )
+        return np.asarray(basis.gram_, dtype=np.float64)
+
+    # ------------------------------------------------------ initialisation
+    def initialize_module(self):
+        resolve_device(self.device)     # clear error for CUDA where there is none
+        params = self.get_params_for("module")
+        K = self._n_outputs()
+        if "n_outputs" not in params and K is not None and isinstance(self.module,
+                                                                       type):
+            kwargs = dict(params, n_outputs=K)
+            self.module_ = self.initialized_instance(self.module, kwargs)
+            return self
+        return super().initialize_module()
+
+    def initialize_criterion(self):
+        params = self.get_params_for("criterion")
+        if (isinstance(self.criterion, type)
+                and issubclass(self.criterion, RelativeFrobeniusLoss)
+                and "gram" not in params):
+            self.criterion_ = self.initialized_instance(
+                self.criterion, dict(params, gram=self._gram()))
+            return self
+        return super().initialize_criterion()
+
+    # ---------------------------------------------------------------- data
+    def _image_shape(self):
+        basis = self._basis_or_none()
+        return None if basis is None else tuple(basis.image_shape_)
+
+    def check_data(self, X, y):
+        """Validate training data: images, finiteness, width of ``y``."""
+        if isinstance(X, BlurDataset):
+            basis = self._basis_or_none()
+            if basis is not None and X.basis is not basis and tuple(
+                    X.basis.image_shape_) != tuple(basis.image_shape_):
+                raise ValueError(
+                    "X (a BlurDataset) must use the regressor's basis image "
+                    f"shape {tuple(basis.image_shape_)}; got "
+                    f"{tuple(X.basis.image_shape_)}."
+                )
+            return
+        if isinstance(X, torch.utils.data.Dataset):
+            return super().check_data(X, y)
+        _check_images(X, self._image_shape())
+        if y is None:
+            raise ValueError("y must be given (the gamma of each image); got None.")
+        y_arr = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y)
+        K = self._n_outputs()
+        if y_arr.ndim != 2 or (K is not None and y_arr.shape[1] != K):
+            raise ValueError(
+                f"y must have shape (n_samples, K={K}) (one gamma per image); got "
+                f"{y_arr.shape}."
+            )
+        if y_arr.shape[0] != len(X):
+            raise ValueError(
+                f"X and y must have as many samples; got {len(X)} images and "
+                f"{y_arr.shape[0]} rows of y."
+            )
+        if not np.isfinite(y_arr.astype(np.float64)).all():
+            raise ValueError("y must be finite; got NaN or Inf values.")
+
+    def get_dataset(self, X, y=None):
+        """Arrays become a float32 dataset of (n, 1, H, W) images."""
+        if isinstance(X, torch.utils.data.Dataset):
+            return super().get_dataset(X, y)
+        Xt = _check_images(X, self._image_shape())
+        if y is not None:
+            y = torch.as_tensor(np.asarray(y.detach().cpu() if torch.is_tensor(y)
+                                           else y, dtype=np.float32))
+        return Dataset(Xt, y)
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        """A ``BlurDataset`` is validated on fixed batches from another seed."""
+        if not isinstance(X, BlurDataset):
+            return super().get_split_datasets(X, y, **fit_params)
+        if not self.train_split or not self.n_valid_batches:
+            return X, None
+        seed = (int(X.random_state) + 1 if isinstance(X.random_state, Integral)
+                else None)
+        valid = BlurDataset(
+            X.images, X.basis, X.sampler, batch_size=X.batch_size,
+            n_batches=int(self.n_valid_batches), noise_std=X.noise_std, snr=X.snr,
+            normalize=X.normalize, image_mean=X.image_mean, augment=X.augment,
+            pool_size=X.pool_size, device=X.device, random_state=seed)
+        Xv, yv = zip(*valid, strict=True)
+        return X, Dataset(torch.cat(Xv).cpu(), torch.cat(yv).cpu())
+
+    def get_iterator(self, dataset, training=False):
+        """``BlurDataset`` yields whole batches: no re-batching, no shuffling."""
+        if isinstance(dataset, BlurDataset):
+            kwargs = self.get_params_for(
+                "iterator_train" if training else "iterator_valid")
+            kwargs.pop("batch_size", None)
+            kwargs.pop("shuffle", None)
+            return torch.utils.data.DataLoader(dataset, batch_size=None, **kwargs)
+        return super().get_iterator(dataset, training=training)
+
+    # -------------------------------------------------------------- scoring
+    def score(self, X, y, sample_weight=None):
+        """Minus the mean relative operator error (higher is better, 0 exact).
+
+        ``-mean_i ||H[y_i] - H[yhat_i]||_F / ||H[y_i]||_F`` with the Gram
+        matrix of the basis (or ``criterion__gram``).
+        """
+        y_true = torch.as_tensor(np.asarray(y, dtype=np.float64))
+        y_pred = torch.as_tensor(np.asarray(self.predict(X), dtype=np.float64))
+        err = relative_frobenius_error(y_true, y_pred, torch.as_tensor(self._gram()),
+                                       eps=0.0).numpy()
+        return -float(np.average(err, weights=sample_weight))

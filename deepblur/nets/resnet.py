@@ -1,0 +1,169 @@
+"""A residual network that regresses blur coefficients from one image."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import torch
+from torch import nn
+
+__all__ = ["ResNet"]
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and an identity/1x1 shortcut."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.relu(out + skip)
+
+
+def _coordinates(x):
+    """Two channels of normalised (row, col) coordinates in [-1, 1]."""
+    n, _, h, w = x.shape
+    rows = torch.linspace(-1, 1, h, dtype=x.dtype, device=x.device)
+    cols = torch.linspace(-1, 1, w, dtype=x.dtype, device=x.device)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+    return grid[None].expand(n, 2, h, w)
+
+
+class ResNet(nn.Module):
+    """ResNet (He et al. 2016) with a regression head, for 1-channel images.
+
+    A stem convolution (size ``2 * stem_stride + 1``, stride ``stem_stride``),
+    ``n_stages`` stages of ``depth`` basic residual
+    blocks (widths ``width * 2**i``; every stage after the first halves the
+    resolution), then a head:
+
+    * ``"avg"``: global average pooling and a linear layer, as in ResNet;
+    * ``"spatial"``: adaptive average pooling to ``pool_size x pool_size``,
+      flattened, then a linear layer. It keeps *where* features are, which the
+      coefficients of space-varying blur need (``gamma_k`` weighs a map
+      ``f_k`` that is a fixed function of position).
+
+    Images of any size at least ``stem_stride * 2**(n_stages - 1)`` pixels per
+    side are accepted;
+    input of shape ``(n, H, W)`` gets a channel axis.
+
+    Parameters
+    ----------
+    n_outputs : int, default=20
+        Number ``K`` of regressed coefficients.
+    in_channels : int, default=1
+    width : int, default=16
+        Channels of the first stage (ResNet-18: 64).
+    depth : int, default=2
+        Residual blocks per stage (ResNet-18: 2).
+    n_stages : int, default=4
+    stem_stride : int, default=2
+        Downsampling of the stem (4 is about 4 times cheaper at 128x128).
+    head : {"spatial", "avg"}, default="spatial"
+    pool_size : int, default=4
+        Side of the pooled feature map of the ``"spatial"`` head.
+    coord_channels : bool, default=False
+        Append two coordinate channels to the input (CoordConv).
+    channels_last : bool, default=True
+        Run the convolutions in channels-last memory format (faster on CPU).
+    output_bias : array-like of shape (n_outputs,), optional
+        Initial bias of the last layer (e.g. the mean ``gamma`` of the
+        training cone, so that training starts at the mean-``gamma``
+        baseline); the last layer's weights then start at zero.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from deepblur.nets import ResNet
+    >>> net = ResNet(n_outputs=5, width=4, depth=1)
+    >>> net(torch.rand(2, 32, 48)).shape
+    torch.Size([2, 5])
+    """
+
+    def __init__(self, n_outputs=20, *, in_channels=1, width=16, depth=2, n_stages=4,
+                 stem_stride=2, head="spatial", pool_size=4, coord_channels=False,
+                 channels_last=True, output_bias=None):
+        super().__init__()
+        for name, value in (("n_outputs", n_outputs), ("in_channels", in_channels),
+                            ("width", width), ("depth", depth),
+                            ("n_stages", n_stages), ("pool_size", pool_size),
+                            ("stem_stride", stem_stride)):
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}.")
+        if head not in ("spatial", "avg"):
+            raise ValueError(f"head must be 'spatial' or 'avg'; got {head!r}.")
+        self.in_channels = int(in_channels)
+        self.n_stages = int(n_stages)
+        self.coord_channels = bool(coord_channels)
+        self.channels_last = bool(channels_last)
+        c0 = int(width)
+        stem_in = in_channels + (2 if coord_channels else 0)
+        self.stem = nn.Sequential(
+            nn.Conv2d(stem_in, c0, 2 * stem_stride + 1, stem_stride, stem_stride,
+                      bias=False),
+            nn.BatchNorm2d(c0),
+            nn.ReLU(inplace=True),
+        )
+        blocks, c_in = [], c0
+        for i in range(n_stages):
+            c_out = c0 * 2**i
+            for j in range(depth):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(_BasicBlock(c_in, c_out, stride))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        side = 1 if head == "avg" else int(pool_size)
+        self.pool = nn.AdaptiveAvgPool2d(side)
+        self.fc = nn.Linear(c_in * side * side, n_outputs)
+        self.min_size = stem_stride * 2 ** (n_stages - 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():          # zero-init the last BN of each block
+            if isinstance(m, _BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+        if output_bias is not None:
+            bias = torch.as_tensor(output_bias, dtype=torch.float32).reshape(-1)
+            if bias.shape[0] != n_outputs or not torch.isfinite(bias).all():
+                raise ValueError(
+                    f"output_bias must hold n_outputs={n_outputs} finite values; "
+                    f"got shape {tuple(bias.shape)}."
+                )
+            with torch.no_grad():
+                self.fc.bias.copy_(bias)
+                self.fc.weight.zero_()
+
+    def forward(self, x):
+        """Coefficients of a batch ``x`` of shape (n, C, H, W) or (n, H, W)."""
+        if x.ndim == 3 and self.in_channels == 1:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have shape (n, {self.in_channels}, H, W)"
+                + (" or (n, H, W)" if self.in_channels == 1 else "")
+                + f"; got {tuple(x.shape)}."
+            )
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(
+                f"images must be at least {self.min_size} pixels per side for "
+                f"n_stages={self.n_stages}; got shape {tuple(x.shape)}."
+            )
+        if self.coord_channels:
+            x = torch.cat([x, _coordinates(x)], 1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.pool(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(feats, 1))

@@ -1,0 +1,174 @@
+"""Simulator of blurry-noisy observations: maths, noise, seeds, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import convolve2d
+
+from deepblur.datasets.simulate import BlurDataset, blur_images, make_blurred_images
+from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.cone import ConeSampler
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny convolutions: one thread avoids oversubscription on a shared CPU.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def basis(rng):
+    return ProductConvolutionBasis.from_components(rng.random((2, 3, 3)),
+                                                   rng.random((2, 12, 12)))
+
+
+@pytest.fixture
+def sampler():
+    return ConeSampler(alpha_range=(0.8, 1.2), random_state=0).fit(np.eye(2))
+
+
+def _reference(u, gamma, basis):
+    """sum_k gamma_k e_k * (f_k u), zero boundary, with scipy."""
+    out = np.zeros_like(u)
+    for g, e, f in zip(gamma, basis.kernels_, basis.maps_, strict=True):
+        out += g * convolve2d(f * u, e, mode="same")
+    return out
+
+
+def test_blur_matches_scipy_reference_and_mean_normalisation(basis, rng):
+    u = rng.random((3, 12, 12))
+    gamma = rng.random((3, 2))
+    y = blur_images(u, gamma, basis, noise_std=0.0)
+    assert y.dtype == np.float32 and y.shape == (3, 12, 12)
+    for i in range(3):
+        ref = _reference(u[i] * 0.5 / u[i].mean(), gamma[i], basis)
+        np.testing.assert_allclose(y[i], ref, rtol=1e-4, atol=1e-5)
+    y_raw = blur_images(u, gamma, basis, noise_std=0.0, normalize=None)
+    np.testing.assert_allclose(y_raw[0], _reference(u[0], gamma[0], basis),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_scale_is_identifiable_after_normalisation(basis, rng):
+    # H[a g](c u) = a H[g] u after normalisation: the gain shows in y.
+    u = rng.random((1, 12, 12))
+    g = rng.random(2)
+    y1 = blur_images(u, g, basis, noise_std=0.0)
+    y2 = blur_images(7 * u, 2 * g, basis, noise_std=0.0)
+    np.testing.assert_allclose(y2, 2 * y1, rtol=1e-5)
+
+
+def test_noise_std_and_snr(basis, rng):
+    u = np.tile(rng.random((1, 12, 12)), (400, 1, 1))
+    g = rng.random(2)
+    clean = blur_images(u[:1], g, basis, noise_std=0.0)
+    y = blur_images(u, g, basis, noise_std=0.05, random_state=0)
+    np.testing.assert_allclose((y - clean).std(), 0.05, rtol=0.02)
+    y = blur_images(u, g, basis, noise_std=None, snr=10.0, random_state=0)
+    sigma = np.sqrt(np.mean(clean.astype(float) ** 2) / 10)
+    np.testing.assert_allclose((y - clean).std(), sigma, rtol=0.02)
+    y = blur_images(u, g, basis, noise_std=(0.0, 0.1), random_state=0)
+    per_image = (y - clean).std(axis=(1, 2))
+    assert per_image.min() < 0.02 and per_image.max() > 0.08
+
+
+def test_seeded_and_tensor_in_tensor_out(basis, rng):
+    u = rng.random((2, 12, 12))
+    g = rng.random((2, 2))
+    a = blur_images(u, g, basis, random_state=3)
+    np.testing.assert_array_equal(a, blur_images(u, g, basis, random_state=3))
+    assert not np.array_equal(a, blur_images(u, g, basis, random_state=4))
+    t = blur_images(torch.tensor(u), torch.tensor(g), basis, random_state=3)
+    assert torch.is_tensor(t) and t.dtype == torch.float64
+
+
+def test_make_blurred_images_consistent_with_blur(basis, sampler, rng):
+    pool = rng.random((5, 12, 12))
+    X, y = make_blurred_images(pool, basis, sampler, 20, noise_std=0.0,
+                               augment=False, random_state=0)
+    assert X.shape == (20, 12, 12) and y.shape == (20, 2)
+    assert X.dtype == np.float32 and y.dtype == np.float32
+    # Every image is the blur of one pool image under its gamma.
+    cands = blur_images(np.repeat(pool, 20, 0), np.tile(y, (5, 1)), basis,
+                        noise_std=0.0).reshape(5, 20, 12, 12)
+    best = np.abs(cands - X[None]).max(axis=(2, 3)).min(axis=0)
+    assert best.max() < 1e-4
+    # gamma lies in the cone of the sampler with alpha in range (sum = alpha).
+    assert (y >= 0).all() and (y.sum(1) >= 0.8 - 1e-6).all()
+    assert (y.sum(1) <= 1.2 + 1e-6).all()
+    X2, y2 = make_blurred_images(pool, basis, sampler, 20, random_state=0)
+    X3, y3 = make_blurred_images(pool, basis, sampler, 20, random_state=0)
+    np.testing.assert_array_equal(X2, X3)
+
+
+def test_crops_from_larger_images(basis, sampler, rng):
+    images = {"a": rng.random((30, 40)), "b": rng.random((20, 25))}
+    X, y = make_blurred_images(images, basis, sampler, 6, random_state=0)
+    assert X.shape == (6, 12, 12)
+
+
+def test_dataset_fresh_batches_and_epochs(basis, sampler, rng):
+    data = BlurDataset(rng.random((8, 12, 12)), basis, sampler, batch_size=4,
+                       n_batches=3, random_state=0)
+    assert len(data) == 3
+    first = [b for b in data]
+    second = [b for b in data]
+    assert len(first) == 3 and first[0][0].shape == (4, 1, 12, 12)
+    assert not torch.equal(first[0][1], second[0][1])     # new epoch, new data
+    again = BlurDataset(rng.random((8, 12, 12)), basis, sampler, batch_size=4,
+                        n_batches=3, random_state=0)
+    np.testing.assert_array_equal(next(iter(again))[1], first[0][1])
+    import pickle
+    clone = pickle.loads(pickle.dumps(data))
+    assert next(iter(clone))[0].shape == (4, 1, 12, 12)
+
+
+def test_dataset_workers_draw_different_streams(basis, sampler, rng):
+    data = BlurDataset(rng.random((8, 12, 12)), basis, sampler, batch_size=4,
+                       n_batches=4, random_state=0)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2)
+    gammas = [y for _, y in loader]
+    assert len(gammas) == 4
+    assert not torch.equal(gammas[0], gammas[1])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"noise_std": -0.1}, "noise_std"),
+    ({"noise_std": (0.2, 0.1)}, "noise_std"),
+    ({"noise_std": 0.1, "snr": 10.0}, "either"),
+    ({"normalize": "max"}, "normalize"),
+    ({"image_mean": 0.0}, "image_mean"),
+])
+def test_bad_noise_and_normalisation(basis, rng, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        blur_images(rng.random((1, 12, 12)), [1.0, 1.0], basis, **kwargs)
+
+
+def test_bad_images_and_gamma(basis, rng):
+    with pytest.raises(ValueError, match=r"image_shape \(12, 12\)"):
+        blur_images(rng.random((1, 10, 12)), [1.0, 1.0], basis)
+    bad = rng.random((1, 12, 12))
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        blur_images(bad, [1.0, 1.0], basis)
+    with pytest.raises(ValueError, match=r"K=2"):
+        blur_images(rng.random((1, 12, 12)), [1.0, 1.0, 1.0], basis)
+    with pytest.raises(ValueError, match="positive mean"):
+        blur_images(np.zeros((1, 12, 12)), [1.0, 1.0], basis)
+    with pytest.raises(ValueError, match="basis"):
+        blur_images(rng.random((1, 12, 12)), [1.0, 1.0], None)
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError):
+        blur_images(rng.random((1, 12, 12)), [1.0, 1.0],
+                    ProductConvolutionBasis(2))
+
+
+def test_dataset_bad_parameters(basis, sampler, rng):
+    with pytest.raises(ValueError, match="batch_size"):
+        next(iter(BlurDataset(rng.random((2, 12, 12)), basis, sampler,
+                              batch_size=0)))
+    wrong_k = ConeSampler().fit(np.eye(3))
+    with pytest.raises(ValueError, match="K=2"):
+        next(iter(BlurDataset(rng.random((2, 12, 12)), basis, wrong_k)))

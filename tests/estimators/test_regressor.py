@@ -1,0 +1,181 @@
+"""ResNetBlurRegressor: skorch/sklearn behaviour, data paths, bad input."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from skorch.callbacks import Checkpoint, LoadInitState
+
+from deepblur.datasets.simulate import BlurDataset, make_blurred_images
+from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.cone import ConeSampler
+from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.operators.product_convolution import dense_matrix
+
+SMALL = dict(module__width=4, module__depth=1, device="cpu", verbose=0,
+             batch_size=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny convolutions: one thread avoids oversubscription on a shared CPU.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    rng = np.random.default_rng(0)
+    basis = ProductConvolutionBasis.from_components(rng.random((3, 3, 3)),
+                                                    rng.random((3, 16, 16)))
+    sampler = ConeSampler(alpha_range=(0.8, 1.2), random_state=0).fit(np.eye(3))
+    pool = rng.random((20, 16, 16))
+    X, y = make_blurred_images(pool, basis, sampler, 48, random_state=0)
+    return basis, sampler, pool, X, y
+
+
+def test_fit_predict_score_is_relative_operator_error(setting):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=2, **SMALL).fit(X, y)
+    pred = net.predict(X)
+    assert pred.shape == (48, 3) and pred.dtype == np.float32
+    ref = [np.linalg.norm(dense_matrix(basis.operator_, a).numpy()
+                          - dense_matrix(basis.operator_, b).numpy())
+           / np.linalg.norm(dense_matrix(basis.operator_, a).numpy())
+           for a, b in zip(y[:4].astype(float), pred[:4].astype(float),
+                           strict=True)]
+    assert net.score(X[:4], y[:4]) == pytest.approx(-np.mean(ref), rel=1e-4)
+    assert net.module_.fc.out_features == 3          # K inferred from the basis
+    # 4-D input and float64 give the same predictions.
+    np.testing.assert_allclose(net.predict(X[:, None].astype(np.float64)), pred,
+                               rtol=1e-5)
+
+
+def test_training_lowers_the_loss(setting):
+    basis, sampler, pool, _, _ = setting
+    X, y = make_blurred_images(pool, basis, sampler, 64, random_state=1)
+    mean = sampler.sample(5000).mean(0)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=4, lr=3e-3,
+                              module__output_bias=mean, train_split=None,
+                              **SMALL).fit(X, y)
+    losses = net.history[:, "train_loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_mse_criterion_option(setting):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, criterion=torch.nn.MSELoss,
+                              max_epochs=1, **SMALL).fit(X, y)
+    assert isinstance(net.criterion_, torch.nn.MSELoss)
+    assert net.score(X, y) < 0        # still the operator error
+
+
+def test_gram_without_basis(setting):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(criterion__gram=basis.gram_, max_epochs=1,
+                              **SMALL).fit(X, y)
+    with_basis = ResNetBlurRegressor(basis=basis, **SMALL).initialize()
+    with_basis.module_.load_state_dict(net.module_.state_dict())
+    assert net.score(X, y) == pytest.approx(with_basis.score(X, y), rel=1e-5)
+
+
+def test_fit_on_blur_dataset(setting):
+    basis, sampler, pool, X, y = setting
+    data = BlurDataset(pool, basis, sampler, batch_size=8, n_batches=3,
+                       random_state=0)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=2, n_valid_batches=2,
+                              **SMALL).fit(data, None)
+    assert len(net.history) == 2
+    assert np.isfinite(net.history[:, "valid_loss"]).all()
+    assert net.predict(X).shape == (48, 3)
+
+
+def test_clone_gridsearch_and_joblib(setting, tmp_path):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
+                              **SMALL)
+    assert clone(net).get_params()["basis"] is basis
+    search = GridSearchCV(net, {"module__width": [2, 4]}, cv=2).fit(X, y)
+    assert search.best_params_["module__width"] in (2, 4)
+    best = search.best_estimator_
+    joblib.dump(best, tmp_path / "net.joblib")
+    loaded = joblib.load(tmp_path / "net.joblib")
+    np.testing.assert_array_equal(loaded.predict(X), best.predict(X))
+    fitted_clone = clone(best)
+    assert not hasattr(fitted_clone, "module_") or not getattr(
+        fitted_clone, "initialized_", False)
+
+
+def test_cuda_pickle_loads_on_cpu(setting, monkeypatch):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    net.device = "cuda"        # as if trained on a GPU machine
+    blob = pickle.dumps(net)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(Warning, match="cuda|CUDA"):
+        loaded = pickle.loads(blob)
+    assert loaded.device == "cpu" or str(loaded.device) == "cpu"
+    assert loaded.predict(X).shape == (48, 3)
+
+
+def test_cuda_requested_without_cuda_is_an_error(setting, monkeypatch):
+    basis, _, _, X, y = setting
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    net = ResNetBlurRegressor(basis=basis, **dict(SMALL, device="cuda"))
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        net.fit(X, y)
+
+
+@pytest.mark.cuda
+def test_fit_on_cuda(setting):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1,
+                              **dict(SMALL, device="cuda")).fit(X, y)
+    assert net.predict(X).shape == (48, 3)
+
+
+def test_checkpoint_resume_keeps_finished_epochs(setting, tmp_path):
+    basis, _, _, X, y = setting
+    cp = Checkpoint(dirname=str(tmp_path), monitor=None)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=2, callbacks=[cp],
+                              **SMALL).fit(X, y)
+    resumed = ResNetBlurRegressor(
+        basis=basis, max_epochs=1, callbacks=[
+            Checkpoint(dirname=str(tmp_path), monitor=None),
+            LoadInitState(Checkpoint(dirname=str(tmp_path), monitor=None))],
+        **SMALL).fit(X, y)
+    assert len(resumed.history) == 3
+    assert resumed.history[:2, "train_loss"] == net.history[:, "train_loss"]
+
+
+def test_bad_input(setting):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL)
+    with pytest.raises(ValueError, match=r"image_shape \(16, 16\)"):
+        net.fit(X[:, :8], y)
+    bad = X.copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        net.fit(bad, y)
+    with pytest.raises(ValueError, match=r"K=3"):
+        net.fit(X, y[:, :2])
+    with pytest.raises(ValueError, match="as many samples"):
+        net.fit(X, y[:10])
+    with pytest.raises(ValueError, match=r"\(n, H, W\)"):
+        net.fit(X[0], y)
+    with pytest.raises(ValueError, match="basis must be given"):
+        ResNetBlurRegressor(**SMALL).fit(X, y)
+    with pytest.raises(NotFittedError, match="basis must be a fitted"):
+        ResNetBlurRegressor(basis=ProductConvolutionBasis(3), **SMALL).fit(X, y)
+    fitted = net.fit(X, y)
+    with pytest.raises(ValueError, match="finite"):
+        fitted.predict(bad)
+    with pytest.raises(ValueError, match=r"image_shape"):
+        fitted.predict(X[:, :8, :8])

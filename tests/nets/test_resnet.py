@@ -1,0 +1,81 @@
+"""ResNet: shapes, heads, parameters, and what the spatial head can see."""
+
+import numpy as np
+import pytest
+import torch
+
+from deepblur.nets.resnet import ResNet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny convolutions: one thread avoids oversubscription on a shared CPU.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("head", ["spatial", "avg"])
+@pytest.mark.parametrize("shape", [(2, 32, 32), (3, 1, 40, 56)])
+def test_output_shape_any_size(head, shape):
+    net = ResNet(n_outputs=7, width=4, depth=1, head=head)
+    assert net(torch.rand(shape)).shape == (shape[0], 7)
+
+
+def test_width_depth_change_parameter_count():
+    counts = {(w, d): sum(p.numel() for p in ResNet(width=w, depth=d).parameters())
+              for w in (4, 8) for d in (1, 2)}
+    assert counts[(4, 1)] < counts[(4, 2)] < counts[(8, 2)]
+    assert counts[(4, 1)] < counts[(8, 1)]
+
+
+def test_channels_last_and_coord_channels_same_shape():
+    x = torch.rand(2, 1, 32, 32)
+    torch.manual_seed(0)
+    a = ResNet(n_outputs=3, width=4, depth=1, channels_last=True).eval()
+    torch.manual_seed(0)
+    b = ResNet(n_outputs=3, width=4, depth=1, channels_last=False).eval()
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
+    assert ResNet(n_outputs=3, width=4, coord_channels=True)(x).shape == (2, 3)
+
+
+def test_output_bias_is_initial_prediction():
+    bias = np.arange(5.0)
+    net = ResNet(n_outputs=5, width=4, depth=1, output_bias=bias).eval()
+    np.testing.assert_allclose(net(torch.rand(3, 32, 32)).detach().numpy(),
+                               np.tile(bias, (3, 1)))
+
+
+def test_spatial_head_sees_position_avg_head_does_not():
+    # The same blob at two places: global pooling over a translation-
+    # equivariant trunk (periodic shift) gives nearly the same output.
+    x = torch.zeros(2, 1, 64, 64)
+    x[0, 0, 8:16, 8:16] = 1
+    x[1] = torch.roll(x[0], shifts=(32, 32), dims=(-2, -1))
+    torch.manual_seed(0)
+    avg = ResNet(n_outputs=4, width=4, depth=1, head="avg").eval()
+    sp = ResNet(n_outputs=4, width=4, depth=1, head="spatial").eval()
+    out_avg, out_sp = avg(x), sp(x)
+    d_avg = (out_avg[0] - out_avg[1]).abs().max()
+    d_sp = (out_sp[0] - out_sp[1]).abs().max()
+    assert d_sp > 10 * d_avg
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"width": 0}, "width"), ({"depth": 1.5}, "depth"), ({"head": "max"}, "head"),
+    ({"output_bias": [1.0, 2.0]}, "output_bias"), ({"stem_stride": True},
+                                                   "stem_stride"),
+])
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResNet(n_outputs=3, **kwargs)
+
+
+def test_bad_input_shapes():
+    net = ResNet(n_outputs=3, width=4, depth=1)
+    with pytest.raises(ValueError, match=r"\(n, 1, H, W\)"):
+        net(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="at least 16 pixels"):
+        net(torch.rand(2, 8, 8))
