@@ -1,0 +1,152 @@
+"""Blind blur identification: accuracy and cost of ``ResNetBlurRegressor``.
+
+Setting (paper section 3, :data:`deepblur.pretrained._default.DEFAULT_SETTING`):
+128x128 images, K = 20 basis learned from 200 random operators (paper section
+1.2.1), cone simplified to 40 rays (Algorithm 1) and sampled with Algorithm 2
+(alpha uniform in [0.8, 1.2]), noise sigma = 0.01 on clean images normalised
+to mean 0.5. Training data are drawn on the fly (``BlurDataset``) from the
+natural images of the training sources; test sets are fixed:
+
+* ``natural``: patches of the held-out source images (camera, coffee, flower);
+* ``points``: simulated point sources (single-molecule-like);
+* ``microscopy``: patches of scikit-image's ``cell`` and ``ihc`` images.
+
+Every error is printed beside the mean-gamma baseline (the mean of 50 000
+draws of the training cone, the best constant) on the same test set, split
+into operator, direction (after optimal rescaling) and scale errors.
+
+Usage: ``python benchmarks/bench_regressor.py [--quick] [--images N] ...``
+(``--threads 1`` is much faster than 2 when other jobs share the CPU: the
+intra-op threads then thrash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+from skorch.callbacks import LRScheduler
+
+from deepblur.datasets.images import (
+    extract_patches,
+    load_microscopy_images,
+    make_point_sources,
+    natural_image_split,
+)
+from deepblur.datasets.simulate import BlurDataset, make_blurred_images
+from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.pretrained._default import make_default_setting, relative_errors
+
+
+def summary(name, y, pred, base, gram):
+    e, b = relative_errors(y, pred, gram), relative_errors(y, base, gram)
+    row = {f"{k}": float(v.mean()) for k, v in e.items()}
+    row.update({f"baseline_{k}": float(v.mean()) for k, v in b.items()})
+    print(f"{name:>12}: operator {row['operator']:.4f} (mean-gamma baseline "
+          f"{row['baseline_operator']:.4f}) | direction {row['direction']:.4f} "
+          f"(baseline {row['baseline_direction']:.4f}) | scale "
+          f"{row['scale']:.4f} (baseline {row['baseline_scale']:.4f})")
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="64x64, K=8, few images")
+    p.add_argument("--images", type=int, default=64_000, help="training images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--depth", type=int, default=1)
+    p.add_argument("--stem-stride", type=int, default=4)
+    p.add_argument("--head", default="spatial")
+    p.add_argument("--coord", action="store_true")
+    p.add_argument("--criterion", choices=["frobenius", "mse"], default="frobenius")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--noise-std", type=float, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--n-test", type=int, default=512)
+    p.add_argument("--cache", default=os.environ.get("DEEPBLUR_CACHE"),
+                   help="joblib file caching the fitted basis/cone/sampler")
+    p.add_argument("--json", default=None, help="append the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    overrides = {}
+    if args.quick:
+        overrides = dict(n_operators=40, image_shape=(64, 64), kernel_shape=(15, 15),
+                         grid_shape=(8, 8), n_components=8, n_rays=16)
+        args.images, args.n_test, args.epochs = min(args.images, 2048), 128, 2
+    if args.cache and Path(args.cache).exists():
+        setting = joblib.load(args.cache)
+    else:
+        t = time.perf_counter()
+        setting = make_default_setting(**overrides)
+        print(f"basis + cone fitted in {time.perf_counter() - t:.1f} s")
+        if args.cache:
+            joblib.dump(setting, args.cache)
+    basis, sampler, params = setting["basis"], setting["sampler"], setting["params"]
+    noise = params["noise_std"] if args.noise_std is None else args.noise_std
+    shape = tuple(params["image_shape"])
+    train_images, test_images = natural_image_split()
+    mean_gamma = sampler.sample(50_000).mean(0)
+
+    n_batches = max(1, args.images // (args.batch_size * args.epochs))
+    data = BlurDataset(train_images, basis, sampler, batch_size=args.batch_size,
+                       n_batches=n_batches, noise_std=noise, random_state=0)
+    kwargs = {} if args.criterion == "frobenius" else {
+        "criterion": torch.nn.MSELoss}
+    net = ResNetBlurRegressor(
+        basis=basis, module__width=args.width, module__depth=args.depth,
+        module__stem_stride=args.stem_stride, module__head=args.head,
+        module__coord_channels=args.coord, module__output_bias=mean_gamma,
+        lr=args.lr, max_epochs=args.epochs, batch_size=args.batch_size,
+        device="cpu", iterator_train__num_workers=args.workers,
+        callbacks=[("lr", LRScheduler("CosineAnnealingLR", T_max=args.epochs))],
+        **kwargs)
+    t = time.perf_counter()
+    net.fit(data, None)
+    train_s = time.perf_counter() - t
+    n_seen = n_batches * args.batch_size * args.epochs
+    print(f"trained on {n_seen} images in {train_s:.0f} s "
+          f"({n_seen / train_s:.0f} images/s incl. data generation)")
+
+    rng = np.random.RandomState(123)
+    tests = {
+        "natural": test_images,
+        "points": make_point_sources(args.n_test, shape, random_state=rng),
+        "microscopy": extract_patches(load_microscopy_images(), args.n_test, shape,
+                                      random_state=rng),
+    }
+    results = dict(vars(args), n_train_images=n_seen, train_s=train_s,
+                   noise_std=noise)
+    for name, images in tests.items():
+        X, y = make_blurred_images(images, basis, sampler, args.n_test,
+                                   noise_std=noise, random_state=rng)
+        t = time.perf_counter()
+        pred = net.predict(X)
+        rate = len(X) / (time.perf_counter() - t)
+        results[name] = summary(name, y, pred, np.tile(mean_gamma, (len(y), 1)),
+                                basis.gram_)
+        results[name]["images_per_s"] = rate
+    print(f"inference: {results['natural']['images_per_s']:.0f} images/s on CPU "
+          f"({args.threads} thread(s))")
+    for sigma in (0.0, 0.01, 0.03, 0.1):
+        X, y = make_blurred_images(test_images, basis, sampler, args.n_test,
+                                   noise_std=sigma, random_state=7)
+        results[f"natural_sigma_{sigma}"] = summary(
+            f"sigma={sigma}", y, net.predict(X), np.tile(mean_gamma, (len(y), 1)),
+            basis.gram_)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
