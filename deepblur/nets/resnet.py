@@ -51,8 +51,9 @@ class ResNet(nn.Module):
     resolution), then a head:
 
     * ``"avg"``: global average pooling and a linear layer, as in ResNet;
-    * ``"spatial"``: adaptive average pooling to ``pool_size x pool_size``,
-      flattened, then a linear layer. It keeps *where* features are, which the
+    * ``"spatial"``: a 1x1 convolution to ``head_channels`` channels, adaptive
+      average pooling to ``pool_size x pool_size``, flattened, then a linear
+      layer. It keeps *where* features are, which the
       coefficients of space-varying blur need (``gamma_k`` weighs a map
       ``f_k`` that is a fixed function of position).
 
@@ -75,6 +76,8 @@ class ResNet(nn.Module):
     head : {"spatial", "avg"}, default="spatial"
     pool_size : int, default=4
         Side of the pooled feature map of the ``"spatial"`` head.
+    head_channels : int, default=8
+        Channels of the ``"spatial"`` head before pooling.
     coord_channels : bool, default=False
         Append two coordinate channels to the input (CoordConv).
     channels_last : bool, default=True
@@ -94,13 +97,15 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, n_outputs=20, *, in_channels=1, width=16, depth=2, n_stages=4,
-                 stem_stride=2, head="spatial", pool_size=4, coord_channels=False,
+                 stem_stride=2, head="spatial", pool_size=4, head_channels=8,
+                 coord_channels=False,
                  channels_last=True, output_bias=None):
         super().__init__()
         for name, value in (("n_outputs", n_outputs), ("in_channels", in_channels),
                             ("width", width), ("depth", depth),
                             ("n_stages", n_stages), ("pool_size", pool_size),
-                            ("stem_stride", stem_stride)):
+                            ("stem_stride", stem_stride),
+                            ("head_channels", head_channels)):
             if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}.")
         if head not in ("spatial", "avg"):
@@ -127,6 +132,15 @@ class ResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         side = 1 if head == "avg" else int(pool_size)
         self.pool = nn.AdaptiveAvgPool2d(side)
+        # The spatial head first reduces the channels (1x1 convolution): with
+        # Adam, a linear layer on thousands of features moves its output by
+        # about ``lr * n_features`` per step, which wrecks the first steps.
+        self.reduce = None
+        if head == "spatial":
+            self.reduce = nn.Sequential(
+                nn.Conv2d(c_in, head_channels, 1, bias=False),
+                nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True))
+            c_in = head_channels
         self.fc = nn.Linear(c_in * side * side, n_outputs)
         self.min_size = stem_stride * 2 ** (n_stages - 1)
         for m in self.modules():
@@ -165,5 +179,8 @@ class ResNet(nn.Module):
             x = torch.cat([x, _coordinates(x)], 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.pool(self.blocks(self.stem(x)))
+        feats = self.blocks(self.stem(x))
+        if self.reduce is not None:
+            feats = self.reduce(feats)
+        feats = self.pool(feats)
         return self.fc(torch.flatten(feats, 1))
