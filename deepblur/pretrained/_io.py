@@ -1,0 +1,135 @@
+"""Save and load a trained blur regressor without executing code.
+
+A model directory holds ``model.safetensors`` (the network's state dict, the
+basis's kernels and maps and the coefficients ``gamma`` of the training
+operators) and ``model.json`` (the hyper-parameters). Neither is a pickle:
+loading runs no code from the files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.cone import ConeSampler, ConeSimplifier
+from deepblur.estimators.regressor import ResNetBlurRegressor
+
+__all__ = ["PretrainedModel", "load_default", "load_model", "save_model"]
+
+PretrainedModel = namedtuple(
+    "PretrainedModel", ["basis", "cone", "sampler", "regressor", "noise_std"])
+PretrainedModel.__doc__ = """A trained blur regressor and the setting it was trained in.
+
+Fields: ``basis`` (fitted ProductConvolutionBasis), ``cone`` (fitted
+ConeSimplifier), ``sampler`` (fitted ConeSampler), ``regressor`` (ready
+ResNetBlurRegressor on CPU) and ``noise_std`` (training noise level).
+"""
+
+_WEIGHTS, _META = "model.safetensors", "model.json"
+DEFAULT_DIR = Path(__file__).parent / "default"
+_MODULE_KEYS = ("width", "depth", "n_stages", "stem_stride", "head", "pool_size",
+                "coord_channels", "channels_last")
+
+
+def save_model(directory, regressor, setting, *, extra=None):
+    """Write a trained regressor and its setting to ``directory``.
+
+    Parameters
+    ----------
+    directory : str or Path
+    regressor : ResNetBlurRegressor
+        Trained (initialised) regressor.
+    setting : dict
+        As returned by :func:`deepblur.pretrained.make_default_setting`.
+    extra : dict, optional
+        More JSON-serialisable metadata (e.g. measured errors).
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
+    tensors = {f"module.{k}": v.detach().cpu().contiguous()
+               for k, v in regressor.module_.state_dict().items()}
+    tensors["basis.kernels"] = torch.tensor(np.ascontiguousarray(basis.kernels_),
+                                           dtype=torch.float64)
+    tensors["basis.maps"] = torch.tensor(np.ascontiguousarray(basis.maps_),
+                                        dtype=torch.float32)
+    tensors["cone.gamma"] = torch.tensor(np.ascontiguousarray(setting["gamma"]),
+                                        dtype=torch.float64)
+    tensors["cone.rays"] = torch.tensor(np.ascontiguousarray(cone.rays_),
+                                       dtype=torch.float64)
+    save_file(tensors, str(directory / _WEIGHTS))
+    module_params = regressor.get_params_for("module")
+    meta = dict(
+        module={k: module_params[k] for k in _MODULE_KEYS if k in module_params},
+        n_outputs=int(basis.kernels_.shape[0]),
+        boundary=basis.boundary, grid_shape=list(basis.grid_shape_ or (16, 16)),
+        n_rays=int(cone.rays_.shape[0]),
+        alpha_range=[float(a) for a in sampler.alpha_range],
+        max_rays=sampler.max_rays, random_state=sampler.random_state,
+        setting={k: (list(v) if isinstance(v, tuple) else v)
+                 for k, v in setting["params"].items()},
+        **(extra or {}),
+    )
+    (directory / _META).write_text(json.dumps(meta, indent=1))
+    return directory
+
+
+def load_model(directory):
+    """Load a model written by :func:`save_model` (on CPU).
+
+    Returns
+    -------
+    PretrainedModel
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / _WEIGHTS).exists() or not (directory / _META).exists():
+        raise FileNotFoundError(
+            f"directory must hold {_WEIGHTS} and {_META}; got {str(directory)!r} "
+            "without them (train one with examples/train_default_model.py)."
+        )
+    meta = json.loads((directory / _META).read_text())
+    tensors = load_file(str(directory / _WEIGHTS), device="cpu")
+    basis = ProductConvolutionBasis.from_components(
+        tensors["basis.kernels"].numpy(),
+        tensors["basis.maps"].numpy().astype(np.float64),
+        boundary=meta["boundary"], grid_shape=tuple(meta["grid_shape"]))
+    gamma = tensors["cone.gamma"].numpy()
+    cone = ConeSimplifier(n_rays=meta["n_rays"]).fit(gamma)
+    rays = tensors["cone.rays"].numpy()
+    if cone.rays_.shape != rays.shape or not np.allclose(cone.rays_, rays,
+                                                         atol=1e-8):
+        # Algorithm 1 is deterministic; keep the stored rays exactly anyway.
+        cone.rays_ = rays
+    sampler = ConeSampler(max_rays=meta["max_rays"],
+                          alpha_range=tuple(meta["alpha_range"]),
+                          random_state=meta["random_state"]).fit(rays)
+    module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
+    regressor = ResNetBlurRegressor(basis=basis, device="cpu", verbose=0,
+                                    **module_kwargs).initialize()
+    state = {k[len("module."):]: v for k, v in tensors.items()
+             if k.startswith("module.")}
+    regressor.module_.load_state_dict(state)
+    regressor.module_.eval()
+    return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
+                           regressor=regressor,
+                           noise_std=float(meta["setting"]["noise_std"]))
+
+
+def load_default():
+    """The model shipped with deepblur (see ``examples/train_default_model.py``).
+
+    Returns
+    -------
+    PretrainedModel
+        Named tuple ``(basis, cone, sampler, regressor, noise_std)``.
+    """
+    return load_model(DEFAULT_DIR)
