@@ -42,6 +42,21 @@ def _coordinates(x):
     return grid[None].expand(n, 2, h, w)
 
 
+def _contrast_normalise(x):
+    """Split each image into contrast, log-mean and log-contrast channels.
+
+    ``z = (x / m - 1) / s`` with ``m`` the image's mean and ``s`` the standard
+    deviation of ``x / m``: the texture whose local spectrum reveals the blur,
+    free of the image's gain and contrast; ``log m`` (the operator's gain, by
+    the mean-normalisation convention) and ``log s`` as constant channels.
+    """
+    m = x.mean(dim=(-2, -1), keepdim=True).abs().clamp_min(1e-6)
+    r = x / m - 1
+    s = r.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    ones = torch.ones_like(x)
+    return torch.cat([r / s, torch.log(m) * ones, torch.log(s) * ones], 1)
+
+
 class ResNet(nn.Module):
     """ResNet (He et al. 2016) with a regression head, for 1-channel images.
 
@@ -80,6 +95,11 @@ class ResNet(nn.Module):
         Channels of the ``"spatial"`` head before pooling.
     coord_channels : bool, default=False
         Append two coordinate channels to the input (CoordConv).
+    input_norm : {None, "contrast"}, default=None
+        ``"contrast"`` feeds the stem the image divided by its mean, centred
+        and divided by its standard deviation, plus two constant channels
+        holding the log of the mean and of the standard deviation: blur shows
+        in the texture, the gain in the mean.
     channels_last : bool, default=True
         Run the convolutions in channels-last memory format (faster on CPU).
     output_bias : array-like of shape (n_outputs,), optional
@@ -98,7 +118,7 @@ class ResNet(nn.Module):
 
     def __init__(self, n_outputs=20, *, in_channels=1, width=16, depth=2, n_stages=4,
                  stem_stride=2, head="spatial", pool_size=4, head_channels=8,
-                 coord_channels=False,
+                 coord_channels=False, input_norm=None,
                  channels_last=True, output_bias=None):
         super().__init__()
         for name, value in (("n_outputs", n_outputs), ("in_channels", in_channels),
@@ -110,12 +130,19 @@ class ResNet(nn.Module):
                 raise ValueError(f"{name} must be a positive int; got {value!r}.")
         if head not in ("spatial", "avg"):
             raise ValueError(f"head must be 'spatial' or 'avg'; got {head!r}.")
+        if input_norm not in (None, "contrast"):
+            raise ValueError(
+                f"input_norm must be None or 'contrast'; got {input_norm!r}."
+            )
+        self.input_norm = input_norm
         self.in_channels = int(in_channels)
         self.n_stages = int(n_stages)
         self.coord_channels = bool(coord_channels)
         self.channels_last = bool(channels_last)
         c0 = int(width)
         stem_in = in_channels + (2 if coord_channels else 0)
+        if input_norm == "contrast":
+            stem_in += 2 * in_channels
         self.stem = nn.Sequential(
             nn.Conv2d(stem_in, c0, 2 * stem_stride + 1, stem_stride, stem_stride,
                       bias=False),
@@ -175,6 +202,8 @@ class ResNet(nn.Module):
                 f"images must be at least {self.min_size} pixels per side for "
                 f"n_stages={self.n_stages}; got shape {tuple(x.shape)}."
             )
+        if self.input_norm == "contrast":
+            x = _contrast_normalise(x)
         if self.coord_channels:
             x = torch.cat([x, _coordinates(x)], 1)
         if self.channels_last:

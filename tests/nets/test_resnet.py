@@ -79,3 +79,22 @@ def test_bad_input_shapes():
         net(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="at least 16 pixels"):
         net(torch.rand(2, 8, 8))
+
+
+def test_contrast_normalisation_channels():
+    from deepblur.nets.resnet import _contrast_normalise
+
+    x = torch.rand(3, 1, 16, 16) + 0.5
+    z = _contrast_normalise(x)
+    z3 = _contrast_normalise(3 * x)
+    assert z.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(z3[:, 0], z[:, 0])           # gain-free texture
+    torch.testing.assert_close(z3[:, 1] - z[:, 1],
+                               torch.full_like(z[:, 1], np.log(3.0)))
+    torch.testing.assert_close(z[:, 0].mean(dim=(-2, -1)), torch.zeros(3),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[:, 0].std(dim=(-2, -1)), torch.ones(3))
+    net = ResNet(n_outputs=2, width=4, depth=1, input_norm="contrast")
+    assert net(x).shape == (3, 2)
+    with pytest.raises(ValueError, match="input_norm"):
+        ResNet(input_norm="max")
