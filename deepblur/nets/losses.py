@@ -67,6 +67,9 @@ class RelativeFrobeniusLoss(nn.Module):
     reduction : {"mean", "sum", "none"}, default="mean"
     eps : float, default=1e-12
         Relative regulariser under the square roots.
+    squared : bool, default=False
+        Average the squared relative errors instead (smooth at zero, like
+        MSE, whose gradients are less noisy than those of the plain ratio).
 
     Examples
     --------
@@ -78,8 +81,9 @@ class RelativeFrobeniusLoss(nn.Module):
     0.2
     """
 
-    def __init__(self, gram, reduction="mean", eps=1e-12):
+    def __init__(self, gram, reduction="mean", eps=1e-12, squared=False):
         super().__init__()
+        self.squared = bool(squared)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(
                 "reduction must be one of 'mean', 'sum', 'none'; got "
@@ -98,6 +102,8 @@ class RelativeFrobeniusLoss(nn.Module):
                 f"{tuple(y_pred.shape)} and {tuple(y_true.shape)}."
             )
         err = relative_frobenius_error(y_true, y_pred, self.gram, self.eps)
+        if self.squared:
+            err = err.square()
         if self.reduction == "mean":
             return err.mean()
         if self.reduction == "sum":

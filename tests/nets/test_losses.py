@@ -54,6 +54,14 @@ def test_error_function_float64_and_gradient(basis, rng):
                                    rtol=1e-5)
 
 
+def test_squared_option(basis, rng):
+    g = torch.tensor(rng.random((3, 3)), dtype=torch.float64)
+    p = torch.tensor(rng.random((3, 3)), dtype=torch.float64)
+    plain = RelativeFrobeniusLoss(basis.gram_, reduction="none").double()
+    sq = RelativeFrobeniusLoss(basis.gram_, reduction="none", squared=True).double()
+    torch.testing.assert_close(sq(p, g), plain(p, g) ** 2)
+
+
 def test_loss_is_zero_at_truth_and_gradient_finite(basis):
     g = torch.tensor([[1.0, 2.0, 0.5]])
     pred = g.clone().requires_grad_(True)
