@@ -227,20 +227,23 @@ class ProductConvolution:
             self._cache[key] = buf
         return buf
 
-    def _pad_buffer(self, n, device, dtype):
-        """Zero-padded work array for the forward FFTs, reused across calls.
+    def _forward_work(self, c, device, dtype):
+        """Work arrays of the forward for chunks of ``c`` images.
 
-        Only the image block is ever written, so the padding stays zero. Used
-        when no gradient is recorded (in-place writes would break autograd);
-        one buffer per thread, so concurrent calls never share one.
+        One set per thread, so concurrent calls never share one; only used
+        when no gradient is recorded (in-place writes would break autograd).
         """
-        key = ("pad", str(device), dtype, n, threading.get_ident())
-        buf = self._cache.get(key)
-        if buf is None:
-            buf = torch.zeros((n, self.n_components) + self.fft_shape,
-                              device=device, dtype=dtype)
-            self._cache[key] = buf
-        return buf
+        key = ("forward", str(device), dtype, c, threading.get_ident())
+        work = self._cache.get(key)
+        if work is None:
+            K, (M1, M2) = self.n_components, self.fft_shape
+            cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
+            work = (torch.zeros((c, K, M1, M2), dtype=dtype, device=device),
+                    torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
+                    torch.empty((c, M1, M2 // 2 + 1), dtype=cdtype, device=device),
+                    torch.empty((c, M1, M2), dtype=dtype, device=device))
+            self._cache[key] = work
+        return work
 
     def _chunk(self, n, device):
         if self.batch_chunk is not None:
@@ -310,21 +313,31 @@ class ProductConvolution:
         step = self._chunk(u.shape[0], u.device)
         reuse = not (torch.is_grad_enabled()
                      and (u.requires_grad or gamma.requires_grad))
-        outs = []
-        for start in range(0, u.shape[0], step):
-            uc, gc = u[start:start + step], gamma[start:start + step]
-            c = uc.shape[0]
-            # gamma is folded into the real weighted images (linearity of the
-            # FFT), so the sum over k is a plain sum of spectra.
-            if reuse:
-                pad = self._pad_buffer(c, u.device, u.dtype)
+        n = u.shape[0]
+        if reuse:
+            # No graph: every stage writes into per-thread work arrays (the
+            # padding of ``pad`` is never written, so it stays zero) and the
+            # result goes in place (no allocation per stage, no final cat).
+            out = torch.empty((n, H, W), dtype=u.dtype, device=u.device)
+            for start in range(0, n, step):
+                uc, gc = u[start:start + step], gamma[start:start + step]
+                c = uc.shape[0]
+                pad, spec, summed, full = self._forward_work(c, u.device, u.dtype)
                 block = pad[..., :H, :W]
+                # gamma is folded into the real weighted images (linearity of
+                # the FFT), so the sum over k is a plain sum of spectra.
                 torch.mul(maps, uc[:, None], out=block)
                 block.mul_(gc[:, :, None, None])
-                spec = torch.fft.rfft2(pad)
-            else:
-                weighted = maps * (gc[:, :, None, None] * uc[:, None])
-                spec = torch.fft.rfft2(weighted, s=M)
+                torch.fft.rfft2(pad, out=spec)
+                torch.sum(spec.mul_(spectra), dim=1, out=summed)
+                torch.fft.irfft2(summed, s=M, out=full)
+                out[start:start + c] = full[:, :H, :W]
+            return out
+        outs = []
+        for start in range(0, n, step):
+            uc, gc = u[start:start + step], gamma[start:start + step]
+            weighted = maps * (gc[:, :, None, None] * uc[:, None])
+            spec = torch.fft.rfft2(weighted, s=M)
             summed = spec.mul_(spectra).sum(1)  # (c, M1, M2r)
             outs.append(torch.fft.irfft2(summed, s=M)[:, :H, :W])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -340,9 +353,26 @@ class ProductConvolution:
         H, W = self.image_shape
         M = self.fft_shape
         K = self.n_components
-        step = self._chunk(v.shape[0], v.device)
+        n = v.shape[0]
+        step = self._chunk(n, v.device)
+        reuse = not (torch.is_grad_enabled()
+                     and (v.requires_grad or gamma.requires_grad))
+        if reuse:
+            # No graph: write every stage into per-thread work arrays and the
+            # result in place (saves an allocation per stage and the final cat).
+            out = torch.empty((n, H, W), dtype=v.dtype, device=v.device)
+            for start in range(0, n, step):
+                vc, gc = v[start:start + step], gamma[start:start + step]
+                c = vc.shape[0]
+                prod, corr, weighted = self._adjoint_work(c, v.device, v.dtype)
+                torch.mul(torch.fft.rfft2(vc, s=M)[:, None], conj, out=prod)
+                torch.fft.irfft2(prod, s=M, out=corr)
+                torch.mul(corr[..., :H, :W], maps, out=weighted)
+                torch.bmm(gc[:, None, :], weighted.reshape(c, K, H * W),
+                          out=out[start:start + c].view(c, 1, H * W))
+            return out
         outs = []
-        for start in range(0, v.shape[0], step):
+        for start in range(0, n, step):
             vc, gc = v[start:start + step], gamma[start:start + step]
             c = vc.shape[0]
             spec = torch.fft.rfft2(vc, s=M)  # (c, M1, M2r)
@@ -350,6 +380,18 @@ class ProductConvolution:
             weighted = (corr * maps).reshape(c, K, H * W)
             outs.append(torch.bmm(gc[:, None, :], weighted).reshape(c, H, W))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _adjoint_work(self, c, device, dtype):
+        key = ("adjoint", str(device), dtype, c, threading.get_ident())
+        work = self._cache.get(key)
+        if work is None:
+            K, (H, W), (M1, M2) = self.n_components, self.image_shape, self.fft_shape
+            cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
+            work = (torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
+                    torch.empty((c, K, M1, M2), dtype=dtype, device=device),
+                    torch.empty((c, K, H, W), dtype=dtype, device=device))
+            self._cache[key] = work
+        return work
 
     def normal(self, u, gamma):
         """``H^T H u`` (the gradient of ``||H u - y||^2 / 2`` without ``y``)."""
