@@ -118,8 +118,7 @@ np.testing.assert_allclose(reloaded.regressor.predict(X), pred, rtol=1e-4,
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
 axes[0].plot(net.history[:, "train_loss"], label="train")
 axes[0].plot(net.history[:, "valid_loss"], label="valid")
-axes[0].axhline(base["operator"].mean(), color="k", ls="--", label="mean-gamma")
-axes[0].set(xlabel="epoch", ylabel="relative operator error")
+axes[0].set(xlabel="epoch", ylabel="loss (MSE on gamma)", yscale="log")
 axes[0].legend()
 axes[1].hist([err["operator"], base["operator"]], bins=30,
              label=["network", "mean-gamma"])
