@@ -9,7 +9,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
-from skorch.callbacks import Checkpoint, LoadInitState
+from skorch.callbacks import Checkpoint, EarlyStopping, LoadInitState
 
 from deepblur.datasets.simulate import BlurDataset, make_blurred_images
 from deepblur.estimators.basis import ProductConvolutionBasis
@@ -91,8 +91,11 @@ def test_fit_on_blur_dataset(setting):
     data = BlurDataset(pool, basis, sampler, batch_size=8, n_batches=3,
                        random_state=0)
     net = ResNetBlurRegressor(basis=basis, max_epochs=2, n_valid_batches=2,
+                              iterator_train__num_workers=1,
+                              callbacks=[EarlyStopping(patience=5)],
                               **SMALL).fit(data, None)
     assert len(net.history) == 2
+    assert net.history[-1, "batches"][0]["train_batch_size"] == 8
     assert np.isfinite(net.history[:, "valid_loss"]).all()
     assert net.predict(X).shape == (48, 3)
 
