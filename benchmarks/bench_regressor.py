@@ -61,7 +61,7 @@ def main():
     p.add_argument("--images", type=int, default=64_000, help="training images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--depth", type=int, default=1)
+    p.add_argument("--depth", type=int, default=2)
     p.add_argument("--stem-stride", type=int, default=4)
     p.add_argument("--head", default="spatial")
     p.add_argument("--coord", action="store_true")

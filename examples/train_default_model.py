@@ -79,7 +79,7 @@ data = BlurDataset(train_images, basis, sampler, batch_size=batch_size,
                    n_batches=max(1, N_IMAGES // (batch_size * epochs)),
                    noise_std=noise_std, random_state=0)
 net = ResNetBlurRegressor(
-    basis=basis, module__width=16, module__depth=1, module__stem_stride=4,
+    basis=basis, module__width=16, module__depth=2, module__stem_stride=4,
     module__head="spatial", module__output_bias=mean_gamma,
     criterion=torch.nn.MSELoss, lr=2e-3,
     max_epochs=epochs, batch_size=batch_size, device="cpu",
