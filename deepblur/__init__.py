@@ -7,6 +7,8 @@ here; the numerics live in :mod:`deepblur.operators` and
 
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
+from deepblur.estimators.deblur import TVDeblurrer
+from deepblur.estimators.regressor import ResNetBlurRegressor
 
 __version__ = "0.1.0.dev0"
 
@@ -14,5 +16,7 @@ __all__ = [
     "ConeSampler",
     "ConeSimplifier",
     "ProductConvolutionBasis",
+    "ResNetBlurRegressor",
+    "TVDeblurrer",
     "__version__",
 ]

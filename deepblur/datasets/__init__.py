@@ -14,8 +14,12 @@ from deepblur.datasets.random_operators import (
     make_random_operators,
     random_maps,
 )
+from deepblur.datasets.simulate import BlurDataset, blur_images, make_blurred_images
 
 __all__ = [
+    "BlurDataset",
+    "blur_images",
+    "make_blurred_images",
     "extract_patches",
     "gaussian_kernel",
     "load_image",
