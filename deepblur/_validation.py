@@ -18,6 +18,7 @@ __all__ = [
     "check_shape_tail",
     "check_positive_int_pair",
     "check_boundary",
+    "check_families",
     "resolve_device",
     "to_like",
 ]
@@ -88,6 +89,27 @@ def check_positive_int_pair(value, name):
             f"{value!r}."
         )
     return (int(pair[0]), int(pair[1]))
+
+
+def check_families(kernels, maps):
+    """Check a product-convolution family: (K, kh, kw) kernels, (K, H, W) maps.
+
+    Works on numpy arrays and tensors; raises on shapes, empty kernels and
+    non-finite values.
+    """
+    check_ndim(kernels, "kernels", 3, "(K, kh, kw)")
+    check_ndim(maps, "maps", 3, "(K, H, W)")
+    if kernels.shape[0] != maps.shape[0]:
+        raise ValueError(
+            "kernels and maps must hold the same number of components K; got "
+            f"{kernels.shape[0]} kernels and {maps.shape[0]} maps."
+        )
+    if kernels.shape[0] == 0 or min(kernels.shape[1:]) == 0:
+        raise ValueError(
+            f"kernels must be non-empty; got shape {tuple(kernels.shape)}."
+        )
+    check_finite(kernels, "kernels")
+    check_finite(maps, "maps")
 
 
 def check_boundary(boundary, name="boundary"):

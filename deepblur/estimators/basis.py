@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from deepblur._validation import (
     as_tensor,
     check_boundary,
+    check_families,
     check_finite,
     check_ndim,
     check_positive_int_pair,
@@ -350,15 +351,7 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
                            else kernels, dtype=np.float64)
         maps = np.array(maps.detach().cpu() if torch.is_tensor(maps) else maps,
                         dtype=np.float64)
-        check_ndim(kernels, "kernels", 3, "(K, kh, kw)")
-        check_ndim(maps, "maps", 3, "(K, H, W)")
-        if kernels.shape[0] != maps.shape[0]:
-            raise ValueError(
-                "kernels and maps must hold the same number of components K; got "
-                f"{kernels.shape[0]} kernels and {maps.shape[0]} maps."
-            )
-        check_finite(kernels, "kernels")
-        check_finite(maps, "maps")
+        check_families(kernels, maps)
         check_boundary(boundary)
         image_shape = tuple(int(s) for s in maps.shape[1:])
         est = cls(n_components=int(kernels.shape[0]), image_shape=image_shape,

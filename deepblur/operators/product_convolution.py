@@ -45,7 +45,7 @@ import torch
 from deepblur._validation import (
     as_tensor,
     check_boundary,
-    check_finite,
+    check_families,
     check_ndim,
 )
 
@@ -152,19 +152,7 @@ class ProductConvolution:
     def __init__(self, kernels, maps, boundary="zero", *, batch_chunk=None):
         kernels, _ = as_tensor(kernels)
         maps, _ = as_tensor(maps)
-        check_ndim(kernels, "kernels", 3, "(K, kh, kw)")
-        check_ndim(maps, "maps", 3, "(K, H, W)")
-        if kernels.shape[0] != maps.shape[0]:
-            raise ValueError(
-                "kernels and maps must hold the same number of components K; got "
-                f"{kernels.shape[0]} kernels and {maps.shape[0]} maps."
-            )
-        if kernels.shape[0] == 0 or min(kernels.shape[1:]) == 0:
-            raise ValueError(
-                f"kernels must be non-empty; got shape {tuple(kernels.shape)}."
-            )
-        check_finite(kernels, "kernels")
-        check_finite(maps, "maps")
+        check_families(kernels, maps)
         self.boundary = check_boundary(boundary)
         self.kernels = kernels
         self.maps = maps
