@@ -19,6 +19,7 @@ __all__ = [
     "check_positive_int_pair",
     "check_boundary",
     "check_families",
+    "check_images",
     "resolve_device",
     "to_like",
 ]
@@ -110,6 +111,21 @@ def check_families(kernels, maps):
         )
     check_finite(kernels, "kernels")
     check_finite(maps, "maps")
+
+
+def check_images(x, name, image_shape, source=""):
+    """Check one image (H, W) or a batch (n, H, W) of ``image_shape``, finite.
+
+    ``source`` says where the expected shape comes from (for the message).
+    """
+    check_ndim(x, name, (2, 3), "(H, W) or (n, H, W)")
+    if tuple(x.shape[-2:]) != tuple(image_shape):
+        raise ValueError(
+            f"{name} must have image_shape {tuple(image_shape)}{source}; got an "
+            f"array of shape {tuple(x.shape)}."
+        )
+    check_finite(x, name)
+    return x
 
 
 def check_boundary(boundary, name="boundary"):

@@ -17,6 +17,7 @@ from deepblur._validation import (
     check_boundary,
     check_families,
     check_finite,
+    check_images,
     check_ndim,
     check_positive_int_pair,
     to_like,
@@ -461,13 +462,7 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
         is_t = torch.is_tensor(x)
         if not is_t:
             x = np.asarray(x)
-        check_ndim(x, name, (2, 3), "(H, W) or (n, H, W)")
-        if tuple(x.shape[-2:]) != tuple(self.image_shape_):
-            raise ValueError(
-                f"{name} must have image_shape {tuple(self.image_shape_)}; got an "
-                f"array of shape {tuple(x.shape)}."
-            )
-        check_finite(x, name)
+        check_images(x, name, self.image_shape_)
         gamma = self._check_gamma(gamma)
         single = x.ndim == 2 and gamma.ndim == 1
         t, is_numpy = as_tensor(x)

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from deepblur._validation import (
     as_tensor,
     check_finite,
+    check_images,
     check_ndim,
     resolve_device,
     to_like,
@@ -210,13 +211,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
     def _validate_images(self, X, name="X"):
         """Tensor (n, H, W) on the solver's device/dtype, plus numpy flag."""
         t, is_numpy = as_tensor(X)
-        check_ndim(t, name, (2, 3), "(n, H, W) or (H, W)")
-        if tuple(t.shape[-2:]) != tuple(self.image_shape_):
-            raise ValueError(
-                f"{name} must have image_shape {tuple(self.image_shape_)} (the "
-                f"basis' image shape); got an array of shape {tuple(t.shape)}."
-            )
-        check_finite(t, name)
+        check_images(t, name, self.image_shape_, " (the basis' image shape)")
         single = t.ndim == 2
         if single:
             t = t[None]
