@@ -73,7 +73,7 @@ class ConeSimplifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         ``circumcenter_`` that contains every training row.
     n_features_in_ : int
         Number of features (``K``) seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features seen during ``fit``, when ``X`` has string
         column names.
 
@@ -267,7 +267,7 @@ class ConeSampler(BaseEstimator):
         The value of ``max_rays`` in use.
     n_features_in_ : int
         Number of features (``K``) seen during ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features seen during ``fit``, when ``X`` has string
         column names.
 

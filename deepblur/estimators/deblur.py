@@ -113,7 +113,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         ``H * W``.
     n_iter_ : int
         Solver iterations of the last ``transform`` call.
-    objective_history_ : numpy.ndarray of shape (n_iter_ + 1, n)
+    objective_history_ : numpy.ndarray of shape (`n_iter_` + 1, n)
         Objective per image along the iterations of the last ``transform``.
     converged_ : numpy.ndarray of shape (n,) of bool
         Whether each image of the last ``transform`` met ``tol``.
