@@ -38,6 +38,36 @@ for script in sorted((HERE.parent / "examples").glob("plot_*.py")):
         shutil.copy2(script, target)
 shutil.copy2(HERE / "sphinxext" / "gallery_header.rst", GALLERY_SRC / "GALLERY_HEADER.rst")
 
+
+def _write_cli_help(target=HERE / "generated" / "cli"):
+    """Write ``deepblur [COMMAND] --help`` to ``target/*.txt`` for cli.rst.
+
+    Generated at every build from :func:`deepblur.cli.build_parser`, so that
+    the command-line page always shows the current options. Skipped when the
+    package has no command line.
+    """
+    try:
+        from deepblur.cli import build_parser
+    except ImportError:
+        return
+    import argparse
+
+    os.environ["COLUMNS"] = "80"        # argparse wraps to the terminal width
+    parser = build_parser()
+    target.mkdir(parents=True, exist_ok=True)
+    helps = {"deepblur": parser.format_help()}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                helps[name] = sub.format_help()
+    for name, text in helps.items():
+        path = target / f"{name}.txt"
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+
+_write_cli_help()
+
 project = "deepblur"
 author = "deepblur developers"
 copyright = "deepblur developers"
