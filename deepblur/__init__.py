@@ -6,6 +6,7 @@ here; the numerics live in :mod:`deepblur.operators` and
 """
 
 from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.blind import BlindDeblurrer
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.deblur import TVDeblurrer
 from deepblur.estimators.regressor import ResNetBlurRegressor
@@ -13,6 +14,7 @@ from deepblur.estimators.regressor import ResNetBlurRegressor
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BlindDeblurrer",
     "ConeSampler",
     "ConeSimplifier",
     "ProductConvolutionBasis",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["psnr", "snr", "psnr_scorer", "snr_scorer"]
+__all__ = ["psnr", "snr", "psnr_scorer", "snr_scorer", "psf_field_scorer"]
 
 
 def _as_batch(x, name):
@@ -145,3 +145,52 @@ def psnr_scorer(estimator, X, y):
 def snr_scorer(estimator, X, y):
     """Mean :func:`snr` of ``estimator.transform(X)`` against ``y``."""
     return float(np.mean(snr(y, estimator.transform(X))))
+
+
+def psf_field_scorer(estimator, X, y=None):
+    """Minus the mean relative error of PSF fields through an operator model.
+
+    ``-mean_p ||T_p - M(T_p)|| / ||T_p||`` with ``M = inverse_transform o
+    transform`` of ``estimator``: for a ``Pipeline`` of a
+    :class:`~deepblur.ProductConvolutionBasis` and a
+    :class:`~deepblur.ConeSimplifier`, ``M`` projects each held-out operator on
+    the ``K``-term expansion and then on the cone, so the score measures how
+    well the whole operator model (``K`` and ``n_rays``) represents operators
+    it has not seen. Higher is better, 0 is exact.
+
+    Parameters
+    ----------
+    estimator : fitted estimator with ``transform`` and ``inverse_transform``
+    X : ndarray of shape (P, gy, gx, kh, kw) or (P, n_positions, kh, kw)
+        Held-out PSF fields.
+    y : None
+        Ignored.
+
+    Returns
+    -------
+    score : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class Shrink:
+    ...     def transform(self, X):
+    ...         return X
+    ...     def inverse_transform(self, X):
+    ...         return 0.9 * X
+    >>> round(psf_field_scorer(Shrink(), np.ones((2, 3, 5, 5))), 6)
+    -0.1
+    """
+    T = np.asarray(X, dtype=np.float64)
+    T_hat = np.asarray(estimator.inverse_transform(estimator.transform(X)),
+                       dtype=np.float64)
+    if T_hat.shape != T.shape:
+        raise ValueError(
+            "estimator.inverse_transform(estimator.transform(X)) must have the "
+            f"shape of X {T.shape}; got {T_hat.shape}."
+        )
+    num = np.linalg.norm((T - T_hat).reshape(len(T), -1), axis=1)
+    den = np.linalg.norm(T.reshape(len(T), -1), axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(den > 0, num / den, np.where(num > 0, np.inf, 0.0))
+    return -float(np.mean(rel))

@@ -16,6 +16,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for the whole suite.
+
+    The tests use tiny tensors: on a shared 2-core CPU, two threads thrash
+    (measured: the regressor tests took 150 s with 2 threads, 3 s with 1).
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     """Every available torch device: CPU always, CUDA when present."""

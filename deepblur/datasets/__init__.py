@@ -14,12 +14,18 @@ from deepblur.datasets.random_operators import (
     make_random_operators,
     random_maps,
 )
-from deepblur.datasets.simulate import BlurDataset, blur_images, make_blurred_images
+from deepblur.datasets.simulate import (
+    BlurDataset,
+    blur_images,
+    make_blurred_images,
+    make_deblurring_pairs,
+)
 
 __all__ = [
     "BlurDataset",
     "blur_images",
     "make_blurred_images",
+    "make_deblurring_pairs",
     "extract_patches",
     "gaussian_kernel",
     "load_image",

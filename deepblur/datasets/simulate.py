@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from deepblur.datasets.images import extract_patches
 
-__all__ = ["BlurDataset", "blur_images", "make_blurred_images"]
+__all__ = ["BlurDataset", "blur_images", "make_blurred_images", "make_deblurring_pairs"]
 
 
 def _check_basis(basis):
@@ -434,3 +434,105 @@ class BlurDataset(IterableDataset):
         state = self.__dict__.copy()
         state["_state"] = None     # rebuilt lazily (torch.Generator is not picklable)
         return state
+
+
+def make_deblurring_pairs(images, operators, n_samples=100, *, noise_std=0.01,
+                          image_mean=0.5, augment=True, random_state=None):
+    r"""(blurry, clean) image pairs blurred by given space-varying operators.
+
+    Unlike :func:`make_blurred_images`, the blur does not come from a fitted
+    basis: each sample is blurred by one of ``operators`` (drawn uniformly),
+    with its own kernels and maps, ``y = sum_i e_i * (f_i . u) + eta``. The
+    pairs are therefore independent of any basis or cone one may want to
+    select (the ground truth of a joint search over ``K`` and ``lam``).
+
+    Parameters
+    ----------
+    images : ndarray of shape (m, H, W), or dict / list of larger images
+        Clean patches at the operators' image shape, or source images from
+        which random patches are cropped (flips and 90° rotations when
+        ``augment``).
+    operators : Bunch
+        As returned by :func:`deepblur.datasets.make_random_operators`:
+        ``kernels`` of shape (P, n_pairs, kh, kw) and ``maps`` of shape
+        (P, n_pairs, H, W).
+    n_samples : int, default=100
+    noise_std : float or (low, high), default=0.01
+        Standard deviation of the white Gaussian noise (uniform in the range).
+    image_mean : float, default=0.5
+        Each clean patch is scaled to this mean before blurring (the scale
+        convention of :func:`blur_images`); ``clean`` is returned scaled.
+    augment : bool, default=True
+    random_state : int, RandomState instance or None
+
+    Returns
+    -------
+    blurry : ndarray of shape (n_samples, H, W), float32
+    clean : ndarray of shape (n_samples, H, W), float32
+        The scaled clean patches.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur.datasets import make_random_operators
+    >>> from deepblur.datasets.simulate import make_deblurring_pairs
+    >>> ops = make_random_operators(2, image_shape=(16, 16), kernel_shape=(5, 5),
+    ...                             grid_shape=(4, 4), random_state=0)
+    >>> rng = np.random.default_rng(0)
+    >>> blurry, clean = make_deblurring_pairs(rng.random((5, 16, 16)) + 0.1, ops,
+    ...                                       3, random_state=0)
+    >>> blurry.shape, float(clean.mean().round(3))
+    ((3, 16, 16), 0.5)
+    """
+    from deepblur.operators.product_convolution import ProductConvolution
+
+    for key in ("kernels", "maps"):
+        if not hasattr(operators, key) and not (isinstance(operators, dict)
+                                                and key in operators):
+            raise ValueError(
+                "operators must be the result of make_random_operators (with "
+                f"'kernels' and 'maps'); got {type(operators).__name__} without "
+                f"{key!r}."
+            )
+    kernels = np.asarray(operators["kernels"], dtype=np.float64)
+    maps = np.asarray(operators["maps"], dtype=np.float64)
+    if kernels.ndim != 4 or maps.ndim != 4 or kernels.shape[:2] != maps.shape[:2]:
+        raise ValueError(
+            "operators must hold kernels (P, n_pairs, kh, kw) and maps (P, n_pairs, "
+            f"H, W); got {kernels.shape} and {maps.shape}."
+        )
+    if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
+        raise ValueError(f"n_samples must be a positive int; got {n_samples!r}.")
+    noise_std = _check_range(noise_std, "noise_std")
+    image_shape = maps.shape[-2:]
+    rng = check_random_state(random_state)
+    if isinstance(images, dict) or (isinstance(images, (list, tuple)) and any(
+            np.shape(im) != tuple(image_shape) for im in images)):
+        u = extract_patches(images, n_samples, image_shape, augment=augment,
+                            random_state=rng)
+    else:
+        pool = _check_images(images, image_shape)
+        pool = pool.detach().cpu().numpy() if torch.is_tensor(pool) else pool
+        u = np.asarray(pool, dtype=np.float64)[rng.randint(len(pool),
+                                                           size=n_samples)]
+        if augment:
+            gen = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
+            u = _dihedral(torch.from_numpy(np.ascontiguousarray(u)), gen).numpy()
+    u = np.asarray(u, dtype=np.float64)
+    means = u.mean(axis=(1, 2), keepdims=True)
+    if (means <= 0).any():
+        raise ValueError("images must have a positive mean; got a patch whose "
+                         "mean is <= 0.")
+    clean = u * (float(image_mean) / means)
+    which = rng.randint(len(kernels), size=n_samples)
+    blurry = np.empty_like(clean)
+    for p in np.unique(which):
+        idx = np.flatnonzero(which == p)
+        op = ProductConvolution(kernels[p], maps[p])
+        with torch.no_grad():
+            out = op.forward(torch.from_numpy(clean[idx]),
+                             torch.ones(kernels.shape[1], dtype=torch.float64))
+        blurry[idx] = out.numpy()
+    sigma = rng.uniform(noise_std[0], noise_std[1], size=n_samples)
+    blurry += sigma[:, None, None] * rng.standard_normal(blurry.shape)
+    return blurry.astype(np.float32), clean.astype(np.float32)

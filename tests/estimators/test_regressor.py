@@ -21,15 +21,6 @@ SMALL = dict(module__width=4, module__depth=1, device="cpu", verbose=0,
              batch_size=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions: one thread avoids oversubscription on a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setting():
     rng = np.random.default_rng(0)

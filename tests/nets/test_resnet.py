@@ -7,15 +7,6 @@ import torch
 from deepblur.nets.resnet import ResNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions: one thread avoids oversubscription on a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("head", ["spatial", "avg"])
 @pytest.mark.parametrize("shape", [(2, 32, 32), (3, 1, 40, 56)])
 def test_output_shape_any_size(head, shape):

@@ -1,0 +1,158 @@
+"""BlindDeblurrer: fit order, grid search over K and lambda, caching, errors."""
+
+import pickle
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold
+
+from deepblur import (
+    BlindDeblurrer,
+    ConeSimplifier,
+    ProductConvolutionBasis,
+    ResNetBlurRegressor,
+    TVDeblurrer,
+)
+from deepblur.datasets import make_deblurring_pairs, make_random_operators
+
+SHAPE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    ops = make_random_operators(14, image_shape=SHAPE, kernel_shape=(9, 9),
+                                grid_shape=(4, 4), random_state=0)
+    held_out = make_random_operators(4, image_shape=SHAPE, kernel_shape=(9, 9),
+                                     grid_shape=(4, 4), random_state=1)
+    rng = np.random.default_rng(0)
+    images = rng.random((10, 48, 48)).cumsum(axis=1) / 48 + 0.05
+    blurry, clean = make_deblurring_pairs(list(images), held_out, 8,
+                                          random_state=0)
+    return ops.psf_fields, blurry, clean
+
+
+def tiny(K=3, lam=50.0, **kwargs):
+    return BlindDeblurrer(
+        basis=ProductConvolutionBasis(K, image_shape=SHAPE),
+        cone=ConeSimplifier(n_rays=6),
+        regressor=ResNetBlurRegressor(module__width=4, max_epochs=1, batch_size=16,
+                                      device="cpu", verbose=0),
+        deblurrer=TVDeblurrer(lam=lam, tol=1e-3, device="cpu"),
+        n_train_images=32, random_state=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    fields, blurry, clean = data
+    return tiny(K=4).fit(blurry, clean, psf_fields=fields)
+
+
+def test_fit_builds_every_stage_from_the_calibration(data, fitted):
+    fields, blurry, clean = data
+    model = fitted
+    assert model.basis_.kernels_.shape[0] == 4
+    # the cone was fitted on the fitted basis's coefficients of the fields
+    np.testing.assert_allclose(
+        model.cone_.score(model.basis_.transform(fields)),
+        ConeSimplifier(n_rays=6).fit(model.basis_.transform(fields)).score(
+            model.basis_.transform(fields)))
+    np.testing.assert_array_equal(model.sampler_.generators_, model.cone_.rays_)
+    assert model.regressor_.basis is model.basis_
+    assert model.deblurrer_.blur_estimator is model.regressor_
+    gamma = model.estimate(blurry)
+    assert gamma.shape == (len(blurry), 4)
+    # transform is TV deblurring with the estimated operators
+    U = model.transform(blurry)
+    np.testing.assert_allclose(
+        U, model.deblurrer_.transform(blurry, gamma=gamma), rtol=1e-5, atol=1e-6)
+    # the unfitted parameters are left untouched (sklearn convention)
+    assert not hasattr(model.basis, "kernels_")
+    assert not hasattr(model.regressor, "module_")
+
+
+def test_fit_is_reproducible_with_an_int_random_state(data, fitted):
+    fields, blurry, clean = data
+    again = tiny(K=4).fit(blurry, clean, psf_fields=fields).estimate(blurry)
+    np.testing.assert_array_equal(again, fitted.estimate(blurry))
+
+
+def test_score_is_the_psnr_of_the_blind_deblurring(data, fitted):
+    fields, blurry, clean = data
+    model = fitted
+    from deepblur.metrics import psnr
+
+    expected = np.mean(psnr(clean, model.transform(blurry)))
+    assert model.score(blurry, clean) == pytest.approx(expected, rel=1e-6)
+
+
+def test_joint_grid_search_over_K_and_lambda(data):
+    """One GridSearchCV rebuilds basis, cone and regressor for every K."""
+    fields, blurry, clean = data
+    grid = {"basis__n_components": [2, 4], "deblurrer__lam": [20.0, 400.0]}
+    cv = KFold(2)
+    search = GridSearchCV(tiny(), grid, cv=cv).fit(blurry, clean,
+                                                   psf_fields=fields)
+    assert search.best_estimator_.basis_.kernels_.shape[0] == \
+        search.best_params_["basis__n_components"]
+    # every entry of cv_results_ is what the candidate scores when refitted by hand
+    i = 3
+    params = search.cv_results_["params"][i]
+    train, test = next(cv.split(blurry))
+    by_hand = clone(tiny()).set_params(**params).fit(
+        blurry[train], clean[train], psf_fields=fields).score(blurry[test],
+                                                              clean[test])
+    assert search.cv_results_["split0_test_score"][i] == pytest.approx(by_hand,
+                                                                      rel=1e-5)
+    # lambda matters: the scores differ across lam at fixed K
+    scores = search.cv_results_["mean_test_score"]
+    assert not np.allclose(scores[0], scores[1])
+
+
+def test_memory_trains_one_regressor_per_K_not_per_lambda(data, tmp_path):
+    fields, blurry, clean = data
+    grid = {"deblurrer__lam": [20.0, 400.0]}
+    search = GridSearchCV(tiny(memory=str(tmp_path)), grid, cv=KFold(2),
+                          refit=False).fit(blurry, clean, psf_fields=fields)
+    entries = [p for p in Path(tmp_path).rglob("output.pkl")]
+    assert len(entries) == 2          # one per fold, shared by the two lam
+    plain = GridSearchCV(tiny(), grid, cv=KFold(2), refit=False).fit(
+        blurry, clean, psf_fields=fields)
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"],
+                               plain.cv_results_["mean_test_score"], rtol=1e-5)
+
+
+def test_joblib_round_trip(data, fitted, tmp_path):
+    fields, blurry, clean = data
+    model = fitted
+    joblib.dump(model, tmp_path / "m.joblib")
+    again = joblib.load(tmp_path / "m.joblib")
+    np.testing.assert_array_equal(again.transform(blurry), model.transform(blurry))
+    assert pickle.loads(pickle.dumps(clone(model))).get_params()["noise_std"] == 0.01
+
+
+def test_bad_inputs(data):
+    fields, blurry, clean = data
+    with pytest.raises(ValueError, match="psf_fields must be given"):
+        tiny().fit(blurry, clean)
+    with pytest.raises(ValueError, match="y must be given"):
+        tiny().fit(blurry, None, psf_fields=fields)
+    with pytest.raises(ValueError, match="y must have image_shape"):
+        tiny().fit(blurry, clean[:, :16], psf_fields=fields)
+    with pytest.raises(ValueError, match="X must have 3 dimensions"):
+        tiny().fit(blurry[0], clean, psf_fields=fields)
+    bad = blurry.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        tiny().fit(bad, clean, psf_fields=fields)
+    model = tiny().set_params(basis=ProductConvolutionBasis(3, image_shape=(16, 16)))
+    with pytest.raises(ValueError, match="basis.image_shape"):
+        model.fit(blurry, clean, psf_fields=fields)
+    with pytest.raises(ValueError, match="n_train_images"):
+        tiny().set_params(n_train_images=0).fit(blurry, clean, psf_fields=fields)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        tiny().transform(blurry)
