@@ -26,7 +26,8 @@ import deepblur  # noqa: E402
 # sphinx-gallery needs a gallery header next to the examples; examples/ holds
 # only the scripts, so the gallery is built from a staging copy made here
 # (docs/_gallery_src, ignored by git): the header below plus every
-# examples/plot_*.py, copied with their times so unchanged ones are not rerun.
+# examples/plot_*.py, copied only when changed (sphinx-gallery reruns an
+# example when its content changes).
 GALLERY_SRC = HERE / "_gallery_src"
 GALLERY_SRC.mkdir(exist_ok=True)
 for stale in GALLERY_SRC.glob("*.py"):
