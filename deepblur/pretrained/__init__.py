@@ -1,11 +1,20 @@
-"""Trained blur regressors: the default setting, saving and loading.
+"""Trained blur regressors: the default setting, training, saving, applying.
 
-Models are stored as ``model.safetensors`` + ``model.json`` (no pickle).
+Models are stored as ``model.safetensors`` + ``model.json``, bases as
+``basis.safetensors`` + ``basis.json`` (no pickle).
 :func:`load_default` reads the model shipped in ``deepblur/pretrained/default``
 (produced by ``examples/train_default_model.py``) and raises
 ``FileNotFoundError`` when that folder holds no model.
 """
 
+from deepblur.pretrained._apply import (
+    BUNDLED_IMAGES,
+    bundled_image,
+    deblur_image,
+    estimate_gamma,
+    operator_gain,
+    simulate_blind_deblurring,
+)
 from deepblur.pretrained._default import (
     DEFAULT_SETTING,
     make_default_setting,
@@ -13,17 +22,37 @@ from deepblur.pretrained._default import (
 )
 from deepblur.pretrained._io import (
     PretrainedModel,
+    load_basis,
     load_default,
     load_model,
+    save_basis,
     save_model,
+)
+from deepblur.pretrained._train import (
+    CRITERIA,
+    TRAINING_DEFAULTS,
+    finished_epochs,
+    train_regressor,
 )
 
 __all__ = [
+    "BUNDLED_IMAGES",
+    "CRITERIA",
     "DEFAULT_SETTING",
     "PretrainedModel",
+    "TRAINING_DEFAULTS",
+    "bundled_image",
+    "deblur_image",
+    "estimate_gamma",
+    "finished_epochs",
+    "load_basis",
     "load_default",
     "load_model",
     "make_default_setting",
+    "operator_gain",
     "relative_errors",
+    "save_basis",
     "save_model",
+    "simulate_blind_deblurring",
+    "train_regressor",
 ]

@@ -1,9 +1,11 @@
-"""Save and load a trained blur regressor without executing code.
+"""Save and load a trained blur regressor, or a basis, without executing code.
 
 A model directory holds ``model.safetensors`` (the network's state dict, the
 basis's kernels and maps and the coefficients ``gamma`` of the training
-operators) and ``model.json`` (the hyper-parameters). Neither is a pickle:
-loading runs no code from the files.
+operators) and ``model.json`` (the hyper-parameters). A basis directory holds
+``basis.safetensors`` (kernels and maps) and ``basis.json`` (boundary, grid or
+positions, fit diagnostics). None is a pickle: loading runs no code from the
+files.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.regressor import ResNetBlurRegressor
 
-__all__ = ["PretrainedModel", "load_default", "load_model", "save_model"]
+__all__ = ["PretrainedModel", "load_basis", "load_default", "load_model",
+           "save_basis", "save_model"]
 
 PretrainedModel = namedtuple(
     "PretrainedModel", ["basis", "cone", "sampler", "regressor", "noise_std"])
@@ -31,6 +34,7 @@ ResNetBlurRegressor on CPU) and ``noise_std`` (training noise level).
 """
 
 _WEIGHTS, _META = "model.safetensors", "model.json"
+_BASIS_WEIGHTS, _BASIS_META = "basis.safetensors", "basis.json"
 DEFAULT_DIR = Path(__file__).parent / "default"
 _MODULE_KEYS = ("width", "depth", "n_stages", "stem_stride", "head", "pool_size",
                 "coord_channels", "channels_last")
@@ -133,3 +137,108 @@ def load_default():
         Named tuple ``(basis, cone, sampler, regressor, noise_std)``.
     """
     return load_model(DEFAULT_DIR)
+
+
+def save_basis(directory, basis, *, extra=None):
+    """Write a fitted :class:`~deepblur.ProductConvolutionBasis` to ``directory``.
+
+    ``basis.safetensors`` holds the kernels and maps (float64), ``basis.json``
+    the boundary, the grid (or the scattered positions) and the fit
+    diagnostics. :func:`load_basis` reads it back without unpickling.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Created if needed.
+    basis : ProductConvolutionBasis
+        Fitted (by ``fit`` or ``from_components``).
+    extra : dict, optional
+        More JSON-serialisable metadata (e.g. the source files).
+
+    Returns
+    -------
+    directory : Path
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from deepblur import ProductConvolutionBasis
+    >>> rng = np.random.default_rng(0)
+    >>> basis = ProductConvolutionBasis.from_components(rng.random((2, 3, 3)),
+    ...                                                 rng.random((2, 8, 8)))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     again = load_basis(save_basis(tmp, basis))
+    >>> bool(np.allclose(again.gram_, basis.gram_))
+    True
+    """
+    from safetensors.torch import save_file
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(basis, "kernels_",
+                    msg="basis must be a fitted ProductConvolutionBasis; got an "
+                        "unfitted one (call fit first).")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "kernels": torch.tensor(np.ascontiguousarray(basis.kernels_),
+                                dtype=torch.float64),
+        "maps": torch.tensor(np.ascontiguousarray(basis.maps_), dtype=torch.float64),
+    }
+    save_file(tensors, str(directory / _BASIS_WEIGHTS))
+    grid = basis.grid_shape_
+    energy = basis.component_energy_ratio_
+    meta = dict(
+        n_components=int(basis.kernels_.shape[0]),
+        image_shape=[int(s) for s in basis.image_shape_],
+        kernel_shape=[int(s) for s in basis.kernels_.shape[1:]],
+        boundary=basis.boundary,
+        grid_shape=None if grid is None else [int(g) for g in grid],
+        positions=(None if grid is not None
+                   else np.asarray(basis.positions_).astype(int).tolist()),
+        reconstruction_error=basis.reconstruction_error_,
+        component_energy_ratio=(None if energy is None
+                                else [float(e) for e in energy]),
+        **(extra or {}),
+    )
+    (directory / _BASIS_META).write_text(json.dumps(meta, indent=1))
+    return directory
+
+
+def load_basis(directory):
+    """Load a basis written by :func:`save_basis`.
+
+    Parameters
+    ----------
+    directory : str or Path
+
+    Returns
+    -------
+    basis : ProductConvolutionBasis
+        Fitted, built with :meth:`ProductConvolutionBasis.from_components`;
+        ``reconstruction_error_`` and ``component_energy_ratio_`` are restored
+        when they were saved.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if (not (directory / _BASIS_WEIGHTS).exists()
+            or not (directory / _BASIS_META).exists()):
+        raise FileNotFoundError(
+            f"directory must hold {_BASIS_WEIGHTS} and {_BASIS_META}; got "
+            f"{str(directory)!r} without them (write one with save_basis or "
+            "`deepblur basis`)."
+        )
+    meta = json.loads((directory / _BASIS_META).read_text())
+    tensors = load_file(str(directory / _BASIS_WEIGHTS), device="cpu")
+    grid = meta.get("grid_shape")
+    positions = meta.get("positions")
+    basis = ProductConvolutionBasis.from_components(
+        tensors["kernels"].numpy(), tensors["maps"].numpy(),
+        boundary=meta["boundary"],
+        grid_shape=tuple(grid) if grid is not None else (16, 16),
+        positions=None if grid is not None else np.asarray(positions))
+    basis.reconstruction_error_ = meta.get("reconstruction_error")
+    energy = meta.get("component_energy_ratio")
+    basis.component_energy_ratio_ = None if energy is None else np.asarray(energy)
+    return basis

@@ -1,0 +1,803 @@
+"""The ``deepblur`` command: demo, estimate, deblur, train, basis.
+
+Run ``deepblur --help`` or ``deepblur COMMAND --help``. Every command is also a
+function of the library; this module only parses arguments, reads and writes
+files and reports errors a user can act on as one line on stderr (exit code 1;
+argparse usage errors exit with 2).
+
+Intensity convention of real images
+-----------------------------------
+The gain of the blur of a real image (the scale of ``gamma``) is not
+identifiable: ``H[a g] u = H[g] (a u)``. The model was trained on clean images
+scaled to mean 0.5 and blurred by the operators of its sampler, so
+``estimate`` and ``deblur`` scale the image to the mean intensity of those
+training observations before predicting, and ``deblur`` rescales the operator
+to unit gain (it keeps the mean of a flat image), deblurs the image scaled to
+mean 0.5 and maps the result back to the input's units: the deblurred image
+keeps the input's brightness and dtype (see :mod:`deepblur.pretrained._apply`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+_IMAGE_READ = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_IMAGE_WRITE = (".tif", ".tiff", ".png")
+_PSF_READ = (".npy", ".tif", ".tiff")
+_CONVENTION = (
+    "Intensity convention: the gain of a real image's blur is not identifiable "
+    "(H[a g] u = H[g] (a u)), so the image is scaled to the mean intensity of "
+    "the model's training observations (clean images of mean 0.5 blurred by "
+    "the training operators) before the blur is estimated; the operator is "
+    "then rescaled to unit gain (it keeps the mean of a flat image), the image "
+    "is deblurred at mean 0.5 and the result is mapped back to the input's "
+    "units: the output keeps the input's brightness."
+)
+
+
+class CLIError(Exception):
+    """An error the user can act on: printed as one line, exit code 1."""
+
+
+# --------------------------------------------------------------------- helpers
+def _lam(value):
+    if value == "auto":
+        return value
+    try:
+        lam = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number or 'auto'; got {value!r}") from None
+    if not (math.isfinite(lam) and lam > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number or 'auto'; got {value!r}")
+    return lam
+
+
+def _positive_int(value):
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer; got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value!r}")
+    return n
+
+
+def _load_model(directory):
+    from deepblur.pretrained import load_default, load_model
+    from deepblur.pretrained._io import DEFAULT_DIR
+
+    if directory is None:
+        try:
+            return load_default(), str(DEFAULT_DIR)
+        except FileNotFoundError:
+            raise CLIError(
+                f"the default model is not installed ({DEFAULT_DIR} holds no "
+                "model.safetensors/model.json): update deepblur, or train a model "
+                "with `deepblur train CONFIG` and pass it with --model DIR."
+            ) from None
+    path = Path(directory)
+    if not path.is_dir():
+        raise CLIError(f"--model {directory!r} is not a directory (a model "
+                       "directory holds model.safetensors and model.json).")
+    try:
+        return load_model(path), str(path)
+    except FileNotFoundError as exc:
+        raise CLIError(f"--model: {exc}") from None
+    except Exception as exc:  # corrupt or foreign files: say which ones
+        raise CLIError(
+            f"could not read the model in {str(path)!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); was it written by "
+            "deepblur's save_model?"
+        ) from None
+
+
+def _check_exists(path, what):
+    path = Path(path)
+    if not path.exists():
+        raise CLIError(f"{what} {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise CLIError(f"{what} {str(path)!r} is a directory, not a file.")
+    return path
+
+
+def _check_output(path, suffixes, what):
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise CLIError(
+            f"unsupported {what} format {path.suffix or '(none)'!r} for "
+            f"{str(path)!r}: use {', '.join(suffixes)}."
+        )
+    if not path.parent.exists():
+        raise CLIError(f"the folder of {what} {str(path)!r} does not exist.")
+    return path
+
+
+def _check_figure_path(path):
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    supported = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in supported:
+        raise CLIError(
+            f"unsupported figure format {path.suffix or '(none)'!r} for "
+            f"{str(path)!r}: use one of .png, .pdf, .svg."
+        )
+    if not path.parent.exists():
+        raise CLIError(f"the folder of the figure {str(path)!r} does not exist.")
+    return path
+
+
+def _save_figure(fig, path):
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+class _Warnings:
+    """Print the library's warnings as one ``warning:`` line each."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings(record=True)
+        self._caught = self._ctx.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        seen = set()
+        for w in self._caught:
+            text = " ".join(str(w.message).split())
+            if text not in seen:
+                seen.add(text)
+                print(f"warning: {text}", file=sys.stderr)
+        return False
+
+
+def _use_agg():
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def read_image(path):
+    """Read a 2-D image file as is: ``(pixels float64, dtype of the file)``.
+
+    TIFF (tifffile) and PNG/JPEG (imageio), 8/16-bit integers or float.
+    Singleton dimensions are dropped; colour images are converted to
+    grayscale (ITU-R 709 luma) with a note on stderr. Unlike
+    :func:`deepblur.datasets.load_image` the intensities are not rescaled.
+    """
+    path = _check_exists(path, "image file")
+    suffix = path.suffix.lower()
+    if suffix not in _IMAGE_READ:
+        raise CLIError(
+            f"unsupported image format {suffix or '(none)'!r} for {path.name}: "
+            "use TIFF (.tif, .tiff) or PNG (.png)."
+        )
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            img = tifffile.imread(path)
+        else:
+            import imageio.v3 as iio
+
+            img = iio.imread(path)
+    except Exception as exc:
+        raise CLIError(f"could not read {path.name} as an image "
+                       f"({type(exc).__name__}: {exc}).") from None
+    img = np.asarray(img)
+    img = img.reshape([s for s in img.shape if s != 1] or [1])
+    if img.dtype.kind not in "uif":
+        raise CLIError(f"{path.name} must hold integer or float pixels; got dtype "
+                       f"{img.dtype}.")
+    dtype = img.dtype
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        print(f"note: {path.name} is a colour image; it is converted to grayscale.",
+              file=sys.stderr)
+        img = img[..., :3].astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
+    if img.ndim != 2:
+        raise CLIError(
+            f"{path.name} must hold one 2-D grayscale image; got an array of shape "
+            f"{img.shape} (split stacks into single images)."
+        )
+    img = img.astype(np.float64)
+    if not np.isfinite(img).all():
+        raise CLIError(f"{path.name} has NaN or Inf pixels; replace them first.")
+    return img, dtype
+
+
+def write_image(path, image, dtype):
+    """Write ``image`` as ``dtype``: integers rounded and clipped to its range."""
+    path = Path(path)
+    image = np.asarray(image, dtype=np.float64)
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        out = np.clip(np.rint(image), info.min, info.max).astype(dtype)
+    else:
+        out = image.astype(dtype)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, out)
+    else:
+        import imageio.v3 as iio
+
+        iio.imwrite(path, out)
+
+
+def _read_gamma(path, K):
+    path = _check_exists(path, "gamma file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            gamma = np.load(path, allow_pickle=False)
+        elif suffix == ".json":
+            data = json.loads(path.read_text())
+            gamma = data["gamma"] if isinstance(data, dict) else data
+        else:
+            raise CLIError(f"unsupported gamma file format {suffix or '(none)'!r} "
+                           f"for {path.name}: use .json or .npy.")
+        gamma = np.asarray(gamma, dtype=np.float64).reshape(-1)
+    except CLIError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CLIError(
+            f"could not read gamma from {path.name} ({type(exc).__name__}: {exc}); "
+            "expected a .npy array or a JSON list / {\"gamma\": [...]} of K numbers."
+        ) from None
+    if gamma.size != K:
+        raise CLIError(
+            f"{path.name} holds {gamma.size} coefficients but the model's basis has "
+            f"K={K}: was gamma estimated with another model?"
+        )
+    if not np.isfinite(gamma).all():
+        raise CLIError(f"{path.name} holds NaN or Inf coefficients.")
+    return gamma
+
+
+def _model_image(model, path):
+    img, dtype = read_image(path)
+    shape = tuple(model.basis.image_shape_)
+    if img.shape != shape:
+        size = ("larger" if img.shape[0] >= shape[0] and img.shape[1] >= shape[1]
+                else "smaller")
+        raise CLIError(
+            f"{Path(path).name} is {img.shape[0]}x{img.shape[1]}, {size} than the "
+            f"model's input {shape[0]}x{shape[1]}: the model handles images of "
+            f"exactly that shape; crop (or pad) the image to {shape[0]}x{shape[1]}."
+        )
+    if not img.mean() > 0:
+        raise CLIError(f"{Path(path).name} has a mean intensity <= 0; the model "
+                       "needs a positive image (subtract no background below 0).")
+    return img, dtype
+
+
+# -------------------------------------------------------------------- commands
+def cmd_demo(args):
+    """Simulate a blur on a bundled image, estimate it, deblur (paper Fig. 3)."""
+    from deepblur.plotting import plot_blind_deblurring
+    from deepblur.pretrained._apply import (
+        BUNDLED_IMAGES,
+        bundled_image,
+        simulate_blind_deblurring,
+    )
+
+    if args.image not in BUNDLED_IMAGES:
+        raise CLIError(f"--image must be one of {', '.join(BUNDLED_IMAGES)}; got "
+                       f"{args.image!r}.")
+    output = _check_figure_path(args.output)
+    model, source = _load_model(args.model)
+    shape = tuple(model.basis.image_shape_)
+    image = bundled_image(args.image, shape)
+    with _Warnings():
+        res = simulate_blind_deblurring(model, image, random_state=args.seed,
+                                        lam=args.lam, max_iter=args.max_iter,
+                                        device=args.device)
+    print(f"model: {source}")
+    print(f"image: {args.image} ({shape[0]}x{shape[1]} centre crop, mean 0.5), "
+          f"seed {args.seed}, noise std {model.noise_std:g}")
+    print(f"relative operator error: {100 * res['operator_error']:.2f} %")
+    print(f"SNR blurry: {res['snr_blurry']:.2f} dB")
+    print(f"SNR deblurred (estimated operator): {res['snr_deblurred']:.2f} dB")
+    print(f"SNR deblurred (true operator): {res['snr_deblurred_true']:.2f} dB")
+    _use_agg()
+    fig = plot_blind_deblurring(model.basis, res["gamma"], res["gamma_hat"],
+                                res["blurry"], res["original"], res["deblurred"],
+                                deblurred_true=res["deblurred_true"])
+    _save_figure(fig, output)
+    print(f"figure: {output}")
+    return 0
+
+
+def cmd_estimate(args):
+    """Estimate the blur operator of an image."""
+    from deepblur.pretrained._apply import estimate_gamma, operator_gain
+
+    if args.output is not None:
+        _check_output(args.output, (".json", ".npy"), "gamma file")
+    if args.figure is not None:
+        _check_figure_path(args.figure)
+    model, source = _load_model(args.model)
+    img, _ = _model_image(model, args.image)
+    gamma, scale = estimate_gamma(model, img)
+    gain = operator_gain(model.basis, gamma)
+    print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
+    print(f"operator gain (on a flat image): {gain:.4f}")
+    if args.output is not None:
+        out = Path(args.output)
+        if out.suffix.lower() == ".npy":
+            np.save(out, gamma)
+        else:
+            out.write_text(json.dumps(dict(
+                gamma=gamma.tolist(), K=int(gamma.size), gain=gain,
+                image=str(args.image), model=source,
+                convention="operator for the image scaled to mean 0.5 "
+                           f"(scale factor {scale:.6g})"), indent=1))
+        print(f"gamma: {out}")
+    if args.figure is not None:
+        from deepblur.plotting import plot_operator
+
+        _use_agg()
+        fig = plot_operator(model.basis, gamma, titles=["estimated operator"])
+        _save_figure(fig, args.figure)
+        print(f"figure: {args.figure}")
+    return 0
+
+
+def cmd_deblur(args):
+    """Deblur a TIFF/PNG image, blind or with a given operator."""
+    from deepblur.pretrained._apply import deblur_image
+
+    _check_output(args.output, _IMAGE_WRITE, "output image")
+    model, _ = _load_model(args.model)
+    img, dtype = _model_image(model, args.image)
+    if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
+        raise CLIError(
+            f"{Path(args.image).name} has float pixels, which PNG cannot store: "
+            "write the output as .tif."
+        )
+    if Path(args.output).suffix.lower() == ".png" and dtype not in (np.uint8,
+                                                                     np.uint16):
+        raise CLIError(f"PNG stores 8- or 16-bit unsigned pixels, not {dtype}: "
+                       "write the output as .tif.")
+    K = model.basis.kernels_.shape[0]
+    gamma = None if args.gamma is None else _read_gamma(args.gamma, K)
+    with _Warnings():
+        restored, _ = deblur_image(model, img, gamma=gamma, lam=args.lam,
+                                   regularization=args.regularization,
+                                   positive=args.positive, max_iter=args.max_iter,
+                                   device=args.device)
+    write_image(args.output, restored, dtype)
+    mode = "blind" if gamma is None else f"operator from {args.gamma}"
+    print(f"deblurred ({mode}, {args.regularization}, lam={args.lam}): "
+          f"{args.output} ({dtype}, {img.shape[0]}x{img.shape[1]})")
+    return 0
+
+
+_TRAIN_KEYS = {
+    "setting": "overrides of deepblur.pretrained.DEFAULT_SETTING (a table)",
+    "images": "'natural' (bundled natural training images) or a folder of images",
+    "n_images": "training images over all epochs",
+    "epochs": "epochs",
+    "batch_size": "batch size",
+    "lr": "learning rate",
+    "width": "ResNet width",
+    "depth": "ResNet depth",
+    "stem_stride": "ResNet stem stride",
+    "head": "'spatial' or 'avg'",
+    "criterion": "'mse' or 'frobenius'",
+    "num_workers": "DataLoader workers",
+    "device": "'cpu' or 'cuda'",
+    "seed": "seed of the weights and the training data",
+    "n_test_images": "held-out test images for the final evaluation (0: none)",
+    "output": "model directory (default 'deepblur_model')",
+    "checkpoint_dir": "checkpoint directory (default OUTPUT/checkpoints)",
+}
+
+
+def _read_config(path):
+    path = _check_exists(path, "config file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:   # Python 3.10
+                raise CLIError("TOML configs need Python 3.11 or later; write the "
+                               "config as JSON.") from None
+            config = tomllib.loads(path.read_text())
+        elif suffix == ".json":
+            config = json.loads(path.read_text())
+        else:
+            raise CLIError(f"unsupported config format {suffix or '(none)'!r} for "
+                           f"{path.name}: use .toml or .json.")
+    except CLIError:
+        raise
+    except ValueError as exc:        # tomllib.TOMLDecodeError, JSONDecodeError
+        raise CLIError(f"{path.name} is not valid {suffix[1:].upper()}: "
+                       f"{exc}.") from None
+    if not isinstance(config, dict):
+        raise CLIError(f"{path.name} must hold a table of settings; got "
+                       f"{type(config).__name__}.")
+    unknown = sorted(set(config) - set(_TRAIN_KEYS))
+    if unknown:
+        raise CLIError(f"unknown key(s) {', '.join(unknown)} in {path.name}; known "
+                       f"keys: {', '.join(_TRAIN_KEYS)}.")
+    if not isinstance(config.get("setting", {}), dict):
+        raise CLIError(f"'setting' in {path.name} must be a table of overrides.")
+    return config
+
+
+def _training_images(spec, base):
+    from deepblur.datasets import load_images, natural_image_split
+
+    if spec == "natural":
+        return natural_image_split()[0]
+    folder = (base / spec) if not Path(spec).is_absolute() else Path(spec)
+    if not folder.is_dir():
+        raise CLIError(f"images must be 'natural' or a folder of images; "
+                       f"{str(folder)!r} is not a folder.")
+    return load_images(folder)
+
+
+def cmd_train(args):
+    """Train a blur regressor from a TOML/JSON config."""
+    from deepblur.datasets import make_blurred_images, natural_image_split
+    from deepblur.pretrained import (
+        TRAINING_DEFAULTS,
+        make_default_setting,
+        relative_errors,
+        save_model,
+        train_regressor,
+    )
+
+    config = _read_config(args.config)
+    base = Path(args.config).resolve().parent
+
+    def resolve(p):
+        p = Path(p)
+        return p if p.is_absolute() else base / p
+
+    output = Path(args.output) if args.output else resolve(
+        config.get("output", "deepblur_model"))
+    checkpoint_dir = resolve(config["checkpoint_dir"]) if "checkpoint_dir" in \
+        config else output / "checkpoints"
+    has_checkpoint = (checkpoint_dir / "params.pt").exists()
+    if has_checkpoint and not (args.resume or args.overwrite):
+        raise CLIError(
+            f"{checkpoint_dir} already holds a checkpoint: pass --resume to continue "
+            "it, or --overwrite to start over."
+        )
+    if args.resume and not has_checkpoint:
+        raise CLIError(f"--resume: no checkpoint in {checkpoint_dir} to resume "
+                       "from; run without --resume first.")
+    overrides = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in config.get("setting", {}).items()}
+    hyper = {k: config[k] for k in TRAINING_DEFAULTS if k in config}
+    if "seed" in config:
+        hyper["random_state"] = config["seed"]
+    setting = make_default_setting(**overrides)
+    images = _training_images(config.get("images", "natural"), base)
+    sampler = setting["sampler"]
+    mean_gamma = sampler.sample(50_000).mean(0)
+    hp = dict(TRAINING_DEFAULTS, **hyper)
+    print(f"training: {hp['n_images']} images, {hp['epochs']} epochs, "
+          f"image_shape {setting['params']['image_shape']}, K="
+          f"{setting['params']['n_components']}; checkpoints in {checkpoint_dir}")
+    try:
+        net = train_regressor(setting, images, output_bias=mean_gamma,
+                              checkpoint_dir=checkpoint_dir, resume=args.resume,
+                              progress_bar=not args.no_progress, **hyper)
+    except KeyboardInterrupt as exc:
+        print(f"deepblur train: {exc or 'interrupted'}; the finished epochs are in "
+              f"{checkpoint_dir}: continue with `deepblur train {args.config} "
+              "--resume`.", file=sys.stderr)
+        return 130
+    extra = dict(n_train_images=int(max(1, hp["n_images"] // (
+        hp["batch_size"] * hp["epochs"])) * hp["batch_size"] * hp["epochs"]),
+        config={k: v for k, v in config.items() if k != "setting"})
+    n_test = int(config.get("n_test_images", 512))
+    if n_test > 0:
+        basis = setting["basis"]
+        X, y = make_blurred_images(natural_image_split()[1], basis, sampler, n_test,
+                                   noise_std=setting["params"]["noise_std"],
+                                   random_state=123)
+        err = relative_errors(y, net.predict(X), basis.gram_)["operator"].mean()
+        base_err = relative_errors(y, np.tile(mean_gamma, (len(y), 1)),
+                                   basis.gram_)["operator"].mean()
+        print(f"held-out relative operator error: {100 * err:.2f} % (mean-gamma "
+              f"baseline {100 * base_err:.2f} %)")
+        extra.update(test_operator_error=float(err),
+                     test_baseline_error=float(base_err))
+    save_model(output, net, setting, extra=extra)
+    print(f"model: {output} (use it with --model {output})")
+    return 0
+
+
+def _read_psf_file(path):
+    path = _check_exists(path, "PSF file")
+    suffix = path.suffix.lower()
+    if suffix not in _PSF_READ:
+        raise CLIError(f"unsupported PSF file format {suffix or '(none)'!r} for "
+                       f"{path.name}: use .npy or .tif/.tiff stacks.")
+    try:
+        if suffix == ".npy":
+            stack = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
+
+            stack = tifffile.imread(path)
+    except Exception as exc:
+        raise CLIError(f"could not read {path.name} ({type(exc).__name__}: "
+                       f"{exc}).") from None
+    stack = np.asarray(stack)
+    if stack.dtype.kind not in "uif":
+        raise CLIError(f"{path.name} must hold numbers; got dtype {stack.dtype}.")
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim == 3:
+        stack = stack[None]
+    if stack.ndim != 4:
+        raise CLIError(
+            f"{path.name} must hold a stack of PSFs (P, kh, kw) (or several fields "
+            f"(n, P, kh, kw)); got shape {stack.shape}."
+        )
+    stack = stack.astype(np.float64)
+    if not np.isfinite(stack).all():
+        raise CLIError(f"{path.name} has NaN or Inf values.")
+    return stack
+
+
+def cmd_basis(args):
+    """Fit a product-convolution basis from bead PSF fields."""
+    from deepblur import ProductConvolutionBasis
+    from deepblur.plotting import plot_components
+    from deepblur.pretrained import save_basis
+
+    R, C = args.grid
+    H, W = args.image_shape
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise CLIError(f"the folder of the output {str(out)!r} does not exist.")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"the output {str(out)!r} is a file; give a directory.")
+    if args.figure is not None:
+        figure = _check_figure_path(args.figure)
+    else:
+        figure = out / "components.png"
+    fields = []
+    for name in args.psf_files:
+        stack = _read_psf_file(name)
+        if stack.shape[1] != R * C:
+            raise CLIError(
+                f"{Path(name).name} holds {stack.shape[1]} PSFs but --grid {R} {C} "
+                f"needs {R * C} (one per grid cell, row-major)."
+            )
+        if fields and stack.shape[2:] != fields[0].shape[2:]:
+            raise CLIError(
+                f"{Path(name).name} has PSFs of shape {stack.shape[2:]} but "
+                f"{Path(args.psf_files[0]).name} has {fields[0].shape[2:]}: all "
+                "PSFs must have the same shape."
+            )
+        fields.append(stack)
+    fields = np.concatenate(fields).reshape((-1, R, C) + fields[0].shape[2:])
+    basis = ProductConvolutionBasis(args.n_components, image_shape=(H, W),
+                                    boundary=args.boundary,
+                                    random_state=0).fit(fields)
+    print(f"{len(fields)} PSF field(s) on a {R}x{C} grid, PSFs "
+          f"{fields.shape[3]}x{fields.shape[4]}, K={args.n_components}")
+    print(f"relative reconstruction error: {100 * basis.reconstruction_error_:.2f} %")
+    save_basis(out, basis, extra=dict(sources=[str(p) for p in args.psf_files]))
+    _use_agg()
+    _save_figure(plot_components(basis), figure)
+    print(f"basis: {out} (basis.safetensors, basis.json)")
+    print(f"figure: {figure}")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def _add_model(p):
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="model directory written by save_model or `deepblur train` "
+                        "(default: the model shipped with deepblur)")
+
+
+def _device(value):
+    import torch
+
+    if value == "auto":
+        return value
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"must be a torch device such as cpu, cuda, cuda:1 or auto; got "
+            f"{value!r}") from None
+    return value
+
+
+def _add_max_iter(p):
+    p.add_argument("--max-iter", type=_positive_int, default=500, metavar="N",
+                   help="cap on the deblurring solver's iterations (default: 500)")
+
+
+def _add_device(p):
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="torch device: cpu (default), cuda or auto")
+
+
+def build_parser():
+    """The argument parser of the ``deepblur`` command."""
+    from deepblur import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="deepblur",
+        description="Blind identification of space-varying blur and deblurring "
+                    "(DeepBlur).",
+        epilog="Run `deepblur COMMAND --help` for the options of a command.")
+    parser.add_argument("--version", action="version",
+                        version=f"deepblur {__version__}")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of errors (for bug reports)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "demo", help="blur a bundled image, estimate the blur and deblur (Fig. 3)",
+        description="Paper Fig. 3 in seconds: draw an operator from the model's "
+                    "sampler, blur a bundled image and add noise at the model's "
+                    "noise level, estimate the operator with the network, deblur "
+                    "with total variation (with the estimate, and with the true "
+                    "operator for reference), print the relative operator error "
+                    "and the SNRs, and save the figure.")
+    p.add_argument("-o", "--output", default="deepblur_demo.png",
+                   help="figure file (default: deepblur_demo.png)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the operator and the noise (default: 0)")
+    p.add_argument("--image", default="camera",
+                   help="bundled image (default: camera, held out of training); "
+                        "one of camera, coffee, flower (held out) or any other "
+                        "skimage/sklearn sample: astronaut, brick, chelsea, coins, "
+                        "grass, gravel, hubble_deep_field, moon, motorcycle_left, "
+                        "motorcycle_right, rocket, china, cell, ihc")
+    p.add_argument("--lam", type=_lam, default="auto",
+                   help="weight of the data term (default: auto, from the noise "
+                        "level)")
+    _add_max_iter(p)
+    _add_model(p)
+    _add_device(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "estimate", help="estimate the blur operator (gamma) of an image",
+        description="Estimate the coefficients gamma of the blur operator of a "
+                    "TIFF/PNG image of the model's input shape. " + _CONVENTION)
+    p.add_argument("image", metavar="IMAGE", help="blurry image (TIFF or PNG)")
+    _add_model(p)
+    p.add_argument("-o", "--output", metavar="GAMMA",
+                   help="save gamma_hat (.json with metadata, or .npy)")
+    p.add_argument("--figure", metavar="FIG",
+                   help="save the estimated operator on a Dirac comb (.png, .pdf)")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser(
+        "deblur", help="deblur an image (blind, or with a given operator)",
+        description="Deblur a TIFF/PNG image of the model's input shape by "
+                    "solving min_u R(u) + lam/2 ||H u - y||^2 with H estimated by "
+                    "the model (blind) or read from --gamma. 8/16-bit integer and "
+                    "float images; the output keeps the input's dtype (integers "
+                    "rounded and clipped to the dtype's range). " + _CONVENTION)
+    p.add_argument("image", metavar="IMAGE", help="blurry image (TIFF or PNG)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="deblurred image (.tif or .png; float images need .tif)")
+    p.add_argument("--lam", type=_lam, default="auto",
+                   help="weight of the data term for the image scaled to mean 0.5 "
+                        "(default: auto, from the noise level)")
+    p.add_argument("--regularization", choices=("tv", "l1"), default="tv",
+                   help="total variation (default; natural and cell images) or "
+                        "l1 (sparse point sources)")
+    p.add_argument("--positive", action="store_true",
+                   help="constrain the deblurred image to be non-negative")
+    p.add_argument("--gamma", metavar="FILE",
+                   help="operator coefficients (.json or .npy from `deepblur "
+                        "estimate`) instead of the blind estimate")
+    _add_max_iter(p)
+    _add_model(p)
+    _add_device(p)
+    p.set_defaults(func=cmd_deblur)
+
+    keys = "; ".join(f"{k}: {v}" for k, v in _TRAIN_KEYS.items())
+    p = sub.add_parser(
+        "train", help="train a blur regressor from a TOML/JSON config",
+        description="Train a ResNet blur regressor on fresh simulated data "
+                    "(deepblur.pretrained.train_regressor) and write it with "
+                    "save_model. Missing keys take the shipped model's values. "
+                    "Relative paths are relative to the config file. The "
+                    "parameters, optimizer and history are checkpointed after "
+                    f"every epoch. Config keys: {keys}.")
+    p.add_argument("config", metavar="CONFIG", help="config file (.toml or .json)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint (finished epochs kept)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over even if the checkpoint directory holds one")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="model directory (overrides the config's output)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "basis", help="fit a product-convolution basis from bead PSF fields",
+        description="Fit a ProductConvolutionBasis from PSF fields measured on a "
+                    "regular R x C grid of the field of view: each file holds one "
+                    "field, a stack (P, kh, kw) with P = R*C PSFs in row-major "
+                    "order (.npy or TIFF), measured at the grid cells' centres. "
+                    "Writes basis.safetensors + basis.json (no pickle; "
+                    "deepblur.pretrained.load_basis reads them) and a figure of "
+                    "the kernels and maps.")
+    p.add_argument("psf_files", nargs="+", metavar="PSF_FILE",
+                   help="PSF field stacks (.npy, .tif)")
+    p.add_argument("--grid", nargs=2, type=_positive_int, required=True,
+                   metavar=("R", "C"), help="rows and columns of the PSF grid")
+    p.add_argument("--image-shape", nargs=2, type=_positive_int, required=True,
+                   metavar=("H", "W"), help="shape of the images")
+    p.add_argument("-K", "--n-components", type=_positive_int, required=True,
+                   metavar="K", help="number of kernel/map pairs")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="output directory of the basis")
+    p.add_argument("--boundary", choices=("zero", "periodic"), default="zero",
+                   help="boundary model of the convolutions (default: zero)")
+    p.add_argument("--figure", metavar="FIG",
+                   help="components figure (default: DIR/components.png)")
+    p.set_defaults(func=cmd_basis)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``deepblur`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit code: 0 on success, 1 for an error the user can act on (one line
+        on stderr), 2 for a usage error, 130 for an interrupted training.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:          # --help, --version, usage errors
+        return int(exc.code or 0)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except (CLIError, FileNotFoundError, ValueError, OSError) as exc:
+        if args.traceback:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"deepblur {args.command}: error: {message}", file=sys.stderr)
+        return 1

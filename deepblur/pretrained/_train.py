@@ -1,0 +1,204 @@
+"""Train a blur regressor in a setting: fresh data, checkpoints, resuming.
+
+:func:`train_regressor` is what ``examples/train_default_model.py`` and
+``deepblur train`` run; its defaults reproduce the shipped model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from deepblur.datasets.simulate import BlurDataset
+from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.nets.losses import RelativeFrobeniusLoss
+
+__all__ = ["CRITERIA", "TRAINING_DEFAULTS", "finished_epochs", "train_regressor"]
+
+#: Training losses by name: MSE on ``gamma`` (the shipped model's) and the
+#: relative Frobenius distance between operators (the paper's).
+CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
+
+#: Hyper-parameters of the shipped model (``examples/train_default_model.py``).
+TRAINING_DEFAULTS = dict(
+    n_images=128_000, epochs=10, batch_size=64, lr=2e-3, width=16, depth=2,
+    stem_stride=4, head="spatial", criterion="mse", num_workers=1, device="cpu",
+    random_state=0,
+)
+
+_CHECKPOINT_FILES = dict(f_params="params.pt", f_optimizer="optimizer.pt",
+                         f_criterion="criterion.pt", f_history="history.json")
+
+
+def finished_epochs(net):
+    """Number of epochs of ``net.history`` that ran to their end."""
+    return sum(1 for row in net.history if "dur" in row)
+
+
+def _checkpoint(directory):
+    from skorch.callbacks import Checkpoint
+
+    # monitor=None: save after every epoch, not only on a best validation loss.
+    return Checkpoint(monitor=None, dirname=str(directory), f_pickle=None,
+                      load_best=False, **_CHECKPOINT_FILES)
+
+
+def train_regressor(setting, images, *, n_images=128_000, epochs=10, batch_size=64,
+                    lr=2e-3, width=16, depth=2, stem_stride=4, head="spatial",
+                    criterion="mse", output_bias=None, num_workers=1, device="cpu",
+                    random_state=0, checkpoint_dir=None, resume=False,
+                    progress_bar=False, verbose=1):
+    """Train a :class:`~deepblur.ResNetBlurRegressor` on fresh simulated data.
+
+    Every batch is drawn by a :class:`~deepblur.datasets.BlurDataset`: clean
+    patches of ``images`` scaled to mean ``image_mean``, blurred by operators
+    from the setting's sampler (Algorithm 2) and corrupted by Gaussian noise
+    of the setting's ``noise_std``. An epoch is
+    ``max(1, n_images // (batch_size * epochs))`` batches; the learning rate
+    follows a cosine schedule over ``epochs``. The defaults are those of the
+    shipped model (:data:`TRAINING_DEFAULTS`).
+
+    Parameters
+    ----------
+    setting : dict
+        From :func:`~deepblur.pretrained.make_default_setting` (``basis``,
+        ``sampler`` and ``params`` are used).
+    images : dict, list of 2-D arrays or ndarray of shape (m, H, W)
+        Source images to crop training patches from (e.g. the first element
+        of :func:`~deepblur.datasets.natural_image_split`), or patches.
+    n_images : int, default=128_000
+        Training images over all epochs.
+    epochs : int, default=10
+    batch_size : int, default=64
+    lr : float, default=2e-3
+        Adam's learning rate at the start of the cosine schedule.
+    width, depth, stem_stride : int, default=16, 2, 4
+        Of the :class:`~deepblur.nets.resnet.ResNet` module.
+    head : {"spatial", "avg"}, default="spatial"
+        Output head of the module.
+    criterion : {"mse", "frobenius"}, default="mse"
+        See :data:`CRITERIA`.
+    output_bias : array-like of shape (K,), optional
+        Initial output bias of the module; default the mean of 50 000 draws of
+        the setting's sampler.
+    num_workers : int, default=1
+        DataLoader workers generating the training batches (0: in-process).
+    device : str, default="cpu"
+    random_state : int, default=0
+        Seed of the initial weights and of the training data (the validation
+        batches use ``random_state + 1``).
+    checkpoint_dir : str or Path, optional
+        Save the parameters, optimizer, criterion and history after every
+        epoch there (skorch ``Checkpoint``).
+    resume : bool, default=False
+        Continue from the checkpoint in ``checkpoint_dir``: its finished
+        epochs are kept, the learning-rate schedule and the data stream go on
+        where they stopped, and only the remaining epochs run.
+    progress_bar : bool, default=False
+        Show a progress bar of the batches of each epoch (skorch
+        ``ProgressBar``).
+    verbose : int, default=1
+        skorch's per-epoch table.
+
+    Returns
+    -------
+    net : ResNetBlurRegressor
+        Trained, with its ``history``.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        When the training was interrupted (skorch stops quietly on Ctrl-C):
+        the finished epochs are in the checkpoint, resume with ``resume=True``.
+    """
+    from skorch.callbacks import LRScheduler, ProgressBar
+
+    if criterion not in CRITERIA:
+        raise ValueError(
+            f"criterion must be one of {sorted(CRITERIA)}; got {criterion!r}."
+        )
+    for name, value in dict(n_images=n_images, epochs=epochs, batch_size=batch_size,
+                            width=width, depth=depth,
+                            stem_stride=stem_stride).items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or (
+            num_workers < 0):
+        raise ValueError(
+            f"num_workers must be a non-negative integer; got {num_workers!r}."
+        )
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number; got {lr!r}.")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from.")
+    basis, sampler = setting["basis"], setting["sampler"]
+    params = setting["params"]
+    if output_bias is None:
+        output_bias = sampler.sample(50_000).mean(0)
+    n_batches = max(1, n_images // (batch_size * epochs))
+    data = BlurDataset(images, basis, sampler, batch_size=batch_size,
+                       n_batches=n_batches, noise_std=params["noise_std"],
+                       image_mean=params.get("image_mean", 0.5),
+                       random_state=random_state)
+    callbacks = [("lr", LRScheduler("CosineAnnealingLR", T_max=epochs))]
+    if checkpoint_dir is not None:
+        callbacks.append(("checkpoint", _checkpoint(checkpoint_dir)))
+    n_valid_batches = 4
+    if progress_bar:
+        callbacks.append(("progress", ProgressBar(
+            batches_per_epoch=n_batches + n_valid_batches)))
+    net = ResNetBlurRegressor(
+        basis=basis, module__width=width, module__depth=depth,
+        module__stem_stride=stem_stride, module__head=head,
+        module__output_bias=output_bias, criterion=CRITERIA[criterion], lr=lr,
+        max_epochs=epochs, batch_size=batch_size, device=device,
+        n_valid_batches=n_valid_batches, iterator_train__num_workers=num_workers,
+        callbacks=callbacks, verbose=verbose)
+    # Seeded initial weights, without touching the caller's global torch RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_state)
+        net.initialize()
+    if resume:
+        _resume(net, data, checkpoint_dir, epochs, num_workers)
+    else:
+        net.partial_fit(data, None)
+    done = finished_epochs(net)
+    if done < epochs:
+        raise KeyboardInterrupt(
+            f"training interrupted after {done} of {epochs} epochs"
+        )
+    return net
+
+
+def _resume(net, data, checkpoint_dir, epochs, num_workers):
+    directory = Path(checkpoint_dir)
+    missing = [f for f in _CHECKPOINT_FILES.values() if not (directory / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"no checkpoint to resume from in {str(directory)!r} (missing "
+            f"{', '.join(missing)}); train without resuming first."
+        )
+    try:
+        net.load_params(checkpoint=dict(net.callbacks_)["checkpoint"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(
+            f"the checkpoint in {str(directory)!r} does not match this "
+            f"configuration (different setting or module?): {first}"
+        ) from None
+    done = finished_epochs(net)
+    remaining = epochs - done
+    if remaining <= 0:
+        return
+    if num_workers == 0:
+        # In-process, the data stream goes on across epochs: skip the batches
+        # the finished epochs used, so that resuming gives the same training
+        # data as an uninterrupted run. (A worker restarts the stream every
+        # epoch, so nothing is to skip then.)
+        with torch.no_grad():
+            for _ in range(done):
+                for _ in data:
+                    pass
+    net.partial_fit(data, None, epochs=remaining)
