@@ -28,6 +28,7 @@ from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.deblur import TVDeblurrer
 from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.nets.resnet import ResNet
 
 __all__ = ["BlindDeblurrer"]
 
@@ -42,8 +43,18 @@ def _fit_blur_model(basis, cone, sampler, regressor, clean, psf_fields, noise_st
     basis = clone(basis).fit(psf_fields)
     gamma = basis.transform(psf_fields)
     cone = clone(cone).fit(gamma)
+    if sampler is None:
+        # unit rays: the scale of the samples is the calibration's ||gamma||
+        norms = np.linalg.norm(gamma, axis=1)
+        low, high = np.percentile(norms, [5, 95])
+        sampler = ConeSampler(alpha_range=(float(low), float(max(high, low * 1.001))))
     sampler = clone(sampler).set_params(random_state=seed).fit(cone.rays_)
     regressor = clone(regressor).set_params(basis=basis)
+    if (regressor.module is ResNet
+            and "output_bias" not in regressor.get_params_for("module")):
+        # start from the mean operator of the cone, not from gamma = 0
+        mean_gamma = clone(sampler).fit(cone.rays_).sample(20_000).mean(axis=0)
+        regressor.set_params(module__output_bias=mean_gamma)
     batch_size = int(regressor.batch_size)
     epochs = int(regressor.max_epochs)
     n_batches = max(1, -(-int(n_train_images) // (batch_size * epochs)))
@@ -84,10 +95,16 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
     cone : ConeSimplifier, default=None
         Default ``ConeSimplifier(n_rays=10)``.
     sampler : ConeSampler, default=None
-        Default ``ConeSampler(alpha_range=(0.8, 1.2))``; its ``random_state``
-        is replaced by one drawn from ``random_state``.
+        Its ``random_state`` is replaced by one drawn from ``random_state``.
+        Default: a ``ConeSampler`` whose ``alpha_range`` is the 5th to 95th
+        percentile of ``||gamma||`` over the calibration fields (the cone's
+        rays have unit norm, so this gives sampled operators the gain of the
+        calibration operators).
     regressor : ResNetBlurRegressor, default=None
-        Unfitted; its ``basis`` is set to the fitted basis. Default
+        Unfitted; its ``basis`` is set to the fitted basis and, for the
+        default ResNet module without ``module__output_bias``, the output
+        bias is set to the mean ``gamma`` of the sampler (an untrained
+        network then predicts the mean operator of the cone). Default
         ``ResNetBlurRegressor(verbose=0)``.
     deblurrer : TVDeblurrer, default=None
         Its ``basis`` and ``blur_estimator`` are set to the fitted basis and
@@ -227,8 +244,6 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
                 f"{basis_shape}."
             )
         cone = ConeSimplifier(n_rays=10) if self.cone is None else self.cone
-        sampler = (ConeSampler(alpha_range=(0.8, 1.2)) if self.sampler is None
-                   else self.sampler)
         regressor = (ResNetBlurRegressor(verbose=0) if self.regressor is None
                      else self.regressor)
         noise_std = (tuple(float(v) for v in self.noise_std)
@@ -237,7 +252,7 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         fit_model = check_memory(self.memory).cache(_fit_blur_model)
         self.basis_, self.cone_, self.sampler_, self.regressor_ = fit_model(
-            basis, cone, sampler, regressor, clean, np.asarray(psf_fields),
+            basis, cone, self.sampler, regressor, clean, np.asarray(psf_fields),
             noise_std, float(self.image_mean), int(self.n_train_images), seed)
         deblurrer = TVDeblurrer() if self.deblurrer is None else self.deblurrer
         self.deblurrer_ = clone(deblurrer).set_params(
