@@ -1,0 +1,538 @@
+"""The ``deepblur`` command: every command's happy path, errors and help."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tifffile  # noqa: E402
+import torch  # noqa: E402
+
+from deepblur import ProductConvolutionBasis  # noqa: E402
+from deepblur.cli import main, write_image  # noqa: E402
+from deepblur.datasets import make_random_operators  # noqa: E402
+from deepblur.datasets.simulate import make_blurred_images  # noqa: E402
+from deepblur.estimators.regressor import ResNetBlurRegressor  # noqa: E402
+from deepblur.metrics import snr  # noqa: E402
+from deepblur.pretrained import (  # noqa: E402
+    bundled_image,
+    estimate_gamma,
+    load_basis,
+    load_model,
+    make_default_setting,
+    operator_gain,
+    save_model,
+    simulate_blind_deblurring,
+)
+
+COMMANDS = ["demo", "estimate", "deblur", "train", "basis"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    return make_default_setting(n_operators=30, image_shape=(64, 64),
+                                kernel_shape=(15, 15), grid_shape=(8, 8),
+                                n_components=6, n_rays=10)
+
+
+@pytest.fixture(scope="module")
+def model_dir(setting, tmp_path_factory):
+    """A tiny regressor trained one epoch, written by save_model."""
+    basis, sampler = setting["basis"], setting["sampler"]
+    pool = np.random.default_rng(0).random((16, 64, 64)) + 0.1
+    X, y = make_blurred_images(pool, basis, sampler, 64, random_state=0)
+    torch.manual_seed(0)
+    net = ResNetBlurRegressor(basis=basis, module__width=4, module__depth=1,
+                              module__stem_stride=4, max_epochs=1, device="cpu",
+                              train_split=None, verbose=0).fit(X, y)
+    return save_model(tmp_path_factory.mktemp("model"), net, setting)
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return load_model(model_dir)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ help
+@pytest.mark.parametrize("command", [None] + COMMANDS)
+def test_help(command, capsys):
+    argv = ["--help"] if command is None else [command, "--help"]
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0
+    assert out.startswith("usage: deepblur" + ("" if command is None
+                                                else f" {command}"))
+    if command is None:
+        assert all(c in out for c in COMMANDS)
+    if command in ("estimate", "deblur"):
+        assert "Intensity convention" in out and "brightness" in out
+
+
+def test_usage_errors_exit_2(capsys):
+    assert _run(capsys, )[0] == 2                           # no command
+    assert _run(capsys, "frobnicate")[0] == 2
+    assert _run(capsys, "deblur", "x.tif")[0] == 2          # -o is required
+    code, _, err = _run(capsys, "demo", "--lam", "-3")
+    assert code == 2 and "positive number or 'auto'" in err
+    code, _, err = _run(capsys, "demo", "--device", "toaster")
+    assert code == 2 and "torch device" in err
+    code, _, err = _run(capsys, "basis", "a.npy", "--grid", "0", "4",
+                        "--image-shape", "8", "8", "-K", "2", "-o", "out")
+    assert code == 2 and "positive integer" in err
+
+
+def test_console_script_and_module():
+    script = Path(sys.executable).with_name("deepblur")
+    proc = subprocess.run([str(script), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: deepblur") and "deblur" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "deepblur", "--version"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("deepblur "), proc.stderr
+
+
+# ------------------------------------------------------------------ demo
+def _numbers(out):
+    pattern = {
+        "operator_error": r"relative operator error: (-?[\d.]+) %",
+        "snr_blurry": r"SNR blurry: (-?[\d.]+) dB",
+        "snr_deblurred": r"SNR deblurred \(estimated operator\): (-?[\d.]+) dB",
+        "snr_deblurred_true": r"SNR deblurred \(true operator\): (-?[\d.]+) dB",
+    }
+    return {k: float(re.search(p, out).group(1)) for k, p in pattern.items()}
+
+
+def test_demo_prints_numbers_and_writes_figure(model_dir, model, capsys, tmp_path):
+    figure = tmp_path / "fig3.png"
+    code, out, err = _run(capsys, "demo", "--model", model_dir, "-o", figure,
+                          "--seed", 3, "--max-iter", 150)
+    assert code == 0, err
+    assert figure.stat().st_size > 5000
+    got = _numbers(out)
+    # the same simulation through the library gives the printed numbers
+    ref = simulate_blind_deblurring(model, bundled_image("camera", (64, 64)),
+                                    random_state=3, max_iter=150)
+    assert got["operator_error"] == pytest.approx(100 * ref["operator_error"],
+                                                  abs=0.006)
+    for key in ("snr_blurry", "snr_deblurred", "snr_deblurred_true"):
+        assert got[key] == pytest.approx(ref[key], abs=0.006)
+    # the numbers mean what they say
+    assert ref["operator_error"] == pytest.approx(float(model.basis.operator_distance(
+        ref["gamma"], ref["gamma_hat"])))
+    assert ref["snr_blurry"] == pytest.approx(snr(ref["original"], ref["blurry"]))
+    assert got["snr_deblurred_true"] > got["snr_blurry"]
+    assert ref["original"].mean() == pytest.approx(0.5)
+    # another seed, another operator
+    other = simulate_blind_deblurring(model, ref["original"], random_state=4,
+                                      max_iter=5)
+    assert not np.allclose(other["gamma"], ref["gamma"])
+
+
+def test_demo_with_default_model_and_without_it(model_dir, capsys, tmp_path,
+                                                monkeypatch):
+    import deepblur.pretrained._io as io
+
+    monkeypatch.setattr(io, "DEFAULT_DIR", tmp_path / "absent")
+    code, out, err = _run(capsys, "demo", "-o", tmp_path / "demo.png")
+    assert code == 1 and out == ""
+    line = _one_error_line(err)
+    assert "default model is not installed" in line and "--model" in line
+    monkeypatch.setattr(io, "DEFAULT_DIR", Path(model_dir))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, "demo", "--image", "coffee", "--max-iter", 20)
+    assert code == 0, err
+    assert (tmp_path / "deepblur_demo.png").stat().st_size > 5000   # the default
+    assert "image: coffee" in out
+
+
+def test_demo_errors(model_dir, capsys, tmp_path):
+    code, _, err = _run(capsys, "demo", "--model", model_dir, "--image", "lena")
+    assert code == 1 and "--image must be one of" in _one_error_line(err)
+    code, _, err = _run(capsys, "demo", "--model", model_dir, "-o",
+                        tmp_path / "fig.xyz")
+    assert code == 1 and "unsupported figure format" in _one_error_line(err)
+    code, _, err = _run(capsys, "demo", "--model", tmp_path / "nowhere")
+    assert code == 1 and "not a directory" in _one_error_line(err)
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(capsys, "demo", "--model", tmp_path / "empty")
+    assert code == 1 and "model.safetensors" in _one_error_line(err)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    (broken / "model.json").write_text("{}")
+    code, _, err = _run(capsys, "demo", "--model", broken)
+    assert code == 1 and "could not read the model" in _one_error_line(err)
+    if not torch.cuda.is_available():
+        code, _, err = _run(capsys, "demo", "--model", model_dir, "--device",
+                            "cuda", "-o", tmp_path / "d.png")
+        assert code == 1 and "CUDA is not available" in _one_error_line(err)
+
+
+# ------------------------------------------------------------- estimate
+@pytest.fixture(scope="module")
+def blurry(setting, model):
+    """A blurry image in arbitrary units (mean about 1000) and its operator."""
+    u = bundled_image("coffee", (64, 64))
+    gamma = setting["gamma"][3]
+    y = model.basis.apply(u, gamma) * 2000 + np.random.default_rng(1).normal(
+        0, 5, u.shape)
+    return u, gamma, y
+
+
+def test_estimate_writes_gamma_and_figure(model_dir, model, blurry, capsys,
+                                          tmp_path):
+    _, _, y = blurry
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, y.astype(np.float32))
+    code, out, err = _run(capsys, "estimate", image, "--model", model_dir, "-o",
+                          tmp_path / "g.json", "--figure", tmp_path / "g.png")
+    assert code == 0, err
+    expected, scale = estimate_gamma(model, y.astype(np.float32))
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert len(data["gamma"]) == data["K"] == 6
+    np.testing.assert_allclose(data["gamma"], expected, rtol=1e-5)
+    assert data["gain"] == pytest.approx(operator_gain(model.basis, expected))
+    printed = re.search(r"gamma_hat \(K=6\): (.*)", out).group(1).split()
+    np.testing.assert_allclose(np.array(printed, dtype=float), expected, rtol=1e-5)
+    assert (tmp_path / "g.png").stat().st_size > 1000
+    # the image is scaled to the mean of the training observations
+    rays = model.sampler.generators_
+    target = 0.5 * np.mean(model.sampler.alpha_range) * np.mean(
+        operator_gain(model.basis, rays))
+    assert (y.astype(np.float32).mean() * scale) == pytest.approx(target, rel=1e-5)
+    # brightness does not change the estimate
+    code, _, _ = _run(capsys, "estimate", image, "--model", model_dir, "-o",
+                      tmp_path / "g.npy")
+    assert code == 0
+    tifffile.imwrite(image, (7 * y).astype(np.float32))
+    assert _run(capsys, "estimate", image, "--model", model_dir, "-o",
+                tmp_path / "g7.npy")[0] == 0
+    g, g7 = np.load(tmp_path / "g.npy"), np.load(tmp_path / "g7.npy")
+    assert g.shape == (6,)
+    np.testing.assert_allclose(g7, g, rtol=1e-4, atol=1e-6)
+
+
+def test_estimate_rejects_bad_outputs(model_dir, blurry, capsys, tmp_path):
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, blurry[2].astype(np.float32))
+    code, _, err = _run(capsys, "estimate", image, "--model", model_dir, "-o",
+                        tmp_path / "g.txt")
+    assert code == 1 and "use .json, .npy" in _one_error_line(err)
+    code, _, err = _run(capsys, "estimate", image, "--model", model_dir, "-o",
+                        tmp_path / "nodir" / "g.json")
+    assert code == 1 and "does not exist" in _one_error_line(err)
+
+
+# --------------------------------------------------------------- deblur
+CASES = [("uint8", ".png"), ("uint16", ".png"), ("uint8", ".tif"),
+         ("uint16", ".tif"), ("float32", ".tif"), ("float64", ".tiff")]
+
+
+def _write(path, image):
+    if path.suffix == ".png":
+        iio.imwrite(path, image)
+    else:
+        tifffile.imwrite(path, image)
+
+
+def _read(path):
+    return iio.imread(path) if path.suffix == ".png" else tifffile.imread(path)
+
+
+@pytest.mark.parametrize("dtype,suffix", CASES)
+def test_deblur_round_trips_dtype(dtype, suffix, model_dir, blurry, capsys,
+                                  tmp_path):
+    _, _, y = blurry
+    peak = {"uint8": 200, "uint16": 50_000}.get(dtype, 3.0)
+    image = (y / y.max() * peak).astype(dtype)
+    src, dst = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    _write(src, image)
+    code, out, err = _run(capsys, "deblur", src, "-o", dst, "--model", model_dir,
+                          "--max-iter", 30)
+    assert code == 0, err
+    assert "blind" in out
+    result = _read(dst)
+    assert result.dtype == np.dtype(dtype) and result.shape == (64, 64)
+    assert np.isfinite(result.astype(np.float64)).all()
+    # same brightness scale as the input (a blind estimate of a tiny model)
+    ratio = result.astype(np.float64).mean() / image.astype(np.float64).mean()
+    assert 0.5 < ratio < 2
+
+
+def test_deblur_with_true_operator_keeps_brightness(model_dir, model, blurry,
+                                                    capsys, tmp_path):
+    u, gamma, y = blurry
+    src, dst = tmp_path / "y.tif", tmp_path / "u.tif"
+    tifffile.imwrite(src, y.astype(np.float32))
+    np.save(tmp_path / "gamma.npy", gamma)
+    code, out, err = _run(capsys, "deblur", src, "-o", dst, "--model", model_dir,
+                          "--gamma", tmp_path / "gamma.npy")
+    assert code == 0, err
+    assert "operator from" in out
+    restored = tifffile.imread(dst).astype(np.float64)
+    assert restored.mean() == pytest.approx(y.mean(), rel=0.03)
+    # deblurring with the true operator brings the image closer to the truth
+    clean = u * (y.mean() / u.mean())
+    assert snr(clean, restored) > snr(clean, y) + 3
+    # the same from a JSON list, and with the l1 regulariser
+    (tmp_path / "gamma.json").write_text(json.dumps({"gamma": gamma.tolist()}))
+    code, _, err = _run(capsys, "deblur", src, "-o", tmp_path / "l1.tif",
+                        "--model", model_dir, "--gamma", tmp_path / "gamma.json",
+                        "--regularization", "l1", "--positive", "--lam", "50",
+                        "--max-iter", 30)
+    assert code == 0, err
+    assert (tifffile.imread(tmp_path / "l1.tif") >= 0).all()
+
+
+def test_write_image_rounds_and_clips():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.tif"
+        write_image(path, np.array([[-5.0, 3.6], [300.0, 254.4]]), np.uint8)
+        np.testing.assert_array_equal(tifffile.imread(path), [[0, 4], [255, 254]])
+        write_image(path, np.array([[-5.0, 70000.0]]), np.uint16)
+        np.testing.assert_array_equal(tifffile.imread(path), [[0, 65535]])
+
+
+def test_deblur_errors(model_dir, blurry, capsys, tmp_path):
+    y = blurry[2].astype(np.float32)
+    good = tmp_path / "y.tif"
+    tifffile.imwrite(good, y)
+
+    def error(*argv):
+        code, out, err = _run(capsys, "deblur", *argv, "--model", model_dir)
+        assert code == 1, (out, err)
+        return _one_error_line(err)
+
+    assert "does not exist" in error(tmp_path / "missing.tif", "-o",
+                                     tmp_path / "o.tif")
+    (tmp_path / "y.bmp").write_bytes(b"BM")
+    assert "unsupported image format '.bmp'" in error(tmp_path / "y.bmp", "-o",
+                                                      tmp_path / "o.tif")
+    assert "unsupported output image format '.jpg'" in error(good, "-o",
+                                                             tmp_path / "o.jpg")
+    assert "PNG cannot store" in error(good, "-o", tmp_path / "o.png")
+    tifffile.imwrite(tmp_path / "big.tif", np.ones((65, 64), np.float32))
+    message = error(tmp_path / "big.tif", "-o", tmp_path / "o.tif")
+    assert "larger than the model's input 64x64" in message
+    tifffile.imwrite(tmp_path / "small.tif", np.ones((32, 64), np.uint16))
+    assert "smaller than the model's input" in error(tmp_path / "small.tif", "-o",
+                                                     tmp_path / "o.tif")
+    bad = y.copy()
+    bad[3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", bad)
+    assert "NaN or Inf" in error(tmp_path / "nan.tif", "-o", tmp_path / "o.tif")
+    tifffile.imwrite(tmp_path / "zero.tif", np.zeros((64, 64), np.float32))
+    assert "mean intensity" in error(tmp_path / "zero.tif", "-o", tmp_path / "o.tif")
+    tifffile.imwrite(tmp_path / "stack.tif", np.ones((3, 64, 64), np.float32),
+                     photometric="minisblack")
+    assert "one 2-D grayscale image" in error(tmp_path / "stack.tif", "-o",
+                                              tmp_path / "o.tif")
+    np.save(tmp_path / "g5.npy", np.ones(5))
+    message = error(good, "-o", tmp_path / "o.tif", "--gamma", tmp_path / "g5.npy")
+    assert "K=6" in message and "another model" in message
+    (tmp_path / "g.csv").write_text("1,2")
+    assert "use .json or .npy" in error(good, "-o", tmp_path / "o.tif", "--gamma",
+                                        tmp_path / "g.csv")
+    (tmp_path / "g.json").write_text("{\"beta\": [1]}")
+    assert "could not read gamma" in error(good, "-o", tmp_path / "o.tif",
+                                           "--gamma", tmp_path / "g.json")
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_deblur_colour_png_becomes_grayscale(model_dir, blurry, capsys, tmp_path):
+    y = blurry[2]
+    grey = (y / y.max() * 200).astype(np.uint8)
+    iio.imwrite(tmp_path / "rgb.png", np.stack([grey] * 3, axis=-1))
+    code, _, err = _run(capsys, "deblur", tmp_path / "rgb.png", "-o",
+                        tmp_path / "o.png", "--model", model_dir, "--max-iter", 5)
+    assert code == 0 and "converted to grayscale" in err
+    assert iio.imread(tmp_path / "o.png").shape == (64, 64)
+
+
+# ---------------------------------------------------------------- train
+TINY = """
+n_images = 64
+epochs = 2
+batch_size = 16
+width = 4
+depth = 1
+stem_stride = 2
+num_workers = 0
+n_test_images = 8
+output = "{output}"
+
+[setting]
+n_operators = 12
+image_shape = [32, 32]
+kernel_shape = [5, 5]
+grid_shape = [4, 4]
+n_components = 4
+n_rays = 6
+"""
+
+
+def _interrupt_after_first_epoch(monkeypatch):
+    from skorch.callbacks import Checkpoint
+
+    original = Checkpoint.on_epoch_end
+
+    def on_epoch_end(self, net, **kwargs):
+        original(self, net, **kwargs)
+        if len(net.history) == 1:
+            raise KeyboardInterrupt        # skorch stops quietly, as on Ctrl-C
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
+
+
+def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(output="interrupted"))
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        code, _, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 130 and "after 1 of 2 epochs" in err and "--resume" in err
+    out_dir = tmp_path / "interrupted"
+    assert not (out_dir / "model.json").exists()
+    history = json.loads((out_dir / "checkpoints" / "history.json").read_text())
+    assert len(history) == 1
+    # a new run would overwrite the checkpoint: refused
+    code, _, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 1 and "--resume" in _one_error_line(err)
+    code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert "held-out relative operator error" in out
+    history = json.loads((out_dir / "checkpoints" / "history.json").read_text())
+    assert len(history) == 2 and history[0]["train_loss"] > 0
+    resumed = load_model(out_dir)
+    meta = json.loads((out_dir / "model.json").read_text())
+    assert meta["module"]["width"] == 4 and meta["n_train_images"] == 64
+    assert resumed.basis.image_shape_ == (32, 32)
+
+    # an uninterrupted run (JSON config) gives the same network
+    (tmp_path / "tiny.json").write_text(json.dumps(dict(
+        n_images=64, epochs=2, batch_size=16, width=4, depth=1, stem_stride=2,
+        num_workers=0, n_test_images=0, output="straight",
+        setting=dict(n_operators=12, image_shape=[32, 32], kernel_shape=[5, 5],
+                     grid_shape=[4, 4], n_components=4, n_rays=6))))
+    code, _, err = _run(capsys, "train", tmp_path / "tiny.json", "--no-progress")
+    assert code == 0, err
+    straight = load_model(tmp_path / "straight")
+    X = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(resumed.regressor.predict(X),
+                               straight.regressor.predict(X), rtol=1e-5, atol=1e-6)
+
+
+def test_train_errors(capsys, tmp_path):
+    def error(text, name="c.toml", *extra):
+        path = tmp_path / name
+        path.write_text(text)
+        code, out, err = _run(capsys, "train", path, "--no-progress", *extra)
+        assert code == 1, (out, err)
+        return _one_error_line(err)
+
+    assert "unknown key(s) epoch" in error("epoch = 3")
+    assert "not valid TOML" in error("epochs = ")
+    assert "use .toml or .json" in error("epochs: 3", "c.yaml")
+    assert "not valid JSON" in error("{", "c.json")
+    assert "criterion must be one of" in error('criterion = "l2"\nn_images = 1\n'
+                                               "[setting]\nn_operators = 12\n"
+                                               "image_shape = [16, 16]\n"
+                                               "kernel_shape = [5, 5]\n"
+                                               "grid_shape = [4, 4]\n"
+                                               "n_components = 4\nn_rays = 6")
+    assert "overrides must be among" in error("[setting]\nn_layers = 3")
+    assert "no checkpoint" in error("epochs = 1", "r.toml", "--resume")
+    code, _, err = _run(capsys, "train", tmp_path / "absent.toml")
+    assert code == 1 and "does not exist" in _one_error_line(err)
+
+
+# ---------------------------------------------------------------- basis
+@pytest.fixture(scope="module")
+def psf_files(tmp_path_factory):
+    ops = make_random_operators(4, image_shape=(32, 32), kernel_shape=(7, 7),
+                                grid_shape=(4, 4), random_state=0)
+    folder = tmp_path_factory.mktemp("psfs")
+    files = []
+    for i, field in enumerate(ops.psf_fields):         # (4, 4, 7, 7) each
+        stack = field.reshape(16, 7, 7)                 # row-major grid order
+        if i % 2:
+            path = folder / f"beads{i}.tif"
+            tifffile.imwrite(path, stack.astype(np.float32))
+        else:
+            path = folder / f"beads{i}.npy"
+            np.save(path, stack)
+        files.append(path)
+    return ops, files
+
+
+def test_basis_fits_saves_and_plots(psf_files, capsys, tmp_path):
+    ops, files = psf_files
+    out = tmp_path / "basis"
+    code, stdout, err = _run(capsys, "basis", *files, "--grid", 4, 4,
+                             "--image-shape", 32, 32, "-K", 3, "-o", out)
+    assert code == 0, err
+    fields = np.stack([np.load(f) if f.suffix == ".npy" else tifffile.imread(f)
+                       for f in files]).reshape(4, 4, 4, 7, 7)
+    ref = ProductConvolutionBasis(3, image_shape=(32, 32), random_state=0).fit(
+        fields.astype(np.float64))
+    error = float(re.search(r"reconstruction error: ([\d.]+) %", stdout).group(1))
+    assert error == pytest.approx(100 * ref.reconstruction_error_, abs=0.006)
+    basis = load_basis(out)
+    np.testing.assert_allclose(basis.gram_, ref.gram_, rtol=1e-6)
+    assert basis.grid_shape_ == (4, 4) and basis.kernels_.shape == (3, 7, 7)
+    assert basis.reconstruction_error_ == pytest.approx(ref.reconstruction_error_)
+    assert (out / "components.png").stat().st_size > 1000
+    meta = json.loads((out / "basis.json").read_text())
+    assert meta["sources"] == [str(f) for f in files]
+
+
+def test_basis_errors(psf_files, capsys, tmp_path):
+    _, files = psf_files
+
+    def error(*argv, grid=(4, 4), K=3):
+        code, out, err = _run(capsys, "basis", *argv, "--grid", *grid,
+                              "--image-shape", 32, 32, "-K", K, "-o",
+                              tmp_path / "b")
+        assert code == 1, (out, err)
+        return _one_error_line(err)
+
+    assert "needs 12" in error(*files, grid=(3, 4))
+    assert "n_components=40" in error(*files, K=40)
+    assert "does not exist" in error(tmp_path / "none.npy")
+    (tmp_path / "p.txt").write_text("1")
+    assert "use .npy or .tif" in error(tmp_path / "p.txt")
+    np.save(tmp_path / "k5.npy", np.ones((16, 5, 5)))
+    assert "same shape" in error(files[0], tmp_path / "k5.npy")
+    np.save(tmp_path / "nan.npy", np.full((16, 7, 7), np.nan))
+    assert "NaN or Inf" in error(tmp_path / "nan.npy")
