@@ -41,3 +41,33 @@ def test_plot_operator_one_panel_per_gamma(basis, tmp_path):
 def test_plot_components(basis):
     fig = plot_components(basis, n_max=2)
     assert len([ax for ax in fig.axes if ax.images]) == 4
+
+
+def test_plot_blind_deblurring_panels_and_titles(basis):
+    from deepblur.metrics import snr
+    from deepblur.plotting import plot_blind_deblurring
+
+    r = np.random.default_rng(1)
+    original = r.random((32, 32)) + 0.5
+    blurry = basis.apply(original, np.ones(3))
+    deblurred = original + 0.1 * r.standard_normal((32, 32))
+    gamma_hat = np.array([1.0, 1.0, 0.5])
+    fig = plot_blind_deblurring(basis, np.ones(3), gamma_hat, blurry, original,
+                                deblurred, deblurred_true=original + 0.01)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 6
+    titles = [ax.get_title() for ax in panels]
+    error = basis.operator_distance(np.ones(3), gamma_hat)
+    assert f"relative error {100 * error:.1f} %" in titles[1]
+    assert f"SNR {snr(original, blurry):.2f} dB" in titles[2]
+    assert titles[3] == "original"
+    assert f"SNR {snr(original, deblurred):.2f} dB" in titles[4]
+    assert "true operator" in titles[5]
+    # the operator panels show H[gamma] on a Dirac comb
+    comb = dirac_comb((32, 32), max(4, int(1.5 * 5)))
+    np.testing.assert_allclose(panels[1].images[0].get_array(),
+                               np.clip(basis.apply(comb, gamma_hat), 0, None) ** 0.5,
+                               atol=1e-6)
+    fig = plot_blind_deblurring(basis, np.ones(3), gamma_hat, blurry, original,
+                                deblurred)
+    assert len([ax for ax in fig.axes if ax.images]) == 5

@@ -78,3 +78,77 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
 def test_load_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)
+
+
+def test_save_load_basis_grid_and_scattered(tmp_path):
+    from deepblur import ProductConvolutionBasis
+    from deepblur.datasets import make_random_operators
+    from deepblur.pretrained import load_basis, save_basis
+
+    ops = make_random_operators(6, image_shape=(24, 24), kernel_shape=(5, 5),
+                                grid_shape=(3, 3), random_state=0)
+    basis = ProductConvolutionBasis(3, image_shape=(24, 24)).fit(ops.psf_fields)
+    again = load_basis(save_basis(tmp_path / "grid", basis, extra={"note": 1}))
+    np.testing.assert_array_equal(again.kernels_, basis.kernels_)
+    np.testing.assert_array_equal(again.maps_, basis.maps_)
+    np.testing.assert_array_equal(again.positions_, basis.positions_)
+    assert again.grid_shape_ == (3, 3) and again.boundary == "zero"
+    assert again.reconstruction_error_ == basis.reconstruction_error_
+    np.testing.assert_allclose(again.transform(ops.psf_fields),
+                               basis.transform(ops.psf_fields))
+    meta = json.loads((tmp_path / "grid" / "basis.json").read_text())
+    assert meta["note"] == 1 and meta["positions"] is None
+    with open(tmp_path / "grid" / "basis.safetensors", "rb") as f:
+        assert b"\x80\x04" not in f.read(16)          # not a pickle stream
+
+    positions = np.array([[2, 3], [10, 20], [20, 5], [15, 15]])
+    scattered = ProductConvolutionBasis(2, image_shape=(24, 24), positions=positions,
+                                        boundary="periodic").fit(
+        ops.psf_fields.reshape(6, 9, 5, 5)[:, :4])
+    again = load_basis(save_basis(tmp_path / "scattered", scattered))
+    assert again.grid_shape_ is None and again.boundary == "periodic"
+    np.testing.assert_array_equal(again.positions_, positions)
+    np.testing.assert_allclose(again.gram_, scattered.gram_)
+
+
+def test_load_basis_missing(tmp_path):
+    from deepblur.pretrained import load_basis
+
+    with pytest.raises(FileNotFoundError, match="basis.safetensors"):
+        load_basis(tmp_path)
+
+
+def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
+        small_setting, tmp_path):
+    from deepblur.pretrained import finished_epochs, train_regressor
+
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    # the default output bias draws from the (shared, stateful) sampler: fix it
+    bias = small_setting["sampler"].sample(1000).mean(0)
+    kw = dict(n_images=32, epochs=2, batch_size=8, width=4, depth=1,
+              stem_stride=2, num_workers=0, output_bias=bias, verbose=0)
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        train_regressor(small_setting, pool, criterion="l2", **kw)
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        train_regressor(small_setting, pool, **dict(kw, epochs=0))
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        train_regressor(small_setting, pool, resume=True, **kw)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_regressor(small_setting, pool, resume=True, checkpoint_dir=tmp_path,
+                        **kw)
+    net = train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+                          criterion="frobenius", **kw)
+    assert finished_epochs(net) == 2 and len(net.history) == 2
+    assert [row["event_lr"] for row in net.history] == pytest.approx(
+        [2e-3, 1e-3])                                   # cosine over 2 epochs
+    # the same seed gives the same network; resuming a finished run trains nothing
+    again = train_regressor(small_setting, pool, criterion="frobenius", **kw)
+    X = pool[:3].astype(np.float32)
+    np.testing.assert_allclose(again.predict(X), net.predict(X), rtol=1e-6)
+    done = train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+                           resume=True, criterion="frobenius", **kw)
+    assert len(done.history) == 2
+    np.testing.assert_allclose(done.predict(X), net.predict(X), rtol=1e-6)
+    with pytest.raises(ValueError, match="does not match this configuration"):
+        train_regressor(small_setting, pool, checkpoint_dir=tmp_path, resume=True,
+                        **dict(kw, width=8))
