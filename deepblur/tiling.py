@@ -1,0 +1,974 @@
+r"""Blind estimation and deblurring of images larger than the model's input.
+
+The regressor estimates the blur of images of one shape, the basis'
+``image_shape`` ``(h, w)`` (128x128 for the shipped model). A larger image is
+handled in three steps:
+
+1. :func:`tile_grid` cuts it into overlapping tiles of shape ``(h, w)``
+   (``stride`` apart, the last row and column of tiles flush with the border)
+   and :func:`estimate_tiles` predicts one coefficient vector
+   :math:`\hat\gamma_t` per tile.
+2. :func:`partition_of_unity` gives smooth weights :math:`w_t(x)`, each
+   supported on its tile, with :math:`\sum_t w_t(x) = 1` at every pixel.
+   :func:`stitched_maps` blends the tiles' operators into one
+   product-convolution expansion of the whole image with the *same* ``K``
+   kernels and the maps
+
+   .. math:: F_k(x) = \sum_t \hat\gamma_{t,k}\, w_t(x)\, f_k(x - o_t)
+
+   (the basis map :math:`f_k` placed at the tile's offset :math:`o_t`), so
+   that :math:`H u = \sum_k e_k * (F_k \odot u)`:
+   :func:`stitched_operator` is ``ProductConvolution(kernels, F)`` applied
+   with ``gamma = ones(K)``. At a pixel covered by one tile only, and farther
+   than the kernel radius from every other tile, it is exactly the tile's
+   operator :math:`H[\hat\gamma_t]`.
+3. :func:`deblur_stitched` solves the TV problem with that operator, in one
+   piece when the image has at most ``max_pixels`` pixels, else block by
+   block: each block's core is solved inside a window enlarged by ``margin``
+   pixels per side (never fewer than the kernel radius) and only the core is
+   kept. :func:`deblur_large` chains the three steps for a trained model.
+
+The windows are squared sines, :math:`\sin^2(\pi (i + 1/2) / h)` at offset
+``i`` in the tile, normalised per axis by their sum; the weights are separable,
+``w_t(r, c) = a_i(r) b_j(c)``, hence sum to one exactly in 2-D as well. Where
+one tile only covers a pixel (the image's borders) its weight is 1.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from tqdm.auto import tqdm
+
+from deepblur._validation import check_positive_int_pair, resolve_device
+from deepblur.operators.product_convolution import ProductConvolution
+from deepblur.solvers.tv import REGULARIZATIONS, deblur, default_lam
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "LargeDeblurResult",
+    "SolveBlock",
+    "TileGrid",
+    "deblur_large",
+    "deblur_stitched",
+    "estimate_tiles",
+    "partition_of_unity",
+    "solve_blocks",
+    "stitched_maps",
+    "stitched_operator",
+    "tile_grid",
+]
+
+#: Default cap on the pixels of one deblurring solve (window with margins):
+#: 1024x1024. The solver's memory is about ``5 K`` floats per pixel of the
+#: window (the maps, the FFT work arrays of the forward and of the adjoint):
+#: about 0.4 GB in float32 for K = 20.
+DEFAULT_MAX_PIXELS = 1024 * 1024
+
+# Below this many tiles (or blocks) no progress bar is shown by default.
+_PROGRESS_MIN = 64
+
+
+# --------------------------------------------------------------------- grid
+@dataclass(frozen=True)
+class TileGrid:
+    """Overlapping tiles of an image: where each tile starts.
+
+    Built by :func:`tile_grid`. Tiles are numbered row-major: tile
+    ``t = i * n_cols + j`` starts at ``(row_starts[i], col_starts[j])``.
+
+    Attributes
+    ----------
+    image_shape : tuple of int (H, W)
+    tile_shape : tuple of int (h, w)
+    row_starts, col_starts : tuple of int
+        Offsets of the rows and columns of tiles, increasing; the first is 0
+        and the last is ``H - h`` (resp. ``W - w``).
+    """
+
+    image_shape: tuple
+    tile_shape: tuple
+    row_starts: tuple
+    col_starts: tuple
+
+    @property
+    def shape(self):
+        """Number of tiles per axis, ``(n_rows, n_cols)``."""
+        return (len(self.row_starts), len(self.col_starts))
+
+    @property
+    def n_tiles(self):
+        """Total number of tiles."""
+        return len(self.row_starts) * len(self.col_starts)
+
+    @property
+    def offsets(self):
+        """ndarray of shape (n_tiles, 2): ``(row, col)`` of each tile's corner."""
+        r, c = np.meshgrid(self.row_starts, self.col_starts, indexing="ij")
+        return np.stack([r.ravel(), c.ravel()], axis=1).astype(np.int64)
+
+    def tile_slices(self, t):
+        """``(rows, cols)`` slices of tile ``t`` in the image."""
+        i, j = divmod(int(t), len(self.col_starts))
+        r, c = self.row_starts[i], self.col_starts[j]
+        h, w = self.tile_shape
+        return slice(r, r + h), slice(c, c + w)
+
+
+def _axis_starts(n, t, s):
+    starts = list(range(0, n - t + 1, s))
+    if starts[-1] != n - t:
+        starts.append(n - t)
+    return tuple(int(v) for v in starts)
+
+
+def _check_image_shape(image_shape, tile_shape, name="image"):
+    if image_shape[0] < tile_shape[0] or image_shape[1] < tile_shape[1]:
+        raise ValueError(
+            f"{name} of shape {tuple(image_shape)} is smaller than one tile "
+            f"{tuple(tile_shape)} (the model's input shape) along "
+            f"{'rows' if image_shape[0] < tile_shape[0] else 'columns'}: the "
+            "tiled estimation needs at least one full tile; pad the image or "
+            "use a model of a smaller input shape."
+        )
+
+
+def tile_grid(image_shape, tile_shape, stride=None):
+    """Overlapping tiles of ``tile_shape`` covering an image of ``image_shape``.
+
+    Along each axis the tiles start at ``0, stride, 2 stride, ...`` and one
+    more tile is added flush with the far border when the last regular one
+    does not reach it, so every pixel is covered and no tile sticks out.
+
+    Parameters
+    ----------
+    image_shape : int or tuple of int (H, W)
+        At least ``tile_shape`` along both axes.
+    tile_shape : int or tuple of int (h, w)
+        The model's input shape (``basis.image_shape_``).
+    stride : int or tuple of int, optional
+        Offset between neighbouring tiles, at most the tile's size (no gaps).
+        Default: half a tile (``h // 2``, ``w // 2``, at least 1).
+
+    Returns
+    -------
+    grid : TileGrid
+
+    Raises
+    ------
+    ValueError
+        If the image is smaller than one tile, or ``stride`` is not in
+        ``[1, tile size]``.
+
+    Examples
+    --------
+    >>> grid = tile_grid((100, 128), (64, 64))
+    >>> grid.row_starts, grid.col_starts, grid.n_tiles
+    ((0, 32, 36), (0, 32, 64), 9)
+    >>> tile_grid((64, 64), 64).n_tiles
+    1
+    """
+    image_shape = check_positive_int_pair(image_shape, "image_shape")
+    tile_shape = check_positive_int_pair(tile_shape, "tile_shape")
+    if stride is None:
+        stride = (max(1, tile_shape[0] // 2), max(1, tile_shape[1] // 2))
+    stride = check_positive_int_pair(stride, "stride")
+    if stride[0] > tile_shape[0] or stride[1] > tile_shape[1]:
+        raise ValueError(
+            f"stride {stride} must not exceed the tile shape {tile_shape}: "
+            "larger strides leave pixels that no tile covers."
+        )
+    _check_image_shape(image_shape, tile_shape)
+    return TileGrid(
+        image_shape=image_shape, tile_shape=tile_shape,
+        row_starts=_axis_starts(image_shape[0], tile_shape[0], stride[0]),
+        col_starts=_axis_starts(image_shape[1], tile_shape[1], stride[1]),
+    )
+
+
+def _axis_weights(n, t, starts):
+    x = np.arange(t, dtype=np.float64)
+    profile = np.sin(np.pi * (x + 0.5) / t) ** 2      # > 0 on every pixel
+    total = np.zeros(n)
+    for s in starts:
+        total[s:s + t] += profile
+    return np.stack([profile / total[s:s + t] for s in starts])
+
+
+def partition_of_unity(grid):
+    """Separable smooth weights of the tiles, summing to one at every pixel.
+
+    Tile ``t = i * n_cols + j`` has the weight
+    ``w_t(r, c) = row_weights[i, r - row_starts[i]] *
+    col_weights[j, c - col_starts[j]]`` on its pixels and 0 elsewhere. Each
+    axis profile is a squared sine window divided by the sum of the windows
+    covering the pixel, so ``sum_i a_i(r) = 1`` and ``sum_j b_j(c) = 1``
+    exactly (to rounding) and therefore ``sum_t w_t = 1`` in 2-D, borders
+    included (a pixel covered by one tile gets weight 1).
+
+    Parameters
+    ----------
+    grid : TileGrid
+
+    Returns
+    -------
+    row_weights : ndarray of shape (n_rows, h)
+    col_weights : ndarray of shape (n_cols, w)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grid = tile_grid((10, 8), (4, 8), stride=(3, 8))
+    >>> a, b = partition_of_unity(grid)
+    >>> a.shape, b.shape
+    ((3, 4), (1, 8))
+    >>> total = np.zeros(10)
+    >>> for s, w in zip(grid.row_starts, a):
+    ...     total[s:s + 4] += w
+    >>> bool(np.allclose(total, 1)), float(b.min())
+    (True, 1.0)
+    """
+    (H, W), (h, w) = grid.image_shape, grid.tile_shape
+    return (_axis_weights(H, h, grid.row_starts),
+            _axis_weights(W, w, grid.col_starts))
+
+
+# ----------------------------------------------------------------- estimate
+def _check_large_image(image, tile_shape):
+    if torch.is_tensor(image):
+        image = image.detach().cpu().numpy()
+    img = np.asarray(image)
+    if img.dtype.kind not in "fiu":
+        raise ValueError(f"image must hold real numbers; got dtype {img.dtype}.")
+    if img.ndim != 2:
+        raise ValueError(
+            f"image must be 2-D (H, W) (one grayscale image); got shape {img.shape}."
+        )
+    _check_image_shape(img.shape, tile_shape)
+    if not np.isfinite(img).all():
+        raise ValueError("image must contain only finite values; got NaN or Inf.")
+    return img
+
+
+def _tile_shape_of(regressor, tile_shape):
+    if tile_shape is not None:
+        return check_positive_int_pair(tile_shape, "tile_shape")
+    basis = getattr(regressor, "basis", None)
+    shape = getattr(basis, "image_shape_", None)
+    if shape is None:
+        raise ValueError(
+            "tile_shape must be given when the regressor has no fitted basis "
+            "(regressor.basis.image_shape_ gives the model's input shape)."
+        )
+    return tuple(int(s) for s in shape)
+
+
+def _progress(progress, n):
+    if progress is None:
+        return n < _PROGRESS_MIN
+    return not bool(progress)
+
+
+def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
+                   target_mean=None, batch_size=64, progress=None):
+    """Predict the operator coefficients of every tile of a large image.
+
+    Parameters
+    ----------
+    image : array-like or torch.Tensor of shape (H, W)
+        Blurry image, at least ``tile_shape``, finite.
+    regressor : object with ``predict(X) -> gamma``
+        Typically a fitted :class:`~deepblur.ResNetBlurRegressor`; called on
+        float32 batches of shape ``(n, h, w)`` and returning ``(n, K)``.
+    tile_shape : tuple of int (h, w), optional
+        The regressor's input shape; default ``regressor.basis.image_shape_``.
+    stride : int or tuple of int, optional
+        Offset between tiles (:func:`tile_grid`); default half a tile.
+    target_mean : float, optional
+        When given, every tile is multiplied by ``target_mean / mean(tile)``
+        before predicting (the intensity convention of the shipped model,
+        trained on crops of a fixed mean: see :mod:`deepblur.pretrained`).
+        Tiles of non-positive mean use the whole image's factor instead, and
+        an image of non-positive mean is an error. ``None`` predicts on the
+        tiles as they are.
+    batch_size : int, default=64
+        Tiles per call to ``predict``.
+    progress : bool, optional
+        Show a progress bar over the batches; default: when there are at
+        least 64 tiles.
+
+    Returns
+    -------
+    gamma_tiles : ndarray of shape (n_tiles, K), float64
+        One coefficient vector per tile, in the grid's row-major order.
+    grid : TileGrid
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> class MeanRegressor:            # any object with predict works
+    ...     def predict(self, X):
+    ...         return np.asarray(X).mean(axis=(1, 2))[:, None]
+    >>> image = np.tile(np.arange(96.0), (64, 1))
+    >>> gamma, grid = estimate_tiles(image, MeanRegressor(), (64, 64))
+    >>> grid.shape, gamma.ravel().tolist()
+    ((1, 2), [31.5, 63.5])
+    """
+    tile_shape = _tile_shape_of(regressor, tile_shape)
+    img = _check_large_image(image, tile_shape)
+    if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    grid = tile_grid(img.shape, tile_shape, stride)
+    image_factor = None
+    if target_mean is not None:
+        if not (np.isfinite(target_mean) and target_mean > 0):
+            raise ValueError(
+                f"target_mean must be positive and finite; got {target_mean!r}."
+            )
+        mean = float(img.mean())
+        if not mean > 0:
+            raise ValueError(
+                "image must have a positive mean intensity to be scaled to "
+                f"target_mean={target_mean}; got mean {mean:.4g}."
+            )
+        image_factor = target_mean / mean
+    offsets = grid.offsets
+    h, w = tile_shape
+    out = []
+    starts = range(0, grid.n_tiles, batch_size)
+    for start in tqdm(starts, desc="estimating tiles", unit="batch",
+                      disable=_progress(progress, grid.n_tiles)):
+        batch = np.stack([img[r:r + h, c:c + w]
+                          for r, c in offsets[start:start + batch_size]])
+        batch = batch.astype(np.float64)
+        if image_factor is not None:
+            means = batch.mean(axis=(1, 2))
+            ok = means > 0
+            factors = np.where(ok, target_mean / np.where(ok, means, 1.0),
+                               image_factor)
+            batch *= factors[:, None, None]
+        pred = regressor.predict(batch.astype(np.float32))
+        if torch.is_tensor(pred):
+            pred = pred.detach().cpu().numpy()
+        pred = np.asarray(pred, dtype=np.float64)
+        if pred.ndim != 2 or pred.shape[0] != batch.shape[0]:
+            raise ValueError(
+                "regressor.predict must return one row of coefficients per tile, "
+                f"shape ({batch.shape[0]}, K); got shape {pred.shape}."
+            )
+        out.append(pred)
+    gamma = np.concatenate(out)
+    if not np.isfinite(gamma).all():
+        raise ValueError("regressor.predict returned NaN or Inf coefficients.")
+    return gamma, grid
+
+
+# ------------------------------------------------------------------ stitch
+def _check_window(window, image_shape):
+    if window is None:
+        return (0, image_shape[0], 0, image_shape[1])
+    try:
+        r0, r1, c0, c1 = (int(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "window must be (row_start, row_stop, col_start, col_stop); got "
+            f"{window!r}."
+        ) from None
+    if not (0 <= r0 < r1 <= image_shape[0] and 0 <= c0 < c1 <= image_shape[1]):
+        raise ValueError(
+            f"window {window!r} must be a non-empty part of the image of shape "
+            f"{tuple(image_shape)}."
+        )
+    return r0, r1, c0, c1
+
+
+def stitched_maps(gamma_tiles, maps, grid, *, window=None, dtype=np.float64):
+    r"""Maps ``F_k`` of the blended operator of the whole image (or a window).
+
+    .. math:: F_k(x) = \sum_t \gamma_{t,k}\, w_t(x)\, f_k(x - o_t)
+
+    with ``w_t`` the weights of :func:`partition_of_unity` and ``o_t`` the
+    tiles' offsets; ``H u = sum_k e_k * (F_k . u)`` is then the image's
+    operator (:func:`stitched_operator`).
+
+    Parameters
+    ----------
+    gamma_tiles : array-like of shape (n_tiles, K)
+        Coefficients per tile (:func:`estimate_tiles`).
+    maps : array-like of shape (K, h, w)
+        The basis' maps ``f_k`` (``basis.maps_``), of the grid's tile shape.
+    grid : TileGrid
+    window : tuple of int (row_start, row_stop, col_start, col_stop), optional
+        Compute ``F`` on that part of the image only (the memory of a
+        block-wise solve); default the whole image.
+    dtype : numpy dtype, default=float64
+
+    Returns
+    -------
+    F : ndarray of shape (K, row_stop - row_start, col_stop - col_start)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grid = tile_grid((8, 12), (8, 8), stride=4)
+    >>> F = stitched_maps([[2.0], [2.0]], np.ones((1, 8, 8)), grid)
+    >>> bool(np.allclose(F, 2.0))     # same gamma everywhere, constant maps
+    True
+    """
+    gamma = np.asarray(gamma_tiles, dtype=np.float64)
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3 or tuple(maps.shape[1:]) != tuple(grid.tile_shape):
+        raise ValueError(
+            f"maps must have shape (K, {grid.tile_shape[0]}, {grid.tile_shape[1]}) "
+            f"(the grid's tile shape); got shape {maps.shape}."
+        )
+    K = maps.shape[0]
+    if gamma.shape != (grid.n_tiles, K):
+        raise ValueError(
+            f"gamma_tiles must have shape (n_tiles, K) = ({grid.n_tiles}, {K}) "
+            f"(one row per tile of the grid); got shape {gamma.shape}."
+        )
+    if not np.isfinite(gamma).all():
+        raise ValueError("gamma_tiles must contain only finite values.")
+    r0, r1, c0, c1 = _check_window(window, grid.image_shape)
+    row_w, col_w = partition_of_unity(grid)
+    h, w = grid.tile_shape
+    n_cols = len(grid.col_starts)
+    F = np.zeros((K, r1 - r0, c1 - c0), dtype=dtype)
+    for i, rs in enumerate(grid.row_starts):
+        a, b = max(rs, r0), min(rs + h, r1)       # rows of the tile in the window
+        if a >= b:
+            continue
+        for j, cs in enumerate(grid.col_starts):
+            c, d = max(cs, c0), min(cs + w, c1)
+            if c >= d:
+                continue
+            weight = np.outer(row_w[i, a - rs:b - rs], col_w[j, c - cs:d - cs])
+            g = gamma[i * n_cols + j]
+            F[:, a - r0:b - r0, c - c0:d - c0] += (
+                g[:, None, None] * maps[:, a - rs:b - rs, c - cs:d - cs] * weight)
+    return F
+
+
+def _basis_parts(basis):
+    kernels = getattr(basis, "kernels_", None)
+    maps = getattr(basis, "maps_", None)
+    if kernels is None or maps is None:
+        raise ValueError(
+            "basis must be a fitted ProductConvolutionBasis (kernels_ and maps_); "
+            f"got {type(basis).__name__} without them."
+        )
+    return (np.asarray(kernels, dtype=np.float64), np.asarray(maps, dtype=np.float64),
+            getattr(basis, "boundary", "zero"))
+
+
+def stitched_operator(basis, gamma_tiles, grid, *, window=None, dtype=np.float64):
+    """The blended product-convolution operator of a large image.
+
+    ``ProductConvolution(basis.kernels_, F, basis.boundary)`` with ``F`` from
+    :func:`stitched_maps`; apply it with ``gamma = ones(K)``:
+    ``op.forward(u, np.ones(K))``. Its memory is ``K`` maps of the image
+    (or of ``window``), e.g. 1.3 GB in float32 for K = 20 at 4096x4096.
+
+    Parameters
+    ----------
+    basis : fitted ProductConvolutionBasis
+        Its ``image_shape_`` must be the grid's tile shape.
+    gamma_tiles : array-like of shape (n_tiles, K)
+    grid : TileGrid
+    window : tuple of int, optional
+        As in :func:`stitched_maps`: the operator of that part of the image
+        (zero outside it).
+    dtype : numpy dtype, default=float64
+
+    Returns
+    -------
+    ProductConvolution
+
+    Examples
+    --------
+    A single-tile image gives back the basis operator with that tile's
+    coefficients:
+
+    >>> import numpy as np, torch
+    >>> from deepblur import ProductConvolutionBasis
+    >>> rng = np.random.default_rng(0)
+    >>> basis = ProductConvolutionBasis.from_components(
+    ...     rng.random((2, 5, 5)), rng.random((2, 16, 16)))
+    >>> gamma = np.array([[1.0, -0.5]])
+    >>> op = stitched_operator(basis, gamma, tile_grid((16, 16), (16, 16)))
+    >>> u = torch.from_numpy(rng.random((1, 16, 16)))
+    >>> a = op.forward(u, torch.ones(2))
+    >>> b = basis.operator_.forward(u, torch.from_numpy(gamma[0]))
+    >>> bool(torch.allclose(a, b))
+    True
+    """
+    kernels, maps, boundary = _basis_parts(basis)
+    F = stitched_maps(gamma_tiles, maps, grid, window=window, dtype=dtype)
+    return ProductConvolution(kernels.astype(dtype), F, boundary)
+
+
+# ------------------------------------------------------------------ deblur
+@dataclass(frozen=True)
+class SolveBlock:
+    """One block of a block-wise solve: the part kept and the part solved.
+
+    Attributes
+    ----------
+    core : tuple of int (row_start, row_stop, col_start, col_stop)
+        Pixels of the result taken from this solve; the cores partition the
+        image.
+    window : tuple of int (row_start, row_stop, col_start, col_stop)
+        Pixels solved: the core enlarged by the margin, clipped to the image.
+    """
+
+    core: tuple
+    window: tuple
+
+    @property
+    def n_pixels(self):
+        """Pixels of the window (the memory of the solve)."""
+        r0, r1, c0, c1 = self.window
+        return (r1 - r0) * (c1 - c0)
+
+
+def _split(n, parts):
+    edges = np.linspace(0, n, parts + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
+def _max_window(n, parts, margin):
+    """Longest solve window along an axis split into ``parts`` cores."""
+    if parts == 1:
+        return n
+    return max(min(n, e + margin) - max(0, s - margin)
+               for s, e in _split(n, parts))
+
+
+def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
+    """Cut an image into the fewest blocks whose solve windows fit ``max_pixels``.
+
+    The image is split into ``n_r x n_c`` near-equal cores; each core is
+    solved in a window enlarged by ``margin`` pixels on every side (clipped
+    to the image). One block (a global solve) when ``H * W <= max_pixels``.
+
+    Parameters
+    ----------
+    image_shape : tuple of int (H, W)
+    max_pixels : int
+        Cap on the pixels of one window.
+    margin : int
+        Pixels added on each side of a core, >= 0.
+    min_core : tuple of int, default=(1, 1)
+        Smallest core allowed (e.g. one model tile).
+
+    Returns
+    -------
+    blocks : list of SolveBlock
+        Row-major.
+
+    Raises
+    ------
+    ValueError
+        If not even a ``min_core`` core with its margins fits ``max_pixels``.
+
+    Examples
+    --------
+    >>> blocks = solve_blocks((100, 100), max_pixels=60 * 60, margin=8)
+    >>> len(blocks), blocks[0].core, blocks[0].window
+    (4, (0, 50, 0, 50), (0, 58, 0, 58))
+    """
+    H, W = check_positive_int_pair(image_shape, "image_shape")
+    if not (isinstance(max_pixels, numbers.Integral) and max_pixels >= 1):
+        raise ValueError(f"max_pixels must be a positive int; got {max_pixels!r}.")
+    if not (isinstance(margin, numbers.Integral) and margin >= 0):
+        raise ValueError(f"margin must be a non-negative int; got {margin!r}.")
+    mh, mw = (min(H, m) for m in check_positive_int_pair(min_core, "min_core"))
+    if H * W <= max_pixels:
+        return [SolveBlock((0, H, 0, W), (0, H, 0, W))]
+    # the smallest window holding a full core: a core inside the image
+    need = (H if mh == H else min(H, mh + 2 * margin)) * (
+        W if mw == W else min(W, mw + 2 * margin))
+    if need > max_pixels:
+        raise ValueError(
+            f"max_pixels={max_pixels} is too small for one solve: a core of "
+            f"{mh}x{mw} pixels (one model tile) with a margin of {margin} pixels "
+            f"on each side needs {need} pixels; raise max_pixels to at least "
+            f"{need} (or lower margin)."
+        )
+    best = None
+    for n_r in range(1, H // mh + 1):
+        if best is not None and n_r >= best[0][0]:
+            break                           # n_c >= 1: no better count left
+        allowed_w = max_pixels // _max_window(H, n_r, margin)
+        n_c = max(1, math.ceil(W / max(allowed_w, 1)))
+        while n_c <= W // mw and _max_window(W, n_c, margin) > allowed_w:
+            n_c += 1
+        if n_c > W // mw:
+            continue
+        key = (n_r * n_c, n_r)
+        if best is None or key < best[0]:
+            best = (key, n_r, n_c)
+    if best is None:
+        raise ValueError(
+            f"max_pixels={max_pixels} is too small to cut an image of shape "
+            f"{(H, W)} into cores of at least {mh}x{mw} pixels with a margin of "
+            f"{margin}; raise max_pixels."
+        )
+    _, n_r, n_c = best
+    blocks = []
+    for a, b in _split(H, n_r):
+        for c, d in _split(W, n_c):
+            window = ((0, H) if n_r == 1 else (max(0, a - margin), min(H, b + margin)))
+            window += ((0, W) if n_c == 1 else (max(0, c - margin), min(W, d + margin)))
+            blocks.append(SolveBlock((a, b, c, d), window))
+    return blocks
+
+
+def _default_margin(kernel_shape):
+    return 2 * _kernel_radius(kernel_shape) + 16
+
+
+def _kernel_radius(kernel_shape):
+    """Largest extent of a kernel on either side of its centre pixel."""
+    return max(int(k) // 2 for k in kernel_shape)
+
+
+def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
+                    regularization="tv", positive=False, max_iter=500, tol=1e-5,
+                    inner_iter=10, max_pixels=DEFAULT_MAX_PIXELS, margin=None,
+                    device="cpu", dtype="float32", progress=None):
+    """Deblur a large image with its stitched operator, globally or by blocks.
+
+    Solves ``min_u R(u) + lam/2 ||H u - y||^2`` with ``H`` the operator of
+    :func:`stitched_operator` (zero boundary). When the image has at most
+    ``max_pixels`` pixels this is one solve of
+    :func:`deepblur.solvers.tv.deblur`. Otherwise the image is cut by
+    :func:`solve_blocks`: each block's window (its core plus ``margin``
+    pixels per side) is solved with the operator's maps restricted to the
+    window, and only the core is kept. ``lam="auto"`` is computed once from
+    the whole image, so every block solves the same problem. The blocks'
+    seams differ from a global solve by an amount that decays with
+    ``margin`` (measured in ``benchmarks/README.md``, section "Large images").
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W)
+        Blurry image of the grid's ``image_shape``, finite.
+    basis : fitted ProductConvolutionBasis
+        Kernels and maps of the tiles (``image_shape_`` = the tile shape).
+    gamma_tiles : array-like of shape (n_tiles, K)
+    grid : TileGrid
+    lam : float or "auto", default="auto"
+        Data-term weight; ``"auto"``: :func:`deepblur.solvers.tv.default_lam`
+        of the whole image.
+    regularization : {"tv", "l1"}, default="tv"
+    positive : bool, default=False
+    max_iter : int, default=500
+    tol : float, default=1e-5
+    inner_iter : int, default=10
+        As in :func:`deepblur.solvers.tv.deblur`, per block.
+    max_pixels : int, default=DEFAULT_MAX_PIXELS
+        Cap on the pixels of one solve (memory: about ``5 K`` floats per
+        pixel). Must hold at least one tile with its margins.
+    margin : int, optional
+        Pixels added on each side of a block's core; at least the kernel
+        radius. Default ``2 * kernel radius + 16`` (40 for 25x25 kernels).
+    device : str or torch.device, default="cpu"
+        ``"auto"``: CUDA when available.
+    dtype : {"float32", "float64"}, default="float32"
+    progress : bool, optional
+        Progress bar over the blocks; default when there are 64 or more.
+
+    Returns
+    -------
+    restored : ndarray of shape (H, W), float64
+    info : dict
+        ``lam`` (float), ``blocks`` (list of :class:`SolveBlock`),
+        ``n_iter`` (solver iterations per block) and ``converged`` (per
+        block).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur import ProductConvolutionBasis
+    >>> basis = ProductConvolutionBasis.from_components(
+    ...     np.full((1, 3, 3), 1 / 9), np.ones((1, 32, 32)))
+    >>> grid = tile_grid((64, 96), (32, 32))
+    >>> clean = np.zeros((64, 96)); clean[16:48, 24:72] = 1.0
+    >>> op = stitched_operator(basis, np.ones((grid.n_tiles, 1)), grid)
+    >>> import torch
+    >>> y = op.forward(torch.from_numpy(clean)[None], torch.ones(1))[0].numpy()
+    >>> u, info = deblur_stitched(y, basis, np.ones((grid.n_tiles, 1)), grid,
+    ...                           lam=500.0, max_iter=300, tol=1e-7,
+    ...                           max_pixels=64 * 70)
+    >>> len(info["blocks"]), bool(abs(u - clean).mean() < abs(y - clean).mean())
+    (2, True)
+    """
+    kernels, maps, boundary = _basis_parts(basis)
+    if tuple(maps.shape[1:]) != tuple(grid.tile_shape):
+        raise ValueError(
+            f"basis.image_shape_ {tuple(maps.shape[1:])} must be the grid's tile "
+            f"shape {tuple(grid.tile_shape)}."
+        )
+    img = _check_large_image(image, grid.tile_shape)
+    if tuple(img.shape) != tuple(grid.image_shape):
+        raise ValueError(
+            f"image must have the grid's image_shape {tuple(grid.image_shape)}; got "
+            f"shape {img.shape}."
+        )
+    if regularization not in REGULARIZATIONS:
+        raise ValueError(
+            f"regularization must be one of {tuple(REGULARIZATIONS)}; got "
+            f"{regularization!r}."
+        )
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
+    radius = _kernel_radius(kernels.shape[1:])
+    if margin is None:
+        margin = _default_margin(kernels.shape[1:])
+    if not (isinstance(margin, numbers.Integral) and margin >= radius):
+        raise ValueError(
+            f"margin must be an int >= the kernel radius {radius} (else the "
+            f"blocks miss the blur from their neighbours); got {margin!r}."
+        )
+    dev = resolve_device(device)
+    tdtype = torch.float32 if dtype == "float32" else torch.float64
+    if isinstance(lam, str):
+        if lam != "auto":
+            raise ValueError(f"lam must be a positive float or 'auto'; got {lam!r}.")
+        lam = float(default_lam(img, regularization))
+    else:
+        lam = float(lam)
+        if not (np.isfinite(lam) and lam > 0):
+            raise ValueError(f"lam must be positive and finite; got {lam!r}.")
+    blocks = solve_blocks(img.shape, max_pixels, margin, min_core=grid.tile_shape)
+    if len(blocks) > 1 and boundary != "zero":
+        raise ValueError(
+            f"a block-wise solve needs the 'zero' boundary model; the basis has "
+            f"{boundary!r}: raise max_pixels to {img.size} for a global solve."
+        )
+    restored = np.empty(img.shape, dtype=np.float64)
+    n_iter, converged = [], []
+    K = kernels.shape[0]
+    ones = torch.ones(K, dtype=tdtype, device=dev)
+    for block in tqdm(blocks, desc="deblurring blocks", unit="block",
+                      disable=_progress(progress, len(blocks))):
+        r0, r1, c0, c1 = block.window
+        F = stitched_maps(gamma_tiles, maps, grid, window=block.window,
+                          dtype=np.float32 if dtype == "float32" else np.float64)
+        op = ProductConvolution(torch.as_tensor(kernels, dtype=tdtype, device=dev),
+                                torch.from_numpy(F).to(dev), boundary)
+        del F
+        y = torch.as_tensor(img[r0:r1, c0:c1], dtype=tdtype, device=dev)[None]
+        with warnings.catch_warnings():
+            # one warning for all the blocks, below
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            u, res = deblur(
+                y, lambda v, op=op: op.forward(v, ones),
+                lambda v, op=op: op.adjoint(v, ones), lam,
+                regularization=regularization, positive=positive,
+                max_iter=max_iter, tol=tol, inner_iter=inner_iter)
+        a, b, c, d = block.core
+        restored[a:b, c:d] = u[0, a - r0:b - r0, c - c0:d - c0].double().cpu().numpy()
+        n_iter.append(int(res.n_iter))
+        converged.append(bool(res.converged[0]))
+        del op, u
+    if tol > 0 and not all(converged):
+        warnings.warn(
+            f"deblur reached max_iter={max_iter} before tol={tol} in "
+            f"{converged.count(False)} of {len(blocks)} block(s); increase "
+            "max_iter or tol.", ConvergenceWarning, stacklevel=2)
+    return restored, dict(lam=lam, blocks=blocks, n_iter=np.array(n_iter),
+                          converged=np.array(converged))
+
+
+# ------------------------------------------------------------------ blind
+@dataclass
+class LargeDeblurResult:
+    """What :func:`deblur_large` returns.
+
+    Attributes
+    ----------
+    restored : ndarray of shape (H, W)
+        The deblurred image, in the input's units.
+    gamma_tiles : ndarray of shape (n_tiles, K)
+        Coefficients of each tile's operator, as used for deblurring
+        (rescaled to unit gain when ``unit_gain``).
+    grid : TileGrid
+    basis : ProductConvolutionBasis
+        The model's basis (kernels and tile maps).
+    lam : float
+    blocks : list of SolveBlock
+        The solves of :func:`deblur_stitched` (one: global).
+    n_iter : ndarray of shape (n_blocks,)
+    """
+
+    restored: np.ndarray
+    gamma_tiles: np.ndarray
+    grid: TileGrid
+    basis: object = field(repr=False)
+    lam: float = 0.0
+    blocks: list = field(default_factory=list, repr=False)
+    n_iter: np.ndarray = field(default=None, repr=False)
+
+    def operator(self, *, window=None, dtype=np.float64):
+        """The stitched operator (:func:`stitched_operator`); apply it with
+        ``gamma = ones(K)``. Builds ``K`` maps of the image (or ``window``)."""
+        return stitched_operator(self.basis, self.gamma_tiles, self.grid,
+                                 window=window, dtype=dtype)
+
+
+def _model_parts(model):
+    if isinstance(model, tuple) and not hasattr(model, "basis"):
+        if len(model) != 2:
+            raise ValueError(
+                "model must be a PretrainedModel (from deepblur.pretrained) or a "
+                f"(basis, regressor) pair; got a tuple of length {len(model)}."
+            )
+        return model[0], model[1]
+    basis = getattr(model, "basis", None)
+    regressor = getattr(model, "regressor", None)
+    if basis is None or regressor is None:
+        raise ValueError(
+            "model must be a PretrainedModel (from deepblur.pretrained) or a "
+            f"(basis, regressor) pair; got {type(model).__name__}."
+        )
+    return basis, regressor
+
+
+def _component_gains(basis):
+    """Mean of each elementary operator applied to a flat tile (the gain is
+    linear in gamma: ``gain(gamma) = gamma @ gains``)."""
+    kernels, maps, boundary = _basis_parts(basis)
+    K = kernels.shape[0]
+    op = ProductConvolution(kernels, maps, boundary)
+    ones = torch.ones((1,) + tuple(maps.shape[1:]), dtype=torch.float64)
+    return op.forward(ones, torch.eye(K, dtype=torch.float64)).mean(
+        dim=(1, 2)).numpy()
+
+
+def deblur_large(image, model, *, lam="auto", tile_stride=None,
+                 max_pixels=DEFAULT_MAX_PIXELS, margin=None, target_mean="auto",
+                 unit_gain=True, regularization="tv", positive=False,
+                 max_iter=500, tol=1e-5, batch_size=64, device="cpu",
+                 dtype="float32", progress=None):
+    """Blind deblurring of an image of any size >= the model's input.
+
+    Estimates one operator per tile (:func:`estimate_tiles`), blends them into
+    one spatially varying operator of the whole image
+    (:func:`stitched_maps`) and deblurs the image with it
+    (:func:`deblur_stitched`).
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W)
+        Blurry image, at least the model's ``image_shape`` along each axis,
+        finite.
+    model : PretrainedModel or tuple (basis, regressor)
+        A model from :func:`deepblur.pretrained.load_default` /
+        :func:`~deepblur.pretrained.load_model`, or a fitted basis and a
+        regressor with ``predict`` (whose input shape is
+        ``basis.image_shape_``).
+    lam : float or "auto", default="auto"
+        Data-term weight (``"auto"``: from the noise level of the whole image).
+    tile_stride : int or tuple of int, optional
+        Offset between tiles; default half a tile.
+    max_pixels : int, default=DEFAULT_MAX_PIXELS
+        Cap on the pixels of one deblurring solve (see
+        :func:`deblur_stitched`); the image is solved in one piece below it.
+    margin : int, optional
+        Overlap of the block-wise solves (:func:`deblur_stitched`).
+    target_mean : float, "auto" or None, default="auto"
+        Scale each tile to this mean before predicting
+        (:func:`estimate_tiles`). ``"auto"``: the training convention of a
+        PretrainedModel (``image_mean * training_gain``, as
+        :func:`deepblur.pretrained.estimate_gamma` does for one image), and no
+        scaling for a ``(basis, regressor)`` pair.
+    unit_gain : bool, default=True
+        Divide each tile's coefficients by the operator's gain (mean of
+        ``H[gamma]`` on a flat tile, :func:`deepblur.pretrained.operator_gain`)
+        so that the restored image keeps the input's brightness; the gain of a
+        real blur is not identifiable.
+    regularization : {"tv", "l1"}, default="tv"
+    positive : bool, default=False
+    max_iter : int, default=500
+    tol : float, default=1e-5
+    batch_size : int, default=64
+        Tiles per call to the regressor.
+    device : str or torch.device, default="cpu"
+        Where the regressor and the solver run (``"auto"``: CUDA when present).
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the solver.
+    progress : bool, optional
+        Progress bars (default: for 64 tiles or blocks and more).
+
+    Returns
+    -------
+    LargeDeblurResult
+        ``restored``, ``gamma_tiles``, ``grid``, ``lam``, ``blocks`` and
+        ``operator()`` for the stitched operator.
+
+    Examples
+    --------
+    With the shipped model (128x128 tiles) on a 192x256 crop:
+
+    >>> from deepblur.pretrained import bundled_image, load_default
+    >>> model = load_default()
+    >>> image = bundled_image("camera", (192, 256))
+    >>> result = deblur_large(image, model, max_iter=20, tol=0)
+    >>> result.restored.shape, result.grid.shape, result.gamma_tiles.shape
+    ((192, 256), (2, 3), (6, 20))
+    """
+    basis, regressor = _model_parts(model)
+    kernels, maps, _ = _basis_parts(basis)
+    tile_shape = tuple(int(s) for s in maps.shape[1:])
+    img = _check_large_image(image, tile_shape)
+    if isinstance(target_mean, str):
+        if target_mean != "auto":
+            raise ValueError(
+                f"target_mean must be a float, 'auto' or None; got {target_mean!r}."
+            )
+        target_mean = None
+        if hasattr(model, "sampler") and hasattr(model, "basis"):
+            from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
+            target_mean = _IMAGE_MEAN * training_gain(model)
+    dev = resolve_device(device)
+    module = getattr(regressor, "module_", None)
+    moved = module is not None and dev.type != "cpu"
+    old_device = getattr(regressor, "device", None)
+    if moved:
+        module.to(dev)
+        regressor.device = str(dev)
+    try:
+        gamma, grid = estimate_tiles(img, regressor, tile_shape, stride=tile_stride,
+                                     target_mean=target_mean,
+                                     batch_size=batch_size, progress=progress)
+    finally:
+        if moved:
+            module.to("cpu")
+            regressor.device = old_device
+    if unit_gain:
+        gains = gamma @ _component_gains(basis)
+        if not np.all(gains > 0):
+            bad = int(np.argmin(gains))
+            raise ValueError(
+                f"the estimated operator of tile {bad} (offset "
+                f"{tuple(grid.offsets[bad])}) has a non-positive gain "
+                f"{gains[bad]:.4g}: it cannot be rescaled to unit gain; pass "
+                "unit_gain=False."
+            )
+        gamma = gamma / gains[:, None]
+    restored, info = deblur_stitched(
+        img, basis, gamma, grid, lam=lam, regularization=regularization,
+        positive=positive, max_iter=max_iter, tol=tol, max_pixels=max_pixels,
+        margin=margin, device=dev, dtype=dtype, progress=progress)
+    return LargeDeblurResult(restored=restored, gamma_tiles=gamma, grid=grid,
+                             basis=basis, lam=info["lam"], blocks=info["blocks"],
+                             n_iter=info["n_iter"])
