@@ -653,8 +653,9 @@ def build_parser():
         epilog="Run `deepblur COMMAND --help` for the options of a command.")
     parser.add_argument("--version", action="version",
                         version=f"deepblur {__version__}")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="torch CPU threads (default: 1; the images are small, "
+                             "and several threads thrash on a busy machine)")
     parser.add_argument("--traceback", action="store_true",
                         help="show the full traceback of errors (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -789,10 +790,10 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:          # --help, --version, usage errors
         return int(exc.code or 0)
-    if args.threads is not None:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (CLIError, FileNotFoundError, ValueError, OSError) as exc:
@@ -801,3 +802,5 @@ def main(argv=None):
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"deepblur {args.command}: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        torch.set_num_threads(threads)     # main() may be called in-process

@@ -36,19 +36,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from skorch.callbacks import LRScheduler  # noqa: E402
 
 from deepblur.datasets.images import natural_image_split  # noqa: E402
-from deepblur.datasets.simulate import (  # noqa: E402
-    BlurDataset,
-    make_blurred_images,
-)
-from deepblur.estimators.regressor import ResNetBlurRegressor  # noqa: E402
-from deepblur.pretrained._default import (  # noqa: E402
+from deepblur.datasets.simulate import make_blurred_images  # noqa: E402
+from deepblur.pretrained import (  # noqa: E402
+    load_model,
     make_default_setting,
     relative_errors,
+    save_model,
+    train_regressor,
 )
-from deepblur.pretrained._io import load_model, save_model  # noqa: E402
 
 FAST = os.environ.get("DEEPBLUR_FAST", "0") == "1"
 OUT = Path(os.environ.get("DEEPBLUR_OUTPUT", Path(__file__).parent / "output"))
@@ -71,22 +68,23 @@ print(f"basis and cone fitted in {time.perf_counter() - t0:.0f} s")
 # %%
 # Training on fresh data
 # ----------------------
+# :func:`deepblur.pretrained.train_regressor` draws fresh batches from a
+# ``BlurDataset`` (patches of the training images, normalised to mean 0.5,
+# blurred by operators from the sampler, noise ``noise_std``) and trains the
+# slim ResNet (width 16, depth 2, stem stride 4, spatial head) with MSE on
+# gamma, Adam at lr 2e-3 on a cosine schedule, batches of 64; ``deepblur train``
+# runs the same function from a config file, with checkpoints.
 train_images, test_images = natural_image_split()
 mean_gamma = sampler.sample(50_000).mean(0)
 epochs = 2 if FAST else 10
 batch_size = 64
-data = BlurDataset(train_images, basis, sampler, batch_size=batch_size,
-                   n_batches=max(1, N_IMAGES // (batch_size * epochs)),
-                   noise_std=noise_std, random_state=0)
-net = ResNetBlurRegressor(
-    basis=basis, module__width=16, module__depth=2, module__stem_stride=4,
-    module__head="spatial", module__output_bias=mean_gamma,
-    criterion=torch.nn.MSELoss, lr=2e-3,
-    max_epochs=epochs, batch_size=batch_size, device="cpu",
-    iterator_train__num_workers=0 if FAST else 1,
-    callbacks=[("lr", LRScheduler("CosineAnnealingLR", T_max=epochs))])
+n_batches = max(1, N_IMAGES // (batch_size * epochs))
 t0 = time.perf_counter()
-net.fit(data, None)
+net = train_regressor(setting, train_images, n_images=N_IMAGES, epochs=epochs,
+                      batch_size=batch_size, lr=2e-3, width=16, depth=2,
+                      stem_stride=4, head="spatial", criterion="mse",
+                      output_bias=mean_gamma, num_workers=0 if FAST else 1,
+                      device="cpu")
 print(f"trained in {time.perf_counter() - t0:.0f} s")
 
 # %%
@@ -105,7 +103,7 @@ for key in err:
 # Save and reload (safetensors + JSON)
 # ------------------------------------
 model_dir = save_model(OUT / "default_model", net, setting, extra=dict(
-    n_train_images=int(len(data) * batch_size * epochs),
+    n_train_images=int(n_batches * batch_size * epochs),
     test_operator_error=float(err["operator"].mean()),
     test_baseline_error=float(base["operator"].mean())))
 reloaded = load_model(model_dir)
