@@ -15,6 +15,8 @@ training observations before predicting, and ``deblur`` rescales the operator
 to unit gain (it keeps the mean of a flat image), deblurs the image scaled to
 mean 0.5 and maps the result back to the input's units: the deblurred image
 keeps the input's brightness and dtype (see :mod:`deepblur.pretrained._apply`).
+A real image is a window on a larger scene: by default ``deblur`` fits only
+the pixels whose PSF lies inside the image (``--boundary unknown``).
 """
 
 from __future__ import annotations
@@ -381,7 +383,8 @@ def cmd_deblur(args):
     with _Warnings():
         restored, _ = deblur_image(model, img, gamma=gamma, lam=args.lam,
                                    regularization=args.regularization,
-                                   positive=args.positive, max_iter=args.max_iter,
+                                   positive=args.positive,
+                                   boundary=args.boundary, max_iter=args.max_iter,
                                    device=args.device)
     write_image(args.output, restored, dtype)
     mode = "blind" if gamma is None else f"operator from {args.gamma}"
@@ -716,6 +719,11 @@ def build_parser():
                         "l1 (sparse point sources)")
     p.add_argument("--positive", action="store_true",
                    help="constrain the deblurred image to be non-negative")
+    p.add_argument("--boundary", choices=("unknown", "model"), default="unknown",
+                   help="unknown (default): the image is a window on a larger "
+                        "scene, only the pixels whose PSF lies inside the image "
+                        "are fitted; model: the basis's boundary model (zero: a "
+                        "dark surrounding, as in simulations)")
     p.add_argument("--gamma", metavar="FILE",
                    help="operator coefficients (.json or .npy from `deepblur "
                         "estimate`) instead of the blind estimate")

@@ -14,6 +14,7 @@ from deepblur.pretrained._apply import (
     estimate_gamma,
     operator_gain,
     simulate_blind_deblurring,
+    training_gain,
 )
 from deepblur.pretrained._default import (
     DEFAULT_SETTING,
@@ -55,4 +56,5 @@ __all__ = [
     "save_model",
     "simulate_blind_deblurring",
     "train_regressor",
+    "training_gain",
 ]

@@ -102,17 +102,35 @@ def bundled_image(name="camera", shape=(128, 128), *, image_mean=_IMAGE_MEAN):
     return crop * (image_mean / mean)
 
 
-def operator_gain(basis, gamma):
+def _interior(basis):
+    """Mask of the pixels at least half a kernel away from the border."""
+    H, W = basis.image_shape_
+    r, c = (k // 2 for k in basis.kernels_.shape[1:])
+    mask = np.zeros((H, W), dtype=bool)
+    mask[r:H - r, c:W - c] = True
+    if not mask.any():
+        raise ValueError(
+            f"the images {H}x{W} are too small for kernels "
+            f"{tuple(basis.kernels_.shape[1:])}: no pixel is half a kernel away "
+            "from the border."
+        )
+    return mask
+
+
+def operator_gain(basis, gamma, *, interior=False):
     """Mean of ``H[gamma]`` applied to a flat image of ones.
 
     The factor by which the operator scales the mean intensity of a flat
-    image, boundary included (1 for a blur that preserves the mean
-    brightness; it is the mean mass of the PSFs away from the boundary).
+    image (1 for a blur that preserves the brightness).
 
     Parameters
     ----------
     basis : fitted ProductConvolutionBasis
     gamma : array-like of shape (K,) or (n, K)
+    interior : bool, default=False
+        Average over the pixels at least half a kernel away from the border
+        only: the mass of the PSFs there, whatever the boundary model. By
+        default the whole image, boundary losses included.
 
     Returns
     -------
@@ -122,15 +140,19 @@ def operator_gain(basis, gamma):
     --------
     >>> import numpy as np
     >>> from deepblur import ProductConvolutionBasis
-    >>> e = np.zeros((1, 3, 3)); e[0, 1, 1] = 1.0     # identity operator
+    >>> e = np.full((1, 3, 3), 1 / 9)                 # a 3x3 box blur
     >>> basis = ProductConvolutionBasis.from_components(e, np.ones((1, 8, 8)))
-    >>> operator_gain(basis, [2.0])
+    >>> round(operator_gain(basis, [2.0]), 4)          # zero boundary: losses
+    1.6806
+    >>> operator_gain(basis, [2.0], interior=True)
     2.0
     """
     g = np.asarray(gamma, dtype=np.float64)
     ones = np.ones(tuple(basis.image_shape_))
-    gains = np.asarray(basis.apply(ones, np.atleast_2d(g))).reshape(
-        -1, ones.size).mean(axis=1)
+    flat = np.asarray(basis.apply(ones, np.atleast_2d(g))).reshape(-1, ones.size)
+    if interior:
+        flat = flat[:, _interior(basis).ravel()]
+    gains = flat.mean(axis=1)
     return gains if g.ndim == 2 else float(gains[0])
 
 
@@ -214,17 +236,59 @@ def _deblurrer(basis, lam, regularization, positive, device, max_iter):
                        positive=positive, max_iter=max_iter, device=device).fit()
 
 
+def _deblur_unknown_boundary(basis, y, gamma, lam, regularization, positive,
+                             device, max_iter):
+    """``min_u R(u) + lam/2 ||M (H u - y)||^2`` with ``M`` the interior mask.
+
+    Only the pixels whose PSF lies inside the image are fitted, so nothing is
+    assumed about the scene outside the image.
+    """
+    import torch
+
+    from deepblur.solvers.tv import deblur, default_lam
+
+    dev = resolve_device(device)
+    mask = torch.as_tensor(_interior(basis), dtype=torch.float32, device=dev)
+    y_full = torch.as_tensor(y, dtype=torch.float32, device=dev)[None]
+    g = torch.as_tensor(gamma, dtype=torch.float32, device=dev)[None]
+    operator = basis.operator_
+
+    def forward(u):
+        return operator.forward(u, g) * mask
+
+    def adjoint(v):
+        return operator.adjoint(v * mask, g)
+
+    if lam == "auto":
+        lam = default_lam(y_full, regularization)
+    # start from the whole image (the masked one is 0 at the border)
+    x0 = y_full.clamp(min=0) if positive else y_full
+    u, _ = deblur(y_full * mask, forward, adjoint, lam,
+                  regularization=regularization, positive=positive,
+                  max_iter=max_iter, x0=x0)
+    return u[0].detach().cpu().numpy()
+
+
 def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
-                 positive=False, max_iter=500, device="cpu",
+                 positive=False, boundary="unknown", max_iter=500, device="cpu",
                  image_mean=_IMAGE_MEAN):
     """Deblur a real image, blind (the model's estimate) or with a given ``gamma``.
 
     ``gamma`` (given, or estimated by :func:`estimate_gamma`) is rescaled to
     unit :func:`operator_gain` (the gain of a real image's blur is not
     identifiable); the image is scaled to mean ``image_mean``, the problem
-    ``min_u R(u) + lam/2 ||H[gamma] u - y||^2`` is solved by
-    :class:`~deepblur.TVDeblurrer`, and the result is mapped back to the
+    ``min_u R(u) + lam/2 ||M (H[gamma] u - y)||^2`` is solved
+    (:func:`deepblur.solvers.tv.deblur`), and the result is mapped back to the
     input's units, so that it keeps the input's brightness.
+
+    A real image is a window on a larger scene: with ``boundary="unknown"``
+    the data term ``M`` keeps only the pixels at least half a kernel away
+    from the border, whose blur does not depend on the scene outside the
+    image (the border pixels of ``u`` are still estimated, from the pixels
+    they blur into and the regulariser). ``boundary="model"`` fits every
+    pixel with the basis's own boundary model (zero: a dark surrounding, as
+    in the simulations), which makes the border pixels of a cropped scene
+    blow up.
 
     Parameters
     ----------
@@ -238,6 +302,8 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
         Weight of the data term for the image scaled to mean ``image_mean``.
     regularization : {"tv", "l1"}, default="tv"
     positive : bool, default=False
+    boundary : {"unknown", "model"}, default="unknown"
+        See above.
     max_iter : int, default=500
         Cap on the solver's iterations.
     device : str, default="cpu"
@@ -261,17 +327,28 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
         )
     if not np.isfinite(gamma).all():
         raise ValueError("gamma must be finite; got NaN or Inf values.")
-    gain = operator_gain(model.basis, gamma)
+    if boundary not in ("unknown", "model"):
+        raise ValueError(
+            f"boundary must be 'unknown' or 'model'; got {boundary!r}."
+        )
+    unknown = boundary == "unknown"
+    gain = operator_gain(model.basis, gamma, interior=unknown)
     if not gain > 0:
         raise ValueError(
-            f"the operator must have a positive gain (mass of its PSFs); got "
-            f"{gain:.4g}."
+            f"the operator must have a positive gain (it must keep a flat "
+            f"image positive); got {gain:.4g}."
         )
     gamma = gamma / gain
     scale = image_mean / mean
-    deblurrer = _deblurrer(model.basis, lam, regularization, positive, device,
-                           max_iter)
-    restored = deblurrer.transform((img * scale).astype(np.float32), gamma=gamma)
+    y = (img * scale).astype(np.float32)
+    if unknown:
+        restored = _deblur_unknown_boundary(model.basis, y, gamma, lam,
+                                            regularization, positive, device,
+                                            max_iter)
+    else:
+        deblurrer = _deblurrer(model.basis, lam, regularization, positive, device,
+                               max_iter)
+        restored = deblurrer.transform(y, gamma=gamma)
     return np.asarray(restored, dtype=np.float64) / scale, gamma
 
 
