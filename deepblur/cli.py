@@ -395,7 +395,8 @@ def cmd_deblur(args):
 
 _TRAIN_KEYS = {
     "setting": "overrides of deepblur.pretrained.DEFAULT_SETTING (a table)",
-    "images": "'natural' (bundled natural training images) or a folder of images",
+    "images": "'natural' (default; the bundled natural training images) or a "
+              "folder of images",
     "n_images": "training images over all epochs",
     "epochs": "epochs",
     "batch_size": "batch size",
@@ -408,7 +409,8 @@ _TRAIN_KEYS = {
     "num_workers": "DataLoader workers",
     "device": "'cpu' or 'cuda'",
     "seed": "seed of the weights and the training data",
-    "n_test_images": "held-out test images for the final evaluation (0: none)",
+    "n_test_images": "held-out test images for the final evaluation (default "
+                     "512; 0: none)",
     "output": "model directory (default 'deepblur_model')",
     "checkpoint_dir": "checkpoint directory (default OUTPUT/checkpoints)",
 }
@@ -463,12 +465,14 @@ def cmd_train(args):
     """Train a blur regressor from a TOML/JSON config."""
     from deepblur.datasets import make_blurred_images, natural_image_split
     from deepblur.pretrained import (
+        DEFAULT_SETTING,
         TRAINING_DEFAULTS,
         make_default_setting,
         relative_errors,
         save_model,
         train_regressor,
     )
+    from deepblur.pretrained._train import check_training_params
 
     config = _read_config(args.config)
     base = Path(args.config).resolve().parent
@@ -492,11 +496,16 @@ def cmd_train(args):
                        "from; run without --resume first.")
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in config.get("setting", {}).items()}
+    unknown = sorted(set(overrides) - set(DEFAULT_SETTING))
+    if unknown:
+        raise CLIError(f"unknown setting override(s) {', '.join(unknown)}; "
+                       f"overrides must be among {', '.join(DEFAULT_SETTING)}.")
     hyper = {k: config[k] for k in TRAINING_DEFAULTS if k in config}
     if "seed" in config:
         hyper["random_state"] = config["seed"]
-    setting = make_default_setting(**overrides)
+    check_training_params(**hyper)      # fail before the slow setting fit
     images = _training_images(config.get("images", "natural"), base)
+    setting = make_default_setting(**overrides)
     sampler = setting["sampler"]
     mean_gamma = sampler.sample(50_000).mean(0)
     hp = dict(TRAINING_DEFAULTS, **hyper)
@@ -704,10 +713,12 @@ def build_parser():
     p = sub.add_parser(
         "deblur", help="deblur an image (blind, or with a given operator)",
         description="Deblur a TIFF/PNG image of the model's input shape by "
-                    "solving min_u R(u) + lam/2 ||H u - y||^2 with H estimated by "
-                    "the model (blind) or read from --gamma. 8/16-bit integer and "
-                    "float images; the output keeps the input's dtype (integers "
-                    "rounded and clipped to the dtype's range). " + _CONVENTION)
+                    "solving min_u R(u) + lam/2 ||H u - y||^2 (on the pixels "
+                    "whose PSF lies inside the image, see --boundary) with H "
+                    "estimated by the model (blind) or read from --gamma. "
+                    "8/16-bit integer and float images; the output keeps the "
+                    "input's dtype (integers rounded and clipped to the dtype's "
+                    "range). " + _CONVENTION)
     p.add_argument("image", metavar="IMAGE", help="blurry image (TIFF or PNG)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="deblurred image (.tif or .png; float images need .tif)")
@@ -732,15 +743,26 @@ def build_parser():
     _add_device(p)
     p.set_defaults(func=cmd_deblur)
 
-    keys = "; ".join(f"{k}: {v}" for k, v in _TRAIN_KEYS.items())
+    from deepblur.pretrained._train import TRAINING_DEFAULTS
+
+    defaults = dict(TRAINING_DEFAULTS, seed=TRAINING_DEFAULTS["random_state"])
+    keys = "\n".join(
+        f"  {k:<15} {v}" + (f" (default {defaults[k]!r})" if k in defaults else "")
+        for k, v in _TRAIN_KEYS.items())
     p = sub.add_parser(
         "train", help="train a blur regressor from a TOML/JSON config",
-        description="Train a ResNet blur regressor on fresh simulated data "
-                    "(deepblur.pretrained.train_regressor) and write it with "
-                    "save_model. Missing keys take the shipped model's values. "
-                    "Relative paths are relative to the config file. The "
-                    "parameters, optimizer and history are checkpointed after "
-                    f"every epoch. Config keys: {keys}.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a ResNet blur regressor on fresh simulated data\n"
+                    "(deepblur.pretrained.train_regressor) and write it with\n"
+                    "save_model. The parameters, optimizer and history are\n"
+                    "checkpointed after every epoch; --resume continues from the\n"
+                    "last one. Missing keys take the shipped model's values;\n"
+                    "relative paths are relative to the config file.\n\n"
+                    f"config keys:\n{keys}",
+        epilog="example (tiny.toml):\n"
+               "  n_images = 2048\n  epochs = 2\n  output = \"tiny_model\"\n"
+               "  [setting]\n  image_shape = [64, 64]\n  kernel_shape = [15, 15]\n"
+               "  grid_shape = [8, 8]\n  n_components = 8\n  n_rays = 16")
     p.add_argument("config", metavar="CONFIG", help="config file (.toml or .json)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint (finished epochs kept)")

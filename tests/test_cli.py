@@ -480,6 +480,33 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
                                straight.regressor.predict(X), rtol=1e-5, atol=1e-6)
 
 
+def test_train_on_a_folder_of_images_and_the_help_example(capsys, tmp_path):
+    import tomllib
+
+    from deepblur.cli import _TRAIN_KEYS, build_parser
+    from deepblur.pretrained import DEFAULT_SETTING
+
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        iio.imwrite(tmp_path / "imgs" / f"{i}.png",
+                    (rng.random((40, 48)) * 255).astype(np.uint8))
+    config = tmp_path / "cfg" / "c.toml"
+    config.parent.mkdir()
+    config.write_text(TINY.format(output="../model").replace(
+        "n_test_images = 8", 'n_test_images = 0\nimages = "../imgs"\nepochs = 1')
+        .replace("epochs = 2\n", ""))
+    code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 0, err
+    assert "held-out" not in out                         # n_test_images = 0
+    assert load_model(tmp_path / "model").basis.image_shape_ == (32, 32)
+    # the example config of `deepblur train --help` uses known keys
+    sub = build_parser()._subparsers._group_actions[0].choices["train"]
+    example = tomllib.loads(sub.epilog.split(":\n", 1)[1].replace("\n  ", "\n"))
+    assert set(example) <= set(_TRAIN_KEYS)
+    assert set(example["setting"]) <= set(DEFAULT_SETTING)
+
+
 def test_train_errors(capsys, tmp_path):
     def error(text, name="c.toml", *extra):
         path = tmp_path / name
@@ -492,14 +519,13 @@ def test_train_errors(capsys, tmp_path):
     assert "not valid TOML" in error("epochs = ")
     assert "use .toml or .json" in error("epochs: 3", "c.yaml")
     assert "not valid JSON" in error("{", "c.json")
-    assert "criterion must be one of" in error('criterion = "l2"\nn_images = 1\n'
-                                               "[setting]\nn_operators = 12\n"
-                                               "image_shape = [16, 16]\n"
-                                               "kernel_shape = [5, 5]\n"
-                                               "grid_shape = [4, 4]\n"
-                                               "n_components = 4\nn_rays = 6")
+    # the checks run before the (slow) default setting is fitted
+    assert "criterion must be one of" in error('criterion = "l2"')
+    assert "epochs must be a positive integer" in error('epochs = "ten"')
+    assert "head must be" in error('head = "max"')
     assert "overrides must be among" in error("[setting]\nn_layers = 3")
     assert "no checkpoint" in error("epochs = 1", "r.toml", "--resume")
+    assert "is not a folder" in error('images = "nowhere"')
     code, _, err = _run(capsys, "train", tmp_path / "absent.toml")
     assert code == 1 and "does not exist" in _one_error_line(err)
 

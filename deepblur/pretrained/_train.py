@@ -15,7 +15,8 @@ from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.nets.losses import RelativeFrobeniusLoss
 
-__all__ = ["CRITERIA", "TRAINING_DEFAULTS", "finished_epochs", "train_regressor"]
+__all__ = ["CRITERIA", "TRAINING_DEFAULTS", "check_training_params",
+           "finished_epochs", "train_regressor"]
 
 #: Training losses by name: MSE on ``gamma`` (the shipped model's) and the
 #: relative Frobenius distance between operators (the paper's).
@@ -35,6 +36,39 @@ _CHECKPOINT_FILES = dict(f_params="params.pt", f_optimizer="optimizer.pt",
 def finished_epochs(net):
     """Number of epochs of ``net.history`` that ran to their end."""
     return sum(1 for row in net.history if "dur" in row)
+
+
+def check_training_params(**params):
+    """Validate hyper-parameters of :func:`train_regressor` (before any work).
+
+    Parameters
+    ----------
+    **params
+        Any of ``n_images``, ``epochs``, ``batch_size``, ``width``, ``depth``,
+        ``stem_stride`` (positive integers), ``num_workers`` (non-negative
+        integer), ``lr`` (positive number), ``head`` and ``criterion``.
+    """
+    for name in ("n_images", "epochs", "batch_size", "width", "depth",
+                 "stem_stride", "num_workers"):
+        if name not in params:
+            continue
+        value, low = params[name], 0 if name == "num_workers" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            kind = "non-negative" if low == 0 else "positive"
+            raise ValueError(f"{name} must be a {kind} integer; got {value!r}.")
+    lr = params.get("lr", 1.0)
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool)
+            and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number; got {lr!r}.")
+    if params.get("criterion", "mse") not in CRITERIA:
+        raise ValueError(
+            f"criterion must be one of {sorted(CRITERIA)}; got "
+            f"{params['criterion']!r}."
+        )
+    if params.get("head", "spatial") not in ("spatial", "avg"):
+        raise ValueError(
+            f"head must be 'spatial' or 'avg'; got {params['head']!r}."
+        )
 
 
 def _checkpoint(directory):
@@ -115,22 +149,9 @@ def train_regressor(setting, images, *, n_images=128_000, epochs=10, batch_size=
     """
     from skorch.callbacks import LRScheduler, ProgressBar
 
-    if criterion not in CRITERIA:
-        raise ValueError(
-            f"criterion must be one of {sorted(CRITERIA)}; got {criterion!r}."
-        )
-    for name, value in dict(n_images=n_images, epochs=epochs, batch_size=batch_size,
-                            width=width, depth=depth,
-                            stem_stride=stem_stride).items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or (
-            num_workers < 0):
-        raise ValueError(
-            f"num_workers must be a non-negative integer; got {num_workers!r}."
-        )
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number; got {lr!r}.")
+    check_training_params(n_images=n_images, epochs=epochs, batch_size=batch_size,
+                          lr=lr, width=width, depth=depth, stem_stride=stem_stride,
+                          head=head, criterion=criterion, num_workers=num_workers)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     basis, sampler = setting["basis"], setting["sampler"]
