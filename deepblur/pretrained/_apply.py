@@ -401,8 +401,9 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
         regressor.device = str(dev)
     gamma_hat = np.asarray(regressor.predict(blurry[None]), dtype=np.float64)[0]
     deblurrer = _deblurrer(basis, lam, regularization, False, dev, max_iter)
-    deblurred = deblurrer.transform(blurry, gamma=gamma_hat)
-    deblurred_true = deblurrer.transform(blurry, gamma=gamma)
+    # one batched solve: with the estimate and with the true operator
+    deblurred, deblurred_true = deblurrer.transform(
+        np.stack([blurry, blurry]), gamma=np.stack([gamma_hat, gamma]))
     return dict(
         original=original, blurry=np.asarray(blurry, dtype=np.float64),
         deblurred=np.asarray(deblurred, dtype=np.float64),
