@@ -832,5 +832,10 @@ def main(argv=None):
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"deepblur {args.command}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        print(f"deepblur {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         torch.set_num_threads(threads)     # main() may be called in-process

@@ -197,6 +197,23 @@ def test_demo_errors(model_dir, capsys, tmp_path):
         assert code == 1 and "CUDA is not available" in _one_error_line(err)
 
 
+def test_interrupt_and_traceback(model_dir, capsys, tmp_path, monkeypatch):
+    import deepblur.pretrained._apply as apply
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(apply, "simulate_blind_deblurring", interrupted)
+    code, _, err = _run(capsys, "demo", "--model", model_dir, "-o",
+                        tmp_path / "d.png")
+    assert code == 130 and _one_error_line(err) == "deepblur demo: interrupted"
+    from deepblur.cli import CLIError
+
+    with pytest.raises(CLIError, match="does not exist"):
+        main(["--traceback", "deblur", str(tmp_path / "no.tif"), "-o",
+              str(tmp_path / "o.tif"), "--model", str(model_dir)])
+
+
 # ------------------------------------------------------------- estimate
 @pytest.fixture(scope="module")
 def blurry(setting, model):
