@@ -188,7 +188,7 @@ def read_image(path):
     if suffix not in _IMAGE_READ:
         raise CLIError(
             f"unsupported image format {suffix or '(none)'!r} for {path.name}: "
-            "use TIFF (.tif, .tiff) or PNG (.png)."
+            "use TIFF (.tif, .tiff), PNG (.png) or JPEG (.jpg)."
         )
     try:
         if suffix in (".tif", ".tiff"):
@@ -277,16 +277,21 @@ def _model_image(model, path):
     img, dtype = read_image(path)
     shape = tuple(model.basis.image_shape_)
     if img.shape != shape:
-        size = ("larger" if img.shape[0] >= shape[0] and img.shape[1] >= shape[1]
-                else "smaller")
+        if img.shape[0] >= shape[0] and img.shape[1] >= shape[1]:
+            size = "larger than"
+        elif img.shape[0] <= shape[0] and img.shape[1] <= shape[1]:
+            size = "smaller than"
+        else:
+            size = "not the shape of"
         raise CLIError(
-            f"{Path(path).name} is {img.shape[0]}x{img.shape[1]}, {size} than the "
+            f"{Path(path).name} is {img.shape[0]}x{img.shape[1]}, {size} the "
             f"model's input {shape[0]}x{shape[1]}: the model handles images of "
             f"exactly that shape; crop (or pad) the image to {shape[0]}x{shape[1]}."
         )
     if not img.mean() > 0:
         raise CLIError(f"{Path(path).name} has a mean intensity <= 0; the model "
-                       "needs a positive image (subtract no background below 0).")
+                       "needs intensities (a positive mean), not a signed or "
+                       "background-subtracted image.")
     return img, dtype
 
 
@@ -349,8 +354,11 @@ def cmd_estimate(args):
             out.write_text(json.dumps(dict(
                 gamma=gamma.tolist(), K=int(gamma.size), gain=gain,
                 image=str(args.image), model=source,
-                convention="operator for the image scaled to mean 0.5 "
-                           f"(scale factor {scale:.6g})"), indent=1))
+                scale=scale,
+                convention="gamma is the operator of the image multiplied by "
+                           "scale (to the mean intensity of the training "
+                           "observations); deblur rescales it to unit gain"),
+                indent=1))
         print(f"gamma: {out}")
     if args.figure is not None:
         from deepblur.plotting import plot_operator
