@@ -275,8 +275,9 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     """Deblur a real image, blind (the model's estimate) or with a given ``gamma``.
 
     ``gamma`` (given, or estimated by :func:`estimate_gamma`) is rescaled to
-    unit :func:`operator_gain` (the gain of a real image's blur is not
-    identifiable); the image is scaled to mean ``image_mean``, the problem
+    unit :func:`operator_gain` (on the interior with ``boundary="unknown"``;
+    the gain of a real image's blur is not identifiable); the image is scaled
+    to mean ``image_mean``, the problem
     ``min_u R(u) + lam/2 ||M (H[gamma] u - y)||^2`` is solved
     (:func:`deepblur.solvers.tv.deblur`), and the result is mapped back to the
     input's units, so that it keeps the input's brightness.
