@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 _IMAGE_READ = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _IMAGE_WRITE = (".tif", ".tiff", ".png")
