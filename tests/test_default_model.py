@@ -1,0 +1,63 @@
+"""The model shipped in deepblur/pretrained/default: loads on CPU, and its
+accuracy on small held-out sets is what benchmarks/README.md reports.
+
+The issue's targets (3 % natural, 5 % microscopy) are not met yet; these
+tests pin the shipped model's measured level (10.8 % natural, 9.4 %
+microscopy on 512 images) with a margin for the smaller sets, and require it
+to beat the mean-gamma baseline by a wide margin.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepblur.datasets import (
+    extract_patches,
+    load_microscopy_images,
+    make_blurred_images,
+    natural_image_split,
+)
+from deepblur.pretrained import load_default, relative_errors
+from deepblur.pretrained._io import DEFAULT_DIR
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_default()
+
+
+def test_loads_on_cpu_without_pickle(model):
+    assert model.regressor.device == "cpu"
+    assert all(p.device == torch.device("cpu")
+               for p in model.regressor.module_.parameters())
+    assert model.basis.kernels_.shape[0] == model.sampler.generators_.shape[1] == 20
+    assert model.noise_std == pytest.approx(0.01)
+    assert sorted(p.name for p in DEFAULT_DIR.iterdir()) == ["model.json",
+                                                             "model.safetensors"]
+
+
+def _errors(model, images, seed):
+    X, y = make_blurred_images(images, model.basis, model.sampler, 96,
+                               noise_std=model.noise_std, random_state=seed)
+    mean_gamma = model.sampler.sample(20_000).mean(axis=0)
+    err = relative_errors(y, model.regressor.predict(X), model.basis.gram_)
+    base = relative_errors(y, np.tile(mean_gamma, (len(y), 1)), model.basis.gram_)
+    return err["operator"].mean(), base["operator"].mean()
+
+
+def test_accuracy_on_held_out_natural_images(model):
+    _, test_images = natural_image_split()
+    err, base = _errors(model, test_images, seed=2024)
+    recorded = json.loads((DEFAULT_DIR / "model.json").read_text())
+    assert err < recorded["test_operator_error"] + 0.03
+    assert err < 0.6 * base
+
+
+def test_accuracy_on_microscopy_images(model):
+    patches = extract_patches(load_microscopy_images(), 200, (128, 128),
+                              random_state=0)
+    err, base = _errors(model, patches, seed=7)
+    assert err < 0.13
+    assert err < 0.6 * base
