@@ -42,6 +42,7 @@ from deepblur.datasets.images import (
 from deepblur.datasets.simulate import BlurDataset, make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.pretrained._default import make_default_setting, relative_errors
+from deepblur.pretrained._io import load_model
 
 
 def summary(name, y, pred, base, gram):
@@ -55,49 +56,8 @@ def summary(name, y, pred, base, gram):
     return row
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="64x64, K=8, few images")
-    p.add_argument("--images", type=int, default=64_000, help="training images")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--stem-stride", type=int, default=4)
-    p.add_argument("--head", default="spatial")
-    p.add_argument("--coord", action="store_true")
-    p.add_argument("--criterion", choices=["frobenius", "mse"], default="frobenius")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--noise-std", type=float, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--n-test", type=int, default=512)
-    p.add_argument("--cache", default=os.environ.get("DEEPBLUR_CACHE"),
-                   help="joblib file caching the fitted basis/cone/sampler")
-    p.add_argument("--json", default=None, help="append the results here")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-
-    overrides = {}
-    if args.quick:
-        overrides = dict(n_operators=40, image_shape=(64, 64), kernel_shape=(15, 15),
-                         grid_shape=(8, 8), n_components=8, n_rays=16)
-        args.images, args.n_test, args.epochs = min(args.images, 2048), 128, 2
-    if args.cache and Path(args.cache).exists():
-        setting = joblib.load(args.cache)
-    else:
-        t = time.perf_counter()
-        setting = make_default_setting(**overrides)
-        print(f"basis + cone fitted in {time.perf_counter() - t:.1f} s")
-        if args.cache:
-            joblib.dump(setting, args.cache)
-    basis, sampler, params = setting["basis"], setting["sampler"], setting["params"]
-    noise = params["noise_std"] if args.noise_std is None else args.noise_std
-    shape = tuple(params["image_shape"])
-    train_images, test_images = natural_image_split()
-    mean_gamma = sampler.sample(50_000).mean(0)
-
-    n_batches = max(1, args.images // (args.batch_size * args.epochs))
+def train(args, basis, sampler, train_images, mean_gamma, n_batches, noise):
+    """Train the regressor of the command line's configuration."""
     data = BlurDataset(train_images, basis, sampler, batch_size=args.batch_size,
                        n_batches=n_batches, noise_std=noise, random_state=0)
     kwargs = {} if args.criterion == "frobenius" else {
@@ -117,6 +77,74 @@ def main():
     print(f"trained on {n_seen} images in {train_s:.0f} s "
           f"({n_seen / train_s:.0f} images/s incl. data generation)")
 
+    return net, n_seen, train_s
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="64x64, K=8, few images")
+    p.add_argument("--images", type=int, default=64_000, help="training images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--stem-stride", type=int, default=4)
+    p.add_argument("--head", default="spatial")
+    p.add_argument("--coord", action="store_true")
+    p.add_argument("--criterion", choices=["frobenius", "mse"], default="frobenius")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--noise-std", type=float, default=None)
+    p.add_argument("--n-components", type=int, default=None,
+                   help="K of the basis (default: the default setting's 20)")
+    p.add_argument("--n-rays", type=int, default=None,
+                   help="rays of the cone (default: the default setting's 40)")
+    p.add_argument("--model", default=None,
+                   help="evaluate a saved model directory (e.g. "
+                        "deepblur/pretrained/default) instead of training one")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--n-test", type=int, default=512)
+    p.add_argument("--cache", default=os.environ.get("DEEPBLUR_CACHE"),
+                   help="joblib file caching the fitted basis/cone/sampler")
+    p.add_argument("--json", default=None, help="append the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    overrides = {}
+    if args.quick:
+        overrides = dict(n_operators=40, image_shape=(64, 64), kernel_shape=(15, 15),
+                         grid_shape=(8, 8), n_components=8, n_rays=16)
+        args.images, args.n_test, args.epochs = min(args.images, 2048), 128, 2
+    if args.n_components is not None:
+        overrides["n_components"] = args.n_components
+    if args.n_rays is not None:
+        overrides["n_rays"] = args.n_rays
+    if args.model:
+        model = load_model(args.model)
+        setting = dict(basis=model.basis, sampler=model.sampler,
+                       params=json.loads((Path(args.model) / "model.json")
+                                         .read_text())["setting"])
+    elif args.cache and Path(args.cache).exists():
+        setting = joblib.load(args.cache)
+    else:
+        t = time.perf_counter()
+        setting = make_default_setting(**overrides)
+        print(f"basis + cone fitted in {time.perf_counter() - t:.1f} s")
+        if args.cache:
+            joblib.dump(setting, args.cache)
+    basis, sampler, params = setting["basis"], setting["sampler"], setting["params"]
+    noise = params["noise_std"] if args.noise_std is None else args.noise_std
+    shape = tuple(params["image_shape"])
+    train_images, test_images = natural_image_split()
+    mean_gamma = sampler.sample(50_000).mean(0)
+
+    n_batches = max(1, args.images // (args.batch_size * args.epochs))
+    if args.model:
+        net, n_seen, train_s = model.regressor, 0, 0.0
+        print(f"evaluating {args.model} (no training)")
+    else:
+        net, n_seen, train_s = train(args, basis, sampler, train_images,
+                                     mean_gamma, n_batches, noise)
     rng = np.random.RandomState(123)
     tests = {
         "natural": test_images,
