@@ -294,8 +294,9 @@ class BlurDataset(IterableDataset):
     flips and 90° rotations), new ``gamma`` from the sampler and new noise,
     and blurs the batch in one call on ``device``: effectively infinite
     training data. An "epoch" is ``n_batches`` batches; iterating again
-    continues the random stream (new data), so that successive epochs never
-    repeat a sample. Each ``DataLoader`` worker gets its own stream.
+    continues the random stream (new data), and :meth:`set_epoch` starts the
+    stream of a given epoch, so that successive epochs never repeat a sample,
+    with or without ``DataLoader`` workers. Each worker gets its own stream.
 
     Parameters
     ----------
@@ -357,6 +358,28 @@ class BlurDataset(IterableDataset):
         self.device = device
         self.random_state = random_state
         self._state = None
+        self._epoch = 0
+
+    def set_epoch(self, epoch):
+        """Start the random stream of epoch ``epoch`` (as torch's samplers do).
+
+        A ``DataLoader`` with workers copies the dataset into new worker
+        processes at every epoch, so a stream kept in the dataset would restart
+        from its seed and every epoch would replay the same samples. The
+        stream is therefore seeded by ``(random_state, worker, epoch)``:
+        :class:`ResNetBlurRegressor` calls ``set_epoch`` with skorch's epoch
+        number before each training epoch, which also makes a resumed training
+        draw exactly the data of an uninterrupted one.
+
+        Parameters
+        ----------
+        epoch : int
+        """
+        if not isinstance(epoch, Integral) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int; got {epoch!r}.")
+        self._epoch = int(epoch)
+        if self._state is not None:
+            self._state["generator"] = None
 
     def _setup(self):
         basis = _check_basis(self.basis)
@@ -394,7 +417,8 @@ class BlurDataset(IterableDataset):
         info = get_worker_info()
         worker = None if info is None else info.id
         if st["generator"] is None or st["worker"] != worker:
-            seed = st["seed"] + (0 if worker is None else 7919 * (worker + 1))
+            seed = (st["seed"] + (0 if worker is None else 7919 * (worker + 1))
+                    + 1_000_003 * self._epoch) % (2**63 - 1)
             st["generator"] = torch.Generator(device=st["device"]).manual_seed(seed)
             st["worker"] = worker
         return st["generator"]

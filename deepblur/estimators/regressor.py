@@ -284,6 +284,19 @@ class ResNetBlurRegressor(NeuralNetRegressor):
             return torch.utils.data.DataLoader(dataset, batch_size=None, **kwargs)
         return super().get_iterator(dataset, training=training)
 
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None,
+                       **kwargs):
+        """Start the epoch's data stream of a ``BlurDataset`` (new samples).
+
+        skorch iterates one ``DataLoader`` per fit; every epoch forks new
+        workers from the dataset as it is, so the stream is re-seeded from
+        the epoch number (which a resumed training restores with the history).
+        """
+        super().on_epoch_begin(net, dataset_train=dataset_train,
+                               dataset_valid=dataset_valid, **kwargs)
+        if isinstance(dataset_train, BlurDataset):
+            dataset_train.set_epoch(len(self.history))
+
     # -------------------------------------------------------------- scoring
     def score(self, X, y, sample_weight=None):
         """Minus the mean relative operator error (higher is better, 0 exact).

@@ -119,10 +119,10 @@ def train_regressor(setting, images, *, n_images=128_000, epochs=10, batch_size=
         the setting's sampler.
     num_workers : int, default=1
         DataLoader workers generating the training batches (0: in-process).
-        In-process, the random stream goes on from epoch to epoch. A worker
-        is a new process every epoch that restarts the dataset's stream from
-        its seed, so with ``num_workers >= 1`` every epoch sees the same
-        ``n_images / epochs`` samples (as the shipped model did).
+        Every epoch draws new samples either way: the regressor re-seeds the
+        dataset's stream from the epoch number
+        (:meth:`~deepblur.datasets.BlurDataset.set_epoch`), also in the new
+        worker processes of each epoch.
     device : str, default="cpu"
     random_state : int, default=0
         Seed of the initial weights and of the training data (the validation

@@ -125,6 +125,24 @@ def test_dataset_workers_draw_different_streams(basis, sampler, rng):
     assert not torch.equal(gammas[0], gammas[1])
 
 
+def test_set_epoch_gives_new_samples_in_new_workers(basis, sampler, rng):
+    """A DataLoader copies the dataset into new workers at every epoch: without
+    set_epoch each epoch replayed the samples of the first."""
+    data = BlurDataset(rng.random((8, 12, 12)), basis, sampler, batch_size=4,
+                       n_batches=2, random_state=0)
+
+    def epoch(e):
+        data.set_epoch(e)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1)
+        return torch.cat([y for _, y in loader])
+
+    first, second, first_again = epoch(0), epoch(1), epoch(0)
+    assert not torch.equal(first, second)
+    assert torch.equal(first, first_again)          # reproducible per epoch
+    with pytest.raises(ValueError, match="epoch"):
+        data.set_epoch(-1)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"noise_std": -0.1}, "noise_std"),
     ({"noise_std": (0.2, 0.1)}, "noise_std"),

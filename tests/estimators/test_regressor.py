@@ -91,6 +91,30 @@ def test_fit_on_blur_dataset(setting):
     assert net.predict(X).shape == (48, 3)
 
 
+def test_blur_dataset_epochs_draw_new_samples_with_workers(setting):
+    """Each epoch's DataLoader starts new workers; the data must still be new."""
+    from skorch.callbacks import Callback
+
+    class Targets(Callback):
+        def initialize(self):
+            self.seen = []
+            return self
+
+        def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+            if training:
+                self.seen.append(batch[1].clone())
+
+    basis, sampler, pool, X, y = setting
+    data = BlurDataset(pool, basis, sampler, batch_size=8, n_batches=1,
+                       random_state=0)
+    record = Targets()
+    ResNetBlurRegressor(basis=basis, max_epochs=2, train_split=None,
+                        iterator_train__num_workers=1, callbacks=[record],
+                        **SMALL).fit(data, None)
+    assert len(record.seen) == 2
+    assert not torch.equal(record.seen[0], record.seen[1])
+
+
 def test_clone_gridsearch_and_joblib(setting, tmp_path):
     basis, _, _, X, y = setting
     net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
