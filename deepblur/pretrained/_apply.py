@@ -385,7 +385,9 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
         ``original``, ``blurry``, ``deblurred``, ``deblurred_true`` (images),
         ``gamma``, ``gamma_hat``, ``operator_error`` (relative Frobenius
         distance ``||H[gamma] - H[gamma_hat]||_F / ||H[gamma]||_F``) and the
-        SNRs in dB against the original: ``snr_blurry``, ``snr_deblurred``,
+        SNRs in dB against the original: ``snr_blurry`` (of the blurry image
+        divided by the true operator's gain, :func:`operator_gain`, so that
+        it has the original's brightness), ``snr_deblurred``,
         ``snr_deblurred_true``.
     """
     basis = model.basis
@@ -411,7 +413,9 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
         deblurred_true=np.asarray(deblurred_true, dtype=np.float64),
         gamma=gamma, gamma_hat=gamma_hat,
         operator_error=float(basis.operator_distance(gamma, gamma_hat)),
-        snr_blurry=float(snr(original, blurry)),
+        # the sampled operators do not keep the brightness (gain != 1): the raw
+        # SNR would mostly measure the gain, so compare at equal brightness
+        snr_blurry=float(snr(original, blurry / operator_gain(basis, gamma))),
         snr_deblurred=float(snr(original, deblurred)),
         snr_deblurred_true=float(snr(original, deblurred_true)),
     )
