@@ -431,9 +431,8 @@ def _read_config(path):
         if suffix == ".toml":
             try:
                 import tomllib
-            except ModuleNotFoundError:   # Python 3.10
-                raise CLIError("TOML configs need Python 3.11 or later; write the "
-                               "config as JSON.") from None
+            except ModuleNotFoundError:   # Python 3.10: the same parser, as tomli
+                import tomli as tomllib
             config = tomllib.loads(path.read_text())
         elif suffix == ".json":
             config = json.loads(path.read_text())

@@ -500,7 +500,8 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
 
 
 def test_train_on_a_folder_of_images_and_the_help_example(capsys, tmp_path):
-    import tomllib
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11)
+                                  else "tomli")
 
     from deepblur.cli import _TRAIN_KEYS, build_parser
     from deepblur.pretrained import DEFAULT_SETTING
