@@ -110,11 +110,12 @@ axes[0].set(xticks=range(len(LAM_VALUES)), xticklabels=[f"{v:g}" for v in LAM_VA
             ylabel="K", title="mean PSNR (dB), held-out folds")
 fig.colorbar(im, ax=axes[0])
 best = search.best_estimator_
-sharp = best.transform(blurry[:1])[0]
+i = int(np.argsort(clean.std(axis=(1, 2)))[len(clean) // 2])   # a typical pair
+sharp = best.transform(blurry[i:i + 1])[0]
 for ax, img, title in zip(
-        axes[1:], [clean[0], blurry[0], sharp],
-        ["clean", f"blurry ({psnr(clean[0], blurry[0]):.1f} dB)",
-         f"deblurred, best K and lambda ({psnr(clean[0], sharp):.1f} dB)"],
+        axes[1:], [clean[i], blurry[i], sharp],
+        ["clean", f"blurry ({psnr(clean[i], blurry[i]):.1f} dB)",
+         f"deblurred, best K and lambda ({psnr(clean[i], sharp):.1f} dB)"],
         strict=True):
     ax.imshow(img, cmap="gray")
     ax.set_title(title, fontsize=9)
