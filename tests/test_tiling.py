@@ -1,0 +1,461 @@
+"""Tiled blind estimation and deblurring of large images (deepblur.tiling)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from scipy.signal import convolve2d
+
+from deepblur.datasets import gaussian_kernel
+from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.operators.product_convolution import ProductConvolution, dense_matrix
+from deepblur.solvers.tv import deblur
+from deepblur.tiling import (
+    LargeDeblurResult,
+    deblur_large,
+    deblur_stitched,
+    estimate_tiles,
+    partition_of_unity,
+    solve_blocks,
+    stitched_maps,
+    stitched_operator,
+    tile_grid,
+)
+
+K = 3
+TILE = (32, 32)
+
+
+def _smooth_maps(rng, shape, k):
+    maps = np.stack([gaussian_filter(rng.standard_normal(shape), 4.0, mode="reflect")
+                     for _ in range(k)])
+    maps -= maps.min(axis=(1, 2), keepdims=True)
+    return maps / maps.max(axis=(1, 2), keepdims=True) + 0.2
+
+
+@pytest.fixture(scope="module")
+def basis():
+    rng = np.random.default_rng(0)
+    kernels = rng.random((K, 5, 5)) + 0.1
+    kernels /= kernels.sum(axis=(1, 2), keepdims=True)
+    return ProductConvolutionBasis.from_components(kernels, _smooth_maps(rng, TILE, K))
+
+
+class FixedRegressor:
+    """A fake regressor: predicts ``gamma(tile)`` from a function of the tile."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls = []
+
+    def predict(self, X):
+        X = np.asarray(X)
+        self.calls.append(X.shape)
+        return np.stack([self.fn(x) for x in X])
+
+
+# ------------------------------------------------------------------- grid
+@pytest.mark.parametrize("shape, tile, stride, rows, cols", [
+    ((32, 32), (32, 32), None, (0,), (0,)),
+    ((64, 96), (32, 32), None, (0, 16, 32), (0, 16, 32, 48, 64)),
+    ((70, 33), (32, 32), (20, 7), (0, 20, 38), (0, 1)),
+    ((40, 50), (40, 10), (40, 10), (0,), (0, 10, 20, 30, 40)),
+])
+def test_tile_grid_starts_flush_and_cover(shape, tile, stride, rows, cols):
+    grid = tile_grid(shape, tile, stride)
+    assert grid.row_starts == rows and grid.col_starts == cols
+    assert grid.n_tiles == len(rows) * len(cols)
+    cover = np.zeros(shape, dtype=int)
+    for t in range(grid.n_tiles):
+        rs, cs = grid.tile_slices(t)
+        cover[rs, cs] += 1
+        assert tuple(grid.offsets[t]) == (rs.start, cs.start)   # row-major
+    assert cover.min() >= 1
+    assert grid.row_starts[-1] == shape[0] - tile[0]
+
+
+def test_tile_grid_errors():
+    with pytest.raises(ValueError, match="smaller than one tile"):
+        tile_grid((31, 64), TILE)
+    with pytest.raises(ValueError, match="columns"):
+        tile_grid((64, 20), TILE)
+    with pytest.raises(ValueError, match="must not exceed the tile shape"):
+        tile_grid((64, 64), TILE, stride=33)
+    with pytest.raises(ValueError, match="stride"):
+        tile_grid((64, 64), TILE, stride=0)
+
+
+# ------------------------------------------------------ partition of unity
+def _dense_weights(grid):
+    """Per-tile weight images, by the direct formula (no shared code)."""
+    H, W = grid.image_shape
+    h, w = grid.tile_shape
+    raw = np.zeros((grid.n_tiles, H, W))
+    for t, (r, c) in enumerate(grid.offsets):
+        y = np.sin(np.pi * (np.arange(h) + 0.5) / h) ** 2
+        x = np.sin(np.pi * (np.arange(w) + 0.5) / w) ** 2
+        raw[t, r:r + h, c:c + w] = np.outer(y, x)
+    # normalise per axis: the 1-D sums of the row and column windows
+    row_sum = np.zeros(H)
+    for r in grid.row_starts:
+        row_sum[r:r + h] += np.sin(np.pi * (np.arange(h) + 0.5) / h) ** 2
+    col_sum = np.zeros(W)
+    for c in grid.col_starts:
+        col_sum[c:c + w] += np.sin(np.pi * (np.arange(w) + 0.5) / w) ** 2
+    return raw / np.outer(row_sum, col_sum)[None]
+
+
+@pytest.mark.parametrize("shape, stride", [
+    ((32, 32), None), ((64, 96), None), ((70, 45), (11, 29)), ((33, 100), (1, 32)),
+])
+def test_partition_of_unity_sums_to_one(shape, stride):
+    grid = tile_grid(shape, TILE, stride)
+    a, b = partition_of_unity(grid)
+    total = np.zeros(shape)
+    for t, (r, c) in enumerate(grid.offsets):
+        i, j = divmod(t, grid.shape[1])
+        total[r:r + TILE[0], c:c + TILE[1]] += np.outer(a[i], b[j])
+    np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(total, _dense_weights(grid).sum(0), atol=1e-13)
+    assert a.min() > 0 and b.min() > 0 and a.max() <= 1 + 1e-15
+
+
+def test_partition_of_unity_is_one_where_one_tile_and_smooth():
+    grid = tile_grid((64, 96), TILE)          # stride 16: interior pixels in 2 tiles
+    a, b = partition_of_unity(grid)
+    np.testing.assert_allclose(a[0, :16], 1.0)          # the top border: tile 0 only
+    np.testing.assert_allclose(b[-1, 16:], 1.0)         # the right border
+    # smooth: a weight changes by at most ~ pi / tile per pixel (squared sines)
+    assert np.abs(np.diff(a, axis=1)).max() < 1.5 * np.pi / TILE[0]
+
+
+# ----------------------------------------------------------- stitched maps
+def test_stitched_maps_against_direct_sum(basis):
+    rng = np.random.default_rng(1)
+    grid = tile_grid((50, 70), TILE, (9, 13))
+    gamma = rng.standard_normal((grid.n_tiles, K))
+    weights = _dense_weights(grid)
+    ref = np.zeros((K, 50, 70))
+    for t, (r, c) in enumerate(grid.offsets):
+        placed = np.zeros((K, 50, 70))
+        placed[:, r:r + 32, c:c + 32] = basis.maps_
+        ref += gamma[t][:, None, None] * weights[t][None] * placed
+    F = stitched_maps(gamma, basis.maps_, grid)
+    np.testing.assert_allclose(F, ref, atol=1e-12)
+    window = (5, 41, 20, 70)
+    np.testing.assert_allclose(stitched_maps(gamma, basis.maps_, grid, window=window),
+                               F[:, 5:41, 20:70], atol=1e-12)
+    assert stitched_maps(gamma, basis.maps_, grid, dtype=np.float32).dtype == np.float32
+
+
+def test_stitched_maps_errors(basis):
+    grid = tile_grid((40, 40), TILE)
+    with pytest.raises(ValueError, match="gamma_tiles must have shape"):
+        stitched_maps(np.ones((3, K)), basis.maps_, grid)
+    with pytest.raises(ValueError, match="maps must have shape"):
+        stitched_maps(np.ones((grid.n_tiles, K)), basis.maps_[:, :16], grid)
+    with pytest.raises(ValueError, match="finite"):
+        stitched_maps(np.full((grid.n_tiles, K), np.nan), basis.maps_, grid)
+    with pytest.raises(ValueError, match="window"):
+        stitched_maps(np.ones((grid.n_tiles, K)), basis.maps_, grid,
+                      window=(0, 50, 0, 10))
+
+
+# ------------------------------------------------------- stitched operator
+def test_single_tile_operator_is_the_basis_operator(basis):
+    gamma = np.array([[1.3, -0.4, 0.7]])
+    op = stitched_operator(basis, gamma, tile_grid(TILE, TILE))
+    u = torch.from_numpy(np.random.default_rng(2).random((2,) + TILE))
+    ones = torch.ones(K, dtype=torch.float64)
+    g = torch.from_numpy(gamma[0])
+    torch.testing.assert_close(op.forward(u, ones), basis.operator_.forward(u, g))
+    torch.testing.assert_close(op.adjoint(u, ones), basis.operator_.adjoint(u, g))
+
+
+def test_dense_matrix_against_independent_reference():
+    """Column y of H is sum_k F_k(y) e_k centred at y (zero boundary)."""
+    rng = np.random.default_rng(3)
+    kernels = rng.random((2, 3, 3))
+    tile_basis = ProductConvolutionBasis.from_components(kernels,
+                                                         rng.random((2, 6, 6)))
+    grid = tile_grid((10, 9), (6, 6), (3, 2))
+    gamma = rng.standard_normal((grid.n_tiles, 2))
+    weights = _dense_weights(grid)
+    H_img, W_img = grid.image_shape
+    F = np.zeros((2, H_img, W_img))
+    for t, (r, c) in enumerate(grid.offsets):
+        for k in range(2):
+            F[k, r:r + 6, c:c + 6] += (gamma[t, k] * weights[t, r:r + 6, c:c + 6]
+                                       * tile_basis.maps_[k])
+    ref = np.zeros((H_img * W_img, H_img * W_img))
+    for j in range(H_img * W_img):
+        delta = np.zeros((H_img, W_img))
+        delta.flat[j] = 1.0
+        ref[:, j] = sum(convolve2d(F[k] * delta, kernels[k], mode="same")
+                        for k in range(2)).ravel()
+    op = stitched_operator(tile_basis, gamma, grid)
+    np.testing.assert_allclose(dense_matrix(op, np.ones(2)).numpy(), ref, atol=1e-12)
+
+
+def test_stitched_operator_adjoint_identity(basis):
+    rng = np.random.default_rng(4)
+    grid = tile_grid((48, 72), TILE, (10, 20))
+    op = stitched_operator(basis, rng.random((grid.n_tiles, K)) + 0.5, grid)
+    u = torch.from_numpy(rng.standard_normal((1, 48, 72)))
+    v = torch.from_numpy(rng.standard_normal((1, 48, 72)))
+    ones = torch.ones(K, dtype=torch.float64)
+    lhs = torch.sum(op.forward(u, ones) * v)
+    rhs = torch.sum(u * op.adjoint(v, ones))
+    assert float(abs(lhs - rhs)) < 1e-10 * float(abs(lhs))
+
+
+def test_same_gamma_constant_maps_is_one_convolution():
+    """All tiles share gamma and the maps are constant: a plain convolution."""
+    rng = np.random.default_rng(5)
+    kernels = rng.random((2, 5, 5))
+    consts = np.array([0.7, 1.6])
+    tile_basis = ProductConvolutionBasis.from_components(
+        kernels, consts[:, None, None] * np.ones((2,) + TILE))
+    grid = tile_grid((64, 96), TILE, (12, 20))
+    gamma = np.array([1.5, -0.5])
+    op = stitched_operator(tile_basis, np.tile(gamma, (grid.n_tiles, 1)), grid)
+    u = rng.random((64, 96))
+    got = op.forward(torch.from_numpy(u)[None], torch.ones(2))[0].numpy()
+    psf = sum(g * c * e for g, c, e in zip(gamma, consts, kernels, strict=True))
+    np.testing.assert_allclose(got, convolve2d(u, psf, mode="same"), atol=1e-12)
+
+
+def test_same_gamma_matches_tile_operator_where_one_tile_covers(basis):
+    """Where only tile 0 covers the pixels within the kernel's reach, the
+    stitched operator is the tile's operator H[gamma] on the tile's crop (the
+    maps vary, so elsewhere the blend of shifted maps differs from any one
+    tile's maps: that part is tested by the dense reference)."""
+    rng = np.random.default_rng(6)
+    grid = tile_grid((64, 96), TILE)             # stride 16
+    gamma = rng.random(K) + 0.5
+    op = stitched_operator(basis, np.tile(gamma, (grid.n_tiles, 1)), grid)
+    u = rng.random((64, 96))
+    got = op.forward(torch.from_numpy(u)[None], torch.ones(K))[0].numpy()
+    tile = basis.apply(u[:32, :32], gamma)
+    r = 5 // 2
+    lim_r, lim_c = grid.row_starts[1] - r, grid.col_starts[1] - r   # 14, 14
+    np.testing.assert_allclose(got[:lim_r, :lim_c], tile[:lim_r, :lim_c], atol=1e-12)
+    # and one pixel further the blend differs (a test that can fail)
+    assert not np.allclose(got[:32, :32], tile)
+
+
+# ---------------------------------------------------------------- estimate
+def test_estimate_tiles_order_batches_and_scaling():
+    image = np.arange(64 * 96, dtype=np.float64).reshape(64, 96) + 1.0
+    reg = FixedRegressor(lambda x: np.array([x[0, 0], x.mean()]))
+    gamma, grid = estimate_tiles(image, reg, TILE, batch_size=4)
+    assert gamma.shape == (15, 2) and [s[0] for s in reg.calls] == [4, 4, 4, 3]
+    assert reg.calls[0][1:] == TILE
+    np.testing.assert_array_equal(gamma[:, 0], image[tuple(grid.offsets.T)])
+    again, _ = estimate_tiles(image, FixedRegressor(reg.fn), TILE, batch_size=64)
+    np.testing.assert_allclose(again, gamma)
+    # per-tile scaling to target_mean; a black tile takes the image's factor
+    image[:32, :32] = 0.0
+    scaled, _ = estimate_tiles(image, FixedRegressor(lambda x: np.array([x.mean()])),
+                               TILE, target_mean=0.5)
+    np.testing.assert_allclose(scaled[1:, 0], 0.5, rtol=1e-6)
+    assert scaled[0, 0] == 0.0
+
+
+def test_estimate_tiles_with_a_resnet_regressor(basis):
+    net = ResNetBlurRegressor(basis=basis, module__width=4, module__depth=1,
+                              device="cpu", verbose=0).initialize()
+    image = np.random.default_rng(7).random((48, 80)).astype(np.float32)
+    gamma, grid = estimate_tiles(image, net, stride=16, progress=True)
+    assert grid.tile_shape == TILE and gamma.shape == (grid.n_tiles, K)
+    crop = image[tuple(slice(o, o + 32) for o in grid.offsets[-1])]
+    np.testing.assert_allclose(gamma[-1], net.predict(crop[None])[0], rtol=1e-5)
+
+
+def test_estimate_tiles_errors(basis):
+    reg = FixedRegressor(lambda x: np.ones(K))
+    with pytest.raises(ValueError, match="smaller than one tile"):
+        estimate_tiles(np.ones((20, 64)), reg, TILE)
+    bad = np.ones((40, 40))
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        estimate_tiles(bad, reg, TILE)
+    with pytest.raises(ValueError, match="2-D"):
+        estimate_tiles(np.ones((2, 40, 40)), reg, TILE)
+    with pytest.raises(ValueError, match="tile_shape must be given"):
+        estimate_tiles(np.ones((40, 40)), reg)
+    with pytest.raises(ValueError, match="one row of coefficients per tile"):
+        estimate_tiles(np.ones((40, 40)), FixedRegressor(lambda x: 1.0), TILE)
+    with pytest.raises(ValueError, match="positive mean"):
+        estimate_tiles(-np.ones((40, 40)), reg, TILE, target_mean=0.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        estimate_tiles(np.ones((40, 40)), reg, TILE, batch_size=0)
+
+
+# ------------------------------------------------------------------ deblur
+def test_solve_blocks_fit_and_partition():
+    blocks = solve_blocks((100, 130), max_pixels=60 * 60, margin=8, min_core=(16, 16))
+    assert len(blocks) > 1
+    cover = np.zeros((100, 130), dtype=int)
+    for b in blocks:
+        a, bb, c, d = b.core
+        cover[a:bb, c:d] += 1
+        assert b.n_pixels <= 60 * 60
+        r0, r1, c0, c1 = b.window
+        assert r0 == max(0, a - 8) and r1 == min(100, bb + 8)
+        assert c0 == max(0, c - 8) and c1 == min(130, d + 8)
+        assert bb - a >= 16 and d - c >= 16
+    np.testing.assert_array_equal(cover, 1)
+    assert solve_blocks((100, 130), 100 * 130, 8) == solve_blocks((100, 130), 10**6, 8)
+    assert len(solve_blocks((100, 130), 100 * 130, 8)) == 1
+    with pytest.raises(ValueError, match="too small for one solve"):
+        solve_blocks((100, 130), 40 * 40, 8, min_core=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A 32x64 image blurred by a stitched operator with varying tile gammas.
+
+    Gaussian kernels: a well-conditioned blur (random positive 5x5 kernels
+    have near-zeros in their spectra, which makes the TV solution itself
+    sensitive to far-away data).
+    """
+    rng = np.random.default_rng(0)
+    kernels = np.stack([gaussian_kernel((7, 7), (s1, s2), a)
+                        for s1, s2, a in rng.uniform(0.7, 1.5, (K, 3))])
+    tile_basis = ProductConvolutionBasis.from_components(
+        kernels, _smooth_maps(rng, (16, 16), K))
+    rng = np.random.default_rng(8)
+    grid = tile_grid((32, 64), (16, 16))
+    gamma = 1.0 + 0.3 * rng.random((grid.n_tiles, K))
+    clean = np.zeros((32, 64))
+    clean[4:20, 6:40] = 1.0
+    clean[15:30, 30:60] += 0.6
+    clean[2:10, 44:56] = 0.3
+    op = stitched_operator(tile_basis, gamma, grid)
+    y = op.forward(torch.from_numpy(clean)[None], torch.ones(K))[0].numpy()
+    y = y + 0.01 * rng.standard_normal(y.shape)
+    return dict(basis=tile_basis, grid=grid, gamma=gamma, clean=clean, y=y, op=op)
+
+
+def test_global_solve_is_the_solver_on_the_stitched_operator(problem):
+    p = problem
+    u, info = deblur_stitched(p["y"], p["basis"], p["gamma"], p["grid"], lam=300.0,
+                              max_iter=100, tol=0, dtype="float64")
+    assert len(info["blocks"]) == 1
+    ones = torch.ones(K, dtype=torch.float64)
+    ref, _ = deblur(torch.from_numpy(p["y"])[None],
+                    lambda v: p["op"].forward(v, ones),
+                    lambda v: p["op"].adjoint(v, ones), 300.0, max_iter=100, tol=0)
+    np.testing.assert_allclose(u, ref[0].numpy(), atol=1e-10)
+
+
+def test_tiled_solve_matches_global_on_the_seams(problem):
+    """Two blocks (cores of 32 columns, windows of 44) against one global solve,
+    both converged: the difference is largest on the seam and small with a
+    margin of 4 kernel radii, large with a margin of one radius."""
+    p = problem
+    args = (p["y"], p["basis"], p["gamma"], p["grid"])
+    kw = dict(lam=2500.0, max_iter=3000, tol=1e-7, dtype="float64")
+    glob, _ = deblur_stitched(*args, **kw)
+    tiled, info = deblur_stitched(*args, max_pixels=32 * 44, margin=12, **kw)
+    blocks = info["blocks"]
+    assert [b.core for b in blocks] == [(0, 32, 0, 32), (0, 32, 32, 64)]
+    assert all(b.n_pixels <= 32 * 44 for b in blocks)
+    span = p["clean"].max() - p["clean"].min()
+    diff = np.abs(tiled - glob)
+    seam_err = diff[:, 29:35].max()
+    assert diff.max() <= 0.005 * span            # measured: 0.0025 / 1.6
+    assert seam_err <= 0.005 * span
+    # deblurring helps, with either solve
+    assert np.abs(tiled - p["clean"]).mean() < 0.1 * np.abs(p["y"] - p["clean"]).mean()
+    # the margin matters: with no context beyond the kernel radius the seam is
+    # far worse (the seam error is not small by construction)
+    small, _ = deblur_stitched(*args, max_pixels=32 * 44, margin=3, **kw)
+    assert np.abs(small - glob)[:, 29:35].max() > 20 * seam_err
+
+
+def test_deblur_stitched_errors(problem):
+    p = problem
+    args = (p["basis"], p["gamma"], p["grid"])
+    with pytest.raises(ValueError, match="too small for one solve"):
+        deblur_stitched(p["y"], *args, max_pixels=16 * 16, lam=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        bad = p["y"].copy()
+        bad[0, 0] = np.inf
+        deblur_stitched(bad, *args, lam=1.0)
+    with pytest.raises(ValueError, match="smaller than one tile"):
+        deblur_stitched(p["y"][:10], *args, lam=1.0)
+    with pytest.raises(ValueError, match="grid's image_shape"):
+        deblur_stitched(p["y"][:20], *args, lam=1.0)
+    with pytest.raises(ValueError, match="kernel radius"):
+        deblur_stitched(p["y"], *args, lam=1.0, margin=1)
+    with pytest.raises(ValueError, match="lam"):
+        deblur_stitched(p["y"], *args, lam=-1.0)
+    with pytest.raises(ValueError, match="regularization"):
+        deblur_stitched(p["y"], *args, lam=1.0, regularization="l2")
+
+
+def test_deblur_stitched_warns_once_when_not_converged(problem):
+    p = problem
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deblur_stitched(p["y"], p["basis"], p["gamma"], p["grid"], lam=300.0,
+                        max_iter=2, max_pixels=32 * 44, margin=12)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "block(s)" in messages[0]
+
+
+# ------------------------------------------------------------------ blind
+def test_deblur_large_with_a_basis_and_regressor(problem):
+    p = problem
+    basis = p["basis"]
+    gains = np.array([basis.apply(np.ones((16, 16)), e).mean() for e in np.eye(K)])
+    reg = FixedRegressor(lambda x: np.array([1.0, 0.5, 2.0]))
+    kw = dict(lam=300.0, max_iter=50, tol=0, max_pixels=32 * 44, margin=12)
+    result = deblur_large(p["y"], (basis, reg), **kw)
+    assert isinstance(result, LargeDeblurResult)
+    assert result.grid.n_tiles == 21 and len(result.blocks) == 2
+    np.testing.assert_allclose(result.gamma_tiles @ gains, 1.0)      # unit gain
+    expected, _ = deblur_stitched(p["y"], basis, result.gamma_tiles, result.grid,
+                                  **kw)
+    np.testing.assert_allclose(result.restored, expected, atol=1e-6)
+    op = result.operator()
+    assert isinstance(op, ProductConvolution) and op.image_shape == (32, 64)
+    raw = deblur_large(p["y"], (basis, reg), lam=300.0, max_iter=2, tol=0,
+                       unit_gain=False)
+    np.testing.assert_allclose(raw.gamma_tiles, np.tile([1.0, 0.5, 2.0], (21, 1)))
+
+
+def test_deblur_large_errors(problem):
+    basis = problem["basis"]
+    reg = FixedRegressor(lambda x: np.ones(K))
+    with pytest.raises(ValueError, match="smaller than one tile"):
+        deblur_large(np.ones((8, 64)), (basis, reg))
+    with pytest.raises(ValueError, match="finite"):
+        deblur_large(np.full((20, 20), np.nan), (basis, reg))
+    with pytest.raises(ValueError, match="PretrainedModel"):
+        deblur_large(problem["y"], basis)
+    with pytest.raises(ValueError, match="non-positive gain"):
+        deblur_large(problem["y"], (basis, FixedRegressor(lambda x: -np.ones(K))))
+    with pytest.raises(ValueError, match="too small for one solve"):
+        deblur_large(problem["y"], (basis, reg), max_pixels=300)
+
+
+def test_deblur_large_with_the_shipped_model_follows_its_intensity_convention():
+    """One 128x128 tile: the same gamma as deepblur.pretrained.estimate_gamma
+    (the tile scaled to the training mean); a larger image: unit-gain tiles."""
+    from deepblur.pretrained import bundled_image, estimate_gamma, load_default
+
+    model = load_default()
+    image = 3.0 * bundled_image("camera", (128, 128))
+    one = deblur_large(image, model, unit_gain=False, max_iter=2, tol=0)
+    expected, _ = estimate_gamma(model, image)
+    np.testing.assert_allclose(one.gamma_tiles[0], expected, rtol=1e-5, atol=1e-6)
+    big = deblur_large(bundled_image("camera", (128, 200)), model, max_iter=2, tol=0)
+    assert big.grid.shape == (1, 3) and big.restored.shape == (128, 200)
+    gains = np.asarray(model.basis.apply(np.ones((128, 128)), big.gamma_tiles))
+    np.testing.assert_allclose(gains.mean(axis=(1, 2)), 1.0, rtol=1e-6)
