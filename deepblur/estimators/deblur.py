@@ -10,6 +10,7 @@ and ``gamma`` either given (non-blind) or predicted by a fitted blur estimator
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -206,6 +207,23 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         if keep:
             new.set_params(**keep)
         return new
+
+    def __setstate__(self, state):
+        """Load a deblurrer fitted on CUDA on a machine without it (on CPU).
+
+        ``device="auto"`` resolves to the CPU silently (it means "CUDA when
+        present"); an explicit CUDA device falls back to the CPU with a
+        warning, as skorch does for its networks.
+        """
+        super().__setstate__(state)
+        dev = self.__dict__.get("_device")
+        if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
+            if self.device not in (None, "auto"):
+                warnings.warn(
+                    f"this TVDeblurrer was fitted with device={self.device!r} but "
+                    "CUDA is not available here; it runs on the CPU.",
+                    UserWarning, stacklevel=2)
+            self._device = torch.device("cpu")
 
     # -------------------------------------------------------------- helpers
     def _validate_images(self, X, name="X"):

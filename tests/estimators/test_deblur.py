@@ -283,6 +283,27 @@ def test_joblib_round_trip(basis, data, tmp_path):
     assert loaded.get_params(deep=False).keys() == est.get_params(deep=False).keys()
 
 
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_fitted_on_cuda_loads_and_runs_on_cpu(basis, data, tmp_path, monkeypatch,
+                                              device):
+    X, _, gamma = data
+    est = _est(basis, device="cpu").fit(X)
+    expected = est.transform(X[:2], gamma=gamma[:2])
+    est.set_params(device=device)
+    est._device = torch.device("cuda")        # as fitted on a GPU machine
+    joblib.dump(est, tmp_path / "d.joblib")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if device == "cuda":
+        with pytest.warns(UserWarning, match="CUDA is not available"):
+            loaded = joblib.load(tmp_path / "d.joblib")
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loaded = joblib.load(tmp_path / "d.joblib")
+    np.testing.assert_allclose(loaded.transform(X[:2], gamma=gamma[:2]), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_plain_predictor_object(basis, data):
     X, _, gamma = data
 
