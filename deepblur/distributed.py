@@ -1,0 +1,465 @@
+"""Scale-out on existing engines: dask for many images, accelerate for training.
+
+deepblur has no scheduler of its own; it hands the work to established ones:
+
+* :func:`deblur_images` deblurs a stack of images of the model's size as a
+  dask computation, one (or a few) image(s) per task, with any fitted
+  estimator that has ``transform`` (:class:`~deepblur.TVDeblurrer`,
+  :class:`~deepblur.BlindDeblurrer`, a pipeline, ...);
+  :func:`deblur_large_images` does the same for images larger than the model
+  through :func:`deepblur.tiling.deblur_large`. They run on the active
+  ``dask.distributed`` client when there is one, else on dask's local
+  scheduler.
+* a ``GridSearchCV`` over ``K`` and ``lam`` runs on a dask cluster through
+  joblib's dask backend (``with joblib.parallel_backend("dask"):``): nothing
+  here is needed for it, see ``docs/user_guide/scale_out.rst``.
+* :class:`AcceleratedResNetBlurRegressor` trains the regressor with Hugging
+  Face ``accelerate`` (multi-GPU data parallelism, mixed precision) through
+  skorch's :class:`skorch.hf.AccelerateMixin`.
+
+dask and accelerate are optional (``pip install "deepblur[distributed]"``):
+this module imports without them and says what to install when a function
+needs one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.utils.validation import check_is_fitted
+from skorch.hf import AccelerateMixin
+
+from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.nets.resnet import ResNet
+
+__all__ = [
+    "AcceleratedResNetBlurRegressor",
+    "deblur_images",
+    "deblur_large_images",
+]
+
+_INSTALL = 'pip install "deepblur[distributed]"'
+
+
+def _import_dask():
+    """``(dask, dask.array)``, or an ImportError that says what to install."""
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as exc:  # pragma: no cover - exercised without dask
+        raise ImportError(
+            "deblur_images and deblur_large_images need dask (with dask.array): "
+            f"{_INSTALL} or pip install 'dask[array]'; importing it failed: {exc}"
+        ) from exc
+    return dask, da
+
+
+def _check_positive_int(value, name):
+    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return int(value)
+
+
+def _shared(dask, obj, prefix):
+    """One graph key holding ``obj`` (shipped once per worker, not per task).
+
+    The name is random rather than a hash of ``obj``: hashing a trained model
+    would serialise it once more for nothing.
+    """
+    return dask.delayed(obj, name=f"{prefix}-{uuid.uuid4().hex}", traverse=False)
+
+
+def _transform_block(estimator, block, gamma, dtype):
+    """Run ``estimator.transform`` on one block of images (a dask task)."""
+    block = np.asarray(block)
+    if gamma is None:
+        U = estimator.transform(block)
+    else:
+        U = estimator.transform(block, gamma=gamma)
+    if torch.is_tensor(U):
+        U = U.detach().cpu().numpy()
+    U = np.asarray(U)
+    if U.shape != block.shape:
+        raise ValueError(
+            f"estimator.transform must return images of the input's shape "
+            f"{block.shape}; {type(estimator).__name__}.transform returned "
+            f"shape {U.shape}."
+        )
+    return U.astype(dtype, copy=False)
+
+
+def _check_image_stack(images, da):
+    """``(images, is_dask)``: a dask array or a numpy stack of shape (n, H, W)."""
+    if isinstance(images, da.Array):
+        arr = images
+    elif isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError("images must hold at least one image; got an empty "
+                             f"{type(images).__name__}.")
+        shapes = {np.shape(im) for im in images}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(
+                "images given as a list must all be 2-D arrays of one shape (the "
+                "model's image_shape); got shapes "
+                f"{sorted(shapes, key=str)[:5]}. Use deblur_large_images for "
+                "images of other (larger) shapes."
+            )
+        arr = np.stack([np.asarray(im) for im in images])
+    else:
+        arr = images.detach().cpu().numpy() if torch.is_tensor(images) else (
+            np.asarray(images))
+    if arr.ndim != 3:
+        raise ValueError(
+            f"images must have shape (n, H, W) (a stack of grayscale images) or be "
+            f"a list of (H, W) arrays; got shape {tuple(arr.shape)}."
+        )
+    if arr.shape[0] == 0:
+        raise ValueError("images must hold at least one image; got shape "
+                         f"{tuple(arr.shape)}.")
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"images must hold real numbers; got dtype {arr.dtype}.")
+    return arr, isinstance(arr, da.Array)
+
+
+def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
+                  dtype="float32", compute=True, scheduler=None):
+    """Deblur many images as dask tasks, ``images_per_task`` images per task.
+
+    Builds a dask array whose chunks are ``images_per_task`` whole images,
+    each computed by ``estimator.transform`` on those images only. The
+    estimator is one node of the graph, so a distributed scheduler sends it
+    once to each worker that needs it, not once per task.
+
+    Parameters
+    ----------
+    images : array-like of shape (n, H, W), list of (H, W) arrays or dask array
+        Blurry images of the estimator's image shape (for a
+        :class:`~deepblur.TVDeblurrer`, its basis's ``image_shape``). A dask
+        array (read lazily, e.g. from zarr or a TIFF stack) is rechunked to
+        whole images; numpy input is embedded in the graph.
+    estimator : fitted estimator with ``transform(X)``
+        E.g. :class:`~deepblur.TVDeblurrer` (with a ``blur_estimator`` for
+        blind deblurring, or with ``gamma``), :class:`~deepblur.BlindDeblurrer`
+        or a :class:`~sklearn.pipeline.Pipeline` ending with one. It is not
+        modified on workers of a distributed cluster (they hold copies); with
+        the local threaded scheduler, the diagnostics that ``transform``
+        records (``n_iter_``, ``converged_``, ...) are those of whichever task
+        ran last.
+    gamma : array-like of shape (n, K) or (K,), optional
+        Non-blind deblurring: operator coefficients, one row per image (sliced
+        per task) or one for all, passed to ``transform(X, gamma=...)``.
+    images_per_task : int, default=1
+        Images per task (per chunk). The solver iterates a batch until its
+        slowest image converges, so the result of an image depends (within
+        the solver's ``tol``) on the images it is batched with:
+        ``images_per_task=1`` gives exactly ``estimator.transform(X[i:i+1])``
+        for every ``i``, ``images_per_task=n`` exactly ``transform(X)``.
+    dtype : str or numpy dtype, default="float32"
+        Dtype of the returned images (``TVDeblurrer``'s default precision).
+    compute : bool, default=True
+        Compute and return a numpy array; ``False`` returns the lazy dask
+        array (to store with ``to_zarr``, or to compute with other results).
+    scheduler : str or None, default=None
+        Passed to ``dask.compute``; ``None`` uses the active
+        ``dask.distributed`` client if there is one, else dask's default
+        (threads). ``"sync"`` runs in this thread (debugging).
+
+    Returns
+    -------
+    U : numpy.ndarray or dask.array.Array of shape (n, H, W)
+        The deblurred images, in the order of ``images``.
+
+    Raises
+    ------
+    ImportError
+        If dask is not installed.
+    ValueError
+        For images that are not a stack of 2-D images, a ``gamma`` with a
+        number of rows other than 1 or ``n``, an unfitted estimator.
+
+    See Also
+    --------
+    deblur_large_images : images larger than the model, one task per image.
+    deepblur.TVDeblurrer.transform : the in-process, batched computation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur import ProductConvolutionBasis, TVDeblurrer
+    >>> from deepblur.distributed import deblur_images
+    >>> basis = ProductConvolutionBasis.from_components(
+    ...     np.full((1, 3, 3), 1 / 9), np.ones((1, 32, 32)))
+    >>> rng = np.random.default_rng(0)
+    >>> clean = np.zeros((4, 32, 32)); clean[:, 8:24, 8:24] = 1.0
+    >>> X = basis.apply(clean, np.ones(1)) + 0.02 * rng.standard_normal(clean.shape)
+    >>> tv = TVDeblurrer(basis, lam=200.0, device="cpu").fit(X)
+    >>> U = deblur_images(X, tv, gamma=np.ones(1))      # 4 tasks
+    >>> U.shape, U.dtype
+    ((4, 32, 32), dtype('float32'))
+    >>> bool(np.allclose(U[2], tv.transform(X[2:3], gamma=np.ones(1))[0]))
+    True
+
+    On a cluster, create a client first; the same call then runs there:
+
+    >>> from distributed import Client                      # doctest: +SKIP
+    >>> client = Client("tcp://scheduler:8786")             # doctest: +SKIP
+    >>> U = deblur_images(X, tv, gamma=np.ones(1))          # doctest: +SKIP
+    """
+    dask, da = _import_dask()
+    if not hasattr(estimator, "transform"):
+        raise TypeError(
+            "estimator must have a transform(X) method (e.g. a fitted TVDeblurrer "
+            f"or BlindDeblurrer); got {type(estimator).__name__}."
+        )
+    check_is_fitted(estimator)
+    per_task = _check_positive_int(images_per_task, "images_per_task")
+    out_dtype = np.dtype(dtype)
+    arr, is_dask = _check_image_stack(images, da)
+    n, H, W = (int(s) for s in arr.shape)
+    g = None
+    if gamma is not None:
+        g = gamma.detach().cpu().numpy() if torch.is_tensor(gamma) else np.asarray(
+            gamma)
+        if g.ndim == 2 and g.shape[0] == 1:
+            g = g[0]
+        if g.ndim not in (1, 2) or (g.ndim == 2 and g.shape[0] != n):
+            raise ValueError(
+                f"gamma must have shape (K,) or (n, K) with n={n} (one row per "
+                f"image); got shape {g.shape}."
+            )
+    est = _shared(dask, estimator, "deblur-estimator")
+    g_all = None if g is None or g.ndim == 2 else _shared(dask, g, "deblur-gamma")
+    transform = dask.delayed(_transform_block, pure=True)
+    if is_dask:
+        blocks = arr.rechunk((per_task, H, W)).to_delayed().ravel()
+    else:
+        blocks = [arr[i:i + per_task] for i in range(0, n, per_task)]
+    parts = []
+    for b, start in zip(blocks, range(0, n, per_task), strict=True):
+        stop = min(start + per_task, n)
+        g_block = g[start:stop] if g is not None and g.ndim == 2 else g_all
+        task = transform(est, b, g_block, out_dtype,
+                         dask_key_name=f"deblur-images-{uuid.uuid4().hex}")
+        parts.append(da.from_delayed(task, shape=(stop - start, H, W),
+                                     dtype=out_dtype))
+    result = da.concatenate(parts, axis=0)
+    if not compute:
+        return result
+    (U,) = dask.compute(result, scheduler=scheduler)
+    return U
+
+
+def _deblur_large_one(model, image, kwargs):
+    from deepblur.tiling import deblur_large
+
+    return deblur_large(image, model, **kwargs).restored
+
+
+def deblur_large_images(images, model, *, compute=True, scheduler=None,
+                        **kwargs):
+    """Deblur images larger than the model, one dask task per image.
+
+    Each task runs :func:`deepblur.tiling.deblur_large` (tiled blur
+    estimation, stitched operator, block-wise TV solve) on one image. The
+    images may have different shapes.
+
+    Parameters
+    ----------
+    images : array-like of shape (n, H, W) or list of 2-D arrays
+        Blurry images, each at least the model's ``image_shape`` along both
+        axes.
+    model : PretrainedModel or tuple (basis, regressor)
+        As for :func:`~deepblur.tiling.deblur_large`
+        (:func:`deepblur.pretrained.load_default`, or a fitted basis and a
+        fitted regressor). One node of the graph: sent once per worker.
+    compute : bool, default=True
+        Return the computed images; ``False`` returns one ``dask.delayed``
+        object per image (compute them with ``dask.compute(*tasks)``).
+    scheduler : str or None, default=None
+        Passed to ``dask.compute`` (``None``: the active distributed client,
+        else dask's default).
+    **kwargs
+        Passed to :func:`~deepblur.tiling.deblur_large` (``lam``,
+        ``max_pixels``, ``max_iter``, ``tol``, ``device``, ...); ``progress``
+        defaults to ``False`` (no progress bars in workers).
+
+    Returns
+    -------
+    restored : list of numpy.ndarray, or list of dask.delayed.Delayed
+        The deblurred images (``LargeDeblurResult.restored``), in order.
+
+    See Also
+    --------
+    deblur_images : images of the model's size, batched per task.
+
+    Examples
+    --------
+    >>> from deepblur.distributed import deblur_large_images
+    >>> from deepblur.pretrained import bundled_image, load_default
+    >>> model = load_default()
+    >>> images = [bundled_image("camera", (160, 192)),
+    ...           bundled_image("camera", (192, 160))]
+    >>> out = deblur_large_images(images, model, max_iter=5, tol=0)
+    >>> [u.shape for u in out]
+    [(160, 192), (192, 160)]
+    """
+    dask, _ = _import_dask()
+    if torch.is_tensor(images):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim != 3:
+            raise ValueError(
+                "images must be a list of 2-D arrays or an array of shape (n, H, "
+                f"W); got an array of shape {images.shape}."
+            )
+        images = list(images)
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        raise ValueError(
+            "images must be a non-empty list of 2-D arrays or an array of shape "
+            f"(n, H, W); got {type(images).__name__} of length "
+            f"{len(images) if hasattr(images, '__len__') else '?'}."
+        )
+    for i, im in enumerate(images):
+        if np.ndim(im) != 2:
+            raise ValueError(
+                f"images[{i}] must be a 2-D image; got shape {np.shape(im)}."
+            )
+    kwargs.setdefault("progress", False)
+    shared_model = _shared(dask, model, "deblur-model")
+    run = dask.delayed(_deblur_large_one, pure=True)
+    tasks = [run(shared_model, np.asarray(im), kwargs,
+                 dask_key_name=f"deblur-large-{uuid.uuid4().hex}")
+             for im in images]
+    if not compute:
+        return tasks
+    return list(dask.compute(*tasks, scheduler=scheduler))
+
+
+def _no_print(*args, **kwargs):
+    """The print-log sink of the processes other than the main one."""
+
+
+class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
+    """:class:`~deepblur.ResNetBlurRegressor` trained through Hugging Face accelerate.
+
+    skorch's :class:`skorch.hf.AccelerateMixin` hands the module, the
+    criterion, the optimizer and the data loaders to an
+    ``accelerate.Accelerator``: launched with ``accelerate launch
+    --multi_gpu --num_processes N train.py``, every process trains a
+    replica on its share of the batches and gradients are averaged
+    (distributed data parallelism); ``Accelerator(mixed_precision="bf16")``
+    trains in mixed precision. Run as a plain ``python`` script it trains in
+    one process, exactly like :class:`~deepblur.ResNetBlurRegressor` on
+    ``accelerator.device``.
+
+    Parameters
+    ----------
+    module : torch module class or instance, default=ResNet
+    *args
+        As for :class:`~deepblur.ResNetBlurRegressor`.
+    accelerator : accelerate.Accelerator
+        Required: e.g. ``Accelerator()`` (the device and the processes of
+        ``accelerate launch``), ``Accelerator(cpu=True)``,
+        ``Accelerator(mixed_precision="bf16")``. Shared, not copied, by
+        ``clone`` (there is one accelerator state per process).
+    device : None, default=None
+        The accelerator places the module and the batches; a device here is
+        an error when the accelerator does device placement (skorch).
+    unwrap_after_train : bool, default=True
+        Unwrap the module from accelerate's wrappers (e.g.
+        ``DistributedDataParallel``) after ``fit``, so that the net can be
+        pickled and predicts with the plain module.
+    **kwargs
+        Any :class:`~deepblur.ResNetBlurRegressor` parameter (``basis``,
+        ``module__width``, ``max_epochs``, ``batch_size``, ``lr``, ...).
+
+    Notes
+    -----
+    With a :class:`~deepblur.datasets.BlurDataset` (an iterable dataset) and
+    several processes, accelerate's default for iterable datasets applies:
+    process 0 draws the batches and dispatches one to each process, so an
+    epoch of ``n_batches`` batches is ``n_batches / N`` optimizer steps of
+    ``N`` batches each. With arrays, each process gets its share of every
+    epoch through a distributed sampler. ``predict`` gathers the outputs of
+    all processes (``accelerator.gather_for_metrics``). Save the trained net
+    from the main process only (``if accelerator.is_main_process:``), or use
+    ``save_params``, which does so.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from accelerate import Accelerator
+    >>> from deepblur import ConeSampler, ProductConvolutionBasis
+    >>> from deepblur.datasets.simulate import make_blurred_images
+    >>> from deepblur.distributed import AcceleratedResNetBlurRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> basis = ProductConvolutionBasis.from_components(
+    ...     rng.random((3, 5, 5)), rng.random((3, 32, 32)))
+    >>> sampler = ConeSampler(random_state=0).fit(np.eye(3))
+    >>> X, y = make_blurred_images(rng.random((20, 32, 32)), basis, sampler, 32,
+    ...                            random_state=0)
+    >>> net = AcceleratedResNetBlurRegressor(
+    ...     accelerator=Accelerator(cpu=True), basis=basis, module__width=4,
+    ...     max_epochs=2, verbose=0).fit(X, y)
+    >>> net.predict(X).shape
+    (32, 3)
+    """
+
+    def __init__(self, module=ResNet, *args, accelerator=None, device=None,
+                 unwrap_after_train=True, **kwargs):
+        super().__init__(module, *args, accelerator=accelerator, device=device,
+                         unwrap_after_train=unwrap_after_train, **kwargs)
+
+    def _check_accelerator(self):
+        acc = self.accelerator
+        if acc is None or not all(hasattr(acc, name) for name in
+                                  ("prepare", "device_placement", "backward")):
+            raise TypeError(
+                "accelerator must be an accelerate.Accelerator (e.g. "
+                "Accelerator() under `accelerate launch`, or "
+                f"Accelerator(cpu=True)); got {type(acc).__name__}."
+            )
+
+    def initialize(self):
+        """Check the accelerator, then initialise and prepare the components."""
+        self._check_accelerator()
+        return super().initialize()
+
+    def _initialize_callbacks(self):
+        """``print_log`` prints on the main process only, and honours ``verbose``.
+
+        skorch's default sink (``accelerator.print``) is not ``print``, and
+        :class:`skorch.callbacks.PrintLog` writes to any sink other than
+        ``print`` whatever ``verbose`` is: ``verbose=0`` would still print the
+        epoch table. The parameter keeps its value (``"auto"``).
+        """
+        if not (isinstance(self.callbacks__print_log__sink, str)
+                and self.callbacks__print_log__sink == "auto"):
+            return super()._initialize_callbacks()
+        main = getattr(self.accelerator, "is_main_process", True)
+        self.callbacks__print_log__sink = print if main else _no_print
+        try:
+            return super()._initialize_callbacks()
+        finally:
+            self.callbacks__print_log__sink = "auto"
+
+    def __sklearn_clone__(self):
+        """Clone the hyper-parameters; share the accelerator and the basis.
+
+        An ``Accelerator`` holds the process's distributed state: a deep copy
+        (what :func:`sklearn.clone` does with a non-estimator parameter)
+        would be a second handle on it at best. The print sink that skorch
+        takes from the accelerator is reset to ``"auto"`` for the same reason.
+        """
+        params = self.get_params(deep=False)
+        accelerator = params.pop("accelerator")
+        basis = params.pop("basis", None)
+        sink = params.get("callbacks__print_log__sink")
+        if getattr(sink, "__self__", None) is accelerator:
+            params["callbacks__print_log__sink"] = "auto"
+        params = {k: clone(v, safe=False) for k, v in params.items()}
+        return type(self)(accelerator=accelerator, basis=basis, **params)
