@@ -48,7 +48,12 @@ from tqdm.auto import tqdm
 
 from deepblur._validation import check_positive_int_pair, resolve_device
 from deepblur.operators.product_convolution import ProductConvolution
-from deepblur.solvers.tv import REGULARIZATIONS, deblur, default_lam
+from deepblur.solvers.tv import (
+    LIPSCHITZ_SAFETY,
+    REGULARIZATIONS,
+    deblur,
+    default_lam,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -643,7 +648,7 @@ def _kernel_radius(kernel_shape):
 def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
                     regularization="tv", positive=False, max_iter=500, tol=1e-5,
                     inner_iter=10, max_pixels=DEFAULT_MAX_PIXELS, margin=None,
-                    device="cpu", dtype="float32", progress=None):
+                    lipschitz=None, device="cpu", dtype="float32", progress=None):
     """Deblur a large image with its stitched operator, globally or by blocks.
 
     Solves ``min_u R(u) + lam/2 ||H u - y||^2`` with ``H`` the operator of
@@ -680,6 +685,12 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     margin : int, optional
         Pixels added on each side of a block's core; at least the kernel
         radius. Default ``2 * kernel radius + 16`` (40 for 25x25 kernels).
+    lipschitz : float, optional
+        ``||H||_2^2`` of the stitched operator if known (e.g.
+        ``info["lipschitz"].max()`` of an earlier solve): every solve uses it,
+        which is safe for the blocks since a block's operator is a restriction
+        of ``H``. Default: estimated per solve by power iteration (up to 100
+        forward/adjoint pairs, often more than the solve itself).
     device : str or torch.device, default="cpu"
         ``"auto"``: CUDA when available.
     dtype : {"float32", "float64"}, default="float32"
@@ -691,8 +702,8 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     restored : ndarray of shape (H, W), float64
     info : dict
         ``lam`` (float), ``blocks`` (list of :class:`SolveBlock`),
-        ``n_iter`` (solver iterations per block) and ``converged`` (per
-        block).
+        ``n_iter`` (solver iterations per block), ``converged`` (per block)
+        and ``lipschitz`` (the ``||H_block||_2^2`` used per block).
 
     Examples
     --------
@@ -748,6 +759,11 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         lam = float(lam)
         if not (np.isfinite(lam) and lam > 0):
             raise ValueError(f"lam must be positive and finite; got {lam!r}.")
+    if lipschitz is not None:
+        lipschitz = float(lipschitz)
+        if not (np.isfinite(lipschitz) and lipschitz > 0):
+            raise ValueError(
+                f"lipschitz must be positive and finite; got {lipschitz!r}.")
     blocks = solve_blocks(img.shape, max_pixels, margin, min_core=grid.tile_shape)
     if len(blocks) > 1 and boundary != "zero":
         raise ValueError(
@@ -755,7 +771,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
             f"{boundary!r}: raise max_pixels to {img.size} for a global solve."
         )
     restored = np.empty(img.shape, dtype=np.float64)
-    n_iter, converged = [], []
+    n_iter, converged, norms = [], [], []
     K = kernels.shape[0]
     ones = torch.ones(K, dtype=tdtype, device=dev)
     for block in tqdm(blocks, desc="deblurring blocks", unit="block",
@@ -774,11 +790,13 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
                 y, lambda v, op=op: op.forward(v, ones),
                 lambda v, op=op: op.adjoint(v, ones), lam,
                 regularization=regularization, positive=positive,
-                max_iter=max_iter, tol=tol, inner_iter=inner_iter)
+                max_iter=max_iter, tol=tol, inner_iter=inner_iter,
+                lipschitz=lipschitz)
         a, b, c, d = block.core
         restored[a:b, c:d] = u[0, a - r0:b - r0, c - c0:d - c0].double().cpu().numpy()
         n_iter.append(int(res.n_iter))
         converged.append(bool(res.converged[0]))
+        norms.append(float(res.lipschitz[0]) / (LIPSCHITZ_SAFETY * lam))
         del op, u
     if tol > 0 and not all(converged):
         warnings.warn(
@@ -786,7 +804,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
             f"{converged.count(False)} of {len(blocks)} block(s); increase "
             "max_iter or tol.", ConvergenceWarning, stacklevel=2)
     return restored, dict(lam=lam, blocks=blocks, n_iter=np.array(n_iter),
-                          converged=np.array(converged))
+                          converged=np.array(converged), lipschitz=np.array(norms))
 
 
 # ------------------------------------------------------------------ blind
@@ -857,8 +875,8 @@ def _component_gains(basis):
 def deblur_large(image, model, *, lam="auto", tile_stride=None,
                  max_pixels=DEFAULT_MAX_PIXELS, margin=None, target_mean="auto",
                  unit_gain=True, regularization="tv", positive=False,
-                 max_iter=500, tol=1e-5, batch_size=64, device="cpu",
-                 dtype="float32", progress=None):
+                 max_iter=500, tol=1e-5, lipschitz=None, batch_size=64,
+                 device="cpu", dtype="float32", progress=None):
     """Blind deblurring of an image of any size >= the model's input.
 
     Estimates one operator per tile (:func:`estimate_tiles`), blends them into
@@ -900,6 +918,9 @@ def deblur_large(image, model, *, lam="auto", tile_stride=None,
     positive : bool, default=False
     max_iter : int, default=500
     tol : float, default=1e-5
+    lipschitz : float, optional
+        ``||H||_2^2`` if known (:func:`deblur_stitched`); estimated per solve
+        by default.
     batch_size : int, default=64
         Tiles per call to the regressor.
     device : str or torch.device, default="cpu"
@@ -968,7 +989,8 @@ def deblur_large(image, model, *, lam="auto", tile_stride=None,
     restored, info = deblur_stitched(
         img, basis, gamma, grid, lam=lam, regularization=regularization,
         positive=positive, max_iter=max_iter, tol=tol, max_pixels=max_pixels,
-        margin=margin, device=dev, dtype=dtype, progress=progress)
+        margin=margin, lipschitz=lipschitz, device=dev, dtype=dtype,
+        progress=progress)
     return LargeDeblurResult(restored=restored, gamma_tiles=gamma, grid=grid,
                              basis=basis, lam=info["lam"], blocks=info["blocks"],
                              n_iter=info["n_iter"])

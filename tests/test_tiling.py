@@ -397,6 +397,20 @@ def test_deblur_stitched_errors(problem):
         deblur_stitched(p["y"], *args, lam=-1.0)
     with pytest.raises(ValueError, match="regularization"):
         deblur_stitched(p["y"], *args, lam=1.0, regularization="l2")
+    with pytest.raises(ValueError, match="lipschitz"):
+        deblur_stitched(p["y"], *args, lam=1.0, lipschitz=0.0)
+
+
+def test_deblur_stitched_reuses_a_given_lipschitz_constant(problem):
+    """A block's operator is a restriction of H: its norm is at most ||H||."""
+    p = problem
+    args = (p["y"], p["basis"], p["gamma"], p["grid"])
+    kw = dict(lam=300.0, max_iter=3, tol=0, max_pixels=32 * 44, margin=12)
+    _, own = deblur_stitched(*args, **kw)
+    _, glob = deblur_stitched(*args, lam=300.0, max_iter=3, tol=0)
+    assert own["lipschitz"].max() <= glob["lipschitz"][0] * (1 + 1e-4)
+    _, given = deblur_stitched(*args, lipschitz=2.5, **kw)
+    np.testing.assert_allclose(given["lipschitz"], 2.5)
 
 
 def test_deblur_stitched_warns_once_when_not_converged(problem):
