@@ -24,7 +24,7 @@ CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 
 #: Hyper-parameters of the shipped model (``examples/train_default_model.py``).
 TRAINING_DEFAULTS = dict(
-    n_images=128_000, epochs=10, batch_size=64, lr=2e-3, width=16, depth=2,
+    n_images=384_000, epochs=10, batch_size=64, lr=2e-3, width=16, depth=2,
     stem_stride=4, head="spatial", criterion="mse", num_workers=1, device="cpu",
     random_state=0,
 )
@@ -79,7 +79,7 @@ def _checkpoint(directory):
                       load_best=False, **_CHECKPOINT_FILES)
 
 
-def train_regressor(setting, images, *, n_images=128_000, epochs=10, batch_size=64,
+def train_regressor(setting, images, *, n_images=384_000, epochs=10, batch_size=64,
                     lr=2e-3, width=16, depth=2, stem_stride=4, head="spatial",
                     criterion="mse", output_bias=None, num_workers=1, device="cpu",
                     random_state=0, checkpoint_dir=None, resume=False,
@@ -102,7 +102,7 @@ def train_regressor(setting, images, *, n_images=128_000, epochs=10, batch_size=
     images : dict, list of 2-D arrays or ndarray of shape (m, H, W)
         Source images to crop training patches from (e.g. the first element
         of :func:`~deepblur.datasets.natural_image_split`), or patches.
-    n_images : int, default=128_000
+    n_images : int, default=384_000
         Training images over all epochs.
     epochs : int, default=10
     batch_size : int, default=64
