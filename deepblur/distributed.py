@@ -11,8 +11,10 @@ deepblur has no scheduler of its own; it hands the work to established ones:
   ``dask.distributed`` client when there is one, else on dask's local
   scheduler.
 * a ``GridSearchCV`` over ``K`` and ``lam`` runs on a dask cluster through
-  joblib's dask backend (``with joblib.parallel_backend("dask"):``): nothing
-  here is needed for it, see ``docs/user_guide/scale_out.rst``.
+  joblib's dask backend (``with joblib.parallel_backend("dask"):``), see
+  ``docs/user_guide/scale_out.rst``. :func:`register_joblib_dask_backend`
+  registers the same backend with one fix: a task that dask gives up on
+  (``KilledWorker``) raises in ``fit`` instead of hanging it.
 * :class:`AcceleratedResNetBlurRegressor` trains the regressor with Hugging
   Face ``accelerate`` (multi-GPU data parallelism, mixed precision) through
   skorch's :class:`skorch.hf.AccelerateMixin`.
@@ -33,14 +35,20 @@ from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
 from skorch.hf import AccelerateMixin
 
+from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.nets.resnet import ResNet
 
 __all__ = [
+    "JOBLIB_DASK_BACKEND",
     "AcceleratedResNetBlurRegressor",
     "deblur_images",
     "deblur_large_images",
+    "register_joblib_dask_backend",
 ]
+
+#: Name under which :func:`register_joblib_dask_backend` registers the backend.
+JOBLIB_DASK_BACKEND = "deepblur-dask"
 
 _INSTALL = 'pip install "deepblur[distributed]"'
 
@@ -339,6 +347,142 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     return list(dask.compute(*tasks, scheduler=scheduler))
 
 
+# ------------------------------------------------------------ joblib backend
+_FAIL_FAST_BACKEND = None
+
+
+def _fail_fast_backend_class():
+    """joblib's ``DaskDistributedBackend`` that reports tasks dask gave up on.
+
+    joblib (1.6.0) collects the dask futures of its batches in
+    ``_collect``: for a future in error (dask's ``KilledWorker`` after
+    ``distributed.scheduler.allowed-failures`` worker deaths, a lost
+    client, ...) it sets the exception on its own future but never calls
+    the batch's completion callback, and ``Parallel``, which waits for that
+    callback, then waits forever. The override below calls the callback with
+    the exception, which joblib registers as a failed batch: ``Parallel``
+    (and ``GridSearchCV.fit``) raise it. Everything else is joblib's.
+    """
+    global _FAIL_FAST_BACKEND
+    if _FAIL_FAST_BACKEND is not None:
+        return _FAIL_FAST_BACKEND
+    import asyncio
+
+    try:
+        from joblib._dask import DaskDistributedBackend
+    except ImportError as exc:  # pragma: no cover - exercised without dask
+        raise ImportError(
+            f"the joblib dask backend needs dask.distributed: {_INSTALL}; "
+            f"importing it failed: {exc}"
+        ) from exc
+    if not hasattr(DaskDistributedBackend, "_collect"):  # pragma: no cover
+        raise ImportError(
+            "this joblib's DaskDistributedBackend has no _collect coroutine (the "
+            "code this fix replaces): use joblib's own 'dask' backend."
+        )
+
+    class FailFastDaskBackend(DaskDistributedBackend):
+        async def _collect(self):
+            while self._continue:
+                async for future, result in self.waiting_futures:
+                    cf_future = self._results.pop(future)
+                    callback = self._callbacks.pop(future)
+                    if future.status == "error":
+                        _, exc, _ = result
+                        cf_future.set_exception(exc)
+                        callback(exc)      # joblib registers a failed batch
+                    elif future.status == "cancelled":
+                        exc = RuntimeError(
+                            f"dask cancelled the task {future.key!r} of a joblib "
+                            "batch (was the client closed or the cluster lost?)."
+                        )
+                        cf_future.set_exception(exc)
+                        callback(exc)
+                    else:
+                        cf_future.set_result(result)
+                        callback(result)
+                await asyncio.sleep(0.01)
+
+        def __reduce__(self):
+            return (_make_fail_fast_backend, ())
+
+    FailFastDaskBackend.__qualname__ = "FailFastDaskBackend"
+    _FAIL_FAST_BACKEND = FailFastDaskBackend
+    return FailFastDaskBackend
+
+
+def _make_fail_fast_backend(*args, **kwargs):
+    return _fail_fast_backend_class()(*args, **kwargs)
+
+
+def register_joblib_dask_backend(name=JOBLIB_DASK_BACKEND):
+    """Register joblib's dask backend that raises when dask gives up on a task.
+
+    ``with joblib.parallel_backend("deepblur-dask"):`` then runs
+    ``GridSearchCV`` (or any joblib ``Parallel``) on the active
+    ``dask.distributed`` client exactly as joblib's ``"dask"`` backend does,
+    with one difference: when dask gives up on a task (``KilledWorker``: the
+    workers running it died ``allowed-failures + 1`` times; or a cancelled
+    task), ``fit`` raises that error. With joblib's own backend (joblib
+    1.6.0) it waits forever instead.
+
+    Parameters
+    ----------
+    name : str, default="deepblur-dask"
+        Name to register the backend under.
+
+    Returns
+    -------
+    name : str
+        For ``joblib.parallel_backend(name)``.
+
+    Raises
+    ------
+    ImportError
+        If dask.distributed is not installed.
+
+    Notes
+    -----
+    Worker deaths below dask's ``allowed-failures`` (3 by default) are not
+    errors: dask reruns the lost tasks on other workers and the search's
+    results are those of an undisturbed run. See
+    ``docs/user_guide/scale_out.rst``.
+
+    Examples
+    --------
+    >>> import joblib
+    >>> from deepblur.distributed import register_joblib_dask_backend
+    >>> register_joblib_dask_backend()
+    'deepblur-dask'
+    >>> from distributed import Client                      # doctest: +SKIP
+    >>> client = Client("tcp://scheduler:8786")             # doctest: +SKIP
+    >>> with joblib.parallel_backend("deepblur-dask"):      # doctest: +SKIP
+    ...     search.fit(blurry, clean, psf_fields=fields)
+    """
+    from joblib import register_parallel_backend
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str; got {name!r}.")
+    _fail_fast_backend_class()
+    register_parallel_backend(name, _make_fail_fast_backend)
+    return name
+
+
+class _DatasetEpochLoader:
+    """Iterate ``loader`` from the epoch of ``dataset`` (a ``BlurDataset``)."""
+
+    def __init__(self, loader, dataset):
+        self.loader = loader
+        self.dataset = dataset
+
+    def __iter__(self):
+        self.loader.set_epoch(self.dataset._epoch)
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+
 def _no_print(*args, **kwargs):
     """The print-log sink of the processes other than the main one."""
 
@@ -446,6 +590,23 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
             return super()._initialize_callbacks()
         finally:
             self.callbacks__print_log__sink = "auto"
+
+    def get_iterator(self, dataset, training=False):
+        """The accelerator's loader; a ``BlurDataset`` keeps its epoch's stream.
+
+        A loader prepared by accelerate calls ``dataset.set_epoch(i)`` with
+        its own count ``i`` of passes (0 at the first), which would override
+        the epoch that :meth:`on_epoch_begin` gave the dataset (skorch's
+        epoch number, from 1): off by one, and a resumed training would draw
+        the batches of the first epochs again. Each pass of the returned
+        loader starts at the dataset's epoch, so training draws exactly the
+        batches of :class:`~deepblur.ResNetBlurRegressor`.
+        """
+        iterator = super().get_iterator(dataset, training=training)
+        if training and isinstance(dataset, BlurDataset) and hasattr(iterator,
+                                                                     "set_epoch"):
+            return _DatasetEpochLoader(iterator, dataset)
+        return iterator
 
     def __sklearn_clone__(self):
         """Clone the hyper-parameters; share the accelerator and the basis.
