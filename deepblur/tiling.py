@@ -71,9 +71,10 @@ __all__ = [
 ]
 
 #: Default cap on the pixels of one deblurring solve (window with margins):
-#: 1024x1024. The solver's memory is about ``5 K`` floats per pixel of the
-#: window (the maps, the FFT work arrays of the forward and of the adjoint):
-#: about 0.4 GB in float32 for K = 20.
+#: 1024x1024. The solver's memory grows with the window's pixels (the maps,
+#: the kernel spectra, the FFT work arrays of the forward and of the adjoint):
+#: measured peak 1.2 GB for a 1024x1024 window and 0.36 GB for 512x512, K = 20,
+#: float32 (``benchmarks/README.md``, "Large images").
 DEFAULT_MAX_PIXELS = 1024 * 1024
 
 # Below this many tiles (or blocks) no progress bar is shown by default.
@@ -680,8 +681,9 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     inner_iter : int, default=10
         As in :func:`deepblur.solvers.tv.deblur`, per block.
     max_pixels : int, default=DEFAULT_MAX_PIXELS
-        Cap on the pixels of one solve (memory: about ``5 K`` floats per
-        pixel). Must hold at least one tile with its margins.
+        Cap on the pixels of one solve (memory: about 1.2 kB per pixel for
+        K = 20 in float32, measured). Must hold at least one tile with its
+        margins.
     margin : int, optional
         Pixels added on each side of a block's core; at least the kernel
         radius. Default ``2 * kernel radius + 16`` (40 for 25x25 kernels).
