@@ -27,12 +27,14 @@ needs one.
 from __future__ import annotations
 
 import uuid
+import warnings
 from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.utils.validation import check_is_fitted
+from skorch.exceptions import DeviceWarning
 from skorch.hf import AccelerateMixin
 
 from deepblur.datasets.simulate import BlurDataset
@@ -607,6 +609,29 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
                                                                      "set_epoch"):
             return _DatasetEpochLoader(iterator, dataset)
         return iterator
+
+    def __setstate__(self, state):
+        """Unpickle with ``device=None`` kept (skorch would set ``"cpu"``).
+
+        skorch maps the tensors of a net pickled with ``device=None`` to the
+        CPU, warns, and sets ``device="cpu"``, which the accelerator's device
+        placement then refuses at the next ``fit``. The modules are moved to
+        the accelerator's device instead and ``device`` stays ``None``.
+        """
+        if state.get("device") is not None:
+            return super().__setstate__(state)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeviceWarning,
+                                    message=".*requested device was not specified")
+            super().__setstate__(state)
+        self.device = None
+        acc = self.__dict__.get("accelerator")
+        if acc is not None and getattr(acc, "device_placement", False):
+            for name in (list(getattr(self, "_modules", []))
+                         + list(getattr(self, "_criteria", []))):
+                module = getattr(self, name + "_", None)
+                if isinstance(module, torch.nn.Module):
+                    module.to(acc.device)
 
     def __sklearn_clone__(self):
         """Clone the hyper-parameters; share the accelerator and the basis.

@@ -1,0 +1,434 @@
+"""Scale-out on dask and accelerate (issue 7): same results as in-process runs.
+
+One ``LocalCluster`` of two worker *processes* serves the module: processes,
+not threads, because the fault test kills a worker process (``os._exit``)
+and because a process is what a remote worker is (everything is pickled).
+Helpers that run on workers are defined inside the tests: pytest imports
+this file under a module name the workers cannot import, and a local
+function is pickled by value (cloudpickle) rather than by reference.
+"""
+
+import os
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold
+
+from deepblur import (
+    BlindDeblurrer,
+    ConeSimplifier,
+    ProductConvolutionBasis,
+    ResNetBlurRegressor,
+    TVDeblurrer,
+)
+from deepblur.datasets import make_deblurring_pairs, make_random_operators
+
+SHAPE = (32, 32)
+GRID = {"basis__n_components": [2, 3], "deblurrer__lam": [20.0, 400.0]}
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def data():
+    """The data of tests/estimators/test_blind.py."""
+    ops = make_random_operators(14, image_shape=SHAPE, kernel_shape=(9, 9),
+                                grid_shape=(4, 4), random_state=0)
+    held_out = make_random_operators(4, image_shape=SHAPE, kernel_shape=(9, 9),
+                                     grid_shape=(4, 4), random_state=1)
+    rng = np.random.default_rng(0)
+    images = rng.random((10, 48, 48)).cumsum(axis=1) / 48 + 0.05
+    blurry, clean = make_deblurring_pairs(list(images), held_out, 8,
+                                          random_state=0)
+    return ops.psf_fields, blurry, clean
+
+
+def tiny(K=3, lam=50.0, **kwargs):
+    """The tiny BlindDeblurrer of tests/estimators/test_blind.py."""
+    return BlindDeblurrer(
+        basis=ProductConvolutionBasis(K, image_shape=SHAPE),
+        cone=ConeSimplifier(n_rays=6),
+        regressor=ResNetBlurRegressor(module__width=4, max_epochs=1, batch_size=16,
+                                      device="cpu", verbose=0),
+        deblurrer=TVDeblurrer(lam=lam, tol=1e-3, device="cpu"),
+        n_train_images=32, random_state=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def local_search(data):
+    """The grid search in this process (the reference)."""
+    fields, blurry, clean = data
+    return GridSearchCV(tiny(), GRID, cv=KFold(2)).fit(blurry, clean,
+                                                       psf_fields=fields)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    fields, blurry, clean = data
+    return tiny(K=3).fit(blurry, clean, psf_fields=fields)
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A client of a 2-process LocalCluster, one torch thread per worker."""
+    distributed = pytest.importorskip("distributed")
+    # dask's nanny already starts workers with OMP_NUM_THREADS=1; say it
+    # explicitly (restarted workers get the same environment)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    client = distributed.Client(cluster)
+    client.run(torch.set_num_threads, 1)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _wait_for_workers(client, n=2, timeout=60):
+    client.wait_for_workers(n, timeout=timeout)
+    client.run(torch.set_num_threads, 1)
+
+
+# ------------------------------------------------------ distributed grid search
+def test_workers_use_one_torch_thread(client):
+    threads = client.run(torch.get_num_threads)
+    assert len(threads) == 2
+    assert set(threads.values()) == {1}
+
+
+def test_grid_search_on_dask_equals_the_local_search(data, local_search, client):
+    """GridSearchCV over K and lambda through joblib's dask backend."""
+    fields, blurry, clean = data
+    from distributed import get_task_stream
+
+    search = GridSearchCV(tiny(), GRID, cv=KFold(2))
+    with get_task_stream(client) as stream, joblib.parallel_backend("dask"):
+        search.fit(blurry, clean, psf_fields=fields)
+    # the 4 candidates x 2 folds ran as tasks on both workers
+    assert len(stream.data) >= 1
+    assert len({t["worker"] for t in stream.data}) == 2
+    local = local_search.cv_results_
+    for key in ("mean_test_score", "split0_test_score", "split1_test_score"):
+        np.testing.assert_allclose(search.cv_results_[key], local[key],
+                                   rtol=1e-6, atol=0)
+    assert search.best_params_ == local_search.best_params_
+    assert search.cv_results_["params"] == local["params"]
+    # the refitted best model is the same network
+    np.testing.assert_allclose(search.best_estimator_.estimate(blurry),
+                               local_search.best_estimator_.estimate(blurry),
+                               rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------- batch deblurring
+def test_deblur_images_on_the_cluster_equals_transform_image_by_image(
+        data, fitted, client):
+    from distributed import get_task_stream
+
+    from deepblur.distributed import deblur_images
+
+    fields, blurry, clean = data
+    deblurrer = fitted.deblurrer_          # blind: gamma from the regressor
+    with get_task_stream(client) as stream:
+        U = deblur_images(blurry, deblurrer)
+    expected = np.stack([deblurrer.transform(blurry[i:i + 1])[0]
+                         for i in range(len(blurry))])
+    assert U.shape == blurry.shape and U.dtype == np.float32
+    np.testing.assert_allclose(U, expected, rtol=0, atol=1e-6)
+    # one task per image, spread over both workers
+    keys = [t["key"] for t in stream.data if "deblur-images" in str(t["key"])]
+    assert len(keys) == len(blurry)
+    assert len({t["worker"] for t in stream.data}) == 2
+    # the images differ from each other: the test compares something
+    assert not np.allclose(U[0], U[1])
+
+
+def test_deblur_images_batches_and_lazy_results(data, fitted, client):
+    import dask.array as da
+
+    from deepblur.distributed import deblur_images
+
+    fields, blurry, clean = data
+    deblurrer = fitted.deblurrer_
+    # a whole batch per task is the in-process batched transform
+    np.testing.assert_allclose(deblur_images(blurry, deblurrer,
+                                             images_per_task=len(blurry)),
+                               deblurrer.transform(blurry), rtol=0, atol=1e-6)
+    lazy = deblur_images(blurry, deblurrer, images_per_task=3, compute=False)
+    assert isinstance(lazy, da.Array)
+    assert lazy.chunks == ((3, 3, 2), (32,), (32,))
+    expected = np.concatenate([deblurrer.transform(blurry[i:i + 3])
+                               for i in range(0, 8, 3)])
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=0, atol=1e-6)
+    # a dask array (e.g. read from zarr) in chunks of several images; a list
+    stack = da.from_array(blurry, chunks=(5, 32, 32))
+    by_image = deblur_images(blurry, deblurrer)
+    np.testing.assert_allclose(deblur_images(stack, deblurrer), by_image,
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(deblur_images(list(blurry), deblurrer,
+                                             scheduler="sync"),
+                               by_image, rtol=0, atol=1e-6)
+
+
+def test_deblur_images_non_blind_slices_gamma_per_task(data, fitted, client):
+    from deepblur.distributed import deblur_images
+
+    fields, blurry, clean = data
+    tv = TVDeblurrer(fitted.basis_, lam=100.0, tol=1e-3, device="cpu").fit(blurry)
+    gamma = fitted.estimate(blurry) * np.linspace(0.8, 1.2, len(blurry))[:, None]
+    U = deblur_images(blurry, tv, gamma=gamma)
+    for i in (0, 5):
+        np.testing.assert_allclose(
+            U[i], tv.transform(blurry[i:i + 1], gamma=gamma[i:i + 1])[0],
+            rtol=0, atol=1e-6)
+    one = deblur_images(blurry[:2], tv, gamma=gamma[3], dtype="float64")
+    assert one.dtype == np.float64
+    np.testing.assert_allclose(one[1], tv.transform(blurry[1:2], gamma=gamma[3])[0],
+                               rtol=0, atol=1e-6)
+
+
+def test_deblur_images_errors(data, fitted):
+    from sklearn.exceptions import NotFittedError
+
+    from deepblur.distributed import deblur_images
+
+    fields, blurry, clean = data
+    deblurrer = fitted.deblurrer_
+    with pytest.raises(ValueError, match=r"shape \(n, H, W\)"):
+        deblur_images(blurry[0], deblurrer)
+    with pytest.raises(ValueError, match="one shape"):
+        deblur_images([blurry[0], blurry[1, :16]], deblurrer)
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        deblur_images(blurry, deblurrer, gamma=np.ones((3, 3)))
+    with pytest.raises(ValueError, match="images_per_task"):
+        deblur_images(blurry, deblurrer, images_per_task=0)
+    with pytest.raises(TypeError, match="transform"):
+        deblur_images(blurry, object())
+    with pytest.raises(NotFittedError):
+        deblur_images(blurry, TVDeblurrer(fitted.basis_))
+    # the estimator's own errors surface from the task, unchanged
+    with pytest.raises(ValueError, match="image_shape|shape"):
+        deblur_images(np.zeros((2, 16, 16)), deblurrer, scheduler="sync")
+
+
+def test_deblur_large_images_equals_deblur_large(fitted, client):
+    from deepblur.distributed import deblur_large_images
+    from deepblur.tiling import deblur_large
+
+    rng = np.random.default_rng(1)
+    images = [rng.random((40, 48)) + 0.5, rng.random((48, 36)) + 0.5]
+    model = (fitted.basis_, fitted.regressor_)
+    kwargs = dict(lam=100.0, max_iter=15, tol=0, unit_gain=False)
+    out = deblur_large_images(images, model, **kwargs)
+    assert [u.shape for u in out] == [(40, 48), (48, 36)]
+    for image, u in zip(images, out, strict=True):
+        np.testing.assert_allclose(
+            u, deblur_large(image, model, progress=False, **kwargs).restored,
+            rtol=0, atol=1e-6)
+    lazy = deblur_large_images(np.stack([images[0]] * 2), model, compute=False,
+                               **kwargs)
+    assert len(lazy) == 2
+    with pytest.raises(ValueError, match="2-D image"):
+        deblur_large_images([images[0], np.zeros(5)], model)
+
+
+# -------------------------------------------------------------- accelerate
+@pytest.fixture(scope="module")
+def accelerator():
+    accelerate = pytest.importorskip("accelerate")
+    return accelerate.Accelerator(cpu=True)
+
+
+@pytest.fixture(scope="module")
+def training(fitted):
+    from deepblur.datasets.simulate import BlurDataset, make_blurred_images
+
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 32, 32)) + 0.1
+    X, y = make_blurred_images(images, fitted.basis_, fitted.sampler_, 24,
+                               random_state=0)
+    dataset = BlurDataset(images, fitted.basis_, fitted.sampler_, batch_size=8,
+                          n_batches=3, random_state=0)
+    return X, y, dataset
+
+
+def _nets(accelerator, basis, **kwargs):
+    from deepblur.distributed import AcceleratedResNetBlurRegressor
+
+    kw = dict(dict(basis=basis, module__width=4, max_epochs=2, batch_size=8,
+                   verbose=0), **kwargs)
+    return (AcceleratedResNetBlurRegressor(accelerator=accelerator, **kw),
+            ResNetBlurRegressor(device="cpu", **kw))
+
+
+def test_accelerated_regressor_trains_like_the_plain_one(fitted, training,
+                                                         accelerator, capsys):
+    X, y, dataset = training
+    for data in ((X, y), (dataset, None)):
+        accel, plain = _nets(accelerator, fitted.basis_)
+        torch.manual_seed(0)
+        accel.fit(*data)
+        torch.manual_seed(0)
+        plain.fit(*data)
+        # single process: the same batches, the same steps, the same network
+        for key in ("train_loss", "valid_loss"):
+            np.testing.assert_allclose(accel.history[:, key], plain.history[:, key],
+                                       rtol=1e-6)
+        np.testing.assert_allclose(accel.predict(X), plain.predict(X), rtol=1e-5,
+                                   atol=1e-6)
+    # two epochs of a BlurDataset are different samples (no replay)
+    assert accel.history[0, "train_loss"] != accel.history[1, "train_loss"]
+    assert capsys.readouterr().out == ""         # verbose=0 is honoured
+    # predict is the unwrapped module applied by hand
+    assert type(accel.module_).__name__ == "ResNet"
+    with torch.no_grad():
+        by_hand = accel.module_(torch.as_tensor(X[:, None], dtype=torch.float32))
+    np.testing.assert_allclose(accel.predict(X), by_hand.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert accel.predict(X).shape == (len(X), fitted.basis_.kernels_.shape[0])
+
+
+def test_accelerated_regressor_round_trips_and_clones(fitted, training,
+                                                      accelerator, tmp_path):
+    from deepblur.distributed import AcceleratedResNetBlurRegressor
+
+    X, y, dataset = training
+    net, _ = _nets(accelerator, fitted.basis_, max_epochs=1)
+    net.fit(X, y)
+    again = pickle.loads(pickle.dumps(net))
+    np.testing.assert_array_equal(again.predict(X), net.predict(X))
+    assert again.device is None                  # the accelerator still places
+    again.partial_fit(X, y)                      # and trains further
+    assert len(again.history) == 2
+    joblib.dump(net, tmp_path / "net.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "net.joblib").predict(X),
+                                  net.predict(X))
+    copy = clone(net)
+    assert copy.accelerator is accelerator       # shared, not deep-copied
+    assert copy.basis is fitted.basis_
+    assert not hasattr(copy, "module_")
+    assert copy.get_params()["module__width"] == 4
+    torch.manual_seed(0)
+    assert copy.fit(X, y).predict(X).shape == (len(X), 3)
+    # it works inside the end-to-end estimator (cloned by BlindDeblurrer)
+    inner = clone(tiny().set_params(regressor=copy)).regressor
+    assert isinstance(inner, AcceleratedResNetBlurRegressor)
+    assert inner.accelerator is accelerator
+
+
+def test_accelerated_regressor_errors(fitted, training, accelerator):
+    from deepblur.distributed import AcceleratedResNetBlurRegressor
+
+    X, y, dataset = training
+    with pytest.raises(TypeError, match="accelerator must be an "
+                                        "accelerate.Accelerator"):
+        AcceleratedResNetBlurRegressor(basis=fitted.basis_).fit(X, y)
+    with pytest.raises(ValueError, match="device=None"):
+        AcceleratedResNetBlurRegressor(accelerator=accelerator, basis=fitted.basis_,
+                                       device="cpu", max_epochs=1,
+                                       verbose=0).fit(X, y)
+
+
+@pytest.mark.cuda
+def test_accelerated_regressor_on_cuda(fitted, training):
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.state import AcceleratorState
+
+    from deepblur.distributed import AcceleratedResNetBlurRegressor
+
+    X, y, dataset = training
+    AcceleratorState._reset_state(True)     # the module's CPU accelerator
+    try:
+        acc = accelerate.Accelerator()
+        assert acc.device.type == "cuda"
+        net = AcceleratedResNetBlurRegressor(
+            accelerator=acc, basis=fitted.basis_, module__width=4, max_epochs=2,
+            batch_size=8, verbose=0)
+        net.fit(dataset, None)
+        assert next(net.module_.parameters()).device.type == "cuda"
+        with torch.no_grad():
+            by_hand = net.module_(torch.as_tensor(X[:, None], dtype=torch.float32,
+                                                  device="cuda")).cpu().numpy()
+        np.testing.assert_allclose(net.predict(X), by_hand, rtol=1e-4, atol=1e-5)
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+# ------------------------------------------------------------------- faults
+def _killing_scorer(marker, always=False):
+    """A scorer that kills its worker process (the first call only, unless
+    ``always``): the file ``marker`` is created atomically by the call that
+    exits, so that one worker dies even when both score at once."""
+
+    def scorer(estimator, X, y):
+        if always:
+            os._exit(1)
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return estimator.score(X, y)
+        os.close(fd)
+        os._exit(1)  # a dead worker: no exception, no result, no goodbye
+
+    return scorer
+
+
+def _scheduler_allowed_failures(client, value=None):
+    def access(dask_scheduler, value=value):
+        old = dask_scheduler.allowed_failures
+        if value is not None:
+            dask_scheduler.allowed_failures = value
+        return old
+
+    return client.run_on_scheduler(access)
+
+
+def test_a_worker_dying_mid_search_gives_the_same_results(data, local_search,
+                                                          client, tmp_path):
+    """dask reschedules the tasks of the lost worker (allowed_failures=3)."""
+    fields, blurry, clean = data
+    marker = tmp_path / "killed-once"
+    search = GridSearchCV(tiny(), GRID, cv=KFold(2),
+                          scoring=_killing_scorer(str(marker)))
+    with joblib.parallel_backend("dask"):
+        search.fit(blurry, clean, psf_fields=fields)
+    assert marker.exists()                      # a worker did die
+    assert _scheduler_allowed_failures(client) >= 1
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"],
+                               local_search.cv_results_["mean_test_score"],
+                               rtol=1e-6, atol=0)
+    assert search.best_params_ == local_search.best_params_
+    _wait_for_workers(client)
+
+
+def test_a_search_whose_tasks_keep_killing_workers_fails_clearly(data, client,
+                                                                 tmp_path):
+    """No partial cv_results_: the search raises dask's KilledWorker.
+
+    With joblib's own "dask" backend (joblib 1.6.0) the same search never
+    returns (see register_joblib_dask_backend); the registered backend raises.
+    """
+    from distributed import KilledWorker
+
+    from deepblur.distributed import register_joblib_dask_backend
+
+    backend = register_joblib_dask_backend()
+    fields, blurry, clean = data
+    old = _scheduler_allowed_failures(client, 0)   # give up at the first death
+    try:
+        search = GridSearchCV(tiny(), {"deblurrer__lam": [20.0, 400.0]},
+                              cv=KFold(2),
+                              scoring=_killing_scorer(str(tmp_path / "m"),
+                                                      always=True))
+        with pytest.raises(KilledWorker, match="workers died"), \
+                joblib.parallel_backend(backend):
+            search.fit(blurry, clean, psf_fields=fields)
+        assert not hasattr(search, "cv_results_")
+        assert not hasattr(search, "best_params_")
+    finally:
+        _scheduler_allowed_failures(client, old)
+        _wait_for_workers(client)
