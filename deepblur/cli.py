@@ -273,10 +273,21 @@ def _read_gamma(path, K):
     return gamma
 
 
-def _model_image(model, path):
+def _model_image(model, path, *, large=False):
+    """Read an image for the model; ``large`` admits any size >= its input."""
     img, dtype = read_image(path)
     shape = tuple(model.basis.image_shape_)
-    if img.shape != shape:
+    fits = img.shape[0] >= shape[0] and img.shape[1] >= shape[1]
+    if large and fits:
+        pass
+    elif large:
+        raise CLIError(
+            f"{Path(path).name} is {img.shape[0]}x{img.shape[1]}, smaller than the "
+            f"model's input {shape[0]}x{shape[1]} along an axis: the blur is "
+            f"estimated on {shape[0]}x{shape[1]} tiles; pad the image to at least "
+            "that size."
+        )
+    elif img.shape != shape:
         if img.shape[0] >= shape[0] and img.shape[1] >= shape[1]:
             size = "larger than"
         elif img.shape[0] <= shape[0] and img.shape[1] <= shape[1]:
@@ -341,7 +352,9 @@ def cmd_estimate(args):
     if args.figure is not None:
         _check_figure_path(args.figure)
     model, source = _load_model(args.model)
-    img, _ = _model_image(model, args.image)
+    img, _ = _model_image(model, args.image, large=True)
+    if img.shape != tuple(model.basis.image_shape_):
+        return _estimate_tiles(args, model, source, img)
     gamma, scale = estimate_gamma(model, img)
     gain = operator_gain(model.basis, gamma)
     print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
@@ -370,13 +383,132 @@ def cmd_estimate(args):
     return 0
 
 
+def _tile_stride(args, model):
+    stride = getattr(args, "tile_stride", None)
+    if stride is None:
+        return None
+    shape = tuple(model.basis.image_shape_)
+    if stride > min(shape):
+        raise CLIError(f"--tile-stride must be at most the tile size {min(shape)} "
+                       f"(tiles must overlap or touch); got {stride}.")
+    return stride
+
+
+def _estimate_tiles(args, model, source, img):
+    """`deepblur estimate` on an image larger than the model's input."""
+    from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
+    from deepblur.tiling import estimate_tiles, stitched_operator
+
+    with _Warnings():
+        gamma, grid = estimate_tiles(
+            img, model.regressor, tuple(model.basis.image_shape_),
+            stride=_tile_stride(args, model),
+            target_mean=_IMAGE_MEAN * training_gain(model))
+    print(f"{img.shape[0]}x{img.shape[1]} image: {grid.n_tiles} tiles "
+          f"({grid.shape[0]}x{grid.shape[1]}) of {grid.tile_shape[0]}x"
+          f"{grid.tile_shape[1]}, one gamma_hat (K={gamma.shape[1]}) per tile, "
+          "blended by a partition of unity")
+    if args.output is not None:
+        out = Path(args.output)
+        if out.suffix.lower() == ".npy":
+            np.save(out, gamma)
+        else:
+            out.write_text(json.dumps(dict(
+                gamma_tiles=gamma.tolist(), K=int(gamma.shape[1]),
+                image_shape=list(grid.image_shape),
+                tile_shape=list(grid.tile_shape),
+                row_starts=list(grid.row_starts), col_starts=list(grid.col_starts),
+                image=str(args.image), model=source,
+                convention="one gamma per tile, row-major, for the tile scaled to "
+                           "the mean intensity of the training observations; "
+                           "deblur rescales each to unit gain"), indent=1))
+        print(f"gamma: {out}")
+    if args.figure is not None:
+        from deepblur.plotting import dirac_comb
+
+        _use_agg()
+        import matplotlib.pyplot as plt
+
+        op = stitched_operator(model.basis, gamma, grid)
+        comb = dirac_comb(img.shape, spacing=max(16, min(img.shape) // 16))
+        import torch
+
+        with torch.no_grad():
+            psfs = op.forward(torch.from_numpy(comb)[None],
+                              torch.ones(gamma.shape[1], dtype=torch.float64))
+        psfs = psfs[0].cpu().numpy()
+        fig, ax = plt.subplots(figsize=(6, 6 * img.shape[0] / img.shape[1]))
+        ax.imshow(psfs, cmap="magma")
+        ax.set_title(f"estimated operator on a Dirac comb ({grid.n_tiles} tiles)")
+        ax.axis("off")
+        _save_figure(fig, args.figure)
+        print(f"figure: {args.figure}")
+    return 0
+
+
+def _read_gamma_tiles(path, grid_shape, K):
+    """Per-tile gammas from `deepblur estimate` of an image of this size."""
+    from deepblur.tiling import TileGrid
+
+    path = _check_exists(path, "gamma file")
+    if path.suffix.lower() != ".json":
+        raise CLIError(f"for an image larger than the model's input, --gamma must "
+                       f"be the .json written by `deepblur estimate` for it (with "
+                       f"its tile grid); got {path.name}.")
+    try:
+        data = json.loads(path.read_text())
+        gamma = np.asarray(data["gamma_tiles"], dtype=np.float64)
+        grid = TileGrid(tuple(data["image_shape"]), tuple(data["tile_shape"]),
+                        tuple(data["row_starts"]), tuple(data["col_starts"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"{path.name} is not a per-tile gamma file of `deepblur "
+                       f"estimate` ({exc}).") from None
+    if tuple(grid.image_shape) != tuple(grid_shape):
+        raise CLIError(f"{path.name} was estimated on a {grid.image_shape[0]}x"
+                       f"{grid.image_shape[1]} image, not {grid_shape[0]}x"
+                       f"{grid_shape[1]}.")
+    if gamma.shape != (grid.n_tiles, K) or not np.isfinite(gamma).all():
+        raise CLIError(f"{path.name} must hold {grid.n_tiles} finite rows of K={K} "
+                       f"coefficients; got shape {gamma.shape}.")
+    return gamma, grid
+
+
+def _deblur_large(args, model, img):
+    """`deepblur deblur` on an image larger than the model's input."""
+    from deepblur.tiling import (
+        DEFAULT_MAX_PIXELS,
+        _component_gains,
+        deblur_large,
+        deblur_stitched,
+    )
+
+    max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    kwargs = dict(lam=args.lam, regularization=args.regularization,
+                  positive=args.positive, max_iter=args.max_iter,
+                  max_pixels=max_pixels, device=args.device)
+    with _Warnings():
+        if args.gamma is None:
+            result = deblur_large(img, model, tile_stride=_tile_stride(args, model),
+                                  **kwargs)
+            return result.restored, result.grid
+        gamma, grid = _read_gamma_tiles(args.gamma, img.shape,
+                                        model.basis.kernels_.shape[0])
+        gains = gamma @ _component_gains(model.basis)
+        if not np.all(gains > 0):
+            raise CLIError(f"{Path(args.gamma).name}: a tile's operator has a "
+                           "non-positive gain; it cannot be rescaled to unit gain.")
+        restored, _ = deblur_stitched(img, model.basis, gamma / gains[:, None],
+                                      grid, **kwargs)
+        return restored, grid
+
+
 def cmd_deblur(args):
     """Deblur a TIFF/PNG image, blind or with a given operator."""
     from deepblur.pretrained._apply import deblur_image
 
     _check_output(args.output, _IMAGE_WRITE, "output image")
     model, _ = _load_model(args.model)
-    img, dtype = _model_image(model, args.image)
+    img, dtype = _model_image(model, args.image, large=True)
     if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
         raise CLIError(
             f"{Path(args.image).name} has float pixels, which PNG cannot store: "
@@ -386,6 +518,14 @@ def cmd_deblur(args):
                                                                      np.uint16):
         raise CLIError(f"PNG stores 8- or 16-bit unsigned pixels, not {dtype}: "
                        "write the output as .tif.")
+    if img.shape != tuple(model.basis.image_shape_):
+        restored, grid = _deblur_large(args, model, img)
+        write_image(args.output, restored, dtype)
+        mode = "blind" if args.gamma is None else f"operator from {args.gamma}"
+        print(f"deblurred ({mode}, {grid.n_tiles} tiles, {args.regularization}, "
+              f"lam={args.lam}): {args.output} ({dtype}, {img.shape[0]}x"
+              f"{img.shape[1]})")
+        return 0
     K = model.basis.kernels_.shape[0]
     gamma = None if args.gamma is None else _read_gamma(args.gamma, K)
     with _Warnings():
@@ -651,6 +791,14 @@ def _device(value):
     return value
 
 
+def _add_tiling(p):
+    p.add_argument("--tile-stride", type=_positive_int, default=None, metavar="S",
+                   help="images larger than the model's input are cut into "
+                        "overlapping tiles of its input size, S pixels apart "
+                        "(default: half a tile); one operator per tile, blended "
+                        "by a smooth partition of unity")
+
+
 def _add_max_iter(p):
     p.add_argument("--max-iter", type=_positive_int, default=500, metavar="N",
                    help="cap on the deblurring solver's iterations (default: 500)")
@@ -708,18 +856,24 @@ def build_parser():
     p = sub.add_parser(
         "estimate", help="estimate the blur operator (gamma) of an image",
         description="Estimate the coefficients gamma of the blur operator of a "
-                    "TIFF/PNG image of the model's input shape. " + _CONVENTION)
+                    "TIFF/PNG image of at least the model's input shape "
+                    "(larger images: one operator per overlapping tile, see "
+                    "--tile-stride). "
+                    + _CONVENTION)
     p.add_argument("image", metavar="IMAGE", help="blurry image (TIFF or PNG)")
     _add_model(p)
     p.add_argument("-o", "--output", metavar="GAMMA",
                    help="save gamma_hat (.json with metadata, or .npy)")
     p.add_argument("--figure", metavar="FIG",
                    help="save the estimated operator on a Dirac comb (.png, .pdf)")
+    _add_tiling(p)
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser(
         "deblur", help="deblur an image (blind, or with a given operator)",
-        description="Deblur a TIFF/PNG image of the model's input shape by "
+        description="Deblur a TIFF/PNG image of at least the model's input "
+                    "shape (larger ones with a tiled, spatially varying "
+                    "operator, solved in blocks of at most --max-pixels) by "
                     "solving min_u R(u) + lam/2 ||H u - y||^2 (on the pixels "
                     "whose PSF lies inside the image, see --boundary) with H "
                     "estimated by the model (blind) or read from --gamma. "
@@ -744,7 +898,14 @@ def build_parser():
                         "dark surrounding, as in simulations)")
     p.add_argument("--gamma", metavar="FILE",
                    help="operator coefficients (.json or .npy from `deepblur "
-                        "estimate`) instead of the blind estimate")
+                        "estimate`; for a large image its per-tile .json) "
+                        "instead of the blind estimate")
+    _add_tiling(p)
+    p.add_argument("--max-pixels", type=_positive_int, default=None,
+                   metavar="N",
+                   help="large images: most pixels per deblurring solve (memory "
+                        "bound); larger images are solved in overlapping blocks "
+                        "(default: deepblur.tiling.DEFAULT_MAX_PIXELS)")
     _add_max_iter(p)
     _add_model(p)
     _add_device(p)

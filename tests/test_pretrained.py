@@ -4,20 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from deepblur.datasets.simulate import make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.pretrained._default import make_default_setting, relative_errors
 from deepblur.pretrained._io import PretrainedModel, load_model, save_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
