@@ -273,31 +273,16 @@ def _read_gamma(path, K):
     return gamma
 
 
-def _model_image(model, path, *, large=False):
-    """Read an image for the model; ``large`` admits any size >= its input."""
+def _model_image(model, path):
+    """Read an image of at least the model's input shape (larger: tiled)."""
     img, dtype = read_image(path)
     shape = tuple(model.basis.image_shape_)
-    fits = img.shape[0] >= shape[0] and img.shape[1] >= shape[1]
-    if large and fits:
-        pass
-    elif large:
+    if img.shape[0] < shape[0] or img.shape[1] < shape[1]:
         raise CLIError(
             f"{Path(path).name} is {img.shape[0]}x{img.shape[1]}, smaller than the "
             f"model's input {shape[0]}x{shape[1]} along an axis: the blur is "
             f"estimated on {shape[0]}x{shape[1]} tiles; pad the image to at least "
             "that size."
-        )
-    elif img.shape != shape:
-        if img.shape[0] >= shape[0] and img.shape[1] >= shape[1]:
-            size = "larger than"
-        elif img.shape[0] <= shape[0] and img.shape[1] <= shape[1]:
-            size = "smaller than"
-        else:
-            size = "not the shape of"
-        raise CLIError(
-            f"{Path(path).name} is {img.shape[0]}x{img.shape[1]}, {size} the "
-            f"model's input {shape[0]}x{shape[1]}: the model handles images of "
-            f"exactly that shape; crop (or pad) the image to {shape[0]}x{shape[1]}."
         )
     if not img.mean() > 0:
         raise CLIError(f"{Path(path).name} has a mean intensity <= 0; the model "
@@ -352,7 +337,7 @@ def cmd_estimate(args):
     if args.figure is not None:
         _check_figure_path(args.figure)
     model, source = _load_model(args.model)
-    img, _ = _model_image(model, args.image, large=True)
+    img, _ = _model_image(model, args.image)
     if img.shape != tuple(model.basis.image_shape_):
         return _estimate_tiles(args, model, source, img)
     gamma, scale = estimate_gamma(model, img)
@@ -508,7 +493,7 @@ def cmd_deblur(args):
 
     _check_output(args.output, _IMAGE_WRITE, "output image")
     model, _ = _load_model(args.model)
-    img, dtype = _model_image(model, args.image, large=True)
+    img, dtype = _model_image(model, args.image)
     if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
         raise CLIError(
             f"{Path(args.image).name} has float pixels, which PNG cannot store: "
