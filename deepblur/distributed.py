@@ -371,6 +371,7 @@ def _fail_fast_backend_class():
     import asyncio
 
     try:
+        import distributed  # noqa: F401  (joblib._dask imports without it)
         from joblib._dask import DaskDistributedBackend
     except ImportError as exc:  # pragma: no cover - exercised without dask
         raise ImportError(
