@@ -32,7 +32,7 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 from skorch.exceptions import DeviceWarning
 from skorch.hf import AccelerateMixin
@@ -154,7 +154,10 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
     estimator : fitted estimator with ``transform(X)``
         E.g. :class:`~deepblur.TVDeblurrer` (with a ``blur_estimator`` for
         blind deblurring, or with ``gamma``), :class:`~deepblur.BlindDeblurrer`
-        or a :class:`~sklearn.pipeline.Pipeline` ending with one. It is not
+        or a :class:`~sklearn.pipeline.Pipeline` ending with one (checked to
+        be fitted), or any object whose ``transform`` maps an ``(m, H, W)``
+        array to deblurred images of the same shape. It must pickle (for a
+        distributed cluster). It is not
         modified on workers of a distributed cluster (they hold copies); with
         the local threaded scheduler, the diagnostics that ``transform``
         records (``n_iter_``, ``converged_``, ...) are those of whichever task
@@ -225,7 +228,9 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
             "estimator must have a transform(X) method (e.g. a fitted TVDeblurrer "
             f"or BlindDeblurrer); got {type(estimator).__name__}."
         )
-    check_is_fitted(estimator)
+    if isinstance(estimator, BaseEstimator) or hasattr(estimator,
+                                                       "__sklearn_is_fitted__"):
+        check_is_fitted(estimator)     # a plain object with transform is trusted
     per_task = _check_positive_int(images_per_task, "images_per_task")
     out_dtype = np.dtype(dtype)
     arr, is_dask = _check_image_stack(images, da)

@@ -441,23 +441,26 @@ def test_a_worker_dying_mid_search_gives_the_same_results(data, local_search,
     _wait_for_workers(client)
 
 
-def test_a_search_whose_tasks_keep_killing_workers_fails_clearly(data, client,
-                                                                 tmp_path):
-    """No partial cv_results_: the search raises dask's KilledWorker.
+def test_tasks_that_keep_killing_workers_fail_clearly(data, client, tmp_path):
+    """No partial result: the search and deblur_images raise KilledWorker.
 
     With joblib's own "dask" backend (joblib 1.6.0) the same search never
     returns (see register_joblib_dask_backend); the registered backend raises.
     """
     from distributed import KilledWorker
 
-    from deepblur.distributed import register_joblib_dask_backend
+    from deepblur.distributed import deblur_images, register_joblib_dask_backend
 
     backend = register_joblib_dask_backend()
     fields, blurry, clean = data
+
+    class KillsItsWorker:        # any object with transform will do
+        def transform(self, X):
+            os._exit(1)
+
     old = _scheduler_allowed_failures(client, 0)   # give up at the first death
     try:
-        search = GridSearchCV(tiny(), {"deblurrer__lam": [20.0, 400.0]},
-                              cv=KFold(2),
+        search = GridSearchCV(tiny(), {"deblurrer__lam": [20.0]}, cv=KFold(2),
                               scoring=_killing_scorer(str(tmp_path / "m"),
                                                       always=True))
         with pytest.raises(KilledWorker, match="workers died"), \
@@ -465,6 +468,9 @@ def test_a_search_whose_tasks_keep_killing_workers_fails_clearly(data, client,
             search.fit(blurry, clean, psf_fields=fields)
         assert not hasattr(search, "cv_results_")
         assert not hasattr(search, "best_params_")
+        _wait_for_workers(client)
+        with pytest.raises(KilledWorker, match="workers died"):
+            deblur_images(blurry[:2], KillsItsWorker(), images_per_task=2)
     finally:
         _scheduler_allowed_failures(client, old)
         _wait_for_workers(client)
