@@ -67,6 +67,7 @@ __all__ = [
     "solve_blocks",
     "stitched_maps",
     "stitched_operator",
+    "tile_gains",
     "tile_grid",
 ]
 
@@ -874,6 +875,42 @@ def _component_gains(basis):
         dim=(1, 2)).numpy()
 
 
+def tile_gains(basis, gamma_tiles):
+    """Gain of each tile's operator: the mean of ``H[gamma_t]`` on a flat tile.
+
+    The factor by which the tile's operator scales a flat image, boundary
+    included (as :func:`deepblur.pretrained.operator_gain`); it is linear in
+    ``gamma``, so it is computed from the ``K`` elementary operators once.
+    Dividing each row of ``gamma_tiles`` by its gain gives unit-gain
+    operators (what :func:`deblur_large` does with ``unit_gain=True``).
+
+    Parameters
+    ----------
+    basis : fitted ProductConvolutionBasis
+    gamma_tiles : array-like of shape (n_tiles, K)
+
+    Returns
+    -------
+    gains : ndarray of shape (n_tiles,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur import ProductConvolutionBasis
+    >>> e = np.zeros((2, 3, 3)); e[:, 1, 1] = 1.0       # two identities
+    >>> basis = ProductConvolutionBasis.from_components(e, np.ones((2, 8, 8)))
+    >>> tile_gains(basis, [[1.0, 0.5], [2.0, 0.0]])
+    array([1.5, 2. ])
+    """
+    gamma = np.asarray(gamma_tiles, dtype=np.float64)
+    K = np.asarray(basis.kernels_).shape[0] if hasattr(basis, "kernels_") else None
+    if gamma.ndim != 2 or K is None or gamma.shape[1] != K:
+        raise ValueError(
+            f"gamma_tiles must have shape (n_tiles, K={K}); got shape {gamma.shape}."
+        )
+    return gamma @ _component_gains(basis)
+
+
 def deblur_large(image, model, *, lam="auto", tile_stride=None,
                  max_pixels=DEFAULT_MAX_PIXELS, margin=None, target_mean="auto",
                  unit_gain=True, regularization="tv", positive=False,
@@ -978,7 +1015,7 @@ def deblur_large(image, model, *, lam="auto", tile_stride=None,
             module.to("cpu")
             regressor.device = old_device
     if unit_gain:
-        gains = gamma @ _component_gains(basis)
+        gains = tile_gains(basis, gamma)
         if not np.all(gains > 0):
             bad = int(np.argmin(gains))
             raise ValueError(

@@ -22,6 +22,7 @@ from deepblur.tiling import (
     solve_blocks,
     stitched_maps,
     stitched_operator,
+    tile_gains,
     tile_grid,
 )
 
@@ -428,6 +429,10 @@ def test_deblur_large_with_a_basis_and_regressor(problem):
     p = problem
     basis = p["basis"]
     gains = np.array([basis.apply(np.ones((16, 16)), e).mean() for e in np.eye(K)])
+    g = np.random.default_rng(9).random((4, K))
+    np.testing.assert_allclose(tile_gains(basis, g), g @ gains)
+    with pytest.raises(ValueError, match="gamma_tiles must have shape"):
+        tile_gains(basis, g[:, :2])
     reg = FixedRegressor(lambda x: np.array([1.0, 0.5, 2.0]))
     kw = dict(lam=300.0, max_iter=50, tol=0, max_pixels=32 * 44, margin=12)
     result = deblur_large(p["y"], (basis, reg), **kw)
