@@ -91,7 +91,8 @@ print(f"trained in {time.perf_counter() - t0:.0f} s")
 # Held-out natural images
 # -----------------------
 X, y = make_blurred_images(test_images, basis, sampler, 128 if FAST else 512,
-                           noise_std=noise_std, random_state=123)
+                           noise_std=noise_std,
+                           boundary=setting["params"]["boundary"], random_state=123)
 pred = net.predict(X)
 err = relative_errors(y, pred, basis.gram_)
 base = relative_errors(y, np.tile(mean_gamma, (len(y), 1)), basis.gram_)

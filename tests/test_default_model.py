@@ -40,7 +40,9 @@ def test_loads_on_cpu_without_pickle(model):
 
 def _errors(model, images, seed):
     X, y = make_blurred_images(images, model.basis, model.sampler, 96,
-                               noise_std=model.noise_std, random_state=seed)
+                               noise_std=model.noise_std,
+                               boundary=model.setting["boundary"],
+                               random_state=seed)
     mean_gamma = model.sampler.sample(20_000).mean(axis=0)
     err = relative_errors(y, model.regressor.predict(X), model.basis.gram_)
     base = relative_errors(y, np.tile(mean_gamma, (len(y), 1)), model.basis.gram_)

@@ -111,8 +111,42 @@ def _uniform(lo, hi, n, generator, like):
     return lo + (hi - lo) * u
 
 
-def _simulate(u, gamma, operator, noise_std, snr, normalize, image_mean, generator):
-    """Core: normalise, blur, add noise; all torch, batched, on u's device."""
+BOUNDARIES = ("zero", "crop")
+
+
+def _check_boundary(boundary):
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}; got {boundary!r}.")
+    return boundary
+
+
+def _crop_operator(basis):
+    """The basis's operator on the image padded by a kernel radius, and the margin.
+
+    ``boundary="crop"``: the observed image is a window on a larger scene, as
+    every real image (and every tile of a large one) is. The scene is the
+    clean image extended by reflection, the maps are extended by their edge
+    values (the PSF just outside the field is the PSF at its edge); the blur is
+    computed on the padded scene and the window is cropped: no dark border
+    that a network could read the blur from.
+    """
+    from deepblur.operators.product_convolution import ProductConvolution
+
+    kh, kw = basis.kernels_.shape[1:]
+    margin = (kh // 2, kw // 2)
+    maps = np.pad(np.asarray(basis.maps_), ((0, 0), (margin[0],) * 2,
+                                            (margin[1],) * 2), mode="edge")
+    return ProductConvolution(basis.kernels_, maps, boundary="zero"), margin
+
+
+def _simulate(u, gamma, operator, noise_std, snr, normalize, image_mean, generator,
+              margin=None):
+    """Core: normalise, blur, add noise; all torch, batched, on u's device.
+
+    With ``margin`` (crop boundary), ``operator`` acts on images padded by
+    ``margin``: ``u`` is padded by reflection before the blur and the result
+    cropped back.
+    """
     if normalize == "mean":
         mean = u.mean(dim=(1, 2), keepdim=True)
         if (mean <= 0).any():
@@ -121,7 +155,18 @@ def _simulate(u, gamma, operator, noise_std, snr, normalize, image_mean, generat
                 "image whose mean is <= 0."
             )
         u = u * (image_mean / mean)
-    clean = operator.forward(u, gamma)
+    if margin is not None:
+        (my, mx), (H, W) = margin, u.shape[-2:]
+        if my >= H or mx >= W:
+            raise ValueError(
+                f"boundary='crop' pads the images by the kernel radius {margin} "
+                f"by reflection; the images ({H}x{W}) must be larger than that."
+            )
+        padded = torch.nn.functional.pad(u[:, None], (mx, mx, my, my),
+                                         mode="reflect")[:, 0]
+        clean = operator.forward(padded, gamma)[:, my:my + H, mx:mx + W]
+    else:
+        clean = operator.forward(u, gamma)
     n = clean.shape[0]
     if snr is not None:
         snr_db = _uniform(snr[0], snr[1], n, generator, clean)
@@ -141,7 +186,7 @@ def _torch_generator(random_state, device):
 
 
 def blur_images(images, gamma, basis, *, noise_std=0.01, snr=None, normalize="mean",
-                image_mean=0.5, random_state=None):
+                image_mean=0.5, boundary="zero", random_state=None):
     r"""Blur images by ``H[gamma]`` and add white Gaussian noise.
 
     Parameters
@@ -161,6 +206,11 @@ def blur_images(images, gamma, basis, *, noise_std=0.01, snr=None, normalize="me
         Scale each clean image to mean ``image_mean`` first (see the module
         notes on the scale of ``gamma``).
     image_mean : float, default=0.5
+    boundary : {"zero", "crop"}, default="zero"
+        ``"zero"``: the basis's operator, a dark scene around the image (its
+        border darkens with the blur). ``"crop"``: the image is a window on a
+        larger scene (extended by reflection, the maps by their edge values),
+        blurred and cropped: what a real image or a tile of a large one is.
     random_state : int, RandomState instance or None
 
     Returns
@@ -183,6 +233,7 @@ def blur_images(images, gamma, basis, *, noise_std=0.01, snr=None, normalize="me
     basis = _check_basis(basis)
     noise_std, snr = _check_noise(noise_std, snr)
     _check_normalize(normalize, image_mean)
+    _check_boundary(boundary)
     is_numpy = not torch.is_tensor(images)
     u = _check_images(images, basis.image_shape_)
     if is_numpy:
@@ -201,9 +252,11 @@ def blur_images(images, gamma, basis, *, noise_std=0.01, snr=None, normalize="me
     if not torch.isfinite(g).all():
         raise ValueError("gamma must be finite; got NaN or Inf values.")
     gen = _torch_generator(random_state, u.device)
+    operator, margin = ((basis.operator_, None) if boundary == "zero"
+                        else _crop_operator(basis))
     with torch.no_grad():
-        y = _simulate(u, g, basis.operator_, noise_std, snr, normalize, image_mean,
-                      gen)
+        y = _simulate(u, g, operator, noise_std, snr, normalize, image_mean, gen,
+                      margin)
     return y.cpu().numpy() if is_numpy else y
 
 
@@ -233,7 +286,7 @@ def _dihedral(u, generator):
 
 def make_blurred_images(images, basis, sampler, n_samples=1000, *, noise_std=0.01,
                         snr=None, normalize="mean", image_mean=0.5, augment=True,
-                        pool_size=2000, random_state=None):
+                        pool_size=2000, boundary="zero", random_state=None):
     r"""Fixed training/test arrays ``(X, y)``: blurry images and their ``gamma``.
 
     Each sample draws a clean patch ``u`` (with replacement, random flips and
@@ -255,6 +308,8 @@ def make_blurred_images(images, basis, sampler, n_samples=1000, *, noise_std=0.0
     augment : bool, default=True
     pool_size : int, default=2000
         Patches cropped from source images (ignored for an array of patches).
+    boundary : {"zero", "crop"}, default="zero"
+        See :func:`blur_images`.
     random_state : int, RandomState instance or None
 
     Returns
@@ -282,7 +337,8 @@ def make_blurred_images(images, basis, sampler, n_samples=1000, *, noise_std=0.0
     dataset = BlurDataset(images, basis, sampler, batch_size=n_samples, n_batches=1,
                           noise_std=noise_std, snr=snr, normalize=normalize,
                           image_mean=image_mean, augment=augment,
-                          pool_size=pool_size, random_state=random_state)
+                          pool_size=pool_size, boundary=boundary,
+                          random_state=random_state)
     X, y = next(iter(dataset))
     return X[:, 0].numpy(), y.numpy()
 
@@ -313,6 +369,9 @@ class BlurDataset(IterableDataset):
         See :func:`blur_images`.
     augment : bool, default=True
     pool_size : int, default=2000
+    boundary : {"zero", "crop"}, default="zero"
+        See :func:`blur_images`; ``"crop"`` trains a regressor for real images
+        and tiles of large images (no dark border to read the blur from).
     device : str or torch.device, default="cpu"
         Where the batches are generated.
     random_state : int, RandomState instance or None
@@ -342,7 +401,8 @@ class BlurDataset(IterableDataset):
 
     def __init__(self, images, basis, sampler, *, batch_size=64, n_batches=100,
                  noise_std=0.01, snr=None, normalize="mean", image_mean=0.5,
-                 augment=True, pool_size=2000, device="cpu", random_state=None):
+                 augment=True, pool_size=2000, boundary="zero", device="cpu",
+                 random_state=None):
         super().__init__()
         self.images = images
         self.basis = basis
@@ -355,6 +415,7 @@ class BlurDataset(IterableDataset):
         self.image_mean = image_mean
         self.augment = augment
         self.pool_size = pool_size
+        self.boundary = boundary
         self.device = device
         self.random_state = random_state
         self._state = None
@@ -397,17 +458,19 @@ class BlurDataset(IterableDataset):
             )
         noise_std, snr = _check_noise(self.noise_std, self.snr)
         _check_normalize(self.normalize, self.image_mean)
+        _check_boundary(self.boundary)
         device = torch.device(self.device)
         rng = check_random_state(self.random_state)
         pool = _patch_pool(self.images, basis.image_shape_, self.pool_size, rng)
         pool = _check_images(pool, basis.image_shape_).to(device, torch.float32)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        operator = basis.operator_
+        operator, margin = ((basis.operator_, None) if self.boundary == "zero"
+                            else _crop_operator(basis))
         generators = torch.as_tensor(self.sampler.generators_, dtype=torch.float32,
                                      device=device)
         self._state = dict(pool=pool, operator=operator, generators=generators,
                            noise_std=noise_std, snr=snr, seed=seed, device=device,
-                           generator=None, worker=None)
+                           generator=None, worker=None, margin=margin)
 
     def __len__(self):
         return int(self.n_batches)
@@ -441,7 +504,7 @@ class BlurDataset(IterableDataset):
                                   alpha_range=alpha_range, generator=gen)
         with torch.no_grad():
             X = _simulate(u, gamma, st["operator"], st["noise_std"], st["snr"],
-                          self.normalize, self.image_mean, gen)
+                          self.normalize, self.image_mean, gen, st["margin"])
         return X[:, None].contiguous(), gamma
 
     def __iter__(self):

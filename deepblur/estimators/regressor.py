@@ -270,7 +270,8 @@ class ResNetBlurRegressor(NeuralNetRegressor):
             X.images, X.basis, X.sampler, batch_size=X.batch_size,
             n_batches=int(self.n_valid_batches), noise_std=X.noise_std, snr=X.snr,
             normalize=X.normalize, image_mean=X.image_mean, augment=X.augment,
-            pool_size=X.pool_size, device=X.device, random_state=seed)
+            pool_size=X.pool_size, boundary=X.boundary, device=X.device,
+            random_state=seed)
         Xv, yv = zip(*valid, strict=True)
         return X, Dataset(torch.cat(Xv).cpu(), torch.cat(yv).cpu())
 

@@ -395,7 +395,9 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     original = img * (_IMAGE_MEAN / mean)
     sampler = clone(model.sampler).set_params(random_state=random_state)
     gamma = sampler.fit(model.sampler.generators_).sample(1)[0]
+    boundary = (model.setting or {}).get("boundary", "zero")
     blurry = blur_images(original, gamma, basis, noise_std=model.noise_std,
+                         boundary=boundary,
                          random_state=random_state)[0]
     dev = resolve_device(device)
     regressor = model.regressor
@@ -403,10 +405,20 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
         regressor.module_.to(dev)
         regressor.device = str(dev)
     gamma_hat = np.asarray(regressor.predict(blurry[None]), dtype=np.float64)[0]
-    deblurrer = _deblurrer(basis, lam, regularization, False, dev, max_iter)
-    # one batched solve: with the estimate and with the true operator
-    deblurred, deblurred_true = deblurrer.transform(
-        np.stack([blurry, blurry]), gamma=np.stack([gamma_hat, gamma]))
+    if boundary == "crop":
+        # a window on a larger scene: fit only the pixels whose PSF is inside
+        # (H[g/c] u = y/c: the same problem, started at the right brightness)
+        def solve(g):
+            c = operator_gain(basis, g, interior=True)
+            return _deblur_unknown_boundary(basis, blurry / c, g / c, lam,
+                                            regularization, False, dev, max_iter)
+
+        deblurred, deblurred_true = solve(gamma_hat), solve(gamma)
+    else:
+        deblurrer = _deblurrer(basis, lam, regularization, False, dev, max_iter)
+        # one batched solve: with the estimate and with the true operator
+        deblurred, deblurred_true = deblurrer.transform(
+            np.stack([blurry, blurry]), gamma=np.stack([gamma_hat, gamma]))
     return dict(
         original=original, blurry=np.asarray(blurry, dtype=np.float64),
         deblurred=np.asarray(deblurred, dtype=np.float64),

@@ -25,12 +25,18 @@ __all__ = ["PretrainedModel", "load_basis", "load_default", "load_model",
            "save_basis", "save_model"]
 
 PretrainedModel = namedtuple(
-    "PretrainedModel", ["basis", "cone", "sampler", "regressor", "noise_std"])
+    "PretrainedModel",
+    ["basis", "cone", "sampler", "regressor", "noise_std", "setting"],
+    defaults=[None])
 PretrainedModel.__doc__ = """A trained blur regressor and the setting it was trained in.
 
 Fields: ``basis`` (fitted ProductConvolutionBasis), ``cone`` (fitted
 ConeSimplifier), ``sampler`` (fitted ConeSampler), ``regressor`` (ready
-ResNetBlurRegressor on CPU) and ``noise_std`` (training noise level).
+ResNetBlurRegressor on CPU), ``noise_std`` (training noise level, for clean
+images of mean ``setting["image_mean"]``) and ``setting`` (the dict of
+:data:`~deepblur.pretrained.DEFAULT_SETTING` keys it was trained with; its
+``boundary`` says how the training images were blurred, see
+:func:`deepblur.datasets.blur_images`).
 """
 
 _WEIGHTS, _META = "model.safetensors", "model.json"
@@ -123,9 +129,11 @@ def load_model(directory):
              if k.startswith("module.")}
     regressor.module_.load_state_dict(state)
     regressor.module_.eval()
+    setting = dict(meta["setting"])
+    setting.setdefault("boundary", "zero")      # models saved before the option
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor,
-                           noise_std=float(meta["setting"]["noise_std"]))
+                           noise_std=float(setting["noise_std"]), setting=setting)
 
 
 def load_default():

@@ -166,6 +166,7 @@ def train_regressor(setting, images, *, n_images=384_000, epochs=10, batch_size=
     data = BlurDataset(images, basis, sampler, batch_size=batch_size,
                        n_batches=n_batches, noise_std=params["noise_std"],
                        image_mean=params.get("image_mean", 0.5),
+                       boundary=params.get("boundary", "zero"),
                        random_state=random_state)
     callbacks = [("lr", LRScheduler("CosineAnnealingLR", T_max=epochs))]
     if checkpoint_dir is not None:

@@ -181,3 +181,49 @@ def test_dataset_bad_parameters(basis, sampler, rng):
     wrong_k = ConeSampler().fit(np.eye(3))
     with pytest.raises(ValueError, match="K=2"):
         next(iter(BlurDataset(rng.random((2, 12, 12)), basis, wrong_k)))
+
+
+def test_crop_boundary_is_a_window_on_a_reflected_scene(rng):
+    """boundary='crop' blurs the scene around the image (here its mirror
+    image), not a dark surrounding: scipy's mirror-mode convolution."""
+    from scipy import ndimage
+
+    kernel = rng.random((1, 5, 7))
+    basis = ProductConvolutionBasis.from_components(kernel, np.ones((1, 16, 20)))
+    u = rng.random((2, 16, 20)) + 0.1
+    y = blur_images(u, [1.0], basis, noise_std=0.0, normalize=None,
+                    boundary="crop")
+    for i in range(2):
+        expected = ndimage.convolve(u[i], kernel[0], mode="mirror")
+        np.testing.assert_allclose(y[i], expected, rtol=1e-5, atol=1e-6)
+    flat = blur_images(np.ones((1, 16, 20)), [1.0], basis, noise_std=0.0,
+                       normalize=None, boundary="crop")
+    np.testing.assert_allclose(flat, kernel.sum(), rtol=1e-5)   # no dark border
+    zero = blur_images(np.ones((1, 16, 20)), [1.0], basis, noise_std=0.0,
+                       normalize=None)
+    assert zero[0, 0, 0] < 0.5 * kernel.sum()                    # the zero boundary
+
+
+def test_crop_boundary_space_varying_matches_padded_dense_operator(basis, sampler,
+                                                                   rng):
+    """Space-varying maps: the maps are extended by their edge values."""
+    from deepblur.operators.product_convolution import ProductConvolution
+
+    u = rng.random((1, 12, 12)) + 0.1
+    gamma = sampler.sample(1)
+    y = blur_images(u, gamma, basis, noise_std=0.0, normalize=None,
+                    boundary="crop")
+    k = basis.kernels_.shape[1] // 2
+    big = ProductConvolution(basis.kernels_, np.pad(basis.maps_, ((0, 0), (k, k),
+                                                                  (k, k)),
+                                                    mode="edge"))
+    padded = np.pad(u[0], k, mode="reflect")
+    ref = big.forward(torch.from_numpy(padded)[None], torch.as_tensor(gamma))
+    np.testing.assert_allclose(y[0], ref[0, k:-k, k:-k].numpy(), rtol=1e-5,
+                               atol=1e-6)
+    data = BlurDataset(rng.random((4, 12, 12)) + 0.1, basis, sampler, batch_size=3,
+                       n_batches=1, boundary="crop", random_state=0)
+    X, _ = next(iter(data))
+    assert X.shape == (3, 1, 12, 12)
+    with pytest.raises(ValueError, match="boundary must be one of"):
+        blur_images(u, gamma, basis, boundary="periodic")
