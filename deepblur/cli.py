@@ -462,9 +462,9 @@ def _deblur_large(args, model, img):
     """`deepblur deblur` on an image larger than the model's input."""
     from deepblur.tiling import (
         DEFAULT_MAX_PIXELS,
-        _component_gains,
         deblur_large,
         deblur_stitched,
+        tile_gains,
     )
 
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
@@ -478,7 +478,7 @@ def _deblur_large(args, model, img):
             return result.restored, result.grid
         gamma, grid = _read_gamma_tiles(args.gamma, img.shape,
                                         model.basis.kernels_.shape[0])
-        gains = gamma @ _component_gains(model.basis)
+        gains = tile_gains(model.basis, gamma)
         if not np.all(gains > 0):
             raise CLIError(f"{Path(args.gamma).name}: a tile's operator has a "
                            "non-positive gain; it cannot be rescaled to unit gain.")
