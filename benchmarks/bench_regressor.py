@@ -59,6 +59,7 @@ def summary(name, y, pred, base, gram):
 def train(args, basis, sampler, train_images, mean_gamma, n_batches, noise):
     """Train the regressor of the command line's configuration."""
     data = BlurDataset(train_images, basis, sampler, batch_size=args.batch_size,
+                       boundary=args.boundary,
                        n_batches=n_batches, noise_std=noise, random_state=0)
     kwargs = {} if args.criterion == "frobenius" else {
         "criterion": torch.nn.MSELoss}
@@ -101,6 +102,9 @@ def main():
     p.add_argument("--model", default=None,
                    help="evaluate a saved model directory (e.g. "
                         "deepblur/pretrained/default) instead of training one")
+    p.add_argument("--boundary", choices=["zero", "crop"], default=None,
+                   help="how train and test images are blurred (default: the "
+                        "setting's; crop = windows on a larger scene)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--n-test", type=int, default=512)
@@ -134,6 +138,9 @@ def main():
             joblib.dump(setting, args.cache)
     basis, sampler, params = setting["basis"], setting["sampler"], setting["params"]
     noise = params["noise_std"] if args.noise_std is None else args.noise_std
+    if args.boundary is None:
+        args.boundary = params.get("boundary", "zero")
+    print(f"boundary: {args.boundary}")
     shape = tuple(params["image_shape"])
     train_images, test_images = natural_image_split()
     mean_gamma = sampler.sample(50_000).mean(0)
@@ -156,6 +163,7 @@ def main():
                    noise_std=noise)
     for name, images in tests.items():
         X, y = make_blurred_images(images, basis, sampler, args.n_test,
+                                   boundary=args.boundary,
                                    noise_std=noise, random_state=rng)
         t = time.perf_counter()
         pred = net.predict(X)
@@ -167,6 +175,7 @@ def main():
           f"({args.threads} thread(s))")
     for sigma in (0.0, 0.01, 0.03, 0.1):
         X, y = make_blurred_images(test_images, basis, sampler, args.n_test,
+                                   boundary=args.boundary,
                                    noise_std=sigma, random_state=7)
         results[f"natural_sigma_{sigma}"] = summary(
             f"sigma={sigma}", y, net.predict(X), np.tile(mean_gamma, (len(y), 1)),
