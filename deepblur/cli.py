@@ -341,6 +341,7 @@ def cmd_estimate(args):
     if img.shape != tuple(model.basis.image_shape_):
         return _estimate_tiles(args, model, source, img)
     gamma, scale = estimate_gamma(model, img)
+    _warn_if_zero_boundary(model)
     gain = operator_gain(model.basis, gamma)
     print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
     print(f"operator gain (on a flat image): {gain:.4f}")
@@ -379,6 +380,17 @@ def _tile_stride(args, model):
     return stride
 
 
+def _warn_if_zero_boundary(model):
+    """A model trained on zero-boundary simulations is unreliable on real images."""
+    if (model.setting or {}).get("boundary", "zero") == "zero":
+        print("warning: this model was trained on images blurred with a zero "
+              "boundary; on windows of larger scenes (real images, tiles) the "
+              "shipped one's operator error is 57 %, worse than the mean "
+              "operator's 24 % (benchmarks/README.md): treat the blind estimate "
+              "as unreliable, or pass a known operator with --gamma.",
+              file=sys.stderr)
+
+
 def _estimate_tiles(args, model, source, img):
     """`deepblur estimate` on an image larger than the model's input."""
     from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
@@ -389,6 +401,7 @@ def _estimate_tiles(args, model, source, img):
             img, model.regressor, tuple(model.basis.image_shape_),
             stride=_tile_stride(args, model),
             target_mean=_IMAGE_MEAN * training_gain(model))
+    _warn_if_zero_boundary(model)
     print(f"{img.shape[0]}x{img.shape[1]} image: {grid.n_tiles} tiles "
           f"({grid.shape[0]}x{grid.shape[1]}) of {grid.tile_shape[0]}x"
           f"{grid.tile_shape[1]}, one gamma_hat (K={gamma.shape[1]}) per tile, "
@@ -505,6 +518,8 @@ def cmd_deblur(args):
                        "write the output as .tif.")
     if img.shape != tuple(model.basis.image_shape_):
         restored, grid = _deblur_large(args, model, img)
+        if args.gamma is None:
+            _warn_if_zero_boundary(model)
         write_image(args.output, restored, dtype)
         mode = "blind" if args.gamma is None else f"operator from {args.gamma}"
         print(f"deblurred ({mode}, {grid.n_tiles} tiles, {args.regularization}, "
@@ -519,6 +534,8 @@ def cmd_deblur(args):
                                    positive=args.positive,
                                    boundary=args.boundary, max_iter=args.max_iter,
                                    device=args.device)
+    if gamma is None:
+        _warn_if_zero_boundary(model)
     write_image(args.output, restored, dtype)
     mode = "blind" if gamma is None else f"operator from {args.gamma}"
     print(f"deblurred ({mode}, {args.regularization}, lam={args.lam}): "

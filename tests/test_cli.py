@@ -678,3 +678,16 @@ def test_large_image_errors(model_dir, large, capsys, tmp_path):
         "deblur", tmp_path / "big.tif", "-o", tmp_path / "o.tif", "--max-pixels",
         "100")
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_blind_commands_warn_that_a_zero_boundary_model_is_unreliable(
+        model_dir, model, blurry, capsys, tmp_path):
+    tifffile.imwrite(tmp_path / "y.tif", blurry[2].astype(np.float32))
+    assert model.setting["boundary"] == "zero"
+    code, _, err = _run(capsys, "estimate", tmp_path / "y.tif", "--model", model_dir)
+    assert code == 0 and "zero boundary" in err and "unreliable" in err
+    np.save(tmp_path / "g.npy", blurry[1])
+    code, _, err = _run(capsys, "deblur", tmp_path / "y.tif", "-o",
+                        tmp_path / "o.tif", "--gamma", tmp_path / "g.npy",
+                        "--max-iter", "5", "--model", model_dir)
+    assert code == 0 and "zero boundary" not in err      # a known operator
