@@ -17,7 +17,7 @@ product-convolution operator. This example
    image, and the error on held-out images beside the mean-gamma baseline
    (always predicting the mean of the cone).
 
-Settings are tiny with ``DEEPBLUR_FAST=1`` (about 10 s; 3 200 training
+Settings are tiny with ``DEEPBLUR_FAST=1`` (3 to 15 s; 3 200 training
 images, enough to start beating the baseline). Without it the run takes one to
 a few minutes on a CPU: 70 s on the 2-core benchmark machine, for a held-out
 operator error of 23.3 % against 34.7 % for the mean-gamma baseline. The gain
