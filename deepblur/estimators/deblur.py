@@ -103,6 +103,13 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         with ``predict``) is shared, not cloned, by :func:`sklearn.base.clone`
         and hence by ``GridSearchCV``: a fresh unfitted copy could not predict.
         The same holds for ``basis``.
+    tile_stride : int, default=None
+        Images larger than the basis's ``image_shape`` are cut into
+        overlapping tiles of that shape, this many pixels apart (default half
+        a tile); see :meth:`transform`.
+    max_pixels : int, default=None
+        Largest number of pixels of one solve for large images (memory bound);
+        default :data:`deepblur.tiling.DEFAULT_MAX_PIXELS`.
 
     Attributes
     ----------
@@ -163,6 +170,8 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         "device": [None, str, torch.device],
         "dtype": [StrOptions(set(_DTYPES))],
         "blur_estimator": [None, HasMethods(["predict"])],
+        "tile_stride": [None, Interval(Integral, 1, None, closed="left")],
+        "max_pixels": [None, Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(
@@ -178,6 +187,8 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         device="auto",
         dtype="float32",
         blur_estimator=None,
+        tile_stride=None,
+        max_pixels=None,
     ):
         self.basis = basis
         self.lam = lam
@@ -189,6 +200,8 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.blur_estimator = blur_estimator
+        self.tile_stride = tile_stride
+        self.max_pixels = max_pixels
 
     # ------------------------------------------------------------------ clone
     def __sklearn_clone__(self):
@@ -299,8 +312,89 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         self.n_components_ = int(operator.n_components)
         self.n_features_in_ = int(np.prod(self.image_shape_))
         if X is not None:
-            self._validate_images(X)
+            if self._is_large(X):
+                self._large_images(X)
+            else:
+                self._validate_images(X)
         return self
+
+    # ---------------------------------------------------------- large images
+    def _is_large(self, X):
+        shape = tuple(np.shape(X))[-2:]
+        H, W = self.image_shape_
+        return (len(shape) == 2 and shape != (H, W) and shape[0] >= H
+                and shape[1] >= W)
+
+    def _large_images(self, X):
+        """(n, H', W') float64 numpy of images larger than the basis."""
+        t, is_numpy = as_tensor(X)
+        check_ndim(t, "X", (2, 3), "(H, W) or (n, H, W)")
+        check_finite(t, "X")
+        arr = t.detach().cpu().numpy().astype(np.float64)
+        return (arr[None] if arr.ndim == 2 else arr), is_numpy, t.ndim == 2
+
+    def _transform_large(self, X, gamma):
+        """Tiled deblurring of images larger than the basis (issue 7).
+
+        Blind: one ``gamma`` per tile of the basis's shape from
+        ``blur_estimator`` (:func:`deepblur.tiling.estimate_tiles`); given
+        ``gamma`` (one per image or one for all): the same on every tile. The
+        tiles' operators are blended into one product-convolution operator of
+        the whole image (:func:`deepblur.tiling.stitched_maps`) and the image is
+        deblurred with it, in blocks of at most ``max_pixels``
+        (:func:`deepblur.tiling.deblur_stitched`).
+        """
+        from deepblur.tiling import (
+            DEFAULT_MAX_PIXELS,
+            deblur_stitched,
+            estimate_tiles,
+            tile_grid,
+        )
+
+        images, is_numpy, single = self._large_images(X)
+        n, K = len(images), self.n_components_
+        if gamma is None and self.blur_estimator is None:
+            raise ValueError(
+                "gamma was not given and blur_estimator is None: pass gamma "
+                "(non-blind deblurring) or set blur_estimator (blind)."
+            )
+        if gamma is not None:
+            g = np.asarray(gamma.detach().cpu() if torch.is_tensor(gamma) else gamma,
+                           dtype=np.float64)
+            if g.ndim == 1:
+                g = g[None]
+            if g.ndim != 2 or g.shape[1] != K or g.shape[0] not in (1, n):
+                raise ValueError(
+                    f"gamma must have shape (K={K},) or (n={n}, K); got "
+                    f"{tuple(np.shape(gamma))}."
+                )
+            check_finite(torch.as_tensor(g), "gamma")
+            g = np.broadcast_to(g, (n, K))
+        max_pixels = (DEFAULT_MAX_PIXELS if self.max_pixels is None
+                      else int(self.max_pixels))
+        out, lams, n_iter = [], [], []
+        for i, img in enumerate(images):
+            if gamma is None:
+                tiles, grid = estimate_tiles(img, self.blur_estimator,
+                                             self.image_shape_,
+                                             stride=self.tile_stride)
+            else:
+                grid = tile_grid(img.shape, self.image_shape_, self.tile_stride)
+                tiles = np.tile(g[i], (grid.n_tiles, 1))
+            restored, info = deblur_stitched(
+                img, self.basis, tiles, grid, lam=self.lam,
+                regularization=self.regularization, positive=self.positive,
+                max_iter=self.max_iter, tol=self.tol, inner_iter=self.inner_iter,
+                max_pixels=max_pixels, device=self._device, dtype=self.dtype)
+            out.append(restored)
+            lams.append(info["lam"])
+            n_iter.append(int(np.max(info["n_iter"])))
+        self.lam_ = np.asarray(lams, dtype=np.float64)
+        self.n_iter_ = int(max(n_iter))
+        U = np.stack(out).astype(np.float32 if self.dtype == "float32"
+                                 else np.float64)
+        U = U[0] if single else U
+        return U if is_numpy else torch.as_tensor(U, device=self._device)
 
     def transform(self, X, gamma=None):
         """Deblur images.
@@ -318,8 +412,19 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         -------
         U : numpy.ndarray or torch.Tensor of shape like ``X``
             Deblurred images, in ``dtype``.
+
+        Notes
+        -----
+        Images larger than the basis's ``image_shape`` (along both axes) are
+        deblurred by tiles: ``gamma`` per tile of ``image_shape`` (from
+        ``blur_estimator``, or the given ``gamma`` on every tile), blended by a
+        smooth partition of unity into one operator of the whole image,
+        solved in blocks of at most ``max_pixels`` pixels (see
+        :mod:`deepblur.tiling`).
         """
         check_is_fitted(self, "image_shape_")
+        if self._is_large(X):
+            return self._transform_large(X, gamma)
         X_t, is_numpy, single = self._validate_images(X)
         g = self._gamma(X_t, X, gamma, single)
         operator = self.basis.operator_

@@ -328,3 +328,71 @@ def test_cuda(basis, data):
     assert U.device.type == "cuda"
     cpu = _est(basis).fit(X).transform(X, gamma=gamma)
     np.testing.assert_allclose(U.cpu().numpy(), cpu, atol=1e-3)
+
+
+class _ConstantGamma:
+    """A blur estimator that predicts the same gamma for every image/tile."""
+
+    def __init__(self, gamma):
+        self.gamma = np.asarray(gamma, dtype=np.float64)
+
+    def predict(self, X):
+        return np.tile(self.gamma, (len(X), 1))
+
+
+def test_large_images_by_tiles_match_the_operator_of_the_whole_image():
+    """Constant maps: the blended tile operators are one convolution of the
+    large image, so tiled deblurring equals deblurring with a basis of the
+    large image's shape (an independent construction)."""
+    rng = np.random.default_rng(3)
+    kernels = rng.random((2, 5, 5))
+    small = ProductConvolutionBasis.from_components(kernels, np.ones((2, 24, 24)))
+    large = ProductConvolutionBasis.from_components(kernels, np.ones((2, 64, 96)))
+    gamma = np.array([0.7, 0.4])
+    u = rng.random((2, 64, 96))
+    y = large.apply(u, gamma) + 0.01 * rng.standard_normal(u.shape)
+    ref = TVDeblurrer(large, lam=200.0, tol=1e-7, max_iter=300,
+                      device="cpu").fit(y).transform(y, gamma=gamma)
+    tiled = TVDeblurrer(small, lam=200.0, tol=1e-7, max_iter=300, device="cpu",
+                        tile_stride=8).fit(y)
+    np.testing.assert_allclose(tiled.transform(y, gamma=gamma), ref, atol=2e-3)
+    blind = TVDeblurrer(small, lam=200.0, tol=1e-7, max_iter=300, device="cpu",
+                        blur_estimator=_ConstantGamma(gamma)).fit(y)
+    np.testing.assert_allclose(blind.transform(y[0]), ref[0], atol=2e-3)
+    assert blind.lam_.shape == (1,)
+    # memory-bounded: block-wise solves of at most 4 200 pixels, seams included
+    # (converged solves of a Gaussian blur: TV is then local enough)
+    from deepblur.datasets import gaussian_kernel
+
+    gauss = np.stack([gaussian_kernel((5, 5), (1.0, 1.5), 0.3),
+                      gaussian_kernel((5, 5), (1.2, 1.0), 1.0)])
+    small_g = ProductConvolutionBasis.from_components(gauss, np.ones((2, 24, 24)))
+    y_g = ProductConvolutionBasis.from_components(gauss, np.ones((2, 64, 96))).apply(
+        u[:1], gamma)
+    solve = dict(lam=200.0, tol=0.0, max_iter=800, device="cpu", dtype="float64")
+    with warnings.catch_warnings():       # tol=0: a fixed number of iterations
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        whole = TVDeblurrer(small_g, **solve).fit(y_g).transform(y_g, gamma=gamma)
+        blocks = TVDeblurrer(small_g, max_pixels=4200, **solve).fit(y_g).transform(
+            y_g, gamma=gamma)
+    assert np.abs(blocks - whole).max() < 1e-2 * np.ptp(whole)
+
+
+def test_large_image_errors():
+    rng = np.random.default_rng(4)
+    small = ProductConvolutionBasis.from_components(rng.random((2, 5, 5)),
+                                                    np.ones((2, 24, 24)))
+    y = rng.random((40, 56))
+    est = TVDeblurrer(small, lam=10.0, device="cpu").fit(y)
+    with pytest.raises(ValueError, match="blur_estimator is None"):
+        est.transform(y)
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        est.transform(y, gamma=np.ones(3))
+    bad = y.copy()
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        est.transform(bad, gamma=np.ones(2))
+    with pytest.raises(ValueError, match="too small"):
+        est.set_params(max_pixels=50).transform(y, gamma=np.ones(2))
+    with pytest.raises(ValueError, match="image_shape"):
+        est.transform(rng.random((20, 56)), gamma=np.ones(2))   # smaller on an axis
