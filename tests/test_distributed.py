@@ -17,46 +17,22 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from _blind_setup import make_blind_data, tiny
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold
 
 from deepblur import (
-    BlindDeblurrer,
-    ConeSimplifier,
-    ProductConvolutionBasis,
     ResNetBlurRegressor,
     TVDeblurrer,
 )
-from deepblur.datasets import make_deblurring_pairs, make_random_operators
 
-SHAPE = (32, 32)
 GRID = {"basis__n_components": [2, 3], "deblurrer__lam": [20.0, 400.0]}
 
 
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def data():
-    """The data of tests/estimators/test_blind.py."""
-    ops = make_random_operators(14, image_shape=SHAPE, kernel_shape=(9, 9),
-                                grid_shape=(4, 4), random_state=0)
-    held_out = make_random_operators(4, image_shape=SHAPE, kernel_shape=(9, 9),
-                                     grid_shape=(4, 4), random_state=1)
-    rng = np.random.default_rng(0)
-    images = rng.random((10, 48, 48)).cumsum(axis=1) / 48 + 0.05
-    blurry, clean = make_deblurring_pairs(list(images), held_out, 8,
-                                          random_state=0)
-    return ops.psf_fields, blurry, clean
-
-
-def tiny(K=3, lam=50.0, **kwargs):
-    """The tiny BlindDeblurrer of tests/estimators/test_blind.py."""
-    return BlindDeblurrer(
-        basis=ProductConvolutionBasis(K, image_shape=SHAPE),
-        cone=ConeSimplifier(n_rays=6),
-        regressor=ResNetBlurRegressor(module__width=4, max_epochs=1, batch_size=16,
-                                      device="cpu", verbose=0),
-        deblurrer=TVDeblurrer(lam=lam, tol=1e-3, device="cpu"),
-        n_train_images=32, random_state=0, **kwargs)
+    return make_blind_data()
 
 
 @pytest.fixture(scope="module")
