@@ -249,19 +249,19 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         t = t.to(device=self._device, dtype=_DTYPES[self.dtype])
         return t, is_numpy, single
 
-    def _gamma(self, X_t, X, gamma, single):
-        n, K = X_t.shape[0], self.n_components_
-        if gamma is None:
-            if self.blur_estimator is None:
-                raise ValueError(
-                    "gamma was not given and blur_estimator is None: pass gamma "
-                    "(non-blind deblurring) or set blur_estimator to a fitted "
-                    "estimator with predict(X) -> gamma (blind deblurring)."
-                )
-            gamma = self.blur_estimator.predict(X[None] if single else X)
-            name = "blur_estimator.predict(X)"
-        else:
-            name = "gamma"
+    def _predictor(self):
+        """The blur estimator of blind mode (an error when there is none)."""
+        if self.blur_estimator is None:
+            raise ValueError(
+                "gamma was not given and blur_estimator is None: pass gamma "
+                "(non-blind deblurring) or set blur_estimator to a fitted "
+                "estimator with predict(X) -> gamma (blind deblurring)."
+            )
+        return self.blur_estimator
+
+    def _check_gamma(self, gamma, name, n):
+        """``gamma`` of shape (K,) or (1 or n, K), finite -> tensor (n, K)."""
+        K = self.n_components_
         g, _ = as_tensor(gamma)
         check_ndim(g, name, (1, 2), "(K,) or (n, K)")
         if g.shape[-1] != K:
@@ -275,10 +275,18 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
                 f"got shape {tuple(g.shape)}."
             )
         check_finite(g, name)
-        g = g.to(device=X_t.device, dtype=X_t.dtype)
         if g.ndim == 1:
             g = g[None]
         return g.expand(n, K)
+
+    def _gamma(self, X_t, X, gamma, single):
+        if gamma is None:
+            gamma = self._predictor().predict(X[None] if single else X)
+            name = "blur_estimator.predict(X)"
+        else:
+            name = "gamma"
+        g = self._check_gamma(gamma, name, X_t.shape[0])
+        return g.to(device=X_t.device, dtype=X_t.dtype)
 
     # ------------------------------------------------------------------ API
     @_fit_context(prefer_skip_nested_validation=True)
@@ -352,31 +360,17 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         )
 
         images, is_numpy, single = self._large_images(X)
-        n, K = len(images), self.n_components_
-        if gamma is None and self.blur_estimator is None:
-            raise ValueError(
-                "gamma was not given and blur_estimator is None: pass gamma "
-                "(non-blind deblurring) or set blur_estimator (blind)."
-            )
-        if gamma is not None:
-            g = np.asarray(gamma.detach().cpu() if torch.is_tensor(gamma) else gamma,
-                           dtype=np.float64)
-            if g.ndim == 1:
-                g = g[None]
-            if g.ndim != 2 or g.shape[1] != K or g.shape[0] not in (1, n):
-                raise ValueError(
-                    f"gamma must have shape (K={K},) or (n={n}, K); got "
-                    f"{tuple(np.shape(gamma))}."
-                )
-            check_finite(torch.as_tensor(g), "gamma")
-            g = np.broadcast_to(g, (n, K))
+        if gamma is None:
+            estimator = self._predictor()
+        else:
+            g = self._check_gamma(gamma, "gamma", len(images))
+            g = g.detach().cpu().numpy().astype(np.float64)
         max_pixels = (DEFAULT_MAX_PIXELS if self.max_pixels is None
                       else int(self.max_pixels))
         out, lams, n_iter = [], [], []
         for i, img in enumerate(images):
             if gamma is None:
-                tiles, grid = estimate_tiles(img, self.blur_estimator,
-                                             self.image_shape_,
+                tiles, grid = estimate_tiles(img, estimator, self.image_shape_,
                                              stride=self.tile_stride)
             else:
                 grid = tile_grid(img.shape, self.image_shape_, self.tile_stride)

@@ -386,8 +386,10 @@ def test_large_image_errors():
     est = TVDeblurrer(small, lam=10.0, device="cpu").fit(y)
     with pytest.raises(ValueError, match="blur_estimator is None"):
         est.transform(y)
-    with pytest.raises(ValueError, match="gamma must have shape"):
+    with pytest.raises(ValueError, match="gamma must have K=2 coefficients"):
         est.transform(y, gamma=np.ones(3))
+    with pytest.raises(ValueError, match="one row per image"):
+        est.transform(np.stack([y, y]), gamma=np.ones((3, 2)))
     bad = y.copy()
     bad[1, 2] = np.inf
     with pytest.raises(ValueError, match="finite"):
