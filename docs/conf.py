@@ -37,7 +37,8 @@ for script in sorted((HERE.parent / "examples").glob("plot_*.py")):
     target = GALLERY_SRC / script.name
     if not target.exists() or target.read_bytes() != script.read_bytes():
         shutil.copy2(script, target)
-shutil.copy2(HERE / "sphinxext" / "gallery_header.rst", GALLERY_SRC / "GALLERY_HEADER.rst")
+shutil.copy2(HERE / "sphinxext" / "gallery_header.rst",
+             GALLERY_SRC / "GALLERY_HEADER.rst")
 
 
 def _write_cli_help(target=HERE / "generated" / "cli"):
@@ -84,8 +85,8 @@ extensions = [
 ]
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "_gallery_src", "sphinxext", "auto_examples/*.ipynb", "auto_examples/*.py",
-                    "auto_examples/*.zip", "auto_examples/*.md5",
+exclude_patterns = ["_build", "_gallery_src", "sphinxext", "auto_examples/*.ipynb",
+                    "auto_examples/*.py", "auto_examples/*.zip", "auto_examples/*.md5",
                     "auto_examples/*.json", "**/*.codeobj.json"]
 
 # -- API pages -----------------------------------------------------------------
