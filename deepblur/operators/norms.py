@@ -36,7 +36,10 @@ def power_iteration(forward, adjoint, x0, *, max_iter=100, tol=1e-5,
         Stop when every element's estimate changed by less than ``tol``
         relative between two iterations.
     generator : torch.Generator, optional
-        Source of the random start (seed 0 on ``x0``'s device by default).
+        Source of the random start. By default a CPU generator seeded with 0,
+        and the start is then moved to ``x0``'s device: the same start, hence
+        the same estimate up to rounding, on every device (CUDA's generator
+        draws other numbers than the CPU's for the same seed).
 
     Returns
     -------
@@ -56,10 +59,10 @@ def power_iteration(forward, adjoint, x0, *, max_iter=100, tol=1e-5,
     3.0
     """
     if generator is None:
-        generator = torch.Generator(device=x0.device).manual_seed(0)
+        generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         x = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                        device=x0.device)
+                        device=generator.device).to(x0.device)
         shape = (-1,) + (1,) * (x.ndim - 1)
         x = x / _batch_norm(x).reshape(shape)
         sigma2 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)

@@ -326,8 +326,18 @@ def test_cuda(basis, data):
     est = TVDeblurrer(basis, lam=100.0, device="cuda").fit(X)
     U = est.transform(torch.as_tensor(X), gamma=gamma)
     assert U.device.type == "cuda"
+    # float32: cuFFT and the CPU's FFT round differently and 500 iterations
+    # carry it (measured on an H100: 3e-3 of an entry at worst, the norm
+    # within 1e-3), so compare norms. float64: both devices solve the same
+    # problem with the same step sizes (the power iteration's start is drawn
+    # on the CPU), so only float64 rounding separates them.
     cpu = _est(basis).fit(X).transform(X, gamma=gamma)
-    np.testing.assert_allclose(U.cpu().numpy(), cpu, atol=1e-3)
+    U = U.cpu().numpy()
+    assert np.linalg.norm(U - cpu) <= 1e-3 * np.linalg.norm(cpu)
+    U64 = TVDeblurrer(basis, lam=100.0, device="cuda", dtype="float64").fit(X)
+    cpu64 = _est(basis, dtype="float64").fit(X).transform(X, gamma=gamma)
+    diff = np.linalg.norm(U64.transform(X, gamma=gamma) - cpu64)
+    assert diff <= 1e-8 * np.linalg.norm(cpu64)
 
 
 class _ConstantGamma:
