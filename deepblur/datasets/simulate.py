@@ -264,8 +264,20 @@ def _patch_pool(images, image_shape, n_patches, random_state):
     """Patches at ``image_shape``: given as an array, or cropped from images."""
     if isinstance(images, dict) or (isinstance(images, (list, tuple)) and any(
             np.shape(im) != tuple(image_shape) for im in images)):
-        return extract_patches(images, n_patches, image_shape, augment=False,
-                               random_state=random_state)
+        # float32 chunks: a pool of 20 000 patches of 128x128 is 1.3 GB, and
+        # one float64 extraction would need three times that at its peak.
+        chunks = [extract_patches(images, min(1000, n_patches - start), image_shape,
+                                  augment=False, random_state=random_state
+                                  ).astype(np.float32)
+                  for start in range(0, n_patches, 1000)]
+        pool = np.concatenate(chunks)
+        # Crops of a black background cannot be scaled to a mean brightness:
+        # leave them out of the pool rather than fail in the middle of training.
+        keep = pool.mean(axis=(1, 2)) > 1e-6
+        if not keep.any():
+            raise ValueError("images must have regions with a positive mean; "
+                             f"all {len(pool)} cropped patches are black.")
+        return pool[keep]
     return images
 
 
@@ -369,6 +381,8 @@ class BlurDataset(IterableDataset):
         See :func:`blur_images`.
     augment : bool, default=True
     pool_size : int, default=2000
+        Patches cropped from ``images`` and kept on ``device``
+        (``pool_size * H * W * 4`` bytes).
     boundary : {"zero", "crop"}, default="zero"
         See :func:`blur_images`; ``"crop"`` trains a regressor for real images
         and tiles of large images (no dark border to read the blur from).

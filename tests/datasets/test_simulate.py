@@ -227,3 +227,44 @@ def test_crop_boundary_space_varying_matches_padded_dense_operator(basis, sample
     assert X.shape == (3, 1, 12, 12)
     with pytest.raises(ValueError, match="boundary must be one of"):
         blur_images(u, gamma, basis, boundary="periodic")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("boundary", ["zero", "crop"])
+def test_dataset_on_cuda_blurs_like_the_cpu(basis, sampler, rng, boundary):
+    # Batches made on the GPU: same shapes, and the same blur of the same
+    # clean patch and gamma as on the CPU (the random streams differ).
+    pool = rng.random((8, 12, 12)) + 0.1
+    cpu = BlurDataset(pool, basis, sampler, batch_size=4, n_batches=2,
+                      noise_std=0.0, augment=False, boundary=boundary,
+                      random_state=0)
+    gpu = BlurDataset(pool, basis, sampler, batch_size=4, n_batches=2,
+                      noise_std=0.0, augment=False, boundary=boundary,
+                      device="cuda", random_state=0)
+    X, y = next(iter(gpu))
+    assert X.device.type == y.device.type == "cuda"
+    assert X.shape == (4, 1, 12, 12) and y.shape == (4, 2)
+    assert torch.isfinite(X).all()
+    Xc, yc = next(iter(cpu))
+    assert Xc.device.type == "cpu"
+    u = torch.as_tensor(pool[:3], dtype=torch.float32)
+    g = torch.as_tensor(sampler.sample(3), dtype=torch.float32)
+    kw = dict(noise_std=0.0, boundary=boundary)
+    np.testing.assert_allclose(blur_images(u.cuda(), g.cuda(), basis, **kw).cpu(),
+                               blur_images(u, g, basis, **kw), rtol=1e-4, atol=1e-5)
+
+
+def test_black_crops_are_left_out_of_the_pool(basis, sampler, rng):
+    # A source image with a black half: its black crops cannot be scaled to
+    # the mean brightness, so they are dropped instead of failing a batch.
+    scene = rng.random((48, 48)) + 0.1
+    scene[:, :30] = 0.0
+    data = BlurDataset([scene], basis, sampler, batch_size=64, n_batches=1,
+                       pool_size=300, random_state=0)
+    X, _ = next(iter(data))
+    assert torch.isfinite(X).all()
+    pool = data._state["pool"]
+    assert 0 < len(pool) < 300 and (pool.mean(dim=(1, 2)) > 0).all()
+    black = BlurDataset([np.zeros((48, 48))], basis, sampler, pool_size=10)
+    with pytest.raises(ValueError, match="all 10 cropped patches are black"):
+        next(iter(black))
