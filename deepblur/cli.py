@@ -556,8 +556,10 @@ _TRAIN_KEYS = {
     "stem_stride": "ResNet stem stride",
     "head": "'spatial' or 'avg'",
     "criterion": "'mse' or 'frobenius'",
-    "num_workers": "DataLoader workers",
-    "device": "'cpu' or 'cuda'",
+    "pool_size": "clean training patches kept in memory",
+    "num_workers": "DataLoader workers making the data on the CPU (None: 0 on "
+                   "CUDA, where the data are made on the GPU, else 1)",
+    "device": "'cpu', 'cuda' or 'auto' (CUDA when available)",
     "seed": "seed of the weights and the training data",
     "n_test_images": "held-out test images for the final evaluation (default "
                      "512; 0: none)",
@@ -678,6 +680,7 @@ def cmd_train(args):
         basis = setting["basis"]
         X, y = make_blurred_images(natural_image_split()[1], basis, sampler, n_test,
                                    noise_std=setting["params"]["noise_std"],
+                                   boundary=setting["params"]["boundary"],
                                    random_state=123)
         err = relative_errors(y, net.predict(X), basis.gram_)["operator"].mean()
         base_err = relative_errors(y, np.tile(mean_gamma, (len(y), 1)),

@@ -427,6 +427,7 @@ width = 4
 depth = 1
 stem_stride = 2
 num_workers = 0
+pool_size = 200
 n_test_images = 8
 output = "{output}"
 
@@ -480,7 +481,7 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     # an uninterrupted run (JSON config) gives the same network
     (tmp_path / "tiny.json").write_text(json.dumps(dict(
         n_images=64, epochs=2, batch_size=16, width=4, depth=1, stem_stride=2,
-        num_workers=0, n_test_images=0, output="straight",
+        num_workers=0, pool_size=200, n_test_images=0, output="straight",
         setting=dict(n_operators=12, image_shape=[32, 32], kernel_shape=[5, 5],
                      grid_shape=[4, 4], n_components=4, n_rays=6))))
     code, _, err = _run(capsys, "train", tmp_path / "tiny.json", "--no-progress")

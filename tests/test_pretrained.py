@@ -122,6 +122,10 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
         train_regressor(small_setting, pool, criterion="l2", **kw)
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         train_regressor(small_setting, pool, **dict(kw, epochs=0))
+    with pytest.raises(ValueError, match="pool_size must be a positive integer"):
+        train_regressor(small_setting, pool, **dict(kw, pool_size=0))
+    with pytest.raises(ValueError, match="num_workers must be a non-negative"):
+        train_regressor(small_setting, pool, **dict(kw, num_workers=-1))
     with pytest.raises(ValueError, match="checkpoint_dir"):
         train_regressor(small_setting, pool, resume=True, **kw)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -143,3 +147,27 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
     with pytest.raises(ValueError, match="does not match this configuration"):
         train_regressor(small_setting, pool, checkpoint_dir=tmp_path, resume=True,
                         **dict(kw, width=8))
+
+
+@pytest.mark.cuda
+def test_train_regressor_on_cuda_makes_the_data_there(small_setting, monkeypatch):
+    from deepblur.datasets import simulate
+    from deepblur.pretrained import train_regressor
+
+    devices = []
+    draw = simulate.BlurDataset.draw
+
+    def spy(self, n):
+        X, y = draw(self, n)
+        devices.append(X.device.type)
+        return X, y
+
+    monkeypatch.setattr(simulate.BlurDataset, "draw", spy)
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    bias = small_setting["sampler"].sample(1000).mean(0)
+    net = train_regressor(small_setting, pool, n_images=32, epochs=2, batch_size=8,
+                          width=4, depth=1, stem_stride=2, num_workers=0,
+                          output_bias=bias, device="cuda", verbose=0)
+    assert set(devices) == {"cuda"}
+    assert next(net.module_.parameters()).device.type == "cuda"
+    assert np.isfinite(net.predict(pool[:3].astype(np.float32))).all()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from deepblur._validation import resolve_device
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.nets.losses import RelativeFrobeniusLoss
@@ -23,10 +24,12 @@ __all__ = ["CRITERIA", "TRAINING_DEFAULTS", "check_training_params",
 CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 
 #: Hyper-parameters of the shipped model (``examples/train_default_model.py``).
+#: Measured: 343 s on an H100 (sharing it with a second training), about 2 h
+#: on a 2-core CPU; see benchmarks/README.md.
 TRAINING_DEFAULTS = dict(
-    n_images=384_000, epochs=10, batch_size=64, lr=2e-3, width=16, depth=2,
-    stem_stride=4, head="spatial", criterion="mse", num_workers=1, device="cpu",
-    random_state=0,
+    n_images=3_200_000, epochs=20, batch_size=256, lr=2e-3, width=16, depth=2,
+    stem_stride=4, head="spatial", criterion="mse", pool_size=20_000,
+    num_workers=None, device="auto", random_state=0,
 )
 
 _CHECKPOINT_FILES = dict(f_params="params.pt", f_optimizer="optimizer.pt",
@@ -45,12 +48,14 @@ def check_training_params(**params):
     ----------
     **params
         Any of ``n_images``, ``epochs``, ``batch_size``, ``width``, ``depth``,
-        ``stem_stride`` (positive integers), ``num_workers`` (non-negative
-        integer), ``lr`` (positive number), ``head`` and ``criterion``.
+        ``stem_stride``, ``pool_size`` (positive integers), ``num_workers``
+        (None or a non-negative integer), ``lr`` (positive number), ``head``
+        and ``criterion``.
     """
     for name in ("n_images", "epochs", "batch_size", "width", "depth",
-                 "stem_stride", "num_workers"):
-        if name not in params:
+                 "stem_stride", "pool_size", "num_workers"):
+        if name not in params or (name == "num_workers"
+                                  and params[name] is None):
             continue
         value, low = params[name], 0 if name == "num_workers" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -79,9 +84,10 @@ def _checkpoint(directory):
                       load_best=False, **_CHECKPOINT_FILES)
 
 
-def train_regressor(setting, images, *, n_images=384_000, epochs=10, batch_size=64,
-                    lr=2e-3, width=16, depth=2, stem_stride=4, head="spatial",
-                    criterion="mse", output_bias=None, num_workers=1, device="cpu",
+def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
+                    batch_size=256, lr=2e-3, width=16, depth=2, stem_stride=4,
+                    head="spatial", criterion="mse", pool_size=20_000,
+                    output_bias=None, num_workers=None, device="auto",
                     random_state=0, checkpoint_dir=None, resume=False,
                     progress_bar=False, verbose=1):
     """Train a :class:`~deepblur.ResNetBlurRegressor` on fresh simulated data.
@@ -102,10 +108,10 @@ def train_regressor(setting, images, *, n_images=384_000, epochs=10, batch_size=
     images : dict, list of 2-D arrays or ndarray of shape (m, H, W)
         Source images to crop training patches from (e.g. the first element
         of :func:`~deepblur.datasets.natural_image_split`), or patches.
-    n_images : int, default=384_000
+    n_images : int, default=3_200_000
         Training images over all epochs.
-    epochs : int, default=10
-    batch_size : int, default=64
+    epochs : int, default=20
+    batch_size : int, default=256
     lr : float, default=2e-3
         Adam's learning rate at the start of the cosine schedule.
     width, depth, stem_stride : int, default=16, 2, 4
@@ -114,16 +120,23 @@ def train_regressor(setting, images, *, n_images=384_000, epochs=10, batch_size=
         Output head of the module.
     criterion : {"mse", "frobenius"}, default="mse"
         See :data:`CRITERIA`.
+    pool_size : int, default=20_000
+        Clean patches cropped from ``images`` and kept in memory (on the data
+        device); every batch draws from them with flips and 90° rotations.
     output_bias : array-like of shape (K,), optional
         Initial output bias of the module; default the mean of 50 000 draws of
         the setting's sampler.
-    num_workers : int, default=1
-        DataLoader workers generating the training batches (0: in-process).
+    num_workers : int, optional
+        DataLoader workers generating the training batches on the CPU; with
+        0, the batches are generated in-process on ``device``. Default: 0 on
+        CUDA (the data are made on the GPU, 30-50x faster than on a CPU), 1
+        on the CPU (data generation overlaps the training steps).
         Every epoch draws new samples either way: the regressor re-seeds the
         dataset's stream from the epoch number
         (:meth:`~deepblur.datasets.BlurDataset.set_epoch`), also in the new
         worker processes of each epoch.
-    device : str, default="cpu"
+    device : str, default="auto"
+        ``"auto"``: CUDA when available, else the CPU.
     random_state : int, default=0
         Seed of the initial weights and of the training data (the validation
         batches use ``random_state + 1``).
@@ -155,7 +168,8 @@ def train_regressor(setting, images, *, n_images=384_000, epochs=10, batch_size=
 
     check_training_params(n_images=n_images, epochs=epochs, batch_size=batch_size,
                           lr=lr, width=width, depth=depth, stem_stride=stem_stride,
-                          head=head, criterion=criterion, num_workers=num_workers)
+                          head=head, criterion=criterion, pool_size=pool_size,
+                          num_workers=num_workers)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     basis, sampler = setting["basis"], setting["sampler"]
@@ -163,10 +177,18 @@ def train_regressor(setting, images, *, n_images=384_000, epochs=10, batch_size=
     if output_bias is None:
         output_bias = sampler.sample(50_000).mean(0)
     n_batches = max(1, n_images // (batch_size * epochs))
+    # In-process (num_workers=0) the batches are blurred on the training
+    # device: on a GPU that is 30-50x faster than the CPU (benchmarks/README).
+    # DataLoader workers cannot use CUDA, so with workers they are made on CPU.
+    device = resolve_device(device)
+    if num_workers is None:
+        num_workers = 0 if device.type == "cuda" else 1
+    data_device = device if num_workers == 0 else "cpu"
     data = BlurDataset(images, basis, sampler, batch_size=batch_size,
                        n_batches=n_batches, noise_std=params["noise_std"],
                        image_mean=params.get("image_mean", 0.5),
                        boundary=params.get("boundary", "zero"),
+                       pool_size=pool_size, device=data_device,
                        random_state=random_state)
     callbacks = [("lr", LRScheduler("CosineAnnealingLR", T_max=epochs))]
     if checkpoint_dir is not None:
@@ -179,7 +201,7 @@ def train_regressor(setting, images, *, n_images=384_000, epochs=10, batch_size=
         basis=basis, module__width=width, module__depth=depth,
         module__stem_stride=stem_stride, module__head=head,
         module__output_bias=output_bias, criterion=CRITERIA[criterion], lr=lr,
-        max_epochs=epochs, batch_size=batch_size, device=device,
+        max_epochs=epochs, batch_size=batch_size, device=str(device),
         n_valid_batches=n_valid_batches, iterator_train__num_workers=num_workers,
         callbacks=callbacks, verbose=verbose)
     # Seeded initial weights, without touching the caller's global torch RNG.
