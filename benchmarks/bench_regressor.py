@@ -31,6 +31,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from skorch.callbacks import LRScheduler
 
 from deepblur.datasets.images import (
@@ -42,7 +43,7 @@ from deepblur.datasets.images import (
 from deepblur.datasets.simulate import BlurDataset, make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.pretrained._default import make_default_setting, relative_errors
-from deepblur.pretrained._io import load_model
+from deepblur.pretrained._io import load_model, save_model
 
 
 def summary(name, y, pred, base, gram):
@@ -56,11 +57,17 @@ def summary(name, y, pred, base, gram):
     return row
 
 
-def train(args, basis, sampler, train_images, mean_gamma, n_batches, noise):
+def train(args, setting, train_images, mean_gamma, n_batches, noise):
     """Train the regressor of the command line's configuration."""
+    basis, sampler = setting["basis"], setting["sampler"]
+    # On a GPU the batches are blurred on the training device, in-process.
+    on_gpu = torch.device(args.device).type == "cuda"
     data = BlurDataset(train_images, basis, sampler, batch_size=args.batch_size,
-                       boundary=args.boundary,
-                       n_batches=n_batches, noise_std=noise, random_state=0)
+                       boundary=args.boundary, device=args.device if on_gpu
+                       else "cpu", pool_size=args.pool_size,
+                       n_batches=n_batches, random_state=0,
+                       noise_std=tuple(args.train_noise) if args.train_noise
+                       else noise)
     kwargs = {} if args.criterion == "frobenius" else {
         "criterion": torch.nn.MSELoss}
     net = ResNetBlurRegressor(
@@ -68,15 +75,24 @@ def train(args, basis, sampler, train_images, mean_gamma, n_batches, noise):
         module__stem_stride=args.stem_stride, module__head=args.head,
         module__coord_channels=args.coord, module__output_bias=mean_gamma,
         lr=args.lr, max_epochs=args.epochs, batch_size=args.batch_size,
-        device="cpu", iterator_train__num_workers=args.workers,
+        device=args.device,
+        iterator_train__num_workers=0 if on_gpu else args.workers,
         callbacks=[("lr", LRScheduler("CosineAnnealingLR", T_max=args.epochs))],
         **kwargs)
     t = time.perf_counter()
     net.fit(data, None)
     train_s = time.perf_counter() - t
     n_seen = n_batches * args.batch_size * args.epochs
-    print(f"trained on {n_seen} images in {train_s:.0f} s "
+    print(f"trained on {n_seen} images in {train_s:.0f} s on {args.device} "
           f"({n_seen / train_s:.0f} images/s incl. data generation)")
+    if args.save:
+        save_model(args.save, net, setting, extra=dict(
+            training=dict(n_images=n_seen, seconds=round(train_s, 1),
+                          device=args.device, boundary=args.boundary,
+                          batch_size=args.batch_size, lr=args.lr,
+                          epochs=args.epochs, criterion=args.criterion,
+                          noise_std=args.train_noise or noise)))
+        print(f"model saved to {args.save}")
 
     return net, n_seen, train_s
 
@@ -95,6 +111,10 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--noise-std", type=float, default=None)
+    p.add_argument("--train-noise", type=float, nargs=2, default=None,
+                   metavar=("LOW", "HIGH"),
+                   help="train on noise sigma uniform in [LOW, HIGH] (tests keep "
+                        "--noise-std / the setting's)")
     p.add_argument("--n-components", type=int, default=None,
                    help="K of the basis (default: the default setting's 20)")
     p.add_argument("--n-rays", type=int, default=None,
@@ -105,6 +125,15 @@ def main():
     p.add_argument("--boundary", choices=["zero", "crop"], default=None,
                    help="how train and test images are blurred (default: the "
                         "setting's; crop = windows on a larger scene)")
+    p.add_argument("--setting-from", default=None,
+                   help="train in the setting (basis, cone, sampler, noise) of a "
+                        "saved model directory instead of fitting it")
+    p.add_argument("--save", default=None,
+                   help="write the trained model (safetensors + JSON) here")
+    p.add_argument("--device", default="cpu",
+                   help="training device; on cuda the data are generated there")
+    p.add_argument("--pool-size", type=int, default=2000,
+                   help="clean patches kept in memory for the training batches")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--n-test", type=int, default=512)
@@ -123,11 +152,12 @@ def main():
         overrides["n_components"] = args.n_components
     if args.n_rays is not None:
         overrides["n_rays"] = args.n_rays
-    if args.model:
-        model = load_model(args.model)
-        setting = dict(basis=model.basis, sampler=model.sampler,
-                       params=json.loads((Path(args.model) / "model.json")
-                                         .read_text())["setting"])
+    if args.model or args.setting_from:
+        source = Path(args.model or args.setting_from)
+        model = load_model(source)
+        gamma = load_file(str(source / "model.safetensors"))["cone.gamma"].numpy()
+        setting = dict(basis=model.basis, cone=model.cone, sampler=model.sampler,
+                       gamma=gamma, params=dict(model.setting))
     elif args.cache and Path(args.cache).exists():
         setting = joblib.load(args.cache)
     else:
@@ -150,7 +180,7 @@ def main():
         net, n_seen, train_s = model.regressor, 0, 0.0
         print(f"evaluating {args.model} (no training)")
     else:
-        net, n_seen, train_s = train(args, basis, sampler, train_images,
+        net, n_seen, train_s = train(args, setting, train_images,
                                      mean_gamma, n_batches, noise)
     rng = np.random.RandomState(123)
     tests = {
@@ -171,8 +201,8 @@ def main():
         results[name] = summary(name, y, pred, np.tile(mean_gamma, (len(y), 1)),
                                 basis.gram_)
         results[name]["images_per_s"] = rate
-    print(f"inference: {results['natural']['images_per_s']:.0f} images/s on CPU "
-          f"({args.threads} thread(s))")
+    print(f"inference: {results['natural']['images_per_s']:.0f} images/s on "
+          f"{net.device} ({args.threads} thread(s))")
     for sigma in (0.0, 0.01, 0.03, 0.1):
         X, y = make_blurred_images(test_images, basis, sampler, args.n_test,
                                    boundary=args.boundary,

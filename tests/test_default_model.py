@@ -2,9 +2,10 @@
 accuracy on small held-out sets is what benchmarks/README.md reports.
 
 The issue's targets (3 % natural, 5 % microscopy) are not met yet; these
-tests pin the shipped model's measured level (9.9 % natural, 8.8 %
-microscopy on 512 images) with a margin for the smaller sets, and require it
-to beat the mean-gamma baseline by a wide margin.
+tests pin the shipped model's measured level (6.4 % natural, 5.3 %
+microscopy on 512 images; 6.1 % and 5.6 % on the 96 images here) with a
+margin for the smaller sets, and require it to beat the mean-gamma baseline
+(23-24 %) by a wide margin.
 """
 
 import json
@@ -53,13 +54,13 @@ def test_accuracy_on_held_out_natural_images(model):
     _, test_images = natural_image_split()
     err, base = _errors(model, test_images, seed=2024)
     recorded = json.loads((DEFAULT_DIR / "model.json").read_text())
-    assert err < recorded["test_operator_error"] + 0.03
-    assert err < 0.6 * base
+    assert err < recorded["test_operator_error"] + 0.02
+    assert err < 0.4 * base
 
 
 def test_accuracy_on_microscopy_images(model):
     patches = extract_patches(load_microscopy_images(), 200, (128, 128),
                               random_state=0)
     err, base = _errors(model, patches, seed=7)
-    assert err < 0.13
-    assert err < 0.6 * base
+    assert err < 0.08
+    assert err < 0.4 * base

@@ -16,9 +16,10 @@ __all__ = ["DEFAULT_SETTING", "make_default_setting", "relative_errors"]
 #: of :func:`deepblur.datasets.blur_images`), as the shipped model was. A
 #: network trained so reads much of the blur from the dark border that this
 #: boundary leaves: on windows of larger scenes (``boundary="crop"``: real
-#: images, tiles of large ones) the shipped model's operator error is 57 %,
-#: worse than the mean operator's 24 %, and a network trained on crops did not
-#: learn the direction of gamma at the same budget (benchmarks/README.md).
+#: images, tiles of large ones) the shipped model's operator error is 43 %,
+#: worse than the mean operator's 24 %. A network with a stride-2 stem trained
+#: on crops reaches 15 % there, but not yet on microscopy
+#: (benchmarks/README.md, GPU round).
 DEFAULT_SETTING = dict(
     n_operators=200, image_shape=(128, 128), kernel_shape=(25, 25),
     grid_shape=(16, 16), n_components=20, n_rays=40, alpha_range=(0.8, 1.2),
