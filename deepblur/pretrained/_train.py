@@ -24,7 +24,7 @@ __all__ = ["CRITERIA", "TRAINING_DEFAULTS", "check_training_params",
 CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 
 #: Hyper-parameters of the shipped model (``examples/train_default_model.py``).
-#: Measured: 343 s on an H100 (sharing it with a second training), about 2 h
+#: Measured: 343 s on an H100 (sharing it with a second training); 2-3 h
 #: on a 2-core CPU; see benchmarks/README.md.
 TRAINING_DEFAULTS = dict(
     n_images=3_200_000, epochs=20, batch_size=256, lr=2e-3, width=16, depth=2,
