@@ -66,6 +66,24 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     assert model.regressor.device == "cpu"
 
 
+def test_save_a_compiled_regressor(small_setting, tmp_path):
+    # compile=True wraps the module (its state_dict keys gain "_orig_mod."):
+    # the saved file must hold the plain module's weights, which load_model
+    # reads into an uncompiled regressor. The eager backend keeps it fast.
+    basis, sampler = small_setting["basis"], small_setting["sampler"]
+    pool = np.random.default_rng(0).random((10, 16, 16))
+    X, y = make_blurred_images(pool, basis, sampler, 16, random_state=0)
+    net = ResNetBlurRegressor(basis=basis, module__width=4, module__depth=1,
+                              module__stem_stride=2, max_epochs=1, device="cpu",
+                              compile=True, compile__backend="eager",
+                              verbose=0).fit(X, y)
+    assert hasattr(net.module_, "_orig_mod")
+    save_model(tmp_path, net, small_setting)
+    model = load_model(tmp_path)
+    np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_load_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)
@@ -126,6 +144,8 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
         train_regressor(small_setting, pool, **dict(kw, pool_size=0))
     with pytest.raises(ValueError, match="num_workers must be a non-negative"):
         train_regressor(small_setting, pool, **dict(kw, num_workers=-1))
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        train_regressor(small_setting, pool, **dict(kw, compile="yes"))
     with pytest.raises(ValueError, match="checkpoint_dir"):
         train_regressor(small_setting, pool, resume=True, **kw)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

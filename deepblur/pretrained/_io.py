@@ -64,8 +64,11 @@ def save_model(directory, regressor, setting, *, extra=None):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
+    # A regressor fitted with compile=True holds torch.compile's wrapper, whose
+    # state_dict prefixes every key with "_orig_mod.": save the module itself.
+    module = getattr(regressor.module_, "_orig_mod", regressor.module_)
     tensors = {f"module.{k}": v.detach().cpu().contiguous()
-               for k, v in regressor.module_.state_dict().items()}
+               for k, v in module.state_dict().items()}
     tensors["basis.kernels"] = torch.tensor(np.ascontiguousarray(basis.kernels_),
                                            dtype=torch.float64)
     tensors["basis.maps"] = torch.tensor(np.ascontiguousarray(basis.maps_),
