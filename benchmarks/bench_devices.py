@@ -7,6 +7,8 @@ shipped model's setting (128x128 images, K = 20, noise 0.01):
   Algorithm 2, blur, noise) generated on the device;
 * **step**: images/s of training steps on a fixed batch (the network alone:
   the floor of the training rate);
+* **compiled step** (``--compile``): the same with ``torch.compile``, after
+  its compilation (printed: its ratio to the eager step);
 * **train**: images/s of the whole training loop (data + step), as
   ``benchmarks/bench_regressor.py --device`` trains;
 * **predict**: inference images/s of the trained network;
@@ -56,7 +58,8 @@ def _rate(fn, n_images, device, seconds=4.0, warmup=3):
     return n_images / float(np.median(times))
 
 
-def bench_config(model, images, device, width, depth, stem, batch, boundary):
+def bench_config(model, images, device, width, depth, stem, batch, boundary,
+                 compile=False):
     data = BlurDataset(images, model.basis, model.sampler, batch_size=batch,
                        n_batches=10**9, noise_std=model.noise_std,
                        boundary=boundary, device=device, random_state=0)
@@ -74,6 +77,19 @@ def bench_config(model, images, device, width, depth, stem, batch, boundary):
         opt.step()
 
     row["step"] = _rate(step, batch, device)
+    if compile:
+        fwd = torch.compile(net)
+
+        def compiled_step(X=X, y=y):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(fwd(X), y).backward()
+            opt.step()
+
+        t = time.perf_counter()
+        compiled_step()
+        _sync(device)
+        row["compile_s"] = time.perf_counter() - t
+        row["compiled step"] = _rate(compiled_step, batch, device)
 
     def train():
         Xb, yb = next(it)
@@ -108,6 +124,9 @@ def main():
     p.add_argument("--configs", nargs="+",
                    default=["16:2:4:64", "16:2:4:256", "16:2:2:256", "32:2:1:256"])
     p.add_argument("--boundary", choices=["zero", "crop"], default="crop")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile'd training steps")
+    p.add_argument("--no-tv", action="store_true", help="skip the TV timings")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args()
     if args.threads:
@@ -125,16 +144,21 @@ def main():
         for dev in devices:
             torch.manual_seed(0)
             row = bench_config(model, images, dev, width, depth, stem, batch,
-                               args.boundary)
+                               args.boundary, compile=args.compile)
             results[f"{cfg}@{dev.type}"] = row
             cpu = results[f"{cfg}@cpu"]
             ratio = ("" if dev.type == "cpu" else " | x CPU: " + ", ".join(
-                f"{k} {row[k] / cpu[k]:.1f}" for k in row))
+                f"{k} {row[k] / cpu[k]:.1f}" for k in row if k != "compile_s"))
+            compiled = ("" if "compile_s" not in row else
+                        f" (compiled/eager step "
+                        f"{row['compiled step'] / row['step']:.2f}, compiled in "
+                        f"{row['compile_s']:.0f} s)")
             print(f"w{width} d{depth} stem{stem} batch{batch} {dev.type:>4}: "
-                  + ", ".join(f"{k} {v:,.0f} img/s" for k, v in row.items())
-                  + f" (train/step {row['train'] / row['step']:.2f})" + ratio,
-                  flush=True)
-    for dev in devices:
+                  + ", ".join(f"{k} {v:,.0f} img/s" for k, v in row.items()
+                              if k != "compile_s")
+                  + f" (train/step {row['train'] / row['step']:.2f})" + compiled
+                  + ratio, flush=True)
+    for dev in [] if args.no_tv else devices:
         results[f"tv@{dev.type}"] = bench_tv(model, images, dev)
         extra = ("" if dev.type == "cpu" else
                  f" ({results['tv@cpu'] / results['tv@cuda']:.1f}x faster than CPU)")

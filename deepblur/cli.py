@@ -560,6 +560,8 @@ _TRAIN_KEYS = {
     "num_workers": "DataLoader workers making the data on the CPU (None: 0 on "
                    "CUDA, where the data are made on the GPU, else 1)",
     "device": "'cpu', 'cuda' or 'auto' (CUDA when available)",
+    "compile": "torch.compile the network (true/false; 25 % faster steps on a "
+               "CPU after about 30 s of compilation)",
     "seed": "seed of the weights and the training data",
     "n_test_images": "held-out test images for the final evaluation (default "
                      "512; 0: none)",
