@@ -562,6 +562,8 @@ _TRAIN_KEYS = {
     "device": "'cpu', 'cuda' or 'auto' (CUDA when available)",
     "compile": "torch.compile the network (true/false; 25 % faster steps on a "
                "CPU after about 30 s of compilation)",
+    "init_model": "start from this model directory's weights (fine-tuning; "
+                  "e.g. the shipped deepblur/pretrained/default)",
     "seed": "seed of the weights and the training data",
     "n_test_images": "held-out test images for the final evaluation (default "
                      "512; 0: none)",
@@ -656,6 +658,12 @@ def cmd_train(args):
     hyper = {k: config[k] for k in TRAINING_DEFAULTS if k in config}
     if "seed" in config:
         hyper["random_state"] = config["seed"]
+    if "init_model" in config:
+        init = resolve(config["init_model"])
+        if not (init / "model.safetensors").is_file():
+            raise CLIError(f"init_model {str(init)!r} is not a model directory "
+                           "(no model.safetensors in it).")
+        hyper["init_model"] = init
     check_training_params(**hyper)      # fail before the slow setting fit
     images = _training_images(config.get("images", "natural"), base)
     setting = make_default_setting(**overrides)

@@ -491,6 +491,14 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     np.testing.assert_allclose(resumed.regressor.predict(X),
                                straight.regressor.predict(X), rtol=1e-5, atol=1e-6)
 
+    # fine-tuning: start from that model (path relative to the config)
+    (tmp_path / "tune.toml").write_text(TINY.format(output="tuned").replace(
+        "n_test_images = 8", 'n_test_images = 0\ninit_model = "straight"'))
+    code, _, err = _run(capsys, "train", tmp_path / "tune.toml", "--no-progress")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "tuned" / "model.json").read_text())
+    assert meta["config"]["init_model"] == "straight"
+
 
 def test_train_on_a_folder_of_images_and_the_help_example(capsys, tmp_path):
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11)
@@ -539,6 +547,9 @@ def test_train_errors(capsys, tmp_path):
     assert "overrides must be among" in error("[setting]\nn_layers = 3")
     assert "no checkpoint" in error("epochs = 1", "r.toml", "--resume")
     assert "is not a folder" in error('images = "nowhere"')
+    assert "is not a model directory" in error('init_model = "nowhere"')
+    assert "compile must be true or false" in error('compile = "yes"')
+    assert "pool_size must be a positive integer" in error("pool_size = 0")
     code, _, err = _run(capsys, "train", tmp_path / "absent.toml")
     assert code == 1 and "does not exist" in _one_error_line(err)
 

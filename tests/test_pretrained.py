@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from deepblur.datasets.simulate import make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor
@@ -191,3 +192,35 @@ def test_train_regressor_on_cuda_makes_the_data_there(small_setting, monkeypatch
     assert set(devices) == {"cuda"}
     assert next(net.module_.parameters()).device.type == "cuda"
     assert np.isfinite(net.predict(pool[:3].astype(np.float32))).all()
+
+
+def test_train_regressor_starts_from_init_model(small_setting, tmp_path):
+    from deepblur.pretrained import train_regressor
+    from deepblur.pretrained._train import _load_initial_weights
+
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    bias = small_setting["sampler"].sample(1000).mean(0)
+    kw = dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
+              stem_stride=2, num_workers=0, output_bias=bias, device="cpu",
+              verbose=0)
+    first = train_regressor(small_setting, pool, random_state=3, **kw)
+    source = save_model(tmp_path / "first", first, small_setting)
+    # the weights are copied as they are (an untrained net of another seed)
+    fresh = ResNetBlurRegressor(basis=small_setting["basis"], module__width=4,
+                                module__depth=1, module__stem_stride=2,
+                                device="cpu").initialize()
+    _load_initial_weights(fresh, source)
+    for (name, a), b in zip(first.module_.state_dict().items(),
+                            fresh.module_.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # fine-tuning from them differs from the same training from scratch
+    X = pool[:4].astype(np.float32)
+    tuned = train_regressor(small_setting, pool, init_model=source, **kw)
+    scratch = train_regressor(small_setting, pool, **kw)
+    assert not np.allclose(tuned.predict(X), scratch.predict(X))
+    with pytest.raises(ValueError, match="init_model's network does not match.*"
+                                         "size mismatch"):
+        train_regressor(small_setting, pool, init_model=source,
+                        **dict(kw, width=8))
+    with pytest.raises(FileNotFoundError):
+        train_regressor(small_setting, pool, init_model=tmp_path / "missing", **kw)

@@ -92,8 +92,9 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
                     batch_size=256, lr=2e-3, width=16, depth=2, stem_stride=4,
                     head="spatial", criterion="mse", pool_size=20_000,
                     output_bias=None, num_workers=None, device="auto",
-                    compile=False, random_state=0, checkpoint_dir=None,
-                    resume=False, progress_bar=False, verbose=1):
+                    compile=False, init_model=None, random_state=0,
+                    checkpoint_dir=None, resume=False, progress_bar=False,
+                    verbose=1):
     """Train a :class:`~deepblur.ResNetBlurRegressor` on fresh simulated data.
 
     Every batch is drawn by a :class:`~deepblur.datasets.BlurDataset`: clean
@@ -147,6 +148,15 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         578 images/s, 1 thread, batches of 256) after about 30 s of
         compilation (benchmarks/README.md), so it pays off for runs longer
         than a few minutes.
+    init_model : str, Path or PretrainedModel, optional
+        Start from the weights of this model (a directory written by
+        :func:`~deepblur.pretrained.save_model`, e.g.
+        ``deepblur/pretrained/default``) instead of random ones: fine-tuning,
+        e.g. on another noise level or on your own images. Its network must
+        have the same ``width``, ``depth``, ``stem_stride`` and ``head`` and
+        as many outputs as the setting's basis has terms; ``gamma`` keeps its
+        meaning only if the setting's basis is the model's (``output_bias`` is
+        then ignored: the model's own output layer is kept).
     random_state : int, default=0
         Seed of the initial weights and of the training data (the validation
         batches use ``random_state + 1``).
@@ -219,6 +229,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
         net.initialize()
+    if init_model is not None:
+        _load_initial_weights(net, init_model)
     if resume:
         _resume(net, data, checkpoint_dir, epochs, num_workers)
     else:
@@ -229,6 +241,24 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
             f"training interrupted after {done} of {epochs} epochs"
         )
     return net
+
+
+def _load_initial_weights(net, init_model):
+    """Copy the network weights of ``init_model`` into ``net``'s module."""
+    from deepblur.pretrained._io import PretrainedModel, load_model
+
+    source = (init_model if isinstance(init_model, PretrainedModel)
+              else load_model(init_model))
+    module = getattr(net.module_, "_orig_mod", net.module_)
+    state = source.regressor.module_.state_dict()
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines()]
+        raise ValueError(
+            "init_model's network does not match this training's (width, "
+            f"depth, stem_stride, head, K?): {' '.join(lines[:2])}"
+        ) from None
 
 
 def _resume(net, data, checkpoint_dir, epochs, num_workers):
