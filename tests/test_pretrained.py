@@ -44,13 +44,20 @@ def test_relative_errors_against_definitions(rng):
     assert err["scale"][0] == pytest.approx(abs(np.sqrt(1 / 5) - 1))
 
 
+def _tiny_regressor(setting, n_images=32, **params):
+    """A one-epoch regressor of the small setting, and its training images."""
+    pool = np.random.default_rng(0).random((10, 16, 16))
+    X, y = make_blurred_images(pool, setting["basis"], setting["sampler"],
+                               n_images, random_state=0)
+    net = ResNetBlurRegressor(basis=setting["basis"], module__width=4,
+                              module__depth=1, module__stem_stride=2,
+                              max_epochs=1, device="cpu", verbose=0, **params)
+    return net.fit(X, y), X
+
+
 def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     basis, sampler = small_setting["basis"], small_setting["sampler"]
-    pool = np.random.default_rng(0).random((10, 16, 16))
-    X, y = make_blurred_images(pool, basis, sampler, 32, random_state=0)
-    net = ResNetBlurRegressor(basis=basis, module__width=4, module__depth=1,
-                              module__stem_stride=2, max_epochs=1, device="cpu",
-                              verbose=0).fit(X, y)
+    net, X = _tiny_regressor(small_setting)
     save_model(tmp_path, net, small_setting, extra={"note": "test"})
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["module"]["width"] == 4 and meta["note"] == "test"
@@ -71,13 +78,8 @@ def test_save_a_compiled_regressor(small_setting, tmp_path):
     # compile=True wraps the module (its state_dict keys gain "_orig_mod."):
     # the saved file must hold the plain module's weights, which load_model
     # reads into an uncompiled regressor. The eager backend keeps it fast.
-    basis, sampler = small_setting["basis"], small_setting["sampler"]
-    pool = np.random.default_rng(0).random((10, 16, 16))
-    X, y = make_blurred_images(pool, basis, sampler, 16, random_state=0)
-    net = ResNetBlurRegressor(basis=basis, module__width=4, module__depth=1,
-                              module__stem_stride=2, max_epochs=1, device="cpu",
-                              compile=True, compile__backend="eager",
-                              verbose=0).fit(X, y)
+    net, X = _tiny_regressor(small_setting, 16, compile=True,
+                             compile__backend="eager")
     assert hasattr(net.module_, "_orig_mod")
     save_model(tmp_path, net, small_setting)
     model = load_model(tmp_path)
