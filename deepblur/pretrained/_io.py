@@ -46,6 +46,16 @@ _MODULE_KEYS = ("width", "depth", "n_stages", "stem_stride", "head", "pool_size"
                 "coord_channels", "channels_last")
 
 
+def plain_module(regressor):
+    """The network of a fitted regressor, unwrapped from ``torch.compile``.
+
+    A regressor fitted with ``compile=True`` holds torch.compile's wrapper,
+    whose ``state_dict`` prefixes every key with ``"_orig_mod."``; weights are
+    saved and loaded through the module itself.
+    """
+    return getattr(regressor.module_, "_orig_mod", regressor.module_)
+
+
 def save_model(directory, regressor, setting, *, extra=None):
     """Write a trained regressor and its setting to ``directory``.
 
@@ -64,11 +74,8 @@ def save_model(directory, regressor, setting, *, extra=None):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
-    # A regressor fitted with compile=True holds torch.compile's wrapper, whose
-    # state_dict prefixes every key with "_orig_mod.": save the module itself.
-    module = getattr(regressor.module_, "_orig_mod", regressor.module_)
     tensors = {f"module.{k}": v.detach().cpu().contiguous()
-               for k, v in module.state_dict().items()}
+               for k, v in plain_module(regressor).state_dict().items()}
     tensors["basis.kernels"] = torch.tensor(np.ascontiguousarray(basis.kernels_),
                                            dtype=torch.float64)
     tensors["basis.maps"] = torch.tensor(np.ascontiguousarray(basis.maps_),

@@ -247,14 +247,13 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
 
 def _load_initial_weights(net, init_model):
     """Copy the network weights of ``init_model`` into ``net``'s module."""
-    from deepblur.pretrained._io import PretrainedModel, load_model
+    from deepblur.pretrained._io import PretrainedModel, load_model, plain_module
 
     source = (init_model if isinstance(init_model, PretrainedModel)
               else load_model(init_model))
-    module = getattr(net.module_, "_orig_mod", net.module_)
-    state = source.regressor.module_.state_dict()
     try:
-        module.load_state_dict(state)
+        plain_module(net).load_state_dict(
+            plain_module(source.regressor).state_dict())
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).strip().splitlines()]
         raise ValueError(
