@@ -26,8 +26,9 @@ CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 #: Hyper-parameters of the shipped model's training (``examples/
 #: train_default_model.py``); its weights were then fine-tuned on 1.6 M more
 #: images with ``init_model`` (the call is recorded in their model.json).
-#: Measured: 343 s on an H100 (sharing it with a second training); 2-3 h
-#: on a 2-core CPU; see benchmarks/README.md.
+#: Measured: 343 s on an H100 (sharing it with a second training); on a
+#: 2-core CPU about 95 min with compile=True and a data worker (559 images/s),
+#: about 3 h in-process without (282 images/s); see benchmarks/README.md.
 TRAINING_DEFAULTS = dict(
     n_images=3_200_000, epochs=20, batch_size=256, lr=2e-3, width=16, depth=2,
     stem_stride=4, head="spatial", criterion="mse", pool_size=20_000,
