@@ -28,7 +28,8 @@ CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 #: images with ``init_model`` (the call is recorded in their model.json).
 #: Measured: 343 s on an H100 (sharing it with a second training); on a
 #: 2-core CPU about 95 min with compile=True and a data worker (559 images/s),
-#: about 3 h in-process without (282 images/s); see benchmarks/README.md.
+#: about 3 h in-process without (282 images/s), and 5.5 h on a 2-core CPU with
+#: AVX2 only (162 images/s with compile and a worker); see benchmarks/README.md.
 TRAINING_DEFAULTS = dict(
     n_images=3_200_000, epochs=20, batch_size=256, lr=2e-3, width=16, depth=2,
     stem_stride=4, head="spatial", criterion="mse", pool_size=20_000,

@@ -1,0 +1,223 @@
+"""What limits the blind identification of gamma: three probes beside a network.
+
+Same setting and test sets as ``bench_regressor.py`` (held-out natural
+sources and the bundled microscopy images, sigma = 0.01, every row beside the
+mean-gamma baseline), with a trained model (default: the shipped one):
+
+1. **Hand-crafted features + ridge.** Per block (default: a 4x4 grid of
+   32x32 blocks; ``--window``, ``--stride``), the shape of the local power
+   spectrum (Hann window, log power in ``--radial`` x ``--angular`` bins, its
+   mean removed: contrast-free), the mean-normalised intensity profile of
+   the first 12 rows/columns along each edge (4 segments per edge: what a zero
+   boundary reveals of the border PSFs), and the image's mean. A ridge
+   regression (``RidgeCV``) is fitted in the metric of the Gram matrix (targets
+   ``L^T gamma`` with ``G = L L^T``), so it minimises the squared operator
+   error. It needs no network and trains in seconds: how much of gamma do
+   simple, content-agnostic statistics carry? (``--mlp``: also an MLP on
+   them.)
+2. **Stacking.** The same ridge on the features plus the network's estimate:
+   what the network misses that the features carry.
+3. **Parametric-bootstrap bias correction** (``--bootstrap``). Re-blur an
+   estimate of the clean image with the estimate ``g`` of gamma, predict again
+   (``r`` noise draws) and correct ``g - (mean(pred) - g)``. With the true
+   clean image (oracle) this bounds what a content-dependent bias correction
+   can gain; with the TV-deblurred image (``lam="auto"``) it is what a user
+   would get, at the price of one deblurring and ``r`` predictions per image.
+
+Usage: ``python benchmarks/bench_identifiability.py [--boundary crop]
+[--n-train 20000] [--bootstrap 128]``. ``--boundary crop`` tests on windows
+of larger scenes (the case of real images; the shipped network was trained
+with the zero boundary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from bench_regressor import summary
+from sklearn.linear_model import RidgeCV
+from sklearn.neural_network import MLPRegressor
+
+from deepblur.datasets.images import (
+    extract_patches,
+    load_microscopy_images,
+    natural_image_split,
+)
+from deepblur.datasets.simulate import blur_images, make_blurred_images
+from deepblur.estimators.deblur import TVDeblurrer
+from deepblur.pretrained import load_model
+from deepblur.pretrained._io import DEFAULT_DIR
+
+_BORDER = 12
+
+
+def spectral_features(X, window=32, stride=None, n_radial=6, n_angular=4):
+    """Local spectra, border profiles and mean of images ``X`` (n, H, W).
+
+    The spectra are taken in ``window`` x ``window`` blocks every ``stride``
+    pixels (default: ``window``, no overlap).
+    """
+    x = torch.as_tensor(X, dtype=torch.float32)
+    mean = x.mean((1, 2), keepdim=True)
+    x = x / mean
+    H = x.shape[1]
+    stride = stride or window
+    hann = torch.hann_window(window, periodic=False)
+    tiles = x.unfold(1, window, stride).unfold(2, window, stride)
+    tiles = (tiles - tiles.mean((-1, -2), keepdim=True)) * hann[:, None] * hann
+    power = torch.fft.fft2(tiles).abs().square().flatten(-2)
+    freq = torch.fft.fftfreq(window)
+    fy, fx = freq[:, None], freq[None]
+    radius = (fy ** 2 + fx ** 2).sqrt().flatten()
+    angle = (torch.atan2(fy, fx) % np.pi).flatten()
+    rb = torch.clamp((radius / 0.5 * n_radial).long(), max=n_radial - 1)
+    ab = torch.clamp((angle / np.pi * n_angular).long(), max=n_angular - 1)
+    keep = radius > 0
+    index = (rb * n_angular + ab)[keep]
+    bins = torch.zeros(*power.shape[:-1], n_radial * n_angular).index_add_(
+        -1, index, power[..., keep])
+    counts = torch.bincount(index, minlength=n_radial * n_angular)
+    logp = torch.log(bins[..., counts > 0] / counts[counts > 0] + 1e-8)
+    logp = logp - logp.mean(-1, keepdim=True)
+    d, seg = _BORDER, H // 4
+    edges = [x[:, :d], x[:, -d:].flip(1), x[:, :, :d].transpose(1, 2),
+             x[:, :, -d:].flip(2).transpose(1, 2)]
+    border = torch.cat([e.unfold(2, seg, seg).mean(-1) for e in edges], 1)
+    mean = mean.flatten(1)
+    return torch.cat([logp.flatten(1), border.flatten(1), mean, mean.log()],
+                     1).numpy()
+
+
+def features(X, **kwargs):
+    return np.concatenate([spectral_features(X[i:i + 500], **kwargs)
+                           for i in range(0, len(X), 500)])
+
+
+def predict(net, X):
+    return np.concatenate([net.predict(X[i:i + 1000])
+                           for i in range(0, len(X), 1000)])
+
+
+class GramRidge:
+    """Regression of gamma minimising the squared operator error (default ridge)."""
+
+    def __init__(self, gram, regressor=None):
+        self.chol = np.linalg.cholesky(gram)
+        self.regressor = regressor or RidgeCV(alphas=np.logspace(-2, 4, 13))
+
+    def fit(self, Z, gamma):
+        self.mean, self.std = Z.mean(0), Z.std(0) + 1e-8
+        self.ridge = self.regressor.fit(
+            (Z - self.mean) / self.std, gamma @ self.chol)
+        return self
+
+    def predict(self, Z):
+        out = self.ridge.predict((Z - self.mean) / self.std)
+        return np.linalg.solve(self.chol.T, out.T).T
+
+
+def bootstrap(net, basis, u, gamma_hat, boundary, reps, seed):
+    """``g - (mean_r net(H[g] u + eta_r) - g)``: one bias-correction step."""
+    bias = 0.0
+    for r in range(reps):
+        y = blur_images(np.clip(u, 0, None), gamma_hat, basis, noise_std=0.01,
+                        boundary=boundary, random_state=seed + r)
+        bias = bias + (net.predict(y) - gamma_hat) / reps
+    return gamma_hat - bias
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_DIR))
+    parser.add_argument("--boundary", choices=("zero", "crop"), default="zero")
+    parser.add_argument("--n-train", type=int, default=20_000)
+    parser.add_argument("--n-test", type=int, default=512)
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="test images of the bias correction (0: skip)")
+    parser.add_argument("--reps", type=int, default=4)
+    parser.add_argument("--window", type=int, default=32,
+                        help="block size of the local spectra")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="step between blocks (default: --window)")
+    parser.add_argument("--radial", type=int, default=6)
+    parser.add_argument("--angular", type=int, default=4)
+    parser.add_argument("--mlp", action="store_true",
+                        help="also fit an MLP (512-256 units) on the features")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    basis, sampler, net = model.basis, model.sampler, model.regressor
+    gram, noise = basis.gram_, model.noise_std
+    mean_gamma = sampler.sample(50_000).mean(0)
+    train_images, test_images = natural_image_split()
+
+    t = time.perf_counter()
+    X, y = make_blurred_images(train_images, basis, sampler, args.n_train,
+                               noise_std=noise, pool_size=20_000,
+                               boundary=args.boundary, random_state=11)
+    spec = dict(window=args.window, stride=args.stride, n_radial=args.radial,
+                n_angular=args.angular)
+    F, P = features(X, **spec), predict(net, X)
+    del X
+    print(f"{args.n_train} training images, features and network estimates: "
+          f"{time.perf_counter() - t:.0f} s ({F.shape[1]} features)")
+    t = time.perf_counter()
+    ridge = GramRidge(gram).fit(F, y)
+    stacked = GramRidge(gram).fit(np.c_[F, P], y)
+    mlp = GramRidge(gram, MLPRegressor(
+        hidden_layer_sizes=(512, 256), alpha=1e-3, batch_size=256,
+        early_stopping=True, n_iter_no_change=10, random_state=0)).fit(F, y) \
+        if args.mlp else None
+    print(f"ridge fits: {time.perf_counter() - t:.1f} s")
+
+    rng = np.random.RandomState(123)
+    tests = {"natural": test_images,
+             "microscopy": extract_patches(load_microscopy_images(), args.n_test,
+                                           basis.image_shape_, random_state=rng)}
+    for name, images in tests.items():
+        X, y = make_blurred_images(images, basis, sampler, args.n_test,
+                                   noise_std=noise, boundary=args.boundary,
+                                   random_state=rng)
+        Ft, Pt = features(X, **spec), predict(net, X)
+        base = np.tile(mean_gamma, (len(y), 1))
+        print(f"--- {name} ({args.boundary} boundary, {len(y)} images)")
+        summary("network", y, Pt, base, gram)
+        summary("features", y, ridge.predict(Ft), base, gram)
+        summary("stacked", y, stacked.predict(np.c_[Ft, Pt]), base, gram)
+        if mlp is not None:
+            summary("MLP", y, mlp.predict(Ft), base, gram)
+
+    if args.bootstrap:
+        u = extract_patches(test_images, args.bootstrap, basis.image_shape_,
+                            random_state=7).astype(np.float32)
+        u = u[u.mean((1, 2)) > 1e-3]
+        u *= 0.5 / u.mean((1, 2), keepdims=True)
+        gamma = sampler.sample(len(u))
+        y = blur_images(u, gamma, basis, noise_std=noise, boundary=args.boundary,
+                        random_state=9)
+        g = net.predict(y)
+        base = np.tile(mean_gamma, (len(u), 1))
+        print(f"--- bias correction (natural, {len(u)} images, {args.reps} "
+              "noise draws)")
+        summary("network", gamma, g, base, gram)
+        summary("oracle u", gamma, bootstrap(net, basis, u, g, args.boundary,
+                                             args.reps, 10), base, gram)
+        summary("oracle, 1 draw", gamma, bootstrap(net, basis, u, g,
+                                                   args.boundary, 1, 10), base, gram)
+        summary("u = blurry", gamma, bootstrap(net, basis, y, g, args.boundary,
+                                               args.reps, 10), base, gram)
+        t = time.perf_counter()
+        deblurrer = TVDeblurrer(basis, lam="auto", max_iter=200).fit()
+        u_hat = np.concatenate([deblurrer.transform(y[i:i + 32], gamma=g[i:i + 32])
+                                for i in range(0, len(y), 32)])
+        print(f"TV deblurring: {(time.perf_counter() - t) / len(y):.2f} s/image")
+        summary("TV u", gamma, bootstrap(net, basis, u_hat, g, args.boundary,
+                                         args.reps, 10), base, gram)
+
+
+if __name__ == "__main__":
+    main()
