@@ -96,11 +96,6 @@ def features(X, **kwargs):
                            for i in range(0, len(X), 500)])
 
 
-def predict(net, X):
-    return np.concatenate([net.predict(X[i:i + 1000])
-                           for i in range(0, len(X), 1000)])
-
-
 class GramRidge:
     """Regression of gamma minimising the squared operator error (default ridge)."""
 
@@ -119,11 +114,11 @@ class GramRidge:
         return np.linalg.solve(self.chol.T, out.T).T
 
 
-def bootstrap(net, basis, u, gamma_hat, boundary, reps, seed):
+def bootstrap(net, basis, u, gamma_hat, noise, boundary, reps, seed):
     """``g - (mean_r net(H[g] u + eta_r) - g)``: one bias-correction step."""
     bias = 0.0
     for r in range(reps):
-        y = blur_images(np.clip(u, 0, None), gamma_hat, basis, noise_std=0.01,
+        y = blur_images(np.clip(u, 0, None), gamma_hat, basis, noise_std=noise,
                         boundary=boundary, random_state=seed + r)
         bias = bias + (net.predict(y) - gamma_hat) / reps
     return gamma_hat - bias
@@ -161,7 +156,7 @@ def main():
                                boundary=args.boundary, random_state=11)
     spec = dict(window=args.window, stride=args.stride, n_radial=args.radial,
                 n_angular=args.angular)
-    F, P = features(X, **spec), predict(net, X)
+    F, P = features(X, **spec), net.predict(X)
     del X
     print(f"{args.n_train} training images, features and network estimates: "
           f"{time.perf_counter() - t:.0f} s ({F.shape[1]} features)")
@@ -172,7 +167,7 @@ def main():
         hidden_layer_sizes=(512, 256), alpha=1e-3, batch_size=256,
         early_stopping=True, n_iter_no_change=10, random_state=0)).fit(F, y) \
         if args.mlp else None
-    print(f"ridge fits: {time.perf_counter() - t:.1f} s")
+    print(f"regression fits: {time.perf_counter() - t:.1f} s")
 
     rng = np.random.RandomState(123)
     tests = {"natural": test_images,
@@ -182,7 +177,7 @@ def main():
         X, y = make_blurred_images(images, basis, sampler, args.n_test,
                                    noise_std=noise, boundary=args.boundary,
                                    random_state=rng)
-        Ft, Pt = features(X, **spec), predict(net, X)
+        Ft, Pt = features(X, **spec), net.predict(X)
         base = np.tile(mean_gamma, (len(y), 1))
         print(f"--- {name} ({args.boundary} boundary, {len(y)} images)")
         summary("network", y, Pt, base, gram)
@@ -194,8 +189,7 @@ def main():
     if args.bootstrap:
         u = extract_patches(test_images, args.bootstrap, basis.image_shape_,
                             random_state=7).astype(np.float32)
-        u = u[u.mean((1, 2)) > 1e-3]
-        u *= 0.5 / u.mean((1, 2), keepdims=True)
+        u = u[u.mean((1, 2)) > 1e-3]  # blur_images scales each to mean 0.5
         gamma = sampler.sample(len(u))
         y = blur_images(u, gamma, basis, noise_std=noise, boundary=args.boundary,
                         random_state=9)
@@ -204,20 +198,19 @@ def main():
         print(f"--- bias correction (natural, {len(u)} images, {args.reps} "
               "noise draws)")
         summary("network", gamma, g, base, gram)
-        summary("oracle u", gamma, bootstrap(net, basis, u, g, args.boundary,
-                                             args.reps, 10), base, gram)
-        summary("oracle, 1 draw", gamma, bootstrap(net, basis, u, g,
-                                                   args.boundary, 1, 10), base, gram)
-        summary("u = blurry", gamma, bootstrap(net, basis, y, g, args.boundary,
-                                               args.reps, 10), base, gram)
+
+        def corrected(u_est, reps=args.reps):
+            return bootstrap(net, basis, u_est, g, noise, args.boundary, reps, 10)
+
+        summary("oracle u", gamma, corrected(u), base, gram)
+        summary("oracle, 1 draw", gamma, corrected(u, 1), base, gram)
+        summary("u = blurry", gamma, corrected(y), base, gram)
         t = time.perf_counter()
         deblurrer = TVDeblurrer(basis, lam="auto", max_iter=200).fit()
         u_hat = np.concatenate([deblurrer.transform(y[i:i + 32], gamma=g[i:i + 32])
                                 for i in range(0, len(y), 32)])
         print(f"TV deblurring: {(time.perf_counter() - t) / len(y):.2f} s/image")
-        summary("TV u", gamma, bootstrap(net, basis, u_hat, g, args.boundary,
-                                         args.reps, 10), base, gram)
-
+        summary("TV u", gamma, corrected(u_hat), base, gram)
 
 if __name__ == "__main__":
     main()
