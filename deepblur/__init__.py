@@ -10,6 +10,7 @@ from deepblur.estimators.blind import BlindDeblurrer
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.deblur import TVDeblurrer
 from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.estimators.spectral import SpectralBlurRegressor
 
 __version__ = "0.1.0.dev0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "ConeSimplifier",
     "ProductConvolutionBasis",
     "ResNetBlurRegressor",
+    "SpectralBlurRegressor",
     "TVDeblurrer",
     "__version__",
 ]

@@ -1,0 +1,173 @@
+"""SpectralBlurRegressor: closed-form ridge, learning, sklearn behaviour, bad input."""
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils._param_validation import InvalidParameterError
+
+from deepblur import BlindDeblurrer, SpectralBlurRegressor, TVDeblurrer
+from deepblur.datasets import make_random_operators
+from deepblur.datasets.simulate import BlurDataset, make_blurred_images
+from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.cone import ConeSampler
+from deepblur.features import blur_features
+from deepblur.operators.product_convolution import dense_matrix
+from deepblur.pretrained import relative_errors
+
+
+def _gaussian(sigma, size=9):
+    r = np.arange(size) - size // 2
+    g = np.exp(-0.5 * (r[:, None] ** 2 + r[None] ** 2) / sigma**2)
+    return g / g.sum()
+
+
+@pytest.fixture(scope="module")
+def setting():
+    """Three Gaussian blurs of different widths, each over a different region."""
+    kernels = np.stack([_gaussian(s) for s in (0.6, 1.5, 3.0)])
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    maps = np.stack([np.ones((32, 32)), xx, yy])
+    basis = ProductConvolutionBasis.from_components(kernels, maps)
+    sampler = ConeSampler(alpha_range=(0.8, 1.2), random_state=0).fit(np.eye(3))
+    rng = np.random.default_rng(0)
+    pool = np.clip(rng.random((40, 32, 32)).cumsum(1).cumsum(2), 0, None)
+    pool = np.concatenate([pool / pool.max(), rng.random((40, 32, 32))])
+    X, y = make_blurred_images(pool, basis, sampler, 600, random_state=0)
+    Xt, yt = make_blurred_images(pool, basis, sampler, 200, random_state=1)
+    return basis, sampler, pool, X, y, Xt, yt
+
+
+def test_ridge_in_the_gram_metric_matches_the_closed_form(setting):
+    basis, _, _, X, y, Xt, _ = setting
+    alpha = 3.0
+    est = SpectralBlurRegressor(basis, window=16, alphas=[alpha]).fit(X, y)
+    F, Ft = blur_features(X, window=16), blur_features(Xt, window=16)
+    mean, std = F.mean(0), F.std(0)
+    Z, Zt = (F - mean) / std, (Ft - mean) / std
+    L = np.linalg.cholesky(basis.gram_)
+    T = y @ L
+    W = np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]),
+                        Z.T @ (T - T.mean(0)))
+    expected = (Zt @ W + T.mean(0)) @ np.linalg.inv(L)
+    np.testing.assert_allclose(est.predict(Xt), expected, rtol=1e-4, atol=1e-5)
+    assert est.alpha_ == alpha and est.coef_.shape == (F.shape[1], 3)
+    assert est.n_train_images_ == 600 and est.image_shape_ == (32, 32)
+    assert est.n_features_in_ == 32 * 32
+
+
+def test_learns_the_blur_and_scores_the_operator_error(setting):
+    basis, sampler, _, X, y, Xt, yt = setting
+    est = SpectralBlurRegressor(basis, window=16).fit(X, y)
+    pred = est.predict(Xt)
+    assert pred.shape == (200, 3) and pred.dtype == np.float32
+    err = relative_errors(yt, pred, basis.gram_)["operator"].mean()
+    mean_gamma = sampler.sample(20_000).mean(0)
+    base = relative_errors(yt, np.tile(mean_gamma, (200, 1)),
+                           basis.gram_)["operator"].mean()
+    assert err < 0.5 * base
+    # score: minus the mean relative Frobenius distance of the dense operators
+    ref = []
+    for a, b in zip(yt[:3].astype(float), pred[:3].astype(float), strict=True):
+        Ha = dense_matrix(basis.operator_, a).numpy()
+        Hb = dense_matrix(basis.operator_, b).numpy()
+        ref.append(np.linalg.norm(Ha - Hb) / np.linalg.norm(Ha))
+    assert est.score(Xt[:3], yt[:3]) == pytest.approx(-np.mean(ref), rel=1e-4)
+    # (n, 1, H, W) input gives the same estimates
+    np.testing.assert_allclose(est.predict(Xt[:, None]), pred, rtol=1e-6)
+
+
+def test_fit_on_a_blur_dataset_reads_its_batches(setting):
+    basis, sampler, pool, _, _, _, _ = setting
+    data = BlurDataset(pool, basis, sampler, batch_size=50, n_batches=6,
+                       random_state=3)
+    est = SpectralBlurRegressor(basis, window=16).fit(data)
+    batches = list(BlurDataset(pool, basis, sampler, batch_size=50, n_batches=6,
+                               random_state=3))
+    X = np.concatenate([b[0][:, 0].numpy() for b in batches])
+    y = np.concatenate([b[1].numpy() for b in batches])
+    again = SpectralBlurRegressor(basis, window=16).fit(X, y)
+    assert est.n_train_images_ == 300
+    np.testing.assert_allclose(est.coef_, again.coef_, rtol=1e-5, atol=1e-8)
+    other = ProductConvolutionBasis.from_components(basis.kernels_,
+                                                    np.ones((3, 16, 16)))
+    with pytest.raises(ValueError, match="image shape"):
+        SpectralBlurRegressor(other, window=8, border=4).fit(data)
+
+
+def test_sklearn_clone_grid_search_and_joblib(setting, tmp_path):
+    basis, _, _, X, y, Xt, yt = setting
+    est = SpectralBlurRegressor(basis, window=16)
+    assert clone(est).basis is basis              # the fitted basis is shared
+    search = GridSearchCV(est, {"window": [8, 16], "n_angular": [2, 4]}, cv=2)
+    search.fit(X[:300], y[:300])
+    assert set(search.best_params_) == {"window", "n_angular"}
+    assert search.best_score_ < 0
+    fitted = clone(est).fit(X, y)
+    joblib.dump(fitted, tmp_path / "spectral.joblib")
+    loaded = joblib.load(tmp_path / "spectral.joblib")
+    np.testing.assert_array_equal(loaded.predict(Xt), fitted.predict(Xt))
+
+
+@pytest.mark.filterwarnings("ignore:deblur reached max_iter")
+def test_in_a_blind_deblurrer():
+    ops = make_random_operators(12, image_shape=(32, 32), kernel_shape=(9, 9),
+                                grid_shape=(4, 4), random_state=0)
+    rng = np.random.default_rng(0)
+    clean = rng.random((8, 32, 32)) + 0.1
+    model = BlindDeblurrer(
+        basis=ProductConvolutionBasis(3, image_shape=(32, 32)),
+        regressor=SpectralBlurRegressor(window=16),
+        deblurrer=TVDeblurrer(lam=50.0, tol=1e-3, max_iter=20, device="cpu"),
+        n_train_images=200, random_state=0)
+    model.fit(clean[:2], clean, psf_fields=ops.psf_fields)
+    assert isinstance(model.regressor_, SpectralBlurRegressor)
+    assert model.regressor_.n_train_images_ >= 200
+    assert model.estimate(clean[:2]).shape == (2, 3)
+    assert model.transform(clean[:2]).shape == (2, 32, 32)
+
+
+def test_bad_input(setting):
+    basis, _, _, X, y, _, _ = setting
+    with pytest.raises(ValueError, match="basis must be given"):
+        SpectralBlurRegressor().fit(X, y)
+    with pytest.raises(ValueError, match="fitted ProductConvolutionBasis"):
+        SpectralBlurRegressor(ProductConvolutionBasis(3)).fit(X, y)
+    est = SpectralBlurRegressor(basis, window=16)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    with pytest.raises(ValueError, match=r"shape \(n_samples, K=3\)"):
+        est.fit(X, y[:, :2])
+    with pytest.raises(ValueError, match="y must be given"):
+        est.fit(X, None)
+    bad_y = y.copy()
+    bad_y[0, 0] = np.inf
+    with pytest.raises(ValueError, match="y must be finite"):
+        est.fit(X, bad_y)
+    with pytest.raises(ValueError, match="as many samples"):
+        est.fit(X, y[:-1])
+    with pytest.raises(ValueError, match="image_shape"):
+        est.fit(X[:, :16, :16], y)
+    bad_X = X.copy()
+    bad_X[1, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        est.fit(bad_X, y)
+    with pytest.raises(ValueError, match="positive mean"):
+        est.fit(np.concatenate([X[:1], -X[1:2]]), y[:2])
+    with pytest.raises(ValueError, match="at least 2 images"):
+        est.fit(X[:1], y[:1])
+    with pytest.raises(ValueError, match="window must be at most"):
+        SpectralBlurRegressor(basis, window=64).fit(X, y)
+    with pytest.raises(ValueError, match="alphas must be positive"):
+        SpectralBlurRegressor(basis, window=16, alphas=[1.0, -1.0]).fit(X, y)
+    with pytest.raises(InvalidParameterError):
+        SpectralBlurRegressor(basis, window=2).fit(X, y)
+    with pytest.raises(InvalidParameterError):
+        SpectralBlurRegressor(basis, n_radial=0).fit(X, y)
+    fitted = SpectralBlurRegressor(basis, window=16).fit(X, y)
+    with pytest.raises(ValueError, match="image_shape"):
+        fitted.predict(X[:, :16, :16])
+    with pytest.raises(ValueError, match="dtype"):
+        est.fit(X, np.full(y.shape, "a"))
