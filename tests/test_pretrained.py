@@ -9,7 +9,13 @@ import torch
 from deepblur.datasets.simulate import make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.pretrained._default import make_default_setting, relative_errors
-from deepblur.pretrained._io import PretrainedModel, load_model, save_model
+from deepblur.pretrained._io import (
+    PretrainedModel,
+    load_model,
+    save_model,
+    save_spectral,
+)
+from deepblur.pretrained._train import train_spectral_regressor
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +96,94 @@ def test_save_a_compiled_regressor(small_setting, tmp_path):
 def test_load_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)
+
+
+SMALL_SPECTRAL = dict(window=8, border=4, n_segments=2)
+
+
+def test_train_spectral_regressor_on_fresh_windows(small_setting):
+    pool = np.random.default_rng(1).random((12, 24, 24))
+    spectral = train_spectral_regressor(small_setting, list(pool), n_images=300,
+                                        batch_size=100, pool_size=40,
+                                        random_state=0, **SMALL_SPECTRAL)
+    assert spectral.n_train_images_ == 300 and spectral.window == 8
+    again = train_spectral_regressor(small_setting, list(pool), n_images=300,
+                                     batch_size=100, pool_size=40,
+                                     random_state=0, **SMALL_SPECTRAL)
+    np.testing.assert_array_equal(again.coef_, spectral.coef_)     # seeded
+    # fitted on crop-boundary images with a noise range and point sources: it
+    # beats the mean operator on held-out crop-boundary images
+    basis, sampler = small_setting["basis"], small_setting["sampler"]
+    scenes = list(np.random.default_rng(2).random((8, 24, 24)))
+    X, y = make_blurred_images(scenes, basis, sampler, 200, boundary="crop",
+                               random_state=3)
+    base = np.tile(sampler.sample(20_000).mean(0), (len(y), 1))
+    err = relative_errors(y, spectral.predict(X), basis.gram_)["operator"].mean()
+    assert err < relative_errors(y, base, basis.gram_)["operator"].mean()
+    for bad, match in ((dict(n_images=0), "n_images"),
+                       (dict(point_fraction=1.0), "point_fraction"),
+                       (dict(batch_size=2.5), "batch_size")):
+        with pytest.raises(ValueError, match=match):
+            train_spectral_regressor(small_setting, list(pool), **bad)
+
+
+def test_spectral_regressor_saved_beside_the_network(small_setting, tmp_path):
+    net, X = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    with pytest.raises(FileNotFoundError, match="spectral.safetensors"):
+        load_model(tmp_path, estimator="spectral")
+    pool = np.random.default_rng(1).random((12, 16, 16))
+    spectral = train_spectral_regressor(small_setting, pool, n_images=200,
+                                        batch_size=100, point_fraction=0.0,
+                                        **SMALL_SPECTRAL)
+    save_spectral(tmp_path, spectral, noise_std=(0.005, 0.05), boundary="crop",
+                  extra={"note": "test"})
+    with open(tmp_path / "spectral.safetensors", "rb") as f:
+        assert b"\x80\x04" not in f.read(16)          # not a pickle stream
+    model = load_model(tmp_path, estimator="spectral")
+    assert type(model.regressor).__name__ == "SpectralBlurRegressor"
+    assert model.noise_std == (0.005, 0.05)
+    assert model.setting["boundary"] == "crop"
+    assert model.setting["noise_std"] == (0.005, 0.05)
+    np.testing.assert_allclose(model.regressor.predict(X), spectral.predict(X),
+                               rtol=1e-6)
+    assert model.regressor.window == 8 and model.regressor.alpha_ == spectral.alpha_
+    # the network is still the default estimator of the directory
+    network = load_model(tmp_path)
+    assert network.setting["boundary"] == "zero"
+    assert network.noise_std == small_setting["params"]["noise_std"]
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        load_model(tmp_path, estimator="svm")
+
+
+def test_save_spectral_rejects_what_does_not_fit(small_setting, tmp_path):
+    net, _ = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    pool = np.random.default_rng(1).random((12, 16, 16))
+    spectral = train_spectral_regressor(small_setting, pool, n_images=100,
+                                        batch_size=100, point_fraction=0.0,
+                                        **SMALL_SPECTRAL)
+    with pytest.raises(TypeError, match="SpectralBlurRegressor"):
+        save_spectral(tmp_path, net, noise_std=0.01, boundary="crop")
+    with pytest.raises(ValueError, match="boundary"):
+        save_spectral(tmp_path, spectral, noise_std=0.01, boundary="reflect")
+    other = make_default_setting(n_operators=12, image_shape=(16, 16),
+                                 kernel_shape=(5, 5), grid_shape=(4, 4),
+                                 n_components=4, n_rays=6, random_state=1)
+    foreign = train_spectral_regressor(other, pool, n_images=100, batch_size=100,
+                                       point_fraction=0.0, **SMALL_SPECTRAL)
+    with pytest.raises(ValueError, match="Gram matrices differ"):
+        save_spectral(tmp_path, foreign, noise_std=0.01, boundary="crop")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        save_spectral(tmp_path / "empty", spectral, noise_std=0.01,
+                      boundary="crop")
+    # a spectral file that does not fit the basis is a clear error on load
+    save_spectral(tmp_path, spectral, noise_std=0.01, boundary="crop")
+    meta = json.loads((tmp_path / "spectral.json").read_text())
+    meta["params"]["n_radial"] = 3
+    (tmp_path / "spectral.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not fit the model's basis"):
+        load_model(tmp_path, estimator="spectral")
 
 
 def test_save_load_basis_grid_and_scattered(tmp_path):

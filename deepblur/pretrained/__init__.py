@@ -1,6 +1,7 @@
 """Trained blur regressors: the default setting, training, saving, applying.
 
-Models are stored as ``model.safetensors`` + ``model.json``, bases as
+Models are stored as ``model.safetensors`` + ``model.json`` (plus, optionally,
+a spectral regressor in ``spectral.safetensors`` + ``spectral.json``), bases as
 ``basis.safetensors`` + ``basis.json`` (no pickle).
 :func:`load_default` reads the model shipped in ``deepblur/pretrained/default``
 (produced by ``examples/train_default_model.py``) and raises
@@ -22,25 +23,31 @@ from deepblur.pretrained._default import (
     relative_errors,
 )
 from deepblur.pretrained._io import (
+    ESTIMATORS,
     PretrainedModel,
     load_basis,
     load_default,
     load_model,
     save_basis,
     save_model,
+    save_spectral,
 )
 from deepblur.pretrained._train import (
     CRITERIA,
+    SPECTRAL_DEFAULTS,
     TRAINING_DEFAULTS,
     finished_epochs,
     train_regressor,
+    train_spectral_regressor,
 )
 
 __all__ = [
     "BUNDLED_IMAGES",
     "CRITERIA",
     "DEFAULT_SETTING",
+    "ESTIMATORS",
     "PretrainedModel",
+    "SPECTRAL_DEFAULTS",
     "TRAINING_DEFAULTS",
     "bundled_image",
     "deblur_image",
@@ -54,7 +61,9 @@ __all__ = [
     "relative_errors",
     "save_basis",
     "save_model",
+    "save_spectral",
     "simulate_blind_deblurring",
     "train_regressor",
+    "train_spectral_regressor",
     "training_gain",
 ]

@@ -2,7 +2,12 @@
 
 A model directory holds ``model.safetensors`` (the network's state dict, the
 basis's kernels and maps and the coefficients ``gamma`` of the training
-operators) and ``model.json`` (the hyper-parameters). A basis directory holds
+operators) and ``model.json`` (the hyper-parameters), and optionally
+``spectral.safetensors`` + ``spectral.json``, a
+:class:`~deepblur.SpectralBlurRegressor` fitted in the same setting (its
+coefficients, its parameters and what it was trained on), which
+``load_model(directory, estimator="spectral")`` returns in place of the
+network. A basis directory holds
 ``basis.safetensors`` (kernels and maps) and ``basis.json`` (boundary, grid or
 positions, fit diagnostics). None is a pickle: loading runs no code from the
 files.
@@ -20,9 +25,14 @@ import torch
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.estimators.spectral import SpectralBlurRegressor
+from deepblur.features import n_blur_features
 
-__all__ = ["PretrainedModel", "load_basis", "load_default", "load_model",
-           "save_basis", "save_model"]
+__all__ = ["ESTIMATORS", "PretrainedModel", "load_basis", "load_default",
+           "load_model", "save_basis", "save_model", "save_spectral"]
+
+#: The estimators a model directory can hold (see :func:`load_model`).
+ESTIMATORS = ("network", "spectral")
 
 PretrainedModel = namedtuple(
     "PretrainedModel",
@@ -32,8 +42,9 @@ PretrainedModel.__doc__ = """A trained blur regressor and the setting it was tra
 
 Fields: ``basis`` (fitted ProductConvolutionBasis), ``cone`` (fitted
 ConeSimplifier), ``sampler`` (fitted ConeSampler), ``regressor`` (ready
-ResNetBlurRegressor on CPU), ``noise_std`` (training noise level, for clean
-images of mean ``setting["image_mean"]``) and ``setting`` (the dict of
+ResNetBlurRegressor on CPU, or SpectralBlurRegressor), ``noise_std``
+(training noise level, or its ``(low, high)`` range, for clean images of mean
+``setting["image_mean"]``) and ``setting`` (the dict of
 :data:`~deepblur.pretrained.DEFAULT_SETTING` keys it was trained with; its
 ``boundary`` says how the training images were blurred, see
 :func:`deepblur.datasets.blur_images`).
@@ -41,6 +52,7 @@ images of mean ``setting["image_mean"]``) and ``setting`` (the dict of
 
 _WEIGHTS, _META = "model.safetensors", "model.json"
 _BASIS_WEIGHTS, _BASIS_META = "basis.safetensors", "basis.json"
+_SPECTRAL_WEIGHTS, _SPECTRAL_META = "spectral.safetensors", "spectral.json"
 DEFAULT_DIR = Path(__file__).parent / "default"
 _MODULE_KEYS = ("width", "depth", "n_stages", "stem_stride", "head", "pool_size",
                 "coord_channels", "channels_last")
@@ -101,8 +113,118 @@ def save_model(directory, regressor, setting, *, extra=None):
     return directory
 
 
-def load_model(directory):
+def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
+    """Add a fitted spectral regressor to the model in ``directory``.
+
+    Writes ``spectral.safetensors`` (``coef_`` and ``intercept_``, float64)
+    and ``spectral.json`` (its parameters, ``alpha_``, the training noise and
+    boundary, and ``extra``). The directory must already hold a model
+    (:func:`save_model`) of the same basis: the coefficients mean nothing in
+    another one.
+
+    Parameters
+    ----------
+    directory : str or Path
+    regressor : SpectralBlurRegressor
+        Fitted.
+    noise_std : float or (low, high)
+        The noise it was trained with (clean images of mean ``image_mean``).
+    boundary : {"zero", "crop"}
+        How its training images were blurred
+        (:func:`deepblur.datasets.blur_images`).
+    extra : dict, optional
+        More JSON-serialisable metadata (e.g. measured errors).
+
+    Returns
+    -------
+    directory : Path
+    """
+    from safetensors.torch import save_file
+    from sklearn.utils.validation import check_is_fitted
+
+    if not isinstance(regressor, SpectralBlurRegressor):
+        raise TypeError("regressor must be a SpectralBlurRegressor; got "
+                        f"{type(regressor).__name__}.")
+    check_is_fitted(regressor)
+    if boundary not in ("zero", "crop"):
+        raise ValueError(f"boundary must be 'zero' or 'crop'; got {boundary!r}.")
+    directory = Path(directory)
+    model = load_model(directory)       # the setting it must share
+    if not np.allclose(model.basis.gram_, regressor.basis.gram_, rtol=1e-6,
+                       atol=0):
+        raise ValueError(
+            f"regressor.basis must be the basis of the model in {str(directory)!r} "
+            "(their Gram matrices differ): coefficients are only meaningful in "
+            "the basis they were fitted in."
+        )
+    tensors = {"coef": torch.tensor(np.ascontiguousarray(regressor.coef_),
+                                    dtype=torch.float64),
+               "intercept": torch.tensor(np.ascontiguousarray(regressor.intercept_),
+                                         dtype=torch.float64)}
+    save_file(tensors, str(directory / _SPECTRAL_WEIGHTS))
+    params = {k: v for k, v in regressor.get_params(deep=False).items()
+              if k not in ("basis", "alphas", "verbose")}
+    noise = ([float(v) for v in noise_std] if isinstance(noise_std, (tuple, list))
+             else float(noise_std))
+    meta = dict(params=params, alpha=regressor.alpha_,
+                image_shape=list(regressor.image_shape_),
+                n_train_images=regressor.n_train_images_, noise_std=noise,
+                boundary=boundary, **(extra or {}))
+    (directory / _SPECTRAL_META).write_text(json.dumps(meta, indent=1))
+    return directory
+
+
+def has_spectral(directory):
+    """Whether the model directory holds a spectral regressor."""
+    directory = Path(directory)
+    return (directory / _SPECTRAL_WEIGHTS).exists() and (
+        directory / _SPECTRAL_META).exists()
+
+
+def _load_spectral(directory, basis):
+    """The spectral regressor of a model directory and its training setting."""
+    from safetensors.torch import load_file
+
+    if not has_spectral(directory):
+        raise FileNotFoundError(
+            f"estimator='spectral' needs {_SPECTRAL_WEIGHTS} and {_SPECTRAL_META} "
+            f"in {str(directory)!r}; it holds only the network (fit a "
+            "SpectralBlurRegressor and add it with save_spectral)."
+        )
+    meta = json.loads((directory / _SPECTRAL_META).read_text())
+    tensors = load_file(str(directory / _SPECTRAL_WEIGHTS), device="cpu")
+    regressor = SpectralBlurRegressor(basis, **meta["params"])
+    coef, intercept = tensors["coef"].numpy(), tensors["intercept"].numpy()
+    image_shape = tuple(int(s) for s in meta["image_shape"])
+    K = basis.gram_.shape[0]
+    n_feat = n_blur_features(image_shape, **regressor._spec())
+    if (coef.shape != (n_feat, K) or intercept.shape != (K,)
+            or image_shape != tuple(basis.image_shape_)):
+        raise ValueError(
+            f"{_SPECTRAL_WEIGHTS} does not fit the model's basis: coef of shape "
+            f"{coef.shape} and intercept {intercept.shape} for {n_feat} features, "
+            f"K={K} and images {tuple(basis.image_shape_)}."
+        )
+    regressor.coef_, regressor.intercept_ = coef, intercept
+    regressor.alpha_ = float(meta["alpha"])
+    regressor.image_shape_ = image_shape
+    regressor.n_features_in_ = int(np.prod(image_shape))
+    regressor.n_train_images_ = int(meta["n_train_images"])
+    noise = meta["noise_std"]
+    return regressor, (tuple(noise) if isinstance(noise, list) else float(noise)), \
+        meta["boundary"]
+
+
+def load_model(directory, estimator="network"):
     """Load a model written by :func:`save_model` (on CPU).
+
+    Parameters
+    ----------
+    directory : str or Path
+    estimator : {"network", "spectral"}, default="network"
+        ``"spectral"``: the :class:`~deepblur.SpectralBlurRegressor` added by
+        :func:`save_spectral` becomes the ``regressor``, and ``noise_std``
+        and ``setting["boundary"]`` say what it was trained on.
 
     Returns
     -------
@@ -110,6 +232,8 @@ def load_model(directory):
     """
     from safetensors.torch import load_file
 
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
     directory = Path(directory)
     if not (directory / _WEIGHTS).exists() or not (directory / _META).exists():
         raise FileNotFoundError(
@@ -132,29 +256,43 @@ def load_model(directory):
     sampler = ConeSampler(max_rays=meta["max_rays"],
                           alpha_range=tuple(meta["alpha_range"]),
                           random_state=meta["random_state"]).fit(rays)
-    module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
-    regressor = ResNetBlurRegressor(basis=basis, device="cpu", verbose=0,
-                                    **module_kwargs).initialize()
-    state = {k[len("module."):]: v for k, v in tensors.items()
-             if k.startswith("module.")}
-    regressor.module_.load_state_dict(state)
-    regressor.module_.eval()
     setting = dict(meta["setting"])
     setting.setdefault("boundary", "zero")      # models saved before the option
+    noise_std = float(setting["noise_std"])
+    if estimator == "spectral":
+        regressor, noise_std, boundary = _load_spectral(directory, basis)
+        setting.update(boundary=boundary, noise_std=noise_std)
+    else:
+        module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
+        regressor = ResNetBlurRegressor(basis=basis, device="cpu", verbose=0,
+                                        **module_kwargs).initialize()
+        state = {k[len("module."):]: v for k, v in tensors.items()
+                 if k.startswith("module.")}
+        regressor.module_.load_state_dict(state)
+        regressor.module_.eval()
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
-                           regressor=regressor,
-                           noise_std=float(setting["noise_std"]), setting=setting)
+                           regressor=regressor, noise_std=noise_std,
+                           setting=setting)
 
 
-def load_default():
+def load_default(estimator="network"):
     """The model shipped with deepblur (see ``examples/train_default_model.py``).
+
+    Parameters
+    ----------
+    estimator : {"network", "spectral"}, default="network"
+        ``"network"``: the ResNet trained on zero-boundary simulations (the
+        paper's protocol). ``"spectral"``: the
+        :class:`~deepblur.SpectralBlurRegressor` trained on windows of larger
+        scenes (``examples/train_spectral_model.py``), the one for real
+        images and tiles, whose borders are not dark.
 
     Returns
     -------
     PretrainedModel
-        Named tuple ``(basis, cone, sampler, regressor, noise_std)``.
+        Named tuple ``(basis, cone, sampler, regressor, noise_std, setting)``.
     """
-    return load_model(DEFAULT_DIR)
+    return load_model(DEFAULT_DIR, estimator=estimator)
 
 
 def save_basis(directory, basis, *, extra=None):
