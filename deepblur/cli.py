@@ -16,7 +16,9 @@ to unit gain (it keeps the mean of a flat image), deblurs the image scaled to
 mean 0.5 and maps the result back to the input's units: the deblurred image
 keeps the input's brightness and dtype (see :mod:`deepblur.pretrained._apply`).
 A real image is a window on a larger scene: by default ``deblur`` fits only
-the pixels whose PSF lies inside the image (``--boundary unknown``).
+the pixels whose PSF lies inside the image (``--boundary unknown``), and
+``estimate``/``deblur`` estimate the blur with the model's spectral regressor,
+trained on such windows, when it has one (``--estimator auto``).
 """
 
 from __future__ import annotations
@@ -75,25 +77,44 @@ def _positive_int(value):
     return n
 
 
-def _load_model(directory):
-    from deepblur.pretrained import load_default, load_model
-    from deepblur.pretrained._io import DEFAULT_DIR
+def _resolve_estimator(path, estimator, command):
+    """``--estimator auto``: the spectral regressor for real images when the
+    network was trained on zero-boundary simulations; the network otherwise
+    (and always for the demo, which simulates the network's setting)."""
+    from deepblur.pretrained._io import _META, has_spectral
+
+    if estimator != "auto":
+        return estimator
+    if command == "demo" or not has_spectral(path):
+        return "network"
+    try:
+        meta = json.loads((Path(path) / _META).read_text())
+    except (OSError, ValueError):
+        return "network"        # load_model reports unreadable files
+    boundary = meta.get("setting", {}).get("boundary", "zero")
+    return "spectral" if boundary == "zero" else "network"
+
+
+def _load_model(directory, estimator="network", command=None):
+    from deepblur.pretrained import load_model
+    from deepblur.pretrained._io import _WEIGHTS, DEFAULT_DIR
 
     if directory is None:
-        try:
-            return load_default(), str(DEFAULT_DIR)
-        except FileNotFoundError:
+        path = DEFAULT_DIR
+        if not (path / _WEIGHTS).exists():
             raise CLIError(
                 f"the default model is not installed ({DEFAULT_DIR} holds no "
                 "model.safetensors/model.json): update deepblur, or train a model "
                 "with `deepblur train CONFIG` and pass it with --model DIR."
-            ) from None
-    path = Path(directory)
-    if not path.is_dir():
-        raise CLIError(f"--model {directory!r} is not a directory (a model "
-                       "directory holds model.safetensors and model.json).")
+            )
+    else:
+        path = Path(directory)
+        if not path.is_dir():
+            raise CLIError(f"--model {directory!r} is not a directory (a model "
+                           "directory holds model.safetensors and model.json).")
+    estimator = _resolve_estimator(path, estimator, command)
     try:
-        return load_model(path), str(path)
+        return load_model(path, estimator=estimator), str(path), estimator
     except FileNotFoundError as exc:
         raise CLIError(f"--model: {exc}") from None
     except Exception as exc:  # corrupt or foreign files: say which ones
@@ -305,16 +326,19 @@ def cmd_demo(args):
         raise CLIError(f"--image must be one of {', '.join(BUNDLED_IMAGES)}; got "
                        f"{args.image!r}.")
     output = _check_figure_path(args.output)
-    model, source = _load_model(args.model)
+    model, source, estimator = _load_model(args.model, args.estimator, "demo")
     shape = tuple(model.basis.image_shape_)
     image = bundled_image(args.image, shape)
     with _Warnings():
         res = simulate_blind_deblurring(model, image, random_state=args.seed,
                                         lam=args.lam, max_iter=args.max_iter,
                                         device=args.device)
-    print(f"model: {source}")
+    print(f"model: {source} ({estimator} estimator)")
+    noise = (f"{model.noise_std[0]:g}-{model.noise_std[1]:g}"
+             if isinstance(model.noise_std, tuple) else f"{model.noise_std:g}")
     print(f"image: {args.image} ({shape[0]}x{shape[1]} centre crop, mean 0.5), "
-          f"seed {args.seed}, noise std {model.noise_std:g}")
+          f"seed {args.seed}, noise std {noise}, "
+          f"{(model.setting or {}).get('boundary', 'zero')} boundary")
     print(f"relative operator error: {100 * res['operator_error']:.2f} %")
     print(f"SNR blurry: {res['snr_blurry']:.2f} dB")
     print(f"SNR deblurred (estimated operator): {res['snr_deblurred']:.2f} dB")
@@ -336,13 +360,14 @@ def cmd_estimate(args):
         _check_output(args.output, (".json", ".npy"), "gamma file")
     if args.figure is not None:
         _check_figure_path(args.figure)
-    model, source = _load_model(args.model)
+    model, source, estimator = _load_model(args.model, args.estimator, "estimate")
     img, _ = _model_image(model, args.image)
     if img.shape != tuple(model.basis.image_shape_):
-        return _estimate_tiles(args, model, source, img)
+        return _estimate_tiles(args, model, source, estimator, img)
     gamma, scale = estimate_gamma(model, img)
     _warn_if_zero_boundary(model)
     gain = operator_gain(model.basis, gamma)
+    print(f"model: {source} ({estimator} estimator)")
     print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
     print(f"operator gain (on a flat image): {gain:.4f}")
     if args.output is not None:
@@ -352,7 +377,7 @@ def cmd_estimate(args):
         else:
             out.write_text(json.dumps(dict(
                 gamma=gamma.tolist(), K=int(gamma.size), gain=gain,
-                image=str(args.image), model=source,
+                image=str(args.image), model=source, estimator=estimator,
                 scale=scale,
                 convention="gamma is the operator of the image multiplied by "
                            "scale (to the mean intensity of the training "
@@ -387,11 +412,12 @@ def _warn_if_zero_boundary(model):
               "boundary; on windows of larger scenes (real images, tiles) the "
               "shipped one's operator error is 43 %, worse than the mean "
               "operator's 24 % (benchmarks/README.md): treat the blind estimate "
-              "as unreliable, or pass a known operator with --gamma.",
+              "as unreliable, use --estimator spectral (trained on such windows) "
+              "if the model has one, or pass a known operator with --gamma.",
               file=sys.stderr)
 
 
-def _estimate_tiles(args, model, source, img):
+def _estimate_tiles(args, model, source, estimator, img):
     """`deepblur estimate` on an image larger than the model's input."""
     from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
     from deepblur.tiling import estimate_tiles, stitched_operator
@@ -402,6 +428,7 @@ def _estimate_tiles(args, model, source, img):
             stride=_tile_stride(args, model),
             target_mean=_IMAGE_MEAN * training_gain(model))
     _warn_if_zero_boundary(model)
+    print(f"model: {source} ({estimator} estimator)")
     print(f"{img.shape[0]}x{img.shape[1]} image: {grid.n_tiles} tiles "
           f"({grid.shape[0]}x{grid.shape[1]}) of {grid.tile_shape[0]}x"
           f"{grid.tile_shape[1]}, one gamma_hat (K={gamma.shape[1]}) per tile, "
@@ -416,7 +443,7 @@ def _estimate_tiles(args, model, source, img):
                 image_shape=list(grid.image_shape),
                 tile_shape=list(grid.tile_shape),
                 row_starts=list(grid.row_starts), col_starts=list(grid.col_starts),
-                image=str(args.image), model=source,
+                image=str(args.image), model=source, estimator=estimator,
                 convention="one gamma per tile, row-major, for the tile scaled to "
                            "the mean intensity of the training observations; "
                            "deblur rescales each to unit gain"), indent=1))
@@ -505,7 +532,7 @@ def cmd_deblur(args):
     from deepblur.pretrained._apply import deblur_image
 
     _check_output(args.output, _IMAGE_WRITE, "output image")
-    model, _ = _load_model(args.model)
+    model, _, _ = _load_model(args.model, args.estimator, "deblur")
     img, dtype = _model_image(model, args.image)
     if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
         raise CLIError(
@@ -806,6 +833,18 @@ def _device(value):
     return value
 
 
+def _add_estimator(p, default):
+    p.add_argument("--estimator", choices=("auto", "network", "spectral"),
+                   default=default,
+                   help="which of the model's blur estimators: the network "
+                        "(trained on zero-boundary simulations, the paper's "
+                        "protocol) or the spectral regressor (a ridge on local "
+                        "spectra trained on windows of larger scenes: the one "
+                        "for real images); auto (default for estimate and "
+                        "deblur): the spectral one when the model holds one and "
+                        "its network was trained with a zero boundary")
+
+
 def _add_tiling(p):
     p.add_argument("--tile-stride", type=_positive_int, default=None, metavar="S",
                    help="images larger than the model's input are cut into "
@@ -846,7 +885,8 @@ def build_parser():
         "demo", help="blur a bundled image, estimate the blur and deblur (Fig. 3)",
         description="Paper Fig. 3 in seconds: draw an operator from the model's "
                     "sampler, blur a bundled image and add noise at the model's "
-                    "noise level, estimate the operator with the network, deblur "
+                    "noise level, estimate the operator (with the network by "
+                    "default, see --estimator), deblur "
                     "with total variation (with the estimate, and with the true "
                     "operator for reference), print the relative operator error "
                     "and the SNRs, and save the figure.")
@@ -865,6 +905,7 @@ def build_parser():
                         "level)")
     _add_max_iter(p)
     _add_model(p)
+    _add_estimator(p, "network")
     _add_device(p)
     p.set_defaults(func=cmd_demo)
 
@@ -882,6 +923,7 @@ def build_parser():
     p.add_argument("--figure", metavar="FIG",
                    help="save the estimated operator on a Dirac comb (.png, .pdf)")
     _add_tiling(p)
+    _add_estimator(p, "auto")
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser(
@@ -923,6 +965,7 @@ def build_parser():
                         "(default: deepblur.tiling.DEFAULT_MAX_PIXELS)")
     _add_max_iter(p)
     _add_model(p)
+    _add_estimator(p, "auto")
     _add_device(p)
     p.set_defaults(func=cmd_deblur)
 

@@ -703,3 +703,72 @@ def test_blind_commands_warn_that_a_zero_boundary_model_is_unreliable(
                         tmp_path / "o.tif", "--gamma", tmp_path / "g.npy",
                         "--max-iter", "5", "--model", model_dir)
     assert code == 0 and "zero boundary" not in err      # a known operator
+
+
+# ------------------------------------------------------------- --estimator
+@pytest.fixture(scope="module")
+def spectral_dir(model_dir, setting, tmp_path_factory):
+    """The tiny model plus a spectral regressor (crop boundary) beside it."""
+    import shutil
+
+    from deepblur.pretrained import save_spectral, train_spectral_regressor
+
+    directory = tmp_path_factory.mktemp("spectral")
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy(model_dir / name, directory / name)
+    pool = np.random.default_rng(0).random((16, 64, 64)) + 0.1
+    spectral = train_spectral_regressor(setting, pool, n_images=200,
+                                        batch_size=100, window=16, border=8)
+    return save_spectral(directory, spectral, noise_std=(0.005, 0.05),
+                         boundary="crop")
+
+
+def test_estimator_auto_takes_the_spectral_regressor_for_real_images(
+        spectral_dir, model_dir, blurry, large, capsys, tmp_path):
+    _, _, y = blurry
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, y.astype(np.float32))
+    spectral = load_model(spectral_dir, estimator="spectral")
+    code, out, err = _run(capsys, "estimate", image, "--model", spectral_dir, "-o",
+                          tmp_path / "g.json")
+    assert code == 0, err
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert data["estimator"] == "spectral" and "(spectral estimator)" in out
+    expected, _ = estimate_gamma(spectral, y.astype(np.float32))
+    np.testing.assert_allclose(data["gamma"], expected, rtol=1e-5)
+    assert "zero boundary" not in err           # trained on windows: no warning
+    # the network on request, with the warning about real images
+    code, out, err = _run(capsys, "estimate", image, "--model", spectral_dir,
+                          "--estimator", "network", "-o", tmp_path / "n.json")
+    assert code == 0 and "zero boundary" in err and "--estimator spectral" in err
+    assert json.loads((tmp_path / "n.json").read_text())["estimator"] == "network"
+    # a directory without a spectral regressor: auto is the network ...
+    code, out, err = _run(capsys, "estimate", image, "--model", model_dir)
+    assert code == 0 and "(network estimator)" in out
+    # ... and asking for the spectral one is a clear error
+    code, _, err = _run(capsys, "estimate", image, "--model", model_dir,
+                        "--estimator", "spectral")
+    assert code == 1 and "spectral.safetensors" in _one_error_line(err)
+    # tiles of a large image and blind deblurring use it too
+    big, _ = large
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    code, out, err = _run(capsys, "estimate", tmp_path / "big.tif", "--model",
+                          spectral_dir, "-o", tmp_path / "t.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "t.json").read_text())["estimator"] == "spectral"
+    code, out, err = _run(capsys, "deblur", image, "-o", tmp_path / "d.tif",
+                          "--model", spectral_dir, "--max-iter", "30")
+    assert code == 0 and "zero boundary" not in err, err
+
+
+def test_demo_with_the_spectral_regressor(spectral_dir, capsys, tmp_path):
+    code, out, err = _run(capsys, "demo", "--model", spectral_dir, "--estimator",
+                          "spectral", "-o", tmp_path / "f.png", "--max-iter", 50)
+    assert code == 0, err
+    assert "(spectral estimator)" in out and "crop boundary" in out
+    assert "noise std 0.005-0.05" in out
+    assert np.isfinite(_numbers(out)["operator_error"])
+    # the demo's default stays the network (the paper's protocol)
+    code, out, err = _run(capsys, "demo", "--model", spectral_dir, "-o",
+                          tmp_path / "g.png", "--max-iter", 50)
+    assert code == 0 and "(network estimator)" in out and "zero boundary" in out

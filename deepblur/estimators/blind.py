@@ -50,13 +50,13 @@ def _fit_blur_model(basis, cone, sampler, regressor, clean, psf_fields, noise_st
         sampler = ConeSampler(alpha_range=(float(low), float(max(high, low * 1.001))))
     sampler = clone(sampler).set_params(random_state=seed).fit(cone.rays_)
     regressor = clone(regressor).set_params(basis=basis)
-    if (regressor.module is ResNet
+    if (getattr(regressor, "module", None) is ResNet
             and "output_bias" not in regressor.get_params_for("module")):
         # start from the mean operator of the cone, not from gamma = 0
         mean_gamma = clone(sampler).fit(cone.rays_).sample(20_000).mean(axis=0)
         regressor.set_params(module__output_bias=mean_gamma)
     batch_size = int(regressor.batch_size)
-    epochs = int(regressor.max_epochs)
+    epochs = int(getattr(regressor, "max_epochs", 1))   # 1: a one-pass fit
     n_batches = max(1, -(-int(n_train_images) // (batch_size * epochs)))
     data = BlurDataset(clean, basis, sampler, batch_size=batch_size,
                        n_batches=n_batches, noise_std=noise_std,
@@ -100,7 +100,7 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         percentile of ``||gamma||`` over the calibration fields (the cone's
         rays have unit norm, so this gives sampled operators the gain of the
         calibration operators).
-    regressor : ResNetBlurRegressor, default=None
+    regressor : ResNetBlurRegressor or SpectralBlurRegressor, default=None
         Unfitted; its ``basis`` is set to the fitted basis and, for the
         default ResNet module without ``module__output_bias``, the output
         bias is set to the mean ``gamma`` of the sampler (an untrained

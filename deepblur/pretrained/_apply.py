@@ -401,7 +401,7 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
                          random_state=random_state)[0]
     dev = resolve_device(device)
     regressor = model.regressor
-    if dev.type != "cpu":
+    if dev.type != "cpu" and hasattr(regressor, "module_"):   # a network
         regressor.module_.to(dev)
         regressor.device = str(dev)
     gamma_hat = np.asarray(regressor.predict(blurry[None]), dtype=np.float64)[0]
