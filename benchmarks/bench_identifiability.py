@@ -4,12 +4,13 @@ Same setting and test sets as ``bench_regressor.py`` (held-out natural
 sources and the bundled microscopy images, sigma = 0.01, every row beside the
 mean-gamma baseline), with a trained model (default: the shipped one):
 
-1. **Hand-crafted features + ridge.** Per block (default: a 4x4 grid of
-   32x32 blocks; ``--window``, ``--stride``), the shape of the local power
-   spectrum (Hann window, log power in ``--radial`` x ``--angular`` bins, its
-   mean removed: contrast-free), the mean-normalised intensity profile of
-   the first 12 rows/columns along each edge (4 segments per edge: what a zero
-   boundary reveals of the border PSFs), and the image's mean. A ridge
+1. **Hand-crafted features + ridge.** :func:`deepblur.features.blur_features`:
+   per block (default: a 4x4 grid of 32x32 blocks; ``--window``,
+   ``--stride``), the shape of the local power spectrum (Hann window, log
+   power in ``--radial`` x ``--angular`` bins, its mean removed:
+   contrast-free), the mean-normalised intensity profile of the first 12
+   rows/columns along each edge (4 segments per edge: what a zero boundary
+   reveals of the border PSFs), and the image's mean. A ridge
    regression (``RidgeCV``) is fitted in the metric of the Gram matrix (targets
    ``L^T gamma`` with ``G = L L^T``), so it minimises the squared operator
    error. It needs no network and trains in seconds: how much of gamma do
@@ -48,52 +49,15 @@ from deepblur.datasets.images import (
 )
 from deepblur.datasets.simulate import blur_images, make_blurred_images
 from deepblur.estimators.deblur import TVDeblurrer
+from deepblur.features import blur_features
 from deepblur.pretrained import load_model
 from deepblur.pretrained._io import DEFAULT_DIR
 
-_BORDER = 12
 
-
-def spectral_features(X, window=32, stride=None, n_radial=6, n_angular=4):
-    """Local spectra, border profiles and mean of images ``X`` (n, H, W).
-
-    The spectra are taken in ``window`` x ``window`` blocks every ``stride``
-    pixels (default: ``window``, no overlap).
-    """
-    x = torch.as_tensor(X, dtype=torch.float32)
-    mean = x.mean((1, 2), keepdim=True)
-    x = x / mean
-    H = x.shape[1]
-    stride = stride or window
-    hann = torch.hann_window(window, periodic=False)
-    tiles = x.unfold(1, window, stride).unfold(2, window, stride)
-    tiles = (tiles - tiles.mean((-1, -2), keepdim=True)) * hann[:, None] * hann
-    power = torch.fft.fft2(tiles).abs().square().flatten(-2)
-    freq = torch.fft.fftfreq(window)
-    fy, fx = freq[:, None], freq[None]
-    radius = (fy ** 2 + fx ** 2).sqrt().flatten()
-    angle = (torch.atan2(fy, fx) % np.pi).flatten()
-    rb = torch.clamp((radius / 0.5 * n_radial).long(), max=n_radial - 1)
-    ab = torch.clamp((angle / np.pi * n_angular).long(), max=n_angular - 1)
-    keep = radius > 0
-    index = (rb * n_angular + ab)[keep]
-    bins = torch.zeros(*power.shape[:-1], n_radial * n_angular).index_add_(
-        -1, index, power[..., keep])
-    counts = torch.bincount(index, minlength=n_radial * n_angular)
-    logp = torch.log(bins[..., counts > 0] / counts[counts > 0] + 1e-8)
-    logp = logp - logp.mean(-1, keepdim=True)
-    d, seg = _BORDER, H // 4
-    edges = [x[:, :d], x[:, -d:].flip(1), x[:, :, :d].transpose(1, 2),
-             x[:, :, -d:].flip(2).transpose(1, 2)]
-    border = torch.cat([e.unfold(2, seg, seg).mean(-1) for e in edges], 1)
-    mean = mean.flatten(1)
-    return torch.cat([logp.flatten(1), border.flatten(1), mean, mean.log()],
-                     1).numpy()
-
-
-def features(X, **kwargs):
-    return np.concatenate([spectral_features(X[i:i + 500], **kwargs)
-                           for i in range(0, len(X), 500)])
+def features(X, **spec):
+    """The blur statistics of :mod:`deepblur.features` (what
+    ``SpectralBlurRegressor`` regresses on)."""
+    return blur_features(X, batch_size=500, **spec)
 
 
 class GramRidge:
