@@ -11,6 +11,17 @@ from hypothesis import strategies as st
 from deepblur.features import blur_features, n_blur_features
 
 
+def _bin(fy, fx, n_radial, n_angular):
+    """Spectral bin of frequency (fy, fx); None for the DC term."""
+    r = math.hypot(fy, fx)
+    if r == 0:
+        return None
+    a = math.atan2(fy, fx) % math.pi
+    rb = min(int(r / 0.5 * n_radial + 1e-9), n_radial - 1)
+    ab = min(int(a / math.pi * n_angular + 1e-9), n_angular - 1)
+    return rb * n_angular + ab
+
+
 def _reference(img, window, n_radial, n_angular, border, n_segments):
     """The features of one image, by explicit loops in numpy (float64)."""
     img = np.asarray(img, dtype=np.float64)
@@ -24,13 +35,9 @@ def _reference(img, window, n_radial, n_angular, border, n_segments):
     counts = np.zeros(n_bins)
     for fy in freq:
         for fx in freq:
-            r = math.hypot(fy, fx)
-            if r == 0:
-                continue
-            a = math.atan2(fy, fx) % math.pi
-            rb = min(int(r / 0.5 * n_radial + 1e-9), n_radial - 1)
-            ab = min(int(a / math.pi * n_angular + 1e-9), n_angular - 1)
-            counts[rb * n_angular + ab] += 1
+            b = _bin(fy, fx, n_radial, n_angular)
+            if b is not None:
+                counts[b] += 1
     out = []
     for by in range(H // window):
         for bx in range(W // window):
@@ -40,13 +47,9 @@ def _reference(img, window, n_radial, n_angular, border, n_segments):
             sums = np.zeros(n_bins)
             for i, fy in enumerate(freq):
                 for j, fx in enumerate(freq):
-                    r = math.hypot(fy, fx)
-                    if r == 0:
-                        continue
-                    a = math.atan2(fy, fx) % math.pi
-                    rb = min(int(r / 0.5 * n_radial + 1e-9), n_radial - 1)
-                    ab = min(int(a / math.pi * n_angular + 1e-9), n_angular - 1)
-                    sums[rb * n_angular + ab] += power[i, j]
+                    b = _bin(fy, fx, n_radial, n_angular)
+                    if b is not None:
+                        sums[b] += power[i, j]
             used = counts > 0
             logp = np.log(sums[used] / counts[used] + 1e-8)
             out.extend(logp - logp.mean())

@@ -58,6 +58,28 @@ _MODULE_KEYS = ("width", "depth", "n_stages", "stem_stride", "head", "pool_size"
                 "coord_channels", "channels_last")
 
 
+def _has_pair(directory, weights, meta):
+    return (Path(directory) / weights).exists() and (Path(directory) / meta).exists()
+
+
+def _read_pair(directory, weights, meta, missing):
+    """``(json metadata, CPU tensors)`` of a ``.safetensors`` + ``.json`` pair.
+
+    ``missing`` completes the ``FileNotFoundError`` raised when either file
+    is absent (what to do about it).
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not _has_pair(directory, weights, meta):
+        raise FileNotFoundError(
+            f"directory must hold {weights} and {meta}; got {str(directory)!r} "
+            f"without them ({missing})."
+        )
+    return (json.loads((directory / meta).read_text()),
+            load_file(str(directory / weights), device="cpu"))
+
+
 def plain_module(regressor):
     """The network of a fitted regressor, unwrapped from ``torch.compile``.
 
@@ -176,23 +198,15 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
 
 def has_spectral(directory):
     """Whether the model directory holds a spectral regressor."""
-    directory = Path(directory)
-    return (directory / _SPECTRAL_WEIGHTS).exists() and (
-        directory / _SPECTRAL_META).exists()
+    return _has_pair(directory, _SPECTRAL_WEIGHTS, _SPECTRAL_META)
 
 
 def _load_spectral(directory, basis):
     """The spectral regressor of a model directory and its training setting."""
-    from safetensors.torch import load_file
-
-    if not has_spectral(directory):
-        raise FileNotFoundError(
-            f"estimator='spectral' needs {_SPECTRAL_WEIGHTS} and {_SPECTRAL_META} "
-            f"in {str(directory)!r}; it holds only the network (fit a "
-            "SpectralBlurRegressor and add it with save_spectral)."
-        )
-    meta = json.loads((directory / _SPECTRAL_META).read_text())
-    tensors = load_file(str(directory / _SPECTRAL_WEIGHTS), device="cpu")
+    meta, tensors = _read_pair(
+        directory, _SPECTRAL_WEIGHTS, _SPECTRAL_META,
+        "estimator='spectral' needs them; fit a SpectralBlurRegressor and add "
+        "it with save_spectral")
     regressor = SpectralBlurRegressor(basis, **meta["params"])
     coef, intercept = tensors["coef"].numpy(), tensors["intercept"].numpy()
     image_shape = tuple(int(s) for s in meta["image_shape"])
@@ -230,18 +244,11 @@ def load_model(directory, estimator="network"):
     -------
     PretrainedModel
     """
-    from safetensors.torch import load_file
-
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
     directory = Path(directory)
-    if not (directory / _WEIGHTS).exists() or not (directory / _META).exists():
-        raise FileNotFoundError(
-            f"directory must hold {_WEIGHTS} and {_META}; got {str(directory)!r} "
-            "without them (train one with examples/train_default_model.py)."
-        )
-    meta = json.loads((directory / _META).read_text())
-    tensors = load_file(str(directory / _WEIGHTS), device="cpu")
+    meta, tensors = _read_pair(directory, _WEIGHTS, _META,
+                               "train one with examples/train_default_model.py")
     basis = ProductConvolutionBasis.from_components(
         tensors["basis.kernels"].numpy(),
         tensors["basis.maps"].numpy().astype(np.float64),
@@ -375,18 +382,8 @@ def load_basis(directory):
         ``reconstruction_error_`` and ``component_energy_ratio_`` are restored
         when they were saved.
     """
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    if (not (directory / _BASIS_WEIGHTS).exists()
-            or not (directory / _BASIS_META).exists()):
-        raise FileNotFoundError(
-            f"directory must hold {_BASIS_WEIGHTS} and {_BASIS_META}; got "
-            f"{str(directory)!r} without them (write one with save_basis or "
-            "`deepblur basis`)."
-        )
-    meta = json.loads((directory / _BASIS_META).read_text())
-    tensors = load_file(str(directory / _BASIS_WEIGHTS), device="cpu")
+    meta, tensors = _read_pair(directory, _BASIS_WEIGHTS, _BASIS_META,
+                               "write one with save_basis or `deepblur basis`")
     grid = meta.get("grid_shape")
     positions = meta.get("positions")
     basis = ProductConvolutionBasis.from_components(
