@@ -237,15 +237,22 @@ class SpectralBlurRegressor(RegressorMixin, BaseEstimator):
         image_shape = tuple(int(s) for s in basis.image_shape_)
         gram = np.asarray(basis.gram_, dtype=np.float64)
         K = gram.shape[0]
-        n_blur_features(image_shape, **self._spec())    # clear errors first
-        F, gamma = self._training_data(X, y, image_shape, K)
-        if len(F) < 2:
-            raise ValueError(f"fit needs at least 2 images; got {len(F)}.")
+        # clear errors before the features of a whole dataset are computed
+        n_blur_features(image_shape, **self._spec())
         alphas = _DEFAULT_ALPHAS if self.alphas is None else self.alphas
         alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
         if alphas.size == 0 or not (np.isfinite(alphas) & (alphas > 0)).all():
             raise ValueError(f"alphas must be positive and finite; got {alphas}.")
-        chol = np.linalg.cholesky(gram)             # G = L L^T
+        try:
+            chol = np.linalg.cholesky(gram)         # G = L L^T
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                "the basis's Gram matrix must be positive definite (linearly "
+                "independent elementary operators); got a singular one."
+            ) from None
+        F, gamma = self._training_data(X, y, image_shape, K)
+        if len(F) < 2:
+            raise ValueError(f"fit needs at least 2 images; got {len(F)}.")
         mean, std = F.mean(0), F.std(0)
         std = np.where(std > 1e-12 * max(1.0, float(np.abs(F).max())), std, 1.0)
         ridge = RidgeCV(alphas=alphas).fit((F - mean) / std, gamma @ chol)

@@ -162,6 +162,10 @@ def test_bad_input(setting):
         SpectralBlurRegressor(basis, window=64).fit(X, y)
     with pytest.raises(ValueError, match="alphas must be positive"):
         SpectralBlurRegressor(basis, window=16, alphas=[1.0, -1.0]).fit(X, y)
+    twice = ProductConvolutionBasis.from_components(
+        np.concatenate([basis.kernels_[:1]] * 2), np.ones((2, 32, 32)))
+    with pytest.raises(ValueError, match="positive definite"):
+        SpectralBlurRegressor(twice, window=16).fit(X, y[:, :2])
     with pytest.raises(InvalidParameterError):
         SpectralBlurRegressor(basis, window=2).fit(X, y)
     with pytest.raises(InvalidParameterError):
