@@ -594,6 +594,11 @@ _TRAIN_KEYS = {
     "seed": "seed of the weights and the training data",
     "n_test_images": "held-out test images for the final evaluation (default "
                      "512; 0: none)",
+    "spectral_images": "also fit a spectral regressor for real images on this "
+                       "many fresh windows of larger scenes (noise 0.005-0.05, "
+                       "a fifth point sources; the shipped one used 40000, about "
+                       "5 minutes on a CPU) and save it beside the network "
+                       "(default 0: none)",
     "output": "model directory (default 'deepblur_model')",
     "checkpoint_dir": "checkpoint directory (default OUTPUT/checkpoints)",
 }
@@ -692,6 +697,11 @@ def cmd_train(args):
                            "(no model.safetensors in it).")
         hyper["init_model"] = init
     check_training_params(**hyper)      # fail before the slow setting fit
+    n_spectral = config.get("spectral_images", 0)
+    if (not isinstance(n_spectral, int) or isinstance(n_spectral, bool)
+            or n_spectral < 0):
+        raise CLIError(f"spectral_images must be a non-negative integer; got "
+                       f"{n_spectral!r}.")
     images = _training_images(config.get("images", "natural"), base)
     setting = make_default_setting(**overrides)
     sampler = setting["sampler"]
@@ -727,8 +737,45 @@ def cmd_train(args):
         extra.update(test_operator_error=float(err),
                      test_baseline_error=float(base_err))
     save_model(output, net, setting, extra=extra)
+    if n_spectral:
+        _train_spectral(setting, images, n_spectral, n_test, output,
+                        progress=not args.no_progress)
     print(f"model: {output} (use it with --model {output})")
     return 0
+
+
+def _train_spectral(setting, images, n_images, n_test, output, progress):
+    """`deepblur train` with ``spectral_images``: the regressor for real images."""
+    from deepblur.datasets import make_blurred_images, natural_image_split
+    from deepblur.pretrained import (
+        SPECTRAL_DEFAULTS,
+        relative_errors,
+        save_spectral,
+        train_spectral_regressor,
+    )
+
+    params = dict(SPECTRAL_DEFAULTS, n_images=n_images)
+    print(f"spectral regressor: {n_images} windows of larger scenes (noise "
+          f"{params['noise_std'][0]}-{params['noise_std'][1]}, point sources "
+          f"{params['point_fraction']:.0%} of the pool)")
+    spectral = train_spectral_regressor(setting, images, verbose=int(progress),
+                                        **params)
+    extra = dict(training=dict(params, script="deepblur train"))
+    if n_test > 0:
+        basis, sampler = setting["basis"], setting["sampler"]
+        X, y = make_blurred_images(natural_image_split()[1], basis, sampler, n_test,
+                                   noise_std=setting["params"]["noise_std"],
+                                   boundary="crop", random_state=124)
+        err = relative_errors(y, spectral.predict(X), basis.gram_)
+        base = relative_errors(y, np.tile(sampler.sample(50_000).mean(0),
+                                          (len(y), 1)), basis.gram_)
+        print(f"spectral regressor, held-out windows: relative operator error "
+              f"{100 * err['operator'].mean():.2f} % (mean-gamma baseline "
+              f"{100 * base['operator'].mean():.2f} %)")
+        extra["test_errors"] = {"natural": {k: float(v.mean())
+                                            for k, v in err.items()}}
+    save_spectral(output, spectral, noise_std=params["noise_std"],
+                  boundary=params["boundary"], extra=extra)
 
 
 def _read_psf_file(path):

@@ -521,6 +521,7 @@ def test_train_on_a_folder_of_images_and_the_help_example(capsys, tmp_path):
     assert code == 0, err
     assert "held-out" not in out                         # n_test_images = 0
     assert load_model(tmp_path / "model").basis.image_shape_ == (32, 32)
+    assert not (tmp_path / "model" / "spectral.json").exists()
     # the example config of `deepblur train --help` uses known keys
     sub = build_parser()._subparsers._group_actions[0].choices["train"]
     example = tomllib.loads(sub.epilog.split(":\n", 1)[1].replace("\n  ", "\n"))
@@ -772,3 +773,28 @@ def test_demo_with_the_spectral_regressor(spectral_dir, capsys, tmp_path):
     code, out, err = _run(capsys, "demo", "--model", spectral_dir, "-o",
                           tmp_path / "g.png", "--max-iter", 50)
     assert code == 0 and "(network estimator)" in out and "zero boundary" in out
+
+
+def test_train_also_fits_a_spectral_regressor(capsys, tmp_path):
+    config = tmp_path / "spectral.toml"
+    config.write_text(TINY.format(output="with_spectral").replace(
+        "n_test_images = 8", "n_test_images = 16\nspectral_images = 300"))
+    code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 0, err
+    assert "spectral regressor, held-out windows" in out
+    model = load_model(tmp_path / "with_spectral", estimator="spectral")
+    assert model.regressor.n_train_images_ >= 300
+    assert model.setting["boundary"] == "crop"
+    meta = json.loads((tmp_path / "with_spectral" / "spectral.json").read_text())
+    assert meta["training"]["script"] == "deepblur train"
+    assert 0 < meta["test_errors"]["natural"]["operator"] < 1
+    # estimate takes it by default
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, bundled_image("coffee", (32, 32)).astype(np.float32))
+    code, out, err = _run(capsys, "estimate", image, "--model",
+                          tmp_path / "with_spectral")
+    assert code == 0 and "(spectral estimator)" in out, err
+    config.write_text(TINY.format(output="bad").replace(
+        "n_test_images = 8", "spectral_images = -5"))
+    code, _, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 1 and "spectral_images" in _one_error_line(err)
