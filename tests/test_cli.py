@@ -757,6 +757,11 @@ def test_estimator_auto_takes_the_spectral_regressor_for_real_images(
                           spectral_dir, "-o", tmp_path / "t.json")
     assert code == 0, err
     assert json.loads((tmp_path / "t.json").read_text())["estimator"] == "spectral"
+    code, out, err = _run(capsys, "deblur", tmp_path / "big.tif", "-o",
+                          tmp_path / "big_out.tif", "--model", spectral_dir,
+                          "--max-iter", "20")
+    assert code == 0 and "zero boundary" not in err, err
+    assert tifffile.imread(tmp_path / "big_out.tif").shape == big.shape
     code, out, err = _run(capsys, "deblur", image, "-o", tmp_path / "d.tif",
                           "--model", spectral_dir, "--max-iter", "30")
     assert code == 0 and "zero boundary" not in err, err
