@@ -167,6 +167,10 @@ def test_save_spectral_rejects_what_does_not_fit(small_setting, tmp_path):
         save_spectral(tmp_path, net, noise_std=0.01, boundary="crop")
     with pytest.raises(ValueError, match="boundary"):
         save_spectral(tmp_path, spectral, noise_std=0.01, boundary="reflect")
+    for bad in (-0.1, (0.05, 0.01), (0.0, 0.1, 0.2), float("nan")):
+        with pytest.raises(ValueError, match="noise_std"):
+            save_spectral(tmp_path, spectral, noise_std=bad, boundary="crop")
+    assert not (tmp_path / "spectral.json").exists()      # nothing written
     other = make_default_setting(n_operators=12, image_shape=(16, 16),
                                  kernel_shape=(5, 5), grid_shape=(4, 4),
                                  n_components=4, n_rays=6, random_state=1)

@@ -170,6 +170,11 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     check_is_fitted(regressor)
     if boundary not in ("zero", "crop"):
         raise ValueError(f"boundary must be 'zero' or 'crop'; got {boundary!r}.")
+    levels = np.atleast_1d(np.asarray(noise_std, dtype=np.float64))
+    if (levels.size not in (1, 2) or not np.isfinite(levels).all()
+            or (levels < 0).any() or levels[0] > levels[-1]):
+        raise ValueError("noise_std must be a standard deviation >= 0 or a range "
+                         f"(low, high) with 0 <= low <= high; got {noise_std!r}.")
     directory = Path(directory)
     model = load_model(directory)       # the setting it must share
     # (model.safetensors stores the maps in float32: compare up to that)
