@@ -650,12 +650,10 @@ def _training_images(spec, base):
 
 def cmd_train(args):
     """Train a blur regressor from a TOML/JSON config."""
-    from deepblur.datasets import make_blurred_images, natural_image_split
     from deepblur.pretrained import (
         DEFAULT_SETTING,
         TRAINING_DEFAULTS,
         make_default_setting,
-        relative_errors,
         save_model,
         train_regressor,
     )
@@ -724,32 +722,39 @@ def cmd_train(args):
         config={k: v for k, v in config.items() if k != "setting"})
     n_test = int(config.get("n_test_images", 512))
     if n_test > 0:
-        basis = setting["basis"]
-        X, y = make_blurred_images(natural_image_split()[1], basis, sampler, n_test,
-                                   noise_std=setting["params"]["noise_std"],
-                                   boundary=setting["params"]["boundary"],
-                                   random_state=123)
-        err = relative_errors(y, net.predict(X), basis.gram_)["operator"].mean()
-        base_err = relative_errors(y, np.tile(mean_gamma, (len(y), 1)),
-                                   basis.gram_)["operator"].mean()
+        err, base_err = (e["operator"].mean() for e in _held_out_errors(
+            net, setting, n_test, setting["params"]["boundary"], mean_gamma, 123))
         print(f"held-out relative operator error: {100 * err:.2f} % (mean-gamma "
               f"baseline {100 * base_err:.2f} %)")
         extra.update(test_operator_error=float(err),
                      test_baseline_error=float(base_err))
     save_model(output, net, setting, extra=extra)
     if n_spectral:
-        _train_spectral(setting, images, n_spectral, n_test, output,
+        _train_spectral(setting, images, n_spectral, n_test, mean_gamma, output,
                         progress=not args.no_progress)
     print(f"model: {output} (use it with --model {output})")
     return 0
 
 
-def _train_spectral(setting, images, n_images, n_test, output, progress):
-    """`deepblur train` with ``spectral_images``: the regressor for real images."""
+def _held_out_errors(regressor, setting, n_test, boundary, mean_gamma, seed):
+    """Relative errors (dicts of arrays) of ``regressor`` and of the mean gamma
+    on ``n_test`` held-out natural images of the setting."""
     from deepblur.datasets import make_blurred_images, natural_image_split
+    from deepblur.pretrained import relative_errors
+
+    basis = setting["basis"]
+    X, y = make_blurred_images(natural_image_split()[1], basis, setting["sampler"],
+                               n_test, noise_std=setting["params"]["noise_std"],
+                               boundary=boundary, random_state=seed)
+    return (relative_errors(y, regressor.predict(X), basis.gram_),
+            relative_errors(y, np.tile(mean_gamma, (len(y), 1)), basis.gram_))
+
+
+def _train_spectral(setting, images, n_images, n_test, mean_gamma, output,
+                    progress):
+    """`deepblur train` with ``spectral_images``: the regressor for real images."""
     from deepblur.pretrained import (
         SPECTRAL_DEFAULTS,
-        relative_errors,
         save_spectral,
         train_spectral_regressor,
     )
@@ -762,13 +767,8 @@ def _train_spectral(setting, images, n_images, n_test, output, progress):
                                         **params)
     extra = dict(training=dict(params, script="deepblur train"))
     if n_test > 0:
-        basis, sampler = setting["basis"], setting["sampler"]
-        X, y = make_blurred_images(natural_image_split()[1], basis, sampler, n_test,
-                                   noise_std=setting["params"]["noise_std"],
-                                   boundary="crop", random_state=124)
-        err = relative_errors(y, spectral.predict(X), basis.gram_)
-        base = relative_errors(y, np.tile(sampler.sample(50_000).mean(0),
-                                          (len(y), 1)), basis.gram_)
+        err, base = _held_out_errors(spectral, setting, n_test, "crop", mean_gamma,
+                                     124)
         print(f"spectral regressor, held-out windows: relative operator error "
               f"{100 * err['operator'].mean():.2f} % (mean-gamma baseline "
               f"{100 * base['operator'].mean():.2f} %)")
