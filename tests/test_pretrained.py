@@ -324,3 +324,21 @@ def test_train_regressor_starts_from_init_model(small_setting, tmp_path):
                         **dict(kw, width=8))
     with pytest.raises(FileNotFoundError):
         train_regressor(small_setting, pool, init_model=tmp_path / "missing", **kw)
+
+
+def test_defaults_tables_are_the_functions_defaults():
+    """TRAINING_DEFAULTS / SPECTRAL_DEFAULTS document what a call without
+    arguments does: they must not drift from the signatures."""
+    import inspect
+
+    from deepblur.pretrained import (
+        SPECTRAL_DEFAULTS,
+        TRAINING_DEFAULTS,
+        train_regressor,
+        train_spectral_regressor,
+    )
+
+    for table, function in ((TRAINING_DEFAULTS, train_regressor),
+                            (SPECTRAL_DEFAULTS, train_spectral_regressor)):
+        params = inspect.signature(function).parameters
+        assert {k: params[k].default for k in table} == table
