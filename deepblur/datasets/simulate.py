@@ -27,6 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import IterableDataset, get_worker_info
 
+from deepblur._validation import all_finite
 from deepblur.datasets.images import extract_patches
 
 __all__ = ["BlurDataset", "blur_images", "make_blurred_images", "make_deblurring_pairs"]
@@ -99,7 +100,7 @@ def _check_images(images, image_shape, name="images"):
         )
     if not t.is_floating_point():
         t = t.to(torch.float64)
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"{name} must be finite; got NaN or Inf values.")
     if len(t) == 0:
         raise ValueError(f"{name} must not be empty.")

@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetRegressor
 from skorch.dataset import Dataset
 
-from deepblur._validation import resolve_device
+from deepblur._validation import all_finite, resolve_device
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.nets.losses import RelativeFrobeniusLoss, relative_frobenius_error
 from deepblur.nets.resnet import ResNet
@@ -43,7 +43,7 @@ def _check_images(X, image_shape=None, name="X"):
             f"{tuple(image_shape)}; got shape {tuple(t.shape)}."
         )
     t = t.to(torch.float32)
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"{name} must be finite; got NaN or Inf values.")
     return t
 

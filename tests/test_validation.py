@@ -1,0 +1,35 @@
+"""Shared input checks."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from deepblur._validation import all_finite, check_finite
+
+_floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=arrays(np.float32, st.tuples(st.integers(0, 9), st.integers(1, 5),
+                                       st.integers(1, 5)), elements=_floats),
+       chunk=st.integers(1, 40))
+def test_all_finite_by_slices_agrees_with_isfinite(x, chunk):
+    expected = bool(np.isfinite(x).all())
+    assert all_finite(x, chunk_size=chunk) is expected
+    assert all_finite(torch.from_numpy(x), chunk_size=chunk) is expected
+
+
+def test_all_finite_other_kinds():
+    assert all_finite(np.arange(6).reshape(2, 3))                # integers
+    assert all_finite(torch.arange(6))
+    assert not all_finite(np.float64(np.nan))                    # 0-d
+    assert not all_finite(torch.tensor(np.inf))
+    assert all_finite(np.empty((0, 3)))
+    assert not all_finite(np.array([1 + 0j, complex(0, np.inf)]))
+    assert not all_finite(torch.tensor([1.0, 2.0, np.nan]), chunk_size=1)
+    assert all_finite([[1.0, 2.0], [3.0, 4.0]])                  # a list
+    with pytest.raises(ValueError, match="x must contain only finite values"):
+        check_finite(np.array([[0.0], [np.nan]]), "x")
