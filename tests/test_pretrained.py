@@ -125,6 +125,8 @@ def test_train_spectral_regressor_on_fresh_windows(small_setting):
                        (dict(batch_size=2.5), "batch_size")):
         with pytest.raises(ValueError, match=match):
             train_spectral_regressor(small_setting, list(pool), **bad)
+    with pytest.raises(ValueError, match="patches must have the basis's image_shape"):
+        train_spectral_regressor(small_setting, pool[:, :20])
 
 
 def test_spectral_regressor_saved_beside_the_network(small_setting, tmp_path):

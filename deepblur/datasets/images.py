@@ -203,7 +203,7 @@ def natural_image_split(test_names=NATURAL_TEST_IMAGES):
 
 
 def extract_patches(images, n_patches, patch_shape=(128, 128), *, augment=True,
-                    random_state=None):
+                    random_state=None, out=None):
     """Random crops of a collection of images, with flips and 90° rotations.
 
     Parameters
@@ -215,11 +215,16 @@ def extract_patches(images, n_patches, patch_shape=(128, 128), *, augment=True,
         Random horizontal flip and rotation by a multiple of 90° (square
         patches only for odd rotations).
     random_state : int, RandomState instance or None
+    out : ndarray of shape (n_patches, h, w), optional
+        Array to fill in place (for example a float32 array, or a slice of a
+        larger pool), so that no float64 copy of the patches is ever made;
+        the patches drawn are the same as without it.
 
     Returns
     -------
-    ndarray of shape (n_patches, h, w), float64 in [0, 1]. Images are drawn
-    with probability proportional to the number of crops they contain.
+    ndarray of shape (n_patches, h, w), float64 in [0, 1] (``out`` when
+    given). Images are drawn with probability proportional to the number of
+    crops they contain.
     """
     imgs = list(images.values()) if isinstance(images, dict) else list(images)
     if not imgs:
@@ -235,8 +240,15 @@ def extract_patches(images, n_patches, patch_shape=(128, 128), *, augment=True,
         sizes.append((img.shape[0] - h + 1) * (img.shape[1] - w + 1))
     rng = check_random_state(random_state)
     p = np.asarray(sizes, dtype=np.float64) / np.sum(sizes)
+    if out is None:
+        out = np.empty((n_patches, h, w))
+    elif (not isinstance(out, np.ndarray) or out.shape != (n_patches, h, w)
+          or not np.issubdtype(out.dtype, np.floating)):
+        raise ValueError(
+            f"out must be a floating-point array of shape {(n_patches, h, w)}; got "
+            f"{getattr(out, 'dtype', type(out).__name__)} of shape "
+            f"{getattr(out, 'shape', None)}.")
     which = rng.choice(len(imgs), size=n_patches, p=p)
-    out = np.empty((n_patches, h, w))
     for j, i in enumerate(which):
         img = imgs[i]
         r = rng.randint(img.shape[0] - h + 1)

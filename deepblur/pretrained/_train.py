@@ -376,16 +376,26 @@ def train_spectral_regressor(setting, images, *, n_images=40_000,
         raise ValueError(f"point_fraction must be in [0, 1); got {point_fraction!r}.")
     rng = np.random.RandomState(random_state)
     shape = tuple(int(s) for s in basis.image_shape_)
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        pool = np.asarray(images, dtype=np.float32)
+    patches = isinstance(images, np.ndarray) and images.ndim == 3
+    if patches and images.shape[1:] != shape:
+        raise ValueError(f"patches must have the basis's image_shape {shape}; got "
+                         f"shape {images.shape}.")
+    n_patches = len(images) if patches else pool_size
+    n_points = int(round(n_patches * point_fraction / (1 - point_fraction)))
+    # One float32 pool filled in place: at the defaults it is 1.6 GB, and
+    # float64 crops or a concatenation would each add as much again.
+    pool = np.empty((n_patches + n_points, *shape), dtype=np.float32)
+    if patches:
+        pool[:n_patches] = images
     else:
-        pool = extract_patches(images, pool_size, shape, augment=False,
-                               random_state=rng).astype(np.float32)
-    n_points = int(round(len(pool) * point_fraction / (1 - point_fraction)))
-    if n_points:
-        points = make_point_sources(n_points, shape, random_state=rng)
-        pool = np.concatenate([pool, points.astype(np.float32)])
-    pool = pool[pool.mean(axis=(1, 2)) > 1e-6]      # black patches cannot be scaled
+        extract_patches(images, n_patches, shape, augment=False, random_state=rng,
+                        out=pool[:n_patches])
+    for start in range(n_patches, len(pool), 1000):
+        stop = min(start + 1000, len(pool))
+        pool[start:stop] = make_point_sources(stop - start, shape, random_state=rng)
+    keep = pool.mean(axis=(1, 2)) > 1e-6             # black patches cannot be scaled
+    if not keep.all():
+        pool = pool[keep]
     if not len(pool):
         raise ValueError("images must have regions with a positive mean; all "
                          "patches are black.")

@@ -54,6 +54,21 @@ def test_patches_shapes_seed_and_augmentation():
         extract_patches(imgs, 2, (100, 100))
 
 
+def test_patches_filled_in_place_are_the_same_draws():
+    imgs = {"a": np.random.default_rng(0).random((40, 50)),
+            "b": np.random.default_rng(1).random((36, 36))}
+    ref = extract_patches(imgs, 30, (16, 16), random_state=3)
+    pool = np.full((40, 16, 16), -1.0, dtype=np.float32)
+    got = extract_patches(imgs, 30, (16, 16), random_state=3, out=pool[5:35])
+    assert np.shares_memory(got, pool)
+    np.testing.assert_array_equal(pool[5:35], ref.astype(np.float32))
+    assert (pool[:5] == -1).all() and (pool[35:] == -1).all()
+    for bad in (np.empty((30, 16, 15)), np.empty((29, 16, 16)),
+                np.empty((30, 16, 16), dtype=int), [[0.0]]):
+        with pytest.raises(ValueError, match="out must be a floating-point array"):
+            extract_patches(imgs, 30, (16, 16), out=bad)
+
+
 def test_user_files_png_tiff_and_arrays(tmp_path):
     import imageio.v3 as iio
     import tifffile

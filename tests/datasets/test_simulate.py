@@ -5,7 +5,13 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from deepblur.datasets.simulate import BlurDataset, blur_images, make_blurred_images
+from deepblur.datasets.images import extract_patches
+from deepblur.datasets.simulate import (
+    BlurDataset,
+    _patch_pool,
+    blur_images,
+    make_blurred_images,
+)
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler
 
@@ -252,6 +258,21 @@ def test_dataset_on_cuda_blurs_like_the_cpu(basis, sampler, rng, boundary):
     kw = dict(noise_std=0.0, boundary=boundary)
     np.testing.assert_allclose(blur_images(u.cuda(), g.cuda(), basis, **kw).cpu(),
                                blur_images(u, g, basis, **kw), rtol=1e-4, atol=1e-5)
+
+
+def test_patch_pool_draws_chunks_of_1000_in_place(rng):
+    # The pool is filled in place in float32, with the draws of the chunked
+    # float64 extraction that trained the shipped network.
+    scenes = {"a": rng.random((30, 40)), "b": rng.random((20, 20))}
+    state = np.random.RandomState(7)
+    ref = np.concatenate([extract_patches(scenes, n, (12, 12), augment=False,
+                                          random_state=state)
+                          for n in (1000, 1000, 500)]).astype(np.float32)
+    pool = _patch_pool(scenes, (12, 12), 2500, np.random.RandomState(7))
+    assert pool.dtype == np.float32
+    np.testing.assert_array_equal(pool, ref)
+    patches = rng.random((4, 12, 12))
+    assert _patch_pool(patches, (12, 12), 2500, state) is patches
 
 
 def test_black_crops_are_left_out_of_the_pool(basis, sampler, rng):
