@@ -163,7 +163,7 @@ def blur_features(X, *, window=32, n_radial=6, n_angular=4, border=12,
     >>> X = rng.random((3, 64, 64)) + 0.5
     >>> F = blur_features(X)
     >>> F.shape, n_blur_features((64, 64))
-    ((3, 98), 98)
+    ((3, 290), 290)
     >>> # brightness-free, but for the last two columns (the mean and its log)
     >>> bool(np.allclose(blur_features(7 * X)[:, :-2], F[:, :-2]))
     True
