@@ -6,6 +6,7 @@ from deepblur.datasets.images import (
     load_images,
     load_microscopy_images,
     load_natural_images,
+    make_dead_leaves,
     make_point_sources,
     natural_image_split,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "load_images",
     "load_microscopy_images",
     "load_natural_images",
+    "make_dead_leaves",
     "make_point_sources",
     "make_random_operators",
     "natural_image_split",

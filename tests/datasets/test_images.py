@@ -11,6 +11,7 @@ from deepblur.datasets.images import (
     load_images,
     load_microscopy_images,
     load_natural_images,
+    make_dead_leaves,
     make_point_sources,
     natural_image_split,
 )
@@ -100,3 +101,60 @@ def test_point_sources():
     assert pts.max() <= 1 and pts[pts > 0].min() >= 0.5
     with pytest.raises(ValueError, match="density"):
         make_point_sources(1, density=0)
+
+
+def test_dead_leaves_cover_the_image_with_flat_disks():
+    leaves = make_dead_leaves(3, (48, 40), value_range=(0.2, 0.6), random_state=0)
+    assert leaves.shape == (3, 48, 40) and leaves.dtype == np.float64
+    # every pixel is painted (np.empty left nothing behind), in value_range
+    assert (leaves >= 0.2).all() and (leaves <= 0.6).all()
+    np.testing.assert_array_equal(
+        leaves, make_dead_leaves(3, (48, 40), value_range=(0.2, 0.6),
+                                 random_state=0))
+    assert not np.array_equal(leaves[0], leaves[1])
+    # piecewise constant: most pixels equal their right neighbour, and each
+    # image holds far fewer gray levels than pixels
+    assert (leaves[:, :, 1:] == leaves[:, :, :-1]).mean() > 0.5
+    assert all(len(np.unique(im)) < im.size / 4 for im in leaves)
+    # one disk larger than the image hides everything behind it
+    flat = make_dead_leaves(2, (20, 30), radius_range=(100, 100), random_state=1)
+    assert all(len(np.unique(im)) == 1 for im in flat)
+
+
+def test_dead_leaves_have_a_natural_power_spectrum():
+    # r^-3 radii give scale invariance: a power spectrum close to 1/f^2
+    img = make_dead_leaves(1, (256, 256), random_state=3)[0]
+    power = np.abs(np.fft.fft2(img - img.mean())) ** 2
+    f = np.fft.fftfreq(256)
+    radius = np.hypot(*np.meshgrid(f, f))
+    edges = np.logspace(np.log10(4 / 256), np.log10(0.4), 9)
+    which = np.digitize(radius, edges)
+    centres = np.sqrt(edges[1:] * edges[:-1])
+    mean_power = [power[which == i].mean() for i in range(1, len(edges))]
+    slope = np.polyfit(np.log(centres), np.log(mean_power), 1)[0]
+    assert -2.5 < slope < -1.5
+    # small disks only: the spectrum is much flatter
+    fine = make_dead_leaves(1, (256, 256), radius_range=(1, 2), random_state=3)[0]
+    power = np.abs(np.fft.fft2(fine - fine.mean())) ** 2
+    flat = np.polyfit(np.log(centres), np.log(
+        [power[which == i].mean() for i in range(1, len(edges))]), 1)[0]
+    assert flat > slope + 0.8
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(n_images=0), "n_images"),
+    (dict(n_images=2.0), "n_images"),
+    (dict(image_shape=(0, 5)), "image_shape"),
+    (dict(radius_range=(0, 5)), "radius_range"),
+    (dict(radius_range=(5, 2)), "radius_range"),
+    (dict(radius_range="ab"), "radius_range"),
+    (dict(radius_range=(1, np.inf)), "radius_range"),
+    (dict(exponent=1.0), "exponent"),
+    (dict(exponent=np.nan), "exponent"),
+    (dict(value_range=(-0.1, 1)), "value_range"),
+    (dict(value_range=(0.6, 0.2)), "value_range"),
+])
+def test_dead_leaves_bad_input(bad, match):
+    kwargs = dict(n_images=1, image_shape=(8, 8)) | bad
+    with pytest.raises(ValueError, match=match):
+        make_dead_leaves(**kwargs)
