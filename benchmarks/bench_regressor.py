@@ -37,6 +37,7 @@ from skorch.callbacks import LRScheduler
 from deepblur.datasets.images import (
     extract_patches,
     load_microscopy_images,
+    make_dead_leaves,
     make_point_sources,
     natural_image_split,
 )
@@ -97,6 +98,22 @@ def train(args, setting, train_images, mean_gamma, n_batches, noise):
     return net, n_seen, train_s
 
 
+def with_dead_leaves(images, fraction, shape, side=512):
+    """``images`` plus dead-leaves scenes making ``fraction`` of the crops."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--dead-leaves must be in (0, 1]; got {fraction}.")
+    crops = sum((im.shape[0] - shape[0] + 1) * (im.shape[1] - shape[1] + 1)
+                for im in images.values())
+    per_scene = (side - shape[0] + 1) * (side - shape[1] + 1)
+    n = 8 if fraction == 1 else max(1, round(
+        crops * fraction / (1 - fraction) / per_scene))
+    scenes = make_dead_leaves(n, (side, side), random_state=2024)
+    print(f"training sources: {'' if fraction == 1 else 'natural images + '}"
+          f"{n} dead-leaves scenes of {side}x{side}")
+    leaves = {f"dead_leaves_{i}": scene for i, scene in enumerate(scenes)}
+    return leaves if fraction == 1 else {**images, **leaves}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="64x64, K=8, few images")
@@ -140,6 +157,10 @@ def main():
     p.add_argument("--cache", default=os.environ.get("DEEPBLUR_CACHE"),
                    help="joblib file caching the fitted basis/cone/sampler")
     p.add_argument("--json", default=None, help="append the results here")
+    p.add_argument("--dead-leaves", type=float, default=0.0, metavar="FRACTION",
+                   help="share of the training crops taken from 512x512 "
+                        "dead-leaves scenes added to the training sources "
+                        "(1: dead leaves only)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -173,6 +194,8 @@ def main():
     print(f"boundary: {args.boundary}")
     shape = tuple(params["image_shape"])
     train_images, test_images = natural_image_split()
+    if args.dead_leaves:
+        train_images = with_dead_leaves(train_images, args.dead_leaves, shape)
     mean_gamma = sampler.sample(50_000).mean(0)
 
     n_batches = max(1, args.images // (args.batch_size * args.epochs))
