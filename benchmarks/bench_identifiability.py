@@ -18,6 +18,9 @@ mean-gamma baseline), with a trained model (default: the shipped one):
    them.)
 2. **Stacking.** The same ridge on the features plus the network's estimate:
    what the network misses that the features carry.
+   (``--probe``: a linear probe, the same ridge on the network's last feature
+   maps before its head, 2048 numbers, with its estimate, and with the
+   features too: whether the head, not the features, limits the network.)
 3. **Parametric-bootstrap bias correction** (``--bootstrap``). Re-blur an
    estimate of the clean image with the estimate ``g`` of gamma, predict again
    (``r`` noise draws) and correct ``g - (mean(pred) - g)``. With the true
@@ -78,6 +81,17 @@ class GramRidge:
         return np.linalg.solve(self.chol.T, out.T).T
 
 
+def feature_maps(net, X, batch_size=256):
+    """The network's last feature maps, before its head, flattened."""
+    module = net.module_.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(X), batch_size):
+            x = torch.as_tensor(X[i:i + batch_size], dtype=torch.float32)[:, None]
+            out.append(module.blocks(module.stem(x)).flatten(1).numpy())
+    return np.concatenate(out)
+
+
 def bootstrap(net, basis, u, gamma_hat, noise, boundary, reps, seed):
     """``g - (mean_r net(H[g] u + eta_r) - g)``: one bias-correction step."""
     bias = 0.0
@@ -105,6 +119,8 @@ def main():
     parser.add_argument("--angular", type=int, default=4)
     parser.add_argument("--mlp", action="store_true",
                         help="also fit an MLP (512-256 units) on the features")
+    parser.add_argument("--probe", action="store_true",
+                        help="also fit a ridge on the network's last feature maps")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,6 +137,7 @@ def main():
     spec = dict(window=args.window, stride=args.stride, n_radial=args.radial,
                 n_angular=args.angular)
     F, P = features(X, **spec), net.predict(X)
+    M = feature_maps(net, X) if args.probe else None
     del X
     print(f"{args.n_train} training images, features and network estimates: "
           f"{time.perf_counter() - t:.0f} s ({F.shape[1]} features)")
@@ -131,6 +148,9 @@ def main():
         hidden_layer_sizes=(512, 256), alpha=1e-3, batch_size=256,
         early_stopping=True, n_iter_no_change=10, random_state=0)).fit(F, y) \
         if args.mlp else None
+    probes = {"probe": GramRidge(gram).fit(np.c_[M, P], y),
+              "probe+feat.": GramRidge(gram).fit(np.c_[M, P, F], y)
+              } if args.probe else {}
     print(f"regression fits: {time.perf_counter() - t:.1f} s")
 
     rng = np.random.RandomState(123)
@@ -149,6 +169,11 @@ def main():
         summary("stacked", y, stacked.predict(np.c_[Ft, Pt]), base, gram)
         if mlp is not None:
             summary("MLP", y, mlp.predict(Ft), base, gram)
+        if probes:
+            Mt = feature_maps(net, X)
+            summary("probe", y, probes["probe"].predict(np.c_[Mt, Pt]), base, gram)
+            summary("probe+feat.", y, probes["probe+feat."].predict(
+                np.c_[Mt, Pt, Ft]), base, gram)
 
     if args.bootstrap:
         u = extract_patches(test_images, args.bootstrap, basis.image_shape_,
