@@ -9,6 +9,7 @@ from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.blind import BlindDeblurrer
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.deblur import TVDeblurrer
+from deepblur.estimators.points import PointSourceBlurEstimator
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.estimators.spectral import SpectralBlurRegressor
 
@@ -18,6 +19,7 @@ __all__ = [
     "BlindDeblurrer",
     "ConeSampler",
     "ConeSimplifier",
+    "PointSourceBlurEstimator",
     "ProductConvolutionBasis",
     "ResNetBlurRegressor",
     "SpectralBlurRegressor",

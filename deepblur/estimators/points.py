@@ -1,0 +1,312 @@
+"""``PointSourceBlurEstimator``: gamma fitted on images of point sources."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from sklearn.base import (
+    BaseEstimator,
+    RegressorMixin,
+    _clone_parametrized,
+    _fit_context,
+)
+from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils.validation import check_is_fitted
+
+from deepblur.estimators.regressor import _check_images
+from deepblur.nets.losses import relative_frobenius_error
+from deepblur.solvers.point_sources import fit_point_sources
+from deepblur.solvers.tv import estimate_noise_level
+
+__all__ = ["PointSourceBlurEstimator"]
+
+
+def _check_gamma_rows(y, K, name="y"):
+    arr = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
+    arr = arr.astype(np.float64)
+    if arr.ndim != 2 or arr.shape[1] != K:
+        raise ValueError(
+            f"{name} must have shape (n_samples, K={K}) (one gamma per image); "
+            f"got {arr.shape}."
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite; got NaN or Inf values.")
+    return arr
+
+
+def _filter_norm(smoothing):
+    """``||g||_2`` of the detection's Gaussian filter (noise gain)."""
+    if smoothing <= 0:
+        return 1.0
+    from scipy.ndimage import gaussian_filter
+
+    r = int(np.ceil(5 * smoothing))
+    delta = np.zeros((2 * r + 1, 2 * r + 1))
+    delta[r, r] = 1.0
+    return float(np.linalg.norm(gaussian_filter(delta, smoothing, mode="constant")))
+
+
+class PointSourceBlurEstimator(RegressorMixin, BaseEstimator):
+    r"""Estimate ``gamma`` from images of point sources (beads, molecules).
+
+    In an image of isolated point sources every source shows the local PSF
+    directly. The sources are detected (local maxima above ``threshold``
+    noise standard deviations), and the model ``y = sum_j a_j h_{p_j}``, with
+    ``h_p = sum_k gamma_k f_k(p) e_k(. - p)`` the PSF of ``H[gamma]`` at
+    ``p``, is fitted by alternating non-negative least squares on the
+    amplitudes ``a`` and least squares on ``gamma``
+    (:func:`deepblur.solvers.point_sources.fit_point_sources`). Residual
+    maxima become new sources for ``n_rounds - 1`` more rounds. Nothing is
+    learnt from images: :meth:`fit` only takes the starting ``gamma`` (the
+    mean of the training ``gamma``, e.g. of the cone's samples).
+
+    This is PSF calibration from bead images made space-varying; for images
+    that are not point sources use
+    :class:`~deepblur.ResNetBlurRegressor` or
+    :class:`~deepblur.SpectralBlurRegressor`.
+
+    Parameters
+    ----------
+    basis : ProductConvolutionBasis, default=None
+        Fitted basis with ``boundary="zero"`` (required in ``fit``).
+    threshold : float, default=10.0
+        Detection threshold in noise standard deviations (of the filtered
+        image when ``smoothing > 0``).
+    noise_std : float, default=None
+        Noise standard deviation of the images; ``None`` estimates it per
+        image (:func:`deepblur.solvers.tv.estimate_noise_level`, which
+        overestimates it on sharp sources: a conservative threshold).
+    smoothing : float, default=0.0
+        Gaussian filter (pixels) before the detection: 1-2 for very noisy
+        images (SNR near 0 dB), where single pixels are not reliable maxima.
+    min_distance : int, default=2
+        Half-width of the local-maximum window.
+    image_mean : float, default=0.5
+        Mean of the clean image (the simulator's convention): fixes the scale
+        of ``gamma``.
+    max_iter : int, default=100
+        Alternating iterations per round.
+    tol : float, default=1e-6
+        Relative change of ``gamma`` that ends a round.
+    n_rounds : int, default=3
+        Detection rounds (1: no completion from the residual).
+    gamma_init : array-like of shape (K,), default=None
+        Starting ``gamma``; ``None`` takes the mean of ``y`` in :meth:`fit`.
+    n_jobs : int, default=None
+        Images fitted in parallel (joblib).
+    verbose : int, default=0
+        1: a progress bar over the images of :meth:`predict`.
+
+    Attributes
+    ----------
+    gamma_init_ : ndarray of shape (K,)
+        The starting ``gamma``.
+    image_shape_ : tuple of int
+    n_features_in_ : int
+        ``H * W``.
+
+    See Also
+    --------
+    deepblur.solvers.point_sources.fit_point_sources : the solver, one image.
+
+    Notes
+    -----
+    The basis must use the zero boundary: the sources lie on a dark field
+    and the PSFs of sources near the border are cut by it. The solver models
+    sources on pixels; sub-pixel sources are fitted as the nearest pixel's.
+    A constant background is not modelled: subtract it first. Images with no
+    source above the threshold raise a ``ValueError`` naming the image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from deepblur import ConeSampler, ProductConvolutionBasis
+    >>> from deepblur.datasets import blur_images, make_point_sources
+    >>> x = np.arange(-3, 4)
+    >>> k = [np.exp(-(x[:, None] ** 2 + x[None] ** 2) / (2 * s ** 2)) for s in (1, 2)]
+    >>> basis = ProductConvolutionBasis.from_components(
+    ...     np.stack([g / g.sum() for g in k]),
+    ...     np.stack([np.linspace(1, 0, 32)[None].repeat(32, 0),
+    ...               np.linspace(0, 1, 32)[None].repeat(32, 0)]))
+    >>> gamma = ConeSampler(random_state=0).fit(np.eye(2)).sample(4)
+    >>> u = make_point_sources(4, (32, 32), density=0.01, random_state=0)
+    >>> X = blur_images(u, gamma, basis, noise_std=1e-3, random_state=0)
+    >>> est = PointSourceBlurEstimator(basis).fit(X, gamma)
+    >>> bool(est.score(X, gamma) > -0.05)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "basis": [None, HasMethods(["fit", "transform"])],
+        "threshold": [Interval(Real, 0, None, closed="neither")],
+        "noise_std": [None, Interval(Real, 0, None, closed="neither")],
+        "smoothing": [Interval(Real, 0, None, closed="left")],
+        "min_distance": [Interval(Integral, 1, None, closed="left")],
+        "image_mean": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_rounds": [Interval(Integral, 1, None, closed="left")],
+        "gamma_init": [None, "array-like"],
+        "n_jobs": [None, Integral],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(self, basis=None, *, threshold=10.0, noise_std=None, smoothing=0.0,
+                 min_distance=2, image_mean=0.5, max_iter=100, tol=1e-6,
+                 n_rounds=3, gamma_init=None, n_jobs=None, verbose=0):
+        self.basis = basis
+        self.threshold = threshold
+        self.noise_std = noise_std
+        self.smoothing = smoothing
+        self.min_distance = min_distance
+        self.image_mean = image_mean
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_rounds = n_rounds
+        self.gamma_init = gamma_init
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def __sklearn_clone__(self):
+        """Clone the hyper-parameters but share the *fitted* basis (as the
+        other blur estimators do: the basis defines what ``gamma`` means)."""
+        new = _clone_parametrized(self)
+        new.basis = self.basis
+        return new
+
+    def _fitted_basis(self):
+        if self.basis is None:
+            raise ValueError(
+                "basis must be given (a fitted ProductConvolutionBasis): its "
+                "kernels and maps make the PSFs that are fitted; got basis=None."
+            )
+        check_is_fitted(self.basis, "gram_",
+                        msg="basis must be a fitted ProductConvolutionBasis; "
+                            "call basis.fit(psf_fields) first (got an unfitted one).")
+        if getattr(self.basis, "boundary", "zero") != "zero":
+            raise ValueError(
+                "PointSourceBlurEstimator models point sources on a dark field "
+                "and needs a basis with boundary='zero'; got "
+                f"boundary={self.basis.boundary!r}."
+            )
+        return self.basis
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X=None, y=None):
+        """Take the starting ``gamma``: ``gamma_init``, or the mean of ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W), default=None
+            Images (only their shape is checked; nothing is learnt from them).
+        y : array-like of shape (n, K), default=None
+            Coefficients whose mean is the starting point (e.g. samples of the
+            cone); required when ``gamma_init`` is ``None``.
+
+        Returns
+        -------
+        self : PointSourceBlurEstimator
+        """
+        basis = self._fitted_basis()
+        image_shape = tuple(int(s) for s in basis.image_shape_)
+        K = int(np.asarray(basis.gram_).shape[0])
+        if X is not None:
+            n = _check_images(X, image_shape).shape[0]
+            if y is not None and len(y) != n:
+                raise ValueError(
+                    f"X and y must have as many samples; got {n} images and "
+                    f"{len(y)} rows of y."
+                )
+        if self.gamma_init is not None:
+            init = _check_gamma_rows(np.atleast_2d(self.gamma_init), K,
+                                     "gamma_init")[0]
+        elif y is not None:
+            init = _check_gamma_rows(y, K).mean(axis=0)
+        else:
+            raise ValueError(
+                "fit needs a starting gamma: pass y (e.g. samples of the cone) "
+                "or set gamma_init."
+            )
+        self.gamma_init_ = init
+        self.image_shape_ = image_shape
+        self.n_features_in_ = int(np.prod(image_shape))
+        return self
+
+    def _fits(self, X):
+        check_is_fitted(self)
+        basis = self._fitted_basis()
+        t = _check_images(X, self.image_shape_)[:, 0].to(torch.float64)
+        if self.noise_std is None:
+            sigma = np.asarray(estimate_noise_level(t), dtype=np.float64)
+        else:
+            sigma = np.full(len(t), float(self.noise_std))
+        threshold = float(self.threshold) * sigma * _filter_norm(float(self.smoothing))
+        images = t.numpy()
+        kernels = np.asarray(basis.kernels_, dtype=np.float64)
+        maps = np.asarray(basis.maps_, dtype=np.float64)
+
+        def one(i):
+            try:
+                return fit_point_sources(
+                    images[i], kernels, maps, self.gamma_init_,
+                    threshold=threshold[i], min_distance=int(self.min_distance),
+                    smoothing=float(self.smoothing), image_mean=float(self.image_mean),
+                    max_iter=int(self.max_iter), tol=float(self.tol),
+                    n_rounds=int(self.n_rounds))
+            except ValueError as exc:
+                raise ValueError(f"image {i}: {exc}") from None
+
+        indices = range(len(images))
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            indices = tqdm(indices, unit="image", desc="PointSourceBlurEstimator")
+        return Parallel(n_jobs=self.n_jobs)(delayed(one)(i) for i in indices)
+
+    def predict(self, X):
+        """Estimated ``gamma`` of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+
+        Returns
+        -------
+        ndarray of shape (n, K), float32
+        """
+        return np.stack([f.gamma for f in self._fits(X)]).astype(np.float32)
+
+    def predict_sources(self, X):
+        """The whole fit of each image: ``gamma``, source positions and
+        amplitudes, iterations and residual.
+
+        Returns
+        -------
+        list of :class:`~deepblur.solvers.point_sources.PointSourceFit`
+        """
+        return self._fits(X)
+
+    def score(self, X, y, sample_weight=None):
+        """Minus the mean relative operator error (higher is better, 0 exact).
+
+        As :meth:`SpectralBlurRegressor.score`.
+        """
+        y_true = torch.as_tensor(np.asarray(y, dtype=np.float64))
+        y_pred = torch.as_tensor(np.asarray(self.predict(X), dtype=np.float64))
+        gram = torch.as_tensor(np.asarray(self._fitted_basis().gram_,
+                                          dtype=np.float64))
+        err = relative_frobenius_error(y_true, y_pred, gram, eps=0.0).numpy()
+        return -float(np.average(err, weights=sample_weight))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = False
+        tags.target_tags.multi_output = True
+        return tags

@@ -1,0 +1,115 @@
+"""PointSourceBlurEstimator: accuracy on simulated sources, sklearn, bad input."""
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils._param_validation import InvalidParameterError
+
+from deepblur import PointSourceBlurEstimator
+from deepblur.datasets import blur_images, make_point_sources
+from deepblur.estimators.basis import ProductConvolutionBasis
+from deepblur.estimators.cone import ConeSampler
+from deepblur.pretrained import relative_errors
+
+
+def _gaussian(sigma, size=11):
+    r = np.arange(size) - size // 2
+    g = np.exp(-0.5 * (r[:, None] ** 2 + r[None] ** 2) / sigma**2)
+    return g / g.sum()
+
+
+@pytest.fixture(scope="module")
+def setting():
+    kernels = np.stack([_gaussian(s) for s in (0.8, 1.6, 2.6)])
+    yy, xx = np.mgrid[0:48, 0:48] / 47.0
+    basis = ProductConvolutionBasis.from_components(kernels, np.stack(
+        [np.ones((48, 48)), xx, yy]))
+    sampler = ConeSampler(alpha_range=(0.8, 1.2), random_state=0).fit(np.eye(3))
+    gamma = sampler.sample(6)
+    u = make_point_sources(6, (48, 48), density=0.004, random_state=0)
+    X = blur_images(u, gamma, basis, noise_std=0.002, random_state=0)
+    return basis, sampler, X, gamma
+
+
+def test_accurate_on_point_sources_far_better_than_the_start(setting):
+    basis, sampler, X, gamma = setting
+    est = PointSourceBlurEstimator(basis).fit(None, sampler.sample(500))
+    pred = est.predict(X)
+    assert pred.shape == (6, 3) and pred.dtype == np.float32
+    err = relative_errors(gamma, pred, basis.gram_)["operator"]
+    start = relative_errors(gamma, np.tile(est.gamma_init_, (6, 1)),
+                            basis.gram_)["operator"]
+    assert err.mean() < 0.02 < 0.05 < start.mean()
+    assert est.score(X, gamma) == pytest.approx(-err.mean(), rel=1e-4)
+    fits = est.predict_sources(X[:2])
+    assert len(fits) == 2 and fits[0].positions.shape[1] == 2
+    assert fits[0].amplitudes.mean() > 0 and fits[0].residual < 0.05
+    assert est.image_shape_ == (48, 48) and est.n_features_in_ == 48 * 48
+
+
+def test_start_noise_level_parallel_and_progress_bar(setting):
+    basis, sampler, X, gamma = setting
+    init = sampler.sample(500).mean(0)
+    a = PointSourceBlurEstimator(basis, gamma_init=init).fit()
+    np.testing.assert_allclose(a.gamma_init_, init)
+    b = PointSourceBlurEstimator(basis, n_jobs=2, verbose=1).fit(
+        None, sampler.sample(500))
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-3, atol=1e-4)
+    c = PointSourceBlurEstimator(basis, noise_std=0.002, gamma_init=init).fit()
+    assert c.score(X, gamma) > -0.02
+    d = PointSourceBlurEstimator(basis, smoothing=1.0, threshold=5.0,
+                                 gamma_init=init).fit()
+    assert d.score(X, gamma) > -0.05
+
+
+def test_clone_grid_search_and_joblib(setting, tmp_path):
+    basis, sampler, X, gamma = setting
+    est = PointSourceBlurEstimator(basis, threshold=20.0)
+    assert clone(est).basis is basis
+    search = GridSearchCV(est, {"threshold": [5.0, 20.0]}, cv=2).fit(X, gamma)
+    assert search.best_params_["threshold"] in (5.0, 20.0)
+    fitted = est.fit(X, gamma)
+    joblib.dump(fitted, tmp_path / "p.joblib")
+    loaded = joblib.load(tmp_path / "p.joblib")
+    np.testing.assert_array_equal(loaded.predict(X[:2]), fitted.predict(X[:2]))
+
+
+def test_bad_input(setting):
+    basis, sampler, X, gamma = setting
+    with pytest.raises(ValueError, match="basis=None"):
+        PointSourceBlurEstimator().fit(X, gamma)
+    with pytest.raises(NotFittedError, match="unfitted"):
+        PointSourceBlurEstimator(ProductConvolutionBasis(2)).fit(X, gamma)
+    periodic = ProductConvolutionBasis.from_components(
+        basis.kernels_, basis.maps_, boundary="periodic")
+    with pytest.raises(ValueError, match="boundary='zero'"):
+        PointSourceBlurEstimator(periodic).fit(X, gamma)
+    with pytest.raises(ValueError, match="starting gamma"):
+        PointSourceBlurEstimator(basis).fit(X)
+    with pytest.raises(ValueError, match=r"shape \(n_samples, K=3\)"):
+        PointSourceBlurEstimator(basis).fit(X, gamma[:, :2])
+    with pytest.raises(ValueError, match="gamma_init"):
+        PointSourceBlurEstimator(basis, gamma_init=[1.0, 2.0]).fit()
+    with pytest.raises(ValueError, match="finite"):
+        PointSourceBlurEstimator(basis).fit(X, np.full_like(gamma, np.nan))
+    with pytest.raises(ValueError, match="as many samples"):
+        PointSourceBlurEstimator(basis).fit(X, gamma[:3])
+    with pytest.raises(InvalidParameterError):
+        PointSourceBlurEstimator(basis, threshold=0.0).fit(X, gamma)
+    est = PointSourceBlurEstimator(basis)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    est.fit(X, gamma)
+    with pytest.raises(ValueError, match="image_shape"):
+        est.predict(np.zeros((2, 32, 32)))
+    bad = X.copy()
+    bad[0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        est.predict(bad)
+    dark = X.copy()
+    dark[1] = 0.0
+    with pytest.raises(ValueError, match="image 1: no point source"):
+        est.predict(dark)
