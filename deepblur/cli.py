@@ -406,7 +406,12 @@ def _tile_stride(args, model):
 
 
 def _warn_if_zero_boundary(model):
-    """A model trained on zero-boundary simulations is unreliable on real images."""
+    """A model trained on zero-boundary simulations is unreliable on real images
+    (the point-source fit is not trained: nothing to warn about)."""
+    from deepblur.estimators.points import PointSourceBlurEstimator
+
+    if isinstance(model.regressor, PointSourceBlurEstimator):
+        return
     if (model.setting or {}).get("boundary", "zero") == "zero":
         print("warning: this model was trained on images blurred with a zero "
               "boundary; on windows of larger scenes (real images, tiles) the "
@@ -881,15 +886,17 @@ def _device(value):
 
 
 def _add_estimator(p, default):
-    p.add_argument("--estimator", choices=("auto", "network", "spectral"),
+    p.add_argument("--estimator", choices=("auto", "network", "spectral", "points"),
                    default=default,
                    help="which of the model's blur estimators: the network "
                         "(trained on zero-boundary simulations, the paper's "
                         "protocol) or the spectral regressor (a ridge on local "
                         "spectra trained on windows of larger scenes: the one "
-                        "for real images); auto (default for estimate and "
-                        "deblur): the spectral one when the model holds one and "
-                        "its network was trained with a zero boundary")
+                        "for real images), or points (PSFs fitted on detected "
+                        "point sources: images of beads or single molecules on a "
+                        "dark field); auto (default for estimate and deblur): "
+                        "the spectral one when the model holds one and its "
+                        "network was trained with a zero boundary")
 
 
 def _add_tiling(p):

@@ -29,6 +29,7 @@ from deepblur.pretrained import (  # noqa: E402
     load_model,
     make_default_setting,
     operator_gain,
+    relative_errors,
     save_model,
     simulate_blind_deblurring,
 )
@@ -803,3 +804,26 @@ def test_train_also_fits_a_spectral_regressor(capsys, tmp_path):
         "n_test_images = 8", "spectral_images = -5"))
     code, _, err = _run(capsys, "train", config, "--no-progress")
     assert code == 1 and "spectral_images" in _one_error_line(err)
+
+
+def test_estimator_points_fits_an_image_of_beads(model_dir, setting, capsys,
+                                                 tmp_path):
+    """Beads in 16-bit counts: the point-source fit, no warning, a good direction."""
+    from deepblur import PointSourceBlurEstimator
+    from deepblur.datasets import blur_images, make_point_sources
+
+    model = load_model(model_dir, estimator="points")
+    assert isinstance(model.regressor, PointSourceBlurEstimator)
+    basis, gamma = model.basis, setting["gamma"][2]
+    u = make_point_sources(1, (64, 64), density=0.004, random_state=0)
+    y = blur_images(u, gamma, basis, noise_std=1e-3, random_state=0)[0]
+    image = tmp_path / "beads.tif"
+    tifffile.imwrite(image, np.round(np.clip(y, 0, None) * 3000).astype(np.uint16))
+    code, out, err = _run(capsys, "estimate", image, "--model", model_dir,
+                          "--estimator", "points", "-o", tmp_path / "g.json")
+    assert code == 0, err
+    assert "(points estimator)" in out and "zero boundary" not in err
+    data = json.loads((tmp_path / "g.json").read_text())
+    errors = relative_errors(gamma[None], np.asarray(data["gamma"])[None],
+                             basis.gram_)
+    assert errors["direction"][0] < 0.05

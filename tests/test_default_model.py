@@ -40,8 +40,8 @@ def test_loads_on_cpu_without_pickle(model):
         "model.json", "model.safetensors", "spectral.json", "spectral.safetensors"]
 
 
-def _errors(model, images, seed, noise_std=None):
-    X, y = make_blurred_images(images, model.basis, model.sampler, 96,
+def _errors(model, images, seed, noise_std=None, n=96):
+    X, y = make_blurred_images(images, model.basis, model.sampler, n,
                                noise_std=model.noise_std if noise_std is None
                                else noise_std,
                                boundary=model.setting["boundary"],
@@ -100,3 +100,18 @@ def test_spectral_regressor_beats_the_mean_operator_on_windows(spectral, name):
     recorded = json.loads((DEFAULT_DIR / "spectral.json").read_text())
     assert err < recorded["test_errors"][name]["operator"] + 0.03
     assert err < 0.85 * base
+
+
+# ------------------------------------------------ the point-source fit
+def test_point_source_fit_meets_the_microscopy_target_on_points():
+    """Simulated single-molecule images (density 0.002, sigma = 0.01, zero
+    boundary): the issue's < 5 % on point sources, where the network is at
+    51 % and the spectral regressor at 14 % (bench_point_sources.py,
+    benchmarks/README.md). Nothing is trained: the fit starts from the mean
+    operator of the cone."""
+    points = load_default(estimator="points")
+    assert type(points.regressor).__name__ == "PointSourceBlurEstimator"
+    images = make_point_sources(16, (128, 128), random_state=3)
+    err, base = _errors(points, images, seed=13, n=16)
+    assert err < 0.05
+    assert err < 0.2 * base

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import clone
 
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
+from deepblur.estimators.points import PointSourceBlurEstimator
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.estimators.spectral import SpectralBlurRegressor
 from deepblur.features import n_blur_features
@@ -32,7 +34,7 @@ __all__ = ["ESTIMATORS", "PretrainedModel", "load_basis", "load_default",
            "load_model", "save_basis", "save_model", "save_spectral"]
 
 #: The estimators a model directory can hold (see :func:`load_model`).
-ESTIMATORS = ("network", "spectral")
+ESTIMATORS = ("network", "spectral", "points")
 
 PretrainedModel = namedtuple(
     "PretrainedModel",
@@ -242,10 +244,13 @@ def load_model(directory, estimator="network"):
     Parameters
     ----------
     directory : str or Path
-    estimator : {"network", "spectral"}, default="network"
+    estimator : {"network", "spectral", "points"}, default="network"
         ``"spectral"``: the :class:`~deepblur.SpectralBlurRegressor` added by
         :func:`save_spectral` becomes the ``regressor``, and ``noise_std``
         and ``setting["boundary"]`` say what it was trained on.
+        ``"points"``: a :class:`~deepblur.PointSourceBlurEstimator` on the
+        model's basis, started from the mean operator of its cone (for
+        images of beads or single molecules; nothing trained).
 
     Returns
     -------
@@ -276,6 +281,11 @@ def load_model(directory, estimator="network"):
     if estimator == "spectral":
         regressor, noise_std, boundary = _load_spectral(directory, basis)
         setting.update(boundary=boundary, noise_std=noise_std)
+    elif estimator == "points":
+        # nothing learnt: the fit starts from the mean operator of the cone
+        start = (clone(sampler).set_params(random_state=0).fit(rays)
+                 .sample(50_000).mean(0))
+        regressor = PointSourceBlurEstimator(basis, gamma_init=start).fit()
     else:
         module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
         regressor = ResNetBlurRegressor(basis=basis, device="cpu", verbose=0,
@@ -294,12 +304,14 @@ def load_default(estimator="network"):
 
     Parameters
     ----------
-    estimator : {"network", "spectral"}, default="network"
+    estimator : {"network", "spectral", "points"}, default="network"
         ``"network"``: the ResNet trained on zero-boundary simulations (the
         paper's protocol). ``"spectral"``: the
         :class:`~deepblur.SpectralBlurRegressor` trained on windows of larger
         scenes (``examples/train_spectral_model.py``), the one for real
-        images and tiles, whose borders are not dark.
+        images and tiles, whose borders are not dark. ``"points"``: the
+        :class:`~deepblur.PointSourceBlurEstimator` (images of point sources
+        on a dark field: beads, single molecules).
 
     Returns
     -------
