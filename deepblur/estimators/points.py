@@ -10,33 +10,21 @@ from joblib import Parallel, delayed
 from sklearn.base import (
     BaseEstimator,
     RegressorMixin,
-    _clone_parametrized,
     _fit_context,
 )
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 
+from deepblur.estimators._gamma import (
+    SharedBasisMixin,
+    check_gamma_targets,
+    operator_error_score,
+)
 from deepblur.estimators.regressor import _check_images
-from deepblur.nets.losses import relative_frobenius_error
 from deepblur.solvers.point_sources import fit_point_sources
 from deepblur.solvers.tv import estimate_noise_level
 
 __all__ = ["PointSourceBlurEstimator"]
-
-
-def _check_gamma_rows(y, K, name="y"):
-    arr = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y)
-    if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
-    arr = arr.astype(np.float64)
-    if arr.ndim != 2 or arr.shape[1] != K:
-        raise ValueError(
-            f"{name} must have shape (n_samples, K={K}) (one gamma per image); "
-            f"got {arr.shape}."
-        )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite; got NaN or Inf values.")
-    return arr
 
 
 def _filter_norm(smoothing):
@@ -51,7 +39,7 @@ def _filter_norm(smoothing):
     return float(np.linalg.norm(gaussian_filter(delta, smoothing, mode="constant")))
 
 
-class PointSourceBlurEstimator(RegressorMixin, BaseEstimator):
+class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     r"""Estimate ``gamma`` from images of point sources (beads, molecules).
 
     In an image of isolated point sources every source shows the local PSF
@@ -141,6 +129,8 @@ class PointSourceBlurEstimator(RegressorMixin, BaseEstimator):
     True
     """
 
+    _basis_role = "its kernels and maps make the PSFs that are fitted"
+
     _parameter_constraints: dict = {
         "basis": [None, HasMethods(["fit", "transform"])],
         "threshold": [Interval(Real, 0, None, closed="neither")],
@@ -172,22 +162,8 @@ class PointSourceBlurEstimator(RegressorMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
 
-    def __sklearn_clone__(self):
-        """Clone the hyper-parameters but share the *fitted* basis (as the
-        other blur estimators do: the basis defines what ``gamma`` means)."""
-        new = _clone_parametrized(self)
-        new.basis = self.basis
-        return new
-
     def _fitted_basis(self):
-        if self.basis is None:
-            raise ValueError(
-                "basis must be given (a fitted ProductConvolutionBasis): its "
-                "kernels and maps make the PSFs that are fitted; got basis=None."
-            )
-        check_is_fitted(self.basis, "gram_",
-                        msg="basis must be a fitted ProductConvolutionBasis; "
-                            "call basis.fit(psf_fields) first (got an unfitted one).")
+        super()._fitted_basis()
         if getattr(self.basis, "boundary", "zero") != "zero":
             raise ValueError(
                 "PointSourceBlurEstimator models point sources on a dark field "
@@ -223,10 +199,10 @@ class PointSourceBlurEstimator(RegressorMixin, BaseEstimator):
                     f"{len(y)} rows of y."
                 )
         if self.gamma_init is not None:
-            init = _check_gamma_rows(np.atleast_2d(self.gamma_init), K,
+            init = check_gamma_targets(np.atleast_2d(self.gamma_init), K,
                                      "gamma_init")[0]
         elif y is not None:
-            init = _check_gamma_rows(y, K).mean(axis=0)
+            init = check_gamma_targets(y, K).mean(axis=0)
         else:
             raise ValueError(
                 "fit needs a starting gamma: pass y (e.g. samples of the cone) "
@@ -296,12 +272,8 @@ class PointSourceBlurEstimator(RegressorMixin, BaseEstimator):
 
         As :meth:`SpectralBlurRegressor.score`.
         """
-        y_true = torch.as_tensor(np.asarray(y, dtype=np.float64))
-        y_pred = torch.as_tensor(np.asarray(self.predict(X), dtype=np.float64))
-        gram = torch.as_tensor(np.asarray(self._fitted_basis().gram_,
-                                          dtype=np.float64))
-        err = relative_frobenius_error(y_true, y_pred, gram, eps=0.0).numpy()
-        return -float(np.average(err, weights=sample_weight))
+        return operator_error_score(self._fitted_basis().gram_, y, self.predict(X),
+                                    sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

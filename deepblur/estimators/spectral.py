@@ -5,11 +5,9 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
-import torch
 from sklearn.base import (
     BaseEstimator,
     RegressorMixin,
-    _clone_parametrized,
     _fit_context,
 )
 from sklearn.linear_model import RidgeCV
@@ -17,16 +15,20 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 
 from deepblur.datasets.simulate import BlurDataset
+from deepblur.estimators._gamma import (
+    SharedBasisMixin,
+    check_gamma_targets,
+    operator_error_score,
+)
 from deepblur.estimators.regressor import _check_images
 from deepblur.features import blur_features, n_blur_features
-from deepblur.nets.losses import relative_frobenius_error
 
 __all__ = ["SpectralBlurRegressor"]
 
 _DEFAULT_ALPHAS = tuple(np.logspace(-2, 4, 13))
 
 
-class SpectralBlurRegressor(RegressorMixin, BaseEstimator):
+class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
     r"""Estimate ``gamma`` linearly from contrast-free blur statistics.
 
     Each image is described by :func:`~deepblur.features.blur_features` (the
@@ -116,6 +118,8 @@ class SpectralBlurRegressor(RegressorMixin, BaseEstimator):
     True
     """
 
+    _basis_role = "its Gram matrix is the metric of the regression"
+
     _parameter_constraints: dict = {
         "basis": [None, HasMethods(["fit", "transform"])],
         "window": [Interval(Integral, 4, None, closed="left")],
@@ -142,28 +146,6 @@ class SpectralBlurRegressor(RegressorMixin, BaseEstimator):
         self.alphas = alphas
         self.batch_size = batch_size
         self.verbose = verbose
-
-    def __sklearn_clone__(self):
-        """Clone the hyper-parameters but share the *fitted* basis.
-
-        As for :class:`~deepblur.ResNetBlurRegressor`: the basis defines what
-        ``gamma`` means; a default clone would unfit it.
-        """
-        new = _clone_parametrized(self)
-        new.basis = self.basis
-        return new
-
-    # ------------------------------------------------------------ helpers
-    def _fitted_basis(self):
-        if self.basis is None:
-            raise ValueError(
-                "basis must be given (a fitted ProductConvolutionBasis): its "
-                "Gram matrix is the metric of the regression; got basis=None."
-            )
-        check_is_fitted(self.basis, "gram_",
-                        msg="basis must be a fitted ProductConvolutionBasis; "
-                            "call basis.fit(psf_fields) first (got an unfitted one).")
-        return self.basis
 
     def _spec(self):
         return dict(window=int(self.window), n_radial=int(self.n_radial),
@@ -196,17 +178,7 @@ class SpectralBlurRegressor(RegressorMixin, BaseEstimator):
             return np.concatenate(feats), np.concatenate(targets)
         if y is None:
             raise ValueError("y must be given (the gamma of each image); got None.")
-        y_arr = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y)
-        if y_arr.dtype.kind not in "fiu":
-            raise ValueError(f"y must hold real numbers; got dtype {y_arr.dtype}.")
-        y_arr = y_arr.astype(np.float64)
-        if y_arr.ndim != 2 or y_arr.shape[1] != K:
-            raise ValueError(
-                f"y must have shape (n_samples, K={K}) (one gamma per image); got "
-                f"{y_arr.shape}."
-            )
-        if not np.isfinite(y_arr).all():
-            raise ValueError("y must be finite; got NaN or Inf values.")
+        y_arr = check_gamma_targets(y, K)
         F = self._features(X, image_shape)
         if len(F) != len(y_arr):
             raise ValueError(
@@ -290,12 +262,8 @@ class SpectralBlurRegressor(RegressorMixin, BaseEstimator):
         ``-mean_i ||H[y_i] - H[yhat_i]||_F / ||H[y_i]||_F`` with the Gram
         matrix of the basis (as :meth:`ResNetBlurRegressor.score`).
         """
-        y_true = torch.as_tensor(np.asarray(y, dtype=np.float64))
-        y_pred = torch.as_tensor(np.asarray(self.predict(X), dtype=np.float64))
-        gram = torch.as_tensor(np.asarray(self._fitted_basis().gram_,
-                                          dtype=np.float64))
-        err = relative_frobenius_error(y_true, y_pred, gram, eps=0.0).numpy()
-        return -float(np.average(err, weights=sample_weight))
+        return operator_error_score(self._fitted_basis().gram_, y, self.predict(X),
+                                    sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
