@@ -49,7 +49,8 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     ``p``, is fitted by alternating non-negative least squares on the
     amplitudes ``a`` and least squares on ``gamma``
     (:func:`deepblur.solvers.point_sources.fit_point_sources`). Residual
-    maxima become new sources for ``n_rounds - 1`` more rounds. Nothing is
+    maxima become new sources, ``max_new`` at a time, for ``n_rounds - 1`` more
+    rounds. Nothing is
     learnt from images: :meth:`fit` only takes the starting ``gamma`` (the
     mean of the training ``gamma``, e.g. of the cone's samples).
 
@@ -81,8 +82,11 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         Alternating iterations per round.
     tol : float, default=1e-6
         Relative change of ``gamma`` that ends a round.
-    n_rounds : int, default=3
+    n_rounds : int, default=10
         Detection rounds (1: no completion from the residual).
+    max_new : int or None, default=2
+        Sources added per round from the residual, largest first (``None``:
+        all; see :func:`~deepblur.solvers.point_sources.fit_point_sources`).
     gamma_init : array-like of shape (K,), default=None
         Starting ``gamma``; ``None`` takes the mean of ``y`` in :meth:`fit`.
     n_jobs : int, default=None
@@ -141,6 +145,7 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_rounds": [Interval(Integral, 1, None, closed="left")],
+        "max_new": [None, Interval(Integral, 1, None, closed="left")],
         "gamma_init": [None, "array-like"],
         "n_jobs": [None, Integral],
         "verbose": ["verbose"],
@@ -148,7 +153,7 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
 
     def __init__(self, basis=None, *, threshold=10.0, noise_std=None, smoothing=0.0,
                  min_distance=2, image_mean=0.5, max_iter=100, tol=1e-6,
-                 n_rounds=3, gamma_init=None, n_jobs=None, verbose=0):
+                 n_rounds=10, max_new=2, gamma_init=None, n_jobs=None, verbose=0):
         self.basis = basis
         self.threshold = threshold
         self.noise_std = noise_std
@@ -158,6 +163,7 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.n_rounds = n_rounds
+        self.max_new = max_new
         self.gamma_init = gamma_init
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -233,7 +239,8 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
                     threshold=threshold[i], min_distance=int(self.min_distance),
                     smoothing=float(self.smoothing), image_mean=float(self.image_mean),
                     max_iter=int(self.max_iter), tol=float(self.tol),
-                    n_rounds=int(self.n_rounds))
+                    n_rounds=int(self.n_rounds),
+                    max_new=None if self.max_new is None else int(self.max_new))
             except ValueError as exc:
                 raise ValueError(f"image {i}: {exc}") from None
 

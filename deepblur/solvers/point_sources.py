@@ -224,7 +224,7 @@ def _alternate(T, b, gamma, n_pixels, image_mean, max_iter, tol):
 
 def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=2,
                       smoothing=0.0, image_mean=0.5, max_iter=100, tol=1e-6,
-                      n_rounds=3, positions=None):
+                      n_rounds=10, max_new=2, positions=None):
     """Estimate ``gamma`` and the sources of one image of point sources.
 
     Parameters
@@ -250,10 +250,17 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         Alternating iterations per round.
     tol : float, default=1e-6
         Stop a round when ``gamma`` changes by less than ``tol`` (relative).
-    n_rounds : int, default=3
+    n_rounds : int, default=10
         Detection rounds: after each fit, maxima of the residual above
         ``threshold`` become new sources (a source next to a brighter one is
         not a maximum of ``y``); stops early when there are none.
+    max_new : int or None, default=2
+        Sources added per round, the largest residual maxima first (``None``:
+        all). While ``gamma`` is still wrong every source leaves a residual,
+        and adding all its maxima at once lets spurious sources widen the
+        PSF; a few at a time, refitted in between, took the error on
+        simulated single-molecule images from 1.2 % to 0.36 %
+        (``benchmarks/README.md``).
     positions : array-like of shape (J, 2), optional
         Known pixels of the sources (e.g. from a localisation software):
         no detection, one round.
@@ -293,6 +300,8 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     gamma = np.asarray(gamma0, dtype=np.float64).copy()
     if not (isinstance(n_rounds, Integral) and n_rounds >= 1):
         raise ValueError(f"n_rounds must be a positive int; got {n_rounds!r}.")
+    if max_new is not None and not (isinstance(max_new, Integral) and max_new >= 1):
+        raise ValueError(f"max_new must be a positive int or None; got {max_new!r}.")
     if not (isinstance(max_iter, Integral) and max_iter >= 1):
         raise ValueError(f"max_iter must be a positive int; got {max_iter!r}.")
     if not (isinstance(tol, Real) and tol >= 0):
@@ -336,6 +345,8 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         new = new[~known[new[:, 0], new[:, 1]]] if len(new) else new
         if len(new) == 0:
             break
+        if max_new is not None:
+            new = new[:int(max_new)]
         positions = np.concatenate([positions, new])
     model = point_source_image(kernels, maps, positions, a, gamma)
     residual = float(np.linalg.norm(y - model) / max(np.linalg.norm(y), 1e-300))

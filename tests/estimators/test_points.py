@@ -99,6 +99,8 @@ def test_bad_input(setting):
         PointSourceBlurEstimator(basis).fit(X, gamma[:3])
     with pytest.raises(InvalidParameterError):
         PointSourceBlurEstimator(basis, threshold=0.0).fit(X, gamma)
+    with pytest.raises(InvalidParameterError, match="max_new"):
+        PointSourceBlurEstimator(basis, max_new=0).fit(X, gamma)
     est = PointSourceBlurEstimator(basis)
     with pytest.raises(NotFittedError):
         est.predict(X)

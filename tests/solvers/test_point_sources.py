@@ -167,7 +167,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="positions must be integer"):
         fit_point_sources(y, kernels, maps, np.ones(3), positions=[[1.5, 2.0]])
     for kw, match in [(dict(n_rounds=0), "n_rounds"), (dict(max_iter=0), "max_iter"),
-                      (dict(tol=-1.0), "tol")]:
+                      (dict(tol=-1.0), "tol"), (dict(max_new=0), "max_new")]:
         with pytest.raises(ValueError, match=match):
             fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.01, **kw)
     with pytest.raises(ValueError, match="every amplitude is 0"):
@@ -175,3 +175,25 @@ def test_bad_input():
         ring[9:12, 9:12] = -1.0
         ring[10, 10] = 1.0            # a maximum, but anti-correlated with any PSF
         fit_point_sources(ring, kernels, maps, np.ones(3), threshold=0.5)
+
+
+def test_sources_added_a_few_per_round():
+    """``max_new`` caps the sources added per round; rounds continue until the
+    residual has no maximum above the threshold."""
+    kernels, maps = _family()
+    u, _ = _scene(3)
+    r, c = np.argwhere(u > 0)[0]
+    u[r, c + 2] = 0.6 * u[r, c]
+    r2, c2 = np.argwhere(u > 0)[-1]
+    u[r2 - 2, c2] = 0.5 * u[r2, c2]
+    u *= 0.5 / u.mean()
+    gamma = np.array([0.7, 1.2, 0.9])
+    y = _dense(kernels, maps, u, gamma)
+    detected = len(detect_point_sources(y, 0.01))
+    two_rounds = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.01,
+                                   n_rounds=2, max_new=1, tol=1e-12, max_iter=500)
+    assert len(two_rounds.positions) == detected + 1
+    full = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.01,
+                             max_new=1, tol=1e-12, max_iter=500)
+    assert {(r, c + 2), (r2 - 2, c2)} <= set(map(tuple, full.positions.tolist()))
+    np.testing.assert_allclose(full.gamma, gamma, rtol=1e-6)
