@@ -61,3 +61,12 @@ class SharedBasisMixin:
                         msg="basis must be a fitted ProductConvolutionBasis; "
                             "call basis.fit(psf_fields) first (got an unfitted one).")
         return self.basis
+
+    def score(self, X, y, sample_weight=None):
+        """Minus the mean relative operator error (higher is better, 0 exact).
+
+        ``-mean_i ||H[y_i] - H[yhat_i]||_F / ||H[y_i]||_F`` with the Gram
+        matrix of the basis (as :meth:`ResNetBlurRegressor.score`).
+        """
+        return operator_error_score(self._fitted_basis().gram_, y, self.predict(X),
+                                    sample_weight)

@@ -18,7 +18,6 @@ from sklearn.utils.validation import check_is_fitted
 from deepblur.estimators._gamma import (
     SharedBasisMixin,
     check_gamma_targets,
-    operator_error_score,
 )
 from deepblur.estimators.regressor import _check_images
 from deepblur.solvers.point_sources import fit_point_sources
@@ -49,10 +48,10 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     ``p``, is fitted by alternating non-negative least squares on the
     amplitudes ``a`` and least squares on ``gamma``
     (:func:`deepblur.solvers.point_sources.fit_point_sources`). Residual
-    maxima become new sources, ``max_new`` at a time, for ``n_rounds - 1`` more
-    rounds. Nothing is
-    learnt from images: :meth:`fit` only takes the starting ``gamma`` (the
-    mean of the training ``gamma``, e.g. of the cone's samples).
+    maxima become new sources, ``max_new`` at a time, for ``n_rounds - 1``
+    more rounds. Nothing is learnt from images: :meth:`fit` only takes the
+    starting ``gamma`` (the mean of the training ``gamma``, e.g. of the
+    cone's samples).
 
     This is PSF calibration from bead images made space-varying; for images
     that are not point sources use
@@ -206,7 +205,7 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
                 )
         if self.gamma_init is not None:
             init = check_gamma_targets(np.atleast_2d(self.gamma_init), K,
-                                     "gamma_init")[0]
+                                       "gamma_init")[0]
         elif y is not None:
             init = check_gamma_targets(y, K).mean(axis=0)
         else:
@@ -273,14 +272,6 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         list of :class:`~deepblur.solvers.point_sources.PointSourceFit`
         """
         return self._fits(X)
-
-    def score(self, X, y, sample_weight=None):
-        """Minus the mean relative operator error (higher is better, 0 exact).
-
-        As :meth:`SpectralBlurRegressor.score`.
-        """
-        return operator_error_score(self._fitted_basis().gram_, y, self.predict(X),
-                                    sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -18,7 +18,6 @@ from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
     SharedBasisMixin,
     check_gamma_targets,
-    operator_error_score,
 )
 from deepblur.estimators.regressor import _check_images
 from deepblur.features import blur_features, n_blur_features
@@ -255,15 +254,6 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         F = self._features(X, self.image_shape_)
         return (F @ self.coef_ + self.intercept_).astype(np.float32)
-
-    def score(self, X, y, sample_weight=None):
-        """Minus the mean relative operator error (higher is better, 0 exact).
-
-        ``-mean_i ||H[y_i] - H[yhat_i]||_F / ||H[y_i]||_F`` with the Gram
-        matrix of the basis (as :meth:`ResNetBlurRegressor.score`).
-        """
-        return operator_error_score(self._fitted_basis().gram_, y, self.predict(X),
-                                    sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

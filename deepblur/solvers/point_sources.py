@@ -335,9 +335,9 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         gamma, a, it, converged = _alternate(T, b, gamma, y.size, image_mean,
                                              int(max_iter), float(tol))
         n_iter += it
+        residual = y - point_source_image(kernels, maps, positions, a, gamma)
         if round_ == int(n_rounds) - 1:
             break
-        residual = y - point_source_image(kernels, maps, positions, a, gamma)
         new = detect_point_sources(residual, threshold, min_distance=min_distance,
                                    smoothing=smoothing)
         known = np.zeros(image_shape, dtype=bool)
@@ -348,7 +348,7 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         if max_new is not None:
             new = new[:int(max_new)]
         positions = np.concatenate([positions, new])
-    model = point_source_image(kernels, maps, positions, a, gamma)
-    residual = float(np.linalg.norm(y - model) / max(np.linalg.norm(y), 1e-300))
-    return PointSourceFit(gamma=gamma, positions=positions, amplitudes=a,
-                          n_iter=n_iter, converged=converged, residual=residual)
+    return PointSourceFit(
+        gamma=gamma, positions=positions, amplitudes=a, n_iter=n_iter,
+        converged=converged,
+        residual=float(np.linalg.norm(residual) / max(np.linalg.norm(y), 1e-300)))
