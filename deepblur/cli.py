@@ -894,7 +894,8 @@ def _add_estimator(p, default):
                         "spectra trained on windows of larger scenes: the one "
                         "for real images), or points (PSFs fitted on detected "
                         "point sources: images of beads or single molecules on a "
-                        "dark field); auto (default for estimate and deblur): "
+                        "dark field or a constant offset); auto (default for "
+                        "estimate and deblur): "
                         "the spectral one when the model holds one and its "
                         "network was trained with a zero boundary")
 

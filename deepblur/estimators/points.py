@@ -86,6 +86,13 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     max_new : int or None, default=2
         Sources added per round from the residual, largest first (``None``:
         all; see :func:`~deepblur.solvers.point_sources.fit_point_sources`).
+    background : bool, default=True
+        Fit a constant offset of each image (a camera's dark level, a uniform
+        haze) beside the sources; False takes the field to be dark (zero).
+    subpixel : bool, default=True
+        Fit each source's position to a fraction of a pixel (real beads and
+        molecules lie between pixels); False: sources on pixels, about 10
+        times faster.
     gamma_init : array-like of shape (K,), default=None
         Starting ``gamma``; ``None`` takes the mean of ``y`` in :meth:`fit`.
     n_jobs : int, default=None
@@ -108,10 +115,12 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     Notes
     -----
     The basis must use the zero boundary: the sources lie on a dark field
-    and the PSFs of sources near the border are cut by it. The solver models
-    sources on pixels; sub-pixel sources are fitted as the nearest pixel's.
-    A constant background is not modelled: subtract it first. Images with no
-    source above the threshold raise a ``ValueError`` naming the image.
+    and the PSFs of sources near the border are cut by it. Sources between
+    pixels are modelled by moving the kernels (cubic splines, ``subpixel``);
+    the maps are read at the source's pixel. A constant offset is fitted
+    (``background``); a background that varies across the field is not:
+    subtract it first. Images with no source above the threshold raise a
+    ``ValueError`` naming the image.
 
     Examples
     --------
@@ -145,6 +154,8 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_rounds": [Interval(Integral, 1, None, closed="left")],
         "max_new": [None, Interval(Integral, 1, None, closed="left")],
+        "background": ["boolean"],
+        "subpixel": ["boolean"],
         "gamma_init": [None, "array-like"],
         "n_jobs": [None, Integral],
         "verbose": ["verbose"],
@@ -152,7 +163,8 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
 
     def __init__(self, basis=None, *, threshold=10.0, noise_std=None, smoothing=0.0,
                  min_distance=2, image_mean=0.5, max_iter=100, tol=1e-6,
-                 n_rounds=10, max_new=2, gamma_init=None, n_jobs=None, verbose=0):
+                 n_rounds=10, max_new=2, background=True, subpixel=True,
+                 gamma_init=None, n_jobs=None, verbose=0):
         self.basis = basis
         self.threshold = threshold
         self.noise_std = noise_std
@@ -163,6 +175,8 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         self.tol = tol
         self.n_rounds = n_rounds
         self.max_new = max_new
+        self.background = background
+        self.subpixel = subpixel
         self.gamma_init = gamma_init
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -239,7 +253,9 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
                     smoothing=float(self.smoothing), image_mean=float(self.image_mean),
                     max_iter=int(self.max_iter), tol=float(self.tol),
                     n_rounds=int(self.n_rounds),
-                    max_new=None if self.max_new is None else int(self.max_new))
+                    max_new=None if self.max_new is None else int(self.max_new),
+                    background=bool(self.background),
+                    subpixel=bool(self.subpixel))
             except ValueError as exc:
                 raise ValueError(f"image {i}: {exc}") from None
 

@@ -65,6 +65,25 @@ def test_start_noise_level_parallel_and_progress_bar(setting):
     assert d.score(X, gamma) > -0.05
 
 
+def test_camera_offset_is_fitted(setting):
+    """A dark level added to every image: fitted (default), the estimate is
+    the dark-field one; the offset comes back in ``predict_sources``."""
+    basis, sampler, X, gamma = setting
+    est = PointSourceBlurEstimator(basis, noise_std=0.002)
+    est.fit(None, sampler.sample(500))
+    np.testing.assert_allclose(est.predict(X + 0.1), est.predict(X), rtol=1e-3,
+                               atol=1e-3)
+    fits = est.predict_sources(X[:2] + 0.1)
+    assert [f.background for f in fits] == pytest.approx([0.1, 0.1], abs=1e-3)
+    # ignoring the offset: noise maxima above 10 sigma become "sources", and
+    # the offset is explained by them and by a wider PSF
+    dark = est.set_params(background=False).predict_sources(X[:1] + 0.1)[0]
+    assert len(dark.positions) > 2 * len(fits[0].positions)
+    errors = relative_errors(gamma[:1], np.stack([dark.gamma, fits[0].gamma]),
+                             basis.gram_)["operator"]
+    assert errors[0] > 0.1 > 0.02 > errors[1]
+
+
 def test_clone_grid_search_and_joblib(setting, tmp_path):
     basis, sampler, X, gamma = setting
     est = PointSourceBlurEstimator(basis, threshold=20.0)
@@ -101,6 +120,10 @@ def test_bad_input(setting):
         PointSourceBlurEstimator(basis, threshold=0.0).fit(X, gamma)
     with pytest.raises(InvalidParameterError, match="max_new"):
         PointSourceBlurEstimator(basis, max_new=0).fit(X, gamma)
+    with pytest.raises(InvalidParameterError, match="background"):
+        PointSourceBlurEstimator(basis, background="auto").fit(X, gamma)
+    with pytest.raises(InvalidParameterError, match="subpixel"):
+        PointSourceBlurEstimator(basis, subpixel="yes").fit(X, gamma)
     est = PointSourceBlurEstimator(basis)
     with pytest.raises(NotFittedError):
         est.predict(X)

@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from deepblur.operators.product_convolution import ProductConvolution
 from deepblur.solvers.point_sources import (
+    _amplitude_matrix,
     _atoms,
+    _gamma_matrix,
     _normal_equations,
     _windows,
     detect_point_sources,
@@ -61,7 +63,11 @@ def test_normal_equations_match_dense_atoms():
     positions = np.array([[0, 0], [2, 3], [7, 7], [8, 9], [13, 5], [6, 14]])
     y = rng.standard_normal((14, 15))
     top, left, inside = _windows(positions, (5, 6), (14, 15))
-    T, b = _normal_equations(_atoms(kernels, maps, positions), top, left, inside, y)
+    rows, cols, blocks, b = _normal_equations(_atoms(kernels, maps, positions), top,
+                                              left, inside, y)
+    T = np.zeros((len(positions), 3, len(positions), 3))
+    for j, jj, block in zip(rows, cols, blocks, strict=True):
+        T[j, :, jj], T[jj, :, j] = block, block.T
     D = np.empty((len(positions), 3, 14, 15))
     for j, p in enumerate(positions):
         delta = np.zeros((14, 15))
@@ -70,6 +76,19 @@ def test_normal_equations_match_dense_atoms():
             D[j, k] = _dense(kernels, maps, delta, np.eye(3)[k])
     np.testing.assert_allclose(T, np.einsum("akxy,blxy->akbl", D, D), atol=1e-12)
     np.testing.assert_allclose(b, np.einsum("akxy,xy->ak", D, y), atol=1e-12)
+    # the two quadratic forms the alternation uses, from the stored pairs only
+    gamma, a = rng.random(3), rng.random(len(positions))
+    np.testing.assert_allclose(
+        _amplitude_matrix(rows, cols, blocks, gamma, len(positions)),
+        np.einsum("akxy,blxy,k,l->ab", D, D, gamma, gamma), atol=1e-12)
+    np.testing.assert_allclose(
+        _gamma_matrix(rows, cols, blocks, a),
+        np.einsum("akxy,blxy,a,b->kl", D, D, a, a), atol=1e-12)
+    # far-apart sources make no pair: storage grows with J, not J^2
+    far = np.array([[1, 1], [1, 12], [12, 1], [12, 12]])
+    top, left, inside = _windows(far, (5, 6), (14, 15))
+    pairs = _normal_equations(_atoms(kernels, maps, far), top, left, inside, y)
+    assert len(pairs[0]) == 4
 
 
 def test_detection_windows_and_smoothing():
@@ -154,6 +173,83 @@ def test_noise_gives_a_small_error():
     assert np.linalg.norm(fit.gamma - gamma) / np.linalg.norm(gamma) < 0.02
 
 
+@pytest.mark.parametrize("offset", [0.07, -0.02])
+def test_constant_background_is_fitted_exactly(offset):
+    kernels, maps = _family()
+    u, pos = _scene(5)
+    gamma = np.array([0.9, 0.6, 1.3])
+    y = _dense(kernels, maps, u, gamma) + offset
+    fit = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.01,
+                            tol=1e-12, max_iter=500)
+    np.testing.assert_allclose(fit.gamma, gamma, rtol=1e-6)
+    assert fit.background == pytest.approx(offset, abs=1e-8)
+    assert fit.residual < 1e-6
+    assert sorted(map(tuple, fit.positions)) == sorted(map(tuple, pos))
+    # the dark-field model cannot explain the offset: gamma is biased
+    dark = fit_point_sources(y, kernels, maps, np.ones(3), positions=pos,
+                             background=False, tol=1e-12, max_iter=500)
+    assert dark.background == 0.0
+    assert np.linalg.norm(dark.gamma - gamma) > 1e-2 * np.linalg.norm(gamma)
+
+
+def test_background_fit_changes_little_on_a_dark_field():
+    kernels, maps = _family()
+    u, _ = _scene(6)
+    gamma = np.array([0.7, 1.2, 0.9])
+    y = _dense(kernels, maps, u, gamma)
+    y = y + 0.01 * np.random.default_rng(1).standard_normal(y.shape)
+    with_bg = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.1)
+    dark = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.1,
+                             background=False)
+    assert abs(with_bg.background) < 0.01
+    for fit in (with_bg, dark):
+        assert np.linalg.norm(fit.gamma - gamma) / np.linalg.norm(gamma) < 0.02
+
+
+def _fourier_shifted(kernel, offset):
+    """``kernel`` moved by ``offset`` by band-limited (Fourier) interpolation:
+    another interpolation than the solver's cubic splines."""
+    kh, kw = kernel.shape
+    pad = np.zeros((3 * kh, 3 * kw))
+    pad[kh:2 * kh, kw:2 * kw] = kernel
+    fr, fc = np.fft.fftfreq(3 * kh)[:, None], np.fft.fftfreq(3 * kw)[None]
+    ramp = np.exp(-2j * np.pi * (fr * offset[0] + fc * offset[1]))
+    return np.fft.ifft2(np.fft.fft2(pad) * ramp).real[kh:2 * kh, kw:2 * kw]
+
+
+def test_sources_between_pixels():
+    """Sources off their pixels: the spline model's own images are recovered
+    exactly (gamma and offsets); band-limited shifts, which the model only
+    approximates, far better than with every source on its pixel."""
+    kernels, maps = _family(shape=(40, 48), kernel_shape=(13, 13))
+    u, pos = _scene(7, shape=(40, 48), spacing=11)
+    offsets = np.random.default_rng(7).uniform(-0.45, 0.45, (len(pos), 2))
+    gamma = np.array([0.8, 1.1, 0.7])
+    amp = u[pos[:, 0], pos[:, 1]]
+    y = point_source_image(kernels, maps, pos, amp, gamma, offsets)
+    fit = fit_point_sources(y, kernels, maps, np.ones(3), positions=pos,
+                            tol=1e-12, max_iter=500, max_refine=50)
+    np.testing.assert_allclose(fit.gamma, gamma, rtol=1e-4)
+    order = np.lexsort((pos[:, 1], pos[:, 0]))     # given positions come sorted
+    np.testing.assert_array_equal(fit.positions, pos[order])
+    np.testing.assert_allclose(fit.offsets, offsets[order], atol=1e-3)
+    # band-limited shifts (the maps read at the pixel, as in the model) of
+    # kernels wide enough to be sampled (sigma >= 1.2 pixel): the two
+    # interpolations then agree to within a fraction of a percent
+    kernels = np.stack([_gaussian(s, (15, 15)) for s in (1.2, 2.0, 2.8)])
+    y = np.zeros((54, 62))
+    for (r, c), d, a in zip(pos, offsets, amp, strict=True):
+        psf = sum(g * maps[k, r, c] * _fourier_shifted(kernels[k], d)
+                  for k, g in enumerate(gamma))
+        y[r:r + 15, c:c + 15] += a * psf
+    y = y[7:-7, 7:-7]
+    fits = [fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.05 * y.max(),
+                              subpixel=flag) for flag in (True, False)]
+    errors = [np.linalg.norm(f.gamma - gamma) / np.linalg.norm(gamma) for f in fits]
+    assert errors[0] < 0.02 and errors[0] < errors[1] / 10
+    assert len(fits[0].positions) == len(pos) < len(fits[1].positions)
+
+
 def test_bad_input():
     kernels, maps = _family()
     u, _ = _scene(0)
@@ -167,7 +263,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match="positions must be integer"):
         fit_point_sources(y, kernels, maps, np.ones(3), positions=[[1.5, 2.0]])
     for kw, match in [(dict(n_rounds=0), "n_rounds"), (dict(max_iter=0), "max_iter"),
-                      (dict(tol=-1.0), "tol"), (dict(max_new=0), "max_new")]:
+                      (dict(tol=-1.0), "tol"), (dict(max_new=0), "max_new"),
+                      (dict(background="yes"), "background"),
+                      (dict(subpixel=1), "subpixel"),
+                      (dict(max_refine=-1), "max_refine")]:
         with pytest.raises(ValueError, match=match):
             fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.01, **kw)
     with pytest.raises(ValueError, match="every amplitude is 0"):
@@ -196,4 +295,5 @@ def test_sources_added_a_few_per_round():
     full = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.01,
                              max_new=1, tol=1e-12, max_iter=500)
     assert {(r, c + 2), (r2 - 2, c2)} <= set(map(tuple, full.positions.tolist()))
-    np.testing.assert_allclose(full.gamma, gamma, rtol=1e-6)
+    # the sub-pixel refinement stops on steps of 1e-4 pixel
+    np.testing.assert_allclose(full.gamma, gamma, rtol=1e-5)
