@@ -2,8 +2,8 @@
 accuracy on small held-out sets is what benchmarks/README.md reports.
 
 The issue's targets (3 % natural, 5 % microscopy) are not met yet; these
-tests pin the shipped model's measured level (6.0-6.1 % natural, 5.1-5.3 %
-microscopy on 512-1024 images; 5.9 % and 5.6 % on the 96 images here) with a
+tests pin the shipped model's measured level (5.9 % natural, 5.1-5.2 %
+microscopy on 1024 images; 5.7 % and 5.5 % on the 96 images here) with a
 margin for the smaller sets, and require it to beat the mean-gamma baseline
 (23-24 %) by a wide margin.
 """
