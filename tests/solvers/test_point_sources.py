@@ -163,12 +163,17 @@ def test_residual_rounds_find_a_source_hidden_by_a_brighter_neighbour():
     np.testing.assert_allclose(three.gamma, gamma, rtol=1e-6)
 
 
-def test_noise_gives_a_small_error():
+def _noisy_scene(seed, noise_seed, sigma=0.01):
     kernels, maps = _family()
-    u, _ = _scene(4)
+    u, _ = _scene(seed)
     gamma = np.array([0.7, 1.2, 0.9])
     y = _dense(kernels, maps, u, gamma)
-    y = y + 0.01 * np.random.default_rng(0).standard_normal(y.shape)
+    y = y + sigma * np.random.default_rng(noise_seed).standard_normal(y.shape)
+    return kernels, maps, y, gamma
+
+
+def test_noise_gives_a_small_error():
+    kernels, maps, y, gamma = _noisy_scene(4, 0)
     fit = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.1)
     assert np.linalg.norm(fit.gamma - gamma) / np.linalg.norm(gamma) < 0.02
 
@@ -193,11 +198,7 @@ def test_constant_background_is_fitted_exactly(offset):
 
 
 def test_background_fit_changes_little_on_a_dark_field():
-    kernels, maps = _family()
-    u, _ = _scene(6)
-    gamma = np.array([0.7, 1.2, 0.9])
-    y = _dense(kernels, maps, u, gamma)
-    y = y + 0.01 * np.random.default_rng(1).standard_normal(y.shape)
+    kernels, maps, y, gamma = _noisy_scene(6, 1)
     with_bg = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.1)
     dark = fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.1,
                              background=False)
