@@ -146,7 +146,7 @@ def _atoms(kernels, maps, positions, offsets=None):
     """``P[j, k] = f_k(p_j) e_k(. - d_j)``: the window of source ``j`` at pixel
     ``p_j`` moved by the sub-pixel offset ``d_j``, per component."""
     weights = maps[:, positions[:, 0], positions[:, 1]].T          # (J, K)
-    if offsets is None:
+    if offsets is None or not np.any(offsets):
         return weights[:, :, None, None] * kernels[None]           # (J, K, kh, kw)
     return weights[:, :, None, None] * np.stack(
         [_shifted_kernels(kernels, d) for d in offsets])
@@ -538,8 +538,9 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         residual = y - c - _image(atoms, top, left, a, gamma, image_shape)
         return a, c, converged, residual
 
-    def refine(positions, offsets, a, c, converged, residual):
-        for _ in range(int(max_refine)):
+    def fit_and_refine(positions, offsets):
+        a, c, converged, residual = fit(positions, offsets)
+        for _ in range(int(max_refine) if subpixel else 0):
             new = _refine_offsets(y - c, kernels, maps, positions, offsets, a,
                                   state["gamma"])
             if np.abs(new - offsets).max(initial=0.0) <= 1e-4:
@@ -552,10 +553,7 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     # the residual of the refined fit is searched for sources: a source off its
     # pixel leaves a residual on both sides of it, which would otherwise be
     # taken for new sources.
-    a, c, converged, residual = fit(positions, offsets)
-    if subpixel:
-        offsets, a, c, converged, residual = refine(positions, offsets, a, c,
-                                                    converged, residual)
+    offsets, a, c, converged, residual = fit_and_refine(positions, offsets)
     for _ in range(int(n_rounds) - 1):
         new = detect_point_sources(residual, threshold, min_distance=min_distance,
                                    smoothing=smoothing)
@@ -568,10 +566,7 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
             new = new[:int(max_new)]
         positions = np.concatenate([positions, new])
         offsets = np.concatenate([offsets, np.zeros((len(new), 2))])
-        a, c, converged, residual = fit(positions, offsets)
-        if subpixel:
-            offsets, a, c, converged, residual = refine(positions, offsets, a, c,
-                                                        converged, residual)
+        offsets, a, c, converged, residual = fit_and_refine(positions, offsets)
     return PointSourceFit(
         gamma=state["gamma"], positions=positions, amplitudes=a,
         n_iter=state["n_iter"],
