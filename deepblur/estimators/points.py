@@ -91,8 +91,8 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         haze) beside the sources; False takes the field to be dark (zero).
     subpixel : bool, default=True
         Fit each source's position to a fraction of a pixel (real beads and
-        molecules lie between pixels); False: sources on pixels, about 10
-        times faster.
+        molecules lie between pixels); False: sources on pixels, 7-20 times
+        faster (``benchmarks/README.md``).
     gamma_init : array-like of shape (K,), default=None
         Starting ``gamma``; ``None`` takes the mean of ``y`` in :meth:`fit`.
     n_jobs : int, default=None
