@@ -68,6 +68,20 @@ def test_accuracy_on_microscopy_images(model):
     assert err < 0.4 * base
 
 
+def test_estimates_are_projected_and_never_worse(model):
+    """``load_default`` projects on the sampler's support: no image is worse."""
+    assert model.regressor.sampler is model.sampler
+    raw = load_default(project=False).regressor
+    assert raw.sampler is None
+    _, test_images = natural_image_split()
+    X, y = make_blurred_images(test_images, model.basis, model.sampler, 64,
+                               noise_std=model.noise_std, random_state=99)
+    gram = model.basis.gram_
+    before = relative_errors(y, raw.predict(X), gram)["operator"]
+    after = relative_errors(y, model.regressor.predict(X), gram)["operator"]
+    assert (after <= before + 1e-6).all() and after.mean() < before.mean()
+
+
 # ------------------------------------------------ the spectral regressor
 @pytest.fixture(scope="module")
 def spectral():

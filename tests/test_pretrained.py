@@ -69,11 +69,17 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     assert meta["module"]["width"] == 4 and meta["note"] == "test"
     with open(tmp_path / "model.safetensors", "rb") as f:
         assert b"\x80\x04" not in f.read(16)          # not a pickle stream
-    model = load_model(tmp_path)
+    model = load_model(tmp_path, project=False)
     assert isinstance(model, PretrainedModel)
     assert model.noise_std == small_setting["params"]["noise_std"]
+    assert model.regressor.sampler is None
     np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
                                rtol=1e-5, atol=1e-7)
+    # by default the estimates are projected on the sampler's support
+    projected = load_model(tmp_path).regressor.predict(X)
+    np.testing.assert_allclose(
+        projected, sampler.project(net.predict(X), gram=basis.gram_),
+        rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(model.basis.gram_, basis.gram_, rtol=1e-6)
     np.testing.assert_allclose(model.cone.rays_, small_setting["cone"].rays_)
     np.testing.assert_allclose(model.sampler.generators_, sampler.generators_)
@@ -88,7 +94,7 @@ def test_save_a_compiled_regressor(small_setting, tmp_path):
                              compile__backend="eager")
     assert hasattr(net.module_, "_orig_mod")
     save_model(tmp_path, net, small_setting)
-    model = load_model(tmp_path)
+    model = load_model(tmp_path, project=False)
     np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
                                rtol=1e-5, atol=1e-7)
 
@@ -147,8 +153,13 @@ def test_spectral_regressor_saved_beside_the_network(small_setting, tmp_path):
     assert model.noise_std == (0.005, 0.05)
     assert model.setting["boundary"] == "crop"
     assert model.setting["noise_std"] == (0.005, 0.05)
-    np.testing.assert_allclose(model.regressor.predict(X), spectral.predict(X),
-                               rtol=1e-6)
+    np.testing.assert_allclose(model.regressor.predict(X),
+                               spectral.set_params(sampler=model.sampler).predict(X),
+                               rtol=1e-6, atol=1e-7)
+    assert model.regressor.sampler is model.sampler
+    raw = load_model(tmp_path, estimator="spectral", project=False).regressor
+    np.testing.assert_allclose(raw.predict(X),
+                               spectral.set_params(sampler=None).predict(X), rtol=1e-6)
     assert model.regressor.window == 8 and model.regressor.alpha_ == spectral.alpha_
     # the network is still the default estimator of the directory
     network = load_model(tmp_path)

@@ -1,4 +1,4 @@
-"""What the gamma estimators share: checking targets and scoring estimates."""
+"""What the gamma estimators share: checking, projecting and scoring estimates."""
 
 from __future__ import annotations
 
@@ -26,6 +26,50 @@ def check_gamma_targets(y, K, name="y"):
     return arr
 
 
+def check_sampler(sampler, K):
+    """``sampler`` (None, or a fitted ``ConeSampler`` of ``K`` features)."""
+    if sampler is None:
+        return None
+    if not hasattr(sampler, "project") or not hasattr(sampler, "sample"):
+        raise TypeError(
+            "sampler must be a fitted ConeSampler (or None); got "
+            f"{type(sampler).__name__}."
+        )
+    check_is_fitted(sampler, "generators_",
+                    msg="sampler must be a fitted ConeSampler; call "
+                        "sampler.fit(rays) first (got an unfitted one).")
+    if K is not None and sampler.generators_.shape[1] != K:
+        raise ValueError(
+            f"sampler must draw gamma of K={K} coefficients like the basis; got "
+            f"generators of {sampler.generators_.shape[1]}."
+        )
+    return sampler
+
+
+def project_estimates(sampler, gamma, gram):
+    """Estimates on the sampler's support, nearest in the metric ``gram``.
+
+    ``gamma`` unchanged when ``sampler`` is None; otherwise in its dtype.
+    """
+    if check_sampler(sampler, gamma.shape[1]) is None:
+        return gamma
+    return sampler.project(gamma, gram=gram).astype(gamma.dtype, copy=False)
+
+
+def clone_sharing_fitted(estimator):
+    """``clone`` of the hyper-parameters sharing the fitted basis and sampler.
+
+    They are data of the model (what ``gamma`` means, where it may lie), not
+    hyper-parameters to refit; scikit-learn's clone would unfit them and
+    break ``GridSearchCV``. They are never modified, so sharing is safe.
+    """
+    new = _clone_parametrized(estimator)
+    for name in ("basis", "sampler"):
+        if hasattr(estimator, name):
+            setattr(new, name, getattr(estimator, name))
+    return new
+
+
 def operator_error_score(gram, y_true, y_pred, sample_weight=None):
     """Minus the mean relative operator error (higher is better, 0 exact)."""
     err = relative_frobenius_error(
@@ -46,10 +90,8 @@ class SharedBasisMixin:
     _basis_role = "it defines the operators"
 
     def __sklearn_clone__(self):
-        """Clone the hyper-parameters but share the *fitted* basis."""
-        new = _clone_parametrized(self)
-        new.basis = self.basis
-        return new
+        """Clone the hyper-parameters but share the *fitted* basis (and sampler)."""
+        return clone_sharing_fitted(self)
 
     def _fitted_basis(self):
         if self.basis is None:

@@ -28,6 +28,7 @@ from deepblur.solvers.cone import (
     _check_alpha_range,
     _check_n_samples,
     _cone_nnls,
+    _project_cone,
     _resolve_max_rays,
     _sample_cone,
     _simplify_cone,
@@ -358,6 +359,49 @@ class ConeSampler(BaseEstimator):
         return _sample_cone(
             self.generators_, n_samples, self.max_rays_, self._alpha_range, self._rng
         )
+
+    def project(self, X, gram=None):
+        """Nearest points of the set that the samples fill (their convex hull).
+
+        That set is ``{w @ generators_ : w >= 0, alpha_min <= sum(w) <=
+        alpha_max}``. Projecting an estimate of a sampled point on it never
+        moves the estimate away from that point (the set is convex): with
+        ``gram`` the basis's Gram matrix, no operator error increases.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points to project, e.g. estimated coefficients ``gamma``.
+        gram : array-like of shape (n_features, n_features), default=None
+            Symmetric positive semi-definite metric; ``None`` is the Euclidean
+            one, ``basis.gram_`` the Frobenius distance between operators.
+
+        Returns
+        -------
+        P : ndarray of shape (n_samples, n_features)
+            The projections, in float64.
+
+        See Also
+        --------
+        deepblur.solvers.cone.project_cone : The same as a function.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> sampler = ConeSampler(alpha_range=(0.5, 1.5)).fit(np.eye(2))
+        >>> sampler.project([[2.0, 1.0], [-1.0, 0.5]])
+        array([[1.25, 0.25],
+               [0.  , 0.5 ]])
+        """
+        check_is_fitted(self)
+        X = check_array(X, dtype=np.float64)
+        if X.shape[1] != self.generators_.shape[1]:
+            raise ValueError(
+                f"X must have n_features={self.generators_.shape[1]} columns "
+                f"like the generators; got shape {X.shape}."
+            )
+        return _project_cone(X, self.generators_.astype(np.float64),
+                             self._alpha_range, gram)[0]
 
     def sample_torch(self, n_samples=1, *, generator=None, device=None):
         """Draw a batch of random points of the cone as a torch tensor.

@@ -18,6 +18,8 @@ from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
     SharedBasisMixin,
     check_gamma_targets,
+    check_sampler,
+    project_estimates,
 )
 from deepblur.estimators.regressor import _check_images
 from deepblur.features import blur_features, n_blur_features
@@ -50,6 +52,11 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
     basis : ProductConvolutionBasis, default=None
         Fitted basis whose coefficients are regressed (required in ``fit``):
         its Gram matrix is the metric, its ``image_shape_`` the input shape.
+    sampler : ConeSampler, default=None
+        Fitted sampler of the training ``gamma``. When given, :meth:`predict`
+        projects the ridge's estimates on the set its samples fill, in the
+        operator metric (as :class:`~deepblur.ResNetBlurRegressor`'s
+        ``sampler``): never farther from any ``gamma`` of that set.
     window : int, default=32
         Block side of the local spectra.
     n_radial, n_angular : int, default=6, 4
@@ -121,6 +128,7 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "basis": [None, HasMethods(["fit", "transform"])],
+        "sampler": [None, HasMethods(["sample", "project"])],
         "window": [Interval(Integral, 4, None, closed="left")],
         "n_radial": [Interval(Integral, 1, None, closed="left")],
         "n_angular": [Interval(Integral, 1, None, closed="left")],
@@ -132,10 +140,11 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    def __init__(self, basis=None, *, window=32, n_radial=6, n_angular=4,
+    def __init__(self, basis=None, *, sampler=None, window=32, n_radial=6, n_angular=4,
                  border=12, n_segments=4, stride=None, alphas=None, batch_size=512,
                  verbose=0):
         self.basis = basis
+        self.sampler = sampler
         self.window = window
         self.n_radial = n_radial
         self.n_angular = n_angular
@@ -209,6 +218,7 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         gram = np.asarray(basis.gram_, dtype=np.float64)
         K = gram.shape[0]
         # clear errors before the features of a whole dataset are computed
+        check_sampler(self.sampler, K)
         n_blur_features(image_shape, **self._spec())
         alphas = _DEFAULT_ALPHAS if self.alphas is None else self.alphas
         alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
@@ -249,11 +259,13 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n, K), float32
-            (float32 like :class:`~deepblur.ResNetBlurRegressor`'s.)
+            (float32 like :class:`~deepblur.ResNetBlurRegressor`'s),
+            projected on the sampler's support when ``sampler`` is given.
         """
         check_is_fitted(self)
         F = self._features(X, self.image_shape_)
-        return (F @ self.coef_ + self.intercept_).astype(np.float32)
+        gamma = (F @ self.coef_ + self.intercept_).astype(np.float32)
+        return project_estimates(self.sampler, gamma, self._fitted_basis().gram_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

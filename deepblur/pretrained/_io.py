@@ -194,7 +194,7 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                                          dtype=torch.float64)}
     save_file(tensors, str(directory / _SPECTRAL_WEIGHTS))
     params = {k: v for k, v in regressor.get_params(deep=False).items()
-              if k not in ("basis", "alphas", "verbose")}
+              if k not in ("basis", "sampler", "alphas", "verbose")}
     noise = ([float(v) for v in noise_std] if isinstance(noise_std, (tuple, list))
              else float(noise_std))
     meta = dict(params=params, alpha=regressor.alpha_,
@@ -238,7 +238,7 @@ def _load_spectral(directory, basis):
         meta["boundary"]
 
 
-def load_model(directory, estimator="network"):
+def load_model(directory, estimator="network", *, project=True):
     """Load a model written by :func:`save_model` (on CPU).
 
     Parameters
@@ -251,6 +251,13 @@ def load_model(directory, estimator="network"):
         ``"points"``: a :class:`~deepblur.PointSourceBlurEstimator` on the
         model's basis, started from the mean operator of its cone (for
         images of beads or single molecules; nothing trained).
+    project : bool, default=True
+        Give the network or spectral regressor the model's ``sampler``, so
+        that its ``predict`` returns the nearest point (in the operator
+        metric) of the set of ``gamma`` it was trained on (see
+        :meth:`~deepblur.ConeSampler.project`); never farther from a
+        ``gamma`` of that set. ``False`` returns the raw estimates. The
+        point-source fit is not projected.
 
     Returns
     -------
@@ -258,6 +265,8 @@ def load_model(directory, estimator="network"):
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
+    if not isinstance(project, bool):
+        raise TypeError(f"project must be True or False; got {project!r}.")
     directory = Path(directory)
     meta, tensors = _read_pair(directory, _WEIGHTS, _META,
                                "train one with examples/train_default_model.py")
@@ -280,6 +289,7 @@ def load_model(directory, estimator="network"):
     noise_std = float(setting["noise_std"])
     if estimator == "spectral":
         regressor, noise_std, boundary = _load_spectral(directory, basis)
+        regressor.sampler = sampler if project else None
         setting.update(boundary=boundary, noise_std=noise_std)
     elif estimator == "points":
         # nothing learnt: the fit starts from the mean operator of the cone
@@ -288,7 +298,9 @@ def load_model(directory, estimator="network"):
         regressor = PointSourceBlurEstimator(basis, gamma_init=start).fit()
     else:
         module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
-        regressor = ResNetBlurRegressor(basis=basis, device="cpu", verbose=0,
+        regressor = ResNetBlurRegressor(basis=basis,
+                                        sampler=sampler if project else None,
+                                        device="cpu", verbose=0,
                                         **module_kwargs).initialize()
         state = {k[len("module."):]: v for k, v in tensors.items()
                  if k.startswith("module.")}
@@ -299,7 +311,7 @@ def load_model(directory, estimator="network"):
                            setting=setting)
 
 
-def load_default(estimator="network"):
+def load_default(estimator="network", *, project=True):
     """The model shipped with deepblur (see ``examples/train_default_model.py``).
 
     Parameters
@@ -312,13 +324,16 @@ def load_default(estimator="network"):
         images and tiles, whose borders are not dark. ``"points"``: the
         :class:`~deepblur.PointSourceBlurEstimator` (images of point sources
         on a dark field: beads, single molecules).
+    project : bool, default=True
+        Project the regressor's estimates on the support of the training
+        ``gamma`` (see :func:`load_model`); ``False`` gives the raw outputs.
 
     Returns
     -------
     PretrainedModel
         Named tuple ``(basis, cone, sampler, regressor, noise_std, setting)``.
     """
-    return load_model(DEFAULT_DIR, estimator=estimator)
+    return load_model(DEFAULT_DIR, estimator=estimator, project=project)
 
 
 def save_basis(directory, basis, *, extra=None):

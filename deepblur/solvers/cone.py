@@ -11,6 +11,9 @@ functions on numpy arrays (plus one torch variant of the sampler):
   simplification of Algorithm 1;
 * :func:`cone_nnls` -- conic weights of points on a set of rays (non-negative
   least squares, one problem per row);
+* :func:`project_cone` -- the nearest point of a cone, or of the slab of it
+  that Algorithm 2 samples, in any quadratic metric (e.g. the operators'
+  Frobenius metric);
 * :func:`draw_cone_weights`, :func:`sample_cone` and
   :func:`sample_cone_torch` -- the random sampling of Algorithm 2.
 
@@ -57,6 +60,7 @@ __all__ = [
     "greedy_rays",
     "simplify_cone",
     "cone_nnls",
+    "project_cone",
     "draw_cone_weights",
     "sample_cone",
     "sample_cone_torch",
@@ -340,22 +344,101 @@ def _simplify_cone(X, n_rays, solver=None, name="X"):
     return U[indices], indices, center, radius
 
 
+def _nnls_row(A, b, i):
+    """``(w, ||A w - b||)`` of scipy's active-set NNLS; a clear error if stuck."""
+    maxiter = max(50, 5 * A.shape[1])
+    try:
+        return scipy.optimize.nnls(A, b, maxiter=maxiter)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"Non-negative least squares of row {i} of X on the {A.shape[1]} "
+            f"rays did not converge in {maxiter} iterations "
+            f"(scipy.optimize.nnls: {exc})."
+        ) from exc
+
+
+def _nnls_fixed_sum(A, b, total, i, tol=1e-12, max_iter=100):
+    """``min ||A w - b|| s.t. w >= 0, sum(w) = total`` (method of multipliers).
+
+    The equality enters as an extra row ``rho * 1^T w = rho * (total + u)``
+    of a non-negative least-squares problem; the shift ``u`` is the scaled
+    multiplier, updated until the sum is met to ``tol`` (relative), then the
+    weights are rescaled onto the constraint exactly.
+    """
+    rho = 10.0 * max(np.linalg.norm(A, 2), 1e-300)
+    Aa = np.vstack([A, np.full((1, A.shape[1]), rho)])
+    ba = np.append(b, 0.0)
+    u = 0.0
+    for _ in range(max_iter):
+        ba[-1] = rho * (total + u)
+        w = _nnls_row(Aa, ba, i)[0]
+        gap = total - w.sum()
+        if abs(gap) <= tol * total:
+            break
+        u += gap
+    s = w.sum()
+    if s > 0:
+        return w * (total / s)
+    # every weight zero: b is best served by the least-norm ray at total
+    w = np.zeros(A.shape[1])
+    w[np.argmin(np.linalg.norm(total * A - b[:, None], axis=0))] = total
+    return w
+
+
 def _cone_nnls(X, rays):
     """Non-negative least squares of every row of ``X`` on ``rays``."""
     A = np.ascontiguousarray(rays.T, dtype=np.float64)
     W = np.zeros((X.shape[0], rays.shape[0]))
     residuals = np.empty(X.shape[0])
-    maxiter = max(50, 5 * rays.shape[0])
     for i, row in enumerate(X):
-        try:
-            W[i], residuals[i] = scipy.optimize.nnls(A, row, maxiter=maxiter)
-        except RuntimeError as exc:
-            raise RuntimeError(
-                f"Non-negative least squares of row {i} of X on the "
-                f"{rays.shape[0]} rays did not converge in {maxiter} iterations "
-                f"(scipy.optimize.nnls: {exc})."
-            ) from exc
+        W[i], residuals[i] = _nnls_row(A, row, i)
     return W, residuals
+
+
+def _metric_root(gram, K):
+    """``M`` with ``M^T M = gram`` (so that ``||v||_gram = ||M v||``)."""
+    if gram is None:
+        return None
+    G = np.asarray(gram, dtype=np.float64)
+    if G.shape != (K, K):
+        raise ValueError(
+            f"gram must be a ({K}, {K}) matrix (the metric of the {K} "
+            f"coefficients); got shape {G.shape}."
+        )
+    check_finite(G, "gram")
+    if not np.allclose(G, G.T, rtol=1e-10, atol=1e-12 * np.abs(G).max()):
+        raise ValueError("gram must be symmetric; got a non-symmetric matrix.")
+    vals, vecs = np.linalg.eigh(G)
+    if vals.min() < -1e-10 * max(vals.max(), 0.0):
+        raise ValueError(
+            "gram must be positive semi-definite; got an eigenvalue of "
+            f"{vals.min():.3g}."
+        )
+    return np.sqrt(np.clip(vals, 0.0, None))[:, None] * vecs.T
+
+
+def _project_cone(X, rays, alpha_range=None, gram=None):
+    """Nearest points of ``{w @ rays : w >= 0[, lo <= sum(w) <= hi]}``.
+
+    One non-negative least-squares problem per row in the metric's
+    coordinates. With ``alpha_range``, a row whose cone projection has weights
+    summing outside ``[lo, hi]`` is solved again with the sum fixed at the
+    violated bound: the problem is convex, so when the bound is not met by
+    any minimiser on the cone, the constrained minimiser lies on it.
+    """
+    M = _metric_root(gram, X.shape[1])
+    A = np.ascontiguousarray(rays.T if M is None else M @ rays.T, dtype=np.float64)
+    B = X if M is None else X @ M.T
+    W = np.zeros((X.shape[0], rays.shape[0]))
+    for i, b in enumerate(B):
+        w = _nnls_row(A, b, i)[0]
+        if alpha_range is not None:
+            lo, hi = alpha_range
+            s = w.sum()
+            if s > hi or s < lo:
+                w = _nnls_fixed_sum(A, b, hi if s > hi else lo, i)
+        W[i] = w
+    return W @ rays, W
 
 
 def _draw_weights(rng, n_samples, n_generators, max_rays, alpha_range):
@@ -645,6 +728,79 @@ def cone_nnls(X, rays):
             f"{rays.shape}."
         )
     return _cone_nnls(X, rays)
+
+
+def project_cone(X, rays, *, alpha_range=None, gram=None):
+    """Nearest points of a cone, or of the slab of it that Algorithm 2 samples.
+
+    For every row ``x`` return ``p = w @ rays`` minimising ``||x - p||_G``
+    (``||v||_G^2 = v^T G v``) over ``w >= 0`` and, with ``alpha_range``,
+    ``alpha_min <= sum(w) <= alpha_max``. With unit rays the latter set is
+    the convex hull of every sample of :func:`sample_cone` with the same
+    ``alpha_range``. The projection on a closed convex set never increases
+    the ``G``-distance to any point of that set: an estimate of a ``gamma``
+    drawn by Algorithm 2 gets no farther from it, in the operator metric when
+    ``G`` is the basis's Gram matrix.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+        Points to project.
+    rays : array-like of shape (n_rays, n_features)
+        Generators of the cone (e.g. ``ConeSampler.generators_``).
+    alpha_range : tuple of float, default=None
+        ``(alpha_min, alpha_max)``, ``0 < alpha_min < alpha_max``: the range
+        of the sum of the weights. ``None`` projects on the whole cone.
+    gram : array-like of shape (n_features, n_features), default=None
+        Symmetric positive semi-definite metric; ``None`` is the Euclidean
+        one. The basis's Gram matrix gives the Frobenius distance between
+        operators (:func:`deepblur.operators.gram.operator_distance`).
+
+    Returns
+    -------
+    P : ndarray of shape (n_rows, n_features)
+        The projections, ``W @ rays``.
+    W : ndarray of shape (n_rows, n_rays)
+        Their non-negative weights (not unique when ``n_rays > n_features``;
+        the projection is unique when ``gram`` is positive definite).
+
+    See Also
+    --------
+    cone_nnls : The projection on the whole cone in the Euclidean metric.
+    deepblur.estimators.cone.ConeSampler.project : The same as a method.
+
+    Notes
+    -----
+    One exact active-set non-negative least-squares solve per row (scipy's
+    Lawson-Hanson) in the coordinates ``M x`` with ``M^T M = G``. When
+    ``alpha_range`` is given and those weights sum outside it, the row is
+    solved again with the sum fixed at the violated bound, the equality
+    being enforced by the method of multipliers on one more least-squares
+    row (to a relative 1e-12, then exactly by rescaling). The problem is
+    convex, so the minimiser lies on that bound whenever no minimiser on the
+    cone meets it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rays = np.eye(2)
+    >>> P, W = project_cone([[2.0, 1.0], [-1.0, 0.5], [0.2, 0.1]], rays,
+    ...                     alpha_range=(0.5, 1.5))
+    >>> P
+    array([[1.25, 0.25],
+           [0.  , 0.5 ],
+           [0.3 , 0.2 ]])
+    """
+    X = _as_2d_float(X, "X")
+    rays = _as_2d_float(rays, "rays")
+    if rays.shape[1] != X.shape[1]:
+        raise ValueError(
+            f"rays must have {X.shape[1]} columns like X; got rays of shape "
+            f"{rays.shape}."
+        )
+    if alpha_range is not None:
+        alpha_range = _check_alpha_range(alpha_range)
+    return _project_cone(X, rays, alpha_range, gram)
 
 
 def draw_cone_weights(

@@ -131,6 +131,51 @@ def test_clone_gridsearch_and_joblib(setting, tmp_path):
         fitted_clone, "initialized_", False)
 
 
+def _errors(gram, y, pred):
+    d = pred.astype(np.float64) - y
+    return np.sqrt(np.einsum("nk,kl,nl->n", d, gram, d)
+                   / np.einsum("nk,kl,nl->n", y, gram, y))
+
+
+def test_sampler_projects_predictions_on_its_support(setting, tmp_path):
+    basis, sampler, _, X, y = setting
+    raw = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
+                              **SMALL).fit(X, y)
+    net = clone(raw).set_params(sampler=sampler).initialize()
+    net.module_.load_state_dict(raw.module_.state_dict())
+    pred = net.predict(X)
+    assert pred.dtype == np.float32
+    np.testing.assert_allclose(
+        pred, sampler.project(raw.predict(X), gram=basis.gram_), rtol=1e-6,
+        atol=1e-7)
+    # the training gamma lie in the projected-on set: no error increases
+    assert (_errors(basis.gram_, y, pred)
+            <= _errors(basis.gram_, y, raw.predict(X)) + 1e-6).all()
+    assert net.score(X, y) >= raw.score(X, y)
+    # clone shares the fitted sampler (GridSearchCV), joblib keeps it
+    assert clone(net).sampler is sampler
+    search = GridSearchCV(clone(net).set_params(max_epochs=1),
+                          {"lr": [1e-3, 2e-3]}, cv=2).fit(X, y)
+    assert search.best_estimator_.sampler is sampler
+    joblib.dump(net, tmp_path / "net.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "net.joblib").predict(X),
+                                  pred)
+
+
+def test_bad_sampler_fails_before_training(setting):
+    basis, _, _, X, y = setting
+    with pytest.raises(NotFittedError, match="sampler must be a fitted ConeSampler"):
+        ResNetBlurRegressor(basis=basis, sampler=ConeSampler(), **SMALL).fit(X, y)
+    four = ConeSampler().fit(np.eye(4))
+    with pytest.raises(ValueError, match="sampler must draw gamma of K=3"):
+        ResNetBlurRegressor(basis=basis, sampler=four, **SMALL).fit(X, y)
+    with pytest.raises(TypeError, match="sampler must be a fitted ConeSampler"):
+        ResNetBlurRegressor(basis=basis, sampler=np.eye(3), **SMALL).fit(X, y)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="sampler must draw gamma of K=3"):
+        net.set_params(sampler=four).predict(X)
+
+
 def test_cuda_pickle_loads_on_cpu(setting, monkeypatch):
     basis, _, _, X, y = setting
     net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)

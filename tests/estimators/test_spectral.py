@@ -111,6 +111,32 @@ def test_sklearn_clone_grid_search_and_joblib(setting, tmp_path):
     np.testing.assert_array_equal(loaded.predict(Xt), fitted.predict(Xt))
 
 
+def test_sampler_projects_the_estimates(setting, tmp_path):
+    basis, sampler, _, X, y, Xt, yt = setting
+    raw = SpectralBlurRegressor(basis, window=16).fit(X, y)
+    est = SpectralBlurRegressor(basis, sampler=sampler, window=16).fit(X, y)
+    pred = est.predict(Xt)
+    np.testing.assert_allclose(
+        pred, sampler.project(raw.predict(Xt), gram=basis.gram_), rtol=1e-6,
+        atol=1e-7)
+    G = basis.gram_
+
+    def err(p):
+        d = p.astype(np.float64) - yt
+        return np.sqrt(np.einsum("nk,kl,nl->n", d, G, d)
+                       / np.einsum("nk,kl,nl->n", yt, G, yt))
+
+    assert (err(pred) <= err(raw.predict(Xt)) + 1e-6).all()
+    assert clone(est).sampler is sampler
+    joblib.dump(est, tmp_path / "est.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "est.joblib").predict(Xt),
+                                  pred)
+    with pytest.raises(NotFittedError, match="sampler must be a fitted"):
+        SpectralBlurRegressor(basis, sampler=ConeSampler()).fit(X, y)
+    with pytest.raises(ValueError, match="sampler must draw gamma of K=3"):
+        SpectralBlurRegressor(basis, sampler=ConeSampler().fit(np.eye(2))).fit(X, y)
+
+
 @pytest.mark.filterwarnings("ignore:deblur reached max_iter")
 def test_in_a_blind_deblurrer():
     ops = make_random_operators(12, image_shape=(32, 32), kernel_shape=(9, 9),

@@ -16,6 +16,7 @@ from deepblur.solvers.cone import (
     cone_nnls,
     draw_cone_weights,
     greedy_rays,
+    project_cone,
     sample_cone,
     sample_cone_torch,
     simplify_cone,
@@ -316,6 +317,90 @@ def test_cone_nnls_reports_non_convergence(monkeypatch):
 def test_cone_nnls_shape_mismatch():
     with pytest.raises(ValueError, match="rays must have 3 columns"):
         cone_nnls(np.ones((2, 3)), np.ones((4, 2)))
+
+
+# --- projection on the cone and on its sampled slab -----------------------------
+
+
+def _random_metric(rng, K):
+    A = rng.standard_normal((K, K))
+    return A @ A.T + 0.1 * np.eye(K)
+
+
+@pytest.mark.parametrize("metric", [False, True])
+def test_project_cone_matches_cvxpy(metric):
+    """Same optimal distance and a feasible point, rows inside and outside."""
+    rng = np.random.default_rng(8)
+    K, R, lo, hi = 5, 12, 0.8, 1.2
+    rays = unit_rows(rng.uniform(0.0, 1.0, size=(R, K)))
+    G = _random_metric(rng, K) if metric else np.eye(K)
+    X = np.vstack([
+        rng.standard_normal((6, K)),                     # mostly outside the cone
+        sample_cone(rays, 4, alpha_range=(lo, hi), random_state=0),  # inside
+        3.0 * sample_cone(rays, 3, alpha_range=(lo, hi), random_state=1),  # sum > hi
+        0.2 * sample_cone(rays, 3, alpha_range=(lo, hi), random_state=2),  # sum < lo
+    ])
+    P, W = project_cone(X, rays, alpha_range=(lo, hi), gram=G if metric else None)
+    assert (W >= 0).all()
+    assert W.sum(axis=1).min() >= lo - 1e-12 and W.sum(axis=1).max() <= hi + 1e-12
+    np.testing.assert_allclose(P, W @ rays, atol=1e-12)
+    L = np.linalg.cholesky(G)
+    for x, p in zip(X, P, strict=True):
+        w = cp.Variable(R, nonneg=True)
+        problem = cp.Problem(cp.Minimize(cp.sum_squares(L.T @ (rays.T @ w - x))),
+                             [cp.sum(w) >= lo, cp.sum(w) <= hi])
+        problem.solve(solver=INSTALLED_SOCP[0])
+        d = p - x
+        np.testing.assert_allclose(d @ G @ d, problem.value, rtol=1e-6, atol=1e-8)
+    # points of the slab are fixed points; scaled ones land on the bounds
+    np.testing.assert_allclose(P[6:10], X[6:10], atol=1e-10)
+    np.testing.assert_allclose(W[10:13].sum(axis=1), hi, rtol=1e-12)
+    np.testing.assert_allclose(W[13:].sum(axis=1), lo, rtol=1e-12)
+
+
+def test_project_cone_without_range_is_cone_nnls():
+    rng = np.random.default_rng(9)
+    rays = rng.uniform(0.0, 1.0, size=(8, 5))
+    X = rng.standard_normal((10, 5))
+    P, W = project_cone(X, rays)
+    W_ref, _ = cone_nnls(X, rays)
+    np.testing.assert_allclose(P, W_ref @ rays, atol=1e-12)
+
+
+@FEW
+@given(seed=st.integers(0, 2**16), K=st.integers(2, 6), R=st.integers(2, 14),
+       scale=st.floats(0.05, 5.0))
+def test_project_cone_never_moves_away_from_the_slab(seed, K, R, scale):
+    """Non-expansive towards every sample of Algorithm 2 (same alpha range)."""
+    rng = np.random.default_rng(seed)
+    rays = unit_rows(rng.uniform(0.0, 1.0, size=(R, K)))
+    G = _random_metric(rng, K)
+    z = sample_cone(rays, 20, alpha_range=(0.8, 1.2), random_state=seed)
+    X = scale * rng.standard_normal((20, K)) + z
+    P, _ = project_cone(X, rays, alpha_range=(0.8, 1.2), gram=G)
+
+    def dist(a, b):
+        return np.sqrt(np.einsum("nk,kl,nl->n", a - b, G, a - b))
+
+    assert (dist(P, z) <= dist(X, z) + 1e-9).all()
+
+
+def test_project_cone_bad_arguments():
+    rays = np.eye(3)
+    with pytest.raises(ValueError, match="rays must have 3 columns"):
+        project_cone(np.ones((2, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="alpha_min < alpha_max"):
+        project_cone(np.ones((2, 3)), rays, alpha_range=(1.2, 0.8))
+    with pytest.raises(ValueError, match=r"gram must be a \(3, 3\) matrix"):
+        project_cone(np.ones((2, 3)), rays, gram=np.eye(2))
+    with pytest.raises(ValueError, match="gram must be symmetric"):
+        project_cone(np.ones((2, 3)), rays, gram=np.triu(np.ones((3, 3))))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        project_cone(np.ones((2, 3)), rays, gram=-np.eye(3))
+    with pytest.raises(ValueError, match="gram"):
+        project_cone(np.ones((2, 3)), rays, gram=np.full((3, 3), np.nan))
+    with pytest.raises(ValueError, match="X"):
+        project_cone(np.array([[np.inf, 0.0, 0.0]]), rays)
 
 
 # --- sampling (Algorithm 2) ----------------------------------------------------
