@@ -15,7 +15,7 @@ from deepblur.pretrained._io import (
     save_model,
     save_spectral,
 )
-from deepblur.pretrained._train import train_spectral_regressor
+from deepblur.pretrained._train import add_feature_head, train_spectral_regressor
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,44 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     np.testing.assert_allclose(model.cone.rays_, small_setting["cone"].rays_)
     np.testing.assert_allclose(model.sampler.generators_, sampler.generators_)
     assert model.regressor.device == "cpu"
+
+
+def test_save_load_a_network_with_its_feature_head(small_setting, tmp_path):
+    feats = dict(window=8, n_radial=2, n_angular=2, border=3, n_segments=2)
+    net, X = _tiny_regressor(small_setting, module__blur_features=feats,
+                             module__image_shape=(16, 16), train_split=None)
+    pool = np.random.default_rng(1).random((10, 16, 16))
+    Xf, yf = make_blurred_images(pool, small_setting["basis"],
+                                 small_setting["sampler"], 64, random_state=1)
+    net.fit_feature_head(Xf, yf)
+    save_model(tmp_path, net, small_setting)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["module"]["blur_features"] == feats
+    assert meta["module"]["image_shape"] == [16, 16]
+    model = load_model(tmp_path, project=False)
+    assert model.regressor.module_.blur_features == feats
+    np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_add_feature_head_copies_the_trunk_and_fits_the_branch(small_setting):
+    feats = dict(window=8, n_radial=2, n_angular=2, border=3, n_segments=2)
+    net, X = _tiny_regressor(small_setting)
+    pool = np.random.default_rng(2).random((10, 16, 16))
+    before = net.predict(X)
+    new = add_feature_head(small_setting, pool, net, n_images=96, batch_size=32,
+                           blur_features=feats)
+    assert new is not net and new.module_.blur_features == feats
+    assert new.feature_head_n_images_ == 96
+    assert getattr(net.module_, "feature_fc", None) is None     # left as it was
+    np.testing.assert_array_equal(net.predict(X), before)
+    trunk = {k: v for k, v in new.module_.state_dict().items()
+             if not k.startswith("feature") and k not in ("fc.weight", "fc.bias")}
+    for k, v in trunk.items():
+        torch.testing.assert_close(v, net.module_.state_dict()[k])
+    assert float(new.module_.feature_fc.weight.detach().abs().sum()) > 0
+    with pytest.raises(ValueError, match="n_images must be a positive"):
+        add_feature_head(small_setting, pool, net, n_images=0)
 
 
 def test_save_a_compiled_regressor(small_setting, tmp_path):

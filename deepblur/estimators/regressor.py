@@ -13,6 +13,7 @@ from skorch.dataset import Dataset
 from deepblur._validation import all_finite, resolve_device
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
+    check_gamma_targets,
     check_sampler,
     clone_sharing_fitted,
     project_estimates,
@@ -332,6 +333,112 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         if self.sampler is None:
             return gamma
         return project_estimates(self.sampler, gamma, self._gram())
+
+    # ---------------------------------------------------- the feature head
+    def fit_feature_head(self, X, y=None, *, alphas=None):
+        """Fit the module's blur-statistics branch in closed form.
+
+        With the trunk of the trained network frozen, a ridge regression in
+        the operator metric maps ``[trunk output, standardised blur
+        statistics]`` to the residual ``gamma - trunk output`` (targets
+        ``L^T (gamma - g_trunk)`` with ``G = L L^T`` the basis's Gram matrix,
+        ``alpha`` by leave-one-out, :class:`~sklearn.linear_model.RidgeCV`).
+        The fit is folded into the network: the statistics' part into
+        ``module_.feature_fc`` and its standardisation buffers, the affine map
+        of the trunk's output into the last layer. The network then predicts
+        the ridge's estimate, and stays trainable.
+
+        The module must have the branch: ``module__blur_features={...}`` and
+        ``module__image_shape=(H, W)``, e.g. a trained network loaded into
+        one built with them (the branch starts at zero).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W), or BlurDataset
+            Training images (a ``BlurDataset`` is read once, batch by batch);
+            not the images the network was trained on, if possible.
+        y : array-like of shape (n, K), default=None
+            Their ``gamma`` (``None`` with a ``BlurDataset``).
+        alphas : array-like of float, default=None
+            Candidate penalties (on standardised inputs); default 13 values
+            from 1e-3 to 1e3, log-spaced.
+
+        Returns
+        -------
+        self : ResNetBlurRegressor
+            With ``feature_head_alpha_`` (the chosen penalty) and
+            ``feature_head_n_images_`` set.
+        """
+        from sklearn.exceptions import NotFittedError
+        from sklearn.linear_model import RidgeCV
+
+        if not getattr(self, "initialized_", False):
+            raise NotFittedError("The regressor must be initialised and trained "
+                                 "before its feature head is fitted; call fit first.")
+        module = getattr(self.module_, "_orig_mod", self.module_)
+        if getattr(module, "feature_fc", None) is None:
+            raise ValueError(
+                "module_ has no blur-statistics branch: build the regressor with "
+                "module__blur_features={} (or its parameters) and "
+                "module__image_shape=(H, W)."
+            )
+        alphas = np.logspace(-3, 3, 13) if alphas is None else np.atleast_1d(
+            np.asarray(alphas, dtype=np.float64))
+        if alphas.size == 0 or not (np.isfinite(alphas) & (alphas > 0)).all():
+            raise ValueError(f"alphas must be positive and finite; got {alphas}.")
+        gram = self._gram()
+        try:
+            L = np.linalg.cholesky(gram)
+        except np.linalg.LinAlgError as exc:
+            raise ValueError("the basis's Gram matrix must be positive definite "
+                             "to fit the feature head.") from exc
+        if isinstance(X, BlurDataset):
+            batches = iter(X)
+        else:
+            self.check_data(X, y)
+            Xt = _check_images(X, self._image_shape())
+            targets = check_gamma_targets(y, gram.shape[0])
+            step = int(self.batch_size)
+            batches = [(Xt[i:i + step], targets[i:i + step])
+                       for i in range(0, len(Xt), step)]
+        P, F, Y = [], [], []
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            for xb, yb in batches:
+                trunk, feats = module.forward_parts(
+                    torch.as_tensor(xb).to(self.device))
+                P.append(trunk.double().cpu().numpy())
+                F.append(feats.double().cpu().numpy())
+                Y.append(np.asarray(yb.cpu() if torch.is_tensor(yb) else yb,
+                                    dtype=np.float64))
+        module.train(was_training)
+        P, F, Y = np.concatenate(P), np.concatenate(F), np.concatenate(Y)
+        # raw statistics (undo the current standardisation), then standardise
+        F = F * module.feature_scale.double().cpu().numpy() + \
+            module.feature_mean.double().cpu().numpy()
+        Z = np.hstack([P, F])
+        mu, sd = Z.mean(0), Z.std(0)
+        sd[sd < 1e-12] = 1.0
+        ridge = RidgeCV(alphas=alphas).fit((Z - mu) / sd, (Y - P) @ L)
+        K = P.shape[1]
+        Li = np.linalg.inv(L)
+        Cp, Cf = ridge.coef_[:, :K].T, ridge.coef_[:, K:].T
+        M = (Cp / sd[:K, None]) @ Li                    # trunk -> its correction
+        const = ridge.intercept_ @ Li - (mu[:K] / sd[:K]) @ Cp @ Li
+        A = np.eye(K) + M
+        with torch.no_grad():
+            W = module.fc.weight.double().cpu().numpy()
+            b = module.fc.bias.double().cpu().numpy()
+            dev = module.fc.weight.device
+            module.fc.weight.copy_(torch.as_tensor(A.T @ W, device=dev))
+            module.fc.bias.copy_(torch.as_tensor(b @ A + const, device=dev))
+            module.feature_mean.copy_(torch.as_tensor(mu[K:], device=dev))
+            module.feature_scale.copy_(torch.as_tensor(sd[K:], device=dev))
+            module.feature_fc.weight.copy_(torch.as_tensor((Cf @ Li).T, device=dev))
+        self.feature_head_alpha_ = float(ridge.alpha_)
+        self.feature_head_n_images_ = int(len(P))
+        return self
 
     # -------------------------------------------------------------- scoring
     def score(self, X, y, sample_weight=None):

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 from numbers import Integral
 
 import torch
 from torch import nn
 
+from deepblur.features import _features as _blur_statistics
+from deepblur.features import blur_features as _blur_features_function
+from deepblur.features import n_blur_features
+
 __all__ = ["ResNet"]
+
+# the statistics' parameters and defaults, as blur_features declares them
+_FEATURE_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(_blur_features_function).parameters.items()
+    if p.kind is p.KEYWORD_ONLY and name != "batch_size"
+}
 
 
 class _BasicBlock(nn.Module):
@@ -106,6 +118,19 @@ class ResNet(nn.Module):
         Initial bias of the last layer (e.g. the mean ``gamma`` of the
         training cone, so that training starts at the mean-``gamma``
         baseline); the last layer's weights then start at zero.
+    blur_features : dict, optional
+        Add a linear branch on the contrast-free blur statistics of the
+        input (:func:`deepblur.features.blur_features` with these
+        parameters, ``{}`` for its defaults: local power spectra, edge
+        profiles, mean), standardised by the buffers ``feature_mean`` and
+        ``feature_scale``, to the output. The branch starts at zero (the
+        network's output is unchanged) and is trained with the rest, or fitted
+        in closed form on a trained network by
+        :meth:`~deepblur.ResNetBlurRegressor.fit_feature_head`. The
+        statistics are computed in float64 on the input's device.
+    image_shape : tuple of int, optional
+        ``(H, W)`` of the inputs; required with ``blur_features`` (the
+        number of statistics depends on it), ignored otherwise.
 
     Examples
     --------
@@ -114,12 +139,17 @@ class ResNet(nn.Module):
     >>> net = ResNet(n_outputs=5, width=4, depth=1)
     >>> net(torch.rand(2, 32, 48)).shape
     torch.Size([2, 5])
+    >>> net = ResNet(n_outputs=5, width=4, depth=1, blur_features={"window": 16},
+    ...              image_shape=(32, 48))
+    >>> net.feature_fc.weight.shape
+    torch.Size([5, 292])
     """
 
     def __init__(self, n_outputs=20, *, in_channels=1, width=16, depth=2, n_stages=4,
                  stem_stride=2, head="spatial", pool_size=4, head_channels=8,
                  coord_channels=False, input_norm=None,
-                 channels_last=True, output_bias=None):
+                 channels_last=True, output_bias=None, blur_features=None,
+                 image_shape=None):
         super().__init__()
         for name, value in (("n_outputs", n_outputs), ("in_channels", in_channels),
                             ("width", width), ("depth", depth),
@@ -186,9 +216,63 @@ class ResNet(nn.Module):
             with torch.no_grad():
                 self.fc.bias.copy_(bias)
                 self.fc.weight.zero_()
+        self._init_feature_branch(blur_features, image_shape, n_outputs)
+
+    def _init_feature_branch(self, blur_features, image_shape, n_outputs):
+        self.feature_fc = None
+        self.blur_features = None
+        self.image_shape = None
+        if blur_features is None:
+            return
+        if not isinstance(blur_features, dict):
+            raise ValueError(
+                "blur_features must be None or a dict of parameters of "
+                f"deepblur.features.blur_features; got {blur_features!r}."
+            )
+        if image_shape is None or len(tuple(image_shape)) != 2:
+            raise ValueError(
+                "image_shape must be given as (H, W) with blur_features (the "
+                f"number of statistics depends on it); got {image_shape!r}."
+            )
+        self.blur_features = dict(blur_features)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        try:
+            n_features = n_blur_features(self.image_shape, **self.blur_features)
+        except TypeError as exc:
+            raise ValueError(f"blur_features has an unknown parameter: {exc}.") from exc
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_scale", torch.ones(n_features))
+        self.feature_fc = nn.Linear(n_features, n_outputs, bias=False)
+        nn.init.zeros_(self.feature_fc.weight)
+
+    def image_features(self, x):
+        """Standardised blur statistics of a batch (n, 1, H, W), float32."""
+        if tuple(x.shape[-2:]) != self.image_shape:
+            raise ValueError(
+                f"images must be {self.image_shape} for the blur_features branch; "
+                f"got shape {tuple(x.shape)}."
+            )
+        images = x.reshape(x.shape[0], *self.image_shape).detach().to(torch.float64)
+        if not bool((images.mean((1, 2)) > 0).all()):
+            raise ValueError("images must have a positive mean intensity for the "
+                             "blur_features branch (its statistics are relative "
+                             "to the mean).")
+        params = dict(_FEATURE_DEFAULTS, **self.blur_features)
+        f = _blur_statistics(images, **params).to(torch.float32)
+        return (f - self.feature_mean) / self.feature_scale
 
     def forward(self, x):
         """Coefficients of a batch ``x`` of shape (n, C, H, W) or (n, H, W)."""
+        trunk, features = self.forward_parts(x)
+        if features is None:
+            return trunk
+        return trunk + self.feature_fc(features)
+
+    def forward_parts(self, x):
+        """``(trunk output, standardised blur statistics or None)`` of a batch.
+
+        The output of :meth:`forward` is ``trunk + feature_fc(statistics)``.
+        """
         if x.ndim == 3 and self.in_channels == 1:
             x = x[:, None]
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -202,6 +286,7 @@ class ResNet(nn.Module):
                 f"images must be at least {self.min_size} pixels per side for "
                 f"n_stages={self.n_stages}; got shape {tuple(x.shape)}."
             )
+        features = None if self.feature_fc is None else self.image_features(x)
         if self.input_norm == "contrast":
             x = _contrast_normalise(x)
         if self.coord_channels:
@@ -212,4 +297,4 @@ class ResNet(nn.Module):
         if self.reduce is not None:
             feats = self.reduce(feats)
         feats = self.pool(feats)
-        return self.fc(torch.flatten(feats, 1))
+        return self.fc(torch.flatten(feats, 1)), features

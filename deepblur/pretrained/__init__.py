@@ -34,8 +34,10 @@ from deepblur.pretrained._io import (
 )
 from deepblur.pretrained._train import (
     CRITERIA,
+    FEATURE_HEAD_DEFAULTS,
     SPECTRAL_DEFAULTS,
     TRAINING_DEFAULTS,
+    add_feature_head,
     finished_epochs,
     train_regressor,
     train_spectral_regressor,
@@ -46,9 +48,11 @@ __all__ = [
     "CRITERIA",
     "DEFAULT_SETTING",
     "ESTIMATORS",
+    "FEATURE_HEAD_DEFAULTS",
     "PretrainedModel",
     "SPECTRAL_DEFAULTS",
     "TRAINING_DEFAULTS",
+    "add_feature_head",
     "bundled_image",
     "deblur_image",
     "estimate_gamma",

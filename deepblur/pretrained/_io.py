@@ -57,7 +57,8 @@ _BASIS_WEIGHTS, _BASIS_META = "basis.safetensors", "basis.json"
 _SPECTRAL_WEIGHTS, _SPECTRAL_META = "spectral.safetensors", "spectral.json"
 DEFAULT_DIR = Path(__file__).parent / "default"
 _MODULE_KEYS = ("width", "depth", "n_stages", "stem_stride", "head", "pool_size",
-                "coord_channels", "channels_last")
+                "head_channels", "coord_channels", "input_norm", "channels_last",
+                "blur_features", "image_shape")
 
 
 def _has_pair(directory, weights, meta):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.nets.losses import RelativeFrobeniusLoss
 
-__all__ = ["CRITERIA", "SPECTRAL_DEFAULTS", "TRAINING_DEFAULTS",
-           "check_training_params", "finished_epochs", "train_regressor",
-           "train_spectral_regressor"]
+__all__ = ["CRITERIA", "FEATURE_HEAD_DEFAULTS", "SPECTRAL_DEFAULTS",
+           "TRAINING_DEFAULTS", "add_feature_head", "check_training_params",
+           "finished_epochs", "train_regressor", "train_spectral_regressor"]
 
 #: Training losses by name: MSE on ``gamma`` (the shipped model's) and the
 #: relative Frobenius distance between operators (the paper's).
@@ -248,6 +249,75 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
             f"training interrupted after {done} of {epochs} epochs"
         )
     return net
+
+
+#: The shipped model's feature head (:func:`add_feature_head`): the blur
+#: statistics' parameters and the number of fresh images of the ridge.
+FEATURE_HEAD_DEFAULTS = dict(n_images=49_152, blur_features={}, batch_size=1024,
+                             random_state=1)
+
+
+def add_feature_head(setting, images, regressor, *, n_images=49_152,
+                     blur_features=None, batch_size=1024, alphas=None,
+                     random_state=1):
+    """A copy of a trained network with its blur-statistics branch fitted.
+
+    The copy has the same parameters plus ``module__blur_features`` and
+    ``module__image_shape`` (:class:`~deepblur.nets.ResNet`), the trained
+    weights and training history, and a branch fitted in closed form by
+    :meth:`~deepblur.ResNetBlurRegressor.fit_feature_head` on ``n_images``
+    fresh simulated images of the setting (as in :func:`train_regressor`,
+    another seed). The original is left as it is.
+
+    Parameters
+    ----------
+    setting : dict
+        ``basis``, ``sampler`` and ``params`` (noise, image mean, boundary).
+    images : dict or sequence of arrays
+        Clean source images (the training sources, not the test ones).
+    regressor : ResNetBlurRegressor
+        Trained.
+    n_images : int, default=49_152
+    blur_features : dict, default=None
+        Parameters of :func:`deepblur.features.blur_features` (``None``: its
+        defaults).
+    batch_size : int, default=1024
+        Images simulated and passed through the network at a time.
+    alphas : array-like of float, default=None
+        Ridge penalties to choose from (see ``fit_feature_head``).
+    random_state : int, default=1
+        Seed of the simulated images.
+
+    Returns
+    -------
+    ResNetBlurRegressor
+    """
+    from sklearn.base import clone
+
+    from deepblur.pretrained._io import plain_module
+
+    check_training_params(n_images=n_images, batch_size=batch_size)
+    basis, sampler, params = setting["basis"], setting["sampler"], setting["params"]
+    new = clone(regressor).set_params(
+        module__blur_features={} if blur_features is None else dict(blur_features),
+        module__image_shape=tuple(int(v) for v in basis.image_shape_),
+        compile=False).initialize()
+    missing, unexpected = plain_module(new).load_state_dict(
+        plain_module(regressor).state_dict(), strict=False)
+    branch = {"feature_fc.weight", "feature_mean", "feature_scale"}
+    if unexpected or not set(missing) <= branch:
+        raise ValueError(
+            "regressor's network does not match its own parameters "
+            f"(missing {sorted(set(missing) - branch)}, unexpected {unexpected})."
+        )
+    new.history_ = copy.deepcopy(regressor.history_)    # the trained epochs
+    data = BlurDataset(images, basis, sampler, batch_size=batch_size,
+                       n_batches=-(-n_images // batch_size),
+                       noise_std=params["noise_std"],
+                       image_mean=params.get("image_mean", 0.5),
+                       boundary=params.get("boundary", "zero"),
+                       random_state=random_state)
+    return new.fit_feature_head(data, alphas=alphas)
 
 
 def _load_initial_weights(net, init_model):

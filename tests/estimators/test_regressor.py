@@ -176,6 +176,77 @@ def test_bad_sampler_fails_before_training(setting):
         net.set_params(sampler=four).predict(X)
 
 
+def test_feature_head_is_the_ridge_folded_into_the_network(setting):
+    """fit_feature_head = RidgeCV on [trunk output, statistics] (operator metric)."""
+    from sklearn.linear_model import RidgeCV
+
+    from deepblur.features import blur_features
+
+    basis, sampler, pool, X, y = setting
+    feats = dict(window=8, n_radial=2, n_angular=2, border=3, n_segments=2)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
+                              module__blur_features=feats,
+                              module__image_shape=(16, 16), **SMALL).fit(X, y)
+    net.module_.eval()
+
+    def trunk(images):
+        with torch.no_grad():
+            out = net.module_.forward_parts(torch.as_tensor(images[:, None]))[0]
+        return out.numpy().astype(np.float64)
+
+    Xf, yf = make_blurred_images(pool, basis, sampler, 200, random_state=3)
+    P, before = trunk(Xf), trunk(X)
+    net.fit_feature_head(Xf, yf, alphas=[0.1, 1.0, 10.0])
+    # the same ridge, written independently
+    L = np.linalg.cholesky(basis.gram_)
+    Z = np.hstack([P, blur_features(Xf, **feats)])
+    mu, sd = Z.mean(0), Z.std(0)
+    ridge = RidgeCV(alphas=[0.1, 1.0, 10.0]).fit((Z - mu) / sd, (yf - P) @ L)
+    assert net.feature_head_alpha_ == ridge.alpha_
+    assert net.feature_head_n_images_ == 200
+    Zt = np.hstack([before, blur_features(X, **feats)])
+    expected = before + ridge.predict((Zt - mu) / sd) @ np.linalg.inv(L)
+    np.testing.assert_allclose(net.predict(X), expected, rtol=1e-4, atol=1e-5)
+    # in-sample, the ridge can only lower the squared operator error
+    after = net.predict(Xf).astype(np.float64)
+
+    def sq(p):
+        d = p - yf
+        return np.einsum("nk,kl,nl->", d, basis.gram_, d)
+
+    assert sq(after) < sq(P)
+    # on a BlurDataset too, and still trainable
+    data = BlurDataset(pool, basis, sampler, batch_size=16, n_batches=4,
+                       random_state=5)
+    net.fit_feature_head(data)
+    assert net.feature_head_n_images_ == 64
+    net.partial_fit(X, y)
+
+
+def test_feature_head_bad_input(setting):
+    basis, _, _, X, y = setting
+    with pytest.raises(NotFittedError, match="initialised and trained"):
+        ResNetBlurRegressor(basis=basis, **SMALL).fit_feature_head(X, y)
+    plain = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="no blur-statistics branch"):
+        plain.fit_feature_head(X, y)
+    with pytest.raises(ValueError, match="image_shape must be given"):
+        ResNetBlurRegressor(basis=basis, module__blur_features={},
+                            **SMALL).initialize()
+    with pytest.raises(ValueError, match="unknown parameter"):
+        ResNetBlurRegressor(basis=basis, module__blur_features={"size": 3},
+                            module__image_shape=(16, 16), **SMALL).initialize()
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, module__image_shape=(16, 16),
+                              module__blur_features=dict(window=8, border=3),
+                              **SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="alphas must be positive"):
+        net.fit_feature_head(X, y, alphas=[-1.0])
+    with pytest.raises(ValueError, match=r"y must have shape \(n_samples, K=3\)"):
+        net.fit_feature_head(X, y[:, :2])
+    with pytest.raises(ValueError, match="positive mean intensity"):
+        net.predict(-X)
+
+
 def test_cuda_pickle_loads_on_cpu(setting, monkeypatch):
     basis, _, _, X, y = setting
     net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)

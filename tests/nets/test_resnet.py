@@ -89,3 +89,36 @@ def test_contrast_normalisation_channels():
     assert net(x).shape == (3, 2)
     with pytest.raises(ValueError, match="input_norm"):
         ResNet(input_norm="max")
+
+
+def test_blur_features_branch():
+    """Output = trunk + linear map of the standardised statistics; starts at 0."""
+    from deepblur.features import blur_features
+
+    torch.manual_seed(0)
+    plain = ResNet(n_outputs=3, width=4, depth=1).eval()
+    torch.manual_seed(0)
+    net = ResNet(n_outputs=3, width=4, depth=1, blur_features={"window": 16},
+                 image_shape=[32, 32]).eval()
+    x = torch.rand(4, 1, 32, 32) + 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x))      # the branch starts at 0
+        trunk, feats = net.forward_parts(x)
+        np.testing.assert_allclose(feats.numpy(),
+                                   blur_features(x[:, 0].numpy(), window=16),
+                                   rtol=1e-5, atol=1e-5)
+        net.feature_mean.fill_(0.5)
+        net.feature_scale.fill_(2.0)
+        net.feature_fc.weight.normal_()
+        f = (torch.as_tensor(blur_features(x[:, 0].numpy(), window=16),
+                             dtype=torch.float32) - 0.5) / 2.0
+        torch.testing.assert_close(net(x), trunk + f @ net.feature_fc.weight.T,
+                                   rtol=1e-4, atol=1e-4)
+    assert "feature_fc.weight" in net.state_dict()
+    assert "feature_mean" in net.state_dict() and "feature_scale" in net.state_dict()
+    with pytest.raises(ValueError, match=r"images must be \(32, 32\)"):
+        net(torch.rand(2, 1, 32, 48))
+    with pytest.raises(ValueError, match="blur_features must be None or a dict"):
+        ResNet(blur_features=16, image_shape=(32, 32))
+    with pytest.raises(ValueError, match="window must be at most"):
+        ResNet(blur_features={"window": 64}, image_shape=(32, 32))
