@@ -360,7 +360,7 @@ def test_train_regressor_starts_from_init_model(small_setting, tmp_path):
     fresh = ResNetBlurRegressor(basis=small_setting["basis"], module__width=4,
                                 module__depth=1, module__stem_stride=2,
                                 device="cpu").initialize()
-    _load_initial_weights(fresh, source)
+    _load_initial_weights(fresh, load_model(source))
     for (name, a), b in zip(first.module_.state_dict().items(),
                             fresh.module_.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -375,6 +375,16 @@ def test_train_regressor_starts_from_init_model(small_setting, tmp_path):
                         **dict(kw, width=8))
     with pytest.raises(FileNotFoundError):
         train_regressor(small_setting, pool, init_model=tmp_path / "missing", **kw)
+    # a network with a feature head keeps it when fine-tuned
+    headed = add_feature_head(small_setting, pool, first, n_images=64,
+                              batch_size=32, blur_features=dict(
+                                  window=8, n_radial=2, n_angular=2, border=3,
+                                  n_segments=2))
+    source = save_model(tmp_path / "headed", headed, small_setting)
+    tuned = train_regressor(small_setting, pool, init_model=source, **kw)
+    assert tuned.module_.blur_features == headed.module_.blur_features
+    assert not torch.equal(tuned.module_.feature_fc.weight,
+                           headed.module_.feature_fc.weight)     # it trained
 
 
 def test_defaults_tables_are_the_functions_defaults():

@@ -164,7 +164,9 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         have the same ``width``, ``depth``, ``stem_stride`` and ``head`` and
         as many outputs as the setting's basis has terms; ``gamma`` keeps its
         meaning only if the setting's basis is the model's (``output_bias`` is
-        then ignored: the model's own output layer is kept).
+        then ignored: the model's own output layer is kept). A network with a
+        blur-statistics branch (:func:`add_feature_head`, the shipped one)
+        keeps it, and the branch trains with the rest.
     random_state : int, default=0
         Seed of the initial weights and of the training data (the validation
         batches use ``random_state + 1``).
@@ -225,7 +227,17 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     if progress_bar:
         callbacks.append(("progress", ProgressBar(
             batches_per_epoch=n_batches + n_valid_batches)))
+    source, branch = None, {}
+    if init_model is not None:
+        source = _initial_model(init_model)
+        from deepblur.pretrained._io import plain_module
+
+        module = plain_module(source.regressor)
+        if getattr(module, "feature_fc", None) is not None:
+            branch = dict(module__blur_features=dict(module.blur_features),
+                          module__image_shape=module.image_shape)
     net = ResNetBlurRegressor(
+        **branch,
         basis=basis, module__width=width, module__depth=depth,
         module__stem_stride=stem_stride, module__head=head,
         module__output_bias=output_bias, criterion=CRITERIA[criterion], lr=lr,
@@ -237,8 +249,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
         net.initialize()
-    if init_model is not None:
-        _load_initial_weights(net, init_model)
+    if source is not None:
+        _load_initial_weights(net, source)
     if resume:
         _resume(net, data, checkpoint_dir, epochs, num_workers)
     else:
@@ -320,12 +332,18 @@ def add_feature_head(setting, images, regressor, *, n_images=49_152,
     return new.fit_feature_head(data, alphas=alphas)
 
 
-def _load_initial_weights(net, init_model):
-    """Copy the network weights of ``init_model`` into ``net``'s module."""
-    from deepblur.pretrained._io import PretrainedModel, load_model, plain_module
+def _initial_model(init_model):
+    """``init_model`` as a :class:`~deepblur.pretrained.PretrainedModel`."""
+    from deepblur.pretrained._io import PretrainedModel, load_model
 
-    source = (init_model if isinstance(init_model, PretrainedModel)
-              else load_model(init_model))
+    return (init_model if isinstance(init_model, PretrainedModel)
+            else load_model(init_model))
+
+
+def _load_initial_weights(net, source):
+    """Copy the network weights of the model ``source`` into ``net``'s module."""
+    from deepblur.pretrained._io import plain_module
+
     try:
         plain_module(net).load_state_dict(
             plain_module(source.regressor).state_dict())
