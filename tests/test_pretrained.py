@@ -393,13 +393,16 @@ def test_defaults_tables_are_the_functions_defaults():
     import inspect
 
     from deepblur.pretrained import (
+        FEATURE_HEAD_DEFAULTS,
         SPECTRAL_DEFAULTS,
         TRAINING_DEFAULTS,
+        add_feature_head,
         train_regressor,
         train_spectral_regressor,
     )
 
     for table, function in ((TRAINING_DEFAULTS, train_regressor),
-                            (SPECTRAL_DEFAULTS, train_spectral_regressor)):
+                            (SPECTRAL_DEFAULTS, train_spectral_regressor),
+                            (FEATURE_HEAD_DEFAULTS, add_feature_head)):
         params = inspect.signature(function).parameters
         assert {k: params[k].default for k in table} == table

@@ -142,7 +142,7 @@ class ResNet(nn.Module):
     >>> net = ResNet(n_outputs=5, width=4, depth=1, blur_features={"window": 16},
     ...              image_shape=(32, 48))
     >>> net.feature_fc.weight.shape
-    torch.Size([5, 292])
+    torch.Size([5, 326])
     """
 
     def __init__(self, n_outputs=20, *, in_channels=1, width=16, depth=2, n_stages=4,

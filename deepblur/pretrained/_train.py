@@ -265,11 +265,11 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
 
 #: The shipped model's feature head (:func:`add_feature_head`): the blur
 #: statistics' parameters and the number of fresh images of the ridge.
-FEATURE_HEAD_DEFAULTS = dict(n_images=49_152, blur_features={}, batch_size=1024,
+FEATURE_HEAD_DEFAULTS = dict(n_images=98_304, blur_features=None, batch_size=1024,
                              random_state=1)
 
 
-def add_feature_head(setting, images, regressor, *, n_images=49_152,
+def add_feature_head(setting, images, regressor, *, n_images=98_304,
                      blur_features=None, batch_size=1024, alphas=None,
                      random_state=1):
     """A copy of a trained network with its blur-statistics branch fitted.
@@ -289,7 +289,7 @@ def add_feature_head(setting, images, regressor, *, n_images=49_152,
         Clean source images (the training sources, not the test ones).
     regressor : ResNetBlurRegressor
         Trained.
-    n_images : int, default=49_152
+    n_images : int, default=98_304
     blur_features : dict, default=None
         Parameters of :func:`deepblur.features.blur_features` (``None``: its
         defaults).
