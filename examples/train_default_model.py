@@ -27,8 +27,8 @@ Environment: ``DEEPBLUR_FAST=1`` runs a reduced setting (64x64, K=8) in under a
 minute; ``DEEPBLUR_TRAIN_IMAGES`` sets the number of training images (default
 3 200 000, the shipped model's first stage: 343 s on an H100, where the
 batches are made on the GPU; hours on a 2-core CPU; the shipped weights were
-then fine-tuned twice with ``init_model``, the calls are in their
-``model.json``);
+then fine-tuned three times with ``init_model`` before their head was fitted,
+the calls are in their ``model.json``);
 figures and the model go to ``DEEPBLUR_OUTPUT`` (default ``examples/output``).
 """
 

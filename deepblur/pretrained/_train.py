@@ -28,8 +28,9 @@ __all__ = ["CRITERIA", "FEATURE_HEAD_DEFAULTS", "SPECTRAL_DEFAULTS",
 CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 
 #: Hyper-parameters of the shipped model's training (``examples/
-#: train_default_model.py``); its weights were then fine-tuned on 1.6 M more
-#: images with ``init_model`` (the call is recorded in their model.json).
+#: train_default_model.py``); its weights were then fine-tuned three times
+#: with ``init_model`` and given a blur-statistics head (:func:`add_feature_head`;
+#: the calls are recorded in their model.json).
 #: Measured: 343 s on an H100 (sharing it with a second training); on a
 #: 2-core CPU about 95 min with compile=True and a data worker (559 images/s),
 #: about 3 h in-process without (282 images/s), and 5.5 h on a 2-core CPU with
