@@ -104,6 +104,18 @@ def _as_2d_float(X, name, dtypes=(np.float64,)):
     return arr
 
 
+def _points_and_rays(X, rays):
+    """``X`` and ``rays`` as 2-D float arrays with as many columns."""
+    X = _as_2d_float(X, "X")
+    rays = _as_2d_float(rays, "rays")
+    if rays.shape[1] != X.shape[1]:
+        raise ValueError(
+            f"rays must have {X.shape[1]} columns like X; got rays of shape "
+            f"{rays.shape}."
+        )
+    return X, rays
+
+
 def _normalize_rows(X, name="X"):
     """Unit-norm copy of the rows of ``X``; a zero row is an error."""
     norms = np.linalg.norm(X, axis=1)
@@ -720,13 +732,7 @@ def cone_nnls(X, rays):
     >>> res
     array([0., 1.])
     """
-    X = _as_2d_float(X, "X")
-    rays = _as_2d_float(rays, "rays")
-    if rays.shape[1] != X.shape[1]:
-        raise ValueError(
-            f"rays must have {X.shape[1]} columns like X; got rays of shape "
-            f"{rays.shape}."
-        )
+    X, rays = _points_and_rays(X, rays)
     return _cone_nnls(X, rays)
 
 
@@ -791,13 +797,7 @@ def project_cone(X, rays, *, alpha_range=None, gram=None):
            [0.  , 0.5 ],
            [0.3 , 0.2 ]])
     """
-    X = _as_2d_float(X, "X")
-    rays = _as_2d_float(rays, "rays")
-    if rays.shape[1] != X.shape[1]:
-        raise ValueError(
-            f"rays must have {X.shape[1]} columns like X; got rays of shape "
-            f"{rays.shape}."
-        )
+    X, rays = _points_and_rays(X, rays)
     if alpha_range is not None:
         alpha_range = _check_alpha_range(alpha_range)
     return _project_cone(X, rays, alpha_range, gram)
