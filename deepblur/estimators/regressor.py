@@ -79,7 +79,7 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         nearest to the network's output in the operator (Frobenius) metric:
         that set is convex and holds every training ``gamma``, so the
         projection never moves an estimate away from a ``gamma`` of that set
-        (measured on the shipped model: 0.05-0.09 points less error). ``None``
+        (measured on the shipped model: 0.06-0.10 points less error). ``None``
         returns the network's output as it is.
     criterion : torch loss class, default=RelativeFrobeniusLoss
         ``torch.nn.MSELoss`` trains with plain MSE on ``gamma`` (for
