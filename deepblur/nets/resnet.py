@@ -229,6 +229,9 @@ class ResNet(nn.Module):
                 "blur_features must be None or a dict of parameters of "
                 f"deepblur.features.blur_features; got {blur_features!r}."
             )
+        if self.in_channels != 1:
+            raise ValueError("blur_features needs grayscale input (in_channels=1); "
+                             f"got in_channels={self.in_channels}.")
         if image_shape is None or len(tuple(image_shape)) != 2:
             raise ValueError(
                 "image_shape must be given as (H, W) with blur_features (the "

@@ -120,5 +120,7 @@ def test_blur_features_branch():
         net(torch.rand(2, 1, 32, 48))
     with pytest.raises(ValueError, match="blur_features must be None or a dict"):
         ResNet(blur_features=16, image_shape=(32, 32))
+    with pytest.raises(ValueError, match="needs grayscale input"):
+        ResNet(in_channels=3, blur_features={}, image_shape=(32, 32))
     with pytest.raises(ValueError, match="window must be at most"):
         ResNet(blur_features={"window": 64}, image_shape=(32, 32))
