@@ -1,7 +1,9 @@
 """Two saved models on the same held-out images, raw and projected, paired.
 
 Usage: ``python benchmarks/bench_paired.py BEFORE_DIR AFTER_DIR [--n 4096]
-[--seed 2026] [--noise-std 0.01]``. Both directories are written by
+[--seed 2026] [--noise-std 0.01] [--estimator spectral] [--boundary crop]
+[--points]``; give the same directory twice to measure what the projection
+alone changes. Both directories are written by
 ``deepblur.pretrained.save_model`` in the same setting (basis, cone); the
 test images are natural-image patches of the held-out sources and patches
 of the bundled microscopy images, blurred as in training (the setting's
@@ -23,6 +25,7 @@ from deepblur.datasets import (
     extract_patches,
     load_microscopy_images,
     make_blurred_images,
+    make_point_sources,
     natural_image_split,
 )
 from deepblur.pretrained import load_model, relative_errors
@@ -36,11 +39,18 @@ def main():
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--noise-std", type=float, default=None,
                    help="default: the setting's")
+    p.add_argument("--estimator", choices=["network", "spectral"],
+                   default="network")
+    p.add_argument("--boundary", choices=["zero", "crop"], default=None,
+                   help="default: the one the estimator was trained with")
+    p.add_argument("--points", action="store_true",
+                   help="add a set of simulated point sources")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    before = load_model(args.before, project=False)
-    after = load_model(args.after, project=False)
+    before = load_model(args.before, args.estimator, project=False)
+    after = load_model(args.after, args.estimator, project=False)
+    boundary = args.boundary or before.setting["boundary"]
     basis, sampler = before.basis, before.sampler
     G = basis.gram_
     if np.linalg.norm(after.basis.gram_ - G) > 1e-5 * np.linalg.norm(G):
@@ -52,10 +62,12 @@ def main():
     sets = {"natural": natural_image_split()[1],
             "microscopy": extract_patches(load_microscopy_images(), args.n, shape,
                                           random_state=rng)}
+    if args.points:
+        sets["points"] = make_point_sources(args.n, shape, random_state=rng)
     mean_gamma = sampler.sample(50_000).mean(0)
     for name, images in sets.items():
         X, g = make_blurred_images(images, basis, sampler, args.n,
-                                   boundary=before.setting["boundary"],
+                                   boundary=boundary,
                                    noise_std=noise, random_state=rng)
         rows = {}
         for label, model in (("before", before), ("after", after)):
