@@ -79,7 +79,7 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         nearest to the network's output in the operator (Frobenius) metric:
         that set is convex and holds every training ``gamma``, so the
         projection never moves an estimate away from a ``gamma`` of that set
-        (measured on the shipped model: 0.06-0.10 points less error). ``None``
+        (measured on the shipped model: 0.07-0.10 points less error). ``None``
         returns the network's output as it is.
     criterion : torch loss class, default=RelativeFrobeniusLoss
         ``torch.nn.MSELoss`` trains with plain MSE on ``gamma`` (for
@@ -414,9 +414,6 @@ class ResNetBlurRegressor(NeuralNetRegressor):
                                     dtype=np.float64))
         module.train(was_training)
         P, F, Y = np.concatenate(P), np.concatenate(F), np.concatenate(Y)
-        # raw statistics (undo the current standardisation), then standardise
-        F = F * module.feature_scale.double().cpu().numpy() + \
-            module.feature_mean.double().cpu().numpy()
         Z = np.hstack([P, F])
         mu, sd = Z.mean(0), Z.std(0)
         sd[sd < 1e-12] = 1.0

@@ -249,7 +249,7 @@ class ResNet(nn.Module):
         nn.init.zeros_(self.feature_fc.weight)
 
     def image_features(self, x):
-        """Standardised blur statistics of a batch (n, 1, H, W), float32."""
+        """Blur statistics of a batch (n, 1, H, W), float32 (not standardised)."""
         if tuple(x.shape[-2:]) != self.image_shape:
             raise ValueError(
                 f"images must be {self.image_shape} for the blur_features branch; "
@@ -261,20 +261,21 @@ class ResNet(nn.Module):
                              "blur_features branch (its statistics are relative "
                              "to the mean).")
         params = dict(_FEATURE_DEFAULTS, **self.blur_features)
-        f = _blur_statistics(images, **params).to(torch.float32)
-        return (f - self.feature_mean) / self.feature_scale
+        return _blur_statistics(images, **params).to(torch.float32)
 
     def forward(self, x):
         """Coefficients of a batch ``x`` of shape (n, C, H, W) or (n, H, W)."""
         trunk, features = self.forward_parts(x)
         if features is None:
             return trunk
-        return trunk + self.feature_fc(features)
+        return trunk + self.feature_fc((features - self.feature_mean)
+                                       / self.feature_scale)
 
     def forward_parts(self, x):
-        """``(trunk output, standardised blur statistics or None)`` of a batch.
+        """``(trunk output, blur statistics or None)`` of a batch.
 
-        The output of :meth:`forward` is ``trunk + feature_fc(statistics)``.
+        The output of :meth:`forward` is ``trunk + feature_fc((statistics -
+        feature_mean) / feature_scale)``.
         """
         if x.ndim == 3 and self.in_channels == 1:
             x = x[:, None]
