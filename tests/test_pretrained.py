@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from deepblur.datasets.simulate import make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor
@@ -122,6 +123,11 @@ def test_add_feature_head_copies_the_trunk_and_fits_the_branch(small_setting):
     assert float(new.module_.feature_fc.weight.detach().abs().sum()) > 0
     with pytest.raises(ValueError, match="n_images must be a positive"):
         add_feature_head(small_setting, pool, net, n_images=0)
+    with pytest.raises(ValueError, match="blur_features must be None or a dict"):
+        add_feature_head(small_setting, pool, net, blur_features="window=8")
+    untrained = ResNetBlurRegressor(basis=small_setting["basis"], device="cpu")
+    with pytest.raises(NotFittedError, match="regressor must be a trained"):
+        add_feature_head(small_setting, pool, untrained)
 
 
 def test_save_a_compiled_regressor(small_setting, tmp_path):

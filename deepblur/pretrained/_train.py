@@ -306,13 +306,17 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     ResNetBlurRegressor
     """
     from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
 
     from deepblur.pretrained._io import plain_module
 
     check_training_params(n_images=n_images, batch_size=batch_size)
+    if not getattr(regressor, "initialized_", False):
+        raise NotFittedError("regressor must be a trained ResNetBlurRegressor; "
+                             "got one that was never initialised or fitted.")
     basis, sampler, params = setting["basis"], setting["sampler"], setting["params"]
     new = clone(regressor).set_params(
-        module__blur_features={} if blur_features is None else dict(blur_features),
+        module__blur_features={} if blur_features is None else blur_features,
         module__image_shape=tuple(int(v) for v in basis.image_shape_),
         compile=False).initialize()
     missing, unexpected = plain_module(new).load_state_dict(
