@@ -16,6 +16,7 @@ from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.operators.product_convolution import dense_matrix
+from deepblur.pretrained import relative_errors
 
 SMALL = dict(module__width=4, module__depth=1, device="cpu", verbose=0,
              batch_size=16)
@@ -131,12 +132,6 @@ def test_clone_gridsearch_and_joblib(setting, tmp_path):
         fitted_clone, "initialized_", False)
 
 
-def _errors(gram, y, pred):
-    d = pred.astype(np.float64) - y
-    return np.sqrt(np.einsum("nk,kl,nl->n", d, gram, d)
-                   / np.einsum("nk,kl,nl->n", y, gram, y))
-
-
 def test_sampler_projects_predictions_on_its_support(setting, tmp_path):
     basis, sampler, _, X, y = setting
     raw = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
@@ -149,8 +144,9 @@ def test_sampler_projects_predictions_on_its_support(setting, tmp_path):
         pred, sampler.project(raw.predict(X), gram=basis.gram_), rtol=1e-6,
         atol=1e-7)
     # the training gamma lie in the projected-on set: no error increases
-    assert (_errors(basis.gram_, y, pred)
-            <= _errors(basis.gram_, y, raw.predict(X)) + 1e-6).all()
+    after = relative_errors(y, pred, basis.gram_)["operator"]
+    before = relative_errors(y, raw.predict(X), basis.gram_)["operator"]
+    assert (after <= before + 1e-6).all()
     assert net.score(X, y) >= raw.score(X, y)
     # clone shares the fitted sampler (GridSearchCV), joblib keeps it
     assert clone(net).sampler is sampler

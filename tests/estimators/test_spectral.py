@@ -119,14 +119,9 @@ def test_sampler_projects_the_estimates(setting, tmp_path):
     np.testing.assert_allclose(
         pred, sampler.project(raw.predict(Xt), gram=basis.gram_), rtol=1e-6,
         atol=1e-7)
-    G = basis.gram_
-
-    def err(p):
-        d = p.astype(np.float64) - yt
-        return np.sqrt(np.einsum("nk,kl,nl->n", d, G, d)
-                       / np.einsum("nk,kl,nl->n", yt, G, yt))
-
-    assert (err(pred) <= err(raw.predict(Xt)) + 1e-6).all()
+    after = relative_errors(yt, pred, basis.gram_)["operator"]
+    before = relative_errors(yt, raw.predict(Xt), basis.gram_)["operator"]
+    assert (after <= before + 1e-6).all()
     assert clone(est).sampler is sampler
     joblib.dump(est, tmp_path / "est.joblib")
     np.testing.assert_array_equal(joblib.load(tmp_path / "est.joblib").predict(Xt),
