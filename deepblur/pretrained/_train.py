@@ -275,8 +275,9 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
                      random_state=1):
     """A copy of a trained network with its blur-statistics branch fitted.
 
-    The copy has the same parameters plus ``module__blur_features`` and
-    ``module__image_shape`` (:class:`~deepblur.nets.ResNet`), the trained
+    The copy has the same parameters (uncompiled: ``compile=False``) plus
+    ``module__blur_features`` and ``module__image_shape``
+    (:class:`~deepblur.nets.ResNet`), the trained
     weights and training history, and a branch fitted in closed form by
     :meth:`~deepblur.ResNetBlurRegressor.fit_feature_head` on ``n_images``
     fresh simulated images of the setting (as in :func:`train_regressor`,
