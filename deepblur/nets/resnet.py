@@ -248,6 +248,11 @@ class ResNet(nn.Module):
         self.feature_fc = nn.Linear(n_features, n_outputs, bias=False)
         nn.init.zeros_(self.feature_fc.weight)
 
+    # The statistics are data-dependent float64 numpy-style code (a check of
+    # the mean, bincount, index_add_) that torch.compile cannot trace without
+    # graph breaks and warnings; they need no gradient, so they run eagerly and
+    # the trunk alone is compiled.
+    @torch.compiler.disable
     def image_features(self, x):
         """Blur statistics of a batch (n, 1, H, W), float32 (not standardised)."""
         if tuple(x.shape[-2:]) != self.image_shape:

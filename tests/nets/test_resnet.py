@@ -124,3 +124,41 @@ def test_blur_features_branch():
         ResNet(in_channels=3, blur_features={}, image_shape=(32, 32))
     with pytest.raises(ValueError, match="window must be at most"):
         ResNet(blur_features={"window": 64}, image_shape=(32, 32))
+
+
+def test_blur_features_branch_compiles_without_warnings():
+    """torch.compile runs the statistics eagerly: same output and gradients,
+    no dynamo warning (they used to break the graph on .item(), bincount and
+    index_add_ with a screenful of warnings), and the checks still raise."""
+    import logging
+
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    net = ResNet(n_outputs=3, width=4, depth=1, blur_features={"window": 16},
+                 image_shape=(32, 32))
+    with torch.no_grad():
+        net.feature_fc.weight.normal_()
+    x = torch.rand(4, 1, 32, 32) + 0.1
+    ref = net(x)
+    ref.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="eager")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    try:
+        out = compiled(x)
+        out.square().sum().backward()
+        with pytest.raises(ValueError, match="positive mean intensity"):
+            compiled(x - 1.0)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if r.levelno >= logging.WARNING]
+    torch.testing.assert_close(out, ref)
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], msg=name)
