@@ -51,6 +51,7 @@ import numpy as np
 import scipy.optimize
 import scipy.sparse
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from deepblur._validation import check_finite
@@ -388,6 +389,13 @@ def _nnls_fixed_sum(A, b, total, i, tol=1e-12, max_iter=100):
         if abs(gap) <= tol * total:
             break
         u += gap
+    else:
+        warnings.warn(
+            f"The projection of row {i} on the set with sum(w) = {total:.6g} "
+            f"did not meet the sum to a relative {tol:g} in {max_iter} "
+            f"iterations (off by {abs(gap) / total:.2g}); its weights were "
+            "rescaled onto the bound, a point of the set near the optimum.",
+            ConvergenceWarning, stacklevel=4)
     s = w.sum()
     if s > 0:
         return w * (total / s)

@@ -1,5 +1,7 @@
 """Maths of the cone numerics: closed forms, brute-force references, cvxpy."""
 
+import warnings
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -383,6 +385,25 @@ def test_project_cone_never_moves_away_from_the_slab(seed, K, R, scale):
         return np.sqrt(np.einsum("nk,kl,nl->n", a - b, G, a - b))
 
     assert (dist(P, z) <= dist(X, z) + 1e-9).all()
+
+
+def test_fixed_sum_projection_warns_when_it_stops_early():
+    """Out of iterations, the multiplier loop says so and still returns a
+    point of the constraint (its weights rescaled onto the bound)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from deepblur.solvers.cone import _nnls_fixed_sum
+
+    rng = np.random.default_rng(0)
+    A, b = rng.random((6, 4)), 3.0 * rng.random(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = _nnls_fixed_sum(A, b, 1.2, 0)          # converges: no warning
+    with pytest.warns(ConvergenceWarning, match="row 0 .* did not meet the sum"):
+        w1 = _nnls_fixed_sum(A, b, 1.2, 0, max_iter=1)
+    assert w1.min() >= 0 and w1.sum() == pytest.approx(1.2)
+    assert w.sum() == pytest.approx(1.2)
+    assert np.linalg.norm(A @ w - b) <= np.linalg.norm(A @ w1 - b) + 1e-12
 
 
 def test_project_cone_bad_arguments():
