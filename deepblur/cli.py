@@ -95,7 +95,7 @@ def _resolve_estimator(path, estimator, command):
     return "spectral" if boundary == "zero" else "network"
 
 
-def _load_model(directory, estimator="network", command=None):
+def _load_model(directory, estimator="network", command=None, project=False):
     from deepblur.pretrained import load_model
     from deepblur.pretrained._io import _WEIGHTS, DEFAULT_DIR
 
@@ -114,7 +114,8 @@ def _load_model(directory, estimator="network", command=None):
                            "directory holds model.safetensors and model.json).")
     estimator = _resolve_estimator(path, estimator, command)
     try:
-        return load_model(path, estimator=estimator), str(path), estimator
+        return (load_model(path, estimator=estimator, project=project), str(path),
+                estimator)
     except FileNotFoundError as exc:
         raise CLIError(f"--model: {exc}") from None
     except Exception as exc:  # corrupt or foreign files: say which ones
@@ -326,7 +327,8 @@ def cmd_demo(args):
         raise CLIError(f"--image must be one of {', '.join(BUNDLED_IMAGES)}; got "
                        f"{args.image!r}.")
     output = _check_figure_path(args.output)
-    model, source, estimator = _load_model(args.model, args.estimator, "demo")
+    model, source, estimator = _load_model(args.model, args.estimator, "demo",
+                                           args.project)
     shape = tuple(model.basis.image_shape_)
     image = bundled_image(args.image, shape)
     with _Warnings():
@@ -360,7 +362,8 @@ def cmd_estimate(args):
         _check_output(args.output, (".json", ".npy"), "gamma file")
     if args.figure is not None:
         _check_figure_path(args.figure)
-    model, source, estimator = _load_model(args.model, args.estimator, "estimate")
+    model, source, estimator = _load_model(args.model, args.estimator, "estimate",
+                                           args.project)
     img, _ = _model_image(model, args.image)
     if img.shape != tuple(model.basis.image_shape_):
         return _estimate_tiles(args, model, source, estimator, img)
@@ -537,7 +540,7 @@ def cmd_deblur(args):
     from deepblur.pretrained._apply import deblur_image
 
     _check_output(args.output, _IMAGE_WRITE, "output image")
-    model, _, _ = _load_model(args.model, args.estimator, "deblur")
+    model, _, _ = _load_model(args.model, args.estimator, "deblur", args.project)
     img, dtype = _model_image(model, args.image)
     if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
         raise CLIError(
@@ -869,6 +872,13 @@ def _add_model(p):
     p.add_argument("--model", metavar="DIR", default=None,
                    help="model directory written by save_model or `deepblur train` "
                         "(default: the model shipped with deepblur)")
+    p.add_argument("--project", action="store_true",
+                   help="project the estimated gamma on the set the model's "
+                        "sampler draws from (the network and spectral "
+                        "estimators): closer to the truth only when the blur "
+                        "is a draw of that sampler, as in the demo's "
+                        "simulation; farther from it for operators outside "
+                        "the set, hence off by default")
 
 
 def _device(value):

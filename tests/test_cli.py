@@ -252,6 +252,15 @@ def test_estimate_writes_gamma_and_figure(model_dir, model, blurry, capsys,
     g, g7 = np.load(tmp_path / "g.npy"), np.load(tmp_path / "g7.npy")
     assert g.shape == (6,)
     np.testing.assert_allclose(g7, g, rtol=1e-4, atol=1e-6)
+    # --project: the raw estimate projected on the sampler's support
+    assert _run(capsys, "estimate", image, "--model", model_dir, "--project",
+                "-o", tmp_path / "gp.npy")[0] == 0
+    gp = np.load(tmp_path / "gp.npy")
+    raw7, _ = estimate_gamma(model, (7 * y).astype(np.float32))
+    np.testing.assert_allclose(
+        gp, model.sampler.project(raw7[None], gram=model.basis.gram_)[0],
+        rtol=1e-4, atol=1e-6)
+    assert np.abs(gp - g7).max() > 0     # the one-epoch network is off the set
 
 
 def test_estimate_rejects_bad_outputs(model_dir, blurry, capsys, tmp_path):

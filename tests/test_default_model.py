@@ -67,11 +67,13 @@ def test_accuracy_on_microscopy_images(model):
     assert err < 0.4 * base
 
 
-def test_estimates_are_projected_and_never_worse(model):
-    """``load_default`` projects on the sampler's support: no image is worse."""
-    assert model.regressor.sampler is model.sampler
-    raw = load_default(project=False).regressor
+def test_projected_estimates_are_never_worse_on_sampler_draws(model):
+    """``project=True`` projects on the sampler's support: on blur drawn from
+    the sampler no image is worse. Raw estimates by default."""
+    raw = model.regressor
     assert raw.sampler is None
+    model = load_default(project=True)
+    assert model.regressor.sampler is model.sampler
     _, test_images = natural_image_split()
     X, y = make_blurred_images(test_images, model.basis, model.sampler, 64,
                                noise_std=model.noise_std, random_state=99)

@@ -70,14 +70,14 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     assert meta["module"]["width"] == 4 and meta["note"] == "test"
     with open(tmp_path / "model.safetensors", "rb") as f:
         assert b"\x80\x04" not in f.read(16)          # not a pickle stream
-    model = load_model(tmp_path, project=False)
+    model = load_model(tmp_path)
     assert isinstance(model, PretrainedModel)
     assert model.noise_std == small_setting["params"]["noise_std"]
     assert model.regressor.sampler is None
     np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
                                rtol=1e-5, atol=1e-7)
-    # by default the estimates are projected on the sampler's support
-    projected = load_model(tmp_path).regressor.predict(X)
+    # raw by default (above); project=True projects on the sampler's support
+    projected = load_model(tmp_path, project=True).regressor.predict(X)
     np.testing.assert_allclose(
         projected, sampler.project(net.predict(X), gram=basis.gram_),
         rtol=1e-4, atol=1e-6)
@@ -192,7 +192,7 @@ def test_spectral_regressor_saved_beside_the_network(small_setting, tmp_path):
                   extra={"note": "test"})
     with open(tmp_path / "spectral.safetensors", "rb") as f:
         assert b"\x80\x04" not in f.read(16)          # not a pickle stream
-    model = load_model(tmp_path, estimator="spectral")
+    model = load_model(tmp_path, estimator="spectral", project=True)
     assert type(model.regressor).__name__ == "SpectralBlurRegressor"
     assert model.noise_std == (0.005, 0.05)
     assert model.setting["boundary"] == "crop"
@@ -201,7 +201,8 @@ def test_spectral_regressor_saved_beside_the_network(small_setting, tmp_path):
                                spectral.set_params(sampler=model.sampler).predict(X),
                                rtol=1e-6, atol=1e-7)
     assert model.regressor.sampler is model.sampler
-    raw = load_model(tmp_path, estimator="spectral", project=False).regressor
+    raw = load_model(tmp_path, estimator="spectral").regressor
+    assert raw.sampler is None
     np.testing.assert_allclose(raw.predict(X),
                                spectral.set_params(sampler=None).predict(X), rtol=1e-6)
     assert model.regressor.window == 8 and model.regressor.alpha_ == spectral.alpha_

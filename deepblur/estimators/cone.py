@@ -366,7 +366,9 @@ class ConeSampler(BaseEstimator):
         That set is ``{w @ generators_ : w >= 0, alpha_min <= sum(w) <=
         alpha_max}``. Projecting an estimate of a sampled point on it never
         moves the estimate away from that point (the set is convex): with
-        ``gram`` the basis's Gram matrix, no operator error increases.
+        ``gram`` the basis's Gram matrix, no operator error increases. For a
+        point outside the set (e.g. a real operator that the simplified cone
+        does not hold) there is no such guarantee.
 
         Parameters
         ----------

@@ -56,7 +56,8 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         Fitted sampler of the training ``gamma``. When given, :meth:`predict`
         projects the ridge's estimates on the set its samples fill, in the
         operator metric (as :class:`~deepblur.ResNetBlurRegressor`'s
-        ``sampler``): never farther from any ``gamma`` of that set.
+        ``sampler``): never farther from any ``gamma`` of that set, but
+        possibly farther from operators outside it (see there).
     window : int, default=32
         Block side of the local spectra.
     n_radial, n_angular : int, default=6, 4
