@@ -101,6 +101,64 @@ def test_memory_trains_one_regressor_per_K_not_per_lambda(data, tmp_path):
                                plain.cv_results_["mean_test_score"], rtol=1e-5)
 
 
+def test_estimates_are_projected_on_the_sampled_set(data):
+    """project=True is the raw network projected by the fitted sampler in the
+    operator metric, and never farther from an operator of the sampled set;
+    project=False (default) trains the same network and keeps it raw.
+    Two rays for K=4 make the sampled set flat, so every raw estimate is off it.
+    """
+    from deepblur.datasets import make_blurred_images
+    from deepblur.pretrained import relative_errors
+
+    fields, blurry, clean = data
+    flat = {"cone": ConeSimplifier(n_rays=2)}
+    model = tiny(K=4, project=True).set_params(**flat).fit(
+        blurry, clean, psf_fields=fields)
+    raw_model = tiny(K=4).set_params(**flat).fit(
+        blurry, clean, psf_fields=fields)
+    assert raw_model.regressor_.sampler is None
+    assert model.regressor_.sampler is model.sampler_
+    basis, sampler = model.basis_, model.sampler_
+    X, g = make_blurred_images(clean, basis, sampler, 32, random_state=1)
+    raw = raw_model.estimate(X).astype(np.float64)
+    projected = model.estimate(X).astype(np.float64)
+    np.testing.assert_allclose(projected, sampler.project(raw, gram=basis.gram_),
+                               rtol=1e-5, atol=1e-6)
+    assert np.abs(projected - raw).max() > 1e-3 * np.abs(raw).max()
+    e_raw = relative_errors(g, raw, basis.gram_)["operator"]
+    e_proj = relative_errors(g, projected, basis.gram_)["operator"]
+    assert np.all(e_proj <= e_raw + 1e-5)
+    assert e_proj.mean() < e_raw.mean()
+
+
+def test_project_needs_a_regressor_with_a_sampler_parameter(data):
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class MeanGamma(RegressorMixin, BaseEstimator):
+        """A regressor without ``sampler``: predicts the mean of the cone."""
+
+        def __init__(self, basis=None, batch_size=16):
+            self.basis = basis
+            self.batch_size = batch_size
+
+        def fit(self, X, y=None):
+            self.gamma_ = X.sampler.sample(256).mean(0)
+            return self
+
+        def predict(self, X):
+            return np.tile(self.gamma_, (len(X), 1))
+
+    fields, blurry, clean = data
+    with pytest.raises(ValueError, match="project=False"):
+        tiny(project=True).set_params(regressor=MeanGamma()).fit(
+            blurry, clean, psf_fields=fields)
+    model = tiny().set_params(regressor=MeanGamma())
+    gamma = model.fit(blurry, clean, psf_fields=fields).estimate(blurry)
+    assert gamma.shape == (len(blurry), 3)
+    with pytest.raises(ValueError, match="project"):
+        tiny(project="yes").fit(blurry, clean, psf_fields=fields)
+
+
 def test_joblib_round_trip(data, fitted, tmp_path):
     fields, blurry, clean = data
     model = fitted
