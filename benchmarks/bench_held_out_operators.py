@@ -24,7 +24,8 @@ and prints, beside draws of the sampler on the same clean patches:
 fitted in a small setting (64x64 images, K=6, 12 rays, a spectral regressor
 on 20 000 images, its sampler's alpha range from the calibration norms).
 
-Usage: ``python benchmarks/bench_held_out_operators.py [--n 512] [--blind]``.
+Usage: ``python benchmarks/bench_held_out_operators.py [--n 512] [--model DIR]
+[--blind]``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from deepblur.datasets import (
     natural_image_split,
 )
 from deepblur.datasets.simulate import blur_images
-from deepblur.pretrained import load_default, relative_errors
+from deepblur.pretrained import load_model, relative_errors
 from deepblur.pretrained._apply import operator_gain
+from deepblur.pretrained._io import DEFAULT_DIR, has_spectral
 
 
 def _norms(g, G):
@@ -76,9 +78,11 @@ def _compare(label, g, y, regressor, sampler, G, mean_gamma):
           f"{100 * np.mean(d > 1e-9):.0f} % of the images", flush=True)
 
 
-def shipped(n, seed):
-    network = load_default()
-    spectral = load_default("spectral")
+def shipped(n, seed, directory=DEFAULT_DIR):
+    network = load_model(directory)
+    estimators = [("network", network, "zero")]
+    if has_spectral(directory):
+        estimators.append(("spectral", load_model(directory, "spectral"), "crop"))
     basis, sampler, params = network.basis, network.sampler, network.setting
     G = basis.gram_
     family = dict(image_shape=params["image_shape"],
@@ -109,8 +113,7 @@ def shipped(n, seed):
     for set_name, source in sets.items():
         u = extract_patches(source, n, shape, random_state=rng)
         for g_name, g in (("held-out", held_out), ("draws", draws)):
-            for est_name, model, boundary in (("network", network, "zero"),
-                                              ("spectral", spectral, "crop")):
+            for est_name, model, boundary in estimators:
                 y = blur_images(u, g, basis, noise_std=network.noise_std,
                                 boundary=boundary, random_state=rng)
                 _compare(f"{set_name:>10} {g_name:>8} {est_name:>8}", g, y,
@@ -161,10 +164,16 @@ def main():
     p.add_argument("--blind", action="store_true",
                    help="a BlindDeblurrer in a small setting instead of the "
                         "shipped model")
+    p.add_argument("--model", default=str(DEFAULT_DIR),
+                   help="model directory (default: the shipped one); its "
+                        "spectral regressor too when it holds one")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    (blind if args.blind else shipped)(args.n, args.seed)
+    if args.blind:
+        blind(args.n, args.seed)
+    else:
+        shipped(args.n, args.seed, args.model)
 
 
 if __name__ == "__main__":
