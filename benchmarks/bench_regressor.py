@@ -15,7 +15,7 @@ Every error is printed beside the mean-gamma baseline (the mean of 50 000
 draws of the training cone, the best constant) on the same test set, split
 into operator, direction (after optimal rescaling) and scale errors. Each set
 is also scored after projecting the estimates on the sampler's support
-(``ConeSampler.project`` in the operator metric, what ``load_default`` does),
+(``ConeSampler.project`` in the operator metric, what ``project=True`` does),
 with the per-image change against the raw estimates of the same run.
 
 Usage: ``python benchmarks/bench_regressor.py [--quick] [--images N] ...``
