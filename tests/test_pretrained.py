@@ -16,7 +16,11 @@ from deepblur.pretrained._io import (
     save_model,
     save_spectral,
 )
-from deepblur.pretrained._train import add_feature_head, train_spectral_regressor
+from deepblur.pretrained._train import (
+    add_feature_head,
+    train_regressor,
+    train_spectral_regressor,
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +89,22 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     np.testing.assert_allclose(model.cone.rays_, small_setting["cone"].rays_)
     np.testing.assert_allclose(model.sampler.generators_, sampler.generators_)
     assert model.regressor.device == "cpu"
+
+
+def test_a_network_trained_on_a_noise_range_saves_and_loads(small_setting,
+                                                             tmp_path):
+    """A setting whose noise_std is a (low, high) range (what BlurDataset and
+    `deepblur train` accept) round-trips: noise_std comes back as the range."""
+    params = dict(small_setting["params"], noise_std=(0.005, 0.02))
+    setting = dict(small_setting, params=params)
+    net = train_regressor(setting, np.random.default_rng(0).random((6, 16, 16)),
+                          n_images=64, epochs=1, batch_size=32, width=4, depth=1,
+                          stem_stride=2, pool_size=6, num_workers=0, device="cpu",
+                          verbose=0)
+    save_model(tmp_path, net, setting)
+    model = load_model(tmp_path)
+    assert model.noise_std == (0.005, 0.02)
+    assert model.setting["noise_std"] == (0.005, 0.02)
 
 
 def test_save_load_a_network_with_its_feature_head(small_setting, tmp_path):

@@ -234,9 +234,14 @@ def _load_spectral(directory, basis):
     regressor.image_shape_ = image_shape
     regressor.n_features_in_ = int(np.prod(image_shape))
     regressor.n_train_images_ = int(meta["n_train_images"])
-    noise = meta["noise_std"]
-    return regressor, (tuple(noise) if isinstance(noise, list) else float(noise)), \
-        meta["boundary"]
+    return regressor, _noise_level(meta["noise_std"]), meta["boundary"]
+
+
+def _noise_level(value):
+    """A stored ``noise_std``: a float, or a ``(low, high)`` tuple."""
+    if isinstance(value, (list, tuple)):
+        return tuple(float(v) for v in value)
+    return float(value)
 
 
 def load_model(directory, estimator="network", *, project=False):
@@ -293,7 +298,8 @@ def load_model(directory, estimator="network", *, project=False):
                           random_state=meta["random_state"]).fit(rays)
     setting = dict(meta["setting"])
     setting.setdefault("boundary", "zero")      # models saved before the option
-    noise_std = float(setting["noise_std"])
+    # a float, or a (low, high) range (JSON keeps it as a list)
+    noise_std = setting["noise_std"] = _noise_level(setting["noise_std"])
     if estimator == "spectral":
         regressor, noise_std, boundary = _load_spectral(directory, basis)
         regressor.sampler = sampler if project else None
