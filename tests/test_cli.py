@@ -510,6 +510,21 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     assert meta["config"]["init_model"] == "straight"
 
 
+def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
+    """setting.noise_std = [low, high]: trained, saved, loaded and simulated
+    with noise drawn in that range (loading used to fail on the list)."""
+    config = tmp_path / "range.toml"
+    config.write_text(TINY.format(output="ranged").replace(
+        "epochs = 2", "epochs = 1") + "noise_std = [0.005, 0.02]\n")
+    code, _, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 0, err
+    assert load_model(tmp_path / "ranged").noise_std == (0.005, 0.02)
+    code, out, err = _run(capsys, "demo", "--model", tmp_path / "ranged", "-o",
+                          tmp_path / "demo.png", "--max-iter", "5")
+    assert code == 0, err
+    assert "noise std 0.005-0.02" in out
+
+
 def test_train_on_a_folder_of_images_and_the_help_example(capsys, tmp_path):
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11)
                                   else "tomli")
