@@ -53,6 +53,16 @@ def _check_images(X, image_shape=None, name="X"):
     return t
 
 
+def plain_module(regressor):
+    """The network of a fitted regressor, unwrapped from ``torch.compile``.
+
+    A regressor fitted with ``compile=True`` holds torch.compile's wrapper,
+    whose ``state_dict`` prefixes every key with ``"_orig_mod."``; weights are
+    saved and loaded through the module itself.
+    """
+    return getattr(regressor.module_, "_orig_mod", regressor.module_)
+
+
 class ResNetBlurRegressor(NeuralNetRegressor):
     r"""Estimate the coefficients ``gamma`` of a space-varying blur from one image.
 
@@ -379,7 +389,7 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         if not getattr(self, "initialized_", False):
             raise NotFittedError("The regressor must be initialised and trained "
                                  "before its feature head is fitted; call fit first.")
-        module = getattr(self.module_, "_orig_mod", self.module_)
+        module = plain_module(self)
         if getattr(module, "feature_fc", None) is None:
             raise ValueError(
                 "module_ has no blur-statistics branch: build the regressor with "

@@ -26,7 +26,7 @@ from sklearn.base import clone
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.points import PointSourceBlurEstimator
-from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.estimators.regressor import ResNetBlurRegressor, plain_module
 from deepblur.estimators.spectral import SpectralBlurRegressor
 from deepblur.features import n_blur_features
 
@@ -81,16 +81,6 @@ def _read_pair(directory, weights, meta, missing):
         )
     return (json.loads((directory / meta).read_text()),
             load_file(str(directory / weights), device="cpu"))
-
-
-def plain_module(regressor):
-    """The network of a fitted regressor, unwrapped from ``torch.compile``.
-
-    A regressor fitted with ``compile=True`` holds torch.compile's wrapper,
-    whose ``state_dict`` prefixes every key with ``"_orig_mod."``; weights are
-    saved and loaded through the module itself.
-    """
-    return getattr(regressor.module_, "_orig_mod", regressor.module_)
 
 
 def save_model(directory, regressor, setting, *, extra=None):

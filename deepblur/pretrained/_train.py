@@ -16,7 +16,7 @@ import torch
 
 from deepblur._validation import resolve_device
 from deepblur.datasets.simulate import BlurDataset
-from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.estimators.regressor import ResNetBlurRegressor, plain_module
 from deepblur.nets.losses import RelativeFrobeniusLoss
 
 __all__ = ["CRITERIA", "FEATURE_HEAD_DEFAULTS", "SPECTRAL_DEFAULTS",
@@ -204,7 +204,6 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     basis, sampler = setting["basis"], setting["sampler"]
-    params = setting["params"]
     if output_bias is None:
         output_bias = sampler.sample(50_000).mean(0)
     n_batches = max(1, n_images // (batch_size * epochs))
@@ -215,12 +214,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     if num_workers is None:
         num_workers = 0 if device.type == "cuda" else 1
     data_device = device if num_workers == 0 else "cpu"
-    data = BlurDataset(images, basis, sampler, batch_size=batch_size,
-                       n_batches=n_batches, noise_std=params["noise_std"],
-                       image_mean=params.get("image_mean", 0.5),
-                       boundary=params.get("boundary", "zero"),
-                       pool_size=pool_size, device=data_device,
-                       random_state=random_state)
+    data = _setting_data(setting, images, batch_size, n_batches, random_state,
+                         pool_size=pool_size, device=data_device)
     callbacks = [("lr", LRScheduler("CosineAnnealingLR", T_max=epochs))]
     if checkpoint_dir is not None:
         callbacks.append(("checkpoint", _checkpoint(checkpoint_dir)))
@@ -231,8 +226,6 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     source, branch = None, {}
     if init_model is not None:
         source = _initial_model(init_model)
-        from deepblur.pretrained._io import plain_module
-
         module = plain_module(source.regressor)
         if getattr(module, "feature_fc", None) is not None:
             branch = dict(module__blur_features=dict(module.blur_features),
@@ -309,13 +302,11 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
 
-    from deepblur.pretrained._io import plain_module
-
     check_training_params(n_images=n_images, batch_size=batch_size)
     if not getattr(regressor, "initialized_", False):
         raise NotFittedError("regressor must be a trained ResNetBlurRegressor; "
                              "got one that was never initialised or fitted.")
-    basis, sampler, params = setting["basis"], setting["sampler"], setting["params"]
+    basis = setting["basis"]
     new = clone(regressor).set_params(
         module__blur_features={} if blur_features is None else blur_features,
         module__image_shape=tuple(int(v) for v in basis.image_shape_),
@@ -329,13 +320,20 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
             f"(missing {sorted(set(missing) - branch)}, unexpected {unexpected})."
         )
     new.history_ = copy.deepcopy(regressor.history_)    # the trained epochs
-    data = BlurDataset(images, basis, sampler, batch_size=batch_size,
-                       n_batches=-(-n_images // batch_size),
+    data = _setting_data(setting, images, batch_size, -(-n_images // batch_size),
+                         random_state)
+    return new.fit_feature_head(data, alphas=alphas)
+
+
+def _setting_data(setting, images, batch_size, n_batches, random_state, **kwargs):
+    """The setting's simulated stream: its sampler, noise, image mean, boundary."""
+    params = setting["params"]
+    return BlurDataset(images, setting["basis"], setting["sampler"],
+                       batch_size=batch_size, n_batches=n_batches,
                        noise_std=params["noise_std"],
                        image_mean=params.get("image_mean", 0.5),
                        boundary=params.get("boundary", "zero"),
-                       random_state=random_state)
-    return new.fit_feature_head(data, alphas=alphas)
+                       random_state=random_state, **kwargs)
 
 
 def _initial_model(init_model):
@@ -348,8 +346,6 @@ def _initial_model(init_model):
 
 def _load_initial_weights(net, source):
     """Copy the network weights of the model ``source`` into ``net``'s module."""
-    from deepblur.pretrained._io import plain_module
-
     try:
         plain_module(net).load_state_dict(
             plain_module(source.regressor).state_dict())
