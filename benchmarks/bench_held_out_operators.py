@@ -43,21 +43,29 @@ from deepblur.datasets import (
     natural_image_split,
 )
 from deepblur.datasets.simulate import blur_images
-from deepblur.pretrained import load_model, relative_errors
+from deepblur.pretrained import load_model, relative_errors, training_gain
 from deepblur.pretrained._apply import operator_gain
 from deepblur.pretrained._io import DEFAULT_DIR, has_spectral
 
 
-def _norms(g, G):
-    return np.sqrt(np.einsum("ij,jk,ik->i", g, G, g))
+def family_operators(model, n, random_state):
+    """Coefficients of ``n`` fresh operators of the model's random family.
+
+    :func:`~deepblur.datasets.make_random_operators` with the model's setting
+    (image, kernel and grid shapes), in the model's basis, each rescaled to
+    the mean gain of the training operators (:func:`training_gain`).
+    """
+    params = model.setting
+    fields = make_random_operators(
+        n, image_shape=params["image_shape"], kernel_shape=params["kernel_shape"],
+        grid_shape=params["grid_shape"], random_state=random_state).psf_fields
+    g = model.basis.transform(fields)
+    return g * (training_gain(model) / operator_gain(model.basis, g))[:, None]
 
 
 def _distance_to_set(sampler, g, G):
-    return _norms(sampler.project(g, gram=G) - g, G) / _norms(g, G)
-
-
-def _at_gain(basis, g, gain):
-    return g * (gain / operator_gain(basis, g))[:, None]
+    """Relative distance (operator metric) of each row of ``g`` to the set."""
+    return relative_errors(g, sampler.project(g, gram=G), G)["operator"]
 
 
 def _compare(label, g, y, regressor, sampler, G, mean_gamma):
@@ -85,18 +93,9 @@ def shipped(n, seed, directory=DEFAULT_DIR):
         estimators.append(("spectral", load_model(directory, "spectral"), "crop"))
     basis, sampler, params = network.basis, network.sampler, network.setting
     G = basis.gram_
-    family = dict(image_shape=params["image_shape"],
-                  kernel_shape=params["kernel_shape"],
-                  grid_shape=params["grid_shape"])
-    rays = np.asarray(sampler.generators_, dtype=np.float64)
-    gain = np.mean(sampler.alpha_range) * operator_gain(basis, rays).mean()
-    calibration = basis.transform(make_random_operators(
-        params["n_operators"], random_state=params["random_state"],
-        **family).psf_fields)
-    held_out = basis.transform(make_random_operators(
-        n, random_state=params["random_state"] + 12345, **family).psf_fields)
-    calibration, held_out = (_at_gain(basis, calibration, gain),
-                             _at_gain(basis, held_out, gain))
+    calibration = family_operators(network, params["n_operators"],
+                                   params["random_state"])
+    held_out = family_operators(network, n, params["random_state"] + 12345)
     draws = sampler.sample(n)
     mean_gamma = sampler.sample(50_000).mean(0)
     for name, g in (("calibration operators", calibration),

@@ -32,29 +32,19 @@ import time
 
 import numpy as np
 import torch
+from bench_held_out_operators import family_operators
 from safetensors.torch import load_file
 
 from deepblur import ConeSampler
-from deepblur.datasets import make_random_operators, natural_image_split
+from deepblur.datasets import natural_image_split
 from deepblur.pretrained import load_model, save_model, train_regressor
-from deepblur.pretrained._apply import operator_gain
 from deepblur.pretrained._io import DEFAULT_DIR
 
 
 def family_pool(model, n_thousands, first_seed=100):
     """Coefficients of fresh operators of the family, at the training gain."""
-    basis, sampler, params = model.basis, model.sampler, model.setting
-    family = dict(image_shape=params["image_shape"],
-                  kernel_shape=params["kernel_shape"],
-                  grid_shape=params["grid_shape"])
-    rays = np.asarray(sampler.generators_, dtype=np.float64)
-    gain = np.mean(sampler.alpha_range) * operator_gain(basis, rays).mean()
-    pool = []
-    for seed in range(first_seed, first_seed + n_thousands):
-        g = basis.transform(make_random_operators(1000, random_state=seed,
-                                                  **family).psf_fields)
-        pool.append(g * (gain / operator_gain(basis, g))[:, None])
-    return np.concatenate(pool)
+    return np.concatenate([family_operators(model, 1000, seed) for seed in
+                           range(first_seed, first_seed + n_thousands)])
 
 
 def main():
