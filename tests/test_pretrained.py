@@ -107,6 +107,40 @@ def test_a_network_trained_on_a_noise_range_saves_and_loads(small_setting,
     assert model.setting["noise_std"] == (0.005, 0.02)
 
 
+def test_train_regressor_and_feature_head_take_their_own_noise(small_setting,
+                                                                monkeypatch):
+    """noise_std overrides the setting's noise in the simulated stream (to
+    fine-tune on a noise range without editing the setting); a bad level is
+    refused before any data are made."""
+    import deepblur.pretrained._train as train_module
+
+    made = []
+
+    class Recording(train_module.BlurDataset):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs["noise_std"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "BlurDataset", Recording)
+    pool = np.random.default_rng(0).random((6, 16, 16))
+    kw = dict(n_images=32, epochs=1, batch_size=16, width=4, depth=1,
+              stem_stride=2, pool_size=6, num_workers=0, device="cpu", verbose=0)
+    net = train_regressor(small_setting, pool, noise_std=(0.0, 0.02), **kw)
+    train_regressor(small_setting, pool, **kw)
+    add_feature_head(small_setting, pool, net, n_images=32, batch_size=16,
+                     noise_std=0.03,
+                     blur_features=dict(window=8, n_radial=2, n_angular=2,
+                                        border=3, n_segments=2))
+    assert made == [(0.0, 0.02), small_setting["params"]["noise_std"], 0.03]
+    for bad, match in (((0.02, 0.01), "low <= high"), (-0.01, ">= 0"),
+                       ("0.01", "float or a")):
+        with pytest.raises(ValueError, match=f"noise_std must be .*{match}"):
+            train_regressor(small_setting, pool, noise_std=bad, **kw)
+        with pytest.raises(ValueError, match=f"noise_std must be .*{match}"):
+            add_feature_head(small_setting, pool, net, noise_std=bad)
+    assert len(made) == 3                       # refused before any data
+
+
 def test_save_load_a_network_with_its_feature_head(small_setting, tmp_path):
     feats = dict(window=8, n_radial=2, n_angular=2, border=3, n_segments=2)
     net, X = _tiny_regressor(small_setting, module__blur_features=feats,

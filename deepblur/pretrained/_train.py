@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from deepblur._validation import resolve_device
-from deepblur.datasets.simulate import BlurDataset
+from deepblur.datasets.simulate import BlurDataset, _check_range
 from deepblur.estimators.regressor import ResNetBlurRegressor, plain_module
 from deepblur.nets.losses import RelativeFrobeniusLoss
 
@@ -100,8 +100,8 @@ def _checkpoint(directory):
 def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
                     batch_size=256, lr=2e-3, width=16, depth=2, stem_stride=4,
                     head="spatial", criterion="mse", pool_size=20_000,
-                    output_bias=None, num_workers=None, device="auto",
-                    compile=False, init_model=None, random_state=0,
+                    output_bias=None, noise_std=None, num_workers=None,
+                    device="auto", compile=False, init_model=None, random_state=0,
                     checkpoint_dir=None, resume=False, progress_bar=False,
                     verbose=1):
     """Train a :class:`~deepblur.ResNetBlurRegressor` on fresh simulated data.
@@ -109,7 +109,7 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     Every batch is drawn by a :class:`~deepblur.datasets.BlurDataset`: clean
     patches of ``images`` scaled to mean ``image_mean``, blurred by operators
     from the setting's sampler (Algorithm 2) and corrupted by Gaussian noise
-    of the setting's ``noise_std``. An epoch is
+    of the setting's ``noise_std`` (or of ``noise_std``). An epoch is
     ``max(1, n_images // (batch_size * epochs))`` batches; the learning rate
     follows a cosine schedule over ``epochs``. The defaults are those of the
     shipped model (:data:`TRAINING_DEFAULTS`).
@@ -140,6 +140,13 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     output_bias : array-like of shape (K,), optional
         Initial output bias of the module; default the mean of 50 000 draws of
         the setting's sampler.
+    noise_std : float or (low, high), optional
+        Standard deviation of the training noise, for images of mean
+        ``image_mean``; a range draws one per image, uniformly. Default: the
+        setting's ``params["noise_std"]``. A range keeps a fine-tuned model
+        working at every level in it: fine-tuned at 0.01 alone, the shipped
+        network got better at 0.01 and worse without noise
+        (benchmarks/README.md).
     num_workers : int, optional
         DataLoader workers generating the training batches on the CPU; with
         0, the batches are generated in-process on ``device``. Default: 0 on
@@ -201,6 +208,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
                           lr=lr, width=width, depth=depth, stem_stride=stem_stride,
                           head=head, criterion=criterion, pool_size=pool_size,
                           num_workers=num_workers, compile=compile)
+    if noise_std is not None:
+        _check_range(noise_std, "noise_std")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     basis, sampler = setting["basis"], setting["sampler"]
@@ -215,7 +224,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         num_workers = 0 if device.type == "cuda" else 1
     data_device = device if num_workers == 0 else "cpu"
     data = _setting_data(setting, images, batch_size, n_batches, random_state,
-                         pool_size=pool_size, device=data_device)
+                         noise_std=noise_std, pool_size=pool_size,
+                         device=data_device)
     callbacks = [("lr", LRScheduler("CosineAnnealingLR", T_max=epochs))]
     if checkpoint_dir is not None:
         callbacks.append(("checkpoint", _checkpoint(checkpoint_dir)))
@@ -265,7 +275,7 @@ FEATURE_HEAD_DEFAULTS = dict(n_images=98_304, blur_features=None, batch_size=102
 
 def add_feature_head(setting, images, regressor, *, n_images=98_304,
                      blur_features=None, batch_size=1024, alphas=None,
-                     random_state=1):
+                     noise_std=None, random_state=1):
     """A copy of a trained network with its blur-statistics branch fitted.
 
     The copy has the same parameters (uncompiled: ``compile=False``) plus
@@ -292,6 +302,10 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
         Images simulated and passed through the network at a time.
     alphas : array-like of float, default=None
         Ridge penalties to choose from (see ``fit_feature_head``).
+    noise_std : float or (low, high), optional
+        Noise of the simulated images (a range draws one level per image);
+        default the setting's ``params["noise_std"]``. Use the noise the
+        network was trained on.
     random_state : int, default=1
         Seed of the simulated images.
 
@@ -303,6 +317,8 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     from sklearn.exceptions import NotFittedError
 
     check_training_params(n_images=n_images, batch_size=batch_size)
+    if noise_std is not None:
+        _check_range(noise_std, "noise_std")
     if not getattr(regressor, "initialized_", False):
         raise NotFittedError("regressor must be a trained ResNetBlurRegressor; "
                              "got one that was never initialised or fitted.")
@@ -321,16 +337,19 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
         )
     new.history_ = copy.deepcopy(regressor.history_)    # the trained epochs
     data = _setting_data(setting, images, batch_size, -(-n_images // batch_size),
-                         random_state)
+                         random_state, noise_std=noise_std)
     return new.fit_feature_head(data, alphas=alphas)
 
 
-def _setting_data(setting, images, batch_size, n_batches, random_state, **kwargs):
-    """The setting's simulated stream: its sampler, noise, image mean, boundary."""
+def _setting_data(setting, images, batch_size, n_batches, random_state,
+                  noise_std=None, **kwargs):
+    """The setting's simulated stream: its sampler, noise (unless ``noise_std``
+    is given), image mean, boundary."""
     params = setting["params"]
     return BlurDataset(images, setting["basis"], setting["sampler"],
                        batch_size=batch_size, n_batches=n_batches,
-                       noise_std=params["noise_std"],
+                       noise_std=(params["noise_std"] if noise_std is None
+                                  else noise_std),
                        image_mean=params.get("image_mean", 0.5),
                        boundary=params.get("boundary", "zero"),
                        random_state=random_state, **kwargs)
