@@ -57,7 +57,8 @@ def _fit_blur_model(basis, cone, sampler, regressor, clean, psf_fields, noise_st
         # start from the mean operator of the cone, not from gamma = 0
         mean_gamma = clone(sampler).fit(cone.rays_).sample(20_000).mean(axis=0)
         regressor.set_params(module__output_bias=mean_gamma)
-    batch_size = int(regressor.batch_size)
+    # a regressor of its own without batch_size: batches of 64
+    batch_size = int(getattr(regressor, "batch_size", 64))
     epochs = int(getattr(regressor, "max_epochs", 1))   # 1: a one-pass fit
     n_batches = max(1, -(-int(n_train_images) // (batch_size * epochs)))
     data = BlurDataset(clean, basis, sampler, batch_size=batch_size,
@@ -115,7 +116,12 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         default ResNet module without ``module__output_bias``, the output
         bias is set to the mean ``gamma`` of the sampler (an untrained
         network then predicts the mean operator of the cone). Default
-        ``ResNetBlurRegressor(verbose=0)``.
+        ``ResNetBlurRegressor(verbose=0)``. A regressor of your own needs a
+        ``basis`` parameter and a ``fit(dataset, None)`` that reads the
+        simulated training images from a
+        :class:`~deepblur.datasets.BlurDataset` (its ``sampler`` attribute is
+        the fitted sampler); the batches are of its ``batch_size``
+        attribute, 64 when it has none.
     deblurrer : TVDeblurrer, default=None
         Its ``basis`` and ``blur_estimator`` are set to the fitted basis and
         regressor. Default ``TVDeblurrer()`` (``lam="auto"``).

@@ -142,6 +142,7 @@ def test_project_needs_a_regressor_with_a_sampler_parameter(data):
             self.batch_size = batch_size
 
         def fit(self, X, y=None):
+            self.batches_ = X.batch_size
             self.gamma_ = X.sampler.sample(256).mean(0)
             return self
 
@@ -155,6 +156,32 @@ def test_project_needs_a_regressor_with_a_sampler_parameter(data):
     model = tiny().set_params(regressor=MeanGamma())
     gamma = model.fit(blurry, clean, psf_fields=fields).estimate(blurry)
     assert gamma.shape == (len(blurry), 3)
+    assert model.regressor_.batches_ == 16
+
+
+def test_a_regressor_of_its_own_needs_no_batch_size(data):
+    """Only ``basis``, ``fit`` and ``predict`` are asked of a custom regressor:
+    without a ``batch_size`` it is fitted on batches of 64."""
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class MeanGamma(RegressorMixin, BaseEstimator):
+        def __init__(self, basis=None):
+            self.basis = basis
+
+        def fit(self, X, y=None):
+            self.batches_ = X.batch_size
+            self.gamma_ = X.sampler.sample(256).mean(0)
+            return self
+
+        def predict(self, X):
+            return np.tile(self.gamma_, (len(X), 1))
+
+    fields, blurry, clean = data
+    model = tiny().set_params(regressor=MeanGamma())
+    gamma = model.fit(blurry, clean, psf_fields=fields).estimate(blurry)
+    assert model.regressor_.batches_ == 64
+    np.testing.assert_allclose(gamma, np.tile(model.regressor_.gamma_,
+                                              (len(blurry), 1)))
     with pytest.raises(ValueError, match="project"):
         tiny(project="yes").fit(blurry, clean, psf_fields=fields)
 
