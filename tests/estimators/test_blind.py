@@ -7,7 +7,7 @@ import joblib
 import numpy as np
 import pytest
 from _blind_setup import make_blind_data, tiny
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GridSearchCV, KFold
 
 from deepblur import (
@@ -131,59 +131,52 @@ def test_estimates_are_projected_on_the_sampled_set(data):
     assert e_proj.mean() < e_raw.mean()
 
 
+class MeanGamma(RegressorMixin, BaseEstimator):
+    """A regressor of one's own, without ``sampler`` or ``batch_size``: it
+    predicts the mean of the cone and records the batch size it was fed."""
+
+    def __init__(self, basis=None):
+        self.basis = basis
+
+    def fit(self, X, y=None):
+        self.batches_ = X.batch_size
+        self.gamma_ = X.sampler.sample(256).mean(0)
+        return self
+
+    def predict(self, X):
+        return np.tile(self.gamma_, (len(X), 1))
+
+
+class BatchedMeanGamma(MeanGamma):
+    """The same with a ``batch_size``, which the simulated batches follow."""
+
+    def __init__(self, basis=None, batch_size=16):
+        super().__init__(basis)
+        self.batch_size = batch_size
+
+
 def test_project_needs_a_regressor_with_a_sampler_parameter(data):
-    from sklearn.base import BaseEstimator, RegressorMixin
-
-    class MeanGamma(RegressorMixin, BaseEstimator):
-        """A regressor without ``sampler``: predicts the mean of the cone."""
-
-        def __init__(self, basis=None, batch_size=16):
-            self.basis = basis
-            self.batch_size = batch_size
-
-        def fit(self, X, y=None):
-            self.batches_ = X.batch_size
-            self.gamma_ = X.sampler.sample(256).mean(0)
-            return self
-
-        def predict(self, X):
-            return np.tile(self.gamma_, (len(X), 1))
-
     fields, blurry, clean = data
     with pytest.raises(ValueError, match="project=False"):
-        tiny(project=True).set_params(regressor=MeanGamma()).fit(
+        tiny(project=True).set_params(regressor=BatchedMeanGamma()).fit(
             blurry, clean, psf_fields=fields)
-    model = tiny().set_params(regressor=MeanGamma())
+    model = tiny().set_params(regressor=BatchedMeanGamma())
     gamma = model.fit(blurry, clean, psf_fields=fields).estimate(blurry)
     assert gamma.shape == (len(blurry), 3)
     assert model.regressor_.batches_ == 16
+    with pytest.raises(ValueError, match="project"):
+        tiny(project="yes").fit(blurry, clean, psf_fields=fields)
 
 
 def test_a_regressor_of_its_own_needs_no_batch_size(data):
     """Only ``basis``, ``fit`` and ``predict`` are asked of a custom regressor:
     without a ``batch_size`` it is fitted on batches of 64."""
-    from sklearn.base import BaseEstimator, RegressorMixin
-
-    class MeanGamma(RegressorMixin, BaseEstimator):
-        def __init__(self, basis=None):
-            self.basis = basis
-
-        def fit(self, X, y=None):
-            self.batches_ = X.batch_size
-            self.gamma_ = X.sampler.sample(256).mean(0)
-            return self
-
-        def predict(self, X):
-            return np.tile(self.gamma_, (len(X), 1))
-
     fields, blurry, clean = data
     model = tiny().set_params(regressor=MeanGamma())
     gamma = model.fit(blurry, clean, psf_fields=fields).estimate(blurry)
     assert model.regressor_.batches_ == 64
     np.testing.assert_allclose(gamma, np.tile(model.regressor_.gamma_,
                                               (len(blurry), 1)))
-    with pytest.raises(ValueError, match="project"):
-        tiny(project="yes").fit(blurry, clean, psf_fields=fields)
 
 
 def test_joblib_round_trip(data, fitted, tmp_path):
