@@ -65,6 +65,12 @@ def _check_range(value, name, low=0.0, allow_negative=False):
     return lo, hi
 
 
+def _noise_param(value, name="noise_std"):
+    """A noise level as a user gives it, validated: a float or a (low, high) tuple."""
+    lo, hi = _check_range(value, name)
+    return lo if isinstance(value, Real) and not isinstance(value, bool) else (lo, hi)
+
+
 def _check_noise(noise_std, snr):
     if snr is not None:
         if noise_std is not None:

@@ -23,7 +23,7 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, check_memory
 
 from deepblur._validation import as_tensor, check_images, check_ndim
-from deepblur.datasets.simulate import BlurDataset
+from deepblur.datasets.simulate import BlurDataset, _noise_param
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.deblur import TVDeblurrer
@@ -283,9 +283,7 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
                 "does not have; pass project=False (raw estimates, the "
                 "default) or a ResNetBlurRegressor / SpectralBlurRegressor."
             )
-        noise_std = (tuple(float(v) for v in self.noise_std)
-                     if isinstance(self.noise_std, (tuple, list))
-                     else float(self.noise_std))
+        noise_std = _noise_param(self.noise_std)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         fit_model = check_memory(self.memory).cache(_fit_blur_model)
         self.basis_, self.cone_, self.sampler_, self.regressor_ = fit_model(

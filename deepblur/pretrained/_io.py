@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from sklearn.base import clone
 
+from deepblur.datasets.simulate import _noise_param
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.points import PointSourceBlurEstimator
@@ -163,11 +164,7 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     check_is_fitted(regressor)
     if boundary not in ("zero", "crop"):
         raise ValueError(f"boundary must be 'zero' or 'crop'; got {boundary!r}.")
-    levels = np.atleast_1d(np.asarray(noise_std, dtype=np.float64))
-    if (levels.size not in (1, 2) or not np.isfinite(levels).all()
-            or (levels < 0).any() or levels[0] > levels[-1]):
-        raise ValueError("noise_std must be a standard deviation >= 0 or a range "
-                         f"(low, high) with 0 <= low <= high; got {noise_std!r}.")
+    noise = _noise_param(noise_std)
     directory = Path(directory)
     model = load_model(directory)       # the setting it must share
     # (model.safetensors stores the maps in float32: compare up to that)
@@ -186,11 +183,10 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     save_file(tensors, str(directory / _SPECTRAL_WEIGHTS))
     params = {k: v for k, v in regressor.get_params(deep=False).items()
               if k not in ("basis", "sampler", "alphas", "verbose")}
-    noise = ([float(v) for v in noise_std] if isinstance(noise_std, (tuple, list))
-             else float(noise_std))
     meta = dict(params=params, alpha=regressor.alpha_,
                 image_shape=list(regressor.image_shape_),
-                n_train_images=regressor.n_train_images_, noise_std=noise,
+                n_train_images=regressor.n_train_images_,
+                noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary=boundary, **(extra or {}))
     (directory / _SPECTRAL_META).write_text(json.dumps(meta, indent=1))
     return directory
@@ -224,14 +220,7 @@ def _load_spectral(directory, basis):
     regressor.image_shape_ = image_shape
     regressor.n_features_in_ = int(np.prod(image_shape))
     regressor.n_train_images_ = int(meta["n_train_images"])
-    return regressor, _noise_level(meta["noise_std"]), meta["boundary"]
-
-
-def _noise_level(value):
-    """A stored ``noise_std``: a float, or a ``(low, high)`` tuple."""
-    if isinstance(value, (list, tuple)):
-        return tuple(float(v) for v in value)
-    return float(value)
+    return regressor, _noise_param(meta["noise_std"]), meta["boundary"]
 
 
 def load_model(directory, estimator="network", *, project=False):
@@ -289,7 +278,7 @@ def load_model(directory, estimator="network", *, project=False):
     setting = dict(meta["setting"])
     setting.setdefault("boundary", "zero")      # models saved before the option
     # a float, or a (low, high) range (JSON keeps it as a list)
-    noise_std = setting["noise_std"] = _noise_level(setting["noise_std"])
+    noise_std = setting["noise_std"] = _noise_param(setting["noise_std"])
     if estimator == "spectral":
         regressor, noise_std, boundary = _load_spectral(directory, basis)
         regressor.sampler = sampler if project else None

@@ -10,6 +10,7 @@ from _blind_setup import make_blind_data, tiny
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GridSearchCV, KFold
 
+import deepblur.estimators.blind as blind_module
 from deepblur import (
     ConeSimplifier,
     ProductConvolutionBasis,
@@ -188,8 +189,13 @@ def test_joblib_round_trip(data, fitted, tmp_path):
     assert pickle.loads(pickle.dumps(clone(model))).get_params()["noise_std"] == 0.01
 
 
-def test_bad_inputs(data):
+def test_bad_inputs(data, monkeypatch):
     fields, blurry, clean = data
+
+    def never(*args, **kwargs):             # every bad input fails before fitting
+        raise AssertionError("fitted despite a bad input")
+
+    monkeypatch.setattr(blind_module, "_fit_blur_model", never)
     with pytest.raises(ValueError, match="psf_fields must be given"):
         tiny().fit(blurry, clean)
     with pytest.raises(ValueError, match="y must be given"):
@@ -207,6 +213,10 @@ def test_bad_inputs(data):
         model.fit(blurry, clean, psf_fields=fields)
     with pytest.raises(ValueError, match="n_train_images"):
         tiny().set_params(n_train_images=0).fit(blurry, clean, psf_fields=fields)
+    for noise, match in (((0.02, 0.01), "low <= high"), ([0.0, 0.01, 0.02],
+                         "float or a"), ((-0.01, 0.01), ">= 0")):
+        with pytest.raises(ValueError, match=f"noise_std must be .*{match}"):
+            tiny().set_params(noise_std=noise).fit(blurry, clean, psf_fields=fields)
     from sklearn.exceptions import NotFittedError
 
     with pytest.raises(NotFittedError):
