@@ -3,26 +3,37 @@
 The shipped network learnt the sampled cone (Algorithm 2 on the 40 rays of
 Algorithm 1) and is at 21-22 % on held-out operators of the random family
 that cone summarises (``bench_held_out_operators.py``). This script
-fine-tunes it on a 50/50 mix of the two distributions, then the benchmark
-measures both test sets:
+fine-tunes it on a mix of the two distributions (50/50 by default), then
+the benchmark measures both test sets. A pool of ``--n-pool`` thousand gamma
+(32 by default) holds:
 
-- ``--n-pool`` thousand operators of the family
+- a share ``--family-fraction`` of operators of the family
   (:func:`deepblur.datasets.make_random_operators` with the setting's
   parameters and seeds 100, 101, ...; the calibration used seed 0 and the
   benchmark's held-out operators use seed 12345), their coefficients in the
   model's basis rescaled to the training operators' mean gain, each times an
   ``alpha`` drawn uniformly in the sampler's ``alpha_range``;
-- as many draws of the model's own sampler;
-- a :class:`deepblur.ConeSampler` with ``max_rays=1`` on that pool of
-  ``gamma`` (Algorithm 2 with one generator per draw: each batch draws pool
-  entries uniformly) is the training sampler of
-  :func:`deepblur.pretrained.train_regressor` (``init_model``: the network
-  and its blur-statistics branch).
+- the rest, draws of the model's own sampler.
+
+A :class:`deepblur.ConeSampler` with ``max_rays=1`` on that pool
+(Algorithm 2 with one generator per draw: each batch draws pool entries
+uniformly) is the training sampler of
+:func:`deepblur.pretrained.train_regressor` (``init_model``: the network and
+its blur-statistics branch).
 
 The saved model keeps the setting's own sampler. Usage: ``python
 benchmarks/train_family_mix.py OUT_DIR [--init DIR] [--n-images 384000]
 [--epochs 3] [--lr 2e-4]``, then ``python
 benchmarks/bench_held_out_operators.py --model OUT_DIR``.
+
+For a GPU (``--device auto`` uses CUDA when there is one; the batches are
+then made there): ``--init none`` trains a new network from random weights
+(``--width``, ``--depth``, ``--stem-stride``; its output bias is the pool's
+mean gamma) and then fits its blur-statistics branch in closed form
+(:func:`deepblur.pretrained.add_feature_head`, ``--head-images``);
+``--noise-std LOW HIGH`` draws the noise of each image in a range (default:
+the setting's level); ``--family-fraction`` sets the share of family
+operators in the pool (0: the cone's draws only, the paper's protocol).
 """
 
 from __future__ import annotations
@@ -37,7 +48,13 @@ from safetensors.torch import load_file
 
 from deepblur import ConeSampler
 from deepblur.datasets import natural_image_split
-from deepblur.pretrained import load_model, save_model, train_regressor
+from deepblur.pretrained import (
+    FEATURE_HEAD_DEFAULTS,
+    add_feature_head,
+    load_model,
+    save_model,
+    train_regressor,
+)
 from deepblur.pretrained._io import DEFAULT_DIR
 
 
@@ -50,41 +67,90 @@ def family_pool(model, n_thousands, first_seed=100):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out")
-    p.add_argument("--init", default=str(DEFAULT_DIR))
-    p.add_argument("--n-pool", type=int, default=16, help="thousands of operators")
+    p.add_argument("--init", default=str(DEFAULT_DIR),
+                   help="model to fine-tune, or 'none' for random weights")
+    p.add_argument("--n-pool", type=int, default=32, help="thousands of gamma")
+    p.add_argument("--family-fraction", type=float, default=0.5)
     p.add_argument("--n-images", type=int, default=384_000)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--noise-std", type=float, nargs="+", default=None,
+                   help="one level or LOW HIGH (default: the setting's)")
+    p.add_argument("--width", type=int, default=16,
+                   help="with --init none (else the model's)")
+    p.add_argument("--depth", type=int, default=2, help="with --init none")
+    p.add_argument("--stem-stride", type=int, default=4, help="with --init none")
+    p.add_argument("--head-images", type=int,
+                   default=FEATURE_HEAD_DEFAULTS["n_images"],
+                   help="images to fit the branch on, with --init none")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="default: 0 on CUDA, 1 on the CPU")
+    p.add_argument("--no-compile", action="store_true")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if not 0.0 <= args.family_fraction <= 1.0:
+        p.error(f"--family-fraction must be in [0, 1]; got {args.family_fraction}")
+    if args.noise_std is not None and len(args.noise_std) > 2:
+        p.error("--noise-std takes one level or LOW HIGH")
+    noise = (None if args.noise_std is None else args.noise_std[0]
+             if len(args.noise_std) == 1 else tuple(args.noise_std))
     torch.set_num_threads(args.threads)
-    model = load_model(args.init)
+    scratch = args.init.lower() == "none"
+    source = DEFAULT_DIR if scratch else args.init    # its setting: basis, cone
+    model = load_model(source)
     t = time.perf_counter()
-    family = family_pool(model, args.n_pool)
+    n_family = int(round(1000 * args.n_pool * args.family_fraction))
+    n_draws = 1000 * args.n_pool - n_family
     rng = np.random.default_rng(args.seed)
-    family = family * rng.uniform(*model.sampler.alpha_range, size=(len(family), 1))
-    draws = model.sampler.sample(len(family))
-    pool = np.concatenate([draws, family]).astype(np.float32)
+    parts = []
+    if n_draws:
+        parts.append(model.sampler.sample(n_draws))
+    if n_family:
+        family = family_pool(model, -(-n_family // 1000))[:n_family]
+        parts.append(family * rng.uniform(*model.sampler.alpha_range,
+                                          size=(n_family, 1)))
+    pool = np.concatenate(parts).astype(np.float32)
     mix = ConeSampler(max_rays=1, alpha_range=(1.0, 1.0 + 1e-6),
                       random_state=args.seed).fit(pool)
-    print(f"pool of {len(pool)} gamma in {time.perf_counter() - t:.0f} s", flush=True)
-    gamma = load_file(f"{args.init}/model.safetensors")["cone.gamma"].numpy()
+    print(f"pool of {len(pool)} gamma ({n_family} of the family) in "
+          f"{time.perf_counter() - t:.0f} s", flush=True)
+    gamma = load_file(f"{source}/model.safetensors")["cone.gamma"].numpy()
     setting = dict(basis=model.basis, cone=model.cone, sampler=mix, gamma=gamma,
                    params=dict(model.setting))
+    if scratch:
+        start = dict(width=args.width, depth=args.depth,
+                     stem_stride=args.stem_stride, output_bias=pool.mean(0))
+    else:                                   # the architecture of the model
+        module = model.regressor.get_params()
+        start = {k: module[f"module__{k}"] for k in
+                 ("width", "depth", "stem_stride", "head")}
+        start["init_model"] = model
     t = time.perf_counter()
-    net = train_regressor(setting, natural_image_split()[0], init_model=model,
-                          n_images=args.n_images, epochs=args.epochs,
-                          batch_size=256, lr=args.lr, pool_size=20_000,
-                          num_workers=1, device="cpu", compile=True,
-                          random_state=args.seed,
-                          checkpoint_dir=args.checkpoint_dir)
+    net = train_regressor(setting, natural_image_split()[0], n_images=args.n_images,
+                          epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, pool_size=20_000, noise_std=noise,
+                          num_workers=args.num_workers, device=args.device,
+                          compile=not args.no_compile, random_state=args.seed,
+                          checkpoint_dir=args.checkpoint_dir, **start)
     seconds = time.perf_counter() - t
-    print(f"fine-tuned in {seconds:.0f} s", flush=True)
+    print(f"trained in {seconds:.0f} s", flush=True)
+    head_seconds = None
+    if scratch:
+        t = time.perf_counter()
+        net = add_feature_head(setting, natural_image_split()[0], net,
+                               **dict(FEATURE_HEAD_DEFAULTS,
+                                      n_images=args.head_images),
+                               noise_std=noise)
+        head_seconds = round(time.perf_counter() - t, 1)
+        print(f"blur-statistics branch fitted in {head_seconds} s", flush=True)
     setting["sampler"] = model.sampler
     save_model(args.out, net, setting, extra=dict(family_mix=dict(
-        vars(args), seconds=round(seconds, 1), pool=len(pool))))
+        vars(args), seconds=round(seconds, 1), head_seconds=head_seconds,
+        pool=len(pool), device=str(net.device))))
 
 
 if __name__ == "__main__":
