@@ -2,10 +2,10 @@
 accuracy on small held-out sets is what benchmarks/README.md reports.
 
 The natural-image target of the issue (3 %) is not met yet; these tests pin
-the shipped model's measured level (5.6 % natural, 4.9 % microscopy on 4 096
-images each, raw as load_default gives them) with a margin for the smaller
-sets here, and require it to beat the mean-gamma baseline (23-24 %) by a wide
-margin.
+the shipped model's measured level (5.5 % natural, 4.9 % microscopy on 4 096
+images each, raw as load_default gives them; 5.0 % without noise and 8.4 % at
+three times the protocol's noise) with a margin for the smaller sets here,
+and require it to beat the mean-gamma baseline (23-24 %) by a wide margin.
 """
 
 import json
@@ -57,6 +57,20 @@ def test_accuracy_on_held_out_natural_images(model):
     err, base = _errors(model, test_images, seed=2024)
     recorded = json.loads((DEFAULT_DIR / "model.json").read_text())
     assert err < recorded["test_operator_error"] + 0.02
+    assert err < 0.4 * base
+
+
+@pytest.mark.parametrize("noise_std", [0.0, 0.03])
+def test_accuracy_holds_at_other_noise_levels(model, noise_std):
+    """Fine-tuned on noise uniform in [0, 0.02]: without noise and at three
+    times the protocol's noise the error stays within 0.7 points of what
+    model.json records (bench_regressor.py, 1 024 images; here 5.1 and 8.2 %
+    on 96). The model before, fine-tuned at 0.01 alone, fails this (5.9 and
+    9.3 % here); the fourth fine-tuning went to 7.5 % without noise."""
+    _, test_images = natural_image_split()
+    err, base = _errors(model, test_images, seed=2025, noise_std=noise_std)
+    recorded = json.loads((DEFAULT_DIR / "model.json").read_text())
+    assert err < recorded["test_operator_error_by_noise"][str(noise_std)] + 0.007
     assert err < 0.4 * base
 
 
