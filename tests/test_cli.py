@@ -731,6 +731,35 @@ def test_blind_commands_warn_that_a_zero_boundary_model_is_unreliable(
     assert code == 0 and "zero boundary" not in err      # a known operator
 
 
+def test_blind_commands_warn_about_a_much_noisier_image(model_dir, model, blurry,
+                                                       capsys, tmp_path):
+    from deepblur.pretrained._apply import training_gain
+
+    u, gamma, y = blurry                    # mean about 1000, noise std 5
+    clean, noisy = tmp_path / "clean.tif", tmp_path / "noisy.tif"
+    tifffile.imwrite(clean, y.astype(np.float32))
+    # ten times the training noise, which was added at the training mean
+    # 0.5 * gain (the observations' mean, to which the image is scaled)
+    sigma = 10 * max(np.atleast_1d(model.noise_std)) * y.mean() / (
+        0.5 * training_gain(model))
+    tifffile.imwrite(noisy, (y + np.random.default_rng(2).normal(
+        0, sigma, y.shape)).astype(np.float32))
+    code, _, err = _run(capsys, "estimate", clean, "--model", model_dir)
+    assert code == 0 and "noise" not in err, err
+    code, _, err = _run(capsys, "estimate", noisy, "--model", model_dir)
+    assert code == 0 and "times the highest noise the model was trained" in err
+    factor = float(re.search(r"\) is (\d+) times the highest", err).group(1))
+    assert 9 <= factor <= 11                # the noise level is measured
+    code, _, err = _run(capsys, "deblur", noisy, "-o", tmp_path / "o.tif",
+                        "--max-iter", "5", "--model", model_dir)
+    assert code == 0 and "times the highest noise" in err
+    np.save(tmp_path / "g.npy", gamma)
+    code, _, err = _run(capsys, "deblur", noisy, "-o", tmp_path / "o.tif",
+                        "--gamma", tmp_path / "g.npy", "--max-iter", "5",
+                        "--model", model_dir)
+    assert code == 0 and "times the highest noise" not in err   # known operator
+
+
 # ------------------------------------------------------------- --estimator
 @pytest.fixture(scope="module")
 def spectral_dir(model_dir, setting, tmp_path_factory):
