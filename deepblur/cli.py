@@ -368,8 +368,7 @@ def cmd_estimate(args):
     if img.shape != tuple(model.basis.image_shape_):
         return _estimate_tiles(args, model, source, estimator, img)
     gamma, scale = estimate_gamma(model, img)
-    _warn_if_zero_boundary(model)
-    _warn_if_noisy(model, img)
+    _warn_about_blind_estimate(model, img)
     gain = operator_gain(model.basis, gamma)
     print(f"model: {source} ({estimator} estimator)")
     print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
@@ -409,10 +408,22 @@ def _tile_stride(args, model):
     return stride
 
 
-def _warn_if_zero_boundary(model):
-    """A model trained on zero-boundary simulations is unreliable on real images
-    (the point-source fit is not trained: nothing to warn about)."""
+NOISE_WARNING_FACTOR = 3.0
+
+
+def _warn_about_blind_estimate(model, img):
+    """What makes a blind estimate of ``img`` unreliable, one warning each.
+
+    A model trained on zero-boundary simulations is unreliable on real
+    images, and any model on images far noisier than its training images (the
+    noise estimated by :func:`deepblur.solvers.tv.estimate_noise_level` on the
+    image scaled as the estimate scales it, to the training mean). The
+    point-source fit is not trained and estimates its own noise: nothing to
+    warn about.
+    """
     from deepblur.estimators.points import PointSourceBlurEstimator
+    from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
+    from deepblur.solvers.tv import estimate_noise_level
 
     if isinstance(model.regressor, PointSourceBlurEstimator):
         return
@@ -424,24 +435,6 @@ def _warn_if_zero_boundary(model):
               "as unreliable, use --estimator spectral (trained on such windows) "
               "if the model has one, or pass a known operator with --gamma.",
               file=sys.stderr)
-
-
-NOISE_WARNING_FACTOR = 3.0
-
-
-def _warn_if_noisy(model, img):
-    """Warn when the image is far noisier than the model's training images.
-
-    The noise is estimated (:func:`deepblur.solvers.tv.estimate_noise_level`)
-    on the image scaled as the estimate scales it (to the training mean); the
-    point-source fit estimates its own noise and is not concerned.
-    """
-    from deepblur.estimators.points import PointSourceBlurEstimator
-    from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
-    from deepblur.solvers.tv import estimate_noise_level
-
-    if isinstance(model.regressor, PointSourceBlurEstimator):
-        return
     trained = float(np.max(model.noise_std))
     scale = _IMAGE_MEAN * training_gain(model) / float(np.mean(img))
     sigma = float(estimate_noise_level(np.asarray(img, dtype=np.float64))) * scale
@@ -466,8 +459,7 @@ def _estimate_tiles(args, model, source, estimator, img):
             img, model.regressor, tuple(model.basis.image_shape_),
             stride=_tile_stride(args, model),
             target_mean=_IMAGE_MEAN * training_gain(model))
-    _warn_if_zero_boundary(model)
-    _warn_if_noisy(model, img)
+    _warn_about_blind_estimate(model, img)
     print(f"model: {source} ({estimator} estimator)")
     print(f"{img.shape[0]}x{img.shape[1]} image: {grid.n_tiles} tiles "
           f"({grid.shape[0]}x{grid.shape[1]}) of {grid.tile_shape[0]}x"
@@ -586,8 +578,7 @@ def cmd_deblur(args):
     if img.shape != tuple(model.basis.image_shape_):
         restored, grid = _deblur_large(args, model, img)
         if args.gamma is None:
-            _warn_if_zero_boundary(model)
-            _warn_if_noisy(model, img)
+            _warn_about_blind_estimate(model, img)
         write_image(args.output, restored, dtype)
         mode = "blind" if args.gamma is None else f"operator from {args.gamma}"
         print(f"deblurred ({mode}, {grid.n_tiles} tiles, {args.regularization}, "
@@ -603,8 +594,7 @@ def cmd_deblur(args):
                                    boundary=args.boundary, max_iter=args.max_iter,
                                    device=args.device)
     if gamma is None:
-        _warn_if_zero_boundary(model)
-        _warn_if_noisy(model, img)
+        _warn_about_blind_estimate(model, img)
     write_image(args.output, restored, dtype)
     mode = "blind" if gamma is None else f"operator from {args.gamma}"
     print(f"deblurred ({mode}, {args.regularization}, lam={args.lam}): "
