@@ -92,10 +92,15 @@ def main():
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if args.n_pool < 1:
+        p.error(f"--n-pool must be at least 1 (thousand gamma); got {args.n_pool}")
     if not 0.0 <= args.family_fraction <= 1.0:
         p.error(f"--family-fraction must be in [0, 1]; got {args.family_fraction}")
-    if args.noise_std is not None and len(args.noise_std) > 2:
-        p.error("--noise-std takes one level or LOW HIGH")
+    if args.noise_std is not None and (
+            len(args.noise_std) > 2 or min(args.noise_std) < 0
+            or args.noise_std != sorted(args.noise_std)):
+        p.error("--noise-std takes one level or LOW HIGH, with 0 <= LOW <= HIGH; "
+                f"got {args.noise_std}")
     noise = (None if args.noise_std is None else args.noise_std[0]
              if len(args.noise_std) == 1 else tuple(args.noise_std))
     torch.set_num_threads(args.threads)
