@@ -367,8 +367,9 @@ def cmd_estimate(args):
     img, _ = _model_image(model, args.image)
     if img.shape != tuple(model.basis.image_shape_):
         return _estimate_tiles(args, model, source, estimator, img)
-    gamma, scale = estimate_gamma(model, img)
-    _warn_about_blind_estimate(model, img)
+    with _Warnings():
+        gamma, scale = estimate_gamma(model, img)
+    _warn_about_blind_estimate(model)
     gain = operator_gain(model.basis, gamma)
     print(f"model: {source} ({estimator} estimator)")
     print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
@@ -408,22 +409,14 @@ def _tile_stride(args, model):
     return stride
 
 
-NOISE_WARNING_FACTOR = 3.0
+def _warn_about_blind_estimate(model):
+    """Warn that a zero-boundary model's blind estimate of a real image is unreliable.
 
-
-def _warn_about_blind_estimate(model, img):
-    """What makes a blind estimate of ``img`` unreliable, one warning each.
-
-    A model trained on zero-boundary simulations is unreliable on real
-    images, and any model on images far noisier than its training images (the
-    noise estimated by :func:`deepblur.solvers.tv.estimate_noise_level` on the
-    image scaled as the estimate scales it, to the training mean). The
-    point-source fit is not trained and estimates its own noise: nothing to
-    warn about.
+    (The noise of the image is checked by the regressor's ``predict``, whose
+    ``NoisyImageWarning`` the commands print.) The point-source fit is not
+    trained: nothing to warn about.
     """
     from deepblur.estimators.points import PointSourceBlurEstimator
-    from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
-    from deepblur.solvers.tv import estimate_noise_level
 
     if isinstance(model.regressor, PointSourceBlurEstimator):
         return
@@ -435,18 +428,6 @@ def _warn_about_blind_estimate(model, img):
               "as unreliable, use --estimator spectral (trained on such windows) "
               "if the model has one, or pass a known operator with --gamma.",
               file=sys.stderr)
-    trained = float(np.max(model.noise_std))
-    scale = _IMAGE_MEAN * training_gain(model) / float(np.mean(img))
-    sigma = float(estimate_noise_level(np.asarray(img, dtype=np.float64))) * scale
-    if trained > 0 and sigma > NOISE_WARNING_FACTOR * trained:
-        print(f"warning: the image's noise (std {sigma:.3g} once scaled to the "
-              f"model's training mean) is {sigma / trained:.0f} times the "
-              f"highest noise the model was trained with ({trained:g}); the "
-              "blind estimate degrades with noise (the shipped network: 5.5 % "
-              "operator error at 0.01, 8.4 % at 0.03, 27 % at 0.1, worse than "
-              "the mean operator's 24 %; benchmarks/README.md): denoise or bin "
-              "the image first, use a model trained at its noise level, or pass "
-              "a known operator with --gamma.", file=sys.stderr)
 
 
 def _estimate_tiles(args, model, source, estimator, img):
@@ -459,7 +440,7 @@ def _estimate_tiles(args, model, source, estimator, img):
             img, model.regressor, tuple(model.basis.image_shape_),
             stride=_tile_stride(args, model),
             target_mean=_IMAGE_MEAN * training_gain(model))
-    _warn_about_blind_estimate(model, img)
+    _warn_about_blind_estimate(model)
     print(f"model: {source} ({estimator} estimator)")
     print(f"{img.shape[0]}x{img.shape[1]} image: {grid.n_tiles} tiles "
           f"({grid.shape[0]}x{grid.shape[1]}) of {grid.tile_shape[0]}x"
@@ -578,7 +559,7 @@ def cmd_deblur(args):
     if img.shape != tuple(model.basis.image_shape_):
         restored, grid = _deblur_large(args, model, img)
         if args.gamma is None:
-            _warn_about_blind_estimate(model, img)
+            _warn_about_blind_estimate(model)
         write_image(args.output, restored, dtype)
         mode = "blind" if args.gamma is None else f"operator from {args.gamma}"
         print(f"deblurred ({mode}, {grid.n_tiles} tiles, {args.regularization}, "
@@ -594,7 +575,7 @@ def cmd_deblur(args):
                                    boundary=args.boundary, max_iter=args.max_iter,
                                    device=args.device)
     if gamma is None:
-        _warn_about_blind_estimate(model, img)
+        _warn_about_blind_estimate(model)
     write_image(args.output, restored, dtype)
     mode = "blind" if gamma is None else f"operator from {args.gamma}"
     print(f"deblurred ({mode}, {args.regularization}, lam={args.lam}): "

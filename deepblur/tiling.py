@@ -47,6 +47,12 @@ from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from deepblur._validation import check_positive_int_pair, resolve_device
+from deepblur.estimators._gamma import (
+    image_noise_levels,
+    noise_check_sample,
+    noisy_images_message,
+)
+from deepblur.exceptions import NoisyImageWarning
 from deepblur.operators.product_convolution import ProductConvolution
 from deepblur.solvers.tv import (
     LIPSCHITZ_SAFETY,
@@ -347,29 +353,43 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         image_factor = target_mean / mean
     offsets = grid.offsets
     h, w = tile_shape
-    out = []
+    out, levels = [], []
+    noise_level = getattr(regressor, "noise_level_", None)
+    checked = np.zeros(grid.n_tiles, dtype=bool)       # tiles whose noise is checked
+    checked[noise_check_sample(grid.n_tiles)] = True
     starts = range(0, grid.n_tiles, batch_size)
-    for start in tqdm(starts, desc="estimating tiles", unit="batch",
-                      disable=_progress(progress, grid.n_tiles)):
-        batch = np.stack([img[r:r + h, c:c + w]
-                          for r, c in offsets[start:start + batch_size]])
-        batch = batch.astype(np.float64)
-        if image_factor is not None:
-            means = batch.mean(axis=(1, 2))
-            ok = means > 0
-            factors = np.where(ok, target_mean / np.where(ok, means, 1.0),
-                               image_factor)
-            batch *= factors[:, None, None]
-        pred = regressor.predict(batch.astype(np.float32))
-        if torch.is_tensor(pred):
-            pred = pred.detach().cpu().numpy()
-        pred = np.asarray(pred, dtype=np.float64)
-        if pred.ndim != 2 or pred.shape[0] != batch.shape[0]:
-            raise ValueError(
-                "regressor.predict must return one row of coefficients per tile, "
-                f"shape ({batch.shape[0]}, K); got shape {pred.shape}."
-            )
-        out.append(pred)
+    with warnings.catch_warnings():
+        # one warning about the tiles' noise for the image, not one per batch
+        warnings.filterwarnings("ignore", category=NoisyImageWarning)
+        for start in tqdm(starts, desc="estimating tiles", unit="batch",
+                          disable=_progress(progress, grid.n_tiles)):
+            batch = np.stack([img[r:r + h, c:c + w]
+                              for r, c in offsets[start:start + batch_size]])
+            batch = batch.astype(np.float64)
+            if image_factor is not None:
+                means = batch.mean(axis=(1, 2))
+                ok = means > 0
+                factors = np.where(ok, target_mean / np.where(ok, means, 1.0),
+                                   image_factor)
+                batch *= factors[:, None, None]
+            batch = batch.astype(np.float32)
+            pred = regressor.predict(batch)
+            if torch.is_tensor(pred):
+                pred = pred.detach().cpu().numpy()
+            pred = np.asarray(pred, dtype=np.float64)
+            if pred.ndim != 2 or pred.shape[0] != batch.shape[0]:
+                raise ValueError(
+                    "regressor.predict must return one row of coefficients per "
+                    f"tile, shape ({batch.shape[0]}, K); got shape {pred.shape}."
+                )
+            out.append(pred)
+            sample = checked[start:start + batch_size]
+            if noise_level is not None and sample.any():
+                levels.append(image_noise_levels(batch[sample]))
+    message = (noisy_images_message(np.concatenate(levels), noise_level, "tiles",
+                                    n_total=grid.n_tiles) if levels else None)
+    if message is not None:
+        warnings.warn(message, NoisyImageWarning, stacklevel=2)
     gamma = np.concatenate(out)
     if not np.isfinite(gamma).all():
         raise ValueError("regressor.predict returned NaN or Inf coefficients.")

@@ -36,6 +36,7 @@ def test_loads_on_cpu_without_pickle(model):
                for p in model.regressor.module_.parameters())
     assert model.basis.kernels_.shape[0] == model.sampler.generators_.shape[1] == 20
     assert model.noise_std == pytest.approx(0.01)
+    assert model.regressor.noise_level_ == pytest.approx(0.01)   # predict's check
     assert sorted(p.name for p in DEFAULT_DIR.iterdir()) == [
         "model.json", "model.safetensors", "spectral.json", "spectral.safetensors"]
 
@@ -99,6 +100,27 @@ def test_projected_estimates_are_never_worse_on_sampler_draws(model):
 
 
 # ------------------------------------------------ the spectral regressor
+def test_estimate_gamma_warns_about_an_image_far_noisier_than_training(model):
+    """At the training noise nothing is said; at ten times it, a
+    NoisyImageWarning (the error there is 27 %, worse than the mean operator)."""
+    import warnings
+
+    from deepblur.datasets.simulate import blur_images
+    from deepblur.exceptions import NoisyImageWarning
+    from deepblur.pretrained import bundled_image, estimate_gamma
+
+    u, gamma = bundled_image("camera")[None], model.sampler.sample(1)
+    for noise in (0.0, 0.01):
+        y = blur_images(u, gamma, model.basis, noise_std=noise, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NoisyImageWarning)
+            estimate_gamma(model, 40.0 * y[0])  # any intensity scale
+    y = blur_images(u, gamma, model.basis, noise_std=0.1, random_state=0)
+    with pytest.warns(NoisyImageWarning, match=r"1 of 1 images .* \(median\), "
+                                               r"(9|10|11) times that"):
+        estimate_gamma(model, 40.0 * y[0])
+
+
 @pytest.fixture(scope="module")
 def spectral():
     return load_default(estimator="spectral")
@@ -108,6 +130,7 @@ def test_spectral_regressor_loads_for_real_images(spectral, model):
     assert type(spectral.regressor).__name__ == "SpectralBlurRegressor"
     assert spectral.setting["boundary"] == "crop"
     assert spectral.noise_std == (0.005, 0.05)
+    assert spectral.regressor.noise_level_ == 0.05
     np.testing.assert_array_equal(spectral.basis.gram_, model.basis.gram_)
     assert spectral.regressor.coef_.shape == (578, 20)
 

@@ -276,6 +276,47 @@ def test_estimate_tiles_with_a_resnet_regressor(basis):
     np.testing.assert_allclose(gamma[-1], net.predict(crop[None])[0], rtol=1e-5)
 
 
+def test_estimate_tiles_warns_once_about_noisy_tiles():
+    """The tiles' noise against the regressor's noise_level_: one warning for
+    the image (counting tiles), not one per batch of tiles."""
+    import re
+    import warnings
+
+    from deepblur.estimators._gamma import warn_if_noisy
+    from deepblur.exceptions import NoisyImageWarning
+
+    class NoisyAware(FixedRegressor):     # warns per call, as the regressors do
+        noise_level_ = 0.01
+
+        def predict(self, X):
+            warn_if_noisy(X, self.noise_level_)
+            return super().predict(X)
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:128]
+    clean = 1.0 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    noisy = clean.copy()
+    noisy[:, 56:] += rng.normal(0, 0.2, (96, 72))     # 20 times, on the right
+    for image, expect in ((clean, 0), (noisy, None)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, grid = estimate_tiles(image, NoisyAware(lambda x: np.ones(K)), TILE,
+                                     stride=16, batch_size=4, target_mean=1.0)
+        found = [w for w in caught if issubclass(w.category, NoisyImageWarning)]
+        if expect == 0:
+            assert found == []
+            continue
+        assert len(found) == 1, [str(w.message) for w in found]
+        n = int(re.match(rf"(\d+) of {grid.n_tiles} tiles are over",
+                         str(found[0].message)).group(1))
+        # the tiles mostly in the noisy part (a median estimate): from column 48
+        assert n == int(np.sum(grid.offsets[:, 1] >= 48)) == 20
+    # a regressor that does not say its training noise: nothing is checked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoisyImageWarning)
+        estimate_tiles(noisy, FixedRegressor(lambda x: np.ones(K)), TILE)
+
+
 def test_estimate_tiles_errors(basis):
     reg = FixedRegressor(lambda x: np.ones(K))
     with pytest.raises(ValueError, match="smaller than one tile"):

@@ -16,7 +16,10 @@ from deepblur.estimators._gamma import (
     check_gamma_targets,
     check_sampler,
     clone_sharing_fitted,
+    merge_noise_levels,
     project_estimates,
+    training_noise_level,
+    warn_if_noisy,
 )
 from deepblur.nets.losses import RelativeFrobeniusLoss, relative_frobenius_error
 from deepblur.nets.resnet import ResNet
@@ -123,6 +126,15 @@ class ResNetBlurRegressor(NeuralNetRegressor):
     optimizer_ : torch.optim.Optimizer
     history_ : skorch.History
         Per-epoch losses and callbacks' records.
+    noise_level_ : float or None
+        Noise standard deviation of the noisiest training images, in the
+        scale the network sees: the top of a ``BlurDataset``'s ``noise_std``,
+        or for arrays the 99th percentile of the levels estimated on them
+        (:func:`~deepblur.solvers.tv.estimate_noise_level`); the largest over
+        successive ``partial_fit`` calls. None when unknown (a dataset with
+        ``snr`` or of another type), which turns the noise check of
+        :meth:`predict` off. Models from :func:`~deepblur.pretrained.load_model`
+        get the top of their ``noise_std``.
 
     See Also
     --------
@@ -327,6 +339,24 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         if isinstance(dataset_train, BlurDataset):
             dataset_train.set_epoch(len(self.history))
 
+    def initialize(self):
+        """Initialise the components (skorch) and forget the training noise."""
+        super().initialize()
+        vars(self).pop("noise_level_", None)
+        return self
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's training loop, recording the noise of the training images.
+
+        See ``noise_level_``. Recorded before the first epoch, so an
+        interrupted training keeps it.
+        """
+        level = training_noise_level(X)
+        if hasattr(self, "noise_level_"):   # continued training: widen it
+            level = merge_noise_levels(self.noise_level_, level)
+        self.noise_level_ = level
+        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+
     # ----------------------------------------------------------- prediction
     def predict(self, X):
         """Estimated coefficients ``gamma_hat`` of the blur of each image.
@@ -342,8 +372,15 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         ndarray of shape (n, K), float32
             The network's outputs, projected on the sampler's support when
             ``sampler`` is given.
+
+        Warns
+        -----
+        NoisyImageWarning
+            When some images are over three times noisier than
+            ``noise_level_`` (see :class:`~deepblur.exceptions.NoisyImageWarning`).
         """
         gamma = super().predict(X)
+        warn_if_noisy(X, getattr(self, "noise_level_", None))
         if self.sampler is None:
             return gamma
         return project_estimates(self.sampler, gamma, self._gram())

@@ -20,6 +20,8 @@ from deepblur.estimators._gamma import (
     check_gamma_targets,
     check_sampler,
     project_estimates,
+    training_noise_level,
+    warn_if_noisy,
 )
 from deepblur.estimators.regressor import _check_images
 from deepblur.features import blur_features, n_blur_features
@@ -92,6 +94,12 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         ``H * W`` (pixels per image).
     n_train_images_ : int
         Images the ridge was fitted on.
+    noise_level_ : float or None
+        Noise standard deviation of the noisiest training images: the top of
+        a ``BlurDataset``'s ``noise_std``, or for arrays the 99th percentile
+        of the levels estimated on them; None when unknown (``snr``).
+        :meth:`predict` warns about images over three times noisier
+        (:class:`~deepblur.exceptions.NoisyImageWarning`).
 
     See Also
     --------
@@ -248,6 +256,7 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         self.image_shape_ = image_shape
         self.n_features_in_ = int(np.prod(image_shape))
         self.n_train_images_ = int(len(F))
+        self.noise_level_ = training_noise_level(X)
         return self
 
     def predict(self, X):
@@ -262,9 +271,16 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         ndarray of shape (n, K), float32
             (float32 like :class:`~deepblur.ResNetBlurRegressor`'s),
             projected on the sampler's support when ``sampler`` is given.
+
+        Warns
+        -----
+        NoisyImageWarning
+            When some images are over three times noisier than
+            ``noise_level_``.
         """
         check_is_fitted(self)
         F = self._features(X, self.image_shape_)
+        warn_if_noisy(X, getattr(self, "noise_level_", None))
         gamma = (F @ self.coef_ + self.intercept_).astype(np.float32)
         return project_estimates(self.sampler, gamma, self._fitted_basis().gram_)
 

@@ -45,7 +45,9 @@ PretrainedModel.__doc__ = """A trained blur regressor and the setting it was tra
 
 Fields: ``basis`` (fitted ProductConvolutionBasis), ``cone`` (fitted
 ConeSimplifier), ``sampler`` (fitted ConeSampler), ``regressor`` (ready
-ResNetBlurRegressor on CPU, or SpectralBlurRegressor), ``noise_std``
+ResNetBlurRegressor on CPU, or SpectralBlurRegressor; its ``noise_level_``,
+the top of ``noise_std``, is what its ``predict`` checks images against),
+``noise_std``
 (training noise level, or its ``(low, high)`` range, for clean images of mean
 ``setting["image_mean"]``) and ``setting`` (the dict of
 :data:`~deepblur.pretrained.DEFAULT_SETTING` keys it was trained with; its
@@ -220,7 +222,9 @@ def _load_spectral(directory, basis):
     regressor.image_shape_ = image_shape
     regressor.n_features_in_ = int(np.prod(image_shape))
     regressor.n_train_images_ = int(meta["n_train_images"])
-    return regressor, _noise_param(meta["noise_std"]), meta["boundary"]
+    noise_std = _noise_param(meta["noise_std"])
+    regressor.noise_level_ = float(np.max(noise_std))
+    return regressor, noise_std, meta["boundary"]
 
 
 def load_model(directory, estimator="network", *, project=False):
@@ -298,6 +302,7 @@ def load_model(directory, estimator="network", *, project=False):
                  if k.startswith("module.")}
         regressor.module_.load_state_dict(state)
         regressor.module_.eval()
+        regressor.noise_level_ = float(np.max(noise_std))
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,
                            setting=setting)

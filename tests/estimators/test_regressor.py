@@ -15,6 +15,7 @@ from deepblur.datasets.simulate import BlurDataset, make_blurred_images
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler
 from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.exceptions import NoisyImageWarning
 from deepblur.operators.product_convolution import dense_matrix
 from deepblur.pretrained import relative_errors
 
@@ -114,6 +115,90 @@ def test_blur_dataset_epochs_draw_new_samples_with_workers(setting):
                         **SMALL).fit(data, None)
     assert len(record.seen) == 2
     assert not torch.equal(record.seen[0], record.seen[1])
+
+
+def _smooth_pool(n, shape, seed):
+    """Smooth images: their finest Haar coefficients hold noise, not content."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    return np.stack([gaussian_filter(rng.random(shape), 3) for _ in range(n)])
+
+
+def _count_noisy(net, X):
+    """How many images predict's NoisyImageWarning counts (0: no warning)."""
+    import re
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.predict(X)
+    noisy = [w for w in caught if issubclass(w.category, NoisyImageWarning)]
+    assert len(noisy) <= 1
+    if not noisy:
+        return 0
+    return int(re.match(r"(\d+) of %d images are over 3 times noisier" % len(X),
+                        str(noisy[0].message)).group(1))
+
+
+def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_path):
+    _, sampler, _, _, _ = setting
+    # smooth images, blurs and maps: what is left at the finest scale is noise
+    r = np.arange(5) - 2
+    kernels = np.stack([np.exp(-0.5 * (r[:, None] ** 2 + r ** 2) / s**2)
+                        for s in (0.7, 1.2, 2.0)])
+    yy, xx = np.mgrid[0:16, 0:16] / 15.0
+    basis = ProductConvolutionBasis.from_components(
+        kernels / kernels.sum((1, 2), keepdims=True),
+        np.stack([np.ones((16, 16)), xx, yy]))
+    pool = _smooth_pool(20, (16, 16), 1)
+
+    def data(noise, **kw):
+        return BlurDataset(pool, basis, sampler, batch_size=16, n_batches=2,
+                           noise_std=noise, random_state=0, **kw)
+
+    def images(noise, seed=3):
+        return make_blurred_images(pool, basis, sampler, 32, noise_std=noise,
+                                   random_state=seed)[0]
+
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
+                              **SMALL).fit(data((0.0, 0.02)), None)
+    assert net.noise_level_ == 0.02                 # the top of the range
+    assert _count_noisy(net, images(0.02)) == 0
+    assert _count_noisy(net, images(0.0)) == 0
+    assert _count_noisy(net, images(0.2)) >= 30     # ten times: nearly all
+    with pytest.warns(NoisyImageWarning, match=r"\(median\), (9|10|11) times"):
+        net.predict(images(0.2, seed=4))
+    # a large call checks 64 evenly spaced images, and says so
+    many = make_blurred_images(pool, basis, sampler, 130, noise_std=0.2,
+                               random_state=6)[0]
+    with pytest.warns(NoisyImageWarning, match=r"^(6[0-4]) of 64 images checked "
+                                               r"\(evenly spaced among 130\)"):
+        net.predict(many)
+    # continued training widens the level, a fresh fit starts over
+    net.partial_fit(data(0.05), None)
+    assert net.noise_level_ == 0.05
+    net.partial_fit(data(0.01), None)
+    assert net.noise_level_ == 0.05
+    assert _count_noisy(net, images(0.1)) == 0
+    net.fit(data(0.01), None)
+    assert net.noise_level_ == 0.01
+    assert _count_noisy(net, images(0.1)) >= 30
+    # it survives a pickle (joblib) round trip
+    joblib.dump(net, tmp_path / "net.joblib")
+    assert joblib.load(tmp_path / "net.joblib").noise_level_ == 0.01
+    # on arrays, the level is measured on the training images
+    X, y = make_blurred_images(pool, basis, sampler, 64, noise_std=0.05,
+                               random_state=5)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
+                              **SMALL).fit(X, y)
+    assert 0.04 < net.noise_level_ < 0.08
+    assert _count_noisy(net, images(0.05)) == 0
+    assert _count_noisy(net, images(0.5)) >= 30
+    # noise given as an SNR depends on the image: unknown, nothing checked
+    net.fit(data(None, snr=20.0), None)
+    assert net.noise_level_ is None
+    assert _count_noisy(net, images(0.5)) == 0
 
 
 def test_clone_gridsearch_and_joblib(setting, tmp_path):

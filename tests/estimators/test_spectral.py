@@ -196,3 +196,29 @@ def test_bad_input(setting):
         fitted.predict(X[:, :16, :16])
     with pytest.raises(ValueError, match="dtype"):
         est.fit(X, np.full(y.shape, "a"))
+
+
+def test_predict_warns_about_much_noisier_images(setting):
+    import warnings
+
+    from deepblur.exceptions import NoisyImageWarning
+
+    basis, sampler, pool, *_ = setting
+    smooth = pool[:40]                  # the integrated noise: smooth content
+    X, y = make_blurred_images(smooth, basis, sampler, 200, noise_std=0.01,
+                               random_state=2)
+    est = SpectralBlurRegressor(basis, window=16).fit(X, y)
+    assert 0.008 < est.noise_level_ < 0.02      # measured on the training images
+    Xs, _ = make_blurred_images(smooth, basis, sampler, 20, noise_std=0.01,
+                                random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoisyImageWarning)
+        est.predict(Xs)
+    Xn, _ = make_blurred_images(smooth, basis, sampler, 20, noise_std=0.1,
+                                random_state=3)
+    with pytest.warns(NoisyImageWarning, match="20 of 20 images are over 3 times"):
+        est.predict(Xn)
+    est.noise_level_ = None                     # unknown: nothing is checked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoisyImageWarning)
+        est.predict(Xn)
