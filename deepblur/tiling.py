@@ -50,6 +50,7 @@ from deepblur._validation import check_positive_int_pair, resolve_device
 from deepblur.estimators._gamma import (
     image_noise_levels,
     noise_check_sample,
+    noise_check_suspended,
     noisy_images_message,
 )
 from deepblur.exceptions import NoisyImageWarning
@@ -358,9 +359,8 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     checked = np.zeros(grid.n_tiles, dtype=bool)       # tiles whose noise is checked
     checked[noise_check_sample(grid.n_tiles)] = True
     starts = range(0, grid.n_tiles, batch_size)
-    with warnings.catch_warnings():
-        # one warning about the tiles' noise for the image, not one per batch
-        warnings.filterwarnings("ignore", category=NoisyImageWarning)
+    with noise_check_suspended():
+        # one check of the tiles' noise for the image, not one per batch
         for start in tqdm(starts, desc="estimating tiles", unit="batch",
                           disable=_progress(progress, grid.n_tiles)):
             batch = np.stack([img[r:r + h, c:c + w]

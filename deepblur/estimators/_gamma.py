@@ -3,6 +3,8 @@ and watching the noise of the images they are given."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 
 import numpy as np
@@ -22,6 +24,9 @@ _NOISE_CHUNK = 256          # images per call of the noise estimate (memory)
 #: that does not grow with the batch (0.13 ms per 128x128 image on one CPU
 #: thread, a tenth of the network's inference there)
 NOISE_CHECK_SAMPLE = 64
+# set by callers that check the noise of many predict calls at once
+_NOISE_CHECK_SUSPENDED = contextvars.ContextVar("deepblur_noise_check_suspended",
+                                                default=False)
 
 
 def check_gamma_targets(y, K, name="y"):
@@ -132,8 +137,7 @@ def image_noise_levels(X):
     """Estimated noise standard deviation of each image, float64 ``(n,)``.
 
     ``X`` of shape ``(n, H, W)`` or ``(n, 1, H, W)`` (array or tensor), by
-    :func:`~deepblur.solvers.tv.estimate_noise_level` in chunks (it works in
-    float64).
+    :func:`~deepblur.solvers.tv.estimate_noise_level` in chunks of images.
     """
     arr = X.detach() if torch.is_tensor(X) else np.asarray(X)
     if arr.ndim == 4 and arr.shape[1] == 1:
@@ -211,15 +215,30 @@ def noisy_images_message(levels, noise_level, what="images", n_total=None):
     )
 
 
+@contextlib.contextmanager
+def noise_check_suspended():
+    """Within it, :func:`warn_if_noisy` checks nothing (in this thread/task).
+
+    For callers that split one input over many ``predict`` calls (the tiles
+    of an image) and check the noise of the whole once.
+    """
+    token = _NOISE_CHECK_SUSPENDED.set(True)
+    try:
+        yield
+    finally:
+        _NOISE_CHECK_SUSPENDED.reset(token)
+
+
 def warn_if_noisy(X, noise_level, *, stacklevel=3):
     """Issue a :class:`~deepblur.exceptions.NoisyImageWarning` if it applies.
 
     The noise of at most ``NOISE_CHECK_SAMPLE`` evenly spaced images of ``X``
     is estimated (see :func:`noisy_images_message`). Nothing is checked when
     ``X`` is a dataset rather than images, or images the noise estimate
-    cannot take.
+    cannot take, or within :func:`noise_check_suspended`.
     """
-    if noise_level is None or isinstance(X, torch.utils.data.Dataset):
+    if (noise_level is None or isinstance(X, torch.utils.data.Dataset)
+            or _NOISE_CHECK_SUSPENDED.get()):
         return
     try:
         arr = X.detach() if torch.is_tensor(X) else np.asarray(X)
