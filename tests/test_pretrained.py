@@ -141,6 +141,33 @@ def test_train_regressor_and_feature_head_take_their_own_noise(small_setting,
     assert len(made) == 3                       # refused before any data
 
 
+def test_a_fine_tuning_noise_range_is_what_predict_checks_after_loading(
+        small_setting, tmp_path):
+    """train_regressor(noise_std=...) trains on another noise than the
+    setting's: save_model keeps the network's noise_level_ and load_model
+    gives it back (else the top of the setting's noise); a bad value in
+    model.json is refused."""
+    pool = np.random.default_rng(0).random((6, 16, 16))
+    net = train_regressor(small_setting, pool, noise_std=(0.0, 0.05), n_images=32,
+                          epochs=1, batch_size=16, width=4, depth=1,
+                          stem_stride=2, pool_size=6, num_workers=0,
+                          device="cpu", verbose=0)
+    assert net.noise_level_ == 0.05
+    save_model(tmp_path, net, small_setting)
+    model = load_model(tmp_path)
+    assert model.regressor.noise_level_ == 0.05
+    assert model.noise_std == small_setting["params"]["noise_std"]   # the setting's
+    meta = json.loads((tmp_path / "model.json").read_text())
+    del meta["noise_level"]                     # a model saved before the key
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    assert load_model(tmp_path).regressor.noise_level_ == pytest.approx(
+        np.max(small_setting["params"]["noise_std"]))
+    for bad in (-0.1, "0.05", [0.0, 0.05], True):
+        (tmp_path / "model.json").write_text(json.dumps(dict(meta, noise_level=bad)))
+        with pytest.raises(ValueError, match="noise_level must be a non-negative"):
+            load_model(tmp_path)
+
+
 def test_save_load_a_network_with_its_feature_head(small_setting, tmp_path):
     feats = dict(window=8, n_radial=2, n_angular=2, border=3, n_segments=2)
     net, X = _tiny_regressor(small_setting, module__blur_features=feats,

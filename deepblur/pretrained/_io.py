@@ -98,6 +98,14 @@ def save_model(directory, regressor, setting, *, extra=None):
         As returned by :func:`deepblur.pretrained.make_default_setting`.
     extra : dict, optional
         More JSON-serialisable metadata (e.g. measured errors).
+
+    Notes
+    -----
+    The regressor's ``noise_level_`` (the noise of its noisiest training
+    images, which its ``predict`` checks images against) is stored as
+    ``noise_level`` when known: a network fine-tuned on a noise range other
+    than the setting's keeps it. :func:`load_model` falls back to the top of
+    the setting's ``noise_std`` for models without it.
     """
     from safetensors.torch import save_file
 
@@ -127,6 +135,9 @@ def save_model(directory, regressor, setting, *, extra=None):
                  for k, v in setting["params"].items()},
         **(extra or {}),
     )
+    level = getattr(regressor, "noise_level_", None)
+    if level is not None:       # its training noise, if not the setting's
+        meta.setdefault("noise_level", float(level))
     (directory / _META).write_text(json.dumps(meta, indent=1))
     return directory
 
@@ -302,7 +313,16 @@ def load_model(directory, estimator="network", *, project=False):
                  if k.startswith("module.")}
         regressor.module_.load_state_dict(state)
         regressor.module_.eval()
-        regressor.noise_level_ = float(np.max(noise_std))
+        # what the network was trained on, as save_model recorded it (a
+        # fine-tuning on a noise range), else the top of the setting's noise
+        level = meta.get("noise_level")
+        if level is not None and (isinstance(level, bool)
+                                  or not isinstance(level, (int, float))
+                                  or not np.isfinite(level) or level < 0):
+            raise ValueError(f"{_META}: noise_level must be a non-negative "
+                             f"number (or absent); got {level!r}.")
+        regressor.noise_level_ = float(np.max(noise_std) if level is None
+                                       else level)
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,
                            setting=setting)
