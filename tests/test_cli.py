@@ -738,9 +738,10 @@ def test_blind_commands_warn_about_a_much_noisier_image(model_dir, model, blurry
     u, gamma, y = blurry                    # mean about 1000, noise std 5
     clean, noisy = tmp_path / "clean.tif", tmp_path / "noisy.tif"
     tifffile.imwrite(clean, y.astype(np.float32))
-    # ten times the training noise, which was added at the training mean
-    # 0.5 * gain (the observations' mean, to which the image is scaled)
-    sigma = 10 * max(np.atleast_1d(model.noise_std)) * y.mean() / (
+    # ten times the training noise (the regressor's noise_level_, measured on
+    # its training images), at the training mean 0.5 * gain (the
+    # observations' mean, to which the image is scaled)
+    sigma = 10 * model.regressor.noise_level_ * y.mean() / (
         0.5 * training_gain(model))
     tifffile.imwrite(noisy, (y + np.random.default_rng(2).normal(
         0, sigma, y.shape)).astype(np.float32))
