@@ -133,8 +133,9 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         (:func:`~deepblur.solvers.tv.estimate_noise_level`); the largest over
         successive ``partial_fit`` calls. None when unknown (a dataset with
         ``snr`` or of another type), which turns the noise check of
-        :meth:`predict` off. Models from :func:`~deepblur.pretrained.load_model`
-        get the top of their ``noise_std``.
+        :meth:`predict` off. :func:`~deepblur.pretrained.save_model` stores
+        it and :func:`~deepblur.pretrained.load_model` restores it (models
+        saved without it get the top of their setting's ``noise_std``).
 
     See Also
     --------

@@ -46,7 +46,8 @@ PretrainedModel.__doc__ = """A trained blur regressor and the setting it was tra
 Fields: ``basis`` (fitted ProductConvolutionBasis), ``cone`` (fitted
 ConeSimplifier), ``sampler`` (fitted ConeSampler), ``regressor`` (ready
 ResNetBlurRegressor on CPU, or SpectralBlurRegressor; its ``noise_level_``,
-the top of ``noise_std``, is what its ``predict`` checks images against),
+what its ``predict`` checks images against, is the network's recorded
+``noise_level`` or else the top of ``noise_std``),
 ``noise_std``
 (training noise level, or its ``(low, high)`` range, for clean images of mean
 ``setting["image_mean"]``) and ``setting`` (the dict of
@@ -136,7 +137,7 @@ def save_model(directory, regressor, setting, *, extra=None):
         **(extra or {}),
     )
     level = getattr(regressor, "noise_level_", None)
-    if level is not None:       # its training noise, if not the setting's
+    if level is not None:       # what predict checks images against (Notes)
         meta.setdefault("noise_level", float(level))
     (directory / _META).write_text(json.dumps(meta, indent=1))
     return directory
