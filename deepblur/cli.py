@@ -369,7 +369,7 @@ def cmd_estimate(args):
         return _estimate_tiles(args, model, source, estimator, img)
     with _Warnings():
         gamma, scale = estimate_gamma(model, img)
-    _warn_about_blind_estimate(model)
+    _warn_if_zero_boundary(model)
     gain = operator_gain(model.basis, gamma)
     print(f"model: {source} ({estimator} estimator)")
     print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
@@ -409,13 +409,11 @@ def _tile_stride(args, model):
     return stride
 
 
-def _warn_about_blind_estimate(model):
-    """Warn that a zero-boundary model's blind estimate of a real image is unreliable.
-
-    (The noise of the image is checked by the regressor's ``predict``, whose
-    ``NoisyImageWarning`` the commands print.) The point-source fit is not
-    trained: nothing to warn about.
-    """
+def _warn_if_zero_boundary(model):
+    """A model trained on zero-boundary simulations is unreliable on real images
+    (the point-source fit is not trained: nothing to warn about). The image's
+    noise is checked by the regressor's ``predict``, whose
+    ``NoisyImageWarning`` the commands print."""
     from deepblur.estimators.points import PointSourceBlurEstimator
 
     if isinstance(model.regressor, PointSourceBlurEstimator):
@@ -440,7 +438,7 @@ def _estimate_tiles(args, model, source, estimator, img):
             img, model.regressor, tuple(model.basis.image_shape_),
             stride=_tile_stride(args, model),
             target_mean=_IMAGE_MEAN * training_gain(model))
-    _warn_about_blind_estimate(model)
+    _warn_if_zero_boundary(model)
     print(f"model: {source} ({estimator} estimator)")
     print(f"{img.shape[0]}x{img.shape[1]} image: {grid.n_tiles} tiles "
           f"({grid.shape[0]}x{grid.shape[1]}) of {grid.tile_shape[0]}x"
@@ -559,7 +557,7 @@ def cmd_deblur(args):
     if img.shape != tuple(model.basis.image_shape_):
         restored, grid = _deblur_large(args, model, img)
         if args.gamma is None:
-            _warn_about_blind_estimate(model)
+            _warn_if_zero_boundary(model)
         write_image(args.output, restored, dtype)
         mode = "blind" if args.gamma is None else f"operator from {args.gamma}"
         print(f"deblurred ({mode}, {grid.n_tiles} tiles, {args.regularization}, "
@@ -575,7 +573,7 @@ def cmd_deblur(args):
                                    boundary=args.boundary, max_iter=args.max_iter,
                                    device=args.device)
     if gamma is None:
-        _warn_about_blind_estimate(model)
+        _warn_if_zero_boundary(model)
     write_image(args.output, restored, dtype)
     mode = "blind" if gamma is None else f"operator from {args.gamma}"
     print(f"deblurred ({mode}, {args.regularization}, lam={args.lam}): "

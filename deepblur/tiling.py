@@ -359,33 +359,32 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     checked = np.zeros(grid.n_tiles, dtype=bool)       # tiles whose noise is checked
     checked[noise_check_sample(grid.n_tiles)] = True
     starts = range(0, grid.n_tiles, batch_size)
-    with noise_check_suspended():
-        # one check of the tiles' noise for the image, not one per batch
-        for start in tqdm(starts, desc="estimating tiles", unit="batch",
-                          disable=_progress(progress, grid.n_tiles)):
-            batch = np.stack([img[r:r + h, c:c + w]
-                              for r, c in offsets[start:start + batch_size]])
-            batch = batch.astype(np.float64)
-            if image_factor is not None:
-                means = batch.mean(axis=(1, 2))
-                ok = means > 0
-                factors = np.where(ok, target_mean / np.where(ok, means, 1.0),
-                                   image_factor)
-                batch *= factors[:, None, None]
-            batch = batch.astype(np.float32)
+    for start in tqdm(starts, desc="estimating tiles", unit="batch",
+                      disable=_progress(progress, grid.n_tiles)):
+        batch = np.stack([img[r:r + h, c:c + w]
+                          for r, c in offsets[start:start + batch_size]])
+        batch = batch.astype(np.float64)
+        if image_factor is not None:
+            means = batch.mean(axis=(1, 2))
+            ok = means > 0
+            factors = np.where(ok, target_mean / np.where(ok, means, 1.0),
+                               image_factor)
+            batch *= factors[:, None, None]
+        batch = batch.astype(np.float32)
+        with noise_check_suspended():     # checked once for the image, below
             pred = regressor.predict(batch)
-            if torch.is_tensor(pred):
-                pred = pred.detach().cpu().numpy()
-            pred = np.asarray(pred, dtype=np.float64)
-            if pred.ndim != 2 or pred.shape[0] != batch.shape[0]:
-                raise ValueError(
-                    "regressor.predict must return one row of coefficients per "
-                    f"tile, shape ({batch.shape[0]}, K); got shape {pred.shape}."
-                )
-            out.append(pred)
-            sample = checked[start:start + batch_size]
-            if noise_level is not None and sample.any():
-                levels.append(image_noise_levels(batch[sample]))
+        if torch.is_tensor(pred):
+            pred = pred.detach().cpu().numpy()
+        pred = np.asarray(pred, dtype=np.float64)
+        if pred.ndim != 2 or pred.shape[0] != batch.shape[0]:
+            raise ValueError(
+                "regressor.predict must return one row of coefficients per tile, "
+                f"shape ({batch.shape[0]}, K); got shape {pred.shape}."
+            )
+        out.append(pred)
+        sample = checked[start:start + batch_size]
+        if noise_level is not None and sample.any():
+            levels.append(image_noise_levels(batch[sample]))
     message = (noisy_images_message(np.concatenate(levels), noise_level, "tiles",
                                     n_total=grid.n_tiles) if levels else None)
     if message is not None:

@@ -241,10 +241,8 @@ def warn_if_noisy(X, noise_level, *, stacklevel=3):
             or _NOISE_CHECK_SUSPENDED.get()):
         return
     try:
-        arr = X.detach() if torch.is_tensor(X) else np.asarray(X)
-        idx = noise_check_sample(len(arr))
-        levels = image_noise_levels(arr[torch.as_tensor(idx, device=arr.device)]
-                                    if torch.is_tensor(arr) else arr[idx])
+        arr = X if torch.is_tensor(X) else np.asarray(X)
+        levels = image_noise_levels(arr[noise_check_sample(len(arr))])
     except (ValueError, TypeError, IndexError):
         return
     message = noisy_images_message(levels, noise_level, n_total=len(arr))
