@@ -593,6 +593,9 @@ _TRAIN_KEYS = {
     "depth": "ResNet depth",
     "stem_stride": "ResNet stem stride",
     "head": "'spatial' or 'avg'",
+    "input_norm": "'laplacian' (the image and its Laplacian: learns faster "
+                  "from scratch) or 'contrast'; default none "
+                  "(the image alone, as the shipped network)",
     "criterion": "'mse' or 'frobenius'",
     "pool_size": "clean training patches kept in memory",
     "num_workers": "DataLoader workers making the data on the CPU (None: 0 on "

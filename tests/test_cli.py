@@ -570,6 +570,7 @@ def test_train_errors(capsys, tmp_path):
     assert "criterion must be one of" in error('criterion = "l2"')
     assert "epochs must be a positive integer" in error('epochs = "ten"')
     assert "head must be" in error('head = "max"')
+    assert "input_norm must be one of" in error('input_norm = "whiten"')
     assert "overrides must be among" in error("[setting]\nn_layers = 3")
     assert "no checkpoint" in error("epochs = 1", "r.toml", "--resume")
     assert "is not a folder" in error('images = "nowhere"')

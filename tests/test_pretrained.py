@@ -107,6 +107,28 @@ def test_a_network_trained_on_a_noise_range_saves_and_loads(small_setting,
     assert model.setting["noise_std"] == (0.005, 0.02)
 
 
+def test_a_network_with_laplacian_input_trains_saves_and_loads(small_setting,
+                                                               tmp_path):
+    pool = np.random.default_rng(0).random((6, 16, 16)) + 0.1
+    kw = dict(n_images=64, epochs=1, batch_size=32, width=4, depth=1,
+              stem_stride=2, pool_size=6, num_workers=0, device="cpu", verbose=0)
+    net = train_regressor(small_setting, pool, input_norm="laplacian", **kw)
+    assert net.module_.input_norm == "laplacian"
+    save_model(tmp_path, net, small_setting)
+    assert json.loads((tmp_path / "model.json").read_text())["module"][
+        "input_norm"] == "laplacian"
+    model = load_model(tmp_path)
+    X = pool[:3].astype(np.float32)
+    np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
+                               rtol=1e-5, atol=1e-7)
+    # fine-tuning needs the same input: the stems differ
+    with pytest.raises(ValueError, match="does not match.*input_norm"):
+        train_regressor(small_setting, pool, init_model=tmp_path, **kw)
+    tuned = train_regressor(small_setting, pool, init_model=tmp_path,
+                            input_norm="laplacian", **kw)
+    assert tuned.module_.input_norm == "laplacian"
+
+
 def test_train_regressor_and_feature_head_take_their_own_noise(small_setting,
                                                                 monkeypatch):
     """noise_std overrides the setting's noise in the simulated stream (to
@@ -386,6 +408,8 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
         train_regressor(small_setting, pool, **dict(kw, num_workers=-1))
     with pytest.raises(ValueError, match="compile must be true or false"):
         train_regressor(small_setting, pool, **dict(kw, compile="yes"))
+    with pytest.raises(ValueError, match="input_norm must be one of"):
+        train_regressor(small_setting, pool, **dict(kw, input_norm="whiten"))
     with pytest.raises(ValueError, match="checkpoint_dir"):
         train_regressor(small_setting, pool, resume=True, **kw)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

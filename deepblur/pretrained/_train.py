@@ -18,6 +18,7 @@ from deepblur._validation import resolve_device
 from deepblur.datasets.simulate import BlurDataset, _check_range
 from deepblur.estimators.regressor import ResNetBlurRegressor, plain_module
 from deepblur.nets.losses import RelativeFrobeniusLoss
+from deepblur.nets.resnet import INPUT_NORMS
 
 __all__ = ["CRITERIA", "FEATURE_HEAD_DEFAULTS", "SPECTRAL_DEFAULTS",
            "TRAINING_DEFAULTS", "add_feature_head", "check_training_params",
@@ -37,8 +38,9 @@ CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 #: AVX2 only (162 images/s with compile and a worker); see benchmarks/README.md.
 TRAINING_DEFAULTS = dict(
     n_images=3_200_000, epochs=20, batch_size=256, lr=2e-3, width=16, depth=2,
-    stem_stride=4, head="spatial", criterion="mse", pool_size=20_000,
-    num_workers=None, device="auto", compile=False, random_state=0,
+    stem_stride=4, head="spatial", input_norm=None, criterion="mse",
+    pool_size=20_000, num_workers=None, device="auto", compile=False,
+    random_state=0,
 )
 
 _CHECKPOINT_FILES = dict(f_params="params.pt", f_optimizer="optimizer.pt",
@@ -59,7 +61,7 @@ def check_training_params(**params):
         Any of ``n_images``, ``epochs``, ``batch_size``, ``width``, ``depth``,
         ``stem_stride``, ``pool_size`` (positive integers), ``num_workers``
         (None or a non-negative integer), ``lr`` (positive number), ``head``,
-        ``criterion`` and ``compile`` (bool).
+        ``input_norm``, ``criterion`` and ``compile`` (bool).
     """
     for name in ("n_images", "epochs", "batch_size", "width", "depth",
                  "stem_stride", "pool_size", "num_workers"):
@@ -87,6 +89,10 @@ def check_training_params(**params):
         raise ValueError(
             f"head must be 'spatial' or 'avg'; got {params['head']!r}."
         )
+    if params.get("input_norm") not in INPUT_NORMS:
+        raise ValueError(
+            f"input_norm must be one of {INPUT_NORMS}; got {params['input_norm']!r}."
+        )
 
 
 def _checkpoint(directory):
@@ -99,7 +105,8 @@ def _checkpoint(directory):
 
 def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
                     batch_size=256, lr=2e-3, width=16, depth=2, stem_stride=4,
-                    head="spatial", criterion="mse", pool_size=20_000,
+                    head="spatial", input_norm=None, criterion="mse",
+                    pool_size=20_000,
                     output_bias=None, noise_std=None, num_workers=None,
                     device="auto", compile=False, init_model=None, random_state=0,
                     checkpoint_dir=None, resume=False, progress_bar=False,
@@ -132,6 +139,14 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         Of the :class:`~deepblur.nets.resnet.ResNet` module.
     head : {"spatial", "avg"}, default="spatial"
         Output head of the module.
+    input_norm : {None, "contrast", "laplacian"}, default=None
+        What the module's stem sees besides the image
+        (:class:`~deepblur.nets.resnet.ResNet`). ``"laplacian"`` (the image
+        and its Laplacian) takes the plateau
+        out of the start of training: width 8 on a 2-core CPU reached 8.1 %
+        in 688 s against 9.75 % for the image alone in 697 s, but it is more
+        sensitive to noise above the training level (benchmarks/README.md,
+        "Laplacian input"). The shipped network has None.
     criterion : {"mse", "frobenius"}, default="mse"
         See :data:`CRITERIA`.
     pool_size : int, default=20_000
@@ -169,7 +184,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         :func:`~deepblur.pretrained.save_model`, e.g.
         ``deepblur/pretrained/default``) instead of random ones: fine-tuning,
         e.g. on another noise level or on your own images. Its network must
-        have the same ``width``, ``depth``, ``stem_stride`` and ``head`` and
+        have the same ``width``, ``depth``, ``stem_stride``, ``head`` and
+        ``input_norm`` and
         as many outputs as the setting's basis has terms; ``gamma`` keeps its
         meaning only if the setting's basis is the model's (``output_bias`` is
         then ignored: the model's own output layer is kept). A network with a
@@ -206,7 +222,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
 
     check_training_params(n_images=n_images, epochs=epochs, batch_size=batch_size,
                           lr=lr, width=width, depth=depth, stem_stride=stem_stride,
-                          head=head, criterion=criterion, pool_size=pool_size,
+                          head=head, input_norm=input_norm, criterion=criterion,
+                          pool_size=pool_size,
                           num_workers=num_workers, compile=compile)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
@@ -244,7 +261,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         **branch,
         basis=basis, module__width=width, module__depth=depth,
         module__stem_stride=stem_stride, module__head=head,
-        module__output_bias=output_bias, criterion=CRITERIA[criterion], lr=lr,
+        module__input_norm=input_norm, module__output_bias=output_bias,
+        criterion=CRITERIA[criterion], lr=lr,
         max_epochs=epochs, batch_size=batch_size, device=str(device),
         compile=compile,
         n_valid_batches=n_valid_batches, iterator_train__num_workers=num_workers,
@@ -372,7 +390,7 @@ def _load_initial_weights(net, source):
         lines = [ln.strip() for ln in str(exc).strip().splitlines()]
         raise ValueError(
             "init_model's network does not match this training's (width, "
-            f"depth, stem_stride, head, K?): {' '.join(lines[:2])}"
+            f"depth, stem_stride, head, input_norm, K?): {' '.join(lines[:2])}"
         ) from None
 
 

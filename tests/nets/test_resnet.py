@@ -91,6 +91,33 @@ def test_contrast_normalisation_channels():
         ResNet(input_norm="max")
 
 
+def test_laplacian_input_channels_against_scipy():
+    """[x, 28 lap(x/m)] per channel, the Laplacian with zeros outside
+    (scipy's 5-point stencil as the reference), free of the image's gain."""
+    from scipy import ndimage
+
+    from deepblur.nets.resnet import _laplacian_channels
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 2, 16, 18)) + 0.5
+    out = _laplacian_channels(torch.as_tensor(x, dtype=torch.float64)).numpy()
+    assert out.shape == (2, 4, 16, 18)
+    stencil = np.array([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])
+    for i in range(2):
+        for c in range(2):
+            z = x[i, c] / x[i, c].mean()
+            np.testing.assert_allclose(out[i, c], x[i, c])
+            lap = ndimage.convolve(z, stencil, mode="constant", cval=0.0)
+            np.testing.assert_allclose(out[i, 2 + c], 28.0 * lap, atol=1e-12)
+    scaled = _laplacian_channels(torch.as_tensor(5 * x)).numpy()
+    np.testing.assert_allclose(scaled[:, 2:], out[:, 2:], atol=1e-12)
+    net = ResNet(n_outputs=2, width=4, depth=1, input_norm="laplacian")
+    assert net.stem[0].in_channels == 2
+    assert net(torch.as_tensor(x[:, :1], dtype=torch.float32)).shape == (2, 2)
+    assert ResNet(n_outputs=2, in_channels=2, width=4, depth=1,
+                  input_norm="laplacian").stem[0].in_channels == 4
+
+
 def test_blur_features_branch():
     """Output = trunk + linear map of the standardised statistics; starts at 0."""
     from deepblur.features import blur_features
