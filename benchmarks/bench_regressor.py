@@ -95,7 +95,8 @@ def train(args, setting, train_images, mean_gamma, n_batches, noise):
     net = ResNetBlurRegressor(
         basis=basis, module__width=args.width, module__depth=args.depth,
         module__stem_stride=args.stem_stride, module__head=args.head,
-        module__coord_channels=args.coord, module__output_bias=mean_gamma,
+        module__coord_channels=args.coord, module__input_norm=args.input_norm,
+        module__output_bias=mean_gamma,
         lr=args.lr, max_epochs=args.epochs, batch_size=args.batch_size,
         device=args.device,
         iterator_train__num_workers=0 if on_gpu else args.workers,
@@ -145,6 +146,8 @@ def main():
     p.add_argument("--stem-stride", type=int, default=4)
     p.add_argument("--head", default="spatial")
     p.add_argument("--coord", action="store_true")
+    p.add_argument("--input-norm", default=None, choices=["contrast", "laplacian"],
+                   help="what the stem sees besides the image (ResNet input_norm)")
     p.add_argument("--criterion", choices=["frobenius", "mse"], default="frobenius")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--epochs", type=int, default=10)

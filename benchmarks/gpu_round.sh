@@ -10,6 +10,7 @@
 # ".whl". deepblur itself runs from the working tree (PYTHONPATH).
 #
 # Settings (environment): N_IMAGES (1500000), EPOCHS (10), WIDTH (32),
+# INPUT_NORM (laplacian: the image and its Laplacian; "" for the image alone),
 # FAMILY_FRACTION (0.5; 0 is the paper's protocol: cone draws only),
 # NOISE ("0 0.02"), LR (2e-3), N_POOL (16: thousands of gamma in the training
 # pool, half of them family operators: 200 s for 16 000 on a 2-core CPU),
@@ -34,9 +35,11 @@ print(f"torch {torch.__version__}, skorch {skorch.__version__}, "
       f"scikit-learn {sklearn.__version__}, {gpu}")
 PY
 start=$(date +%s)
+NORM=${INPUT_NORM-laplacian}
 # shellcheck disable=SC2086
 python3 benchmarks/train_family_mix.py "$OUT/model" --init none \
   --width "${WIDTH:-32}" --n-images "${N_IMAGES:-1500000}" \
+  ${NORM:+--input-norm "$NORM"} \
   --epochs "${EPOCHS:-10}" --lr "${LR:-2e-3}" --noise-std ${NOISE:-0 0.02} \
   --family-fraction "${FAMILY_FRACTION:-0.5}" \
   --n-pool "${N_POOL:-16}" --head-images "${HEAD_IMAGES:-98304}" \

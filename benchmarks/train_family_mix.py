@@ -81,6 +81,8 @@ def main():
                    help="with --init none (else the model's)")
     p.add_argument("--depth", type=int, default=2, help="with --init none")
     p.add_argument("--stem-stride", type=int, default=4, help="with --init none")
+    p.add_argument("--input-norm", default=None, choices=["contrast", "laplacian"],
+                   help="with --init none (else the model's)")
     p.add_argument("--head-images", type=int,
                    default=FEATURE_HEAD_DEFAULTS["n_images"],
                    help="images to fit the branch on, with --init none")
@@ -128,11 +130,13 @@ def main():
                    params=dict(model.setting))
     if scratch:
         start = dict(width=args.width, depth=args.depth,
-                     stem_stride=args.stem_stride, output_bias=pool.mean(0))
+                     stem_stride=args.stem_stride, input_norm=args.input_norm,
+                     output_bias=pool.mean(0))
     else:                                   # the architecture of the model
         module = model.regressor.get_params()
         start = {k: module[f"module__{k}"] for k in
                  ("width", "depth", "stem_stride", "head")}
+        start["input_norm"] = module.get("module__input_norm")
         start["init_model"] = model
     t = time.perf_counter()
     net = train_regressor(setting, natural_image_split()[0], n_images=args.n_images,

@@ -1,0 +1,111 @@
+"""What the network's input does to the start of training: the image alone
+against the image and its Laplacian (``ResNet(input_norm="laplacian")``).
+
+Both networks start from the same seeded weights (the stem apart) and see the
+same data stream (``BlurDataset(random_state=seed)``) in the shipped model's
+setting; the loss (MSE on gamma) is printed every 4 096 images, then the
+relative operator error on held-out natural images beside the mean-gamma
+baseline, and the ratio of the two inputs' errors in the same run.
+
+Example (the numbers of benchmarks/README.md, "Laplacian input"; about 4
+minutes per run and seed with one thread)::
+
+    python benchmarks/bench_input_norm.py --images 64000 --seeds 0 1
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from deepblur.datasets import BlurDataset, make_blurred_images
+from deepblur.datasets.images import natural_image_split
+from deepblur.nets import ResNet
+from deepblur.pretrained import load_default, relative_errors
+
+
+def train_one(norm, seed, args, model, train, mean_gamma):
+    """Train one network; ``(curve, seconds, network)``."""
+    torch.manual_seed(seed)
+    net = ResNet(model.basis.kernels_.shape[0], width=args.width, depth=2,
+                 stem_stride=4, head="spatial", input_norm=norm,
+                 output_bias=mean_gamma)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    n_batches = args.images // args.batch_size
+    data = BlurDataset(train, model.basis, model.sampler,
+                       batch_size=args.batch_size, n_batches=n_batches,
+                       pool_size=args.pool_size, random_state=seed,
+                       noise_std=model.setting["noise_std"])  # the protocol's
+    curve, losses, seen = [], [], 0
+    net.train()
+    t = time.perf_counter()
+    for i, (X, y) in zip(range(n_batches), data, strict=False):
+        for group in opt.param_groups:      # cosine schedule over the batches
+            group["lr"] = args.lr * 0.5 * (1 + np.cos(np.pi * i / n_batches))
+        loss = F.mse_loss(net(X), y.float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += len(X)
+        losses.append(loss.item())
+        if seen % 4096 < args.batch_size:
+            curve.append((seen, float(np.mean(losses))))
+            losses = []
+    return curve, time.perf_counter() - t, net.eval()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=64_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--norms", nargs="+", default=["none", "laplacian"],
+                   choices=["none", "contrast", "laplacian"])
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--pool-size", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=512)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None, help="append the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_default()
+    train, test = natural_image_split()
+    mean_gamma = model.sampler.sample(50_000).mean(0)
+    X, y = make_blurred_images(test, model.basis, model.sampler, args.n_test,
+                               noise_std=model.setting["noise_std"],
+                               random_state=123)
+    X = torch.as_tensor(X, dtype=torch.float32)
+    base = relative_errors(y, np.tile(mean_gamma, (len(y), 1)), model.basis.gram_)
+    print(f"mean-gamma baseline: {100 * base['operator'].mean():.2f} % "
+          f"({args.n_test} held-out natural images)")
+    errors = {}
+    for seed in args.seeds:
+        for name in args.norms:
+            curve, seconds, net = train_one(None if name == "none" else name,
+                                            seed, args, model, train, mean_gamma)
+            with torch.no_grad():
+                pred = torch.cat([net(X[i:i + 256]) for i in range(0, len(X), 256)])
+            err = relative_errors(y, pred.double().numpy(), model.basis.gram_)
+            errors[name, seed] = float(err["operator"].mean())
+            print(f"input {name:9s} seed {seed}: {100 * errors[name, seed]:.2f} % "
+                  f"(direction {100 * err['direction'].mean():.2f}, scale "
+                  f"{100 * err['scale'].mean():.2f}) after {args.images} images in "
+                  f"{seconds:.0f} s ({args.images / seconds:.0f} images/s)")
+            print("  loss x 1e3 every 4096 images: "
+                  + " ".join(f"{1e3 * v:.1f}" for _, v in curve), flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(dict(input=name, seed=seed,
+                                            error=errors[name, seed],
+                                            seconds=seconds, curve=curve)) + "\n")
+    for name in args.norms[1:]:
+        ratios = [errors[name, s] / errors[args.norms[0], s] for s in args.seeds]
+        print(f"{name} / {args.norms[0]}: error ratio "
+              + ", ".join(f"{r:.3f}" for r in ratios) + " (per seed)")
+
+
+if __name__ == "__main__":
+    main()
