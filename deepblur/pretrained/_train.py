@@ -143,9 +143,10 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         What the module's stem sees besides the image
         (:class:`~deepblur.nets.resnet.ResNet`). ``"laplacian"`` (the image
         and its Laplacian) takes the plateau
-        out of the start of training: width 8 on a 2-core CPU reached 8.1 %
-        in 688 s against 9.75 % for the image alone in 697 s, but it is more
-        sensitive to noise above the training level (benchmarks/README.md,
+        out of the start of training: width 8 on a 2-core CPU reached 7.9 %
+        in 706 s against 9.75 % for the image alone in 697 s, with noise
+        drawn in [0, 0.02] (``noise_std=(0.0, 0.02)``; trained at 0.01
+        alone it was worse above that noise; benchmarks/README.md,
         "Laplacian input"). The shipped network has None.
     criterion : {"mse", "frobenius"}, default="mse"
         See :data:`CRITERIA`.
