@@ -91,8 +91,9 @@ def _laplacian_channels(x):
     """
     m = x.mean(dim=(-2, -1), keepdim=True).abs().clamp_min(1e-6)
     z = x / m
-    # Shifted slices, not a (grouped) convolution: 12 times faster on a CPU
-    # (4 against 54 ms for 64 images of 128x128, one thread).
+    # Shifted slices, not a convolution: 10-15 times faster on a CPU (3-4.5
+    # against 44-45 ms for 64 images of 128x128, one thread;
+    # benchmarks/bench_input_norm.py).
     p = F.pad(z, (1, 1, 1, 1))
     lap = (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2]
            + p[..., 1:-1, 2:] - 4 * z)
