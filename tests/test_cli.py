@@ -577,6 +577,8 @@ def test_train_errors(capsys, tmp_path):
     assert "is not a model directory" in error('init_model = "nowhere"')
     assert "compile must be true or false" in error('compile = "yes"')
     assert "pool_size must be a positive integer" in error("pool_size = 0")
+    assert "gammas_per_image must be a positive integer" in error(
+        "gammas_per_image = 0")
     code, _, err = _run(capsys, "train", tmp_path / "absent.toml")
     assert code == 1 and "does not exist" in _one_error_line(err)
 

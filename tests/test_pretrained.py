@@ -397,7 +397,8 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
     # the default output bias draws from the (shared, stateful) sampler: fix it
     bias = small_setting["sampler"].sample(1000).mean(0)
     kw = dict(n_images=32, epochs=2, batch_size=8, width=4, depth=1,
-              stem_stride=2, num_workers=0, output_bias=bias, verbose=0)
+              stem_stride=2, num_workers=0, output_bias=bias, gammas_per_image=4,
+              verbose=0)
     with pytest.raises(ValueError, match="criterion must be one of"):
         train_regressor(small_setting, pool, criterion="l2", **kw)
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
@@ -410,6 +411,8 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
         train_regressor(small_setting, pool, **dict(kw, compile="yes"))
     with pytest.raises(ValueError, match="input_norm must be one of"):
         train_regressor(small_setting, pool, **dict(kw, input_norm="whiten"))
+    with pytest.raises(ValueError, match="gammas_per_image must be a positive"):
+        train_regressor(small_setting, pool, **dict(kw, gammas_per_image=0))
     with pytest.raises(ValueError, match="checkpoint_dir"):
         train_regressor(small_setting, pool, resume=True, **kw)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

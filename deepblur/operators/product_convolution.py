@@ -28,7 +28,8 @@ Cost
 The kernel spectra are computed once per device and dtype and cached. The sum
 over ``k`` is done in the Fourier domain, so a forward costs ``K`` real FFTs of
 the weighted images and one inverse FFT; the adjoint costs one FFT and ``K``
-inverse FFTs. The zero boundary pads only to the smallest fast FFT size that
+inverse FFTs. :meth:`ProductConvolution.forward_many` blurs an image by ``g``
+operators for ``K + g`` FFTs (its ``K`` spectra are shared). The zero boundary pads only to the smallest fast FFT size that
 avoids wrap-around, ``>= N + k // 2`` per axis. On CPU the batch is processed a
 few images at a time (``batch_chunk``) because whole-batch FFTs fall out of
 cache.
@@ -328,6 +329,56 @@ class ProductConvolution:
             spec = torch.fft.rfft2(weighted, s=M)
             summed = spec.mul_(spectra).sum(1)  # (c, M1, M2r)
             outs.append(torch.fft.irfft2(summed, s=M)[:, :H, :W])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def forward_many(self, u, gammas):
+        """Blur each image by several operators: ``out[i, j] = H[gammas[i, j]] u[i]``.
+
+        The ``K`` spectra of an image's weighted copies ``f_k . u[i]`` do not
+        depend on ``gamma``: they are computed once and shared by the image's
+        ``g`` operators, so an image costs ``K + g`` FFTs instead of the
+        ``g (K + 1)`` of :meth:`forward` on ``g`` copies of it.
+
+        Parameters
+        ----------
+        u : torch.Tensor of shape (n, H, W)
+        gammas : torch.Tensor or array-like of shape (n, g, K)
+            ``g`` coefficient vectors per image.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, g, H, W), dtype and device of ``u``.
+        """
+        if not isinstance(u, torch.Tensor):
+            raise TypeError(f"u must be a torch.Tensor; got {type(u).__name__}.")
+        check_ndim(u, "u", 3, "(n, H, W)")
+        if tuple(u.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"u must have image shape {self.image_shape}; got an array of "
+                f"shape {tuple(u.shape)}."
+            )
+        if not u.is_floating_point():
+            u = u.to(torch.get_default_dtype())
+        gammas = torch.as_tensor(gammas, dtype=u.dtype, device=u.device)
+        check_ndim(gammas, "gammas", 3, "(n, g, K)")
+        n, K = u.shape[0], self.n_components
+        if gammas.shape[0] != n or gammas.shape[2] != K:
+            raise ValueError(
+                f"gammas must have shape (n={n}, g, K={K}): one set of "
+                f"coefficient vectors per image; got {tuple(gammas.shape)}."
+            )
+        spectra, maps, _ = self._buffers(u.device, u.dtype)
+        (H, W), (M1, M2), g = self.image_shape, self.fft_shape, gammas.shape[1]
+        step = self._chunk(n, u.device)
+        outs = []
+        for start in range(0, n, step):
+            uc = u[start:start + step]
+            c = uc.shape[0]
+            spec = torch.fft.rfft2(maps * uc[:, None], s=(M1, M2)) * spectra
+            # (c, g, K) @ (c, K, pixels): the g sums over k at once
+            summed = torch.bmm(gammas[start:start + c].to(spec.dtype),
+                               spec.reshape(c, K, -1)).reshape(c, g, M1, -1)
+            outs.append(torch.fft.irfft2(summed, s=(M1, M2))[..., :H, :W])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def adjoint(self, v, gamma):

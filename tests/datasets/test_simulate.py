@@ -149,6 +149,45 @@ def test_set_epoch_gives_new_samples_in_new_workers(basis, sampler, rng):
         data.set_epoch(-1)
 
 
+@pytest.mark.parametrize("boundary", ["zero", "crop"])
+def test_dataset_blurs_each_patch_by_several_operators(basis, sampler, rng, boundary):
+    """gammas_per_image=3: consecutive samples share a clean patch, each with
+    its own gamma, and each is exactly that patch blurred by its gamma."""
+    pool = rng.random((6, 12, 12)) + 0.1
+    data = BlurDataset(pool, basis, sampler, batch_size=7, n_batches=2,
+                       noise_std=0.0, augment=False, boundary=boundary,
+                       gammas_per_image=3, random_state=0)
+    X, y = next(iter(data))
+    assert X.shape == (7, 1, 12, 12) and y.shape == (7, 2)
+    assert len({tuple(row) for row in y.tolist()}) == 7       # fresh gamma each
+    source = []
+    for i in range(7):
+        blurred = [blur_images(pool[p:p + 1], y[i:i + 1].numpy(), basis,
+                               noise_std=0.0, boundary=boundary)[0]
+                   for p in range(len(pool))]
+        match = [p for p in range(len(pool))
+                 if np.allclose(X[i, 0].numpy(), blurred[p], rtol=1e-4, atol=1e-5)]
+        assert len(match) == 1
+        source.append(match[0])
+    assert source[0] == source[1] == source[2] and source[3] == source[4] == source[5]
+    # per-sample noise: the samples of a patch get independent noise levels
+    noisy = BlurDataset(pool, basis, sampler, batch_size=6, noise_std=(0.0, 0.1),
+                        augment=False, gammas_per_image=3, random_state=0)
+    clean = BlurDataset(pool, basis, sampler, batch_size=6, noise_std=0.0,
+                        augment=False, gammas_per_image=3, random_state=0)
+    residual = (noisy.draw(6)[0] - clean.draw(6)[0]).std(dim=(1, 2, 3))
+    assert len(set(np.round(residual.numpy(), 6))) == 6
+
+
+def test_dataset_with_one_gamma_per_image_keeps_its_stream(basis, sampler, rng):
+    pool = rng.random((6, 12, 12)) + 0.1
+    default = BlurDataset(pool, basis, sampler, batch_size=5, random_state=0)
+    one = BlurDataset(pool, basis, sampler, batch_size=5, gammas_per_image=1,
+                      random_state=0)
+    for (a, ga), (b, gb) in zip(default, one, strict=True):
+        assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"noise_std": -0.1}, "noise_std"),
     ({"noise_std": (0.2, 0.1)}, "noise_std"),
@@ -184,6 +223,10 @@ def test_dataset_bad_parameters(basis, sampler, rng):
     with pytest.raises(ValueError, match="batch_size"):
         next(iter(BlurDataset(rng.random((2, 12, 12)), basis, sampler,
                               batch_size=0)))
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="gammas_per_image must be a positive"):
+            next(iter(BlurDataset(rng.random((2, 12, 12)), basis, sampler,
+                                  gammas_per_image=bad)))
     wrong_k = ConeSampler().fit(np.eye(3))
     with pytest.raises(ValueError, match="K=2"):
         next(iter(BlurDataset(rng.random((2, 12, 12)), basis, wrong_k)))

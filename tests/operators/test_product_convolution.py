@@ -99,6 +99,42 @@ def test_chunking_does_not_change_results(chunk, rng):
     torch.testing.assert_close(op.adjoint(u, g), ref.adjoint(u, g))
 
 
+@pytest.mark.parametrize("boundary", ["zero", "periodic"])
+@pytest.mark.parametrize("chunk", [1, 2, 100])
+def test_forward_many_matches_scipy(boundary, chunk, rng):
+    """out[i, j] = H[gammas[i, j]] u[i], against scipy one image and k at a time."""
+    K, n, g, H, W = 3, 3, 4, 11, 9
+    e, f = rng.random((K, 5, 4)), rng.random((K, H, W))
+    u, gammas = rng.random((n, H, W)), rng.standard_normal((n, g, K))
+    op = ProductConvolution(e, f, boundary, batch_chunk=chunk)
+    y = op.forward_many(torch.from_numpy(u), torch.from_numpy(gammas))
+    assert y.shape == (n, g, H, W) and y.dtype == torch.float64
+    ref = scipy_reference(np.repeat(u, g, axis=0), gammas.reshape(n * g, K), e, f,
+                          boundary).reshape(n, g, H, W)
+    np.testing.assert_allclose(y.numpy(), ref, atol=1e-12 * np.abs(ref).max())
+    # float32 in, float32 out; array-like gammas
+    y32 = op.forward_many(torch.from_numpy(u).float(), gammas.tolist())
+    assert y32.dtype == torch.float32
+    np.testing.assert_allclose(y32.numpy(), ref, atol=1e-5 * np.abs(ref).max())
+
+
+def test_forward_many_bad_inputs(rng):
+    op = ProductConvolution(rng.random((2, 3, 3)), rng.random((2, 6, 6)))
+    u = torch.zeros(2, 6, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"gammas must have shape \(n=2, g, K=2\)"):
+        op.forward_many(u, torch.ones(3, 1, 2))
+    with pytest.raises(ValueError, match=r"gammas must have shape \(n=2, g, K=2\)"):
+        op.forward_many(u, torch.ones(2, 1, 3))
+    with pytest.raises(ValueError, match="gammas must have 3 dimensions"):
+        op.forward_many(u, torch.ones(2, 2))
+    with pytest.raises(ValueError, match=r"u must have image shape \(6, 6\)"):
+        op.forward_many(torch.zeros(2, 5, 6), torch.ones(2, 1, 2))
+    with pytest.raises(ValueError, match="u must have 3 dimensions"):
+        op.forward_many(torch.zeros(6, 6), torch.ones(1, 1, 2))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        op.forward_many(np.zeros((2, 6, 6)), torch.ones(2, 1, 2))
+
+
 def test_autograd_matches_adjoint(rng):
     """The gradient of <H u, v> w.r.t. u is H^T v; w.r.t. gamma is <H_k u, v>."""
     K, H, W = 3, 7, 8
@@ -207,3 +243,8 @@ def test_cuda_matches_cpu(rng):
     y_gpu = op.forward(u.cuda(), g.cuda())
     assert y_gpu.device.type == "cuda"
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-4, atol=1e-5)
+    gammas = torch.from_numpy(rng.random((4, 3, 3))).float()
+    many = op.forward_many(u.cuda(), gammas.cuda())
+    assert many.device.type == "cuda"
+    torch.testing.assert_close(many.cpu(), op.forward_many(u, gammas), rtol=1e-4,
+                               atol=1e-5)
