@@ -599,7 +599,8 @@ _TRAIN_KEYS = {
     "criterion": "'mse' or 'frobenius'",
     "pool_size": "clean training patches kept in memory",
     "gammas_per_image": "operators per clean patch in a batch (default 1; 8 "
-                        "draws batches about 4 times faster on a CPU)",
+                        "draws batches about 4 times faster on a CPU, for "
+                        "slightly less learning per image)",
     "num_workers": "DataLoader workers making the data on the CPU (None: 0 on "
                    "CUDA, where the data are made on the GPU, else 1)",
     "device": "'cpu', 'cuda' or 'auto' (CUDA when available)",

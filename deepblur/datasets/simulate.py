@@ -411,9 +411,11 @@ class BlurDataset(IterableDataset):
         ``ceil(batch_size / gammas_per_image)`` patches. The ``K`` spectra of
         a patch are then shared by its operators
         (:meth:`~deepblur.operators.ProductConvolution.forward_many`): on a
-        CPU, 8 makes the batches about 4 times faster to draw, and a network
-        learns about as much per image as with 1 (benchmarks/README.md,
-        "Data reuse").
+        CPU, 8 draws the batches about 4 times faster. Measured: a network
+        learnt slightly less per image (13.1 against 12.7 % after 64 000
+        images, one seed), and the width-8 15-minute CPU recipe, bound by its
+        training step, gained nothing (benchmarks/README.md, "Data reuse and
+        depth"); it pays where drawing the data is the bottleneck.
     device : str or torch.device, default="cpu"
         Where the batches are generated.
     random_state : int, RandomState instance or None

@@ -29,10 +29,10 @@ The kernel spectra are computed once per device and dtype and cached. The sum
 over ``k`` is done in the Fourier domain, so a forward costs ``K`` real FFTs of
 the weighted images and one inverse FFT; the adjoint costs one FFT and ``K``
 inverse FFTs. :meth:`ProductConvolution.forward_many` blurs an image by ``g``
-operators for ``K + g`` FFTs (its ``K`` spectra are shared). The zero boundary pads only to the smallest fast FFT size that
-avoids wrap-around, ``>= N + k // 2`` per axis. On CPU the batch is processed a
-few images at a time (``batch_chunk``) because whole-batch FFTs fall out of
-cache.
+operators for ``K + g`` FFTs (its ``K`` spectra are shared). The zero
+boundary pads only to the smallest fast FFT size that avoids wrap-around,
+``>= N + k // 2`` per axis. On CPU the batch is processed a few images at a
+time (``batch_chunk``) because whole-batch FFTs fall out of cache.
 """
 
 from __future__ import annotations
@@ -244,7 +244,8 @@ class ProductConvolution:
         return max(1, _CPU_CHUNK_ELEMENTS // per_image)
 
     # -- input handling -----------------------------------------------------
-    def _prepare(self, x, gamma, name):
+    def _check_images(self, x, name):
+        """``x`` as a floating-point (n, H, W) tensor of the operator's shape."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{name} must be a torch.Tensor; got {type(x).__name__} (use "
@@ -256,8 +257,10 @@ class ProductConvolution:
                 f"{name} must have image shape {self.image_shape}; got an array "
                 f"of shape {tuple(x.shape)}."
             )
-        if not x.is_floating_point():
-            x = x.to(torch.get_default_dtype())
+        return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+
+    def _prepare(self, x, gamma, name):
+        x = self._check_images(x, name)
         gamma = torch.as_tensor(gamma, dtype=x.dtype, device=x.device)
         check_ndim(gamma, "gamma", (1, 2), "(K,) or (n, K)")
         if gamma.shape[-1] != self.n_components:
@@ -349,16 +352,7 @@ class ProductConvolution:
         -------
         torch.Tensor of shape (n, g, H, W), dtype and device of ``u``.
         """
-        if not isinstance(u, torch.Tensor):
-            raise TypeError(f"u must be a torch.Tensor; got {type(u).__name__}.")
-        check_ndim(u, "u", 3, "(n, H, W)")
-        if tuple(u.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"u must have image shape {self.image_shape}; got an array of "
-                f"shape {tuple(u.shape)}."
-            )
-        if not u.is_floating_point():
-            u = u.to(torch.get_default_dtype())
+        u = self._check_images(u, "u")
         gammas = torch.as_tensor(gammas, dtype=u.dtype, device=u.device)
         check_ndim(gammas, "gammas", 3, "(n, g, K)")
         n, K = u.shape[0], self.n_components

@@ -158,8 +158,9 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         Operators per clean patch in a batch
         (:class:`~deepblur.datasets.BlurDataset`): the patch's spectra are
         shared by its operators. On a CPU, 8 draws batches about 4 times
-        faster, and the network learns about as much per image
-        (benchmarks/README.md, "Data reuse").
+        faster; a network learns slightly less per image, so it pays only
+        where the data, not the training step, is the bottleneck
+        (benchmarks/README.md, "Data reuse and depth").
     output_bias : array-like of shape (K,), optional
         Initial output bias of the module; default the mean of 50 000 draws of
         the setting's sampler.
