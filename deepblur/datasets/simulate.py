@@ -412,7 +412,7 @@ class BlurDataset(IterableDataset):
         a patch are then shared by its operators
         (:meth:`~deepblur.operators.ProductConvolution.forward_many`): on a
         CPU, 8 draws the batches about 4 times faster. Measured: a network
-        learnt slightly less per image (13.1 against 12.7 % after 64 000
+        learnt slightly less per image (13.0 against 12.7 % after 64 000
         images, one seed), and the width-8 15-minute CPU recipe, bound by its
         training step, gained nothing (benchmarks/README.md, "Data reuse and
         depth"); it pays where drawing the data is the bottleneck.
@@ -549,12 +549,11 @@ class BlurDataset(IterableDataset):
         gamma = sample_cone_torch(st["generators"], m * per_image,
                                   max_rays=self.sampler.max_rays_,
                                   alpha_range=alpha_range, generator=gen)
-        if per_image > 1:
-            gamma = gamma.reshape(m, per_image, -1)
+        per_patch = gamma if per_image == 1 else gamma.reshape(m, per_image, -1)
         with torch.no_grad():
-            X = _simulate(u, gamma, st["operator"], st["noise_std"], st["snr"],
+            X = _simulate(u, per_patch, st["operator"], st["noise_std"], st["snr"],
                           self.normalize, self.image_mean, gen, st["margin"])
-        return X[:n, None].contiguous(), gamma.reshape(m * per_image, -1)[:n]
+        return X[:n, None].contiguous(), gamma[:n]
 
     def __iter__(self):
         if self._state is None:

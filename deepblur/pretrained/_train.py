@@ -60,9 +60,9 @@ def check_training_params(**params):
     **params
         Any of ``n_images``, ``epochs``, ``batch_size``, ``width``, ``depth``,
         ``stem_stride``, ``pool_size``, ``gammas_per_image`` (positive
-        integers), ``num_workers``
-        (None or a non-negative integer), ``lr`` (positive number), ``head``,
-        ``input_norm``, ``criterion`` and ``compile`` (bool).
+        integers), ``num_workers`` (None or a non-negative integer), ``lr``
+        (positive number), ``head``, ``input_norm``, ``criterion`` and
+        ``compile`` (bool).
     """
     for name in ("n_images", "epochs", "batch_size", "width", "depth",
                  "stem_stride", "pool_size", "gammas_per_image", "num_workers"):
