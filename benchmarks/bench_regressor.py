@@ -163,6 +163,10 @@ def main():
     p.add_argument("--model", default=None,
                    help="evaluate a saved model directory (e.g. "
                         "deepblur/pretrained/default) instead of training one")
+    p.add_argument("--estimator", choices=["network", "spectral"], default="network",
+                   help="with --model: which of its estimators to evaluate "
+                        "(spectral: pass --noise-std and --boundary, else its "
+                        "training noise range and boundary are used)")
     p.add_argument("--boundary", choices=["zero", "crop"], default=None,
                    help="how train and test images are blurred (default: the "
                         "setting's; crop = windows on a larger scene)")
@@ -199,7 +203,8 @@ def main():
         overrides["n_rays"] = args.n_rays
     if args.model or args.setting_from:
         source = Path(args.model or args.setting_from)
-        model = load_model(source)
+        model = load_model(source, estimator=args.estimator if args.model
+                           else "network")
         gamma = load_file(str(source / "model.safetensors"))["cone.gamma"].numpy()
         setting = dict(basis=model.basis, cone=model.cone, sampler=model.sampler,
                        gamma=gamma, params=dict(model.setting))
@@ -252,7 +257,7 @@ def main():
         results[f"{name}_projected"] = projected_summary(name, y, pred, base,
                                                          sampler, basis.gram_)
     print(f"inference: {results['natural']['images_per_s']:.0f} images/s on "
-          f"{net.device} ({args.threads} thread(s))")
+          f"{getattr(net, 'device', 'cpu')} ({args.threads} thread(s))")
     for sigma in (0.0, 0.01, 0.03, 0.1):
         X, y = make_blurred_images(test_images, basis, sampler, args.n_test,
                                    boundary=args.boundary,

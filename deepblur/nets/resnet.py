@@ -147,6 +147,10 @@ class ResNet(nn.Module):
         the fine detail that blur removes, given directly. Training then
         leaves the mean-gamma plateau within its first 8 000 images instead
         of after 30 000 or more (benchmarks/README.md, "Laplacian input").
+        Much of that is the zero boundary's dark border: on windows of
+        larger scenes it took 3 % off the error, not 21-29 %
+        (benchmarks/README.md, "Networks on crops, and more input
+        channels").
     channels_last : bool, default=True
         Run the convolutions in channels-last memory format (faster on CPU).
     output_bias : array-like of shape (n_outputs,), optional
