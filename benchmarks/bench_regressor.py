@@ -190,6 +190,8 @@ def main():
                         "dead-leaves scenes added to the training sources "
                         "(1: dead leaves only)")
     args = p.parse_args()
+    if args.estimator != "network" and not args.model:
+        p.error("--estimator needs --model (the saved model to evaluate)")
     torch.set_num_threads(args.threads)
 
     overrides = {}
