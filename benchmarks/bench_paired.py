@@ -1,9 +1,10 @@
 """Two saved models on the same held-out images, raw and projected, paired.
 
 Usage: ``python benchmarks/bench_paired.py BEFORE_DIR AFTER_DIR [--n 4096]
-[--seed 2026] [--noise-std 0.01] [--estimator spectral] [--boundary crop]
-[--points]``; give the same directory twice to measure what the projection
-alone changes. Both directories are written by
+[--seed 2026] [--noise-std 0.01] [--estimator spectral] [--after-estimator
+network] [--boundary crop] [--points]``; give the same directory twice to
+measure what the projection alone changes, or with two estimators to compare
+them (e.g. a spectral regressor against a network). Both directories are written by
 ``deepblur.pretrained.save_model`` in the same setting (basis, cone); the
 test images are natural-image patches of the held-out sources and patches
 of the bundled microscopy images, blurred as in training (the setting's
@@ -42,6 +43,8 @@ def main():
                    help="default: the setting's")
     p.add_argument("--estimator", choices=["network", "spectral"],
                    default="network")
+    p.add_argument("--after-estimator", choices=["network", "spectral"],
+                   default=None, help="AFTER's estimator (default: --estimator)")
     p.add_argument("--boundary", choices=["zero", "crop"], default=None,
                    help="default: the one the estimator was trained with")
     p.add_argument("--points", action="store_true",
@@ -50,7 +53,8 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     before = load_model(args.before, args.estimator, project=False)
-    after = load_model(args.after, args.estimator, project=False)
+    after = load_model(args.after, args.after_estimator or args.estimator,
+                       project=False)
     boundary = args.boundary or before.setting["boundary"]
     basis, sampler = before.basis, before.sampler
     G = basis.gram_
