@@ -3,9 +3,9 @@
 Usage: ``python benchmarks/bench_paired.py BEFORE_DIR AFTER_DIR [--n 4096]
 [--seed 2026] [--noise-std 0.01] [--estimator spectral] [--after-estimator
 network] [--boundary crop] [--points]``; give the same directory twice to
-measure what the projection alone changes, or with two estimators to compare
-them (e.g. a spectral regressor against a network). Both directories are written by
-``deepblur.pretrained.save_model`` in the same setting (basis, cone); the
+measure what the projection alone changes, or two estimators to compare them
+(e.g. a spectral regressor against a network). Both directories are written
+by ``deepblur.pretrained.save_model`` in the same setting (basis, cone); the
 test images are natural-image patches of the held-out sources and patches
 of the bundled microscopy images, blurred as in training (the setting's
 boundary) with operators drawn from the sampler. For each set it prints the

@@ -205,8 +205,7 @@ def main():
         overrides["n_rays"] = args.n_rays
     if args.model or args.setting_from:
         source = Path(args.model or args.setting_from)
-        model = load_model(source, estimator=args.estimator if args.model
-                           else "network")
+        model = load_model(source, estimator=args.estimator)  # network unless --model
         gamma = load_file(str(source / "model.safetensors"))["cone.gamma"].numpy()
         setting = dict(basis=model.basis, cone=model.cone, sampler=model.sampler,
                        gamma=gamma, params=dict(model.setting))
