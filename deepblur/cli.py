@@ -594,7 +594,9 @@ _TRAIN_KEYS = {
     "stem_stride": "ResNet stem stride",
     "head": "'spatial' or 'avg'",
     "input_norm": "'laplacian' (the image and its Laplacian: learns faster "
-                  "from scratch) or 'contrast'; default none "
+                  "from scratch), 'hessian' (the Laplacian and the two "
+                  "anisotropic second derivatives; measured no better) or "
+                  "'contrast'; default none "
                   "(the image alone, as the shipped network)",
     "criterion": "'mse' or 'frobenius'",
     "pool_size": "clean training patches kept in memory",

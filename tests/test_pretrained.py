@@ -107,16 +107,17 @@ def test_a_network_trained_on_a_noise_range_saves_and_loads(small_setting,
     assert model.setting["noise_std"] == (0.005, 0.02)
 
 
-def test_a_network_with_laplacian_input_trains_saves_and_loads(small_setting,
-                                                               tmp_path):
+@pytest.mark.parametrize("norm", ["laplacian", "hessian"])
+def test_a_network_with_derivative_input_trains_saves_and_loads(small_setting,
+                                                                tmp_path, norm):
     pool = np.random.default_rng(0).random((6, 16, 16)) + 0.1
     kw = dict(n_images=64, epochs=1, batch_size=32, width=4, depth=1,
               stem_stride=2, pool_size=6, num_workers=0, device="cpu", verbose=0)
-    net = train_regressor(small_setting, pool, input_norm="laplacian", **kw)
-    assert net.module_.input_norm == "laplacian"
+    net = train_regressor(small_setting, pool, input_norm=norm, **kw)
+    assert net.module_.input_norm == norm
     save_model(tmp_path, net, small_setting)
     assert json.loads((tmp_path / "model.json").read_text())["module"][
-        "input_norm"] == "laplacian"
+        "input_norm"] == norm
     model = load_model(tmp_path)
     X = pool[:3].astype(np.float32)
     np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
@@ -124,9 +125,13 @@ def test_a_network_with_laplacian_input_trains_saves_and_loads(small_setting,
     # fine-tuning needs the same input: the stems differ
     with pytest.raises(ValueError, match="does not match.*input_norm"):
         train_regressor(small_setting, pool, init_model=tmp_path, **kw)
+    other = "hessian" if norm == "laplacian" else "laplacian"
+    with pytest.raises(ValueError, match="does not match.*input_norm"):
+        train_regressor(small_setting, pool, init_model=tmp_path,
+                        input_norm=other, **kw)
     tuned = train_regressor(small_setting, pool, init_model=tmp_path,
-                            input_norm="laplacian", **kw)
-    assert tuned.module_.input_norm == "laplacian"
+                            input_norm=norm, **kw)
+    assert tuned.module_.input_norm == norm
 
 
 def test_train_regressor_and_feature_head_take_their_own_noise(small_setting,

@@ -71,7 +71,7 @@ def _contrast_normalise(x):
 
 
 #: Values of ``ResNet(input_norm=...)``.
-INPUT_NORMS = (None, "contrast", "laplacian")
+INPUT_NORMS = (None, "contrast", "laplacian", "hessian")
 
 # Gain of the "laplacian" input channel: on blurred held-out natural images of
 # the default setting (sigma = 0.01) the Laplacian of ``x / m`` has a median
@@ -89,15 +89,41 @@ def _laplacian_channels(x):
     which a network fed the raw image alone learns to read only after tens
     of thousands of images (benchmarks/README.md, "Laplacian input").
     """
-    m = x.mean(dim=(-2, -1), keepdim=True).abs().clamp_min(1e-6)
-    z = x / m
-    # Shifted slices, not a convolution: 10-15 times faster on a CPU (3-4.5
-    # against 44-45 ms for 64 images of 128x128, one thread;
-    # benchmarks/bench_input_norm.py).
-    p = F.pad(z, (1, 1, 1, 1))
+    z, p = _relative_padded(x)
     lap = (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2]
            + p[..., 1:-1, 2:] - 4 * z)
     return torch.cat([x, _LAPLACIAN_GAIN * lap], 1)
+
+
+def _relative_padded(x):
+    """``z = x / m`` (``m`` the image's mean) and ``z`` padded by one zero.
+
+    The derivative channels are then shifted slices of the padded ``z``, not
+    convolutions: 10-15 times faster on a CPU (3-4.5 against 44-45 ms for 64
+    images of 128x128, one thread; benchmarks/bench_input_norm.py).
+    """
+    z = x / x.mean(dim=(-2, -1), keepdim=True).abs().clamp_min(1e-6)
+    return z, F.pad(z, (1, 1, 1, 1))
+
+
+def _hessian_channels(x):
+    """Each image channel, then the Laplacian and the two anisotropic parts of
+    the Hessian of its relative intensity.
+
+    ``[x, b lap(z), b (z_xx - z_yy), b 2 z_xy]`` with ``z = x / m`` (``m``
+    the image's mean), 3-point second differences along each axis, the
+    4-point cross difference for ``z_xy`` (zero outside) and ``b`` the gain
+    of the Laplacian channel. The isotropic Laplacian holds the width of the
+    local blur; the other two its orientation and elongation (the
+    anisotropic Gaussians of the paper's operators), which a stride-4 stem
+    could otherwise only read off the much stronger image channel.
+    """
+    z, p = _relative_padded(x)
+    zxx = p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 2 * z
+    zyy = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] - 2 * z
+    zxy2 = 0.5 * (p[..., 2:, 2:] - p[..., 2:, :-2] - p[..., :-2, 2:] + p[..., :-2, :-2])
+    return torch.cat([x, _LAPLACIAN_GAIN * (zxx + zyy), _LAPLACIAN_GAIN * (zxx - zyy),
+                      _LAPLACIAN_GAIN * zxy2], 1)
 
 
 class ResNet(nn.Module):
@@ -138,7 +164,7 @@ class ResNet(nn.Module):
         Channels of the ``"spatial"`` head before pooling.
     coord_channels : bool, default=False
         Append two coordinate channels to the input (CoordConv).
-    input_norm : {None, "contrast", "laplacian"}, default=None
+    input_norm : {None, "contrast", "laplacian", "hessian"}, default=None
         ``"contrast"`` feeds the stem the image divided by its mean, centred
         and divided by its standard deviation, plus two constant channels
         holding the log of the mean and of the standard deviation: blur shows
@@ -150,7 +176,14 @@ class ResNet(nn.Module):
         Much of that is the zero boundary's dark border: on windows of
         larger scenes it took 3 % off the error, not 21-29 %
         (benchmarks/README.md, "Networks on crops, and more input
-        channels").
+        channels"). ``"hessian"`` adds the two anisotropic second
+        derivatives ``z_xx - z_yy`` and ``2 z_xy`` of ``z = x / mean`` at the
+        same gain: the orientation and elongation of the local blur. It was
+        not better than ``"laplacian"``: after 64 000 images the ratio of the
+        two errors ranged from 0.93 to 1.18 over four runs, and after the
+        15-minute recipe's 384 000 it was worse (8.6 against 7.9-8.1 %;
+        benchmarks/README.md, "Hessian input"); the two extra channels
+        made its training 6-16 % slower on a CPU.
     channels_last : bool, default=True
         Run the convolutions in channels-last memory format (faster on CPU).
     output_bias : array-like of shape (n_outputs,), optional
@@ -213,6 +246,8 @@ class ResNet(nn.Module):
             stem_in += 2 * in_channels
         elif input_norm == "laplacian":
             stem_in += in_channels
+        elif input_norm == "hessian":
+            stem_in += 3 * in_channels
         self.stem = nn.Sequential(
             nn.Conv2d(stem_in, c0, 2 * stem_stride + 1, stem_stride, stem_stride,
                       bias=False),
@@ -340,6 +375,8 @@ class ResNet(nn.Module):
             x = _contrast_normalise(x)
         elif self.input_norm == "laplacian":
             x = _laplacian_channels(x)
+        elif self.input_norm == "hessian":
+            x = _hessian_channels(x)
         if self.coord_channels:
             x = torch.cat([x, _coordinates(x)], 1)
         if self.channels_last:

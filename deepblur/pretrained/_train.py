@@ -140,7 +140,7 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         Of the :class:`~deepblur.nets.resnet.ResNet` module.
     head : {"spatial", "avg"}, default="spatial"
         Output head of the module.
-    input_norm : {None, "contrast", "laplacian"}, default=None
+    input_norm : {None, "contrast", "laplacian", "hessian"}, default=None
         What the module's stem sees besides the image
         (:class:`~deepblur.nets.resnet.ResNet`). ``"laplacian"`` (the image
         and its Laplacian) takes the plateau
@@ -150,7 +150,11 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         alone it was worse above that noise; benchmarks/README.md,
         "Laplacian input"). On windows of larger scenes (the setting's
         ``params["boundary"] = "crop"``) it gained only 3 % ("Networks on
-        crops, and more input channels"). The shipped network has None.
+        crops, and more input channels"). ``"hessian"`` (the Laplacian and
+        the two anisotropic second derivatives) was not better: worse over
+        this recipe's 384 000 images (8.6 %) and within the run-to-run spread
+        over 64 000 ("Hessian input").
+        The shipped network has None.
     criterion : {"mse", "frobenius"}, default="mse"
         See :data:`CRITERIA`.
     pool_size : int, default=20_000

@@ -118,6 +118,46 @@ def test_laplacian_input_channels_against_scipy():
                   input_norm="laplacian").stem[0].in_channels == 4
 
 
+def test_hessian_input_channels_against_scipy():
+    """[x, b lap(z), b (z_xx - z_yy), b 2 z_xy] per channel with z = x / m,
+    zeros outside (scipy's stencils as the reference); the first two are the
+    Laplacian input's channels; rotating the image by 90 degrees flips the
+    sign of the anisotropic ones."""
+    from scipy import ndimage
+
+    from deepblur.nets.resnet import _hessian_channels, _laplacian_channels
+
+    rng = np.random.default_rng(1)
+    x = rng.random((2, 2, 16, 18)) + 0.5
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    out = _hessian_channels(xt).numpy()
+    assert out.shape == (2, 8, 16, 18)
+    np.testing.assert_allclose(out[:, :4], _laplacian_channels(xt).numpy(),
+                               atol=1e-12)
+    d2 = np.array([[1.0, -2, 1]])               # second difference along x
+    cross = np.array([[1.0, 0, -1], [0, 0, 0], [-1, 0, 1]]) / 2
+    for i in range(2):
+        for c in range(2):
+            z = x[i, c] / x[i, c].mean()
+            zxx = ndimage.convolve(z, d2, mode="constant")
+            zyy = ndimage.convolve(z, d2.T, mode="constant")
+            zxy2 = ndimage.convolve(z, cross, mode="constant")
+            np.testing.assert_allclose(out[i, 4 + c], 28.0 * (zxx - zyy), atol=1e-12)
+            np.testing.assert_allclose(out[i, 6 + c], 28.0 * zxy2, atol=1e-12)
+    # a 90-degree rotation swaps x and y: z_xx - z_yy and z_xy change sign
+    rot = _hessian_channels(torch.rot90(xt, 1, (-2, -1))).numpy()
+    back = np.rot90(rot, -1, (-2, -1))
+    np.testing.assert_allclose(back[:, :4], out[:, :4], atol=1e-12)
+    np.testing.assert_allclose(back[:, 4:], -out[:, 4:], atol=1e-12)
+    np.testing.assert_allclose(_hessian_channels(5 * xt).numpy()[:, 2:],
+                               out[:, 2:], atol=1e-12)
+    net = ResNet(n_outputs=2, width=4, depth=1, input_norm="hessian")
+    assert net.stem[0].in_channels == 4
+    assert net(torch.as_tensor(x[:, :1], dtype=torch.float32)).shape == (2, 2)
+    assert ResNet(n_outputs=2, in_channels=2, width=4, depth=1,
+                  input_norm="hessian").stem[0].in_channels == 8
+
+
 def test_blur_features_branch():
     """Output = trunk + linear map of the standardised statistics; starts at 0."""
     from deepblur.features import blur_features
