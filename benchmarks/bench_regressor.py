@@ -146,7 +146,8 @@ def main():
     p.add_argument("--stem-stride", type=int, default=4)
     p.add_argument("--head", default="spatial")
     p.add_argument("--coord", action="store_true")
-    p.add_argument("--input-norm", default=None, choices=["contrast", "laplacian"],
+    p.add_argument("--input-norm", default=None,
+                   choices=["contrast", "laplacian", "hessian"],
                    help="what the stem sees besides the image (ResNet input_norm)")
     p.add_argument("--criterion", choices=["frobenius", "mse"], default="frobenius")
     p.add_argument("--lr", type=float, default=2e-3)

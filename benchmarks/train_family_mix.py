@@ -81,7 +81,8 @@ def main():
                    help="with --init none (else the model's)")
     p.add_argument("--depth", type=int, default=2, help="with --init none")
     p.add_argument("--stem-stride", type=int, default=4, help="with --init none")
-    p.add_argument("--input-norm", default=None, choices=["contrast", "laplacian"],
+    p.add_argument("--input-norm", default=None,
+                   choices=["contrast", "laplacian", "hessian"],
                    help="with --init none (else the model's)")
     p.add_argument("--head-images", type=int,
                    default=FEATURE_HEAD_DEFAULTS["n_images"],
