@@ -70,9 +70,6 @@ def _contrast_normalise(x):
     return torch.cat([r / s, torch.log(m) * ones, torch.log(s) * ones], 1)
 
 
-#: Values of ``ResNet(input_norm=...)``.
-INPUT_NORMS = (None, "contrast", "laplacian", "hessian")
-
 # Gain of the "laplacian" input channel: on blurred held-out natural images of
 # the default setting (sigma = 0.01) the Laplacian of ``x / m`` has a median
 # standard deviation of 0.034; this gain brings it near one, so that the
@@ -124,6 +121,18 @@ def _hessian_channels(x):
     zxy2 = 0.5 * (p[..., 2:, 2:] - p[..., 2:, :-2] - p[..., :-2, 2:] + p[..., :-2, :-2])
     return torch.cat([x, _LAPLACIAN_GAIN * (zxx + zyy), _LAPLACIAN_GAIN * (zxx - zyy),
                       _LAPLACIAN_GAIN * zxy2], 1)
+
+
+# What each ``ResNet(input_norm=...)`` feeds the stem: the channels it adds
+# per input channel, and the function that makes them (the input first).
+_INPUT_CHANNELS = {
+    "contrast": (2, _contrast_normalise),
+    "laplacian": (1, _laplacian_channels),
+    "hessian": (3, _hessian_channels),
+}
+
+#: Values of ``ResNet(input_norm=...)``.
+INPUT_NORMS = (None, *_INPUT_CHANNELS)
 
 
 class ResNet(nn.Module):
@@ -179,9 +188,10 @@ class ResNet(nn.Module):
         channels"). ``"hessian"`` adds the two anisotropic second
         derivatives ``z_xx - z_yy`` and ``2 z_xy`` of ``z = x / mean`` at the
         same gain: the orientation and elongation of the local blur. It was
-        not better than ``"laplacian"``: after 64 000 images the ratio of the
-        two errors ranged from 0.93 to 1.18 over four runs, and after the
-        15-minute recipe's 384 000 it was worse (8.6 against 7.9-8.1 %;
+        not better than ``"laplacian"``: after 64 000 images its error was
+        1.04-1.14 times the Laplacian's on natural images (two seeds), and
+        after the 15-minute recipe's 384 000 it was worse (8.6 against
+        7.9-8.1 %;
         benchmarks/README.md, "Hessian input"); the two extra channels
         made its training 6-16 % slower on a CPU.
     channels_last : bool, default=True
@@ -242,12 +252,8 @@ class ResNet(nn.Module):
         self.channels_last = bool(channels_last)
         c0 = int(width)
         stem_in = in_channels + (2 if coord_channels else 0)
-        if input_norm == "contrast":
-            stem_in += 2 * in_channels
-        elif input_norm == "laplacian":
-            stem_in += in_channels
-        elif input_norm == "hessian":
-            stem_in += 3 * in_channels
+        if input_norm is not None:
+            stem_in += _INPUT_CHANNELS[input_norm][0] * in_channels
         self.stem = nn.Sequential(
             nn.Conv2d(stem_in, c0, 2 * stem_stride + 1, stem_stride, stem_stride,
                       bias=False),
@@ -371,12 +377,8 @@ class ResNet(nn.Module):
                 f"n_stages={self.n_stages}; got shape {tuple(x.shape)}."
             )
         features = None if self.feature_fc is None else self.image_features(x)
-        if self.input_norm == "contrast":
-            x = _contrast_normalise(x)
-        elif self.input_norm == "laplacian":
-            x = _laplacian_channels(x)
-        elif self.input_norm == "hessian":
-            x = _hessian_channels(x)
+        if self.input_norm is not None:
+            x = _INPUT_CHANNELS[self.input_norm][1](x)
         if self.coord_channels:
             x = torch.cat([x, _coordinates(x)], 1)
         if self.channels_last:
