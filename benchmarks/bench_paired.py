@@ -41,9 +41,10 @@ def main():
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--noise-std", type=float, default=None,
                    help="default: the setting's")
-    p.add_argument("--estimator", choices=["network", "spectral"],
+    p.add_argument("--estimator", choices=["network", "crop_network", "spectral"],
                    default="network")
-    p.add_argument("--after-estimator", choices=["network", "spectral"],
+    p.add_argument("--after-estimator",
+                   choices=["network", "crop_network", "spectral"],
                    default=None, help="AFTER's estimator (default: --estimator)")
     p.add_argument("--boundary", choices=["zero", "crop"], default=None,
                    help="default: the one the estimator was trained with")

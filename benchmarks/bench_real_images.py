@@ -4,13 +4,15 @@ What a user's image is: a window on a larger scene (``boundary="crop"`` of the
 simulator, no dark border). For held-out natural images, the bundled
 microscopy images and simulated point sources (``--n`` windows each, operators
 from the shipped sampler, noise sigma = ``--noise``), the operator is
-estimated by the shipped network and by the spectral regressor, and the
+estimated by the shipped estimators (the zero-boundary network, the network
+trained on windows and the spectral regressor), and the
 window is deblurred the way ``deepblur deblur`` does it
 (:func:`deepblur.pretrained.deblur_image`: operator rescaled to unit gain,
 only the pixels whose PSF lies inside the window fitted, ``lam="auto"``; TV,
 and l1 with ``positive`` for point sources) with:
 
 * the true operator (the reference),
+* the estimate of the network trained on windows (``crop_network``),
 * the spectral regressor's estimate,
 * the network's estimate,
 * the mean operator of the cone (the best constant guess).
@@ -63,6 +65,7 @@ def main():
     # the same iteration cap for every operator: the comparison is fair
     warnings.filterwarnings("ignore", message="deblur reached max_iter")
     network, spectral = load_default(), load_default(estimator="spectral")
+    crop = load_default(estimator="crop_network")
     basis, sampler = network.basis, network.sampler
     shape = tuple(basis.image_shape_)
     rows, cols = np.nonzero(_interior(basis))
@@ -90,6 +93,7 @@ def main():
                              boundary="crop", random_state=rng)
         operators = {
             "true": gamma,
+            "crop network": np.stack([estimate_gamma(crop, y)[0] for y in blurry]),
             "spectral": np.stack([estimate_gamma(spectral, y)[0] for y in blurry]),
             "network": np.stack([estimate_gamma(network, y)[0] for y in blurry]),
             "mean gamma": np.tile(mean_gamma, (len(clean), 1)),

@@ -164,10 +164,12 @@ def main():
     p.add_argument("--model", default=None,
                    help="evaluate a saved model directory (e.g. "
                         "deepblur/pretrained/default) instead of training one")
-    p.add_argument("--estimator", choices=["network", "spectral"], default="network",
+    p.add_argument("--estimator", choices=["network", "crop_network", "spectral"],
+                   default="network",
                    help="with --model: which of its estimators to evaluate "
-                        "(spectral: pass --noise-std and --boundary, else its "
-                        "training noise range and boundary are used)")
+                        "(crop_network, spectral: pass --noise-std and "
+                        "--boundary, else their training noise range and "
+                        "boundary are used)")
     p.add_argument("--boundary", choices=["zero", "crop"], default=None,
                    help="how train and test images are blurred (default: the "
                         "setting's; crop = windows on a larger scene)")

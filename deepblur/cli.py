@@ -17,8 +17,9 @@ mean 0.5 and maps the result back to the input's units: the deblurred image
 keeps the input's brightness and dtype (see :mod:`deepblur.pretrained._apply`).
 A real image is a window on a larger scene: by default ``deblur`` fits only
 the pixels whose PSF lies inside the image (``--boundary unknown``), and
-``estimate``/``deblur`` estimate the blur with the model's spectral regressor,
-trained on such windows, when it has one (``--estimator auto``).
+``estimate``/``deblur`` estimate the blur with an estimator trained on such
+windows when the model has one (``--estimator auto``): its ``crop_network``,
+else its spectral regressor.
 """
 
 from __future__ import annotations
@@ -78,14 +79,20 @@ def _positive_int(value):
 
 
 def _resolve_estimator(path, estimator, command):
-    """``--estimator auto``: the spectral regressor for real images when the
-    network was trained on zero-boundary simulations; the network otherwise
-    (and always for the demo, which simulates the network's setting)."""
-    from deepblur.pretrained._io import _META, has_spectral
+    """``--estimator auto``: for real images (``estimate``, ``deblur``), the
+    model's network trained on windows of larger scenes when it has one, else
+    its spectral regressor when its network was trained on zero-boundary
+    simulations, else the network; the network for the demo, which simulates
+    the network's setting."""
+    from deepblur.pretrained._io import _META, has_crop_network, has_spectral
 
     if estimator != "auto":
         return estimator
-    if command == "demo" or not has_spectral(path):
+    if command == "demo":
+        return "network"
+    if has_crop_network(path):
+        return "crop_network"
+    if not has_spectral(path):
         return "network"
     try:
         meta = json.loads((Path(path) / _META).read_text())
@@ -423,8 +430,9 @@ def _warn_if_zero_boundary(model):
               "boundary; on windows of larger scenes (real images, tiles) the "
               "shipped one's operator error is 47 %, worse than the mean "
               "operator's 24 % (benchmarks/README.md): treat the blind estimate "
-              "as unreliable, use --estimator spectral (trained on such windows) "
-              "if the model has one, or pass a known operator with --gamma.",
+              "as unreliable, use --estimator crop_network or --estimator "
+              "spectral (trained on such windows) if the model has one, or pass "
+              "a known operator with --gamma.",
               file=sys.stderr)
 
 
@@ -907,17 +915,20 @@ def _device(value):
 
 
 def _add_estimator(p, default):
-    p.add_argument("--estimator", choices=("auto", "network", "spectral", "points"),
+    p.add_argument("--estimator",
+                   choices=("auto", "network", "crop_network", "spectral",
+                            "points"),
                    default=default,
                    help="which of the model's blur estimators: the network "
                         "(trained on zero-boundary simulations, the paper's "
-                        "protocol) or the spectral regressor (a ridge on local "
-                        "spectra trained on windows of larger scenes: the one "
-                        "for real images), or points (PSFs fitted on detected "
-                        "point sources: images of beads or single molecules on a "
+                        "protocol), crop_network (a network trained on windows "
+                        "of larger scenes: the one for real images and tiles), "
+                        "spectral (a ridge on local spectra trained on such "
+                        "windows), or points (PSFs fitted on detected point "
+                        "sources: images of beads or single molecules on a "
                         "dark field or a constant offset); auto (default for "
-                        "estimate and deblur): "
-                        "the spectral one when the model holds one and its "
+                        "estimate and deblur): crop_network when the model "
+                        "holds one, else spectral when it holds one and its "
                         "network was trained with a zero boundary")
 
 

@@ -839,6 +839,81 @@ def test_demo_with_the_spectral_regressor(spectral_dir, capsys, tmp_path):
     assert code == 0 and "(network estimator)" in out and "zero boundary" in out
 
 
+@pytest.fixture(scope="module")
+def crop_dir(spectral_dir, setting, tmp_path_factory):
+    """The tiny model, its spectral regressor and a network trained on crops."""
+    import shutil
+
+    from deepblur.pretrained import save_crop_network
+
+    directory = tmp_path_factory.mktemp("crop")
+    for path in spectral_dir.iterdir():
+        shutil.copy(path, directory / path.name)
+    basis, sampler = setting["basis"], setting["sampler"]
+    pool = list(np.random.default_rng(1).random((8, 96, 96)) + 0.1)
+    X, y = make_blurred_images(pool, basis, sampler, 64, noise_std=(0.0, 0.05),
+                               boundary="crop", random_state=1)
+    torch.manual_seed(1)
+    net = ResNetBlurRegressor(basis=basis, module__width=4, module__depth=1,
+                              module__stem_stride=4, max_epochs=1, device="cpu",
+                              module__output_bias=y.mean(0), lr=1e-3,
+                              train_split=None, verbose=0).fit(X, y)
+    return save_crop_network(directory, net, noise_std=(0.0, 0.05))
+
+
+def test_estimator_auto_takes_the_crop_network_for_real_images(
+        crop_dir, spectral_dir, blurry, large, capsys, tmp_path):
+    _, _, y = blurry
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, y.astype(np.float32))
+    crop = load_model(crop_dir, estimator="crop_network")
+    code, out, err = _run(capsys, "estimate", image, "--model", crop_dir, "-o",
+                          tmp_path / "g.json")
+    assert code == 0, err
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert data["estimator"] == "crop_network"
+    assert "(crop_network estimator)" in out
+    expected, _ = estimate_gamma(crop, y.astype(np.float32))
+    np.testing.assert_allclose(data["gamma"], expected, rtol=1e-5)
+    assert "zero boundary" not in err           # trained on windows: no warning
+    # the spectral regressor and the network stay available
+    code, out, err = _run(capsys, "estimate", image, "--model", crop_dir,
+                          "--estimator", "spectral")
+    assert code == 0 and "(spectral estimator)" in out and "zero boundary" not in err
+    code, out, err = _run(capsys, "estimate", image, "--model", crop_dir,
+                          "--estimator", "network")
+    assert code == 0 and "zero boundary" in err and "crop_network" in err
+    # a directory without one: a clear error on request, spectral for auto
+    code, _, err = _run(capsys, "estimate", image, "--model", spectral_dir,
+                        "--estimator", "crop_network")
+    assert code == 1 and "crop_network.safetensors" in _one_error_line(err)
+    code, out, _ = _run(capsys, "estimate", image, "--model", spectral_dir)
+    assert code == 0 and "(spectral estimator)" in out
+    # tiles of a large image and blind deblurring use it too
+    big, _ = large
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    code, out, err = _run(capsys, "estimate", tmp_path / "big.tif", "--model",
+                          crop_dir, "-o", tmp_path / "t.json")
+    assert code == 0, err
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["estimator"] == "crop_network"
+    assert len(data["gamma_tiles"]) > 1
+    code, out, err = _run(capsys, "deblur", image, "-o", tmp_path / "d.tif",
+                          "--model", crop_dir, "--max-iter", "30")
+    assert code == 0 and "zero boundary" not in err, err
+    assert tifffile.imread(tmp_path / "d.tif").shape == y.shape
+    # the demo keeps the network (the paper's protocol) unless asked
+    code, out, err = _run(capsys, "demo", "--model", crop_dir, "-o",
+                          tmp_path / "f.png", "--max-iter", 20)
+    assert code == 0 and "(network estimator)" in out and "zero boundary" in out
+    code, out, err = _run(capsys, "demo", "--model", crop_dir, "--estimator",
+                          "crop_network", "-o", tmp_path / "c.png",
+                          "--max-iter", 20)
+    assert code == 0, err
+    assert "(crop_network estimator)" in out and "crop boundary" in out
+    assert "noise std 0-0.05" in out
+
+
 def test_train_also_fits_a_spectral_regressor(capsys, tmp_path):
     config = tmp_path / "spectral.toml"
     config.write_text(TINY.format(output="with_spectral").replace(

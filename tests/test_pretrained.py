@@ -12,7 +12,9 @@ from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.pretrained._default import make_default_setting, relative_errors
 from deepblur.pretrained._io import (
     PretrainedModel,
+    has_crop_network,
     load_model,
+    save_crop_network,
     save_model,
     save_spectral,
 )
@@ -354,6 +356,77 @@ def test_save_spectral_rejects_what_does_not_fit(small_setting, tmp_path):
     (tmp_path / "spectral.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="does not fit the model's basis"):
         load_model(tmp_path, estimator="spectral")
+
+
+def test_crop_network_saved_beside_the_network(small_setting, tmp_path):
+    net, X = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    assert not has_crop_network(tmp_path)
+    with pytest.raises(FileNotFoundError, match="crop_network.safetensors.*"
+                       "train_crop_model"):
+        load_model(tmp_path, estimator="crop_network")
+    crop, _ = _tiny_regressor(small_setting, n_images=48)
+    crop.noise_level_ = 0.05
+    save_crop_network(tmp_path, crop, noise_std=(0.0, 0.05),
+                      extra={"note": "test"})
+    assert has_crop_network(tmp_path)
+    with open(tmp_path / "crop_network.safetensors", "rb") as f:
+        assert b"\x80\x04" not in f.read(16)          # not a pickle stream
+    meta = json.loads((tmp_path / "crop_network.json").read_text())
+    assert meta["note"] == "test" and meta["boundary"] == "crop"
+    assert meta["noise_level"] == 0.05 and meta["module"]["width"] == 4
+    model = load_model(tmp_path, estimator="crop_network")
+    assert isinstance(model.regressor, ResNetBlurRegressor)
+    assert model.regressor.sampler is None
+    assert model.noise_std == (0.0, 0.05)
+    assert model.setting["boundary"] == "crop"
+    assert model.setting["noise_std"] == (0.0, 0.05)
+    assert model.regressor.noise_level_ == 0.05
+    assert model.regressor.device == "cpu"
+    np.testing.assert_allclose(model.regressor.predict(X), crop.predict(X),
+                               rtol=1e-5, atol=1e-6)
+    # its own weights, not the zero-boundary network's
+    assert not np.allclose(model.regressor.predict(X),
+                           load_model(tmp_path).regressor.predict(X))
+    projected = load_model(tmp_path, estimator="crop_network", project=True)
+    assert projected.regressor.sampler is projected.sampler
+    # the directory's network and setting are unchanged
+    network = load_model(tmp_path)
+    assert network.setting["boundary"] == "zero"
+    np.testing.assert_allclose(network.regressor.predict(X), net.predict(X),
+                               rtol=1e-5, atol=1e-6)
+    # without a recorded noise_level, the top of the training range
+    del meta["noise_level"]
+    (tmp_path / "crop_network.json").write_text(json.dumps(meta))
+    assert load_model(tmp_path, "crop_network").regressor.noise_level_ == 0.05
+    for bad in (-1, "high", True):
+        meta["noise_level"] = bad
+        (tmp_path / "crop_network.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="crop_network.json: noise_level"):
+            load_model(tmp_path, estimator="crop_network")
+
+
+def test_save_crop_network_rejects_what_does_not_fit(small_setting, tmp_path):
+    net, _ = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    with pytest.raises(TypeError, match="ResNetBlurRegressor"):
+        save_crop_network(tmp_path, "net", noise_std=0.01)
+    fresh = ResNetBlurRegressor(basis=small_setting["basis"])
+    with pytest.raises(ValueError, match="must be trained"):
+        save_crop_network(tmp_path, fresh, noise_std=0.01)
+    for bad in (-0.1, (0.05, 0.01), (0.0, 0.1, 0.2), float("nan")):
+        with pytest.raises(ValueError, match="noise_std"):
+            save_crop_network(tmp_path, net, noise_std=bad)
+    assert not has_crop_network(tmp_path)                # nothing written
+    other = make_default_setting(n_operators=12, image_shape=(16, 16),
+                                 kernel_shape=(5, 5), grid_shape=(4, 4),
+                                 n_components=4, n_rays=6, random_state=1)
+    foreign, _ = _tiny_regressor(other)
+    with pytest.raises(ValueError, match="Gram matrices differ"):
+        save_crop_network(tmp_path, foreign, noise_std=0.01)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        save_crop_network(tmp_path / "empty", net, noise_std=0.01)
+    assert not has_crop_network(tmp_path)
 
 
 def test_save_load_basis_grid_and_scattered(tmp_path):

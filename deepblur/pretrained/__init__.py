@@ -1,7 +1,9 @@
 """Trained blur regressors: the default setting, training, saving, applying.
 
 Models are stored as ``model.safetensors`` + ``model.json`` (plus, optionally,
-a spectral regressor in ``spectral.safetensors`` + ``spectral.json``), bases as
+a spectral regressor in ``spectral.safetensors`` + ``spectral.json`` and a
+network trained on windows of larger scenes in ``crop_network.safetensors`` +
+``crop_network.json``), bases as
 ``basis.safetensors`` + ``basis.json`` (no pickle).
 :func:`load_default` reads the model shipped in ``deepblur/pretrained/default``
 (produced by ``examples/train_default_model.py``) and raises
@@ -29,6 +31,7 @@ from deepblur.pretrained._io import (
     load_default,
     load_model,
     save_basis,
+    save_crop_network,
     save_model,
     save_spectral,
 )
@@ -64,6 +67,7 @@ __all__ = [
     "operator_gain",
     "relative_errors",
     "save_basis",
+    "save_crop_network",
     "save_model",
     "save_spectral",
     "simulate_blind_deblurring",

@@ -7,7 +7,9 @@ operators) and ``model.json`` (the hyper-parameters), and optionally
 :class:`~deepblur.SpectralBlurRegressor` fitted in the same setting (its
 coefficients, its parameters and what it was trained on), which
 ``load_model(directory, estimator="spectral")`` returns in place of the
-network. A basis directory holds
+network, and ``crop_network.safetensors`` + ``crop_network.json``, a second
+network trained on windows of larger scenes in the same setting
+(``estimator="crop_network"``). A basis directory holds
 ``basis.safetensors`` (kernels and maps) and ``basis.json`` (boundary, grid or
 positions, fit diagnostics). None is a pickle: loading runs no code from the
 files.
@@ -32,10 +34,11 @@ from deepblur.estimators.spectral import SpectralBlurRegressor
 from deepblur.features import n_blur_features
 
 __all__ = ["ESTIMATORS", "PretrainedModel", "load_basis", "load_default",
-           "load_model", "save_basis", "save_model", "save_spectral"]
+           "load_model", "save_basis", "save_crop_network", "save_model",
+           "save_spectral"]
 
 #: The estimators a model directory can hold (see :func:`load_model`).
-ESTIMATORS = ("network", "spectral", "points")
+ESTIMATORS = ("network", "spectral", "points", "crop_network")
 
 PretrainedModel = namedtuple(
     "PretrainedModel",
@@ -59,6 +62,7 @@ what its ``predict`` checks images against, is the network's recorded
 _WEIGHTS, _META = "model.safetensors", "model.json"
 _BASIS_WEIGHTS, _BASIS_META = "basis.safetensors", "basis.json"
 _SPECTRAL_WEIGHTS, _SPECTRAL_META = "spectral.safetensors", "spectral.json"
+_CROP_WEIGHTS, _CROP_META = "crop_network.safetensors", "crop_network.json"
 DEFAULT_DIR = Path(__file__).parent / "default"
 _MODULE_KEYS = ("width", "depth", "n_stages", "stem_stride", "head", "pool_size",
                 "head_channels", "coord_channels", "input_norm", "channels_last",
@@ -87,6 +91,31 @@ def _read_pair(directory, weights, meta, missing):
             load_file(str(directory / weights), device="cpu"))
 
 
+def _module_tensors(regressor):
+    """The network's state dict as ``{"module.<name>": CPU tensor}``."""
+    return {f"module.{k}": v.detach().cpu().contiguous()
+            for k, v in plain_module(regressor).state_dict().items()}
+
+
+def _module_params(regressor):
+    """The ``module__`` parameters that rebuild the network (JSON-able)."""
+    params = regressor.get_params_for("module")
+    return {k: params[k] for k in _MODULE_KEYS if k in params}
+
+
+def _check_same_basis(gram, directory, model):
+    """Refuse an estimator fitted in another basis than the model's."""
+    ours, theirs = np.asarray(gram), np.asarray(model.basis.gram_)
+    # (model.safetensors stores the maps in float32: compare up to that)
+    if (ours.shape != theirs.shape or np.linalg.norm(ours - theirs)
+            > 1e-5 * np.linalg.norm(theirs)):
+        raise ValueError(
+            f"regressor.basis must be the basis of the model in {str(directory)!r} "
+            "(their Gram matrices differ): coefficients are only meaningful in "
+            "the basis they were fitted in."
+        )
+
+
 def save_model(directory, regressor, setting, *, extra=None):
     """Write a trained regressor and its setting to ``directory``.
 
@@ -113,8 +142,7 @@ def save_model(directory, regressor, setting, *, extra=None):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
-    tensors = {f"module.{k}": v.detach().cpu().contiguous()
-               for k, v in plain_module(regressor).state_dict().items()}
+    tensors = _module_tensors(regressor)
     tensors["basis.kernels"] = torch.tensor(np.ascontiguousarray(basis.kernels_),
                                            dtype=torch.float64)
     tensors["basis.maps"] = torch.tensor(np.ascontiguousarray(basis.maps_),
@@ -124,9 +152,8 @@ def save_model(directory, regressor, setting, *, extra=None):
     tensors["cone.rays"] = torch.tensor(np.ascontiguousarray(cone.rays_),
                                        dtype=torch.float64)
     save_file(tensors, str(directory / _WEIGHTS))
-    module_params = regressor.get_params_for("module")
     meta = dict(
-        module={k: module_params[k] for k in _MODULE_KEYS if k in module_params},
+        module=_module_params(regressor),
         n_outputs=int(basis.kernels_.shape[0]),
         boundary=basis.boundary, grid_shape=list(basis.grid_shape_ or (16, 16)),
         n_rays=int(cone.rays_.shape[0]),
@@ -181,15 +208,7 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     noise = _noise_param(noise_std)
     directory = Path(directory)
     model = load_model(directory)       # the setting it must share
-    # (model.safetensors stores the maps in float32: compare up to that)
-    ours, theirs = np.asarray(regressor.basis.gram_), np.asarray(model.basis.gram_)
-    if (ours.shape != theirs.shape or np.linalg.norm(ours - theirs)
-            > 1e-5 * np.linalg.norm(theirs)):
-        raise ValueError(
-            f"regressor.basis must be the basis of the model in {str(directory)!r} "
-            "(their Gram matrices differ): coefficients are only meaningful in "
-            "the basis they were fitted in."
-        )
+    _check_same_basis(regressor.basis.gram_, directory, model)
     tensors = {"coef": torch.tensor(np.ascontiguousarray(regressor.coef_),
                                     dtype=torch.float64),
                "intercept": torch.tensor(np.ascontiguousarray(regressor.intercept_),
@@ -204,6 +223,66 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                 boundary=boundary, **(extra or {}))
     (directory / _SPECTRAL_META).write_text(json.dumps(meta, indent=1))
     return directory
+
+
+def save_crop_network(directory, regressor, *, noise_std, extra=None):
+    """Add a network trained on windows of larger scenes to a model directory.
+
+    Writes ``crop_network.safetensors`` (the network's state dict) and
+    ``crop_network.json`` (its ``module__`` parameters, the training noise,
+    the regressor's ``noise_level_`` and ``extra``).
+    ``load_model(directory, estimator="crop_network")`` reads it back on the
+    model's basis, sampler and cone. The directory must already hold a model
+    (:func:`save_model`) of the same basis, and the network must have been
+    trained on images blurred with ``boundary="crop"``
+    (:func:`deepblur.datasets.blur_images`), as real images and tiles are;
+    that is the only difference the directory records between the two
+    networks.
+
+    Parameters
+    ----------
+    directory : str or Path
+    regressor : ResNetBlurRegressor
+        Trained (initialised), on the model's basis.
+    noise_std : float or (low, high)
+        The noise it was trained with (clean images of mean ``image_mean``).
+    extra : dict, optional
+        More JSON-serialisable metadata (e.g. how it was trained, measured
+        errors).
+
+    Returns
+    -------
+    directory : Path
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(regressor, ResNetBlurRegressor):
+        raise TypeError("regressor must be a ResNetBlurRegressor; got "
+                        f"{type(regressor).__name__}.")
+    if not getattr(regressor, "initialized_", False):
+        raise ValueError("regressor must be trained (initialised); got one "
+                         "that was never initialised or fitted.")
+    if getattr(regressor, "basis", None) is None:
+        raise ValueError("regressor.basis must be the model's fitted basis; "
+                         "got None.")
+    noise = _noise_param(noise_std)
+    directory = Path(directory)
+    model = load_model(directory)       # the setting it must share
+    _check_same_basis(regressor.basis.gram_, directory, model)
+    save_file(_module_tensors(regressor), str(directory / _CROP_WEIGHTS))
+    meta = dict(module=_module_params(regressor),
+                noise_std=list(noise) if isinstance(noise, tuple) else noise,
+                boundary="crop", **(extra or {}))
+    level = getattr(regressor, "noise_level_", None)
+    meta.setdefault("noise_level", float(np.max(noise) if level is None
+                                         else level))
+    (directory / _CROP_META).write_text(json.dumps(meta, indent=1))
+    return directory
+
+
+def has_crop_network(directory):
+    """Whether the model directory holds a network trained on crops."""
+    return _has_pair(directory, _CROP_WEIGHTS, _CROP_META)
 
 
 def has_spectral(directory):
@@ -239,21 +318,50 @@ def _load_spectral(directory, basis):
     return regressor, noise_std, meta["boundary"]
 
 
+def _load_network(meta, tensors, basis, sampler, noise_std, meta_name):
+    """A ready ResNetBlurRegressor (CPU, eval mode) from its stored state.
+
+    ``meta["module"]`` holds the ``module__`` parameters, ``tensors`` the
+    ``module.*`` weights; its ``noise_level_`` is ``meta["noise_level"]``
+    when recorded (a network trained or fine-tuned on a noise range), else
+    the top of ``noise_std``.
+    """
+    module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
+    regressor = ResNetBlurRegressor(basis=basis, sampler=sampler, device="cpu",
+                                    verbose=0, **module_kwargs).initialize()
+    state = {k[len("module."):]: v for k, v in tensors.items()
+             if k.startswith("module.")}
+    regressor.module_.load_state_dict(state)
+    regressor.module_.eval()
+    level = meta.get("noise_level")
+    if level is not None and (isinstance(level, bool)
+                              or not isinstance(level, (int, float))
+                              or not np.isfinite(level) or level < 0):
+        raise ValueError(f"{meta_name}: noise_level must be a non-negative "
+                         f"number (or absent); got {level!r}.")
+    regressor.noise_level_ = float(np.max(noise_std) if level is None else level)
+    return regressor
+
+
 def load_model(directory, estimator="network", *, project=False):
     """Load a model written by :func:`save_model` (on CPU).
 
     Parameters
     ----------
     directory : str or Path
-    estimator : {"network", "spectral", "points"}, default="network"
+    estimator : {"network", "spectral", "points", "crop_network"}, \
+default="network"
         ``"spectral"``: the :class:`~deepblur.SpectralBlurRegressor` added by
         :func:`save_spectral` becomes the ``regressor``, and ``noise_std``
         and ``setting["boundary"]`` say what it was trained on.
+        ``"crop_network"``: the network added by :func:`save_crop_network`
+        (trained on windows of larger scenes), likewise with its training
+        noise and ``setting["boundary"] == "crop"``.
         ``"points"``: a :class:`~deepblur.PointSourceBlurEstimator` on the
         model's basis, started from the mean operator of its cone (for
         images of beads or single molecules; nothing trained).
     project : bool, default=False
-        Give the network or spectral regressor the model's ``sampler``, so
+        Give the networks or spectral regressor the model's ``sampler``, so
         that its ``predict`` returns the nearest point (in the operator
         metric) of the set of ``gamma`` it was trained on (see
         :meth:`~deepblur.ConeSampler.project`): never farther from a
@@ -304,26 +412,19 @@ def load_model(directory, estimator="network", *, project=False):
         start = (clone(sampler).set_params(random_state=0).fit(rays)
                  .sample(50_000).mean(0))
         regressor = PointSourceBlurEstimator(basis, gamma_init=start).fit()
+    elif estimator == "crop_network":
+        crop, crop_tensors = _read_pair(
+            directory, _CROP_WEIGHTS, _CROP_META,
+            "estimator='crop_network' needs them; train one with "
+            "examples/train_crop_model.py and add it with save_crop_network")
+        noise_std = _noise_param(crop["noise_std"])
+        setting.update(boundary="crop", noise_std=noise_std)
+        regressor = _load_network(crop, crop_tensors, basis,
+                                  sampler if project else None, noise_std,
+                                  _CROP_META)
     else:
-        module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
-        regressor = ResNetBlurRegressor(basis=basis,
-                                        sampler=sampler if project else None,
-                                        device="cpu", verbose=0,
-                                        **module_kwargs).initialize()
-        state = {k[len("module."):]: v for k, v in tensors.items()
-                 if k.startswith("module.")}
-        regressor.module_.load_state_dict(state)
-        regressor.module_.eval()
-        # what the network was trained on, as save_model recorded it (a
-        # fine-tuning on a noise range), else the top of the setting's noise
-        level = meta.get("noise_level")
-        if level is not None and (isinstance(level, bool)
-                                  or not isinstance(level, (int, float))
-                                  or not np.isfinite(level) or level < 0):
-            raise ValueError(f"{_META}: noise_level must be a non-negative "
-                             f"number (or absent); got {level!r}.")
-        regressor.noise_level_ = float(np.max(noise_std) if level is None
-                                       else level)
+        regressor = _load_network(meta, tensors, basis,
+                                  sampler if project else None, noise_std, _META)
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,
                            setting=setting)
