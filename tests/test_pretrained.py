@@ -429,6 +429,30 @@ def test_save_crop_network_rejects_what_does_not_fit(small_setting, tmp_path):
     assert not has_crop_network(tmp_path)
 
 
+def test_training_gain_is_the_mean_of_the_training_observations(small_setting,
+                                                                tmp_path):
+    """Flat images of mean 0.5 blurred by draws of the sampler: their mean is
+    0.5 times the training gain of the boundary they were blurred with (the
+    interior gain for windows, the whole image's with its losses for zero)."""
+    from deepblur.pretrained import training_gain
+
+    net, _ = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    model = load_model(tmp_path)
+    flat = [np.full((32, 32), 0.5)]
+    for boundary in ("zero", "crop"):
+        X, _ = make_blurred_images(flat, model.basis, model.sampler, 4000,
+                                   noise_std=0.0, boundary=boundary,
+                                   image_mean=0.5, random_state=0)
+        gain = training_gain(model._replace(
+            setting=dict(model.setting, boundary=boundary)))
+        assert X.mean() == pytest.approx(0.5 * gain, rel=0.01)
+    zero = training_gain(model)
+    crop = training_gain(model._replace(setting=dict(model.setting,
+                                                     boundary="crop")))
+    assert crop > 1.05 * zero       # 16x16 images lose much at their border
+
+
 def test_save_load_basis_grid_and_scattered(tmp_path):
     from deepblur import ProductConvolutionBasis
     from deepblur.datasets import make_random_operators
