@@ -1,20 +1,22 @@
 """
-Blind estimation on real images: the network and the spectral regressor
-=======================================================================
+Blind estimation on real images: the shipped estimators on windows
+==================================================================
 
 A real image, or a tile of a large one, is a window on a larger scene: its
 border is not dark. The shipped network was trained, as in the paper, on
 images blurred with a zero boundary, and reads much of the blur from the dark
 border this leaves; on windows it is worse than predicting the mean operator.
-The :class:`~deepblur.SpectralBlurRegressor` shipped beside it
-(``load_default(estimator="spectral")``) was trained on windows (the
-simulator's ``boundary="crop"``) and is what ``deepblur estimate`` and
-``deepblur deblur`` use by default.
+Two estimators shipped beside it were trained on windows (the simulator's
+``boundary="crop"``): a second network
+(``load_default(estimator="crop_network")``, what ``deepblur estimate`` and
+``deepblur deblur`` use by default) and a
+:class:`~deepblur.SpectralBlurRegressor`
+(``load_default(estimator="spectral")``).
 
 This example blurs windows of held-out natural images, of the bundled
 microscopy images and of simulated point sources with operators from the
 model's sampler (crop boundary, noise sigma = 0.01), estimates the operator
-with both, and shows (1) one operator of each kind on a Dirac comb and
+with each, and shows (1) one operator of each kind on a Dirac comb and
 (2) the mean relative operator errors beside the mean-gamma baseline.
 
 Set ``DEEPBLUR_FAST=1`` for a run of a few seconds (16 windows per set instead
@@ -50,16 +52,19 @@ N = 16 if FAST else 128
 torch.set_num_threads(1)
 
 # %%
-# The two estimators of the shipped model
-# ---------------------------------------
+# The three estimators of the shipped model
+# -----------------------------------------
 # They share the basis, the cone and the sampler; only ``regressor`` differs.
 network = load_default()
+crop = load_default(estimator="crop_network")
 spectral = load_default(estimator="spectral")
 basis, sampler = network.basis, network.sampler
 shape = tuple(basis.image_shape_)
 print(f"spectral regressor: trained on {spectral.regressor.n_train_images_} "
       f"windows, noise std {spectral.noise_std}, boundary "
       f"{spectral.setting['boundary']}")
+print(f"crop network: noise std {crop.noise_std}, boundary "
+      f"{crop.setting['boundary']}")
 
 # %%
 # Windows of larger scenes
@@ -77,6 +82,7 @@ for name, images in sets.items():
     X, y = make_blurred_images(images, basis, sampler, N, noise_std=0.01,
                                boundary="crop", random_state=rng)
     estimates = {"network": network.regressor.predict(X),
+                 "crop network": crop.regressor.predict(X),
                  "spectral": spectral.regressor.predict(X),
                  "mean gamma": np.tile(mean_gamma, (N, 1))}
     errors[name] = {k: relative_errors(y, g, basis.gram_)["operator"]
@@ -86,9 +92,11 @@ for name, images in sets.items():
     # the first window of the set: true and estimated operators
     e = {k: 100 * v[0] for k, v in errors[name].items()}
     fig = plot_operator(basis, np.stack([y[0], estimates["network"][0],
+                                         estimates["crop network"][0],
                                          estimates["spectral"][0]]),
                         titles=[f"{name}: true operator",
                                 f"network ({e['network']:.0f} %)",
+                                f"crop network ({e['crop network']:.0f} %)",
                                 f"spectral ({e['spectral']:.0f} %)"])
     fig.savefig(OUT / f"real_images_{name.split()[0]}.png", dpi=80,
                 bbox_inches="tight")
@@ -96,12 +104,12 @@ for name, images in sets.items():
 # %%
 # Mean operator error per set
 # ---------------------------
-fig, ax = plt.subplots(figsize=(7, 3.5))
-width = 0.26
-for i, k in enumerate(("network", "spectral", "mean gamma")):
+fig, ax = plt.subplots(figsize=(8, 3.5))
+width = 0.2
+for i, k in enumerate(("network", "crop network", "spectral", "mean gamma")):
     means = [100 * errors[name][k].mean() for name in sets]
     sems = [100 * errors[name][k].std() / np.sqrt(N) for name in sets]
-    ax.bar(np.arange(len(sets)) + (i - 1) * width, means, width, yerr=sems,
+    ax.bar(np.arange(len(sets)) + (i - 1.5) * width, means, width, yerr=sems,
            label=k, capsize=3)
 ax.set_xticks(np.arange(len(sets)), list(sets))
 ax.set_ylabel("relative operator error (%)")

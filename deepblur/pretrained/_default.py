@@ -17,9 +17,9 @@ __all__ = ["DEFAULT_SETTING", "make_default_setting", "relative_errors"]
 #: network trained so reads much of the blur from the dark border that this
 #: boundary leaves: on windows of larger scenes (``boundary="crop"``: real
 #: images, tiles of large ones) the shipped model's operator error is 43 %,
-#: worse than the mean operator's 24 %. A network with a stride-2 stem trained
-#: on crops reaches 15 % there, but not yet on microscopy
-#: (benchmarks/README.md, GPU round).
+#: worse than the mean operator's 24 %. The network shipped beside it for
+#: such images (``load_default(estimator="crop_network")``) was trained on
+#: crops: 16.6 % there (benchmarks/README.md).
 DEFAULT_SETTING = dict(
     n_operators=200, image_shape=(128, 128), kernel_shape=(25, 25),
     grid_shape=(16, 16), n_components=20, n_rays=40, alpha_range=(0.8, 1.2),
