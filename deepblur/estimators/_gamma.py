@@ -209,9 +209,10 @@ def noisy_images_message(levels, noise_level, what="images", n_total=None):
         f"regressor was trained on (noise std {noise_level:.3g}, its "
         f"noise_level_): their noise std is estimated at {median:.3g} (median), "
         f"{median / noise_level:.0f} times that. A blind estimate degrades fast "
-        "with noise (the shipped network: 5.5 % operator error at 0.01, 8.4 % "
-        "at 0.03, 27 % at 0.1, worse than the mean operator's 24 %): denoise or "
-        "bin the images, or use a regressor trained at their noise level."
+        "with noise (the shipped zero-boundary network: 5.5 % operator error at "
+        "0.01, 8.4 % at 0.03, 27 % at 0.1, worse than the mean operator's 24 "
+        "%): denoise or bin the images, or use a regressor trained at their "
+        "noise level."
     )
 
 
