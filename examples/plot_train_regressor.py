@@ -19,11 +19,12 @@ product-convolution operator. This example
 
 Settings are tiny with ``DEEPBLUR_FAST=1`` (3 to 15 s; 3 200 training
 images, enough to start beating the baseline). Without it the run takes one to
-a few minutes on a CPU: 70 s on the 2-core benchmark machine, for a held-out
-operator error of 23.3 % against 34.7 % for the mean-gamma baseline. The gain
-is mostly in the scale of ``gamma`` (10.6 % against 24.0 %); the direction,
-which shapes the PSFs, is barely learnt at this budget (20.6 % against
-21.2 %). Reaching the paper's accuracy needs far longer training:
+a few minutes on a CPU: 111 s on the 2-core benchmark machine (beside
+another job), for a held-out operator error of 22.8 % against 34.5 % for the
+mean-gamma baseline (23.0 % with the image alone as the network's input). The
+gain is mostly in the scale of ``gamma`` (9.7 % against 24.3 %); the
+direction, which shapes the PSFs, is barely learnt at this budget (20.3 %
+against 21.1 %). Reaching the paper's accuracy needs far longer training:
 ``benchmarks/README.md`` lists the measured runs and
 ``examples/train_default_model.py`` trains the default model. Figures are
 written to ``DEEPBLUR_OUTPUT`` (default ``examples/output``).
@@ -110,14 +111,19 @@ mean_gamma = sampler.sample(50_000).mean(axis=0)
 
 # %%
 # The regressor is a skorch ``NeuralNetRegressor``: ``module__*`` parameters
-# reach the ResNet. The loss is the relative Frobenius distance between the true
-# and estimated operators (the paper's), computed exactly from the basis's Gram
-# matrix; the last layer starts at the mean gamma, so training starts from the
-# baseline. Given a ``BlurDataset``, ``fit`` validates on a few fixed batches
-# drawn with another seed.
+# reach the ResNet. ``module__input_norm="laplacian"`` gives its stem the
+# image's Laplacian relative to its mean beside the image itself: the fine
+# band where the blur shows, which a slim network is slow to find alone
+# (``benchmarks/README.md``, section "Laplacian input"). The loss is the
+# relative Frobenius distance between the true and estimated operators (the
+# paper's), computed exactly from the basis's Gram matrix; the last layer
+# starts at the mean gamma, so training starts from the baseline. Given a
+# ``BlurDataset``, ``fit`` validates on a few fixed batches drawn with another
+# seed.
 net = ResNetBlurRegressor(
     basis=basis, module__width=width, module__depth=1, module__stem_stride=2,
-    module__n_stages=3, module__output_bias=mean_gamma, lr=2e-3,
+    module__n_stages=3, module__input_norm="laplacian",
+    module__output_bias=mean_gamma, lr=2e-3,
     max_epochs=epochs, batch_size=batch_size, device="cpu",
     n_valid_batches=2 if FAST else 4, verbose=0,
     callbacks=[("lr", LRScheduler("CosineAnnealingLR", T_max=epochs))])
