@@ -31,7 +31,7 @@ Reproduces the second network shipped with deepblur,
    (default ``examples/output/crop_model``); copying those two files into
    ``deepblur/pretrained/default`` ships it.
 
-About 35 minutes on a 2-core CPU. An interrupted run resumes from the
+About 25 minutes on a 2-core CPU. An interrupted run resumes from the
 checkpoint in ``DEEPBLUR_OUTPUT/checkpoint`` (finished epochs are kept).
 ``DEEPBLUR_TRAIN_IMAGES`` sets the number of training images of the network,
 ``DEEPBLUR_HEAD_IMAGES`` those of its branch, ``DEEPBLUR_TEST_IMAGES`` the
@@ -56,29 +56,29 @@ from deepblur.datasets import (
     natural_image_split,
 )
 from deepblur.pretrained import (
-    add_feature_head,
+    CROP_NETWORK_DEFAULTS,
     load_default,
     load_model,
     make_default_setting,
     relative_errors,
     save_crop_network,
-    train_regressor,
+    train_crop_network,
 )
 from deepblur.pretrained._io import DEFAULT_DIR
 
 OUT = Path(os.environ.get("DEEPBLUR_OUTPUT",
                           Path(__file__).parent / "output" / "crop_model"))
-N_IMAGES = int(os.environ.get("DEEPBLUR_TRAIN_IMAGES", 384_000))
-N_HEAD = int(os.environ.get("DEEPBLUR_HEAD_IMAGES", 40_960))
 N_TEST = int(os.environ.get("DEEPBLUR_TEST_IMAGES", 512))
-SEED = 2
-NOISE = (0.0, 0.05)
-POINT_FRACTION = 0.2
+recipe = dict(CROP_NETWORK_DEFAULTS, num_workers=1, device="cpu")
+recipe["n_images"] = int(os.environ.get("DEEPBLUR_TRAIN_IMAGES",
+                                        recipe["n_images"]))
+recipe["head_images"] = int(os.environ.get("DEEPBLUR_HEAD_IMAGES",
+                                           recipe["head_images"]))
 torch.set_num_threads(1)
 
 # %%
-# The default setting, from scratch, for windows of larger scenes
-# ---------------------------------------------------------------
+# The default setting, from scratch
+# ---------------------------------
 t0 = time.perf_counter()
 setting = make_default_setting()
 basis, sampler = setting["basis"], setting["sampler"]
@@ -86,51 +86,27 @@ shipped = load_default()
 assert (np.linalg.norm(basis.gram_ - shipped.basis.gram_)
         < 1e-5 * np.linalg.norm(shipped.basis.gram_)), \
     "make_default_setting no longer reproduces the shipped basis"
-setting["params"] = dict(setting["params"], boundary="crop", noise_std=NOISE)
 print(f"setting rebuilt in {time.perf_counter() - t0:.0f} s")
 train_images, test_images = natural_image_split()
 shape = tuple(basis.image_shape_)
 
-
-def pool(seed, n_natural=2000):
-    """Patches of the training sources and a fifth of point sources."""
-    rng = np.random.RandomState(seed)
-    natural = extract_patches(train_images, n_natural, shape, augment=False,
-                              random_state=rng).astype(np.float32)
-    n_points = int(round(n_natural * POINT_FRACTION / (1 - POINT_FRACTION)))
-    points = make_point_sources(n_points, shape,
-                                random_state=rng).astype(np.float32)
-    images = np.concatenate([natural, points])
-    return images[images.mean((1, 2)) > 1e-6]      # blank patches say nothing
-
-
 # %%
-# The network, on fresh simulated windows
-# ---------------------------------------
-recipe = dict(n_images=N_IMAGES, epochs=10, batch_size=64, lr=2e-3, width=8,
-              depth=2, input_norm="laplacian", pool_size=2000, noise_std=NOISE,
-              num_workers=1, device="cpu", compile=True, random_state=SEED)
+# The network on fresh simulated windows, then its branch
+# -------------------------------------------------------
+# :func:`~deepblur.pretrained.train_crop_network` builds the two pools
+# (patches of the training sources and a fifth of point sources), trains the
+# network on windows (``boundary="crop"``) and fits its branch.
 checkpoint = OUT / "checkpoint"
 resume = (checkpoint / "history.json").exists()
 t0 = time.perf_counter()
-network = train_regressor(setting, pool(SEED),
-                          output_bias=sampler.sample(50_000).mean(0),
-                          checkpoint_dir=checkpoint, resume=resume, verbose=1,
-                          **recipe)
-train_seconds = time.perf_counter() - t0
-print(f"network: {N_IMAGES} images in {train_seconds:.0f} s"
+regressor = train_crop_network(setting, train_images, checkpoint_dir=checkpoint,
+                               resume=resume, verbose=1, **recipe)
+seconds = time.perf_counter() - t0
+train_seconds = float(sum(regressor.history[:, "dur"]))
+print(f"network: {recipe['n_images']} images in {train_seconds:.0f} s of "
+      f"epochs; with the branch ({recipe['head_images']} images, ridge alpha "
+      f"{regressor.feature_head_alpha_:g}) {seconds:.0f} s"
       + (" (resumed)" if resume else ""))
-
-# %%
-# Its blur-statistics branch, fitted in closed form
-# -------------------------------------------------
-t0 = time.perf_counter()
-head = dict(n_images=N_HEAD, batch_size=512, noise_std=NOISE,
-            random_state=SEED + 1)
-regressor = add_feature_head(setting, pool(100 + SEED), network, **head)
-head_seconds = time.perf_counter() - t0
-print(f"branch: {N_HEAD} images in {head_seconds:.0f} s, ridge alpha "
-      f"{regressor.feature_head_alpha_:g}")
 
 # %%
 # Held-out evaluation (crop boundary), beside the spectral regressor
@@ -182,15 +158,14 @@ for name in ("model.safetensors", "model.json", "spectral.safetensors",
              "spectral.json"):
     if OUT.resolve() != DEFAULT_DIR.resolve():
         shutil.copy(DEFAULT_DIR / name, OUT / name)
-save_crop_network(OUT, regressor, noise_std=NOISE, extra=dict(
-    training=dict({k: v for k, v in recipe.items()},
-                  noise_std=list(NOISE), point_fraction=POINT_FRACTION,
-                  seconds=round(train_seconds, 1), resumed=resume,
-                  images="2000 patches of the natural training sources + 500 "
+save_crop_network(OUT, regressor, noise_std=recipe["noise_std"], extra=dict(
+    training=dict({k: list(v) if isinstance(v, tuple) else v
+                   for k, v in recipe.items()},
+                  epoch_seconds=round(train_seconds, 1),
+                  seconds_with_branch=round(seconds, 1), resumed=resume,
+                  images="patches of the natural training sources + a fifth "
                          "point sources, boundary crop",
                   script="examples/train_crop_model.py"),
-    feature_head=dict(head, noise_std=list(NOISE), seconds=round(head_seconds, 1),
-                      alpha=float(regressor.feature_head_alpha_)),
     test_errors={k: r["crop_network"] for k, r in results.items()},
     test_spectral_errors={k: r["spectral"]["operator"] for k, r in results.items()},
     test_baseline_errors={k: r["baseline"]["operator"] for k, r in results.items()},

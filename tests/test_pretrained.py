@@ -20,6 +20,7 @@ from deepblur.pretrained._io import (
 )
 from deepblur.pretrained._train import (
     add_feature_head,
+    train_crop_network,
     train_regressor,
     train_spectral_regressor,
 )
@@ -451,6 +452,75 @@ def test_training_gain_is_the_mean_of_the_training_observations(small_setting,
     crop = training_gain(model._replace(setting=dict(model.setting,
                                                      boundary="crop")))
     assert crop > 1.05 * zero       # 16x16 images lose much at their border
+
+
+TINY_CROP = dict(n_images=64, epochs=2, batch_size=16, width=4, depth=1,
+                 stem_stride=2, pool_size=8, head_images=64, head_batch_size=32,
+                 blur_features=dict(window=8, n_radial=2, n_angular=2, border=3,
+                                    n_segments=2),
+                 num_workers=0, device="cpu", compile=False, verbose=0)
+
+
+def test_train_crop_network_trains_on_windows_with_points(small_setting,
+                                                          tmp_path, monkeypatch):
+    """The network and its branch see windows (crop boundary) of a pool with
+    point sources, at the given noise; the result saves beside a model."""
+    import deepblur.pretrained._train as T
+
+    seen = []
+    real = T.BlurDataset
+
+    def spy(images, *args, **kwargs):
+        seen.append((len(images), kwargs.get("boundary"), kwargs.get("noise_std")))
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(T, "BlurDataset", spy)
+    scenes = list(np.random.default_rng(3).random((4, 24, 24)) + 0.1)
+    net = train_crop_network(small_setting, scenes, noise_std=(0.0, 0.04),
+                             point_fraction=0.2, checkpoint_dir=tmp_path / "ck",
+                             **TINY_CROP)
+    # 8 patches + 2 point sources, windows, the noise range; then the branch
+    assert seen and all(s == (10, "crop", (0.0, 0.04)) for s in seen[:2])
+    assert net.module_.blur_features == TINY_CROP["blur_features"]
+    assert net.feature_head_n_images_ == 64
+    assert net.noise_level_ == pytest.approx(0.04)
+    assert (tmp_path / "ck" / "history.json").exists()
+    again = train_crop_network(small_setting, scenes, noise_std=(0.0, 0.04),
+                               point_fraction=0.2, **TINY_CROP)
+    X, _ = make_blurred_images(scenes, small_setting["basis"],
+                               small_setting["sampler"], 8, boundary="crop",
+                               random_state=0)
+    np.testing.assert_allclose(again.predict(X), net.predict(X), rtol=1e-5,
+                               atol=1e-6)                    # seeded
+    assert small_setting["params"]["boundary"] == "zero"     # not modified
+    base, _ = _tiny_regressor(small_setting)
+    save_model(tmp_path / "m", base, small_setting)
+    save_crop_network(tmp_path / "m", net, noise_std=(0.0, 0.04))
+    loaded = load_model(tmp_path / "m", estimator="crop_network").regressor
+    np.testing.assert_allclose(loaded.predict(X), net.predict(X), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_train_crop_network_refuses_bad_input_before_training(small_setting,
+                                                              monkeypatch):
+    import deepblur.pretrained._train as T
+
+    monkeypatch.setattr(T, "train_regressor",
+                        lambda *a, **k: pytest.fail("trained on bad input"))
+    scenes = list(np.random.default_rng(3).random((4, 24, 24)) + 0.1)
+    for bad, match in ((dict(point_fraction=1.0), "point_fraction"),
+                       (dict(noise_std=(0.05, 0.01)), "noise_std"),
+                       (dict(n_images=0), "n_images"),
+                       (dict(head_images=0), "n_images"),
+                       (dict(head_batch_size=2.5), "batch_size"),
+                       (dict(input_norm="log"), "input_norm")):
+        with pytest.raises(ValueError, match=match):
+            train_crop_network(small_setting, scenes, **dict(TINY_CROP, **bad))
+    with pytest.raises(ValueError, match="image_shape"):
+        train_crop_network(small_setting, np.ones((4, 20, 20)), **TINY_CROP)
+    with pytest.raises(ValueError, match="positive mean"):
+        train_crop_network(small_setting, np.zeros((4, 16, 16)),
+                           **dict(TINY_CROP, point_fraction=0.0))
 
 
 def test_save_load_basis_grid_and_scattered(tmp_path):

@@ -37,11 +37,13 @@ from deepblur.pretrained._io import (
 )
 from deepblur.pretrained._train import (
     CRITERIA,
+    CROP_NETWORK_DEFAULTS,
     FEATURE_HEAD_DEFAULTS,
     SPECTRAL_DEFAULTS,
     TRAINING_DEFAULTS,
     add_feature_head,
     finished_epochs,
+    train_crop_network,
     train_regressor,
     train_spectral_regressor,
 )
@@ -49,6 +51,7 @@ from deepblur.pretrained._train import (
 __all__ = [
     "BUNDLED_IMAGES",
     "CRITERIA",
+    "CROP_NETWORK_DEFAULTS",
     "DEFAULT_SETTING",
     "ESTIMATORS",
     "FEATURE_HEAD_DEFAULTS",
@@ -71,6 +74,7 @@ __all__ = [
     "save_model",
     "save_spectral",
     "simulate_blind_deblurring",
+    "train_crop_network",
     "train_regressor",
     "train_spectral_regressor",
     "training_gain",
