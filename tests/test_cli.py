@@ -510,6 +510,96 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     assert meta["config"]["init_model"] == "straight"
 
 
+TINY_CROP = """
+[crop_network]
+n_images = 64
+epochs = 2
+batch_size = 16
+width = 4
+depth = 1
+stem_stride = 2
+pool_size = 8
+noise_std = [0.0, 0.04]
+head_images = 64
+head_batch_size = 32
+compile = false
+seed = 5
+
+[crop_network.blur_features]
+window = 8
+n_radial = 2
+n_angular = 2
+border = 3
+n_segments = 2
+"""
+
+
+def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
+                                                         monkeypatch):
+    """A [crop_network] table: the network for real images, beside the
+    network; an interruption of it loses neither network's epochs."""
+    from skorch.callbacks import Checkpoint
+
+    config = tmp_path / "crop.toml"
+    config.write_text(TINY.format(output="with_crop") + TINY_CROP)
+    original = Checkpoint.on_epoch_end
+
+    def on_epoch_end(self, net, **kwargs):
+        original(self, net, **kwargs)
+        if "crop_network" in str(self.dirname) and len(net.history) == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
+        code, out, err = _run(capsys, "train", config, "--no-progress")
+    out_dir = tmp_path / "with_crop"
+    assert code == 130 and "crop network" in err and "--resume" in err
+    assert (out_dir / "model.json").exists()            # the network is saved
+    assert not (out_dir / "crop_network.json").exists()
+    crop_history = out_dir / "checkpoints" / "crop_network" / "history.json"
+    assert len(json.loads(crop_history.read_text())) == 1
+    code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert "crop network, held-out windows" in out
+    assert len(json.loads(crop_history.read_text())) == 2
+    model = load_model(out_dir, estimator="crop_network")
+    assert model.setting["boundary"] == "crop"
+    assert model.noise_std == (0.0, 0.04)
+    assert model.regressor.noise_level_ == pytest.approx(0.04)
+    meta = json.loads((out_dir / "crop_network.json").read_text())
+    assert meta["training"]["script"] == "deepblur train"
+    assert meta["training"]["random_state"] == 5
+    assert meta["training"]["num_workers"] == 0          # the main config's
+    assert 0 < meta["test_errors"]["natural"]["operator"] < 1
+    # estimate takes it by default
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, bundled_image("coffee", (32, 32)).astype(np.float32))
+    code, out, err = _run(capsys, "estimate", image, "--model", out_dir)
+    assert code == 0 and "(crop_network estimator)" in out, err
+
+
+@pytest.mark.parametrize("table, match", [
+    ('[crop_network]\nwidth = 0\n', "crop_network: width must be a positive"),
+    ('[crop_network]\npoint_fraction = 1.0\n', "point_fraction must be in"),
+    ('[crop_network]\nnoise_std = [0.05, 0.01]\n', "noise_std must be"),
+    ('[crop_network]\nhead_images = -1\n', "head_images must be a positive"),
+    ('[crop_network]\nboundary = "zero"\n', "unknown key.*boundary"),
+    ('crop_network = 3\n', "must be a table"),
+])
+def test_train_refuses_a_bad_crop_network_table_before_training(
+        table, match, capsys, tmp_path):
+    config = tmp_path / "bad.toml"
+    text = TINY.format(output="bad")
+    if table.startswith("["):
+        text += table
+    else:
+        text = table + text
+    config.write_text(text)
+    code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 1 and re.search(match, _one_error_line(err)), err
+    assert "training:" not in out and not (tmp_path / "bad").exists()
+
+
 def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
     """setting.noise_std = [low, high]: trained, saved, loaded and simulated
     with noise drawn in that range (loading used to fail on the list)."""

@@ -511,8 +511,8 @@ def test_train_crop_network_refuses_bad_input_before_training(small_setting,
     for bad, match in ((dict(point_fraction=1.0), "point_fraction"),
                        (dict(noise_std=(0.05, 0.01)), "noise_std"),
                        (dict(n_images=0), "n_images"),
-                       (dict(head_images=0), "n_images"),
-                       (dict(head_batch_size=2.5), "batch_size"),
+                       (dict(head_images=0), "head_images"),
+                       (dict(head_batch_size=2.5), "head_batch_size"),
                        (dict(input_norm="log"), "input_norm")):
         with pytest.raises(ValueError, match=match):
             train_crop_network(small_setting, scenes, **dict(TINY_CROP, **bad))

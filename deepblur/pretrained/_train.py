@@ -24,7 +24,8 @@ from deepblur.nets.resnet import INPUT_NORMS
 
 __all__ = ["CRITERIA", "CROP_NETWORK_DEFAULTS", "FEATURE_HEAD_DEFAULTS",
            "SPECTRAL_DEFAULTS", "TRAINING_DEFAULTS", "add_feature_head",
-           "check_training_params", "finished_epochs", "train_crop_network",
+           "check_crop_network_params", "check_training_params",
+           "finished_epochs", "train_crop_network",
            "train_regressor", "train_spectral_regressor"]
 
 #: Training losses by name: MSE on ``gamma`` (the shipped model's) and the
@@ -589,6 +590,30 @@ CROP_NETWORK_DEFAULTS = dict(
 )
 
 
+def check_crop_network_params(**params):
+    """Validate parameters of :func:`train_crop_network` (before any work).
+
+    Those of :func:`check_training_params`, plus ``noise_std`` (a float or a
+    ``(low, high)`` range), ``point_fraction`` (in [0, 1)), ``head_images``
+    and ``head_batch_size`` (positive integers).
+    """
+    for name in ("head_images", "head_batch_size"):
+        value = params.pop(name, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    noise_std = params.pop("noise_std", None)
+    point_fraction = params.pop("point_fraction", 0.0)
+    params.pop("blur_features", None)         # checked by the network
+    params.pop("random_state", None)
+    check_training_params(**params)
+    if noise_std is not None:
+        _check_range(noise_std, "noise_std")
+    if not (isinstance(point_fraction, (int, float))
+            and not isinstance(point_fraction, bool)
+            and 0 <= point_fraction < 1):
+        raise ValueError(f"point_fraction must be in [0, 1); got {point_fraction!r}.")
+
+
 def train_crop_network(setting, images, *, n_images=384_000, epochs=10,
                        batch_size=64, lr=2e-3, width=8, depth=2, stem_stride=4,
                        input_norm="laplacian", pool_size=2000,
@@ -655,13 +680,12 @@ num_workers, device, compile, checkpoint_dir, resume, progress_bar, verbose
     import numpy as np
     from sklearn.base import clone
 
-    check_training_params(n_images=n_images, epochs=epochs,
-                          batch_size=batch_size, lr=lr, width=width, depth=depth,
-                          stem_stride=stem_stride, input_norm=input_norm,
-                          pool_size=pool_size, num_workers=num_workers,
-                          compile=compile)
-    check_training_params(n_images=head_images, batch_size=head_batch_size)
-    _check_range(noise_std, "noise_std")
+    check_crop_network_params(
+        n_images=n_images, epochs=epochs, batch_size=batch_size, lr=lr,
+        width=width, depth=depth, stem_stride=stem_stride,
+        input_norm=input_norm, pool_size=pool_size, num_workers=num_workers,
+        compile=compile, noise_std=noise_std, point_fraction=point_fraction,
+        head_images=head_images, head_batch_size=head_batch_size)
     basis, sampler = setting["basis"], setting["sampler"]
     shape = tuple(int(s) for s in basis.image_shape_)
     crop = dict(setting, params=dict(setting["params"], boundary="crop",
