@@ -57,10 +57,10 @@ from deepblur.datasets import (
 )
 from deepblur.pretrained import (
     CROP_NETWORK_DEFAULTS,
+    compare_estimators,
     load_default,
     load_model,
     make_default_setting,
-    relative_errors,
     save_crop_network,
     train_crop_network,
 )
@@ -122,25 +122,17 @@ sources = {
 mean_gamma = sampler.sample(50_000).mean(0)
 
 
-def evaluate(images, noise):
-    X, y = make_blurred_images(images, basis, sampler, N_TEST, noise_std=noise,
-                               boundary="crop", random_state=rng)
-    t = time.perf_counter()
-    pred = regressor.predict(X)
-    rate = len(X) / (time.perf_counter() - t)
-    rows = {"crop_network": pred, "spectral": spectral.predict(X),
-            "baseline": np.tile(mean_gamma, (len(y), 1))}
-    out = {k: {m: float(v.mean()) for m, v in relative_errors(
-        y, p, basis.gram_).items()} for k, p in rows.items()}
-    return out, rate
-
-
+estimators = {"crop_network": regressor, "spectral": spectral}
 results, rates = {}, []
 for name, images in sources.items():
-    results[name], rate = evaluate(images, 0.01)
-    rates.append(rate)
+    results[name], rate = compare_estimators(
+        estimators, basis, sampler, images, N_TEST, noise_std=0.01,
+        mean_gamma=mean_gamma, random_state=rng)
+    rates.append(rate["crop_network"])
 for noise in (0.0, 0.03, 0.05, 0.1):
-    results[f"natural, sigma {noise:g}"], _ = evaluate(test_images, noise)
+    results[f"natural, sigma {noise:g}"], _ = compare_estimators(
+        estimators, basis, sampler, test_images, N_TEST, noise_std=noise,
+        mean_gamma=mean_gamma, random_state=rng)
 print(f"inference: {np.mean(rates):.0f} images/s (1 thread)")
 print(f"{'test set (crop boundary)':<26} {'crop network':>22} {'spectral':>9} "
       f"{'baseline':>9}")

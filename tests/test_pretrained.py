@@ -9,7 +9,11 @@ from sklearn.exceptions import NotFittedError
 
 from deepblur.datasets.simulate import make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor
-from deepblur.pretrained._default import make_default_setting, relative_errors
+from deepblur.pretrained._default import (
+    compare_estimators,
+    make_default_setting,
+    relative_errors,
+)
 from deepblur.pretrained._io import (
     PretrainedModel,
     has_crop_network,
@@ -56,6 +60,34 @@ def test_relative_errors_against_definitions(rng):
     assert err["operator"][0] == pytest.approx(np.sqrt(4 / 5))
     assert err["direction"][0] == pytest.approx(np.sqrt((5 - 1) / 5))
     assert err["scale"][0] == pytest.approx(abs(np.sqrt(1 / 5) - 1))
+
+
+def test_compare_estimators_scores_every_estimator_on_the_same_images(
+        small_setting):
+    basis, sampler = small_setting["basis"], small_setting["sampler"]
+    scenes = list(np.random.default_rng(4).random((3, 24, 24)) + 0.1)
+    mean_gamma = sampler.sample(1000).mean(0)
+
+    class Constant:
+        def __init__(self, gamma):
+            self.gamma = np.asarray(gamma)
+
+        def predict(self, X):
+            return np.tile(self.gamma, (len(X), 1))
+
+    half = Constant(0.5 * mean_gamma)
+    errors, rates = compare_estimators({"half": half}, basis, sampler, scenes,
+                                       40, noise_std=0.02, boundary="crop",
+                                       mean_gamma=mean_gamma, random_state=7)
+    X, y = make_blurred_images(scenes, basis, sampler, 40, noise_std=0.02,
+                               boundary="crop", random_state=7)
+    for name, gamma in (("half", 0.5 * mean_gamma), ("baseline", mean_gamma)):
+        expected = relative_errors(y, np.tile(gamma, (40, 1)), basis.gram_)
+        for key in ("operator", "direction", "scale"):
+            assert errors[name][key] == pytest.approx(expected[key].mean())
+    assert set(rates) == {"half"} and rates["half"] > 0
+    assert errors["half"]["direction"] == pytest.approx(
+        errors["baseline"]["direction"])          # a rescaling changes no direction
 
 
 def _tiny_regressor(setting, n_images=32, **params):

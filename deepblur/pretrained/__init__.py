@@ -21,6 +21,7 @@ from deepblur.pretrained._apply import (
 )
 from deepblur.pretrained._default import (
     DEFAULT_SETTING,
+    compare_estimators,
     make_default_setting,
     relative_errors,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "TRAINING_DEFAULTS",
     "add_feature_head",
     "bundled_image",
+    "compare_estimators",
     "deblur_image",
     "estimate_gamma",
     "finished_epochs",

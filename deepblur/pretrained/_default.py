@@ -8,7 +8,8 @@ from deepblur.datasets.random_operators import make_random_operators
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 
-__all__ = ["DEFAULT_SETTING", "make_default_setting", "relative_errors"]
+__all__ = ["DEFAULT_SETTING", "compare_estimators", "make_default_setting",
+           "relative_errors"]
 
 #: Paper section 3: 128x128 images, K = 20, random operators of section 1.2.1,
 #: cone simplified (Algorithm 1) and sampled (Algorithm 2, alpha in [0.8, 1.2]).
@@ -86,3 +87,58 @@ def relative_errors(gamma_true, gamma_pred, gram):
     direction = np.sqrt(np.maximum(aa - c * ab, 0) / aa)
     scale = np.abs(np.sqrt(bb / aa) - 1)
     return dict(operator=operator, direction=direction, scale=scale)
+
+
+def compare_estimators(estimators, basis, sampler, images, n_images, *,
+                       noise_std=0.01, boundary="crop", mean_gamma=None,
+                       random_state=None):
+    """Mean errors of several estimators on the same simulated test images.
+
+    ``n_images`` images are drawn from ``images`` (patches, flips and
+    rotations), blurred by operators of ``sampler`` with the ``boundary``
+    model and corrupted by noise ``noise_std``
+    (:func:`~deepblur.datasets.make_blurred_images`); every estimator
+    predicts ``gamma`` of the same images.
+
+    Parameters
+    ----------
+    estimators : dict of str to estimator
+        Anything with ``predict(X) -> (n, K)``, by name.
+    basis : fitted ProductConvolutionBasis
+    sampler : fitted ConeSampler
+    images : dict, list of arrays or ndarray
+        Clean test source images.
+    n_images : int
+    noise_std : float or (low, high), default=0.01
+    boundary : {"crop", "zero"}, default="crop"
+    mean_gamma : array-like of shape (K,), optional
+        When given, the errors of always predicting it are reported as
+        ``"baseline"``.
+    random_state : int, RandomState or None
+
+    Returns
+    -------
+    errors : dict
+        ``{name: {"operator": float, "direction": float, "scale": float}}``,
+        the means of :func:`relative_errors`.
+    rates : dict
+        Images per second of each estimator's ``predict``.
+    """
+    import time
+
+    from deepblur.datasets.simulate import make_blurred_images
+
+    X, y = make_blurred_images(images, basis, sampler, n_images,
+                               noise_std=noise_std, boundary=boundary,
+                               random_state=random_state)
+    predictions, rates = {}, {}
+    for name, estimator in estimators.items():
+        start = time.perf_counter()
+        predictions[name] = estimator.predict(X)
+        rates[name] = len(X) / max(time.perf_counter() - start, 1e-9)
+    if mean_gamma is not None:
+        predictions["baseline"] = np.tile(np.asarray(mean_gamma), (len(y), 1))
+    errors = {name: {k: float(v.mean()) for k, v in
+                     relative_errors(y, pred, basis.gram_).items()}
+              for name, pred in predictions.items()}
+    return errors, rates
