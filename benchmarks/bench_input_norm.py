@@ -174,6 +174,8 @@ def main():
                                             error=errors[name, seed],
                                             microscopy=micro,
                                             noise_std=args.noise_std,
+                                            lr=args.lr, batch_size=args.batch_size,
+                                            images=args.images, width=args.width,
                                             seconds=seconds, curve=curve)) + "\n")
     for name in args.norms[1:]:
         ratios = [errors[name, s] / errors[args.norms[0], s] for s in args.seeds]
