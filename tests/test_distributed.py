@@ -1,8 +1,9 @@
 """Scale-out on dask and accelerate (issue 7): same results as in-process runs.
 
-One ``LocalCluster`` of two worker *processes* serves the module: processes,
-not threads, because the fault test kills a worker process (``os._exit``)
-and because a process is what a remote worker is (everything is pickled).
+One ``LocalCluster`` of two worker *processes* serves the module, and each
+test that kills a worker process (``os._exit``) gets a cluster of its own:
+processes, not threads, because those tests kill one and because a process
+is what a remote worker is (everything is pickled).
 Helpers that run on workers are defined inside the tests: pytest imports
 this file under a module name the workers cannot import, and a local
 function is pickled by value (cloudpickle) rather than by reference.
@@ -79,8 +80,9 @@ def client():
 def doomed_client():
     """A cluster of its own for a test that kills workers.
 
-    No test waits for a killed worker to come back: on a loaded CI machine
-    a nanny once failed to bring one back within 60 s, and the next wait
+    The newest client is dask's default, so the test's work runs here. No
+    test waits for a killed worker to come back: on a loaded CI machine a
+    nanny once failed to bring one back within 60 s, and the next wait
     failed a test whose assertions had all passed.
     """
     yield from _cluster_client()
