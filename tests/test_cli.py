@@ -602,10 +602,12 @@ def test_train_refuses_a_bad_crop_network_table_before_training(
 
 def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
     """setting.noise_std = [low, high]: trained, saved, loaded and simulated
-    with noise drawn in that range (loading used to fail on the list)."""
+    with noise drawn in that range (loading used to fail on the list); the
+    training supervises the PSF moments too (saved without their head)."""
     config = tmp_path / "range.toml"
     config.write_text(TINY.format(output="ranged").replace(
-        "epochs = 2", "epochs = 1") + "noise_std = [0.005, 0.02]\n")
+        "epochs = 2", "epochs = 1\nmoment_stage = 2")
+        + "noise_std = [0.005, 0.02]\n")
     code, _, err = _run(capsys, "train", config, "--no-progress")
     assert code == 0, err
     assert load_model(tmp_path / "ranged").noise_std == (0.005, 0.02)
@@ -669,6 +671,8 @@ def test_train_errors(capsys, tmp_path):
     assert "pool_size must be a positive integer" in error("pool_size = 0")
     assert "gammas_per_image must be a positive integer" in error(
         "gammas_per_image = 0")
+    assert "moment_stage must be None or a stage" in error("moment_stage = 7")
+    assert "moment_weight must be a non-negative" in error("moment_weight = -1")
     code, _, err = _run(capsys, "train", tmp_path / "absent.toml")
     assert code == 1 and "does not exist" in _one_error_line(err)
 

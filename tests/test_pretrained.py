@@ -8,7 +8,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from deepblur.datasets.simulate import make_blurred_images
-from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.estimators.regressor import ResNetBlurRegressor, plain_module
 from deepblur.pretrained._default import (
     compare_estimators,
     make_default_setting,
@@ -725,3 +725,47 @@ def test_defaults_tables_are_the_functions_defaults():
                             (FEATURE_HEAD_DEFAULTS, add_feature_head)):
         params = inspect.signature(function).parameters
         assert {k: params[k].default for k in table} == table
+
+
+def test_train_regressor_with_psf_moments(small_setting, tmp_path):
+    from deepblur.nets import PSFMomentLoss
+    from deepblur.pretrained import train_regressor
+
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    bias = small_setting["sampler"].sample(1000).mean(0)
+    kw = dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
+              stem_stride=2, num_workers=0, output_bias=bias, device="cpu",
+              verbose=0)
+    for bad, match in [(dict(moment_stage=5), "moment_stage must be None or a"),
+                       (dict(moment_stage=True), "moment_stage must be None or a"),
+                       (dict(moment_weight=-0.1), "moment_weight must be a non-neg"),
+                       (dict(moment_stage=2, criterion="frobenius"),
+                        "needs criterion='mse'")]:
+        with pytest.raises(ValueError, match=match):
+            train_regressor(small_setting, pool, **dict(kw, **bad))
+    net = train_regressor(small_setting, pool, moment_stage=2, moment_weight=0.5,
+                          **kw)
+    assert isinstance(net.criterion_, PSFMomentLoss)
+    assert net.criterion_.weight == 0.5
+    np.testing.assert_allclose(net.criterion_.fields.shape, (4, 4, 16, 16))
+    # the moment term is in the training loss, not in the validation loss;
+    # predictions are gamma alone, and the model saves and loads as any other
+    row = net.history[-1]
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["valid_loss"])
+    X = pool[:3].astype(np.float32)
+    assert net.predict(X).shape == (3, 4)
+    saved = save_model(tmp_path / "m", net, small_setting)   # without the head
+    loaded = load_model(saved)
+    assert plain_module(loaded.regressor).moment_head is None
+    np.testing.assert_allclose(loaded.regressor.predict(X), net.predict(X),
+                               rtol=1e-5, atol=1e-7)
+    # fine-tuning a plain network with the moments: the head starts afresh
+    tuned = train_regressor(small_setting, pool, init_model=saved, moment_stage=1,
+                            **kw)
+    assert plain_module(tuned).moment_head.weight.shape == (4, 4, 1, 1)
+    # without the basis the loss cannot know the moments
+    reg = ResNetBlurRegressor(criterion=PSFMomentLoss, module__n_outputs=4,
+                              criterion__gamma_samples=np.ones((4, 4)),
+                              module__moment_stage=1, device="cpu")
+    with pytest.raises(ValueError, match="basis must be given"):
+        reg.initialize()

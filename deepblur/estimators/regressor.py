@@ -21,7 +21,11 @@ from deepblur.estimators._gamma import (
     training_noise_level,
     warn_if_noisy,
 )
-from deepblur.nets.losses import RelativeFrobeniusLoss, relative_frobenius_error
+from deepblur.nets.losses import (
+    PSFMomentLoss,
+    RelativeFrobeniusLoss,
+    relative_frobenius_error,
+)
 from deepblur.nets.resnet import ResNet
 
 __all__ = ["ResNetBlurRegressor"]
@@ -101,6 +105,10 @@ class ResNetBlurRegressor(NeuralNetRegressor):
     criterion : torch loss class, default=RelativeFrobeniusLoss
         ``torch.nn.MSELoss`` trains with plain MSE on ``gamma`` (for
         comparison); ``score`` is the operator error either way.
+        :class:`~deepblur.nets.PSFMomentLoss` (with
+        ``module__moment_stage`` and ``criterion__gamma_samples``) adds the
+        supervision of the local PSF moments; it takes the basis's kernels
+        and maps.
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=1e-3
     max_epochs : int, default=10
@@ -250,6 +258,20 @@ class ResNetBlurRegressor(NeuralNetRegressor):
                 and "gram" not in params):
             self.criterion_ = self.initialized_instance(
                 self.criterion, dict(params, gram=self._gram()))
+            return self
+        if (isinstance(self.criterion, type)
+                and issubclass(self.criterion, PSFMomentLoss)
+                and not {"kernels", "maps"} & set(params)):
+            basis = self._basis_or_none()
+            if basis is None:
+                raise ValueError(
+                    "basis must be given (a fitted ProductConvolutionBasis) or "
+                    "criterion__kernels and criterion__maps set: the PSF "
+                    "moments are those of the basis; got basis=None."
+                )
+            self.criterion_ = self.initialized_instance(
+                self.criterion, dict(params, kernels=basis.kernels_,
+                                     maps=basis.maps_))
             return self
         return super().initialize_criterion()
 

@@ -1,6 +1,12 @@
 """Neural networks and losses (torch ``nn.Module`` only)."""
 
-from deepblur.nets.losses import RelativeFrobeniusLoss, relative_frobenius_error
+from deepblur.nets.losses import (
+    PSFMomentLoss,
+    RelativeFrobeniusLoss,
+    psf_moment_fields,
+    relative_frobenius_error,
+)
 from deepblur.nets.resnet import ResNet
 
-__all__ = ["RelativeFrobeniusLoss", "ResNet", "relative_frobenius_error"]
+__all__ = ["PSFMomentLoss", "RelativeFrobeniusLoss", "ResNet", "psf_moment_fields",
+           "relative_frobenius_error"]

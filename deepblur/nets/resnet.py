@@ -213,6 +213,18 @@ class ResNet(nn.Module):
     image_shape : tuple of int, optional
         ``(H, W)`` of the inputs; required with ``blur_features`` (the
         number of statistics depends on it), ignored otherwise.
+    moment_stage : int, optional
+        Add a 1x1 convolution to 4 channels on the output of this stage
+        (1 to ``n_stages``) that, in training mode only, is returned beside
+        the coefficients as ``(gamma, moments)``: the local PSF moments
+        (gain and second moments) that
+        :class:`~deepblur.nets.PSFMomentLoss` supervises, so that the trunk
+        learns to measure the blur of each region. In eval mode the output is
+        ``gamma`` alone (as torchvision's Inception returns its auxiliary
+        logits only in training). On the 15-minute CPU recipe's network
+        (stage 3) it took 4-12 % off the error after 64 000 images (two
+        seeds) but nothing after the recipe's 384 000 (benchmarks/README.md,
+        "Supervising the local PSF moments").
 
     Examples
     --------
@@ -231,7 +243,7 @@ class ResNet(nn.Module):
                  stem_stride=2, head="spatial", pool_size=4, head_channels=8,
                  coord_channels=False, input_norm=None,
                  channels_last=True, output_bias=None, blur_features=None,
-                 image_shape=None):
+                 image_shape=None, moment_stage=None):
         super().__init__()
         for name, value in (("n_outputs", n_outputs), ("in_channels", in_channels),
                             ("width", width), ("depth", depth),
@@ -260,6 +272,11 @@ class ResNet(nn.Module):
             nn.BatchNorm2d(c0),
             nn.ReLU(inplace=True),
         )
+        if moment_stage is not None and (
+                not isinstance(moment_stage, Integral) or isinstance(moment_stage, bool)
+                or not 1 <= moment_stage <= n_stages):
+            raise ValueError(f"moment_stage must be None or an int in [1, n_stages="
+                             f"{n_stages}]; got {moment_stage!r}.")
         blocks, c_in = [], c0
         for i in range(n_stages):
             c_out = c0 * 2**i
@@ -268,6 +285,10 @@ class ResNet(nn.Module):
                 blocks.append(_BasicBlock(c_in, c_out, stride))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
+        self.moment_stage = None if moment_stage is None else int(moment_stage)
+        self.moment_head = None
+        if moment_stage is not None:
+            self.moment_head = nn.Conv2d(c0 * 2 ** (moment_stage - 1), 4, 1)
         side = 1 if head == "avg" else int(pool_size)
         self.pool = nn.AdaptiveAvgPool2d(side)
         # The spatial head first reduces the channels (1x1 convolution): with
@@ -350,12 +371,19 @@ class ResNet(nn.Module):
         return _blur_statistics(images, **params).to(torch.float32)
 
     def forward(self, x):
-        """Coefficients of a batch ``x`` of shape (n, C, H, W) or (n, H, W)."""
-        trunk, features = self.forward_parts(x)
-        if features is None:
-            return trunk
-        return trunk + self.feature_fc((features - self.feature_mean)
-                                       / self.feature_scale)
+        """Coefficients of a batch ``x`` of shape (n, C, H, W) or (n, H, W).
+
+        With ``moment_stage`` set and the module in training mode, the pair
+        ``(gamma, moments)``, ``moments`` of shape (n, 4, h, w) at the
+        resolution of that stage.
+        """
+        trunk, features, moments = self._forward(x)
+        if features is not None:
+            trunk = trunk + self.feature_fc((features - self.feature_mean)
+                                            / self.feature_scale)
+        if moments is not None and self.training:
+            return trunk, moments
+        return trunk
 
     def forward_parts(self, x):
         """``(trunk output, blur statistics or None)`` of a batch.
@@ -363,6 +391,11 @@ class ResNet(nn.Module):
         The output of :meth:`forward` is ``trunk + feature_fc((statistics -
         feature_mean) / feature_scale)``.
         """
+        trunk, features, _ = self._forward(x)
+        return trunk, features
+
+    def _forward(self, x):
+        """``(trunk output, blur statistics or None, moment map or None)``."""
         if x.ndim == 3 and self.in_channels == 1:
             x = x[:, None]
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -383,8 +416,16 @@ class ResNet(nn.Module):
             x = torch.cat([x, _coordinates(x)], 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.blocks(self.stem(x))
+        feats, moments = self.stem(x), None
+        if self.moment_head is None:
+            feats = self.blocks(feats)
+        else:
+            split = self.moment_stage * len(self.blocks) // self.n_stages
+            feats = self.blocks[:split](feats)
+            if self.training:
+                moments = self.moment_head(feats)
+            feats = self.blocks[split:](feats)
         if self.reduce is not None:
             feats = self.reduce(feats)
         feats = self.pool(feats)
-        return self.fc(torch.flatten(feats, 1)), features
+        return self.fc(torch.flatten(feats, 1)), features, moments

@@ -92,9 +92,15 @@ def _read_pair(directory, weights, meta, missing):
 
 
 def _module_tensors(regressor):
-    """The network's state dict as ``{"module.<name>": CPU tensor}``."""
+    """The network's state dict as ``{"module.<name>": CPU tensor}``.
+
+    Without the PSF-moment head (``ResNet(moment_stage=...)``), which serves
+    training only: the saved network is the plain one, whose predictions
+    are the same.
+    """
     return {f"module.{k}": v.detach().cpu().contiguous()
-            for k, v in plain_module(regressor).state_dict().items()}
+            for k, v in plain_module(regressor).state_dict().items()
+            if not k.startswith("moment_head.")}
 
 
 def _module_params(regressor):

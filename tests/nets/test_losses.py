@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from deepblur.estimators.basis import ProductConvolutionBasis
-from deepblur.nets.losses import RelativeFrobeniusLoss, relative_frobenius_error
+from deepblur.nets.losses import (
+    PSFMomentLoss,
+    RelativeFrobeniusLoss,
+    psf_moment_fields,
+    relative_frobenius_error,
+)
 from deepblur.operators.product_convolution import dense_matrix
 
 
@@ -102,3 +107,72 @@ def test_bad_shapes_and_reduction(basis):
         loss(torch.zeros(2, 3), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="reduction"):
         RelativeFrobeniusLoss(basis.gram_, reduction="max")
+
+
+def _brute_force_moments(basis, gamma, row, col):
+    """Raw moments of column (row, col) of the dense operator: the PSF there."""
+    H, W = basis.image_shape_
+    psf = dense_matrix(basis.operator_, gamma).numpy()[:, row * W + col].reshape(H, W)
+    i = (np.arange(H) - row)[:, None]
+    j = (np.arange(W) - col)[None, :]
+    return np.array([psf.sum(), (psf * i**2).sum(), (psf * j**2).sum(),
+                     (psf * i * j).sum()])
+
+
+def test_psf_moment_fields_are_the_moments_of_the_dense_operators_columns(rng):
+    # asymmetric kernels, so that the cross moment and the centre matter
+    basis = ProductConvolutionBasis.from_components(rng.random((3, 5, 3)),
+                                                    rng.random((3, 9, 8)))
+    A = psf_moment_fields(basis.kernels_, basis.maps_)
+    assert A.shape == (3, 4, 9, 8)
+    gamma = rng.standard_normal(3)
+    for row, col in [(4, 4), (2, 1), (6, 5)]:     # kernels inside the image
+        expected = _brute_force_moments(basis, gamma, row, col)
+        np.testing.assert_allclose(np.einsum("k,kc->c", gamma, A[:, :, row, col]),
+                                   expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="same K"):
+        psf_moment_fields(rng.random((3, 5, 3)), rng.random((2, 9, 8)))
+
+
+def test_psf_moment_loss_standardises_and_adds_the_moment_term(rng):
+    kernels, maps = rng.random((3, 5, 5)), rng.random((3, 16, 12))
+    samples = rng.random((4000, 3)) + 0.5
+    loss = PSFMomentLoss(kernels, maps, samples, weight=0.5)
+    # over the samples and the pixels, every standardised moment has mean 0
+    # and variance 1 (the closed form against the empirical moments)
+    t = loss.target(torch.tensor(samples, dtype=torch.float64), (16, 12)).numpy()
+    np.testing.assert_allclose(t.mean((0, 2, 3)), 0, atol=1e-6)
+    np.testing.assert_allclose(t.var((0, 2, 3)), 1, rtol=2e-3)
+    # a coarser map is the cell average of the full one
+    coarse = loss.target(torch.tensor(samples[:5]), (4, 3)).numpy()
+    full = loss.target(torch.tensor(samples[:5]), (16, 12)).numpy()
+    np.testing.assert_allclose(coarse, full.reshape(5, 4, 4, 4, 3, 4).mean((3, 5)),
+                               rtol=1e-5, atol=1e-6)
+    g = torch.tensor(samples[:5], dtype=torch.float32)
+    g_hat = g + 0.1
+    mse = float(torch.nn.functional.mse_loss(g_hat, g))
+    assert float(loss(g_hat, g)) == pytest.approx(mse)       # evaluation: MSE
+    exact = loss.target(g, (4, 3))
+    assert float(loss((g_hat, exact), g)) == pytest.approx(mse)
+    wrong = exact + 1.0
+    assert float(loss((g_hat, wrong), g)) == pytest.approx(mse + 0.5)
+    # the moment term reaches the moment map's gradient
+    moments = exact.clone().requires_grad_(True)
+    loss((g_hat, moments + 0.2), g).backward()
+    assert moments.grad.abs().sum() > 0
+
+
+def test_psf_moment_loss_bad_input(rng):
+    kernels, maps = rng.random((3, 5, 5)), rng.random((3, 16, 12))
+    with pytest.raises(ValueError, match="gamma_samples must have shape"):
+        PSFMomentLoss(kernels, maps, rng.random((10, 4)))
+    with pytest.raises(ValueError, match="gamma_samples must be finite"):
+        PSFMomentLoss(kernels, maps, np.full((10, 3), np.nan))
+    with pytest.raises(ValueError, match="weight must be a non-negative"):
+        PSFMomentLoss(kernels, maps, rng.random((10, 3)), weight=-1)
+    loss = PSFMomentLoss(kernels, maps, rng.random((10, 3)))
+    g = torch.rand(2, 3)
+    with pytest.raises(ValueError, match="moments must have shape"):
+        loss((g, torch.zeros(2, 3, 4, 4)), g)
+    with pytest.raises(ValueError, match="y_pred and y_true"):
+        loss(torch.rand(2, 4), torch.rand(2, 4))

@@ -229,3 +229,28 @@ def test_blur_features_branch_compiles_without_warnings():
     torch.testing.assert_close(out, ref)
     for name, p in net.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], msg=name)
+
+
+@pytest.mark.parametrize("stage, side", [(1, 16), (2, 8), (3, 4)])
+def test_moment_head_in_training_only(stage, side):
+    torch.manual_seed(0)
+    net = ResNet(n_outputs=5, width=4, depth=2, n_stages=3, stem_stride=2,
+                 moment_stage=stage)
+    x = torch.rand(3, 32, 32)
+    gamma, moments = net.train()(x)
+    assert gamma.shape == (3, 5) and moments.shape == (3, 4, side, side)
+    net.eval()
+    out = net(x)
+    assert torch.is_tensor(out) and out.shape == (3, 5)
+    # the head reads the trunk without changing it: same gamma as a network
+    # without the head that has the same weights
+    plain = ResNet(n_outputs=5, width=4, depth=2, n_stages=3, stem_stride=2).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items()
+                           if not k.startswith("moment_head")})
+    torch.testing.assert_close(plain(x), out)
+
+
+@pytest.mark.parametrize("stage", [0, 4, 1.5, True, "2"])
+def test_moment_stage_bad(stage):
+    with pytest.raises(ValueError, match="moment_stage must be None or an int"):
+        ResNet(n_stages=3, moment_stage=stage)
