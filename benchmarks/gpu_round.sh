@@ -14,7 +14,10 @@
 # FAMILY_FRACTION (0.5; 0 is the paper's protocol: cone draws only),
 # NOISE ("0 0.02"), LR (2e-3), N_POOL (16: thousands of gamma in the training
 # pool, half of them family operators: 200 s for 16 000 on a 2-core CPU),
-# HEAD_IMAGES (98304), N_TEST (512), THREADS (8: CPU threads of torch).
+# HEAD_IMAGES (98304), N_TEST (512), THREADS (8: CPU threads of torch),
+# MOMENT_STAGE ("": none; 3 supervises stage 3 with the local PSF moments,
+# which sped up the start of CPU training but gained nothing by 384 000
+# images: benchmarks/README.md, "Supervising the local PSF moments").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/output/gpu_round}
@@ -36,10 +39,11 @@ print(f"torch {torch.__version__}, skorch {skorch.__version__}, "
 PY
 start=$(date +%s)
 NORM=${INPUT_NORM-laplacian}
+MOMENTS=${MOMENT_STAGE-}
 # shellcheck disable=SC2086
 python3 benchmarks/train_family_mix.py "$OUT/model" --init none \
   --width "${WIDTH:-32}" --n-images "${N_IMAGES:-1500000}" \
-  ${NORM:+--input-norm "$NORM"} \
+  ${NORM:+--input-norm "$NORM"} ${MOMENTS:+--moment-stage "$MOMENTS"} \
   --epochs "${EPOCHS:-10}" --lr "${LR:-2e-3}" --noise-std ${NOISE:-0 0.02} \
   --family-fraction "${FAMILY_FRACTION:-0.5}" \
   --n-pool "${N_POOL:-16}" --head-images "${HEAD_IMAGES:-98304}" \

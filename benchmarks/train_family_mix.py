@@ -87,6 +87,9 @@ def main():
     p.add_argument("--head-images", type=int,
                    default=FEATURE_HEAD_DEFAULTS["n_images"],
                    help="images to fit the branch on, with --init none")
+    p.add_argument("--moment-stage", type=int, default=None,
+                   help="supervise this stage with the local PSF moments "
+                        "(train_regressor's moment_stage; default none)")
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=None,
                    help="default: 0 on CUDA, 1 on the CPU")
@@ -145,7 +148,8 @@ def main():
                           lr=args.lr, pool_size=20_000, noise_std=noise,
                           num_workers=args.num_workers, device=args.device,
                           compile=not args.no_compile, random_state=args.seed,
-                          checkpoint_dir=args.checkpoint_dir, **start)
+                          checkpoint_dir=args.checkpoint_dir,
+                          moment_stage=args.moment_stage, **start)
     seconds = time.perf_counter() - t
     print(f"trained in {seconds:.0f} s", flush=True)
     head_seconds = None
