@@ -223,8 +223,9 @@ class ResNet(nn.Module):
         ``gamma`` alone (as torchvision's Inception returns its auxiliary
         logits only in training). On the 15-minute CPU recipe's network
         (stage 3) it took 4-12 % off the error after 64 000 images (two
-        seeds) but nothing after the recipe's 384 000 (benchmarks/README.md,
-        "Supervising the local PSF moments").
+        seeds) but gained nothing by the recipe's 384 000, where microscopy
+        was 0.4 point worse (one seed; benchmarks/README.md, "Supervising
+        the local PSF moments").
 
     Examples
     --------
