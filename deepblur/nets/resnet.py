@@ -224,7 +224,7 @@ class ResNet(nn.Module):
         logits only in training). On the 15-minute CPU recipe's network
         (stage 3) it took 4-12 % off the error after 64 000 images (two
         seeds) but gained nothing by the recipe's 384 000, where microscopy
-        was 0.4 point worse (one seed; benchmarks/README.md, "Supervising
+        was 0.2-0.4 point worse (two seeds; benchmarks/README.md, "Supervising
         the local PSF moments").
 
     Examples

@@ -195,7 +195,7 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         told what the blur is in each region. Width 8 with the Laplacian
         input, stage 3: 4-12 % less error after 64 000 images (two seeds),
         but none after the 15-minute recipe's 384 000 images (natural
-        images level, microscopy 0.4 point worse; one seed), so the recipe
+        images level, microscopy 0.2-0.4 point worse; two seeds), so the recipe
         does not use it (benchmarks/README.md, "Supervising the local PSF
         moments"). The moment head serves training only and is not saved.
     moment_weight : float, default=0.01
