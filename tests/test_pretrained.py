@@ -664,15 +664,22 @@ def test_train_regressor_on_cuda_makes_the_data_there(small_setting, monkeypatch
     assert np.isfinite(net.predict(pool[:3].astype(np.float32))).all()
 
 
+def _tiny_training(setting):
+    """A pool of 10 random 16x16 patches and train_regressor's keywords for
+    one CPU epoch of a tiny network on it. The output bias is drawn here: the
+    default one draws from the setting's (shared, stateful) sampler."""
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    bias = setting["sampler"].sample(1000).mean(0)
+    return pool, dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
+                      stem_stride=2, num_workers=0, output_bias=bias,
+                      device="cpu", verbose=0)
+
+
 def test_train_regressor_starts_from_init_model(small_setting, tmp_path):
     from deepblur.pretrained import train_regressor
     from deepblur.pretrained._train import _load_initial_weights
 
-    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
-    bias = small_setting["sampler"].sample(1000).mean(0)
-    kw = dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
-              stem_stride=2, num_workers=0, output_bias=bias, device="cpu",
-              verbose=0)
+    pool, kw = _tiny_training(small_setting)
     first = train_regressor(small_setting, pool, random_state=3, **kw)
     source = save_model(tmp_path / "first", first, small_setting)
     # the weights are copied as they are (an untrained net of another seed)
@@ -731,11 +738,7 @@ def test_train_regressor_with_psf_moments(small_setting, tmp_path):
     from deepblur.nets import PSFMomentLoss
     from deepblur.pretrained import train_regressor
 
-    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
-    bias = small_setting["sampler"].sample(1000).mean(0)
-    kw = dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
-              stem_stride=2, num_workers=0, output_bias=bias, device="cpu",
-              verbose=0)
+    pool, kw = _tiny_training(small_setting)
     for bad, match in [(dict(moment_stage=5), "moment_stage must be None or a"),
                        (dict(moment_stage=True), "moment_stage must be None or a"),
                        (dict(moment_weight=-0.1), "moment_weight must be a non-neg"),

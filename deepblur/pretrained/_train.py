@@ -279,13 +279,15 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     basis, sampler = setting["basis"], setting["sampler"]
+    # one set of draws serves the output bias and the moments' standardisation
+    draws = (sampler.sample(50_000)
+             if output_bias is None or moment_stage is not None else None)
+    if output_bias is None:
+        output_bias = draws.mean(0)
     criterion_params = {}
     if moment_stage is not None:
-        criterion_params = dict(criterion__gamma_samples=sampler.sample(50_000),
+        criterion_params = dict(criterion__gamma_samples=draws,
                                 criterion__weight=float(moment_weight))
-    if output_bias is None:
-        output_bias = (criterion_params["criterion__gamma_samples"]
-                       if criterion_params else sampler.sample(50_000)).mean(0)
     n_batches = max(1, n_images // (batch_size * epochs))
     # In-process (num_workers=0) the batches are blurred on the training
     # device: on a GPU that is 30-50x faster than the CPU (benchmarks/README).
