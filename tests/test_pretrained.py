@@ -772,3 +772,9 @@ def test_train_regressor_with_psf_moments(small_setting, tmp_path):
                               module__moment_stage=1, device="cpu")
     with pytest.raises(ValueError, match="basis must be given"):
         reg.initialize()
+    # a network returning its moments needs the loss that reads them
+    reg = ResNetBlurRegressor(basis=small_setting["basis"], module__width=4,
+                              module__moment_stage=1, device="cpu")
+    with pytest.raises(ValueError, match="module__moment_stage .* only "
+                                         "criterion=PSFMomentLoss"):
+        reg.initialize()

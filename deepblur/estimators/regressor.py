@@ -253,15 +253,22 @@ class ResNetBlurRegressor(NeuralNetRegressor):
 
     def initialize_criterion(self):
         params = self.get_params_for("criterion")
+        moment_loss = (isinstance(self.criterion, type)
+                       and issubclass(self.criterion, PSFMomentLoss))
+        if (self.get_params_for("module").get("moment_stage") is not None
+                and not moment_loss):
+            raise ValueError(
+                "module__moment_stage makes the network return its PSF moments "
+                "in training, which only criterion=PSFMomentLoss reads; got "
+                f"criterion={self.criterion!r}."
+            )
         if (isinstance(self.criterion, type)
                 and issubclass(self.criterion, RelativeFrobeniusLoss)
                 and "gram" not in params):
             self.criterion_ = self.initialized_instance(
                 self.criterion, dict(params, gram=self._gram()))
             return self
-        if (isinstance(self.criterion, type)
-                and issubclass(self.criterion, PSFMomentLoss)
-                and not {"kernels", "maps"} & set(params)):
+        if moment_loss and not {"kernels", "maps"} & set(params):
             basis = self._basis_or_none()
             if basis is None:
                 raise ValueError(
