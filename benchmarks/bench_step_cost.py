@@ -13,11 +13,16 @@ stride 4, the image and its Laplacian, spatial head), batches of 64 images of
    no batch norm inside the residual blocks, and width 16 for scale;
 3. **data**: images/s of the recipe's data worker (``BlurDataset`` in the
    shipped model's setting, noise in [0, 0.02]) with one and two gammas per
-   clean patch: the whole run goes at the slower of the step and the worker.
+   clean patch: the whole run goes at the slower of the step and the worker;
+4. **side by side**: the compiled step and the worker (one gamma per patch)
+   in two processes of one thread each, as the recipe runs them, alone and
+   then together for ``--seconds`` each: what each loses to the other on a
+   2-core CPU (shared caches, memory bandwidth, clock).
 
-Usage: ``python benchmarks/bench_step_cost.py`` (about 4 minutes).
+Usage: ``python benchmarks/bench_step_cost.py`` (about 7 minutes).
 """
 import argparse
+import multiprocessing as mp
 import time
 
 import numpy as np
@@ -123,10 +128,59 @@ def data_rate(gammas_per_image, model, train, n=12):
     return BATCH * n / (time.perf_counter() - t)
 
 
+def _step_process(seconds, queue, barrier):
+    torch.set_num_threads(1)
+    step = make_step(recipe_net(), compiled=True)
+    for _ in range(5):
+        step()
+    barrier.wait()
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        step()
+        n += BATCH
+    queue.put(("step", n / (time.perf_counter() - t)))
+
+
+def _data_process(seconds, queue, barrier):
+    torch.set_num_threads(1)
+    model = load_default()
+    train, _ = natural_image_split()
+    it = iter(BlurDataset(train, model.basis, model.sampler, batch_size=BATCH,
+                          n_batches=10**6, pool_size=2000, random_state=0,
+                          noise_std=(0.0, 0.02)))
+    next(it)
+    barrier.wait()
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        next(it)
+        n += BATCH
+    queue.put(("data", n / (time.perf_counter() - t)))
+
+
+def side_by_side(seconds):
+    """Images/s of the step and of the worker, alone and together."""
+    ctx = mp.get_context("spawn")
+    out = {}
+    for targets in ((_step_process,), (_data_process,),
+                    (_step_process, _data_process)):
+        queue, barrier = ctx.Queue(), ctx.Barrier(len(targets))
+        procs = [ctx.Process(target=f, args=(seconds, queue, barrier))
+                 for f in targets]
+        for proc in procs:
+            proc.start()
+        rates = dict(queue.get() for _ in procs)
+        for proc in procs:
+            proc.join()
+        for name, r in rates.items():
+            out[(name, len(targets) > 1)] = r
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--seconds", type=float, default=40.0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability "
@@ -158,6 +212,14 @@ def main():
     train, _ = natural_image_split()
     for g in (1, 2):
         print(f"   gammas_per_image={g}: {data_rate(g, model, train):6.0f}", flush=True)
+
+    print(f"\n4. compiled step and data worker, two processes, {args.seconds:g} s "
+          "each: images/s alone, together (ratio)")
+    rates = side_by_side(args.seconds)
+    for name in ("step", "data"):
+        alone, together = rates[(name, False)], rates[(name, True)]
+        print(f"   {name}: {alone:6.0f} alone, {together:6.0f} together "
+              f"({together / alone:.2f}x)")
 
 
 if __name__ == "__main__":
