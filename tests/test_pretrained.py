@@ -778,3 +778,10 @@ def test_train_regressor_with_psf_moments(small_setting, tmp_path):
     with pytest.raises(ValueError, match="module__moment_stage .* only "
                                          "criterion=PSFMomentLoss"):
         reg.initialize()
+    # ... given as a class or as a ready instance, which is used as it is
+    basis = small_setting["basis"]
+    loss = PSFMomentLoss(basis.kernels_, basis.maps_,
+                         small_setting["sampler"].sample(100))
+    reg = ResNetBlurRegressor(basis=basis, module__width=4, module__moment_stage=1,
+                              criterion=loss, device="cpu").initialize()
+    assert reg.criterion_ is loss

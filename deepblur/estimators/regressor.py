@@ -256,7 +256,8 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         moment_loss = (isinstance(self.criterion, type)
                        and issubclass(self.criterion, PSFMomentLoss))
         if (self.get_params_for("module").get("moment_stage") is not None
-                and not moment_loss):
+                and not (moment_loss
+                         or isinstance(self.criterion, PSFMomentLoss))):
             raise ValueError(
                 "module__moment_stage makes the network return its PSF moments "
                 "in training, which only criterion=PSFMomentLoss reads; got "
