@@ -19,7 +19,7 @@ stride 4, the image and its Laplacian, spatial head), batches of 64 images of
    then together for ``--seconds`` each: what each loses to the other on a
    2-core CPU (shared caches, memory bandwidth, clock).
 
-Usage: ``python benchmarks/bench_step_cost.py`` (about 7 minutes).
+Usage: ``python benchmarks/bench_step_cost.py`` (about 5 minutes).
 """
 import argparse
 import multiprocessing as mp
@@ -73,7 +73,7 @@ def make_step(net, compiled):
     return step
 
 
-def rate(step, n=40, warmup=5):
+def rate(step, n=10, warmup=2):
     for _ in range(warmup):
         step()
     times = []
@@ -116,11 +116,18 @@ def profile_stages(n=10):
     return total, by_stage
 
 
-def data_rate(gammas_per_image, model, train, n=12):
-    data = BlurDataset(train, model.basis, model.sampler, batch_size=BATCH,
-                       n_batches=n + 2, pool_size=500, random_state=0,
-                       noise_std=(0.0, 0.02), gammas_per_image=gammas_per_image)
-    it = iter(data)
+def recipe_data(gammas_per_image=1, pool_size=2000, n_batches=10**6):
+    """An iterator over the recipe's data worker's batches (shipped setting)."""
+    model = load_default()
+    train, _ = natural_image_split()
+    return iter(BlurDataset(train, model.basis, model.sampler, batch_size=BATCH,
+                            n_batches=n_batches, pool_size=pool_size,
+                            random_state=0, noise_std=(0.0, 0.02),
+                            gammas_per_image=gammas_per_image))
+
+
+def data_rate(gammas_per_image, n=12):
+    it = recipe_data(gammas_per_image, pool_size=500, n_batches=n + 2)
     next(it), next(it)
     t = time.perf_counter()
     for _ in range(n):
@@ -143,11 +150,7 @@ def _step_process(seconds, queue, barrier):
 
 def _data_process(seconds, queue, barrier):
     torch.set_num_threads(1)
-    model = load_default()
-    train, _ = natural_image_split()
-    it = iter(BlurDataset(train, model.basis, model.sampler, batch_size=BATCH,
-                          n_batches=10**6, pool_size=2000, random_state=0,
-                          noise_std=(0.0, 0.02)))
+    it = recipe_data()
     next(it)
     barrier.wait()
     n, t = 0, time.perf_counter()
@@ -196,22 +199,21 @@ def main():
           f" median of {args.rounds})")
     names = ("recipe", "one block at stage 1", "no batch norm in the blocks",
              "width 16")
-    steps = {name: make_step(variant(name), compiled=True) for name in names}
+    nets = {name: variant(name) for name in names}
+    steps = {name: make_step(net, compiled=True) for name, net in nets.items()}
     rates = {name: [] for name in names}
     for _ in range(args.rounds):
         for name in names:
-            rates[name].append(rate(steps[name], n=10, warmup=2))
+            rates[name].append(rate(steps[name]))
     base = float(np.median(rates["recipe"]))
     for name in names:
         r = float(np.median(rates[name]))
-        n_params = sum(p.numel() for p in variant(name).parameters())
+        n_params = sum(p.numel() for p in nets[name].parameters())
         print(f"   {name:30s} {r:6.0f}  ({r / base:.2f}x; {n_params} parameters)")
 
     print("\n3. data worker (one thread), images/s")
-    model = load_default()
-    train, _ = natural_image_split()
     for g in (1, 2):
-        print(f"   gammas_per_image={g}: {data_rate(g, model, train):6.0f}", flush=True)
+        print(f"   gammas_per_image={g}: {data_rate(g):6.0f}", flush=True)
 
     print(f"\n4. compiled step and data worker, two processes, {args.seconds:g} s "
           "each: images/s alone, together (ratio)")
