@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NoisyImageWarning"]
+__all__ = ["NoisyImageWarning", "OutOfSupportWarning"]
 
 
 class NoisyImageWarning(UserWarning):
@@ -26,4 +26,29 @@ class NoisyImageWarning(UserWarning):
         import warnings
         from deepblur.exceptions import NoisyImageWarning
         warnings.filterwarnings("ignore", category=NoisyImageWarning)
+    """
+
+
+class OutOfSupportWarning(UserWarning):
+    """A blur regressor's estimates lie far from every operator it was trained on.
+
+    A regressor of ``gamma`` is trained on operators drawn from a
+    :class:`~deepblur.ConeSampler`; on images unlike its training images
+    (point sources on a dark field for a network trained on natural images,
+    windows of larger scenes for one trained with a zero boundary) its
+    estimates drift away from that set, and are then often far from the true
+    blur. ``predict`` of :class:`~deepblur.ResNetBlurRegressor` and
+    :class:`~deepblur.SpectralBlurRegressor` measures the relative operator
+    distance of each estimate to the sampler's support (its
+    ``support_distance``) and issues this warning when some exceed the
+    regressor's ``support_tolerance`` (set on the models that
+    :func:`deepblur.pretrained.load_default` returns; None turns the check
+    off). See ``benchmarks/bench_support_check.py`` for the distances on
+    natural, microscopy and point-source images and what the warning flags.
+
+    Silence it as any warning::
+
+        import warnings
+        from deepblur.exceptions import OutOfSupportWarning
+        warnings.filterwarnings("ignore", category=OutOfSupportWarning)
     """

@@ -52,8 +52,10 @@ from deepblur.estimators._gamma import (
     noise_check_sample,
     noise_check_suspended,
     noisy_images_message,
+    out_of_support_message,
+    support_distances_gathered,
 )
-from deepblur.exceptions import NoisyImageWarning
+from deepblur.exceptions import NoisyImageWarning, OutOfSupportWarning
 from deepblur.operators.product_convolution import ProductConvolution
 from deepblur.solvers.tv import (
     LIPSCHITZ_SAFETY,
@@ -323,6 +325,16 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         One coefficient vector per tile, in the grid's row-major order.
     grid : TileGrid
 
+    Warns
+    -----
+    NoisyImageWarning
+        Once for the image, when some of (at most 64 evenly spaced) tiles
+        are far noisier than the regressor's ``noise_level_``.
+    OutOfSupportWarning
+        Once for the image, when the estimates of some tiles lie farther
+        than the regressor's ``support_tolerance`` from its sampler's
+        support.
+
     Examples
     --------
     >>> import numpy as np
@@ -354,7 +366,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         image_factor = target_mean / mean
     offsets = grid.offsets
     h, w = tile_shape
-    out, levels = [], []
+    out, levels, distances = [], [], []
     noise_level = getattr(regressor, "noise_level_", None)
     checked = np.zeros(grid.n_tiles, dtype=bool)       # tiles whose noise is checked
     checked[noise_check_sample(grid.n_tiles)] = True
@@ -371,8 +383,10 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
                                image_factor)
             batch *= factors[:, None, None]
         batch = batch.astype(np.float32)
-        with noise_check_suspended():     # checked once for the image, below
+        # the noise and the support are checked once for the image, below
+        with noise_check_suspended(), support_distances_gathered() as far:
             pred = regressor.predict(batch)
+        distances.extend(far)
         if torch.is_tensor(pred):
             pred = pred.detach().cpu().numpy()
         pred = np.asarray(pred, dtype=np.float64)
@@ -389,6 +403,11 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
                                     n_total=grid.n_tiles) if levels else None)
     if message is not None:
         warnings.warn(message, NoisyImageWarning, stacklevel=2)
+    message = (out_of_support_message(np.concatenate(distances),
+                                      regressor.support_tolerance, "tiles")
+               if distances else None)
+    if message is not None:
+        warnings.warn(message, OutOfSupportWarning, stacklevel=2)
     gamma = np.concatenate(out)
     if not np.isfinite(gamma).all():
         raise ValueError("regressor.predict returned NaN or Inf coefficients.")

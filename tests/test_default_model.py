@@ -88,9 +88,9 @@ def test_projected_estimates_are_never_worse_on_sampler_draws(model):
     """``project=True`` projects on the sampler's support: on blur drawn from
     the sampler no image is worse. Raw estimates by default."""
     raw = model.regressor
-    assert raw.sampler is None
+    assert raw.sampler is model.sampler and raw.project is False
     model = load_default(project=True)
-    assert model.regressor.sampler is model.sampler
+    assert model.regressor.sampler is model.sampler and model.regressor.project
     _, test_images = natural_image_split()
     X, y = make_blurred_images(test_images, model.basis, model.sampler, 64,
                                noise_std=model.noise_std, random_state=99)
@@ -101,6 +101,48 @@ def test_projected_estimates_are_never_worse_on_sampler_draws(model):
 
 
 # ------------------------------------------------ the spectral regressor
+def test_support_check_flags_point_sources_and_windows_not_natural_images(model):
+    """The shipped network's support_tolerance (0.06, model.json): silent on
+    held-out natural and microscopy images at its training noise (0.1 % of
+    2 048 each flagged, bench_support_check.py); it flags most sparse
+    point-source fields on a dark field and every window of a larger scene
+    (crop boundary), where its estimates are far off."""
+    import warnings
+
+    from deepblur.datasets import blur_images
+    from deepblur.exceptions import OutOfSupportWarning
+
+    reg = model.regressor
+    assert reg.support_tolerance == 0.06 and reg.sampler is model.sampler
+    assert load_default("crop_network").regressor.support_tolerance == 0.1
+    assert load_default("spectral").regressor.support_tolerance is None
+    _, test_images = natural_image_split()
+    rng = np.random.RandomState(5)
+    shape = tuple(model.basis.image_shape_)
+    natural = extract_patches(test_images, 64, shape, random_state=rng)
+    micro = extract_patches(load_microscopy_images(), 64, shape, random_state=rng)
+    gamma = model.sampler.sample(64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfSupportWarning)
+        for u in (natural, micro):
+            reg.predict(blur_images(u, gamma, model.basis, noise_std=0.01,
+                                    random_state=rng))
+    points = make_point_sources(32, shape, density=0.0005, random_state=rng)
+    X = blur_images(points, gamma[:32], model.basis, noise_std=0.01,
+                    random_state=rng)
+    far = reg.support_distance(X) > 0.06
+    assert far.mean() > 0.5
+    with pytest.warns(OutOfSupportWarning, match=f"{far.sum()} of 32 images"):
+        flagged = reg.predict(X)
+    err_far = relative_errors(gamma[:32][far], flagged[far],
+                              model.basis.gram_)["operator"]
+    assert err_far.mean() > 0.3          # the flagged estimates are bad ones
+    windows = blur_images(natural[:16], gamma[:16], model.basis, noise_std=0.01,
+                          boundary="crop", random_state=rng)
+    with pytest.warns(OutOfSupportWarning, match="16 of 16 images"):
+        reg.predict(windows)
+
+
 def test_estimate_gamma_warns_about_an_image_far_noisier_than_training(model):
     """At the training noise nothing is said; at ten times it, a
     NoisyImageWarning (the error there is 27 %, worse than the mean operator)."""

@@ -112,7 +112,10 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     model = load_model(tmp_path)
     assert isinstance(model, PretrainedModel)
     assert model.noise_std == small_setting["params"]["noise_std"]
-    assert model.regressor.sampler is None
+    # the sampler is kept for the support check only; no tolerance was saved
+    assert model.regressor.sampler is model.sampler
+    assert model.regressor.project is False
+    assert model.regressor.support_tolerance is None
     np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
                                rtol=1e-5, atol=1e-7)
     # raw by default (above); project=True projects on the sampler's support
@@ -124,6 +127,33 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     np.testing.assert_allclose(model.cone.rays_, small_setting["cone"].rays_)
     np.testing.assert_allclose(model.sampler.generators_, sampler.generators_)
     assert model.regressor.device == "cpu"
+
+
+def test_support_tolerance_saves_and_loads(small_setting, tmp_path):
+    """A network's support_tolerance is stored in its JSON and comes back on
+    load (with the model's sampler, raw unless project=True); a bad stored
+    value is a clear error."""
+    sampler = small_setting["sampler"]
+    net, X = _tiny_regressor(small_setting, sampler=sampler, project=False,
+                             support_tolerance=0.07)
+    save_model(tmp_path, net, small_setting)
+    assert json.loads((tmp_path / "model.json").read_text())[
+        "support_tolerance"] == 0.07
+    model = load_model(tmp_path)
+    assert model.regressor.support_tolerance == 0.07
+    assert model.regressor.project is False
+    np.testing.assert_allclose(model.regressor.support_distance(X),
+                               net.support_distance(X), rtol=1e-4, atol=1e-6)
+    assert load_model(tmp_path, project=True).regressor.support_tolerance == 0.07
+    save_crop_network(tmp_path, net, noise_std=0.01)
+    assert load_model(tmp_path, "crop_network").regressor.support_tolerance == 0.07
+    for bad in (-1, 0, True, "0.1"):
+        meta = json.loads((tmp_path / "model.json").read_text())
+        meta["support_tolerance"] = bad
+        (tmp_path / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="model.json: support_tolerance must "
+                                             "be a positive number"):
+            load_model(tmp_path)
 
 
 def test_a_network_trained_on_a_noise_range_saves_and_loads(small_setting,
@@ -343,12 +373,21 @@ def test_spectral_regressor_saved_beside_the_network(small_setting, tmp_path):
     np.testing.assert_allclose(model.regressor.predict(X),
                                spectral.set_params(sampler=model.sampler).predict(X),
                                rtol=1e-6, atol=1e-7)
-    assert model.regressor.sampler is model.sampler
+    assert model.regressor.sampler is model.sampler and model.regressor.project
     raw = load_model(tmp_path, estimator="spectral").regressor
-    assert raw.sampler is None
+    assert raw.sampler is not None and raw.project is False
     np.testing.assert_allclose(raw.predict(X),
                                spectral.set_params(sampler=None).predict(X), rtol=1e-6)
     assert model.regressor.window == 8 and model.regressor.alpha_ == spectral.alpha_
+    assert model.regressor.support_tolerance is None
+    # a support_tolerance is saved with the parameters; project is load_model's
+    spectral.set_params(sampler=small_setting["sampler"], project=False,
+                        support_tolerance=0.2)
+    save_spectral(tmp_path, spectral, noise_std=(0.005, 0.05), boundary="crop")
+    params = json.loads((tmp_path / "spectral.json").read_text())["params"]
+    assert params["support_tolerance"] == 0.2 and "project" not in params
+    reloaded = load_model(tmp_path, estimator="spectral", project=True).regressor
+    assert reloaded.support_tolerance == 0.2 and reloaded.project is True
     # the network is still the default estimator of the directory
     network = load_model(tmp_path)
     assert network.setting["boundary"] == "zero"
@@ -410,7 +449,8 @@ def test_crop_network_saved_beside_the_network(small_setting, tmp_path):
     assert meta["noise_level"] == 0.05 and meta["module"]["width"] == 4
     model = load_model(tmp_path, estimator="crop_network")
     assert isinstance(model.regressor, ResNetBlurRegressor)
-    assert model.regressor.sampler is None
+    assert model.regressor.sampler is model.sampler
+    assert model.regressor.project is False
     assert model.noise_std == (0.0, 0.05)
     assert model.setting["boundary"] == "crop"
     assert model.setting["noise_std"] == (0.0, 0.05)
@@ -423,6 +463,7 @@ def test_crop_network_saved_beside_the_network(small_setting, tmp_path):
                            load_model(tmp_path).regressor.predict(X))
     projected = load_model(tmp_path, estimator="crop_network", project=True)
     assert projected.regressor.sampler is projected.sampler
+    assert projected.regressor.project is True
     # the directory's network and setting are unchanged
     network = load_model(tmp_path)
     assert network.setting["boundary"] == "zero"

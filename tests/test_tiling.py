@@ -317,6 +317,48 @@ def test_estimate_tiles_warns_once_about_noisy_tiles():
         estimate_tiles(noisy, FixedRegressor(lambda x: np.ones(K)), TILE)
 
 
+def test_estimate_tiles_warns_once_about_tiles_off_the_support():
+    """Tiles whose estimates lie off the regressor's support: one warning for
+    the image, counting the tiles of all batches (not one per batch)."""
+    import re
+    import warnings
+
+    from deepblur.estimators._gamma import checked_estimates
+    from deepblur.estimators.cone import ConeSampler
+    from deepblur.exceptions import OutOfSupportWarning
+
+    sampler = ConeSampler(alpha_range=(0.8, 1.2)).fit(np.eye(K))
+
+    class SupportAware(FixedRegressor):      # checks per call, as the regressors do
+        support_tolerance = 0.1
+
+        def predict(self, X):
+            return checked_estimates(super().predict(X), sampler, np.eye(K),
+                                     project=False,
+                                     support_tolerance=self.support_tolerance)
+
+    yy, xx = np.mgrid[0:96, 0:128]
+    image = 1.0 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    # tiles brighter than the image on average get gamma (0.8, 0.8, 0.8), at
+    # distance 1 from the support (it projects on (0.4, 0.4, 0.4)); the
+    # others get (1, 0, 0), on it
+
+    def fn(tile):
+        return (np.full(K, 0.8) if tile.mean() > image.mean()
+                else np.array([1.0, 0.0, 0.0]))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gamma, grid = estimate_tiles(image, SupportAware(fn), TILE, stride=16,
+                                     batch_size=4)
+    found = [w for w in caught if issubclass(w.category, OutOfSupportWarning)]
+    assert len(found) == 1, [str(w.message) for w in found]
+    n_far = int(np.sum(gamma[:, 1] > 0.5))
+    assert 0 < n_far < grid.n_tiles and grid.n_tiles > 4       # several batches
+    assert re.match(rf"{n_far} of {grid.n_tiles} tiles have estimates farther",
+                    str(found[0].message))
+
+
 def test_estimate_tiles_errors(basis):
     reg = FixedRegressor(lambda x: np.ones(K))
     with pytest.raises(ValueError, match="smaller than one tile"):

@@ -50,8 +50,12 @@ def _fit_blur_model(basis, cone, sampler, regressor, clean, psf_fields, noise_st
         sampler = ConeSampler(alpha_range=(float(low), float(max(high, low * 1.001))))
     sampler = clone(sampler).set_params(random_state=seed).fit(cone.rays_)
     regressor = clone(regressor).set_params(basis=basis)
-    if project:
+    params = regressor.get_params(deep=False)
+    if project or params.get("support_tolerance") is not None:
+        # the sampler projects, or serves the regressor's support check only
         regressor.set_params(sampler=sampler)
+        if "project" in params:
+            regressor.set_params(project=bool(project))
     if (getattr(regressor, "module", None) is ResNet
             and "output_bias" not in regressor.get_params_for("module")):
         # start from the mean operator of the cone, not from gamma = 0
@@ -144,7 +148,10 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         sampled set, and projecting the estimates of a spectral regressor on
         it raised their mean error from 17.9 % to 20.5 % (300 operators,
         ``K=6``, 64x64 images; 13.6 -> 12.4 % on draws of the sampler;
-        ``benchmarks/bench_held_out_operators.py --blind``).
+        ``benchmarks/bench_held_out_operators.py --blind``). A regressor
+        with a ``support_tolerance`` gets the fitted sampler either way, for
+        its :class:`~deepblur.exceptions.OutOfSupportWarning` check, and
+        projects only with ``project=True``.
     memory : str, joblib.Memory or None, default=None
         Caches the fitted basis, cone, sampler and regressor (as
         :class:`~sklearn.pipeline.Pipeline` does): a grid search over

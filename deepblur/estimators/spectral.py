@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import (
@@ -19,7 +19,9 @@ from deepblur.estimators._gamma import (
     SharedBasisMixin,
     check_gamma_targets,
     check_sampler,
-    project_estimates,
+    check_support_params,
+    checked_estimates,
+    support_distances,
     training_noise_level,
     warn_if_noisy,
 )
@@ -60,6 +62,14 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         operator metric (as :class:`~deepblur.ResNetBlurRegressor`'s
         ``sampler``): never farther from any ``gamma`` of that set, but
         possibly farther from operators outside it (see there).
+    project : bool, default=True
+        With a ``sampler``, whether :meth:`predict` projects; False keeps it
+        for the ``support_tolerance`` check and :meth:`support_distance`.
+    support_tolerance : float, default=None
+        Warn (:class:`~deepblur.exceptions.OutOfSupportWarning`) about
+        estimates farther than this from the sampler's support, in relative
+        operator distance; ``None`` checks nothing (as
+        :class:`~deepblur.ResNetBlurRegressor`'s).
     window : int, default=32
         Block side of the local spectra.
     n_radial, n_angular : int, default=6, 4
@@ -138,6 +148,8 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "basis": [None, HasMethods(["fit", "transform"])],
         "sampler": [None, HasMethods(["sample", "project"])],
+        "project": ["boolean"],
+        "support_tolerance": [None, Interval(Real, 0, None, closed="neither")],
         "window": [Interval(Integral, 4, None, closed="left")],
         "n_radial": [Interval(Integral, 1, None, closed="left")],
         "n_angular": [Interval(Integral, 1, None, closed="left")],
@@ -149,11 +161,14 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    def __init__(self, basis=None, *, sampler=None, window=32, n_radial=6, n_angular=4,
+    def __init__(self, basis=None, *, sampler=None, project=True,
+                 support_tolerance=None, window=32, n_radial=6, n_angular=4,
                  border=12, n_segments=4, stride=None, alphas=None, batch_size=512,
                  verbose=0):
         self.basis = basis
         self.sampler = sampler
+        self.project = project
+        self.support_tolerance = support_tolerance
         self.window = window
         self.n_radial = n_radial
         self.n_angular = n_angular
@@ -228,6 +243,7 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         K = gram.shape[0]
         # clear errors before the features of a whole dataset are computed
         check_sampler(self.sampler, K)
+        check_support_params(self.project, self.support_tolerance, self.sampler)
         n_blur_features(image_shape, **self._spec())
         alphas = _DEFAULT_ALPHAS if self.alphas is None else self.alphas
         alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
@@ -270,19 +286,50 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         -------
         ndarray of shape (n, K), float32
             (float32 like :class:`~deepblur.ResNetBlurRegressor`'s),
-            projected on the sampler's support when ``sampler`` is given.
+            projected on the sampler's support when ``sampler`` is given and
+            ``project`` is True.
 
         Warns
         -----
         NoisyImageWarning
             When some images are over three times noisier than
             ``noise_level_``.
+        OutOfSupportWarning
+            When some estimates lie farther than ``support_tolerance`` from
+            the sampler's support.
         """
         check_is_fitted(self)
+        check_support_params(self.project, self.support_tolerance, self.sampler)
         F = self._features(X, self.image_shape_)
         warn_if_noisy(X, getattr(self, "noise_level_", None))
         gamma = (F @ self.coef_ + self.intercept_).astype(np.float32)
-        return project_estimates(self.sampler, gamma, self._fitted_basis().gram_)
+        return checked_estimates(gamma, self.sampler, self._fitted_basis().gram_,
+                                 project=self.project,
+                                 support_tolerance=self.support_tolerance)
+
+    def support_distance(self, X):
+        """Relative operator distance of each estimate to the sampler's support.
+
+        As :meth:`ResNetBlurRegressor.support_distance
+        <deepblur.ResNetBlurRegressor.support_distance>`, for the ridge's
+        estimates before any projection.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+
+        Returns
+        -------
+        ndarray of shape (n,), float64
+        """
+        check_is_fitted(self)
+        if self.sampler is None:
+            raise ValueError("support_distance needs the regressor's sampler "
+                             "(the support of its training gamma); got None.")
+        F = self._features(X, self.image_shape_)
+        gamma = F @ self.coef_ + self.intercept_
+        return support_distances(self.sampler, gamma,
+                                 self._fitted_basis().gram_)[1]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -172,6 +172,7 @@ def save_model(directory, regressor, setting, *, extra=None):
     level = getattr(regressor, "noise_level_", None)
     if level is not None:       # what predict checks images against (Notes)
         meta.setdefault("noise_level", float(level))
+    _store_support_tolerance(meta, regressor)
     (directory / _META).write_text(json.dumps(meta, indent=1))
     return directory
 
@@ -221,7 +222,7 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                                          dtype=torch.float64)}
     save_file(tensors, str(directory / _SPECTRAL_WEIGHTS))
     params = {k: v for k, v in regressor.get_params(deep=False).items()
-              if k not in ("basis", "sampler", "alphas", "verbose")}
+              if k not in ("basis", "sampler", "project", "alphas", "verbose")}
     meta = dict(params=params, alpha=regressor.alpha_,
                 image_shape=list(regressor.image_shape_),
                 n_train_images=regressor.n_train_images_,
@@ -282,6 +283,7 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     level = getattr(regressor, "noise_level_", None)
     meta.setdefault("noise_level", float(np.max(noise) if level is None
                                          else level))
+    _store_support_tolerance(meta, regressor)
     (directory / _CROP_META).write_text(json.dumps(meta, indent=1))
     return directory
 
@@ -324,7 +326,25 @@ def _load_spectral(directory, basis):
     return regressor, noise_std, meta["boundary"]
 
 
-def _load_network(meta, tensors, basis, sampler, noise_std, meta_name):
+def _store_support_tolerance(meta, regressor):
+    """Record the network's ``support_tolerance`` (when set) in its JSON."""
+    tolerance = getattr(regressor, "support_tolerance", None)
+    if tolerance is not None:
+        meta.setdefault("support_tolerance", float(tolerance))
+
+
+def _support_tolerance(meta, meta_name):
+    """The stored ``support_tolerance`` (None when absent), checked."""
+    tolerance = meta.get("support_tolerance")
+    if tolerance is not None and (isinstance(tolerance, bool)
+                                  or not isinstance(tolerance, (int, float))
+                                  or not np.isfinite(tolerance) or tolerance <= 0):
+        raise ValueError(f"{meta_name}: support_tolerance must be a positive "
+                         f"number (or absent); got {tolerance!r}.")
+    return None if tolerance is None else float(tolerance)
+
+
+def _load_network(meta, tensors, basis, sampler, project, noise_std, meta_name):
     """A ready ResNetBlurRegressor (CPU, eval mode) from its stored state.
 
     ``meta["module"]`` holds the ``module__`` parameters, ``tensors`` the
@@ -333,8 +353,10 @@ def _load_network(meta, tensors, basis, sampler, noise_std, meta_name):
     the top of ``noise_std``.
     """
     module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
-    regressor = ResNetBlurRegressor(basis=basis, sampler=sampler, device="cpu",
-                                    verbose=0, **module_kwargs).initialize()
+    regressor = ResNetBlurRegressor(
+        basis=basis, sampler=sampler, project=project, device="cpu", verbose=0,
+        support_tolerance=_support_tolerance(meta, meta_name),
+        **module_kwargs).initialize()
     state = {k[len("module."):]: v for k, v in tensors.items()
              if k.startswith("module.")}
     regressor.module_.load_state_dict(state)
@@ -367,9 +389,11 @@ default="network"
         model's basis, started from the mean operator of its cone (for
         images of beads or single molecules; nothing trained).
     project : bool, default=False
-        Give the networks or spectral regressor the model's ``sampler``, so
-        that its ``predict`` returns the nearest point (in the operator
-        metric) of the set of ``gamma`` it was trained on (see
+        The networks and the spectral regressor always hold the model's
+        ``sampler``, for their support check (``support_tolerance``, read
+        from their JSON: :class:`~deepblur.exceptions.OutOfSupportWarning`).
+        ``project=True`` also makes their ``predict`` return the nearest point
+        (in the operator metric) of the set of ``gamma`` it was trained on (see
         :meth:`~deepblur.ConeSampler.project`): never farther from a
         ``gamma`` of that set, so use it when the blur is known to be a draw
         of the sampler (simulations of the paper's protocol: 0.08-0.10 points
@@ -411,7 +435,7 @@ default="network"
     noise_std = setting["noise_std"] = _noise_param(setting["noise_std"])
     if estimator == "spectral":
         regressor, noise_std, boundary = _load_spectral(directory, basis)
-        regressor.sampler = sampler if project else None
+        regressor.sampler, regressor.project = sampler, project
         setting.update(boundary=boundary, noise_std=noise_std)
     elif estimator == "points":
         # nothing learnt: the fit starts from the mean operator of the cone
@@ -425,12 +449,11 @@ default="network"
             "examples/train_crop_model.py and add it with save_crop_network")
         noise_std = _noise_param(crop["noise_std"])
         setting.update(boundary="crop", noise_std=noise_std)
-        regressor = _load_network(crop, crop_tensors, basis,
-                                  sampler if project else None, noise_std,
-                                  _CROP_META)
+        regressor = _load_network(crop, crop_tensors, basis, sampler, project,
+                                  noise_std, _CROP_META)
     else:
-        regressor = _load_network(meta, tensors, basis,
-                                  sampler if project else None, noise_std, _META)
+        regressor = _load_network(meta, tensors, basis, sampler, project,
+                                  noise_std, _META)
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,
                            setting=setting)

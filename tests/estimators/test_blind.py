@@ -132,6 +132,21 @@ def test_estimates_are_projected_on_the_sampled_set(data):
     assert e_proj.mean() < e_raw.mean()
 
 
+def test_a_regressor_with_a_support_tolerance_gets_the_sampler_unprojected(data):
+    """The fitted sampler serves the regressor's support check; its estimates
+    stay raw unless project=True."""
+    fields, blurry, clean = data
+    checked = tiny().set_params(regressor__support_tolerance=0.5).fit(
+        blurry, clean, psf_fields=fields)
+    reg = checked.regressor_
+    assert reg.sampler is checked.sampler_ and reg.project is False
+    assert reg.support_tolerance == 0.5
+    assert tiny(project=True).set_params(regressor__support_tolerance=0.5).fit(
+        blurry, clean, psf_fields=fields).regressor_.project is True
+    dist = reg.support_distance(blurry)
+    assert dist.shape == (len(blurry),) and np.isfinite(dist).all()
+
+
 class MeanGamma(RegressorMixin, BaseEstimator):
     """A regressor of one's own, without ``sampler`` or ``batch_size``: it
     predicts the mean of the cone and records the batch size it was fed."""

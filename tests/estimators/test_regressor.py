@@ -394,3 +394,81 @@ def test_bad_input(setting):
         fitted.predict(bad)
     with pytest.raises(ValueError, match=r"image_shape"):
         fitted.predict(X[:, :8, :8])
+
+
+def _constant_network(basis, sampler, outputs, **params):
+    """A regressor whose network returns ``outputs`` for every image (the last
+    layer's weights at 0, its bias ``outputs``)."""
+    net = ResNetBlurRegressor(basis=basis, sampler=sampler, **SMALL,
+                              **params).initialize()
+    with torch.no_grad():
+        net.module_.fc.weight.zero_()
+        net.module_.fc.bias.copy_(torch.as_tensor(outputs, dtype=torch.float32))
+    return net
+
+
+def test_support_tolerance_warns_about_estimates_off_the_support(setting, tmp_path):
+    """The sampler spans e_1..e_3 with alpha in [0.8, 1.2]: (0.8, 0.8, 0.8)
+    lies off it; its distance is independent of the image."""
+    import warnings
+
+    from deepblur.estimators._gamma import support_distances
+    from deepblur.exceptions import OutOfSupportWarning
+
+    basis, sampler, _, X, _ = setting
+    far = np.array([0.8, 0.8, 0.8])
+    (dist,) = support_distances(sampler, far[None], basis.gram_)[1]
+    assert dist > 0.3
+    net = _constant_network(basis, sampler, far, project=False,
+                            support_tolerance=dist / 2)
+    with pytest.warns(OutOfSupportWarning, match=f"48 of 48 images .* "
+                                                 f"support_tolerance={dist / 2:.3g}"):
+        pred = net.predict(X)
+    np.testing.assert_allclose(pred, np.tile(far, (48, 1)), rtol=1e-6)   # raw
+    np.testing.assert_allclose(net.support_distance(X), dist, rtol=1e-5)
+    # project=True: the projections, and still the warning (distances before it)
+    net.set_params(project=True)
+    with pytest.warns(OutOfSupportWarning):
+        projected = net.predict(X[:4])
+    np.testing.assert_allclose(projected, sampler.project(pred[:4], gram=basis.gram_),
+                               rtol=1e-5)
+    # a tolerance above the distance, or none: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfSupportWarning)
+        net.set_params(support_tolerance=2 * dist).predict(X[:4])
+        net.set_params(support_tolerance=None).predict(X[:4])
+    # kept by clone (GridSearchCV) and joblib
+    net.set_params(support_tolerance=dist / 2, project=False)
+    assert clone(net).get_params()["support_tolerance"] == dist / 2
+    assert clone(net).project is False
+    joblib.dump(net, tmp_path / "net.joblib")
+    with pytest.warns(OutOfSupportWarning):
+        joblib.load(tmp_path / "net.joblib").predict(X[:2])
+    # an estimate on the support: silent
+    inside = _constant_network(basis, sampler, [0.5, 0.3, 0.2], project=False,
+                               support_tolerance=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfSupportWarning)
+        inside.predict(X)
+    assert inside.support_distance(X) == pytest.approx(np.zeros(48), abs=1e-5)
+
+
+def test_support_check_bad_input(setting):
+    basis, sampler, _, X, y = setting
+    with pytest.raises(ValueError, match="support_tolerance needs a sampler"):
+        ResNetBlurRegressor(basis=basis, support_tolerance=0.1, **SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="support_tolerance must be a positive"):
+        ResNetBlurRegressor(basis=basis, sampler=sampler, support_tolerance=-1,
+                            **SMALL).fit(X, y)
+    with pytest.raises(TypeError, match="project must be True or False"):
+        ResNetBlurRegressor(basis=basis, sampler=sampler, project="no",
+                            **SMALL).fit(X, y)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    with pytest.raises(ValueError, match="support_distance needs the regressor's "
+                                         "sampler"):
+        net.support_distance(X)
+    # set after fitting (as load_model does): checked at predict
+    with pytest.raises(ValueError, match="support_tolerance must be a positive"):
+        net.set_params(sampler=sampler, support_tolerance=float("nan")).predict(X)
+    with pytest.raises(ValueError, match="support_tolerance needs a sampler"):
+        net.set_params(sampler=None, support_tolerance=0.1).predict(X)

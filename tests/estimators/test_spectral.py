@@ -222,3 +222,41 @@ def test_predict_warns_about_much_noisier_images(setting):
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoisyImageWarning)
         est.predict(Xn)
+
+
+def test_support_tolerance_warns_and_support_distance(setting):
+    """As the network's: raw estimates with project=False, a warning for those
+    farther than the tolerance, their distances from support_distance."""
+    import warnings
+
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from deepblur.estimators._gamma import support_distances
+    from deepblur.exceptions import OutOfSupportWarning
+
+    basis, sampler, _, X, y, Xt, _ = setting
+    raw = SpectralBlurRegressor(basis, window=16).fit(X, y)
+    est = SpectralBlurRegressor(basis, sampler=sampler, project=False,
+                                window=16).fit(X, y)
+    expected = support_distances(sampler, raw.predict(Xt), basis.gram_)[1]
+    dist = est.support_distance(Xt)
+    np.testing.assert_allclose(dist, expected, rtol=1e-4, atol=1e-6)
+    assert dist.max() > 0
+    # a tolerance in the widest gap of the upper half of the distances
+    d = np.sort(dist)
+    i = len(d) // 2 + int(np.argmax(np.diff(d[len(d) // 2:])))
+    tolerance = float(d[i] + d[i + 1]) / 2
+    n_far = len(d) - i - 1
+    est.set_params(support_tolerance=tolerance)
+    with pytest.warns(OutOfSupportWarning, match=f"{n_far} of {len(Xt)} images"):
+        pred = est.predict(Xt)
+    np.testing.assert_allclose(pred, raw.predict(Xt), rtol=1e-6)     # not projected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfSupportWarning)
+        est.set_params(support_tolerance=2 * dist.max() + 1).predict(Xt)
+    with pytest.raises(InvalidParameterError, match="support_tolerance"):
+        SpectralBlurRegressor(basis, sampler=sampler, support_tolerance=0).fit(X, y)
+    with pytest.raises(ValueError, match="support_tolerance needs a sampler"):
+        SpectralBlurRegressor(basis, support_tolerance=0.1).fit(X, y)
+    with pytest.raises(ValueError, match="support_distance needs the regressor's"):
+        raw.support_distance(Xt)

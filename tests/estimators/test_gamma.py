@@ -1,0 +1,115 @@
+"""What the gamma estimators share: the distance of estimates to the sampler's
+support, and the warning about estimates far from it."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepblur.estimators._gamma import (
+    check_support_params,
+    checked_estimates,
+    out_of_support_message,
+    support_distances,
+    support_distances_gathered,
+)
+from deepblur.estimators.cone import ConeSampler
+from deepblur.exceptions import OutOfSupportWarning
+
+K = 3
+SAMPLER = ConeSampler(alpha_range=(0.8, 1.2), random_state=0).fit(np.eye(K))
+
+
+def test_distance_closed_form_on_the_simplex_slab():
+    """Generators e_1..e_K, Euclidean metric: the support is {w >= 0,
+    0.8 <= sum(w) <= 1.2}. c/K * (1, ..., 1) for c > 1.2 projects on
+    1.2/K * (1, ..., 1) (symmetry), at relative distance c / 1.2 - 1; a point
+    with a negative coordinate projects by dropping it (when the rest is in
+    the slab)."""
+    gram = np.eye(K)
+    g = np.array([[2.4 / K] * K, [0.5, 0.5, -0.3], [0.3, 0.3, 0.4]])
+    proj, dist = support_distances(SAMPLER, g, gram)
+    np.testing.assert_allclose(proj[0], [1.2 / K] * K, atol=1e-9)
+    np.testing.assert_allclose(dist[0], 2.4 / 1.2 - 1, rtol=1e-9)
+    np.testing.assert_allclose(proj[1], [0.5, 0.5, 0.0], atol=1e-9)
+    np.testing.assert_allclose(dist[1], 0.3 / np.sqrt(0.5), rtol=1e-9)
+    np.testing.assert_allclose(proj[2], g[2], atol=1e-12)
+    assert dist[2] == pytest.approx(0.0, abs=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-2, 2), min_size=K, max_size=K),
+       st.lists(st.floats(0.1, 3), min_size=K, max_size=K))
+def test_distance_is_the_relative_operator_distance_to_the_projection(g, diag):
+    """In any metric G: sqrt((g-p)^T G (g-p) / p^T G p), p the projection, and
+    0 exactly for points of the support."""
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(K, K))
+    gram = A @ A.T + np.diag(diag)
+    g = np.array([g])
+    proj, dist = support_distances(SAMPLER, g, gram)
+    np.testing.assert_allclose(proj, SAMPLER.project(g, gram=gram))
+    d = g[0] - proj[0]
+    assert dist[0] == pytest.approx(np.sqrt(d @ gram @ d / (proj[0] @ gram @ proj[0])),
+                                    rel=1e-9, abs=1e-12)
+    inside = SAMPLER.sample(5)
+    assert support_distances(SAMPLER, inside, gram)[1] == pytest.approx(
+        np.zeros(5), abs=1e-6)
+
+
+def test_checked_estimates_project_warn_or_pass():
+    gram = np.eye(K)
+    g = np.array([[2.4 / K] * K, [0.3, 0.3, 0.4]], dtype=np.float32)
+    # no sampler, or neither projection nor check: untouched
+    assert checked_estimates(g, None, gram, project=True,
+                             support_tolerance=None) is g
+    assert checked_estimates(g, SAMPLER, gram, project=False,
+                             support_tolerance=None) is g
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        projected = checked_estimates(g, SAMPLER, gram, project=True,
+                                      support_tolerance=None)
+        assert projected.dtype == np.float32
+        np.testing.assert_allclose(projected[0], [0.4] * K, rtol=1e-6)
+        # a tolerance above the far point's distance (1.0): silent
+        checked_estimates(g, SAMPLER, gram, project=False, support_tolerance=1.5)
+    with pytest.warns(OutOfSupportWarning, match="1 of 2 images") as record:
+        out = checked_estimates(g, SAMPLER, gram, project=False,
+                                support_tolerance=0.5)
+    assert "median 1" in str(record[0].message)
+    assert out is g                     # the check does not project
+    # gathered instead of warned (tiles)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with support_distances_gathered() as gathered:
+            checked_estimates(g, SAMPLER, gram, project=False,
+                              support_tolerance=0.5)
+            checked_estimates(g[1:], SAMPLER, gram, project=False,
+                              support_tolerance=0.5)
+    assert [len(d) for d in gathered] == [2, 1]
+    np.testing.assert_allclose(np.concatenate(gathered), [1.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_out_of_support_message():
+    assert out_of_support_message([0.01, 0.05], 0.06) is None
+    message = out_of_support_message([0.01, 0.1, 0.3], 0.06, "tiles")
+    assert message.startswith("2 of 3 tiles have estimates farther than "
+                              "support_tolerance=0.06")
+    assert "median 0.2" in message and "estimator='points'" in message
+
+
+@pytest.mark.parametrize("tolerance", [0.0, -0.1, np.nan, np.inf, True, "0.1"])
+def test_bad_support_tolerance(tolerance):
+    with pytest.raises(ValueError, match="support_tolerance must be a positive"):
+        check_support_params(True, tolerance, SAMPLER)
+
+
+def test_support_tolerance_needs_a_sampler_and_project_a_bool():
+    with pytest.raises(ValueError, match="support_tolerance needs a sampler"):
+        check_support_params(True, 0.1, None)
+    with pytest.raises(TypeError, match="project must be True or False"):
+        check_support_params("yes", None, SAMPLER)
+    check_support_params(False, 0.1, SAMPLER)
+    check_support_params(True, None, None)
