@@ -626,6 +626,12 @@ _TRAIN_KEYS = {
     "seed": "seed of the weights and the training data",
     "n_test_images": "held-out test images for the final evaluation (default "
                      "512; 0: none)",
+    "support_images": "fresh training-like images on which the networks' "
+                      "support_tolerance is set to the 99.9th percentile of "
+                      "their estimates' distance to the sampler's support, so "
+                      "that predict warns about images unlike the training "
+                      "ones (default 4096, about 20 s per network on a CPU; "
+                      "0: no check)",
     "spectral_images": "also fit a spectral regressor for real images on this "
                        "many fresh windows of larger scenes (noise 0.005-0.05, "
                        "a fifth point sources; the shipped one used 40000, about "
@@ -736,6 +742,11 @@ def cmd_train(args):
                            "(no model.safetensors in it).")
         hyper["init_model"] = init
     check_training_params(**hyper)      # fail before the slow setting fit
+    n_support = config.get("support_images", _SUPPORT_IMAGES)
+    if (not isinstance(n_support, int) or isinstance(n_support, bool)
+            or n_support < 0):
+        raise CLIError(f"support_images must be a non-negative integer; got "
+                       f"{n_support!r}.")
     n_spectral = config.get("spectral_images", 0)
     if (not isinstance(n_spectral, int) or isinstance(n_spectral, bool)
             or n_spectral < 0):
@@ -770,6 +781,9 @@ def cmd_train(args):
               f"baseline {100 * base_err:.2f} %)")
         extra.update(test_operator_error=float(err),
                      test_baseline_error=float(base_err))
+    _calibrate_support(net, setting, images, n_support,
+                       setting["params"]["noise_std"],
+                       setting["params"]["boundary"], 126, "network")
     save_model(output, net, setting, extra=extra)
     if n_spectral:
         _train_spectral(setting, images, n_spectral, n_test, mean_gamma, output,
@@ -778,7 +792,7 @@ def cmd_train(args):
         crop_checkpoints = checkpoint_dir / "crop_network"
         try:
             _train_crop_network(setting, images, crop_params, n_test, mean_gamma,
-                                output, crop_checkpoints, args)
+                                output, crop_checkpoints, args, n_support)
         except KeyboardInterrupt as exc:
             print(f"deepblur train: crop network: {exc or 'interrupted'}; the "
                   f"network is saved in {output}, the finished epochs of the "
@@ -820,7 +834,7 @@ def _crop_network_params(config, hyper, name):
 
 
 def _train_crop_network(setting, images, params, n_test, mean_gamma, output,
-                        checkpoint_dir, args):
+                        checkpoint_dir, args, n_support=0):
     """`deepblur train` with a ``crop_network`` table: the network for real
     images, saved beside the network (resumable from its checkpoints)."""
     from deepblur.pretrained import (
@@ -849,7 +863,34 @@ def _train_crop_network(setting, images, params, n_test, mean_gamma, output,
               f"{100 * base['operator'].mean():.2f} %)")
         extra["test_errors"] = {"natural": {k: float(v.mean())
                                             for k, v in err.items()}}
+    _calibrate_support(net, setting, images, n_support, noise, "crop", 127,
+                       "crop network")
     save_crop_network(output, net, noise_std=noise, extra=extra)
+
+
+_SUPPORT_IMAGES = 4096
+
+
+def _calibrate_support(net, setting, images, n_images, noise_std, boundary, seed,
+                       name):
+    """Give a trained network its sampler (unprojected) and a support_tolerance
+    calibrated on ``n_images`` fresh images of its training sources, noise and
+    boundary (nothing when ``n_images`` is 0)."""
+    from deepblur.datasets import make_blurred_images
+    from deepblur.pretrained import SUPPORT_QUANTILE, calibrate_support_tolerance
+
+    if not n_images:
+        return
+    X, _ = make_blurred_images(images, setting["basis"], setting["sampler"],
+                               n_images, noise_std=noise_std, boundary=boundary,
+                               random_state=seed)
+    net.set_params(sampler=setting["sampler"], project=False)
+    tolerance = calibrate_support_tolerance(net, X)
+    net.set_params(support_tolerance=tolerance)
+    print(f"{name}: support_tolerance {tolerance:.3g} (the "
+          f"{100 * SUPPORT_QUANTILE:g}th percentile of the distance of its "
+          f"estimates to the sampler's support on {n_images} fresh training-like "
+          "images)")
 
 
 def _held_out_errors(regressor, setting, n_test, boundary, mean_gamma, seed):

@@ -439,6 +439,7 @@ stem_stride = 2
 num_workers = 0
 pool_size = 200
 n_test_images = 8
+support_images = 256
 output = "{output}"
 
 [setting]
@@ -486,6 +487,11 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     resumed = load_model(out_dir)
     meta = json.loads((out_dir / "model.json").read_text())
     assert meta["module"]["width"] == 4 and meta["n_train_images"] == 64
+    # the support check is calibrated on 256 fresh images: a share 0.001 of
+    # them (here: none but the farthest) would be flagged
+    assert "network: support_tolerance" in out and "256 fresh" in out
+    assert resumed.regressor.support_tolerance == meta["support_tolerance"] > 0
+    assert resumed.regressor.sampler is resumed.sampler
     assert resumed.basis.image_shape_ == (32, 32)
 
     # an uninterrupted run (JSON config) gives the same network
@@ -494,20 +500,24 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
         num_workers=0, pool_size=200, n_test_images=0, output="straight",
         setting=dict(n_operators=12, image_shape=[32, 32], kernel_shape=[5, 5],
                      grid_shape=[4, 4], n_components=4, n_rays=6))))
-    code, _, err = _run(capsys, "train", tmp_path / "tiny.json", "--no-progress")
+    code, out, err = _run(capsys, "train", tmp_path / "tiny.json", "--no-progress")
     assert code == 0, err
     straight = load_model(tmp_path / "straight")
+    assert "4096 fresh" in out                  # the default number of images
     X = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(resumed.regressor.predict(X),
                                straight.regressor.predict(X), rtol=1e-5, atol=1e-6)
 
     # fine-tuning: start from that model (path relative to the config)
     (tmp_path / "tune.toml").write_text(TINY.format(output="tuned").replace(
-        "n_test_images = 8", 'n_test_images = 0\ninit_model = "straight"'))
-    code, _, err = _run(capsys, "train", tmp_path / "tune.toml", "--no-progress")
+        "n_test_images = 8", 'n_test_images = 0\ninit_model = "straight"').replace(
+        "support_images = 256", "support_images = 0"))
+    code, out, err = _run(capsys, "train", tmp_path / "tune.toml", "--no-progress")
     assert code == 0, err
     meta = json.loads((tmp_path / "tuned" / "model.json").read_text())
     assert meta["config"]["init_model"] == "straight"
+    assert "support_tolerance" not in meta and "support_tolerance" not in out
+    assert load_model(tmp_path / "tuned").regressor.support_tolerance is None
 
 
 TINY_CROP = """
@@ -571,6 +581,8 @@ def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
     assert meta["training"]["random_state"] == 5
     assert meta["training"]["num_workers"] == 0          # the main config's
     assert 0 < meta["test_errors"]["natural"]["operator"] < 1
+    assert "crop network: support_tolerance" in out
+    assert model.regressor.support_tolerance == meta["support_tolerance"] > 0
     # estimate takes it by default
     image = tmp_path / "y.tif"
     tifffile.imwrite(image, bundled_image("coffee", (32, 32)).astype(np.float32))
@@ -673,6 +685,10 @@ def test_train_errors(capsys, tmp_path):
         "gammas_per_image = 0")
     assert "moment_stage must be None or a stage" in error("moment_stage = 7")
     assert "moment_weight must be a non-negative" in error("moment_weight = -1")
+    assert "support_images must be a non-negative integer" in error(
+        "support_images = -1")
+    assert "support_images must be a non-negative integer" in error(
+        'support_images = "many"')
     code, _, err = _run(capsys, "train", tmp_path / "absent.toml")
     assert code == 1 and "does not exist" in _one_error_line(err)
 

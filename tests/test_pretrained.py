@@ -9,6 +9,7 @@ from sklearn.exceptions import NotFittedError
 
 from deepblur.datasets.simulate import make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor, plain_module
+from deepblur.exceptions import OutOfSupportWarning
 from deepblur.pretrained._default import (
     compare_estimators,
     make_default_setting,
@@ -154,6 +155,37 @@ def test_support_tolerance_saves_and_loads(small_setting, tmp_path):
         with pytest.raises(ValueError, match="model.json: support_tolerance must "
                                              "be a positive number"):
             load_model(tmp_path)
+
+
+def test_calibrate_support_tolerance_is_the_quantile_of_the_distances(
+        small_setting):
+    from deepblur.pretrained import calibrate_support_tolerance
+
+    net, X = _tiny_regressor(small_setting, n_images=64,
+                             sampler=small_setting["sampler"], project=False)
+    dist = net.support_distance(X)
+    assert dist.max() > 1e-3
+    assert calibrate_support_tolerance(net, X) == pytest.approx(
+        max(np.quantile(dist, 0.999), 1e-3))
+    assert calibrate_support_tolerance(net, X, quantile=0.5) == pytest.approx(
+        max(np.median(dist), 1e-3))
+    assert calibrate_support_tolerance(net, X, quantile=1) == pytest.approx(
+        dist.max())
+    # with it, predict flags the images above the quantile, and only them
+    q = calibrate_support_tolerance(net, X, quantile=0.75)
+    net.set_params(support_tolerance=q)
+    n_far = int(np.sum(dist > q))
+    assert 0 < n_far <= 16
+    with pytest.warns(OutOfSupportWarning, match=f"{n_far} of 64 images"):
+        net.predict(X)
+    for bad in (0, 1.5, True, "0.9"):
+        with pytest.raises(ValueError, match=r"quantile must be in \(0, 1\]"):
+            calibrate_support_tolerance(net, X, quantile=bad)
+    with pytest.raises(ValueError, match="at least one image"):
+        calibrate_support_tolerance(net, X[:0])
+    with pytest.raises(ValueError, match="support_distance needs the regressor's"):
+        calibrate_support_tolerance(net.set_params(sampler=None,
+                                                   support_tolerance=None), X)
 
 
 def test_a_network_trained_on_a_noise_range_saves_and_loads(small_setting,

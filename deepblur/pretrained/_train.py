@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import math
+from numbers import Real
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from deepblur._validation import resolve_device
@@ -23,7 +25,8 @@ from deepblur.nets.losses import PSFMomentLoss, RelativeFrobeniusLoss
 from deepblur.nets.resnet import INPUT_NORMS
 
 __all__ = ["CRITERIA", "CROP_NETWORK_DEFAULTS", "FEATURE_HEAD_DEFAULTS",
-           "SPECTRAL_DEFAULTS", "TRAINING_DEFAULTS", "add_feature_head",
+           "SPECTRAL_DEFAULTS", "SUPPORT_QUANTILE", "TRAINING_DEFAULTS",
+           "add_feature_head", "calibrate_support_tolerance",
            "check_crop_network_params", "check_training_params",
            "finished_epochs", "train_crop_network",
            "train_regressor", "train_spectral_regressor"]
@@ -46,6 +49,56 @@ TRAINING_DEFAULTS = dict(
     pool_size=20_000, gammas_per_image=1, moment_stage=None, moment_weight=0.01,
     num_workers=None, device="auto", compile=False, random_state=0,
 )
+
+#: Share of images like the training images whose estimates pass a
+#: ``support_tolerance`` set by :func:`calibrate_support_tolerance`.
+SUPPORT_QUANTILE = 0.999
+# distances below this are rounding (float32 estimates of points of the set)
+_SUPPORT_FLOOR = 1e-3
+
+
+def calibrate_support_tolerance(regressor, X, *, quantile=SUPPORT_QUANTILE):
+    """The ``support_tolerance`` that a share ``quantile`` of images ``X`` pass.
+
+    The ``quantile`` of the distances of the regressor's estimates to its
+    sampler's support (:meth:`~deepblur.ResNetBlurRegressor.support_distance`)
+    on ``X``: fresh images drawn as the training images were (same simulator,
+    noise, boundary and kind of scene), so that ``predict`` warns
+    (:class:`~deepblur.exceptions.OutOfSupportWarning`) about a share
+    ``1 - quantile`` of such images and about images whose estimates stray
+    farther. Set it with ``regressor.set_params(support_tolerance=...)``;
+    ``deepblur train`` does so on 4 096 images (``support_images``).
+
+    For the shipped networks, on 8 192 images each of their training
+    distributions (two draws): 0.053-0.055 for the zero-boundary network
+    (which ships 0.06) and 0.17 for the crop network (which ships 0.1, to
+    flag more point-source fields at 0.7 % of its training windows;
+    ``benchmarks/bench_support_check.py``).
+
+    Parameters
+    ----------
+    regressor : ResNetBlurRegressor or SpectralBlurRegressor
+        Trained, with its ``sampler`` (the support of its training
+        ``gamma``).
+    X : array-like of shape (n, H, W)
+        Images like its training images. With fewer than
+        ``1 / (1 - quantile)`` of them the quantile is close to their largest
+        distance.
+    quantile : float in (0, 1], default=0.999
+
+    Returns
+    -------
+    float
+        At least 1e-3 (smaller distances are rounding).
+    """
+    if (isinstance(quantile, bool) or not isinstance(quantile, Real)
+            or not 0 < quantile <= 1):
+        raise ValueError(f"quantile must be in (0, 1]; got {quantile!r}.")
+    if not len(X):
+        raise ValueError("X must hold at least one image; got none.")
+    distances = regressor.support_distance(X)
+    return max(float(np.quantile(distances, quantile)), _SUPPORT_FLOOR)
+
 
 _CHECKPOINT_FILES = dict(f_params="params.pt", f_optimizer="optimizer.pt",
                          f_criterion="criterion.pt", f_history="history.json")
