@@ -69,6 +69,11 @@ def check_sampler(sampler, K):
     return sampler
 
 
+#: What a regressor pickled before ``project`` and ``support_tolerance`` existed
+#: gets on load (what it did then: project with a sampler, no check).
+SUPPORT_PARAM_DEFAULTS = {"project": True, "support_tolerance": None}
+
+
 def check_support_params(project, support_tolerance, sampler):
     """Validate ``project`` and ``support_tolerance`` (a regressor's params)."""
     if not isinstance(project, (bool, np.bool_)):

@@ -13,6 +13,7 @@ from skorch.dataset import Dataset
 from deepblur._validation import all_finite, resolve_device
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
+    SUPPORT_PARAM_DEFAULTS,
     check_gamma_targets,
     check_sampler,
     check_support_params,
@@ -213,6 +214,13 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         self.n_valid_batches = n_valid_batches
         self.project = project
         self.support_tolerance = support_tolerance
+
+    def __setstate__(self, state):
+        """Unpickle, giving a regressor saved before the support check its
+        defaults (it then projected whenever it had a sampler)."""
+        for name, value in SUPPORT_PARAM_DEFAULTS.items():
+            state.setdefault(name, value)
+        super().__setstate__(state)
 
     def __sklearn_clone__(self):
         """Clone the hyper-parameters but keep the *fitted* basis and sampler.

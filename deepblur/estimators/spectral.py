@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
+    SUPPORT_PARAM_DEFAULTS,
     SharedBasisMixin,
     check_gamma_targets,
     check_sampler,
@@ -178,6 +179,13 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         self.alphas = alphas
         self.batch_size = batch_size
         self.verbose = verbose
+
+    def __setstate__(self, state):
+        """Unpickle, giving a regressor saved before the support check its
+        defaults (it then projected whenever it had a sampler)."""
+        for name, value in SUPPORT_PARAM_DEFAULTS.items():
+            state.setdefault(name, value)
+        super().__setstate__(state)
 
     def _spec(self):
         return dict(window=int(self.window), n_radial=int(self.n_radial),

@@ -472,3 +472,16 @@ def test_support_check_bad_input(setting):
         net.set_params(sampler=sampler, support_tolerance=float("nan")).predict(X)
     with pytest.raises(ValueError, match="support_tolerance needs a sampler"):
         net.set_params(sampler=None, support_tolerance=0.1).predict(X)
+
+
+def test_a_regressor_pickled_before_the_support_check_loads(setting):
+    """Pickles of regressors made before ``project`` and ``support_tolerance``
+    existed load with what they did then: project with a sampler, no check."""
+    basis, sampler, _, X, _ = setting
+    net = _constant_network(basis, sampler, [0.8, 0.8, 0.8])
+    expected = net.predict(X[:2])
+    del net.__dict__["project"], net.__dict__["support_tolerance"]
+    old = pickle.loads(pickle.dumps(net))
+    assert old.project is True and old.support_tolerance is None
+    np.testing.assert_array_equal(old.predict(X[:2]), expected)
+    assert {"project", "support_tolerance"} <= set(old.get_params())

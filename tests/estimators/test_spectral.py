@@ -260,3 +260,15 @@ def test_support_tolerance_warns_and_support_distance(setting):
         SpectralBlurRegressor(basis, support_tolerance=0.1).fit(X, y)
     with pytest.raises(ValueError, match="support_distance needs the regressor's"):
         raw.support_distance(Xt)
+
+
+def test_a_regressor_pickled_before_the_support_check_loads(setting):
+    import pickle
+
+    basis, sampler, _, X, y, Xt, _ = setting
+    est = SpectralBlurRegressor(basis, sampler=sampler, window=16).fit(X, y)
+    expected = est.predict(Xt)
+    del est.__dict__["project"], est.__dict__["support_tolerance"]
+    old = pickle.loads(pickle.dumps(est))
+    assert old.project is True and old.support_tolerance is None
+    np.testing.assert_array_equal(old.predict(Xt), expected)
