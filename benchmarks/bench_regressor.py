@@ -234,7 +234,8 @@ def main():
     n_batches = max(1, args.images // (args.batch_size * args.epochs))
     if args.model:
         net, n_seen, train_s = model.regressor, 0, 0.0
-        net.sampler = None      # raw outputs; the projection is reported apart
+        # raw outputs (the projection is reported apart), no support check
+        net.set_params(project=False, support_tolerance=None)
         print(f"evaluating {args.model} (no training)")
     else:
         net, n_seen, train_s = train(args, setting, train_images,

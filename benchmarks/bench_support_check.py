@@ -15,7 +15,13 @@ their training data:
   the flagged and of the other images at the model's tolerance (what the
   warning is worth: the flagged estimates should be the bad ones);
 - the cost of the check: the projection per image, as a ratio to the
-  regressor's inference on the same images (one CPU thread).
+  regressor's inference on the same images (one CPU thread);
+- what the calibration rule of ``deepblur train`` gives for the two
+  networks (:func:`deepblur.pretrained.calibrate_support_tolerance`, the
+  99.9th percentile of the distances on fresh images drawn as their training
+  images were, :func:`deepblur.pretrained.support_calibration_images`: the
+  network's noise and zero boundary; the crop network's noise, crop boundary
+  and a fifth of point sources), on ``--n-calibration`` images, two draws.
 
 Test sets (every clean image scaled to mean 0.5 before the blur, the blur a
 draw of the model's sampler unless said otherwise, the estimator's own
@@ -28,8 +34,9 @@ cone were fitted on (outside the support: see
 ``bench_held_out_operators.py``); for the zero-boundary network, windows of
 larger scenes (crop boundary), on which it is known to fail.
 
-Usage: ``python benchmarks/bench_support_check.py [--n 512] [--threads 1]``
-(about 3 minutes on 2 CPU cores).
+Usage: ``python benchmarks/bench_support_check.py [--n 512] [--threads 1]
+[--n-calibration 8192] [--calibration-only]`` (about 6 minutes on 2 CPU
+cores, 5 of them the calibration; 13 with ``--n 2048``).
 """
 
 from __future__ import annotations
@@ -50,7 +57,13 @@ from deepblur.datasets import (
     natural_image_split,
 )
 from deepblur.estimators._gamma import support_distances
-from deepblur.pretrained import load_default, relative_errors
+from deepblur.pretrained import (
+    SUPPORT_QUANTILE,
+    calibrate_support_tolerance,
+    load_default,
+    relative_errors,
+    support_calibration_images,
+)
 
 TOLERANCES = (0.04, 0.06, 0.08, 0.10, 0.15)
 
@@ -131,6 +144,30 @@ def run(name, model, boundary, n, seed, tolerance):
           f"inference; {n_total} images, {torch.get_num_threads()} thread(s))")
 
 
+def calibration(n, seeds=(1, 2)):
+    """The tolerance ``deepblur train``'s rule gives each shipped network."""
+    train = natural_image_split()[0]
+    print(f"\ncalibration rule: the {100 * SUPPORT_QUANTILE:g}th percentile of "
+          f"the distances on {n} fresh training-like images")
+    for name, estimator, boundary, points in (("network", "network", "zero", 0.0),
+                                              ("crop network", "crop_network",
+                                               "crop", 0.2)):
+        model = load_default(estimator)
+        setting = dict(basis=model.basis, sampler=model.sampler,
+                       params=model.setting)
+        values = []
+        for seed in seeds:
+            X = support_calibration_images(setting, train, n,
+                                           noise_std=model.noise_std,
+                                           boundary=boundary,
+                                           point_fraction=points,
+                                           random_state=seed)
+            values.append(calibrate_support_tolerance(model.regressor, X))
+        print(f"{name:>12} (noise {model.noise_std}, {boundary} boundary, point "
+              f"sources {points:.0%}): " + ", ".join(f"{v:.4f}" for v in values)
+              + f" (shipped: {model.regressor.support_tolerance})", flush=True)
+
+
 def _raw(regressor, X):
     """The regressor's estimates before any projection or check."""
     saved = regressor.project, regressor.support_tolerance
@@ -147,6 +184,8 @@ def main():
                         help="images per natural set (half per point set)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n-calibration", type=int, default=8192)
+    parser.add_argument("--calibration-only", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -154,8 +193,10 @@ def main():
                                       ("crop network", "crop_network", "crop"),
                                       ("spectral", "spectral", "crop")):
         model = load_default(estimator)
-        run(name, model, boundary, args.n, args.seed,
-            model.regressor.support_tolerance)
+        if not args.calibration_only:
+            run(name, model, boundary, args.n, args.seed,
+                model.regressor.support_tolerance)
+    calibration(args.n_calibration)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -781,9 +781,7 @@ def cmd_train(args):
               f"baseline {100 * base_err:.2f} %)")
         extra.update(test_operator_error=float(err),
                      test_baseline_error=float(base_err))
-    _calibrate_support(net, setting, images, n_support,
-                       setting["params"]["noise_std"],
-                       setting["params"]["boundary"], 126, "network")
+    _calibrate_support(net, setting, images, n_support, "network", seed=126)
     save_model(output, net, setting, extra=extra)
     if n_spectral:
         _train_spectral(setting, images, n_spectral, n_test, mean_gamma, output,
@@ -863,27 +861,27 @@ def _train_crop_network(setting, images, params, n_test, mean_gamma, output,
               f"{100 * base['operator'].mean():.2f} %)")
         extra["test_errors"] = {"natural": {k: float(v.mean())
                                             for k, v in err.items()}}
-    _calibrate_support(net, setting, images, n_support, noise, "crop", 127,
-                       "crop network")
+    _calibrate_support(net, setting, images, n_support, "crop network",
+                       noise_std=noise, boundary="crop",
+                       point_fraction=full["point_fraction"], seed=127)
     save_crop_network(output, net, noise_std=noise, extra=extra)
 
 
 _SUPPORT_IMAGES = 4096
 
 
-def _calibrate_support(net, setting, images, n_images, noise_std, boundary, seed,
-                       name):
+def _calibrate_support(net, setting, images, n_images, name, *, seed, **drawn):
     """Give a trained network its sampler (unprojected) and a support_tolerance
-    calibrated on ``n_images`` fresh images of its training sources, noise and
-    boundary (nothing when ``n_images`` is 0)."""
-    from deepblur.datasets import make_blurred_images
+    calibrated on ``n_images`` fresh images drawn as its training images were
+    (``drawn``: its noise, boundary and share of point sources when not the
+    setting's; nothing when ``n_images`` is 0)."""
     from deepblur.pretrained import SUPPORT_QUANTILE, calibrate_support_tolerance
+    from deepblur.pretrained._train import support_calibration_images
 
     if not n_images:
         return
-    X, _ = make_blurred_images(images, setting["basis"], setting["sampler"],
-                               n_images, noise_std=noise_std, boundary=boundary,
-                               random_state=seed)
+    X = support_calibration_images(setting, images, n_images, random_state=seed,
+                                   **drawn)
     net.set_params(sampler=setting["sampler"], project=False)
     tolerance = calibrate_support_tolerance(net, X)
     net.set_params(support_tolerance=tolerance)

@@ -48,11 +48,11 @@ from tqdm.auto import tqdm
 
 from deepblur._validation import check_positive_int_pair, resolve_device
 from deepblur.estimators._gamma import (
+    gathered_support_message,
     image_noise_levels,
     noise_check_sample,
     noise_check_suspended,
     noisy_images_message,
-    out_of_support_message,
     support_distances_gathered,
 )
 from deepblur.exceptions import NoisyImageWarning, OutOfSupportWarning
@@ -403,9 +403,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
                                     n_total=grid.n_tiles) if levels else None)
     if message is not None:
         warnings.warn(message, NoisyImageWarning, stacklevel=2)
-    message = (out_of_support_message(np.concatenate(distances),
-                                      regressor.support_tolerance, "tiles")
-               if distances else None)
+    message = gathered_support_message(distances, "tiles")
     if message is not None:
         warnings.warn(message, OutOfSupportWarning, stacklevel=2)
     gamma = np.concatenate(out)

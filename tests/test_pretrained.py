@@ -137,7 +137,8 @@ def test_support_tolerance_saves_and_loads(small_setting, tmp_path):
     sampler = small_setting["sampler"]
     net, X = _tiny_regressor(small_setting, sampler=sampler, project=False,
                              support_tolerance=0.07)
-    save_model(tmp_path, net, small_setting)
+    # the regressor's tolerance, not a stale one in extra
+    save_model(tmp_path, net, small_setting, extra={"support_tolerance": 9.0})
     assert json.loads((tmp_path / "model.json").read_text())[
         "support_tolerance"] == 0.07
     model = load_model(tmp_path)
@@ -186,6 +187,32 @@ def test_calibrate_support_tolerance_is_the_quantile_of_the_distances(
     with pytest.raises(ValueError, match="support_distance needs the regressor's"):
         calibrate_support_tolerance(net.set_params(sampler=None,
                                                    support_tolerance=None), X)
+
+
+def test_support_calibration_images_draw_as_the_training_images(small_setting):
+    """The setting's noise and boundary unless given; point sources in the
+    pool at point_fraction; seeded."""
+    from deepblur.pretrained import support_calibration_images
+
+    pool = np.random.default_rng(0).random((40, 16, 16)) + 0.5
+    X = support_calibration_images(small_setting, pool, 64, noise_std=0.0,
+                                   random_state=3)
+    assert X.shape == (64, 16, 16) and X.dtype == np.float32
+    np.testing.assert_array_equal(
+        X, support_calibration_images(small_setting, pool, 64, noise_std=0.0,
+                                      random_state=3))
+    # point sources: sparse images, most pixels far below the mean
+    with_points = support_calibration_images(small_setting, pool, 256,
+                                             noise_std=0.0, point_fraction=0.5,
+                                             random_state=3)
+
+    def sparse(images):
+        return np.mean(np.median(images, axis=(1, 2))
+                       < 0.2 * images.mean(axis=(1, 2)))
+
+    assert sparse(X) == 0 and 0.2 < sparse(with_points) < 0.8
+    noisy = support_calibration_images(small_setting, pool, 64, random_state=3)
+    assert not np.allclose(noisy, X)            # the setting's noise by default
 
 
 def test_a_network_trained_on_a_noise_range_saves_and_loads(small_setting,
@@ -416,8 +443,9 @@ def test_spectral_regressor_saved_beside_the_network(small_setting, tmp_path):
     spectral.set_params(sampler=small_setting["sampler"], project=False,
                         support_tolerance=0.2)
     save_spectral(tmp_path, spectral, noise_std=(0.005, 0.05), boundary="crop")
-    params = json.loads((tmp_path / "spectral.json").read_text())["params"]
-    assert params["support_tolerance"] == 0.2 and "project" not in params
+    meta = json.loads((tmp_path / "spectral.json").read_text())
+    assert meta["support_tolerance"] == 0.2      # beside params, as the networks'
+    assert not {"project", "support_tolerance"} & set(meta["params"])
     reloaded = load_model(tmp_path, estimator="spectral", project=True).regressor
     assert reloaded.support_tolerance == 0.2 and reloaded.project is True
     # the network is still the default estimator of the directory

@@ -358,6 +358,23 @@ def test_estimate_tiles_warns_once_about_tiles_off_the_support():
     assert re.match(rf"{n_far} of {grid.n_tiles} tiles have estimates farther",
                     str(found[0].message))
 
+    # a wrapper around the regressor (a GridSearchCV, a BlindDeblurrer), which
+    # has no support_tolerance of its own: the same single warning
+    class Wrapper:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def predict(self, X):
+            return self.inner.predict(X)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimate_tiles(image, Wrapper(SupportAware(fn)), TILE, stride=16,
+                       batch_size=4)
+    found = [w for w in caught if issubclass(w.category, OutOfSupportWarning)]
+    assert len(found) == 1 and str(found[0].message).startswith(
+        f"{n_far} of {grid.n_tiles} tiles")
+
 
 def test_estimate_tiles_errors(basis):
     reg = FixedRegressor(lambda x: np.ones(K))

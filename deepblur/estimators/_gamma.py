@@ -124,34 +124,65 @@ def support_distances(sampler, gamma, gram):
     return proj, dist
 
 
+def _support_message(n_far, n, what, tolerance, median):
+    return (
+        f"{n_far} of {n} {what} have estimates farther than "
+        f"support_tolerance={tolerance} from every operator the regressor was "
+        f"trained on (relative operator distance to its sampler's support: "
+        f"median {median:.3g} over those). Their images or blur are unlike the "
+        "training data, and such estimates are often far off (the shipped "
+        "networks: benchmarks/README.md, 'Support check in predict'). For beads "
+        "or single molecules on a dark field the point-source estimator "
+        "(estimator='points') fits the blur instead; a network trained with a "
+        "zero boundary is unreliable on windows of larger scenes. The "
+        "regressor's support_distance gives the distance of each image."
+    )
+
+
 def out_of_support_message(distances, tolerance, what="images"):
     """The warning about estimates farther than ``tolerance``, or None."""
     distances = np.asarray(distances, dtype=np.float64)
     far = distances > tolerance
     if not far.any():
         return None
-    return (
-        f"{int(far.sum())} of {len(distances)} {what} have estimates farther "
-        f"than support_tolerance={tolerance:.3g} from every operator the "
-        "regressor was trained on (relative operator distance to its sampler's "
-        f"support: median {float(np.median(distances[far])):.3g} over those). "
-        "Their images or blur are unlike the training data, and such estimates "
-        "are often far off: the shipped zero-boundary network's error is 59-62 "
-        "% on the point-source fields this flags and 47 % on windows of larger "
-        "scenes, against 5.5 % on natural images (benchmarks/README.md). For "
-        "beads or single molecules use the point-source estimator "
-        "(estimator='points'), for windows of larger scenes the crop network; "
-        "the regressor's support_distance gives the distance of each image."
-    )
+    return _support_message(int(far.sum()), len(distances), what,
+                            f"{tolerance:.3g}", float(np.median(distances[far])))
+
+
+def gathered_support_message(gathered, what="tiles"):
+    """The warning for distances gathered by :func:`support_distances_gathered`
+    (each call's against its own tolerance), or None."""
+    if not gathered:
+        return None
+    dist = np.concatenate([d for d, _ in gathered])
+    tol = np.concatenate([np.full(len(d), t) for d, t in gathered])
+    far = dist > tol
+    if not far.any():
+        return None
+    tolerances = np.unique(tol[far])
+    shown = (f"{tolerances[0]:.3g}" if len(tolerances) == 1 else
+             f"{tolerances.min():.3g}-{tolerances.max():.3g}")
+    return _support_message(int(far.sum()), len(dist), what, shown,
+                            float(np.median(dist[far])))
+
+
+@contextlib.contextmanager
+def support_check_silenced():
+    """Within it, ``predict`` issues no :class:`OutOfSupportWarning`: for
+    ``score``, which measures the estimates against their known truth."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfSupportWarning)
+        yield
 
 
 @contextlib.contextmanager
 def support_distances_gathered():
     """Within it, ``predict`` does not warn about estimates far from the
-    support but appends their distances to the list it yields (for callers
-    that split one input over many ``predict`` calls: the tiles of an image).
+    support but appends ``(distances, support_tolerance)`` to the list it
+    yields (for callers that split one input over many ``predict`` calls: the
+    tiles of an image); :func:`gathered_support_message` words the warning.
     """
-    gathered = []
+    gathered = []       # (distances, tolerance) of each predict call
     token = _SUPPORT_DISTANCES.set(gathered)
     try:
         yield gathered
@@ -174,7 +205,7 @@ def checked_estimates(gamma, sampler, gram, *, project, support_tolerance,
     if support_tolerance is not None:
         gathered = _SUPPORT_DISTANCES.get()
         if gathered is not None:
-            gathered.append(dist)
+            gathered.append((dist, float(support_tolerance)))
         else:
             message = out_of_support_message(dist, support_tolerance)
             if message is not None:
@@ -236,7 +267,9 @@ class SharedBasisMixin:
         ``-mean_i ||H[y_i] - H[yhat_i]||_F / ||H[y_i]||_F`` with the Gram
         matrix of the basis (as :meth:`ResNetBlurRegressor.score`).
         """
-        return operator_error_score(self._fitted_basis().gram_, y, self.predict(X),
+        with support_check_silenced():
+            gamma_hat = self.predict(X)
+        return operator_error_score(self._fitted_basis().gram_, y, gamma_hat,
                                     sample_weight)
 
 

@@ -20,6 +20,7 @@ from deepblur.estimators._gamma import (
     checked_estimates,
     clone_sharing_fitted,
     merge_noise_levels,
+    support_check_silenced,
     support_distances,
     training_noise_level,
     warn_if_noisy,
@@ -448,6 +449,9 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         check_support_params(self.project, self.support_tolerance, self.sampler)
         gamma = super().predict(X)
         warn_if_noisy(X, getattr(self, "noise_level_", None))
+        if self.sampler is None or (not self.project
+                                    and self.support_tolerance is None):
+            return gamma            # neither projected nor checked: no Gram
         return checked_estimates(gamma, self.sampler, self._gram(),
                                  project=self.project,
                                  support_tolerance=self.support_tolerance)
@@ -582,10 +586,12 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         """Minus the mean relative operator error (higher is better, 0 exact).
 
         ``-mean_i ||H[y_i] - H[yhat_i]||_F / ||H[y_i]||_F`` with the Gram
-        matrix of the basis (or ``criterion__gram``).
+        matrix of the basis (or ``criterion__gram``). The estimates are scored
+        against the truth, so no ``OutOfSupportWarning`` is issued.
         """
         y_true = torch.as_tensor(np.asarray(y, dtype=np.float64))
-        y_pred = torch.as_tensor(np.asarray(self.predict(X), dtype=np.float64))
+        with support_check_silenced():      # measured against the truth here
+            y_pred = torch.as_tensor(np.asarray(self.predict(X), dtype=np.float64))
         err = relative_frobenius_error(y_true, y_pred, torch.as_tensor(self._gram()),
                                        eps=0.0).numpy()
         return -float(np.average(err, weights=sample_weight))

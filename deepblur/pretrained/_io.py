@@ -222,12 +222,14 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                                          dtype=torch.float64)}
     save_file(tensors, str(directory / _SPECTRAL_WEIGHTS))
     params = {k: v for k, v in regressor.get_params(deep=False).items()
-              if k not in ("basis", "sampler", "project", "alphas", "verbose")}
+              if k not in ("basis", "sampler", "project", "support_tolerance",
+                           "alphas", "verbose")}
     meta = dict(params=params, alpha=regressor.alpha_,
                 image_shape=list(regressor.image_shape_),
                 n_train_images=regressor.n_train_images_,
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary=boundary, **(extra or {}))
+    _store_support_tolerance(meta, regressor)
     (directory / _SPECTRAL_META).write_text(json.dumps(meta, indent=1))
     return directory
 
@@ -304,7 +306,9 @@ def _load_spectral(directory, basis):
         directory, _SPECTRAL_WEIGHTS, _SPECTRAL_META,
         "estimator='spectral' needs them; fit a SpectralBlurRegressor and add "
         "it with save_spectral")
-    regressor = SpectralBlurRegressor(basis, **meta["params"])
+    regressor = SpectralBlurRegressor(
+        basis, support_tolerance=_support_tolerance(meta, _SPECTRAL_META),
+        **meta["params"])
     coef, intercept = tensors["coef"].numpy(), tensors["intercept"].numpy()
     image_shape = tuple(int(s) for s in meta["image_shape"])
     K = basis.gram_.shape[0]
@@ -329,8 +333,9 @@ def _load_spectral(directory, basis):
 def _store_support_tolerance(meta, regressor):
     """Record the network's ``support_tolerance`` (when set) in its JSON."""
     tolerance = getattr(regressor, "support_tolerance", None)
+    meta.pop("support_tolerance", None)       # the regressor's, not extra's
     if tolerance is not None:
-        meta.setdefault("support_tolerance", float(tolerance))
+        meta["support_tolerance"] = float(tolerance)
 
 
 def _support_tolerance(meta, meta_name):

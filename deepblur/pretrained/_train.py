@@ -27,6 +27,7 @@ from deepblur.nets.resnet import INPUT_NORMS
 __all__ = ["CRITERIA", "CROP_NETWORK_DEFAULTS", "FEATURE_HEAD_DEFAULTS",
            "SPECTRAL_DEFAULTS", "SUPPORT_QUANTILE", "TRAINING_DEFAULTS",
            "add_feature_head", "calibrate_support_tolerance",
+           "support_calibration_images",
            "check_crop_network_params", "check_training_params",
            "finished_epochs", "train_crop_network",
            "train_regressor", "train_spectral_regressor"]
@@ -69,10 +70,10 @@ def calibrate_support_tolerance(regressor, X, *, quantile=SUPPORT_QUANTILE):
     farther. Set it with ``regressor.set_params(support_tolerance=...)``;
     ``deepblur train`` does so on 4 096 images (``support_images``).
 
-    For the shipped networks, on 8 192 images each of their training
-    distributions (two draws): 0.053-0.055 for the zero-boundary network
-    (which ships 0.06) and 0.17 for the crop network (which ships 0.1, to
-    flag more point-source fields at 0.7 % of its training windows;
+    For the shipped networks, on 8 192 images each drawn as their training
+    images were (:func:`support_calibration_images`, two draws): 0.053-0.054
+    for the zero-boundary network (which ships 0.06) and 0.16-0.18 for the
+    crop network (which ships 0.1, to flag more point-source fields;
     ``benchmarks/bench_support_check.py``).
 
     Parameters
@@ -98,6 +99,36 @@ def calibrate_support_tolerance(regressor, X, *, quantile=SUPPORT_QUANTILE):
         raise ValueError("X must hold at least one image; got none.")
     distances = regressor.support_distance(X)
     return max(float(np.quantile(distances, quantile)), _SUPPORT_FLOOR)
+
+
+def support_calibration_images(setting, images, n_images, *, noise_std=None,
+                               boundary=None, point_fraction=0.0, pool_size=2000,
+                               random_state=0):
+    """Fresh images drawn as a network's training images, for
+    :func:`calibrate_support_tolerance`.
+
+    Clean patches of ``images`` (``pool_size`` crops; plus simulated point
+    sources making ``point_fraction`` of the pool, as
+    :func:`train_crop_network` mixes them), blurred by draws of the setting's
+    sampler with its noise and boundary unless given.
+
+    Returns
+    -------
+    ndarray of shape (n_images, H, W), float32
+    """
+    from deepblur.datasets.simulate import make_blurred_images
+
+    params = setting["params"]
+    shape = tuple(int(s) for s in setting["basis"].image_shape_)
+    rng = np.random.RandomState(random_state)
+    pool = _pool_with_points(images, shape, pool_size, point_fraction, rng)
+    X, _ = make_blurred_images(
+        pool, setting["basis"], setting["sampler"], n_images,
+        noise_std=params["noise_std"] if noise_std is None else noise_std,
+        image_mean=params.get("image_mean", 0.5),
+        boundary=params.get("boundary", "zero") if boundary is None else boundary,
+        random_state=rng)
+    return X
 
 
 _CHECKPOINT_FILES = dict(f_params="params.pt", f_optimizer="optimizer.pt",
@@ -414,8 +445,11 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     :meth:`~deepblur.ResNetBlurRegressor.fit_feature_head` on ``n_images``
     fresh simulated images of the setting (as in :func:`train_regressor`,
     another seed). Its ``noise_level_`` (what ``predict`` checks images
-    against) is the network's, widened to the branch's training noise. The
-    original is left as it is.
+    against) is the network's, widened to the branch's training noise. Its
+    ``support_tolerance`` is None: the branch changes the estimates, so a
+    tolerance calibrated on the original no longer applies (calibrate it
+    again with :func:`calibrate_support_tolerance`). The original is left as
+    it is.
 
     Parameters
     ----------
@@ -457,7 +491,7 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     new = clone(regressor).set_params(
         module__blur_features={} if blur_features is None else blur_features,
         module__image_shape=tuple(int(v) for v in basis.image_shape_),
-        compile=False).initialize()
+        compile=False, support_tolerance=None).initialize()
     missing, unexpected = plain_module(new).load_state_dict(
         plain_module(regressor).state_dict(), strict=False)
     branch = {"feature_fc.weight", "feature_mean", "feature_scale"}

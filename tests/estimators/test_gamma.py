@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from deepblur.estimators._gamma import (
     check_support_params,
     checked_estimates,
+    gathered_support_message,
     out_of_support_message,
     support_distances,
     support_distances_gathered,
@@ -54,6 +55,10 @@ def test_distance_is_the_relative_operator_distance_to_the_projection(g, diag):
     d = g[0] - proj[0]
     assert dist[0] == pytest.approx(np.sqrt(d @ gram @ d / (proj[0] @ gram @ proj[0])),
                                     rel=1e-9, abs=1e-12)
+    # the projection is the nearest point of the set: no sample is nearer
+    others = SAMPLER.sample(200)
+    diffs = g[0] - others
+    assert d @ gram @ d <= np.einsum("ij,jk,ik->i", diffs, gram, diffs).min() + 1e-9
     inside = SAMPLER.sample(5)
     assert support_distances(SAMPLER, inside, gram)[1] == pytest.approx(
         np.zeros(5), abs=1e-6)
@@ -88,8 +93,10 @@ def test_checked_estimates_project_warn_or_pass():
                               support_tolerance=0.5)
             checked_estimates(g[1:], SAMPLER, gram, project=False,
                               support_tolerance=0.5)
-    assert [len(d) for d in gathered] == [2, 1]
-    np.testing.assert_allclose(np.concatenate(gathered), [1.0, 0.0, 0.0], atol=1e-6)
+    assert [(len(d), t) for d, t in gathered] == [(2, 0.5), (1, 0.5)]
+    np.testing.assert_allclose(np.concatenate([d for d, _ in gathered]),
+                               [1.0, 0.0, 0.0], atol=1e-6)
+    assert gathered_support_message(gathered).startswith("1 of 3 tiles")
 
 
 def test_out_of_support_message():
@@ -98,6 +105,14 @@ def test_out_of_support_message():
     assert message.startswith("2 of 3 tiles have estimates farther than "
                               "support_tolerance=0.06")
     assert "median 0.2" in message and "estimator='points'" in message
+    # gathered from calls with their own tolerances (regressors of a wrapper)
+    assert gathered_support_message([]) is None
+    assert gathered_support_message([(np.array([0.05]), 0.06)]) is None
+    message = gathered_support_message([(np.array([0.05, 0.2]), 0.06),
+                                        (np.array([0.05, 0.07]), 0.04)])
+    assert message.startswith("3 of 4 tiles have estimates farther than "
+                              "support_tolerance=0.04-0.06")
+    assert "median 0.07" in message
 
 
 @pytest.mark.parametrize("tolerance", [0.0, -0.1, np.nan, np.inf, True, "0.1"])

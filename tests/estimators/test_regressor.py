@@ -485,3 +485,12 @@ def test_a_regressor_pickled_before_the_support_check_loads(setting):
     assert old.project is True and old.support_tolerance is None
     np.testing.assert_array_equal(old.predict(X[:2]), expected)
     assert {"project", "support_tolerance"} <= set(old.get_params())
+
+
+def test_predict_without_a_basis_needs_no_gram(setting):
+    """MSE on gamma with module__n_outputs trains without a basis; predict
+    (neither projecting nor checking) does not ask for the Gram matrix."""
+    _, _, _, X, y = setting
+    net = ResNetBlurRegressor(criterion=torch.nn.MSELoss, module__n_outputs=3,
+                              max_epochs=1, **SMALL).fit(X, y)
+    assert net.predict(X).shape == (48, 3)
