@@ -378,9 +378,15 @@ def cmd_estimate(args):
         gamma, scale = estimate_gamma(model, img)
     _warn_if_zero_boundary(model)
     gain = operator_gain(model.basis, gamma)
+    distance, tolerance = _support_distance(model, gamma, args.project)
     print(f"model: {source} ({estimator} estimator)")
     print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
     print(f"operator gain (on a flat image): {gain:.4f}")
+    if distance is not None:
+        print(f"distance to the operators the model was trained on: {distance:.4g}"
+              " (relative; " + ("it warns above its support_tolerance "
+                                f"{tolerance:g})" if tolerance is not None
+                                else "no support_tolerance set)"))
     if args.output is not None:
         out = Path(args.output)
         if out.suffix.lower() == ".npy":
@@ -389,7 +395,8 @@ def cmd_estimate(args):
             out.write_text(json.dumps(dict(
                 gamma=gamma.tolist(), K=int(gamma.size), gain=gain,
                 image=str(args.image), model=source, estimator=estimator,
-                scale=scale,
+                scale=scale, support_distance=distance,
+                support_tolerance=tolerance,
                 convention="gamma is the operator of the image multiplied by "
                            "scale (to the mean intensity of the training "
                            "observations); deblur rescales it to unit gain"),
@@ -403,6 +410,19 @@ def cmd_estimate(args):
         _save_figure(fig, args.figure)
         print(f"figure: {args.figure}")
     return 0
+
+
+def _support_distance(model, gamma, projected):
+    """The relative operator distance of a raw estimate to the support of the
+    model's sampler, and the regressor's support_tolerance; (None, None) for
+    a projected estimate (on the support) or a regressor without sampler."""
+    from deepblur.estimators._gamma import support_distances
+
+    sampler = getattr(model.regressor, "sampler", None)
+    if projected or sampler is None:
+        return None, None
+    distance = support_distances(sampler, gamma[None], model.basis.gram_)[1][0]
+    return float(distance), getattr(model.regressor, "support_tolerance", None)
 
 
 def _tile_stride(args, model):

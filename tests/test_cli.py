@@ -234,6 +234,14 @@ def test_estimate_writes_gamma_and_figure(model_dir, model, blurry, capsys,
     assert len(data["gamma"]) == data["K"] == 6
     np.testing.assert_allclose(data["gamma"], expected, rtol=1e-5)
     assert data["gain"] == pytest.approx(operator_gain(model.basis, expected))
+    # the estimate's distance to the model's support (no tolerance saved here)
+    proj = model.sampler.project(expected[None], gram=model.basis.gram_)[0]
+    d = expected - proj
+    G = model.basis.gram_
+    assert data["support_distance"] == pytest.approx(
+        np.sqrt(d @ G @ d / (proj @ G @ proj)), rel=1e-4)
+    assert data["support_tolerance"] is None
+    assert "distance to the operators the model was trained on" in out
     printed = re.search(r"gamma_hat \(K=6\): (.*)", out).group(1).split()
     np.testing.assert_allclose(np.array(printed, dtype=float), expected, rtol=1e-5)
     assert (tmp_path / "g.png").stat().st_size > 1000
@@ -256,6 +264,9 @@ def test_estimate_writes_gamma_and_figure(model_dir, model, blurry, capsys,
     assert _run(capsys, "estimate", image, "--model", model_dir, "--project",
                 "-o", tmp_path / "gp.npy")[0] == 0
     gp = np.load(tmp_path / "gp.npy")
+    assert _run(capsys, "estimate", image, "--model", model_dir, "--project",
+                "-o", tmp_path / "gp.json")[0] == 0
+    assert json.loads((tmp_path / "gp.json").read_text())["support_distance"] is None
     raw7, _ = estimate_gamma(model, (7 * y).astype(np.float32))
     np.testing.assert_allclose(
         gp, model.sampler.project(raw7[None], gram=model.basis.gram_)[0],
