@@ -41,10 +41,14 @@ class OutOfSupportWarning(UserWarning):
     :class:`~deepblur.SpectralBlurRegressor` measures the relative operator
     distance of each estimate to the sampler's support (its
     ``support_distance``) and issues this warning when some exceed the
-    regressor's ``support_tolerance`` (set on the models that
-    :func:`deepblur.pretrained.load_default` returns; None turns the check
-    off). See ``benchmarks/bench_support_check.py`` for the distances on
-    natural, microscopy and point-source images and what the warning flags.
+    regressor's ``support_tolerance`` (set on the networks that
+    :func:`deepblur.pretrained.load_default` returns and on those
+    ``deepblur train`` trains, by
+    :func:`~deepblur.pretrained.calibrate_support_tolerance`; None turns the
+    check off). It marks an estimate to distrust; an estimate that passes is
+    not guaranteed to be good. See ``benchmarks/bench_support_check.py`` and
+    ``examples/plot_support_check.py`` for the distances on natural,
+    microscopy and point-source images and what the warning flags.
 
     Silence it as any warning::
 
