@@ -413,16 +413,20 @@ def cmd_estimate(args):
 
 
 def _support_distance(model, gamma, projected):
-    """The relative operator distance of a raw estimate to the support of the
-    model's sampler, and the regressor's support_tolerance; (None, None) for
-    a projected estimate (on the support) or a regressor without sampler."""
+    """The relative operator distance of raw estimates (one ``(K,)`` or rows of
+    ``(n, K)``) to the support of the model's sampler, and the regressor's
+    support_tolerance; (None, None) for projected estimates (on the support)
+    or a regressor without sampler."""
     from deepblur.estimators._gamma import support_distances
 
     sampler = getattr(model.regressor, "sampler", None)
     if projected or sampler is None:
         return None, None
-    distance = support_distances(sampler, gamma[None], model.basis.gram_)[1][0]
-    return float(distance), getattr(model.regressor, "support_tolerance", None)
+    gamma = np.asarray(gamma, dtype=np.float64)
+    distance = support_distances(sampler, np.atleast_2d(gamma),
+                                 model.basis.gram_)[1]
+    distance = float(distance[0]) if gamma.ndim == 1 else distance
+    return distance, getattr(model.regressor, "support_tolerance", None)
 
 
 def _tile_stride(args, model):
@@ -472,6 +476,14 @@ def _estimate_tiles(args, model, source, estimator, img):
           f"({grid.shape[0]}x{grid.shape[1]}) of {grid.tile_shape[0]}x"
           f"{grid.tile_shape[1]}, one gamma_hat (K={gamma.shape[1]}) per tile, "
           "blended by a partition of unity")
+    distances, tolerance = _support_distance(model, gamma, args.project)
+    if distances is not None:
+        over = ("" if tolerance is None else
+                f", {int(np.sum(distances > tolerance))} of {grid.n_tiles} tiles "
+                f"above its support_tolerance {tolerance:g}")
+        print("distance of the tiles' estimates to the operators the model was "
+              f"trained on: median {np.median(distances):.4g}, largest "
+              f"{distances.max():.4g}{over}")
     if args.output is not None:
         out = Path(args.output)
         if out.suffix.lower() == ".npy":
@@ -483,6 +495,9 @@ def _estimate_tiles(args, model, source, estimator, img):
                 tile_shape=list(grid.tile_shape),
                 row_starts=list(grid.row_starts), col_starts=list(grid.col_starts),
                 image=str(args.image), model=source, estimator=estimator,
+                support_distances=(None if distances is None
+                                   else distances.tolist()),
+                support_tolerance=tolerance,
                 convention="one gamma per tile, row-major, for the tile scaled to "
                            "the mean intensity of the training observations; "
                            "deblur rescales each to unit gain"), indent=1))

@@ -796,6 +796,15 @@ def test_estimate_and_deblur_large_images_by_tiles(model_dir, model, large, caps
                                  target_mean=_IMAGE_MEAN * training_gain(model))
     np.testing.assert_allclose(saved["gamma_tiles"], expected, rtol=1e-5)
     assert saved["row_starts"] == list(grid.row_starts)
+    # each tile's distance to the model's support (no tolerance saved here)
+    from deepblur.estimators._gamma import support_distances
+
+    np.testing.assert_allclose(
+        saved["support_distances"],
+        support_distances(model.sampler, expected, model.basis.gram_)[1],
+        rtol=1e-3, atol=1e-6)
+    assert saved["support_tolerance"] is None
+    assert "distance of the tiles' estimates" in out
     assert (tmp_path / "op.png").stat().st_size > 0
     # blind deblurring of the whole image is deblur_large, in the input's dtype
     code, out, err = _run(capsys, "deblur", tmp_path / "big.tif", "-o",
