@@ -74,6 +74,31 @@ def check_sampler(sampler, K):
 SUPPORT_PARAM_DEFAULTS = {"project": True, "support_tolerance": None}
 
 
+class SupportCheckMixin:
+    """For regressors with ``sampler``, ``project`` and ``support_tolerance``:
+    old pickles get the parameters' defaults, and :meth:`support_distance`
+    needs the sampler."""
+
+    def __setstate__(self, state):
+        """Unpickle, giving a regressor saved before the support check its
+        defaults (it then projected whenever it had a sampler)."""
+        for name, value in SUPPORT_PARAM_DEFAULTS.items():
+            state.setdefault(name, value)
+        super().__setstate__(state)
+
+    def _distance_sampler(self):
+        """The sampler that ``support_distance`` measures against."""
+        if self.sampler is None:
+            raise ValueError("support_distance needs the regressor's sampler "
+                             "(the support of its training gamma); got None.")
+        return self.sampler
+
+
+def support_check_needed(sampler, project, support_tolerance):
+    """Whether ``predict`` projects or checks its estimates (needs the Gram)."""
+    return sampler is not None and (project or support_tolerance is not None)
+
+
 def check_support_params(project, support_tolerance, sampler):
     """Validate ``project`` and ``support_tolerance`` (a regressor's params)."""
     if not isinstance(project, (bool, np.bool_)):
@@ -141,12 +166,7 @@ def _support_message(n_far, n, what, tolerance, median):
 
 def out_of_support_message(distances, tolerance, what="images"):
     """The warning about estimates farther than ``tolerance``, or None."""
-    distances = np.asarray(distances, dtype=np.float64)
-    far = distances > tolerance
-    if not far.any():
-        return None
-    return _support_message(int(far.sum()), len(distances), what,
-                            f"{tolerance:.3g}", float(np.median(distances[far])))
+    return gathered_support_message([(distances, tolerance)], what)
 
 
 def gathered_support_message(gathered, what="tiles"):
@@ -154,7 +174,7 @@ def gathered_support_message(gathered, what="tiles"):
     (each call's against its own tolerance), or None."""
     if not gathered:
         return None
-    dist = np.concatenate([d for d, _ in gathered])
+    dist = np.concatenate([np.asarray(d, dtype=np.float64) for d, _ in gathered])
     tol = np.concatenate([np.full(len(d), t) for d, t in gathered])
     far = dist > tol
     if not far.any():
@@ -199,7 +219,7 @@ def checked_estimates(gamma, sampler, gram, *, project, support_tolerance,
     than it from the support give an :class:`OutOfSupportWarning` (or, within
     :func:`support_distances_gathered`, their distances are gathered).
     """
-    if sampler is None or (not project and support_tolerance is None):
+    if not support_check_needed(sampler, project, support_tolerance):
         return gamma
     proj, dist = support_distances(sampler, gamma, gram)
     if support_tolerance is not None:

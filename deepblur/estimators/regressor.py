@@ -13,13 +13,14 @@ from skorch.dataset import Dataset
 from deepblur._validation import all_finite, resolve_device
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
-    SUPPORT_PARAM_DEFAULTS,
+    SupportCheckMixin,
     check_gamma_targets,
     check_sampler,
     check_support_params,
     checked_estimates,
     clone_sharing_fitted,
     merge_noise_levels,
+    support_check_needed,
     support_check_silenced,
     support_distances,
     training_noise_level,
@@ -74,7 +75,7 @@ def plain_module(regressor):
     return getattr(regressor.module_, "_orig_mod", regressor.module_)
 
 
-class ResNetBlurRegressor(NeuralNetRegressor):
+class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
     r"""Estimate the coefficients ``gamma`` of a space-varying blur from one image.
 
     A skorch :class:`~skorch.NeuralNetRegressor` whose module maps a blurry,
@@ -215,13 +216,6 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         self.n_valid_batches = n_valid_batches
         self.project = project
         self.support_tolerance = support_tolerance
-
-    def __setstate__(self, state):
-        """Unpickle, giving a regressor saved before the support check its
-        defaults (it then projected whenever it had a sampler)."""
-        for name, value in SUPPORT_PARAM_DEFAULTS.items():
-            state.setdefault(name, value)
-        super().__setstate__(state)
 
     def __sklearn_clone__(self):
         """Clone the hyper-parameters but keep the *fitted* basis and sampler.
@@ -449,8 +443,8 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         check_support_params(self.project, self.support_tolerance, self.sampler)
         gamma = super().predict(X)
         warn_if_noisy(X, getattr(self, "noise_level_", None))
-        if self.sampler is None or (not self.project
-                                    and self.support_tolerance is None):
+        if not support_check_needed(self.sampler, self.project,
+                                    self.support_tolerance):
             return gamma            # neither projected nor checked: no Gram
         return checked_estimates(gamma, self.sampler, self._gram(),
                                  project=self.project,
@@ -472,11 +466,8 @@ class ResNetBlurRegressor(NeuralNetRegressor):
         -------
         ndarray of shape (n,), float64
         """
-        if self.sampler is None:
-            raise ValueError("support_distance needs the regressor's sampler "
-                             "(the support of its training gamma); got None.")
-        gamma = super().predict(X)
-        return support_distances(self.sampler, gamma, self._gram())[1]
+        sampler = self._distance_sampler()
+        return support_distances(sampler, super().predict(X), self._gram())[1]
 
     # ---------------------------------------------------- the feature head
     def fit_feature_head(self, X, y=None, *, alphas=None):

@@ -16,8 +16,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
-    SUPPORT_PARAM_DEFAULTS,
     SharedBasisMixin,
+    SupportCheckMixin,
     check_gamma_targets,
     check_sampler,
     check_support_params,
@@ -34,7 +34,8 @@ __all__ = ["SpectralBlurRegressor"]
 _DEFAULT_ALPHAS = tuple(np.logspace(-2, 4, 13))
 
 
-class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
+class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
+                            BaseEstimator):
     r"""Estimate ``gamma`` linearly from contrast-free blur statistics.
 
     Each image is described by :func:`~deepblur.features.blur_features` (the
@@ -180,13 +181,6 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         self.batch_size = batch_size
         self.verbose = verbose
 
-    def __setstate__(self, state):
-        """Unpickle, giving a regressor saved before the support check its
-        defaults (it then projected whenever it had a sampler)."""
-        for name, value in SUPPORT_PARAM_DEFAULTS.items():
-            state.setdefault(name, value)
-        super().__setstate__(state)
-
     def _spec(self):
         return dict(window=int(self.window), n_radial=int(self.n_radial),
                     n_angular=int(self.n_angular), border=int(self.border),
@@ -331,12 +325,9 @@ class SpectralBlurRegressor(SharedBasisMixin, RegressorMixin, BaseEstimator):
         ndarray of shape (n,), float64
         """
         check_is_fitted(self)
-        if self.sampler is None:
-            raise ValueError("support_distance needs the regressor's sampler "
-                             "(the support of its training gamma); got None.")
+        sampler = self._distance_sampler()
         F = self._features(X, self.image_shape_)
-        gamma = F @ self.coef_ + self.intercept_
-        return support_distances(self.sampler, gamma,
+        return support_distances(sampler, F @ self.coef_ + self.intercept_,
                                  self._fitted_basis().gram_)[1]
 
     def __sklearn_tags__(self):
