@@ -665,7 +665,8 @@ _TRAIN_KEYS = {
                       "support_tolerance is set to the 99.9th percentile of "
                       "their estimates' distance to the sampler's support, so "
                       "that predict warns about images unlike the training "
-                      "ones (default 4096, about 20 s per network on a CPU; "
+                      "ones (default 4096, about 25 s per network on one CPU "
+                      "thread; "
                       "0: no check)",
     "spectral_images": "also fit a spectral regressor for real images on this "
                        "many fresh windows of larger scenes (noise 0.005-0.05, "
