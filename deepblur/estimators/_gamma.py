@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import numbers
 import warnings
 
 import numpy as np
@@ -99,17 +100,29 @@ def support_check_needed(sampler, project, support_tolerance):
     return sampler is not None and (project or support_tolerance is not None)
 
 
+def check_support_tolerance(tolerance, where="support_tolerance"):
+    """``tolerance`` as a float, or None; a clear error for anything else.
+
+    Any real number above 0 is taken (numpy's included); booleans, NaN, Inf,
+    0 and negative values are not. ``where`` names the value in the message
+    (the parameter, or the file it was read from).
+    """
+    if tolerance is None:
+        return None
+    if (isinstance(tolerance, (bool, np.bool_))
+            or not isinstance(tolerance, numbers.Real)
+            or not np.isfinite(tolerance) or tolerance <= 0):
+        raise ValueError(f"{where} must be a positive number or None; "
+                         f"got {tolerance!r}.")
+    return float(tolerance)
+
+
 def check_support_params(project, support_tolerance, sampler):
     """Validate ``project`` and ``support_tolerance`` (a regressor's params)."""
     if not isinstance(project, (bool, np.bool_)):
         raise TypeError(f"project must be True or False; got {project!r}.")
-    if support_tolerance is None:
+    if check_support_tolerance(support_tolerance) is None:
         return
-    if (isinstance(support_tolerance, bool)
-            or not isinstance(support_tolerance, (int, float, np.floating))
-            or not np.isfinite(support_tolerance) or support_tolerance <= 0):
-        raise ValueError("support_tolerance must be a positive number or None; "
-                         f"got {support_tolerance!r}.")
     if sampler is None:
         raise ValueError(
             "support_tolerance needs a sampler: the distance of an estimate is "

@@ -26,6 +26,7 @@ import torch
 from sklearn.base import clone
 
 from deepblur.datasets.simulate import _noise_param
+from deepblur.estimators._gamma import check_support_tolerance
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.points import PointSourceBlurEstimator
@@ -340,13 +341,8 @@ def _store_support_tolerance(meta, regressor):
 
 def _support_tolerance(meta, meta_name):
     """The stored ``support_tolerance`` (None when absent), checked."""
-    tolerance = meta.get("support_tolerance")
-    if tolerance is not None and (isinstance(tolerance, bool)
-                                  or not isinstance(tolerance, (int, float))
-                                  or not np.isfinite(tolerance) or tolerance <= 0):
-        raise ValueError(f"{meta_name}: support_tolerance must be a positive "
-                         f"number (or absent); got {tolerance!r}.")
-    return None if tolerance is None else float(tolerance)
+    return check_support_tolerance(meta.get("support_tolerance"),
+                                   f"{meta_name}: support_tolerance")
 
 
 def _load_network(meta, tensors, basis, sampler, project, noise_std, meta_name):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from deepblur.estimators._gamma import (
     check_support_params,
+    check_support_tolerance,
     checked_estimates,
     gathered_support_message,
     out_of_support_message,
@@ -119,6 +120,15 @@ def test_out_of_support_message():
 def test_bad_support_tolerance(tolerance):
     with pytest.raises(ValueError, match="support_tolerance must be a positive"):
         check_support_params(True, tolerance, SAMPLER)
+
+
+@pytest.mark.parametrize("tolerance", [0.1, 1, np.float32(0.1), np.float64(0.1),
+                                       np.int64(1)])
+def test_support_tolerance_takes_any_positive_real(tolerance):
+    check_support_params(True, tolerance, SAMPLER)
+    assert check_support_tolerance(tolerance) == float(tolerance)
+    assert type(check_support_tolerance(tolerance)) is float
+    assert check_support_tolerance(None) is None
 
 
 def test_support_tolerance_needs_a_sampler_and_project_a_bool():
