@@ -810,15 +810,20 @@ def cmd_train(args):
         hp["batch_size"] * hp["epochs"])) * hp["batch_size"] * hp["epochs"]),
         config={k: v for k, v in config.items() if k != "setting"})
     n_test = int(config.get("n_test_images", 512))
-    if n_test > 0:
-        err, base_err = (e["operator"].mean() for e in _held_out_errors(
-            net, setting, n_test, setting["params"]["boundary"], mean_gamma, 123))
-        print(f"held-out relative operator error: {100 * err:.2f} % (mean-gamma "
-              f"baseline {100 * base_err:.2f} %)")
-        extra.update(test_operator_error=float(err),
-                     test_baseline_error=float(base_err))
-    _calibrate_support(net, setting, images, n_support, "network", seed=126)
-    save_model(output, net, setting, extra=extra)
+
+    def checks():
+        if n_test > 0:
+            err, base_err = (e["operator"].mean() for e in _held_out_errors(
+                net, setting, n_test, setting["params"]["boundary"], mean_gamma,
+                123))
+            print(f"held-out relative operator error: {100 * err:.2f} % "
+                  f"(mean-gamma baseline {100 * base_err:.2f} %)")
+            extra.update(test_operator_error=float(err),
+                         test_baseline_error=float(base_err))
+        _calibrate_support(net, setting, images, n_support, "network", seed=126)
+
+    _save_then_check(lambda: save_model(output, net, setting, extra=extra),
+                     checks, "the network", output, n_test, n_support)
     if n_spectral:
         _train_spectral(setting, images, n_spectral, n_test, mean_gamma, output,
                         progress=not args.no_progress)
@@ -890,17 +895,50 @@ def _train_crop_network(setting, images, params, n_test, mean_gamma, output,
     extra = dict(training=dict(
         {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()},
         script="deepblur train"))
-    if n_test > 0:
-        err, base = _held_out_errors(net, setting, n_test, "crop", mean_gamma, 125)
-        print(f"crop network, held-out windows: relative operator error "
-              f"{100 * err['operator'].mean():.2f} % (mean-gamma baseline "
-              f"{100 * base['operator'].mean():.2f} %)")
-        extra["test_errors"] = {"natural": {k: float(v.mean())
-                                            for k, v in err.items()}}
-    _calibrate_support(net, setting, images, n_support, "crop network",
-                       noise_std=noise, boundary="crop",
-                       point_fraction=full["point_fraction"], seed=127)
-    save_crop_network(output, net, noise_std=noise, extra=extra)
+
+    def checks():
+        if n_test > 0:
+            err, base = _held_out_errors(net, setting, n_test, "crop", mean_gamma,
+                                         125)
+            print(f"crop network, held-out windows: relative operator error "
+                  f"{100 * err['operator'].mean():.2f} % (mean-gamma baseline "
+                  f"{100 * base['operator'].mean():.2f} %)")
+            extra["test_errors"] = {"natural": {k: float(v.mean())
+                                                for k, v in err.items()}}
+        _calibrate_support(net, setting, images, n_support, "crop network",
+                           noise_std=noise, boundary="crop",
+                           point_fraction=full["point_fraction"], seed=127)
+
+    _save_then_check(
+        lambda: save_crop_network(output, net, noise_std=noise, extra=extra),
+        checks, "the crop network", output, n_test, n_support)
+
+
+def _save_then_check(save, checks, name, output, n_test, n_support):
+    """Save a trained network, run its checks, and save it again with them.
+
+    The held-out error and the support calibration take a while (drawing
+    thousands of images) after training: the network is on disk before they
+    start, so that an error or an interrupt there loses no training. The
+    message then says what the saved copy lacks.
+    """
+    save()
+    if not (n_test or n_support):
+        return
+    try:
+        checks()
+    except BaseException as exc:
+        lacks = " and ".join(
+            w for w, n in (("its held-out error", n_test),
+                           ("a support_tolerance", n_support)) if n)
+        what = ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                else f"failed ({type(exc).__name__})")
+        print(f"deepblur train: the checks after training {what}; {name} is "
+              f"saved in {output}, without {lacks}: rerun with --resume to "
+              "redo them (the finished epochs are not trained again).",
+              file=sys.stderr)
+        raise
+    save()
 
 
 _SUPPORT_IMAGES = 4096

@@ -531,6 +531,51 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     assert load_model(tmp_path / "tuned").regressor.support_tolerance is None
 
 
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, MemoryError])
+def test_train_keeps_the_network_when_the_checks_after_it_fail(
+        capsys, tmp_path, monkeypatch, failure):
+    """The support calibration (or the held-out error) fails after training:
+    the network is already saved, and --resume redoes only the checks."""
+    import deepblur.pretrained
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(output="out"))
+
+    def fail(*args, **kwargs):
+        raise failure()
+
+    with monkeypatch.context() as m:
+        m.setattr(deepblur.pretrained, "calibrate_support_tolerance", fail)
+        if failure is KeyboardInterrupt:
+            code, out, err = _run(capsys, "train", config, "--no-progress")
+            assert code == 130
+        else:
+            with pytest.raises(MemoryError):
+                main(["train", str(config), "--no-progress"])
+            out, err = capsys.readouterr()
+    assert "held-out relative operator error" in out
+    assert ("the checks after training " + ("interrupted" if failure is
+            KeyboardInterrupt else "failed (MemoryError)")) in err
+    assert ("without its held-out error and a support_tolerance: rerun with "
+            "--resume") in err
+    saved = load_model(tmp_path / "out")          # the trained network is kept
+    assert saved.regressor.support_tolerance is None
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert "support_tolerance" not in meta and "test_operator_error" not in meta
+    X = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    history = json.loads((tmp_path / "out" / "checkpoints" /
+                          "history.json").read_text())
+    assert len(history) == 2                      # not trained again
+    resumed = load_model(tmp_path / "out")
+    assert resumed.regressor.support_tolerance > 0
+    np.testing.assert_allclose(resumed.regressor.predict(X),
+                               saved.regressor.predict(X), rtol=1e-6)
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["support_tolerance"] > 0 and meta["test_operator_error"] > 0
+
+
 TINY_CROP = """
 [crop_network]
 n_images = 64
