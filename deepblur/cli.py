@@ -898,13 +898,8 @@ def _train_crop_network(setting, images, params, n_test, mean_gamma, output,
 
     def checks():
         if n_test > 0:
-            err, base = _held_out_errors(net, setting, n_test, "crop", mean_gamma,
-                                         125)
-            print(f"crop network, held-out windows: relative operator error "
-                  f"{100 * err['operator'].mean():.2f} % (mean-gamma baseline "
-                  f"{100 * base['operator'].mean():.2f} %)")
-            extra["test_errors"] = {"natural": {k: float(v.mean())
-                                                for k, v in err.items()}}
+            extra["test_errors"] = _window_test_errors(
+                net, "crop network", setting, n_test, mean_gamma, 125)
         _calibrate_support(net, setting, images, n_support, "crop network",
                            noise_std=noise, boundary="crop",
                            point_fraction=full["point_fraction"], seed=127)
@@ -996,15 +991,21 @@ def _train_spectral(setting, images, n_images, n_test, mean_gamma, output,
                                         **params)
     extra = dict(training=dict(params, script="deepblur train"))
     if n_test > 0:
-        err, base = _held_out_errors(spectral, setting, n_test, "crop", mean_gamma,
-                                     124)
-        print(f"spectral regressor, held-out windows: relative operator error "
-              f"{100 * err['operator'].mean():.2f} % (mean-gamma baseline "
-              f"{100 * base['operator'].mean():.2f} %)")
-        extra["test_errors"] = {"natural": {k: float(v.mean())
-                                            for k, v in err.items()}}
+        extra["test_errors"] = _window_test_errors(
+            spectral, "spectral regressor", setting, n_test, mean_gamma, 124)
     save_spectral(output, spectral, noise_std=params["noise_std"],
                   boundary=params["boundary"], extra=extra)
+
+
+def _window_test_errors(regressor, name, setting, n_test, mean_gamma, seed):
+    """Print and return (as stored in the JSON) a regressor's errors on
+    held-out windows of larger scenes (crop boundary)."""
+    err, base = _held_out_errors(regressor, setting, n_test, "crop", mean_gamma,
+                                 seed)
+    print(f"{name}, held-out windows: relative operator error "
+          f"{100 * err['operator'].mean():.2f} % (mean-gamma baseline "
+          f"{100 * base['operator'].mean():.2f} %)")
+    return {"natural": {k: float(v.mean()) for k, v in err.items()}}
 
 
 def _read_psf_file(path):
