@@ -15,7 +15,12 @@ their training data:
   the flagged and of the other images at the model's tolerance (what the
   warning is worth: the flagged estimates should be the bad ones);
 - the cost of the check: the projection per image, as a ratio to the
-  regressor's inference on the same images (one CPU thread);
+  regressor's inference on the same images (one CPU thread); and the cost of
+  the check ``predict`` runs on unprojected estimates
+  (:func:`deepblur.estimators._gamma.support_distances_settled`: batched
+  bounds on ``--device``, exact projections only for the estimates they do
+  not settle), as a ratio to the exact projection of every estimate, with
+  the check that both flag the same images;
 - what the calibration rule of ``deepblur train`` gives for the two
   networks (:func:`deepblur.pretrained.calibrate_support_tolerance`, the
   99.9th percentile of the distances on fresh images drawn as their training
@@ -35,7 +40,7 @@ cone were fitted on (outside the support: see
 larger scenes (crop boundary), on which it is known to fail.
 
 Usage: ``python benchmarks/bench_support_check.py [--n 512] [--threads 1]
-[--n-calibration 8192] [--calibration-only]`` (about 6 minutes on 2 CPU
+[--n-calibration 8192] [--calibration-only] [--device cuda]`` (about 6 minutes on 2 CPU
 cores, 5 of them the calibration; 13 with ``--n 2048``).
 """
 
@@ -56,7 +61,7 @@ from deepblur.datasets import (
     make_point_sources,
     natural_image_split,
 )
-from deepblur.estimators._gamma import support_distances
+from deepblur.estimators._gamma import support_distances, support_distances_settled
 from deepblur.pretrained import (
     SUPPORT_QUANTILE,
     calibrate_support_tolerance,
@@ -104,9 +109,12 @@ def test_sets(model, boundary, n, seed):
     return sets
 
 
-def run(name, model, boundary, n, seed, tolerance):
+def run(name, model, boundary, n, seed, tolerance, device="cpu"):
     G = model.basis.gram_
     regressor, sampler = model.regressor, model.sampler
+    if device != "cpu":         # the network's inference and the bounds there
+        regressor.module_.to(device)
+        regressor.device = device
     mean_gamma = sampler.sample(50_000).mean(0)
     print(f"\n{name} ({boundary} boundary), support_tolerance "
           f"{tolerance if tolerance is None else f'{tolerance:g}'}; error: mean "
@@ -115,6 +123,7 @@ def run(name, model, boundary, n, seed, tolerance):
           f"each tolerance {TOLERANCES}")
     t_net = t_proj = 0.0
     n_total = 0
+    settled_times = {}
     for set_name, (X, g) in test_sets(model, boundary, n, seed).items():
         t = time.perf_counter()
         with warnings.catch_warnings():
@@ -123,8 +132,18 @@ def run(name, model, boundary, n, seed, tolerance):
         t_net += time.perf_counter() - t
         t = time.perf_counter()
         _, dist = support_distances(sampler, raw, G)
-        t_proj += time.perf_counter() - t
+        t_exact = time.perf_counter() - t
+        t_proj += t_exact
         n_total += len(X)
+        if tolerance is not None:
+            support_distances_settled(sampler, raw[:8], G, tolerance, device)
+            t = time.perf_counter()
+            settled = support_distances_settled(sampler, raw, G, tolerance,
+                                                device)
+            settled_times[set_name] = (time.perf_counter() - t, t_exact, len(X))
+            if not np.array_equal(settled > tolerance, dist > tolerance):
+                raise SystemExit(f"{set_name}: the settled check flags other "
+                                 "images than the exact distances")
         err = relative_errors(g, raw.astype(np.float64), G)["operator"]
         base = relative_errors(g, np.tile(mean_gamma, (len(g), 1)), G)["operator"]
         q = "/".join(f"{v:.3f}" for v in np.quantile(dist, [0.5, 0.9, 0.99, 1]))
@@ -141,7 +160,16 @@ def run(name, model, boundary, n, seed, tolerance):
         print(line, flush=True)
     print(f"cost: inference {1e3 * t_net / n_total:.2f} ms/image, projection "
           f"{1e3 * t_proj / n_total:.2f} ms/image ({t_proj / t_net:.3f} x the "
-          f"inference; {n_total} images, {torch.get_num_threads()} thread(s))")
+          f"inference; {n_total} images, {torch.get_num_threads()} thread(s), "
+          f"{device})")
+    if settled_times:
+        t_set = sum(t for t, _, _ in settled_times.values())
+        print(f"predict's check (settled on {device}): {1e3 * t_set / n_total:.3f}"
+              f" ms/image, {t_set / t_proj:.2f} x the exact projection, "
+              f"{t_set / t_net:.3f} x the inference; the same images flagged. "
+              "Per set, ms/image (x exact): " + "; ".join(
+                  f"{k} {1e3 * t / m:.3f} ({t / te:.2f})"
+                  for k, (t, te, m) in settled_times.items()))
 
 
 def calibration(n, seeds=(1, 2)):
@@ -186,6 +214,9 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n-calibration", type=int, default=8192)
     parser.add_argument("--calibration-only", action="store_true")
+    parser.add_argument("--device", default="cpu",
+                        help="where the networks infer and the check's bounds "
+                             "are computed (e.g. cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -195,7 +226,8 @@ def main():
         model = load_default(estimator)
         if not args.calibration_only:
             run(name, model, boundary, args.n, args.seed,
-                model.regressor.support_tolerance)
+                model.regressor.support_tolerance,
+                device=args.device if estimator != "spectral" else "cpu")
     calibration(args.n_calibration)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 

@@ -14,6 +14,9 @@ functions on numpy arrays (plus one torch variant of the sampler):
 * :func:`project_cone` -- the nearest point of a cone, or of the slab of it
   that Algorithm 2 samples, in any quadratic metric (e.g. the operators'
   Frobenius metric);
+* :func:`cone_distance_bounds` -- certified upper bounds on the relative
+  distances to that set, batched in torch (on the GPU too), for checks that
+  only need to know which points are near it;
 * :func:`draw_cone_weights`, :func:`sample_cone` and
   :func:`sample_cone_torch` -- the random sampling of Algorithm 2.
 
@@ -62,6 +65,7 @@ __all__ = [
     "simplify_cone",
     "cone_nnls",
     "project_cone",
+    "cone_distance_bounds",
     "draw_cone_weights",
     "sample_cone",
     "sample_cone_torch",
@@ -84,6 +88,9 @@ _SAME_DIRECTION_TOL = 1e-12
 
 # Rows drawn per block in sample_cone: keeps the working set in cache.
 _SAMPLE_CHUNK = 16384
+# cone_distance_bounds: steps between two updates of the bounds (and, with a
+# tol, between two removals of the rows already certified).
+_BOUND_CHECK_EVERY = 25
 
 
 # ---------------------------------------------------------------------------
@@ -809,6 +816,202 @@ def project_cone(X, rays, *, alpha_range=None, gram=None):
     if alpha_range is not None:
         alpha_range = _check_alpha_range(alpha_range)
     return _project_cone(X, rays, alpha_range, gram)
+
+
+def _project_weights(V, lo, hi):
+    """Euclidean projection of each row of ``V`` on ``{w >= 0, lo <= sum(w) <=
+    hi}`` (``{w >= 0}`` when ``lo`` is None), in torch, without branches.
+
+    The projection is ``max(v - theta, 0)`` with ``theta = 0`` when the clipped
+    row's sum lies in the range, else the threshold that puts the sum on the
+    violated bound (the simplex projection's, found by sorting): that is the
+    median of ``theta_hi <= 0 <= theta_lo`` ordered as ``max(theta_hi,
+    min(0, theta_lo))``.
+    """
+    W = V.clamp_min(0)
+    if lo is None:
+        return W
+    if V.device.type == "cpu":
+        # torch's CPU sort of short rows is slow (1.7 ms for 2 048 rows of
+        # 40, numpy's 0.2): sort only the rows whose clipped sum is out of
+        # range. On a GPU, sorting them all costs less than the sync.
+        s = W.sum(dim=1)
+        rows = ((s > hi) | (s < lo)).nonzero().squeeze(1)
+        if len(rows):
+            W[rows] = _project_weights_sorted(V[rows], lo, hi)
+        return W
+    return _project_weights_sorted(V, lo, hi)
+
+
+def _project_weights_sorted(V, lo, hi):
+    """:func:`_project_weights` of every row with a range, by sorting."""
+    u = V.sort(dim=1, descending=True).values
+    cs = u.cumsum(dim=1)
+    j = torch.arange(1, V.shape[1] + 1, device=V.device, dtype=V.dtype)
+
+    def threshold(total):
+        # sum(max(v - theta, 0)) = total: theta = (cs_rho - total) / rho with
+        # rho the last j where u_j > (cs_j - total) / j (a prefix; j = 1 holds)
+        rho = (u * j > cs - total).sum(dim=1, keepdim=True)
+        return (cs.gather(1, rho - 1) - total) / rho
+
+    zero = torch.zeros((), device=V.device, dtype=V.dtype)
+    theta = torch.maximum(threshold(hi), torch.minimum(zero, threshold(lo)))
+    return (V - theta).clamp_min(0)
+
+
+def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
+                         n_iter=200, device=None):
+    """Bounds on the relative distances of points to a cone or its slab.
+
+    For every row ``x``, numbers ``lower <= ||x - p||_G / ||p||_G <= upper``
+    where ``p`` is the point that :func:`project_cone` returns (same
+    ``rays``, ``alpha_range`` and ``gram``). They come from a feasible point
+    of the projection problem found by an accelerated projected gradient
+    (FISTA) on the weights, batched over the rows in torch on ``device``: no
+    per-row solve, so a GPU takes a large batch in a few milliseconds. A check
+    "is the distance at most ``tol``?" is settled for the rows with ``upper <=
+    tol`` or ``lower > tol``; only the others need :func:`project_cone`.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+        Points, e.g. estimated coefficients ``gamma``.
+    rays : array-like of shape (n_rays, n_features)
+        Generators of the cone (e.g. ``ConeSampler.generators_``).
+    alpha_range : tuple of float, default=None
+        ``(alpha_min, alpha_max)`` as in :func:`project_cone`; ``None`` is the
+        whole cone.
+    gram : array-like of shape (n_features, n_features), default=None
+        Symmetric positive semi-definite metric (the basis's Gram matrix for
+        the operator metric); ``None`` is the Euclidean one.
+    tol : float, default=None
+        A row stops iterating once its bounds settle the check against
+        ``tol`` (looked at every 25 steps). ``None`` iterates every row
+        ``n_iter`` times.
+    n_iter : int, default=200
+        Most gradient steps per row; more tighten the bounds. On the shipped
+        network's estimates of natural images, 200 steps settle 99.8 % of
+        them against its tolerance of 0.06 (benchmarks/README.md).
+    device : str or torch.device, default=None
+        Where to iterate (default CPU). The results are on the CPU either way.
+
+    Returns
+    -------
+    lower, upper : ndarrays of shape (n_rows,), float64
+        ``upper`` is ``inf`` only without ``alpha_range``, where the feasible
+        point is no nearer to ``x`` than ``||x||_G`` (no bound follows).
+
+    See Also
+    --------
+    project_cone : The exact projections and their weights.
+
+    Notes
+    -----
+    With ``q`` the feasible point and ``r = ||x - q||_G >= r* = ||x -
+    p||_G``, the triangle inequality gives ``||x||_G - r <= ||p||_G <=
+    ||x||_G + r*``; with a range, the set's points also have norms between
+    ``p_min`` (the origin's projection's, one exact solve) and ``p_max`` (the
+    largest of ``alpha_max`` times a ray's). Hence ``upper = r / max(||x||_G
+    - r, p_min)`` and ``lower = l / min(||x||_G + l, p_max)`` for any ``l <=
+    r*`` (``x / (a + x)`` grows with ``x``). The
+    objective ``f = ||x - w @ rays||_G^2 / 2`` is convex in the weights
+    ``w``, so ``f* >= f(q) - gap`` with the Frank-Wolfe gap ``gap = max_v
+    <grad f(q), q - v>`` over the feasible ``v``, a closed form on this set
+    (all the weight on the most negative component of the gradient, at the
+    largest or smallest sum); ``l = sqrt(2 max(f(q) - gap, 0))``. Every
+    iterate is projected on the weights' set exactly (a sort per row), and
+    the bounds are computed in float64 on the CPU from the weights projected
+    once more there: they hold to rounding however few steps are taken.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rays = np.eye(2)
+    >>> X = [[0.6, 0.4], [2.0, 1.0]]
+    >>> lower, upper = cone_distance_bounds(X, rays, alpha_range=(0.5, 1.5))
+    >>> P = project_cone(X, rays, alpha_range=(0.5, 1.5))[0]
+    >>> exact = np.linalg.norm(X - P, axis=1) / np.linalg.norm(P, axis=1)
+    >>> np.round(lower, 3), np.round(exact, 3), np.round(upper, 3)
+    (array([0.   , 0.707]), array([0.   , 0.832]), array([0.   , 0.902]))
+    """
+    X, rays = _points_and_rays(X, rays)
+    lo = hi = None
+    if alpha_range is not None:
+        lo, hi = _check_alpha_range(alpha_range)
+    if not isinstance(n_iter, numbers.Integral) or isinstance(n_iter, bool) \
+            or n_iter < 0:
+        raise ValueError(f"n_iter must be a non-negative integer; got {n_iter!r}.")
+    if tol is not None and (not isinstance(tol, numbers.Real)
+                            or isinstance(tol, bool) or not tol >= 0):
+        raise ValueError(f"tol must be a non-negative number or None; got {tol!r}.")
+    M = _metric_root(gram, X.shape[1])
+    A = rays.T if M is None else M @ rays.T            # (K, m)
+    B = X if M is None else X @ M.T                     # (n, K): ||.||_G = ||M .||
+    nb = np.linalg.norm(B, axis=1)
+    m = rays.shape[0]
+    start = 0.0 if lo is None else (lo + hi) / (2 * m)
+    # the norms of the set's points lie in [p_min, p_max]: p_min is the norm
+    # of the origin's projection, p_max the largest vertex's (norms are
+    # convex); the whole cone holds 0 and is unbounded
+    if lo is None:
+        p_min, p_max = 0.0, np.inf
+    else:
+        p_min = float(np.linalg.norm(
+            _project_cone(np.zeros((1, X.shape[1])), rays, (lo, hi), gram)[0]
+            @ (np.eye(X.shape[1]) if M is None else M.T)))
+        p_max = hi * float(np.linalg.norm(A, axis=0).max())
+    lower, upper = np.zeros(len(X)), np.full(len(X), np.inf)
+
+    def update(w, rows):
+        """Tighten the bounds of ``rows`` with their weights ``w``."""
+        w = _project_weights(torch.as_tensor(w, dtype=torch.float64).cpu(),
+                             lo, hi).numpy()
+        res = w @ A.T - B[rows]
+        r = np.linalg.norm(res, axis=1)
+        c = res @ A                                     # gradient in w
+        cmin = c.min(axis=1)
+        if lo is None:          # the cone: unbounded below unless c >= 0
+            best = np.where(cmin >= 0, 0.0, -np.inf)
+        else:
+            best = np.where(cmin < 0, hi, lo) * cmin
+        gap = np.einsum("ij,ij->i", c, w) - best
+        low = np.sqrt(2 * np.maximum(0.5 * r * r - gap, 0.0))
+        below = np.maximum(nb[rows] - r, p_min)     # <= ||p||
+        above = np.minimum(nb[rows] + low, p_max)   # >= ||p|| when low <= r*
+        with np.errstate(divide="ignore", invalid="ignore"):
+            up = np.where(below > 0, r / below, np.inf)
+            lw = np.where(low > 0, low / above, 0.0)
+        upper[rows] = np.minimum(upper[rows], up)
+        lower[rows] = np.maximum(lower[rows], lw)
+
+    rows = np.arange(len(X))
+    update(np.full((len(rows), m), start), rows)
+    AtA = A.T @ A
+    L = float(np.linalg.eigvalsh(AtA)[-1]) * (1 + 1e-9)
+    if L <= 0 or not n_iter or not len(rows):
+        return lower, upper
+    kw = dict(device=device, dtype=torch.float64)
+    AtA_t = torch.as_tensor(AtA, **kw)
+    AtB = torch.as_tensor(B @ A, **kw)
+    w = torch.full((len(rows), m), start, **kw)
+    z, t = w, 1.0
+    for step in range(1, int(n_iter) + 1):
+        w_next = _project_weights(z - (z @ AtA_t - AtB) / L, lo, hi)
+        t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        z = w_next + ((t - 1) / t_next) * (w_next - w)
+        w, t = w_next, t_next
+        if step % _BOUND_CHECK_EVERY == 0 or step == n_iter:
+            update(w, rows)
+            if tol is None:
+                continue
+            open_ = (upper[rows] > tol) & (lower[rows] <= tol)
+            rows = rows[open_]
+            if not len(rows):
+                break
+            keep = torch.as_tensor(open_, device=w.device)
+            w, z, AtB = w[keep], z[keep], AtB[keep]
+    return lower, upper
 
 
 def draw_cone_weights(

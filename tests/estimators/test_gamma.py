@@ -14,8 +14,10 @@ from deepblur.estimators._gamma import (
     checked_estimates,
     gathered_support_message,
     out_of_support_message,
+    settled_check_pays,
     support_distances,
     support_distances_gathered,
+    support_distances_settled,
 )
 from deepblur.estimators.cone import ConeSampler
 from deepblur.exceptions import OutOfSupportWarning
@@ -98,6 +100,55 @@ def test_checked_estimates_project_warn_or_pass():
     np.testing.assert_allclose(np.concatenate([d for d, _ in gathered]),
                                [1.0, 0.0, 0.0], atol=1e-6)
     assert gathered_support_message(gathered).startswith("1 of 3 tiles")
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), tolerance=st.floats(0.01, 0.5))
+def test_settled_distances_decide_as_the_exact_ones(seed, tolerance):
+    """The check's cheaper distances: exact above the tolerance, at most it
+    where the exact one is; so the same estimates are flagged."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(K, K))
+    gram = A @ A.T + 0.5 * np.eye(K)
+    g = (SAMPLER.sample(40) * rng.uniform(0.5, 1.5, size=(40, 1))
+         + rng.uniform(0, 0.3) * rng.normal(size=(40, K)))
+    exact = support_distances(SAMPLER, g, gram)[1]
+    settled = support_distances_settled(SAMPLER, g, gram, tolerance)
+    far = exact > tolerance
+    np.testing.assert_array_equal(settled > tolerance, far)
+    np.testing.assert_allclose(settled[far], exact[far], rtol=1e-12)
+    assert (settled[~far] >= exact[~far] - 1e-9).all()
+    assert (settled[~far] <= tolerance).all()
+    # and the warning counts and median as the exact distances do
+    assert (out_of_support_message(settled, tolerance)
+            == out_of_support_message(exact, tolerance))
+
+
+def test_predict_checks_with_bounds_only_on_a_gpu_and_large_batches(
+        monkeypatch):
+    """On the CPU the exact projections are cheap (0.06 ms apiece) and the
+    bounds' fixed cost is not: only CUDA batches of SETTLED_MIN_ROWS or more
+    take the settled check (same flags, tested above)."""
+    from deepblur.estimators import _gamma
+
+    assert not settled_check_pays(None, 10**6)
+    assert not settled_check_pays("cpu", 10**6)
+    assert not settled_check_pays("cuda", _gamma.SETTLED_MIN_ROWS - 1)
+    assert settled_check_pays("cuda", _gamma.SETTLED_MIN_ROWS)
+    assert settled_check_pays("cuda:1", 10**6)
+    assert not settled_check_pays("no such device", 10**6)
+    calls = []
+    monkeypatch.setattr(_gamma, "support_distances_settled",
+                        lambda *a: calls.append(a) or np.zeros(len(a[1])))
+    monkeypatch.setattr(_gamma, "SETTLED_MIN_ROWS", 2)
+    g = np.array([[2.4 / K] * K, [0.3, 0.3, 0.4]])
+    with pytest.warns(OutOfSupportWarning):
+        checked_estimates(g, SAMPLER, np.eye(K), project=False,
+                          support_tolerance=0.5, device="cpu")
+    assert not calls
+    checked_estimates(g, SAMPLER, np.eye(K), project=False,
+                      support_tolerance=0.5, device="cuda")
+    assert len(calls) == 1 and calls[0][3:] == (0.5, "cuda")
 
 
 def test_out_of_support_message():

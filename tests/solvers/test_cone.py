@@ -15,6 +15,7 @@ from deepblur.solvers import cone
 from deepblur.solvers.cone import (
     SOCP_SOLVERS,
     circumcenter,
+    cone_distance_bounds,
     cone_nnls,
     draw_cone_weights,
     greedy_rays,
@@ -385,6 +386,134 @@ def test_project_cone_never_moves_away_from_the_slab(seed, K, R, scale):
         return np.sqrt(np.einsum("nk,kl,nl->n", a - b, G, a - b))
 
     assert (dist(P, z) <= dist(X, z) + 1e-9).all()
+
+
+def _relative_distances(X, rays, alpha_range, G):
+    P, _ = project_cone(X, rays, alpha_range=alpha_range, gram=G)
+    num = np.einsum("nk,kl,nl->n", X - P, G, X - P)
+    den = np.einsum("nk,kl,nl->n", P, G, P)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(np.maximum(num, 0) / den)
+
+
+@FEW
+@given(seed=st.integers(0, 2**16), K=st.integers(2, 6), R=st.integers(2, 14),
+       scale=st.floats(0.0, 3.0), n_iter=st.sampled_from([0, 1, 7, 25, 200]),
+       bounded=st.booleans())
+def test_cone_distance_bounds_hold_after_any_number_of_steps(
+        seed, K, R, scale, n_iter, bounded):
+    """lower <= the exact relative distance (project_cone) <= upper, for
+    points inside and outside the slab or the cone, in a random metric."""
+    rng = np.random.default_rng(seed)
+    rays = unit_rows(rng.uniform(0.0, 1.0, size=(R, K)))
+    G = _random_metric(rng, K)
+    alpha = (0.8, 1.2) if bounded else None
+    X = (sample_cone(rays, 12, alpha_range=(0.8, 1.2), random_state=seed)
+         * rng.uniform(0.3, 2.0, size=(12, 1))
+         + scale * rng.standard_normal((12, K)))
+    exact = _relative_distances(X, rays, alpha, G)
+    lower, upper = cone_distance_bounds(X, rays, alpha_range=alpha, gram=G,
+                                        n_iter=n_iter)
+    assert lower.dtype == upper.dtype == np.float64
+    assert (lower >= 0).all()
+    assert (lower <= exact + 1e-9).all(), (lower - exact).max()
+    assert (upper >= exact - 1e-9).all(), (exact - upper).max()
+
+
+def test_cone_distance_bounds_are_tight_inside_and_settle_a_tolerance():
+    rng = np.random.default_rng(3)
+    K, R, lo, hi = 6, 14, 0.8, 1.2
+    rays = unit_rows(rng.uniform(0.0, 1.0, size=(R, K)))
+    G = _random_metric(rng, K)
+    inside = sample_cone(rays, 50, alpha_range=(lo, hi), random_state=0)
+    far = inside + rng.standard_normal((50, K))
+    X = np.vstack([inside, far])
+    exact = _relative_distances(X, rays, (lo, hi), G)
+    lower, upper = cone_distance_bounds(X, rays, alpha_range=(lo, hi), gram=G,
+                                        n_iter=400)
+    assert exact[:50].max() < 1e-8
+    assert np.median(upper[:50]) < 1e-4 and upper[:50].max() < 1e-2
+    # far points: both bounds within a factor of the truth
+    assert (lower[50:] > 0.25 * exact[50:]).all()
+    assert (upper[50:] < 4 * exact[50:]).all()
+    # with a tol, each row stops once its bounds settle it, and what they
+    # settle agrees with the exact distance
+    tol = float(np.median(exact[50:]))
+    lo_t, up_t = cone_distance_bounds(X, rays, alpha_range=(lo, hi), gram=G,
+                                      n_iter=400, tol=tol)
+    near, beyond = up_t <= tol, lo_t > tol
+    assert near[:50].all() and beyond.sum() > 10
+    assert (exact[near] <= tol).all() and (exact[beyond] > tol).all()
+    assert (lo_t <= exact + 1e-9).all() and (up_t >= exact - 1e-9).all()
+    # without a range: the bounds of the cone
+    exact_cone = _relative_distances(X, rays, None, G)
+    lower, upper = cone_distance_bounds(X, rays, gram=G, n_iter=400)
+    assert (lower <= exact_cone + 1e-9).all() and (upper >= exact_cone - 1e-9).all()
+    assert np.median(upper[:50]) < 1e-4
+
+
+@FEW
+@given(seed=st.integers(0, 2**16), m=st.integers(1, 12),
+       spread=st.floats(0.01, 3.0))
+def test_weight_projection_is_project_cone_on_the_unit_rays(seed, m, spread):
+    """The branch-free projection on {w >= 0, lo <= sum(w) <= hi} against
+    the active-set solver on the identity rays (CPU's row-selecting path and
+    the sort-every-row path of a GPU alike)."""
+    from deepblur.solvers.cone import _project_weights, _project_weights_sorted
+
+    rng = np.random.default_rng(seed)
+    V = rng.normal(0.1, spread, size=(30, m))
+    ref, _ = project_cone(V, np.eye(m), alpha_range=(0.8, 1.2))
+    Vt = torch.as_tensor(V)
+    np.testing.assert_allclose(_project_weights(Vt, 0.8, 1.2).numpy(), ref,
+                               atol=1e-10)
+    np.testing.assert_allclose(_project_weights_sorted(Vt, 0.8, 1.2).numpy(), ref,
+                               atol=1e-10)
+    np.testing.assert_allclose(_project_weights(Vt, None, None).numpy(),
+                               np.maximum(V, 0))
+
+
+def test_cone_distance_bounds_bad_arguments():
+    rays = np.eye(3)
+    X = np.ones((2, 3))
+    for bad in (-1, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="n_iter must be a non-negative "
+                                             "integer"):
+            cone_distance_bounds(X, rays, n_iter=bad)
+    for bad in (-0.1, np.nan, True, "0.1"):
+        with pytest.raises(ValueError, match="tol must be a non-negative number"):
+            cone_distance_bounds(X, rays, tol=bad)
+    with pytest.raises(ValueError, match="rays must have 3 columns"):
+        cone_distance_bounds(X, np.ones((4, 2)))
+    with pytest.raises(ValueError, match="alpha_min < alpha_max"):
+        cone_distance_bounds(X, rays, alpha_range=(1.2, 0.8))
+    with pytest.raises(ValueError, match=r"gram must be a \(3, 3\) matrix"):
+        cone_distance_bounds(X, rays, gram=np.eye(2))
+    with pytest.raises(ValueError, match="X"):
+        cone_distance_bounds(np.array([[np.nan, 0.0, 0.0]]), rays)
+    # the origin is at relative distance 1 from the slab: bounded by p_min
+    lower, upper = cone_distance_bounds(np.zeros((1, 3)), rays,
+                                        alpha_range=(0.8, 1.2))
+    assert 0 <= lower[0] <= 1 + 1e-12 and upper[0] == pytest.approx(1.0)
+    # ... and 0/0 from the cone, which holds it: no finite upper bound
+    lower, upper = cone_distance_bounds(np.zeros((1, 3)), rays)
+    assert upper[0] == np.inf and lower[0] == 0
+    assert [len(b) for b in cone_distance_bounds(np.zeros((0, 3)), rays)] == [0, 0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="CUDA is not available on this machine")
+def test_cone_distance_bounds_on_cuda_match_the_cpu():
+    rng = np.random.default_rng(4)
+    rays = unit_rows(rng.uniform(0.0, 1.0, size=(14, 6)))
+    G = _random_metric(rng, 6)
+    X = (sample_cone(rays, 300, alpha_range=(0.8, 1.2), random_state=0)
+         + 0.1 * rng.standard_normal((300, 6)))
+    cpu = cone_distance_bounds(X, rays, alpha_range=(0.8, 1.2), gram=G, tol=0.05)
+    gpu = cone_distance_bounds(X, rays, alpha_range=(0.8, 1.2), gram=G, tol=0.05,
+                               device="cuda")
+    for a, b in zip(cpu, gpu, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
 
 
 def test_fixed_sum_projection_warns_when_it_stops_early():
