@@ -37,7 +37,10 @@ the training noise; point sources on a dark field at four densities
 patches blurred by held-out operators of the random family the basis and the
 cone were fitted on (outside the support: see
 ``bench_held_out_operators.py``); for the zero-boundary network, windows of
-larger scenes (crop boundary), on which it is known to fail.
+larger scenes (crop boundary), on which it is known to fail, and the
+held-out natural set's observations moved by one pixel (zero fill; the
+error is against the unmoved operator, whose PSFs are given 8 pixels
+apart).
 
 Usage: ``python benchmarks/bench_support_check.py [--n 512] [--threads 1]
 [--n-calibration 8192] [--calibration-only] [--device cuda]`` (about 6 minutes on 2 CPU
@@ -106,7 +109,26 @@ def test_sets(model, boundary, n, seed):
         g=family_operators(model, n, int(model.setting["random_state"]) + 12345))
     if boundary == "zero":
         add("natural, windows (crop boundary)", nat, bound="crop")
+        y, g = sets["natural, held-out sources"]
+        sets["natural, shifted 1 pixel"] = (_shift_one_pixel(y, rng), g)
     return sets
+
+
+def _shift_one_pixel(y, rng):
+    """Each image moved by one pixel up, down, left or right (at random),
+    the row or column uncovered set to 0: the blur field moves by one pixel
+    against the frame (its PSFs are given 8 pixels apart), the scene with it."""
+    out = np.zeros_like(y)
+    for i, k in enumerate(rng.randint(4, size=len(y))):
+        if k == 0:
+            out[i, 1:] = y[i, :-1]
+        elif k == 1:
+            out[i, :-1] = y[i, 1:]
+        elif k == 2:
+            out[i, :, 1:] = y[i, :, :-1]
+        else:
+            out[i, :, :-1] = y[i, :, 1:]
+    return out
 
 
 def run(name, model, boundary, n, seed, tolerance, device="cpu"):

@@ -170,11 +170,13 @@ def support_distances_settled(sampler, gamma, gram, tolerance, device=None):
     Enough to check estimates against a tolerance: a batched gradient method
     (:func:`~deepblur.solvers.cone.cone_distance_bounds`, on ``device``)
     settles most estimates near the support, and only the others are
-    projected exactly, one CPU solve each. On the CPU it is 2 times faster
-    than the exact projections for batches of 2 048 estimates of natural
-    images, and slower for small batches (a fixed 10-20 ms per call) or far
-    estimates (benchmarks/README.md): ``predict`` uses it on a GPU, for large
-    batches only (:func:`settled_check_pays`).
+    projected exactly, one CPU solve each. On the CPU, for batches of 2 048
+    estimates of natural and microscopy images, it took 0.23-0.48 times the
+    exact projections' time on an idle core and 0.30-1.11 times beside
+    another job; it is slower for small batches (a fixed 2-11 ms per call)
+    and for estimates far from the support (benchmarks/README.md).
+    ``predict`` uses it on a GPU, for large batches only
+    (:func:`settled_check_pays`).
     """
     gamma = np.asarray(gamma, dtype=np.float64)
     sampler = check_sampler(sampler, gamma.shape[1])
