@@ -646,6 +646,37 @@ def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
     assert code == 0 and "(crop_network estimator)" in out, err
 
 
+def test_train_keeps_the_crop_network_when_its_calibration_fails(
+        capsys, tmp_path, monkeypatch):
+    import deepblur.pretrained
+
+    config = tmp_path / "crop.toml"
+    config.write_text(TINY.format(output="out") + TINY_CROP)
+    original = deepblur.pretrained.calibrate_support_tolerance
+    calls = []
+
+    def second_fails(*args, **kwargs):         # the network's, then the crop's
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(deepblur.pretrained, "calibrate_support_tolerance", second_fails)
+        code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 130
+    assert ("the crop network is saved in" in err
+            and "without its held-out error and a support_tolerance" in err)
+    out_dir = tmp_path / "out"
+    assert load_model(out_dir).regressor.support_tolerance > 0
+    assert load_model(out_dir, "crop_network").regressor.support_tolerance is None
+    code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    crop_history = out_dir / "checkpoints" / "crop_network" / "history.json"
+    assert len(json.loads(crop_history.read_text())) == 2   # not trained again
+    assert load_model(out_dir, "crop_network").regressor.support_tolerance > 0
+
+
 @pytest.mark.parametrize("table, match", [
     ('[crop_network]\nwidth = 0\n', "crop_network: width must be a positive"),
     ('[crop_network]\npoint_fraction = 1.0\n', "point_fraction must be in"),
