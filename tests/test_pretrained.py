@@ -154,7 +154,7 @@ def test_support_tolerance_saves_and_loads(small_setting, tmp_path):
         meta["support_tolerance"] = bad
         (tmp_path / "model.json").write_text(json.dumps(meta))
         with pytest.raises(ValueError, match="model.json: support_tolerance must "
-                                             "be a positive number"):
+                                             "be a positive number or absent"):
             load_model(tmp_path)
 
 

@@ -101,21 +101,28 @@ def support_check_needed(sampler, project, support_tolerance):
     return sampler is not None and (project or support_tolerance is not None)
 
 
-def check_support_tolerance(tolerance, where="support_tolerance"):
+def check_support_tolerance(tolerance, where="support_tolerance",
+                            missing="None"):
     """``tolerance`` as a float, or None; a clear error for anything else.
 
-    Any real number above 0 is taken (numpy's included); booleans, NaN, Inf,
-    0 and negative values are not. ``where`` names the value in the message
-    (the parameter, or the file it was read from).
+    Any real number above 0 is taken (numpy's and fractions included);
+    booleans, NaN, Inf, 0, negative values and numbers beyond the float
+    range are not. ``where`` names the value in the message (the parameter,
+    or the file it was read from), ``missing`` what stands for no check.
     """
     if tolerance is None:
         return None
-    if (isinstance(tolerance, (bool, np.bool_))
-            or not isinstance(tolerance, numbers.Real)
-            or not np.isfinite(tolerance) or tolerance <= 0):
-        raise ValueError(f"{where} must be a positive number or None; "
+    value = None
+    if (not isinstance(tolerance, (bool, np.bool_))
+            and isinstance(tolerance, numbers.Real)):
+        try:
+            value = float(tolerance)
+        except (OverflowError, ValueError):
+            value = None
+    if value is None or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{where} must be a positive number or {missing}; "
                          f"got {tolerance!r}.")
-    return float(tolerance)
+    return value
 
 
 def check_support_params(project, support_tolerance, sampler):

@@ -124,8 +124,9 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         scene, where its estimates are far off
         (``benchmarks/bench_support_check.py``). The check costs a projection
         per image on the CPU, 4-10 % of the inference on one CPU thread; on a
-        CUDA device, batches of 1 024 estimates or more are checked with
-        bounds computed there
+        CUDA device, batches of 1 024 estimates or more that are not projected
+        (``project=False``, as :func:`~deepblur.pretrained.load_model`
+        leaves them) are checked with bounds computed there
         (:func:`~deepblur.solvers.cone.cone_distance_bounds`), and only the
         estimates they do not settle are projected.
     criterion : torch loss class, default=RelativeFrobeniusLoss

@@ -342,7 +342,8 @@ def _store_support_tolerance(meta, regressor):
 def _support_tolerance(meta, meta_name):
     """The stored ``support_tolerance`` (None when absent), checked."""
     return check_support_tolerance(meta.get("support_tolerance"),
-                                   f"{meta_name}: support_tolerance")
+                                   f"{meta_name}: support_tolerance",
+                                   missing="absent")
 
 
 def _load_network(meta, tensors, basis, sampler, project, noise_std, meta_name):

@@ -14,8 +14,8 @@ functions on numpy arrays (plus one torch variant of the sampler):
 * :func:`project_cone` -- the nearest point of a cone, or of the slab of it
   that Algorithm 2 samples, in any quadratic metric (e.g. the operators'
   Frobenius metric);
-* :func:`cone_distance_bounds` -- certified upper bounds on the relative
-  distances to that set, batched in torch (on the GPU too), for checks that
+* :func:`cone_distance_bounds` -- certified lower and upper bounds on the
+  relative distances to that set, batched in torch (on the GPU too), for checks that
   only need to know which points are near it;
 * :func:`draw_cone_weights`, :func:`sample_cone` and
   :func:`sample_cone_torch` -- the random sampling of Algorithm 2.
@@ -851,13 +851,33 @@ def _project_weights_sorted(V, lo, hi):
 
     def threshold(total):
         # sum(max(v - theta, 0)) = total: theta = (cs_rho - total) / rho with
-        # rho the last j where u_j > (cs_j - total) / j (a prefix; j = 1 holds)
-        rho = (u * j > cs - total).sum(dim=1, keepdim=True)
+        # rho the last j where u_j > (cs_j - total) / j (a prefix; j = 1 holds
+        # exactly, but not in floating point when total < ulp(u_1) / 2)
+        rho = (u * j > cs - total).sum(dim=1, keepdim=True).clamp_min(1)
         return (cs.gather(1, rho - 1) - total) / rho
 
     zero = torch.zeros((), device=V.device, dtype=V.dtype)
     theta = torch.maximum(threshold(hi), torch.minimum(zero, threshold(lo)))
     return (V - theta).clamp_min(0)
+
+
+def _gap_lower_bound(w, res, A, lo, hi):
+    """``l <= min ||A v - b||`` over the feasible ``v``, per row, from weights
+    ``w`` with residuals ``res = A w - b`` (the Frank-Wolfe bound: ``f* >=
+    f(w) - max_v <grad f(w), w - v>`` for the convex ``f = ||A v - b||^2 /
+    2``, the maximum in closed form on ``{v >= 0, lo <= sum(v) <= hi}``: all
+    the weight on the most negative gradient component, at ``hi``, else at
+    ``lo``; on the cone, ``lo`` None, unbounded unless the gradient is >= 0).
+    """
+    r2 = np.einsum("ij,ij->i", res, res)
+    c = res @ A                                         # gradient in w
+    cmin = c.min(axis=1)
+    if lo is None:
+        best = np.where(cmin >= 0, 0.0, -np.inf)
+    else:
+        best = np.where(cmin < 0, hi, lo) * cmin
+    gap = np.einsum("ij,ij->i", c, w) - best
+    return np.sqrt(2 * np.maximum(0.5 * r2 - gap, 0.0))
 
 
 def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
@@ -899,8 +919,9 @@ def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
     Returns
     -------
     lower, upper : ndarrays of shape (n_rows,), float64
-        ``upper`` is ``inf`` only without ``alpha_range``, where the feasible
-        point is no nearer to ``x`` than ``||x||_G`` (no bound follows).
+        ``upper`` is ``inf`` where no bound follows: the feasible point is no
+        nearer to ``x`` than ``||x||_G``, and the set holds points of norm 0
+        (the whole cone; a slab with a ray in the null space of ``gram``).
 
     See Also
     --------
@@ -911,8 +932,9 @@ def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
     With ``q`` the feasible point and ``r = ||x - q||_G >= r* = ||x -
     p||_G``, the triangle inequality gives ``||x||_G - r <= ||p||_G <=
     ||x||_G + r*``; with a range, the set's points also have norms between
-    ``p_min`` (the origin's projection's, one exact solve) and ``p_max`` (the
-    largest of ``alpha_max`` times a ray's). Hence ``upper = r / max(||x||_G
+    ``p_min`` (a lower bound on the smallest, the bound ``l`` below for
+    ``x = 0`` at the origin's projection) and ``p_max`` (the largest of
+    ``alpha_max`` times a ray's). Hence ``upper = r / max(||x||_G
     - r, p_min)`` and ``lower = l / min(||x||_G + l, p_max)`` for any ``l <=
     r*`` (``x / (a + x)`` grows with ``x``). The
     objective ``f = ||x - w @ rays||_G^2 / 2`` is convex in the weights
@@ -951,15 +973,17 @@ def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
     nb = np.linalg.norm(B, axis=1)
     m = rays.shape[0]
     start = 0.0 if lo is None else (lo + hi) / (2 * m)
-    # the norms of the set's points lie in [p_min, p_max]: p_min is the norm
-    # of the origin's projection, p_max the largest vertex's (norms are
-    # convex); the whole cone holds 0 and is unbounded
+    # the norms of the set's points lie in [p_min, p_max]: p_min a certified
+    # lower bound on the smallest (the Frank-Wolfe bound at the origin's
+    # projection, which need not be exact), p_max the largest vertex's
+    # (norms are convex); the whole cone holds 0 and is unbounded
     if lo is None:
         p_min, p_max = 0.0, np.inf
     else:
-        p_min = float(np.linalg.norm(
-            _project_cone(np.zeros((1, X.shape[1])), rays, (lo, hi), gram)[0]
-            @ (np.eye(X.shape[1]) if M is None else M.T)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            w = _project_cone(np.zeros((1, X.shape[1])), rays, (lo, hi), gram)[1]
+        p_min = float(_gap_lower_bound(w, w @ A.T, A, lo, hi)[0])
         p_max = hi * float(np.linalg.norm(A, axis=0).max())
     lower, upper = np.zeros(len(X)), np.full(len(X), np.inf)
 
@@ -969,14 +993,7 @@ def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
                              lo, hi).numpy()
         res = w @ A.T - B[rows]
         r = np.linalg.norm(res, axis=1)
-        c = res @ A                                     # gradient in w
-        cmin = c.min(axis=1)
-        if lo is None:          # the cone: unbounded below unless c >= 0
-            best = np.where(cmin >= 0, 0.0, -np.inf)
-        else:
-            best = np.where(cmin < 0, hi, lo) * cmin
-        gap = np.einsum("ij,ij->i", c, w) - best
-        low = np.sqrt(2 * np.maximum(0.5 * r * r - gap, 0.0))
+        low = _gap_lower_bound(w, res, A, lo, hi)
         below = np.maximum(nb[rows] - r, p_min)     # <= ||p||
         above = np.minimum(nb[rows] + low, p_max)   # >= ||p|| when low <= r*
         with np.errstate(divide="ignore", invalid="ignore"):

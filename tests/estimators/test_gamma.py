@@ -2,6 +2,7 @@
 support, and the warning about estimates far from it."""
 
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -167,14 +168,15 @@ def test_out_of_support_message():
     assert "median 0.07" in message
 
 
-@pytest.mark.parametrize("tolerance", [0.0, -0.1, np.nan, np.inf, True, "0.1"])
+@pytest.mark.parametrize("tolerance", [0.0, -0.1, np.nan, np.inf, True, "0.1",
+                                       np.bool_(True), 10**400, -Fraction(1, 10)])
 def test_bad_support_tolerance(tolerance):
     with pytest.raises(ValueError, match="support_tolerance must be a positive"):
         check_support_params(True, tolerance, SAMPLER)
 
 
 @pytest.mark.parametrize("tolerance", [0.1, 1, np.float32(0.1), np.float64(0.1),
-                                       np.int64(1)])
+                                       np.int64(1), Fraction(1, 10)])
 def test_support_tolerance_takes_any_positive_real(tolerance):
     check_support_params(True, tolerance, SAMPLER)
     assert check_support_tolerance(tolerance) == float(tolerance)

@@ -501,6 +501,44 @@ def test_cone_distance_bounds_bad_arguments():
     assert [len(b) for b in cone_distance_bounds(np.zeros((0, 3)), rays)] == [0, 0]
 
 
+@pytest.mark.filterwarnings("ignore:The projection of row 0:sklearn.exceptions."
+                            "ConvergenceWarning")    # the reference, at 1e16
+def test_cone_distance_bounds_at_the_limits_of_floating_point():
+    """A sum bound below the rounding of the weights (the simplex threshold's
+    first index then fails in floating point) and points 1e16 times the rays:
+    bounds, not an out-of-range index (a device-side assert on a GPU)."""
+    from deepblur.solvers.cone import _project_weights_sorted
+
+    rays = np.eye(3)
+    for X, alpha in (([[2.0, 1.0, 0.5]], (1e-16, 1.5)),
+                     ([[2e16, 1e16, 5e15]], (0.5, 1.5))):
+        exact = _relative_distances(np.array(X), rays, alpha, np.eye(3))
+        lower, upper = cone_distance_bounds(X, rays, alpha_range=alpha)
+        assert lower[0] <= exact[0] * (1 + 1e-9) and upper[0] >= exact[0] * (1 - 1e-9)
+    W = _project_weights_sorted(torch.tensor([[1.0, 0.5, -1.0]]), 1e-17, 1.5)
+    assert torch.isfinite(W).all() and (W >= 0).all()
+
+
+def test_cone_distance_bounds_with_a_zero_norm_point_in_the_slab():
+    """A ray in the null space of the metric: the slab holds points of norm
+    0, the exact distance of a point projecting there is inf, and no upper
+    bound follows (an inexact smallest norm would claim one)."""
+    rays = np.array([[1.0, 0.0], [0.0, 0.0]])
+    x = np.array([[-1.0, 0.0]])
+    P, _ = project_cone(x, rays, alpha_range=(0.5, 1.5))
+    assert np.linalg.norm(P) < 1e-12
+    lower, upper = cone_distance_bounds(x, rays, alpha_range=(0.5, 1.5))
+    assert upper[0] == np.inf and lower[0] >= 0
+    G = np.diag([0.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lower, upper = cone_distance_bounds([[0.0, 1.0], [1.0, 1.0]], np.eye(2),
+                                            alpha_range=(0.5, 1.5), gram=G)
+    exact = _relative_distances(np.array([[0.0, 1.0], [1.0, 1.0]]), np.eye(2),
+                                (0.5, 1.5), G)
+    assert (lower <= exact + 1e-9).all() and (upper >= exact - 1e-9).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="CUDA is not available on this machine")
 def test_cone_distance_bounds_on_cuda_match_the_cpu():
