@@ -234,7 +234,8 @@ def main():
                         help="images per natural set (half per point set)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--n-calibration", type=int, default=8192)
+    parser.add_argument("--n-calibration", type=int, default=8192,
+                        help="images per draw of the calibration rule (0: skip)")
     parser.add_argument("--calibration-only", action="store_true")
     parser.add_argument("--device", default="cpu",
                         help="where the networks infer and the check's bounds "
@@ -250,7 +251,8 @@ def main():
             run(name, model, boundary, args.n, args.seed,
                 model.regressor.support_tolerance,
                 device=args.device if estimator != "spectral" else "cpu")
-    calibration(args.n_calibration)
+    if args.n_calibration:
+        calibration(args.n_calibration)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

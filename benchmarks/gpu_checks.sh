@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One short device call for the CUDA code paths (benchmarks/README.md, "Support
+# check in predict"): the tests that need CUDA (pytest -k cuda; skipped on
+# CPU-only machines, so CI never runs them) and the support check timed on the
+# GPU (bench_support_check.py --device cuda: the networks' inference and the
+# bounds of cone_distance_bounds there, against one exact CPU projection per
+# estimate, with the check that both flag the same images). Output in $OUT
+# (benchmarks/output/gpu_checks here).
+#
+# The device image has torch, pytest, hypothesis, scikit-learn and
+# scikit-image but not skorch nor cvxpy: fetch their wheels here first
+# (benchmarks/gpu_wheels.sh) and carry ".whl". Settings (environment): N (2048
+# images per set), THREADS (8: CPU threads of torch).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/output/gpu_checks}
+mkdir -p "$OUT"
+if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/deepblur_site .whl/*.whl
+  export PYTHONPATH="/tmp/deepblur_site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+python3 -m pytest -q -p no:cacheprovider -k cuda tests 2>&1 \
+  | tee "$OUT/tests.txt" || true
+echo "tests: $(( $(date +%s) - start )) s" | tee -a "$OUT/tests.txt"
+python3 benchmarks/bench_support_check.py --device cuda --n "${N:-2048}" \
+  --threads "${THREADS:-8}" --n-calibration 0 2>&1 | tee "$OUT/support_check.txt"
+echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/support_check.txt"
