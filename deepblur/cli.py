@@ -909,13 +909,15 @@ def _train_crop_network(setting, images, params, n_test, mean_gamma, output,
         checks, "the crop network", output, n_test, n_support)
 
 
-def _save_then_check(save, checks, name, output, n_test, n_support):
-    """Save a trained network, run its checks, and save it again with them.
+def _save_then_check(save, checks, name, output, n_test, n_support,
+                     redo="the finished epochs are not trained again"):
+    """Save a trained regressor, run its checks, and save it again with them.
 
     The held-out error and the support calibration take a while (drawing
-    thousands of images) after training: the network is on disk before they
+    thousands of images) after training: the regressor is on disk before they
     start, so that an error or an interrupt there loses no training. The
-    message then says what the saved copy lacks.
+    message then says what the saved copy lacks, and ``redo`` what
+    ``--resume`` does again.
     """
     save()
     if not (n_test or n_support):
@@ -930,8 +932,7 @@ def _save_then_check(save, checks, name, output, n_test, n_support):
                 else f"failed ({type(exc).__name__})")
         print(f"deepblur train: the checks after training {what}; {name} is "
               f"saved in {output}, without {lacks}: rerun with --resume to "
-              "redo them (the finished epochs are not trained again).",
-              file=sys.stderr)
+              f"redo them ({redo}).", file=sys.stderr)
         raise
     save()
 
@@ -990,11 +991,18 @@ def _train_spectral(setting, images, n_images, n_test, mean_gamma, output,
     spectral = train_spectral_regressor(setting, images, verbose=int(progress),
                                         **params)
     extra = dict(training=dict(params, script="deepblur train"))
-    if n_test > 0:
-        extra["test_errors"] = _window_test_errors(
-            spectral, "spectral regressor", setting, n_test, mean_gamma, 124)
-    save_spectral(output, spectral, noise_std=params["noise_std"],
-                  boundary=params["boundary"], extra=extra)
+
+    def checks():
+        if n_test > 0:
+            extra["test_errors"] = _window_test_errors(
+                spectral, "spectral regressor", setting, n_test, mean_gamma, 124)
+
+    _save_then_check(
+        lambda: save_spectral(output, spectral, noise_std=params["noise_std"],
+                              boundary=params["boundary"], extra=extra),
+        checks, "the spectral regressor", output, n_test, 0,
+        redo="the spectral regressor is fitted again, the networks' finished "
+             "epochs are not trained again")
 
 
 def _window_test_errors(regressor, name, setting, n_test, mean_gamma, seed):

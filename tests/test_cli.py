@@ -1145,6 +1145,28 @@ def test_train_also_fits_a_spectral_regressor(capsys, tmp_path):
     assert code == 1 and "spectral_images" in _one_error_line(err)
 
 
+def test_train_keeps_the_spectral_regressor_when_its_test_fails(
+        capsys, tmp_path, monkeypatch):
+    import deepblur.cli
+
+    config = tmp_path / "spectral.toml"
+    config.write_text(TINY.format(output="out").replace(
+        "n_test_images = 8", "n_test_images = 16\nspectral_images = 300"))
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deepblur.cli, "_window_test_errors", fail)
+    code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 130
+    assert ("the spectral regressor is saved in" in err and "without its "
+            "held-out error" in err and "is fitted again" in err)
+    model = load_model(tmp_path / "out", estimator="spectral")
+    assert model.regressor.n_train_images_ >= 300
+    meta = json.loads((tmp_path / "out" / "spectral.json").read_text())
+    assert "test_errors" not in meta
+
+
 def test_estimator_points_fits_an_image_of_beads(model_dir, setting, capsys,
                                                  tmp_path):
     """Beads in 16-bit counts: the point-source fit, no warning, a good direction."""
