@@ -778,16 +778,8 @@ def cmd_train(args):
                            "(no model.safetensors in it).")
         hyper["init_model"] = init
     check_training_params(**hyper)      # fail before the slow setting fit
-    n_support = config.get("support_images", _SUPPORT_IMAGES)
-    if (not isinstance(n_support, int) or isinstance(n_support, bool)
-            or n_support < 0):
-        raise CLIError(f"support_images must be a non-negative integer; got "
-                       f"{n_support!r}.")
-    n_spectral = config.get("spectral_images", 0)
-    if (not isinstance(n_spectral, int) or isinstance(n_spectral, bool)
-            or n_spectral < 0):
-        raise CLIError(f"spectral_images must be a non-negative integer; got "
-                       f"{n_spectral!r}.")
+    n_support = _image_count(config, "support_images", _SUPPORT_IMAGES)
+    n_spectral = _image_count(config, "spectral_images", 0)
     crop_params = _crop_network_params(config, hyper, args.config)
     images = _training_images(config.get("images", "natural"), base)
     setting = make_default_setting(**overrides)
@@ -840,6 +832,14 @@ def cmd_train(args):
             return 130
     print(f"model: {output} (use it with --model {output})")
     return 0
+
+
+def _image_count(config, key, default):
+    """A config's number of images under ``key`` (a non-negative integer)."""
+    n = config.get(key, default)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise CLIError(f"{key} must be a non-negative integer; got {n!r}.")
+    return n
 
 
 def _crop_network_params(config, hyper, name):
