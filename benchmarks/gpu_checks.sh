@@ -15,14 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/output/gpu_checks}
 mkdir -p "$OUT"
-if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-    --upgrade --target /tmp/deepblur_site .whl/*.whl
-  export PYTHONPATH="/tmp/deepblur_site:$PWD"
-else
-  export PYTHONPATH="$PWD"
-fi
-export PYTHONUNBUFFERED=1
+source benchmarks/device_env.sh
 start=$(date +%s)
 python3 -m pytest -q -p no:cacheprovider -k cuda tests 2>&1 \
   | tee "$OUT/tests.txt" || true
