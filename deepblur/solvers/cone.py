@@ -57,7 +57,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from deepblur._validation import check_finite
+from deepblur._validation import check_finite, resolve_device
 
 __all__ = [
     "circumcenter",
@@ -967,6 +967,11 @@ def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
     if tol is not None and (not isinstance(tol, numbers.Real)
                             or isinstance(tol, bool) or not tol >= 0):
         raise ValueError(f"tol must be a non-negative number or None; got {tol!r}.")
+    try:    # before any work: an unknown name, or CUDA where there is none
+        device = torch.device("cpu") if device is None else resolve_device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device or its name (e.g. "
+                         f"'cpu', 'cuda'); got {device!r}.") from None
     M = _metric_root(gram, X.shape[1])
     A = rays.T if M is None else M @ rays.T            # (K, m)
     B = X if M is None else X @ M.T                     # (n, K): ||.||_G = ||M .||

@@ -483,6 +483,12 @@ def test_cone_distance_bounds_bad_arguments():
     for bad in (-0.1, np.nan, True, "0.1"):
         with pytest.raises(ValueError, match="tol must be a non-negative number"):
             cone_distance_bounds(X, rays, tol=bad)
+    for bad in ("gpu", 3.5):
+        with pytest.raises(ValueError, match="device must be a torch device"):
+            cone_distance_bounds(X, rays, device=bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            cone_distance_bounds(X, rays, device="cuda")
     with pytest.raises(ValueError, match="rays must have 3 columns"):
         cone_distance_bounds(X, np.ones((4, 2)))
     with pytest.raises(ValueError, match="alpha_min < alpha_max"):
