@@ -178,8 +178,8 @@ def support_distances_settled(sampler, gamma, gram, tolerance, device=None):
     (:func:`~deepblur.solvers.cone.cone_distance_bounds`, on ``device``)
     settles most estimates near the support, and only the others are
     projected exactly, one CPU solve each. On the CPU, for batches of 2 048
-    estimates of natural and microscopy images, it took 0.23-0.48 times the
-    exact projections' time on an idle core and 0.30-1.11 times beside
+    estimates of natural and microscopy images, it took 0.23-0.55 times the
+    exact projections' time on an idle core (two runs) and 0.30-1.11 times beside
     another job; it is slower for small batches (a fixed 2-11 ms per call)
     and for estimates far from the support (benchmarks/README.md).
     ``predict`` uses it on a GPU, for large batches only
