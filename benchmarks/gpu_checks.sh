@@ -10,7 +10,8 @@
 # The device image has torch, pytest, hypothesis, scikit-learn and
 # scikit-image but not skorch nor cvxpy: fetch their wheels here first
 # (benchmarks/gpu_wheels.sh) and carry ".whl". Settings (environment): N (2048
-# images per set), THREADS (8: CPU threads of torch).
+# images per set), THREADS (8: CPU threads of torch), DEVICE (cuda; cpu runs
+# the same script on a machine without a GPU, to try it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/output/gpu_checks}
@@ -20,6 +21,6 @@ start=$(date +%s)
 python3 -m pytest -q -p no:cacheprovider -k cuda tests 2>&1 \
   | tee "$OUT/tests.txt" || true
 echo "tests: $(( $(date +%s) - start )) s" | tee -a "$OUT/tests.txt"
-python3 benchmarks/bench_support_check.py --device cuda --n "${N:-2048}" \
+python3 benchmarks/bench_support_check.py --device "${DEVICE:-cuda}" --n "${N:-2048}" \
   --threads "${THREADS:-8}" --n-calibration 0 2>&1 | tee "$OUT/support_check.txt"
 echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/support_check.txt"

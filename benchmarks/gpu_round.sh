@@ -9,7 +9,9 @@
 # cvxpy: fetch their wheels here first (benchmarks/gpu_wheels.sh) and carry
 # ".whl". deepblur itself runs from the working tree (PYTHONPATH).
 #
-# Settings (environment): N_IMAGES (1500000), EPOCHS (10), WIDTH (32),
+# Settings (environment): N_IMAGES (1500000), or TRAIN_SECONDS (with N_IMAGES
+# unset: as many images as a probe of the training step says fit in that many
+# seconds of training), EPOCHS (10), WIDTH (32),
 # INPUT_NORM (laplacian: the image and its Laplacian; "" for the image alone),
 # FAMILY_FRACTION (0.5; 0 is the paper's protocol: cone draws only),
 # NOISE ("0 0.02"), LR (2e-3), N_POOL (16: thousands of gamma in the training
@@ -17,7 +19,9 @@
 # HEAD_IMAGES (98304), N_TEST (512), THREADS (8: CPU threads of torch),
 # MOMENT_STAGE ("": none; 3 supervises stage 3 with the local PSF moments,
 # which sped up the start of CPU training but gained nothing by 384 000
-# images: benchmarks/README.md, "Supervising the local PSF moments").
+# images: benchmarks/README.md, "Supervising the local PSF moments"),
+# COMPILE (0: eager; 1 compiles the network with torch.compile, never tried
+# on a GPU here, whose compilation would come out of the call's 10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/output/gpu_round}
@@ -30,9 +34,53 @@ gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
 print(f"torch {torch.__version__}, skorch {skorch.__version__}, "
       f"scikit-learn {sklearn.__version__}, {gpu}")
 PY
-start=$(date +%s)
 NORM=${INPUT_NORM-laplacian}
+if [ -n "${TRAIN_SECONDS:-}" ] && [ -z "${N_IMAGES:-}" ]; then
+  # size the run to the device: time training steps of this network on
+  # batches made there, and take 70 % of what that rate gives in the budget
+  # (skorch's loop, validation and the epoch ends cost the rest)
+  N_IMAGES=$(WIDTH=${WIDTH:-32} NORM=$NORM python3 - <<'PY' 2>> "$LOG"
+import os, sys, time
+import torch
+from deepblur.datasets import natural_image_split
+from deepblur.datasets.simulate import BlurDataset
+from deepblur.nets.resnet import ResNet
+from deepblur.pretrained._io import DEFAULT_DIR, load_model
+
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+model = load_model(DEFAULT_DIR)
+data = iter(BlurDataset(natural_image_split()[0], model.basis, model.sampler,
+                        batch_size=256, n_batches=10**9, pool_size=2000,
+                        device=dev, random_state=0))
+net = ResNet(model.basis.kernels_.shape[0], width=int(os.environ["WIDTH"]),
+             input_norm=os.environ["NORM"] or None, stem_stride=4).to(dev)
+opt = torch.optim.Adam(net.parameters(), 1e-3)
+def step():
+    X, y = next(data)
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.mse_loss(net(X), y).backward()
+    opt.step()
+for n in (5, 20):                                  # warm-up, then timed
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+rate = 20 * 256 / (time.perf_counter() - t)
+unit = 256 * int(os.environ.get("EPOCHS", "10"))
+n = max(1, int(0.7 * rate * float(os.environ["TRAIN_SECONDS"]) // unit)) * unit
+print(f"probe: {rate:.0f} images/s of training steps; N_IMAGES={n}", file=sys.stderr)
+print(n)
+PY
+)
+  export N_IMAGES
+  tail -n 1 "$LOG"
+fi
+start=$(date +%s)
 MOMENTS=${MOMENT_STAGE-}
+COMPILE_FLAG=$([ "${COMPILE:-0}" = 1 ] || echo --no-compile)
 # shellcheck disable=SC2086
 python3 benchmarks/train_family_mix.py "$OUT/model" --init none \
   --width "${WIDTH:-32}" --n-images "${N_IMAGES:-1500000}" \
@@ -40,7 +88,7 @@ python3 benchmarks/train_family_mix.py "$OUT/model" --init none \
   --epochs "${EPOCHS:-10}" --lr "${LR:-2e-3}" --noise-std ${NOISE:-0 0.02} \
   --family-fraction "${FAMILY_FRACTION:-0.5}" \
   --n-pool "${N_POOL:-16}" --head-images "${HEAD_IMAGES:-98304}" \
-  --threads "${THREADS:-8}" 2>&1 | tee -a "$LOG"
+  --threads "${THREADS:-8}" ${COMPILE_FLAG} 2>&1 | tee -a "$LOG"
 echo "training and head: $(( $(date +%s) - start )) s" | tee -a "$LOG"
 python3 benchmarks/bench_held_out_operators.py --model "$OUT/model" \
   --n "${N_TEST:-512}" --threads "${THREADS:-8}" 2>&1 | tee -a "$LOG"

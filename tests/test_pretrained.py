@@ -744,7 +744,7 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
 @pytest.mark.cuda
 def test_train_regressor_on_cuda_makes_the_data_there(small_setting, monkeypatch):
     from deepblur.datasets import simulate
-    from deepblur.pretrained import train_regressor
+    from deepblur.pretrained import add_feature_head, train_regressor
 
     devices = []
     draw = simulate.BlurDataset.draw
@@ -763,6 +763,14 @@ def test_train_regressor_on_cuda_makes_the_data_there(small_setting, monkeypatch
     assert set(devices) == {"cuda"}
     assert next(net.module_.parameters()).device.type == "cuda"
     assert np.isfinite(net.predict(pool[:3].astype(np.float32))).all()
+    # so does the blur-statistics branch's fit
+    devices.clear()
+    head = add_feature_head(small_setting, pool, net, n_images=64, batch_size=32,
+                            blur_features=dict(window=8, n_radial=2, n_angular=2,
+                                               border=3, n_segments=2))
+    assert set(devices) == {"cuda"} and len(devices) == 2
+    assert head.feature_head_n_images_ == 64
+    assert np.isfinite(head.predict(pool[:3].astype(np.float32))).all()
 
 
 def _tiny_training(setting):

@@ -444,7 +444,8 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     weights and training history, and a branch fitted in closed form by
     :meth:`~deepblur.ResNetBlurRegressor.fit_feature_head` on ``n_images``
     fresh simulated images of the setting (as in :func:`train_regressor`,
-    another seed). Its ``noise_level_`` (what ``predict`` checks images
+    another seed; simulated on the GPU when the network is on one). Its
+    ``noise_level_`` (what ``predict`` checks images
     against) is the network's, widened to the branch's training noise. Its
     ``support_tolerance`` is None: the branch changes the estimates, so a
     tolerance calibrated on the original no longer applies (calibrate it
@@ -501,8 +502,11 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
             f"(missing {sorted(set(missing) - branch)}, unexpected {unexpected})."
         )
     new.history_ = copy.deepcopy(regressor.history_)    # the trained epochs
+    # on a GPU the images are simulated there, as train_regressor does
+    device = resolve_device(new.device)
     data = _setting_data(setting, images, batch_size, -(-n_images // batch_size),
-                         random_state, noise_std=noise_std)
+                         random_state, noise_std=noise_std,
+                         device=device if device.type == "cuda" else "cpu")
     new.fit_feature_head(data, alphas=alphas)
     # what predict checks images against: the trunk's training noise, widened
     # to the branch's (initialize() forgot it)
