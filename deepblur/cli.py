@@ -636,11 +636,11 @@ _TRAIN_KEYS = {
     "depth": "ResNet depth",
     "stem_stride": "ResNet stem stride",
     "head": "'spatial' or 'avg'",
-    "input_norm": "'laplacian' (the image and its Laplacian: learns faster "
-                  "from scratch), 'hessian' (the Laplacian and the two "
-                  "anisotropic second derivatives; measured no better) or "
-                  "'contrast'; default none "
-                  "(the image alone, as the shipped network)",
+    "input_norm": "'laplacian' (the image and its Laplacian, as the shipped "
+                  "network: learns faster from scratch; the default), "
+                  "'hessian' (the Laplacian and the two anisotropic second "
+                  "derivatives; measured no better), 'contrast', or 'none' "
+                  "(the image alone)",
     "criterion": "'mse' or 'frobenius'",
     "pool_size": "clean training patches kept in memory",
     "gammas_per_image": "operators per clean patch in a batch (default 1; 8 "
@@ -769,6 +769,8 @@ def cmd_train(args):
         raise CLIError(f"unknown setting override(s) {', '.join(unknown)}; "
                        f"overrides must be among {', '.join(DEFAULT_SETTING)}.")
     hyper = {k: config[k] for k in TRAINING_DEFAULTS if k in config}
+    if hyper.get("input_norm") == "none":       # TOML has no null
+        hyper["input_norm"] = None
     if "seed" in config:
         hyper["random_state"] = config["seed"]
     if "init_model" in config:

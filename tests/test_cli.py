@@ -498,6 +498,7 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     resumed = load_model(out_dir)
     meta = json.loads((out_dir / "model.json").read_text())
     assert meta["module"]["width"] == 4 and meta["n_train_images"] == 64
+    assert meta["module"]["input_norm"] == "laplacian"      # the default
     # the support check is calibrated on 256 fresh images: a share 0.001 of
     # them (here: none but the farthest) would be flagged
     assert "network: support_tolerance" in out and "256 fresh" in out
@@ -705,11 +706,14 @@ def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
     training supervises the PSF moments too (saved without their head)."""
     config = tmp_path / "range.toml"
     config.write_text(TINY.format(output="ranged").replace(
-        "epochs = 2", "epochs = 1\nmoment_stage = 2")
+        "epochs = 2", 'epochs = 1\nmoment_stage = 2\ninput_norm = "none"')
         + "noise_std = [0.005, 0.02]\n")
     code, _, err = _run(capsys, "train", config, "--no-progress")
     assert code == 0, err
-    assert load_model(tmp_path / "ranged").noise_std == (0.005, 0.02)
+    ranged = load_model(tmp_path / "ranged")
+    assert ranged.noise_std == (0.005, 0.02)
+    # "none" (TOML has no null): the image alone, without the Laplacian
+    assert ranged.regressor.get_params()["module__input_norm"] is None
     code, out, err = _run(capsys, "demo", "--model", tmp_path / "ranged", "-o",
                           tmp_path / "demo.png", "--max-iter", "5")
     assert code == 0, err

@@ -130,6 +130,33 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     assert model.regressor.device == "cpu"
 
 
+def test_save_model_stores_the_large_weights_in_half_precision(small_setting,
+                                                              tmp_path):
+    """weights_dtype="float16": the network's large tensors in half precision
+    (a smaller file), read back into the float32 network; the basis, the cone
+    and the small tensors exact."""
+    from safetensors.torch import load_file
+
+    net, X = _tiny_regressor(small_setting)
+    full = save_model(tmp_path / "full", net, small_setting)
+    half = save_model(tmp_path / "half", net, small_setting,
+                      weights_dtype="float16")
+    a, b = (load_file(d / "model.safetensors") for d in (full, half))
+    large = {k for k, v in a.items() if k.startswith("module.")
+             and v.is_floating_point() and v.numel() >= 4096}
+    assert large and all(b[k].dtype == torch.float16 for k in large)
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in large)
+    assert ((half / "model.safetensors").stat().st_size
+            < (full / "model.safetensors").stat().st_size)
+    assert json.loads((half / "model.json").read_text())["weights_dtype"] == "float16"
+    model = load_model(half)
+    assert all(p.dtype == torch.float32 for p in model.regressor.module_.parameters())
+    np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
+                               rtol=1e-2, atol=1e-3)
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        save_model(tmp_path / "bad", net, small_setting, weights_dtype="bfloat16")
+
+
 def test_support_tolerance_saves_and_loads(small_setting, tmp_path):
     """A network's support_tolerance is stored in its JSON and comes back on
     load (with the model's sampler, raw unless project=True); a bad stored
@@ -248,7 +275,8 @@ def test_a_network_with_derivative_input_trains_saves_and_loads(small_setting,
                                rtol=1e-5, atol=1e-7)
     # fine-tuning needs the same input: the stems differ
     with pytest.raises(ValueError, match="does not match.*input_norm"):
-        train_regressor(small_setting, pool, init_model=tmp_path, **kw)
+        train_regressor(small_setting, pool, init_model=tmp_path,
+                        input_norm=None, **kw)
     other = "hessian" if norm == "laplacian" else "laplacian"
     with pytest.raises(ValueError, match="does not match.*input_norm"):
         train_regressor(small_setting, pool, init_model=tmp_path,
@@ -794,6 +822,7 @@ def test_train_regressor_starts_from_init_model(small_setting, tmp_path):
     # the weights are copied as they are (an untrained net of another seed)
     fresh = ResNetBlurRegressor(basis=small_setting["basis"], module__width=4,
                                 module__depth=1, module__stem_stride=2,
+                                module__input_norm="laplacian",  # the default
                                 device="cpu").initialize()
     _load_initial_weights(fresh, load_model(source))
     for (name, a), b in zip(first.module_.state_dict().items(),

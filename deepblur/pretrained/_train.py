@@ -36,17 +36,16 @@ __all__ = ["CRITERIA", "CROP_NETWORK_DEFAULTS", "FEATURE_HEAD_DEFAULTS",
 #: relative Frobenius distance between operators (the paper's).
 CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 
-#: Hyper-parameters of the shipped model's training (``examples/
-#: train_default_model.py``); its weights were then fine-tuned three times
-#: with ``init_model`` and given a blur-statistics head (:func:`add_feature_head`;
-#: the calls are recorded in their model.json).
-#: Measured: 343 s on an H100 (sharing it with a second training); on a
-#: 2-core CPU about 95 min with compile=True and a data worker (559 images/s),
-#: about 3 h in-process without (282 images/s), and 5.5 h on a 2-core CPU with
-#: AVX2 only (162 images/s with compile and a worker); see benchmarks/README.md.
+#: Hyper-parameters of the shipped network's training (``examples/
+#: train_default_model.py``, with noise drawn in [0, 0.02]), then given a
+#: blur-statistics head (:func:`add_feature_head`; the calls are recorded in
+#: its model.json). Measured: 211 s on an NVIDIA H200, the batches made on the
+#: GPU (20 000 images/s), then 10 s for the head. On a 2-core CPU this width
+#: trains at about 76 images/s (one thread, AMD EPYC): most of a day
+#: (derived; benchmarks/README.md, "GPU round on an H200").
 TRAINING_DEFAULTS = dict(
-    n_images=3_200_000, epochs=20, batch_size=256, lr=2e-3, width=16, depth=2,
-    stem_stride=4, head="spatial", input_norm=None, criterion="mse",
+    n_images=4_229_120, epochs=10, batch_size=256, lr=2e-3, width=32, depth=2,
+    stem_stride=4, head="spatial", input_norm="laplacian", criterion="mse",
     pool_size=20_000, gammas_per_image=1, moment_stage=None, moment_weight=0.01,
     num_workers=None, device="auto", compile=False, random_state=0,
 )
@@ -207,9 +206,9 @@ def _checkpoint(directory):
                       load_best=False, **_CHECKPOINT_FILES)
 
 
-def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
-                    batch_size=256, lr=2e-3, width=16, depth=2, stem_stride=4,
-                    head="spatial", input_norm=None, criterion="mse",
+def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
+                    batch_size=256, lr=2e-3, width=32, depth=2, stem_stride=4,
+                    head="spatial", input_norm="laplacian", criterion="mse",
                     pool_size=20_000, gammas_per_image=1, moment_stage=None,
                     moment_weight=0.01, output_bias=None, noise_std=None,
                     num_workers=None,
@@ -234,17 +233,18 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
     images : dict, list of 2-D arrays or ndarray of shape (m, H, W)
         Source images to crop training patches from (e.g. the first element
         of :func:`~deepblur.datasets.natural_image_split`), or patches.
-    n_images : int, default=3_200_000
-        Training images over all epochs.
-    epochs : int, default=20
+    n_images : int, default=4_229_120
+        Training images over all epochs (the shipped network's: 211 s on an
+        H200, where the batches are made on the GPU).
+    epochs : int, default=10
     batch_size : int, default=256
     lr : float, default=2e-3
         Adam's learning rate at the start of the cosine schedule.
-    width, depth, stem_stride : int, default=16, 2, 4
+    width, depth, stem_stride : int, default=32, 2, 4
         Of the :class:`~deepblur.nets.resnet.ResNet` module.
     head : {"spatial", "avg"}, default="spatial"
         Output head of the module.
-    input_norm : {None, "contrast", "laplacian", "hessian"}, default=None
+    input_norm : {None, "contrast", "laplacian", "hessian"}, default="laplacian"
         What the module's stem sees besides the image
         (:class:`~deepblur.nets.resnet.ResNet`). ``"laplacian"`` (the image
         and its Laplacian) takes the plateau
@@ -258,7 +258,8 @@ def train_regressor(setting, images, *, n_images=3_200_000, epochs=20,
         the two anisotropic second derivatives) was not better: worse over
         this recipe's 384 000 images (8.6 %) and over 64 000 (1.04-1.14
         times the Laplacian's error, two seeds; "Hessian input").
-        The shipped network has None.
+        The shipped network has ``"laplacian"`` (trained with noise in
+        [0, 0.02]); the one before it, None.
     criterion : {"mse", "frobenius"}, default="mse"
         See :data:`CRITERIA`.
     pool_size : int, default=20_000
