@@ -452,7 +452,7 @@ def _warn_if_zero_boundary(model):
     if (model.setting or {}).get("boundary", "zero") == "zero":
         print("warning: this model was trained on images blurred with a zero "
               "boundary; on windows of larger scenes (real images, tiles) the "
-              "shipped one's operator error is 47 %, worse than the mean "
+              "shipped one's operator error is 40 %, worse than the mean "
               "operator's 24 % (benchmarks/README.md): treat the blind estimate "
               "as unreliable, use --estimator crop_network or --estimator "
               "spectral (trained on such windows) if the model has one, or pass "

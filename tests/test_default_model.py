@@ -2,8 +2,8 @@
 accuracy on small held-out sets is what benchmarks/README.md reports.
 
 The natural-image target of the issue (3 %) is not met yet; these tests pin
-the shipped model's measured level (5.5 % natural, 4.9 % microscopy on 4 096
-images each, raw as load_default gives them; 5.0 % without noise and 8.4 % at
+the shipped model's measured level (4.7 % natural, 4.5 % microscopy on 2 048
+images each, raw as load_default gives them; 4.0 % without noise and 6.9 % at
 three times the protocol's noise) with a margin for the smaller sets here,
 and require it to beat the mean-gamma baseline (23-24 %) by a wide margin.
 """
@@ -36,7 +36,9 @@ def test_loads_on_cpu_without_pickle(model):
                for p in model.regressor.module_.parameters())
     assert model.basis.kernels_.shape[0] == model.sampler.generators_.shape[1] == 20
     assert model.noise_std == pytest.approx(0.01)
-    assert model.regressor.noise_level_ == pytest.approx(0.01)   # predict's check
+    # the protocol's noise; the network was trained on noise in [0, 0.02],
+    # which predict's check knows
+    assert model.regressor.noise_level_ == pytest.approx(0.02)
     assert sorted(p.name for p in DEFAULT_DIR.iterdir()) == [
         "crop_network.json", "crop_network.safetensors", "model.json",
         "model.safetensors", "spectral.json", "spectral.safetensors"]
@@ -64,11 +66,11 @@ def test_accuracy_on_held_out_natural_images(model):
 
 @pytest.mark.parametrize("noise_std", [0.0, 0.03])
 def test_accuracy_holds_at_other_noise_levels(model, noise_std):
-    """Fine-tuned on noise uniform in [0, 0.02]: without noise and at three
+    """Trained on noise uniform in [0, 0.02]: without noise and at three
     times the protocol's noise the error stays within 0.7 points of what
-    model.json records (bench_regressor.py, 1 024 images; here 5.1 and 8.2 %
-    on 96). The model before, fine-tuned at 0.01 alone, fails this (5.9 and
-    9.3 % here); the fourth fine-tuning went to 7.5 % without noise."""
+    model.json records (bench_regressor.py, 1 024 images). A network trained
+    at 0.01 alone fails this (one was at 5.9 and 9.3 % here where model.json
+    recorded 5.0 and 8.4 %)."""
     _, test_images = natural_image_split()
     err, base = _errors(model, test_images, seed=2025, noise_std=noise_std)
     recorded = json.loads((DEFAULT_DIR / "model.json").read_text())
@@ -102,18 +104,20 @@ def test_projected_estimates_are_never_worse_on_sampler_draws(model):
 
 # ------------------------------------------------ the spectral regressor
 def test_support_check_flags_point_sources_and_windows_not_natural_images(model):
-    """The shipped network's support_tolerance (0.06, model.json): silent on
-    held-out natural and microscopy images at its training noise (0.1 % of
-    2 048 each flagged, bench_support_check.py); it flags most sparse
-    point-source fields on a dark field and every window of a larger scene
-    (crop boundary), where its estimates are far off."""
+    """The shipped network's support_tolerance (0.05, model.json): silent on
+    held-out natural and microscopy images at the protocol's noise (0-0.4 %
+    of 2 048 each over 0.04, none over 0.06; bench_support_check.py); it
+    flags a third of the sparse point-source fields on a dark field (30-45 %
+    over 0.06-0.04), whose estimates are bad (37 % error against 26 % for
+    the others), and almost every window of a larger scene (crop boundary;
+    94-100 %), where it is at 40 %."""
     import warnings
 
     from deepblur.datasets import blur_images
     from deepblur.exceptions import OutOfSupportWarning
 
     reg = model.regressor
-    assert reg.support_tolerance == 0.06 and reg.sampler is model.sampler
+    assert reg.support_tolerance == 0.05 and reg.sampler is model.sampler
     assert load_default("crop_network").regressor.support_tolerance == 0.1
     assert load_default("spectral").regressor.support_tolerance is None
     _, test_images = natural_image_split()
@@ -127,25 +131,26 @@ def test_support_check_flags_point_sources_and_windows_not_natural_images(model)
         for u in (natural, micro):
             reg.predict(blur_images(u, gamma, model.basis, noise_std=0.01,
                                     random_state=rng))
-    points = make_point_sources(32, shape, density=0.0005, random_state=rng)
-    X = blur_images(points, gamma[:32], model.basis, noise_std=0.01,
-                    random_state=rng)
-    far = reg.support_distance(X) > 0.06
-    assert far.mean() > 0.5
-    with pytest.warns(OutOfSupportWarning, match=f"{far.sum()} of 32 images"):
-        flagged = reg.predict(X)
-    err_far = relative_errors(gamma[:32][far], flagged[far],
-                              model.basis.gram_)["operator"]
-    assert err_far.mean() > 0.3          # the flagged estimates are bad ones
+    points = make_point_sources(64, shape, density=0.0005, random_state=rng)
+    X = blur_images(points, gamma, model.basis, noise_std=0.01, random_state=rng)
+    far = reg.support_distance(X) > 0.05
+    assert 0.15 < far.mean() < 0.7
+    with pytest.warns(OutOfSupportWarning, match=f"{far.sum()} of 64 images"):
+        estimates = reg.predict(X)
+    err = relative_errors(gamma, estimates, model.basis.gram_)["operator"]
+    assert err[far].mean() > 0.25 and err[far].mean() > err[~far].mean()
     windows = blur_images(natural[:16], gamma[:16], model.basis, noise_std=0.01,
                           boundary="crop", random_state=rng)
-    with pytest.warns(OutOfSupportWarning, match="16 of 16 images"):
+    far = reg.support_distance(windows) > 0.05
+    assert far.sum() >= 14
+    with pytest.warns(OutOfSupportWarning, match=f"{far.sum()} of 16 images"):
         reg.predict(windows)
 
 
 def test_estimate_gamma_warns_about_an_image_far_noisier_than_training(model):
-    """At the training noise nothing is said; at ten times it, a
-    NoisyImageWarning (the error there is 27 %, worse than the mean operator)."""
+    """At the protocol's noise nothing is said; at 0.1, five times the top
+    of the training noise, a NoisyImageWarning (the error there is 15 %,
+    against 4.7 % at 0.01)."""
     import warnings
 
     from deepblur.datasets.simulate import blur_images
@@ -160,7 +165,7 @@ def test_estimate_gamma_warns_about_an_image_far_noisier_than_training(model):
             estimate_gamma(model, 40.0 * y[0])  # any intensity scale
     y = blur_images(u, gamma, model.basis, noise_std=0.1, random_state=0)
     with pytest.warns(NoisyImageWarning, match=r"1 of 1 images .* \(median\), "
-                                               r"(9|10|11) times that"):
+                                               r"(4|5|6) times that"):
         estimate_gamma(model, 40.0 * y[0])
 
 

@@ -118,12 +118,12 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         relative operator distance to the sampler's support
         (:meth:`support_distance`, measured before any projection) exceeds
         it; the sign of images unlike the training images. ``None`` checks
-        nothing. The shipped network's is 0.06: it flags 0.1 % of simulated
-        natural and microscopy images at its training noise, most sparse
-        point-source fields on a dark field and every window of a larger
-        scene, where its estimates are far off
+        nothing. The shipped network's is 0.05: it flags 0-0.1 % of
+        simulated natural and microscopy images at the protocol's noise, 99 %
+        of the windows of larger scenes and a third of the sparse
+        point-source fields on a dark field, where its estimates are far off
         (``benchmarks/bench_support_check.py``). The check costs a projection
-        per image on the CPU, 4-10 % of the inference on one CPU thread; on a
+        per image on the CPU, 2-10 % of the inference on one CPU thread; on a
         CUDA device, batches of 1 024 estimates or more that are not projected
         (``project=False``, as :func:`~deepblur.pretrained.load_model`
         leaves them) are checked with bounds computed there

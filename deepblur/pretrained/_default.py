@@ -17,7 +17,7 @@ __all__ = ["DEFAULT_SETTING", "compare_estimators", "make_default_setting",
 #: of :func:`deepblur.datasets.blur_images`), as the shipped model was. A
 #: network trained so reads much of the blur from the dark border that this
 #: boundary leaves: on windows of larger scenes (``boundary="crop"``: real
-#: images, tiles of large ones) the shipped model's operator error is 43 %,
+#: images, tiles of large ones) the shipped model's operator error is 40 %,
 #: worse than the mean operator's 24 %. The network shipped beside it for
 #: such images (``load_default(estimator="crop_network")``) was trained on
 #: crops: 16.6 % there (benchmarks/README.md).
