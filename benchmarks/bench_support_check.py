@@ -185,7 +185,8 @@ def run(name, model, boundary, n, seed, tolerance, device="cpu"):
             for label, sel in (("flagged", far), ("others", ~far)):
                 parts.append(f"{label} {100 * err[sel].mean():5.1f} %" if sel.any()
                              else f"{label}   -")
-            line += " | error " + ", ".join(parts)
+            line += (f" | at {tolerance:g}: {100 * far.mean():5.1f} % flagged; "
+                     "error " + ", ".join(parts))
         print(line, flush=True)
     print(f"cost: inference {1e3 * t_net / n_total:.2f} ms/image, projection "
           f"{1e3 * t_proj / n_total:.2f} ms/image ({t_proj / t_net:.3f} x the "
