@@ -74,7 +74,7 @@ n = max(1, int(0.7 * rate * float(os.environ["TRAIN_SECONDS"]) // unit)) * unit
 print(f"probe: {rate:.0f} images/s of training steps; N_IMAGES={n}", file=sys.stderr)
 print(n)
 PY
-)
+) || { echo "gpu_round.sh: the probe failed:" >&2; tail -n 20 "$LOG" >&2; exit 1; }
   export N_IMAGES
   tail -n 1 "$LOG"
 fi

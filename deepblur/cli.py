@@ -769,8 +769,8 @@ def cmd_train(args):
         raise CLIError(f"unknown setting override(s) {', '.join(unknown)}; "
                        f"overrides must be among {', '.join(DEFAULT_SETTING)}.")
     hyper = {k: config[k] for k in TRAINING_DEFAULTS if k in config}
-    if hyper.get("input_norm") == "none":       # TOML has no null
-        hyper["input_norm"] = None
+    if "input_norm" in hyper:
+        hyper["input_norm"] = _config_input_norm(hyper["input_norm"], "")
     if "seed" in config:
         hyper["random_state"] = config["seed"]
     if "init_model" in config:
@@ -844,6 +844,19 @@ def _image_count(config, key, default):
     return n
 
 
+def _config_input_norm(value, where):
+    """A config's ``input_norm``: ``"none"`` (TOML has no null) is None."""
+    from deepblur.nets.resnet import INPUT_NORMS
+
+    if value is None or value == "none":
+        return None
+    if value not in INPUT_NORMS:
+        names = ", ".join(repr(v) for v in INPUT_NORMS if v is not None)
+        raise CLIError(f"{where}input_norm must be one of {names} or 'none' (the "
+                       f"image alone); got {value!r}.")
+    return value
+
+
 def _crop_network_params(config, hyper, name):
     """The ``crop_network`` table of a config, checked, as the keyword
     arguments of train_crop_network (None without the table)."""
@@ -867,6 +880,9 @@ def _crop_network_params(config, hyper, name):
     params.update({("random_state" if k == "seed" else k):
                    (tuple(v) if k == "noise_std" and isinstance(v, list) else v)
                    for k, v in table.items()})
+    if "input_norm" in params:
+        params["input_norm"] = _config_input_norm(params["input_norm"],
+                                                  "crop_network: ")
     try:
         check_crop_network_params(**params)
     except ValueError as exc:
@@ -1282,8 +1298,11 @@ def build_parser():
                     "(deepblur.pretrained.train_regressor) and write it with\n"
                     "save_model. The parameters, optimizer and history are\n"
                     "checkpointed after every epoch; --resume continues from the\n"
-                    "last one. Missing keys take the shipped model's values;\n"
-                    "relative paths are relative to the config file.\n\n"
+                    "last one (refused if the parameters changed). Missing\n"
+                    "keys take the shipped network's recipe (TRAINING_DEFAULTS,\n"
+                    "seed 0) but its noise range: set noise_std = [0.0, 0.02]\n"
+                    "under [setting] for that; relative paths are relative to\n"
+                    "the config file.\n\n"
                     f"config keys:\n{keys}",
         epilog="example (tiny.toml):\n"
                "  n_images = 2048\n  epochs = 2\n  output = \"tiny_model\"\n"

@@ -591,6 +591,7 @@ head_images = 64
 head_batch_size = 32
 compile = false
 seed = 5
+input_norm = "none"
 
 [crop_network.blur_features]
 window = 8
@@ -633,6 +634,7 @@ def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
     assert model.setting["boundary"] == "crop"
     assert model.noise_std == (0.0, 0.04)
     assert model.regressor.noise_level_ == pytest.approx(0.04)
+    assert model.regressor.get_params()["module__input_norm"] is None  # "none"
     meta = json.loads((out_dir / "crop_network.json").read_text())
     assert meta["training"]["script"] == "deepblur train"
     assert meta["training"]["random_state"] == 5
@@ -680,6 +682,8 @@ def test_train_keeps_the_crop_network_when_its_calibration_fails(
 
 @pytest.mark.parametrize("table, match", [
     ('[crop_network]\nwidth = 0\n', "crop_network: width must be a positive"),
+    ('[crop_network]\ninput_norm = "whiten"\n',
+     "crop_network: input_norm must be one of .* or 'none'"),
     ('[crop_network]\npoint_fraction = 1.0\n', "point_fraction must be in"),
     ('[crop_network]\nnoise_std = [0.05, 0.01]\n', "noise_std must be"),
     ('[crop_network]\nhead_images = -1\n', "head_images must be a positive"),
@@ -765,7 +769,7 @@ def test_train_errors(capsys, tmp_path):
     assert "criterion must be one of" in error('criterion = "l2"')
     assert "epochs must be a positive integer" in error('epochs = "ten"')
     assert "head must be" in error('head = "max"')
-    assert "input_norm must be one of" in error('input_norm = "whiten"')
+    assert "or 'none'" in error('input_norm = "whiten"')
     assert "overrides must be among" in error("[setting]\nn_layers = 3")
     assert "no checkpoint" in error("epochs = 1", "r.toml", "--resume")
     assert "is not a folder" in error('images = "nowhere"')

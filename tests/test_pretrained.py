@@ -1,6 +1,8 @@
 """Saving and loading trained regressors without pickle; the default setting."""
 
+import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -130,22 +132,34 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     assert model.regressor.device == "cpu"
 
 
-def test_save_model_stores_the_large_weights_in_half_precision(small_setting,
+def test_save_model_stores_the_layer_weights_in_half_precision(small_setting,
                                                               tmp_path):
-    """weights_dtype="float16": the network's large tensors in half precision
-    (a smaller file), read back into the float32 network; the basis, the cone
-    and the small tensors exact."""
+    """weights_dtype="float16": the weights of the convolutions and dense
+    layers in half precision (a smaller file), read back into the float32
+    network; the basis, the cone, the biases and every buffer (batch-norm
+    statistics, the blur-statistics branch's standardisation) exact. A weight
+    that float16 cannot hold is a clear error, not a NaN network."""
     from safetensors.torch import load_file
 
-    net, X = _tiny_regressor(small_setting)
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    net = train_regressor(small_setting, pool, n_images=32, epochs=1, batch_size=8,
+                          width=4, depth=1, stem_stride=2, num_workers=0,
+                          device="cpu", verbose=0)
+    net = add_feature_head(small_setting, pool, net, n_images=32, batch_size=16,
+                           blur_features=dict(window=8, n_radial=2, n_angular=2,
+                                              border=3, n_segments=2))
+    X = pool[:4].astype(np.float32)
     full = save_model(tmp_path / "full", net, small_setting)
     half = save_model(tmp_path / "half", net, small_setting,
-                      weights_dtype="float16")
+                      weights_dtype="float16", extra={"weights_dtype": "stale"})
     a, b = (load_file(d / "model.safetensors") for d in (full, half))
-    large = {k for k, v in a.items() if k.startswith("module.")
-             and v.is_floating_point() and v.numel() >= 4096}
-    assert large and all(b[k].dtype == torch.float16 for k in large)
-    assert all(torch.equal(a[k], b[k]) for k in a if k not in large)
+    module = net.module_
+    layers = {f"module.{name}.weight" for name, m in module.named_modules()
+              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    buffers = {f"module.{name}" for name, _ in module.named_buffers()}
+    assert "module.feature_fc.weight" in layers and "module.feature_scale" in buffers
+    assert all(b[k].dtype == torch.float16 for k in layers)
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in layers)
     assert ((half / "model.safetensors").stat().st_size
             < (full / "model.safetensors").stat().st_size)
     assert json.loads((half / "model.json").read_text())["weights_dtype"] == "float16"
@@ -155,6 +169,14 @@ def test_save_model_stores_the_large_weights_in_half_precision(small_setting,
                                rtol=1e-2, atol=1e-3)
     with pytest.raises(ValueError, match="weights_dtype must be one of"):
         save_model(tmp_path / "bad", net, small_setting, weights_dtype="bfloat16")
+    # out of float16's range: refused, naming the tensor
+    for factor in (1e9, 1e-9):
+        tiny = copy.deepcopy(net)
+        with torch.no_grad():
+            tiny.module_.fc.weight.mul_(factor)
+        with pytest.raises(ValueError, match="cannot store module.fc.weight"):
+            save_model(tmp_path / "range", tiny, small_setting,
+                       weights_dtype="float16")
 
 
 def test_support_tolerance_saves_and_loads(small_setting, tmp_path):
@@ -764,6 +786,18 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
                            resume=True, criterion="frobenius", **kw)
     assert len(done.history) == 2
     np.testing.assert_allclose(done.predict(X), net.predict(X), rtol=1e-6)
+    # other parameters than the checkpoint's (recorded in run.json) are refused,
+    # e.g. defaults changed between versions: another schedule, silently
+    for change, named in ((dict(width=8), "width=4 (now 8)"),
+                          (dict(epochs=4), "epochs=2 (now 4)"),
+                          (dict(noise_std=(0.0, 0.02)), "noise_std=None")):
+        with pytest.raises(ValueError, match=r"other training parameters.*"
+                                             + re.escape(named)):
+            train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+                            resume=True, criterion="frobenius", **dict(kw, **change))
+    # a checkpoint without that record (an older version's) is checked by
+    # loading it into the module
+    (tmp_path / "run.json").unlink()
     with pytest.raises(ValueError, match="does not match this configuration"):
         train_regressor(small_setting, pool, checkpoint_dir=tmp_path, resume=True,
                         **dict(kw, width=8))
@@ -822,7 +856,7 @@ def test_train_regressor_starts_from_init_model(small_setting, tmp_path):
     # the weights are copied as they are (an untrained net of another seed)
     fresh = ResNetBlurRegressor(basis=small_setting["basis"], module__width=4,
                                 module__depth=1, module__stem_stride=2,
-                                module__input_norm="laplacian",  # the default
+                                module__input_norm="laplacian",  # train_regressor's
                                 device="cpu").initialize()
     _load_initial_weights(fresh, load_model(source))
     for (name, a), b in zip(first.module_.state_dict().items(),

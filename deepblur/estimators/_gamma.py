@@ -201,10 +201,11 @@ def support_distances_settled(sampler, gamma, gram, tolerance, device=None):
 #: than with one exact CPU projection each (0.06-0.13 ms apiece). Measured on
 #: an H200 with 2 048 estimates per call: 0.58-1.37 times the exact
 #: projections on natural and microscopy images, 1.14 times over all the
-#: benchmark's sets (a fixed 0.17-0.2 s of kernel launches per call), so the
-#: bounds pay only on larger batches (benchmarks/README.md, "Support check in
-#: predict").
-SETTLED_MIN_ROWS = 1024
+#: benchmark's sets, the bounds costing about 0.17-0.2 s per call whatever the
+#: set (kernel launches of the 200 steps): they pay only on larger batches,
+#: hence 4 096 (derived from those costs, where the exact projections take
+#: 0.5 s; not measured; benchmarks/README.md, "Support check in predict").
+SETTLED_MIN_ROWS = 4096
 
 
 def settled_check_pays(device, n_rows):

@@ -124,7 +124,7 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         point-source fields on a dark field, where its estimates are far off
         (``benchmarks/bench_support_check.py``). The check costs a projection
         per image on the CPU, 2-10 % of the inference on one CPU thread; on a
-        CUDA device, batches of 1 024 estimates or more that are not projected
+        CUDA device, batches of 4 096 estimates or more that are not projected
         (``project=False``, as :func:`~deepblur.pretrained.load_model`
         leaves them) are checked with bounds computed there
         (:func:`~deepblur.solvers.cone.cone_distance_bounds`), and only the

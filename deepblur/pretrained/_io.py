@@ -92,9 +92,42 @@ def _read_pair(directory, weights, meta, missing):
             load_file(str(directory / weights), device="cpu"))
 
 
-# save_model's weights_dtype: the storage of the network's large tensors
+# save_model's weights_dtype: the storage of the weights of the network's
+# convolutions and dense layers; a float16 copy must stay this close to them
 _WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-_LARGE_TENSOR = 4096
+_HALF_TOLERANCE = 1e-3
+
+
+def _layer_weights(regressor):
+    """The state-dict names (``module.<layer>.weight``) of the weights of the
+    network's convolutions and dense layers: what ``weights_dtype`` stores."""
+    return {f"module.{name}.weight"
+            for name, layer in plain_module(regressor).named_modules()
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))
+            and not name.startswith("moment_head.")}
+
+
+def _to_weights_dtype(tensors, names, weights_dtype):
+    """``tensors`` with ``names`` cast to ``weights_dtype``; a ValueError if a
+    cast would overflow or lose more than ``_HALF_TOLERANCE`` of a tensor."""
+    dtype = _WEIGHTS_DTYPES[weights_dtype]
+    for name in sorted(names):
+        value = tensors[name]
+        cast = value.to(dtype)
+        back = cast.to(value.dtype)
+        finite = torch.isfinite(value)
+        error = torch.linalg.vector_norm(torch.where(finite, back - value, 0.0))
+        scale = torch.linalg.vector_norm(torch.where(finite, value, 0.0))
+        if (not torch.equal(torch.isfinite(back), finite)
+                or error > _HALF_TOLERANCE * scale):
+            raise ValueError(
+                f"weights_dtype={weights_dtype!r} cannot store {name} (largest "
+                f"magnitude {float(value.abs().max()):.3g}): its values "
+                f"overflow or underflow {weights_dtype} (relative error "
+                f"{float(error / scale) if scale > 0 else float('inf'):.2g}); "
+                "save it with weights_dtype='float32'.")
+        tensors[name] = cast
+    return tensors
 
 
 def _module_tensors(regressor):
@@ -142,14 +175,15 @@ def save_model(directory, regressor, setting, *, extra=None,
     extra : dict, optional
         More JSON-serialisable metadata (e.g. measured errors).
     weights_dtype : {"float32", "float16"}, default="float32"
-        How the network's weight tensors of at least 4 096 elements (its
-        convolutions and dense layers) are stored; :func:`load_model` reads
-        them back into the float32 network. ``"float16"`` halves the file
-        for a change in the estimates far below their error: the shipped
-        width-32 network's held-out operator error moved by less than 0.001
-        point (benchmarks/README.md, "GPU round on an H200"). The basis, the
-        cone and the network's small tensors (biases, normalisation
-        statistics) stay in full precision.
+        How the weights of the network's convolutions and dense layers are
+        stored; :func:`load_model` reads them back into the float32
+        network. ``"float16"`` halves the file for a change in the estimates
+        far below their error: the shipped width-32 network's held-out
+        operator error moved by less than 0.001 point (benchmarks/README.md,
+        "GPU round on an H200"). A ValueError names any weight that float16
+        cannot hold (a relative error over 1e-3, or an overflow). The basis,
+        the cone, the biases and the buffers (normalisation statistics, the
+        blur-statistics branch's standardisation) stay in full precision.
 
     Notes
     -----
@@ -168,9 +202,9 @@ def save_model(directory, regressor, setting, *, extra=None,
     directory.mkdir(parents=True, exist_ok=True)
     basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
     tensors = _module_tensors(regressor)
-    for name, value in tensors.items():
-        if value.is_floating_point() and value.numel() >= _LARGE_TENSOR:
-            tensors[name] = value.to(_WEIGHTS_DTYPES[weights_dtype])
+    if weights_dtype != "float32":
+        tensors = _to_weights_dtype(tensors, _layer_weights(regressor),
+                                    weights_dtype)
     tensors["basis.kernels"] = torch.tensor(np.ascontiguousarray(basis.kernels_),
                                            dtype=torch.float64)
     tensors["basis.maps"] = torch.tensor(np.ascontiguousarray(basis.maps_),
@@ -189,9 +223,9 @@ def save_model(directory, regressor, setting, *, extra=None,
         max_rays=sampler.max_rays, random_state=sampler.random_state,
         setting={k: (list(v) if isinstance(v, tuple) else v)
                  for k, v in setting["params"].items()},
-        weights_dtype=weights_dtype,
-        **(extra or {}),
     )
+    meta.update(extra or {})
+    meta["weights_dtype"] = weights_dtype       # not a stale one in extra
     level = getattr(regressor, "noise_level_", None)
     if level is not None:       # what predict checks images against (Notes)
         meta.setdefault("noise_level", float(level))

@@ -10,6 +10,7 @@ for real images (``examples/train_crop_model.py``).
 from __future__ import annotations
 
 import copy
+import json
 import math
 from numbers import Real
 from pathlib import Path
@@ -70,9 +71,10 @@ def calibrate_support_tolerance(regressor, X, *, quantile=SUPPORT_QUANTILE):
     ``deepblur train`` does so on 4 096 images (``support_images``).
 
     For the shipped networks, on 8 192 images each drawn as their training
-    images were (:func:`support_calibration_images`, two draws): 0.053-0.054
-    for the zero-boundary network (which ships 0.06) and 0.16-0.18 for the
-    crop network (which ships 0.1, to flag more point-source fields;
+    images were (:func:`support_calibration_images`, two draws): 0.046-0.048
+    for the zero-boundary network (which ships 0.05; the width-16 network
+    before it: 0.053-0.054, shipped 0.06) and 0.16-0.18 for the crop network
+    (which ships 0.1, to flag more point-source fields;
     ``benchmarks/bench_support_check.py``).
 
     Parameters
@@ -308,7 +310,7 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         ``"auto"``: CUDA when available, else the CPU.
     compile : bool, default=False
         ``torch.compile`` the network (skorch's ``compile``): on the 2-core
-        CPU a training step of the shipped network ran 25 % faster (464 to
+        CPU a training step of the width-16 network ran 25 % faster (464 to
         578 images/s, 1 thread, batches of 256) after about 30 s of
         compilation (benchmarks/README.md), so it pays off for runs longer
         than a few minutes.
@@ -416,6 +418,14 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         net.initialize()
     if source is not None:
         _load_initial_weights(net, source)
+    if checkpoint_dir is not None:
+        run = dict(n_images=n_images, epochs=epochs, batch_size=batch_size, lr=lr,
+                   width=width, depth=depth, stem_stride=stem_stride, head=head,
+                   input_norm=input_norm, criterion=criterion, pool_size=pool_size,
+                   gammas_per_image=gammas_per_image, moment_stage=moment_stage,
+                   moment_weight=moment_weight, noise_std=noise_std,
+                   random_state=random_state)
+        _check_or_record_run(checkpoint_dir, run, resume)
     if resume:
         _resume(net, data, checkpoint_dir, epochs, num_workers)
     else:
@@ -555,6 +565,36 @@ def _load_initial_weights(net, source):
             "init_model's network does not match this training's (width, "
             f"depth, stem_stride, head, input_norm, K?): {' '.join(lines[:2])}"
         ) from None
+
+
+_RUN_FILE = "run.json"
+
+
+def _check_or_record_run(checkpoint_dir, run, resume):
+    """Write the training's parameters beside its checkpoint, or, when
+    resuming, refuse parameters other than those the checkpoint was made
+    with: resumed with other ``epochs`` or ``n_images`` (e.g. defaults that
+    changed between versions), a run would stop early or train on another
+    schedule without a word. Checkpoints written before this record are
+    resumed unchecked."""
+    path = Path(checkpoint_dir) / _RUN_FILE
+    run = json.loads(json.dumps(run, default=float))     # tuples become lists
+    if not resume:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(run, indent=1))
+        return
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    changed = sorted(k for k in set(run) | set(recorded)
+                     if run.get(k) != recorded.get(k))
+    if changed:
+        raise ValueError(
+            f"the checkpoint in {str(path.parent)!r} was made with other training "
+            "parameters than this call's: "
+            + ", ".join(f"{k}={recorded.get(k)!r} (now {run.get(k)!r})"
+                        for k in changed)
+            + "; resume with the same ones, or train without resuming.")
 
 
 def _resume(net, data, checkpoint_dir, epochs, num_workers):
