@@ -335,7 +335,10 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     resume : bool, default=False
         Continue from the checkpoint in ``checkpoint_dir``: its finished
         epochs are kept, the learning-rate schedule and the data stream go on
-        where they stopped, and only the remaining epochs run.
+        where they stopped, and only the remaining epochs run. The training's
+        parameters are recorded beside the checkpoint (``run.json``): a
+        resume with other ones (``epochs``, ``n_images``, ``lr``, the
+        network, the noise, the seed...) raises a ValueError that names them.
     progress_bar : bool, default=False
         Show a progress bar of the batches of each epoch (skorch
         ``ProgressBar``).
