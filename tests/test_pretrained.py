@@ -177,6 +177,7 @@ def test_save_model_stores_the_layer_weights_in_half_precision(small_setting,
         with pytest.raises(ValueError, match="cannot store module.fc.weight"):
             save_model(tmp_path / "range", tiny, small_setting,
                        weights_dtype="float16")
+        assert not (tmp_path / "range").exists()        # nothing written
 
 
 def test_support_tolerance_saves_and_loads(small_setting, tmp_path):

@@ -98,13 +98,13 @@ _WEIGHTS_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _HALF_TOLERANCE = 1e-3
 
 
-def _layer_weights(regressor):
-    """The state-dict names (``module.<layer>.weight``) of the weights of the
-    network's convolutions and dense layers: what ``weights_dtype`` stores."""
+def _layer_weights(regressor, tensors):
+    """The names in ``tensors`` (``module.<layer>.weight``) of the weights of
+    the network's convolutions and dense layers: what ``weights_dtype``
+    stores."""
     return {f"module.{name}.weight"
             for name, layer in plain_module(regressor).named_modules()
-            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))
-            and not name.startswith("moment_head.")}
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))} & set(tensors)
 
 
 def _to_weights_dtype(tensors, names, weights_dtype):
@@ -198,13 +198,13 @@ def save_model(directory, regressor, setting, *, extra=None,
     if weights_dtype not in _WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype must be one of {sorted(_WEIGHTS_DTYPES)}; "
                          f"got {weights_dtype!r}.")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
     tensors = _module_tensors(regressor)
-    if weights_dtype != "float32":
-        tensors = _to_weights_dtype(tensors, _layer_weights(regressor),
+    if weights_dtype != "float32":      # may refuse: before anything is written
+        tensors = _to_weights_dtype(tensors, _layer_weights(regressor, tensors),
                                     weights_dtype)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     tensors["basis.kernels"] = torch.tensor(np.ascontiguousarray(basis.kernels_),
                                            dtype=torch.float64)
     tensors["basis.maps"] = torch.tensor(np.ascontiguousarray(basis.maps_),

@@ -358,12 +358,13 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     """
     from skorch.callbacks import LRScheduler, ProgressBar
 
-    check_training_params(n_images=n_images, epochs=epochs, batch_size=batch_size,
-                          lr=lr, width=width, depth=depth, stem_stride=stem_stride,
-                          head=head, input_norm=input_norm, criterion=criterion,
-                          pool_size=pool_size, gammas_per_image=gammas_per_image,
-                          moment_stage=moment_stage, moment_weight=moment_weight,
-                          num_workers=num_workers, compile=compile)
+    # what the training learns from (recorded beside a checkpoint, below)
+    run = dict(n_images=n_images, epochs=epochs, batch_size=batch_size, lr=lr,
+               width=width, depth=depth, stem_stride=stem_stride, head=head,
+               input_norm=input_norm, criterion=criterion, pool_size=pool_size,
+               gammas_per_image=gammas_per_image, moment_stage=moment_stage,
+               moment_weight=moment_weight)
+    check_training_params(**run, num_workers=num_workers, compile=compile)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if resume and checkpoint_dir is None:
@@ -422,13 +423,9 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     if source is not None:
         _load_initial_weights(net, source)
     if checkpoint_dir is not None:
-        run = dict(n_images=n_images, epochs=epochs, batch_size=batch_size, lr=lr,
-                   width=width, depth=depth, stem_stride=stem_stride, head=head,
-                   input_norm=input_norm, criterion=criterion, pool_size=pool_size,
-                   gammas_per_image=gammas_per_image, moment_stage=moment_stage,
-                   moment_weight=moment_weight, noise_std=noise_std,
-                   random_state=random_state)
-        _check_or_record_run(checkpoint_dir, run, resume)
+        _check_or_record_run(checkpoint_dir, dict(run, noise_std=noise_std,
+                                                  random_state=random_state),
+                             resume)
     if resume:
         _resume(net, data, checkpoint_dir, epochs, num_workers)
     else:

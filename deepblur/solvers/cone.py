@@ -911,8 +911,10 @@ def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
         ``n_iter`` times.
     n_iter : int, default=200
         Most gradient steps per row; more tighten the bounds. On the shipped
-        network's estimates of natural images, 200 steps settle 99.8 % of
-        them against its tolerance of 0.06 (benchmarks/README.md).
+        network's estimates of natural and microscopy images, 200 steps
+        settle 99.7-100 % of them against its tolerance of 0.05 (the
+        width-16 network before it: 99.8-99.9 % against 0.06;
+        benchmarks/README.md).
     device : str or torch.device, default=None
         Where to iterate (default CPU). The results are on the CPU either way.
 
