@@ -106,7 +106,8 @@ def main():
         if args.save_dir:
             from deepblur.pretrained import save_model
 
-            save_model(f"{args.save_dir}/g{g}_d{depth}", net, setting)
+            save_model(f"{args.save_dir}/g{g}_d{depth}", net, setting,
+                       noise_std=(0.0, 0.02))
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(row) + "\n")

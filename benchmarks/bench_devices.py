@@ -61,7 +61,7 @@ def _rate(fn, n_images, device, seconds=4.0, warmup=3):
 def bench_config(model, images, device, width, depth, stem, batch, boundary,
                  compile=False):
     data = BlurDataset(images, model.basis, model.sampler, batch_size=batch,
-                       n_batches=10**9, noise_std=model.noise_std,
+                       n_batches=10**9, noise_std=model.setting["noise_std"],
                        boundary=boundary, device=device, random_state=0)
     it = iter(data)
     row = {"data": _rate(lambda: next(it), batch, device)}
@@ -105,7 +105,8 @@ def bench_config(model, images, device, width, depth, stem, batch, boundary,
 
 def bench_tv(model, images, device, n=64, max_iter=200):
     data = BlurDataset(images, model.basis, model.sampler, batch_size=n,
-                       n_batches=1, noise_std=model.noise_std, random_state=1)
+                       n_batches=1, noise_std=model.setting["noise_std"],
+                       random_state=1)
     X, gamma = next(iter(data))
     est = TVDeblurrer(model.basis, lam=0.005, max_iter=max_iter, tol=0.0,
                       device=device.type).fit(X[:, 0].numpy())

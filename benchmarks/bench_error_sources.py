@@ -47,7 +47,7 @@ def simulate(model, images, n, seed):
     u = u[u.mean((1, 2)) > 1e-3]
     u *= 0.5 / u.mean((1, 2), keepdims=True)
     gamma = model.sampler.sample(len(u))
-    y = blur_images(u, gamma, model.basis, noise_std=model.noise_std,
+    y = blur_images(u, gamma, model.basis, noise_std=model.setting["noise_std"],
                     normalize=None, random_state=seed + 1).astype(np.float64)
     return u, gamma, y
 
@@ -167,7 +167,7 @@ def main():
     mean_gamma = model.sampler.sample(50_000).mean(0)
     u, gamma, y = simulate(model, test_images, args.n, 31)
     pred = model.regressor.predict(y.astype(np.float32))
-    print(f"{len(u)} held-out natural images, noise {model.noise_std}")
+    print(f"{len(u)} held-out natural images, noise {model.setting['noise_std']}")
     summary("network", gamma, pred, np.tile(mean_gamma, (len(u), 1)),
             model.basis.gram_)
     content_probe(model, u, gamma, pred, mean_gamma)

@@ -113,7 +113,7 @@ def shipped(n, seed, directory=DEFAULT_DIR):
         u = extract_patches(source, n, shape, random_state=rng)
         for g_name, g in (("held-out", held_out), ("draws", draws)):
             for est_name, model, boundary in estimators:
-                y = blur_images(u, g, basis, noise_std=network.noise_std,
+                y = blur_images(u, g, basis, noise_std=network.setting["noise_std"],
                                 boundary=boundary, random_state=rng)
                 _compare(f"{set_name:>10} {g_name:>8} {est_name:>8}", g, y,
                          model.regressor, sampler, G, mean_gamma)

@@ -109,7 +109,8 @@ def train(args, setting, train_images, mean_gamma, n_batches, noise):
     print(f"trained on {n_seen} images in {train_s:.0f} s on {args.device} "
           f"({n_seen / train_s:.0f} images/s incl. data generation)")
     if args.save:
-        save_model(args.save, net, setting, extra=dict(
+        save_model(args.save, net, setting, noise_std=(
+                tuple(args.train_noise) if args.train_noise else noise), extra=dict(
             training=dict(n_images=n_seen, seconds=round(train_s, 1),
                           device=args.device, boundary=args.boundary,
                           batch_size=args.batch_size, lr=args.lr,

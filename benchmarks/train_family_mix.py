@@ -162,7 +162,7 @@ def main():
         head_seconds = round(time.perf_counter() - t, 1)
         print(f"blur-statistics branch fitted in {head_seconds} s", flush=True)
     setting["sampler"] = model.sampler
-    save_model(args.out, net, setting, extra=dict(family_mix=dict(
+    save_model(args.out, net, setting, noise_std=noise, extra=dict(family_mix=dict(
         vars(args), seconds=round(seconds, 1), head_seconds=head_seconds,
         pool=len(pool), device=str(net.device))))
 

@@ -343,8 +343,9 @@ def cmd_demo(args):
                                         lam=args.lam, max_iter=args.max_iter,
                                         device=args.device)
     print(f"model: {source} ({estimator} estimator)")
-    noise = (f"{model.noise_std[0]:g}-{model.noise_std[1]:g}"
-             if isinstance(model.noise_std, tuple) else f"{model.noise_std:g}")
+    drawn = res["noise_std"]
+    noise = (f"{drawn[0]:g}-{drawn[1]:g}" if isinstance(drawn, tuple)
+             else f"{drawn:g}")
     print(f"image: {args.image} ({shape[0]}x{shape[1]} centre crop, mean 0.5), "
           f"seed {args.seed}, noise std {noise}, "
           f"{(model.setting or {}).get('boundary', 'zero')} boundary")
@@ -1200,8 +1201,8 @@ def build_parser():
     p = sub.add_parser(
         "demo", help="blur a bundled image, estimate the blur and deblur (Fig. 3)",
         description="Paper Fig. 3 in seconds: draw an operator from the model's "
-                    "sampler, blur a bundled image and add noise at the model's "
-                    "noise level, estimate the operator (with the network by "
+                    "sampler, blur a bundled image and add noise at its setting's "
+                    "test level, estimate the operator (with the network by "
                     "default, see --estimator), deblur "
                     "with total variation (with the estimate, and with the true "
                     "operator for reference), print the relative operator error "

@@ -3,12 +3,13 @@ Blind deblurring with the default model (paper Fig. 3)
 ======================================================
 
 For each image: draw a space-varying blur operator from the model's sampler
-(Algorithm 2), blur the image and add noise at the model's training level,
-estimate the operator from the blurry image alone with the trained network,
-and deblur with total variation (``l1`` for point sources) using the estimate
-and, for reference, the true operator. The figures show the true and the
-estimated operators on a Dirac comb, the blurry, original and deblurred
-images, the relative operator error and the SNRs, as in paper Fig. 3.
+(Algorithm 2), blur the image and add noise at the model's test level (its
+setting's ``noise_std``, 0.01), estimate the operator from the blurry image
+alone with the trained network, and deblur with total variation (``l1`` for
+point sources) using the estimate and, for reference, the true operator. The
+figures show the true and the estimated operators on a Dirac comb, the
+blurry, original and deblurred images, the relative operator error and the
+SNRs, as in paper Fig. 3.
 
 The natural images ``camera``, ``coffee`` and ``flower`` are held out of the
 model's training data; ``cell`` is a microscopy image and the point sources

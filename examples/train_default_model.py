@@ -137,10 +137,11 @@ for key in err:
 # %%
 # Save and reload (safetensors + JSON)
 # ------------------------------------
-model_dir = save_model(OUT / "default_model", net, setting, extra=dict(
-    n_train_images=int(n_batches * batch_size * epochs),
-    test_operator_error=float(err["operator"].mean()),
-    test_baseline_error=float(base["operator"].mean())))
+model_dir = save_model(OUT / "default_model", net, setting, noise_std=train_noise,
+                       extra=dict(
+                           n_train_images=int(n_batches * batch_size * epochs),
+                           test_operator_error=float(err["operator"].mean()),
+                           test_baseline_error=float(base["operator"].mean())))
 reloaded = load_model(model_dir)   # the network's own output (raw, the default)
 np.testing.assert_allclose(reloaded.regressor.predict(X), pred, rtol=1e-4,
                            atol=1e-6)

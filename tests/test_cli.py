@@ -153,6 +153,26 @@ def test_demo_prints_numbers_and_writes_figure(model_dir, model, capsys, tmp_pat
     assert not np.allclose(other["gamma"], ref["gamma"])
 
 
+def test_demo_adds_the_settings_noise_not_the_training_range(model, setting, capsys,
+                                                             tmp_path):
+    """A network trained on a noise range (the shipped one: [0, 0.02]) is
+    demonstrated at its setting's noise (the protocol's 0.01), and the demo
+    prints the noise it added."""
+    saved = save_model(tmp_path / "ranged", model.regressor, setting,
+                       noise_std=(0.0, 0.04))
+    ranged = load_model(saved)
+    assert ranged.noise_std == (0.0, 0.04) and ranged.setting["noise_std"] == 0.01
+    res = simulate_blind_deblurring(ranged, bundled_image("camera", (64, 64)),
+                                    random_state=5, max_iter=2)
+    assert res["noise_std"] == 0.01
+    noiseless = ranged.basis.apply(res["original"], res["gamma"])
+    assert np.std(res["blurry"] - noiseless) == pytest.approx(0.01, rel=0.05)
+    code, out, err = _run(capsys, "demo", "--model", saved, "-o",
+                          tmp_path / "fig.png", "--seed", 5, "--max-iter", 2)
+    assert code == 0, err
+    assert "noise std 0.01," in out
+
+
 def test_demo_with_default_model_and_without_it(model_dir, capsys, tmp_path,
                                                 monkeypatch):
     import deepblur.pretrained._io as io

@@ -35,9 +35,10 @@ def test_loads_on_cpu_without_pickle(model):
     assert all(p.device == torch.device("cpu")
                for p in model.regressor.module_.parameters())
     assert model.basis.kernels_.shape[0] == model.sampler.generators_.shape[1] == 20
-    assert model.noise_std == pytest.approx(0.01)
-    # the protocol's noise; the network was trained on noise in [0, 0.02],
-    # which predict's check knows
+    # trained on noise drawn in [0, 0.02], which predict's check knows; the
+    # setting's (the protocol's test noise) is 0.01
+    assert model.noise_std == (0.0, 0.02)
+    assert model.setting["noise_std"] == pytest.approx(0.01)
     assert model.regressor.noise_level_ == pytest.approx(0.02)
     assert sorted(p.name for p in DEFAULT_DIR.iterdir()) == [
         "crop_network.json", "crop_network.safetensors", "model.json",
@@ -46,8 +47,8 @@ def test_loads_on_cpu_without_pickle(model):
 
 def _errors(model, images, seed, noise_std=None, n=96):
     X, y = make_blurred_images(images, model.basis, model.sampler, n,
-                               noise_std=model.noise_std if noise_std is None
-                               else noise_std,
+                               noise_std=model.setting["noise_std"]
+                               if noise_std is None else noise_std,
                                boundary=model.setting["boundary"],
                                random_state=seed)
     mean_gamma = model.sampler.sample(20_000).mean(axis=0)
@@ -95,7 +96,8 @@ def test_projected_estimates_are_never_worse_on_sampler_draws(model):
     assert model.regressor.sampler is model.sampler and model.regressor.project
     _, test_images = natural_image_split()
     X, y = make_blurred_images(test_images, model.basis, model.sampler, 64,
-                               noise_std=model.noise_std, random_state=99)
+                               noise_std=model.setting["noise_std"],
+                               random_state=99)
     gram = model.basis.gram_
     before = relative_errors(y, raw.predict(X), gram)["operator"]
     after = relative_errors(y, model.regressor.predict(X), gram)["operator"]

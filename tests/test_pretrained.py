@@ -370,6 +370,39 @@ def test_a_fine_tuning_noise_range_is_what_predict_checks_after_loading(
             load_model(tmp_path)
 
 
+def test_save_model_records_the_noise_the_network_was_trained_on(small_setting,
+                                                                 tmp_path):
+    """save_model(noise_std=...) stores the training noise, which load_model
+    returns as the model's noise_std (the setting keeps its own, the test
+    noise); by default the setting's. A file saved without the key falls
+    back to the setting's; a bad value is refused before anything is
+    written."""
+    net, _ = _tiny_regressor(small_setting)
+    setting_noise = small_setting["params"]["noise_std"]
+    saved = save_model(tmp_path / "range", net, small_setting,
+                       noise_std=(0.0, 0.05), extra={"noise_std": 9.0})
+    meta = json.loads((saved / "model.json").read_text())
+    assert meta["noise_std"] == [0.0, 0.05]     # not the stale one in extra
+    model = load_model(saved)
+    assert model.noise_std == (0.0, 0.05)
+    assert model.setting["noise_std"] == setting_noise
+    # predict's check keeps the level the regressor knows
+    assert model.regressor.noise_level_ == pytest.approx(net.noise_level_)
+    default = load_model(save_model(tmp_path / "default", net, small_setting))
+    assert default.noise_std == setting_noise
+    del meta["noise_level"]                     # else the top of the range
+    (saved / "model.json").write_text(json.dumps(meta))
+    assert load_model(saved).regressor.noise_level_ == 0.05
+    del meta["noise_std"]                       # a model saved before the key
+    (saved / "model.json").write_text(json.dumps(meta))
+    assert load_model(saved).noise_std == setting_noise
+    for bad, match in ((-0.1, ">= 0"), ((0.05, 0.0), "low <= high"),
+                       ("0.01", "a float or a")):
+        with pytest.raises(ValueError, match=f"noise_std must be .*{match}"):
+            save_model(tmp_path / "bad", net, small_setting, noise_std=bad)
+        assert not (tmp_path / "bad").exists()
+
+
 def test_save_load_a_network_with_its_feature_head(small_setting, tmp_path):
     feats = dict(window=8, n_radial=2, n_angular=2, border=3, n_segments=2)
     net, X = _tiny_regressor(small_setting, module__blur_features=feats,

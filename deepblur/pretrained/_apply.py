@@ -364,8 +364,9 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     """Paper Fig. 3 on one image: simulate a blur, estimate it, deblur.
 
     Draws ``gamma`` from the model's sampler (Algorithm 2, seeded by
-    ``random_state``), blurs ``image`` and adds noise at the model's
-    ``noise_std`` (:func:`deepblur.datasets.blur_images`), estimates
+    ``random_state``), blurs ``image`` and adds noise at the setting's
+    ``noise_std`` (``model.setting["noise_std"]``, the test noise of its
+    protocol; :func:`deepblur.datasets.blur_images`), estimates
     ``gamma_hat`` with the regressor, and deblurs with ``gamma_hat`` and, for
     reference, with the true ``gamma``.
 
@@ -389,7 +390,8 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     -------
     dict
         ``original``, ``blurry``, ``deblurred``, ``deblurred_true`` (images),
-        ``gamma``, ``gamma_hat``, ``operator_error`` (relative Frobenius
+        ``gamma``, ``gamma_hat``, ``noise_std`` (the noise added: a float, or
+        the range each image's was drawn from), ``operator_error`` (relative Frobenius
         distance ``||H[gamma] - H[gamma_hat]||_F / ||H[gamma]||_F``) and the
         SNRs in dB against the original: ``snr_blurry`` (of the blurry image
         divided by the true operator's gain, :func:`operator_gain`, so that
@@ -402,7 +404,8 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     sampler = clone(model.sampler).set_params(random_state=random_state)
     gamma = sampler.fit(model.sampler.generators_).sample(1)[0]
     boundary = (model.setting or {}).get("boundary", "zero")
-    blurry = blur_images(original, gamma, basis, noise_std=model.noise_std,
+    noise = (model.setting or {}).get("noise_std", model.noise_std)
+    blurry = blur_images(original, gamma, basis, noise_std=noise,
                          boundary=boundary,
                          random_state=random_state)[0]
     dev = resolve_device(device)
@@ -429,7 +432,7 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
         original=original, blurry=np.asarray(blurry, dtype=np.float64),
         deblurred=np.asarray(deblurred, dtype=np.float64),
         deblurred_true=np.asarray(deblurred_true, dtype=np.float64),
-        gamma=gamma, gamma_hat=gamma_hat,
+        gamma=gamma, gamma_hat=gamma_hat, noise_std=noise,
         operator_error=float(basis.operator_distance(gamma, gamma_hat)),
         # the sampled operators do not keep the brightness (gain != 1): the raw
         # SNR would mostly measure the gain, so compare at equal brightness

@@ -53,11 +53,14 @@ ResNetBlurRegressor on CPU, or SpectralBlurRegressor; its ``noise_level_``,
 what its ``predict`` checks images against, is the network's recorded
 ``noise_level`` or else the top of ``noise_std``),
 ``noise_std``
-(training noise level, or its ``(low, high)`` range, for clean images of mean
-``setting["image_mean"]``) and ``setting`` (the dict of
-:data:`~deepblur.pretrained.DEFAULT_SETTING` keys it was trained with; its
-``boundary`` says how the training images were blurred, see
-:func:`deepblur.datasets.blur_images`).
+(the noise the regressor was trained on: its standard deviation, or the
+``(low, high)`` range it was drawn from, for clean images of mean
+``setting["image_mean"]``; ``(0.0, 0.02)`` for the shipped network) and
+``setting`` (the dict of :data:`~deepblur.pretrained.DEFAULT_SETTING` keys
+it was trained with; its ``boundary`` says how the training images were
+blurred, see :func:`deepblur.datasets.blur_images`, and its ``noise_std``
+is the setting's test noise, 0.01 in the paper's protocol, where the
+network's training may have drawn a range around it).
 """
 
 _WEIGHTS, _META = "model.safetensors", "model.json"
@@ -161,7 +164,7 @@ def _check_same_basis(gram, directory, model):
         )
 
 
-def save_model(directory, regressor, setting, *, extra=None,
+def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
                weights_dtype="float32"):
     """Write a trained regressor and its setting to ``directory``.
 
@@ -172,6 +175,13 @@ def save_model(directory, regressor, setting, *, extra=None,
         Trained (initialised) regressor.
     setting : dict
         As returned by :func:`deepblur.pretrained.make_default_setting`.
+    noise_std : float or (low, high), optional
+        The noise the network was trained on (standard deviation, or the
+        range it was drawn from, for clean images of mean
+        ``setting["params"]["image_mean"]``); :func:`load_model` returns it
+        as the model's ``noise_std``. Default: the setting's ``noise_std``.
+        The shipped network was trained on ``(0.0, 0.02)`` for a setting
+        whose (test) noise is 0.01.
     extra : dict, optional
         More JSON-serialisable metadata (e.g. measured errors).
     weights_dtype : {"float32", "float16"}, default="float32"
@@ -198,6 +208,8 @@ def save_model(directory, regressor, setting, *, extra=None,
     if weights_dtype not in _WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype must be one of {sorted(_WEIGHTS_DTYPES)}; "
                          f"got {weights_dtype!r}.")
+    noise = _noise_param(setting["params"]["noise_std"] if noise_std is None
+                         else noise_std)
     basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
     tensors = _module_tensors(regressor)
     if weights_dtype != "float32":      # may refuse: before anything is written
@@ -225,7 +237,8 @@ def save_model(directory, regressor, setting, *, extra=None,
                  for k, v in setting["params"].items()},
     )
     meta.update(extra or {})
-    meta["weights_dtype"] = weights_dtype       # not a stale one in extra
+    meta["weights_dtype"] = weights_dtype       # not stale ones from extra
+    meta["noise_std"] = list(noise) if isinstance(noise, tuple) else noise
     level = getattr(regressor, "noise_level_", None)
     if level is not None:       # what predict checks images against (Notes)
         meta.setdefault("noise_level", float(level))
@@ -510,6 +523,8 @@ default="network"
         regressor = _load_network(crop, crop_tensors, basis, sampler, project,
                                   noise_std, _CROP_META)
     else:
+        if "noise_std" in meta:     # its training noise (older files: the setting's)
+            noise_std = _noise_param(meta["noise_std"])
         regressor = _load_network(meta, tensors, basis, sampler, project,
                                   noise_std, _META)
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
