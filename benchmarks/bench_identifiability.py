@@ -134,7 +134,7 @@ def main():
     torch.set_num_threads(args.threads)
     model = load_model(args.model, project=False)
     basis, sampler, net = model.basis, model.sampler, model.regressor
-    gram, noise = basis.gram_, model.noise_std
+    gram, noise = basis.gram_, model.setting["noise_std"]
     mean_gamma = sampler.sample(50_000).mean(0)
     train_images, test_images = natural_image_split()
 

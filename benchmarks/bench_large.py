@@ -223,7 +223,7 @@ def run_size(model, n, args):
     gamma_true = gamma_true / (gamma_true @ gains)[:, None]
     with PeakRSS() as m:
         y = apply_blockwise(basis, gamma_true, grid_true, u)
-        y = y + model.noise_std * rng.standard_normal(y.shape)
+        y = y + np.max(model.setting["noise_std"]) * rng.standard_normal(y.shape)
     row["blur_s"] = m.seconds
 
     target = 0.5 * training_gain(model)
@@ -318,7 +318,7 @@ def boundary_cue(model, n_images=40, pad=16, seed=1):
         y1 = op.forward(torch.from_numpy(big)[None], torch.from_numpy(g))[0].numpy()
         y1 = y1[pad:-pad, pad:-pad]
         for key, y in (("zero", y0), ("interior", y1)):
-            y = y + model.noise_std * rng.standard_normal(y.shape)
+            y = y + np.max(model.setting["noise_std"]) * rng.standard_normal(y.shape)
             g_hat, _ = estimate_gamma(model, y)
             errors[key].append(float(basis.operator_distance(g, g_hat)))
     return {k: float(np.mean(v)) for k, v in errors.items()}

@@ -82,7 +82,7 @@ def test_sets(model, boundary, n, seed):
     """``{name: (images, gamma)}`` of the benchmark (see the module doc)."""
     rng = np.random.RandomState(seed)
     shape = tuple(model.basis.image_shape_)
-    noise = model.noise_std
+    noise = model.setting["noise_std"]
     top = float(np.max(noise))
     train, test = natural_image_split()
     nat = extract_patches(test, n, shape, random_state=rng)
@@ -219,13 +219,14 @@ def calibration(n, seeds=(1, 2)):
         values = []
         for seed in seeds:
             X = support_calibration_images(setting, train, n,
-                                           noise_std=model.noise_std,
+                                           noise_std=model.setting["noise_std"],
                                            boundary=boundary,
                                            point_fraction=points,
                                            random_state=seed)
             values.append(calibrate_support_tolerance(model.regressor, X))
-        print(f"{name:>12} (noise {model.noise_std}, {boundary} boundary, point "
-              f"sources {points:.0%}): " + ", ".join(f"{v:.4f}" for v in values)
+        print(f"{name:>12} (noise {model.setting['noise_std']}, {boundary} "
+              f"boundary, point sources {points:.0%}): "
+              + ", ".join(f"{v:.4f}" for v in values)
               + f" (shipped: {model.regressor.support_tolerance})", flush=True)
 
 
