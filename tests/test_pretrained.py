@@ -180,6 +180,59 @@ def test_save_model_stores_the_layer_weights_in_half_precision(small_setting,
         assert not (tmp_path / "range").exists()        # nothing written
 
 
+def test_save_model_stores_the_large_convolutions_in_int8(small_setting, tmp_path,
+                                                          monkeypatch):
+    """weights_dtype="int8": the convolutions of at least _INT8_MIN_SIZE
+    weights as int8 codes with a float32 scale per output channel, the other
+    layer weights as float16; read back into the float32 network as codes
+    times scales, checked here against a dense re-quantisation. A tensor that
+    int8 cannot hold to 2 % (one huge weight in a channel) is refused."""
+    import deepblur.pretrained._io as io
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(io, "_INT8_MIN_SIZE", 100)   # the tiny net's 4x4x3x3
+    net, X = _tiny_regressor(small_setting)
+    saved = save_model(tmp_path / "int8", net, small_setting, weights_dtype="int8")
+    stored = load_file(saved / "model.safetensors")
+    layers = io._layer_weights(net, io._module_tensors(net))
+    big = {k for k, conv in layers.items() if conv and stored[k].numel() >= 100}
+    assert big and big != set(layers)
+    for name in layers:
+        weight = dict(net.module_.named_parameters())[name[len("module."):]]
+        if name in big:
+            assert stored[name].dtype == torch.int8
+            scale = stored["scale." + name]
+            assert scale.shape == (weight.shape[0],) and scale.dtype == torch.float32
+            peak = weight.detach().reshape(len(weight), -1).abs().amax(1)
+            torch.testing.assert_close(scale, peak / 127)
+            codes = torch.round(weight.detach() / scale[:, None, None, None])
+            assert torch.equal(stored[name].to(torch.float32), codes)
+            assert stored[name].abs().max() == 127
+        else:
+            assert stored[name].dtype == torch.float16
+            assert "scale." + name not in stored
+    assert json.loads((saved / "model.json").read_text())["weights_dtype"] == "int8"
+    model = load_model(saved)
+    params = dict(model.regressor.module_.named_parameters())
+    for name in big:
+        decoded = stored[name].to(torch.float32) * stored["scale." + name][
+            :, None, None, None]
+        assert torch.equal(params[name[len("module."):]].detach(), decoded)
+    np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
+                               rtol=0.05, atol=0.02)
+    # a channel of one weight and many 250 times smaller: those round to 0
+    spiky = copy.deepcopy(net)
+    name = max(big, key=lambda k: stored[k][0].numel())[len("module."):]
+    with torch.no_grad():
+        weight = dict(spiky.module_.named_parameters())[name]
+        assert weight[0].numel() >= 64           # a loss of >= 2.8 %
+        weight.copy_(0.0035 * torch.sign(torch.randn_like(weight)))
+        weight[:, 0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match=rf"cannot store module.{name} \(.*\) as int8"):
+        save_model(tmp_path / "spiky", spiky, small_setting, weights_dtype="int8")
+    assert not (tmp_path / "spiky").exists()
+
+
 def test_support_tolerance_saves_and_loads(small_setting, tmp_path):
     """A network's support_tolerance is stored in its JSON and comes back on
     load (with the model's sampler, raw unless project=True); a bad stored
