@@ -186,9 +186,11 @@ def test_save_model_stores_the_large_convolutions_in_int8(small_setting, tmp_pat
     weights as int8 codes with a float32 scale per output channel, the other
     layer weights as float16; read back into the float32 network as codes
     times scales, checked here against a dense re-quantisation. A tensor that
-    int8 cannot hold to 2 % (one huge weight in a channel) is refused."""
-    import deepblur.pretrained._io as io
+    int8 cannot hold to 2 % (channels of one large weight and many small ones,
+    which round to 0) is refused."""
     from safetensors.torch import load_file
+
+    import deepblur.pretrained._io as io
 
     monkeypatch.setattr(io, "_INT8_MIN_SIZE", 100)   # the tiny net's 4x4x3x3
     net, X = _tiny_regressor(small_setting)

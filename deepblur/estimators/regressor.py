@@ -65,6 +65,10 @@ def _check_images(X, image_shape=None, name="X"):
     return t
 
 
+# set_params prefixes that re-initialise no component (see its docstring)
+_PASSIVE_PREFIXES = ("iterator_train", "iterator_valid", "dataset")
+
+
 def plain_module(regressor):
     """The network of a fitted regressor, unwrapped from ``torch.compile``.
 
@@ -400,6 +404,27 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
                                dataset_valid=dataset_valid, **kwargs)
         if isinstance(dataset_train, BlurDataset):
             dataset_train.set_epoch(len(self.history))
+
+    def set_params(self, **params):
+        """Set parameters (scikit-learn / skorch conventions).
+
+        On an initialised regressor (a trained or loaded one), skorch 1.x
+        refuses parameters that re-initialise no component (those of the
+        data loaders and of the dataset, e.g. ``iterator_valid__batch_size``
+        for the batches of ``predict``) with a message asking for a bug
+        report. They need no re-initialisation, so they are stored here and
+        apply from the next ``fit`` or ``predict``; the others go to skorch.
+        """
+        passive = {k: v for k, v in params.items()
+                   if k.split("__", 1)[0] in _PASSIVE_PREFIXES and "__" in k}
+        if not passive or not getattr(self, "initialized_", False):
+            return super().set_params(**params)
+        rest = {k: v for k, v in params.items() if k not in passive}
+        if rest:
+            super().set_params(**rest)
+        for key, value in passive.items():
+            setattr(self, key, value)
+        return self
 
     def initialize(self):
         """Initialise the components (skorch) and forget the training noise."""

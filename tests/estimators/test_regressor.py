@@ -217,6 +217,35 @@ def test_clone_gridsearch_and_joblib(setting, tmp_path):
         fitted_clone, "initialized_", False)
 
 
+def test_loader_parameters_can_be_set_on_a_trained_regressor(setting):
+    """set_params(iterator_valid__batch_size=...) on a trained (or loaded)
+    regressor sets predict's batches; skorch alone refuses it there (nothing
+    to re-initialise) with a request for a bug report. The weights are kept,
+    get_params and clone see the value, a module parameter still
+    re-initialises the network, and an unknown loader argument is still an
+    error of the loader."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
+                              **SMALL).fit(X, y)
+    before = net.predict(X)
+    weights = {k: v.clone() for k, v in net.module_.state_dict().items()}
+    assert net.set_params(iterator_valid__batch_size=5, lr=0.02) is net
+    assert net.get_params()["iterator_valid__batch_size"] == 5 and net.lr == 0.02
+    assert clone(net).get_params()["iterator_valid__batch_size"] == 5
+    assert net.get_iterator(net.get_dataset(X)).batch_size == 5
+    assert all(torch.equal(v, net.module_.state_dict()[k])
+               for k, v in weights.items())
+    np.testing.assert_allclose(net.predict(X), before, rtol=1e-5, atol=1e-6)
+    sizes = [len(xb) for xb, _ in net.get_iterator(net.get_dataset(X))]
+    assert sizes == [5] * 9 + [3]
+    net.set_params(iterator_valid__batch_size=7, module__width=2)
+    assert net.module_.stem[0].out_channels == 2      # re-initialised
+    assert net.iterator_valid__batch_size == 7
+    net.set_params(iterator_valid__no_such_argument=1)
+    with pytest.raises(TypeError, match="no_such_argument"):
+        net.predict(X)
+
+
 def test_sampler_projects_predictions_on_its_support(setting, tmp_path):
     basis, sampler, _, X, y = setting
     raw = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
