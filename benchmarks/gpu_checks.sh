@@ -4,8 +4,9 @@
 # CPU-only machines, so CI never runs them) and the support check timed on the
 # GPU (bench_support_check.py --device cuda: the networks' inference and the
 # bounds of cone_distance_bounds there, against one exact CPU projection per
-# estimate, with the check that both flag the same images). Output in $OUT
-# (benchmarks/output/gpu_checks here).
+# estimate, with the check that both flag the same images), and predict's rate
+# against its batch size on the CPU and the GPU (bench_predict_batch.py).
+# Output in $OUT (benchmarks/output/gpu_checks here).
 #
 # The device image has torch, pytest, hypothesis, scikit-learn and
 # scikit-image but not skorch nor cvxpy: fetch their wheels here first
@@ -23,4 +24,7 @@ python3 -m pytest -q -p no:cacheprovider -k cuda tests 2>&1 \
 echo "tests: $(( $(date +%s) - start )) s" | tee -a "$OUT/tests.txt"
 python3 benchmarks/bench_support_check.py --device "${DEVICE:-cuda}" --n "${N:-2048}" \
   --threads "${THREADS:-8}" --n-calibration 0 2>&1 | tee "$OUT/support_check.txt"
-echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/support_check.txt"
+echo "support check: $(( $(date +%s) - start )) s" | tee -a "$OUT/support_check.txt"
+python3 benchmarks/bench_predict_batch.py --n 2048 --repeats 2 --threads "${THREADS:-8}" \
+  --devices cpu "${DEVICE:-cuda}" 2>&1 | tee "$OUT/predict_batch.txt"
+echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/predict_batch.txt"
