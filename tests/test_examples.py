@@ -23,6 +23,32 @@ def test_example_runs_in_fast_mode(script, tmp_path):
     assert all(f.stat().st_size > 1000 for f in figures)
 
 
+def test_the_training_script_runs_in_fast_mode(tmp_path):
+    """examples/train_default_model.py (the shipped model's recipe: a pool of
+    sampler draws, noise in [0, 0.02], the blur-statistics head) on the
+    reduced setting: it trains, saves, reloads and records its training
+    noise."""
+    import json
+
+    from deepblur.pretrained import load_model
+
+    env = dict(os.environ, DEEPBLUR_FAST="1", DEEPBLUR_OUTPUT=str(tmp_path),
+               MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable,
+                           str(ROOT / "examples" / "train_default_model.py")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "train_default_model.png").stat().st_size > 1000
+    meta = json.loads((tmp_path / "default_model" / "model.json").read_text())
+    assert meta["noise_std"] == [0.0, 0.02] and meta["module"]["width"] == 32
+    model = load_model(tmp_path / "default_model")
+    assert model.noise_std == (0.0, 0.02) and model.setting["noise_std"] == 0.01
+    error = float(proc.stdout.split(" operator error: ")[1].split()[0])
+    baseline = float(proc.stdout.split("mean-gamma baseline ")[1].split(")")[0])
+    assert error < baseline
+
+
 def test_readme_test_command_is_what_ci_runs():
     """.ci/run must run exactly the test command README.md gives."""
     readme = (ROOT / "README.md").read_text()
