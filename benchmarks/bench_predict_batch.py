@@ -6,8 +6,8 @@
 available) and each batch size, this times ``predict`` on the same held-out
 natural images (128x128, the setting's noise, zero boundary) and prints the
 rate in images/s and its ratio to batch 64 measured in the same run (best of
-``--repeats``, after a warm-up). The estimates are checked to agree across
-batch sizes.
+``--repeats``, after a warm-up), and the largest difference of the estimates
+to those of the first batch size.
 
 Usage: ``python benchmarks/bench_predict_batch.py [--n 1024] [--batches 16 32
 64 256 1024] [--threads 1] [--repeats 3] [--devices cpu cuda]``

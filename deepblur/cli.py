@@ -1202,7 +1202,9 @@ def build_parser():
         "demo", help="blur a bundled image, estimate the blur and deblur (Fig. 3)",
         description="Paper Fig. 3 in seconds: draw an operator from the model's "
                     "sampler, blur a bundled image and add noise at its setting's "
-                    "test level, estimate the operator (with the network by "
+                    "level (the test noise of the network's protocol, the "
+                    "training noise of the crop network and the spectral "
+                    "regressor), estimate the operator (with the network by "
                     "default, see --estimator), deblur "
                     "with total variation (with the estimate, and with the true "
                     "operator for reference), print the relative operator error "

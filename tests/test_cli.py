@@ -30,6 +30,7 @@ from deepblur.pretrained import (  # noqa: E402
     make_default_setting,
     operator_gain,
     relative_errors,
+    save_crop_network,
     save_model,
     simulate_blind_deblurring,
 )
@@ -157,7 +158,8 @@ def test_demo_adds_the_settings_noise_not_the_training_range(model, setting, cap
                                                              tmp_path):
     """A network trained on a noise range (the shipped one: [0, 0.02]) is
     demonstrated at its setting's noise (the protocol's 0.01), and the demo
-    prints the noise it added."""
+    prints the noise it added; a crop network, whose setting is its
+    training's, at its training range."""
     saved = save_model(tmp_path / "ranged", model.regressor, setting,
                        noise_std=(0.0, 0.04))
     ranged = load_model(saved)
@@ -171,6 +173,11 @@ def test_demo_adds_the_settings_noise_not_the_training_range(model, setting, cap
                           tmp_path / "fig.png", "--seed", 5, "--max-iter", 2)
     assert code == 0, err
     assert "noise std 0.01," in out
+    save_crop_network(saved, model.regressor, noise_std=(0.0, 0.05))
+    crop = load_model(saved, estimator="crop_network")
+    res = simulate_blind_deblurring(crop, bundled_image("camera", (64, 64)),
+                                    random_state=5, max_iter=2)
+    assert res["noise_std"] == crop.setting["noise_std"] == (0.0, 0.05)
 
 
 def test_demo_with_default_model_and_without_it(model_dir, capsys, tmp_path,

@@ -183,12 +183,16 @@ def test_save_model_stores_the_layer_weights_in_half_precision(small_setting,
 def test_save_model_stores_the_large_convolutions_in_int8(small_setting, tmp_path,
                                                           monkeypatch):
     """weights_dtype="int8": the convolutions of at least _INT8_MIN_SIZE
-    weights as int8 codes with a float32 scale per output channel, the other
-    layer weights as float16; read back into the float32 network as codes
-    times scales, checked here against a dense re-quantisation. A tensor that
-    int8 cannot hold to 2 % (channels of one large weight and many small ones,
+    weights as int8 codes (``int8.module.<name>``) with a float32 scale per
+    output channel (``scale.module.<name>``), the other layer weights as
+    float16; read back into the float32 network as codes times scales,
+    checked here against a dense re-quantisation. A loader that knows
+    nothing of int8 (a strict load_state_dict of the ``module.*`` tensors,
+    as before this storage) fails on the missing weights instead of loading
+    codes; a code without its scale is a clear error. A tensor that int8
+    cannot hold to 2 % (channels of one large weight and many small ones,
     which round to 0) is refused."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     import deepblur.pretrained._io as io
 
@@ -197,34 +201,46 @@ def test_save_model_stores_the_large_convolutions_in_int8(small_setting, tmp_pat
     saved = save_model(tmp_path / "int8", net, small_setting, weights_dtype="int8")
     stored = load_file(saved / "model.safetensors")
     layers = io._layer_weights(net, io._module_tensors(net))
-    big = {k for k, conv in layers.items() if conv and stored[k].numel() >= 100}
+    params = dict(net.module_.named_parameters())
+    big = {k for k, conv in layers.items()
+           if conv and params[k[len("module."):]].numel() >= 100}
     assert big and big != set(layers)
     for name in layers:
-        weight = dict(net.module_.named_parameters())[name[len("module."):]]
+        weight = params[name[len("module."):]].detach()
         if name in big:
-            assert stored[name].dtype == torch.int8
-            scale = stored["scale." + name]
+            assert name not in stored and stored["int8." + name].dtype == torch.int8
+            codes, scale = stored["int8." + name], stored["scale." + name]
             assert scale.shape == (weight.shape[0],) and scale.dtype == torch.float32
-            peak = weight.detach().reshape(len(weight), -1).abs().amax(1)
+            peak = weight.reshape(len(weight), -1).abs().amax(1)
             torch.testing.assert_close(scale, peak / 127)
-            codes = torch.round(weight.detach() / scale[:, None, None, None])
-            assert torch.equal(stored[name].to(torch.float32), codes)
-            assert stored[name].abs().max() == 127
+            expected = torch.round(weight / scale[:, None, None, None])
+            assert torch.equal(codes.to(torch.float32), expected)
+            assert codes.abs().max() == 127
         else:
             assert stored[name].dtype == torch.float16
-            assert "scale." + name not in stored
+            assert "scale." + name not in stored and "int8." + name not in stored
     assert json.loads((saved / "model.json").read_text())["weights_dtype"] == "int8"
     model = load_model(saved)
-    params = dict(model.regressor.module_.named_parameters())
+    loaded = dict(model.regressor.module_.named_parameters())
     for name in big:
-        decoded = stored[name].to(torch.float32) * stored["scale." + name][
-            :, None, None, None]
-        assert torch.equal(params[name[len("module."):]].detach(), decoded)
+        decoded = stored["int8." + name].to(torch.float32) * stored[
+            "scale." + name][:, None, None, None]
+        assert torch.equal(loaded[name[len("module."):]].detach(), decoded)
     np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
                                rtol=0.05, atol=0.02)
+    old_style = {k[len("module."):]: v for k, v in stored.items()
+                 if k.startswith("module.")}
+    with pytest.raises(RuntimeError, match="Missing key"):
+        copy.deepcopy(net.module_).load_state_dict(old_style)
+    name = sorted(big)[0]
+    save_file({k: v for k, v in stored.items() if k != "scale." + name},
+              str(saved / "model.safetensors"))
+    with pytest.raises(ValueError, match=f"damaged: int8.{name} needs"):
+        load_model(saved)
     # a channel of one weight and many 250 times smaller: those round to 0
     spiky = copy.deepcopy(net)
-    name = max(big, key=lambda k: stored[k][0].numel())[len("module."):]
+    name = max(big, key=lambda k: params[k[len("module."):]][0].numel())
+    name = name[len("module."):]
     with torch.no_grad():
         weight = dict(spiky.module_.named_parameters())[name]
         assert weight[0].numel() >= 64           # a loss of >= 2.8 %

@@ -416,14 +416,20 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         apply from the next ``fit`` or ``predict``; the others go to skorch.
         """
         passive = {k: v for k, v in params.items()
-                   if k.split("__", 1)[0] in _PASSIVE_PREFIXES and "__" in k}
+                   if k.split("__", 1)[0] in _PASSIVE_PREFIXES}
         if not passive or not getattr(self, "initialized_", False):
             return super().set_params(**params)
+        fitted = sorted(k for k in passive if k.endswith("_"))
+        if fitted:
+            raise ValueError(f"set_params cannot set {fitted}: names ending in "
+                             "'_' are fitted attributes, not parameters.")
         rest = {k: v for k, v in params.items() if k not in passive}
         if rest:
             super().set_params(**rest)
         for key, value in passive.items():
             setattr(self, key, value)
+        self._params_to_validate.update(passive)
+        self._validate_params()     # skorch's checks (names, a shuffled predict)
         return self
 
     def initialize(self):

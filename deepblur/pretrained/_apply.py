@@ -365,8 +365,9 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
 
     Draws ``gamma`` from the model's sampler (Algorithm 2, seeded by
     ``random_state``), blurs ``image`` and adds noise at the setting's
-    ``noise_std`` (``model.setting["noise_std"]``, the test noise of its
-    protocol; :func:`deepblur.datasets.blur_images`), estimates
+    ``noise_std`` (``model.setting["noise_std"]``: the protocol's test noise
+    for the network, the training range for the crop network and the
+    spectral regressor; :func:`deepblur.datasets.blur_images`), estimates
     ``gamma_hat`` with the regressor, and deblurs with ``gamma_hat`` and, for
     reference, with the true ``gamma``.
 

@@ -58,9 +58,11 @@ what its ``predict`` checks images against, is the network's recorded
 ``setting["image_mean"]``; ``(0.0, 0.02)`` for the shipped network) and
 ``setting`` (the dict of :data:`~deepblur.pretrained.DEFAULT_SETTING` keys
 it was trained with; its ``boundary`` says how the training images were
-blurred, see :func:`deepblur.datasets.blur_images`, and its ``noise_std``
-is the setting's test noise, 0.01 in the paper's protocol, where the
-network's training may have drawn a range around it).
+blurred, see :func:`deepblur.datasets.blur_images`; its ``noise_std`` is
+the setting's test noise for the network and the point fit, 0.01 in the
+paper's protocol, where the network's training may have drawn a range
+around it, and the training noise, as ``noise_std``, for the spectral
+regressor and the crop network, trained in settings of their own).
 """
 
 _WEIGHTS, _META = "model.safetensors", "model.json"
@@ -98,12 +100,14 @@ def _read_pair(directory, weights, meta, missing):
 # save_model's weights_dtype: how the weights of the network's convolutions and
 # dense layers are stored, and how close to them each stored tensor must stay
 # (relative error). "int8" stores the convolutions of at least _INT8_MIN_SIZE
-# weights as int8 with a float32 scale per output channel (under the
-# _SCALE-prefixed name) and the other layer weights as float16.
+# weights as int8 codes (under _INT8 + their name, so that a loader that does
+# not know them fails on a missing key instead of loading codes as weights)
+# with a float32 scale per output channel (under _SCALE + the name), and the
+# other layer weights as float16.
 _WEIGHTS_DTYPES = ("float32", "float16", "int8")
 _TOLERANCE = {"float16": 1e-3, "int8": 2e-2}
 _INT8_MIN_SIZE = 2 ** 16
-_SCALE = "scale."
+_INT8, _SCALE = "int8.", "scale."
 
 
 def _layer_weights(regressor, tensors):
@@ -116,7 +120,11 @@ def _layer_weights(regressor, tensors):
     return {name: conv for name, conv in layers.items() if name in tensors}
 
 
-def _quantize(value):
+def _per_row(scale, value):
+    return scale.reshape(-1, *([1] * (value.dim() - 1)))
+
+
+def _quantized(value):
     """Symmetric int8 codes of ``value`` and a scale per output channel."""
     peak = value.reshape(len(value), -1).abs().amax(1)
     scale = torch.where(peak > 0, peak / 127, 1.0)
@@ -124,47 +132,62 @@ def _quantize(value):
     return codes.to(torch.int8), scale
 
 
-def _per_row(scale, value):
-    return scale.reshape(-1, *([1] * (value.dim() - 1)))
-
-
-def _decoded(tensors, name):
-    """The stored tensor ``name``, int8 codes times their scales (a float16
-    one is widened by ``load_state_dict``)."""
-    value = tensors[name]
-    if _SCALE + name in tensors:
-        return value.to(torch.float32) * _per_row(tensors[_SCALE + name], value)
-    return value
+def _dequantized(codes, scale):
+    return codes.to(torch.float32) * _per_row(scale, codes)
 
 
 def _to_weights_dtype(tensors, layers, weights_dtype):
     """``tensors`` with the ``layers`` weights (:func:`_layer_weights`) stored
     as ``weights_dtype``; a ValueError if a tensor would overflow or lose more
     than its tolerance (``_TOLERANCE``)."""
+    stored = dict(tensors)
     for name in sorted(layers):
         value = tensors[name]
-        stored = {}
         if (weights_dtype == "int8" and layers[name]
                 and value.numel() >= _INT8_MIN_SIZE):
-            stored[name], stored[_SCALE + name] = _quantize(value)
             kind = "int8"
+            codes, scale = _quantized(value)
+            back = _dequantized(codes, scale).to(value.dtype)
+            del stored[name]
+            stored[_INT8 + name], stored[_SCALE + name] = codes, scale
         else:
-            stored[name], kind = value.to(torch.float16), "float16"
-        back = _decoded(stored, name).to(value.dtype)
+            kind = "float16"
+            stored[name] = value.to(torch.float16)
+            back = stored[name].to(value.dtype)
         finite = torch.isfinite(value)
         error = torch.linalg.vector_norm(torch.where(finite, back - value, 0.0))
-        scale = torch.linalg.vector_norm(torch.where(finite, value, 0.0))
+        norm = torch.linalg.vector_norm(torch.where(finite, value, 0.0))
         if (not torch.equal(torch.isfinite(back), finite)
-                or error > _TOLERANCE[kind] * scale):
+                or error > _TOLERANCE[kind] * norm):
             raise ValueError(
                 f"weights_dtype={weights_dtype!r} cannot store {name} (largest "
                 f"magnitude {float(value.abs().max()):.3g}) as {kind}: its "
                 f"values overflow or underflow it, or lose more than "
                 f"{_TOLERANCE[kind]:g} of their norm (relative error "
-                f"{float(error / scale) if scale > 0 else float('inf'):.2g}); "
+                f"{float(error / norm) if norm > 0 else float('inf'):.2g}); "
                 "save it with weights_dtype='float32'.")
-        tensors.update(stored)
-    return tensors
+    return stored
+
+
+def _module_state(tensors, meta_name):
+    """The network's state dict from its stored tensors: ``module.<name>`` as
+    stored (``load_state_dict`` widens float16), ``int8.module.<name>``
+    codes times their ``scale.module.<name>``."""
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith("module."):
+            state[key[len("module."):]] = value
+        elif key.startswith(_INT8 + "module."):
+            name = key[len(_INT8):]
+            scale = tensors.get(_SCALE + name)
+            if (value.dtype != torch.int8 or scale is None
+                    or scale.shape != value.shape[:1]):
+                raise ValueError(
+                    f"the weights beside {meta_name} are damaged: {key} needs "
+                    f"int8 codes and a scale per output channel in "
+                    f"{_SCALE + name}.")
+            state[name[len("module."):]] = _dequantized(value, scale)
+    return state
 
 
 def _module_tensors(regressor):
@@ -215,7 +238,10 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
         ``setting["params"]["image_mean"]``); :func:`load_model` returns it
         as the model's ``noise_std``. Default: the setting's ``noise_std``.
         The shipped network was trained on ``(0.0, 0.02)`` for a setting
-        whose (test) noise is 0.01.
+        whose (test) noise is 0.01. Pass it whenever the training noise
+        was not the setting's, and when writing a loaded model again
+        (``noise_std=model.noise_std``): the default would record the
+        setting's.
     extra : dict, optional
         More JSON-serialisable metadata (e.g. measured errors).
     weights_dtype : {"float32", "float16", "int8"}, default="float32"
@@ -470,8 +496,7 @@ def _load_network(meta, tensors, basis, sampler, project, noise_std, meta_name):
         basis=basis, sampler=sampler, project=project, device="cpu", verbose=0,
         support_tolerance=_support_tolerance(meta, meta_name),
         **module_kwargs).initialize()
-    state = {k[len("module."):]: _decoded(tensors, k) for k in tensors
-             if k.startswith("module.")}
+    state = _module_state(tensors, meta_name)
     regressor.module_.load_state_dict(state)
     regressor.module_.eval()
     level = meta.get("noise_level")

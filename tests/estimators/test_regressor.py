@@ -241,9 +241,20 @@ def test_loader_parameters_can_be_set_on_a_trained_regressor(setting):
     net.set_params(iterator_valid__batch_size=7, module__width=2)
     assert net.module_.stem[0].out_channels == 2      # re-initialised
     assert net.iterator_valid__batch_size == 7
+    # the loader class itself, and skorch's checks: a shuffled predict warns,
+    # misspelt and fitted names are refused
+    net.set_params(iterator_valid=torch.utils.data.DataLoader)
+    assert net.get_params()["iterator_valid"] is torch.utils.data.DataLoader
+    with pytest.warns(UserWarning, match="iterator_valid__shuffle=True"):
+        net.set_params(iterator_valid__shuffle=True)
+    net.set_params(iterator_valid__shuffle=False)
+    with pytest.raises(ValueError, match="fitted attributes"):
+        net.set_params(iterator_valid__batch_size_=3)
     net.set_params(iterator_valid__no_such_argument=1)
     with pytest.raises(TypeError, match="no_such_argument"):
         net.predict(X)
+    with pytest.raises(ValueError, match="did you mean iterator_valid__batch"):
+        net.set_params(iterator_validbatch=3)
 
 
 def test_sampler_projects_predictions_on_its_support(setting, tmp_path):
