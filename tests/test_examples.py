@@ -49,6 +49,33 @@ def test_the_training_script_runs_in_fast_mode(tmp_path):
     assert error < baseline
 
 
+def test_readme_python_blocks_run():
+    """The Python blocks of README.md run in order in one namespace; the
+    blind-deblurring block gets the blurry images ``y`` it says it takes
+    (held-out patches following the training convention)."""
+    import re
+
+    import numpy as np
+
+    from deepblur.datasets import make_blurred_images, natural_image_split
+    from deepblur.pretrained import load_default
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(),
+                        re.S)
+    assert len(blocks) >= 3
+    model = load_default()
+    y, _ = make_blurred_images(natural_image_split()[1], model.basis,
+                               model.sampler, 2, noise_std=0.01, random_state=0)
+    namespace = {}
+    for block in blocks:
+        if "load_default()" in block:       # it takes the user's images
+            namespace["y"] = y
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["gamma"].shape == (200, 20)
+    assert namespace["sharp"].shape == y.shape
+    assert np.isfinite(namespace["sharp"]).all()
+
+
 def test_readme_test_command_is_what_ci_runs():
     """.ci/run must run exactly the test command README.md gives."""
     readme = (ROOT / "README.md").read_text()
