@@ -751,6 +751,32 @@ def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
     assert "noise std 0.005-0.02" in out
 
 
+def test_train_fits_the_blur_statistics_head(capsys, tmp_path):
+    """head_images: the network's blur-statistics branch is fitted after the
+    training (as the shipped network's), saved and loaded with it; bad counts
+    are refused before any training."""
+    config = tmp_path / "head.toml"
+    config.write_text(TINY.format(output="headed").replace(
+        "n_test_images = 8", "n_test_images = 8\nhead_images = 256\n"
+        "head_batch_size = 64"))
+    code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 0, err
+    assert "blur-statistics head: fitted on 256 fresh images" in out
+    meta = json.loads((tmp_path / "headed" / "model.json").read_text())
+    assert meta["feature_head"]["n_images"] == 256
+    assert meta["module"]["blur_features"] == {}
+    model = load_model(tmp_path / "headed")
+    assert model.regressor.module_.feature_fc is not None
+    for bad, match in (("head_images = -1", "head_images must be a non-negative"),
+                       ("head_images = 8\nhead_batch_size = 0",
+                        "head_batch_size must be a positive")):
+        config.write_text(TINY.format(output="bad").replace(
+            "n_test_images = 8", f"n_test_images = 8\n{bad}"))
+        code, out, err = _run(capsys, "train", config, "--no-progress")
+        assert code == 1 and match in _one_error_line(err)
+        assert "training:" not in out
+
+
 def test_train_on_a_folder_of_images_and_the_help_example(capsys, tmp_path):
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11)
                                   else "tomli")
