@@ -1249,3 +1249,17 @@ def test_estimator_points_fits_an_image_of_beads(model_dir, setting, capsys,
     errors = relative_errors(gamma[None], np.asarray(data["gamma"])[None],
                              basis.gram_)
     assert errors["direction"][0] < 0.05
+
+
+def test_the_cpu_recipe_config_is_valid():
+    """benchmarks/cpu_recipe.toml (the 15-minute CPU recipe) holds only keys
+    and values that `deepblur train` accepts."""
+    from deepblur.cli import _read_config
+    from deepblur.pretrained import TRAINING_DEFAULTS
+    from deepblur.pretrained._train import check_training_params
+
+    config = _read_config(Path(__file__).parents[1] / "benchmarks"
+                          / "cpu_recipe.toml")
+    assert config["head_images"] == 32768 and config["width"] == 8
+    check_training_params(**{k: config[k] for k in TRAINING_DEFAULTS
+                             if k in config})
