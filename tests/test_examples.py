@@ -1,5 +1,6 @@
 """Every gallery example runs in fast mode and writes its figures."""
 
+import json
 import os
 import subprocess
 import sys
@@ -28,8 +29,6 @@ def test_the_training_script_runs_in_fast_mode(tmp_path):
     sampler draws, noise in [0, 0.02], the blur-statistics head) on the
     reduced setting: it trains, saves, reloads and records its training
     noise."""
-    import json
-
     from deepblur.pretrained import load_model
 
     env = dict(os.environ, DEEPBLUR_FAST="1", DEEPBLUR_OUTPUT=str(tmp_path),
@@ -47,6 +46,36 @@ def test_the_training_script_runs_in_fast_mode(tmp_path):
     error = float(proc.stdout.split(" operator error: ")[1].split()[0])
     baseline = float(proc.stdout.split("mean-gamma baseline ")[1].split(")")[0])
     assert error < baseline
+
+
+@pytest.mark.parametrize("script, estimator, env", [
+    ("train_crop_model", "crop_network",
+     {"DEEPBLUR_TRAIN_IMAGES": "640", "DEEPBLUR_HEAD_IMAGES": "256"}),
+    ("train_spectral_model", "spectral", {"DEEPBLUR_TRAIN_IMAGES": "1024"}),
+])
+def test_the_real_image_training_scripts_run_small(script, estimator, env,
+                                                   tmp_path):
+    """The scripts that made the shipped crop network and spectral regressor
+    (full setting, few images: 40-50 s each here) train, write a model
+    directory beside copies of the shipped network's files, and load."""
+    from deepblur.pretrained import load_model
+
+    env = dict(os.environ, DEEPBLUR_TEST_IMAGES="16", MPLBACKEND="Agg",
+               DEEPBLUR_OUTPUT=str(tmp_path / "out"), **env)
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{script}.py")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_model(tmp_path / "out", estimator=estimator)
+    assert model.setting["boundary"] == "crop"
+    meta = json.loads((tmp_path / "out" / f"{estimator}.json").read_text())
+    n_images = int(env["DEEPBLUR_TRAIN_IMAGES"])
+    if estimator == "crop_network":
+        assert meta["training"]["n_images"] == n_images
+        assert meta["training"]["head_images"] == 256
+    else:
+        assert n_images <= meta["n_train_images"] < 2 * n_images
+    assert meta["n_test_images"] == 16 and meta["test_errors"]
 
 
 def test_readme_python_blocks_run():
