@@ -799,6 +799,15 @@ def cmd_train(args):
     if n_head and head_batch < 1:
         raise CLIError(f"head_batch_size must be a positive integer; got "
                        f"{head_batch}.")
+    if n_head:      # the statistics must fit the images, before the training
+        from deepblur.features import n_blur_features
+
+        shape = tuple(overrides.get("image_shape", DEFAULT_SETTING["image_shape"]))
+        try:
+            n_blur_features(shape)
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"head_images needs blur statistics of the setting's "
+                           f"images {shape}: {exc}") from None
     crop_params = _crop_network_params(config, hyper, args.config)
     images = _training_images(config.get("images", "natural"), base)
     setting = make_default_setting(**overrides)
@@ -822,9 +831,21 @@ def cmd_train(args):
         config={k: v for k, v in config.items() if k != "setting"})
     if n_head:
         start = time.perf_counter()
-        net = add_feature_head(setting, images, net, n_images=n_head,
-                               batch_size=head_batch,
-                               random_state=hp["random_state"] + 1)
+        redo = (f"the trained epochs are in {checkpoint_dir}: `deepblur train "
+                f"{args.config} --resume` fits the head again without "
+                "retraining.")
+        try:
+            net = add_feature_head(setting, images, net, n_images=n_head,
+                                   batch_size=head_batch,
+                                   random_state=hp["random_state"] + 1)
+        except KeyboardInterrupt as exc:
+            print(f"deepblur train: {exc or 'interrupted'} while fitting the "
+                  f"blur-statistics head; {redo}", file=sys.stderr)
+            return 130
+        except Exception:
+            print(f"deepblur train: fitting the blur-statistics head failed; "
+                  f"{redo}", file=sys.stderr)
+            raise
         seconds = time.perf_counter() - start
         print(f"blur-statistics head: fitted on {net.feature_head_n_images_} "
               f"fresh images in {seconds:.0f} s (ridge alpha "

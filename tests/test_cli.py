@@ -751,15 +751,30 @@ def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
     assert "noise std 0.005-0.02" in out
 
 
-def test_train_fits_the_blur_statistics_head(capsys, tmp_path):
+def test_train_fits_the_blur_statistics_head(capsys, tmp_path, monkeypatch):
     """head_images: the network's blur-statistics branch is fitted after the
-    training (as the shipped network's), saved and loaded with it; bad counts
-    are refused before any training."""
+    training (as the shipped network's), saved and loaded with it; an
+    interrupted head keeps the trained epochs for --resume; bad counts, and
+    images too small for the statistics, are refused before any training."""
+    import deepblur.pretrained
+
+    original = deepblur.pretrained.add_feature_head
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+
     config = tmp_path / "head.toml"
     config.write_text(TINY.format(output="headed").replace(
         "n_test_images = 8", "n_test_images = 8\nhead_images = 256\n"
         "head_batch_size = 64"))
+    monkeypatch.setattr(deepblur.pretrained, "add_feature_head", interrupted)
     code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 130 and "while fitting the blur-statistics head" in err
+    assert "--resume` fits the head again without retraining" in err
+    assert not (tmp_path / "headed" / "model.json").exists()
+    monkeypatch.setattr(deepblur.pretrained, "add_feature_head", original)
+    code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
     assert code == 0, err
     assert "blur-statistics head: fitted on 256 fresh images" in out
     meta = json.loads((tmp_path / "headed" / "model.json").read_text())
@@ -769,9 +784,14 @@ def test_train_fits_the_blur_statistics_head(capsys, tmp_path):
     assert model.regressor.module_.feature_fc is not None
     for bad, match in (("head_images = -1", "head_images must be a non-negative"),
                        ("head_images = 8\nhead_batch_size = 0",
-                        "head_batch_size must be a positive")):
-        config.write_text(TINY.format(output="bad").replace(
-            "n_test_images = 8", f"n_test_images = 8\n{bad}"))
+                        "head_batch_size must be a positive"),
+                       ("head_images = 8", "head_images needs blur statistics "
+                        "of the setting's images (24, 24)")):
+        text = TINY.format(output="bad").replace(
+            "n_test_images = 8", f"n_test_images = 8\n{bad}")
+        if "(24, 24)" in match:
+            text = text.replace("image_shape = [32, 32]", "image_shape = [24, 24]")
+        config.write_text(text)
         code, out, err = _run(capsys, "train", config, "--no-progress")
         assert code == 1 and match in _one_error_line(err)
         assert "training:" not in out
