@@ -5,38 +5,26 @@
 ``set_params``). For each device present (``cpu``, and ``cuda`` when
 available) and each batch size, this times ``predict`` on the same held-out
 natural images (128x128, the setting's noise, zero boundary) and prints the
-rate in images/s and its ratio to batch 64 measured in the same run (best of
-``--repeats``, after a warm-up), and the largest difference of the estimates
-to those of the first batch size.
+rate in images/s and its ratio to batch 64 measured in the same run (the
+median of calls over ``--seconds``, after a warm-up: ``bench_devices.py``'s
+timing), and the largest difference of the estimates to those of the first
+batch size.
 
 Usage: ``python benchmarks/bench_predict_batch.py [--n 1024] [--batches 16 32
-64 256 1024] [--threads 1] [--repeats 3] [--devices cpu cuda]``
+64 256 1024] [--threads 1] [--seconds 4] [--devices cpu cuda]``
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
 import torch
+from bench_devices import _rate
 
 from deepblur.datasets import extract_patches, make_blurred_images, natural_image_split
 from deepblur.pretrained import load_default
-
-
-def _rate(net, X, device, repeats):
-    best = np.inf
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        pred = net.predict(X)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return len(X) / best, pred
 
 
 def main():
@@ -45,7 +33,8 @@ def main():
     p.add_argument("--batches", type=int, nargs="+",
                    default=[16, 32, 64, 128, 256, 1024])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=4.0,
+                   help="time each batch size at least this long")
     p.add_argument("--devices", nargs="+", default=None,
                    help="default: cpu, and cuda when available")
     args = p.parse_args()
@@ -63,16 +52,19 @@ def main():
     net = model.regressor
     cpu = {}
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s), {args.n} "
-          f"images of 128x128, best of {args.repeats}")
+          f"images of 128x128, median over {args.seconds:g} s or 5 calls")
     for device in devices:
         net.module_.to(device)
         net.device = device
-        net.set_params(iterator_valid__batch_size=64)
-        net.predict(X[:128])                                 # warm-up
         rates, preds = {}, {}
         for bs in args.batches:
             net.set_params(iterator_valid__batch_size=bs)
-            rates[bs], preds[bs] = _rate(net, X, device, args.repeats)
+
+            def run(bs=bs, preds=preds):
+                preds[bs] = net.predict(X)
+
+            rates[bs] = _rate(run, len(X), torch.device(device),
+                              seconds=args.seconds, warmup=1)
         ref = rates.get(64)
         for bs in args.batches:
             gap = float(np.abs(preds[bs] - preds[args.batches[0]]).max())

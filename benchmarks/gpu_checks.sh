@@ -25,6 +25,6 @@ echo "tests: $(( $(date +%s) - start )) s" | tee -a "$OUT/tests.txt"
 python3 benchmarks/bench_support_check.py --device "${DEVICE:-cuda}" --n "${N:-2048}" \
   --threads "${THREADS:-8}" --n-calibration 0 2>&1 | tee "$OUT/support_check.txt"
 echo "support check: $(( $(date +%s) - start )) s" | tee -a "$OUT/support_check.txt"
-python3 benchmarks/bench_predict_batch.py --n 2048 --repeats 2 --threads "${THREADS:-8}" \
+python3 benchmarks/bench_predict_batch.py --n 2048 --seconds 2 --threads "${THREADS:-8}" \
   --devices cpu "${DEVICE:-cuda}" 2>&1 | tee "$OUT/predict_batch.txt"
 echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/predict_batch.txt"
