@@ -796,7 +796,7 @@ def cmd_train(args):
     n_head = _image_count(config, "head_images", 0)
     head_batch = _image_count(config, "head_batch_size",
                               FEATURE_HEAD_DEFAULTS["batch_size"])
-    if n_head and head_batch < 1:
+    if head_batch < 1:          # refused even when no head is asked for
         raise CLIError(f"head_batch_size must be a positive integer; got "
                        f"{head_batch}.")
     if n_head:      # the statistics must fit the images, before the training

@@ -785,6 +785,7 @@ def test_train_fits_the_blur_statistics_head(capsys, tmp_path, monkeypatch):
     for bad, match in (("head_images = -1", "head_images must be a non-negative"),
                        ("head_images = 8\nhead_batch_size = 0",
                         "head_batch_size must be a positive"),
+                       ("head_batch_size = 0", "head_batch_size must be a positive"),
                        ("head_images = 8", "head_images needs blur statistics "
                         "of the setting's images (24, 24)")):
         text = TINY.format(output="bad").replace(
