@@ -521,6 +521,9 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
     device : None, default=None
         The accelerator places the module and the batches; a device here is
         an error when the accelerator does device placement (skorch).
+    mixed_precision : None, default=None
+        The accelerator's ``mixed_precision`` applies; setting the
+        regressor's is an error.
     unwrap_after_train : bool, default=True
         Unwrap the module from accelerate's wrappers (e.g.
         ``DistributedDataParallel``) after ``fit``, so that the net can be
@@ -579,6 +582,11 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
     def initialize(self):
         """Check the accelerator, then initialise and prepare the components."""
         self._check_accelerator()
+        if self.mixed_precision is not None:
+            raise ValueError(
+                "mixed_precision is the accelerator's here: use "
+                f"Accelerator(mixed_precision={self.mixed_precision!r}) and "
+                "leave the regressor's mixed_precision=None.")
         return super().initialize()
 
     def _initialize_callbacks(self):

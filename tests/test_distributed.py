@@ -359,6 +359,10 @@ def test_accelerated_regressor_errors(fitted, training, accelerator):
         AcceleratedResNetBlurRegressor(accelerator=accelerator, basis=fitted.basis_,
                                        device="cpu", max_epochs=1,
                                        verbose=0).fit(X, y)
+    with pytest.raises(ValueError, match=r"use Accelerator\(mixed_precision='bf16'\)"):
+        AcceleratedResNetBlurRegressor(accelerator=accelerator, basis=fitted.basis_,
+                                       mixed_precision="bf16", max_epochs=1,
+                                       verbose=0).fit(X, y)
 
 
 @pytest.mark.cuda

@@ -1,6 +1,7 @@
 """ResNetBlurRegressor: skorch/sklearn behaviour, data paths, bad input."""
 
 import pickle
+import warnings
 
 import joblib
 import numpy as np
@@ -14,7 +15,7 @@ from skorch.callbacks import Checkpoint, EarlyStopping, LoadInitState
 from deepblur.datasets.simulate import BlurDataset, make_blurred_images
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler
-from deepblur.estimators.regressor import ResNetBlurRegressor
+from deepblur.estimators.regressor import ResNetBlurRegressor, check_mixed_precision
 from deepblur.exceptions import NoisyImageWarning
 from deepblur.operators.product_convolution import dense_matrix
 from deepblur.pretrained import relative_errors
@@ -389,11 +390,138 @@ def test_cuda_requested_without_cuda_is_an_error(setting, monkeypatch):
 
 
 @pytest.mark.cuda
-def test_fit_on_cuda(setting):
+@pytest.mark.parametrize("mixed_precision", [None, "bf16"])
+def test_fit_on_cuda(setting, mixed_precision):
     basis, _, _, X, y = setting
     net = ResNetBlurRegressor(basis=basis, max_epochs=1,
+                              mixed_precision=mixed_precision,
                               **dict(SMALL, device="cuda")).fit(X, y)
     assert net.predict(X).shape == (48, 3)
+    assert np.isfinite(net.history[-1, "train_loss"])
+
+
+def _record_stem_dtypes(net):
+    """(training mode, dtype) of every output of the network's stem."""
+    seen = []
+    net.module_.stem.register_forward_hook(
+        lambda module, inputs, out: seen.append((module.training, out.dtype)))
+    return seen
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_mixed_precision_trains_in_bf16_and_predicts_in_float32(setting,
+                                                                compile):
+    """The training forward passes run in bfloat16, validation and predict
+    in float32: predict equals the plain float32 network's output."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=2, mixed_precision="bf16",
+                              compile=compile, **SMALL).initialize()
+    seen = _record_stem_dtypes(net) if not compile else None
+    net.partial_fit(X, y)
+    net.partial_fit(X, y)
+    losses = net.history[:, "train_loss"]
+    assert np.all(np.isfinite(losses)) and np.all(np.isfinite(
+        net.history[:, "valid_loss"]))
+    if seen is not None:
+        assert {(True, torch.bfloat16), (False, torch.float32)} == set(seen)
+    pred = net.predict(X)
+    assert pred.dtype == np.float32
+    module = getattr(net.module_, "_orig_mod", net.module_).eval()
+    with torch.no_grad():
+        ref = module(torch.as_tensor(X, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(pred, ref, rtol=1e-5, atol=1e-6)
+    # a float32 regressor with the same weights predicts the same (to the
+    # rounding of the compiled graph)
+    plain = ResNetBlurRegressor(basis=basis, **SMALL).initialize()
+    plain.module_.load_state_dict(module.state_dict())
+    np.testing.assert_allclose(plain.predict(X), pred, rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_precision_learns_like_float32(setting):
+    """Same seed, data and steps: bfloat16 training ends within a few percent
+    of float32's loss (and both below where they started)."""
+    basis, sampler, pool, _, _ = setting
+    X, y = make_blurred_images(pool, basis, sampler, 64, random_state=1)
+    mean = sampler.sample(5000).mean(0)
+    losses = {}
+    for mixed_precision in (None, "bf16"):
+        torch.manual_seed(0)
+        net = ResNetBlurRegressor(basis=basis, max_epochs=4, lr=3e-3,
+                                  module__output_bias=mean, train_split=None,
+                                  mixed_precision=mixed_precision,
+                                  **SMALL).fit(X, y)
+        losses[mixed_precision] = net.history[:, "train_loss"]
+    for curve in losses.values():
+        assert curve[-1] < curve[0]
+    assert losses["bf16"][-1] == pytest.approx(losses[None][-1], rel=0.05)
+
+
+def test_mixed_precision_with_psf_moments(setting):
+    """The (gamma, moments) pair of a moment-supervised network is cast back
+    to float32 for its loss."""
+    from deepblur.nets.losses import PSFMomentLoss
+
+    basis, sampler, _, X, y = setting
+    net = ResNetBlurRegressor(
+        basis=basis, criterion=PSFMomentLoss, module__moment_stage=1,
+        criterion__gamma_samples=sampler.sample(200), max_epochs=1,
+        mixed_precision="bf16", **SMALL).fit(X, y)
+    assert np.isfinite(net.history[-1, "train_loss"])
+
+
+@pytest.mark.parametrize("value", ["fp16", "bfloat16", True, torch.bfloat16,
+                                   ["bf16"]])
+def test_mixed_precision_bad_values(setting, value):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, mixed_precision=value,
+                              **SMALL)
+    with pytest.raises(ValueError, match="mixed_precision must be None or 'bf16'"):
+        net.fit(X, y)
+    # set on a trained regressor, it is refused at the next training step
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    net.set_params(mixed_precision=value)
+    with pytest.raises(ValueError, match="mixed_precision must be None or 'bf16'"):
+        net.partial_fit(X, y)
+    assert net.predict(X).shape == (48, 3)     # predict runs in float32
+
+
+def test_mixed_precision_refuses_a_cuda_device_without_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "V100")
+    with pytest.raises(ValueError, match=r"\(V100\) has no native bfloat16"):
+        check_mixed_precision("bf16", torch.device("cuda"))
+    assert check_mixed_precision(None, torch.device("cuda")) is None
+    assert check_mixed_precision("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_mixed_precision_warns_on_a_cpu_without_bf16_units(setting,
+                                                          monkeypatch):
+    basis, _, _, X, y = setting
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False,
+                        raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False,
+                        raising=False)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, mixed_precision="bf16",
+                              **SMALL)
+    with pytest.warns(UserWarning, match="this CPU has no bfloat16 units"):
+        net.fit(X, y)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True,
+                        raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.initialize()
+        ResNetBlurRegressor(basis=basis, **SMALL).initialize()
+
+
+def test_a_regressor_pickled_before_mixed_precision_loads(setting):
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    del net.__dict__["mixed_precision"]
+    old = pickle.loads(pickle.dumps(net))
+    assert old.mixed_precision is None
+    old.partial_fit(X, y)                       # trains in float32
+    assert "mixed_precision" in old.get_params()
 
 
 def test_checkpoint_resume_keeps_finished_epochs(setting, tmp_path):
