@@ -636,7 +636,10 @@ def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
     from skorch.callbacks import Checkpoint
 
     config = tmp_path / "crop.toml"
-    config.write_text(TINY.format(output="with_crop") + TINY_CROP)
+    # bfloat16 training steps, for both networks (the crop network takes the
+    # main config's)
+    config.write_text('mixed_precision = "bf16"\n' + TINY.format(
+        output="with_crop") + TINY_CROP)
     original = Checkpoint.on_epoch_end
 
     def on_epoch_end(self, net, **kwargs):
@@ -666,6 +669,9 @@ def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
     assert meta["training"]["script"] == "deepblur train"
     assert meta["training"]["random_state"] == 5
     assert meta["training"]["num_workers"] == 0          # the main config's
+    assert meta["training"]["mixed_precision"] == "bf16"  # the main config's
+    main = json.loads((out_dir / "model.json").read_text())
+    assert main["config"]["mixed_precision"] == "bf16"
     assert 0 < meta["test_errors"]["natural"]["operator"] < 1
     assert "crop network: support_tolerance" in out
     assert model.regressor.support_tolerance == meta["support_tolerance"] > 0
@@ -715,6 +721,8 @@ def test_train_keeps_the_crop_network_when_its_calibration_fails(
     ('[crop_network]\nnoise_std = [0.05, 0.01]\n', "noise_std must be"),
     ('[crop_network]\nhead_images = -1\n', "head_images must be a positive"),
     ('[crop_network]\nboundary = "zero"\n', "unknown key.*boundary"),
+    ('[crop_network]\nmixed_precision = "fp16"\n',
+     "crop_network: mixed_precision must be None or 'bf16'"),
     ('crop_network = 3\n', "must be a table"),
 ])
 def test_train_refuses_a_bad_crop_network_table_before_training(
@@ -737,7 +745,8 @@ def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
     training supervises the PSF moments too (saved without their head)."""
     config = tmp_path / "range.toml"
     config.write_text(TINY.format(output="ranged").replace(
-        "epochs = 2", 'epochs = 1\nmoment_stage = 2\ninput_norm = "none"')
+        "epochs = 2", 'epochs = 1\nmoment_stage = 2\ninput_norm = "none"\n'
+        'mixed_precision = "none"')
         + "noise_std = [0.005, 0.02]\n")
     code, _, err = _run(capsys, "train", config, "--no-progress")
     assert code == 0, err
@@ -849,6 +858,8 @@ def test_train_errors(capsys, tmp_path):
     assert "is not a folder" in error('images = "nowhere"')
     assert "is not a model directory" in error('init_model = "nowhere"')
     assert "compile must be true or false" in error('compile = "yes"')
+    assert "mixed_precision must be None or 'bf16'" in error(
+        'mixed_precision = "fp16"')
     assert "pool_size must be a positive integer" in error("pool_size = 0")
     assert "gammas_per_image must be a positive integer" in error(
         "gammas_per_image = 0")

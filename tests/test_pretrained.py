@@ -873,6 +873,8 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
         train_regressor(small_setting, pool, **dict(kw, input_norm="whiten"))
     with pytest.raises(ValueError, match="gammas_per_image must be a positive"):
         train_regressor(small_setting, pool, **dict(kw, gammas_per_image=0))
+    with pytest.raises(ValueError, match="mixed_precision must be None or 'bf16'"):
+        train_regressor(small_setting, pool, **dict(kw, mixed_precision="fp16"))
     with pytest.raises(ValueError, match="checkpoint_dir"):
         train_regressor(small_setting, pool, resume=True, **kw)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -891,6 +893,12 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
                            resume=True, criterion="frobenius", **kw)
     assert len(done.history) == 2
     np.testing.assert_allclose(done.predict(X), net.predict(X), rtol=1e-6)
+    # the precision is how, not what, the network learns: a checkpoint goes on
+    # in another one (e.g. moved to a machine with bfloat16 units)
+    done = train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+                           resume=True, criterion="frobenius",
+                           mixed_precision="bf16", **kw)
+    assert len(done.history) == 2 and done.mixed_precision == "bf16"
     # other parameters than the checkpoint's (recorded in run.json) are refused,
     # e.g. defaults changed between versions: another schedule, silently
     for change, named in ((dict(width=8), "width=4 (now 8)"),
