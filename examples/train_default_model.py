@@ -167,6 +167,7 @@ for key in err:
 model_dir = save_model(OUT / "default_model", net, setting, noise_std=train_noise,
                        extra=dict(
                            n_train_images=int(n_batches * batch_size * epochs),
+                           gamma_pool=GAMMA_POOL,       # 0: fresh draws
                            test_operator_error=float(err["operator"].mean()),
                            test_baseline_error=float(base["operator"].mean())))
 reloaded = load_model(model_dir)   # the network's own output (raw, the default)

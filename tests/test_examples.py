@@ -24,15 +24,18 @@ def test_example_runs_in_fast_mode(script, tmp_path):
     assert all(f.stat().st_size > 1000 for f in figures)
 
 
-def test_the_training_script_runs_in_fast_mode(tmp_path):
+@pytest.mark.parametrize("gamma_pool", [None, "0"])
+def test_the_training_script_runs_in_fast_mode(tmp_path, gamma_pool):
     """examples/train_default_model.py (the shipped model's recipe: a pool of
-    sampler draws, noise in [0, 0.02], the blur-statistics head) on the
-    reduced setting: it trains, saves, reloads and records its training
-    noise."""
+    sampler draws, noise in [0, 0.02], the blur-statistics head; or fresh
+    draws with DEEPBLUR_GAMMA_POOL=0) on the reduced setting: it trains,
+    saves, reloads and records its training noise and pool."""
     from deepblur.pretrained import load_model
 
     env = dict(os.environ, DEEPBLUR_FAST="1", DEEPBLUR_OUTPUT=str(tmp_path),
                MPLBACKEND="Agg")
+    if gamma_pool is not None:
+        env["DEEPBLUR_GAMMA_POOL"] = gamma_pool
     proc = subprocess.run([sys.executable,
                            str(ROOT / "examples" / "train_default_model.py")],
                           env=env, cwd=tmp_path, capture_output=True, text=True,
@@ -41,6 +44,7 @@ def test_the_training_script_runs_in_fast_mode(tmp_path):
     assert (tmp_path / "train_default_model.png").stat().st_size > 1000
     meta = json.loads((tmp_path / "default_model" / "model.json").read_text())
     assert meta["noise_std"] == [0.0, 0.02] and meta["module"]["width"] == 32
+    assert meta["gamma_pool"] == (16_000 if gamma_pool is None else 0)
     model = load_model(tmp_path / "default_model")
     assert model.noise_std == (0.0, 0.02) and model.setting["noise_std"] == 0.01
     error = float(proc.stdout.split(" operator error: ")[1].split()[0])
