@@ -5,7 +5,9 @@
 # GPU (bench_support_check.py --device cuda: the networks' inference and the
 # bounds of cone_distance_bounds there, against one exact CPU projection per
 # estimate, with the check that both flag the same images), and predict's rate
-# against its batch size on the CPU and the GPU (bench_predict_batch.py).
+# against its batch size on the CPU and the GPU (bench_predict_batch.py), and
+# the training step in bfloat16 against float32 there
+# (bench_mixed_precision.py, without its training part).
 # Output in $OUT (benchmarks/output/gpu_checks here).
 #
 # The device image has torch, pytest, hypothesis, scikit-learn and
@@ -27,4 +29,7 @@ python3 benchmarks/bench_support_check.py --device "${DEVICE:-cuda}" --n "${N:-2
 echo "support check: $(( $(date +%s) - start )) s" | tee -a "$OUT/support_check.txt"
 python3 benchmarks/bench_predict_batch.py --n 2048 --seconds 2 --threads "${THREADS:-8}" \
   --devices cpu "${DEVICE:-cuda}" 2>&1 | tee "$OUT/predict_batch.txt"
-echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/predict_batch.txt"
+echo "predict batch: $(( $(date +%s) - start )) s" | tee -a "$OUT/predict_batch.txt"
+python3 benchmarks/bench_mixed_precision.py --threads "${THREADS:-8}" --rounds 3 \
+  --train-images 0 2>&1 | tee "$OUT/mixed_precision.txt"
+echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/mixed_precision.txt"

@@ -94,6 +94,9 @@ def main():
     p.add_argument("--num-workers", type=int, default=None,
                    help="default: 0 on CUDA, 1 on the CPU")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--mixed-precision", choices=["bf16"], default=None,
+                   help="train the forward passes in bfloat16 (train_regressor's "
+                        "mixed_precision; default float32)")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -147,7 +150,9 @@ def main():
                           epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, pool_size=20_000, noise_std=noise,
                           num_workers=args.num_workers, device=args.device,
-                          compile=not args.no_compile, random_state=args.seed,
+                          compile=not args.no_compile,
+                          mixed_precision=args.mixed_precision,
+                          random_state=args.seed,
                           checkpoint_dir=args.checkpoint_dir,
                           moment_stage=args.moment_stage, **start)
     seconds = time.perf_counter() - t
