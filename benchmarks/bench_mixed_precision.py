@@ -18,8 +18,9 @@ in learning.
    mean-gamma baseline, with their wall times.
 
 Usage: ``python benchmarks/bench_mixed_precision.py [--threads 1]
-[--rounds 5] [--train-images 64000] [--n-test 1024]`` (about 2 minutes for
-part 1 on a 2-core CPU, and 3 more per 64 000 training images).
+[--rounds 5] [--train-images 64000] [--n-test 1024]`` (about 5 minutes for
+part 1 on a 2-core CPU, half of it compiling, and 3 more per 64 000
+training images).
 """
 import argparse
 import time
@@ -41,6 +42,8 @@ def step_rates(model, images, device, widths, batch, rounds, compile):
                        n_batches=4, noise_std=(0.0, 0.02), device=device,
                        random_state=0)
     X, y = next(iter(data))
+    if compile:     # a fresh cache: 2 precisions x widths x devices would
+        torch._dynamo.reset()   # exceed its recompile limit (eager, silently)
     steps = {}
     for width in widths:
         state = None
@@ -84,6 +87,7 @@ def learning(model, n_images, n_test, threads):
             "input_norm", "criterion", "pool_size", "num_workers", "compile")
     out = {}
     for precision in (None, "bf16"):
+        torch.set_num_threads(1)        # the training's, as the recipe's
         start = time.perf_counter()
         net = train_regressor(
             setting, train, n_images=n_images, device="cpu",

@@ -786,8 +786,9 @@ def cmd_train(args):
     hyper = {k: config[k] for k in TRAINING_DEFAULTS if k in config}
     if "input_norm" in hyper:
         hyper["input_norm"] = _config_input_norm(hyper["input_norm"], "")
-    if hyper.get("mixed_precision") == "none":      # TOML has no null
-        hyper["mixed_precision"] = None
+    if "mixed_precision" in hyper:
+        hyper["mixed_precision"] = _config_mixed_precision(
+            hyper["mixed_precision"], "")
     if "seed" in config:
         hyper["random_state"] = config["seed"]
     if "init_model" in config:
@@ -913,6 +914,16 @@ def _config_input_norm(value, where):
     return value
 
 
+def _config_mixed_precision(value, where):
+    """A config's ``mixed_precision``: ``"none"`` (TOML has no null) is None."""
+    if value == "none":
+        return None
+    if value != "bf16":
+        raise CLIError(f"{where}mixed_precision must be 'bf16' or 'none' "
+                       f"(float32); got {value!r}.")
+    return value
+
+
 def _crop_network_params(config, hyper, name):
     """The ``crop_network`` table of a config, checked, as the keyword
     arguments of train_crop_network (None without the table)."""
@@ -939,8 +950,9 @@ def _crop_network_params(config, hyper, name):
     if "input_norm" in params:
         params["input_norm"] = _config_input_norm(params["input_norm"],
                                                   "crop_network: ")
-    if params.get("mixed_precision") == "none":
-        params["mixed_precision"] = None
+    if "mixed_precision" in table:
+        params["mixed_precision"] = _config_mixed_precision(
+            params["mixed_precision"], "crop_network: ")
     try:
         check_crop_network_params(**params)
     except ValueError as exc:

@@ -579,15 +579,24 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
                 f"Accelerator(cpu=True)); got {type(acc).__name__}."
             )
 
-    def initialize(self):
-        """Check the accelerator, then initialise and prepare the components."""
-        self._check_accelerator()
+    def _check_no_mixed_precision(self):
         if self.mixed_precision is not None:
             raise ValueError(
                 "mixed_precision is the accelerator's here: use "
                 f"Accelerator(mixed_precision={self.mixed_precision!r}) and "
                 "leave the regressor's mixed_precision=None.")
+
+    def initialize(self):
+        """Check the accelerator, then initialise and prepare the components."""
+        self._check_accelerator()
+        self._check_no_mixed_precision()
         return super().initialize()
+
+    def infer(self, x, **fit_params):
+        """The module's output (the accelerator's autocast applies; a
+        ``mixed_precision`` set after initialisation is refused)."""
+        self._check_no_mixed_precision()
+        return super().infer(x, **fit_params)
 
     def _initialize_callbacks(self):
         """``print_log`` prints on the main process only, and honours ``verbose``.

@@ -722,7 +722,7 @@ def test_train_keeps_the_crop_network_when_its_calibration_fails(
     ('[crop_network]\nhead_images = -1\n', "head_images must be a positive"),
     ('[crop_network]\nboundary = "zero"\n', "unknown key.*boundary"),
     ('[crop_network]\nmixed_precision = "fp16"\n',
-     "crop_network: mixed_precision must be None or 'bf16'"),
+     "crop_network: mixed_precision must be 'bf16' or 'none'"),
     ('crop_network = 3\n', "must be a table"),
 ])
 def test_train_refuses_a_bad_crop_network_table_before_training(
@@ -858,7 +858,7 @@ def test_train_errors(capsys, tmp_path):
     assert "is not a folder" in error('images = "nowhere"')
     assert "is not a model directory" in error('init_model = "nowhere"')
     assert "compile must be true or false" in error('compile = "yes"')
-    assert "mixed_precision must be None or 'bf16'" in error(
+    assert "mixed_precision must be 'bf16' or 'none' (float32)" in error(
         'mixed_precision = "fp16"')
     assert "pool_size must be a positive integer" in error("pool_size = 0")
     assert "gammas_per_image must be a positive integer" in error(

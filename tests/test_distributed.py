@@ -363,6 +363,12 @@ def test_accelerated_regressor_errors(fitted, training, accelerator):
         AcceleratedResNetBlurRegressor(accelerator=accelerator, basis=fitted.basis_,
                                        mixed_precision="bf16", max_epochs=1,
                                        verbose=0).fit(X, y)
+    net = AcceleratedResNetBlurRegressor(accelerator=accelerator,
+                                         basis=fitted.basis_, max_epochs=1,
+                                         verbose=0).fit(X, y)
+    net.set_params(mixed_precision="bf16")       # after initialisation too
+    with pytest.raises(ValueError, match="mixed_precision is the accelerator's"):
+        net.partial_fit(X, y)
 
 
 @pytest.mark.cuda

@@ -1070,3 +1070,24 @@ def test_train_regressor_with_psf_moments(small_setting, tmp_path):
     reg = ResNetBlurRegressor(basis=basis, module__width=4, module__moment_stage=1,
                               criterion=loss, device="cpu").initialize()
     assert reg.criterion_ is loss
+
+
+def test_check_training_params_checks_mixed_precision_on_the_device(monkeypatch):
+    """bfloat16 on a CUDA device without it is refused before any training
+    (before the setting's fit in ``deepblur train``), and so is CUDA where
+    there is none."""
+    from deepblur.pretrained._train import check_training_params
+
+    check_training_params(mixed_precision="bf16", device="cpu")
+    check_training_params(mixed_precision=None, device="cuda")  # nothing to check
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        check_training_params(mixed_precision="bf16", device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "T4")
+    for device in ("cuda", "auto"):
+        with pytest.raises(ValueError, match=r"\(T4\) has no native bfloat16"):
+            check_training_params(mixed_precision="bf16", device=device)

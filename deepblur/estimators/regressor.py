@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import warnings
 from numbers import Integral
 
@@ -87,8 +88,7 @@ def check_mixed_precision(mixed_precision, device):
         raise ValueError(f"mixed_precision must be None or 'bf16'; got "
                          f"{mixed_precision!r}.")
     dtype = MIXED_PRECISIONS[mixed_precision]
-    if (dtype is not None and device.type == "cuda"
-            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+    if dtype is not None and device.type == "cuda" and not _cuda_has_bf16(device):
         raise ValueError(
             f"mixed_precision={mixed_precision!r}: this CUDA device "
             f"({torch.cuda.get_device_name(device)}) has no native bfloat16; "
@@ -96,9 +96,20 @@ def check_mixed_precision(mixed_precision, device):
     return dtype
 
 
+def _cuda_has_bf16(device):
+    """Whether the CUDA ``device`` computes in bfloat16: compute capability
+    8.0 (Ampere) or later, or a ROCm device."""
+    if torch.version.hip:
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return tuple(torch.cuda.get_device_capability(index)) >= (8, 0)
+
+
 def cpu_has_bf16_units():
-    """Whether this CPU computes in bfloat16 (AVX-512 BF16 or AMX); None when
-    torch cannot tell."""
+    """Whether this x86 CPU computes in bfloat16 (AVX-512 BF16 or AMX); None
+    when torch cannot tell (other architectures, older torch)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return None
     probes = [getattr(torch.cpu, name, None) for name in
               ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if not any(probes):

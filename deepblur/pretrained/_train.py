@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from numbers import Real
 from pathlib import Path
 
@@ -182,8 +183,14 @@ def check_training_params(**params):
         raise ValueError(
             f"compile must be true or false; got {params['compile']!r}."
         )
-    if "mixed_precision" in params:
-        check_mixed_precision(params["mixed_precision"], torch.device("cpu"))
+    if "mixed_precision" in params:     # on the training device, if known
+        device = torch.device("cpu")
+        if params["mixed_precision"] is not None and params.get("device"):
+            try:
+                device = resolve_device(params["device"])
+            except (RuntimeError, TypeError):   # a bad name fails in training
+                pass
+        check_mixed_precision(params["mixed_precision"], device)
     if params.get("head", "spatial") not in ("spatial", "avg"):
         raise ValueError(
             f"head must be 'spatial' or 'avg'; got {params['head']!r}."
@@ -379,7 +386,7 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
                gammas_per_image=gammas_per_image, moment_stage=moment_stage,
                moment_weight=moment_weight)
     check_training_params(**run, num_workers=num_workers, compile=compile,
-                          mixed_precision=mixed_precision)
+                          mixed_precision=mixed_precision, device=device)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if resume and checkpoint_dir is None:
@@ -518,7 +525,10 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     new = clone(regressor).set_params(
         module__blur_features={} if blur_features is None else blur_features,
         module__image_shape=tuple(int(v) for v in basis.image_shape_),
-        compile=False, support_tolerance=None).initialize()
+        compile=False, support_tolerance=None)
+    with warnings.catch_warnings():     # the training warned about it already
+        warnings.filterwarnings("ignore", "mixed_precision=.*no bfloat16 units")
+        new.initialize()
     missing, unexpected = plain_module(new).load_state_dict(
         plain_module(regressor).state_dict(), strict=False)
     branch = {"feature_fc.weight", "feature_mean", "feature_scale"}
@@ -877,9 +887,9 @@ progress_bar, verbose
         n_images=n_images, epochs=epochs, batch_size=batch_size, lr=lr,
         width=width, depth=depth, stem_stride=stem_stride,
         input_norm=input_norm, pool_size=pool_size, num_workers=num_workers,
-        compile=compile, mixed_precision=mixed_precision, noise_std=noise_std,
-        point_fraction=point_fraction, head_images=head_images,
-        head_batch_size=head_batch_size)
+        compile=compile, mixed_precision=mixed_precision, device=device,
+        noise_std=noise_std, point_fraction=point_fraction,
+        head_images=head_images, head_batch_size=head_batch_size)
     basis, sampler = setting["basis"], setting["sampler"]
     shape = tuple(int(s) for s in basis.image_shape_)
     crop = dict(setting, params=dict(setting["params"], boundary="crop",

@@ -1,6 +1,7 @@
 """ResNetBlurRegressor: skorch/sklearn behaviour, data paths, bad input."""
 
 import pickle
+import platform
 import warnings
 
 import joblib
@@ -486,12 +487,18 @@ def test_mixed_precision_bad_values(setting, value):
 
 
 def test_mixed_precision_refuses_a_cuda_device_without_bf16(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
-                        lambda including_emulation=True: False)
+    """Compute capability below 8.0 (before Ampere) is refused, per device."""
+    capabilities = {0: (8, 0), 1: (7, 0)}
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda index=None: capabilities[index])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "V100")
     with pytest.raises(ValueError, match=r"\(V100\) has no native bfloat16"):
-        check_mixed_precision("bf16", torch.device("cuda"))
-    assert check_mixed_precision(None, torch.device("cuda")) is None
+        check_mixed_precision("bf16", torch.device("cuda:1"))
+    assert check_mixed_precision("bf16", torch.device("cuda")) is torch.bfloat16
+    assert check_mixed_precision("bf16", torch.device("cuda:0")) is torch.bfloat16
+    assert check_mixed_precision(None, torch.device("cuda:1")) is None
     assert check_mixed_precision("bf16", torch.device("cpu")) is torch.bfloat16
 
 
@@ -506,12 +513,17 @@ def test_mixed_precision_warns_on_a_cpu_without_bf16_units(setting,
                               **SMALL)
     with pytest.warns(UserWarning, match="this CPU has no bfloat16 units"):
         net.fit(X, y)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True,
-                        raising=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        ResNetBlurRegressor(basis=basis, **SMALL).initialize()   # float32
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True,
+                            raising=False)
         net.initialize()
-        ResNetBlurRegressor(basis=basis, **SMALL).initialize()
+        # other architectures (Arm CPUs may have bfloat16): no judgement
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False,
+                            raising=False)
+        monkeypatch.setattr(platform, "machine", lambda: "arm64")
+        net.initialize()
 
 
 def test_a_regressor_pickled_before_mixed_precision_loads(setting):
