@@ -634,6 +634,11 @@ _TRAIN_KEYS = {
     "epochs": "epochs",
     "batch_size": "batch size",
     "lr": "learning rate",
+    "noise_std": "training noise: a standard deviation, or [low, high] drawn "
+                 "per image, for images of mean 0.5 (default: the setting's "
+                 "noise_std; the shipped network's is [0.0, 0.02]). The "
+                 "setting's noise_std stays the test noise of the held-out "
+                 "check, the demo and the benchmarks (0.01 by default)",
     "width": "ResNet width",
     "depth": "ResNet depth",
     "stem_stride": "ResNet stem stride",
@@ -798,6 +803,11 @@ def cmd_train(args):
                            "(no model.safetensors in it).")
         hyper["init_model"] = init
     check_training_params(**hyper)      # fail before the slow setting fit
+    train_noise = config.get("noise_std")
+    if train_noise is not None:         # a float or a (low, high) tuple
+        from deepblur.datasets.simulate import _noise_param
+
+        train_noise = _noise_param(train_noise)
     n_support = _image_count(config, "support_images", _SUPPORT_IMAGES)
     n_spectral = _image_count(config, "spectral_images", 0)
     n_head = _image_count(config, "head_images", 0)
@@ -826,6 +836,7 @@ def cmd_train(args):
           f"{setting['params']['n_components']}; checkpoints in {checkpoint_dir}")
     try:
         net = train_regressor(setting, images, output_bias=mean_gamma,
+                              noise_std=train_noise,
                               checkpoint_dir=checkpoint_dir, resume=args.resume,
                               progress_bar=not args.no_progress, **hyper)
     except KeyboardInterrupt as exc:
@@ -843,7 +854,7 @@ def cmd_train(args):
                 "retraining.")
         try:
             net = add_feature_head(setting, images, net, n_images=n_head,
-                                   batch_size=head_batch,
+                                   batch_size=head_batch, noise_std=train_noise,
                                    random_state=hp["random_state"] + 1)
         except KeyboardInterrupt as exc:
             print(f"deepblur train: {exc or 'interrupted'} while fitting the "
@@ -871,9 +882,12 @@ def cmd_train(args):
                   f"(mean-gamma baseline {100 * base_err:.2f} %)")
             extra.update(test_operator_error=float(err),
                          test_baseline_error=float(base_err))
-        _calibrate_support(net, setting, images, n_support, "network", seed=126)
+        drawn = {} if train_noise is None else dict(noise_std=train_noise)
+        _calibrate_support(net, setting, images, n_support, "network", seed=126,
+                           **drawn)
 
-    _save_then_check(lambda: save_model(output, net, setting, extra=extra),
+    _save_then_check(lambda: save_model(output, net, setting,
+                                        noise_std=train_noise, extra=extra),
                      checks, "the network", output, n_test, n_support)
     if n_spectral:
         _train_spectral(setting, images, n_spectral, n_test, mean_gamma, output,
@@ -1373,8 +1387,7 @@ def build_parser():
                     "last one (refused if the parameters changed). Missing\n"
                     "keys take the shipped network's recipe (TRAINING_DEFAULTS,\n"
                     "seed 0) but its noise range: set noise_std = [0.0, 0.02]\n"
-                    "under [setting] for that; relative paths are relative to\n"
-                    "the config file.\n\n"
+                    "for that; relative paths are relative to the config file.\n\n"
                     f"config keys:\n{keys}",
         epilog="example (tiny.toml):\n"
                "  n_images = 2048\n  epochs = 2\n  output = \"tiny_model\"\n"

@@ -760,6 +760,35 @@ def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
     assert "noise std 0.005-0.02" in out
 
 
+def test_train_noise_apart_from_the_settings_test_noise(capsys, tmp_path):
+    """A top-level noise_std is the training noise (network, head, support
+    calibration, model.noise_std) and leaves the setting's noise_std, the test
+    noise of the held-out check and the demo, as it is; a bad one is refused
+    before the training."""
+    config = tmp_path / "noise.toml"
+    config.write_text("noise_std = [0.0, 0.04]\n" + TINY.format(
+        output="trained_noisy").replace("n_test_images = 8",
+                                        "n_test_images = 8\nhead_images = 64\n"
+                                        "head_batch_size = 32"))
+    code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 0, err
+    model = load_model(tmp_path / "trained_noisy")
+    assert model.noise_std == (0.0, 0.04)
+    assert model.setting["noise_std"] == 0.01            # DEFAULT_SETTING's
+    assert model.regressor.noise_level_ == pytest.approx(0.04)
+    meta = json.loads((tmp_path / "trained_noisy" / "model.json").read_text())
+    assert meta["noise_std"] == [0.0, 0.04] and meta["config"]["noise_std"] == [
+        0.0, 0.04]
+    run = json.loads((tmp_path / "trained_noisy" / "checkpoints" / "run.json")
+                     .read_text())
+    assert run["noise_std"] == [0.0, 0.04]               # what the steps saw
+    for bad in ("noise_std = [0.05, 0.01]", 'noise_std = "high"'):
+        config.write_text(bad + "\n" + TINY.format(output="bad"))
+        code, out, err = _run(capsys, "train", config, "--no-progress")
+        assert code == 1 and "noise_std must be" in _one_error_line(err)
+        assert "training:" not in out
+
+
 def test_train_fits_the_blur_statistics_head(capsys, tmp_path, monkeypatch):
     """head_images: the network's blur-statistics branch is fitted after the
     training (as the shipped network's), saved and loaded with it; an
@@ -1295,3 +1324,5 @@ def test_the_cpu_recipe_config_is_valid():
     assert config["head_images"] == 32768 and config["width"] == 8
     check_training_params(**{k: config[k] for k in TRAINING_DEFAULTS
                              if k in config})
+    # the training noise only: the setting keeps its test noise
+    assert config["noise_std"] == [0.0, 0.02] and "setting" not in config
