@@ -399,12 +399,15 @@ def test_train_regressor_and_feature_head_take_their_own_noise(small_setting,
     kw = dict(n_images=32, epochs=1, batch_size=16, width=4, depth=1,
               stem_stride=2, pool_size=6, num_workers=0, device="cpu", verbose=0)
     net = train_regressor(small_setting, pool, noise_std=(0.0, 0.02), **kw)
-    train_regressor(small_setting, pool, **kw)
-    add_feature_head(small_setting, pool, net, n_images=32, batch_size=16,
-                     noise_std=0.03,
-                     blur_features=dict(window=8, n_radial=2, n_angular=2,
-                                        border=3, n_segments=2))
+    assert net.training_noise_std_ == (0.0, 0.02)     # save_model's default
+    plain = train_regressor(small_setting, pool, **kw)
+    assert plain.training_noise_std_ == small_setting["params"]["noise_std"]
+    head = add_feature_head(small_setting, pool, net, n_images=32, batch_size=16,
+                            noise_std=0.03,
+                            blur_features=dict(window=8, n_radial=2, n_angular=2,
+                                               border=3, n_segments=2))
     assert made == [(0.0, 0.02), small_setting["params"]["noise_std"], 0.03]
+    assert head.training_noise_std_ == (0.0, 0.03)    # the trunk's and the head's
     for bad, match in (((0.02, 0.01), "low <= high"), (-0.01, ">= 0"),
                        ("0.01", "float or a")):
         with pytest.raises(ValueError, match=f"noise_std must be .*{match}"):
@@ -417,9 +420,9 @@ def test_train_regressor_and_feature_head_take_their_own_noise(small_setting,
 def test_a_fine_tuning_noise_range_is_what_predict_checks_after_loading(
         small_setting, tmp_path):
     """train_regressor(noise_std=...) trains on another noise than the
-    setting's: save_model keeps the network's noise_level_ and load_model
-    gives it back (else the top of the setting's noise); a bad value in
-    model.json is refused."""
+    setting's: save_model keeps the network's noise_level_ and its training
+    noise, and load_model gives them back (else the top of the setting's
+    noise); a bad value in model.json is refused."""
     pool = np.random.default_rng(0).random((6, 16, 16))
     net = train_regressor(small_setting, pool, noise_std=(0.0, 0.05), n_images=32,
                           epochs=1, batch_size=16, width=4, depth=1,
@@ -429,9 +432,10 @@ def test_a_fine_tuning_noise_range_is_what_predict_checks_after_loading(
     save_model(tmp_path, net, small_setting)
     model = load_model(tmp_path)
     assert model.regressor.noise_level_ == 0.05
-    assert model.noise_std == small_setting["params"]["noise_std"]   # the setting's
+    assert model.noise_std == (0.0, 0.05)   # its training noise, by default
+    assert model.setting["noise_std"] == small_setting["params"]["noise_std"]
     meta = json.loads((tmp_path / "model.json").read_text())
-    del meta["noise_level"]                     # a model saved before the key
+    del meta["noise_level"], meta["noise_std"]  # a model saved before the keys
     (tmp_path / "model.json").write_text(json.dumps(meta))
     assert load_model(tmp_path).regressor.noise_level_ == pytest.approx(
         np.max(small_setting["params"]["noise_std"]))
@@ -445,7 +449,8 @@ def test_save_model_records_the_noise_the_network_was_trained_on(small_setting,
                                                                  tmp_path):
     """save_model(noise_std=...) stores the training noise, which load_model
     returns as the model's noise_std (the setting keeps its own, the test
-    noise); by default the setting's. A file saved without the key falls
+    noise); by default the regressor's training_noise_std_ (kept by a loaded
+    model), else the setting's. A file saved without the key falls
     back to the setting's; a bad value is refused before anything is
     written."""
     net, _ = _tiny_regressor(small_setting)
@@ -457,6 +462,10 @@ def test_save_model_records_the_noise_the_network_was_trained_on(small_setting,
     model = load_model(saved)
     assert model.noise_std == (0.0, 0.05)
     assert model.setting["noise_std"] == setting_noise
+    # written again without noise_std, a loaded model keeps its training noise
+    again = load_model(save_model(tmp_path / "again", model.regressor,
+                                  small_setting))
+    assert again.noise_std == (0.0, 0.05)
     # predict's check keeps the level the regressor knows
     assert model.regressor.noise_level_ == pytest.approx(net.noise_level_)
     default = load_model(save_model(tmp_path / "default", net, small_setting))

@@ -412,6 +412,29 @@ def training_noise_level(X):
     return float(np.quantile(levels, 0.99)) if len(levels) else None
 
 
+def training_noise_std(X):
+    """The noise standard deviation (or its ``(low, high)`` range) of a
+    regressor's training images when they are drawn with a known one (a
+    :class:`~deepblur.datasets.simulate.BlurDataset` with ``noise_std``);
+    None otherwise (arrays, ``snr``, other datasets)."""
+    from deepblur.datasets.simulate import BlurDataset, _noise_param
+
+    if isinstance(X, BlurDataset) and X.snr is None and X.noise_std is not None:
+        return _noise_param(X.noise_std)
+    return None
+
+
+def merge_noise_stds(previous, new):
+    """The training noise after one more fit on data drawn at ``new``: the
+    range covering both, None if either is unknown."""
+    if previous is None or new is None:
+        return None
+    lows, highs = zip(*(np.broadcast_to(v, 2) for v in (previous, new)),
+                      strict=True)
+    low, high = float(min(lows)), float(max(highs))
+    return low if low == high else (low, high)
+
+
 def merge_noise_levels(previous, new):
     """The training noise level after one more fit on data at ``new``."""
     if previous is None or new is None:

@@ -22,10 +22,12 @@ from deepblur.estimators._gamma import (
     checked_estimates,
     clone_sharing_fitted,
     merge_noise_levels,
+    merge_noise_stds,
     support_check_needed,
     support_check_silenced,
     support_distances,
     training_noise_level,
+    training_noise_std,
     warn_if_noisy,
 )
 from deepblur.nets.losses import (
@@ -235,6 +237,14 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         :meth:`predict` off. :func:`~deepblur.pretrained.save_model` stores
         it and :func:`~deepblur.pretrained.load_model` restores it (models
         saved without it get the top of their setting's ``noise_std``).
+    training_noise_std_ : float, (low, high) or None
+        The noise standard deviation (or its range) the training images were
+        drawn with: a ``BlurDataset``'s ``noise_std``, the range covering
+        successive ``partial_fit`` calls; None when unknown (arrays, ``snr``).
+        :func:`~deepblur.pretrained.save_model` records it as the model's
+        ``noise_std`` unless told otherwise, and
+        :func:`~deepblur.pretrained.load_model` restores it, so that a loaded
+        model written again keeps its training noise.
 
     See Also
     --------
@@ -530,6 +540,7 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         """Initialise the components (skorch) and forget the training noise."""
         super().initialize()
         vars(self).pop("noise_level_", None)
+        vars(self).pop("training_noise_std_", None)
         return self
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
@@ -538,10 +549,13 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         See ``noise_level_``. Recorded before the first epoch, so an
         interrupted training keeps it.
         """
-        level = training_noise_level(X)
-        if hasattr(self, "noise_level_"):   # continued training: widen it
+        level, noise = training_noise_level(X), training_noise_std(X)
+        if hasattr(self, "noise_level_"):   # continued training: widen them
             level = merge_noise_levels(self.noise_level_, level)
+            noise = merge_noise_stds(getattr(self, "training_noise_std_", None),
+                                     noise)
         self.noise_level_ = level
+        self.training_noise_std_ = noise
         return super().fit_loop(X, y, epochs=epochs, **fit_params)
 
     # ----------------------------------------------------------- prediction

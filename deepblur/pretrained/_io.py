@@ -236,12 +236,12 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
         The noise the network was trained on (standard deviation, or the
         range it was drawn from, for clean images of mean
         ``setting["params"]["image_mean"]``); :func:`load_model` returns it
-        as the model's ``noise_std``. Default: the setting's ``noise_std``.
-        The shipped network was trained on ``(0.0, 0.02)`` for a setting
-        whose (test) noise is 0.01. Pass it whenever the training noise
-        was not the setting's, and when writing a loaded model again
-        (``noise_std=model.noise_std``): the default would record the
-        setting's.
+        as the model's ``noise_std``. Default: the regressor's
+        ``training_noise_std_`` (the ``noise_std`` of the ``BlurDataset`` it
+        was trained on, or the ``noise_std`` of the model it was loaded
+        from) when known, else the setting's ``noise_std``. The shipped
+        network was trained on ``(0.0, 0.02)`` for a setting whose (test)
+        noise is 0.01.
     extra : dict, optional
         More JSON-serialisable metadata (e.g. measured errors).
     weights_dtype : {"float32", "float16", "int8"}, default="float32"
@@ -276,6 +276,8 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     if weights_dtype not in _WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype must be one of {list(_WEIGHTS_DTYPES)}; "
                          f"got {weights_dtype!r}.")
+    if noise_std is None:
+        noise_std = getattr(regressor, "training_noise_std_", None)
     noise = _noise_param(setting["params"]["noise_std"] if noise_std is None
                          else noise_std)
     basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
@@ -594,6 +596,8 @@ default="network"
             noise_std = _noise_param(meta["noise_std"])
         regressor = _load_network(meta, tensors, basis, sampler, project,
                                   noise_std, _META)
+    if estimator in ("network", "crop_network"):    # written again, kept
+        regressor.training_noise_std_ = noise_std
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,
                            setting=setting)

@@ -21,7 +21,12 @@ import torch
 
 from deepblur._validation import resolve_device
 from deepblur.datasets.simulate import BlurDataset, _check_range
-from deepblur.estimators._gamma import merge_noise_levels, training_noise_level
+from deepblur.estimators._gamma import (
+    merge_noise_levels,
+    merge_noise_stds,
+    training_noise_level,
+    training_noise_std,
+)
 from deepblur.estimators.regressor import (
     ResNetBlurRegressor,
     check_mixed_precision,
@@ -549,6 +554,9 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     if hasattr(regressor, "noise_level_"):
         new.noise_level_ = merge_noise_levels(regressor.noise_level_,
                                               training_noise_level(data))
+        new.training_noise_std_ = merge_noise_stds(
+            getattr(regressor, "training_noise_std_", None),
+            training_noise_std(data))
     return new
 
 

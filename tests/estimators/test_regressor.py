@@ -166,6 +166,7 @@ def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_pat
     net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
                               **SMALL).fit(data((0.0, 0.02)), None)
     assert net.noise_level_ == 0.02                 # the top of the range
+    assert net.training_noise_std_ == (0.0, 0.02)   # the range itself
     assert _count_noisy(net, images(0.02)) == 0
     assert _count_noisy(net, images(0.0)) == 0
     assert _count_noisy(net, images(0.2)) >= 30     # ten times: nearly all
@@ -177,14 +178,15 @@ def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_pat
     with pytest.warns(NoisyImageWarning, match=r"^(6[0-4]) of 64 images checked "
                                                r"\(evenly spaced among 130\)"):
         net.predict(many)
-    # continued training widens the level, a fresh fit starts over
+    # continued training widens the level and the range, a fresh fit starts
+    # over
     net.partial_fit(data(0.05), None)
-    assert net.noise_level_ == 0.05
+    assert net.noise_level_ == 0.05 and net.training_noise_std_ == (0.0, 0.05)
     net.partial_fit(data(0.01), None)
-    assert net.noise_level_ == 0.05
+    assert net.noise_level_ == 0.05 and net.training_noise_std_ == (0.0, 0.05)
     assert _count_noisy(net, images(0.1)) == 0
     net.fit(data(0.01), None)
-    assert net.noise_level_ == 0.01
+    assert net.noise_level_ == 0.01 and net.training_noise_std_ == 0.01
     assert _count_noisy(net, images(0.1)) >= 30
     # it survives a pickle (joblib) round trip
     joblib.dump(net, tmp_path / "net.joblib")
@@ -195,6 +197,7 @@ def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_pat
     net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
                               **SMALL).fit(X, y)
     assert 0.04 < net.noise_level_ < 0.08
+    assert net.training_noise_std_ is None          # drawn with what? unknown
     assert _count_noisy(net, images(0.05)) == 0
     assert _count_noisy(net, images(0.5)) >= 30
     # noise given as an SNR depends on the image: unknown, nothing checked
