@@ -91,7 +91,7 @@ def learning(model, n_images, n_test, threads):
         start = time.perf_counter()
         net = train_regressor(
             setting, train, n_images=n_images, device="cpu",
-            noise_std=tuple(recipe["setting"]["noise_std"]),
+            noise_std=tuple(recipe["noise_std"]),
             output_bias=mean_gamma, random_state=recipe["seed"],
             mixed_precision=precision, verbose=0,
             **{k: recipe[k] for k in keys})

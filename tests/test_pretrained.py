@@ -902,6 +902,9 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
                            resume=True, criterion="frobenius", **kw)
     assert len(done.history) == 2
     np.testing.assert_allclose(done.predict(X), net.predict(X), rtol=1e-6)
+    # with the training noise of the finished run (what save_model records)
+    assert done.noise_level_ == net.noise_level_
+    assert done.training_noise_std_ == net.training_noise_std_
     # the precision is how, not what, the network learns: a checkpoint goes on
     # in another one (e.g. moved to a machine with bfloat16 units)
     done = train_regressor(small_setting, pool, checkpoint_dir=tmp_path,

@@ -648,7 +648,9 @@ def _resume(net, data, checkpoint_dir, epochs, num_workers):
         ) from None
     done = finished_epochs(net)
     remaining = epochs - done
-    if remaining <= 0:
+    if remaining <= 0:      # nothing to train: what fit_loop would record
+        net.noise_level_ = training_noise_level(data)
+        net.training_noise_std_ = training_noise_std(data)
         return
     if num_workers == 0:
         # In-process, the data stream goes on across epochs: skip the batches
