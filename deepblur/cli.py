@@ -929,8 +929,9 @@ def _config_input_norm(value, where):
 
 
 def _config_mixed_precision(value, where):
-    """A config's ``mixed_precision``: ``"none"`` (TOML has no null) is None."""
-    if value == "none":
+    """A config's ``mixed_precision``: ``"none"`` (TOML has no null) or a JSON
+    null is None."""
+    if value is None or value == "none":
         return None
     if value != "bf16":
         raise CLIError(f"{where}mixed_precision must be 'bf16' or 'none' "

@@ -760,11 +760,29 @@ def test_train_on_a_noise_range_then_demo(capsys, tmp_path):
     assert "noise std 0.005-0.02" in out
 
 
-def test_train_noise_apart_from_the_settings_test_noise(capsys, tmp_path):
+def test_train_noise_apart_from_the_settings_test_noise(capsys, tmp_path,
+                                                        monkeypatch):
     """A top-level noise_std is the training noise (network, head, support
     calibration, model.noise_std) and leaves the setting's noise_std, the test
     noise of the held-out check and the demo, as it is; a bad one is refused
     before the training."""
+    import deepblur.pretrained._train as train_module
+
+    streams, calibration = [], []
+
+    class Recording(train_module.BlurDataset):
+        def __init__(self, *args, **kwargs):
+            streams.append(kwargs["noise_std"])
+            super().__init__(*args, **kwargs)
+
+    def recording_calibration(*args, **kwargs):
+        calibration.append(kwargs.get("noise_std"))
+        return original_calibration(*args, **kwargs)
+
+    original_calibration = train_module.support_calibration_images
+    monkeypatch.setattr(train_module, "BlurDataset", Recording)
+    monkeypatch.setattr(train_module, "support_calibration_images",
+                        recording_calibration)
     config = tmp_path / "noise.toml"
     config.write_text("noise_std = [0.0, 0.04]\n" + TINY.format(
         output="trained_noisy").replace("n_test_images = 8",
@@ -772,6 +790,9 @@ def test_train_noise_apart_from_the_settings_test_noise(capsys, tmp_path):
                                         "head_batch_size = 32"))
     code, out, err = _run(capsys, "train", config, "--no-progress")
     assert code == 0, err
+    # the training's stream, the head's and the support calibration's
+    assert streams == [(0.0, 0.04), (0.0, 0.04)]
+    assert calibration == [(0.0, 0.04)]
     model = load_model(tmp_path / "trained_noisy")
     assert model.noise_std == (0.0, 0.04)
     assert model.setting["noise_std"] == 0.01            # DEFAULT_SETTING's
@@ -889,6 +910,8 @@ def test_train_errors(capsys, tmp_path):
     assert "compile must be true or false" in error('compile = "yes"')
     assert "mixed_precision must be 'bf16' or 'none' (float32)" in error(
         'mixed_precision = "fp16"')
+    from deepblur.cli import _config_mixed_precision  # JSON's null: float32
+    assert _config_mixed_precision(None, "") is None
     assert "pool_size must be a positive integer" in error("pool_size = 0")
     assert "gammas_per_image must be a positive integer" in error(
         "gammas_per_image = 0")

@@ -913,13 +913,34 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
     assert len(done.history) == 2 and done.mixed_precision == "bf16"
     # other parameters than the checkpoint's (recorded in run.json) are refused,
     # e.g. defaults changed between versions: another schedule, silently
-    for change, named in ((dict(width=8), "width=4 (now 8)"),
-                          (dict(epochs=4), "epochs=2 (now 4)"),
-                          (dict(noise_std=(0.0, 0.02)), "noise_std=None")):
+    level = small_setting["params"]["noise_std"]
+    noisier = dict(small_setting, params=dict(small_setting["params"],
+                                              noise_std=0.2))
+    for setting, change, named in (
+            (small_setting, dict(width=8), "width=4 (now 8)"),
+            (small_setting, dict(epochs=4), "epochs=2 (now 4)"),
+            (small_setting, dict(noise_std=(0.0, 0.02)),
+             f"noise_std=[{level}, {level}] (now [0.0, 0.02])"),
+            # the noise the images are drawn with, also when the setting gives it
+            (noisier, {}, f"noise_std=[{level}, {level}] (now [0.2, 0.2])")):
         with pytest.raises(ValueError, match=r"other training parameters.*"
                                              + re.escape(named)):
-            train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+            train_regressor(setting, pool, checkpoint_dir=tmp_path,
                             resume=True, criterion="frobenius", **dict(kw, **change))
+    # the same noise given explicitly instead of by the setting is the same run
+    assert len(train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+                               resume=True, criterion="frobenius",
+                               **dict(kw, noise_std=level)).history) == 2
+    # records made before the noise used was written down (None: the setting's)
+    record = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps(dict(record, noise_std=None)))
+    assert len(train_regressor(noisier, pool, checkpoint_dir=tmp_path,
+                               resume=True, criterion="frobenius",
+                               **kw).history) == 2
+    (tmp_path / "run.json").write_text(json.dumps(dict(record, noise_std=level)))
+    assert len(train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+                               resume=True, criterion="frobenius",
+                               **kw).history) == 2
     # a checkpoint without that record (an older version's) is checked by
     # loading it into the module
     (tmp_path / "run.json").unlink()
@@ -1100,6 +1121,7 @@ def test_check_training_params_checks_mixed_precision_on_the_device(monkeypatch)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "T4")
-    for device in ("cuda", "auto"):
+    for device in ("cuda", "auto", None):    # None: not given, "auto"
+        params = {} if device is None else dict(device=device)
         with pytest.raises(ValueError, match=r"\(T4\) has no native bfloat16"):
-            check_training_params(mixed_precision="bf16", device=device)
+            check_training_params(mixed_precision="bf16", **params)

@@ -190,9 +190,9 @@ def check_training_params(**params):
         )
     if "mixed_precision" in params:     # on the training device, if known
         device = torch.device("cpu")
-        if params["mixed_precision"] is not None and params.get("device"):
-            try:
-                device = resolve_device(params["device"])
+        if params["mixed_precision"] is not None:
+            try:    # the trainings' default device is "auto" (CUDA if any)
+                device = resolve_device(params.get("device") or "auto")
             except (RuntimeError, TypeError):   # a bad name fails in training
                 pass
         check_mixed_precision(params["mixed_precision"], device)
@@ -450,7 +450,11 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     if source is not None:
         _load_initial_weights(net, source)
     if checkpoint_dir is not None:
-        _check_or_record_run(checkpoint_dir, dict(run, noise_std=noise_std,
+        # the noise the images are drawn with, wherever it was given
+        used = (setting["params"].get("noise_std") if noise_std is None
+                else noise_std)
+        used = (0.0, 0.0) if used is None else _check_range(used, "noise_std")
+        _check_or_record_run(checkpoint_dir, dict(run, noise_std=used,
                                                   random_state=random_state),
                              resume)
     if resume:
@@ -619,6 +623,14 @@ def _check_or_record_run(checkpoint_dir, run, resume):
     if not path.exists():
         return
     recorded = json.loads(path.read_text())
+    noise = recorded.get("noise_std")
+    if isinstance(noise, (int, float)):     # a level, as one recorded it before
+        recorded["noise_std"] = [noise, noise]
+    elif "noise_std" in recorded and noise is None:
+        # earlier records held None for "the setting's noise" without writing
+        # it down: that key is resumed unchecked, as records without it are
+        del recorded["noise_std"]
+        run.pop("noise_std", None)
     changed = sorted(k for k in set(run) | set(recorded)
                      if run.get(k) != recorded.get(k))
     if changed:
