@@ -855,6 +855,7 @@ def cmd_train(args):
         try:
             net = add_feature_head(setting, images, net, n_images=n_head,
                                    batch_size=head_batch, noise_std=train_noise,
+                                   num_workers=hp.get("num_workers"),
                                    random_state=hp["random_state"] + 1)
         except KeyboardInterrupt as exc:
             print(f"deepblur train: {exc or 'interrupted'} while fitting the "

@@ -477,7 +477,7 @@ FEATURE_HEAD_DEFAULTS = dict(n_images=98_304, blur_features=None, batch_size=102
 
 def add_feature_head(setting, images, regressor, *, n_images=98_304,
                      blur_features=None, batch_size=1024, alphas=None,
-                     noise_std=None, random_state=1):
+                     noise_std=None, num_workers=None, random_state=1):
     """A copy of a trained network with its blur-statistics branch fitted.
 
     The copy has the same parameters (uncompiled: ``compile=False``) plus
@@ -514,6 +514,11 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
         Noise of the simulated images (a range draws one level per image);
         default the setting's ``params["noise_std"]``. Use the noise the
         network was trained on.
+    num_workers : int, optional
+        Processes that simulate the images while the network reads them
+        (``fit_feature_head``'s ``num_workers``); default 1 on a CPU, as in
+        :func:`train_regressor`, and 0 on a GPU, where the images are
+        simulated on the device.
     random_state : int, default=1
         Seed of the simulated images.
 
@@ -524,7 +529,8 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
 
-    check_training_params(n_images=n_images, batch_size=batch_size)
+    check_training_params(n_images=n_images, batch_size=batch_size,
+                          num_workers=num_workers)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if not getattr(regressor, "initialized_", False):
@@ -549,10 +555,13 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     new.history_ = copy.deepcopy(regressor.history_)    # the trained epochs
     # on a GPU the images are simulated there, as train_regressor does
     device = resolve_device(new.device)
+    if num_workers is None:
+        num_workers = 0 if device.type == "cuda" else 1
     data = _setting_data(setting, images, batch_size, -(-n_images // batch_size),
                          random_state, noise_std=noise_std,
-                         device=device if device.type == "cuda" else "cpu")
-    new.fit_feature_head(data, alphas=alphas)
+                         device=(device if device.type == "cuda" and not num_workers
+                                 else "cpu"))
+    new.fit_feature_head(data, alphas=alphas, num_workers=num_workers)
     # what predict checks images against: the trunk's training noise, widened
     # to the branch's (initialize() forgot it)
     if hasattr(regressor, "noise_level_"):
@@ -934,5 +943,5 @@ progress_bar, verbose
                                   np.random.RandomState(100 + random_state))
     return add_feature_head(crop, head_pool, net, n_images=head_images,
                             batch_size=head_batch_size, noise_std=noise_std,
-                            blur_features=blur_features,
+                            blur_features=blur_features, num_workers=num_workers,
                             random_state=random_state + 1)

@@ -1,5 +1,6 @@
 """ResNetBlurRegressor: skorch/sklearn behaviour, data paths, bad input."""
 
+import copy
 import pickle
 import platform
 import warnings
@@ -346,6 +347,19 @@ def test_feature_head_is_the_ridge_folded_into_the_network(setting):
                        random_state=5)
     net.fit_feature_head(data)
     assert net.feature_head_n_images_ == 64
+    # a worker simulates the batches beside the fit: the fit is that of its
+    # stream, which has its own seed
+    state = copy.deepcopy(net.module_.state_dict())
+    worker_batches = list(torch.utils.data.DataLoader(data, batch_size=None,
+                                                      num_workers=1))
+    Xw = torch.cat([xb for xb, _ in worker_batches]).numpy()
+    yw = torch.cat([yb for _, yb in worker_batches]).numpy()
+    net.fit_feature_head(Xw, yw)
+    expected = net.predict(X)
+    net.module_.load_state_dict(state)
+    net.fit_feature_head(data, num_workers=1)
+    assert net.feature_head_n_images_ == 64
+    np.testing.assert_allclose(net.predict(X), expected, rtol=1e-5, atol=1e-6)
     net.partial_fit(X, y)
 
 
@@ -367,6 +381,12 @@ def test_feature_head_bad_input(setting):
                               **SMALL).fit(X, y)
     with pytest.raises(ValueError, match="alphas must be positive"):
         net.fit_feature_head(X, y, alphas=[-1.0])
+    with pytest.raises(ValueError, match="num_workers must be a non-negative int"):
+        net.fit_feature_head(X, y, num_workers=-1)
+    on_gpu = BlurDataset(X, basis, setting[1], batch_size=4, n_batches=1,
+                         device="cuda")
+    with pytest.raises(ValueError, match="DataLoader workers cannot use"):
+        net.fit_feature_head(on_gpu, num_workers=1)
     with pytest.raises(ValueError, match=r"y must have shape \(n_samples, K=3\)"):
         net.fit_feature_head(X, y[:, :2])
     with pytest.raises(ValueError, match="positive mean intensity"):
