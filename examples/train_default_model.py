@@ -142,7 +142,9 @@ X, y = make_blurred_images(test_images, basis, sampler, 128 if FAST else 512,
                            noise_std=noise_std,
                            boundary=setting["params"]["boundary"], random_state=123)
 trunk_pred = net.predict(X)
-head = dict(FEATURE_HEAD_DEFAULTS, n_images=2048) if FAST else FEATURE_HEAD_DEFAULTS
+# (fast mode: in this process, as the fast training above)
+head = (dict(FEATURE_HEAD_DEFAULTS, n_images=2048, num_workers=0) if FAST
+        else FEATURE_HEAD_DEFAULTS)
 t0 = time.perf_counter()
 net = add_feature_head(train_setting, train_images, net, noise_std=train_noise,
                        **head)

@@ -129,6 +129,42 @@ def plain_module(regressor):
     return getattr(regressor.module_, "_orig_mod", regressor.module_)
 
 
+class _Chunks(torch.utils.data.IterableDataset):
+    """A ``BlurDataset``'s batches cut into pieces of at most ``size`` images,
+    in order: what a ``DataLoader`` worker hands over through shared memory
+    stays small (a container's ``/dev/shm`` may hold only 64 MB) while the
+    draws are those of the whole batches."""
+
+    def __init__(self, dataset, size):
+        super().__init__()
+        self.dataset = dataset
+        self.size = int(size)
+
+    def __iter__(self):
+        for X, y in self.dataset:
+            for i in range(0, len(X), self.size):
+                yield X[i:i + self.size], y[i:i + self.size]
+
+
+#: Images per piece that a head-fitting worker hands over (8 MiB at 128x128).
+_WORKER_CHUNK = 128
+
+
+def _regrouped(pieces, size):
+    """Consecutive ``(X, y)`` pieces joined again into batches of ``size``
+    (the last one may be smaller)."""
+    xs, ys, n = [], [], 0
+    for xb, yb in pieces:
+        xs.append(xb)
+        ys.append(yb)
+        n += len(xb)
+        if n >= size:
+            yield torch.cat(xs), torch.cat(ys)
+            xs, ys, n = [], [], 0
+    if xs:
+        yield torch.cat(xs), torch.cat(ys)
+
+
 class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
     r"""Estimate the coefficients ``gamma`` of a space-varying blur from one image.
 
@@ -646,7 +682,7 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
             Processes that simulate a ``BlurDataset``'s batches (a
             ``DataLoader``'s workers) while the network and the statistics
             read the previous ones; 0 simulates them in this process. On a
-            2-core CPU one worker made the fit 1.58 times faster
+            2-core CPU one worker made the fit 1.55 times faster
             (benchmarks/README.md, "The blur-statistics head with a data
             worker"). Workers draw other
             images than this process would (their streams have their own
@@ -692,9 +728,13 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
                     f"num_workers={num_workers} needs a BlurDataset simulated on "
                     f"the CPU (DataLoader workers cannot use {X.device!r}); pass "
                     "num_workers=0 to simulate on the device in this process.")
-            batches = (torch.utils.data.DataLoader(X, batch_size=None,
-                                                   num_workers=int(num_workers))
-                       if num_workers else iter(X))
+            # a worker hands its batches over in small pieces, joined again
+            # here; the loader's own generator leaves the caller's global
+            # torch RNG alone
+            batches = (_regrouped(torch.utils.data.DataLoader(
+                _Chunks(X, _WORKER_CHUNK), batch_size=None,
+                num_workers=int(num_workers), generator=torch.Generator()),
+                int(X.batch_size)) if num_workers else iter(X))
         else:
             self.check_data(X, y)
             Xt = _check_images(X, self._image_shape())

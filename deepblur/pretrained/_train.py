@@ -486,7 +486,8 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     weights and training history, and a branch fitted in closed form by
     :meth:`~deepblur.ResNetBlurRegressor.fit_feature_head` on ``n_images``
     fresh simulated images of the setting (as in :func:`train_regressor`,
-    another seed; simulated on the GPU when the network is on one). Its
+    another seed; simulated on the GPU when the network is on one, and by a
+    ``DataLoader`` worker on a CPU: see ``num_workers``). Its
     ``noise_level_`` (what ``predict`` checks images
     against) is the network's, widened to the branch's training noise. Its
     ``support_tolerance`` is None: the branch changes the estimates, so a
@@ -941,7 +942,9 @@ progress_bar, verbose
         progress_bar=progress_bar, verbose=verbose)
     head_pool = _pool_with_points(images, shape, pool_size, point_fraction,
                                   np.random.RandomState(100 + random_state))
+    # The shipped crop network's head simulated its images in this process
+    # (a worker's stream has its own seed): its recipe stays reproducible.
     return add_feature_head(crop, head_pool, net, n_images=head_images,
                             batch_size=head_batch_size, noise_std=noise_std,
-                            blur_features=blur_features, num_workers=num_workers,
+                            blur_features=blur_features, num_workers=0,
                             random_state=random_state + 1)

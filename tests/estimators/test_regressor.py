@@ -303,7 +303,7 @@ def test_bad_sampler_fails_before_training(setting):
         net.set_params(sampler=four).predict(X)
 
 
-def test_feature_head_is_the_ridge_folded_into_the_network(setting):
+def test_feature_head_is_the_ridge_folded_into_the_network(setting, monkeypatch):
     """fit_feature_head = RidgeCV on [trunk output, statistics] (operator metric)."""
     from sklearn.linear_model import RidgeCV
 
@@ -348,7 +348,11 @@ def test_feature_head_is_the_ridge_folded_into_the_network(setting):
     net.fit_feature_head(data)
     assert net.feature_head_n_images_ == 64
     # a worker simulates the batches beside the fit: the fit is that of its
-    # stream, which has its own seed
+    # stream, which has its own seed (handed over in pieces of 5 images here,
+    # joined again into the batches of 16)
+    import deepblur.estimators.regressor as regressor_module
+
+    monkeypatch.setattr(regressor_module, "_WORKER_CHUNK", 5)
     state = copy.deepcopy(net.module_.state_dict())
     worker_batches = list(torch.utils.data.DataLoader(data, batch_size=None,
                                                       num_workers=1))
