@@ -131,9 +131,11 @@ def plain_module(regressor):
 
 class _Chunks(torch.utils.data.IterableDataset):
     """A ``BlurDataset``'s batches cut into pieces of at most ``size`` images,
-    in order: what a ``DataLoader`` worker hands over through shared memory
-    stays small (a container's ``/dev/shm`` may hold only 64 MB) while the
-    draws are those of the whole batches."""
+    in order, each a copy with its own storage: a ``DataLoader`` worker shares
+    a tensor's whole storage with the main process, so a slice (a view) would
+    hand the whole batch over through shared memory (a container's
+    ``/dev/shm`` may hold only 64 MB; a batch of 1 024 images of 128x128 is 64
+    MiB), where pieces keep it to a few of them."""
 
     def __init__(self, dataset, size):
         super().__init__()
@@ -143,7 +145,7 @@ class _Chunks(torch.utils.data.IterableDataset):
     def __iter__(self):
         for X, y in self.dataset:
             for i in range(0, len(X), self.size):
-                yield X[i:i + self.size], y[i:i + self.size]
+                yield X[i:i + self.size].clone(), y[i:i + self.size].clone()
 
 
 #: Images per piece that a head-fitting worker hands over (8 MiB at 128x128).
@@ -151,17 +153,20 @@ _WORKER_CHUNK = 128
 
 
 def _regrouped(pieces, size):
-    """Consecutive ``(X, y)`` pieces joined again into batches of ``size``
-    (the last one may be smaller)."""
+    """Consecutive ``(X, y)`` pieces copied out of the workers' shared memory
+    as they come and joined again into batches of ``size`` (the last one may
+    be smaller)."""
     xs, ys, n = [], [], 0
     for xb, yb in pieces:
-        xs.append(xb)
-        ys.append(yb)
+        xs.append(xb.clone())
+        ys.append(yb.clone())
         n += len(xb)
-        if n >= size:
-            yield torch.cat(xs), torch.cat(ys)
-            xs, ys, n = [], [], 0
-    if xs:
+        del xb, yb                      # release the shared piece now
+        while n >= size:
+            X, y = torch.cat(xs), torch.cat(ys)
+            yield X[:size], y[:size]
+            xs, ys, n = [X[size:]], [y[size:]], n - size
+    if n:
         yield torch.cat(xs), torch.cat(ys)
 
 
@@ -728,13 +733,17 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
                     f"num_workers={num_workers} needs a BlurDataset simulated on "
                     f"the CPU (DataLoader workers cannot use {X.device!r}); pass "
                     "num_workers=0 to simulate on the device in this process.")
+            size = X.batch_size
+            if (not isinstance(size, Integral) or isinstance(size, bool)
+                    or size < 1):
+                raise ValueError(f"batch_size must be a positive int; got {size!r}.")
             # a worker hands its batches over in small pieces, joined again
             # here; the loader's own generator leaves the caller's global
             # torch RNG alone
             batches = (_regrouped(torch.utils.data.DataLoader(
                 _Chunks(X, _WORKER_CHUNK), batch_size=None,
                 num_workers=int(num_workers), generator=torch.Generator()),
-                int(X.batch_size)) if num_workers else iter(X))
+                int(size)) if num_workers else iter(X))
         else:
             self.check_data(X, y)
             Xt = _check_images(X, self._image_shape())

@@ -888,7 +888,9 @@ def train_crop_network(setting, images, *, n_images=384_000, epochs=10,
 num_workers, device, compile, mixed_precision, checkpoint_dir, resume, \
 progress_bar, verbose
         As in :func:`train_regressor` (an interrupted training resumes with
-        ``resume=True``; the branch is fitted after the last epoch).
+        ``resume=True``; the branch is fitted after the last epoch, on images
+        simulated in this process whatever ``num_workers``, as the shipped
+        crop network's were).
     pool_size : int, default=2000
         Patches of ``images`` in each pool.
     noise_std : float or (low, high), default=(0.0, 0.05)

@@ -364,7 +364,33 @@ def test_feature_head_is_the_ridge_folded_into_the_network(setting, monkeypatch)
     net.fit_feature_head(data, num_workers=1)
     assert net.feature_head_n_images_ == 64
     np.testing.assert_allclose(net.predict(X), expected, rtol=1e-5, atol=1e-6)
+    net.fit_feature_head(data, num_workers=2)         # the batches split between
+    assert net.feature_head_n_images_ == 64           # them, every one used once
     net.partial_fit(X, y)
+
+
+def test_head_workers_hand_over_small_copies_joined_into_batches(setting):
+    """A worker's pieces own their storage (a view would share the whole
+    batch's memory), and are joined again, in order, into whole batches."""
+    from deepblur.estimators.regressor import _Chunks, _regrouped
+
+    basis, sampler, pool, _, _ = setting
+    data = BlurDataset(pool, basis, sampler, batch_size=16, n_batches=4,
+                       random_state=5)
+    batches = list(data)
+    data.set_epoch(0)                                # the same stream again
+    pieces = list(_Chunks(data, 5))
+    assert [len(xb) for xb, _ in pieces] == [5, 5, 5, 1] * 4
+    for xb, yb in pieces:
+        for t in (xb, yb):
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    X = torch.cat([xb for xb, _ in batches])
+    y = torch.cat([yb for _, yb in batches])
+    for size, sizes in ((16, [16] * 4), (7, [7] * 9 + [1]), (100, [64])):
+        joined = list(_regrouped(pieces, size))
+        assert [len(xb) for xb, _ in joined] == sizes
+        torch.testing.assert_close(torch.cat([xb for xb, _ in joined]), X)
+        torch.testing.assert_close(torch.cat([yb for _, yb in joined]), y)
 
 
 def test_feature_head_bad_input(setting):
@@ -391,6 +417,9 @@ def test_feature_head_bad_input(setting):
                          device="cuda")
     with pytest.raises(ValueError, match="DataLoader workers cannot use"):
         net.fit_feature_head(on_gpu, num_workers=1)
+    bad_batch = BlurDataset(X, basis, setting[1], batch_size=2.5, n_batches=1)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        net.fit_feature_head(bad_batch, num_workers=1)
     with pytest.raises(ValueError, match=r"y must have shape \(n_samples, K=3\)"):
         net.fit_feature_head(X, y[:, :2])
     with pytest.raises(ValueError, match="positive mean intensity"):
