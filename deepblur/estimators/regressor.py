@@ -687,7 +687,7 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
             Processes that simulate a ``BlurDataset``'s batches (a
             ``DataLoader``'s workers) while the network and the statistics
             read the previous ones; 0 simulates them in this process. On a
-            2-core CPU one worker made the fit 1.55 times faster
+            2-core CPU one worker made the fit 1.43 times faster
             (benchmarks/README.md, "The blur-statistics head with a data
             worker"). Workers draw other
             images than this process would (their streams have their own
