@@ -590,14 +590,27 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         See ``noise_level_``. Recorded before the first epoch, so an
         interrupted training keeps it.
         """
+        continued = hasattr(self, "noise_level_")      # widen them
+        self._record_training_noise(X, widen=self if continued else None)
+        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+
+    def _record_training_noise(self, X, widen=None):
+        """Set ``noise_level_`` and ``training_noise_std_`` from training data.
+
+        ``X`` is what the network is trained on (arrays or a ``BlurDataset``);
+        with ``widen``, a regressor whose training this one continues, both
+        cover its training noise too. :meth:`fit` calls it before the first
+        epoch; code that trains the network in other ways (a closed-form
+        head, a finished training resumed) calls it to keep the two in step.
+        """
         level, noise = training_noise_level(X), training_noise_std(X)
-        if hasattr(self, "noise_level_"):   # continued training: widen them
-            level = merge_noise_levels(self.noise_level_, level)
-            noise = merge_noise_stds(getattr(self, "training_noise_std_", None),
+        if widen is not None:
+            level = merge_noise_levels(widen.noise_level_, level)
+            noise = merge_noise_stds(getattr(widen, "training_noise_std_", None),
                                      noise)
         self.noise_level_ = level
         self.training_noise_std_ = noise
-        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        return self
 
     # ----------------------------------------------------------- prediction
     def predict(self, X):

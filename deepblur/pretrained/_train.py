@@ -21,12 +21,6 @@ import torch
 
 from deepblur._validation import resolve_device
 from deepblur.datasets.simulate import BlurDataset, _check_range
-from deepblur.estimators._gamma import (
-    merge_noise_levels,
-    merge_noise_stds,
-    training_noise_level,
-    training_noise_std,
-)
 from deepblur.estimators.regressor import (
     ResNetBlurRegressor,
     check_mixed_precision,
@@ -451,9 +445,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         _load_initial_weights(net, source)
     if checkpoint_dir is not None:
         # the noise the images are drawn with, wherever it was given
-        used = (setting["params"].get("noise_std") if noise_std is None
-                else noise_std)
-        used = (0.0, 0.0) if used is None else _check_range(used, "noise_std")
+        used = (0.0, 0.0) if data.noise_std is None else _check_range(
+            data.noise_std, "noise_std")
         _check_or_record_run(checkpoint_dir, dict(run, noise_std=used,
                                                   random_state=random_state),
                              resume)
@@ -566,11 +559,7 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     # what predict checks images against: the trunk's training noise, widened
     # to the branch's (initialize() forgot it)
     if hasattr(regressor, "noise_level_"):
-        new.noise_level_ = merge_noise_levels(regressor.noise_level_,
-                                              training_noise_level(data))
-        new.training_noise_std_ = merge_noise_stds(
-            getattr(regressor, "training_noise_std_", None),
-            training_noise_std(data))
+        new._record_training_noise(data, widen=regressor)
     return new
 
 
@@ -671,8 +660,7 @@ def _resume(net, data, checkpoint_dir, epochs, num_workers):
     done = finished_epochs(net)
     remaining = epochs - done
     if remaining <= 0:      # nothing to train: what fit_loop would record
-        net.noise_level_ = training_noise_level(data)
-        net.training_noise_std_ = training_noise_std(data)
+        net._record_training_noise(data)
         return
     if num_workers == 0:
         # In-process, the data stream goes on across epochs: skip the batches
