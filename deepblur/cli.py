@@ -751,6 +751,7 @@ def _training_images(spec, base):
 
 def cmd_train(args):
     """Train a blur regressor from a TOML/JSON config."""
+    from deepblur._validation import resolve_device
     from deepblur.pretrained import (
         DEFAULT_SETTING,
         FEATURE_HEAD_DEFAULTS,
@@ -760,7 +761,7 @@ def cmd_train(args):
         save_model,
         train_regressor,
     )
-    from deepblur.pretrained._train import check_training_params
+    from deepblur.pretrained._train import check_training_params, default_num_workers
 
     config = _read_config(args.config)
     base = Path(args.config).resolve().parent
@@ -803,6 +804,11 @@ def cmd_train(args):
                            "(no model.safetensors in it).")
         hyper["init_model"] = init
     check_training_params(**hyper)      # fail before the slow setting fit
+    if hyper.get("num_workers") is None:
+        # this command's entry points guard their main module: a data worker
+        # is safe under every start method (spawn included)
+        hyper["num_workers"] = default_num_workers(
+            resolve_device(hyper.get("device", "auto")), guarded_main=True)
     train_noise = config.get("noise_std")
     if train_noise is not None:         # a float or a (low, high) tuple
         from deepblur.datasets.simulate import _noise_param

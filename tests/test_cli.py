@@ -503,6 +503,31 @@ def _interrupt_after_first_epoch(monkeypatch):
     monkeypatch.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
 
 
+def test_train_keeps_its_data_worker_under_spawn(capsys, tmp_path, monkeypatch):
+    """The command's entry points guard their main module, so a config
+    without num_workers gets a CPU data worker under every start method
+    (a library call under spawn gets none: test_pretrained.py)."""
+    import deepblur.pretrained
+    from deepblur.pretrained import _train
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        raise KeyboardInterrupt("stopped by the test")
+
+    monkeypatch.setattr(deepblur.pretrained, "train_regressor", spy)
+    monkeypatch.setattr(_train.multiprocessing, "get_start_method",
+                        lambda allow_none=False: "spawn")
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(output="spawned").replace(
+        "num_workers = 0\n", 'device = "cpu"\n'))
+    code, _, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 130 and "stopped by the test" in err
+    assert calls[0]["num_workers"] == 1
+    assert _train.default_num_workers(torch.device("cpu")) == 0
+
+
 def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY.format(output="interrupted"))

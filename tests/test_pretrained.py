@@ -949,6 +949,97 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
                         **dict(kw, width=8))
 
 
+@pytest.mark.filterwarnings("ignore::deepblur.exceptions.NoisyImageWarning")
+def test_training_takes_numpy_integers(small_setting, tmp_path):
+    """Hyper-parameters from a NumPy grid (np.int64) train as Python ints do:
+    the same network, and a run.json of integers that a resume with Python
+    ints matches."""
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    bias = small_setting["sampler"].sample(1000).mean(0)
+    kw = dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
+              stem_stride=2, pool_size=6, gammas_per_image=2, num_workers=0)
+    as_numpy = {k: np.int64(v) for k, v in kw.items()}
+    net = train_regressor(small_setting, pool, output_bias=bias,
+                          checkpoint_dir=tmp_path, verbose=0, **as_numpy)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert all(type(record[k]) is int for k in kw if k != "num_workers")
+    resumed = train_regressor(small_setting, pool, output_bias=bias,
+                              checkpoint_dir=tmp_path, resume=True, verbose=0,
+                              **kw)
+    again = train_regressor(small_setting, pool, output_bias=bias, verbose=0,
+                            **kw)
+    X = pool[:3].astype(np.float32)
+    np.testing.assert_allclose(resumed.predict(X), net.predict(X), rtol=1e-6)
+    np.testing.assert_allclose(again.predict(X), net.predict(X), rtol=1e-6)
+    head = add_feature_head(small_setting, pool, net, n_images=np.int64(32),
+                            batch_size=np.int64(16), num_workers=np.int64(0),
+                            blur_features=dict(window=8, n_radial=2, n_angular=2,
+                                               border=3, n_segments=2))
+    assert head.feature_head_n_images_ == 32
+    with pytest.raises(ValueError, match="num_workers must be a non-negative"):
+        add_feature_head(small_setting, pool, net, num_workers=np.int64(-1))
+
+
+def test_default_num_workers_follows_the_start_method(monkeypatch):
+    """num_workers=None: a data worker on the CPU only where workers are
+    forked, or where the main module is known to be guarded; none on CUDA."""
+    from deepblur.pretrained import _train, default_num_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for method, expected in (("fork", 1), ("spawn", 0), ("forkserver", 0)):
+        monkeypatch.setattr(_train.multiprocessing, "get_start_method",
+                            lambda allow_none=False, m=method: m)
+        assert default_num_workers(cpu) == expected
+        assert default_num_workers(cpu, guarded_main=True) == 1
+        assert default_num_workers(cuda, guarded_main=True) == 0
+    # not set yet: the platform's default, the first of its methods
+    monkeypatch.setattr(_train.multiprocessing, "get_start_method",
+                        lambda allow_none=False: None)
+    for methods, expected in ((["fork", "spawn"], 1),
+                              (["spawn", "fork", "forkserver"], 0),
+                              (["forkserver", "fork", "spawn"], 0)):
+        monkeypatch.setattr(_train.multiprocessing, "get_all_start_methods",
+                            lambda m=methods: m)
+        assert default_num_workers(cpu) == expected
+
+
+UNGUARDED_SCRIPT = """
+import multiprocessing
+import numpy as np
+from deepblur.pretrained import (add_feature_head, make_default_setting,
+                                 train_regressor)
+
+print("script ran", flush=True)
+multiprocessing.set_start_method("spawn")      # macOS's and Windows' default
+setting = make_default_setting(n_operators=12, image_shape=(16, 16),
+                               kernel_shape=(5, 5), grid_shape=(4, 4),
+                               n_components=4, n_rays=6)
+pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+net = train_regressor(setting, pool, n_images=16, epochs=1, batch_size=8,
+                      width=4, depth=1, stem_stride=2, device="cpu", verbose=0)
+net = add_feature_head(setting, pool, net, n_images=16, batch_size=8,
+                       blur_features=dict(window=8, n_radial=2, n_angular=2,
+                                          border=3, n_segments=2))
+print("trained", net.feature_head_n_images_, flush=True)
+"""
+
+
+def test_default_workers_never_run_an_unguarded_script_again(tmp_path):
+    """Under the spawn start method a worker imports the main script again: a
+    script without an ``if __name__ == "__main__":`` guard would train again
+    in it, then fail. With the defaults such a script trains once, in its
+    own process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["script ran", "trained 16"]
+
+
 @pytest.mark.cuda
 def test_train_regressor_on_cuda_makes_the_data_there(small_setting, monkeypatch):
     from deepblur.datasets import simulate

@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import multiprocessing
 import warnings
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ __all__ = ["CRITERIA", "CROP_NETWORK_DEFAULTS", "FEATURE_HEAD_DEFAULTS",
            "add_feature_head", "calibrate_support_tolerance",
            "support_calibration_images",
            "check_crop_network_params", "check_training_params",
-           "finished_epochs", "train_crop_network",
+           "default_num_workers", "finished_epochs", "train_crop_network",
            "train_regressor", "train_spectral_regressor"]
 
 #: Training losses by name: MSE on ``gamma`` (the shipped model's) and the
@@ -146,6 +147,47 @@ def finished_epochs(net):
     return sum(1 for row in net.history if "dur" in row)
 
 
+def default_num_workers(device, *, guarded_main=False):
+    """What ``num_workers=None`` means for data made for ``device``.
+
+    0 for CUDA: the batches are simulated on the GPU, in this process. On a
+    CPU, 1 (a ``DataLoader`` worker simulates the next batches while the
+    network reads these) where worker processes are forked, the default start
+    method on Linux up to Python 3.13; 0 where they are spawned (macOS,
+    Windows, Python 3.14's ``forkserver`` default on Linux) unless
+    ``guarded_main``. A spawned worker imports the caller's main script
+    again: a script without an ``if __name__ == "__main__":`` guard would run
+    again in it, training included, before failing. Give ``num_workers``
+    explicitly to have workers anyway (then guard the script).
+
+    Parameters
+    ----------
+    device : torch.device
+        The resolved training device.
+    guarded_main : bool, default=False
+        Whether the main module is known to guard its work (the ``deepblur``
+        command's entry points do).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> import torch
+    >>> from deepblur.pretrained import default_num_workers
+    >>> default_num_workers(torch.device("cuda"))
+    0
+    >>> default_num_workers(torch.device("cpu"), guarded_main=True)
+    1
+    """
+    if device.type == "cuda":
+        return 0
+    method = (multiprocessing.get_start_method(allow_none=True)
+              or multiprocessing.get_all_start_methods()[0])
+    return 1 if guarded_main or method == "fork" else 0
+
+
 def check_training_params(**params):
     """Validate hyper-parameters of :func:`train_regressor` (before any work).
 
@@ -166,7 +208,8 @@ def check_training_params(**params):
                                   and params[name] is None):
             continue
         value, low = params[name], 0 if name == "num_workers" else 1
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        if (not isinstance(value, Integral) or isinstance(value, bool)
+                or value < low):
             kind = "non-negative" if low == 0 else "positive"
             raise ValueError(f"{name} must be a {kind} integer; got {value!r}.")
     lr = params.get("lr", 1.0)
@@ -195,7 +238,8 @@ def check_training_params(**params):
             f"head must be 'spatial' or 'avg'; got {params['head']!r}."
         )
     stage = params.get("moment_stage")
-    if stage is not None and (not isinstance(stage, int) or isinstance(stage, bool)
+    if stage is not None and (not isinstance(stage, Integral)
+                              or isinstance(stage, bool)
                               or not 1 <= stage <= 4):
         raise ValueError(f"moment_stage must be None or a stage from 1 to 4; got "
                          f"{stage!r}.")
@@ -313,9 +357,14 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         (benchmarks/README.md).
     num_workers : int, optional
         DataLoader workers generating the training batches on the CPU; with
-        0, the batches are generated in-process on ``device``. Default: 0 on
-        CUDA (the data are made on the GPU, 30-50x faster than on a CPU), 1
-        on the CPU (data generation overlaps the training steps).
+        0, the batches are generated in-process on ``device``. Default
+        (:func:`default_num_workers`): 0 on CUDA (the data are made on the
+        GPU, 30-50x faster than on a CPU); 1 on the CPU (data generation
+        overlaps the training steps) where workers are forked (Linux), 0
+        where they would be spawned (macOS, Windows, Python 3.14 on Linux):
+        a spawned worker runs the caller's script again unless its work is
+        under ``if __name__ == "__main__":``. Guarded scripts can ask for
+        workers there.
         Every epoch draws new samples either way: the regressor re-seeds the
         dataset's stream from the epoch number
         (:meth:`~deepblur.datasets.BlurDataset.set_epoch`), also in the new
@@ -386,6 +435,14 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
                moment_weight=moment_weight)
     check_training_params(**run, num_workers=num_workers, compile=compile,
                           mixed_precision=mixed_precision, device=device)
+    # NumPy integers (a grid of np.arange values) as Python ones, which
+    # torch's samplers and the network's own checks take
+    (n_images, epochs, batch_size, width, depth, stem_stride, pool_size,
+     gammas_per_image) = (int(v) for v in (
+         n_images, epochs, batch_size, width, depth, stem_stride, pool_size,
+         gammas_per_image))
+    if moment_stage is not None:
+        moment_stage = int(moment_stage)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if resume and checkpoint_dir is None:
@@ -405,8 +462,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     # device: on a GPU that is 30-50x faster than the CPU (benchmarks/README).
     # DataLoader workers cannot use CUDA, so with workers they are made on CPU.
     device = resolve_device(device)
-    if num_workers is None:
-        num_workers = 0 if device.type == "cuda" else 1
+    num_workers = (default_num_workers(device) if num_workers is None
+                   else int(num_workers))
     data_device = device if num_workers == 0 else "cpu"
     data = _setting_data(setting, images, batch_size, n_batches, random_state,
                          noise_std=noise_std, pool_size=pool_size,
@@ -510,9 +567,10 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
         network was trained on.
     num_workers : int, optional
         Processes that simulate the images while the network reads them
-        (``fit_feature_head``'s ``num_workers``); default 1 on a CPU, as in
-        :func:`train_regressor`, and 0 on a GPU, where the images are
-        simulated on the device.
+        (``fit_feature_head``'s ``num_workers``); default as in
+        :func:`train_regressor` (:func:`default_num_workers`): 0 on a GPU,
+        where the images are simulated on the device, and on a CPU 1 where
+        workers are forked, else 0.
     random_state : int, default=1
         Seed of the simulated images.
 
@@ -525,6 +583,7 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
 
     check_training_params(n_images=n_images, batch_size=batch_size,
                           num_workers=num_workers)
+    n_images, batch_size = int(n_images), int(batch_size)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if not getattr(regressor, "initialized_", False):
@@ -549,8 +608,8 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     new.history_ = copy.deepcopy(regressor.history_)    # the trained epochs
     # on a GPU the images are simulated there, as train_regressor does
     device = resolve_device(new.device)
-    if num_workers is None:
-        num_workers = 0 if device.type == "cuda" else 1
+    num_workers = (default_num_workers(device) if num_workers is None
+                   else int(num_workers))
     data = _setting_data(setting, images, batch_size, -(-n_images // batch_size),
                          random_state, noise_std=noise_std,
                          device=(device if device.type == "cuda" and not num_workers
@@ -614,7 +673,8 @@ def _check_or_record_run(checkpoint_dir, run, resume):
     schedule without a word. Checkpoints written before this record are
     resumed unchecked."""
     path = Path(checkpoint_dir) / _RUN_FILE
-    run = json.loads(json.dumps(run, default=float))     # tuples become lists
+    # tuples become lists, NumPy scalars Python numbers
+    run = json.loads(json.dumps(run, default=_json_number))
     if not resume:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(run, indent=1))
@@ -639,6 +699,13 @@ def _check_or_record_run(checkpoint_dir, run, resume):
             + ", ".join(f"{k}={recorded.get(k)!r} (now {run.get(k)!r})"
                         for k in changed)
             + "; resume with the same ones, or train without resuming.")
+
+
+def _json_number(value):
+    """A NumPy integer or float as JSON writes it (``json.dumps``'s default)."""
+    if isinstance(value, Integral):
+        return int(value)
+    return float(value)
 
 
 def _resume(net, data, checkpoint_dir, epochs, num_workers):
@@ -744,7 +811,8 @@ def train_spectral_regressor(setting, images, *, n_images=40_000,
         image_mean = (setting.setting or {}).get("image_mean", 0.5)
     for name, value in (("n_images", n_images), ("batch_size", batch_size),
                         ("pool_size", pool_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if (not isinstance(value, Integral) or isinstance(value, bool)
+                or value < 1):
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     rng = np.random.RandomState(random_state)
     shape = tuple(int(s) for s in basis.image_shape_)
@@ -821,7 +889,8 @@ def check_crop_network_params(**params):
     """
     for name in ("head_images", "head_batch_size"):
         value = params.pop(name, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if (not isinstance(value, Integral) or isinstance(value, bool)
+                or value < 1):
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     noise_std = params.pop("noise_std", None)
     point_fraction = params.pop("point_fraction", 0.0)
