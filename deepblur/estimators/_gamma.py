@@ -392,17 +392,17 @@ def training_noise_level(X):
     """The noise level of a regressor's training images, or None if unknown.
 
     A :class:`~deepblur.datasets.simulate.BlurDataset`: the top of its
-    ``noise_std`` (None when it sets the noise by ``snr``, which makes it
-    depend on the image). Arrays: the 99th percentile of the levels estimated
+    ``noise_std`` (0.0 without noise; None when it sets the noise by ``snr``,
+    which makes it depend on the image). Arrays: the 99th percentile of the levels estimated
     on the images (:func:`image_noise_levels`). Any other dataset, or arrays
     that the fit's own validation will refuse: None.
     """
     from deepblur.datasets.simulate import BlurDataset
 
     if isinstance(X, BlurDataset):
-        if X.snr is not None or X.noise_std is None:
+        if X.snr is not None:
             return None
-        return float(np.max(X.noise_std))
+        return 0.0 if X.noise_std is None else float(np.max(X.noise_std))
     if isinstance(X, torch.utils.data.Dataset):
         return None
     try:
@@ -415,12 +415,13 @@ def training_noise_level(X):
 def training_noise_std(X):
     """The noise standard deviation (or its ``(low, high)`` range) of a
     regressor's training images when they are drawn with a known one (a
-    :class:`~deepblur.datasets.simulate.BlurDataset` with ``noise_std``);
-    None otherwise (arrays, ``snr``, other datasets)."""
+    :class:`~deepblur.datasets.simulate.BlurDataset` with ``noise_std``; 0.0
+    for one without noise); None otherwise (arrays, ``snr``, other
+    datasets)."""
     from deepblur.datasets.simulate import BlurDataset, _noise_param
 
-    if isinstance(X, BlurDataset) and X.snr is None and X.noise_std is not None:
-        return _noise_param(X.noise_std)
+    if isinstance(X, BlurDataset) and X.snr is None:
+        return 0.0 if X.noise_std is None else _noise_param(X.noise_std)
     return None
 
 

@@ -275,13 +275,15 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         (:func:`~deepblur.solvers.tv.estimate_noise_level`); the largest over
         successive ``partial_fit`` calls. None when unknown (a dataset with
         ``snr`` or of another type), which turns the noise check of
-        :meth:`predict` off. :func:`~deepblur.pretrained.save_model` stores
+        :meth:`predict` off, as 0.0 (a dataset without noise) does. :func:`~deepblur.pretrained.save_model` stores
         it and :func:`~deepblur.pretrained.load_model` restores it (models
         saved without it get the top of their setting's ``noise_std``).
     training_noise_std_ : float, (low, high) or None
         The noise standard deviation (or its range) the training images were
-        drawn with: a ``BlurDataset``'s ``noise_std``, the range covering
-        successive ``partial_fit`` calls; None when unknown (arrays, ``snr``).
+        drawn with: a ``BlurDataset``'s ``noise_std`` (0.0 without noise),
+        the range covering successive ``partial_fit`` calls (its span when
+        they drew at different fixed levels); None when unknown (arrays,
+        ``snr``).
         :func:`~deepblur.pretrained.save_model` records it as the model's
         ``noise_std`` unless told otherwise, and
         :func:`~deepblur.pretrained.load_model` restores it, so that a loaded

@@ -205,6 +205,14 @@ def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_pat
     net.fit(data(None, snr=20.0), None)
     assert net.noise_level_ is None
     assert _count_noisy(net, images(0.5)) == 0
+    assert net.training_noise_std_ is None
+    # drawn without noise: known to be none (what save_model records), and
+    # no check (any natural image reads as noisier than zero)
+    net.fit(data(None), None)
+    assert net.noise_level_ == 0.0 and net.training_noise_std_ == 0.0
+    assert _count_noisy(net, images(0.5)) == 0
+    net.partial_fit(data(0.02), None)
+    assert net.noise_level_ == 0.02 and net.training_noise_std_ == (0.0, 0.02)
 
 
 def test_clone_gridsearch_and_joblib(setting, tmp_path):
