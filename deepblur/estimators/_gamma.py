@@ -393,9 +393,9 @@ def training_noise_level(X):
 
     A :class:`~deepblur.datasets.simulate.BlurDataset`: the top of its
     ``noise_std`` (0.0 without noise; None when it sets the noise by ``snr``,
-    which makes it depend on the image). Arrays: the 99th percentile of the levels estimated
-    on the images (:func:`image_noise_levels`). Any other dataset, or arrays
-    that the fit's own validation will refuse: None.
+    which makes it depend on the image). Arrays: the 99th percentile of the
+    levels estimated on the images (:func:`image_noise_levels`). Any other
+    dataset, or arrays that the fit's own validation will refuse: None.
     """
     from deepblur.datasets.simulate import BlurDataset
 

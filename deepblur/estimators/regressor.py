@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import warnings
 from numbers import Integral
@@ -83,28 +84,61 @@ def check_mixed_precision(mixed_precision, device):
     bfloat16 needs no loss scaling (float32's exponent range), and needs a
     device that computes in it: CUDA devices from Ampere on (earlier ones
     emulate it, slowly) and CPUs with AVX-512 BF16 or AMX (others emulate it,
-    slower than float32).
+    slower than float32). On other devices (ROCm, Apple's MPS) it is refused
+    unless a bfloat16 convolution runs there under autocast, forward and
+    backward (checked once per device): whether that is faster than float32
+    there is not known to this library.
     """
     if not (mixed_precision is None or (isinstance(mixed_precision, str)
                                         and mixed_precision in MIXED_PRECISIONS)):
         raise ValueError(f"mixed_precision must be None or 'bf16'; got "
                          f"{mixed_precision!r}.")
     dtype = MIXED_PRECISIONS[mixed_precision]
-    if dtype is not None and device.type == "cuda" and not _cuda_has_bf16(device):
+    if dtype is None or device.type == "cpu":
+        return dtype
+    if device.type == "cuda" and not torch.version.hip:
+        if not _cuda_has_bf16(device):
+            raise ValueError(
+                f"mixed_precision={mixed_precision!r}: this CUDA device "
+                f"({torch.cuda.get_device_name(device)}) has no native "
+                "bfloat16; use mixed_precision=None.")
+        return dtype
+    problem = _bf16_autocast_problem(str(device))
+    if problem is not None:
         raise ValueError(
-            f"mixed_precision={mixed_precision!r}: this CUDA device "
-            f"({torch.cuda.get_device_name(device)}) has no native bfloat16; "
-            "use mixed_precision=None.")
+            f"mixed_precision={mixed_precision!r}: bfloat16 autocast does not "
+            f"run on device {str(device)!r} ({problem}); use "
+            "mixed_precision=None.")
     return dtype
 
 
 def _cuda_has_bf16(device):
-    """Whether the CUDA ``device`` computes in bfloat16: compute capability
-    8.0 (Ampere) or later, or a ROCm device."""
-    if torch.version.hip:
-        return True
+    """Whether the (NVIDIA) CUDA ``device`` computes in bfloat16: compute
+    capability 8.0 (Ampere) or later."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     return tuple(torch.cuda.get_device_capability(index)) >= (8, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_autocast_problem(device):
+    """None when a convolution runs in bfloat16 under ``torch.autocast`` on
+    ``device`` (a string), forward and backward; else what went wrong. torch
+    refuses some devices outright and, on others, warns and leaves autocast
+    off (MPS before macOS 14): both count as not running."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            conv = torch.nn.Conv2d(1, 1, 3).to(device)
+            x = torch.ones(1, 1, 5, 5, device=device)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                out = conv(x)
+            if out.dtype != torch.bfloat16:
+                return f"autocast computed in {out.dtype}"
+            out.float().sum().backward()
+    except Exception as exc:        # any backend's refusal
+        lines = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return None
 
 
 def cpu_has_bf16_units():
@@ -275,9 +309,10 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         (:func:`~deepblur.solvers.tv.estimate_noise_level`); the largest over
         successive ``partial_fit`` calls. None when unknown (a dataset with
         ``snr`` or of another type), which turns the noise check of
-        :meth:`predict` off, as 0.0 (a dataset without noise) does. :func:`~deepblur.pretrained.save_model` stores
-        it and :func:`~deepblur.pretrained.load_model` restores it (models
-        saved without it get the top of their setting's ``noise_std``).
+        :meth:`predict` off, as 0.0 (a dataset without noise) does.
+        :func:`~deepblur.pretrained.save_model` stores it and
+        :func:`~deepblur.pretrained.load_model` restores it (models saved
+        without it get the top of their setting's ``noise_std``).
     training_noise_std_ : float, (low, high) or None
         The noise standard deviation (or its range) the training images were
         drawn with: a ``BlurDataset``'s ``noise_std`` (0.0 without noise),

@@ -566,6 +566,46 @@ def test_mixed_precision_refuses_a_cuda_device_without_bf16(monkeypatch):
     assert check_mixed_precision("bf16", torch.device("cpu")) is torch.bfloat16
 
 
+def test_mixed_precision_probes_other_devices(monkeypatch):
+    """Devices other than the CPU and NVIDIA's (ROCm, MPS) are accepted only
+    if a bfloat16 convolution runs there under autocast: here the CPU runs
+    it, torch refuses autocast on the meta device, and a backend that
+    leaves autocast off (MPS before macOS 14 warns and computes in float32)
+    is refused too."""
+    from deepblur.estimators import regressor
+
+    regressor._bf16_autocast_problem.cache_clear()
+    assert regressor._bf16_autocast_problem("cpu") is None
+    with pytest.raises(ValueError, match=r"bfloat16 autocast does not run on "
+                                         r"device 'meta' \(RuntimeError: .*meta"):
+        check_mixed_precision("bf16", torch.device("meta"))
+    assert check_mixed_precision(None, torch.device("meta")) is None
+
+    class Off:                          # autocast that does nothing
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    regressor._bf16_autocast_problem.cache_clear()
+    monkeypatch.setattr(torch, "autocast", Off)
+    assert "autocast computed in torch.float32" in (
+        regressor._bf16_autocast_problem("cpu"))
+    regressor._bf16_autocast_problem.cache_clear()
+    # a ROCm build's "cuda" devices are probed too (without a GPU: refused)
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(torch.version, "hip", "6.2")
+        with pytest.raises(ValueError, match="bfloat16 autocast does not run "
+                                             "on device 'cuda'"):
+            check_mixed_precision("bf16", torch.device("cuda"))
+        regressor._bf16_autocast_problem.cache_clear()
+
+
 def test_mixed_precision_warns_on_a_cpu_without_bf16_units(setting,
                                                           monkeypatch):
     basis, _, _, X, y = setting
