@@ -17,7 +17,8 @@ Reproduces the second network shipped with deepblur,
 3. the CPU recipe of :func:`~deepblur.pretrained.train_regressor`: a slim
    ResNet (width 8, depth 2) whose stem sees the image and its relative
    Laplacian (``input_norm="laplacian"``), 384 000 images drawn on the fly in
-   10 epochs, ``torch.compile``, one thread and one data worker;
+   10 epochs, ``torch.compile``, one thread and one data worker (none on
+   macOS and Windows);
 4. its blur-statistics branch fitted in closed form
    (:func:`~deepblur.pretrained.add_feature_head`) on 40 960 fresh images of a
    second pool of the same kind;
@@ -58,6 +59,7 @@ from deepblur.datasets import (
 from deepblur.pretrained import (
     CROP_NETWORK_DEFAULTS,
     compare_estimators,
+    default_num_workers,
     load_default,
     load_model,
     make_default_setting,
@@ -69,7 +71,12 @@ from deepblur.pretrained._io import DEFAULT_DIR
 OUT = Path(os.environ.get("DEEPBLUR_OUTPUT",
                           Path(__file__).parent / "output" / "crop_model"))
 N_TEST = int(os.environ.get("DEEPBLUR_TEST_IMAGES", 512))
-recipe = dict(CROP_NETWORK_DEFAULTS, num_workers=1, device="cpu")
+# One data worker, as for the shipped network, where workers are forked
+# (Linux); where they would be spawned (macOS, Windows) this unguarded script
+# would run again in the worker, so the data are made in-process there (other
+# random images than the shipped run's: a worker's stream has its own seed).
+recipe = dict(CROP_NETWORK_DEFAULTS, device="cpu",
+              num_workers=default_num_workers(torch.device("cpu")))
 recipe["n_images"] = int(os.environ.get("DEEPBLUR_TRAIN_IMAGES",
                                         recipe["n_images"]))
 recipe["head_images"] = int(os.environ.get("DEEPBLUR_HEAD_IMAGES",
