@@ -751,7 +751,6 @@ def _training_images(spec, base):
 
 def cmd_train(args):
     """Train a blur regressor from a TOML/JSON config."""
-    from deepblur._validation import resolve_device
     from deepblur.pretrained import (
         DEFAULT_SETTING,
         FEATURE_HEAD_DEFAULTS,
@@ -761,7 +760,7 @@ def cmd_train(args):
         save_model,
         train_regressor,
     )
-    from deepblur.pretrained._train import check_training_params, default_num_workers
+    from deepblur.pretrained._train import check_training_params
 
     config = _read_config(args.config)
     base = Path(args.config).resolve().parent
@@ -804,11 +803,7 @@ def cmd_train(args):
                            "(no model.safetensors in it).")
         hyper["init_model"] = init
     check_training_params(**hyper)      # fail before the slow setting fit
-    if hyper.get("num_workers") is None:
-        # this command's entry points guard their main module: a data worker
-        # is safe under every start method (spawn included)
-        hyper["num_workers"] = default_num_workers(
-            resolve_device(hyper.get("device", "auto")), guarded_main=True)
+    workers = _command_workers(hyper)
     train_noise = config.get("noise_std")
     if train_noise is not None:         # a float or a (low, high) tuple
         from deepblur.datasets.simulate import _noise_param
@@ -844,7 +839,8 @@ def cmd_train(args):
         net = train_regressor(setting, images, output_bias=mean_gamma,
                               noise_std=train_noise,
                               checkpoint_dir=checkpoint_dir, resume=args.resume,
-                              progress_bar=not args.no_progress, **hyper)
+                              progress_bar=not args.no_progress,
+                              **dict(hyper, num_workers=workers))
     except KeyboardInterrupt as exc:
         print(f"deepblur train: {exc or 'interrupted'}; the finished epochs are in "
               f"{checkpoint_dir}: continue with `deepblur train {args.config} "
@@ -861,7 +857,7 @@ def cmd_train(args):
         try:
             net = add_feature_head(setting, images, net, n_images=n_head,
                                    batch_size=head_batch, noise_std=train_noise,
-                                   num_workers=hp.get("num_workers"),
+                                   num_workers=workers,
                                    random_state=hp["random_state"] + 1)
         except KeyboardInterrupt as exc:
             print(f"deepblur train: {exc or 'interrupted'} while fitting the "
@@ -979,7 +975,24 @@ def _crop_network_params(config, hyper, name):
         check_crop_network_params(**params)
     except ValueError as exc:
         raise CLIError(f"crop_network: {exc}") from None
+    params["num_workers"] = _command_workers(params)     # for its own device
     return params
+
+
+def _command_workers(params):
+    """The ``num_workers`` of a training of this command: the given one, or
+    by default :func:`~deepblur.pretrained.default_num_workers` for the
+    training's own device, with a CPU worker under every start method: the
+    command's entry points (``deepblur``, ``python -m deepblur``) guard their
+    main module, which a spawned worker imports again (a script calling
+    :func:`main` should guard its own)."""
+    from deepblur._validation import resolve_device
+    from deepblur.pretrained._train import default_num_workers
+
+    if params.get("num_workers") is not None:
+        return params["num_workers"]
+    return default_num_workers(resolve_device(params.get("device", "auto")),
+                               guarded_main=True)
 
 
 def _train_crop_network(setting, images, params, n_test, mean_gamma, output,

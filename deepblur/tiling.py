@@ -368,6 +368,8 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     h, w = tile_shape
     out, levels, distances = [], [], []
     noise_level = getattr(regressor, "noise_level_", None)
+    if noise_level is not None and not noise_level > 0:
+        noise_level = None          # trained without noise: nothing to check
     checked = np.zeros(grid.n_tiles, dtype=bool)       # tiles whose noise is checked
     checked[noise_check_sample(grid.n_tiles)] = True
     starts = range(0, grid.n_tiles, batch_size)

@@ -526,6 +526,21 @@ def test_train_keeps_its_data_worker_under_spawn(capsys, tmp_path, monkeypatch):
     assert code == 130 and "stopped by the test" in err
     assert calls[0]["num_workers"] == 1
     assert _train.default_num_workers(torch.device("cpu")) == 0
+    # each training resolves its own default, for its own device: a crop
+    # network on CUDA makes its data there whatever the main training's device
+    from deepblur import _validation
+    from deepblur.cli import _command_workers, _crop_network_params
+
+    real = _validation.resolve_device
+    monkeypatch.setattr(_validation, "resolve_device",
+                        lambda d: torch.device("cuda") if d == "cuda" else real(d))
+    assert _command_workers({"device": "cuda"}) == 0
+    assert _command_workers({"device": "cpu", "num_workers": 0}) == 0
+    crop = _crop_network_params({"crop_network": {}}, {"device": "cpu"}, "c.toml")
+    assert crop["num_workers"] == 1 and crop["device"] == "cpu"
+    crop = _crop_network_params({"crop_network": {}},
+                                {"device": "cpu", "num_workers": 0}, "c.toml")
+    assert crop["num_workers"] == 0          # the main config's, inherited
 
 
 def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):

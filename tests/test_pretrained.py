@@ -959,10 +959,12 @@ def test_training_takes_numpy_integers(small_setting, tmp_path):
     kw = dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
               stem_stride=2, pool_size=6, gammas_per_image=2, num_workers=0)
     as_numpy = {k: np.int64(v) for k, v in kw.items()}
+    kw["device"] = as_numpy["device"] = "cpu"
     net = train_regressor(small_setting, pool, output_bias=bias,
                           checkpoint_dir=tmp_path, verbose=0, **as_numpy)
     record = json.loads((tmp_path / "run.json").read_text())
-    assert all(type(record[k]) is int for k in kw if k != "num_workers")
+    assert all(type(record[k]) is int for k in kw
+               if k not in ("num_workers", "device"))
     resumed = train_regressor(small_setting, pool, output_bias=bias,
                               checkpoint_dir=tmp_path, resume=True, verbose=0,
                               **kw)

@@ -498,9 +498,12 @@ def warn_if_noisy(X, noise_level, *, stacklevel=3):
     The noise of at most ``NOISE_CHECK_SAMPLE`` evenly spaced images of ``X``
     is estimated (see :func:`noisy_images_message`). Nothing is checked when
     ``X`` is a dataset rather than images, or images the noise estimate
-    cannot take, or within :func:`noise_check_suspended`.
+    cannot take, or within :func:`noise_check_suspended`, or when
+    ``noise_level`` is None or 0 (unknown, or trained without noise: the
+    message would be None whatever the images).
     """
-    if (noise_level is None or isinstance(X, torch.utils.data.Dataset)
+    if (noise_level is None or not noise_level > 0
+            or isinstance(X, torch.utils.data.Dataset)
             or _NOISE_CHECK_SUSPENDED.get()):
         return
     try:

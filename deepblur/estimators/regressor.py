@@ -124,14 +124,17 @@ def _bf16_autocast_problem(device):
     """None when a convolution runs in bfloat16 under ``torch.autocast`` on
     ``device`` (a string), forward and backward; else what went wrong. torch
     refuses some devices outright and, on others, warns and leaves autocast
-    off (MPS before macOS 14): both count as not running."""
+    off (MPS before macOS 14): both count as not running. It draws no random
+    numbers and runs with gradients whatever the caller's mode (its answer is
+    cached)."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.inference_mode(False), \
+                torch.enable_grad():
             warnings.simplefilter("ignore")
-            conv = torch.nn.Conv2d(1, 1, 3).to(device)
+            weight = torch.ones(1, 1, 3, 3, device=device, requires_grad=True)
             x = torch.ones(1, 1, 5, 5, device=device)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-                out = conv(x)
+                out = torch.nn.functional.conv2d(x, weight)
             if out.dtype != torch.bfloat16:
                 return f"autocast computed in {out.dtype}"
             out.float().sum().backward()
@@ -565,13 +568,20 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         return X, Dataset(torch.cat(Xv).cpu(), torch.cat(yv).cpu())
 
     def get_iterator(self, dataset, training=False):
-        """``BlurDataset`` yields whole batches: no re-batching, no shuffling."""
+        """``BlurDataset`` yields whole batches: no re-batching, no shuffling.
+        Other data are batched as skorch does, with a batch size given as a
+        NumPy integer (a grid of ``np.arange`` values) taken as an int."""
+        kwargs = self.get_params_for(
+            "iterator_train" if training else "iterator_valid")
         if isinstance(dataset, BlurDataset):
-            kwargs = self.get_params_for(
-                "iterator_train" if training else "iterator_valid")
             kwargs.pop("batch_size", None)
             kwargs.pop("shuffle", None)
             return torch.utils.data.DataLoader(dataset, batch_size=None, **kwargs)
+        size = kwargs.get("batch_size", self.batch_size)
+        if isinstance(size, Integral) and not isinstance(size, (bool, int)):
+            kwargs["batch_size"] = len(dataset) if size == -1 else int(size)
+            iterator = self.iterator_train if training else self.iterator_valid
+            return iterator(dataset, **kwargs)
         return super().get_iterator(dataset, training=training)
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None,

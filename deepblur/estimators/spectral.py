@@ -109,9 +109,10 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
     noise_level_ : float or None
         Noise standard deviation of the noisiest training images: the top of
         a ``BlurDataset``'s ``noise_std``, or for arrays the 99th percentile
-        of the levels estimated on them; None when unknown (``snr``).
-        :meth:`predict` warns about images over three times noisier
-        (:class:`~deepblur.exceptions.NoisyImageWarning`).
+        of the levels estimated on them; 0.0 for a dataset without noise;
+        None when unknown (``snr``). :meth:`predict` warns about images over
+        three times noisier (:class:`~deepblur.exceptions.NoisyImageWarning`;
+        no check for 0.0 or None).
 
     See Also
     --------

@@ -150,14 +150,16 @@ def finished_epochs(net):
 def default_num_workers(device, *, guarded_main=False):
     """What ``num_workers=None`` means for data made for ``device``.
 
-    0 for CUDA: the batches are simulated on the GPU, in this process. On a
-    CPU, 1 (a ``DataLoader`` worker simulates the next batches while the
-    network reads these) where worker processes are forked, the default start
-    method on Linux up to Python 3.13; 0 where they are spawned (macOS,
-    Windows, Python 3.14's ``forkserver`` default on Linux) unless
-    ``guarded_main``. A spawned worker imports the caller's main script
-    again: a script without an ``if __name__ == "__main__":`` guard would run
-    again in it, training included, before failing. Give ``num_workers``
+    0 for CUDA: the batches are simulated on the GPU, in this process.
+    Otherwise (the CPU, and other devices, whose batches are simulated on the
+    CPU), 1 (a ``DataLoader`` worker simulates the next batches while the
+    network reads these) where worker processes are forked, the default
+    start method on Linux up to Python 3.13; 0 (simulated in this process)
+    where they are spawned (macOS, Windows, Python 3.14's ``forkserver``
+    default on Linux) unless ``guarded_main``. A spawned worker imports the
+    caller's main script again: a script without an
+    ``if __name__ == "__main__":`` guard would run again in it, training
+    included, before failing. Give ``num_workers``
     explicitly to have workers anyway (then guard the script).
 
     Parameters
@@ -357,7 +359,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         (benchmarks/README.md).
     num_workers : int, optional
         DataLoader workers generating the training batches on the CPU; with
-        0, the batches are generated in-process on ``device``. Default
+        0, the batches are generated in-process, on ``device`` if it is a
+        CUDA device, else on the CPU. Default
         (:func:`default_num_workers`): 0 on CUDA (the data are made on the
         GPU, 30-50x faster than on a CPU); 1 on the CPU (data generation
         overlaps the training steps) where workers are forked (Linux), 0
@@ -458,13 +461,15 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         criterion_params = dict(criterion__gamma_samples=draws,
                                 criterion__weight=float(moment_weight))
     n_batches = max(1, n_images // (batch_size * epochs))
-    # In-process (num_workers=0) the batches are blurred on the training
-    # device: on a GPU that is 30-50x faster than the CPU (benchmarks/README).
-    # DataLoader workers cannot use CUDA, so with workers they are made on CPU.
+    # In-process (num_workers=0) the batches are blurred on a CUDA training
+    # device: that is 30-50x faster than the CPU (benchmarks/README).
+    # DataLoader workers cannot use CUDA, so with workers they are made on the
+    # CPU, as they are for other devices (the simulation is tested on CPU and
+    # CUDA only).
     device = resolve_device(device)
     num_workers = (default_num_workers(device) if num_workers is None
                    else int(num_workers))
-    data_device = device if num_workers == 0 else "cpu"
+    data_device = device if num_workers == 0 and device.type == "cuda" else "cpu"
     data = _setting_data(setting, images, batch_size, n_batches, random_state,
                          noise_std=noise_std, pool_size=pool_size,
                          gammas_per_image=gammas_per_image, device=data_device)
@@ -536,8 +541,9 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     weights and training history, and a branch fitted in closed form by
     :meth:`~deepblur.ResNetBlurRegressor.fit_feature_head` on ``n_images``
     fresh simulated images of the setting (as in :func:`train_regressor`,
-    another seed; simulated on the GPU when the network is on one, and by a
-    ``DataLoader`` worker on a CPU: see ``num_workers``). Its
+    another seed; simulated on the GPU when the network is on one, else on
+    the CPU, by a ``DataLoader`` worker where workers are forked: see
+    ``num_workers``). Its
     ``noise_level_`` (what ``predict`` checks images
     against) is the network's, widened to the branch's training noise. Its
     ``support_tolerance`` is None: the branch changes the estimates, so a

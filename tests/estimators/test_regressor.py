@@ -1,6 +1,7 @@
 """ResNetBlurRegressor: skorch/sklearn behaviour, data paths, bad input."""
 
 import copy
+import functools
 import pickle
 import platform
 import warnings
@@ -144,7 +145,8 @@ def _count_noisy(net, X):
                         str(noisy[0].message)).group(1))
 
 
-def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_path):
+def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_path,
+                                                               monkeypatch):
     _, sampler, _, _, _ = setting
     # smooth images, blurs and maps: what is left at the finest scale is noise
     r = np.arange(5) - 2
@@ -210,7 +212,11 @@ def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_pat
     # no check (any natural image reads as noisier than zero)
     net.fit(data(None), None)
     assert net.noise_level_ == 0.0 and net.training_noise_std_ == 0.0
-    assert _count_noisy(net, images(0.5)) == 0
+    from deepblur.estimators import _gamma
+
+    with monkeypatch.context() as m:        # not even estimated
+        m.setattr(_gamma, "image_noise_levels", None)
+        assert _count_noisy(net, images(0.5)) == 0
     net.partial_fit(data(0.02), None)
     assert net.noise_level_ == 0.02 and net.training_noise_std_ == (0.0, 0.02)
 
@@ -222,6 +228,10 @@ def test_clone_gridsearch_and_joblib(setting, tmp_path):
     assert clone(net).get_params()["basis"] is basis
     search = GridSearchCV(net, {"module__width": [2, 4]}, cv=2).fit(X, y)
     assert search.best_params_["module__width"] in (2, 4)
+    # a grid of NumPy integers (torch's samplers take only Python ints)
+    search = GridSearchCV(net, {"batch_size": np.array([8, -1])}, cv=2,
+                          error_score="raise").fit(X, y)
+    assert search.best_params_["batch_size"] in (8, -1)
     best = search.best_estimator_
     joblib.dump(best, tmp_path / "net.joblib")
     loaded = joblib.load(tmp_path / "net.joblib")
@@ -574,8 +584,19 @@ def test_mixed_precision_probes_other_devices(monkeypatch):
     is refused too."""
     from deepblur.estimators import regressor
 
+    monkeypatch.setattr(regressor, "_bf16_autocast_problem",
+                        functools.lru_cache(regressor._bf16_autocast_problem
+                                            .__wrapped__))
+    # whatever the caller's grad mode, and without touching its RNG
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        assert regressor._bf16_autocast_problem("cpu") is None
     regressor._bf16_autocast_problem.cache_clear()
-    assert regressor._bf16_autocast_problem("cpu") is None
+    with torch.no_grad():
+        assert regressor._bf16_autocast_problem("cpu") is None
+    assert torch.equal(torch.rand(3), expected)
     with pytest.raises(ValueError, match=r"bfloat16 autocast does not run on "
                                          r"device 'meta' \(RuntimeError: .*meta"):
         check_mixed_precision("bf16", torch.device("meta"))
@@ -592,18 +613,17 @@ def test_mixed_precision_probes_other_devices(monkeypatch):
             return False
 
     regressor._bf16_autocast_problem.cache_clear()
-    monkeypatch.setattr(torch, "autocast", Off)
-    assert "autocast computed in torch.float32" in (
-        regressor._bf16_autocast_problem("cpu"))
+    with monkeypatch.context() as m:
+        m.setattr(torch, "autocast", Off)
+        assert "autocast computed in torch.float32" in (
+            regressor._bf16_autocast_problem("cpu"))
     regressor._bf16_autocast_problem.cache_clear()
     # a ROCm build's "cuda" devices are probed too (without a GPU: refused)
-    monkeypatch.undo()
     if not torch.cuda.is_available():
         monkeypatch.setattr(torch.version, "hip", "6.2")
         with pytest.raises(ValueError, match="bfloat16 autocast does not run "
                                              "on device 'cuda'"):
             check_mixed_precision("bf16", torch.device("cuda"))
-        regressor._bf16_autocast_problem.cache_clear()
 
 
 def test_mixed_precision_warns_on_a_cpu_without_bf16_units(setting,
