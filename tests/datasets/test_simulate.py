@@ -131,6 +131,25 @@ def test_dataset_workers_draw_different_streams(basis, sampler, rng):
     assert not torch.equal(gammas[0], gammas[1])
 
 
+def test_workers_without_set_epoch_never_replay_a_pass(basis, sampler, rng):
+    """A DataLoader copies the dataset into new workers at every pass: without
+    set_epoch a seeded dataset replayed the first pass's samples at every
+    pass. The loader's seed for the pass keeps them apart, reproducibly under
+    the loader's generator."""
+    data = BlurDataset(rng.random((8, 12, 12)), basis, sampler, batch_size=4,
+                       n_batches=2, random_state=0)
+
+    def one_pass(seed=None):
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1,
+                                             generator=generator)
+        return torch.cat([y for _, y in loader])
+
+    assert not torch.equal(one_pass(), one_pass())
+    assert torch.equal(one_pass(3), one_pass(3))
+    assert not torch.equal(one_pass(3), one_pass(4))
+
+
 def test_set_epoch_gives_new_samples_in_new_workers(basis, sampler, rng):
     """A DataLoader copies the dataset into new workers at every epoch: without
     set_epoch each epoch replayed the samples of the first."""

@@ -366,14 +366,15 @@ def test_feature_head_is_the_ridge_folded_into_the_network(setting, monkeypatch)
     net.fit_feature_head(data)
     assert net.feature_head_n_images_ == 64
     # a worker simulates the batches beside the fit: the fit is that of its
-    # stream, which has its own seed (handed over in pieces of 5 images here,
-    # joined again into the batches of 16)
+    # stream, seeded by the fit's loader (its own torch.Generator(), so the
+    # same here; handed over in pieces of 5 images, joined again into the
+    # batches of 16)
     import deepblur.estimators.regressor as regressor_module
 
     monkeypatch.setattr(regressor_module, "_WORKER_CHUNK", 5)
     state = copy.deepcopy(net.module_.state_dict())
-    worker_batches = list(torch.utils.data.DataLoader(data, batch_size=None,
-                                                      num_workers=1))
+    worker_batches = list(torch.utils.data.DataLoader(
+        data, batch_size=None, num_workers=1, generator=torch.Generator()))
     Xw = torch.cat([xb for xb, _ in worker_batches]).numpy()
     yw = torch.cat([yb for _, yb in worker_batches]).numpy()
     net.fit_feature_head(Xw, yw)
