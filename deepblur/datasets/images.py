@@ -9,6 +9,7 @@ Every image is returned grayscale, float64, scaled to [0, 1].
 from __future__ import annotations
 
 import os
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -227,18 +228,30 @@ def extract_patches(images, n_patches, patch_shape=(128, 128), *, augment=True,
     given). Images are drawn with probability proportional to the number of
     crops they contain.
     """
-    imgs = list(images.values()) if isinstance(images, dict) else list(images)
+    imgs = [np.asarray(im) for im in
+            (images.values() if isinstance(images, dict) else images)]
     if not imgs:
         raise ValueError("images must not be empty.")
     h, w = check_positive_int_pair(patch_shape, "patch_shape")
     sizes = []
-    for i, img in enumerate(imgs):
-        if img.ndim != 2 or img.shape[0] < h or img.shape[1] < w:
+    names = list(images) if isinstance(images, dict) else range(len(imgs))
+    for name, img in zip(names, imgs, strict=True):
+        what = f"image {name!r}" if isinstance(images, dict) else f"image {name}"
+        if img.ndim != 2:
+            raise ValueError(f"{what} must be a 2-D grayscale image; got shape "
+                             f"{img.shape}.")
+        if img.shape[0] < h or img.shape[1] < w:
             raise ValueError(
-                f"image {i} of shape {img.shape} is smaller than patch_shape "
+                f"{what} of shape {img.shape} is smaller than patch_shape "
                 f"{(h, w)}."
             )
+        if not np.isfinite(img).all():
+            raise ValueError(f"{what} must be finite; got NaN or Inf values.")
         sizes.append((img.shape[0] - h + 1) * (img.shape[1] - w + 1))
+    if (not isinstance(n_patches, Integral) or isinstance(n_patches, bool)
+            or n_patches < 1):
+        raise ValueError(f"n_patches must be a positive int; got {n_patches!r}.")
+    n_patches = int(n_patches)
     rng = check_random_state(random_state)
     p = np.asarray(sizes, dtype=np.float64) / np.sum(sizes)
     if out is None:

@@ -19,6 +19,7 @@ signal-to-noise ratio ``SNR = 10 log10(mean(H u ** 2) / sigma ** 2)`` in dB
 
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -76,7 +77,8 @@ def _check_noise(noise_std, snr):
         if noise_std is not None:
             raise ValueError(
                 "give the noise either as noise_std or as snr, not both; got "
-                f"noise_std={noise_std!r} and snr={snr!r}."
+                f"noise_std={noise_std!r} and snr={snr!r} (pass noise_std=None "
+                "with snr)."
             )
         return None, _check_range(snr, "snr", allow_negative=True)
     if noise_std is None:
@@ -87,8 +89,10 @@ def _check_noise(noise_std, snr):
 def _check_normalize(normalize, image_mean):
     if normalize not in ("mean", None):
         raise ValueError(f"normalize must be 'mean' or None; got {normalize!r}.")
-    if not (isinstance(image_mean, Real) and image_mean > 0):
-        raise ValueError(f"image_mean must be a positive float; got {image_mean!r}.")
+    if not (isinstance(image_mean, Real) and not isinstance(image_mean, bool)
+            and math.isfinite(image_mean) and image_mean > 0):
+        raise ValueError(f"image_mean must be a positive, finite float; got "
+                         f"{image_mean!r}.")
 
 
 def _check_images(images, image_shape, name="images"):
@@ -213,8 +217,9 @@ def blur_images(images, gamma, basis, *, noise_std=0.01, snr=None, normalize="me
     basis : ProductConvolutionBasis
         Fitted basis.
     noise_std : float or (low, high), default=0.01
-        Noise standard deviation (per image, uniform in the range). Ignored
-        when ``snr`` is given (then pass ``noise_std=None``).
+        Noise standard deviation (per image, uniform in the range); None:
+        no noise. To give the noise by ``snr`` instead, pass
+        ``noise_std=None`` with it (both given is an error).
     snr : float or (low, high), optional
         Target SNR in dB, ``10 log10(mean((H u)^2) / sigma^2)``.
     normalize : {"mean", None}, default="mean"
@@ -275,8 +280,9 @@ def blur_images(images, gamma, basis, *, noise_std=0.01, snr=None, normalize="me
     return y.cpu().numpy() if is_numpy else y
 
 
-def _patch_pool(images, image_shape, n_patches, random_state):
-    """Patches at ``image_shape``: given as an array, or cropped from images."""
+def _patch_pool(images, image_shape, n_patches, random_state, normalize="mean"):
+    """Patches at ``image_shape``: given as an array, or cropped from images
+    (without black crops when ``normalize="mean"``)."""
     if isinstance(images, dict) or (isinstance(images, (list, tuple)) and any(
             np.shape(im) != tuple(image_shape) for im in images)):
         # Filled in place, with no float64 copy (a pool of 20 000 patches of
@@ -288,6 +294,8 @@ def _patch_pool(images, image_shape, n_patches, random_state):
             stop = min(start + 1000, n_patches)
             extract_patches(images, stop - start, image_shape, augment=False,
                             random_state=random_state, out=pool[start:stop])
+        if normalize != "mean":
+            return pool
         # Crops of a black background cannot be scaled to a mean brightness:
         # leave them out of the pool rather than fail in the middle of training.
         keep = pool.mean(axis=(1, 2)) > 1e-6
@@ -365,6 +373,9 @@ def make_blurred_images(images, basis, sampler, n_samples=1000, *, noise_std=0.0
     >>> X.shape, y.shape
     ((4, 16, 16), (4, 3))
     """
+    if (not isinstance(n_samples, Integral) or isinstance(n_samples, bool)
+            or n_samples < 1):
+        raise ValueError(f"n_samples must be a positive int; got {n_samples!r}.")
     dataset = BlurDataset(images, basis, sampler, batch_size=n_samples, n_batches=1,
                           noise_std=noise_std, snr=snr, normalize=normalize,
                           image_mean=image_mean, augment=augment,
@@ -512,8 +523,17 @@ class BlurDataset(IterableDataset):
         _check_boundary(self.boundary)
         device = torch.device(self.device)
         rng = check_random_state(self.random_state)
-        pool = _patch_pool(self.images, basis.image_shape_, self.pool_size, rng)
+        pool = _patch_pool(self.images, basis.image_shape_, self.pool_size, rng,
+                           self.normalize)
         pool = _check_images(pool, basis.image_shape_).to(device, torch.float32)
+        if self.normalize == "mean":
+            # refused now rather than when a batch first draws one, mid-training
+            dark = torch.nonzero(pool.mean(dim=(1, 2)) <= 0).flatten().tolist()
+            if dark:
+                raise ValueError(
+                    f"normalize='mean' needs patches with a positive mean; "
+                    f"{len(dark)} of the {len(pool)} given have a mean <= 0 "
+                    f"(indices {dark[:10]}{', ...' if len(dark) > 10 else ''}).")
         seed = int(rng.randint(np.iinfo(np.int32).max))
         operator, margin = ((basis.operator_, None) if self.boundary == "zero"
                             else _crop_operator(basis))
@@ -605,7 +625,8 @@ def make_deblurring_pairs(images, operators, n_samples=100, *, noise_std=0.01,
         (P, n_pairs, H, W).
     n_samples : int, default=100
     noise_std : float or (low, high), default=0.01
-        Standard deviation of the white Gaussian noise (uniform in the range).
+        Standard deviation of the white Gaussian noise (uniform in the
+        range); None: no noise.
     image_mean : float, default=0.5
         Each clean patch is scaled to this mean before blurring (the scale
         convention of :func:`blur_images`); ``clean`` is returned scaled.
@@ -648,9 +669,11 @@ def make_deblurring_pairs(images, operators, n_samples=100, *, noise_std=0.01,
             "operators must hold kernels (P, n_pairs, kh, kw) and maps (P, n_pairs, "
             f"H, W); got {kernels.shape} and {maps.shape}."
         )
-    if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
+    if (not isinstance(n_samples, Integral) or isinstance(n_samples, bool)
+            or n_samples < 1):
         raise ValueError(f"n_samples must be a positive int; got {n_samples!r}.")
-    noise_std = _check_range(noise_std, "noise_std")
+    noise_std, _ = _check_noise(noise_std, None)       # None: no noise
+    _check_normalize("mean", image_mean)
     image_shape = maps.shape[-2:]
     rng = check_random_state(random_state)
     if isinstance(images, dict) or (isinstance(images, (list, tuple)) and any(

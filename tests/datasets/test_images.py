@@ -53,6 +53,17 @@ def test_patches_shapes_seed_and_augmentation():
         assert found
     with pytest.raises(ValueError, match="smaller than patch_shape"):
         extract_patches(imgs, 2, (100, 100))
+    with pytest.raises(ValueError, match="image 'a' of shape"):
+        extract_patches(imgs, 2, (100, 100))
+    with pytest.raises(ValueError, match="image 0 must be a 2-D grayscale"):
+        extract_patches([np.ones((40, 40, 3))], 2, (32, 32))
+    nan = dict(imgs, b=np.where(np.eye(64, 80) > 0, np.nan, 0.5))
+    with pytest.raises(ValueError, match="image 'b' must be finite"):
+        extract_patches(nan, 2, (32, 32))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="n_patches must be a positive int"):
+            extract_patches(imgs, bad, (32, 32))
+    assert extract_patches(imgs, np.int64(3), (32, 32)).shape == (3, 32, 32)
 
 
 def test_patches_filled_in_place_are_the_same_draws():

@@ -11,6 +11,7 @@ from deepblur.datasets.simulate import (
     _patch_pool,
     blur_images,
     make_blurred_images,
+    make_deblurring_pairs,
 )
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler
@@ -213,6 +214,8 @@ def test_dataset_with_one_gamma_per_image_keeps_its_stream(basis, sampler, rng):
     ({"noise_std": 0.1, "snr": 10.0}, "either"),
     ({"normalize": "max"}, "normalize"),
     ({"image_mean": 0.0}, "image_mean"),
+    ({"image_mean": np.inf}, "image_mean"),
+    ({"snr": 10.0}, "pass noise_std=None with snr"),
 ])
 def test_bad_noise_and_normalisation(basis, rng, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -351,3 +354,45 @@ def test_black_crops_are_left_out_of_the_pool(basis, sampler, rng):
     black = BlurDataset([np.zeros((48, 48))], basis, sampler, pool_size=10)
     with pytest.raises(ValueError, match="all 10 cropped patches are black"):
         next(iter(black))
+    # without the normalisation nothing needs a positive mean: all are kept
+    centred = BlurDataset([scene - 0.3], basis, sampler, batch_size=8,
+                          n_batches=1, pool_size=300, normalize=None,
+                          random_state=0)
+    next(iter(centred))
+    assert len(centred._state["pool"]) == 300
+
+
+def test_dark_patches_given_as_an_array_are_refused_before_any_batch(
+        basis, sampler, rng):
+    """A pool of patches with a black one failed at the first batch that drew
+    it (batch 15 of a training, say): refused when the stream starts, naming
+    the patches; make_blurred_images names its own parameters."""
+    pool = np.concatenate([rng.random((5, 12, 12)), np.zeros((1, 12, 12)),
+                           -rng.random((1, 12, 12))])
+    data = BlurDataset(pool, basis, sampler, batch_size=2, n_batches=50,
+                       random_state=0)
+    with pytest.raises(ValueError, match=r"2 of the 7 given .*indices \[5, 6\]"):
+        next(iter(data))
+    assert len(list(BlurDataset(pool, basis, sampler, batch_size=2, n_batches=3,
+                                normalize=None, random_state=0))) == 3
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="n_samples must be a positive int"):
+            make_blurred_images(pool[:5], basis, sampler, bad)
+
+
+def test_deblurring_pairs_check_their_parameters(rng):
+    from deepblur.datasets import make_random_operators
+
+    ops = make_random_operators(2, image_shape=(12, 12), kernel_shape=(5, 5),
+                                grid_shape=(4, 4), random_state=0)
+    pool = rng.random((4, 12, 12)) + 0.1
+    for bad in (-1.0, 0.0, np.inf, np.nan, True):
+        with pytest.raises(ValueError, match="image_mean must be a positive"):
+            make_deblurring_pairs(pool, ops, 2, image_mean=bad)
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        make_deblurring_pairs(pool, ops, True)
+    blurry, clean = make_deblurring_pairs(pool, ops, np.int64(2), noise_std=None,
+                                          random_state=0)
+    again, _ = make_deblurring_pairs(pool, ops, 2, noise_std=0.0, random_state=0)
+    np.testing.assert_array_equal(blurry, again)          # None is no noise
+
