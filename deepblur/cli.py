@@ -208,11 +208,14 @@ def _use_agg():
 def read_image(path):
     """Read a 2-D image file as is: ``(pixels float64, dtype of the file)``.
 
-    TIFF (tifffile) and PNG/JPEG (imageio), 8/16-bit integers or float.
-    Singleton dimensions are dropped; colour images are converted to
-    grayscale (ITU-R 709 luma) with a note on stderr. Unlike
+    TIFF (tifffile) and PNG/JPEG (Pillow), 8/16-bit integers or float, as
+    :func:`deepblur.datasets.read_pixels` reads them (size-1 axes dropped,
+    CMYK, palette and inverted-grayscale files converted); colour images
+    are converted to grayscale (ITU-R 709 luma) with a note on stderr. Unlike
     :func:`deepblur.datasets.load_image` the intensities are not rescaled.
     """
+    from deepblur.datasets import read_pixels
+
     path = _check_exists(path, "image file")
     suffix = path.suffix.lower()
     if suffix not in _IMAGE_READ:
@@ -221,32 +224,14 @@ def read_image(path):
             "use TIFF (.tif, .tiff), PNG (.png) or JPEG (.jpg)."
         )
     try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            img = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            img = iio.imread(path)
-    except Exception as exc:
-        raise CLIError(f"could not read {path.name} as an image "
-                       f"({type(exc).__name__}: {exc}).") from None
-    img = np.asarray(img)
-    img = img.reshape([s for s in img.shape if s != 1] or [1])
-    if img.dtype.kind not in "uif":
-        raise CLIError(f"{path.name} must hold integer or float pixels; got dtype "
-                       f"{img.dtype}.")
+        img = read_pixels(path)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     dtype = img.dtype
-    if img.ndim == 3 and img.shape[-1] in (3, 4):
+    if img.ndim == 3:
         print(f"note: {path.name} is a colour image; it is converted to grayscale.",
               file=sys.stderr)
-        img = img[..., :3].astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
-    if img.ndim != 2:
-        raise CLIError(
-            f"{path.name} must hold one 2-D grayscale image; got an array of shape "
-            f"{img.shape} (split stacks into single images)."
-        )
+        img = img.astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
     img = img.astype(np.float64)
     if not np.isfinite(img).all():
         raise CLIError(f"{path.name} has NaN or Inf pixels; replace them first.")

@@ -442,7 +442,7 @@ def test_deblur_errors(model_dir, blurry, capsys, tmp_path):
     assert "mean intensity" in error(tmp_path / "zero.tif", "-o", tmp_path / "o.tif")
     tifffile.imwrite(tmp_path / "stack.tif", np.ones((3, 64, 64), np.float32),
                      photometric="minisblack")
-    assert "one 2-D grayscale image" in error(tmp_path / "stack.tif", "-o",
+    assert "holds a stack of 3 images" in error(tmp_path / "stack.tif", "-o",
                                               tmp_path / "o.tif")
     np.save(tmp_path / "g5.npy", np.ones(5))
     message = error(good, "-o", tmp_path / "o.tif", "--gamma", tmp_path / "g5.npy")

@@ -9,6 +9,7 @@ from deepblur.datasets.images import (
     make_dead_leaves,
     make_point_sources,
     natural_image_split,
+    read_pixels,
 )
 from deepblur.datasets.random_operators import (
     gaussian_kernel,
@@ -38,4 +39,5 @@ __all__ = [
     "make_random_operators",
     "natural_image_split",
     "random_maps",
+    "read_pixels",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "make_dead_leaves",
     "make_point_sources",
     "natural_image_split",
+    "read_pixels",
 ]
 
 # Natural photographs bundled with scikit-image (file names in skimage/data) and
@@ -68,11 +69,17 @@ def _package_dir(package):
     return Path(sklearn.datasets.__file__).parent / "images"
 
 
+#: Image files that :func:`load_image` reads (a folder's other files are
+#: skipped by :func:`load_images`).
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
+
+_LUMA = np.array([0.2125, 0.7154, 0.0721])      # skimage's rgb2gray weights
+
+
 def _to_gray_unit(img, name):
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[-1] in (3, 4):
-        rgb = img[..., :3].astype(np.float64)
-        img = rgb @ np.array([0.2125, 0.7154, 0.0721])   # skimage's rgb2gray weights
+        img = img[..., :3].astype(np.float64) @ _LUMA
     elif img.ndim != 2:
         raise ValueError(
             f"{name} must be a 2-D grayscale or an RGB(A) image; got an array of "
@@ -87,36 +94,115 @@ def _to_gray_unit(img, name):
     return (img - lo) / (hi - lo)
 
 
-def load_image(path):
-    """Read a PNG/TIFF/JPEG file as a grayscale float image in [0, 1].
+def read_pixels(path):
+    """The pixels of one image file, as stored: a 2-D grayscale array, or an
+    ``(H, W, 3)`` RGB one, in the file's dtype.
 
-    TIFF files are read with tifffile (any bit depth, float included), others
-    with imageio. Colour images are converted with the ITU-R 709 luma weights;
-    the result is min-max scaled to [0, 1].
+    TIFF with tifffile (any bit depth, float included; samples stored planar
+    or interleaved; size-1 axes dropped; ``MINISWHITE`` grayscale and CMYK
+    turned into intensities and RGB), other formats with Pillow (palette,
+    1-bit, grayscale+alpha and CMYK images converted). An alpha channel is
+    dropped. Stacks and animations are refused (one image per file), and so
+    are files that cannot be read, naming them.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.")
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not an image file (a directory?).")
     suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        img = tifffile.imread(path)
-        if img.ndim == 3 and img.shape[-1] not in (3, 4):
-            raise ValueError(
-                f"{path.name} holds a stack of {img.shape[0]} images; pass a "
-                "single 2-D image (or split the stack)."
-            )
-    elif suffix in (".png", ".jpg", ".jpeg", ".bmp", ".gif"):
-        import imageio.v3 as iio
-
-        img = iio.imread(path)
-    else:
+    if suffix not in IMAGE_SUFFIXES:
         raise ValueError(
-            f"unsupported image format {suffix!r} for {path.name}: use PNG, TIFF "
-            "or JPEG."
+            f"unsupported image format {suffix or '(none)'!r} for {path.name}: "
+            "use PNG, TIFF or JPEG (or BMP, GIF)."
         )
-    return _to_gray_unit(img, path.name)
+    read = _read_tiff if suffix in (".tif", ".tiff") else _read_raster
+    img = read(path)
+    if img.ndim == 3 and img.shape[-1] in (2, 4):       # an alpha channel
+        img = img[..., :-1]
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3)):
+        raise ValueError(f"{path.name} must hold one grayscale or RGB image; got "
+                         f"pixels of shape {img.shape}.")
+    if img.dtype.kind not in "uif":
+        raise ValueError(f"{path.name} must hold integer or float pixels; got "
+                         f"dtype {img.dtype}.")
+    return img
+
+
+def _unreadable(path, exc):
+    return ValueError(f"cannot read {path.name} as an image "
+                      f"({type(exc).__name__}: {exc}).")
+
+
+def _read_raster(path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise ValueError(f"{path.name} holds {frames} frames (an "
+                                 "animation or a stack); pass one image per file.")
+            if im.mode == "1":
+                im = im.convert("L")
+            elif im.mode == "LA":
+                im = im.convert("L")
+            elif im.mode in ("P", "PA"):
+                im = im.convert("RGBA" if "transparency" in im.info
+                                or im.mode == "PA" else "RGB")
+            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _read_tiff(path):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            img, axes = series.asarray(), series.axes
+            photometric = tif.pages[0].photometric
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise _unreadable(path, exc) from None
+    if "S" in axes:                     # samples (colour channels) last
+        img = np.moveaxis(img, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+    stack = [(a, n) for a, n in zip(axes, img.shape, strict=True)
+             if a not in "YXS" and n > 1]
+    if stack:
+        raise ValueError(
+            f"{path.name} holds a stack of {int(np.prod([n for _, n in stack]))} "
+            f"images (axes {axes!r}, shape {img.shape}); pass a single 2-D image "
+            "(or split the stack).")
+    img = img.reshape([n for a, n in zip(axes, img.shape, strict=True)
+                       if a in "YXS"])
+    top = np.iinfo(img.dtype).max if img.dtype.kind in "ui" else 1.0
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE and img.ndim == 2:
+        img = (top - img).astype(img.dtype)           # dark is high: invert
+    elif photometric == tifffile.PHOTOMETRIC.SEPARATED and img.ndim == 3 \
+            and img.shape[-1] >= 4:
+        # CMYK, as Pillow converts it: R = top - min(top, C + K), ...
+        cmyk = img[..., :4].astype(np.float64)
+        rgb = top - np.minimum(top, cmyk[..., :3] + cmyk[..., 3:4])
+        img = rgb.astype(img.dtype)
+    return img
+
+
+def load_image(path):
+    """Read an image file as a grayscale float image in [0, 1].
+
+    PNG, TIFF and JPEG (also BMP and GIF) files, as :func:`read_pixels` reads
+    them (TIFF with tifffile: any bit depth, float included). Colour images
+    are converted with the ITU-R 709 luma weights; the result is min-max
+    scaled to [0, 1].
+    """
+    path = Path(path)
+    return _to_gray_unit(read_pixels(path), path.name)
 
 
 def load_images(source):
@@ -134,10 +220,13 @@ def load_images(source):
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in
-                           (".png", ".tif", ".tiff", ".jpg", ".jpeg"))
+            # hidden files (macOS's "._name.png" companions) are not images
+            files = sorted(p for p in path.iterdir() if p.is_file()
+                           and not p.name.startswith(".")
+                           and p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise ValueError(f"no PNG/TIFF/JPEG image found in {str(path)!r}.")
+                raise ValueError(f"no PNG/TIFF/JPEG image found in {str(path)!r} "
+                                 f"(files ending in {', '.join(IMAGE_SUFFIXES)}).")
             return [load_image(p) for p in files]
         return [load_image(path)]
     if isinstance(source, np.ndarray):

@@ -14,6 +14,7 @@ from deepblur.datasets.images import (
     make_dead_leaves,
     make_point_sources,
     natural_image_split,
+    read_pixels,
 )
 
 
@@ -102,6 +103,52 @@ def test_user_files_png_tiff_and_arrays(tmp_path):
         load_image(tmp_path / "x.bmpx")
     with pytest.raises(ValueError, match="finite"):
         load_images([np.full((4, 4), np.nan)])
+
+
+def test_image_files_of_every_common_kind_read_right(tmp_path):
+    """Each kind of file gives the intensities of the same dark-to-bright
+    ramp: CMYK (which read as inverted RGBA), grayscale+alpha, palette, GIF,
+    BMP, planar RGB and MINISWHITE TIFFs, all through the folder loader,
+    which skips hidden files (macOS's ``._name.png``) and sub-folders."""
+    import tifffile
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (16, 1))
+    expected = ramp / 255.0
+    gray = Image.fromarray(ramp)
+    gray.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    gray.convert("CMYK").save(tmp_path / "cmyk.tif")
+    Image.merge("LA", [gray, gray]).save(tmp_path / "la.png")
+    gray.convert("P").save(tmp_path / "palette.png")
+    gray.save(tmp_path / "still.gif")
+    gray.save(tmp_path / "b.bmp")
+    tifffile.imwrite(tmp_path / "planar.tif", np.stack([ramp] * 3),
+                     photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "white.tif", 255 - ramp, photometric="miniswhite")
+    (tmp_path / "._cmyk.jpg").write_bytes(b"\x00\x05\x16\x07")   # AppleDouble
+    (tmp_path / "sub.png").mkdir()
+    loaded = load_images(tmp_path)
+    assert len(loaded) == 8
+    for img in loaded:
+        np.testing.assert_allclose(img, expected, atol=0.02)
+    # one image per file; unreadable files are named
+    frames = [Image.fromarray(ramp), Image.fromarray(ramp[:, ::-1])]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ValueError, match="anim.gif holds 2 frames"):
+        load_image(tmp_path / "anim.gif")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read broken.png as an image"):
+        load_image(tmp_path / "broken.png")
+    with pytest.raises(ValueError, match="not an image file"):
+        load_image(tmp_path / "sub.png")
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([ramp] * 3),
+                     photometric="minisblack")
+    with pytest.raises(ValueError, match="holds a stack of 3 images"):
+        load_image(tmp_path / "stack.tif")
+    # read_pixels keeps the file's values and dtype
+    raw = read_pixels(tmp_path / "white.tif")
+    assert raw.dtype == np.uint8 and np.array_equal(raw, ramp)
+    assert read_pixels(tmp_path / "planar.tif").shape == (16, 32, 3)
 
 
 def test_point_sources():
