@@ -12,6 +12,7 @@ from sklearn.exceptions import NotFittedError
 from deepblur.datasets.simulate import make_blurred_images
 from deepblur.estimators.regressor import ResNetBlurRegressor, plain_module
 from deepblur.exceptions import OutOfSupportWarning
+from deepblur.nets.resnet import ResNet
 from deepblur.pretrained._default import (
     compare_estimators,
     make_default_setting,
@@ -130,6 +131,60 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     np.testing.assert_allclose(model.cone.rays_, small_setting["cone"].rays_)
     np.testing.assert_allclose(model.sampler.generators_, sampler.generators_)
     assert model.regressor.device == "cpu"
+
+
+def test_save_model_never_leaves_a_mixed_or_unloadable_directory(small_setting,
+                                                                 tmp_path):
+    """A save that fails (metadata JSON cannot hold) writes nothing: the
+    weights were written before the JSON failed, beside the old model.json.
+    A network tuned over np.arange saves; networks the loader cannot rebuild,
+    or trained in another basis, are refused before anything is written."""
+    from sklearn.base import clone
+
+    net, X = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    before = load_model(tmp_path).regressor.predict(X)
+    other = clone(net).set_params(module__width=np.int64(3),
+                                  module__depth=np.int64(1)).fit(X, small_setting[
+                                      "sampler"].sample(len(X)))
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        save_model(tmp_path, other, small_setting, extra={"bad": object()})
+    np.testing.assert_array_equal(load_model(tmp_path).regressor.predict(X), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json",
+                                                          "model.safetensors"]
+    save_model(tmp_path, other, small_setting)           # np.int64 parameters
+    assert json.loads((tmp_path / "model.json").read_text())["module"]["width"] == 3
+    np.testing.assert_allclose(load_model(tmp_path).regressor.predict(X),
+                               other.predict(X), rtol=1e-5, atol=1e-7)
+    for bad, match in (
+            (clone(net), "never initialised"),
+            (ResNetBlurRegressor(module=ResNet(4, width=4, depth=1),
+                                 basis=small_setting["basis"], device="cpu",
+                                 verbose=0).initialize(), "the class"),
+            (_tiny_regressor(make_default_setting(
+                n_operators=12, image_shape=(16, 16), kernel_shape=(5, 5),
+                grid_shape=(4, 4), n_components=4, n_rays=6,
+                random_state=7))[0], "the setting's basis")):
+        with pytest.raises(ValueError, match=match):
+            save_model(tmp_path / "refused", bad, small_setting)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_train_regressor_does_not_depend_on_earlier_draws(small_setting):
+    """The default output bias comes from a fresh stream of the sampler: the
+    same seed gives the same network whatever the caller drew before, and
+    the caller's stream does not move."""
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    kw = dict(n_images=16, epochs=1, batch_size=8, width=4, depth=1,
+              stem_stride=2, num_workers=0, device="cpu", verbose=0)
+    sampler = small_setting["sampler"]
+    a = train_regressor(small_setting, pool, **kw)
+    sampler.sample(123)
+    state = copy.deepcopy(sampler._rng.bit_generator.state)
+    b = train_regressor(small_setting, pool, **kw)
+    X = pool[:3].astype(np.float32)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    assert sampler._rng.bit_generator.state == state
 
 
 def test_save_model_stores_the_layer_weights_in_half_precision(small_setting,

@@ -18,6 +18,7 @@ files.
 from __future__ import annotations
 
 import json
+import os
 from collections import namedtuple
 from pathlib import Path
 
@@ -208,17 +209,74 @@ def _module_params(regressor):
     return {k: params[k] for k in _MODULE_KEYS if k in params}
 
 
+def _same_gram(ours, theirs):
+    """Whether two bases have the same Gram matrix (up to model.safetensors's
+    float32 maps)."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    return (ours.shape == theirs.shape and np.linalg.norm(ours - theirs)
+            <= 1e-5 * np.linalg.norm(theirs))
+
+
 def _check_same_basis(gram, directory, model):
     """Refuse an estimator fitted in another basis than the model's."""
-    ours, theirs = np.asarray(gram), np.asarray(model.basis.gram_)
-    # (model.safetensors stores the maps in float32: compare up to that)
-    if (ours.shape != theirs.shape or np.linalg.norm(ours - theirs)
-            > 1e-5 * np.linalg.norm(theirs)):
+    if not _same_gram(gram, model.basis.gram_):
         raise ValueError(
             f"regressor.basis must be the basis of the model in {str(directory)!r} "
             "(their Gram matrices differ): coefficients are only meaningful in "
             "the basis they were fitted in."
         )
+
+
+def _json_default(value):
+    """NumPy scalars and arrays as JSON writes Python numbers and lists (a
+    network tuned over ``np.arange`` holds ``np.int64`` parameters)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON "
+                    "serializable")
+
+
+def _write_pair(directory, weights, tensors, meta_name, meta):
+    """Write a ``.safetensors`` file and its JSON so that a failed save never
+    leaves new weights beside old metadata: the JSON is made first (a value
+    it cannot hold fails before anything is written), both files are written
+    to temporary names, then renamed over the old ones."""
+    from safetensors.torch import save_file
+
+    text = json.dumps(meta, indent=1, default=_json_default)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp_weights = directory / f".{weights}.tmp"
+    tmp_meta = directory / f".{meta_name}.tmp"
+    try:
+        save_file(tensors, str(tmp_weights))
+        tmp_meta.write_text(text)
+        os.replace(tmp_weights, directory / weights)
+        os.replace(tmp_meta, directory / meta_name)
+    finally:
+        tmp_weights.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+    return directory
+
+
+def _check_saveable_network(regressor):
+    """A trained ResNetBlurRegressor whose network its ``module__``
+    parameters rebuild (what the loaders do)."""
+    from deepblur.nets.resnet import ResNet
+
+    if not isinstance(regressor, ResNetBlurRegressor):
+        raise TypeError("regressor must be a ResNetBlurRegressor; got "
+                        f"{type(regressor).__name__}.")
+    if not getattr(regressor, "initialized_", False):
+        raise ValueError("regressor must be trained (initialised); got one "
+                         "that was never initialised or fitted.")
+    if regressor.module is not ResNet:
+        raise ValueError(
+            "regressor.module must be the class deepblur.nets.ResNet, set up by "
+            "module__ parameters (the loaders rebuild the network from them); "
+            f"got {regressor.module!r}.")
 
 
 def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
@@ -271,11 +329,16 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     than the setting's keeps it. :func:`load_model` falls back to the top of
     ``noise_std`` for models without it.
     """
-    from safetensors.torch import save_file
-
     if weights_dtype not in _WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype must be one of {list(_WEIGHTS_DTYPES)}; "
                          f"got {weights_dtype!r}.")
+    _check_saveable_network(regressor)
+    own = getattr(regressor, "basis", None)
+    if own is not None and not _same_gram(own.gram_, setting["basis"].gram_):
+        raise ValueError(
+            "regressor.basis must be the setting's basis (their Gram matrices "
+            "differ): its coefficients are only meaningful in the basis it was "
+            "trained in.")
     if noise_std is None:
         noise_std = getattr(regressor, "training_noise_std_", None)
     noise = _noise_param(setting["params"]["noise_std"] if noise_std is None
@@ -285,8 +348,6 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     if weights_dtype != "float32":      # may refuse: before anything is written
         tensors = _to_weights_dtype(tensors, _layer_weights(regressor, tensors),
                                     weights_dtype)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors["basis.kernels"] = torch.tensor(np.ascontiguousarray(basis.kernels_),
                                            dtype=torch.float64)
     tensors["basis.maps"] = torch.tensor(np.ascontiguousarray(basis.maps_),
@@ -295,7 +356,6 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
                                         dtype=torch.float64)
     tensors["cone.rays"] = torch.tensor(np.ascontiguousarray(cone.rays_),
                                        dtype=torch.float64)
-    save_file(tensors, str(directory / _WEIGHTS))
     meta = dict(
         module=_module_params(regressor),
         n_outputs=int(basis.kernels_.shape[0]),
@@ -313,8 +373,7 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     if level is not None:       # what predict checks images against (Notes)
         meta.setdefault("noise_level", float(level))
     _store_support_tolerance(meta, regressor)
-    (directory / _META).write_text(json.dumps(meta, indent=1))
-    return directory
+    return _write_pair(directory, _WEIGHTS, tensors, _META, meta)
 
 
 def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
@@ -343,7 +402,6 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     -------
     directory : Path
     """
-    from safetensors.torch import save_file
     from sklearn.utils.validation import check_is_fitted
 
     if not isinstance(regressor, SpectralBlurRegressor):
@@ -360,7 +418,6 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                                     dtype=torch.float64),
                "intercept": torch.tensor(np.ascontiguousarray(regressor.intercept_),
                                          dtype=torch.float64)}
-    save_file(tensors, str(directory / _SPECTRAL_WEIGHTS))
     params = {k: v for k, v in regressor.get_params(deep=False).items()
               if k not in ("basis", "sampler", "project", "support_tolerance",
                            "alphas", "verbose")}
@@ -370,8 +427,7 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary=boundary, **(extra or {}))
     _store_support_tolerance(meta, regressor)
-    (directory / _SPECTRAL_META).write_text(json.dumps(meta, indent=1))
-    return directory
+    return _write_pair(directory, _SPECTRAL_WEIGHTS, tensors, _SPECTRAL_META, meta)
 
 
 def save_crop_network(directory, regressor, *, noise_std, extra=None):
@@ -403,14 +459,7 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     -------
     directory : Path
     """
-    from safetensors.torch import save_file
-
-    if not isinstance(regressor, ResNetBlurRegressor):
-        raise TypeError("regressor must be a ResNetBlurRegressor; got "
-                        f"{type(regressor).__name__}.")
-    if not getattr(regressor, "initialized_", False):
-        raise ValueError("regressor must be trained (initialised); got one "
-                         "that was never initialised or fitted.")
+    _check_saveable_network(regressor)
     if getattr(regressor, "basis", None) is None:
         raise ValueError("regressor.basis must be the model's fitted basis; "
                          "got None.")
@@ -418,7 +467,6 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     directory = Path(directory)
     model = load_model(directory)       # the setting it must share
     _check_same_basis(regressor.basis.gram_, directory, model)
-    save_file(_module_tensors(regressor), str(directory / _CROP_WEIGHTS))
     meta = dict(module=_module_params(regressor),
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary="crop", **(extra or {}))
@@ -426,8 +474,8 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     meta.setdefault("noise_level", float(np.max(noise) if level is None
                                          else level))
     _store_support_tolerance(meta, regressor)
-    (directory / _CROP_META).write_text(json.dumps(meta, indent=1))
-    return directory
+    return _write_pair(directory, _CROP_WEIGHTS, _module_tensors(regressor),
+                       _CROP_META, meta)
 
 
 def has_crop_network(directory):
@@ -668,20 +716,16 @@ def save_basis(directory, basis, *, extra=None):
     >>> bool(np.allclose(again.gram_, basis.gram_))
     True
     """
-    from safetensors.torch import save_file
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(basis, "kernels_",
                     msg="basis must be a fitted ProductConvolutionBasis; got an "
                         "unfitted one (call fit first).")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {
         "kernels": torch.tensor(np.ascontiguousarray(basis.kernels_),
                                 dtype=torch.float64),
         "maps": torch.tensor(np.ascontiguousarray(basis.maps_), dtype=torch.float64),
     }
-    save_file(tensors, str(directory / _BASIS_WEIGHTS))
     grid = basis.grid_shape_
     energy = basis.component_energy_ratio_
     meta = dict(
@@ -697,8 +741,7 @@ def save_basis(directory, basis, *, extra=None):
                                 else [float(e) for e in energy]),
         **(extra or {}),
     )
-    (directory / _BASIS_META).write_text(json.dumps(meta, indent=1))
-    return directory
+    return _write_pair(directory, _BASIS_WEIGHTS, tensors, _BASIS_META, meta)
 
 
 def load_basis(directory):

@@ -349,7 +349,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         Weight of the moment term (with ``moment_stage``).
     output_bias : array-like of shape (K,), optional
         Initial output bias of the module; default the mean of 50 000 draws of
-        the setting's sampler.
+        the setting's sampler, refitted (a fresh stream: what the caller drew
+        from it before does not matter).
     noise_std : float or (low, high), optional
         Standard deviation of the training noise, for images of mean
         ``image_mean``; a range draws one per image, uniformly. Default: the
@@ -451,8 +452,12 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     basis, sampler = setting["basis"], setting["sampler"]
-    # one set of draws serves the output bias and the moments' standardisation
-    draws = (sampler.sample(50_000)
+    # one set of draws serves the output bias and the moments' standardisation,
+    # from a fresh stream of the sampler: the network does not depend on what
+    # the caller drew from it before, nor does the call move its stream
+    from sklearn.base import clone
+
+    draws = (clone(sampler).fit(sampler.generators_).sample(50_000)
              if output_bias is None or moment_stage is not None else None)
     if output_bias is None:
         output_bias = draws.mean(0)
