@@ -155,19 +155,26 @@ def check_boundary(boundary, name="boundary"):
     return boundary
 
 
-def resolve_device(device):
+def resolve_device(device, *, auto=True):
     """Turn ``None``/``"auto"`` into CUDA when present, else CPU.
 
     An explicit CUDA device where CUDA is absent is an error (never a silent
-    fallback that would hide a misconfiguration).
+    fallback that would hide a misconfiguration). With ``auto=False`` (a
+    skorch estimator, which moves its tensors to ``device`` as given),
+    ``None`` and ``"auto"`` are errors too.
     """
     if device is None or device == "auto":
+        if not auto:
+            raise ValueError(
+                f"device must name a device ('cpu', 'cuda', 'cuda:1', ...); got "
+                f"{device!r} (this estimator's default is already 'cuda' when "
+                "CUDA is available, else 'cpu').")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was asked for but CUDA is not available on this "
-            "machine; use device='cpu' or device='auto'."
+            "machine; use device='cpu'" + (" or device='auto'." if auto else ".")
         )
     return dev
 

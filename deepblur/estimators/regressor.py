@@ -433,7 +433,10 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
     # ------------------------------------------------------ initialisation
     def initialize_module(self):
         # clear errors for CUDA where there is none, and for mixed precision
-        device = resolve_device(self.device)
+        # skorch moves tensors to `device` as given: 'auto' is no device there
+        # (None keeps them where they are made: the CPU, or an accelerator's)
+        device = (torch.device("cpu") if self.device is None
+                  else resolve_device(self.device, auto=False))
         if (check_mixed_precision(self.mixed_precision, device) is not None
                 and device.type == "cpu" and cpu_has_bf16_units() is False):
             warnings.warn(
@@ -637,6 +640,8 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         See ``noise_level_``. Recorded before the first epoch, so an
         interrupted training keeps it.
         """
+        # data refused by skorch's own check must not overwrite the record
+        self.check_data(X, y)
         continued = hasattr(self, "noise_level_")      # widen them
         self._record_training_noise(X, widen=self if continued else None)
         return super().fit_loop(X, y, epochs=epochs, **fit_params)

@@ -699,6 +699,15 @@ def test_bad_input(setting):
         fitted.predict(bad)
     with pytest.raises(ValueError, match=r"image_shape"):
         fitted.predict(X[:, :8, :8])
+    # a refused continuation leaves the recorded training noise alone
+    level, noise = fitted.noise_level_, fitted.training_noise_std_
+    noisy = X + np.random.default_rng(0).normal(0, 0.2, X.shape).astype(X.dtype)
+    with pytest.raises(ValueError, match=r"K=3"):
+        fitted.partial_fit(noisy, y[:, :2])
+    assert (fitted.noise_level_, fitted.training_noise_std_) == (level, noise)
+    # skorch moves tensors to the device as given: a name, not 'auto'
+    with pytest.raises(ValueError, match="device must name a device"):
+        ResNetBlurRegressor(basis=basis, **dict(SMALL, device="auto")).fit(X, y)
 
 
 def _constant_network(basis, sampler, outputs, **params):
