@@ -982,6 +982,15 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
                                              + re.escape(named)):
             train_regressor(setting, pool, checkpoint_dir=tmp_path,
                             resume=True, criterion="frobenius", **dict(kw, **change))
+    # another setting (here another basis with the same K): its loss's metric
+    # and its operators are not those the checkpoint learnt
+    other = make_default_setting(n_operators=12, image_shape=(16, 16),
+                                 kernel_shape=(5, 5), grid_shape=(4, 4),
+                                 n_components=4, n_rays=6, random_state=7)
+    with pytest.raises(ValueError, match=r"other training parameters.*setting "
+                                         r"\(basis, sampler"):
+        train_regressor(other, pool, checkpoint_dir=tmp_path, resume=True,
+                        criterion="frobenius", **kw)
     # the same noise given explicitly instead of by the setting is the same run
     assert len(train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
                                resume=True, criterion="frobenius",
@@ -994,6 +1003,12 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
                                **kw).history) == 2
     (tmp_path / "run.json").write_text(json.dumps(dict(record, noise_std=level)))
     assert len(train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+                               resume=True, criterion="frobenius",
+                               **kw).history) == 2
+    # records made before the setting was written down: resumed unchecked
+    (tmp_path / "run.json").write_text(json.dumps(
+        {k: v for k, v in record.items() if k != "setting"}))
+    assert len(train_regressor(other, pool, checkpoint_dir=tmp_path,
                                resume=True, criterion="frobenius",
                                **kw).history) == 2
     # a checkpoint without that record (an older version's) is checked by

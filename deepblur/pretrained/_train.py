@@ -515,10 +515,11 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         used = (0.0, 0.0) if data.noise_std is None else _check_range(
             data.noise_std, "noise_std")
         _check_or_record_run(checkpoint_dir, dict(run, noise_std=used,
-                                                  random_state=random_state),
+                                                  random_state=random_state,
+                                                  setting=_setting_record(setting)),
                              resume)
     if resume:
-        _resume(net, data, checkpoint_dir, epochs, num_workers)
+        _resume(net, data, checkpoint_dir, epochs)
     else:
         net.partial_fit(data, None)
     done = finished_epochs(net)
@@ -676,6 +677,36 @@ def _load_initial_weights(net, source):
 _RUN_FILE = "run.json"
 
 
+def _setting_record(setting):
+    """What of the setting a training learns from, for ``run.json``: the
+    basis's Gram matrix (the loss's metric), the sampler's generators and
+    alpha range (the training operators), the image mean and boundary."""
+    sampler, params = setting["sampler"], setting.get("params", {})
+    return dict(gram=np.asarray(setting["basis"].gram_, dtype=float).tolist(),
+                generators=np.asarray(sampler.generators_, dtype=float).tolist(),
+                alpha_range=[float(a) for a in sampler.alpha_range],
+                max_rays=sampler.max_rays,
+                image_mean=params.get("image_mean", 0.5),
+                boundary=params.get("boundary", "zero"))
+
+
+def _same_setting(recorded, now):
+    """Whether two ``_setting_record`` s are the same setting (arrays up to a
+    relative 1e-6: a setting rebuilt on another machine may differ in the
+    last bits)."""
+    if recorded is None or now is None or set(recorded) != set(now):
+        return recorded == now
+    for key, value in now.items():
+        if key in ("gram", "generators"):
+            a, b = np.asarray(recorded[key]), np.asarray(value)
+            if a.shape != b.shape or not np.allclose(a, b, rtol=1e-6,
+                                                     atol=1e-9 * np.abs(b).max()):
+                return False
+        elif recorded[key] != value:
+            return False
+    return True
+
+
 def _check_or_record_run(checkpoint_dir, run, resume):
     """Write the training's parameters beside its checkpoint, or, when
     resuming, refuse parameters other than those the checkpoint was made
@@ -701,13 +732,18 @@ def _check_or_record_run(checkpoint_dir, run, resume):
         # it down: that key is resumed unchecked, as records without it are
         del recorded["noise_std"]
         run.pop("noise_std", None)
+    if "setting" not in recorded:       # records made before it was written
+        run.pop("setting", None)
     changed = sorted(k for k in set(run) | set(recorded)
-                     if run.get(k) != recorded.get(k))
+                     if (not _same_setting(recorded.get(k), run.get(k))
+                         if k == "setting" else run.get(k) != recorded.get(k)))
     if changed:
         raise ValueError(
             f"the checkpoint in {str(path.parent)!r} was made with other training "
             "parameters than this call's: "
-            + ", ".join(f"{k}={recorded.get(k)!r} (now {run.get(k)!r})"
+            + ", ".join("setting (basis, sampler, image mean or boundary)"
+                        if k == "setting" else
+                        f"{k}={recorded.get(k)!r} (now {run.get(k)!r})"
                         for k in changed)
             + "; resume with the same ones, or train without resuming.")
 
@@ -719,7 +755,7 @@ def _json_number(value):
     return float(value)
 
 
-def _resume(net, data, checkpoint_dir, epochs, num_workers):
+def _resume(net, data, checkpoint_dir, epochs):
     directory = Path(checkpoint_dir)
     missing = [f for f in _CHECKPOINT_FILES.values() if not (directory / f).exists()]
     if missing:
@@ -740,15 +776,8 @@ def _resume(net, data, checkpoint_dir, epochs, num_workers):
     if remaining <= 0:      # nothing to train: what fit_loop would record
         net._record_training_noise(data)
         return
-    if num_workers == 0:
-        # In-process, the data stream goes on across epochs: skip the batches
-        # the finished epochs used, so that resuming gives the same training
-        # data as an uninterrupted run. (A worker restarts the stream every
-        # epoch, so nothing is to skip then.)
-        with torch.no_grad():
-            for _ in range(done):
-                for _ in data:
-                    pass
+    # each epoch's stream is seeded by its number (the regressor calls
+    # set_epoch), so the remaining epochs draw what an uninterrupted run would
     net.partial_fit(data, None, epochs=remaining)
 
 
