@@ -113,7 +113,11 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
     assert meta["module"]["width"] == 4 and meta["note"] == "test"
     with open(tmp_path / "model.safetensors", "rb") as f:
         assert b"\x80\x04" not in f.read(16)          # not a pickle stream
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
     model = load_model(tmp_path)
+    assert torch.equal(torch.rand(3), expected)     # the caller's stream is left
     assert isinstance(model, PretrainedModel)
     assert model.noise_std == small_setting["params"]["noise_std"]
     # the sampler is kept for the support check only; no tolerance was saved
@@ -1028,7 +1032,7 @@ def test_training_takes_numpy_integers(small_setting, tmp_path):
     bias = small_setting["sampler"].sample(1000).mean(0)
     kw = dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
               stem_stride=2, pool_size=6, gammas_per_image=2, num_workers=0)
-    as_numpy = {k: np.int64(v) for k, v in kw.items()}
+    as_numpy = dict({k: np.int64(v) for k, v in kw.items()}, lr=np.float64(2e-3))
     kw["device"] = as_numpy["device"] = "cpu"
     net = train_regressor(small_setting, pool, output_bias=bias,
                           checkpoint_dir=tmp_path, verbose=0, **as_numpy)

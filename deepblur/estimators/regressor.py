@@ -446,6 +446,12 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
                 UserWarning, stacklevel=2)
         params = self.get_params_for("module")
         K = self._n_outputs()
+        if K is None and "n_outputs" not in params and isinstance(self.module,
+                                                                  type):
+            raise ValueError(
+                "basis must be given (a fitted ProductConvolutionBasis), or "
+                "criterion__gram or module__n_outputs set: the network needs "
+                "one output per coefficient; got basis=None.")
         check_sampler(self.sampler, K)  # before any training, not after
         check_support_params(self.project, self.support_tolerance, self.sampler)
         if "n_outputs" not in params and K is not None and isinstance(self.module,
@@ -556,6 +562,8 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
     def get_split_datasets(self, X, y=None, **fit_params):
         """A ``BlurDataset`` is validated on fixed batches from another seed."""
         if not isinstance(X, BlurDataset):
+            if isinstance(y, (list, tuple)):    # skorch reads a list as inputs
+                y = np.asarray(y)
             return super().get_split_datasets(X, y, **fit_params)
         if not self.train_split or not self.n_valid_batches:
             return X, None
@@ -860,9 +868,18 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         matrix of the basis (or ``criterion__gram``). The estimates are scored
         against the truth, so no ``OutOfSupportWarning`` is issued.
         """
-        y_true = torch.as_tensor(np.asarray(y, dtype=np.float64))
+        if isinstance(X, torch.utils.data.Dataset):
+            raise TypeError("score needs images and their gamma as arrays (X, y); "
+                            f"got a {type(X).__name__} (draw arrays from it, e.g. "
+                            "with make_blurred_images).")
+        gram = self._gram()
+        y_true = check_gamma_targets(y, gram.shape[0])
+        if len(y_true) != len(X):
+            raise ValueError(f"X and y must hold as many samples; got {len(X)} "
+                             f"images and {len(y_true)} gamma.")
+        y_true = torch.as_tensor(y_true)
         with support_check_silenced():      # measured against the truth here
             y_pred = torch.as_tensor(np.asarray(self.predict(X), dtype=np.float64))
-        err = relative_frobenius_error(y_true, y_pred, torch.as_tensor(self._gram()),
+        err = relative_frobenius_error(y_true, y_pred, torch.as_tensor(gram),
                                        eps=0.0).numpy()
         return -float(np.average(err, weights=sample_weight))

@@ -544,8 +544,9 @@ def _load_network(meta, tensors, basis, sampler, project, noise_std, meta_name):
     module_kwargs = {f"module__{k}": v for k, v in meta["module"].items()}
     regressor = ResNetBlurRegressor(
         basis=basis, sampler=sampler, project=project, device="cpu", verbose=0,
-        support_tolerance=_support_tolerance(meta, meta_name),
-        **module_kwargs).initialize()
+        support_tolerance=_support_tolerance(meta, meta_name), **module_kwargs)
+    with torch.random.fork_rng(devices=[]):    # the initial weights are replaced:
+        regressor.initialize()                 # leave the caller's stream alone
     state = _module_state(tensors, meta_name)
     regressor.module_.load_state_dict(state)
     regressor.module_.eval()

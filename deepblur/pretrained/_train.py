@@ -215,7 +215,7 @@ def check_training_params(**params):
             kind = "non-negative" if low == 0 else "positive"
             raise ValueError(f"{name} must be a {kind} integer; got {value!r}.")
     lr = params.get("lr", 1.0)
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool)
+    if not (isinstance(lr, Real) and not isinstance(lr, bool)
             and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number; got {lr!r}.")
     if params.get("criterion", "mse") not in CRITERIA:
@@ -246,7 +246,7 @@ def check_training_params(**params):
         raise ValueError(f"moment_stage must be None or a stage from 1 to 4; got "
                          f"{stage!r}.")
     weight = params.get("moment_weight", 0.0)
-    if not (isinstance(weight, (int, float)) and not isinstance(weight, bool)
+    if not (isinstance(weight, Real) and not isinstance(weight, bool)
             and math.isfinite(weight) and weight >= 0):
         raise ValueError(f"moment_weight must be a non-negative number; got "
                          f"{weight!r}.")
@@ -447,6 +447,7 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
          gammas_per_image))
     if moment_stage is not None:
         moment_stage = int(moment_stage)
+    lr, moment_weight = float(lr), float(moment_weight)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if resume and checkpoint_dir is None:
@@ -505,8 +506,9 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         n_valid_batches=n_valid_batches, iterator_train__num_workers=num_workers,
         callbacks=callbacks, verbose=verbose)
     # Seeded initial weights, without touching the caller's global torch RNG.
+    # (torch.manual_seed would reseed the caller's CUDA generators too)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(random_state)
+        torch.default_generator.manual_seed(random_state)
         net.initialize()
     if source is not None:
         _load_initial_weights(net, source)
@@ -566,6 +568,8 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     regressor : ResNetBlurRegressor
         Trained.
     n_images : int, default=98_304
+        Fresh images of the fit, rounded up to whole batches of
+        ``batch_size`` (``feature_head_n_images_`` says how many).
     blur_features : dict, default=None
         Parameters of :func:`deepblur.features.blur_features` (``None``: its
         defaults).
@@ -606,7 +610,8 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
         module__blur_features={} if blur_features is None else blur_features,
         module__image_shape=tuple(int(v) for v in basis.image_shape_),
         compile=False, support_tolerance=None)
-    with warnings.catch_warnings():     # the training warned about it already
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        # the training warned about it already; the weights are replaced below
         warnings.filterwarnings("ignore", "mixed_precision=.*no bfloat16 units")
         new.initialize()
     missing, unexpected = plain_module(new).load_state_dict(

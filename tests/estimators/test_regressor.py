@@ -708,6 +708,21 @@ def test_bad_input(setting):
     # skorch moves tensors to the device as given: a name, not 'auto'
     with pytest.raises(ValueError, match="device must name a device"):
         ResNetBlurRegressor(basis=basis, **dict(SMALL, device="auto")).fit(X, y)
+    # without a basis, the number of outputs must come from somewhere
+    with pytest.raises(ValueError, match="basis must be given"):
+        ResNetBlurRegressor(criterion=torch.nn.MSELoss, **SMALL).fit(X, y)
+    assert ResNetBlurRegressor(criterion=torch.nn.MSELoss, module__n_outputs=3,
+                               max_epochs=1, **SMALL).fit(X, y).predict(X).shape \
+        == (len(X), 3)
+    # y as a list of lists (skorch's split took a list for several inputs)
+    ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y.tolist())
+    # score checks its targets
+    for bad, match in ((y[:, :2], "K=3"), (np.full_like(y, np.nan), "finite"),
+                       (y[:5], "as many samples")):
+        with pytest.raises(ValueError, match=match):
+            fitted.score(X, bad)
+    with pytest.raises(TypeError, match="score needs images and their gamma"):
+        fitted.score(BlurDataset(X, basis, ConeSampler().fit(np.eye(3))), None)
 
 
 def _constant_network(basis, sampler, outputs, **params):
