@@ -9,7 +9,7 @@ Every image is returned grayscale, float64, scaled to [0, 1].
 from __future__ import annotations
 
 import os
-from numbers import Integral
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -386,17 +386,19 @@ def make_point_sources(n_images, image_shape=(128, 128), *, density=0.002,
     -------
     ndarray of shape (n_images, H, W) with values in [0, 1].
     """
+    if (not isinstance(n_images, Integral) or isinstance(n_images, bool)
+            or n_images < 1):
+        raise ValueError(f"n_images must be a positive int; got {n_images!r}.")
     H, W = check_positive_int_pair(image_shape, "image_shape")
-    if not 0 < density <= 1:
+    if not (isinstance(density, Real) and not isinstance(density, bool)
+            and 0 < density <= 1):
         raise ValueError(f"density must be in (0, 1]; got {density!r}.")
-    lo, hi = intensity_range
-    if not 0 <= lo <= hi <= 1:
-        raise ValueError(
-            f"intensity_range must satisfy 0 <= low <= high <= 1; got "
-            f"{intensity_range!r}."
-        )
+    lo, hi = _check_range(intensity_range, "intensity_range", 0, 1)
+    if not (isinstance(background, Real) and not isinstance(background, bool)
+            and 0 <= background <= 1):
+        raise ValueError(f"background must be in [0, 1]; got {background!r}.")
     rng = check_random_state(random_state)
-    out = np.full((n_images, H, W), float(background))
+    out = np.full((int(n_images), H, W), float(background))
     for i in range(n_images):
         n = max(1, rng.poisson(density * H * W))
         rows, cols = rng.randint(H, size=n), rng.randint(W, size=n)
@@ -442,7 +444,10 @@ def make_dead_leaves(n_images, image_shape=(128, 128), *, radius_range=(1.0, 100
     n_images : int
     image_shape : (H, W), default=(128, 128)
     radius_range : (rmin, rmax), default=(1.0, 1000.0)
-        Range of the radii in pixels, ``0 < rmin <= rmax``.
+        Range of the radii in pixels, ``0.5 <= rmin <= rmax`` (a disk smaller
+        than half a pixel rarely covers a pixel's centre: with such radii
+        almost every disk would be invisible, and the image would take
+        without bound to fill).
     exponent : float, default=3.0
         Radii have the density ``r ** -exponent`` on ``radius_range``.
     value_range : (low, high), default=(0.0, 1.0)
@@ -464,8 +469,7 @@ def make_dead_leaves(n_images, image_shape=(128, 128), *, radius_range=(1.0, 100
             or n_images < 1):
         raise ValueError(f"n_images must be a positive int; got {n_images!r}.")
     H, W = check_positive_int_pair(image_shape, "image_shape")
-    rmin, rmax = _check_range(radius_range, "radius_range", 0, np.inf,
-                              strict_low=True)
+    rmin, rmax = _check_range(radius_range, "radius_range", 0.5, np.inf)
     lo, hi = _check_range(value_range, "value_range", 0, 1)
     if not (isinstance(exponent, (int, float, np.number)) and np.isfinite(exponent)
             and exponent > 1):

@@ -17,6 +17,8 @@ The PSF field of an operator at pixel ``x`` (its impulse response there) is
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from sklearn.utils import Bunch, check_random_state
@@ -25,6 +27,19 @@ from deepblur._validation import check_positive_int_pair
 from deepblur.solvers.psf_decomposition import grid_positions
 
 __all__ = ["gaussian_kernel", "make_random_operators", "random_maps"]
+
+
+def _positive_pair(value, name):
+    """Two positive, finite floats."""
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of positive numbers; got "
+                         f"{value!r}.") from None
+    if not (np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0):
+        raise ValueError(f"{name} must be a pair of positive, finite numbers; "
+                         f"got {value!r}.")
+    return a, b
 
 
 def gaussian_kernel(kernel_shape, sigmas, angle):
@@ -38,7 +53,10 @@ def gaussian_kernel(kernel_shape, sigmas, angle):
     angle : float
         Orientation of the first axis, in radians.
     """
-    kh, kw = kernel_shape
+    kh, kw = check_positive_int_pair(kernel_shape, "kernel_shape")
+    sigmas = _positive_pair(sigmas, "sigmas")
+    if not np.isfinite(angle):
+        raise ValueError(f"angle must be finite; got {angle!r}.")
     y = np.arange(kh) - (kh - 1) // 2
     x = np.arange(kw) - (kw - 1) // 2
     yy, xx = np.meshgrid(y, x, indexing="ij")
@@ -132,11 +150,16 @@ def make_random_operators(n_operators=100, *, image_shape=(128, 128),
     image_shape = check_positive_int_pair(image_shape, "image_shape")
     kernel_shape = check_positive_int_pair(kernel_shape, "kernel_shape")
     grid_shape = check_positive_int_pair(grid_shape, "grid_shape")
-    low, high = (float(v) for v in sigma_range)
-    if not 0 < low <= high:
+    low, high = _positive_pair(sigma_range, "sigma_range")
+    if not low <= high:
         raise ValueError(
             f"sigma_range must satisfy 0 < low <= high; got {sigma_range!r}."
         )
+    for name, value in (("field_scale", field_scale), ("smoothing", smoothing)):
+        if value is not None and not (isinstance(value, Real)
+                                      and np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number or None; got "
+                             f"{value!r}.")
     if grid_shape[0] > image_shape[0] or grid_shape[1] > image_shape[1]:
         raise ValueError(
             f"grid_shape {grid_shape} must not exceed image_shape {image_shape}."

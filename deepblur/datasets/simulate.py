@@ -28,7 +28,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import IterableDataset, get_worker_info
 
-from deepblur._validation import all_finite
+from deepblur._validation import all_finite, resolve_device
 from deepblur.datasets.images import extract_patches
 
 __all__ = ["BlurDataset", "blur_images", "make_blurred_images", "make_deblurring_pairs"]
@@ -432,7 +432,8 @@ class BlurDataset(IterableDataset):
         training step, gained nothing (benchmarks/README.md, "Data reuse and
         depth"); it pays where drawing the data is the bottleneck.
     device : str or torch.device, default="cpu"
-        Where the batches are generated.
+        Where the batches are generated (``"auto"``: CUDA when available);
+        CUDA where there is none is an error.
     random_state : int, RandomState instance or None
 
     Notes
@@ -521,7 +522,7 @@ class BlurDataset(IterableDataset):
         noise_std, snr = _check_noise(self.noise_std, self.snr)
         _check_normalize(self.normalize, self.image_mean)
         _check_boundary(self.boundary)
-        device = torch.device(self.device)
+        device = resolve_device(self.device)    # "auto"; CUDA where there is none
         rng = check_random_state(self.random_state)
         pool = _patch_pool(self.images, basis.image_shape_, self.pool_size, rng,
                            self.normalize)
@@ -566,6 +567,10 @@ class BlurDataset(IterableDataset):
     def draw(self, n):
         """One batch of ``n`` fresh samples ``(X (n, 1, H, W), y (n, K))``."""
         from deepblur.solvers.cone import sample_cone_torch
+
+        if not isinstance(n, Integral) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive int; got {n!r}.")
+        n = int(n)
 
         if self._state is None:
             self._setup()

@@ -161,6 +161,22 @@ def test_point_sources():
         make_point_sources(1, density=0)
 
 
+@pytest.mark.parametrize("bad, match", [
+    (dict(n_images=0), "n_images"),
+    (dict(n_images=2.5), "n_images"),
+    (dict(density="0.1"), "density"),
+    (dict(density=0.0), "density"),
+    (dict(intensity_range=0.5), "intensity_range"),
+    (dict(intensity_range=(0.8, 0.2)), "intensity_range"),
+    (dict(background=np.nan), "background"),
+    (dict(background=2.0), "background"),
+])
+def test_point_sources_bad_input(bad, match):
+    kwargs = dict(n_images=1, image_shape=(8, 8)) | bad
+    with pytest.raises(ValueError, match=match):
+        make_point_sources(**kwargs)
+
+
 def test_dead_leaves_cover_the_image_with_flat_disks():
     leaves = make_dead_leaves(3, (48, 40), value_range=(0.2, 0.6), random_state=0)
     assert leaves.shape == (3, 48, 40) and leaves.dtype == np.float64
@@ -204,6 +220,7 @@ def test_dead_leaves_have_a_natural_power_spectrum():
     (dict(n_images=2.0), "n_images"),
     (dict(image_shape=(0, 5)), "image_shape"),
     (dict(radius_range=(0, 5)), "radius_range"),
+    (dict(radius_range=(0.02, 1000)), r"0.5 <= low"),
     (dict(radius_range=(5, 2)), "radius_range"),
     (dict(radius_range="ab"), "radius_range"),
     (dict(radius_range=(1, np.inf)), "radius_range"),

@@ -47,8 +47,22 @@ def test_maps_are_contrasted_and_smooth():
     [({"n_operators": 0}, "n_operators"), ({"sigma_range": (0, 1)}, "sigma_range"),
      ({"kernel_shape": (0, 3)}, "kernel_shape"),
      ({"grid_shape": (64, 64), "image_shape": (32, 32)}, "grid_shape"),
-     ({"n_pairs": 0}, "n_pairs")],
+     ({"n_pairs": 0}, "n_pairs"),
+     ({"sigma_range": 2.0}, "sigma_range"),
+     ({"sigma_range": (1, np.inf)}, "sigma_range"),
+     ({"sigma_range": (2, 1)}, "sigma_range"),
+     ({"field_scale": -1.0}, "field_scale"),
+     ({"smoothing": np.nan}, "smoothing")],
 )
 def test_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        make_random_operators(**kwargs)
+        make_random_operators(**dict(dict(image_shape=(16, 16), kernel_shape=(5, 5),
+                                          grid_shape=(4, 4)), **kwargs))
+
+
+@pytest.mark.parametrize("sigmas, angle, match", [
+    ((0, 1), 0.0, "sigmas"), ((1, np.nan), 0.0, "sigmas"), (1.0, 0.0, "sigmas"),
+    ((1, 1), np.inf, "angle")])
+def test_gaussian_kernel_bad_parameters(sigmas, angle, match):
+    with pytest.raises(ValueError, match=match):
+        gaussian_kernel((5, 5), sigmas, angle)

@@ -252,6 +252,16 @@ def test_dataset_bad_parameters(basis, sampler, rng):
     wrong_k = ConeSampler().fit(np.eye(3))
     with pytest.raises(ValueError, match="K=2"):
         next(iter(BlurDataset(rng.random((2, 12, 12)), basis, wrong_k)))
+    data = BlurDataset(rng.random((2, 12, 12)), basis, sampler, device="auto")
+    assert next(iter(data))[0].device.type == ("cuda" if torch.cuda.is_available()
+                                               else "cpu")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            data.draw(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            next(iter(BlurDataset(rng.random((2, 12, 12)), basis, sampler,
+                                  device="cuda")))
 
 
 def test_crop_boundary_is_a_window_on_a_reflected_scene(rng):
