@@ -86,6 +86,8 @@ def _to_gray_unit(img, name):
             f"shape {img.shape}."
         )
     img = np.asarray(img, dtype=np.float64)
+    if img.size == 0:
+        raise ValueError(f"{name} must not be empty; got shape {img.shape}.")
     if not np.isfinite(img).all():
         raise ValueError(f"{name} must contain only finite values; got NaN or Inf.")
     lo, hi = img.min(), img.max()
@@ -211,6 +213,10 @@ def load_images(source):
     Parameters
     ----------
     source : str, Path, sequence of paths, ndarray (n, H, W) or list of arrays
+        A folder (its image files, hidden files skipped), files, or arrays:
+        an array of shape ``(H, W)`` or ``(H, W, 3|4)`` is one (colour)
+        image, one of shape ``(n, H, W)`` is ``n`` images; torch tensors are
+        read as arrays.
 
     Returns
     -------
@@ -229,6 +235,8 @@ def load_images(source):
                                  f"(files ending in {', '.join(IMAGE_SUFFIXES)}).")
             return [load_image(p) for p in files]
         return [load_image(path)]
+    if hasattr(source, "detach") and hasattr(source, "cpu"):     # a torch tensor
+        source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
         if source.ndim == 2:
             return [_to_gray_unit(source, "image")]
@@ -240,6 +248,8 @@ def load_images(source):
         if isinstance(item, (str, os.PathLike)):
             out.append(load_image(item))
         else:
+            if hasattr(item, "detach") and hasattr(item, "cpu"):
+                item = item.detach().cpu().numpy()
             out.append(_to_gray_unit(item, f"image {i}"))
     return out
 

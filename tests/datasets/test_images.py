@@ -103,6 +103,14 @@ def test_user_files_png_tiff_and_arrays(tmp_path):
         load_image(tmp_path / "x.bmpx")
     with pytest.raises(ValueError, match="finite"):
         load_images([np.full((4, 4), np.nan)])
+    with pytest.raises(ValueError, match="must not be empty"):
+        load_images(np.zeros((0, 0)))
+    import torch
+
+    as_tensor = load_images(torch.as_tensor(np.stack([img8, img8])))
+    assert len(as_tensor) == 2 and as_tensor[0].shape == (10, 10)
+    np.testing.assert_allclose(load_images([torch.as_tensor(img8)])[0],
+                               img8 / 99.0)
 
 
 def test_image_files_of_every_common_kind_read_right(tmp_path):
