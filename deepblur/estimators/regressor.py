@@ -801,7 +801,9 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
             raise ValueError("num_workers must be a non-negative int; got "
                              f"{num_workers!r}.")
         if isinstance(X, BlurDataset):
-            if num_workers and resolve_device(X.device).type != "cpu":
+            where = (resolve_device(X.device) if X.device in (None, "auto")
+                     else torch.device(X.device))
+            if num_workers and where.type != "cpu":
                 raise ValueError(
                     f"num_workers={num_workers} needs a BlurDataset simulated on "
                     f"the CPU (DataLoader workers cannot use {X.device!r}); pass "
