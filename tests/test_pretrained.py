@@ -3,6 +3,7 @@
 import copy
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,7 +139,8 @@ def test_save_load_round_trip_without_pickle(small_setting, tmp_path):
 
 
 def test_save_model_never_leaves_a_mixed_or_unloadable_directory(small_setting,
-                                                                 tmp_path):
+                                                                 tmp_path,
+                                                                 monkeypatch):
     """A save that fails (metadata JSON cannot hold) writes nothing: the
     weights were written before the JSON failed, beside the old model.json.
     A network tuned over np.arange saves; networks the loader cannot rebuild,
@@ -153,6 +155,23 @@ def test_save_model_never_leaves_a_mixed_or_unloadable_directory(small_setting,
                                       "sampler"].sample(len(X)))
     with pytest.raises(TypeError, match="not JSON serializable"):
         save_model(tmp_path, other, small_setting, extra={"bad": object()})
+    np.testing.assert_array_equal(load_model(tmp_path).regressor.predict(X), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json",
+                                                          "model.safetensors"]
+    # model.json held open (Windows): the old weights are put back
+    from deepblur.pretrained import _io
+
+    real_replace = _io.os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "model.json":
+            raise PermissionError("model.json is open in another process")
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(_io.os, "replace", replace)
+        with pytest.raises(PermissionError):
+            save_model(tmp_path, other, small_setting)
     np.testing.assert_array_equal(load_model(tmp_path).regressor.predict(X), before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json",
                                                           "model.safetensors"]
@@ -1032,7 +1051,8 @@ def test_training_takes_numpy_integers(small_setting, tmp_path):
     bias = small_setting["sampler"].sample(1000).mean(0)
     kw = dict(n_images=32, epochs=1, batch_size=8, width=4, depth=1,
               stem_stride=2, pool_size=6, gammas_per_image=2, num_workers=0)
-    as_numpy = dict({k: np.int64(v) for k, v in kw.items()}, lr=np.float64(2e-3))
+    as_numpy = dict({k: np.int64(v) for k, v in kw.items()}, lr=np.float64(2e-3),
+                    random_state=np.int64(0))
     kw["device"] = as_numpy["device"] = "cpu"
     net = train_regressor(small_setting, pool, output_bias=bias,
                           checkpoint_dir=tmp_path, verbose=0, **as_numpy)

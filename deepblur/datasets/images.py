@@ -3,7 +3,8 @@
 Nothing here downloads. Natural images come from the sample files that
 scikit-image and scikit-learn install with themselves; microscopy-like images
 from scikit-image's bundled microscopy files and from simulated point sources.
-Every image is returned grayscale, float64, scaled to [0, 1].
+Every image is returned grayscale, float64, scaled to [0, 1], except by
+:func:`read_pixels`, which gives a file's pixels as stored.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def _package_dir(package):
 #: Image files that :func:`load_image` reads (a folder's other files are
 #: skipped by :func:`load_images`).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
+#: Those :func:`load_images` takes from a folder.
+FOLDER_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 _LUMA = np.array([0.2125, 0.7154, 0.0721])      # skimage's rgb2gray weights
 
@@ -144,21 +147,34 @@ def _read_raster(path):
     try:
         with Image.open(path) as im:
             frames = getattr(im, "n_frames", 1)
-            if frames > 1:
-                raise ValueError(f"{path.name} holds {frames} frames (an "
-                                 "animation or a stack); pass one image per file.")
-            if im.mode == "1":
-                im = im.convert("L")
-            elif im.mode == "LA":
-                im = im.convert("L")
-            elif im.mode in ("P", "PA"):
-                im = im.convert("RGBA" if "transparency" in im.info
-                                or im.mode == "PA" else "RGB")
-            elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                im = im.convert("RGB")
-            return np.asarray(im)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+            # a multi-picture JPEG (MPO: cameras' previews, phones' gain maps)
+            # is its first picture; animations and stacks are refused
+            if frames > 1 and im.format != "MPO":
+                img = None
+            else:
+                img = _pillow_pixels(im)
+    except Exception as exc:            # Pillow's or a codec's refusal
         raise _unreadable(path, exc) from None
+    if img is None:
+        raise ValueError(f"{path.name} holds {frames} frames (an animation or a "
+                         "stack); pass one image per file.")
+    return img
+
+
+def _pillow_pixels(im):
+    """An open Pillow image's pixels: grayscale or RGB(A), in its dtype."""
+    fmt, mode = im.format, im.mode
+    if mode in ("1", "LA"):
+        im = im.convert("L")
+    elif mode in ("P", "PA"):
+        im = im.convert("RGBA" if "transparency" in im.info or mode == "PA"
+                        else "RGB")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    img = np.array(im)
+    if fmt == "PNG" and mode == "I":
+        img = img.astype(np.uint16)     # 16-bit grayscale (Pillow < 10.3)
+    return img
 
 
 def _read_tiff(path):
@@ -168,8 +184,10 @@ def _read_tiff(path):
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             img, axes = series.asarray(), series.axes
-            photometric = tif.pages[0].photometric
-    except (OSError, ValueError, KeyError, IndexError) as exc:
+            page = tif.pages[0]
+            photometric, bits = page.photometric, page.bitspersample
+            colormap = page.colormap
+    except Exception as exc:            # tifffile's or a codec's refusal
         raise _unreadable(path, exc) from None
     if "S" in axes:                     # samples (colour channels) last
         img = np.moveaxis(img, axes.index("S"), -1)
@@ -183,9 +201,18 @@ def _read_tiff(path):
             "(or split the stack).")
     img = img.reshape([n for a, n in zip(axes, img.shape, strict=True)
                        if a in "YXS"])
-    top = np.iinfo(img.dtype).max if img.dtype.kind in "ui" else 1.0
+    if img.dtype == bool:       # 1-bit (a mask: True is on, as tifffile writes it)
+        return img.astype(np.uint8)
+    if img.dtype.kind in "ui":
+        top = (2 ** int(bits) - 1 if isinstance(bits, Integral) and bits
+               <= 8 * img.dtype.itemsize else np.iinfo(img.dtype).max)
+    else:
+        top = 1.0
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE and img.ndim == 2:
         img = (top - img).astype(img.dtype)           # dark is high: invert
+    elif photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None \
+            and img.ndim == 2:
+        img = np.moveaxis(np.asarray(colormap)[:, img], 0, -1)   # indices: RGB
     elif photometric == tifffile.PHOTOMETRIC.SEPARATED and img.ndim == 3 \
             and img.shape[-1] >= 4:
         # CMYK, as Pillow converts it: R = top - min(top, C + K), ...
@@ -226,13 +253,14 @@ def load_images(source):
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
-            # hidden files (macOS's "._name.png" companions) are not images
+            # hidden files (macOS's "._name.png" companions) are not images,
+            # nor GIFs (animations, previews), which load_image reads alone
             files = sorted(p for p in path.iterdir() if p.is_file()
                            and not p.name.startswith(".")
-                           and p.suffix.lower() in IMAGE_SUFFIXES)
+                           and p.suffix.lower() in FOLDER_SUFFIXES)
             if not files:
                 raise ValueError(f"no PNG/TIFF/JPEG image found in {str(path)!r} "
-                                 f"(files ending in {', '.join(IMAGE_SUFFIXES)}).")
+                                 f"(files ending in {', '.join(FOLDER_SUFFIXES)}).")
             return [load_image(p) for p in files]
         return [load_image(path)]
     if hasattr(source, "detach") and hasattr(source, "cpu"):     # a torch tensor

@@ -157,9 +157,9 @@ def make_random_operators(n_operators=100, *, image_shape=(128, 128),
         )
     for name, value in (("field_scale", field_scale), ("smoothing", smoothing)):
         if value is not None and not (isinstance(value, Real)
-                                      and np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive number or None; got "
-                             f"{value!r}.")
+                                      and np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a non-negative number or None; "
+                             f"got {value!r}.")
     if grid_shape[0] > image_shape[0] or grid_shape[1] > image_shape[1]:
         raise ValueError(
             f"grid_shape {grid_shape} must not exceed image_shape {image_shape}."

@@ -398,7 +398,8 @@ class BlurDataset(IterableDataset):
     (as :class:`ResNetBlurRegressor` does before each epoch; reproducible
     epoch by epoch), else by the loader's seed for the pass, new at every
     pass (reproducible under ``torch.manual_seed`` or the loader's
-    ``generator``). Either way successive passes never repeat a sample.
+    ``generator``). Successive passes never repeat a sample as long as each
+    either sets its own epoch or none is set (``set_epoch(None)`` clears it).
 
     Parameters
     ----------
@@ -496,8 +497,16 @@ class BlurDataset(IterableDataset):
 
         Parameters
         ----------
-        epoch : int
+        epoch : int or None
+            None returns to the seeding of a dataset whose epoch was never
+            set: in workers, by the loader's seed for each pass (what
+            :class:`ResNetBlurRegressor` does after its training).
         """
+        if epoch is None:
+            self._epoch, self._epoch_set = 0, False
+            if self._state is not None:
+                self._state["generator"] = None
+            return
         if not isinstance(epoch, Integral) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int; got {epoch!r}.")
         self._epoch = int(epoch)

@@ -446,8 +446,8 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
                 UserWarning, stacklevel=2)
         params = self.get_params_for("module")
         K = self._n_outputs()
-        if K is None and "n_outputs" not in params and isinstance(self.module,
-                                                                  type):
+        if (K is None and "n_outputs" not in params
+                and isinstance(self.module, type) and issubclass(self.module, ResNet)):
             raise ValueError(
                 "basis must be given (a fitted ProductConvolutionBasis), or "
                 "criterion__gram or module__n_outputs set: the network needs "
@@ -504,7 +504,8 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         """
         if self.mixed_precision is None or not self.module_.training:
             return super().infer(x, **fit_params)
-        device = resolve_device(self.device)
+        device = (torch.device("cpu") if self.device is None   # as initialize_module
+                  else resolve_device(self.device))
         dtype = check_mixed_precision(self.mixed_precision, device)  # set_params
         with torch.autocast(device.type, dtype=dtype):
             out = super().infer(x, **fit_params)
@@ -607,6 +608,15 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
                                dataset_valid=dataset_valid, **kwargs)
         if isinstance(dataset_train, BlurDataset):
             dataset_train.set_epoch(len(self.history))
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        """Hand a ``BlurDataset`` back to per-pass seeding (its
+        :meth:`~deepblur.datasets.BlurDataset.set_epoch` ``(None)``): used
+        after the training with ``DataLoader`` workers, it would otherwise
+        replay the last epoch's samples at every pass."""
+        super().on_train_end(net, X=X, y=y, **kwargs)
+        if isinstance(X, BlurDataset):
+            X.set_epoch(None)
 
     def set_params(self, **params):
         """Set parameters (scikit-learn / skorch conventions).

@@ -242,22 +242,46 @@ def _write_pair(directory, weights, tensors, meta_name, meta):
     """Write a ``.safetensors`` file and its JSON so that a failed save never
     leaves new weights beside old metadata: the JSON is made first (a value
     it cannot hold fails before anything is written), both files are written
-    to temporary names, then renamed over the old ones."""
+    under temporary names, then renamed over the old ones; if the second
+    rename fails (a file held open on Windows), the old weights are put
+    back."""
+    import tempfile
+
     from safetensors.torch import save_file
 
     text = json.dumps(meta, indent=1, default=_json_default)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp_weights = directory / f".{weights}.tmp"
-    tmp_meta = directory / f".{meta_name}.tmp"
+    final_weights, final_meta = directory / weights, directory / meta_name
+    made = []
+
+    def temporary(suffix):
+        fd, name = tempfile.mkstemp(prefix=".deepblur-", suffix=suffix,
+                                    dir=directory)
+        os.close(fd)
+        made.append(Path(name))
+        return made[-1]
+
     try:
+        tmp_weights, tmp_meta = temporary(".safetensors"), temporary(".json")
         save_file(tensors, str(tmp_weights))
         tmp_meta.write_text(text)
-        os.replace(tmp_weights, directory / weights)
-        os.replace(tmp_meta, directory / meta_name)
+        backup = None
+        if final_weights.exists():
+            backup = temporary(".old")
+            os.replace(final_weights, backup)
+        os.replace(tmp_weights, final_weights)
+        try:
+            os.replace(tmp_meta, final_meta)
+        except OSError:
+            if backup is not None:
+                os.replace(backup, final_weights)
+            else:
+                final_weights.unlink(missing_ok=True)
+            raise
     finally:
-        tmp_weights.unlink(missing_ok=True)
-        tmp_meta.unlink(missing_ok=True)
+        for path in made:
+            path.unlink(missing_ok=True)
     return directory
 
 

@@ -448,6 +448,9 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     if moment_stage is not None:
         moment_stage = int(moment_stage)
     lr, moment_weight = float(lr), float(moment_weight)
+    if not isinstance(random_state, Integral) or isinstance(random_state, bool):
+        raise ValueError(f"random_state must be an int; got {random_state!r}.")
+    random_state = int(random_state)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if resume and checkpoint_dir is None:

@@ -135,10 +135,21 @@ def test_image_files_of_every_common_kind_read_right(tmp_path):
     tifffile.imwrite(tmp_path / "white.tif", 255 - ramp, photometric="miniswhite")
     (tmp_path / "._cmyk.jpg").write_bytes(b"\x00\x05\x16\x07")   # AppleDouble
     (tmp_path / "sub.png").mkdir()
-    loaded = load_images(tmp_path)
-    assert len(loaded) == 8
-    for img in loaded:
-        np.testing.assert_allclose(img, expected, atol=0.02)
+    # a multi-picture JPEG (a camera's preview inside) is its first picture
+    gray.save(tmp_path / "camera.jpg", format="MPO", save_all=True, quality=100,
+              append_images=[Image.fromarray(ramp[:8, :16])])
+    palette = np.zeros((3, 256), dtype=np.uint16)
+    palette[:, :] = np.arange(256) * 257                   # a gray colormap
+    tifffile.imwrite(tmp_path / "palette.tif", ramp, photometric="palette",
+                     colormap=palette)
+    tifffile.imwrite(tmp_path / "bits.tif", ramp > 127)     # 1-bit
+    loaded = load_images(tmp_path)          # GIFs are left to load_image
+    assert len(loaded) == 10
+    for img in loaded + [load_image(tmp_path / "still.gif")]:
+        if len(np.unique(img)) == 2:        # the 1-bit one
+            np.testing.assert_array_equal(img, expected > 0.5)
+        else:
+            np.testing.assert_allclose(img, expected, atol=0.02)
     # one image per file; unreadable files are named
     frames = [Image.fromarray(ramp), Image.fromarray(ramp[:, ::-1])]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
@@ -147,6 +158,10 @@ def test_image_files_of_every_common_kind_read_right(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read broken.png as an image"):
         load_image(tmp_path / "broken.png")
+    good = (tmp_path / "white.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(good[:len(good) // 2])
+    with pytest.raises(ValueError, match="cannot read cut.tif as an image"):
+        load_image(tmp_path / "cut.tif")
     with pytest.raises(ValueError, match="not an image file"):
         load_image(tmp_path / "sub.png")
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([ramp] * 3),

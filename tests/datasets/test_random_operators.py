@@ -60,6 +60,12 @@ def test_bad_parameters(kwargs, match):
                                           grid_shape=(4, 4)), **kwargs))
 
 
+def test_unsmoothed_maps_are_allowed():
+    ops = make_random_operators(2, image_shape=(16, 16), kernel_shape=(5, 5),
+                                grid_shape=(4, 4), smoothing=0, random_state=0)
+    assert np.isfinite(ops.maps).all()
+
+
 @pytest.mark.parametrize("sigmas, angle, match", [
     ((0, 1), 0.0, "sigmas"), ((1, np.nan), 0.0, "sigmas"), (1.0, 0.0, "sigmas"),
     ((1, 1), np.inf, "angle")])

@@ -167,6 +167,14 @@ def test_set_epoch_gives_new_samples_in_new_workers(basis, sampler, rng):
     assert torch.equal(first, first_again)          # reproducible per epoch
     with pytest.raises(ValueError, match="epoch"):
         data.set_epoch(-1)
+    # set_epoch(None) hands the dataset back to the loader's seed per pass
+    data.set_epoch(None)
+
+    def plain_pass():
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1)
+        return torch.cat([y for _, y in loader])
+
+    assert not torch.equal(plain_pass(), plain_pass())
 
 
 @pytest.mark.parametrize("boundary", ["zero", "crop"])

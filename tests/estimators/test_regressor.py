@@ -714,6 +714,18 @@ def test_bad_input(setting):
     assert ResNetBlurRegressor(criterion=torch.nn.MSELoss, module__n_outputs=3,
                                max_epochs=1, **SMALL).fit(X, y).predict(X).shape \
         == (len(X), 3)
+    # a module of one's own says its outputs its own way
+    class Linear(torch.nn.Module):
+        def __init__(self, out_features=3):
+            super().__init__()
+            self.fc = torch.nn.Linear(16 * 16, out_features)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    assert ResNetBlurRegressor(module=Linear, criterion=torch.nn.MSELoss,
+                               module__out_features=3, max_epochs=1, device="cpu",
+                               verbose=0).fit(X, y).predict(X).shape == (len(X), 3)
     # y as a list of lists (skorch's split took a list for several inputs)
     ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y.tolist())
     # score checks its targets
@@ -823,3 +835,20 @@ def test_predict_without_a_basis_needs_no_gram(setting):
     net = ResNetBlurRegressor(criterion=torch.nn.MSELoss, module__n_outputs=3,
                               max_epochs=1, **SMALL).fit(X, y)
     assert net.predict(X).shape == (48, 3)
+
+
+def test_fit_hands_a_blurdataset_back_to_per_pass_seeding(setting):
+    """After a training (set_epoch every epoch), the dataset used with
+    DataLoader workers must not replay the last epoch at every pass."""
+    basis, sampler, pool, _, _ = setting
+    data = BlurDataset(pool, basis, sampler, batch_size=8, n_batches=2,
+                       random_state=0)
+    ResNetBlurRegressor(basis=basis, max_epochs=2, train_split=None,
+                        **SMALL).fit(data, None)
+
+    def plain_pass():
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1)
+        return torch.cat([y for _, y in loader])
+
+    assert not torch.equal(plain_pass(), plain_pass())
+
