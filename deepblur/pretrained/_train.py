@@ -349,8 +349,9 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         Weight of the moment term (with ``moment_stage``).
     output_bias : array-like of shape (K,), optional
         Initial output bias of the module; default the mean of 50 000 draws of
-        the setting's sampler, refitted (a fresh stream: what the caller drew
-        from it before does not matter).
+        the setting's sampler, refitted (a fresh stream: with an int
+        ``random_state``, what the caller drew from it before does not
+        matter).
     noise_std : float or (low, high), optional
         Standard deviation of the training noise, for images of mean
         ``image_mean``; a range draws one per image, uniformly. Default: the
