@@ -573,6 +573,9 @@ def cmd_deblur(args):
     from deepblur.pretrained._apply import deblur_image
 
     _check_output(args.output, _IMAGE_WRITE, "output image")
+    if Path(args.output).resolve() == Path(args.image).resolve():
+        raise CLIError(f"-o {args.output} is the input image: write the deblurred "
+                       "image to another file (the input would be lost).")
     model, _, _ = _load_model(args.model, args.estimator, "deblur", args.project)
     img, dtype = _model_image(model, args.image)
     if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
@@ -699,9 +702,9 @@ def _read_config(path):
                 import tomllib
             except ModuleNotFoundError:   # Python 3.10: the same parser, as tomli
                 import tomli as tomllib
-            config = tomllib.loads(path.read_text())
+            config = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         elif suffix == ".json":
-            config = json.loads(path.read_text())
+            config = json.loads(path.read_text(encoding="utf-8-sig"))
         else:
             raise CLIError(f"unsupported config format {suffix or '(none)'!r} for "
                            f"{path.name}: use .toml or .json.")
@@ -764,6 +767,13 @@ def cmd_train(args):
             f"{checkpoint_dir} already holds a checkpoint: pass --resume to continue "
             "it, or --overwrite to start over."
         )
+    if has_checkpoint and args.overwrite and not args.resume:
+        # start over: a later --resume must not pick up the old run's epochs
+        from deepblur.pretrained._train import remove_checkpoint
+
+        remove_checkpoint(checkpoint_dir)
+        remove_checkpoint(checkpoint_dir / "crop_network")
+        has_checkpoint = False
     if args.resume and not has_checkpoint:
         raise CLIError(f"--resume: no checkpoint in {checkpoint_dir} to resume "
                        "from; run without --resume first.")
@@ -794,6 +804,7 @@ def cmd_train(args):
         from deepblur.datasets.simulate import _noise_param
 
         train_noise = _noise_param(train_noise)
+    n_test_images = _image_count(config, "n_test_images", 512)
     n_support = _image_count(config, "support_images", _SUPPORT_IMAGES)
     n_spectral = _image_count(config, "spectral_images", 0)
     n_head = _image_count(config, "head_images", 0)
@@ -827,8 +838,8 @@ def cmd_train(args):
                               progress_bar=not args.no_progress,
                               **dict(hyper, num_workers=workers))
     except KeyboardInterrupt as exc:
-        print(f"deepblur train: {exc or 'interrupted'}; the finished epochs are in "
-              f"{checkpoint_dir}: continue with `deepblur train {args.config} "
+        print(f"deepblur train: {str(exc) or 'interrupted'}; the finished epochs "
+              f"are in {checkpoint_dir}: continue with `deepblur train {args.config} "
               "--resume`.", file=sys.stderr)
         return 130
     extra = dict(n_train_images=int(max(1, hp["n_images"] // (
@@ -845,7 +856,7 @@ def cmd_train(args):
                                    num_workers=workers,
                                    random_state=hp["random_state"] + 1)
         except KeyboardInterrupt as exc:
-            print(f"deepblur train: {exc or 'interrupted'} while fitting the "
+            print(f"deepblur train: {str(exc) or 'interrupted'} while fitting the "
                   f"blur-statistics head; {redo}", file=sys.stderr)
             return 130
         except Exception:
@@ -859,7 +870,7 @@ def cmd_train(args):
         extra["feature_head"] = dict(n_images=int(net.feature_head_n_images_),
                                      alpha=float(net.feature_head_alpha_),
                                      seconds=round(seconds, 1))
-    n_test = int(config.get("n_test_images", 512))
+    n_test = n_test_images
 
     def checks():
         if n_test > 0:
@@ -886,7 +897,7 @@ def cmd_train(args):
             _train_crop_network(setting, images, crop_params, n_test, mean_gamma,
                                 output, crop_checkpoints, args, n_support)
         except KeyboardInterrupt as exc:
-            print(f"deepblur train: crop network: {exc or 'interrupted'}; the "
+            print(f"deepblur train: crop network: {str(exc) or 'interrupted'}; the "
                   f"network is saved in {output}, the finished epochs of the "
                   f"crop network are in {crop_checkpoints}: continue with "
                   f"`deepblur train {args.config} --resume`.", file=sys.stderr)

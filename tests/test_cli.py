@@ -428,6 +428,9 @@ def test_deblur_errors(model_dir, blurry, capsys, tmp_path):
                                                       tmp_path / "o.tif")
     assert "unsupported output image format '.jpg'" in error(good, "-o",
                                                              tmp_path / "o.jpg")
+    before = good.read_bytes()
+    assert "is the input image" in error(good, "-o", tmp_path / "." / "y.tif")
+    assert good.read_bytes() == before
     assert "PNG cannot store" in error(good, "-o", tmp_path / "o.png")
     tifffile.imwrite(tmp_path / "small.tif", np.ones((32, 64), np.uint16))
     assert "smaller than the model's input" in error(tmp_path / "small.tif", "-o",
@@ -544,6 +547,8 @@ def test_train_keeps_its_data_worker_under_spawn(capsys, tmp_path, monkeypatch):
 
 
 def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
+    import deepblur.pretrained
+
     config = tmp_path / "tiny.toml"
     config.write_text(TINY.format(output="interrupted"))
     with monkeypatch.context() as m:
@@ -557,6 +562,21 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     # a new run would overwrite the checkpoint: refused
     code, _, err = _run(capsys, "train", config, "--no-progress")
     assert code == 1 and "--resume" in _one_error_line(err)
+    # --overwrite starts over: interrupted before its first epoch, it leaves
+    # nothing that --resume would take for its own (the old run's epoch)
+    with monkeypatch.context() as m:
+        m.setattr(deepblur.pretrained, "train_regressor",
+                  lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        code, _, err = _run(capsys, "train", config, "--overwrite", "--no-progress")
+    assert code == 130 and "deepblur train: interrupted;" in err
+    assert not (out_dir / "checkpoints" / "params.pt").exists()
+    code, _, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 1 and "no checkpoint" in _one_error_line(err)
+    # (and again with the interrupted epoch, to go on as before)
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        code, _, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 130
     code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
     assert code == 0, err
     assert "held-out relative operator error" in out
@@ -961,6 +981,13 @@ def test_train_errors(capsys, tmp_path):
         "support_images = -1")
     assert "support_images must be a non-negative integer" in error(
         'support_images = "many"')
+    # checked before the training, not after it
+    assert "n_test_images must be a non-negative integer" in error(
+        'n_test_images = "many"')
+    # a UTF-8 byte-order mark (Windows Notepad's) is not a syntax error
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + b'criterion = "l2"')
+    code, _, err = _run(capsys, "train", tmp_path / "bom.toml")
+    assert code == 1 and "criterion must be one of" in _one_error_line(err)
     code, _, err = _run(capsys, "train", tmp_path / "absent.toml")
     assert code == 1 and "does not exist" in _one_error_line(err)
 

@@ -142,6 +142,15 @@ _CHECKPOINT_FILES = dict(f_params="params.pt", f_optimizer="optimizer.pt",
                          f_criterion="criterion.pt", f_history="history.json")
 
 
+def remove_checkpoint(directory):
+    """Delete the checkpoint files of :func:`train_regressor` (and its
+    ``run.json``) in ``directory``, nothing else: a training started over
+    there must not be resumed from the old run's epochs."""
+    directory = Path(directory)
+    for name in (*_CHECKPOINT_FILES.values(), _RUN_FILE):
+        (directory / name).unlink(missing_ok=True)
+
+
 def finished_epochs(net):
     """Number of epochs of ``net.history`` that ran to their end."""
     return sum(1 for row in net.history if "dur" in row)
