@@ -8,7 +8,7 @@ estimated by the shipped estimators (the zero-boundary network, the network
 trained on windows and the spectral regressor), and the
 window is deblurred the way ``deepblur deblur`` does it
 (:func:`deepblur.pretrained.deblur_image`: operator rescaled to unit gain,
-only the pixels whose PSF lies inside the window fitted, ``lam="auto"``; TV,
+the scene outside the window estimated with it, ``lam="auto"``; TV,
 and l1 with ``positive`` for point sources) with:
 
 * the true operator (the reference),

@@ -15,8 +15,9 @@ training observations before predicting, and ``deblur`` rescales the operator
 to unit gain (it keeps the mean of a flat image), deblurs the image scaled to
 mean 0.5 and maps the result back to the input's units: the deblurred image
 keeps the input's brightness and dtype (see :mod:`deepblur.pretrained._apply`).
-A real image is a window on a larger scene: by default ``deblur`` fits only
-the pixels whose PSF lies inside the image (``--boundary unknown``), and
+A real image is a window on a larger scene: by default ``deblur`` assumes
+nothing of the scene outside it (``--boundary unknown``: that scene, half a
+kernel wide, is estimated with the image and dropped), and
 ``estimate``/``deblur`` estimate the blur with an estimator trained on such
 windows when the model has one (``--estimator auto``): its ``crop_network``,
 else its spectral regressor.
@@ -541,17 +542,20 @@ def _read_gamma_tiles(path, grid_shape, K):
 
 def _deblur_large(args, model, img):
     """`deepblur deblur` on an image larger than the model's input."""
+    from deepblur.pretrained._apply import _IMAGE_MEAN
     from deepblur.tiling import (
         DEFAULT_MAX_PIXELS,
+        _deblur_scaled,
+        _solve_scale,
+        _unit_gain_tiles,
         deblur_large,
-        deblur_stitched,
-        tile_gains,
     )
 
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
-    kwargs = dict(lam=args.lam, regularization=args.regularization,
-                  positive=args.positive, max_iter=args.max_iter,
-                  max_pixels=max_pixels, device=args.device)
+    kwargs = dict(lam=args.lam, boundary=args.boundary,
+                  regularization=args.regularization, positive=args.positive,
+                  max_iter=args.max_iter, max_pixels=max_pixels,
+                  device=args.device)
     with _Warnings():
         if args.gamma is None:
             result = deblur_large(img, model, tile_stride=_tile_stride(args, model),
@@ -559,12 +563,14 @@ def _deblur_large(args, model, img):
             return result.restored, result.grid
         gamma, grid = _read_gamma_tiles(args.gamma, img.shape,
                                         model.basis.kernels_.shape[0])
-        gains = tile_gains(model.basis, gamma)
-        if not np.all(gains > 0):
-            raise CLIError(f"{Path(args.gamma).name}: a tile's operator has a "
-                           "non-positive gain; it cannot be rescaled to unit gain.")
-        restored, _ = deblur_stitched(img, model.basis, gamma / gains[:, None],
-                                      grid, **kwargs)
+        try:
+            gamma = _unit_gain_tiles(model.basis, gamma, grid,
+                                     interior=args.boundary == "unknown")
+        except ValueError as exc:
+            raise CLIError(f"{Path(args.gamma).name}: {exc}") from None
+        # the conventions of deblur_large: lam for the image scaled to mean 0.5
+        restored, _ = _deblur_scaled(img, model.basis, gamma, grid,
+                                     scale=_solve_scale(img, _IMAGE_MEAN), **kwargs)
         return restored, grid
 
 
@@ -1350,8 +1356,8 @@ def build_parser():
         description="Deblur a TIFF/PNG image of at least the model's input "
                     "shape (larger ones with a tiled, spatially varying "
                     "operator, solved in blocks of at most --max-pixels) by "
-                    "solving min_u R(u) + lam/2 ||H u - y||^2 (on the pixels "
-                    "whose PSF lies inside the image, see --boundary) with H "
+                    "solving min_u R(u) + lam/2 ||H u - y||^2 (with u extended "
+                    "beyond the image's border, see --boundary) with H "
                     "estimated by the model (blind) or read from --gamma. "
                     "8/16-bit integer and float images; the output keeps the "
                     "input's dtype (integers rounded and clipped to the dtype's "
@@ -1369,9 +1375,10 @@ def build_parser():
                    help="constrain the deblurred image to be non-negative")
     p.add_argument("--boundary", choices=("unknown", "model"), default="unknown",
                    help="unknown (default): the image is a window on a larger "
-                        "scene, only the pixels whose PSF lies inside the image "
-                        "are fitted; model: the basis's boundary model (zero: a "
-                        "dark surrounding, as in simulations)")
+                        "scene, whose unknown surrounding (half a kernel wide) is "
+                        "estimated with it and dropped; model: the basis's "
+                        "boundary model (zero: a dark surrounding, as in "
+                        "simulations)")
     p.add_argument("--gamma", metavar="FILE",
                    help="operator coefficients (.json or .npy from `deepblur "
                         "estimate`; for a large image its per-tile .json) "

@@ -479,6 +479,100 @@ def test_tiled_solve_matches_global_on_the_seams(problem):
     assert np.abs(small - glob)[:, 29:35].max() > 20 * seam_err
 
 
+@pytest.fixture(scope="module")
+def window():
+    """A 32x64 window on a larger, textured scene, blurred by one convolution
+    (a basis of constant maps, so the window's operator is the scene's)."""
+    rng = np.random.default_rng(3)
+    kernels = np.stack([gaussian_kernel((7, 7), (s, s), 0.0) for s in (0.8, 1.2, 1.6)])
+    basis = ProductConvolutionBasis.from_components(
+        kernels, np.ones((K, 16, 16)) * np.array([0.5, 0.3, 0.2])[:, None, None])
+    scene = 0.2 + gaussian_filter(rng.random((48, 80)), 1.0, mode="reflect")
+    scene[14:30, 20:50] += 0.5
+    psf = np.einsum("k,kij->ij", [0.5, 0.3, 0.2], kernels)
+    blurred = convolve2d(scene, psf, mode="same")
+    y = blurred[8:40, 8:72] + 0.005 * rng.standard_normal((32, 64))
+    grid = tile_grid((32, 64), (16, 16))
+    return dict(basis=basis, grid=grid, gamma=np.ones((grid.n_tiles, K)),
+                clean=scene[8:40, 8:72], y=y)
+
+
+def test_unknown_boundary_global_solve_extends_the_image(window):
+    """The global solve is the solver on the image extended by three pixels
+    (the kernel radius) per side, the maps extended by their edge values,
+    the data term on the image's pixels only, started from y extended by its
+    edge values; the extension is dropped."""
+    w = window
+    u, info = deblur_stitched(w["y"], w["basis"], w["gamma"], w["grid"], lam=300.0,
+                              boundary="unknown", max_iter=60, tol=0,
+                              dtype="float64")
+    assert [b.window for b in info["blocks"]] == [(0, 38, 0, 70)]
+    F = stitched_maps(w["gamma"], w["basis"].maps_, w["grid"])
+    F = np.pad(F, ((0, 0), (3, 3), (3, 3)), mode="edge")
+    op = ProductConvolution(torch.from_numpy(w["basis"].kernels_), torch.from_numpy(F))
+    mask = np.zeros((38, 70))
+    mask[3:-3, 3:-3] = 1.0
+    m, ones = torch.from_numpy(mask), torch.ones(K, dtype=torch.float64)
+    y = torch.from_numpy(np.pad(w["y"], 3, mode="edge"))[None]
+    ref, _ = deblur(y * m, lambda v: op.forward(v, ones) * m,
+                    lambda v: op.adjoint(v * m, ones), 300.0, max_iter=60, tol=0,
+                    x0=y)
+    np.testing.assert_allclose(u, ref[0, 3:-3, 3:-3].numpy(), atol=1e-10)
+
+
+def test_unknown_boundary_keeps_the_border_of_a_window(window):
+    """Fitted with a zero surrounding, the border of a window on a larger
+    scene rings (errors up to 1.7 on a [0.2, 1.7] scene, measured); with the
+    scene beyond the border estimated, the border is restored as the
+    interior is."""
+    w = window
+    args = (w["y"], w["basis"], w["gamma"], w["grid"])
+    kw = dict(lam=2000.0, max_iter=2000, tol=1e-7, dtype="float64")
+    model, _ = deblur_stitched(*args, boundary="model", **kw)
+    unknown, _ = deblur_stitched(*args, boundary="unknown", **kw)
+    border = np.ones((32, 64), dtype=bool)
+    border[4:-4, 4:-4] = False
+    err = {name: np.abs(u - w["clean"]) for name, u in
+           (("model", model), ("unknown", unknown), ("blurry", w["y"]))}
+    # measured: border 0.0184 / 0.239 (blurry 0.032), interior 0.0182 /
+    # 0.0185 (blurry 0.047), largest 0.092 / 1.69
+    assert err["unknown"][border].mean() < 0.15 * err["model"][border].mean()
+    assert err["unknown"].max() < 0.15 * err["model"].max()
+    assert err["unknown"][border].mean() < 0.7 * err["blurry"][border].mean()
+    assert err["unknown"][border].mean() < 1.3 * err["unknown"][~border].mean()
+    assert err["unknown"][~border].mean() < 1.1 * err["model"][~border].mean()
+    assert err["unknown"][~border].mean() < 0.5 * err["blurry"][~border].mean()
+    # block-wise (windows of 50 columns of the extended 38x70 image), each
+    # block fits the pixels whose kernels lie in its window: the seams stay
+    # close to the global solve (measured: 0.0026 of 1.5)
+    tiled, info = deblur_stitched(*args, boundary="unknown", max_pixels=38 * 50,
+                                  margin=12, **kw)
+    assert len(info["blocks"]) == 2
+    span = w["clean"].max() - w["clean"].min()
+    assert np.abs(tiled - unknown).max() <= 0.01 * span
+
+
+def test_unknown_boundary_solves_blocks_of_any_boundary_model(window):
+    """boundary="model" needs zero-boundary blocks; boundary="unknown" does
+    not assume the boundary model, so a periodic basis solves by blocks and
+    gives the zero basis's result."""
+    w = window
+    periodic = ProductConvolutionBasis.from_components(
+        w["basis"].kernels_, w["basis"].maps_, boundary="periodic")
+    kw = dict(lam=300.0, max_iter=30, tol=0, dtype="float64", max_pixels=38 * 50,
+              margin=12)
+    with pytest.raises(ValueError, match="boundary='unknown'"):
+        deblur_stitched(w["y"], periodic, w["gamma"], w["grid"], **kw)
+    u_periodic, _ = deblur_stitched(w["y"], periodic, w["gamma"], w["grid"],
+                                    boundary="unknown", **kw)
+    u_zero, _ = deblur_stitched(w["y"], w["basis"], w["gamma"], w["grid"],
+                                boundary="unknown", **kw)
+    np.testing.assert_allclose(u_periodic, u_zero, atol=1e-6)
+    with pytest.raises(ValueError, match="boundary must be"):
+        deblur_stitched(w["y"], w["basis"], w["gamma"], w["grid"],
+                        boundary="zero")
+
+
 def test_deblur_stitched_errors(problem):
     p = problem
     args = (p["basis"], p["gamma"], p["grid"])
@@ -534,19 +628,52 @@ def test_deblur_large_with_a_basis_and_regressor(problem):
     with pytest.raises(ValueError, match="gamma_tiles must have shape"):
         tile_gains(basis, g[:, :2])
     reg = FixedRegressor(lambda x: np.array([1.0, 0.5, 2.0]))
-    kw = dict(lam=300.0, max_iter=50, tol=0, max_pixels=32 * 44, margin=12)
-    result = deblur_large(p["y"], (basis, reg), **kw)
+    kw = dict(lam=300.0, max_iter=50, tol=0, max_pixels=38 * 50, margin=12)
+    result = deblur_large(p["y"], (basis, reg), boundary="model", **kw)
     assert isinstance(result, LargeDeblurResult)
     assert result.grid.n_tiles == 21 and len(result.blocks) == 2
     np.testing.assert_allclose(result.gamma_tiles @ gains, 1.0)      # unit gain
-    expected, _ = deblur_stitched(p["y"], basis, result.gamma_tiles, result.grid,
-                                  **kw)
-    np.testing.assert_allclose(result.restored, expected, atol=1e-6)
+    # the solve is deblur_stitched's on the image scaled to mean 0.5
+    scale = 0.5 / p["y"].mean()
+    expected, _ = deblur_stitched(scale * p["y"], basis, result.gamma_tiles,
+                                  result.grid, **kw)
+    np.testing.assert_allclose(result.restored, expected / scale, atol=1e-5)
     op = result.operator()
     assert isinstance(op, ProductConvolution) and op.image_shape == (32, 64)
     raw = deblur_large(p["y"], (basis, reg), lam=300.0, max_iter=2, tol=0,
                        unit_gain=False)
     np.testing.assert_allclose(raw.gamma_tiles, np.tile([1.0, 0.5, 2.0], (21, 1)))
+    # by default (boundary="unknown") the gain is the interior's
+    inner = np.array([basis.apply(np.ones((16, 16)), e)[3:-3, 3:-3].mean()
+                      for e in np.eye(K)])
+    default = deblur_large(p["y"], (basis, reg), **kw)
+    np.testing.assert_allclose(default.gamma_tiles @ inner, 1.0)
+    np.testing.assert_allclose(tile_gains(basis, g, interior=True), g @ inner)
+    expected, _ = deblur_stitched(scale * p["y"], basis, default.gamma_tiles,
+                                  default.grid, boundary="unknown", **kw)
+    np.testing.assert_allclose(default.restored, expected / scale, atol=1e-5)
+    # image_mean=None: the solve in the input's units
+    units = deblur_large(p["y"], (basis, reg), image_mean=None, **kw)
+    expected, _ = deblur_stitched(p["y"], basis, units.gamma_tiles, units.grid,
+                                  boundary="unknown", **kw)
+    np.testing.assert_allclose(units.restored, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("lam", ["auto", 300.0])
+def test_deblur_large_does_not_depend_on_the_image_units(problem, lam):
+    """A 16-bit image is deblurred as its [0, 1] version (lam, given or auto,
+    is for the image scaled to mean 0.5); it was not: lam applied to the raw
+    pixels, and "auto" (C / sigma^2) over-smoothed bright images."""
+    p = problem
+    reg = FixedRegressor(lambda x: np.array([1.0, 0.5, 2.0]))
+    kw = dict(lam=lam, max_iter=40, tol=0, dtype="float64")
+    one = deblur_large(p["y"], (p["basis"], reg), **kw)
+    big = deblur_large(4000.0 * p["y"], (p["basis"], reg), **kw)
+    np.testing.assert_allclose(big.restored, 4000.0 * one.restored, rtol=1e-6,
+                               atol=1e-6 * 4000.0)
+    assert big.lam == pytest.approx(one.lam)
+    raw = deblur_large(4000.0 * p["y"], (p["basis"], reg), image_mean=None, **kw)
+    assert np.abs(raw.restored - big.restored).max() > 0.01 * 4000.0
 
 
 def test_deblur_large_errors(problem):
@@ -562,6 +689,16 @@ def test_deblur_large_errors(problem):
         deblur_large(problem["y"], (basis, FixedRegressor(lambda x: -np.ones(K))))
     with pytest.raises(ValueError, match="too small for one solve"):
         deblur_large(problem["y"], (basis, reg), max_pixels=300)
+    with pytest.raises(ValueError, match="boundary must be"):
+        deblur_large(problem["y"], (basis, reg), boundary="zero")
+    for bad in (0.0, -1.0, np.nan, "0.5", True):
+        with pytest.raises(ValueError, match="image_mean must be"):
+            deblur_large(problem["y"], (basis, reg), image_mean=bad)
+    with pytest.raises(ValueError, match="mean intensity"):
+        deblur_large(problem["y"] - 1.0, (basis, reg))
+    # a signed image is deblurred in its own units on request
+    deblur_large(problem["y"] - 1.0, (basis, reg), image_mean=None, max_iter=2,
+                 tol=0)
 
 
 def test_deblur_large_with_the_shipped_model_follows_its_intensity_convention():
@@ -574,7 +711,24 @@ def test_deblur_large_with_the_shipped_model_follows_its_intensity_convention():
     one = deblur_large(image, model, unit_gain=False, max_iter=2, tol=0)
     expected, _ = estimate_gamma(model, image)
     np.testing.assert_allclose(one.gamma_tiles[0], expected, rtol=1e-5, atol=1e-6)
-    big = deblur_large(bundled_image("camera", (128, 200)), model, max_iter=2, tol=0)
+    big = deblur_large(bundled_image("camera", (128, 200)), model, max_iter=2, tol=0,
+                       boundary="model")
     assert big.grid.shape == (1, 3) and big.restored.shape == (128, 200)
     gains = np.asarray(model.basis.apply(np.ones((128, 128)), big.gamma_tiles))
     np.testing.assert_allclose(gains.mean(axis=(1, 2)), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("boundary", ["unknown", "model"])
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_deblur_large_on_one_tile_is_deblur_image(boundary):
+    """On an image of the model's shape, deblur_large solves the problem of
+    deepblur.pretrained.deblur_image: same gamma, gain, scaling and boundary."""
+    from deepblur.pretrained import bundled_image, deblur_image, load_default
+
+    model = load_default()
+    image = 3.0 * bundled_image("camera", (128, 128))
+    large = deblur_large(image, model, boundary=boundary, lam=800.0, max_iter=15)
+    restored, gamma = deblur_image(model, image, boundary=boundary, lam=800.0,
+                                   max_iter=15)
+    np.testing.assert_allclose(large.gamma_tiles[0], gamma, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(large.restored, restored, atol=2e-4 * image.max())

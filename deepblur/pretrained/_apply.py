@@ -244,35 +244,24 @@ def _deblurrer(basis, lam, regularization, positive, device, max_iter):
 
 def _deblur_unknown_boundary(basis, y, gamma, lam, regularization, positive,
                              device, max_iter):
-    """``min_u R(u) + lam/2 ||M (H u - y)||^2`` with ``M`` the interior mask.
+    """``min_u R(u) + lam/2 ||M H[gamma] u - y||^2`` with ``u`` the image
+    extended by half a kernel on each side and ``M`` the crop to the image.
 
-    Only the pixels whose PSF lies inside the image are fitted, so nothing is
-    assumed about the scene outside the image.
+    Every pixel is fitted and nothing is assumed about the scene outside the
+    image (it is estimated with the image, then dropped):
+    :func:`deepblur.tiling.deblur_stitched` with ``boundary="unknown"`` on
+    one tile.
     """
-    import torch
+    from deepblur.tiling import deblur_stitched, tile_grid
 
-    from deepblur.solvers.tv import deblur, default_lam
-
-    dev = resolve_device(device)
-    mask = torch.as_tensor(_interior(basis), dtype=torch.float32, device=dev)
-    y_full = torch.as_tensor(y, dtype=torch.float32, device=dev)[None]
-    g = torch.as_tensor(gamma, dtype=torch.float32, device=dev)[None]
-    operator = basis.operator_
-
-    def forward(u):
-        return operator.forward(u, g) * mask
-
-    def adjoint(v):
-        return operator.adjoint(v * mask, g)
-
-    if lam == "auto":
-        lam = default_lam(y_full, regularization)
-    # start from the whole image (the masked one is 0 at the border)
-    x0 = y_full.clamp(min=0) if positive else y_full
-    u, _ = deblur(y_full * mask, forward, adjoint, lam,
-                  regularization=regularization, positive=positive,
-                  max_iter=max_iter, x0=x0)
-    return u[0].detach().cpu().numpy()
+    shape = tuple(int(n) for n in basis.image_shape_)
+    kh, kw = basis.kernels_.shape[1:]
+    u, _ = deblur_stitched(
+        y, basis, np.asarray(gamma, dtype=np.float64)[None],
+        tile_grid(shape, shape), lam=lam, boundary="unknown",
+        regularization=regularization, positive=positive, max_iter=max_iter,
+        max_pixels=(shape[0] + kh) * (shape[1] + kw), device=device)
+    return u
 
 
 def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
@@ -284,15 +273,16 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     unit :func:`operator_gain` (on the interior with ``boundary="unknown"``;
     the gain of a real image's blur is not identifiable); the image is scaled
     to mean ``image_mean``, the problem
-    ``min_u R(u) + lam/2 ||M (H[gamma] u - y)||^2`` is solved
+    ``min_u R(u) + lam/2 ||M H[gamma] u - y||^2`` is solved
     (:func:`deepblur.solvers.tv.deblur`), and the result is mapped back to the
     input's units, so that it keeps the input's brightness.
 
     A real image is a window on a larger scene: with ``boundary="unknown"``
-    the data term ``M`` keeps only the pixels at least half a kernel away
-    from the border, whose blur does not depend on the scene outside the
-    image (the border pixels of ``u`` are still estimated, from the pixels
-    they blur into and the regulariser). ``boundary="model"`` fits every
+    ``u`` is the image extended by half a kernel on each side (the scene
+    outside, unknown, is estimated with it and dropped; the maps are
+    extended by their edge values) and ``M`` crops ``H u`` to the image, so
+    every pixel is fitted and nothing is assumed outside
+    (:func:`deepblur.tiling.deblur_stitched`). ``boundary="model"`` fits every
     pixel with the basis's own boundary model (zero: a dark surrounding, as
     in the simulations), which makes the border pixels of a cropped scene
     blow up.
@@ -416,7 +406,7 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
         regressor.device = str(dev)
     gamma_hat = np.asarray(regressor.predict(blurry[None]), dtype=np.float64)[0]
     if boundary == "crop":
-        # a window on a larger scene: fit only the pixels whose PSF is inside
+        # a window on a larger scene: the scene outside estimated, not assumed
         # (H[g/c] u = y/c: the same problem, started at the right brightness)
         def solve(g):
             c = operator_gain(basis, g, interior=True)
