@@ -83,6 +83,14 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         fluorescent point sources).
     positive : bool, default=False
         Constrain the result to be non-negative (intensities).
+    boundary : {"model", "unknown"}, default="model"
+        ``"model"``: the border is fitted with the basis's boundary model
+        (zero: a dark surrounding, as in simulated data). ``"unknown"``: the
+        images are windows on larger scenes (real images): ``u`` is the image
+        extended by half a kernel on each side, the unknown scene there is
+        estimated with it and dropped, and every pixel is fitted
+        (:func:`deepblur.tiling.extended_problem`); with the zero model the
+        border of a cropped scene rings.
     max_iter : int, default=500
         Cap on solver iterations; a ``ConvergenceWarning`` says when it is hit.
     tol : float, default=1e-5
@@ -164,6 +172,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         "lam": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "regularization": [StrOptions(set(REGULARIZATIONS))],
         "positive": ["boolean"],
+        "boundary": [StrOptions({"model", "unknown"})],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "inner_iter": [Interval(Integral, 1, None, closed="left")],
@@ -181,6 +190,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         lam="auto",
         regularization="tv",
         positive=False,
+        boundary="model",
         max_iter=500,
         tol=1e-5,
         inner_iter=10,
@@ -194,6 +204,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         self.lam = lam
         self.regularization = regularization
         self.positive = positive
+        self.boundary = boundary
         self.max_iter = max_iter
         self.tol = tol
         self.inner_iter = inner_iter
@@ -229,6 +240,8 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         warning, as skorch does for its networks.
         """
         super().__setstate__(state)
+        # pickled before the parameter existed: the basis's boundary model
+        self.__dict__.setdefault("boundary", "model")
         dev = self.__dict__.get("_device")
         if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
             if self.device not in (None, "auto"):
@@ -377,6 +390,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
                 tiles = np.tile(g[i], (grid.n_tiles, 1))
             restored, info = deblur_stitched(
                 img, self.basis, tiles, grid, lam=self.lam,
+                boundary=self.boundary,
                 regularization=self.regularization, positive=self.positive,
                 max_iter=self.max_iter, tol=self.tol, inner_iter=self.inner_iter,
                 max_pixels=max_pixels, device=self._device, dtype=self.dtype)
@@ -422,22 +436,38 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         X_t, is_numpy, single = self._validate_images(X)
         g = self._gamma(X_t, X, gamma, single)
         operator = self.basis.operator_
-
-        def forward(u):
-            return operator.forward(u, g)
-
-        def adjoint(v):
-            return operator.adjoint(v, g)
-
         if isinstance(self.lam, str):
             lam = default_lam(X_t, self.regularization)
         else:
             lam = float(self.lam)
+        if self.boundary == "unknown":
+            from deepblur.tiling import extended_problem
+
+            kernels = torch.as_tensor(operator.kernels, dtype=X_t.dtype,
+                                      device=X_t.device)
+            maps = torch.as_tensor(operator.maps, dtype=X_t.dtype,
+                                   device=X_t.device)
+            r, c = (int(k) // 2 for k in kernels.shape[1:])
+            data, forward, adjoint, x0 = extended_problem(
+                kernels, maps, X_t, g, ((r, r), (c, c)),
+                boundary=operator.boundary, positive=self.positive)
+        else:
+            def forward(u):
+                return operator.forward(u, g)
+
+            def adjoint(v):
+                return operator.adjoint(v, g)
+
+            data, x0 = X_t, None
         U, result = deblur(
-            X_t, forward, adjoint, lam,
+            data, forward, adjoint, lam,
             regularization=self.regularization, positive=self.positive,
             max_iter=self.max_iter, tol=self.tol, inner_iter=self.inner_iter,
+            x0=x0,
         )
+        if x0 is not None:
+            H, W = self.image_shape_
+            U = U[:, r:r + H, c:c + W]
         self.n_iter_ = result.n_iter
         self.objective_history_ = result.objective
         self.converged_ = result.converged
