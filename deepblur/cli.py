@@ -891,9 +891,11 @@ def cmd_train(args):
         _calibrate_support(net, setting, images, n_support, "network", seed=126,
                            **drawn)
 
-    _save_then_check(lambda: save_model(output, net, setting,
-                                        noise_std=train_noise, extra=extra),
-                     checks, "the network", output, n_test, n_support)
+    def save():
+        _remove_companions(output)
+        save_model(output, net, setting, noise_std=train_noise, extra=extra)
+
+    _save_then_check(save, checks, "the network", output, n_test, n_support)
     if n_spectral:
         _train_spectral(setting, images, n_spectral, n_test, mean_gamma, output,
                         progress=not args.no_progress)
@@ -910,6 +912,27 @@ def cmd_train(args):
             return 130
     print(f"model: {output} (use it with --model {output})")
     return 0
+
+
+def _remove_companions(output):
+    """Delete the spectral regressor and crop network of the model that a
+    new network replaces in ``output``: fitted in its basis, they would be
+    read with the new one. This run fits again those its config asks for."""
+    from deepblur.pretrained._io import (
+        _CROP_META,
+        _CROP_WEIGHTS,
+        _SPECTRAL_META,
+        _SPECTRAL_WEIGHTS,
+    )
+
+    for weights, meta in ((_SPECTRAL_WEIGHTS, _SPECTRAL_META),
+                          (_CROP_WEIGHTS, _CROP_META)):
+        files = [Path(output) / name for name in (weights, meta)]
+        if any(f.exists() for f in files):
+            for f in files:
+                f.unlink(missing_ok=True)
+            print(f"removed {weights} and {meta} of the model this one replaces "
+                  f"in {output}")
 
 
 def _image_count(config, key, default):

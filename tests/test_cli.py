@@ -1384,6 +1384,13 @@ def test_train_also_fits_a_spectral_regressor(capsys, tmp_path):
     code, out, err = _run(capsys, "estimate", image, "--model",
                           tmp_path / "with_spectral")
     assert code == 0 and "(spectral estimator)" in out, err
+    # a new network in that folder removes the spectral regressor fitted in
+    # the old one's basis (its config fits none)
+    config.write_text(TINY.format(output="with_spectral"))
+    code, out, err = _run(capsys, "train", config, "--no-progress", "--overwrite")
+    assert code == 0, err
+    assert "removed spectral.safetensors and spectral.json" in out
+    assert not (tmp_path / "with_spectral" / "spectral.json").exists()
     config.write_text(TINY.format(output="bad").replace(
         "n_test_images = 8", "spectral_images = -5"))
     code, _, err = _run(capsys, "train", config, "--no-progress")

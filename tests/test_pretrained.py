@@ -805,6 +805,41 @@ def test_save_crop_network_rejects_what_does_not_fit(small_setting, tmp_path):
     assert not has_crop_network(tmp_path)
 
 
+def test_companions_of_a_replaced_model_are_refused(small_setting, tmp_path):
+    """A spectral regressor and a crop network record their model's Gram
+    matrix: once a model of another basis is saved over the directory's
+    (same K, so shapes alone would not tell), loading them is an error, not
+    coefficients read in the wrong basis. Files without the record load."""
+    net, X = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    pool = np.random.default_rng(1).random((12, 16, 16))
+    spectral = train_spectral_regressor(small_setting, pool, n_images=100,
+                                        batch_size=100, point_fraction=0.0,
+                                        **SMALL_SPECTRAL)
+    save_spectral(tmp_path, spectral, noise_std=0.01, boundary="crop")
+    crop, _ = _tiny_regressor(small_setting, n_images=48)
+    save_crop_network(tmp_path, crop, noise_std=0.01)
+    for name in ("spectral.json", "crop_network.json"):
+        gram = json.loads((tmp_path / name).read_text())["basis_gram"]
+        np.testing.assert_allclose(gram, load_model(tmp_path).basis.gram_)
+    load_model(tmp_path, estimator="spectral")
+    load_model(tmp_path, estimator="crop_network")
+    other = make_default_setting(n_operators=12, image_shape=(16, 16),
+                                 kernel_shape=(5, 5), grid_shape=(4, 4),
+                                 n_components=4, n_rays=6, random_state=1)
+    foreign, _ = _tiny_regressor(other)
+    save_model(tmp_path, foreign, other)
+    for estimator, stem in (("spectral", "spectral"), ("crop_network",
+                                                       "crop_network")):
+        with pytest.raises(ValueError, match=f"{stem}.safetensors .*another basis"):
+            load_model(tmp_path, estimator=estimator)
+    load_model(tmp_path)                   # the new network itself loads
+    meta = json.loads((tmp_path / "crop_network.json").read_text())
+    del meta["basis_gram"]                 # as written before the record
+    (tmp_path / "crop_network.json").write_text(json.dumps(meta))
+    load_model(tmp_path, estimator="crop_network")
+
+
 def test_training_gain_is_the_mean_of_the_training_observations(small_setting,
                                                                 tmp_path):
     """Flat images of mean 0.5 blurred by draws of the sampler: their mean is

@@ -227,6 +227,22 @@ def _check_same_basis(gram, directory, model):
         )
 
 
+def _check_companion(meta, meta_name, directory, basis):
+    """Refuse a spectral regressor or crop network recorded in another basis
+    than the directory's model (a model saved over an older one that had
+    them); files written before the record are not checked."""
+    gram = meta.get("basis_gram")
+    if gram is not None and not _same_gram(basis.gram_, gram):
+        stem = Path(meta_name).stem
+        raise ValueError(
+            f"{stem}.safetensors in {str(directory)!r} was fitted in another "
+            f"basis than the model.safetensors beside it (the model was saved "
+            f"over an older one): its coefficients are meaningless here; fit it "
+            f"again for this model, or delete {stem}.safetensors and "
+            f"{meta_name}."
+        )
+
+
 def _json_default(value):
     """NumPy scalars and arrays as JSON writes Python numbers and lists (a
     network tuned over ``np.arange`` holds ``np.int64`` parameters)."""
@@ -407,7 +423,9 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     and ``spectral.json`` (its parameters, ``alpha_``, the training noise and
     boundary, and ``extra``). The directory must already hold a model
     (:func:`save_model`) of the same basis: the coefficients mean nothing in
-    another one.
+    another one. The JSON records that basis's Gram matrix (``basis_gram``),
+    so that :func:`load_model` refuses the pair if a model of another basis
+    is later saved over the directory's.
 
     Parameters
     ----------
@@ -449,7 +467,8 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                 image_shape=list(regressor.image_shape_),
                 n_train_images=regressor.n_train_images_,
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
-                boundary=boundary, **(extra or {}))
+                boundary=boundary, **(extra or {}),
+                basis_gram=np.asarray(model.basis.gram_).tolist())
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _SPECTRAL_WEIGHTS, tensors, _SPECTRAL_META, meta)
 
@@ -467,6 +486,9 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     (:func:`deepblur.datasets.blur_images`), as real images and tiles are;
     that is the only difference the directory records between the two
     networks.
+    The JSON records the basis's Gram matrix (``basis_gram``), so that
+    :func:`load_model` refuses the pair if a model of another basis is later
+    saved over the directory's.
 
     Parameters
     ----------
@@ -493,7 +515,8 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     _check_same_basis(regressor.basis.gram_, directory, model)
     meta = dict(module=_module_params(regressor),
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
-                boundary="crop", **(extra or {}))
+                boundary="crop", **(extra or {}),
+                basis_gram=np.asarray(model.basis.gram_).tolist())
     level = getattr(regressor, "noise_level_", None)
     meta.setdefault("noise_level", float(np.max(noise) if level is None
                                          else level))
@@ -518,6 +541,7 @@ def _load_spectral(directory, basis):
         directory, _SPECTRAL_WEIGHTS, _SPECTRAL_META,
         "estimator='spectral' needs them; fit a SpectralBlurRegressor and add "
         "it with save_spectral")
+    _check_companion(meta, _SPECTRAL_META, directory, basis)
     regressor = SpectralBlurRegressor(
         basis, support_tolerance=_support_tolerance(meta, _SPECTRAL_META),
         **meta["params"])
@@ -660,6 +684,7 @@ default="network"
             directory, _CROP_WEIGHTS, _CROP_META,
             "estimator='crop_network' needs them; train one with "
             "examples/train_crop_model.py and add it with save_crop_network")
+        _check_companion(crop, _CROP_META, directory, basis)
         noise_std = _noise_param(crop["noise_std"])
         setting.update(boundary="crop", noise_std=noise_std)
         regressor = _load_network(crop, crop_tensors, basis, sampler, project,
