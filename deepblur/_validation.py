@@ -155,6 +155,19 @@ def check_boundary(boundary, name="boundary"):
     return boundary
 
 
+def check_image_mean(image_mean):
+    """A positive, finite ``image_mean`` (the mean the images are scaled to)
+    as a float."""
+    if isinstance(image_mean, bool) or not (
+            isinstance(image_mean, numbers.Real) and np.isfinite(image_mean)
+            and image_mean > 0):
+        raise ValueError(
+            f"image_mean must be a positive float (the mean of the clean "
+            f"training images); got {image_mean!r}."
+        )
+    return float(image_mean)
+
+
 def resolve_device(device, *, auto=True):
     """Turn ``None``/``"auto"`` into CUDA when present, else CPU.
 

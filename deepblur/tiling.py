@@ -51,7 +51,11 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
-from deepblur._validation import check_positive_int_pair, resolve_device
+from deepblur._validation import (
+    check_image_mean,
+    check_positive_int_pair,
+    resolve_device,
+)
 from deepblur.estimators._gamma import (
     gathered_support_message,
     image_noise_levels,
@@ -1125,12 +1129,7 @@ def _solve_scale(image, image_mean):
     """Factor that brings ``image`` to mean ``image_mean`` (1 for ``None``)."""
     if image_mean is None:
         return 1.0
-    if isinstance(image_mean, bool) or not (
-            isinstance(image_mean, numbers.Real) and np.isfinite(image_mean)
-            and image_mean > 0):
-        raise ValueError(
-            f"image_mean must be a positive float or None; got {image_mean!r}."
-        )
+    image_mean = check_image_mean(image_mean)
     mean = float(np.mean(image))
     if not mean > 0:
         raise ValueError(

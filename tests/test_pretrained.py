@@ -1347,3 +1347,18 @@ def test_check_training_params_checks_mixed_precision_on_the_device(monkeypatch)
         params = {} if device is None else dict(device=device)
         with pytest.raises(ValueError, match=r"\(T4\) has no native bfloat16"):
             check_training_params(mixed_precision="bf16", **params)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), True, "0.5"])
+def test_image_mean_is_checked(bad):
+    """image_mean scales the image: zero gave NaN images, not an error."""
+    from deepblur.pretrained import (bundled_image, deblur_image, estimate_gamma,
+                                     load_default)
+
+    model = load_default()
+    image = bundled_image("camera")
+    gamma = model.sampler.sample(1)[0]
+    with pytest.raises(ValueError, match="image_mean must be a positive float"):
+        deblur_image(model, image, gamma=gamma, image_mean=bad)
+    with pytest.raises(ValueError, match="image_mean must be a positive float"):
+        estimate_gamma(model, image, image_mean=bad)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
-from deepblur._validation import resolve_device
+from deepblur._validation import check_image_mean, resolve_device
 from deepblur.datasets.images import (
     MICROSCOPY_IMAGES,
     NATURAL_IMAGES,
@@ -231,6 +231,7 @@ def estimate_gamma(model, image, *, image_mean=_IMAGE_MEAN):
     scale : float
         The factor applied to the image before predicting.
     """
+    image_mean = check_image_mean(image_mean)
     img, mean = _check_image(image, model.basis.image_shape_)
     scale = image_mean * training_gain(model) / mean
     gamma = model.regressor.predict((img * scale)[None].astype(np.float32))[0]
@@ -312,6 +313,7 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     gamma : ndarray of shape (K,)
         The unit-gain operator used.
     """
+    image_mean = check_image_mean(image_mean)
     img, mean = _check_image(image, model.basis.image_shape_)
     K = model.basis.kernels_.shape[0]
     if gamma is None:
