@@ -320,8 +320,10 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         When given, every tile is multiplied by ``target_mean / mean(tile)``
         before predicting (the intensity convention of the shipped model,
         trained on crops of a fixed mean: see :mod:`deepblur.pretrained`).
-        Tiles of non-positive mean use the whole image's factor instead, and
-        an image of non-positive mean is an error. ``None`` predicts on the
+        Tiles of non-positive mean (black, or signed) carry no blur that a
+        regressor trained on intensities can read: they are not predicted
+        and take the mean of the other tiles' estimates, with a warning; an
+        image of non-positive mean is an error. ``None`` predicts on the
         tiles as they are.
     batch_size : int, default=64
         Tiles per call to ``predict``.
@@ -376,7 +378,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         image_factor = target_mean / mean
     offsets = grid.offsets
     h, w = tile_shape
-    out, levels, distances = [], [], []
+    out, levels, distances, blank = [], [], [], []
     noise_level = getattr(regressor, "noise_level_", None)
     if noise_level is not None and not noise_level > 0:
         noise_level = None          # trained without noise: nothing to check
@@ -388,27 +390,28 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         batch = np.stack([img[r:r + h, c:c + w]
                           for r, c in offsets[start:start + batch_size]])
         batch = batch.astype(np.float64)
+        ok = np.ones(len(batch), dtype=bool)
         if image_factor is not None:
             means = batch.mean(axis=(1, 2))
             ok = means > 0
-            factors = np.where(ok, target_mean / np.where(ok, means, 1.0),
-                               image_factor)
-            batch *= factors[:, None, None]
+            blank.extend(start + np.flatnonzero(~ok))
+            batch = batch[ok] * (target_mean / means[ok])[:, None, None]
         batch = batch.astype(np.float32)
-        # the noise and the support are checked once for the image, below
-        with noise_check_suspended(), support_distances_gathered() as far:
-            pred = regressor.predict(batch)
-        distances.extend(far)
-        if torch.is_tensor(pred):
-            pred = pred.detach().cpu().numpy()
-        pred = np.asarray(pred, dtype=np.float64)
-        if pred.ndim != 2 or pred.shape[0] != batch.shape[0]:
-            raise ValueError(
-                "regressor.predict must return one row of coefficients per tile, "
-                f"shape ({batch.shape[0]}, K); got shape {pred.shape}."
-            )
-        out.append(pred)
-        sample = checked[start:start + batch_size]
+        if len(batch):
+            # the noise and the support are checked once for the image, below
+            with noise_check_suspended(), support_distances_gathered() as far:
+                pred = regressor.predict(batch)
+            distances.extend(far)
+            if torch.is_tensor(pred):
+                pred = pred.detach().cpu().numpy()
+            pred = np.asarray(pred, dtype=np.float64)
+            if pred.ndim != 2 or pred.shape[0] != batch.shape[0]:
+                raise ValueError(
+                    "regressor.predict must return one row of coefficients per "
+                    f"tile, shape ({batch.shape[0]}, K); got shape {pred.shape}."
+                )
+            out.append(pred)
+        sample = checked[start:start + batch_size][ok]
         if noise_level is not None and sample.any():
             levels.append(image_noise_levels(batch[sample]))
     message = (noisy_images_message(np.concatenate(levels), noise_level, "tiles",
@@ -418,9 +421,27 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     message = gathered_support_message(distances, "tiles")
     if message is not None:
         warnings.warn(message, OutOfSupportWarning, stacklevel=2)
-    gamma = np.concatenate(out)
-    if not np.isfinite(gamma).all():
+    if not out:
+        raise ValueError(
+            "every tile has a non-positive mean intensity: no tile's blur can "
+            "be read (the image's positive mean comes from tiles' overlaps)."
+        )
+    predicted = np.concatenate(out)
+    if not np.isfinite(predicted).all():
         raise ValueError("regressor.predict returned NaN or Inf coefficients.")
+    gamma = np.empty((grid.n_tiles, predicted.shape[1]))
+    done = np.ones(grid.n_tiles, dtype=bool)
+    done[np.asarray(blank, dtype=int)] = False
+    gamma[done] = predicted
+    if blank:
+        gamma[~done] = predicted.mean(axis=0)
+        shown = ", ".join(str(tuple(int(v) for v in offsets[t])) for t in blank[:5])
+        more = f" and {len(blank) - 5} more" if len(blank) > 5 else ""
+        warnings.warn(
+            f"{len(blank)} of {grid.n_tiles} tiles have a non-positive mean "
+            f"intensity (black or signed; offsets {shown}{more}): their blur "
+            "cannot be read, they take the mean of the other tiles' estimates.",
+            UserWarning, stacklevel=2)
     return gamma, grid
 
 

@@ -258,12 +258,29 @@ def test_estimate_tiles_order_batches_and_scaling():
     np.testing.assert_array_equal(gamma[:, 0], image[tuple(grid.offsets.T)])
     again, _ = estimate_tiles(image, FixedRegressor(reg.fn), TILE, batch_size=64)
     np.testing.assert_allclose(again, gamma)
-    # per-tile scaling to target_mean; a black tile takes the image's factor
-    image[:32, :32] = 0.0
+    # per-tile scaling to target_mean
     scaled, _ = estimate_tiles(image, FixedRegressor(lambda x: np.array([x.mean()])),
                                TILE, target_mean=0.5)
-    np.testing.assert_allclose(scaled[1:, 0], 0.5, rtol=1e-6)
-    assert scaled[0, 0] == 0.0
+    np.testing.assert_allclose(scaled[:, 0], 0.5, rtol=1e-6)
+    # black (or signed) tiles are not predicted (a regressor with blur
+    # statistics refused them, failing the whole image): they take the mean
+    # of the others' estimates, with a warning naming them
+    image[:32, :32] = 0.0
+    image[32:, 64:] = -1.0
+    reg = FixedRegressor(lambda x: np.array([x[0, 0], x.mean()]))
+    with pytest.warns(UserWarning, match=r"2 of 15 tiles have a non-positive mean "
+                                         r".*offsets \(0, 0\), \(32, 64\)"):
+        blank, grid = estimate_tiles(image, reg, TILE, target_mean=0.5)
+    assert sum(n for n, *_ in reg.calls) == 13
+    ok = np.ones(15, dtype=bool)
+    ok[[0, 14]] = False
+    assert grid.offsets[14].tolist() == [32, 64]
+    np.testing.assert_allclose(blank[ok, 1], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(blank[~ok], np.tile(blank[ok].mean(0), (2, 1)))
+    with pytest.raises(ValueError, match="every tile has a non-positive mean"):
+        # tiles over columns [0, 32) and [16, 48): means 0 and 0, image 2/3
+        bands = np.repeat([[2.0, -2.0, 2.0]], 32, axis=0).repeat(16, axis=1)
+        estimate_tiles(bands, reg, TILE, target_mean=0.5)
 
 
 def test_estimate_tiles_with_a_resnet_regressor(basis):
