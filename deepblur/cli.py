@@ -450,14 +450,14 @@ def _warn_if_zero_boundary(model):
 
 def _estimate_tiles(args, model, source, estimator, img):
     """`deepblur estimate` on an image larger than the model's input."""
-    from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
+    from deepblur.pretrained._apply import model_image_mean, training_gain
     from deepblur.tiling import estimate_tiles, stitched_operator
 
     with _Warnings():
         gamma, grid = estimate_tiles(
             img, model.regressor, tuple(model.basis.image_shape_),
             stride=_tile_stride(args, model),
-            target_mean=_IMAGE_MEAN * training_gain(model))
+            target_mean=model_image_mean(model) * training_gain(model))
     _warn_if_zero_boundary(model)
     print(f"model: {source} ({estimator} estimator)")
     print(f"{img.shape[0]}x{img.shape[1]} image: {grid.n_tiles} tiles "
@@ -542,7 +542,7 @@ def _read_gamma_tiles(path, grid_shape, K):
 
 def _deblur_large(args, model, img):
     """`deepblur deblur` on an image larger than the model's input."""
-    from deepblur.pretrained._apply import _IMAGE_MEAN
+    from deepblur.pretrained._apply import model_image_mean
     from deepblur.tiling import (
         DEFAULT_MAX_PIXELS,
         _deblur_scaled,
@@ -568,9 +568,11 @@ def _deblur_large(args, model, img):
                                      interior=args.boundary == "unknown")
         except ValueError as exc:
             raise CLIError(f"{Path(args.gamma).name}: {exc}") from None
-        # the conventions of deblur_large: lam for the image scaled to mean 0.5
-        restored, _ = _deblur_scaled(img, model.basis, gamma, grid,
-                                     scale=_solve_scale(img, _IMAGE_MEAN), **kwargs)
+        # the conventions of deblur_large: lam for the image scaled to the
+        # model's training mean
+        scale = _solve_scale(img, model_image_mean(model))
+        restored, _ = _deblur_scaled(img, model.basis, gamma, grid, scale=scale,
+                                     **kwargs)
         return restored, grid
 
 

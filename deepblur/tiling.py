@@ -1171,7 +1171,7 @@ def _deblur_scaled(image, basis, gamma_tiles, grid, *, scale, **solve):
 
 
 def deblur_large(image, model, *, lam="auto", boundary="unknown",
-                 image_mean=0.5, tile_stride=None,
+                 image_mean="auto", tile_stride=None,
                  max_pixels=DEFAULT_MAX_PIXELS, margin=None, target_mean="auto",
                  unit_gain=True, regularization="tv", positive=False,
                  max_iter=500, tol=1e-5, lipschitz=None, batch_size=64,
@@ -1206,10 +1206,12 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
         ``"model"``: the border is fitted with the basis's boundary model
         (zero: a dark surrounding, as in simulations), which makes the border
         of a cropped scene blow up. See :func:`deblur_stitched`.
-    image_mean : float or None, default=0.5
-        Mean the image is scaled to for the solve (0.5: the training images'
-        convention, for which ``lam="auto"`` is calibrated); ``None``: solve
-        in the input's units.
+    image_mean : float, "auto" or None, default="auto"
+        Mean the image is scaled to for the solve. ``"auto"``: the training
+        mean of a PretrainedModel
+        (:func:`deepblur.pretrained.model_image_mean`, 0.5 for the shipped
+        model, for which ``lam="auto"`` is calibrated), 0.5 for a
+        ``(basis, regressor)`` pair; ``None``: solve in the input's units.
     tile_stride : int or tuple of int, optional
         Offset between tiles; default half a tile.
     max_pixels : int, default=DEFAULT_MAX_PIXELS
@@ -1220,7 +1222,7 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     target_mean : float, "auto" or None, default="auto"
         Scale each tile to this mean before predicting
         (:func:`estimate_tiles`). ``"auto"``: the training convention of a
-        PretrainedModel (``image_mean * training_gain``, as
+        PretrainedModel (its training mean times ``training_gain``, as
         :func:`deepblur.pretrained.estimate_gamma` does for one image), and no
         scaling for a ``(basis, regressor)`` pair.
     unit_gain : bool, default=True
@@ -1280,6 +1282,16 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
         raise ValueError(
             f"boundary must be 'unknown' or 'model'; got {boundary!r}."
         )
+    pretrained = hasattr(model, "sampler") and hasattr(model, "basis")
+    if pretrained:
+        from deepblur.pretrained._apply import model_image_mean, training_gain
+    if isinstance(image_mean, str):
+        if image_mean != "auto":
+            raise ValueError(
+                f"image_mean must be a positive float, 'auto' or None; got "
+                f"{image_mean!r}."
+            )
+        image_mean = model_image_mean(model) if pretrained else 0.5
     scale = _solve_scale(img, image_mean)
     if isinstance(target_mean, str):
         if target_mean != "auto":
@@ -1287,9 +1299,8 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
                 f"target_mean must be a float, 'auto' or None; got {target_mean!r}."
             )
         target_mean = None
-        if hasattr(model, "sampler") and hasattr(model, "basis"):
-            from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
-            target_mean = _IMAGE_MEAN * training_gain(model)
+        if pretrained:
+            target_mean = model_image_mean(model) * training_gain(model)
     dev = resolve_device(device)
     module = getattr(regressor, "module_", None)
     moved = module is not None and dev.type != "cpu"

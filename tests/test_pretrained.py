@@ -1362,3 +1362,57 @@ def test_image_mean_is_checked(bad):
         deblur_image(model, image, gamma=gamma, image_mean=bad)
     with pytest.raises(ValueError, match="image_mean must be a positive float"):
         estimate_gamma(model, image, image_mean=bad)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_models_training_mean_scales_what_it_reads(tmp_path, capsys):
+    """A model trained on images of mean 0.25 reads images scaled to 0.25
+    (times its training gain), in Python, for large images and in the CLI;
+    they were scaled to 0.5 whatever the model's setting said."""
+    import shutil
+
+    import tifffile
+
+    from deepblur.cli import main
+    from deepblur.pretrained import (bundled_image, deblur_image, estimate_gamma,
+                                     load_default, model_image_mean, training_gain)
+    from deepblur.pretrained._io import DEFAULT_DIR
+    from deepblur.tiling import deblur_large, estimate_tiles
+
+    shipped = load_default()
+    model = shipped._replace(setting=dict(shipped.setting, image_mean=0.25))
+    assert model_image_mean(shipped) == 0.5 and model_image_mean(model) == 0.25
+    image = 3.0 * bundled_image("camera")
+    gamma, scale = estimate_gamma(model, image)
+    assert scale == pytest.approx(0.25 * training_gain(model) / image.mean())
+    np.testing.assert_allclose(gamma, estimate_gamma(shipped, image,
+                                                     image_mean=0.25)[0])
+    assert not np.allclose(gamma, estimate_gamma(shipped, image)[0], rtol=1e-3)
+    restored, used = deblur_image(model, image, lam=500.0, max_iter=5)
+    expected, _ = deblur_image(shipped, image, lam=500.0, max_iter=5,
+                               image_mean=0.25)
+    np.testing.assert_allclose(restored, expected)
+    large = deblur_large(image, model, lam=500.0, max_iter=5, tol=0)
+    np.testing.assert_allclose(large.restored, restored, atol=2e-4 * image.max())
+    # the CLI reads the setting of model.json
+    directory = tmp_path / "m25"
+    shutil.copytree(DEFAULT_DIR, directory)
+    meta = json.loads((directory / "model.json").read_text())
+    meta["setting"]["image_mean"] = 0.25
+    (directory / "model.json").write_text(json.dumps(meta))
+    tifffile.imwrite(tmp_path / "y.tif", image.astype(np.float32))
+    big = 3.0 * bundled_image("camera", (128, 192))
+    tifffile.imwrite(tmp_path / "big.tif", big.astype(np.float32))
+    for name, source in (("one", "y.tif"), ("tiles", "big.tif")):
+        assert main(["estimate", str(tmp_path / source), "--model", str(directory),
+                     "--estimator", "network", "-o",
+                     str(tmp_path / f"{name}.json")]) == 0
+    capsys.readouterr()
+    np.testing.assert_allclose(
+        json.loads((tmp_path / "one.json").read_text())["gamma"],
+        estimate_gamma(model, image.astype(np.float32))[0], rtol=1e-5)
+    tiles, _ = estimate_tiles(big.astype(np.float32), model.regressor,
+                              target_mean=0.25 * training_gain(model))
+    np.testing.assert_allclose(
+        json.loads((tmp_path / "tiles.json").read_text())["gamma_tiles"], tiles,
+        rtol=1e-5)

@@ -67,7 +67,9 @@ def bundled_image(name="camera", shape=(128, 128), *, image_mean=_IMAGE_MEAN):
         are held out of the training data of the shipped model.
     shape : (H, W), default=(128, 128)
         Crop shape (the model's ``image_shape``).
-    image_mean : float, default=0.5
+    image_mean : float, optional
+        The mean the image is scaled to, for the estimate and the solve;
+        default the model's training mean (:func:`model_image_mean`).
 
     Returns
     -------
@@ -183,6 +185,37 @@ def training_gain(model):
     return alpha * float(np.mean(operator_gain(model.basis, rays, interior=crop)))
 
 
+def model_image_mean(model):
+    """The mean of the clean images the model was trained on.
+
+    Images are scaled to it (times :func:`training_gain` for the estimate)
+    before the model reads them.
+
+    Parameters
+    ----------
+    model : PretrainedModel
+
+    Returns
+    -------
+    float
+        ``model.setting["image_mean"]``; 0.5, the default setting's, for
+        models that do not record it.
+
+    Examples
+    --------
+    >>> from deepblur.pretrained import load_default
+    >>> model_image_mean(load_default())
+    0.5
+    """
+    value = (getattr(model, "setting", None) or {}).get("image_mean", _IMAGE_MEAN)
+    return check_image_mean(value)
+
+
+def _resolve_image_mean(model, image_mean):
+    return (model_image_mean(model) if image_mean is None
+            else check_image_mean(image_mean))
+
+
 def _check_image(image, image_shape):
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
@@ -206,7 +239,7 @@ def _check_image(image, image_shape):
     return img, mean
 
 
-def estimate_gamma(model, image, *, image_mean=_IMAGE_MEAN):
+def estimate_gamma(model, image, *, image_mean=None):
     """Estimate the operator of a blurry image with a trained regressor.
 
     The image is scaled to the mean of the training observations,
@@ -221,8 +254,10 @@ def estimate_gamma(model, image, *, image_mean=_IMAGE_MEAN):
     image : array-like of shape (H, W)
         Blurry image at the model's ``image_shape``, any positive intensity
         scale.
-    image_mean : float, default=0.5
-        Mean of the clean training images.
+    image_mean : float, optional
+        Mean of the clean training images; default the model's
+        (:func:`model_image_mean`: ``setting["image_mean"]``, 0.5 for the
+        shipped model).
 
     Returns
     -------
@@ -231,7 +266,7 @@ def estimate_gamma(model, image, *, image_mean=_IMAGE_MEAN):
     scale : float
         The factor applied to the image before predicting.
     """
-    image_mean = check_image_mean(image_mean)
+    image_mean = _resolve_image_mean(model, image_mean)
     img, mean = _check_image(image, model.basis.image_shape_)
     scale = image_mean * training_gain(model) / mean
     gamma = model.regressor.predict((img * scale)[None].astype(np.float32))[0]
@@ -267,7 +302,7 @@ def _deblur_unknown_boundary(basis, y, gamma, lam, regularization, positive,
 
 def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
                  positive=False, boundary="unknown", max_iter=500, device="cpu",
-                 image_mean=_IMAGE_MEAN):
+                 image_mean=None):
     """Deblur a real image, blind (the model's estimate) or with a given ``gamma``.
 
     ``gamma`` (given, or estimated by :func:`estimate_gamma`) is rescaled to
@@ -305,7 +340,9 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     max_iter : int, default=500
         Cap on the solver's iterations.
     device : str, default="cpu"
-    image_mean : float, default=0.5
+    image_mean : float, optional
+        The mean the image is scaled to, for the estimate and the solve;
+        default the model's training mean (:func:`model_image_mean`).
 
     Returns
     -------
@@ -313,7 +350,7 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     gamma : ndarray of shape (K,)
         The unit-gain operator used.
     """
-    image_mean = check_image_mean(image_mean)
+    image_mean = _resolve_image_mean(model, image_mean)
     img, mean = _check_image(image, model.basis.image_shape_)
     K = model.basis.kernels_.shape[0]
     if gamma is None:
@@ -393,7 +430,7 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     """
     basis = model.basis
     img, mean = _check_image(image, basis.image_shape_)
-    original = img * (_IMAGE_MEAN / mean)
+    original = img * (model_image_mean(model) / mean)
     sampler = clone(model.sampler).set_params(random_state=random_state)
     gamma = sampler.fit(model.sampler.generators_).sample(1)[0]
     boundary = (model.setting or {}).get("boundary", "zero")
