@@ -1049,6 +1049,16 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
                                          r"\(basis, sampler"):
         train_regressor(other, pool, checkpoint_dir=tmp_path, resume=True,
                         criterion="frobenius", **kw)
+    # other training images (e.g. another folder in the config)
+    with pytest.raises(ValueError, match=r"other training parameters.*images "
+                                         r"\(other training images\)"):
+        train_regressor(small_setting, pool[::-1], checkpoint_dir=tmp_path,
+                        resume=True, criterion="frobenius", **kw)
+    # the same images as float32, a list or a tensor are the same images
+    for same in (pool.astype(np.float32), list(pool), torch.from_numpy(pool)):
+        assert len(train_regressor(small_setting, same, checkpoint_dir=tmp_path,
+                                   resume=True, criterion="frobenius",
+                                   **kw).history) == 2
     # the same noise given explicitly instead of by the setting is the same run
     assert len(train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
                                resume=True, criterion="frobenius",
@@ -1063,10 +1073,11 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
     assert len(train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
                                resume=True, criterion="frobenius",
                                **kw).history) == 2
-    # records made before the setting was written down: resumed unchecked
+    # records made before the setting and the images were written down:
+    # resumed unchecked
     (tmp_path / "run.json").write_text(json.dumps(
-        {k: v for k, v in record.items() if k != "setting"}))
-    assert len(train_regressor(other, pool, checkpoint_dir=tmp_path,
+        {k: v for k, v in record.items() if k not in ("setting", "images")}))
+    assert len(train_regressor(other, pool[::-1], checkpoint_dir=tmp_path,
                                resume=True, criterion="frobenius",
                                **kw).history) == 2
     # a checkpoint without that record (an older version's) is checked by

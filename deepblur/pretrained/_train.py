@@ -421,7 +421,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         where they stopped, and only the remaining epochs run. The training's
         parameters are recorded beside the checkpoint (``run.json``): a
         resume with other ones (``epochs``, ``n_images``, ``lr``, the
-        network, the noise, the seed...) raises a ValueError that names them.
+        network, the noise, the seed, the setting, the images...) raises a
+        ValueError that names them.
     progress_bar : bool, default=False
         Show a progress bar of the batches of each epoch (skorch
         ``ProgressBar``).
@@ -531,7 +532,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
             data.noise_std, "noise_std")
         _check_or_record_run(checkpoint_dir, dict(run, noise_std=used,
                                                   random_state=random_state,
-                                                  setting=_setting_record(setting)),
+                                                  setting=_setting_record(setting),
+                                                  images=_images_digest(images)),
                              resume)
     if resume:
         _resume(net, data, checkpoint_dir, epochs)
@@ -708,6 +710,25 @@ def _setting_record(setting):
                 boundary=params.get("boundary", "zero"))
 
 
+def _images_digest(images):
+    """A digest of the training images (their order, shapes and float32
+    pixels) for ``run.json``: a resume on other images is refused."""
+    import hashlib
+
+    if isinstance(images, dict):
+        images = [images[k] for k in sorted(images, key=str)]
+    elif torch.is_tensor(images):
+        images = images.detach().cpu().numpy()
+    digest = hashlib.sha256()
+    for image in images:
+        if torch.is_tensor(image):
+            image = image.detach().cpu().numpy()
+        a = np.ascontiguousarray(np.asarray(image, dtype=np.float32))
+        digest.update(repr(a.shape).encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
 def _same_setting(recorded, now):
     """Whether two ``_setting_record`` s are the same setting (arrays up to a
     relative 1e-6: a setting rebuilt on another machine may differ in the
@@ -750,8 +771,9 @@ def _check_or_record_run(checkpoint_dir, run, resume):
         # it down: that key is resumed unchecked, as records without it are
         del recorded["noise_std"]
         run.pop("noise_std", None)
-    if "setting" not in recorded:       # records made before it was written
-        run.pop("setting", None)
+    for key in ("setting", "images"):    # records made before they were written
+        if key not in recorded:
+            run.pop(key, None)
     changed = sorted(k for k in set(run) | set(recorded)
                      if (not _same_setting(recorded.get(k), run.get(k))
                          if k == "setting" else run.get(k) != recorded.get(k)))
@@ -761,6 +783,7 @@ def _check_or_record_run(checkpoint_dir, run, resume):
             "parameters than this call's: "
             + ", ".join("setting (basis, sampler, image mean or boundary)"
                         if k == "setting" else
+                        "images (other training images)" if k == "images" else
                         f"{k}={recorded.get(k)!r} (now {run.get(k)!r})"
                         for k in changed)
             + "; resume with the same ones, or train without resuming.")
