@@ -183,7 +183,13 @@ def resolve_device(device, *, auto=True):
                 f"{device!r} (this estimator's default is already 'cuda' when "
                 "CUDA is available, else 'cpu').")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            "device must be a torch device such as 'cpu', 'cuda', 'cuda:1'"
+            + (" or 'auto'" if auto else "") + f"; got {device!r}."
+        ) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was asked for but CUDA is not available on this "

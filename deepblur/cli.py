@@ -730,6 +730,20 @@ def _read_config(path):
                        f"keys: {', '.join(_TRAIN_KEYS)}.")
     if not isinstance(config.get("setting", {}), dict):
         raise CLIError(f"'setting' in {path.name} must be a table of overrides.")
+    for key in ("output", "checkpoint_dir", "images", "init_model"):
+        if key in config and not isinstance(config[key], str):
+            raise CLIError(f"{key} in {path.name} must be a string (a path"
+                           + (", or 'natural'" if key == "images" else "")
+                           + f"); got {config[key]!r}.")
+    if "device" in config:
+        try:
+            if not isinstance(config["device"], str):
+                raise argparse.ArgumentTypeError(
+                    f"must be a string such as 'cpu', 'cuda' or 'auto'; got "
+                    f"{config['device']!r}")
+            _device(config["device"])
+        except argparse.ArgumentTypeError as exc:
+            raise CLIError(f"device in {path.name} {exc}.") from None
     return config
 
 

@@ -982,6 +982,15 @@ def test_train_errors(capsys, tmp_path):
         "support_images = -1")
     assert "support_images must be a non-negative integer" in error(
         'support_images = "many"')
+    # wrong types are errors, not tracebacks
+    assert "output in c.toml must be a string (a path)" in error("output = 5")
+    assert "images in c.toml must be a string (a path, or 'natural')" in error(
+        "images = 3")
+    assert "checkpoint_dir in c.toml must be a string" in error(
+        "checkpoint_dir = [1]")
+    assert "init_model in c.toml must be a string" in error("init_model = 2")
+    assert "device in c.toml must be a torch device" in error('device = "gpu"')
+    assert "device in c.toml must be a string" in error("device = 0")
     # checked before the training, not after it
     assert "n_test_images must be a non-negative integer" in error(
         'n_test_images = "many"')

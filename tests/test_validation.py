@@ -33,3 +33,12 @@ def test_all_finite_other_kinds():
     assert all_finite([[1.0, 2.0], [3.0, 4.0]])                  # a list
     with pytest.raises(ValueError, match="x must contain only finite values"):
         check_finite(np.array([[0.0], [np.nan]]), "x")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", 3.5])
+def test_resolve_device_names_a_bad_device(bad):
+    """torch's own error listed every backend it knows; ours says what to pass."""
+    from deepblur._validation import resolve_device
+
+    with pytest.raises(ValueError, match="device must be a torch device such as"):
+        resolve_device(bad)
