@@ -991,6 +991,8 @@ def test_train_errors(capsys, tmp_path):
     assert "init_model in c.toml must be a string" in error("init_model = 2")
     assert "device in c.toml must be a torch device" in error('device = "gpu"')
     assert "device in c.toml must be a string" in error("device = 0")
+    assert "seed) must be an integer from 0 to 2**31 - 1; got -1" in error(
+        "seed = -1")
     # checked before the training, not after it
     assert "n_test_images must be a non-negative integer" in error(
         'n_test_images = "many"')

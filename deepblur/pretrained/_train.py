@@ -210,8 +210,9 @@ def check_training_params(**params):
         integers), ``num_workers`` (None or a non-negative integer), ``lr``
         (positive number), ``head``, ``input_norm``, ``criterion``,
         ``compile`` (bool), ``mixed_precision`` (None or ``"bf16"``),
-        ``moment_stage`` (None or a stage, 1 to 4) and ``moment_weight``
-        (non-negative number).
+        ``moment_stage`` (None or a stage, 1 to 4), ``moment_weight``
+        (non-negative number) and ``random_state`` (an integer from 0 to
+        2**31 - 1: the seeds derived from it stay within NumPy's range).
     """
     for name in ("n_images", "epochs", "batch_size", "width", "depth",
                  "stem_stride", "pool_size", "gammas_per_image", "num_workers"):
@@ -223,6 +224,13 @@ def check_training_params(**params):
                 or value < low):
             kind = "non-negative" if low == 0 else "positive"
             raise ValueError(f"{name} must be a {kind} integer; got {value!r}.")
+    seed = params.get("random_state", 0)
+    if (not isinstance(seed, Integral) or isinstance(seed, bool)
+            or not 0 <= seed < 2**31):
+        raise ValueError(
+            f"random_state (the config's seed) must be an integer from 0 to "
+            f"2**31 - 1; got {seed!r}."
+        )
     lr = params.get("lr", 1.0)
     if not (isinstance(lr, Real) and not isinstance(lr, bool)
             and math.isfinite(lr) and lr > 0):
@@ -449,7 +457,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
                gammas_per_image=gammas_per_image, moment_stage=moment_stage,
                moment_weight=moment_weight)
     check_training_params(**run, num_workers=num_workers, compile=compile,
-                          mixed_precision=mixed_precision, device=device)
+                          mixed_precision=mixed_precision, device=device,
+                          random_state=random_state)
     # NumPy integers (a grid of np.arange values) as Python ones, which
     # torch's samplers and the network's own checks take
     (n_images, epochs, batch_size, width, depth, stem_stride, pool_size,
