@@ -246,7 +246,14 @@ def write_image(path, image, dtype):
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        out = np.clip(np.rint(image), info.min, info.max).astype(dtype)
+        rounded = np.rint(image)
+        outside = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
+        if outside:
+            print(f"warning: {outside} pixel(s) ({100 * outside / image.size:.3g} %) "
+                  f"of {path.name} fell outside {dtype}'s range [{info.min}, "
+                  f"{info.max}] and were clipped to it; write a .tif of a float "
+                  "image to keep them.", file=sys.stderr)
+        out = np.clip(rounded, info.min, info.max).astype(dtype)
     else:
         out = image.astype(dtype)
     if path.suffix.lower() in (".tif", ".tiff"):

@@ -401,15 +401,18 @@ def test_deblur_with_true_operator_keeps_brightness(model_dir, model, capsys,
     assert (tifffile.imread(tmp_path / "l1.tif") >= 0).all()
 
 
-def test_write_image_rounds_and_clips():
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "x.tif"
-        write_image(path, np.array([[-5.0, 3.6], [300.0, 254.4]]), np.uint8)
-        np.testing.assert_array_equal(tifffile.imread(path), [[0, 4], [255, 254]])
-        write_image(path, np.array([[-5.0, 70000.0]]), np.uint16)
-        np.testing.assert_array_equal(tifffile.imread(path), [[0, 65535]])
+def test_write_image_rounds_and_clips(capsys, tmp_path):
+    path = tmp_path / "x.tif"
+    write_image(path, np.array([[-5.0, 3.6], [300.0, 254.4]]), np.uint8)
+    np.testing.assert_array_equal(tifffile.imread(path), [[0, 4], [255, 254]])
+    # the clipping is said, not silent
+    assert "2 pixel(s) (50 %) of x.tif fell outside uint8's range [0, 255]" in (
+        capsys.readouterr().err)
+    write_image(path, np.array([[-5.0, 70000.0]]), np.uint16)
+    np.testing.assert_array_equal(tifffile.imread(path), [[0, 65535]])
+    assert "2 pixel(s) (100 %)" in capsys.readouterr().err
+    write_image(path, np.array([[-0.4, 255.4]]), np.uint8)   # rounds inside
+    assert capsys.readouterr().err == ""
 
 
 def test_deblur_errors(model_dir, blurry, capsys, tmp_path):
