@@ -162,8 +162,8 @@ def check_image_mean(image_mean):
             isinstance(image_mean, numbers.Real) and np.isfinite(image_mean)
             and image_mean > 0):
         raise ValueError(
-            f"image_mean must be a positive float (the mean of the clean "
-            f"training images); got {image_mean!r}."
+            f"image_mean must be a positive float (the mean intensity images "
+            f"are scaled to); got {image_mean!r}."
         )
     return float(image_mean)
 

@@ -9,11 +9,12 @@ Intensity convention of real images
 -----------------------------------
 The gain of the blur of a real image (the scale of ``gamma``) is not
 identifiable: ``H[a g] u = H[g] (a u)``. The model was trained on clean images
-scaled to mean 0.5 and blurred by the operators of its sampler, so
-``estimate`` and ``deblur`` scale the image to the mean intensity of those
+scaled to a mean (its ``setting["image_mean"]``, 0.5 for the shipped model)
+and blurred by the operators of its sampler, so ``estimate`` and ``deblur``
+scale the image to the mean intensity of those
 training observations before predicting, and ``deblur`` rescales the operator
 to unit gain (it keeps the mean of a flat image), deblurs the image scaled to
-mean 0.5 and maps the result back to the input's units: the deblurred image
+that mean and maps the result back to the input's units: the deblurred image
 keeps the input's brightness and dtype (see :mod:`deepblur.pretrained._apply`).
 A real image is a window on a larger scene: by default ``deblur`` assumes
 nothing of the scene outside it (``--boundary unknown``: that scene, half a
@@ -915,8 +916,8 @@ def cmd_train(args):
                            **drawn)
 
     def save():
-        _remove_companions(output)
         save_model(output, net, setting, noise_std=train_noise, extra=extra)
+        _remove_companions(output, setting["basis"])
 
     _save_then_check(save, checks, "the network", output, n_test, n_support)
     if n_spectral:
@@ -937,25 +938,35 @@ def cmd_train(args):
     return 0
 
 
-def _remove_companions(output):
-    """Delete the spectral regressor and crop network of the model that a
-    new network replaces in ``output``: fitted in its basis, they would be
-    read with the new one. This run fits again those its config asks for."""
+def _remove_companions(output, basis):
+    """Delete the spectral regressor and crop network that a new network in
+    ``output`` replaced the model of, unless they record the new network's
+    basis (a retrain of the same setting): fitted in another basis, or in
+    one they do not record, they would be read with the new one. This run
+    fits again those its config asks for."""
     from deepblur.pretrained._io import (
         _CROP_META,
         _CROP_WEIGHTS,
         _SPECTRAL_META,
         _SPECTRAL_WEIGHTS,
+        _same_gram,
     )
 
     for weights, meta in ((_SPECTRAL_WEIGHTS, _SPECTRAL_META),
                           (_CROP_WEIGHTS, _CROP_META)):
         files = [Path(output) / name for name in (weights, meta)]
-        if any(f.exists() for f in files):
-            for f in files:
-                f.unlink(missing_ok=True)
-            print(f"removed {weights} and {meta} of the model this one replaces "
-                  f"in {output}")
+        if not any(f.exists() for f in files):
+            continue
+        try:
+            gram = json.loads(files[1].read_text()).get("basis_gram")
+        except (OSError, ValueError, AttributeError):
+            gram = None
+        if gram is not None and _same_gram(basis.gram_, gram):
+            continue                     # fitted in this very basis: valid
+        for f in files:
+            f.unlink(missing_ok=True)
+        print(f"removed {weights} and {meta}: fitted in the basis of the model "
+              f"this one replaced in {output}")
 
 
 def _image_count(config, key, default):
@@ -1412,8 +1423,9 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="deblurred image (.tif or .png; float images need .tif)")
     p.add_argument("--lam", type=_lam, default="auto",
-                   help="weight of the data term for the image scaled to mean 0.5 "
-                        "(default: auto, from the noise level)")
+                   help="weight of the data term for the image scaled to the "
+                        "model's training mean (0.5 for the shipped model; "
+                        "default: auto, from the noise level)")
     p.add_argument("--regularization", choices=("tv", "l1"), default="tv",
                    help="total variation (default; natural and cell images) or "
                         "l1 (sparse point sources)")
@@ -1433,8 +1445,10 @@ def build_parser():
     p.add_argument("--max-pixels", type=_positive_int, default=None,
                    metavar="N",
                    help="large images: most pixels per deblurring solve (memory "
-                        "bound); larger images are solved in overlapping blocks "
-                        "(default: deepblur.tiling.DEFAULT_MAX_PIXELS)")
+                        "bound; with --boundary unknown the image extended by "
+                        "half a kernel per side); larger images are solved in "
+                        "overlapping blocks (default: "
+                        "deepblur.tiling.DEFAULT_MAX_PIXELS)")
     _add_max_iter(p)
     _add_model(p)
     _add_estimator(p, "auto")

@@ -724,8 +724,8 @@ def _window_interior(shape, kernel_shape):
     mask[r:h - r, c:w - c] = 1.0
     if not mask.any():
         raise ValueError(
-            f"a {h}x{w} solve is too small for kernels {tuple(kernel_shape)}: no "
-            "pixel is half a kernel away from its border."
+            f"a {h}x{w} window is too small for kernels {tuple(kernel_shape)}: "
+            "no pixel is half a kernel away from its border."
         )
     return mask
 
@@ -952,8 +952,18 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     # kernel on each side (the unknown scene there is estimated with the rest
     # and dropped), every pixel of the image is fitted
     pr, pc = (int(k) // 2 for k in kernels.shape[1:]) if unknown else (0, 0)
-    blocks = solve_blocks((H + 2 * pr, W + 2 * pc), max_pixels, margin,
-                          min_core=grid.tile_shape)
+    try:
+        blocks = solve_blocks((H + 2 * pr, W + 2 * pc), max_pixels, margin,
+                              min_core=grid.tile_shape)
+    except ValueError as exc:
+        if not unknown:
+            raise
+        raise ValueError(
+            f"{exc} With boundary='unknown' the solve covers the image extended "
+            f"by half a kernel ({pr} rows and {pc} columns) on each side: a "
+            f"{H}x{W} image in one piece needs max_pixels >= "
+            f"{(H + 2 * pr) * (W + 2 * pc)}."
+        ) from None
     if len(blocks) > 1 and not unknown and model_boundary != "zero":
         raise ValueError(
             f"a block-wise solve with boundary='model' needs the 'zero' boundary "
@@ -1216,7 +1226,9 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
         Offset between tiles; default half a tile.
     max_pixels : int, default=DEFAULT_MAX_PIXELS
         Cap on the pixels of one deblurring solve (see
-        :func:`deblur_stitched`); the image is solved in one piece below it.
+        :func:`deblur_stitched`); the image is solved in one piece below it
+        (with ``boundary="unknown"``: the image extended by half a kernel on
+        each side).
     margin : int, optional
         Overlap of the block-wise solves (:func:`deblur_stitched`).
     target_mean : float, "auto" or None, default="auto"

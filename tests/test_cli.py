@@ -994,7 +994,7 @@ def test_train_errors(capsys, tmp_path):
     assert "init_model in c.toml must be a string" in error("init_model = 2")
     assert "device in c.toml must be a torch device" in error('device = "gpu"')
     assert "device in c.toml must be a string" in error("device = 0")
-    assert "seed) must be an integer from 0 to 2**31 - 1; got -1" in error(
+    assert "(seed) must be an integer from 0 to 2**31 - 1; got -1" in error(
         "seed = -1")
     # checked before the training, not after it
     assert "n_test_images must be a non-negative integer" in error(
@@ -1398,12 +1398,18 @@ def test_train_also_fits_a_spectral_regressor(capsys, tmp_path):
     code, out, err = _run(capsys, "estimate", image, "--model",
                           tmp_path / "with_spectral")
     assert code == 0 and "(spectral estimator)" in out, err
-    # a new network in that folder removes the spectral regressor fitted in
-    # the old one's basis (its config fits none)
+    # a new network of the same setting keeps it (the same basis: still valid)
     config.write_text(TINY.format(output="with_spectral"))
     code, out, err = _run(capsys, "train", config, "--no-progress", "--overwrite")
     assert code == 0, err
-    assert "removed spectral.safetensors and spectral.json" in out
+    assert "removed" not in out
+    load_model(tmp_path / "with_spectral", estimator="spectral")
+    # one of another setting removes the spectral regressor fitted in the old
+    # basis (its config fits none), after the new network is saved
+    config.write_text(TINY.format(output="with_spectral") + "random_state = 1\n")
+    code, out, err = _run(capsys, "train", config, "--no-progress", "--overwrite")
+    assert code == 0, err
+    assert "removed spectral.safetensors and spectral.json: fitted in the basis" in out
     assert not (tmp_path / "with_spectral" / "spectral.json").exists()
     config.write_text(TINY.format(output="bad").replace(
         "n_test_images = 8", "spectral_images = -5"))

@@ -1366,8 +1366,12 @@ def test_check_training_params_checks_mixed_precision_on_the_device(monkeypatch)
 @pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), True, "0.5"])
 def test_image_mean_is_checked(bad):
     """image_mean scales the image: zero gave NaN images, not an error."""
-    from deepblur.pretrained import (bundled_image, deblur_image, estimate_gamma,
-                                     load_default)
+    from deepblur.pretrained import (
+        bundled_image,
+        deblur_image,
+        estimate_gamma,
+        load_default,
+    )
 
     model = load_default()
     image = bundled_image("camera")
@@ -1388,8 +1392,14 @@ def test_the_models_training_mean_scales_what_it_reads(tmp_path, capsys):
     import tifffile
 
     from deepblur.cli import main
-    from deepblur.pretrained import (bundled_image, deblur_image, estimate_gamma,
-                                     load_default, model_image_mean, training_gain)
+    from deepblur.pretrained import (
+        bundled_image,
+        deblur_image,
+        estimate_gamma,
+        load_default,
+        model_image_mean,
+        training_gain,
+    )
     from deepblur.pretrained._io import DEFAULT_DIR
     from deepblur.tiling import deblur_large, estimate_tiles
 

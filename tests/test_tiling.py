@@ -588,6 +588,12 @@ def test_unknown_boundary_solves_blocks_of_any_boundary_model(window):
     with pytest.raises(ValueError, match="boundary must be"):
         deblur_stitched(w["y"], w["basis"], w["gamma"], w["grid"],
                         boundary="zero")
+    # max_pixels counts the extended image: the error says so
+    with pytest.raises(ValueError, match=r"too small for one solve.*extended by "
+                                         r"half a kernel \(3 rows and 3 columns\)"
+                                         r".*needs max_pixels >= 2660"):
+        deblur_stitched(w["y"], w["basis"], w["gamma"], w["grid"],
+                        boundary="unknown", max_pixels=32 * 64)
 
 
 def test_deblur_stitched_errors(problem):

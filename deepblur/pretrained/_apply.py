@@ -67,9 +67,7 @@ def bundled_image(name="camera", shape=(128, 128), *, image_mean=_IMAGE_MEAN):
         are held out of the training data of the shipped model.
     shape : (H, W), default=(128, 128)
         Crop shape (the model's ``image_shape``).
-    image_mean : float, optional
-        The mean the image is scaled to, for the estimate and the solve;
-        default the model's training mean (:func:`model_image_mean`).
+    image_mean : float, default=0.5
 
     Returns
     -------
@@ -405,8 +403,8 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     model : PretrainedModel
     image : array-like of shape (H, W)
         Clean image at the model's ``image_shape`` (e.g. from
-        :func:`bundled_image`); it is scaled to mean 0.5 like the training
-        data.
+        :func:`bundled_image`); it is scaled to the model's training mean
+        (:func:`model_image_mean`) like the training data.
     random_state : int, default=0
         Seed of the operator and of the noise.
     lam : float or "auto", default="auto"

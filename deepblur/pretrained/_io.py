@@ -467,8 +467,8 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                 image_shape=list(regressor.image_shape_),
                 n_train_images=regressor.n_train_images_,
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
-                boundary=boundary, **(extra or {}),
-                basis_gram=np.asarray(model.basis.gram_).tolist())
+                boundary=boundary, **(extra or {}))
+    meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _SPECTRAL_WEIGHTS, tensors, _SPECTRAL_META, meta)
 
@@ -515,8 +515,8 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     _check_same_basis(regressor.basis.gram_, directory, model)
     meta = dict(module=_module_params(regressor),
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
-                boundary="crop", **(extra or {}),
-                basis_gram=np.asarray(model.basis.gram_).tolist())
+                boundary="crop", **(extra or {}))
+    meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
     level = getattr(regressor, "noise_level_", None)
     meta.setdefault("noise_level", float(np.max(noise) if level is None
                                          else level))

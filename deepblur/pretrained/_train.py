@@ -228,8 +228,8 @@ def check_training_params(**params):
     if (not isinstance(seed, Integral) or isinstance(seed, bool)
             or not 0 <= seed < 2**31):
         raise ValueError(
-            f"random_state (the config's seed) must be an integer from 0 to "
-            f"2**31 - 1; got {seed!r}."
+            f"random_state (seed) must be an integer from 0 to 2**31 - 1; got "
+            f"{seed!r}."
         )
     lr = params.get("lr", 1.0)
     if not (isinstance(lr, Real) and not isinstance(lr, bool)
@@ -720,8 +720,9 @@ def _setting_record(setting):
 
 
 def _images_digest(images):
-    """A digest of the training images (their order, shapes and float32
-    pixels) for ``run.json``: a resume on other images is refused."""
+    """A digest of the training images (their order, a dict's in key order,
+    their shapes and float32 pixels) for ``run.json``: a resume on other
+    images is refused."""
     import hashlib
 
     if isinstance(images, dict):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import sklearn
 import torch
+from scipy.ndimage import gaussian_filter
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
-from scipy.ndimage import gaussian_filter
 from sklearn.model_selection import GridSearchCV, KFold
 
 from deepblur.estimators.basis import ProductConvolutionBasis
