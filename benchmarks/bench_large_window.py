@@ -53,7 +53,7 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import clone
+from bench_large import true_gammas  # the same construction of the truth
 from sklearn.exceptions import ConvergenceWarning
 
 from deepblur.datasets.images import load_natural_images
@@ -78,27 +78,11 @@ def scene_image(name, n):
     return big * (0.5 / big.mean())
 
 
-def smooth_gammas(model, grid, seed):
-    """3x3 sampler draws bilinearly interpolated at the tiles' centres."""
-    sampler = clone(model.sampler).set_params(random_state=seed)
-    sampler.fit(model.sampler.generators_)
-    anchors = sampler.sample(9).reshape(3, 3, -1)
-    (H, W), (h, w) = grid.image_shape, grid.tile_shape
-    out = []
-    for r, c in grid.offsets:
-        y, x = 2 * (r + h / 2) / H, 2 * (c + w / 2) / W
-        i, j = min(int(y), 1), min(int(x), 1)
-        a, b = y - i, x - j
-        out.append((1 - a) * (1 - b) * anchors[i, j] + (1 - a) * b * anchors[i, j + 1]
-                   + a * (1 - b) * anchors[i + 1, j] + a * b * anchors[i + 1, j + 1])
-    return np.array(out)
-
-
 def make_window(model, n, pad, noise, seed):
     basis = model.basis
     K = basis.kernels_.shape[0]
     grid = tile_grid((n, n), tuple(basis.image_shape_), 64)
-    gamma = smooth_gammas(model, grid, seed)
+    gamma = true_gammas(model, grid, "smooth", seed)
     gamma = gamma / tile_gains(basis, gamma, interior=True)[:, None]
     F = stitched_maps(gamma, basis.maps_, grid)
     F_scene = np.pad(F, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
