@@ -730,20 +730,24 @@ def _window_interior(shape, kernel_shape):
     return mask
 
 
-def extended_problem(kernels, maps, y, gamma, pads, *, boundary="zero",
-                     positive=False):
+def extended_problem(kernels, maps, y, gamma, pads, *, positive=False):
     r"""The data term of a window on a larger scene, for
     :func:`deepblur.solvers.tv.deblur`.
 
-    ``u`` is ``y``'s domain extended by ``pads`` (the scene beyond the
-    border, unknown), blurred by the product-convolution operator with
-    ``maps`` extended by their edge values; the data term keeps the pixels
-    whose kernel lies inside the extended domain,
-    ``||M (H[gamma] u) - M y_ext||^2`` with ``M`` the mask of those pixels.
-    With ``pads`` of half a kernel on each side, ``M`` keeps exactly the
-    pixels of ``y``: every pixel is fitted and nothing is assumed outside.
-    A side padded by 0 (a cut inside a larger image, with a margin) leaves
-    its half-kernel band unfitted.
+    ``u`` lives on ``y``'s domain extended by ``pads`` (the scene beyond the
+    border, unknown), and further at the bottom and right up to a fast FFT
+    length. It is blurred by the product-convolution operator with ``maps``
+    extended by their edge values; the data term keeps the pixels of ``y``
+    whose kernel lies inside ``y``'s domain extended by ``pads``,
+    ``||M H[gamma] u - M y_ext||^2``. With ``pads`` of half a kernel on each
+    side, ``M`` keeps every pixel of ``y``: nothing is assumed outside. A
+    side padded by 0 (a cut inside a larger image, with a margin) leaves its
+    half-kernel band unfitted.
+
+    The operator is periodic on the extended domain: its wrap-around only
+    reaches pixels within half a kernel of the domain's edges, which are not
+    fitted, so it is the zero-boundary operator on the fitted pixels, with
+    FFTs of the domain's own size.
 
     Parameters
     ----------
@@ -753,26 +757,25 @@ def extended_problem(kernels, maps, y, gamma, pads, *, boundary="zero",
     y : torch.Tensor of shape (n, h, w)
     gamma : torch.Tensor of shape (K,) or (n, K)
     pads : ((top, bottom), (left, right))
-        Pixels added on each side.
-    boundary : {"zero", "periodic"}, default="zero"
-        The operator's boundary model on the extended domain (it does not
-        reach the fitted pixels).
+        Pixels added on each side (at least; the bottom and right sides get
+        more up to a fast FFT length).
     positive : bool, default=False
         Project the starting point on ``u >= 0``.
 
     Returns
     -------
-    data : torch.Tensor of shape (n, h + top + bottom, w + left + right)
-        ``M y_ext``.
+    data : torch.Tensor of shape (n, H, W)
+        ``M y_ext``; ``y`` is at rows ``top:top + h`` and columns
+        ``left:left + w``, ``H >= top + h + bottom`` and
+        ``W >= left + w + right``.
     forward, adjoint : callables
         ``u -> M H[gamma] u`` and its adjoint.
-    x0 : torch.Tensor
+    x0 : torch.Tensor of shape (n, H, W)
         ``y`` extended by its edge values: the starting point.
 
     Examples
     --------
     >>> import torch
-    >>> from deepblur.solvers.tv import deblur
     >>> kernels = torch.full((1, 3, 3), 1 / 9, dtype=torch.float64)
     >>> maps = torch.ones((1, 16, 16), dtype=torch.float64)
     >>> scene = torch.rand((1, 20, 20), dtype=torch.float64)
@@ -782,17 +785,33 @@ def extended_problem(kernels, maps, y, gamma, pads, *, boundary="zero",
     >>> data.shape, bool(torch.allclose(fwd(scene[:, 1:-1, 1:-1])[:, 1:-1, 1:-1], y))
     (torch.Size([1, 18, 18]), True)
     """
+    import scipy.fft
     import torch.nn.functional as tnf
 
     (top, bottom), (left, right) = (tuple(int(p) for p in side) for side in pads)
     if min(top, bottom, left, right) < 0:
         raise ValueError(f"pads must be >= 0; got {pads!r}.")
-    if top or bottom or left or right:
-        width = (left, right, top, bottom)
+    h, w = (int(v) for v in y.shape[-2:])
+    r, c = (int(k) // 2 for k in kernels.shape[1:])
+    H = int(scipy.fft.next_fast_len(top + h + bottom, real=True))
+    W = int(scipy.fft.next_fast_len(left + w + right, real=True))
+    width = (left, W - left - w, top, H - top - h)
+    if any(width):
         maps = tnf.pad(maps[None], width, mode="replicate")[0]
         y = tnf.pad(y[:, None], width, mode="replicate")[:, 0]
-    op = ProductConvolution(kernels, maps, boundary)
-    mask = _window_interior(tuple(y.shape[-2:]), tuple(kernels.shape[1:])).to(y)
+    # fitted: the pixels of y whose kernel lies within y and pads (not the
+    # extra rows and columns, which only bring the FFTs to a fast length)
+    rows = (max(top, r), top + h - max(0, r - bottom))
+    cols = (max(left, c), left + w - max(0, c - right))
+    if rows[0] >= rows[1] or cols[0] >= cols[1]:
+        raise ValueError(
+            f"a {h}x{w} window is too small for kernels "
+            f"{tuple(kernels.shape[1:])}: no pixel is half a kernel away from "
+            "its border."
+        )
+    mask = torch.zeros((H, W), dtype=y.dtype, device=y.device)
+    mask[rows[0]:rows[1], cols[0]:cols[1]] = 1.0
+    op = ProductConvolution(kernels, maps, "periodic")
 
     def forward(v):
         return op.forward(v, gamma) * mask
@@ -816,9 +835,11 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     larger scene (``boundary="unknown"``, as
     :func:`deepblur.pretrained.deblur_image` has it), with no assumption on
     the scene outside: ``u`` is then the image extended by half a kernel on
-    each side, ``H`` blurs it with the maps extended by their edge values,
-    every pixel of ``y`` is fitted (``min_u R(u) + lam/2 ||M H u - y||^2``,
-    ``M`` the crop to the image), and the extension is dropped. When the
+    each side (and at the bottom and right up to a fast FFT length), ``H``
+    blurs it with the maps extended by their edge values, every pixel of
+    ``y`` is fitted (``min_u R(u) + lam/2 ||M H u - y||^2``, ``M`` the crop
+    to the image), and the extension is dropped
+    (:func:`extended_problem`). When the
     image has at most
     ``max_pixels`` pixels this is one solve of
     :func:`deepblur.solvers.tv.deblur`. Otherwise the image is cut by
@@ -992,8 +1013,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
             # at the image's border, u extends beyond it; at a cut inside the
             # image, the margin's pixels within half a kernel are not fitted
             data, forward, adjoint, x0 = extended_problem(
-                kern, F, y, ones, pads, boundary=model_boundary,
-                positive=positive)
+                kern, F, y, ones, pads, positive=positive)
         else:
             op = ProductConvolution(kern, F, model_boundary)
 

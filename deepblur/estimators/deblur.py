@@ -450,7 +450,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
             r, c = (int(k) // 2 for k in kernels.shape[1:])
             data, forward, adjoint, x0 = extended_problem(
                 kernels, maps, X_t, g, ((r, r), (c, c)),
-                boundary=operator.boundary, positive=self.positive)
+                positive=self.positive)
         else:
             def forward(u):
                 return operator.forward(u, g)

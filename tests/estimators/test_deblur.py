@@ -407,26 +407,29 @@ def _windows(basis, n, pad, seed):
 
 def test_unknown_boundary_solves_on_the_extended_image(basis):
     """boundary="unknown" is the solver on the image extended by the kernel
-    radius (2) with a basis of the extended shape (maps extended by their
-    edge values), the data term on the image's pixels, started from the
-    image extended by its edge values; batched, one gamma per image."""
+    radius (2) per side and up to a fast FFT length (28 -> 30) at the bottom
+    and right, with a zero-boundary basis of the extended shape (maps
+    extended by their edge values), the data term on the image's pixels,
+    started from the image extended by its edge values; batched, one gamma
+    per image."""
     X, _, gamma = _windows(basis, 3, 6, 0)
     est = _est(basis, boundary="unknown", dtype="float64", tol=0, max_iter=40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         U = est.fit(X).transform(X, gamma=gamma)
-    maps = np.pad(basis.maps_, ((0, 0), (2, 2), (2, 2)), mode="edge")
+    pads = ((2, 4), (2, 4))            # 24 + 2 + 4 = 30, a fast length
+    maps = np.pad(basis.maps_, ((0, 0),) + pads, mode="edge")
     ext = ProductConvolutionBasis.from_components(basis.kernels_, maps).operator_
-    mask = torch.zeros((28, 28), dtype=torch.float64)
-    mask[2:-2, 2:-2] = 1.0
+    mask = torch.zeros((30, 30), dtype=torch.float64)
+    mask[2:26, 2:26] = 1.0
     g = torch.as_tensor(gamma)
-    y = torch.as_tensor(np.pad(X, ((0, 0), (2, 2), (2, 2)), mode="edge"))
+    y = torch.as_tensor(np.pad(X, ((0, 0),) + pads, mode="edge"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ref, _ = deblur(y * mask, lambda u: ext.forward(u, g) * mask,
                         lambda v: ext.adjoint(v * mask, g), 100.0, tol=0,
                         max_iter=40, x0=y)
-    np.testing.assert_allclose(U, ref[:, 2:-2, 2:-2].numpy(), atol=1e-8)
+    np.testing.assert_allclose(U, ref[:, 2:26, 2:26].numpy(), atol=1e-8)
     assert U.shape == X.shape
 
 
