@@ -827,7 +827,10 @@ def cmd_train(args):
             raise CLIError(f"init_model {str(init)!r} is not a model directory "
                            "(no model.safetensors in it).")
         hyper["init_model"] = init
-    check_training_params(**hyper)      # fail before the slow setting fit
+    # fail before the slow setting fit
+    shape = overrides.get("image_shape", DEFAULT_SETTING["image_shape"])
+    check_training_params(**dict(dict(stem_stride=TRAINING_DEFAULTS["stem_stride"]),
+                                 **hyper), image_shape=shape)
     workers = _command_workers(hyper)
     train_noise = config.get("noise_std")
     if train_noise is not None:         # a float or a (low, high) tuple
@@ -852,7 +855,7 @@ def cmd_train(args):
         except (ValueError, TypeError) as exc:
             raise CLIError(f"head_images needs blur statistics of the setting's "
                            f"images {shape}: {exc}") from None
-    crop_params = _crop_network_params(config, hyper, args.config)
+    crop_params = _crop_network_params(config, hyper, args.config, shape)
     images = _training_images(config.get("images", "natural"), base)
     setting = make_default_setting(**overrides)
     sampler = setting["sampler"]
@@ -1001,7 +1004,7 @@ def _config_mixed_precision(value, where):
     return value
 
 
-def _crop_network_params(config, hyper, name):
+def _crop_network_params(config, hyper, name, image_shape=None):
     """The ``crop_network`` table of a config, checked, as the keyword
     arguments of train_crop_network (None without the table)."""
     from deepblur.pretrained import CROP_NETWORK_DEFAULTS
@@ -1031,7 +1034,10 @@ def _crop_network_params(config, hyper, name):
         params["mixed_precision"] = _config_mixed_precision(
             params["mixed_precision"], "crop_network: ")
     try:
-        check_crop_network_params(**params)
+        shape = {} if image_shape is None else {"image_shape": image_shape}
+        check_crop_network_params(**dict(
+            dict(stem_stride=CROP_NETWORK_DEFAULTS["stem_stride"]), **params),
+            **shape)
     except ValueError as exc:
         raise CLIError(f"crop_network: {exc}") from None
     params["num_workers"] = _command_workers(params)     # for its own device

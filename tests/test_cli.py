@@ -994,6 +994,14 @@ def test_train_errors(capsys, tmp_path):
     assert "init_model in c.toml must be a string" in error("init_model = 2")
     assert "device in c.toml must be a torch device" in error('device = "gpu"')
     assert "device in c.toml must be a string" in error("device = 0")
+    # the network's stages must fit in the setting's images (was: after the fit)
+    assert "stem_stride=64 needs images of at least 512 pixels per side" in error(
+        "stem_stride = 64")
+    small = "[setting]\nimage_shape = [16, 16]\nkernel_shape = [5, 5]\n"
+    assert "stem_stride=4 needs images of at least 32" in error(small)
+    assert "crop_network: stem_stride=16 needs images of at least 128" in error(
+        "stem_stride = 2\n" + small.replace(
+            "[setting]", "[crop_network]\nstem_stride = 16\n\n[setting]"))
     assert "(seed) must be an integer from 0 to 2**31 - 1; got -1" in error(
         "seed = -1")
     # checked before the training, not after it

@@ -997,6 +997,9 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
         train_regressor(small_setting, pool, **dict(kw, gammas_per_image=0))
     with pytest.raises(ValueError, match="mixed_precision must be None or 'bf16'"):
         train_regressor(small_setting, pool, **dict(kw, mixed_precision="fp16"))
+    with pytest.raises(ValueError, match=r"stem_stride=4 needs images of at least "
+                                         r"32 pixels per side .* \(16, 16\)"):
+        train_regressor(small_setting, pool, **dict(kw, stem_stride=4))
     for seed in (-1, 2**31, 1.5, None):
         with pytest.raises(ValueError, match="random_state .* must be an integer"):
             train_regressor(small_setting, pool, **dict(kw, random_state=seed))

@@ -408,7 +408,9 @@ class ResNet(nn.Module):
         if min(x.shape[-2:]) < self.min_size:
             raise ValueError(
                 f"images must be at least {self.min_size} pixels per side for "
-                f"n_stages={self.n_stages}; got shape {tuple(x.shape)}."
+                f"stem_stride={self.min_size // 2 ** (self.n_stages - 1)} and "
+                f"n_stages={self.n_stages} (stem_stride * 2**(n_stages - 1)); "
+                f"got shape {tuple(x.shape)}."
             )
         features = None if self.feature_fc is None else self.image_features(x)
         if self.input_norm is not None:

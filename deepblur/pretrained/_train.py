@@ -199,6 +199,14 @@ def default_num_workers(device, *, guarded_main=False):
     return 1 if guarded_main or method == "fork" else 0
 
 
+def _setting_shape(setting):
+    """``{"image_shape": ...}`` of a setting's basis, or ``{}`` if it has none
+    (checked later, with the setting)."""
+    basis = setting.get("basis") if isinstance(setting, dict) else None
+    shape = getattr(basis, "image_shape_", None)
+    return {} if shape is None else {"image_shape": tuple(shape)}
+
+
 def check_training_params(**params):
     """Validate hyper-parameters of :func:`train_regressor` (before any work).
 
@@ -211,8 +219,10 @@ def check_training_params(**params):
         (positive number), ``head``, ``input_norm``, ``criterion``,
         ``compile`` (bool), ``mixed_precision`` (None or ``"bf16"``),
         ``moment_stage`` (None or a stage, 1 to 4), ``moment_weight``
-        (non-negative number) and ``random_state`` (an integer from 0 to
-        2**31 - 1: the seeds derived from it stay within NumPy's range).
+        (non-negative number), ``random_state`` (an integer from 0 to
+        2**31 - 1: the seeds derived from it stay within NumPy's range) and
+        ``image_shape`` (the setting's: with ``stem_stride``, the network's
+        four stages must fit in it).
     """
     for name in ("n_images", "epochs", "batch_size", "width", "depth",
                  "stem_stride", "pool_size", "gammas_per_image", "num_workers"):
@@ -224,6 +234,19 @@ def check_training_params(**params):
                 or value < low):
             kind = "non-negative" if low == 0 else "positive"
             raise ValueError(f"{name} must be a {kind} integer; got {value!r}.")
+    try:        # a malformed image_shape is the setting's error, later
+        dims = [int(v) for v in params.get("image_shape", ())]
+    except (TypeError, ValueError):
+        dims = []
+    if dims and isinstance(params.get("stem_stride"), Integral):
+        need = int(params["stem_stride"]) * 2 ** 3     # the ResNet's 4 stages
+        if min(dims) < need:
+            raise ValueError(
+                f"stem_stride={params['stem_stride']} needs images of at least "
+                f"{need} pixels per side (stem_stride * 8, for the network's four "
+                f"stages); the setting's are {tuple(params['image_shape'])}: "
+                "lower stem_stride."
+            )
     seed = params.get("random_state", 0)
     if (not isinstance(seed, Integral) or isinstance(seed, bool)
             or not 0 <= seed < 2**31):
@@ -458,7 +481,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
                moment_weight=moment_weight)
     check_training_params(**run, num_workers=num_workers, compile=compile,
                           mixed_precision=mixed_precision, device=device,
-                          random_state=random_state)
+                          random_state=random_state,
+                          **_setting_shape(setting))
     # NumPy integers (a grid of np.arange values) as Python ones, which
     # torch's samplers and the network's own checks take
     (n_images, epochs, batch_size, width, depth, stem_stride, pool_size,
