@@ -130,7 +130,12 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     (as in :func:`plot_operator`); the titles give the relative operator error
     ``||H[gamma] - H[gamma_hat]||_F / ||H[gamma]||_F`` and the SNR (dB,
     :func:`deepblur.metrics.snr` against ``original``) of the blurry and
-    deblurred images.
+    deblurred images. The blurry image's is taken at the original's
+    brightness: divided by the gain of ``H[gamma]`` (its mean on a flat
+    image, given in the title), as
+    :func:`deepblur.pretrained.simulate_blind_deblurring` reports it and
+    ``deepblur demo`` prints it; undivided, it would mostly measure the
+    gain.
 
     Parameters
     ----------
@@ -166,6 +171,7 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
         spacing = max(4, int(1.5 * max(basis.kernel_shape_)))
     responses = basis.apply(dirac_comb((H, W), spacing), np.stack([gamma, gamma_hat]))
     error = float(basis.operator_distance(gamma, gamma_hat))
+    gain = float(np.mean(basis.apply(np.ones((H, W)), gamma)))
     panels = [(blurry, "blurry-noisy"), (original, "original"),
               (deblurred, "deblurred (estimate)")]
     if deblurred_true is not None:
@@ -183,7 +189,10 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     for ax, (img, title) in zip(axes[2:], panels, strict=True):
         img = np.asarray(img, dtype=np.float64)
         ax.imshow(img, cmap=cmap)
-        if title != "original":
+        if title == "blurry-noisy":
+            title = (f"{title} (gain {gain:.2f})\nSNR "
+                     f"{snr(original, img / gain):.2f} dB")
+        elif title != "original":
             title = f"{title}\nSNR {snr(original, img):.2f} dB"
         ax.set_title(title, fontsize=9)
     for ax in axes:
