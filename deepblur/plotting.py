@@ -132,7 +132,8 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     :func:`deepblur.metrics.snr` against ``original``) of the blurry and
     deblurred images. The blurry image's is taken at the original's
     brightness: divided by the gain of ``H[gamma]`` (its mean on a flat
-    image, given in the title), as
+    image, given in the title; the raw image's SNR when the gain is not
+    positive), as
     :func:`deepblur.pretrained.simulate_blind_deblurring` reports it and
     ``deepblur demo`` prints it; undivided, it would mostly measure the
     gain.
@@ -152,7 +153,7 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     cmap : str, default="gray"
         Colour map of the images, each shown on its own intensity range (the
         blurry image is brighter or darker than the original by the gain of
-        the operator; the SNRs say how far the intensities are).
+        the operator, which its SNR divides out).
     operator_cmap : str, default="magma"
 
     Returns
@@ -189,9 +190,12 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     for ax, (img, title) in zip(axes[2:], panels, strict=True):
         img = np.asarray(img, dtype=np.float64)
         ax.imshow(img, cmap=cmap)
-        if title == "blurry-noisy":
+        if title == "blurry-noisy" and gain > 0:
             title = (f"{title} (gain {gain:.2f})\nSNR "
                      f"{snr(original, img / gain):.2f} dB")
+        elif title == "blurry-noisy":        # no brightness to divide out
+            title = (f"{title} (gain {gain:.2f})\nSNR "
+                     f"{snr(original, img):.2f} dB, raw")
         elif title != "original":
             title = f"{title}\nSNR {snr(original, img):.2f} dB"
         ax.set_title(title, fontsize=9)

@@ -93,3 +93,18 @@ def test_demo_figure_and_text_give_the_same_blurry_snr():
                                 res["blurry"], res["original"], res["deblurred"])
     titles = [ax.get_title() for ax in fig.axes if ax.images]
     assert f"SNR {res['snr_blurry']:.2f} dB" in titles[2]
+
+
+def test_blurry_snr_of_an_operator_without_gain(basis):
+    """A gain of 0 has no brightness to divide out: the raw SNR, said so
+    (it stopped the figure with a division by zero)."""
+    from deepblur.metrics import snr
+    from deepblur.plotting import plot_blind_deblurring
+
+    original = np.random.default_rng(2).random((32, 32)) + 0.5
+    blurry = original + 0.1
+    fig = plot_blind_deblurring(basis, np.zeros(3), np.ones(3), blurry, original,
+                                original)
+    title = [ax.get_title() for ax in fig.axes if ax.images][2]
+    assert title.endswith(f"SNR {snr(original, blurry):.2f} dB, raw")
+    assert "(gain 0.00)" in title

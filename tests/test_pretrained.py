@@ -997,6 +997,10 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
         train_regressor(small_setting, pool, **dict(kw, gammas_per_image=0))
     with pytest.raises(ValueError, match="mixed_precision must be None or 'bf16'"):
         train_regressor(small_setting, pool, **dict(kw, mixed_precision="fp16"))
+    # a malformed image_shape is left to the setting's own check
+    from deepblur.pretrained._train import check_training_params
+    for shape in ("128", (128, 128, 1), ("a", 2)):
+        check_training_params(stem_stride=4, image_shape=shape)
     with pytest.raises(ValueError, match=r"stem_stride=4 needs images of at least "
                                          r"32 pixels per side .* \(16, 16\)"):
         train_regressor(small_setting, pool, **dict(kw, stem_stride=4))

@@ -238,6 +238,8 @@ def check_training_params(**params):
         dims = [int(v) for v in params.get("image_shape", ())]
     except (TypeError, ValueError):
         dims = []
+    if isinstance(params.get("image_shape"), str) or len(dims) != 2:
+        dims = []
     if dims and isinstance(params.get("stem_stride"), Integral):
         need = int(params["stem_stride"]) * 2 ** 3     # the ResNet's 4 stages
         if min(dims) < need:
