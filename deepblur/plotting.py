@@ -163,6 +163,7 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     import matplotlib.pyplot as plt
 
     from deepblur.metrics import snr
+    from deepblur.pretrained import operator_gain
 
     gamma = np.asarray(gamma, dtype=np.float64).reshape(-1)
     gamma_hat = np.asarray(gamma_hat, dtype=np.float64).reshape(-1)
@@ -172,7 +173,7 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
         spacing = max(4, int(1.5 * max(basis.kernel_shape_)))
     responses = basis.apply(dirac_comb((H, W), spacing), np.stack([gamma, gamma_hat]))
     error = float(basis.operator_distance(gamma, gamma_hat))
-    gain = float(np.mean(basis.apply(np.ones((H, W)), gamma)))
+    gain = operator_gain(basis, gamma)
     panels = [(blurry, "blurry-noisy"), (original, "original"),
               (deblurred, "deblurred (estimate)")]
     if deblurred_true is not None:

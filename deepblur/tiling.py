@@ -716,20 +716,6 @@ def _kernel_radius(kernel_shape):
     return max(int(k) // 2 for k in kernel_shape)
 
 
-def _window_interior(shape, kernel_shape):
-    """Mask of the pixels at least half a kernel away from a window's border
-    (as :func:`deepblur.pretrained.operator_gain`'s ``interior``)."""
-    (h, w), (r, c) = shape, (int(k) // 2 for k in kernel_shape)
-    mask = torch.zeros((h, w))
-    mask[r:h - r, c:w - c] = 1.0
-    if not mask.any():
-        raise ValueError(
-            f"a {h}x{w} window is too small for kernels {tuple(kernel_shape)}: "
-            "no pixel is half a kernel away from its border."
-        )
-    return mask
-
-
 def extended_problem(kernels, maps, y, gamma, pads, *, positive=False):
     r"""The data term of a window on a larger scene, for
     :func:`deepblur.solvers.tv.deblur`.
@@ -995,6 +981,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     n_iter, converged, norms = [], [], []
     K = kernels.shape[0]
     ones = torch.ones(K, dtype=tdtype, device=dev)
+    kern = torch.as_tensor(kernels, dtype=tdtype, device=dev)
     for block in tqdm(blocks, desc="deblurring blocks", unit="block",
                       disable=_progress(progress, len(blocks))):
         r0, r1, c0, c1 = block.window
@@ -1006,7 +993,6 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         F = stitched_maps(gamma_tiles, maps, grid, window=inside,
                           dtype=np.float32 if dtype == "float32" else np.float64)
         F = torch.from_numpy(F).to(dev)
-        kern = torch.as_tensor(kernels, dtype=tdtype, device=dev)
         y = torch.as_tensor(img[inside[0]:inside[1], inside[2]:inside[3]],
                             dtype=tdtype, device=dev)[None]
         if unknown:
@@ -1104,18 +1090,12 @@ def _model_parts(model):
 
 
 def _component_gains(basis, interior=False):
-    """Mean of each elementary operator applied to a flat tile (the gain is
-    linear in gamma: ``gain(gamma) = gamma @ gains``); over the pixels half a
-    kernel away from the border only when ``interior``."""
-    kernels, maps, boundary = _basis_parts(basis)
-    K = kernels.shape[0]
-    op = ProductConvolution(kernels, maps, boundary)
-    ones = torch.ones((1,) + tuple(maps.shape[1:]), dtype=torch.float64)
-    flat = op.forward(ones, torch.eye(K, dtype=torch.float64))
-    if interior:
-        mask = _window_interior(maps.shape[1:], kernels.shape[1:]).bool()
-        return flat[:, mask].mean(dim=1).numpy()
-    return flat.mean(dim=(1, 2)).numpy()
+    """:func:`deepblur.pretrained.operator_gain` of each elementary operator
+    (the gain is linear in gamma: ``gain(gamma) = gamma @ gains``)."""
+    from deepblur.pretrained._apply import operator_gain
+
+    K = _basis_parts(basis)[0].shape[0]
+    return operator_gain(basis, np.eye(K), interior=interior)
 
 
 def tile_gains(basis, gamma_tiles, *, interior=False):
