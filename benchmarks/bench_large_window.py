@@ -38,6 +38,10 @@ crop network, which ``deepblur deblur`` uses on real images, and of the
 zero-boundary network), both boundaries, to show where the end-to-end result
 stands.
 
+First, the cost of the unknown boundary on one tile of the model's shape,
+against the zero boundary's in the same run (same iterations), and the
+ratio of the two operators' ``||H||^2`` (the step size).
+
 Run ``python benchmarks/bench_large_window.py [--sizes 256 512]``; it prints
 a Markdown table for ``benchmarks/README.md`` (section "Large images:
 windows of a larger scene").
@@ -110,6 +114,36 @@ def interior_only(basis, gamma, grid, y, max_iter):
     return u[0].double().numpy()
 
 
+def tile_cost(model, n_iter, repeats):
+    """Cost and step size of the unknown-boundary solve of one tile (the
+    model's shape) against the zero boundary's, the same iterations: the
+    median time of ``repeats`` solves of ``n_iter`` FISTA iterations
+    (``tol=0``) plus their power iterations, and ``||M H||^2 / ||H||^2``
+    from those power iterations, on 5 operators of the sampler."""
+    basis = model.basis
+    shape = tuple(basis.image_shape_)
+    grid = tile_grid(shape, shape)
+    image = scene_image("camera", shape[0])[:, :shape[1]]
+    gammas = model.sampler.sample(5)
+    seconds = {"model": [], "unknown": []}
+    norms = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(repeats):
+            for boundary in seconds:
+                t0 = time.perf_counter()
+                deblur_stitched(image, basis, gammas[:1], grid, lam=500.0,
+                                boundary=boundary, max_iter=n_iter, tol=0)
+                seconds[boundary].append(time.perf_counter() - t0)
+        for g in gammas:
+            lips = [deblur_stitched(image, basis, g[None], grid, lam=500.0,
+                                    boundary=b, max_iter=1, tol=0)[1]["lipschitz"][0]
+                    for b in ("model", "unknown")]
+            norms.append(lips[1] / lips[0])
+    return ({k: float(np.median(v)) for k, v in seconds.items()},
+            np.array(norms))
+
+
 def psnr(u, clean, mask=None):
     d = (u - clean) if mask is None else (u - clean)[mask]
     return float(10 * np.log10(1.0 / np.mean(d ** 2)))
@@ -124,6 +158,8 @@ def main(argv=None):
     parser.add_argument("--max-iter", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tile-iter", type=int, default=200)
+    parser.add_argument("--tile-repeats", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -133,6 +169,13 @@ def main(argv=None):
     model = load_default()
     crop = load_default("crop_network")       # what `deepblur deblur` uses
     basis = model.basis
+    cost, norms = tile_cost(model, args.tile_iter, args.tile_repeats)
+    print(f"# one {basis.image_shape_[0]}x{basis.image_shape_[1]} tile, "
+          f"{args.tile_iter} iterations and the power iteration, median of "
+          f"{args.tile_repeats}: unknown boundary {cost['unknown']:.2f} s, zero "
+          f"boundary {cost['model']:.2f} s, ratio "
+          f"{cost['unknown'] / cost['model']:.2f}; ||M H||^2 / ||H||^2 on 5 "
+          f"operators: {norms.min():.5f} to {norms.max():.5f}", flush=True)
     rows = []
     for n in args.sizes:
         clean, y, gamma, grid = make_window(model, n, args.pad, args.noise, args.seed)

@@ -873,7 +873,8 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         ``info["lipschitz"].max()`` of an earlier solve): every solve uses it,
         which is safe for the blocks since a block's operator is a restriction
         of ``H`` (with ``boundary="unknown"``, of ``H`` on the extended image,
-        whose norm is that of ``H`` to 0.1 % on the shipped basis, measured).
+        whose power-iteration norm was 0.994-0.998 times that of ``H`` on the
+        shipped basis: ``benchmarks/bench_large_window.py``).
         Default: estimated per solve by power iteration (up to 100
         forward/adjoint pairs, often more than the solve itself).
     device : str or torch.device, default="cpu"
