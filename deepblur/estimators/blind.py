@@ -22,7 +22,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, check_memory
 
-from deepblur._validation import as_tensor, check_images, check_ndim
+from deepblur._validation import (
+    as_tensor,
+    check_images,
+    check_ndim,
+    check_positive_int_pair,
+)
 from deepblur.datasets.simulate import BlurDataset, _noise_param
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
@@ -250,7 +255,8 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, H, W)
-            Blurry images (their shape is checked; they are not used to fit).
+            Blurry images, one per clean image of ``y`` (their shape and
+            number are checked; they are not used to fit).
         y : array-like of shape (n, H, W)
             Clean images: the regressor's training data, blurred on the fly.
         psf_fields : array-like of shape (P, gy, gx, kh, kw) or (P, n_pos, kh, kw)
@@ -271,10 +277,17 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
             raise ValueError("y must be given: the clean images the regressor is "
                              "trained on (blurred on the fly); got None.")
         clean = self._images(y, "y", Xa.shape[1:])
+        if len(clean) != len(Xa):
+            raise ValueError(
+                f"X and y must hold the same number of images (pairs of blurry "
+                f"and clean images); got {len(Xa)} and {len(clean)}."
+            )
         image_shape = tuple(int(s) for s in Xa.shape[1:])
         basis = (ProductConvolutionBasis(image_shape=image_shape)
                  if self.basis is None else self.basis)
-        basis_shape = tuple(basis.get_params().get("image_shape") or image_shape)
+        basis_shape = basis.get_params().get("image_shape")
+        basis_shape = (image_shape if basis_shape is None else
+                       check_positive_int_pair(basis_shape, "basis.image_shape"))
         if basis_shape != image_shape:
             raise ValueError(
                 f"basis.image_shape must be the images' shape {image_shape}; got "

@@ -226,6 +226,19 @@ def test_bad_inputs(data, monkeypatch):
     model = tiny().set_params(basis=ProductConvolutionBasis(3, image_shape=(16, 16)))
     with pytest.raises(ValueError, match="basis.image_shape"):
         model.fit(blurry, clean, psf_fields=fields)
+    # an int or an array is a valid image_shape for the basis: compared as a pair
+    side = blurry.shape[1]
+    for shape in (side + 8, np.array([side, side + 8])):
+        model.set_params(basis=ProductConvolutionBasis(3, image_shape=shape))
+        with pytest.raises(ValueError, match="basis.image_shape must be the images'"):
+            model.fit(blurry, clean, psf_fields=fields)
+    assert blurry.shape[1] == blurry.shape[2]
+    for shape in (side, np.array([side, side])):     # the right shape: fitted
+        model.set_params(basis=ProductConvolutionBasis(3, image_shape=shape))
+        with pytest.raises(AssertionError, match="fitted despite"):
+            model.fit(blurry, clean, psf_fields=fields)
+    with pytest.raises(ValueError, match="same number of images"):
+        tiny().fit(blurry[:2], clean, psf_fields=fields)
     with pytest.raises(ValueError, match="n_train_images"):
         tiny().set_params(n_train_images=0).fit(blurry, clean, psf_fields=fields)
     for noise, match in (((0.02, 0.01), "low <= high"), ([0.0, 0.01, 0.02],
