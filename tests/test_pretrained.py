@@ -690,6 +690,15 @@ def test_spectral_regressor_saved_beside_the_network(small_setting, tmp_path):
     assert not {"project", "support_tolerance"} & set(meta["params"])
     reloaded = load_model(tmp_path, estimator="spectral", project=True).regressor
     assert reloaded.support_tolerance == 0.2 and reloaded.project is True
+    # the statistics its coefficients were fitted on are saved, not parameters
+    # changed since the fit
+    expected = spectral.set_params(support_tolerance=None).predict(X)
+    spectral.set_params(n_radial=spectral.n_radial + 1, window=4)
+    save_spectral(tmp_path, spectral, noise_std=(0.005, 0.05), boundary="crop")
+    reloaded = load_model(tmp_path, estimator="spectral").regressor
+    assert reloaded.feature_spec_ == spectral.feature_spec_
+    assert reloaded.window == 8
+    np.testing.assert_allclose(reloaded.predict(X), expected, rtol=1e-6, atol=1e-7)
     # the network is still the default estimator of the directory
     network = load_model(tmp_path)
     assert network.setting["boundary"] == "zero"

@@ -99,6 +99,10 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
     coef_ : ndarray of shape (n_blur_features, K)
         ``gamma_hat = blur_features(X) @ coef_ + intercept_``.
     intercept_ : ndarray of shape (K,)
+    feature_spec_ : dict
+        The statistics' parameters (``window``, ``n_radial``, ``n_angular``,
+        ``border``, ``n_segments``, ``stride``) at ``fit``: ``predict`` uses
+        them, whatever ``set_params`` changed since (refit to use others).
     alpha_ : float
         The penalty chosen by leave-one-out.
     image_shape_ : tuple of int
@@ -188,9 +192,15 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
                     n_segments=int(self.n_segments),
                     stride=None if self.stride is None else int(self.stride))
 
-    def _features(self, X, image_shape):
+    def _features(self, X, image_shape, spec=None):
         t = _check_images(X, image_shape)[:, 0]
-        return blur_features(t, batch_size=int(self.batch_size), **self._spec())
+        return blur_features(t, batch_size=int(self.batch_size),
+                             **(self._spec() if spec is None else spec))
+
+    def _fitted_spec(self):
+        """The statistics' parameters ``coef_`` was fitted on (the current
+        ones for an estimator fitted before they were recorded)."""
+        return getattr(self, "feature_spec_", None) or self._spec()
 
     def _training_data(self, X, y, image_shape, K):
         """Features and targets from arrays or from a ``BlurDataset``."""
@@ -270,6 +280,7 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
         chol_inv = np.linalg.inv(chol)
         weights = ridge.coef_.T @ chol_inv / std[:, None]
         self.coef_ = weights
+        self.feature_spec_ = self._spec()
         self.intercept_ = np.asarray(ridge.intercept_) @ chol_inv - mean @ weights
         self.alpha_ = float(ridge.alpha_)
         self.image_shape_ = image_shape
@@ -303,7 +314,7 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
         """
         check_is_fitted(self)
         check_support_params(self.project, self.support_tolerance, self.sampler)
-        F = self._features(X, self.image_shape_)
+        F = self._features(X, self.image_shape_, self._fitted_spec())
         warn_if_noisy(X, getattr(self, "noise_level_", None))
         gamma = (F @ self.coef_ + self.intercept_).astype(np.float32)
         return checked_estimates(gamma, self.sampler, self._fitted_basis().gram_,
@@ -327,7 +338,7 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
         """
         check_is_fitted(self)
         sampler = self._distance_sampler()
-        F = self._features(X, self.image_shape_)
+        F = self._features(X, self.image_shape_, self._fitted_spec())
         return support_distances(sampler, F @ self.coef_ + self.intercept_,
                                  self._fitted_basis().gram_)[1]
 

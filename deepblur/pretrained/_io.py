@@ -463,6 +463,7 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     params = {k: v for k, v in regressor.get_params(deep=False).items()
               if k not in ("basis", "sampler", "project", "support_tolerance",
                            "alphas", "verbose")}
+    params.update(regressor._fitted_spec())    # what coef_ was fitted on
     meta = dict(params=params, alpha=regressor.alpha_,
                 image_shape=list(regressor.image_shape_),
                 n_train_images=regressor.n_train_images_,
@@ -557,6 +558,7 @@ def _load_spectral(directory, basis):
             f"K={K} and images {tuple(basis.image_shape_)}."
         )
     regressor.coef_, regressor.intercept_ = coef, intercept
+    regressor.feature_spec_ = regressor._spec()
     regressor.alpha_ = float(meta["alpha"])
     regressor.image_shape_ = image_shape
     regressor.n_features_in_ = int(np.prod(image_shape))

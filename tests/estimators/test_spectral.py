@@ -143,7 +143,7 @@ def test_in_a_blind_deblurrer():
         regressor=SpectralBlurRegressor(window=16),
         deblurrer=TVDeblurrer(lam=50.0, tol=1e-3, max_iter=20, device="cpu"),
         n_train_images=200, random_state=0)
-    model.fit(clean[:2], clean, psf_fields=ops.psf_fields)
+    model.fit(clean, clean, psf_fields=ops.psf_fields)
     assert isinstance(model.regressor_, SpectralBlurRegressor)
     assert model.regressor_.n_train_images_ >= 200
     assert model.estimate(clean[:2]).shape == (2, 3)
@@ -194,6 +194,8 @@ def test_bad_input(setting):
     fitted = SpectralBlurRegressor(basis, window=16).fit(X, y)
     with pytest.raises(ValueError, match="image_shape"):
         fitted.predict(X[:, :16, :16])
+    with pytest.raises(ValueError, match="at least one image"):
+        fitted.predict(X[:0])
     with pytest.raises(ValueError, match="dtype"):
         est.fit(X, np.full(y.shape, "a"))
 
@@ -272,3 +274,26 @@ def test_a_regressor_pickled_before_the_support_check_loads(setting):
     old = pickle.loads(pickle.dumps(est))
     assert old.project is True and old.support_tolerance is None
     np.testing.assert_array_equal(old.predict(Xt), expected)
+
+
+def test_predict_uses_the_statistics_it_was_fitted_on(setting):
+    """set_params on a statistic's parameter after fit changes nothing until
+    the next fit (the coefficients belong to the fitted statistics), and an
+    estimator pickled before they were recorded uses its parameters."""
+    import pickle
+
+    basis, _, _, X, y, Xt, _ = setting
+    est = SpectralBlurRegressor(basis, window=16).fit(X, y)
+    expected = est.predict(Xt)
+    assert est.feature_spec_["n_radial"] == 6
+    est.set_params(n_radial=4, n_angular=6, stride=8)
+    np.testing.assert_array_equal(est.predict(Xt), expected)
+    est.fit(X, y)                                   # refit: the new statistics
+    assert est.feature_spec_["stride"] == 8
+    assert est.coef_.shape[0] == blur_features(X[:1], window=16, n_radial=4,
+                                               n_angular=6, stride=8).shape[1]
+    old = clone(est).set_params(n_radial=6, n_angular=4, stride=None).fit(X, y)
+    expected = old.predict(Xt)
+    del old.__dict__["feature_spec_"]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(old)).predict(Xt),
+                                  expected)
