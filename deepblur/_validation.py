@@ -147,6 +147,16 @@ def check_images(x, name, image_shape, source=""):
     return x
 
 
+def check_not_empty(x, name):
+    """A batch of at least one image (as scikit-learn asks for one sample)."""
+    if x.ndim >= 3 and x.shape[0] == 0:
+        raise ValueError(
+            f"{name} must hold at least one image; got an array of shape "
+            f"{tuple(x.shape)}."
+        )
+    return x
+
+
 def check_boundary(boundary, name="boundary"):
     if boundary not in BOUNDARIES:
         raise ValueError(

@@ -311,6 +311,42 @@ def checked_estimates(gamma, sampler, gram, *, project, support_tolerance,
     return proj.astype(gamma.dtype, copy=False) if project else gamma
 
 
+#: Parameters that ``clone_sharing_fitted`` shares: used as they are (a
+#: fitted basis, a fitted sampler), never refitted by the estimator's ``fit``.
+SHARED_PARAMS = ("basis", "sampler")
+
+
+def _shared_nested(keys):
+    return sorted(k for k in keys
+                  if "__" in k and k.split("__", 1)[0] in SHARED_PARAMS)
+
+
+def without_shared_nested(params):
+    """``get_params(deep=True)`` without the shared components' own
+    parameters (``basis__tol``...), which cannot be set (as scikit-learn's
+    ``FrozenEstimator`` lists none of its estimator's)."""
+    hidden = set(_shared_nested(params))
+    return {k: v for k, v in params.items() if k not in hidden}
+
+
+def check_no_shared_nested(estimator, params):
+    """Refuse ``set_params`` of a shared component's own parameters.
+
+    Setting them would change a basis or sampler that other clones share
+    (and its parameters would no longer be those it was fitted with): the
+    estimator's ``fit`` does not refit them.
+    """
+    nested = _shared_nested(params)
+    if nested:
+        raise ValueError(
+            f"set_params cannot set {nested}: {type(estimator).__name__} uses "
+            "its basis and sampler as they are (fitted, shared by clone, not "
+            "refitted by fit), as scikit-learn's FrozenEstimator does. Set the "
+            "parameter on a clone of the basis or sampler, fit it and pass it "
+            "as basis= or sampler=."
+        )
+
+
 def clone_sharing_fitted(estimator):
     """``clone`` of the hyper-parameters sharing the fitted basis and sampler.
 
@@ -319,7 +355,7 @@ def clone_sharing_fitted(estimator):
     break ``GridSearchCV``. They are never modified, so sharing is safe.
     """
     new = _clone_parametrized(estimator)
-    for name in ("basis", "sampler"):
+    for name in SHARED_PARAMS:
         if hasattr(estimator, name):
             setattr(new, name, getattr(estimator, name))
     return new
@@ -347,6 +383,17 @@ class SharedBasisMixin:
     def __sklearn_clone__(self):
         """Clone the hyper-parameters but share the *fitted* basis (and sampler)."""
         return clone_sharing_fitted(self)
+
+    def get_params(self, deep=True):
+        """Parameters; with ``deep``, none of the basis's or sampler's own
+        (they are used as fitted and cannot be set through this estimator)."""
+        return without_shared_nested(super().get_params(deep=deep))
+
+    def set_params(self, **params):
+        """Set parameters; those of the basis or sampler (``basis__tol``) are
+        refused with a clear message (see :meth:`get_params`)."""
+        check_no_shared_nested(self, params)
+        return super().set_params(**params)
 
     def _fitted_basis(self):
         if self.basis is None:

@@ -25,6 +25,7 @@ from deepblur._validation import (
     check_finite,
     check_images,
     check_ndim,
+    check_not_empty,
     resolve_device,
     to_like,
 )
@@ -34,6 +35,8 @@ from deepblur.solvers.tv import REGULARIZATIONS, deblur, default_lam
 __all__ = ["TVDeblurrer"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# what describes the last transform call (reset by fit and by every call)
+_LAST_TRANSFORM = ("n_iter_", "objective_history_", "converged_", "lam_")
 
 
 def _is_prefitted(obj):
@@ -130,9 +133,12 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
     n_iter_ : int
         Solver iterations of the last ``transform`` call.
     objective_history_ : numpy.ndarray of shape (`n_iter_` + 1, n)
-        Objective per image along the iterations of the last ``transform``.
+        Objective per image along the iterations of the last ``transform``;
+        not set after a ``transform`` of images larger than the basis, whose
+        blocks are solved separately, each with its own objective.
     converged_ : numpy.ndarray of shape (n,) of bool
-        Whether each image of the last ``transform`` met ``tol``.
+        Whether each image of the last ``transform`` met ``tol`` (every
+        block of it, for images larger than the basis).
     lam_ : numpy.ndarray of shape (n,)
         The ``lam`` used for each image of the last ``transform``.
 
@@ -256,6 +262,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         """Tensor (n, H, W) on the solver's device/dtype, plus numpy flag."""
         t, is_numpy = as_tensor(X)
         check_images(t, name, self.image_shape_, " (the basis' image shape)")
+        check_not_empty(t, name)
         single = t.ndim == 2
         if single:
             t = t[None]
@@ -332,12 +339,21 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         self.image_shape_ = tuple(int(s) for s in operator.image_shape)
         self.n_components_ = int(operator.n_components)
         self.n_features_in_ = int(np.prod(self.image_shape_))
+        self._forget_last_transform()
         if X is not None:
             if self._is_large(X):
                 self._large_images(X)
             else:
                 self._validate_images(X)
         return self
+
+    def _forget_last_transform(self):
+        """Drop what describes the last ``transform``: a refit, or a call on
+        large images (which sets no ``objective_history_``), leaves nothing
+        of an earlier call behind."""
+        for name in _LAST_TRANSFORM:
+            if hasattr(self, name):
+                delattr(self, name)
 
     # ---------------------------------------------------------- large images
     def _is_large(self, X):
@@ -350,6 +366,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         """(n, H', W') float64 numpy of images larger than the basis."""
         t, is_numpy = as_tensor(X)
         check_ndim(t, "X", (2, 3), "(H, W) or (n, H, W)")
+        check_not_empty(t, "X")
         check_finite(t, "X")
         arr = t.detach().cpu().numpy().astype(np.float64)
         return (arr[None] if arr.ndim == 2 else arr), is_numpy, t.ndim == 2
@@ -380,7 +397,7 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
             g = g.detach().cpu().numpy().astype(np.float64)
         max_pixels = (DEFAULT_MAX_PIXELS if self.max_pixels is None
                       else int(self.max_pixels))
-        out, lams, n_iter = [], [], []
+        out, lams, n_iter, converged = [], [], [], []
         for i, img in enumerate(images):
             if gamma is None:
                 tiles, grid = estimate_tiles(img, estimator, self.image_shape_,
@@ -397,12 +414,36 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
             out.append(restored)
             lams.append(info["lam"])
             n_iter.append(int(np.max(info["n_iter"])))
+            converged.append(bool(np.all(info["converged"])))
+        self._forget_last_transform()
         self.lam_ = np.asarray(lams, dtype=np.float64)
         self.n_iter_ = int(max(n_iter))
+        self.converged_ = np.asarray(converged)
         U = np.stack(out).astype(np.float32 if self.dtype == "float32"
                                  else np.float64)
         U = U[0] if single else U
         return U if is_numpy else torch.as_tensor(U, device=self._device)
+
+    def fit_transform(self, X, y=None, gamma=None):
+        """Fit on ``X`` and deblur it (``fit(X).transform(X, gamma=gamma)``).
+
+        scikit-learn's default would pass ``gamma`` to :meth:`fit`, which
+        takes none: non-blind deblurring in one call, and in a ``Pipeline``
+        that routes ``gamma`` to this step's ``transform``
+        (``set_transform_request(gamma=True)``), goes through here.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n, H, W) or (H, W)
+        y : ignored
+        gamma : array-like of shape (n, K) or (K,), optional
+            As in :meth:`transform`.
+
+        Returns
+        -------
+        U : numpy.ndarray or torch.Tensor of shape like ``X``
+        """
+        return self.fit(X, y).transform(X, gamma=gamma)
 
     def transform(self, X, gamma=None):
         """Deblur images.

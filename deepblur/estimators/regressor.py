@@ -13,11 +13,12 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetRegressor
 from skorch.dataset import Dataset
 
-from deepblur._validation import all_finite, resolve_device
+from deepblur._validation import all_finite, check_not_empty, resolve_device
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
     SupportCheckMixin,
     check_gamma_targets,
+    check_no_shared_nested,
     check_sampler,
     check_support_params,
     checked_estimates,
@@ -30,6 +31,7 @@ from deepblur.estimators._gamma import (
     training_noise_level,
     training_noise_std,
     warn_if_noisy,
+    without_shared_nested,
 )
 from deepblur.nets.losses import (
     PSFMomentLoss,
@@ -64,6 +66,7 @@ def _check_images(X, image_shape=None, name="X"):
             f"{name} must hold images of the basis's image_shape "
             f"{tuple(image_shape)}; got shape {tuple(t.shape)}."
         )
+    check_not_empty(t, name)
     t = t.to(torch.float32)
     if not all_finite(t):
         raise ValueError(f"{name} must be finite; got NaN or Inf values.")
@@ -627,7 +630,13 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         for the batches of ``predict``) with a message asking for a bug
         report. They need no re-initialisation, so they are stored here and
         apply from the next ``fit`` or ``predict``; the others go to skorch.
+
+        The parameters of ``basis`` and ``sampler`` themselves
+        (``basis__tol``) are refused: they are used as fitted and shared by
+        ``clone`` (as scikit-learn's ``FrozenEstimator`` does), and
+        :meth:`get_params` does not list them.
         """
+        check_no_shared_nested(self, params)
         passive = {k: v for k, v in params.items()
                    if k.split("__", 1)[0] in _PASSIVE_PREFIXES}
         if not passive or not getattr(self, "initialized_", False):
@@ -644,6 +653,11 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         self._params_to_validate.update(passive)
         self._validate_params()     # skorch's checks (names, a shuffled predict)
         return self
+
+    def get_params(self, deep=True):
+        """Parameters (skorch's); with ``deep``, none of the basis's or the
+        sampler's own (see :meth:`set_params`)."""
+        return without_shared_nested(super().get_params(deep=deep))
 
     def initialize(self):
         """Initialise the components (skorch) and forget the training noise."""

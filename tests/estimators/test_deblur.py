@@ -188,6 +188,9 @@ def test_bad_inputs(basis, data):
         est.transform(X, gamma=gamma[:2])
     with pytest.raises(ValueError, match="gamma must have 1 or 2 dimensions"):
         est.transform(X, gamma=gamma[None])
+    for empty in (X[:0], np.zeros((0, 2 * SHAPE[0], 2 * SHAPE[1]))):
+        with pytest.raises(ValueError, match="X must hold at least one image"):
+            est.transform(empty, gamma=gamma[:0])
     bad = X.copy()
     bad[0, 3, 3] = np.nan
     with pytest.raises(ValueError, match="X must contain only finite"):
@@ -274,6 +277,28 @@ def test_grid_search_non_blind_with_metadata_routing(basis, data):
     assert search.best_params_["lam"] == 100.0
 
 
+def test_fit_transform_non_blind_alone_and_in_a_pipeline(basis, data):
+    """gamma reaches transform: fit_transform(X, gamma=...) and a Pipeline's
+    fit_transform routing gamma to the deblurrer's transform."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, _, gamma = data
+    expected = _est(basis, max_iter=20).fit(X).transform(X, gamma=gamma)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        np.testing.assert_array_equal(
+            _est(basis, max_iter=20).fit_transform(X, gamma=gamma), expected)
+        with sklearn.config_context(enable_metadata_routing=True):
+            pipe = make_pipeline(
+                FunctionTransformer(),
+                _est(basis, max_iter=20).set_transform_request(gamma=True))
+            np.testing.assert_array_equal(pipe.fit_transform(X, gamma=gamma),
+                                          expected)
+        with pytest.raises(ValueError, match="blur_estimator is None"):
+            _est(basis, max_iter=20).fit_transform(X)
+
+
 def test_joblib_round_trip(basis, data, tmp_path):
     X, _, gamma = data
     reg = FakeBlurRegressor().fit(X, gamma)
@@ -350,6 +375,29 @@ class _ConstantGamma:
 
     def predict(self, X):
         return np.tile(self.gamma, (len(X), 1))
+
+
+def test_last_transform_attributes_describe_the_last_call_only():
+    """A call on large images (blocks solved apart) sets converged_ per image
+    and no objective_history_; a refit drops what the last call set."""
+    rng = np.random.default_rng(4)
+    small = ProductConvolutionBasis.from_components(rng.random((2, 5, 5)),
+                                                    np.ones((2, 24, 24)))
+    gamma = np.array([0.7, 0.4])
+    d = TVDeblurrer(small, lam=50.0, max_iter=20, device="cpu").fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        d.transform(rng.random((3, 24, 24)), gamma=gamma)
+        assert d.converged_.shape == (3,)
+        assert d.objective_history_.shape[1] == 3
+        d.transform(rng.random((2, 40, 48)), gamma=gamma)
+        assert d.converged_.shape == d.lam_.shape == (2,)
+        assert not d.converged_.any()        # 20 iterations at tol 1e-5
+        assert not hasattr(d, "objective_history_")
+        d.transform(rng.random((24, 24)), gamma=gamma)
+    d.fit()
+    for name in ("n_iter_", "objective_history_", "converged_", "lam_"):
+        assert not hasattr(d, name)
 
 
 def test_large_images_by_tiles_match_the_operator_of_the_whole_image():

@@ -130,6 +130,8 @@ def test_bad_input(setting):
     est.fit(X, gamma)
     with pytest.raises(ValueError, match="image_shape"):
         est.predict(np.zeros((2, 32, 32)))
+    with pytest.raises(ValueError, match="at least one image"):
+        est.predict(X[:0])
     bad = X.copy()
     bad[0, 3, 3] = np.nan
     with pytest.raises(ValueError, match="finite"):

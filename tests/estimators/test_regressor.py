@@ -241,6 +241,35 @@ def test_clone_gridsearch_and_joblib(setting, tmp_path):
         fitted_clone, "initialized_", False)
 
 
+def test_the_shared_basis_and_sampler_parameters_cannot_be_set(setting):
+    """The basis and sampler are used as fitted and shared by clone (as in
+    FrozenEstimator): their own parameters are neither listed nor settable,
+    so no grid search or set_params changes a basis that others share."""
+    basis, sampler, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, sampler=sampler, max_epochs=1, **SMALL)
+    deep = net.get_params(deep=True)
+    assert "basis" in deep and "sampler" in deep and "module__width" in deep
+    assert not [k for k in deep if k.startswith(("basis__", "sampler__"))]
+    tol, alpha_range = basis.tol, sampler.alpha_range
+    for params in ({"basis__tol": 1e-9}, {"sampler__alpha_range": (0.9, 1.1)},
+                   {"lr": 0.5, "basis__n_components": 2}):
+        with pytest.raises(ValueError, match="uses its basis and sampler as they are"):
+            net.set_params(**params)
+    assert basis.tol == tol and sampler.alpha_range == alpha_range
+    assert net.lr != 0.5                  # nothing of a refused call is set
+    with pytest.raises(ValueError, match="Invalid parameter|uses its basis"):
+        GridSearchCV(net, {"sampler__alpha_range": [(0.9, 1.1)]}, cv=2,
+                     error_score="raise").fit(X, y)
+    net.fit(X, y).set_params(iterator_valid__batch_size=4, lr=0.5)
+    assert net.lr == 0.5
+    from deepblur import SpectralBlurRegressor
+
+    spectral = SpectralBlurRegressor(basis, sampler=sampler)
+    assert not [k for k in spectral.get_params() if "__" in k]
+    with pytest.raises(ValueError, match="uses its basis and sampler as they are"):
+        spectral.set_params(basis__tol=1e-9)
+
+
 def test_loader_parameters_can_be_set_on_a_trained_regressor(setting):
     """set_params(iterator_valid__batch_size=...) on a trained (or loaded)
     regressor sets predict's batches; skorch alone refuses it there (nothing
@@ -699,6 +728,10 @@ def test_bad_input(setting):
         fitted.predict(bad)
     with pytest.raises(ValueError, match=r"image_shape"):
         fitted.predict(X[:, :8, :8])
+    with pytest.raises(ValueError, match="at least one image"):
+        fitted.predict(X[:0])
+    with pytest.raises(ValueError, match="at least one image"):
+        ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X[:0], y[:0])
     # a refused continuation leaves the recorded training noise alone
     level, noise = fitted.noise_level_, fitted.training_noise_std_
     noisy = X + np.random.default_rng(0).normal(0, 0.2, X.shape).astype(X.dtype)
