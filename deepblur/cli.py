@@ -154,10 +154,22 @@ def _check_output(path, suffixes, what):
         )
     if not path.parent.exists():
         raise CLIError(f"the folder of {what} {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise CLIError(f"{what} {str(path)!r} is a directory; give a file name.")
     return path
 
 
-def _check_figure_path(path):
+def _check_not_input(path, inputs, option):
+    """Refuse an output that is one of the input files (it would be lost)."""
+    resolved = Path(path).resolve()
+    for name in inputs:
+        if resolved == Path(name).resolve():
+            raise CLIError(
+                f"{option} {path} is the input file {name}: write it to another "
+                "file (the input would be lost).")
+
+
+def _check_figure_path(path, inputs=()):
     from matplotlib.figure import Figure
 
     path = Path(path)
@@ -169,6 +181,9 @@ def _check_figure_path(path):
         )
     if not path.parent.exists():
         raise CLIError(f"the folder of the figure {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise CLIError(f"the figure {str(path)!r} is a directory; give a file name.")
+    _check_not_input(path, inputs, "--figure")
     return path
 
 
@@ -364,7 +379,7 @@ def cmd_estimate(args):
     if args.output is not None:
         _check_output(args.output, (".json", ".npy"), "gamma file")
     if args.figure is not None:
-        _check_figure_path(args.figure)
+        _check_figure_path(args.figure, [args.image])
     model, source, estimator = _load_model(args.model, args.estimator, "estimate",
                                            args.project)
     img, _ = _model_image(model, args.image)
@@ -589,9 +604,7 @@ def cmd_deblur(args):
     from deepblur.pretrained._apply import deblur_image
 
     _check_output(args.output, _IMAGE_WRITE, "output image")
-    if Path(args.output).resolve() == Path(args.image).resolve():
-        raise CLIError(f"-o {args.output} is the input image: write the deblurred "
-                       "image to another file (the input would be lost).")
+    _check_not_input(args.output, [args.image], "-o")
     model, _, _ = _load_model(args.model, args.estimator, "deblur", args.project)
     img, dtype = _model_image(model, args.image)
     if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
@@ -1252,7 +1265,7 @@ def cmd_basis(args):
     if out.exists() and not out.is_dir():
         raise CLIError(f"the output {str(out)!r} is a file; give a directory.")
     if args.figure is not None:
-        figure = _check_figure_path(args.figure)
+        figure = _check_figure_path(args.figure, args.psf_files)
     else:
         figure = out / "components.png"
     fields = []

@@ -310,6 +310,16 @@ def test_estimate_rejects_bad_outputs(model_dir, blurry, capsys, tmp_path):
     code, _, err = _run(capsys, "estimate", image, "--model", model_dir, "-o",
                         tmp_path / "nodir" / "g.json")
     assert code == 1 and "does not exist" in _one_error_line(err)
+    (tmp_path / "g.json").mkdir()
+    code, _, err = _run(capsys, "estimate", image, "--model", model_dir, "-o",
+                        tmp_path / "g.json")
+    assert code == 1 and "is a directory" in _one_error_line(err)
+    # a figure over the input image (matplotlib writes .tif) is refused
+    before = image.read_bytes()
+    code, _, err = _run(capsys, "estimate", image, "--model", model_dir,
+                        "--figure", tmp_path / "." / "y.tif")
+    assert code == 1 and "is the input file" in _one_error_line(err)
+    assert image.read_bytes() == before
 
 
 # --------------------------------------------------------------- deblur
@@ -433,8 +443,10 @@ def test_deblur_errors(model_dir, blurry, capsys, tmp_path):
     assert "unsupported output image format '.jpg'" in error(good, "-o",
                                                              tmp_path / "o.jpg")
     before = good.read_bytes()
-    assert "is the input image" in error(good, "-o", tmp_path / "." / "y.tif")
+    assert "is the input file" in error(good, "-o", tmp_path / "." / "y.tif")
     assert good.read_bytes() == before
+    (tmp_path / "dir.tif").mkdir()        # refused before the solve, not after
+    assert "is a directory" in error(good, "-o", tmp_path / "dir.tif")
     assert "PNG cannot store" in error(good, "-o", tmp_path / "o.png")
     tifffile.imwrite(tmp_path / "small.tif", np.ones((32, 64), np.uint16))
     assert "smaller than the model's input" in error(tmp_path / "small.tif", "-o",
@@ -1074,6 +1086,11 @@ def test_basis_errors(psf_files, capsys, tmp_path):
     assert "same shape" in error(files[0], tmp_path / "k5.npy")
     np.save(tmp_path / "nan.npy", np.full((16, 7, 7), np.nan))
     assert "NaN or Inf" in error(tmp_path / "nan.npy")
+    psf_tif = tmp_path / "psf.tif"
+    tifffile.imwrite(psf_tif, np.load(files[0]).astype(np.float32))
+    before = psf_tif.read_bytes()
+    assert "is the input file" in error(psf_tif, "--figure", psf_tif)
+    assert psf_tif.read_bytes() == before
 
 
 @pytest.fixture(scope="module")
