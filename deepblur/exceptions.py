@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
-__all__ = ["NoisyImageWarning", "OutOfSupportWarning"]
+__all__ = ["NoPointSourceError", "NoisyImageWarning", "OutOfSupportWarning"]
+
+
+class NoPointSourceError(ValueError):
+    """Images given to a point-source fit hold no source to fit.
+
+    Raised by :func:`deepblur.solvers.point_sources.fit_point_sources` when
+    nothing rises above the detection threshold (or no source keeps a
+    positive amplitude), and by :class:`~deepblur.PointSourceBlurEstimator`'s
+    ``predict`` when some images of the batch have none: the other images are
+    fitted all the same, and the error carries them, so that a caller (e.g.
+    :func:`deepblur.tiling.estimate_tiles` on the tiles of a bead slide with
+    empty regions) loses no work.
+
+    Attributes
+    ----------
+    images : list of int
+        Indices, in the batch, of the images without a source.
+    estimates : ndarray of shape (n, K) or None
+        ``predict``'s estimates of the whole batch, NaN in the rows of
+        ``images``; None where there is no batch.
+    """
+
+    def __init__(self, message, images=(), estimates=None):
+        super().__init__(message)
+        self.images = [int(i) for i in images]
+        self.estimates = estimates
 
 
 class NoisyImageWarning(UserWarning):

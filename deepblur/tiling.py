@@ -64,7 +64,11 @@ from deepblur.estimators._gamma import (
     noisy_images_message,
     support_distances_gathered,
 )
-from deepblur.exceptions import NoisyImageWarning, OutOfSupportWarning
+from deepblur.exceptions import (
+    NoisyImageWarning,
+    NoPointSourceError,
+    OutOfSupportWarning,
+)
 from deepblur.operators.product_convolution import ProductConvolution
 from deepblur.solvers.tv import (
     LIPSCHITZ_SAFETY,
@@ -324,7 +328,10 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         regressor trained on intensities can read: they are not predicted
         and take the mean of the other tiles' estimates, with a warning; an
         image of non-positive mean is an error. ``None`` predicts on the
-        tiles as they are.
+        tiles as they are. Likewise, tiles in which a point-source fit
+        (:class:`~deepblur.PointSourceBlurEstimator`) finds no source take
+        the mean of the others' estimates, with a warning; when no tile has
+        one, :class:`~deepblur.exceptions.NoPointSourceError` is raised.
     batch_size : int, default=64
         Tiles per call to ``predict``.
     progress : bool, optional
@@ -378,7 +385,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         image_factor = target_mean / mean
     offsets = grid.offsets
     h, w = tile_shape
-    out, levels, distances, blank = [], [], [], []
+    out, levels, distances, blank, sourceless = [], [], [], [], []
     noise_level = getattr(regressor, "noise_level_", None)
     if noise_level is not None and not noise_level > 0:
         noise_level = None          # trained without noise: nothing to check
@@ -400,7 +407,15 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         if len(batch):
             # the noise and the support are checked once for the image, below
             with noise_check_suspended(), support_distances_gathered() as far:
-                pred = regressor.predict(batch)
+                try:
+                    pred = regressor.predict(batch)
+                except NoPointSourceError as exc:
+                    if exc.estimates is None:
+                        raise
+                    # a point-source fit: tiles without a bead are empty
+                    pred = exc.estimates
+                    kept = start + np.flatnonzero(ok)
+                    sourceless.extend(kept[exc.images])
             distances.extend(far)
             if torch.is_tensor(pred):
                 pred = pred.detach().cpu().numpy()
@@ -427,14 +442,30 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
             "be read (the image's positive mean comes from tiles' overlaps)."
         )
     predicted = np.concatenate(out)
-    if not np.isfinite(predicted).all():
-        raise ValueError("regressor.predict returned NaN or Inf coefficients.")
     gamma = np.empty((grid.n_tiles, predicted.shape[1]))
     done = np.ones(grid.n_tiles, dtype=bool)
     done[np.asarray(blank, dtype=int)] = False
     gamma[done] = predicted
+    read = done.copy()
+    read[np.asarray(sourceless, dtype=int)] = False
+    if not read.any():
+        raise NoPointSourceError(
+            f"no tile holds a point source above the threshold ({len(sourceless)} "
+            f"tile(s) without one, {len(blank)} of non-positive mean): lower the "
+            "threshold, or use an estimator for extended images.")
+    if not np.isfinite(gamma[read]).all():
+        raise ValueError("regressor.predict returned NaN or Inf coefficients.")
+    if sourceless:
+        gamma[~read & done] = gamma[read].mean(axis=0)
+        shown = ", ".join(str(tuple(int(v) for v in offsets[t]))
+                          for t in sourceless[:5])
+        more = f" and {len(sourceless) - 5} more" if len(sourceless) > 5 else ""
+        warnings.warn(
+            f"{len(sourceless)} of {grid.n_tiles} tiles hold no point source "
+            f"above the threshold (offsets {shown}{more}): they take the mean of "
+            "the other tiles' estimates.", UserWarning, stacklevel=2)
     if blank:
-        gamma[~done] = predicted.mean(axis=0)
+        gamma[~done] = gamma[read].mean(axis=0)
         shown = ", ".join(str(tuple(int(v) for v in offsets[t])) for t in blank[:5])
         more = f" and {len(blank) - 5} more" if len(blank) > 5 else ""
         warnings.warn(

@@ -283,6 +283,46 @@ def test_estimate_tiles_order_batches_and_scaling():
         estimate_tiles(bands, reg, TILE, target_mean=0.5)
 
 
+class _BeadsOnly:
+    """A point-source fit's behaviour: no estimate for tiles without beads."""
+
+    def predict(self, X):
+        from deepblur.exceptions import NoPointSourceError
+
+        X = np.asarray(X)
+        gamma = np.stack([X.max(axis=(1, 2)), X.mean(axis=(1, 2))], axis=1)
+        empty = np.flatnonzero(X.max(axis=(1, 2)) < 1.0)
+        if len(empty):
+            gamma[empty] = np.nan
+            raise NoPointSourceError("no point source", images=empty,
+                                     estimates=gamma)
+        return gamma
+
+
+def test_estimate_tiles_of_a_bead_slide_with_empty_regions():
+    """Tiles without a bead take the mean of the others' estimates with a
+    warning (a point-source fit failed the whole image), black tiles too;
+    an image without any bead is an error."""
+    from deepblur.exceptions import NoPointSourceError
+
+    image = np.full((64, 96), 0.1)
+    image[8, 10] = image[40, 80] = 3.0            # beads in two corners
+    image[32:, :32] = 0.0                          # and a black corner
+    with pytest.warns(UserWarning, match=r"of 15 tiles hold no point source"):
+        gamma, grid = estimate_tiles(image, _BeadsOnly(), TILE, batch_size=4)
+    with_bead = np.array([
+        any(r <= y < r + 32 and c <= x < c + 32 for y, x in ((8, 10), (40, 80)))
+        for r, c in grid.offsets])
+    assert 0 < with_bead.sum() < 15 and np.isfinite(gamma).all()
+    np.testing.assert_array_equal(gamma[with_bead, 0], 3.0)
+    np.testing.assert_allclose(gamma[~with_bead], np.tile(
+        gamma[with_bead].mean(0), ((~with_bead).sum(), 1)))
+    with pytest.warns(UserWarning, match="non-positive mean"):
+        estimate_tiles(image, _BeadsOnly(), TILE, target_mean=0.5)
+    with pytest.raises(NoPointSourceError, match="no tile holds a point source"):
+        estimate_tiles(np.full((64, 96), 0.1), _BeadsOnly(), TILE)
+
+
 def test_estimate_tiles_with_a_resnet_regressor(basis):
     net = ResNetBlurRegressor(basis=basis, module__width=4, module__depth=1,
                               device="cpu", verbose=0).initialize()

@@ -141,9 +141,25 @@ def _unreadable(path, exc):
                       f"({type(exc).__name__}: {exc}).")
 
 
+def _check_png_depth(path):
+    """Refuse a 16-bit colour or gray+alpha PNG: Pillow reads it at 8 bits
+    per channel, which would lose its precision without a word."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    # the signature, then the IHDR chunk: width, height, bit depth, colour type
+    if (len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n"
+            and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)):
+        kind = {2: "RGB", 4: "gray+alpha", 6: "RGBA"}[head[25]]
+        raise ValueError(
+            f"{path.name} is a 16-bit {kind} PNG, which can only be read at 8 "
+            "bits per channel here (Pillow): its precision would be lost. Save "
+            "it as a 16-bit TIFF, or as a 16-bit grayscale PNG.")
+
+
 def _read_raster(path):
     from PIL import Image
 
+    _check_png_depth(path)          # by the file's signature, not its name
     try:
         with Image.open(path) as im:
             frames = getattr(im, "n_frames", 1)

@@ -20,6 +20,7 @@ from deepblur.estimators._gamma import (
     check_gamma_targets,
 )
 from deepblur.estimators.regressor import _check_images
+from deepblur.exceptions import NoPointSourceError
 from deepblur.solvers.point_sources import fit_point_sources
 from deepblur.solvers.tv import estimate_noise_level
 
@@ -256,6 +257,8 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
                     max_new=None if self.max_new is None else int(self.max_new),
                     background=bool(self.background),
                     subpixel=bool(self.subpixel))
+            except NoPointSourceError as exc:
+                return exc          # the other images are fitted all the same
             except ValueError as exc:
                 raise ValueError(f"image {i}: {exc}") from None
 
@@ -265,6 +268,17 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
 
             indices = tqdm(indices, unit="image", desc="PointSourceBlurEstimator")
         return Parallel(n_jobs=self.n_jobs)(delayed(one)(i) for i in indices)
+
+    def _raise_without_sources(self, fits, estimates=None):
+        """One NoPointSourceError for the images whose fit found no source."""
+        failed = [i for i, f in enumerate(fits) if isinstance(f, NoPointSourceError)]
+        if not failed:
+            return
+        others = (f" (and {len(failed) - 1} more of the {len(fits)} images: "
+                  f"{failed[1:6]}{' ...' if len(failed) > 6 else ''})"
+                  if len(failed) > 1 else "")
+        raise NoPointSourceError(f"image {failed[0]}: {fits[failed[0]]}{others}",
+                                 images=failed, estimates=estimates)
 
     def predict(self, X):
         """Estimated ``gamma`` of each image.
@@ -276,8 +290,20 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         Returns
         -------
         ndarray of shape (n, K), float32
+
+        Raises
+        ------
+        NoPointSourceError
+            When some images hold no source above the threshold; the others
+            are fitted all the same and their estimates are the error's
+            ``estimates`` (NaN in the rows of its ``images``).
         """
-        return np.stack([f.gamma for f in self._fits(X)]).astype(np.float32)
+        fits = self._fits(X)
+        K = len(self.gamma_init_)
+        gamma = np.stack([np.full(K, np.nan) if isinstance(f, Exception)
+                          else f.gamma for f in fits]).astype(np.float32)
+        self._raise_without_sources(fits, gamma)
+        return gamma
 
     def predict_sources(self, X):
         """The whole fit of each image: ``gamma``, source positions and
@@ -286,8 +312,15 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         Returns
         -------
         list of :class:`~deepblur.solvers.point_sources.PointSourceFit`
+
+        Raises
+        ------
+        NoPointSourceError
+            When some images hold no source above the threshold.
         """
-        return self._fits(X)
+        fits = self._fits(X)
+        self._raise_without_sources(fits)
+        return fits
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -41,7 +41,9 @@ from numbers import Integral, Real
 import numpy as np
 import scipy.linalg
 import scipy.optimize
-from scipy.ndimage import gaussian_filter, maximum_filter
+from scipy.ndimage import center_of_mass, gaussian_filter, label, maximum_filter
+
+from deepblur.exceptions import NoPointSourceError
 
 __all__ = [
     "PointSourceFit",
@@ -62,7 +64,9 @@ def detect_point_sources(y, threshold, *, min_distance=2, smoothing=0.0):
         standard deviation above the background).
     min_distance : int, default=2
         A maximum must be the largest value in the ``(2 m + 1)^2`` window
-        around it.
+        around it. Tied maxima count once: a flat top (a saturated source)
+        gives one detection, its pixel nearest the plateau's centre, and no
+        two detections are closer than ``m + 1`` pixels along both axes.
     smoothing : float, default=0.0
         Standard deviation (pixels) of a Gaussian filter applied to ``y``
         before the search (a matched filter against noise; ``threshold``
@@ -86,9 +90,32 @@ def detect_point_sources(y, threshold, *, min_distance=2, smoothing=0.0):
     size = 2 * int(min_distance) + 1
     peaks = (y == maximum_filter(y, size=size, mode="constant", cval=-np.inf))
     peaks &= y > threshold
+    # Adjacent maxima are a plateau (each is the largest value of a window
+    # holding the other): one detection each, the pixel nearest its centre.
+    labels, n = label(peaks, structure=np.ones((3, 3), dtype=bool))
     rows, cols = np.nonzero(peaks)
+    if n:
+        centres = np.asarray(center_of_mass(peaks, labels, np.arange(1, n + 1)))
+        lab = labels[rows, cols] - 1
+        dist = (rows - centres[lab, 0]) ** 2 + (cols - centres[lab, 1]) ** 2
+        by_label = np.lexsort((dist, lab))
+        first = np.r_[True, lab[by_label][1:] != lab[by_label][:-1]]
+        rows, cols = rows[by_label][first], cols[by_label][first]
     order = np.argsort(-y[rows, cols], kind="stable")
-    return np.stack([rows[order], cols[order]], axis=1).astype(np.int64)
+    # Equal maxima within min_distance of each other that do not touch (a
+    # lower pixel between them): the first in order suppresses the others.
+    # Distinct maxima are never that close, so they are all kept.
+    m = int(min_distance)
+    taken = np.zeros(y.shape, dtype=bool)
+    keep = []
+    for i in order:
+        r, c = rows[i], cols[i]
+        if taken[r, c]:
+            continue
+        keep.append(i)
+        taken[max(r - m, 0):r + m + 1, max(c - m, 0):c + m + 1] = True
+    keep = np.asarray(keep, dtype=np.int64)
+    return np.stack([rows[keep], cols[keep]], axis=1).reshape(-1, 2).astype(np.int64)
 
 
 def _windows(positions, kernel_shape, image_shape):
@@ -365,7 +392,7 @@ def _alternate(pairs, b, gamma, n_pixels, image_mean, max_iter, tol, sums=None,
             a = _nnls_quadratic(Q, r)
         total = a.sum()
         if total <= 0:
-            raise ValueError(
+            raise NoPointSourceError(
                 "no point source could be fitted (every amplitude is 0): the "
                 "image does not look like point sources under this basis."
             )
@@ -461,9 +488,9 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
 
     Raises
     ------
-    ValueError
+    NoPointSourceError
         When no source is detected above ``threshold``, or none can be
-        fitted.
+        fitted (a ``ValueError``).
 
     Examples
     --------
@@ -518,7 +545,7 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
             y - np.median(y) if background else y, threshold,
             min_distance=min_distance, smoothing=smoothing)
     if len(positions) == 0:
-        raise ValueError(
+        raise NoPointSourceError(
             f"no point source above the threshold {threshold:.4g} (image maximum "
             f"{y.max():.4g}): lower the threshold, or use an estimator for "
             "extended images."

@@ -174,6 +174,43 @@ def test_image_files_of_every_common_kind_read_right(tmp_path):
     assert read_pixels(tmp_path / "planar.tif").shape == (16, 32, 3)
 
 
+def _png16(path, pixels, colour_type):
+    """A 16-bit PNG written by hand (Pillow writes none in colour)."""
+    import struct
+    import zlib
+
+    pixels = np.asarray(pixels, dtype=">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    h, w = pixels.shape[:2]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16,
+                                                  colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_colour_png_is_refused_not_read_at_8_bits(tmp_path):
+    """Pillow reads 16-bit RGB(A) and gray+alpha PNGs at 8 bits per channel
+    (the high byte): refused with the way out, where 16-bit gray reads."""
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (16, 1))
+    _png16(tmp_path / "gray.png", ramp, 0)
+    gray = read_pixels(tmp_path / "gray.png")
+    assert gray.dtype == np.uint16 and np.array_equal(gray, ramp)
+    for name, channels, colour_type in (("rgb", 3, 2), ("la", 2, 4),
+                                        ("rgba", 4, 6)):
+        path = tmp_path / f"{name}.png"
+        _png16(path, np.stack([ramp] * channels, axis=-1), colour_type)
+        with pytest.raises(ValueError, match=f"{name}.png is a 16-bit .*PNG.*TIFF"):
+            read_pixels(path)
+        with pytest.raises(ValueError, match="16-bit"):
+            load_images(tmp_path)
+        path.unlink()
+
+
 def test_point_sources():
     pts = make_point_sources(3, (64, 64), density=0.01, random_state=0)
     assert pts.shape == (3, 64, 64)

@@ -138,5 +138,19 @@ def test_bad_input(setting):
         est.predict(bad)
     dark = X.copy()
     dark[1] = 0.0
+    dark[4] = 0.0
     with pytest.raises(ValueError, match="image 1: no point source"):
         est.predict(dark)
+    # the other images are fitted all the same, and carried by the error
+    from deepblur.exceptions import NoPointSourceError
+
+    with pytest.raises(NoPointSourceError,
+                       match=r"and 1 more of the 6 images: \[4\]") as info:
+        est.predict(dark)
+    assert info.value.images == [1, 4]
+    rows = [0, 2, 3, 5]
+    np.testing.assert_array_equal(info.value.estimates[rows], est.predict(X[rows]))
+    assert np.isnan(info.value.estimates[[1, 4]]).all()
+    with pytest.raises(NoPointSourceError) as info:
+        est.predict_sources(dark[:2])
+    assert info.value.images == [1] and info.value.estimates is None

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter
 
 from deepblur.operators.product_convolution import ProductConvolution
 from deepblur.solvers.point_sources import (
@@ -102,6 +103,37 @@ def test_detection_windows_and_smoothing():
     noise = np.random.default_rng(0).standard_normal((64, 64))
     assert len(detect_point_sources(noise, 3.0)) > 0
     assert len(detect_point_sources(noise, 3.0 * 0.2, smoothing=1.5)) == 0
+
+
+def test_detection_counts_tied_maxima_once():
+    """A flat top (a saturated bead) is one source at its centre, and equal
+    maxima closer than min_distance are one; distinct maxima stay as they
+    were (each the largest of its window, so never that close)."""
+    y = np.zeros((20, 20))
+    y[5:8, 5:8] = 1.0                       # saturated: 9 equal pixels
+    y[14, 14] = 0.8
+    assert detect_point_sources(y, 0.1).tolist() == [[6, 6], [14, 14]]
+    y = np.zeros((20, 20))
+    y[3, 3] = y[3, 5] = 1.0                 # equal, 2 apart, a 0 between
+    y[10, 3] = y[10, 6] = 1.0               # equal, 3 apart: both kept
+    assert detect_point_sources(y, 0.1).tolist() == [[3, 3], [10, 3], [10, 6]]
+    assert detect_point_sources(y, 0.1, min_distance=1).tolist() == [
+        [3, 3], [3, 5], [10, 3], [10, 6]]
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        smooth = gaussian_filter(rng.random((24, 24)), 1.0)
+        # without ties: every window maximum above the threshold (brute force)
+        brute = {(r, c) for r in range(24) for c in range(24)
+                 if smooth[r, c] > 0.5 and smooth[r, c] == smooth[
+                     max(r - 2, 0):r + 3, max(c - 2, 0):c + 3].max()}
+        assert {tuple(p) for p in detect_point_sources(smooth, 0.5)} == brute
+        # with plateaus (quantised values): window maxima, min_distance apart
+        img = np.round(smooth * 40) / 40
+        found = detect_point_sources(img, 0.5)
+        d = np.abs(found[:, None] - found[None]).max(-1)
+        assert (d[~np.eye(len(found), dtype=bool)] > 2).all()
+        for r, c in found:
+            assert img[r, c] == img[max(r - 2, 0):r + 3, max(c - 2, 0):c + 3].max()
 
 
 def _scene(seed, n=8, shape=(32, 40), spacing=9):
