@@ -79,6 +79,22 @@ def _leading_vectors(gram, k, rng):
     return np.concatenate([v, extra], axis=1)
 
 
+def _leading_right_vectors(M, k, rng):
+    """Top-``k`` right singular vectors of ``M`` (m, n): the eigenvectors of
+    ``M^T M``, from that (n, n) Gram matrix or, when ``M`` has fewer rows,
+    from the thin SVD of ``M`` (large PSF crops: ``n = kh * kw`` is then
+    in the thousands and the Gram's eigendecomposition costs ``O(n^3)``);
+    completed at random as :func:`_leading_vectors`."""
+    m, n = M.shape
+    if n <= m:
+        return _leading_vectors(M.T @ M, k, rng)
+    _, _, vt = np.linalg.svd(M, full_matrices=False)      # (m, n)
+    v = vt.T
+    if k <= m:
+        return v[:, :k]
+    return np.concatenate([v, rng.standard_normal((n, k - m))], axis=1)
+
+
 def reconstruct_fields(gamma, F, E):
     """``sum_k gamma_pk F_xk E_dk`` as an array of shape (P, x, d)."""
     return np.einsum("pk,xk,dk->pxd", gamma, F, E, optimize=True)
@@ -164,7 +180,7 @@ def cp_als(T, n_components, *, init="svd", max_iter=2000, tol=1e-10, n_refine=20
         raise ValueError("X must not be all zeros: there is no PSF to decompose.")
     T3 = T.reshape(P * X, D)
     r3 = min(D, 2 * K + 5)
-    U3 = _leading_vectors(T3.T @ T3, r3, rng)
+    U3 = _leading_right_vectors(T3, r3, rng)
     T2 = np.ascontiguousarray(T.transpose(1, 0, 2)).reshape(X, P * D)
     r2 = min(X, 2 * K + 5)
     U2 = _leading_vectors(T2 @ T2.T, r2, rng)

@@ -12,7 +12,8 @@ from deepblur.solvers.psf_decomposition import (
 )
 
 
-@pytest.mark.parametrize("P, X, D, K", [(40, 30, 49, 4), (1, 20, 25, 3), (8, 5, 9, 5)])
+@pytest.mark.parametrize("P, X, D, K", [(40, 30, 49, 4), (1, 20, 25, 3), (8, 5, 9, 5),
+                                        (4, 8, 400, 3), (1, 4, 100, 3)])
 @pytest.mark.parametrize("init", ["svd", "random"])
 def test_exact_low_rank_is_recovered(P, X, D, K, init):
     r = np.random.default_rng(P + X)
@@ -22,6 +23,23 @@ def test_exact_low_rank_is_recovered(P, X, D, K, init):
     rel = np.linalg.norm(reconstruct_fields(g, F, E) - T) / np.linalg.norm(T)
     assert rel < 1e-6
     assert info["residual"] == pytest.approx(rel, abs=1e-9)
+
+
+@pytest.mark.parametrize("m, n", [(50, 20), (12, 300)])
+def test_leading_right_vectors_span_the_gram_eigenvectors(m, n):
+    """Both routes (the Gram's eigenvectors, or the thin SVD of a wide
+    matrix, e.g. few PSFs of large crops) give the same leading subspace."""
+    from deepblur.solvers.psf_decomposition import _leading_right_vectors
+
+    r = np.random.default_rng(m)
+    M = r.standard_normal((m, 6)) @ np.diag([9, 7, 5, 3, 2, 1.0]) @ r.standard_normal(
+        (6, n)) + 1e-3 * r.standard_normal((m, n))
+    v = _leading_right_vectors(M, 4, r)
+    w, u = np.linalg.eigh(M.T @ M)
+    top = u[:, np.argsort(w)[::-1][:4]]
+    assert v.shape == (n, 4)
+    np.testing.assert_allclose(v @ v.T, top @ top.T, atol=1e-8)
+    assert _leading_right_vectors(M, m + 3, r).shape == (n, m + 3)
 
 
 def test_fit_never_worsens_over_sweeps():
