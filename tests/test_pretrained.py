@@ -228,8 +228,9 @@ def test_save_model_stores_the_layer_weights_in_half_precision(small_setting,
                                               border=3, n_segments=2))
     X = pool[:4].astype(np.float32)
     full = save_model(tmp_path / "full", net, small_setting)
-    half = save_model(tmp_path / "half", net, small_setting,
-                      weights_dtype="float16", extra={"weights_dtype": "stale"})
+    with pytest.warns(UserWarning, match=r"extra holds \['weights_dtype'\]"):
+        half = save_model(tmp_path / "half", net, small_setting,
+                          weights_dtype="float16", extra={"weights_dtype": "stale"})
     a, b = (load_file(d / "model.safetensors") for d in (full, half))
     module = net.module_
     layers = {f"module.{name}.weight" for name, m in module.named_modules()
@@ -337,7 +338,8 @@ def test_support_tolerance_saves_and_loads(small_setting, tmp_path):
     net, X = _tiny_regressor(small_setting, sampler=sampler, project=False,
                              support_tolerance=0.07)
     # the regressor's tolerance, not a stale one in extra
-    save_model(tmp_path, net, small_setting, extra={"support_tolerance": 9.0})
+    with pytest.warns(UserWarning, match="the model's values are written"):
+        save_model(tmp_path, net, small_setting, extra={"support_tolerance": 9.0})
     assert json.loads((tmp_path / "model.json").read_text())[
         "support_tolerance"] == 0.07
     model = load_model(tmp_path)
@@ -533,8 +535,9 @@ def test_save_model_records_the_noise_the_network_was_trained_on(small_setting,
     written."""
     net, _ = _tiny_regressor(small_setting)
     setting_noise = small_setting["params"]["noise_std"]
-    saved = save_model(tmp_path / "range", net, small_setting,
-                       noise_std=(0.0, 0.05), extra={"noise_std": 9.0})
+    with pytest.warns(UserWarning, match=r"extra holds \['noise_std'\]"):
+        saved = save_model(tmp_path / "range", net, small_setting,
+                           noise_std=(0.0, 0.05), extra={"noise_std": 9.0})
     meta = json.loads((saved / "model.json").read_text())
     assert meta["noise_std"] == [0.0, 0.05]     # not the stale one in extra
     model = load_model(saved)
@@ -940,6 +943,33 @@ def test_train_crop_network_refuses_bad_input_before_training(small_setting,
     with pytest.raises(ValueError, match="positive mean"):
         train_crop_network(small_setting, np.zeros((4, 16, 16)),
                            **dict(TINY_CROP, point_fraction=0.0))
+
+
+def test_extra_metadata_cannot_replace_the_models_own(small_setting, tmp_path):
+    """extra adds keys; those the savers write themselves (the operator model,
+    the cone, the sampler...) keep the model's values, with a warning: a
+    model saved with extra={"boundary": ...} loaded with another boundary."""
+    from deepblur import ConeSampler
+    from deepblur.pretrained import load_basis, save_basis
+
+    net, X = _tiny_regressor(small_setting)
+    extra = {"boundary": "periodic", "random_state": 5, "note": "kept"}
+    with pytest.warns(UserWarning, match=r"\['boundary', 'random_state'\]"):
+        save_model(tmp_path / "m", net, small_setting, extra=extra)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["note"] == "kept" and meta["boundary"] == "zero"
+    assert meta["random_state"] == small_setting["sampler"].random_state
+    assert load_model(tmp_path / "m").basis.boundary == "zero"
+    with pytest.warns(UserWarning, match=r"\['boundary'\]"):
+        load_basis(save_basis(tmp_path / "b", small_setting["basis"],
+                              extra={"boundary": "periodic"}))
+    # a sampler seeded with a RandomState: saved unseeded, with a warning
+    setting = dict(small_setting)
+    setting["sampler"] = ConeSampler(
+        random_state=np.random.RandomState(0)).fit(small_setting["cone"].rays_)
+    with pytest.warns(UserWarning, match="loaded sampler is unseeded"):
+        save_model(tmp_path / "rs", net, setting)
+    assert load_model(tmp_path / "rs").sampler.random_state is None
 
 
 def test_save_load_basis_grid_and_scattered(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import namedtuple
 from pathlib import Path
 
@@ -243,6 +244,37 @@ def _check_companion(meta, meta_name, directory, basis):
         )
 
 
+def _with_extra(meta, extra, owned=()):
+    """``meta`` with the keys of ``extra`` added. The keys a saver writes
+    itself (``meta``'s, and ``owned``: those it sets afterwards) are the
+    model's own: ``extra``'s values for them would load a model other than
+    the one saved, so they are not written, with a warning naming them."""
+    extra = dict(extra or {})
+    clash = sorted(k for k in extra if k in meta or k in owned)
+    if clash:
+        warnings.warn(
+            f"extra holds {clash}, which are the saved model's own metadata: "
+            "the model's values are written, not extra's (give them other "
+            "names to keep them).", UserWarning, stacklevel=3)
+    meta.update({k: v for k, v in extra.items() if k not in clash})
+    return meta
+
+
+def _sampler_seed(sampler):
+    """The sampler's ``random_state`` as JSON holds it: an int or None (a
+    ``RandomState`` or ``Generator`` cannot be written; None, with a
+    warning)."""
+    seed = sampler.random_state
+    if seed is None or (isinstance(seed, (int, np.integer))
+                        and not isinstance(seed, bool)):
+        return None if seed is None else int(seed)
+    warnings.warn(
+        f"the sampler's random_state ({type(seed).__name__}) cannot be written "
+        "to JSON: the loaded sampler is unseeded (random_state=None). Seed it "
+        "with an int to save a reproducible one.", UserWarning, stacklevel=3)
+    return None
+
+
 def _json_default(value):
     """NumPy scalars and arrays as JSON writes Python numbers and lists (a
     network tuned over ``np.arange`` holds ``np.int64`` parameters)."""
@@ -342,6 +374,8 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
         noise is 0.01.
     extra : dict, optional
         More JSON-serialisable metadata (e.g. measured errors).
+        Keys that the function writes itself (the model's own metadata) are
+        not taken from it: a warning names them.
     weights_dtype : {"float32", "float16", "int8"}, default="float32"
         How the weights of the network's convolutions and dense layers are
         stored; :func:`load_model` reads them back into the float32
@@ -402,16 +436,18 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
         boundary=basis.boundary, grid_shape=list(basis.grid_shape_ or (16, 16)),
         n_rays=int(cone.rays_.shape[0]),
         alpha_range=[float(a) for a in sampler.alpha_range],
-        max_rays=sampler.max_rays, random_state=sampler.random_state,
+        max_rays=sampler.max_rays, random_state=_sampler_seed(sampler),
         setting={k: (list(v) if isinstance(v, tuple) else v)
                  for k, v in setting["params"].items()},
     )
-    meta.update(extra or {})
-    meta["weights_dtype"] = weights_dtype       # not stale ones from extra
-    meta["noise_std"] = list(noise) if isinstance(noise, tuple) else noise
     level = getattr(regressor, "noise_level_", None)
+    owned = ("weights_dtype", "noise_std", "support_tolerance") + (
+        () if level is None else ("noise_level",))
+    _with_extra(meta, extra, owned)
+    meta["weights_dtype"] = weights_dtype
+    meta["noise_std"] = list(noise) if isinstance(noise, tuple) else noise
     if level is not None:       # what predict checks images against (Notes)
-        meta.setdefault("noise_level", float(level))
+        meta["noise_level"] = float(level)
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _WEIGHTS, tensors, _META, meta)
 
@@ -439,6 +475,8 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
         (:func:`deepblur.datasets.blur_images`).
     extra : dict, optional
         More JSON-serialisable metadata (e.g. measured errors).
+        Keys that the function writes itself (the model's own metadata) are
+        not taken from it: a warning names them.
 
     Returns
     -------
@@ -468,7 +506,8 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                 image_shape=list(regressor.image_shape_),
                 n_train_images=regressor.n_train_images_,
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
-                boundary=boundary, **(extra or {}))
+                boundary=boundary)
+    _with_extra(meta, extra, ("basis_gram", "support_tolerance"))
     meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _SPECTRAL_WEIGHTS, tensors, _SPECTRAL_META, meta)
@@ -501,6 +540,8 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     extra : dict, optional
         More JSON-serialisable metadata (e.g. how it was trained, measured
         errors).
+        Keys that the function writes itself (the model's own metadata) are
+        not taken from it: a warning names them.
 
     Returns
     -------
@@ -516,11 +557,14 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     _check_same_basis(regressor.basis.gram_, directory, model)
     meta = dict(module=_module_params(regressor),
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
-                boundary="crop", **(extra or {}))
-    meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
+                boundary="crop")
     level = getattr(regressor, "noise_level_", None)
-    meta.setdefault("noise_level", float(np.max(noise) if level is None
-                                         else level))
+    _with_extra(meta, extra, ("basis_gram", "support_tolerance") + (
+        () if level is None else ("noise_level",)))
+    meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
+    if level is not None:
+        meta["noise_level"] = float(level)
+    meta.setdefault("noise_level", float(np.max(noise)))
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _CROP_WEIGHTS, _module_tensors(regressor),
                        _CROP_META, meta)
@@ -750,6 +794,8 @@ def save_basis(directory, basis, *, extra=None):
         Fitted (by ``fit`` or ``from_components``).
     extra : dict, optional
         More JSON-serialisable metadata (e.g. the source files).
+        Keys that the function writes itself (the model's own metadata) are
+        not taken from it: a warning names them.
 
     Returns
     -------
@@ -791,8 +837,8 @@ def save_basis(directory, basis, *, extra=None):
         reconstruction_error=basis.reconstruction_error_,
         component_energy_ratio=(None if energy is None
                                 else [float(e) for e in energy]),
-        **(extra or {}),
     )
+    _with_extra(meta, extra)
     return _write_pair(directory, _BASIS_WEIGHTS, tensors, _BASIS_META, meta)
 
 
