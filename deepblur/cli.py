@@ -366,7 +366,8 @@ def cmd_demo(args):
     _use_agg()
     fig = plot_blind_deblurring(model.basis, res["gamma"], res["gamma_hat"],
                                 res["blurry"], res["original"], res["deblurred"],
-                                deblurred_true=res["deblurred_true"])
+                                deblurred_true=res["deblurred_true"],
+                                blurry_gain=res["blurry_gain"])
     _save_figure(fig, output)
     print(f"figure: {output}")
     return 0

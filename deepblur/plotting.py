@@ -7,6 +7,9 @@ Every function returns the matplotlib ``Figure`` so that callers can save it.
 
 from __future__ import annotations
 
+import numbers
+from contextlib import contextmanager
+
 import numpy as np
 
 from deepblur._validation import check_positive_int_pair
@@ -24,7 +27,8 @@ def dirac_comb(image_shape, spacing=16, offset=None):
     spacing : int or (int, int), default=16
         Distance between two Diracs, in pixels.
     offset : int or (int, int), optional
-        Position of the first Dirac; default half a spacing.
+        Position of the first Dirac (0: the first row or column); default
+        half a spacing.
 
     Returns
     -------
@@ -37,11 +41,38 @@ def dirac_comb(image_shape, spacing=16, offset=None):
     """
     H, W = check_positive_int_pair(image_shape, "image_shape")
     sy, sx = check_positive_int_pair(spacing, "spacing")
-    oy, ox = (sy // 2, sx // 2) if offset is None else check_positive_int_pair(
-        offset, "offset")
+    oy, ox = (sy // 2, sx // 2) if offset is None else _offset_pair(offset)
     comb = np.zeros((H, W))
     comb[oy::sy, ox::sx] = 1.0
     return comb
+
+
+def _offset_pair(offset):
+    """An int or a pair of ints, each >= 0."""
+    pair = (offset, offset) if isinstance(offset, numbers.Integral) else offset
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral)
+                                 and not isinstance(v, bool) and v >= 0
+                                 for v in pair):
+        raise ValueError("offset must be a non-negative int or a pair of them; "
+                         f"got {offset!r}.")
+    return int(pair[0]), int(pair[1])
+
+
+@contextmanager
+def _closed_on_error(fig):
+    """Close ``fig`` when drawing it fails: a caller that catches the error
+    is not left with an open figure (pyplot keeps every one alive)."""
+    try:
+        yield fig
+    except BaseException:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        raise
 
 
 def _axes_grid(n, ncols, size=2.4):
@@ -74,6 +105,9 @@ def plot_operator(basis, gamma, *, spacing=None, titles=None, cmap="magma"):
     matplotlib.figure.Figure
     """
     gamma = np.atleast_2d(np.asarray(gamma, dtype=np.float64))
+    if titles is not None and len(titles) != len(gamma):
+        raise ValueError(f"titles must have one entry per operator ({len(gamma)}); "
+                         f"got {len(titles)}.")
     H, W = basis.image_shape_
     if spacing is None:
         spacing = max(4, int(1.5 * max(basis.kernel_shape_)))
@@ -82,13 +116,15 @@ def plot_operator(basis, gamma, *, spacing=None, titles=None, cmap="magma"):
     if responses.ndim == 2:
         responses = responses[None]
     fig, axes = _axes_grid(len(gamma), len(gamma), size=3.2)
-    vmax = float(np.max(responses))
-    for i, (ax, img) in enumerate(zip(axes, responses, strict=False)):
-        # a power scale shows the tails of the PSFs as well as their cores
-        ax.imshow(np.clip(img, 0, None) ** 0.5, cmap=cmap, vmin=0, vmax=vmax**0.5)
-        if titles is not None:
-            ax.set_title(titles[i], fontsize=9)
-    fig.tight_layout()
+    with _closed_on_error(fig):
+        vmax = float(np.max(responses))
+        for i, (ax, img) in enumerate(zip(axes, responses, strict=False)):
+            # a power scale shows the tails of the PSFs as well as their cores
+            ax.imshow(np.clip(img, 0, None) ** 0.5, cmap=cmap, vmin=0,
+                      vmax=vmax**0.5)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=9)
+        fig.tight_layout()
     return fig
 
 
@@ -108,22 +144,26 @@ def plot_components(basis, *, n_max=8, cmap="viridis"):
     """
     import matplotlib.pyplot as plt
 
+    if (not isinstance(n_max, numbers.Integral) or isinstance(n_max, bool)
+            or n_max < 1):
+        raise ValueError(f"n_max must be a positive int; got {n_max!r}.")
     n = min(n_max, basis.kernels_.shape[0])
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
-    for k in range(n):
-        axes[0, k].imshow(basis.kernels_[k], cmap=cmap)
-        axes[0, k].set_title(f"$e_{{{k + 1}}}$", fontsize=10)
-        axes[1, k].imshow(basis.maps_[k], cmap=cmap)
-        axes[1, k].set_title(f"$f_{{{k + 1}}}$", fontsize=10)
-        for ax in axes[:, k]:
-            ax.set_axis_off()
-    fig.tight_layout()
+    with _closed_on_error(fig):
+        for k in range(n):
+            axes[0, k].imshow(basis.kernels_[k], cmap=cmap)
+            axes[0, k].set_title(f"$e_{{{k + 1}}}$", fontsize=10)
+            axes[1, k].imshow(basis.maps_[k], cmap=cmap)
+            axes[1, k].set_title(f"$f_{{{k + 1}}}$", fontsize=10)
+            for ax in axes[:, k]:
+                ax.set_axis_off()
+        fig.tight_layout()
     return fig
 
 
 def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, *,
                           deblurred_true=None, spacing=None, cmap="gray",
-                          operator_cmap="magma"):
+                          operator_cmap="magma", blurry_gain=None):
     """Paper Fig. 3: true and estimated operators, blurry, original, deblurred.
 
     The operators ``H[gamma]`` and ``H[gamma_hat]`` are shown on a Dirac comb
@@ -155,6 +195,13 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
         blurry image is brighter or darker than the original by the gain of
         the operator, which its SNR divides out).
     operator_cmap : str, default="magma"
+    blurry_gain : float, optional
+        The gain the blurry image is divided by for its SNR; default the
+        gain of ``H[gamma]`` on a flat image (:func:`operator_gain
+        <deepblur.pretrained.operator_gain>`). A window of a larger scene
+        (``boundary="crop"``) has the interior's gain: pass the
+        ``blurry_gain`` of
+        :func:`~deepblur.pretrained.simulate_blind_deblurring`.
 
     Returns
     -------
@@ -173,24 +220,16 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
         spacing = max(4, int(1.5 * max(basis.kernel_shape_)))
     responses = basis.apply(dirac_comb((H, W), spacing), np.stack([gamma, gamma_hat]))
     error = float(basis.operator_distance(gamma, gamma_hat))
-    gain = operator_gain(basis, gamma)
+    gain = (operator_gain(basis, gamma) if blurry_gain is None
+            else float(blurry_gain))
     panels = [(blurry, "blurry-noisy"), (original, "original"),
               (deblurred, "deblurred (estimate)")]
     if deblurred_true is not None:
         panels.append((deblurred_true, "deblurred (true operator)"))
-    n = 2 + len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.3), squeeze=False)
-    axes = axes[0]
-    vmax = float(np.max(responses)) ** 0.5
-    op_titles = ["true operator",
-                 f"estimated operator\nrelative error {100 * error:.1f} %"]
-    for ax, img, title in zip(axes[:2], responses, op_titles, strict=True):
-        ax.imshow(np.clip(img, 0, None) ** 0.5, cmap=operator_cmap, vmin=0,
-                  vmax=vmax)
-        ax.set_title(title, fontsize=9)
-    for ax, (img, title) in zip(axes[2:], panels, strict=True):
+    # the SNRs first: images that cannot be scored fail before a figure exists
+    titled = []
+    for img, title in panels:
         img = np.asarray(img, dtype=np.float64)
-        ax.imshow(img, cmap=cmap)
         if title == "blurry-noisy" and gain > 0:
             title = (f"{title} (gain {gain:.2f})\nSNR "
                      f"{snr(original, img / gain):.2f} dB")
@@ -199,8 +238,22 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
                      f"{snr(original, img):.2f} dB, raw")
         elif title != "original":
             title = f"{title}\nSNR {snr(original, img):.2f} dB"
-        ax.set_title(title, fontsize=9)
-    for ax in axes:
-        ax.set_axis_off()
-    fig.tight_layout()
+        titled.append((img, title))
+    n = 2 + len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.3), squeeze=False)
+    with _closed_on_error(fig):
+        axes = axes[0]
+        vmax = float(np.max(responses)) ** 0.5
+        op_titles = ["true operator",
+                     f"estimated operator\nrelative error {100 * error:.1f} %"]
+        for ax, img, title in zip(axes[:2], responses, op_titles, strict=True):
+            ax.imshow(np.clip(img, 0, None) ** 0.5, cmap=operator_cmap, vmin=0,
+                      vmax=vmax)
+            ax.set_title(title, fontsize=9)
+        for ax, (img, title) in zip(axes[2:], titled, strict=True):
+            ax.imshow(img, cmap=cmap)
+            ax.set_title(title, fontsize=9)
+        for ax in axes:
+            ax.set_axis_off()
+        fig.tight_layout()
     return fig

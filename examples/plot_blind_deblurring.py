@@ -91,6 +91,7 @@ for seed, (name, (image, regularization)) in enumerate(images.items()):
           "operator)")
     fig = plot_blind_deblurring(model.basis, res["gamma"], res["gamma_hat"],
                                 res["blurry"], res["original"], res["deblurred"],
-                                deblurred_true=res["deblurred_true"])
+                                deblurred_true=res["deblurred_true"],
+                                blurry_gain=res["blurry_gain"])
     fig.savefig(OUT / f"blind_deblurring_{name.replace(' ', '_')}.png", dpi=80,
                 bbox_inches="tight")

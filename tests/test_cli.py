@@ -144,6 +144,7 @@ def test_demo_prints_numbers_and_writes_figure(model_dir, model, capsys, tmp_pat
     assert ref["operator_error"] == pytest.approx(float(model.basis.operator_distance(
         ref["gamma"], ref["gamma_hat"])))
     gain = operator_gain(model.basis, ref["gamma"])
+    assert ref["blurry_gain"] == pytest.approx(gain)     # zero boundary: whole
     assert ref["snr_blurry"] == pytest.approx(snr(ref["original"],
                                                   ref["blurry"] / gain))
     assert got["snr_deblurred_true"] > got["snr_blurry"]
@@ -178,6 +179,19 @@ def test_demo_adds_the_settings_noise_not_the_training_range(model, setting, cap
     res = simulate_blind_deblurring(crop, bundled_image("camera", (64, 64)),
                                     random_state=5, max_iter=2)
     assert res["noise_std"] == crop.setting["noise_std"] == (0.0, 0.05)
+    # a window of a larger scene is as bright as the interior's gain makes it
+    gain = operator_gain(crop.basis, res["gamma"], interior=True)
+    assert gain != pytest.approx(operator_gain(crop.basis, res["gamma"]), rel=1e-3)
+    assert res["blurry_gain"] == pytest.approx(gain)
+    assert res["snr_blurry"] == pytest.approx(snr(res["original"],
+                                                  res["blurry"] / gain))
+    from deepblur.plotting import plot_blind_deblurring
+
+    fig = plot_blind_deblurring(crop.basis, res["gamma"], res["gamma_hat"],
+                                res["blurry"], res["original"], res["deblurred"],
+                                blurry_gain=res["blurry_gain"])
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert f"SNR {res['snr_blurry']:.2f} dB" in titles[2]
 
 
 def test_demo_with_default_model_and_without_it(model_dir, capsys, tmp_path,

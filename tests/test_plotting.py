@@ -108,3 +108,42 @@ def test_blurry_snr_of_an_operator_without_gain(basis):
     title = [ax.get_title() for ax in fig.axes if ax.images][2]
     assert title.endswith(f"SNR {snr(original, blurry):.2f} dB, raw")
     assert "(gain 0.00)" in title
+
+
+def test_bad_input_is_refused_without_leaving_a_figure_open(basis):
+    """A caller that catches the error is not left with an open figure."""
+    import matplotlib.pyplot as plt
+
+    from deepblur.plotting import plot_blind_deblurring
+
+    plt.close("all")
+    r = np.random.default_rng(2)
+    original = r.random((32, 32)) + 0.5
+    blurry = basis.apply(original, np.ones(3))
+    calls = [
+        (lambda: plot_operator(basis, np.ones((3, 3)), titles=["a"]), "titles"),
+        (lambda: plot_components(basis, n_max=0), "n_max"),
+        (lambda: plot_blind_deblurring(basis, np.ones(3), np.ones(3), blurry,
+                                       original, np.full_like(original, np.nan)),
+         "finite|NaN"),
+        (lambda: plot_blind_deblurring(basis, np.ones(3), np.ones(3), blurry[:16],
+                                       original, original), "shape"),
+    ]
+    for call, match in calls:
+        with pytest.raises(ValueError, match=match):
+            call()
+        assert plt.get_fignums() == []
+    # an error while drawing closes the figure too
+    with pytest.raises(ValueError):
+        plot_operator(basis, np.ones((1, 3)), cmap="no-such-colour-map")
+    assert plt.get_fignums() == []
+
+
+def test_dirac_comb_offsets_start_at_zero():
+    comb = dirac_comb((8, 8), 4, offset=0)
+    assert comb[0, 0] == 1 and comb.sum() == 4
+    comb = dirac_comb((8, 8), 4, offset=(0, 1))
+    assert comb[0, 1] == 1 and comb[4, 5] == 1 and comb.sum() == 4
+    for bad in (-1, (0, -2), (1, 2, 3), 1.5, "a"):
+        with pytest.raises(ValueError, match="offset must be a non-negative"):
+            dirac_comb((8, 8), 4, offset=bad)

@@ -418,13 +418,15 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     -------
     dict
         ``original``, ``blurry``, ``deblurred``, ``deblurred_true`` (images),
-        ``gamma``, ``gamma_hat``, ``noise_std`` (the noise added: a float, or
-        the range each image's was drawn from), ``operator_error`` (relative Frobenius
-        distance ``||H[gamma] - H[gamma_hat]||_F / ||H[gamma]||_F``) and the
+        ``gamma``, ``gamma_hat``, ``blurry_gain``, ``noise_std`` (the noise
+        added: a float, or the range each image's was drawn from),
+        ``operator_error`` (relative Frobenius distance ``||H[gamma] -
+        H[gamma_hat]||_F / ||H[gamma]||_F``) and the
         SNRs in dB against the original: ``snr_blurry`` (of the blurry image
-        divided by the true operator's gain, :func:`operator_gain`, so that
-        it has the original's brightness), ``snr_deblurred``,
-        ``snr_deblurred_true``.
+        divided by the true operator's gain, ``blurry_gain``, so that it has
+        the original's brightness: :func:`operator_gain`, on the interior of
+        the image for a model of windows of larger scenes, whose boundary is
+        ``"crop"``), ``snr_deblurred``, ``snr_deblurred_true``.
     """
     basis = model.basis
     img, mean = _check_image(image, basis.image_shape_)
@@ -456,15 +458,17 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
         # one batched solve: with the estimate and with the true operator
         deblurred, deblurred_true = deblurrer.transform(
             np.stack([blurry, blurry]), gamma=np.stack([gamma_hat, gamma]))
+    # the sampled operators do not keep the brightness (gain != 1): the raw
+    # SNR would mostly measure the gain, so compare at equal brightness
+    # (a window's blurry image has the interior's gain: the scene goes on)
+    gain = operator_gain(basis, gamma, interior=boundary == "crop")
     return dict(
         original=original, blurry=np.asarray(blurry, dtype=np.float64),
         deblurred=np.asarray(deblurred, dtype=np.float64),
         deblurred_true=np.asarray(deblurred_true, dtype=np.float64),
         gamma=gamma, gamma_hat=gamma_hat, noise_std=noise,
         operator_error=float(basis.operator_distance(gamma, gamma_hat)),
-        # the sampled operators do not keep the brightness (gain != 1): the raw
-        # SNR would mostly measure the gain, so compare at equal brightness
-        snr_blurry=float(snr(original, blurry / operator_gain(basis, gamma))),
+        blurry_gain=gain, snr_blurry=float(snr(original, blurry / gain)),
         snr_deblurred=float(snr(original, deblurred)),
         snr_deblurred_true=float(snr(original, deblurred_true)),
     )
