@@ -38,6 +38,7 @@ from skorch.exceptions import DeviceWarning
 from skorch.hf import AccelerateMixin
 
 from deepblur.datasets.simulate import BlurDataset
+from deepblur.estimators._gamma import SHARED_PARAMS
 from deepblur.estimators.regressor import ResNetBlurRegressor
 from deepblur.nets.resnet import ResNet
 
@@ -657,7 +658,9 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
                     module.to(acc.device)
 
     def __sklearn_clone__(self):
-        """Clone the hyper-parameters; share the accelerator and the basis.
+        """Clone the hyper-parameters; share the accelerator, the basis and
+        the sampler (fitted: as :class:`~deepblur.ResNetBlurRegressor`'s
+        clone does).
 
         An ``Accelerator`` holds the process's distributed state: a deep copy
         (what :func:`sklearn.clone` does with a non-estimator parameter)
@@ -666,9 +669,10 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
         """
         params = self.get_params(deep=False)
         accelerator = params.pop("accelerator")
-        basis = params.pop("basis", None)
+        shared = {name: params.pop(name) for name in SHARED_PARAMS
+                  if name in params}
         sink = params.get("callbacks__print_log__sink")
         if getattr(sink, "__self__", None) is accelerator:
             params["callbacks__print_log__sink"] = "auto"
         params = {k: clone(v, safe=False) for k, v in params.items()}
-        return type(self)(accelerator=accelerator, basis=basis, **params)
+        return type(self)(accelerator=accelerator, **shared, **params)

@@ -22,7 +22,8 @@ class NoPointSourceError(ValueError):
         Indices, in the batch, of the images without a source.
     estimates : ndarray of shape (n, K) or None
         ``predict``'s estimates of the whole batch, NaN in the rows of
-        ``images``; None where there is no batch.
+        ``images``; None when raised by ``fit_point_sources`` (one image) or
+        by ``predict_sources`` (whose fits are not gamma alone).
     """
 
     def __init__(self, message, images=(), estimates=None):

@@ -346,6 +346,13 @@ def test_accelerated_regressor_round_trips_and_clones(fitted, training,
     inner = clone(tiny().set_params(regressor=copy)).regressor
     assert isinstance(inner, AcceleratedResNetBlurRegressor)
     assert inner.accelerator is accelerator
+    # the fitted sampler is shared too (a deep copy was unfitted: fit then
+    # failed with support_tolerance or project)
+    checked = net.set_params(sampler=fitted.sampler_, support_tolerance=0.5)
+    copy = clone(checked)
+    assert copy.sampler is fitted.sampler_
+    assert copy.fit(X, y).predict(X).shape == (len(X), 3)
+    assert not [k for k in copy.get_params() if k.startswith("sampler__")]
 
 
 def test_accelerated_regressor_errors(fitted, training, accelerator):

@@ -144,8 +144,11 @@ def _unreadable(path, exc):
 def _check_png_depth(path):
     """Refuse a 16-bit colour or gray+alpha PNG: Pillow reads it at 8 bits
     per channel, which would lose its precision without a word."""
-    with open(path, "rb") as f:
-        head = f.read(26)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     # the signature, then the IHDR chunk: width, height, bit depth, colour type
     if (len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n"
             and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)):

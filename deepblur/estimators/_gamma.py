@@ -316,34 +316,34 @@ def checked_estimates(gamma, sampler, gram, *, project, support_tolerance,
 SHARED_PARAMS = ("basis", "sampler")
 
 
-def _shared_nested(keys):
-    return sorted(k for k in keys
-                  if "__" in k and k.split("__", 1)[0] in SHARED_PARAMS)
+def _shared_nested(keys, names):
+    return sorted(k for k in keys if "__" in k and k.split("__", 1)[0] in names)
 
 
-def without_shared_nested(params):
+def without_shared_nested(params, names=SHARED_PARAMS):
     """``get_params(deep=True)`` without the shared components' own
     parameters (``basis__tol``...), which cannot be set (as scikit-learn's
     ``FrozenEstimator`` lists none of its estimator's)."""
-    hidden = set(_shared_nested(params))
+    hidden = set(_shared_nested(params, names))
     return {k: v for k, v in params.items() if k not in hidden}
 
 
-def check_no_shared_nested(estimator, params):
+def check_no_shared_nested(estimator, params, names=SHARED_PARAMS):
     """Refuse ``set_params`` of a shared component's own parameters.
 
-    Setting them would change a basis or sampler that other clones share
-    (and its parameters would no longer be those it was fitted with): the
+    Setting them would change a component that other clones share (a basis
+    or sampler would no longer have the parameters it was fitted with): the
     estimator's ``fit`` does not refit them.
     """
-    nested = _shared_nested(params)
+    nested = _shared_nested(params, names)
     if nested:
+        shown = " and ".join(names)
         raise ValueError(
             f"set_params cannot set {nested}: {type(estimator).__name__} uses "
-            "its basis and sampler as they are (fitted, shared by clone, not "
-            "refitted by fit), as scikit-learn's FrozenEstimator does. Set the "
-            "parameter on a clone of the basis or sampler, fit it and pass it "
-            "as basis= or sampler=."
+            f"its {shown} as they are (fitted, shared by clone, not refitted "
+            "by fit), as scikit-learn's FrozenEstimator does. Set the "
+            "parameter on a clone of that component, fit it and pass it "
+            f"as {'= or '.join(names)}=."
         )
 
 

@@ -29,12 +29,15 @@ from deepblur._validation import (
     resolve_device,
     to_like,
 )
+from deepblur.estimators._gamma import check_no_shared_nested, without_shared_nested
 from deepblur.metrics import psnr
 from deepblur.solvers.tv import REGULARIZATIONS, deblur, default_lam
 
 __all__ = ["TVDeblurrer"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# the fitted components clone shares (whose own parameters cannot be set)
+_SHARED = ("basis", "blur_estimator")
 # what describes the last transform call (reset by fit and by every call)
 _LAST_TRANSFORM = ("n_iter_", "objective_history_", "converged_", "lam_")
 
@@ -237,6 +240,20 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         if keep:
             new.set_params(**keep)
         return new
+
+    def get_params(self, deep=True):
+        """Parameters; with ``deep``, none of the ``basis``'s or the
+        ``blur_estimator``'s own: they are used as fitted and shared by
+        ``clone`` (as scikit-learn's ``FrozenEstimator`` does)."""
+        return without_shared_nested(super().get_params(deep=deep), _SHARED)
+
+    def set_params(self, **params):
+        """Set parameters; those of the ``basis`` or the ``blur_estimator``
+        (``basis__tol``) are refused with a clear message: setting them
+        would change components that clones share, which ``fit`` does not
+        refit."""
+        check_no_shared_nested(self, params, _SHARED)
+        return super().set_params(**params)
 
     def __setstate__(self, state):
         """Load a deblurrer fitted on CUDA on a machine without it (on CPU).

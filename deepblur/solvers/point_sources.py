@@ -62,7 +62,7 @@ def detect_point_sources(y, threshold, *, min_distance=2, smoothing=0.0):
     threshold : float
         Minimum value of a detected maximum (e.g. a multiple of the noise
         standard deviation above the background).
-    min_distance : int, default=2
+    min_distance : int >= 1, default=2
         A maximum must be the largest value in the ``(2 m + 1)^2`` window
         around it. Tied maxima count once: a flat top (a saturated source)
         gives one detection, its pixel nearest the plateau's centre, and no
@@ -84,6 +84,10 @@ def detect_point_sources(y, threshold, *, min_distance=2, smoothing=0.0):
     >>> detect_point_sources(y, 0.1).tolist()
     [[2, 3], [6, 6]]
     """
+    if (not isinstance(min_distance, Integral) or isinstance(min_distance, bool)
+            or min_distance < 1):
+        raise ValueError("min_distance must be an int >= 1 (a maximum is the "
+                         f"largest value within it); got {min_distance!r}.")
     y = np.asarray(y, dtype=np.float64)
     if smoothing > 0:
         y = gaussian_filter(y, float(smoothing), mode="constant")

@@ -83,8 +83,10 @@ def _leading_right_vectors(M, k, rng):
     """Top-``k`` right singular vectors of ``M`` (m, n): the eigenvectors of
     ``M^T M``, from that (n, n) Gram matrix or, when ``M`` has fewer rows,
     from the thin SVD of ``M`` (large PSF crops: ``n = kh * kw`` is then
-    in the thousands and the Gram's eigendecomposition costs ``O(n^3)``);
-    completed at random as :func:`_leading_vectors`."""
+    in the thousands and the Gram's eigendecomposition costs ``O(n^3)``).
+    Past the ``m`` directions of ``M``'s rows (``k > m``, with ``k <= n``)
+    the basis is completed by orthonormal directions of their orthogonal
+    complement (the Gram route's null-space eigenvectors, up to rotation)."""
     m, n = M.shape
     if n <= m:
         return _leading_vectors(M.T @ M, k, rng)
@@ -92,7 +94,11 @@ def _leading_right_vectors(M, k, rng):
     v = vt.T
     if k <= m:
         return v[:, :k]
-    return np.concatenate([v, rng.standard_normal((n, k - m))], axis=1)
+    extra = rng.standard_normal((n, min(k, n) - m))
+    extra -= v @ (v.T @ extra)                             # out of the row space
+    q, _ = np.linalg.qr(np.concatenate([v, extra], axis=1))
+    q[:, :m] = v                                           # signs as the SVD's
+    return q
 
 
 def reconstruct_fields(gamma, F, E):

@@ -277,6 +277,23 @@ def test_grid_search_non_blind_with_metadata_routing(basis, data):
     assert search.best_params_["lam"] == 100.0
 
 
+def test_the_shared_basis_and_blur_estimator_parameters_cannot_be_set(basis, data):
+    """As the regressors' basis and sampler: fitted components that clone
+    shares, never refitted by fit; their parameters are not listed and not
+    settable (set_params would change the components of every clone)."""
+    X, _, gamma = data
+    reg = FakeBlurRegressor().fit(X, gamma)
+    est = _est(basis, blur_estimator=reg)
+    assert not [k for k in est.get_params() if "__" in k]
+    tol = basis.tol
+    for params in ({"basis__tol": 1.0}, {"blur_estimator__anything": 1},
+                   {"lam": 3.0, "basis__tol": 1.0}):
+        with pytest.raises(ValueError, match="uses its basis and blur_estimator"):
+            est.set_params(**params)
+    assert basis.tol == tol and est.lam != 3.0
+    assert clone(est).basis is basis and est.set_params(lam=3.0).lam == 3.0
+
+
 def test_fit_transform_non_blind_alone_and_in_a_pipeline(basis, data):
     """gamma reaches transform: fit_transform(X, gamma=...) and a Pipeline's
     fit_transform routing gamma to the deblurrer's transform."""

@@ -119,6 +119,9 @@ def test_detection_counts_tied_maxima_once():
     assert detect_point_sources(y, 0.1).tolist() == [[3, 3], [10, 3], [10, 6]]
     assert detect_point_sources(y, 0.1, min_distance=1).tolist() == [
         [3, 3], [3, 5], [10, 3], [10, 6]]
+    for bad in (0, -1, 1.5, True):      # 0 made every pixel a "maximum"
+        with pytest.raises(ValueError, match="min_distance must be an int >= 1"):
+            detect_point_sources(y, 0.1, min_distance=bad)
     rng = np.random.default_rng(1)
     for _ in range(20):
         smooth = gaussian_filter(rng.random((24, 24)), 1.0)

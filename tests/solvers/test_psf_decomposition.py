@@ -39,7 +39,15 @@ def test_leading_right_vectors_span_the_gram_eigenvectors(m, n):
     top = u[:, np.argsort(w)[::-1][:4]]
     assert v.shape == (n, 4)
     np.testing.assert_allclose(v @ v.T, top @ top.T, atol=1e-8)
-    assert _leading_right_vectors(M, m + 3, r).shape == (n, m + 3)
+    # past the rows' directions: an orthonormal completion (the Gram route's
+    # null-space eigenvectors, up to rotation), never raw random vectors
+    k = min(m + 3, n)
+    q = _leading_right_vectors(M, k, r)
+    assert q.shape == (n, k)
+    np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-10)
+    rows = np.linalg.svd(M, full_matrices=False)[2][:min(m, n)].T
+    np.testing.assert_allclose(q[:, :rows.shape[1]] @ q[:, :rows.shape[1]].T,
+                               rows @ rows.T, atol=1e-8)
 
 
 def test_fit_never_worsens_over_sweeps():
