@@ -171,12 +171,12 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     ``||H[gamma] - H[gamma_hat]||_F / ||H[gamma]||_F`` and the SNR (dB,
     :func:`deepblur.metrics.snr` against ``original``) of the blurry and
     deblurred images. The blurry image's is taken at the original's
-    brightness: divided by the gain of ``H[gamma]`` (its mean on a flat
-    image, given in the title; the raw image's SNR when the gain is not
-    positive), as
-    :func:`deepblur.pretrained.simulate_blind_deblurring` reports it and
-    ``deepblur demo`` prints it; undivided, it would mostly measure the
-    gain.
+    brightness: divided by the gain of ``H[gamma]`` (by default its mean on
+    a flat image, or ``blurry_gain``; given in the title; the raw image's
+    SNR when the gain is not positive), as
+    :func:`deepblur.pretrained.simulate_blind_deblurring` reports it (given
+    its ``blurry_gain``) and ``deepblur demo`` prints it; undivided, it
+    would mostly measure the gain.
 
     Parameters
     ----------
@@ -222,6 +222,8 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     error = float(basis.operator_distance(gamma, gamma_hat))
     gain = (operator_gain(basis, gamma) if blurry_gain is None
             else float(blurry_gain))
+    if not np.isfinite(gain):
+        raise ValueError(f"blurry_gain must be finite; got {blurry_gain!r}.")
     panels = [(blurry, "blurry-noisy"), (original, "original"),
               (deblurred, "deblurred (estimate)")]
     if deblurred_true is not None:

@@ -128,6 +128,9 @@ def test_bad_input_is_refused_without_leaving_a_figure_open(basis):
          "finite|NaN"),
         (lambda: plot_blind_deblurring(basis, np.ones(3), np.ones(3), blurry[:16],
                                        original, original), "shape"),
+        (lambda: plot_blind_deblurring(basis, np.ones(3), np.ones(3), blurry,
+                                       original, original, blurry_gain=np.nan),
+         "blurry_gain must be finite"),
     ]
     for call, match in calls:
         with pytest.raises(ValueError, match=match):

@@ -963,6 +963,13 @@ def test_extra_metadata_cannot_replace_the_models_own(small_setting, tmp_path):
     with pytest.warns(UserWarning, match=r"\['boundary'\]"):
         load_basis(save_basis(tmp_path / "b", small_setting["basis"],
                               extra={"boundary": "periodic"}))
+    # nor the noise level predict checks images against, known or not
+    vars(net).pop("noise_level_", None)
+    with pytest.warns(UserWarning, match=r"\['noise_level'\]"):
+        save_model(tmp_path / "n", net, small_setting, extra={"noise_level": -1.0})
+    meta = json.loads((tmp_path / "n" / "model.json").read_text())
+    assert "noise_level" not in meta
+    assert load_model(tmp_path / "n").regressor.noise_level_ >= 0
     # a sampler seeded with a RandomState: saved unseeded, with a warning
     setting = dict(small_setting)
     setting["sampler"] = ConeSampler(

@@ -441,9 +441,8 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
                  for k, v in setting["params"].items()},
     )
     level = getattr(regressor, "noise_level_", None)
-    owned = ("weights_dtype", "noise_std", "support_tolerance") + (
-        () if level is None else ("noise_level",))
-    _with_extra(meta, extra, owned)
+    _with_extra(meta, extra, ("weights_dtype", "noise_std", "support_tolerance",
+                              "noise_level"))
     meta["weights_dtype"] = weights_dtype
     meta["noise_std"] = list(noise) if isinstance(noise, tuple) else noise
     if level is not None:       # what predict checks images against (Notes)
@@ -559,12 +558,9 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary="crop")
     level = getattr(regressor, "noise_level_", None)
-    _with_extra(meta, extra, ("basis_gram", "support_tolerance") + (
-        () if level is None else ("noise_level",)))
+    _with_extra(meta, extra, ("basis_gram", "support_tolerance", "noise_level"))
     meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
-    if level is not None:
-        meta["noise_level"] = float(level)
-    meta.setdefault("noise_level", float(np.max(noise)))
+    meta["noise_level"] = float(np.max(noise) if level is None else level)
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _CROP_WEIGHTS, _module_tensors(regressor),
                        _CROP_META, meta)
