@@ -84,13 +84,28 @@ def _shared(dask, obj, prefix):
     return dask.delayed(obj, name=f"{prefix}-{uuid.uuid4().hex}", traverse=False)
 
 
-def _transform_block(estimator, block, gamma, dtype):
+def _named(exc, where):
+    """``exc`` naming the images it is about (a task's error reaches the
+    caller alone): a ValueError gets them in its message, others a note."""
+    if type(exc) is ValueError:
+        return ValueError(f"{where}: {exc}")
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"(while deblurring {where})")
+    return exc
+
+
+def _transform_block(estimator, block, gamma, dtype, start=0):
     """Run ``estimator.transform`` on one block of images (a dask task)."""
     block = np.asarray(block)
-    if gamma is None:
-        U = estimator.transform(block)
-    else:
-        U = estimator.transform(block, gamma=gamma)
+    where = (f"images[{start}]" if len(block) == 1
+             else f"images[{start}:{start + len(block)}]")
+    try:
+        if gamma is None:
+            U = estimator.transform(block)
+        else:
+            U = estimator.transform(block, gamma=gamma)
+    except Exception as exc:
+        raise _named(exc, where) from exc
     if torch.is_tensor(U):
         U = U.detach().cpu().numpy()
     U = np.asarray(U)
@@ -258,7 +273,7 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
     for b, start in zip(blocks, range(0, n, per_task), strict=True):
         stop = min(start + per_task, n)
         g_block = g[start:stop] if g is not None and g.ndim == 2 else g_all
-        task = transform(est, b, g_block, out_dtype,
+        task = transform(est, b, g_block, out_dtype, start,
                          dask_key_name=f"deblur-images-{uuid.uuid4().hex}")
         parts.append(da.from_delayed(task, shape=(stop - start, H, W),
                                      dtype=out_dtype))
@@ -269,10 +284,13 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
     return U
 
 
-def _deblur_large_one(model, image, kwargs):
+def _deblur_large_one(model, image, kwargs, index=0):
     from deepblur.tiling import deblur_large
 
-    return deblur_large(image, model, **kwargs).restored
+    try:
+        return deblur_large(image, model, **kwargs).restored
+    except Exception as exc:
+        raise _named(exc, f"images[{index}]") from exc
 
 
 def deblur_large_images(images, model, *, compute=True, scheduler=None,
@@ -308,6 +326,13 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     restored : list of numpy.ndarray, or list of dask.delayed.Delayed
         The deblurred images (``LargeDeblurResult.restored``), in order.
 
+    Raises
+    ------
+    ValueError
+        Before any task runs, naming ``images[i]``: an image that is not
+        2-D, smaller than the model's ``image_shape``, or not finite. An
+        error inside a task names its image too.
+
     See Also
     --------
     deblur_images : images of the model's size, batched per task.
@@ -339,17 +364,24 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
             f"(n, H, W); got {type(images).__name__} of length "
             f"{len(images) if hasattr(images, '__len__') else '?'}."
         )
+    from deepblur.tiling import _check_large_image, _model_parts
+
+    # what fails without the model's estimates fails here, before any task:
+    # a task's error would drop the images already deblurred
+    tile_shape = tuple(_model_parts(model)[0].image_shape_)
+    images = [np.asarray(im.detach().cpu().numpy() if torch.is_tensor(im) else im)
+              for im in images]
     for i, im in enumerate(images):
-        if np.ndim(im) != 2:
-            raise ValueError(
-                f"images[{i}] must be a 2-D image; got shape {np.shape(im)}."
-            )
+        try:
+            _check_large_image(im, tile_shape)
+        except ValueError as exc:
+            raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)
     shared_model = _shared(dask, model, "deblur-model")
     run = dask.delayed(_deblur_large_one, pure=True)
-    tasks = [run(shared_model, np.asarray(im), kwargs,
+    tasks = [run(shared_model, im, kwargs, i,
                  dask_key_name=f"deblur-large-{uuid.uuid4().hex}")
-             for im in images]
+             for i, im in enumerate(images)]
     if not compute:
         return tasks
     return list(dask.compute(*tasks, scheduler=scheduler))

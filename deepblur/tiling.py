@@ -696,7 +696,8 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
         raise ValueError(f"max_pixels must be a positive int; got {max_pixels!r}.")
     if not (isinstance(margin, numbers.Integral) and margin >= 0):
         raise ValueError(f"margin must be a non-negative int; got {margin!r}.")
-    mh, mw = (min(H, m) for m in check_positive_int_pair(min_core, "min_core"))
+    mh, mw = check_positive_int_pair(min_core, "min_core")
+    mh, mw = min(H, mh), min(W, mw)
     if H * W <= max_pixels:
         return [SolveBlock((0, H, 0, W), (0, H, 0, W))]
     # the smallest window holding a full core: a core inside the image

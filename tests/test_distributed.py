@@ -238,9 +238,14 @@ def test_deblur_images_errors(data, fitted):
         deblur_images(blurry, object())
     with pytest.raises(NotFittedError):
         deblur_images(blurry, TVDeblurrer(fitted.basis_))
-    # the estimator's own errors surface from the task, unchanged
-    with pytest.raises(ValueError, match="image_shape|shape"):
-        deblur_images(np.zeros((2, 16, 16)), deblurrer, scheduler="sync")
+    # the estimator's own errors surface from the task, naming its images
+    with pytest.raises(ValueError, match=r"images\[0:2\]: .*image_shape"):
+        deblur_images(np.zeros((2, 16, 16)), deblurrer, scheduler="sync",
+                      images_per_task=2)
+    bad = blurry.copy()
+    bad[5, 3, 3] = np.nan
+    with pytest.raises(ValueError, match=r"^images\[5\]: X must contain only finite"):
+        deblur_images(bad, deblurrer, scheduler="sync")
 
 
 def test_deblur_large_images_equals_deblur_large(fitted, client):
@@ -260,8 +265,26 @@ def test_deblur_large_images_equals_deblur_large(fitted, client):
     lazy = deblur_large_images(np.stack([images[0]] * 2), model, compute=False,
                                **kwargs)
     assert len(lazy) == 2
-    with pytest.raises(ValueError, match="2-D image"):
+    with pytest.raises(ValueError, match=r"images\[1\]: image must be 2-D"):
         deblur_large_images([images[0], np.zeros(5)], model)
+    # what fails without the model fails before any task runs (a task's
+    # error would drop the images already done), naming the image
+    import deepblur.distributed as distributed
+
+    ran = []
+    real = distributed._deblur_large_one
+    try:
+        distributed._deblur_large_one = lambda *a: ran.append(a) or real(*a)
+        nan = images[1].copy()
+        nan[3, 3] = np.nan
+        for bad, match in ((nan, r"images\[1\]: image must contain only finite"),
+                           (np.ones((20, 60)), r"images\[1\]: .*smaller")):
+            with pytest.raises(ValueError, match=match):
+                deblur_large_images([images[0], bad], model, scheduler="sync",
+                                    **kwargs)
+        assert ran == []
+    finally:
+        distributed._deblur_large_one = real
 
 
 # -------------------------------------------------------------- accelerate

@@ -471,6 +471,12 @@ def test_solve_blocks_fit_and_partition():
     assert len(solve_blocks((100, 130), 100 * 130, 8)) == 1
     with pytest.raises(ValueError, match="too small for one solve"):
         solve_blocks((100, 130), 40 * 40, 8, min_core=(32, 32))
+    # a core is at least min_core wide even when that exceeds the image's
+    # height (a wide tile of a non-square model): the width was capped at H
+    for b in solve_blocks((20, 300), 20 * 120, 4, min_core=(16, 64)):
+        assert b.core[3] - b.core[2] >= 64
+    with pytest.raises(ValueError, match="at least 29x159"):
+        solve_blocks((30, 255), 7622, 20, min_core=(29, 159))
 
 
 @pytest.fixture(scope="module")

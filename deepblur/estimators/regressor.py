@@ -53,6 +53,8 @@ def _check_images(X, image_shape=None, name="X"):
         arr = np.asarray(X)
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
+        if not arr.dtype.isnative:      # big-endian files (FITS, some TIFFs)
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.ndim == 3:
         t = t[:, None]

@@ -730,6 +730,10 @@ def test_bad_input(setting):
         fitted.predict(X[:, :8, :8])
     with pytest.raises(ValueError, match="at least one image"):
         fitted.predict(X[:0])
+    # big-endian arrays (FITS files, some TIFFs) are read in native order
+    for dtype in (">f4", ">f8"):
+        np.testing.assert_array_equal(fitted.predict(X.astype(dtype)),
+                                      fitted.predict(X))
     with pytest.raises(ValueError, match="at least one image"):
         ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X[:0], y[:0])
     # a refused continuation leaves the recorded training noise alone
