@@ -26,11 +26,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from deepblur import ProductConvolutionBasis  # noqa: E402
 from deepblur.datasets import make_random_operators  # noqa: E402
 from deepblur.plotting import dirac_comb, plot_components  # noqa: E402
 
+torch.set_num_threads(1)
 FAST = os.environ.get("DEEPBLUR_FAST", "0") == "1"
 OUT = Path(os.environ.get("DEEPBLUR_OUTPUT", Path(__file__).parent / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
