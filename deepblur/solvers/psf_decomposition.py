@@ -225,11 +225,19 @@ def _relative_residual(T, gamma, F, E, norm_T):
     inner = np.sum(_mttkrp(T, F, E, 0) * gamma)
     model = np.sum((gamma.T @ gamma) * (F.T @ F) * (E.T @ E))
     sq = max(norm_T**2 - 2 * inner + model, 0.0)
+    if sq < 1e-10 * norm_T**2:
+        # the expansion cancels to ~sqrt(eps) relative: near an exact fit the
+        # residual (and the stopping test on it) needs the direct formula
+        return float(np.linalg.norm(T - reconstruct_fields(gamma, F, E)) / norm_T)
     return np.sqrt(sq) / norm_T
 
 
 def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
     """Extend map samples at ``positions`` to every pixel (thin-plate spline).
+
+    Positions on one line (a single row or column of beads, or two
+    positions) determine the maps along that line only: they are
+    interpolated along it and constant across it.
 
     Parameters
     ----------
@@ -251,8 +259,15 @@ def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
     if positions.shape[0] == 1:
         out = np.repeat(values[None, 0], H * W, axis=0)
     else:
-        degree = 1 if positions.shape[0] >= 3 else 0
+        centre = positions.mean(axis=0)
+        _, s, vt = np.linalg.svd(positions - centre, full_matrices=False)
+        if s[1] <= 1e-9 * max(1.0, s[0]):
+            # on one line (one row or column of beads, or two positions): a
+            # plane is not determined, so the spline runs along the line and
+            # the maps are constant across it
+            positions = (positions - centre) @ vt[0][:, None]
+            query = (query - centre) @ vt[0][:, None]
         rbf = RBFInterpolator(positions, values, kernel="thin_plate_spline",
-                              smoothing=smoothing, degree=degree)
+                              smoothing=smoothing, degree=1)
         out = rbf(query)
     return np.ascontiguousarray(out.T.reshape(-1, H, W))

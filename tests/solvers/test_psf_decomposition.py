@@ -88,3 +88,50 @@ def test_interpolation_passes_through_samples_and_keeps_planes():
 def test_all_zero_tensor_is_refused():
     with pytest.raises(ValueError, match="all zeros"):
         cp_als(np.zeros((2, 3, 4)), 1, random_state=np.random.default_rng(0))
+
+
+def test_exact_low_rank_is_recovered_to_the_tolerance():
+    """The stopping test reads the residual directly near an exact fit: the
+    expanded formula cancels to ~1e-8 and stopped ALS there whatever tol."""
+    r = np.random.default_rng(0)
+    T = reconstruct_fields(r.random((30, 3)) + 0.1, r.standard_normal((16, 3)),
+                           r.standard_normal((25, 3)))
+    g, F, E, info = cp_als(T, 3, random_state=np.random.default_rng(0))
+    assert info["residual"] < 1e-10
+    assert np.linalg.norm(reconstruct_fields(g, F, E) - T) / np.linalg.norm(T) < 1e-10
+
+
+@pytest.mark.parametrize("positions", [
+    [(4, c) for c in range(2, 30, 4)],          # one row of beads
+    [(r, 20) for r in range(3, 30, 5)],         # one column
+    [(5, 5), (20, 25)],                          # two beads (a diagonal line)
+])
+def test_maps_from_positions_on_one_line(positions):
+    """A plane is not determined by positions on one line (the spline's
+    degree-1 term made fit fail): along the line, constant across it."""
+    positions = np.asarray(positions)
+    r = np.random.default_rng(len(positions))
+    values = r.random((len(positions), 2))
+    maps = interpolate_maps(positions, values, (32, 32))
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+    np.testing.assert_allclose(maps[:, positions[:, 0], positions[:, 1]], values.T,
+                               atol=1e-8)
+    d = (positions[-1] - positions[0]) / np.linalg.norm(positions[-1] - positions[0])
+    across = np.array([-d[1], d[0]])
+    for p in positions[:2]:                 # constant across the line
+        q = np.round(p + 3 * across).astype(int)
+        if (0 <= q).all() and (q < 32).all() and np.allclose(q - p, 3 * across):
+            np.testing.assert_allclose(maps[:, q[0], q[1]], maps[:, p[0], p[1]],
+                                       atol=1e-8)
+
+
+@pytest.mark.parametrize("grid", [(1, 8), (8, 1)])
+def test_basis_fits_one_row_or_column_of_psfs(grid):
+    from deepblur import ProductConvolutionBasis
+    from deepblur.datasets import make_random_operators
+
+    ops = make_random_operators(10, image_shape=(32, 32), kernel_shape=(9, 9),
+                                grid_shape=grid, random_state=0)
+    basis = ProductConvolutionBasis(2, image_shape=(32, 32)).fit(ops.psf_fields)
+    assert np.isfinite(basis.maps_).all()
+    assert -basis.score(ops.psf_fields) < 0.5
