@@ -84,14 +84,17 @@ def _shared(dask, obj, prefix):
     return dask.delayed(obj, name=f"{prefix}-{uuid.uuid4().hex}", traverse=False)
 
 
-def _named(exc, where):
-    """``exc`` naming the images it is about (a task's error reaches the
-    caller alone): a ValueError gets them in its message, others a note."""
+def _raise_named(exc, where):
+    """Raise ``exc`` naming the images it is about (a task's error reaches
+    the caller alone): a plain ValueError anew with them in its message
+    (chained to it), any other error itself with a note (a new one would
+    lose its type; chaining it to itself would make its cause a loop, which
+    dask.distributed follows forever)."""
     if type(exc) is ValueError:
-        return ValueError(f"{where}: {exc}")
+        raise ValueError(f"{where}: {exc}") from exc
     if hasattr(exc, "add_note"):
         exc.add_note(f"(while deblurring {where})")
-    return exc
+    raise exc
 
 
 def _transform_block(estimator, block, gamma, dtype, start=0):
@@ -105,7 +108,7 @@ def _transform_block(estimator, block, gamma, dtype, start=0):
         else:
             U = estimator.transform(block, gamma=gamma)
     except Exception as exc:
-        raise _named(exc, where) from exc
+        _raise_named(exc, where)
     if torch.is_tensor(U):
         U = U.detach().cpu().numpy()
     U = np.asarray(U)
@@ -290,7 +293,7 @@ def _deblur_large_one(model, image, kwargs, index=0):
     try:
         return deblur_large(image, model, **kwargs).restored
     except Exception as exc:
-        raise _named(exc, f"images[{index}]") from exc
+        _raise_named(exc, f"images[{index}]")
 
 
 def deblur_large_images(images, model, *, compute=True, scheduler=None,
@@ -330,8 +333,10 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     ------
     ValueError
         Before any task runs, naming ``images[i]``: an image that is not
-        2-D, smaller than the model's ``image_shape``, or not finite. An
-        error inside a task names its image too.
+        2-D, smaller than the model's ``image_shape``, not finite, or of a
+        non-positive mean (unless ``image_mean=None``); likewise a model
+        whose basis is not fitted. An error inside a task names its image
+        too (in the message of a ``ValueError``, in a note otherwise).
 
     See Also
     --------
@@ -364,16 +369,15 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
             f"(n, H, W); got {type(images).__name__} of length "
             f"{len(images) if hasattr(images, '__len__') else '?'}."
         )
-    from deepblur.tiling import _check_large_image, _model_parts
+    from deepblur.tiling import _large_input
 
     # what fails without the model's estimates fails here, before any task:
     # a task's error would drop the images already deblurred
-    tile_shape = tuple(_model_parts(model)[0].image_shape_)
     images = [np.asarray(im.detach().cpu().numpy() if torch.is_tensor(im) else im)
               for im in images]
     for i, im in enumerate(images):
         try:
-            _check_large_image(im, tile_shape)
+            _large_input(im, model, kwargs.get("image_mean", "auto"))
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)

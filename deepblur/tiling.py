@@ -1205,6 +1205,29 @@ def _solve_scale(image, image_mean):
     return float(image_mean) / mean
 
 
+def _large_input(image, model, image_mean="auto"):
+    """What :func:`deblur_large` checks before any estimate: ``(basis,
+    regressor, image, scale)`` with the image checked against the model's
+    tile (2-D, at least one tile, finite) and the factor that brings it to
+    ``image_mean`` (a positive mean needed unless ``image_mean`` is None)."""
+    basis, regressor = _model_parts(model)
+    _, maps, _ = _basis_parts(basis)
+    img = _check_large_image(image, tuple(int(s) for s in maps.shape[1:]))
+    if isinstance(image_mean, str):
+        if image_mean != "auto":
+            raise ValueError(
+                f"image_mean must be a positive float, 'auto' or None; got "
+                f"{image_mean!r}."
+            )
+        if hasattr(model, "sampler") and hasattr(model, "basis"):
+            from deepblur.pretrained._apply import model_image_mean
+
+            image_mean = model_image_mean(model)
+        else:
+            image_mean = 0.5
+    return basis, regressor, img, _solve_scale(img, image_mean)
+
+
 def _deblur_scaled(image, basis, gamma_tiles, grid, *, scale, **solve):
     """:func:`deblur_stitched` of ``image * scale``, mapped back to the
     input's units."""
@@ -1319,10 +1342,9 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     ...                  atol=0.5))
     True
     """
-    basis, regressor = _model_parts(model)
+    basis, regressor, img, scale = _large_input(image, model, image_mean)
     kernels, maps, _ = _basis_parts(basis)
     tile_shape = tuple(int(s) for s in maps.shape[1:])
-    img = _check_large_image(image, tile_shape)
     if boundary not in ("unknown", "model"):
         raise ValueError(
             f"boundary must be 'unknown' or 'model'; got {boundary!r}."
@@ -1330,14 +1352,6 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     pretrained = hasattr(model, "sampler") and hasattr(model, "basis")
     if pretrained:
         from deepblur.pretrained._apply import model_image_mean, training_gain
-    if isinstance(image_mean, str):
-        if image_mean != "auto":
-            raise ValueError(
-                f"image_mean must be a positive float, 'auto' or None; got "
-                f"{image_mean!r}."
-            )
-        image_mean = model_image_mean(model) if pretrained else 0.5
-    scale = _solve_scale(img, image_mean)
     if isinstance(target_mean, str):
         if target_mean != "auto":
             raise ValueError(

@@ -23,6 +23,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold
 
 from deepblur import (
+    ProductConvolutionBasis,
     ResNetBlurRegressor,
     TVDeblurrer,
 )
@@ -174,6 +175,31 @@ def test_deblur_images_on_the_cluster_equals_transform_image_by_image(
     assert not np.allclose(U[0], U[1])
 
 
+class _Broken:
+    """An estimator whose transform fails with an error that is not a
+    ValueError (its type must reach the caller, naming the images)."""
+
+    def transform(self, X):
+        raise RuntimeError("broken transform")
+
+
+def test_task_errors_keep_their_type_and_name_their_images(client):
+    """A non-ValueError was chained to itself: dask.distributed followed the
+    loop of causes forever (the call hung, the worker's memory grew), and
+    the "processes" scheduler could not pickle it."""
+    from deepblur.distributed import deblur_images
+
+    images = np.ones((3, 8, 8))
+    with pytest.raises(RuntimeError, match="broken transform") as info:
+        deblur_images(images, _Broken(), scheduler="sync", images_per_task=2)
+    assert info.value.__cause__ is not info.value
+    assert getattr(info.value, "__notes__", []) in (
+        ["(while deblurring images[0:2])"], ["(while deblurring images[2])"])
+    lazy = deblur_images(images, _Broken(), compute=False)
+    with pytest.raises(RuntimeError, match="broken transform"):
+        client.compute(lazy).result(timeout=60)
+
+
 def test_deblur_images_batches_and_lazy_results(data, fitted, client):
     import dask.array as da
 
@@ -278,10 +304,14 @@ def test_deblur_large_images_equals_deblur_large(fitted, client):
         nan = images[1].copy()
         nan[3, 3] = np.nan
         for bad, match in ((nan, r"images\[1\]: image must contain only finite"),
-                           (np.ones((20, 60)), r"images\[1\]: .*smaller")):
+                           (np.ones((20, 60)), r"images\[1\]: .*smaller"),
+                           (images[1] - 5, r"images\[1\]: .*mean intensity")):
             with pytest.raises(ValueError, match=match):
                 deblur_large_images([images[0], bad], model, scheduler="sync",
                                     **kwargs)
+        with pytest.raises(ValueError, match=r"images\[0\]: basis must be a fitted"):
+            deblur_large_images([images[0]], (ProductConvolutionBasis(3),
+                                              fitted.regressor_), **kwargs)
         assert ran == []
     finally:
         distributed._deblur_large_one = real

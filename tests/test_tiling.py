@@ -473,7 +473,9 @@ def test_solve_blocks_fit_and_partition():
         solve_blocks((100, 130), 40 * 40, 8, min_core=(32, 32))
     # a core is at least min_core wide even when that exceeds the image's
     # height (a wide tile of a non-square model): the width was capped at H
-    for b in solve_blocks((20, 300), 20 * 120, 4, min_core=(16, 64)):
+    with pytest.raises(ValueError, match="core of 16x64"):     # 50 wide before
+        solve_blocks((20, 300), 20 * 60, 4, min_core=(16, 64))
+    for b in solve_blocks((20, 300), 20 * 84, 4, min_core=(16, 64)):
         assert b.core[3] - b.core[2] >= 64
     with pytest.raises(ValueError, match="at least 29x159"):
         solve_blocks((30, 255), 7622, 20, min_core=(29, 159))
