@@ -236,10 +236,10 @@ def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
     """Extend map samples at ``positions`` to every pixel (thin-plate spline).
 
     Positions on one line (a single row or column of beads, or two
-    positions), or nearly (spread across it under 5 % of the spread along
-    it), determine the maps along that line only: they are interpolated
-    along it (through the samples' projections on it) and constant across
-    it.
+    positions), or nearly (their root-mean-square distance to the line
+    under 5 % of the image's extent across it), determine the maps along
+    that line only: they are interpolated along it (through the samples'
+    projections on it) and constant across it.
 
     Parameters
     ----------
@@ -263,12 +263,15 @@ def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
     else:
         centre = positions.mean(axis=0)
         _, s, vt = np.linalg.svd(positions - centre, full_matrices=False)
-        if s[1] <= 0.05 * s[0]:
-            # on one line, or within a pixel or two of one over the field (a
-            # row or column of beads, two positions): the plane's slope
-            # across it is not determined (a 1-pixel wobble made it swing the
-            # maps by hundreds), so the spline runs along the line and the
-            # maps are constant across it
+        # the positions' spread across their main line, against the image's
+        # extent in that direction: a plane fitted to a spread of a pixel or
+        # two is extrapolated over the whole image (a 1-pixel wobble of a
+        # row of beads swung the maps to several times their range)
+        across = np.abs(vt[1]) @ np.array([H, W], dtype=np.float64)
+        if s[1] / np.sqrt(len(positions)) <= 0.05 * across:
+            # on one line or nearly (a row or column of beads, two
+            # positions): the spline runs along the line and the maps are
+            # constant across it
             positions = (positions - centre) @ vt[0][:, None]
             query = (query - centre) @ vt[0][:, None]
         rbf = RBFInterpolator(positions, values, kernel="thin_plate_spline",

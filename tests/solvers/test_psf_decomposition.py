@@ -140,10 +140,16 @@ def test_maps_from_a_row_of_beads_that_wobbles_by_a_pixel():
     span = values.max() - values.min()
     assert values.min() - 0.1 * span < maps.min()
     assert maps.max() < values.max() + 0.1 * span
-    # two rows far apart still make a 2-D spline (it varies across them)
+    # two rows far apart still make a 2-D spline (it varies across them),
+    # also on an elongated image, where they are close against its length
     grid = np.stack([np.r_[np.full(8, 32), np.full(8, 96)], np.r_[cols, cols]], 1)
     two = interpolate_maps(grid, r.random((16, 1)), (128, 128))
     assert not np.allclose(two[0, 32], two[0, 96])
+    strip = grid_positions((32, 512), (2, 16))           # rows 8 and 24
+    values = r.random((32, 1))
+    two = interpolate_maps(strip, values, (32, 512))
+    np.testing.assert_allclose(two[0, strip[:, 0], strip[:, 1]], values[:, 0],
+                               atol=1e-8)
 
 
 @pytest.mark.parametrize("grid", [(1, 8), (8, 1)])
