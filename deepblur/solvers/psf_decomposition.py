@@ -268,12 +268,13 @@ def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
         # two is extrapolated over the whole image (a 1-pixel wobble of a
         # row of beads swung the maps to several times their range)
         across = np.abs(vt[1]) @ np.array([H, W], dtype=np.float64)
-        if s[1] / np.sqrt(len(positions)) <= 0.05 * across:
+        line = (positions - centre) @ vt[0][:, None]
+        if (s[1] / np.sqrt(len(positions)) <= 0.05 * across
+                and len(np.unique(np.round(line, 9))) == len(line)):
             # on one line or nearly (a row or column of beads, two
-            # positions): the spline runs along the line and the maps are
-            # constant across it
-            positions = (positions - centre) @ vt[0][:, None]
-            query = (query - centre) @ vt[0][:, None]
+            # positions; no two at one place along it): the spline runs
+            # along the line and the maps are constant across it
+            positions, query = line, (query - centre) @ vt[0][:, None]
         rbf = RBFInterpolator(positions, values, kernel="thin_plate_spline",
                               smoothing=smoothing, degree=1)
         out = rbf(query)

@@ -145,6 +145,10 @@ def test_maps_from_a_row_of_beads_that_wobbles_by_a_pixel():
     grid = np.stack([np.r_[np.full(8, 32), np.full(8, 96)], np.r_[cols, cols]], 1)
     two = interpolate_maps(grid, r.random((16, 1)), (128, 128))
     assert not np.allclose(two[0, 32], two[0, 96])
+    close = np.stack([np.r_[np.full(8, 60), np.full(8, 62)], np.r_[cols, cols]], 1)
+    values = r.random((16, 1))        # two rows 2 pixels apart: a 2-D spline
+    np.testing.assert_allclose(interpolate_maps(close, values, (128, 128))[
+        0, close[:, 0], close[:, 1]], values[:, 0], atol=1e-8)
     strip = grid_positions((32, 512), (2, 16))           # rows 8 and 24
     values = r.random((32, 1))
     two = interpolate_maps(strip, values, (32, 512))
