@@ -92,8 +92,11 @@ def _raise_named(exc, where):
     dask.distributed follows forever)."""
     if type(exc) is ValueError:
         raise ValueError(f"{where}: {exc}") from exc
+    note = f"(while deblurring {where})"
     if hasattr(exc, "add_note"):
-        exc.add_note(f"(while deblurring {where})")
+        exc.add_note(note)
+    else:                   # Python 3.10: the attribute that 3.11 prints
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
     raise exc
 
 
@@ -332,11 +335,12 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     Raises
     ------
     ValueError
-        Before any task runs, naming ``images[i]``: an image that is not
-        2-D, smaller than the model's ``image_shape``, not finite, or of a
-        non-positive mean (unless ``image_mean=None``); likewise a model
-        whose basis is not fitted. An error inside a task names its image
-        too (in the message of a ``ValueError``, in a note otherwise).
+        Before any task runs: a model whose basis is not fitted, a bad
+        ``image_mean``, and, naming ``images[i]``, an image that is not 2-D,
+        smaller than the model's ``image_shape``, not finite, or of a
+        non-positive mean (unless ``image_mean=None``). An error inside a
+        task names its image too: in the message of a plain ``ValueError``,
+        in a note (``__notes__``) of other errors, which keep their type.
 
     See Also
     --------
@@ -369,10 +373,17 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
             f"(n, H, W); got {type(images).__name__} of length "
             f"{len(images) if hasattr(images, '__len__') else '?'}."
         )
-    from deepblur.tiling import _large_input
+    from deepblur._validation import check_image_mean
+    from deepblur.tiling import _basis_parts, _large_input, _model_parts
 
     # what fails without the model's estimates fails here, before any task:
-    # a task's error would drop the images already deblurred
+    # a task's error would drop the images already deblurred. The model and
+    # image_mean first (their errors are about no image), then each image
+    _basis_parts(_model_parts(model)[0])
+    image_mean = kwargs.get("image_mean", "auto")
+    if image_mean is not None and not (isinstance(image_mean, str)
+                                       and image_mean == "auto"):
+        check_image_mean(image_mean)
     images = [np.asarray(im.detach().cpu().numpy() if torch.is_tensor(im) else im)
               for im in images]
     for i, im in enumerate(images):

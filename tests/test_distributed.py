@@ -309,9 +309,12 @@ def test_deblur_large_images_equals_deblur_large(fitted, client):
             with pytest.raises(ValueError, match=match):
                 deblur_large_images([images[0], bad], model, scheduler="sync",
                                     **kwargs)
-        with pytest.raises(ValueError, match=r"images\[0\]: basis must be a fitted"):
+        # the model's and image_mean's errors are about no image
+        with pytest.raises(ValueError, match=r"^basis must be a fitted"):
             deblur_large_images([images[0]], (ProductConvolutionBasis(3),
                                               fitted.regressor_), **kwargs)
+        with pytest.raises(ValueError, match=r"^image_mean must be a positive"):
+            deblur_large_images([images[0]], model, image_mean=-1.0)
         assert ran == []
     finally:
         distributed._deblur_large_one = real

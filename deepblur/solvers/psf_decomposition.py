@@ -270,10 +270,10 @@ def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
         across = np.abs(vt[1]) @ np.array([H, W], dtype=np.float64)
         line = (positions - centre) @ vt[0][:, None]
         if (s[1] / np.sqrt(len(positions)) <= 0.05 * across
-                and len(np.unique(np.round(line, 9))) == len(line)):
+                and np.diff(np.sort(line[:, 0])).min() >= 0.5):
             # on one line or nearly (a row or column of beads, two
-            # positions; no two at one place along it): the spline runs
-            # along the line and the maps are constant across it
+            # positions; none within half a pixel of another along it): the
+            # spline runs along the line and the maps are constant across it
             positions, query = line, (query - centre) @ vt[0][:, None]
         rbf = RBFInterpolator(positions, values, kernel="thin_plate_spline",
                               smoothing=smoothing, degree=1)

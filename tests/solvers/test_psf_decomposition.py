@@ -145,6 +145,12 @@ def test_maps_from_a_row_of_beads_that_wobbles_by_a_pixel():
     grid = np.stack([np.r_[np.full(8, 32), np.full(8, 96)], np.r_[cols, cols]], 1)
     two = interpolate_maps(grid, r.random((16, 1)), (128, 128))
     assert not np.allclose(two[0, 32], two[0, 96])
+    wobble = positions.copy()          # two beads one row apart, one column
+    wobble[1] = wobble[0] + (1, 0)
+    values = r.random((8, 2)) * 1.4 + 0.06
+    maps = interpolate_maps(wobble, values, (128, 128))
+    np.testing.assert_allclose(maps[:, wobble[:, 0], wobble[:, 1]], values.T,
+                               atol=1e-8)
     close = np.stack([np.r_[np.full(8, 60), np.full(8, 62)], np.r_[cols, cols]], 1)
     values = r.random((16, 1))        # two rows 2 pixels apart: a 2-D spline
     np.testing.assert_allclose(interpolate_maps(close, values, (128, 128))[
