@@ -649,6 +649,46 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     assert load_model(tmp_path / "tuned").regressor.support_tolerance is None
 
 
+def test_train_ctrl_c_while_a_checkpoint_is_written(capsys, tmp_path, monkeypatch):
+    """A Ctrl-C between the checkpoint's files (weights written, history not)
+    left epoch 1's weights beside an empty history: --resume trained epoch 1
+    twice, silently. The checkpoint is now written whole, then training stops,
+    and the resumed network is the uninterrupted one."""
+    import os
+    import signal
+
+    from skorch.callbacks import Checkpoint
+
+    original = Checkpoint._save_params
+
+    def save(self, f, net, f_name, log_name):
+        if f_name == "f_history" and len(net.history) == 1:
+            os.kill(os.getpid(), signal.SIGINT)      # Ctrl-C mid-checkpoint
+        return original(self, f, net, f_name, log_name)
+
+    quick = TINY.replace("n_test_images = 8", "n_test_images = 0").replace(
+        "support_images = 256", "support_images = 0")
+    (tmp_path / "sig.toml").write_text(quick.format(output="sig"))
+    (tmp_path / "ref.toml").write_text(quick.format(output="ref"))
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoint, "_save_params", save)
+        code, _, err = _run(capsys, "train", tmp_path / "sig.toml", "--no-progress")
+    assert code == 130 and "after 1 of 2 epochs" in err
+    history = json.loads((tmp_path / "sig" / "checkpoints" / "history.json")
+                         .read_text())
+    assert len(history) == 1
+    code, _, err = _run(capsys, "train", tmp_path / "sig.toml", "--resume",
+                        "--no-progress")
+    assert code == 0, err
+    code, _, err = _run(capsys, "train", tmp_path / "ref.toml", "--no-progress")
+    assert code == 0, err
+    X = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(load_model(tmp_path / "sig").regressor.predict(X),
+                               load_model(tmp_path / "ref").regressor.predict(X),
+                               rtol=1e-5, atol=1e-6)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, MemoryError])
 def test_train_keeps_the_network_when_the_checks_after_it_fail(
         capsys, tmp_path, monkeypatch, failure):

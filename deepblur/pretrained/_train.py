@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skorch.callbacks import Checkpoint
 
 from deepblur._validation import resolve_device
 from deepblur.datasets.simulate import BlurDataset, _check_range
@@ -302,12 +303,51 @@ def check_training_params(**params):
         )
 
 
-def _checkpoint(directory):
-    from skorch.callbacks import Checkpoint
+class _SigintDeferred:
+    """Hold a Ctrl-C (SIGINT) until the block is done, then raise it.
 
+    In the main thread only (where Python handles signals); elsewhere the
+    block runs as it is.
+    """
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._received, self._previous = [], None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(
+                    signal.SIGINT, lambda signum, frame: self._received.append(signum))
+            except (ValueError, OSError):       # no signals here
+                self._previous = None
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        if self._received and exc_type is None:
+            raise KeyboardInterrupt
+        return False
+
+
+class _WholeCheckpoint(Checkpoint):
+    """skorch's Checkpoint, whose files (weights, optimizer, criterion, then
+    history) are written whole: a Ctrl-C between them left the weights of
+    epoch N beside the history of N - 1, and a resume then trained epoch N
+    twice without a word."""
+
+    def save_model(self, net):
+        with _SigintDeferred():
+            super().save_model(net)
+
+
+def _checkpoint(directory):
     # monitor=None: save after every epoch, not only on a best validation loss.
-    return Checkpoint(monitor=None, dirname=str(directory), f_pickle=None,
-                      load_best=False, **_CHECKPOINT_FILES)
+    return _WholeCheckpoint(monitor=None, dirname=str(directory), f_pickle=None,
+                            load_best=False, **_CHECKPOINT_FILES)
 
 
 def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
