@@ -89,25 +89,23 @@ def check_shape_tail(x, name, tail, what="image_shape"):
     return x
 
 
-def check_positive_int_pair(value, name):
-    """Turn an int or a pair of ints into a pair of positive ints."""
+def check_positive_int_pair(value, name, *, allow_zero=False):
+    """Turn an int or a pair of ints into a pair of positive ints (of
+    non-negative ones with ``allow_zero``)."""
     if isinstance(value, numbers.Integral):
         value = (value, value)
+    kind = "non-negative" if allow_zero else "positive"
+    message = f"{name} must be a {kind} int or a pair of {kind} ints; got {value!r}."
     try:
         pair = tuple(value)
     except TypeError:
-        raise ValueError(
-            f"{name} must be a positive int or a pair of positive ints; got "
-            f"{value!r}."
-        ) from None
+        raise ValueError(message) from None
+    low = 0 if allow_zero else 1
     if len(pair) != 2 or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
         for v in pair
     ):
-        raise ValueError(
-            f"{name} must be a positive int or a pair of positive ints; got "
-            f"{value!r}."
-        )
+        raise ValueError(message)
     return (int(pair[0]), int(pair[1]))
 
 

@@ -41,25 +41,11 @@ def dirac_comb(image_shape, spacing=16, offset=None):
     """
     H, W = check_positive_int_pair(image_shape, "image_shape")
     sy, sx = check_positive_int_pair(spacing, "spacing")
-    oy, ox = (sy // 2, sx // 2) if offset is None else _offset_pair(offset)
+    oy, ox = (sy // 2, sx // 2) if offset is None else check_positive_int_pair(
+        offset, "offset", allow_zero=True)
     comb = np.zeros((H, W))
     comb[oy::sy, ox::sx] = 1.0
     return comb
-
-
-def _offset_pair(offset):
-    """An int or a pair of ints, each >= 0."""
-    pair = (offset, offset) if isinstance(offset, numbers.Integral) else offset
-    try:
-        pair = tuple(pair)
-    except TypeError:
-        pair = ()
-    if len(pair) != 2 or not all(isinstance(v, numbers.Integral)
-                                 and not isinstance(v, bool) and v >= 0
-                                 for v in pair):
-        raise ValueError("offset must be a non-negative int or a pair of them; "
-                         f"got {offset!r}.")
-    return int(pair[0]), int(pair[1])
 
 
 @contextmanager
