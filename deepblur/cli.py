@@ -152,6 +152,11 @@ def _check_output(path, suffixes, what):
             f"unsupported {what} format {path.suffix or '(none)'!r} for "
             f"{str(path)!r}: use {', '.join(suffixes)}."
         )
+    return _check_destination(path, what)
+
+
+def _check_destination(path, what):
+    """An output file whose folder exists and that is not a folder itself."""
     if not path.parent.exists():
         raise CLIError(f"the folder of {what} {str(path)!r} does not exist.")
     if path.is_dir():
@@ -179,10 +184,7 @@ def _check_figure_path(path, inputs=()):
             f"unsupported figure format {path.suffix or '(none)'!r} for "
             f"{str(path)!r}: use one of .png, .pdf, .svg."
         )
-    if not path.parent.exists():
-        raise CLIError(f"the folder of the figure {str(path)!r} does not exist.")
-    if path.is_dir():
-        raise CLIError(f"the figure {str(path)!r} is a directory; give a file name.")
+    _check_destination(path, "the figure")
     _check_not_input(path, inputs, "--figure")
     return path
 
