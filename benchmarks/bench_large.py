@@ -328,6 +328,13 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def run_header(threads, max_iter):
+    """The machine and the run's settings, the first line of the output."""
+    return (f"# {platform.processor() or platform.machine()}, {os.cpu_count()} "
+            f"CPUs, torch {torch.__version__}, {threads} thread(s), load average "
+            f"{os.getloadavg()[0]:.2f} at start; max_iter={max_iter}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
@@ -344,11 +351,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.threads} thread(s), load average "
-          f"{os.getloadavg()[0]:.2f} at start; max_iter={args.max_iter}, "
-          f"stride={args.stride}, max_pixels={args.max_pixels}, "
-          f"truth={args.truth}")
+    print(f"{run_header(args.threads, args.max_iter)}, stride={args.stride}, "
+          f"max_pixels={args.max_pixels}, truth={args.truth}")
     model = load_default()
     cue = boundary_cue(model)
     print(f"# regressor error on 128x128 images, zero boundary (training): "

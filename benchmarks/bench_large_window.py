@@ -51,13 +51,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 import warnings
 
 import numpy as np
 import torch
-from bench_large import true_gammas  # the same construction of the truth
+from bench_large import (  # the same construction of the truth
+    run_header,
+    true_gammas,
+)
 from sklearn.exceptions import ConvergenceWarning
 
 from deepblur.datasets.images import load_natural_images
@@ -162,10 +164,8 @@ def main(argv=None):
     parser.add_argument("--tile-repeats", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.threads} thread(s), load average "
-          f"{os.getloadavg()[0]:.2f} at start; max_iter={args.max_iter}, "
-          f"noise={args.noise}, pad={args.pad}, band={args.band}")
+    print(f"{run_header(args.threads, args.max_iter)}, noise={args.noise}, "
+          f"pad={args.pad}, band={args.band}")
     model = load_default()
     crop = load_default("crop_network")       # what `deepblur deblur` uses
     basis = model.basis
