@@ -347,6 +347,27 @@ def check_no_shared_nested(estimator, params, names=SHARED_PARAMS):
         )
 
 
+class FrozenComponentsMixin:
+    """``get_params`` / ``set_params`` for estimators that use fitted
+    components (``_frozen_components``: the basis and sampler by default)
+    as they are, shared by ``clone``: their own parameters are neither
+    listed by ``get_params(deep=True)`` nor settable (as scikit-learn's
+    ``FrozenEstimator``)."""
+
+    _frozen_components = SHARED_PARAMS
+
+    def get_params(self, deep=True):
+        """Parameters; with ``deep``, none of the frozen components' own."""
+        return without_shared_nested(super().get_params(deep=deep),
+                                     self._frozen_components)
+
+    def set_params(self, **params):
+        """Set parameters; those of a frozen component (``basis__tol``) are
+        refused with a clear message (see :meth:`get_params`)."""
+        check_no_shared_nested(self, params, self._frozen_components)
+        return super().set_params(**params)
+
+
 def clone_sharing_fitted(estimator):
     """``clone`` of the hyper-parameters sharing the fitted basis and sampler.
 
@@ -370,7 +391,7 @@ def operator_error_score(gram, y_true, y_pred, sample_weight=None):
     return -float(np.average(err, weights=sample_weight))
 
 
-class SharedBasisMixin:
+class SharedBasisMixin(FrozenComponentsMixin):
     """For estimators of ``gamma`` whose ``basis`` parameter is a fitted basis.
 
     The basis defines what ``gamma`` means, so ``clone`` shares it rather than
@@ -383,17 +404,6 @@ class SharedBasisMixin:
     def __sklearn_clone__(self):
         """Clone the hyper-parameters but share the *fitted* basis (and sampler)."""
         return clone_sharing_fitted(self)
-
-    def get_params(self, deep=True):
-        """Parameters; with ``deep``, none of the basis's or sampler's own
-        (they are used as fitted and cannot be set through this estimator)."""
-        return without_shared_nested(super().get_params(deep=deep))
-
-    def set_params(self, **params):
-        """Set parameters; those of the basis or sampler (``basis__tol``) are
-        refused with a clear message (see :meth:`get_params`)."""
-        check_no_shared_nested(self, params)
-        return super().set_params(**params)
 
     def _fitted_basis(self):
         if self.basis is None:

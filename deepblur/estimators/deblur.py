@@ -29,15 +29,13 @@ from deepblur._validation import (
     resolve_device,
     to_like,
 )
-from deepblur.estimators._gamma import check_no_shared_nested, without_shared_nested
+from deepblur.estimators._gamma import FrozenComponentsMixin
 from deepblur.metrics import psnr
 from deepblur.solvers.tv import REGULARIZATIONS, deblur, default_lam
 
 __all__ = ["TVDeblurrer"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# the fitted components clone shares (whose own parameters cannot be set)
-_SHARED = ("basis", "blur_estimator")
 # what describes the last transform call (reset by fit and by every call)
 _LAST_TRANSFORM = ("n_iter_", "objective_history_", "converged_", "lam_")
 
@@ -60,7 +58,7 @@ def _is_prefitted(obj):
     return True
 
 
-class TVDeblurrer(TransformerMixin, BaseEstimator):
+class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
     """Deblur images by total-variation or ``l1`` regularised least squares.
 
     For each image ``y`` of ``X``, solve
@@ -176,6 +174,9 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
     True
     """
 
+    # fitted inputs that clone shares: their own parameters cannot be set
+    _frozen_components = ("basis", "blur_estimator")
+
     _parameter_constraints: dict = {
         "basis": [HasMethods(["apply", "adjoint"])],
         "lam": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
@@ -240,20 +241,6 @@ class TVDeblurrer(TransformerMixin, BaseEstimator):
         if keep:
             new.set_params(**keep)
         return new
-
-    def get_params(self, deep=True):
-        """Parameters; with ``deep``, none of the ``basis``'s or the
-        ``blur_estimator``'s own: they are used as fitted and shared by
-        ``clone`` (as scikit-learn's ``FrozenEstimator`` does)."""
-        return without_shared_nested(super().get_params(deep=deep), _SHARED)
-
-    def set_params(self, **params):
-        """Set parameters; those of the ``basis`` or the ``blur_estimator``
-        (``basis__tol``) are refused with a clear message: setting them
-        would change components that clones share, which ``fit`` does not
-        refit."""
-        check_no_shared_nested(self, params, _SHARED)
-        return super().set_params(**params)
 
     def __setstate__(self, state):
         """Load a deblurrer fitted on CUDA on a machine without it (on CPU).

@@ -16,6 +16,7 @@ from skorch.dataset import Dataset
 from deepblur._validation import all_finite, check_not_empty, resolve_device
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
+    FrozenComponentsMixin,
     SupportCheckMixin,
     check_gamma_targets,
     check_no_shared_nested,
@@ -31,7 +32,6 @@ from deepblur.estimators._gamma import (
     training_noise_level,
     training_noise_std,
     warn_if_noisy,
-    without_shared_nested,
 )
 from deepblur.nets.losses import (
     PSFMomentLoss,
@@ -212,7 +212,8 @@ def _regrouped(pieces, size):
         yield torch.cat(xs), torch.cat(ys)
 
 
-class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
+class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
+                          NeuralNetRegressor):
     r"""Estimate the coefficients ``gamma`` of a space-varying blur from one image.
 
     A skorch :class:`~skorch.NeuralNetRegressor` whose module maps a blurry,
@@ -655,11 +656,6 @@ class ResNetBlurRegressor(SupportCheckMixin, NeuralNetRegressor):
         self._params_to_validate.update(passive)
         self._validate_params()     # skorch's checks (names, a shuffled predict)
         return self
-
-    def get_params(self, deep=True):
-        """Parameters (skorch's); with ``deep``, none of the basis's or the
-        sampler's own (see :meth:`set_params`)."""
-        return without_shared_nested(super().get_params(deep=deep))
 
     def initialize(self):
         """Initialise the components (skorch) and forget the training noise."""
