@@ -373,22 +373,23 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
             f"(n, H, W); got {type(images).__name__} of length "
             f"{len(images) if hasattr(images, '__len__') else '?'}."
         )
-    from deepblur._validation import check_image_mean
-    from deepblur.tiling import _basis_parts, _large_input, _model_parts
+    from deepblur.tiling import (
+        _basis_parts,
+        _large_image_mean,
+        _large_input,
+        _model_parts,
+    )
 
     # what fails without the model's estimates fails here, before any task:
     # a task's error would drop the images already deblurred. The model and
     # image_mean first (their errors are about no image), then each image
     _basis_parts(_model_parts(model)[0])
-    image_mean = kwargs.get("image_mean", "auto")
-    if image_mean is not None and not (isinstance(image_mean, str)
-                                       and image_mean == "auto"):
-        check_image_mean(image_mean)
+    image_mean = _large_image_mean(model, kwargs.get("image_mean", "auto"))
     images = [np.asarray(im.detach().cpu().numpy() if torch.is_tensor(im) else im)
               for im in images]
     for i, im in enumerate(images):
         try:
-            _large_input(im, model, kwargs.get("image_mean", "auto"))
+            _large_input(im, model, image_mean)
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)

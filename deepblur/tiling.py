@@ -1205,14 +1205,12 @@ def _solve_scale(image, image_mean):
     return float(image_mean) / mean
 
 
-def _large_input(image, model, image_mean="auto"):
-    """What :func:`deblur_large` checks before any estimate: ``(basis,
-    regressor, image, scale)`` with the image checked against the model's
-    tile (2-D, at least one tile, finite) and the factor that brings it to
-    ``image_mean`` (a positive mean needed unless ``image_mean`` is None)."""
-    basis, regressor = _model_parts(model)
-    _, maps, _ = _basis_parts(basis)
-    img = _check_large_image(image, tuple(int(s) for s in maps.shape[1:]))
+def _large_image_mean(model, image_mean="auto"):
+    """``deblur_large``'s ``image_mean`` resolved and checked: None, or the
+    positive mean the image is scaled to ("auto": the model's training
+    mean, 0.5 for a ``(basis, regressor)`` pair)."""
+    if image_mean is None:
+        return None
     if isinstance(image_mean, str):
         if image_mean != "auto":
             raise ValueError(
@@ -1222,9 +1220,20 @@ def _large_input(image, model, image_mean="auto"):
         if hasattr(model, "sampler") and hasattr(model, "basis"):
             from deepblur.pretrained._apply import model_image_mean
 
-            image_mean = model_image_mean(model)
-        else:
-            image_mean = 0.5
+            return model_image_mean(model)
+        return 0.5
+    return check_image_mean(image_mean)
+
+
+def _large_input(image, model, image_mean="auto"):
+    """What :func:`deblur_large` checks before any estimate: ``(basis,
+    regressor, image, scale)`` with the image checked against the model's
+    tile (2-D, at least one tile, finite) and the factor that brings it to
+    ``image_mean`` (a positive mean needed unless ``image_mean`` is None)."""
+    basis, regressor = _model_parts(model)
+    _, maps, _ = _basis_parts(basis)
+    image_mean = _large_image_mean(model, image_mean)
+    img = _check_large_image(image, tuple(int(s) for s in maps.shape[1:]))
     return basis, regressor, img, _solve_scale(img, image_mean)
 
 
