@@ -328,11 +328,12 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def run_header(threads, max_iter):
+def run_header(threads, max_iter=None):
     """The machine and the run's settings, the first line of the output."""
     return (f"# {platform.processor() or platform.machine()}, {os.cpu_count()} "
             f"CPUs, torch {torch.__version__}, {threads} thread(s), load average "
-            f"{os.getloadavg()[0]:.2f} at start; max_iter={max_iter}")
+            f"{os.getloadavg()[0]:.2f} at start"
+            + ("" if max_iter is None else f"; max_iter={max_iter}"))
 
 
 def main(argv=None):
