@@ -789,9 +789,7 @@ def cmd_train(args):
         DEFAULT_SETTING,
         FEATURE_HEAD_DEFAULTS,
         TRAINING_DEFAULTS,
-        add_feature_head,
         make_default_setting,
-        save_model,
         train_regressor,
     )
     from deepblur.pretrained._train import check_training_params
@@ -823,6 +821,7 @@ def cmd_train(args):
     if args.resume and not has_checkpoint:
         raise CLIError(f"--resume: no checkpoint in {checkpoint_dir} to resume "
                        "from; run without --resume first.")
+    stages = _Stages(checkpoint_dir, output, resume=args.resume)
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in config.get("setting", {}).items()}
     unknown = sorted(set(overrides) - set(DEFAULT_SETTING))
@@ -891,6 +890,62 @@ def cmd_train(args):
               f"are in {checkpoint_dir}: continue with `deepblur train {args.config} "
               "--resume`.", file=sys.stderr)
         return 130
+    network_params = {k: v for k, v in config.items()
+                      if k not in ("spectral_images", "crop_network", "output",
+                                   "checkpoint_dir")}
+    if stages.done("network", network_params):
+        print(f"network: finished and saved in {output} by the interrupted run "
+              "(its head, held-out error and support calibration are not "
+              "redone)")
+    else:
+        code = _finish_network(net, setting, images, config, hp, n_head,
+                               head_batch, train_noise, workers, n_test_images,
+                               n_support, mean_gamma, output, checkpoint_dir, args)
+        if code:
+            return code
+        stages.mark("network", network_params)
+    if n_spectral:
+        spectral_params = dict(spectral_images=n_spectral, n_test_images=n_test_images)
+        if stages.done("spectral", spectral_params):
+            print(f"spectral regressor: finished and saved in {output} by the "
+                  "interrupted run")
+        else:
+            _train_spectral(setting, images, n_spectral, n_test_images, mean_gamma,
+                            output, progress=not args.no_progress)
+            stages.mark("spectral", spectral_params)
+    if crop_params is not None:
+        # its resolved parameters: the table's, and those it takes from the
+        # main config
+        crop_record = dict(crop_params, n_test_images=n_test_images,
+                           support_images=n_support)
+        crop_checkpoints = checkpoint_dir / "crop_network"
+        if stages.done("crop_network", crop_record):
+            print(f"crop network: finished and saved in {output} by the "
+                  "interrupted run")
+        else:
+            try:
+                _train_crop_network(setting, images, crop_params, n_test_images,
+                                    mean_gamma, output, crop_checkpoints, args,
+                                    n_support)
+            except KeyboardInterrupt as exc:
+                print(f"deepblur train: crop network: {str(exc) or 'interrupted'}; "
+                      f"the network is saved in {output}, the finished epochs of "
+                      f"the crop network are in {crop_checkpoints}: continue with "
+                      f"`deepblur train {args.config} --resume`.", file=sys.stderr)
+                return 130
+            stages.mark("crop_network", crop_record)
+    print(f"model: {output} (use it with --model {output})")
+    return 0
+
+
+def _finish_network(net, setting, images, config, hp, n_head, head_batch,
+                    train_noise, workers, n_test, n_support, mean_gamma, output,
+                    checkpoint_dir, args):
+    """`deepblur train`'s network after its epochs: its blur-statistics head,
+    saved, then its held-out error and support calibration (None, or the exit
+    code of an interruption)."""
+    from deepblur.pretrained import add_feature_head, save_model
+
     extra = dict(n_train_images=int(max(1, hp["n_images"] // (
         hp["batch_size"] * hp["epochs"])) * hp["batch_size"] * hp["epochs"]),
         config={k: v for k, v in config.items() if k != "setting"})
@@ -919,8 +974,6 @@ def cmd_train(args):
         extra["feature_head"] = dict(n_images=int(net.feature_head_n_images_),
                                      alpha=float(net.feature_head_alpha_),
                                      seconds=round(seconds, 1))
-    n_test = n_test_images
-
     def checks():
         if n_test > 0:
             err, base_err = (e["operator"].mean() for e in _held_out_errors(
@@ -939,22 +992,73 @@ def cmd_train(args):
         _remove_companions(output, setting["basis"])
 
     _save_then_check(save, checks, "the network", output, n_test, n_support)
-    if n_spectral:
-        _train_spectral(setting, images, n_spectral, n_test, mean_gamma, output,
-                        progress=not args.no_progress)
-    if crop_params is not None:
-        crop_checkpoints = checkpoint_dir / "crop_network"
+    return None
+
+
+class _Stages:
+    """What `deepblur train` finished, recorded beside its checkpoint
+    (``stages.json``), so that ``--resume`` goes on from the first stage not
+    finished instead of fitting again what is saved.
+
+    A stage (the network with its head and checks, the spectral regressor, the
+    crop network) counts as finished when it was recorded after its last save,
+    with the config keys that shape it, and its files in the output directory
+    are still those it saved (SHA-256): a changed key, another output
+    directory or a file replaced since does it again. A run that does not
+    resume forgets the record.
+    """
+
+    FILE = "stages.json"
+    FILES = dict(network=("model.safetensors", "model.json"),
+                 spectral=("spectral.safetensors", "spectral.json"),
+                 crop_network=("crop_network.safetensors", "crop_network.json"))
+
+    def __init__(self, checkpoint_dir, output, *, resume):
+        self.path = Path(checkpoint_dir) / self.FILE
+        self.output = Path(output)
+        if not resume:
+            self.path.unlink(missing_ok=True)
+
+    def _digests(self, stage):
+        import hashlib
+
+        digests = {}
+        for name in self.FILES[stage]:
+            f = self.output / name
+            if not f.is_file():
+                return None
+            digests[name] = hashlib.sha256(f.read_bytes()).hexdigest()
+        return digests
+
+    def _read(self):
         try:
-            _train_crop_network(setting, images, crop_params, n_test, mean_gamma,
-                                output, crop_checkpoints, args, n_support)
-        except KeyboardInterrupt as exc:
-            print(f"deepblur train: crop network: {str(exc) or 'interrupted'}; the "
-                  f"network is saved in {output}, the finished epochs of the "
-                  f"crop network are in {crop_checkpoints}: continue with "
-                  f"`deepblur train {args.config} --resume`.", file=sys.stderr)
-            return 130
-    print(f"model: {output} (use it with --model {output})")
-    return 0
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    @staticmethod
+    def _plain(params):
+        # as JSON keeps it (tuples become lists), to compare with the record
+        return json.loads(json.dumps(params, default=str))
+
+    def done(self, stage, params):
+        entry = self._read().get(stage)
+        return (isinstance(entry, dict)
+                and entry.get("output") == str(self.output.resolve())
+                and entry.get("params") == self._plain(params)
+                and entry.get("files") is not None
+                and entry.get("files") == self._digests(stage))
+
+    def mark(self, stage, params):
+        record = self._read()
+        record[stage] = dict(output=str(self.output.resolve()),
+                             params=self._plain(params),
+                             files=self._digests(stage))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(self.path)
 
 
 def _remove_companions(output, basis):

@@ -812,6 +812,88 @@ def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
     assert code == 0 and "(crop_network estimator)" in out, err
 
 
+def test_train_resume_skips_the_finished_stages(capsys, tmp_path, monkeypatch):
+    """--resume after an interruption in the crop network goes on from there:
+    the network's head, the spectral regressor and their checks, saved by the
+    interrupted run, are not fitted again; a changed key or a replaced file
+    makes its stage run again, and a run without --resume forgets them."""
+    import deepblur.pretrained
+    from skorch.callbacks import Checkpoint
+
+    config = tmp_path / "stages.toml"
+    text = TINY.format(output="out").replace(
+        "n_test_images = 8", "n_test_images = 8\nhead_images = 64\n"
+        "head_batch_size = 32\nspectral_images = 200") + TINY_CROP
+    config.write_text(text)
+    original = Checkpoint.on_epoch_end
+
+    def on_epoch_end(self, net, **kwargs):
+        original(self, net, **kwargs)
+        if "crop_network" in str(self.dirname) and len(net.history) == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
+        code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 130 and "crop network" in err
+    out_dir = tmp_path / "out"
+    saved = {name: (out_dir / name).read_bytes() for name in (
+        "model.safetensors", "model.json", "spectral.safetensors", "spectral.json")}
+    stages = json.loads((out_dir / "checkpoints" / "stages.json").read_text())
+    assert sorted(stages) == ["network", "spectral"]
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished stage was done again")
+
+    with monkeypatch.context() as m:
+        m.setattr(deepblur.pretrained, "add_feature_head", never)
+        m.setattr(deepblur.pretrained, "train_spectral_regressor", never)
+        code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert "network: finished and saved in" in out
+    assert "held-out relative operator error" not in out     # checks not redone
+    assert "\nnetwork: support_tolerance" not in out
+    assert "crop network: support_tolerance" in out
+    assert "spectral regressor: finished and saved in" in out
+    assert "crop network, held-out windows" in out
+    for name, content in saved.items():
+        assert (out_dir / name).read_bytes() == content, name
+    crop = (out_dir / "crop_network.safetensors").read_bytes()
+    # everything finished: a second --resume fits nothing
+    with monkeypatch.context() as m:
+        m.setattr(deepblur.pretrained, "add_feature_head", never)
+        m.setattr(deepblur.pretrained, "train_spectral_regressor", never)
+        m.setattr(deepblur.pretrained, "train_crop_network", never)
+        code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert "crop network: finished and saved in" in out
+    assert (out_dir / "crop_network.safetensors").read_bytes() == crop
+    # a key of the heads changed: the network's stage runs again, and the crop
+    # network's (its branch takes the main head_images), the spectral not
+    config.write_text(text.replace("head_images = 64", "head_images = 96"))
+    with monkeypatch.context() as m:
+        m.setattr(deepblur.pretrained, "train_spectral_regressor", never)
+        code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert "blur-statistics head: fitted on 96 fresh images" in out
+    assert json.loads((out_dir / "model.json").read_text())[
+        "feature_head"]["n_images"] == 96
+    assert "then its branch on 96" in out
+    # a replaced file: its stage runs again
+    (out_dir / "spectral.json").write_text(saved["spectral.json"].decode() + " ")
+    code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert "spectral regressor, held-out windows" in out
+    assert "network: finished and saved in" in out
+    # a fresh run (--overwrite) forgets the record before it starts
+    with monkeypatch.context() as m:
+        m.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
+        code, out, err = _run(capsys, "train", config, "--overwrite",
+                              "--no-progress")
+    assert code == 130
+    assert "network: finished" not in out and "blur-statistics head: fitted" in out
+
+
 def test_train_keeps_the_crop_network_when_its_calibration_fails(
         capsys, tmp_path, monkeypatch):
     import deepblur.pretrained
