@@ -107,11 +107,22 @@ def operator_distance(gamma_a, gamma_b, gram, relative=True, eps=0.0):
     Returns
     -------
     Array or tensor of shape (...,).
+        A tensor when ``gamma_a`` or ``gamma_b`` is one, on its device, in the
+        widest floating dtype of the three inputs (integers and booleans count
+        as float64, so nothing is truncated or rounded); else a float64 array.
     """
     if torch.is_tensor(gamma_a) or torch.is_tensor(gamma_b):
-        a = torch.as_tensor(gamma_a)
-        b = torch.as_tensor(gamma_b, dtype=a.dtype, device=a.device)
-        G = torch.as_tensor(gram, dtype=a.dtype, device=a.device)
+        inputs = [x if torch.is_tensor(x) else np.asarray(x)
+                  for x in (gamma_a, gamma_b, gram)]
+        device = next(x.device for x in inputs if torch.is_tensor(x))
+        dtype = torch.float32
+        for x in inputs:
+            if torch.is_tensor(x):
+                kind = x.dtype if x.is_floating_point() else torch.float64
+            else:
+                kind = (torch.float32 if x.dtype == np.float32 else torch.float64)
+            dtype = torch.promote_types(dtype, kind)
+        a, b, G = (torch.as_tensor(x, device=device).to(dtype) for x in inputs)
         diff = a - b
         num = torch.einsum("...k,kl,...l->...", diff, G, diff).clamp_min(0)
         dist = torch.sqrt(num + eps)

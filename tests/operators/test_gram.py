@@ -58,3 +58,28 @@ def test_operator_distance_batched(rng):
 def test_gram_rejects_unknown_boundary():
     with pytest.raises(ValueError, match="boundary"):
         gram_matrix(np.ones((1, 3, 3)), np.ones((1, 4, 4)), "mirror")
+
+
+def test_operator_distance_tensors_keep_the_widest_float_dtype():
+    """Integer gamma (tensor, list or array beside a tensor) is not truncated,
+    nor a float64 Gram matrix or gamma rounded to a float32 gamma's dtype."""
+    G = np.array([[0.4, 0.1], [0.1, 0.3]])        # entries below 1
+    expected = operator_distance(np.array([1.0, 0.0]), np.array([0.5, 0.5]), G)
+    for a, b in ((torch.tensor([1, 0]), torch.tensor([0.5, 0.5])),
+                 ([1, 0], torch.tensor([0.5, 0.5])),
+                 (np.array([1, 0]), torch.tensor([0.5, 0.5])),
+                 (torch.tensor([True, False]), torch.tensor([0.5, 0.5]))):
+        d = operator_distance(a, b, G)
+        assert d.dtype == torch.float64
+        assert float(d) == pytest.approx(expected, rel=1e-12)
+    a = torch.tensor([1.0, 1.0], dtype=torch.float32)
+    b = torch.tensor([1.0, 1.0 + 1e-9], dtype=torch.float64)
+    d = operator_distance(a, b, G, relative=False)
+    assert d.dtype == torch.float64 and float(d) == pytest.approx(
+        np.sqrt(0.3) * 1e-9, rel=1e-6)
+    # float32 everywhere stays float32 (the training losses' dtype)
+    a32 = torch.tensor([1.0, 0.0], requires_grad=True)
+    d32 = operator_distance(a32, torch.tensor([0.5, 0.5]), torch.tensor(G, dtype=torch.float32))
+    assert d32.dtype == torch.float32
+    d32.backward()
+    assert a32.grad is not None and torch.isfinite(a32.grad).all()
