@@ -515,6 +515,14 @@ def deblur(
         if lipschitz is None:
             sigma = power_iteration(forward, adjoint, y_t)
             norm2 = sigma.to(dtype) ** 2
+            zero = ~(norm2 > torch.finfo(dtype).tiny)     # NaN counts too
+            if zero.any():
+                which = torch.nonzero(zero).flatten().tolist()
+                raise ValueError(
+                    f"the operator of image(s) {which} is zero (||H|| = 0, e.g. "
+                    "gamma all zeros): such an observation holds nothing of "
+                    "the image, and the deblurring problem has no unique "
+                    "solution; check the operator.")
         else:
             norm2 = _check_lam(lipschitz, n, dtype, device)
         lip = LIPSCHITZ_SAFETY * lam_t * norm2
@@ -524,8 +532,12 @@ def deblur(
             x = y_t.clone()
         else:
             x, _ = as_tensor(x0, device=device, dtype=dtype)
+            if squeeze and x.shape == y_t.shape[1:]:
+                x = x.unsqueeze(0)                  # (H, W) beside a (H, W) y
             if x.shape != y_t.shape:
-                x = x.reshape(y_t.shape)
+                raise ValueError(
+                    f"x0 must have the shape of y, {tuple(y_t.shape[squeeze:])}; "
+                    f"got {tuple(x.shape)}.")
             check_finite(x, "x0")
             x = x.clone()
         if positive:

@@ -286,3 +286,29 @@ def test_deblur_on_cuda(problem):
     y_t = torch.as_tensor(y, device="cuda")[None]
     u, res = deblur(y_t, forward, adjoint, LAM, max_iter=100, tol=1e-4)
     assert u.device.type == "cuda"
+
+
+def test_deblur_refuses_a_zero_operator():
+    """gamma all zeros: every step would be infinite, and the input came back
+    unchanged and reported as converged."""
+    y = np.random.default_rng(0).random((2, 8, 8))
+
+    def forward(u):
+        return u * torch.tensor([1.0, 0.0], dtype=u.dtype)[:, None, None]
+
+    with pytest.raises(ValueError, match=r"operator of image\(s\) \[1\] is zero"):
+        deblur(y, forward, forward, lam=10.0)
+
+
+def test_deblur_checks_the_shape_of_x0():
+    y = np.random.default_rng(0).random((6, 8))
+    identity = lambda u: u      # noqa: E731
+    with pytest.raises(ValueError, match=r"x0 must have the shape of y, \(6, 8\); "
+                       r"got \(8, 6\)"):
+        deblur(y, identity, identity, lam=10.0, x0=np.zeros((8, 6)))
+    with pytest.raises(ValueError, match="x0 must have the shape of y"):
+        deblur(y, identity, identity, lam=10.0, x0=np.zeros((5, 5)))
+    u, _ = deblur(y, identity, identity, lam=10.0, x0=y, max_iter=3, tol=0)
+    u3, _ = deblur(y[None], identity, identity, lam=10.0, x0=y[None], max_iter=3,
+                   tol=0)
+    np.testing.assert_allclose(u, u3[0])
