@@ -239,7 +239,8 @@ def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
     positions), or nearly (their root-mean-square distance to the line
     under 5 % of the image's extent across it), determine the maps along
     that line only: they are interpolated along it (through the samples'
-    projections on it) and constant across it.
+    projections on it) and constant across it. Samples at the same position
+    (e.g. two beads rounded to one pixel) count as one, their mean.
 
     Parameters
     ----------
@@ -256,6 +257,14 @@ def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
     """
     H, W = image_shape
     positions = np.asarray(positions, dtype=np.float64)
+    values = np.asarray(values)
+    unique, inverse, counts = np.unique(positions, axis=0, return_inverse=True,
+                                        return_counts=True)
+    if len(unique) < len(positions):    # a spline through one point twice is singular
+        merged = np.zeros((len(unique),) + values.shape[1:], dtype=np.float64)
+        np.add.at(merged, inverse.ravel(), values)
+        positions, values = unique, merged / counts.reshape(
+            (-1,) + (1,) * (values.ndim - 1))
     rr, cc = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
     query = np.stack([rr.ravel(), cc.ravel()], axis=1).astype(np.float64)
     if positions.shape[0] == 1:

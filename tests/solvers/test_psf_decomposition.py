@@ -172,3 +172,26 @@ def test_basis_fits_one_row_or_column_of_psfs(grid):
     basis = ProductConvolutionBasis(2, image_shape=(32, 32)).fit(ops.psf_fields)
     assert np.isfinite(basis.maps_).all()
     assert -basis.score(ops.psf_fields) < 0.5
+
+
+def test_interpolate_maps_merges_samples_at_one_position():
+    """Two samples at one pixel (two beads rounded to it) made the spline's
+    system singular; they count as one, their mean."""
+    positions = np.array([[2, 2], [8, 7], [2, 2], [3, 9], [10, 1]])
+    values = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 2.0], [0.5, 0.5], [1.5, -1.0]])
+    maps = interpolate_maps(positions, values, (12, 12))
+    merged = interpolate_maps(positions[[0, 1, 3, 4]],
+                              np.array([[2.0, 1.0], [2.0, 1.0], [0.5, 0.5],
+                                        [1.5, -1.0]]), (12, 12))
+    np.testing.assert_allclose(maps, merged, atol=1e-10)
+    np.testing.assert_allclose(maps[:, 2, 2], [2.0, 1.0], atol=1e-10)
+
+
+def test_basis_fits_positions_that_round_to_one_pixel(rng):
+    from deepblur import ProductConvolutionBasis
+
+    positions = np.array([[2.0, 2.0], [2.2, 2.1], [8.0, 7.0], [3.0, 9.0]])
+    X = rng.random((4, 4, 3, 3))
+    basis = ProductConvolutionBasis(1, image_shape=(12, 12), positions=positions,
+                                    random_state=0).fit(X)
+    assert np.isfinite(basis.maps_).all()
