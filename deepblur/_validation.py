@@ -209,15 +209,19 @@ def resolve_device(device, *, auto=True):
 def as_tensor(x, *, device=None, dtype=None):
     """Return ``(tensor, is_numpy)``; numpy input is copied to a tensor.
 
-    Tensors keep their device unless ``device`` is given; numpy floating input
-    keeps float32/float64, other dtypes become ``dtype`` or float64.
+    Tensors keep their device unless ``device`` is given. Without ``dtype``,
+    float32 and float64 are kept, half precision (float16, bfloat16, which
+    the FFTs of the operators do not take on CPU) becomes float32, and other
+    dtypes (integers, booleans) float64, for tensors and arrays alike.
     """
     if _is_tensor(x):
         t = x
         if dtype is not None and t.dtype != dtype:
             t = t.to(dtype)
-        elif not t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
+        elif dtype is None and t.dtype in (torch.float16, torch.bfloat16):
+            t = t.to(torch.float32)
+        elif dtype is None and not t.is_floating_point():
+            t = t.to(torch.float64)
         if device is not None:
             t = t.to(device)
         return t, False

@@ -487,7 +487,8 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
         Same type as ``u`` (numpy in, numpy out; a tensor stays on its device),
         shape ``(n, H, W)``, or ``(H, W)`` for one image and one ``gamma``. A
         single image with ``m`` rows of ``gamma`` gives ``m`` blurred images.
-        float32 and float64 are kept; other dtypes become float64.
+        float32 and float64 are kept; half-precision tensors (float16,
+        bfloat16) become float32, other dtypes (integers, booleans) float64.
         """
         return self._run("forward", u, gamma, "u")
 

@@ -37,6 +37,7 @@ time (``batch_chunk``) because whole-batch FFTs fall out of cache.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -105,6 +106,18 @@ def place_kernels(kernels, shape):
     out = torch.zeros(K, M1 * M2, dtype=kernels.dtype, device=kernels.device)
     out.index_add_(1, flat, kernels.reshape(K, -1))
     return out.reshape(K, M1, M2)
+
+
+def _half_in_float32(method):
+    """Run an operator method on half-precision images (float16, bfloat16) in
+    float32 and return the result in their dtype: the FFTs take neither on
+    CPU (and float16 only at powers of two on CUDA)."""
+    @functools.wraps(method)
+    def run(self, x, *args, **kwargs):
+        if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16):
+            return method(self, x.float(), *args, **kwargs).to(x.dtype)
+        return method(self, x, *args, **kwargs)
+    return run
 
 
 class ProductConvolution:
@@ -283,6 +296,7 @@ class ProductConvolution:
         return x, gamma
 
     # -- the operators ------------------------------------------------------
+    @_half_in_float32
     def forward(self, u, gamma):
         """Apply ``H[gamma]`` to a batch of images.
 
@@ -334,6 +348,7 @@ class ProductConvolution:
             outs.append(torch.fft.irfft2(summed, s=M)[:, :H, :W])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
+    @_half_in_float32
     def forward_many(self, u, gammas):
         """Blur each image by several operators: ``out[i, j] = H[gammas[i, j]] u[i]``.
 
@@ -375,6 +390,7 @@ class ProductConvolution:
             outs.append(torch.fft.irfft2(summed, s=(M1, M2))[..., :H, :W])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
+    @_half_in_float32
     def adjoint(self, v, gamma):
         """Apply the adjoint ``H[gamma]^T`` to a batch of images.
 

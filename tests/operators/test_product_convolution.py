@@ -248,3 +248,37 @@ def test_cuda_matches_cpu(rng):
     assert many.device.type == "cuda"
     torch.testing.assert_close(many.cpu(), op.forward_many(u, gammas), rtol=1e-4,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_images_run_in_float32(dtype):
+    """The FFTs take no half precision on CPU: the operator computes in float32
+    and returns the images' dtype."""
+    rng = np.random.default_rng(0)
+    op = ProductConvolution(rng.random((2, 3, 3)), rng.random((2, 6, 6)))
+    u = torch.from_numpy(rng.random((2, 6, 6))).to(dtype)
+    gamma = torch.tensor([1.0, 0.5])
+    for method in (op.forward, op.adjoint):
+        out = method(u, gamma)
+        assert out.dtype == dtype
+        ref = method(u.float(), gamma)
+        torch.testing.assert_close(out.float(), ref.to(dtype).float())
+    assert op.forward_many(u[:1], gamma[None, None]).dtype == dtype
+
+
+def test_basis_apply_dtypes_of_tensors():
+    from deepblur import ProductConvolutionBasis
+
+    rng = np.random.default_rng(0)
+    basis = ProductConvolutionBasis.from_components(rng.random((2, 3, 3)),
+                                                    rng.random((2, 6, 6)))
+    u = rng.random((6, 6))
+    g = np.array([1.0, 0.5])
+    expected = basis.apply(u, g)
+    assert basis.apply(torch.from_numpy(u).half(), g).dtype == torch.float32
+    assert basis.apply(torch.from_numpy(u).bfloat16(), g).dtype == torch.float32
+    ints = basis.apply(torch.from_numpy((u > 0.5).astype(np.int64)), g)
+    assert ints.dtype == torch.float64
+    np.testing.assert_allclose(ints.numpy(), basis.apply((u > 0.5) * 1.0, g))
+    assert basis.apply(torch.from_numpy(u > 0.5), g).dtype == torch.float64
+    np.testing.assert_allclose(basis.apply(torch.from_numpy(u), g).numpy(), expected)
