@@ -798,11 +798,14 @@ def cmd_train(args):
     base = Path(args.config).resolve().parent
 
     def resolve(p):
-        p = Path(p)
+        p = Path(p).expanduser()
         return p if p.is_absolute() else base / p
 
-    output = Path(args.output) if args.output else resolve(
+    output = Path(args.output).expanduser() if args.output else resolve(
         config.get("output", "deepblur_model"))
+    if output.exists() and not output.is_dir():
+        raise CLIError(f"the output {output} is a file: the model is a directory "
+                       "of files; name another output.")
     checkpoint_dir = resolve(config["checkpoint_dir"]) if "checkpoint_dir" in \
         config else output / "checkpoints"
     has_checkpoint = (checkpoint_dir / "params.pt").exists()
@@ -821,6 +824,10 @@ def cmd_train(args):
     if args.resume and not has_checkpoint:
         raise CLIError(f"--resume: no checkpoint in {checkpoint_dir} to resume "
                        "from; run without --resume first.")
+    if ((output / "model.safetensors").exists()
+            and not (args.resume or args.overwrite)):
+        raise CLIError(f"{output} already holds a model: pass --overwrite to "
+                       "replace it, or name another output.")
     stages = _Stages(checkpoint_dir, output, resume=args.resume)
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in config.get("setting", {}).items()}
@@ -1070,26 +1077,36 @@ def _remove_companions(output, basis):
     from deepblur.pretrained._io import (
         _CROP_META,
         _CROP_WEIGHTS,
+        _META,
         _SPECTRAL_META,
         _SPECTRAL_WEIGHTS,
-        _same_gram,
+        _WEIGHTS,
+        _read_pair,
+        companion_mismatch,
     )
 
+    model_meta, tensors = _read_pair(output, _WEIGHTS, _META, "")
+    rays = tensors["cone.rays"].numpy()
     for weights, meta in ((_SPECTRAL_WEIGHTS, _SPECTRAL_META),
                           (_CROP_WEIGHTS, _CROP_META)):
         files = [Path(output) / name for name in (weights, meta)]
         if not any(f.exists() for f in files):
             continue
         try:
-            gram = json.loads(files[1].read_text()).get("basis_gram")
-        except (OSError, ValueError, AttributeError):
-            gram = None
-        if gram is not None and _same_gram(basis.gram_, gram):
-            continue                     # fitted in this very basis: valid
+            record = json.loads(files[1].read_text())
+        except (OSError, ValueError):
+            record = None
+        why = ("unreadable" if not isinstance(record, dict)
+               or "basis_gram" not in record
+               else companion_mismatch(record, model_meta, rays, basis))
+        if why is None:
+            continue            # fitted in this very basis and setting: valid
         for f in files:
             f.unlink(missing_ok=True)
-        print(f"removed {weights} and {meta}: fitted in the basis of the model "
-              f"this one replaced in {output}")
+        print(f"removed {weights} and {meta}: "
+              + ("fitted in the basis or setting of the model this one replaced"
+                 if why != "unreadable" else "they do not record the basis they "
+                 "were fitted in") + f" in {output}")
 
 
 def _image_count(config, key, default):
@@ -1607,7 +1624,9 @@ def build_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint (finished epochs kept)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over even if the checkpoint directory holds one")
+                   help="start over even if the checkpoint directory holds a "
+                        "checkpoint, and replace the model in the output "
+                        "directory (refused without it)")
     p.add_argument("-o", "--output", metavar="DIR",
                    help="model directory (overrides the config's output)")
     p.add_argument("--no-progress", action="store_true",

@@ -817,8 +817,9 @@ def test_train_resume_skips_the_finished_stages(capsys, tmp_path, monkeypatch):
     the network's head, the spectral regressor and their checks, saved by the
     interrupted run, are not fitted again; a changed key or a replaced file
     makes its stage run again, and a run without --resume forgets them."""
-    import deepblur.pretrained
     from skorch.callbacks import Checkpoint
+
+    import deepblur.pretrained
 
     config = tmp_path / "stages.toml"
     text = TINY.format(output="out").replace(
@@ -1637,3 +1638,40 @@ def test_the_cpu_recipe_config_is_valid():
                              if k in config})
     # the training noise only: the setting keeps its test noise
     assert config["noise_std"] == [0.0, 0.02] and "setting" not in config
+
+
+def test_train_checks_its_output_before_training(capsys, tmp_path):
+    """An output holding a model (trained with another checkpoint_dir) was
+    replaced without a word, an output that is a file failed after the
+    training, and '~' in a config made a './~' directory."""
+    config = tmp_path / "a.toml"
+    config.write_text(TINY.format(output="out"))
+    code, _, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 0, err
+    before = (tmp_path / "out" / "model.safetensors").read_bytes()
+    other = tmp_path / "b.toml"
+    other.write_text('checkpoint_dir = "ckpt_b"\n' + TINY.format(output="out"))
+    code, out, err = _run(capsys, "train", other, "--no-progress")
+    assert code == 1 and "already holds a model: pass --overwrite" in err
+    assert "training:" not in out
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == before
+    (tmp_path / "file").write_text("")
+    code, out, err = _run(capsys, "train", config, "-o", tmp_path / "file",
+                          "--no-progress")
+    assert code == 1 and "is a file" in _one_error_line(err)
+    assert "training:" not in out
+
+
+def test_train_resume_refuses_a_damaged_checkpoint(capsys, tmp_path,
+                                                   monkeypatch):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(output="out"))
+    _interrupt_after_first_epoch(monkeypatch)
+    code, _, _ = _run(capsys, "train", config, "--no-progress")
+    assert code == 130
+    monkeypatch.undo()
+    (tmp_path / "out" / "checkpoints" / "params.pt").write_bytes(b"\x80\x04garbage")
+    code, _, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    line = _one_error_line(err)
+    assert code == 1 and "cannot be read" in line and "damaged" in line
+    assert "weights_only" not in err

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from deepblur.datasets.simulate import make_blurred_images
@@ -314,6 +315,12 @@ def test_save_model_stores_the_large_convolutions_in_int8(small_setting, tmp_pat
     name = sorted(big)[0]
     save_file({k: v for k, v in stored.items() if k != "scale." + name},
               str(saved / "model.safetensors"))
+    with pytest.raises(ValueError, match="is not the file model.json was "
+                       "written with"):
+        load_model(saved)
+    meta = json.loads((saved / "model.json").read_text())
+    del meta["weights_sha256"]              # as files written before the digest
+    (saved / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=f"damaged: int8.{name} needs"):
         load_model(saved)
     # a channel of one weight and many 250 times smaller: those round to 0
@@ -847,9 +854,37 @@ def test_companions_of_a_replaced_model_are_refused(small_setting, tmp_path):
             load_model(tmp_path, estimator=estimator)
     load_model(tmp_path)                   # the new network itself loads
     meta = json.loads((tmp_path / "crop_network.json").read_text())
-    del meta["basis_gram"]                 # as written before the record
+    del meta["basis_gram"], meta["model_setting"]   # as written before the records
     (tmp_path / "crop_network.json").write_text(json.dumps(meta))
     load_model(tmp_path, estimator="crop_network")
+
+
+def test_companions_of_a_model_of_another_setting_are_refused(small_setting,
+                                                              tmp_path):
+    """The same basis, but a model saved over the directory's with another
+    image mean or sampler: the crop network and the spectral regressor were
+    trained for the old one (their input scale, their support check), and
+    loading them with the new one gave other estimates without a word."""
+    net, _ = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    pool = np.random.default_rng(1).random((12, 16, 16))
+    spectral = train_spectral_regressor(small_setting, pool, n_images=100,
+                                        batch_size=100, point_fraction=0.0,
+                                        **SMALL_SPECTRAL)
+    save_spectral(tmp_path, spectral, noise_std=0.01, boundary="crop")
+    crop, _ = _tiny_regressor(small_setting, n_images=48)
+    save_crop_network(tmp_path, crop, noise_std=0.01)
+    save_model(tmp_path, net, small_setting)          # the same setting: kept
+    load_model(tmp_path, estimator="spectral")
+    load_model(tmp_path, estimator="crop_network")
+    for change in (dict(params=dict(small_setting["params"], image_mean=0.2)),
+                   dict(sampler=clone(small_setting["sampler"]).set_params(
+                       alpha_range=(0.5, 2.0)).fit(small_setting["cone"].rays_))):
+        save_model(tmp_path, net, dict(small_setting, **change))
+        for stem in ("spectral", "crop_network"):
+            with pytest.raises(ValueError, match=f"{stem}.safetensors .*another "
+                               "setting"):
+                load_model(tmp_path, estimator=stem)
 
 
 def test_training_gain_is_the_mean_of_the_training_observations(small_setting,
@@ -1493,3 +1528,115 @@ def test_the_models_training_mean_scales_what_it_reads(tmp_path, capsys):
     np.testing.assert_allclose(
         json.loads((tmp_path / "tiles.json").read_text())["gamma_tiles"], tiles,
         rtol=1e-5)
+
+
+def test_saved_files_follow_the_umask_and_record_their_format(small_setting,
+                                                              tmp_path):
+    """Files are written with the user's umask (temporary files are 0600: a
+    shared model was unreadable by colleagues), and record the format, the
+    deepblur and torch versions and the weights' digest."""
+    import os
+
+    import deepblur
+
+    net, _ = _tiny_regressor(small_setting)
+    previous = os.umask(0o022)
+    try:
+        save_model(tmp_path / "m", net, small_setting)
+    finally:
+        os.umask(previous)
+    for name in ("model.safetensors", "model.json"):
+        assert (tmp_path / "m" / name).stat().st_mode & 0o777 == 0o644
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["format_version"] == 1
+    assert meta["deepblur_version"] == deepblur.__version__
+    assert meta["torch_version"] == torch.__version__
+    assert len(meta["weights_sha256"]) == 64
+    with pytest.warns(UserWarning, match="format_version"):
+        save_model(tmp_path / "x", net, small_setting,
+                   extra=dict(format_version=7, note="kept"))
+    meta = json.loads((tmp_path / "x" / "model.json").read_text())
+    assert meta["format_version"] == 1 and meta["note"] == "kept"
+
+
+def test_load_refuses_mixed_newer_and_damaged_files(small_setting, tmp_path):
+    """Weights of one save beside the JSON of another (a save killed between
+    its two renames) refuse to load; so do files of a newer format and
+    damaged JSON, with errors that name the file."""
+    net, _ = _tiny_regressor(small_setting)
+    other, _ = _tiny_regressor(small_setting, n_images=48)
+    a, b = tmp_path / "a", tmp_path / "b"
+    save_model(a, net, small_setting)
+    save_model(b, other, small_setting)
+    (a / "model.safetensors").write_bytes((b / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="model.safetensors in .* is not the file "
+                       "model.json was written with"):
+        load_model(a)
+    meta = json.loads((b / "model.json").read_text())
+    for edit, match in (
+            (dict(meta, format_version=2, deepblur_version="9.0"),
+             r"model.json in .* written in format 2 \(by deepblur 9.0\); this "
+             "deepblur reads up to format 1"),
+            (dict(meta, format_version="1"), "format_version must be a positive"),
+            ([1, 2], "must hold a JSON object; got a list"),
+            ({k: v for k, v in meta.items() if k != "module"},
+             "model.json in .* lacks 'module': the file is damaged"),
+            (dict(meta, grid_shape=3), "model.json in .* holds a malformed entry")):
+        (b / "model.json").write_text(json.dumps(edit))
+        with pytest.raises(ValueError, match=match):
+            load_model(b)
+    (b / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match="model.json in .* is not valid JSON"):
+        load_model(b)
+    (b / "model.json").write_text(json.dumps(meta))
+    load_model(b)
+    (b / "model.safetensors").write_bytes(b"\x00" * 10)
+    del meta["weights_sha256"]
+    (b / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="model.safetensors in .* cannot be read "
+                       "as safetensors"):
+        load_model(b)
+
+
+def test_model_paths_expand_the_home_directory(small_setting, tmp_path,
+                                               monkeypatch):
+    net, _ = _tiny_regressor(small_setting)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_model("~/models/m", net, small_setting)
+    assert (tmp_path / "models" / "m" / "model.json").exists()
+    load_model("~/models/m")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        save_model(tmp_path / "file", net, small_setting)
+
+
+def test_save_model_keeps_scattered_positions_and_fit_diagnostics(tmp_path):
+    """A basis fitted on PSFs at scattered positions came back as a 16x16
+    grid from a model directory; its fit diagnostics came back as None."""
+    from deepblur import ConeSampler, ConeSimplifier, ProductConvolutionBasis
+    from deepblur.pretrained import DEFAULT_SETTING
+
+    rng = np.random.default_rng(0)
+    positions = np.array([[2, 3], [5, 12], [9, 4], [13, 13], [7, 8], [1, 14]])
+    fields = rng.random((8, 6, 5, 5))
+    basis = ProductConvolutionBasis(3, image_shape=(16, 16), positions=positions,
+                                    random_state=0).fit(fields)
+    gamma = basis.transform(fields)
+    cone = ConeSimplifier(n_rays=4).fit(gamma)
+    setting = dict(basis=basis, cone=cone, gamma=gamma,
+                   sampler=ConeSampler(random_state=0).fit(cone.rays_),
+                   params=dict(DEFAULT_SETTING, image_shape=(16, 16),
+                               kernel_shape=(5, 5), n_components=3, n_rays=4))
+    net = ResNetBlurRegressor(basis=basis, module__width=4, module__depth=1,
+                              module__stem_stride=2, max_epochs=1, verbose=0,
+                              device="cpu").initialize()
+    save_model(tmp_path, net, setting)
+    loaded = load_model(tmp_path).basis
+    np.testing.assert_array_equal(loaded.positions_, basis.positions_)
+    assert loaded.grid_shape_ is None
+    np.testing.assert_allclose(loaded.transform(fields), gamma, rtol=1e-5,
+                               atol=1e-8)
+    assert loaded.reconstruction_error_ == pytest.approx(basis.reconstruction_error_)
+    np.testing.assert_allclose(loaded.component_energy_ratio_,
+                               basis.component_energy_ratio_)

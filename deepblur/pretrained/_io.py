@@ -77,26 +77,103 @@ _MODULE_KEYS = ("width", "depth", "n_stages", "stem_stride", "head", "pool_size"
                 "blur_features", "image_shape")
 
 
+#: The layout of the files this module writes (``format_version`` in their
+#: JSON; files without it are version 1). A file of a later version was
+#: written by a newer deepblur, which may store what this one would misread.
+FORMAT_VERSION = 1
+
+
+def _path(directory):
+    """A directory argument as a Path, ``~`` expanded (a config's or a
+    script's ``"~/models/x"`` meant the home directory, not ``./~``)."""
+    return Path(directory).expanduser()
+
+
 def _has_pair(directory, weights, meta):
-    return (Path(directory) / weights).exists() and (Path(directory) / meta).exists()
+    directory = _path(directory)
+    return (directory / weights).exists() and (directory / meta).exists()
+
+
+def _sha256(path):
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_pair(directory, weights, meta, missing):
     """``(json metadata, CPU tensors)`` of a ``.safetensors`` + ``.json`` pair.
 
     ``missing`` completes the ``FileNotFoundError`` raised when either file
-    is absent (what to do about it).
+    is absent (what to do about it). A file that cannot be read, a JSON that
+    is not an object, a ``format_version`` newer than this deepblur reads,
+    or weights other than those the JSON was written with (its
+    ``weights_sha256``: a save interrupted between its two files, or files
+    of two models) are a ValueError naming the file.
     """
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = _path(directory)
     if not _has_pair(directory, weights, meta):
         raise FileNotFoundError(
             f"directory must hold {weights} and {meta}; got {str(directory)!r} "
             f"without them ({missing})."
         )
-    return (json.loads((directory / meta).read_text()),
-            load_file(str(directory / weights), device="cpu"))
+    where = f"in {str(directory)!r}"
+    try:
+        record = json.loads((directory / meta).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta} {where} is not valid JSON ({exc}): the file is "
+                         "damaged, or was not written by deepblur.") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{meta} {where} must hold a JSON object; got a "
+                         f"{type(record).__name__}: the file is damaged, or was "
+                         "not written by deepblur.")
+    version = record.get("format_version", 1)
+    if (isinstance(version, bool) or not isinstance(version, int)
+            or version < 1):
+        raise ValueError(f"{meta} {where}: format_version must be a positive "
+                         f"integer; got {version!r}.")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{meta} {where} was written in format {version} (by deepblur "
+            f"{record.get('deepblur_version', '?')}); this deepblur reads up to "
+            f"format {FORMAT_VERSION}: upgrade deepblur to load it.")
+    digest = record.get("weights_sha256")
+    if digest is not None and digest != _sha256(directory / weights):
+        raise ValueError(
+            f"{weights} {where} is not the file {meta} was written with (its "
+            "SHA-256 differs): a save interrupted between the two files, or "
+            "files of two models; save the model again.")
+    try:
+        tensors = load_file(str(directory / weights), device="cpu")
+    except Exception as exc:        # safetensors' own error types
+        raise ValueError(f"{weights} {where} cannot be read as safetensors "
+                         f"({exc}): the file is damaged.") from None
+    return record, tensors
+
+
+class _Reading:
+    """Turn a missing or malformed entry of a model's files (KeyError,
+    TypeError, IndexError) into a ValueError that names the file."""
+
+    def __init__(self, name, directory):
+        self.name, self.directory = name, directory
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type in (KeyError, TypeError, IndexError):
+            what = (f"lacks {exc.args[0]!r}" if exc_type is KeyError
+                    else f"holds a malformed entry ({exc})")
+            raise ValueError(
+                f"{self.name} in {str(self.directory)!r} {what}: the file is "
+                "damaged, or was not written by deepblur's savers.") from exc
+        return False
 
 
 # save_model's weights_dtype: how the weights of the network's convolutions and
@@ -228,20 +305,54 @@ def _check_same_basis(gram, directory, model):
         )
 
 
-def _check_companion(meta, meta_name, directory, basis):
-    """Refuse a spectral regressor or crop network recorded in another basis
-    than the directory's model (a model saved over an older one that had
-    them); files written before the record are not checked."""
+def _model_setting(meta, rays):
+    """What a spectral regressor or crop network takes from the model beside
+    it besides the basis: the images' mean intensity (its input scale) and
+    the sampler (its support check and projection), as a digest."""
+    import hashlib
+
+    setting = meta.get("setting", {})
+    record = json.dumps(dict(image_mean=setting.get("image_mean"),
+                             alpha_range=meta.get("alpha_range"),
+                             max_rays=meta.get("max_rays")), sort_keys=True)
+    digest = hashlib.sha256(record.encode())
+    digest.update(np.ascontiguousarray(rays, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def companion_mismatch(meta, model_meta, rays, basis):
+    """Why a spectral regressor's or crop network's JSON (``meta``) does not
+    belong with the model beside it (``model_meta``, its ``rays`` and
+    ``basis``), or None: fitted in another basis, or in another setting
+    (image mean, sampler) than the model's. Records written before each
+    check are not checked for it."""
     gram = meta.get("basis_gram")
     if gram is not None and not _same_gram(basis.gram_, gram):
+        return "fitted in another basis than the model.safetensors beside it"
+    recorded = meta.get("model_setting")
+    if recorded is not None and recorded != _model_setting(model_meta, rays):
+        return ("trained for another setting (image mean or sampler) than the "
+                "model.safetensors beside it")
+    return None
+
+
+def _check_companion(meta, meta_name, directory, basis, model_meta, rays):
+    """Refuse a spectral regressor or crop network recorded in another basis
+    or setting than the directory's model (a model saved over an older one
+    that had them)."""
+    why = companion_mismatch(meta, model_meta, rays, basis)
+    if why is not None:
         stem = Path(meta_name).stem
         raise ValueError(
-            f"{stem}.safetensors in {str(directory)!r} was fitted in another "
-            f"basis than the model.safetensors beside it (the model was saved "
-            f"over an older one): its coefficients are meaningless here; fit it "
-            f"again for this model, or delete {stem}.safetensors and "
-            f"{meta_name}."
+            f"{stem}.safetensors in {str(directory)!r} was {why} (the model "
+            f"was saved over an older one): its estimates are meaningless "
+            f"here; fit it again for this model, or delete {stem}.safetensors "
+            f"and {meta_name}."
         )
+
+
+#: What _write_pair adds to every JSON it writes.
+_WRITTEN = ("format_version", "deepblur_version", "torch_version", "weights_sha256")
 
 
 def _with_extra(meta, extra, owned=()):
@@ -250,7 +361,7 @@ def _with_extra(meta, extra, owned=()):
     model's own: ``extra``'s values for them would load a model other than
     the one saved, so they are not written, with a warning naming them."""
     extra = dict(extra or {})
-    clash = sorted(k for k in extra if k in meta or k in owned)
+    clash = sorted(k for k in extra if k in meta or k in owned or k in _WRITTEN)
     if clash:
         warnings.warn(
             f"extra holds {clash}, which are the saved model's own metadata: "
@@ -290,43 +401,66 @@ def _write_pair(directory, weights, tensors, meta_name, meta):
     """Write a ``.safetensors`` file and its JSON so that a failed save never
     leaves new weights beside old metadata: the JSON is made first (a value
     it cannot hold fails before anything is written), both files are written
-    under temporary names, then renamed over the old ones; if the second
-    rename fails (a file held open on Windows), the old weights are put
-    back."""
-    import tempfile
+    under temporary names, then renamed over the old ones, with a Ctrl-C
+    held until both are in place; if the second rename fails (a file held
+    open on Windows), the old weights are put back. The JSON records the
+    weights' SHA-256, which :func:`_read_pair` checks: a save killed between
+    the renames (SIGKILL, power loss) leaves a pair that refuses to load
+    instead of new weights read with old metadata. The files get the modes
+    of any file the user creates (the umask), readable by colleagues where
+    that is the rule, not the owner-only mode of temporary files."""
+    import secrets
 
     from safetensors.torch import save_file
 
-    text = json.dumps(meta, indent=1, default=_json_default)
-    directory = Path(directory)
+    from deepblur import __version__
+    from deepblur.pretrained._train import _SigintDeferred
+
+    meta = dict(meta, format_version=FORMAT_VERSION, deepblur_version=__version__,
+                torch_version=torch.__version__)
+    json.dumps(meta, default=_json_default)     # fails before anything is written
+    directory = _path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(
+            f"{str(directory)!r} is a file, not a directory: save the model to "
+            "a directory (it holds several files).")
     directory.mkdir(parents=True, exist_ok=True)
     final_weights, final_meta = directory / weights, directory / meta_name
     made = []
 
     def temporary(suffix):
-        fd, name = tempfile.mkstemp(prefix=".deepblur-", suffix=suffix,
-                                    dir=directory)
-        os.close(fd)
-        made.append(Path(name))
-        return made[-1]
+        # open(..., "x") creates the file with the umask's mode (mkstemp's is
+        # 0600 whatever the umask, and os.replace keeps it)
+        while True:
+            path = directory / f".deepblur-{secrets.token_hex(8)}{suffix}"
+            try:
+                open(path, "x").close()
+            except FileExistsError:
+                continue
+            made.append(path)
+            return path
 
     try:
         tmp_weights, tmp_meta = temporary(".safetensors"), temporary(".json")
         save_file(tensors, str(tmp_weights))
-        tmp_meta.write_text(text)
-        backup = None
-        if final_weights.exists():
-            backup = temporary(".old")
-            os.replace(final_weights, backup)
-        os.replace(tmp_weights, final_weights)
-        try:
-            os.replace(tmp_meta, final_meta)
-        except OSError:
-            if backup is not None:
-                os.replace(backup, final_weights)
-            else:
-                final_weights.unlink(missing_ok=True)
-            raise
+        # safetensors writes a file of its own (owner-only): the umask's mode
+        os.chmod(tmp_weights, tmp_meta.stat().st_mode & 0o777)
+        meta["weights_sha256"] = _sha256(tmp_weights)
+        tmp_meta.write_text(json.dumps(meta, indent=1, default=_json_default))
+        with _SigintDeferred():
+            backup = None
+            if final_weights.exists():
+                backup = temporary(".old")
+                os.replace(final_weights, backup)
+            os.replace(tmp_weights, final_weights)
+            try:
+                os.replace(tmp_meta, final_meta)
+            except OSError:
+                if backup is not None:
+                    os.replace(backup, final_weights)
+                else:
+                    final_weights.unlink(missing_ok=True)
+                raise
     finally:
         for path in made:
             path.unlink(missing_ok=True)
@@ -433,13 +567,21 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     meta = dict(
         module=_module_params(regressor),
         n_outputs=int(basis.kernels_.shape[0]),
-        boundary=basis.boundary, grid_shape=list(basis.grid_shape_ or (16, 16)),
+        boundary=basis.boundary,
+        grid_shape=None if basis.grid_shape_ is None else list(basis.grid_shape_),
+        positions=(None if basis.grid_shape_ is not None
+                   else np.asarray(basis.positions_).astype(int).tolist()),
         n_rays=int(cone.rays_.shape[0]),
         alpha_range=[float(a) for a in sampler.alpha_range],
         max_rays=sampler.max_rays, random_state=_sampler_seed(sampler),
         setting={k: (list(v) if isinstance(v, tuple) else v)
                  for k, v in setting["params"].items()},
     )
+    energy = getattr(basis, "component_energy_ratio_", None)
+    meta.update(   # the basis's fit diagnostics, when it was fitted (not built)
+        basis_reconstruction_error=getattr(basis, "reconstruction_error_", None),
+        basis_component_energy_ratio=(None if energy is None
+                                      else [float(e) for e in energy]))
     level = getattr(regressor, "noise_level_", None)
     _with_extra(meta, extra, ("weights_dtype", "noise_std", "support_tolerance",
                               "noise_level"))
@@ -490,7 +632,7 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     if boundary not in ("zero", "crop"):
         raise ValueError(f"boundary must be 'zero' or 'crop'; got {boundary!r}.")
     noise = _noise_param(noise_std)
-    directory = Path(directory)
+    directory = _path(directory)
     model = load_model(directory)       # the setting it must share
     _check_same_basis(regressor.basis.gram_, directory, model)
     tensors = {"coef": torch.tensor(np.ascontiguousarray(regressor.coef_),
@@ -506,10 +648,18 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                 n_train_images=regressor.n_train_images_,
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary=boundary)
-    _with_extra(meta, extra, ("basis_gram", "support_tolerance"))
-    meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
+    _with_extra(meta, extra, ("basis_gram", "model_setting", "support_tolerance"))
+    _record_model(meta, directory, model)
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _SPECTRAL_WEIGHTS, tensors, _SPECTRAL_META, meta)
+
+
+def _record_model(meta, directory, model):
+    """Record in a companion's JSON the basis and the setting of the model it
+    is saved beside (:func:`companion_mismatch`)."""
+    model_meta, _ = _read_pair(directory, _WEIGHTS, _META, "")
+    meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
+    meta["model_setting"] = _model_setting(model_meta, model.sampler.generators_)
 
 
 def save_crop_network(directory, regressor, *, noise_std, extra=None):
@@ -551,15 +701,16 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
         raise ValueError("regressor.basis must be the model's fitted basis; "
                          "got None.")
     noise = _noise_param(noise_std)
-    directory = Path(directory)
+    directory = _path(directory)
     model = load_model(directory)       # the setting it must share
     _check_same_basis(regressor.basis.gram_, directory, model)
     meta = dict(module=_module_params(regressor),
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary="crop")
     level = getattr(regressor, "noise_level_", None)
-    _with_extra(meta, extra, ("basis_gram", "support_tolerance", "noise_level"))
-    meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
+    _with_extra(meta, extra, ("basis_gram", "model_setting", "support_tolerance",
+                              "noise_level"))
+    _record_model(meta, directory, model)
     meta["noise_level"] = float(np.max(noise) if level is None else level)
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _CROP_WEIGHTS, _module_tensors(regressor),
@@ -576,13 +727,18 @@ def has_spectral(directory):
     return _has_pair(directory, _SPECTRAL_WEIGHTS, _SPECTRAL_META)
 
 
-def _load_spectral(directory, basis):
+def _load_spectral(directory, basis, model_meta, rays):
     """The spectral regressor of a model directory and its training setting."""
     meta, tensors = _read_pair(
         directory, _SPECTRAL_WEIGHTS, _SPECTRAL_META,
         "estimator='spectral' needs them; fit a SpectralBlurRegressor and add "
         "it with save_spectral")
-    _check_companion(meta, _SPECTRAL_META, directory, basis)
+    with _Reading(_SPECTRAL_META, directory):
+        _check_companion(meta, _SPECTRAL_META, directory, basis, model_meta, rays)
+        return _spectral_from(meta, tensors, basis)
+
+
+def _spectral_from(meta, tensors, basis):
     regressor = SpectralBlurRegressor(
         basis, support_tolerance=_support_tolerance(meta, _SPECTRAL_META),
         **meta["params"])
@@ -691,29 +847,38 @@ default="network"
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
     if not isinstance(project, bool):
         raise TypeError(f"project must be True or False; got {project!r}.")
-    directory = Path(directory)
+    directory = _path(directory)
     meta, tensors = _read_pair(directory, _WEIGHTS, _META,
                                "train one with examples/train_default_model.py")
-    basis = ProductConvolutionBasis.from_components(
-        tensors["basis.kernels"].numpy(),
-        tensors["basis.maps"].numpy().astype(np.float64),
-        boundary=meta["boundary"], grid_shape=tuple(meta["grid_shape"]))
-    gamma = tensors["cone.gamma"].numpy()
-    cone = ConeSimplifier(n_rays=meta["n_rays"]).fit(gamma)
-    rays = tensors["cone.rays"].numpy()
-    if cone.rays_.shape != rays.shape or not np.allclose(cone.rays_, rays,
-                                                         atol=1e-8):
-        # Algorithm 1 is deterministic; keep the stored rays exactly anyway.
-        cone.rays_ = rays
-    sampler = ConeSampler(max_rays=meta["max_rays"],
-                          alpha_range=tuple(meta["alpha_range"]),
-                          random_state=meta["random_state"]).fit(rays)
-    setting = dict(meta["setting"])
-    setting.setdefault("boundary", "zero")      # models saved before the option
-    # a float, or a (low, high) range (JSON keeps it as a list)
-    noise_std = setting["noise_std"] = _noise_param(setting["noise_std"])
+    with _Reading(_META, directory):
+        positions = meta.get("positions")
+        basis = ProductConvolutionBasis.from_components(
+            tensors["basis.kernels"].numpy(),
+            tensors["basis.maps"].numpy().astype(np.float64),
+            boundary=meta["boundary"],
+            grid_shape=tuple(meta["grid_shape"] or (16, 16)),
+            positions=None if positions is None else np.asarray(positions))
+        gamma = tensors["cone.gamma"].numpy()
+        cone = ConeSimplifier(n_rays=meta["n_rays"]).fit(gamma)
+        rays = tensors["cone.rays"].numpy()
+        if cone.rays_.shape != rays.shape or not np.allclose(cone.rays_, rays,
+                                                             atol=1e-8):
+            # Algorithm 1 is deterministic; keep the stored rays exactly anyway.
+            cone.rays_ = rays
+        sampler = ConeSampler(max_rays=meta["max_rays"],
+                              alpha_range=tuple(meta["alpha_range"]),
+                              random_state=meta["random_state"]).fit(rays)
+        basis.reconstruction_error_ = meta.get("basis_reconstruction_error")
+        energy = meta.get("basis_component_energy_ratio")
+        if energy is not None:
+            basis.component_energy_ratio_ = np.asarray(energy, dtype=np.float64)
+        setting = dict(meta["setting"])
+        setting.setdefault("boundary", "zero")      # models saved before the option
+        # a float, or a (low, high) range (JSON keeps it as a list)
+        noise_std = setting["noise_std"] = _noise_param(setting["noise_std"])
     if estimator == "spectral":
-        regressor, noise_std, boundary = _load_spectral(directory, basis)
+        regressor, noise_std, boundary = _load_spectral(directory, basis, meta,
+                                                        rays)
         regressor.sampler, regressor.project = sampler, project
         setting.update(boundary=boundary, noise_std=noise_std)
     elif estimator == "points":
@@ -726,16 +891,18 @@ default="network"
             directory, _CROP_WEIGHTS, _CROP_META,
             "estimator='crop_network' needs them; train one with "
             "examples/train_crop_model.py and add it with save_crop_network")
-        _check_companion(crop, _CROP_META, directory, basis)
-        noise_std = _noise_param(crop["noise_std"])
-        setting.update(boundary="crop", noise_std=noise_std)
-        regressor = _load_network(crop, crop_tensors, basis, sampler, project,
-                                  noise_std, _CROP_META)
+        with _Reading(_CROP_META, directory):
+            _check_companion(crop, _CROP_META, directory, basis, meta, rays)
+            noise_std = _noise_param(crop["noise_std"])
+            setting.update(boundary="crop", noise_std=noise_std)
+            regressor = _load_network(crop, crop_tensors, basis, sampler, project,
+                                      noise_std, _CROP_META)
     else:
-        if "noise_std" in meta:     # its training noise (older files: the setting's)
-            noise_std = _noise_param(meta["noise_std"])
-        regressor = _load_network(meta, tensors, basis, sampler, project,
-                                  noise_std, _META)
+        with _Reading(_META, directory):
+            if "noise_std" in meta:  # its training noise (older: the setting's)
+                noise_std = _noise_param(meta["noise_std"])
+            regressor = _load_network(meta, tensors, basis, sampler, project,
+                                      noise_std, _META)
     if estimator in ("network", "crop_network"):    # written again, kept
         regressor.training_noise_std_ = noise_std
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
@@ -854,14 +1021,15 @@ def load_basis(directory):
     """
     meta, tensors = _read_pair(directory, _BASIS_WEIGHTS, _BASIS_META,
                                "write one with save_basis or `deepblur basis`")
-    grid = meta.get("grid_shape")
-    positions = meta.get("positions")
-    basis = ProductConvolutionBasis.from_components(
-        tensors["kernels"].numpy(), tensors["maps"].numpy(),
-        boundary=meta["boundary"],
-        grid_shape=tuple(grid) if grid is not None else (16, 16),
-        positions=None if grid is not None else np.asarray(positions))
-    basis.reconstruction_error_ = meta.get("reconstruction_error")
-    energy = meta.get("component_energy_ratio")
-    basis.component_energy_ratio_ = None if energy is None else np.asarray(energy)
+    with _Reading(_BASIS_META, _path(directory)):
+        grid = meta.get("grid_shape")
+        positions = meta.get("positions")
+        basis = ProductConvolutionBasis.from_components(
+            tensors["kernels"].numpy(), tensors["maps"].numpy(),
+            boundary=meta["boundary"],
+            grid_shape=tuple(grid) if grid is not None else (16, 16),
+            positions=None if grid is not None else np.asarray(positions))
+        basis.reconstruction_error_ = meta.get("reconstruction_error")
+        energy = meta.get("component_energy_ratio")
+        basis.component_energy_ratio_ = None if energy is None else np.asarray(energy)
     return basis

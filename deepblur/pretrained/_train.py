@@ -880,8 +880,19 @@ def _resume(net, data, checkpoint_dir, epochs):
             f"no checkpoint to resume from in {str(directory)!r} (missing "
             f"{', '.join(missing)}); train without resuming first."
         )
+    import pickle
+
     try:
         net.load_params(checkpoint=dict(net.callbacks_)["checkpoint"])
+    except (pickle.UnpicklingError, EOFError, OSError) as exc:
+        # (the unpickler's own message suggests weights_only=False: unsafe on
+        # a file one did not write, so it is not repeated)
+        raise ValueError(
+            f"the checkpoint in {str(directory)!r} cannot be read "
+            f"({type(exc).__name__}): its files are damaged, or were not "
+            "written by deepblur; start over without resuming (deepblur train "
+            "--overwrite)."
+        ) from None
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ValueError(

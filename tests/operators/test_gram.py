@@ -79,7 +79,8 @@ def test_operator_distance_tensors_keep_the_widest_float_dtype():
         np.sqrt(0.3) * 1e-9, rel=1e-6)
     # float32 everywhere stays float32 (the training losses' dtype)
     a32 = torch.tensor([1.0, 0.0], requires_grad=True)
-    d32 = operator_distance(a32, torch.tensor([0.5, 0.5]), torch.tensor(G, dtype=torch.float32))
+    d32 = operator_distance(a32, torch.tensor([0.5, 0.5]),
+                            torch.tensor(G, dtype=torch.float32))
     assert d32.dtype == torch.float32
     d32.backward()
     assert a32.grad is not None and torch.isfinite(a32.grad).all()
