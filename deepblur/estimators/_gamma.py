@@ -505,13 +505,23 @@ def noise_check_sample(n, size=NOISE_CHECK_SAMPLE):
     return np.unique(np.linspace(0, n - 1, min(n, size)).round().astype(int))
 
 
-def noisy_images_message(levels, noise_level, what="images", n_total=None):
+#: Image means (median of the noisy images checked) outside this range point
+#: at unscaled images (raw counts, or a [0, 1] image of a dim sample) rather
+#: than at noise: the noise warning then says so first.
+SCALE_HINT_RANGE = (0.05, 5.0)
+
+
+def noisy_images_message(levels, noise_level, what="images", n_total=None,
+                         means=None):
     """The warning about images far noisier than ``noise_level``, or None.
 
     ``levels``: the estimated noise (:func:`image_noise_levels`) of the
     images checked, a sample of ``n_total`` (default: all were checked).
     None when no level exceeds ``NOISE_WARNING_FACTOR * noise_level``, or
     when ``noise_level`` is None or 0 (unknown, or trained without noise).
+    ``means``: those images' mean intensities, when known; if the noisy
+    ones' median lies outside :data:`SCALE_HINT_RANGE`, the message names
+    the scale as the likely cause (raw camera counts read as noise).
     """
     levels = np.asarray(levels, dtype=np.float64)
     if noise_level is None or not noise_level > 0 or not len(levels):
@@ -522,7 +532,19 @@ def noisy_images_message(levels, noise_level, what="images", n_total=None):
     median = float(np.median(levels[noisy]))
     checked = (f"{len(levels)} {what}" if n_total in (None, len(levels)) else
                f"{len(levels)} {what} checked (evenly spaced among {n_total})")
-    return (
+    scale = ""
+    if means is not None:
+        mean = float(np.median(np.asarray(means, dtype=np.float64)[noisy]))
+        low, high = SCALE_HINT_RANGE
+        if not low <= mean <= high:
+            scale = (
+                f"Their mean intensity is {mean:.3g} (median): regressors take "
+                "images scaled as their training images were (mean 0.5 for "
+                "the shipped models and the simulator's default), so these "
+                "look unscaled (raw counts?) rather than noisy: scale them "
+                "to that mean first (deepblur.pretrained.deblur_image and "
+                "the command line do), which scales their noise with them. ")
+    return scale + (
         f"{int(noisy.sum())} of {checked} are over "
         f"{NOISE_WARNING_FACTOR:g} times noisier than the noisiest images the "
         f"regressor was trained on (noise std {noise_level:.3g}, its "
@@ -565,9 +587,12 @@ def warn_if_noisy(X, noise_level, *, stacklevel=3):
         return
     try:
         arr = X if torch.is_tensor(X) else np.asarray(X)
-        levels = image_noise_levels(arr[noise_check_sample(len(arr))])
-    except (ValueError, TypeError, IndexError):
+        sample = arr[noise_check_sample(len(arr))]
+        levels = image_noise_levels(sample)
+        means = [float(x.mean()) for x in sample]
+    except (ValueError, TypeError, IndexError, RuntimeError):
         return
-    message = noisy_images_message(levels, noise_level, n_total=len(arr))
+    message = noisy_images_message(levels, noise_level, n_total=len(arr),
+                                   means=means)
     if message is not None:
         warnings.warn(message, NoisyImageWarning, stacklevel=stacklevel)

@@ -175,6 +175,14 @@ def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_pat
     assert _count_noisy(net, images(0.2)) >= 30     # ten times: nearly all
     with pytest.warns(NoisyImageWarning, match=r"\(median\), (9|10|11) times"):
         net.predict(images(0.2, seed=4))
+    # raw counts (clean mean 0.5 times 1 000) read as noise: the warning says
+    # the scale first; images at the convention's scale do not get the hint
+    with pytest.warns(NoisyImageWarning, match=r"^Their mean intensity is "
+                      r"[1-9]\d\d \(median\).*look unscaled"):
+        net.predict(1000 * images(0.02, seed=4))
+    with pytest.warns(NoisyImageWarning) as record:
+        net.predict(images(0.2, seed=4))
+    assert not any("mean intensity" in str(w.message) for w in record)
     # a large call checks 64 evenly spaced images, and says so
     many = make_blurred_images(pool, basis, sampler, 130, noise_std=0.2,
                                random_state=6)[0]
