@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import _clone_parametrized
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from deepblur.exceptions import NoisyImageWarning, OutOfSupportWarning
 from deepblur.nets.losses import relative_frobenius_error
@@ -382,8 +382,42 @@ def clone_sharing_fitted(estimator):
     return new
 
 
+def check_score_targets(X, y, K, sample_weight=None):
+    """The ``y`` and ``sample_weight`` of a ``score(X, y, sample_weight)``.
+
+    Parameters
+    ----------
+    X : array-like or tensor of shape (n, ...)
+        The images scored (only their number is used).
+    y : array-like or tensor of shape (n, K)
+        Their true gamma: real and finite (:func:`check_gamma_targets`), one
+        row per image (a single row is not broadcast to all of them).
+    K : int
+        The number of basis elements.
+    sample_weight : array-like of shape (n,) or None
+        Finite, non-negative and not all zero (scikit-learn's
+        ``_check_sample_weight``).
+
+    Returns
+    -------
+    y : ndarray of shape (n, K), float64
+    sample_weight : ndarray of shape (n,) or None
+    """
+    y = check_gamma_targets(y, K)
+    if len(y) != len(X):
+        raise ValueError(f"X and y must hold as many samples; got {len(X)} "
+                         f"images and {len(y)} gamma.")
+    if sample_weight is not None:
+        sample_weight = _check_sample_weight(sample_weight, y, dtype=np.float64,
+                                             ensure_non_negative=True)
+    return y, sample_weight
+
+
 def operator_error_score(gram, y_true, y_pred, sample_weight=None):
-    """Minus the mean relative operator error (higher is better, 0 exact)."""
+    """Minus the mean relative operator error (higher is better, 0 exact).
+
+    ``y_true`` and ``sample_weight`` as checked by :func:`check_score_targets`.
+    """
     err = relative_frobenius_error(
         torch.as_tensor(np.asarray(y_true, dtype=np.float64)),
         torch.as_tensor(np.asarray(y_pred, dtype=np.float64)),
@@ -421,11 +455,26 @@ class SharedBasisMixin(FrozenComponentsMixin):
 
         ``-mean_i ||H[y_i] - H[yhat_i]||_F / ||H[y_i]||_F`` with the Gram
         matrix of the basis (as :meth:`ResNetBlurRegressor.score`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images.
+        y : array-like of shape (n, K)
+            Their true gamma (finite, one row per image).
+        sample_weight : array-like of shape (n,), default=None
+            Weights of the images' errors in the mean (finite, non-negative).
+
+        Returns
+        -------
+        score : float
         """
+        gram = self._fitted_basis().gram_
+        y, sample_weight = check_score_targets(X, y, np.shape(gram)[0],
+                                               sample_weight)
         with support_check_silenced():
             gamma_hat = self.predict(X)
-        return operator_error_score(self._fitted_basis().gram_, y, gamma_hat,
-                                    sample_weight)
+        return operator_error_score(gram, y, gamma_hat, sample_weight)
 
 
 def image_noise_levels(X):

@@ -21,11 +21,13 @@ from deepblur.estimators._gamma import (
     check_gamma_targets,
     check_no_shared_nested,
     check_sampler,
+    check_score_targets,
     check_support_params,
     checked_estimates,
     clone_sharing_fitted,
     merge_noise_levels,
     merge_noise_stds,
+    operator_error_score,
     support_check_needed,
     support_check_silenced,
     support_distances,
@@ -36,7 +38,6 @@ from deepblur.estimators._gamma import (
 from deepblur.nets.losses import (
     PSFMomentLoss,
     RelativeFrobeniusLoss,
-    relative_frobenius_error,
 )
 from deepblur.nets.resnet import ResNet
 
@@ -891,19 +892,27 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         ``-mean_i ||H[y_i] - H[yhat_i]||_F / ||H[y_i]||_F`` with the Gram
         matrix of the basis (or ``criterion__gram``). The estimates are scored
         against the truth, so no ``OutOfSupportWarning`` is issued.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W)
+            Images.
+        y : array-like of shape (n, K)
+            Their true gamma (finite, one row per image).
+        sample_weight : array-like of shape (n,), default=None
+            Weights of the images' errors in the mean (finite, non-negative).
+
+        Returns
+        -------
+        score : float
         """
         if isinstance(X, torch.utils.data.Dataset):
             raise TypeError("score needs images and their gamma as arrays (X, y); "
                             f"got a {type(X).__name__} (draw arrays from it, e.g. "
                             "with make_blurred_images).")
         gram = self._gram()
-        y_true = check_gamma_targets(y, gram.shape[0])
-        if len(y_true) != len(X):
-            raise ValueError(f"X and y must hold as many samples; got {len(X)} "
-                             f"images and {len(y_true)} gamma.")
-        y_true = torch.as_tensor(y_true)
+        y_true, sample_weight = check_score_targets(X, y, gram.shape[0],
+                                                    sample_weight)
         with support_check_silenced():      # measured against the truth here
-            y_pred = torch.as_tensor(np.asarray(self.predict(X), dtype=np.float64))
-        err = relative_frobenius_error(y_true, y_pred, torch.as_tensor(gram),
-                                       eps=0.0).numpy()
-        return -float(np.average(err, weights=sample_weight))
+            y_pred = self.predict(X)
+        return operator_error_score(gram, y_true, y_pred, sample_weight)

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepblur.estimators._gamma import (
+    check_score_targets,
     check_support_params,
     check_support_tolerance,
     checked_estimates,
@@ -191,3 +192,23 @@ def test_support_tolerance_needs_a_sampler_and_project_a_bool():
         check_support_params("yes", None, SAMPLER)
     check_support_params(False, 0.1, SAMPLER)
     check_support_params(True, None, None)
+
+
+def test_check_score_targets():
+    """One gamma per image (no broadcasting of a single row), finite; the
+    sample_weight of the images' length, finite and non-negative."""
+    X, y = np.zeros((4, 8, 8)), np.ones((4, K))
+    got_y, got_w = check_score_targets(X, y.tolist(), K, [1, 2, 3, 4])
+    assert got_y.dtype == got_w.dtype == np.float64
+    np.testing.assert_array_equal(got_w, [1, 2, 3, 4])
+    assert check_score_targets(X, y, K)[1] is None
+    with pytest.raises(ValueError, match="got 4 images and 1 gamma"):
+        check_score_targets(X, y[:1], K)
+    with pytest.raises(ValueError, match="y must be finite"):
+        check_score_targets(X, np.full((4, K), np.nan), K)
+    for bad, match in ((np.ones(5), r"sample_weight.shape == \(5,\)"),
+                       ([1, np.inf, 1, 1], "sample_weight contains infinity"),
+                       ([1, -1, 1, 1], "Negative values .*sample_weight"),
+                       (np.zeros(4), "at least one non-zero")):
+        with pytest.raises(ValueError, match=match):
+            check_score_targets(X, y, K, bad)

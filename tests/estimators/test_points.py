@@ -65,6 +65,22 @@ def test_start_noise_level_parallel_and_progress_bar(setting):
     assert d.score(X, gamma) > -0.05
 
 
+def test_score_checks_y_and_sample_weight(setting):
+    """One row of y was broadcast to all the images (a wrong score, silently),
+    NaN gave nan."""
+    basis, _, X, gamma = setting
+    est = PointSourceBlurEstimator(basis, gamma_init=gamma.mean(0)).fit()
+    nan_y = gamma[:2].copy()
+    nan_y[1, 2] = np.nan
+    for bad, match in ((gamma[:1], "as many samples; got 2 images and 1 gamma"),
+                       (nan_y, "y must be finite"),
+                       (gamma[:2, :2], r"shape \(n_samples, K=3\)")):
+        with pytest.raises(ValueError, match=match):
+            est.score(X[:2], bad)
+    with pytest.raises(ValueError, match=r"sample_weight.shape == \(3,\)"):
+        est.score(X[:2], gamma[:2], sample_weight=np.ones(3))
+
+
 def test_camera_offset_is_fitted(setting):
     """A dark level added to every image: fitted (default), the estimate is
     the dark-field one; the offset comes back in ``predict_sources``."""

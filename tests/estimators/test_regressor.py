@@ -780,6 +780,16 @@ def test_bad_input(setting):
             fitted.score(X, bad)
     with pytest.raises(TypeError, match="score needs images and their gamma"):
         fitted.score(BlurDataset(X, basis, ConeSampler().fit(np.eye(3))), None)
+    # and its sample_weight (a wrong length was numpy's "Axis must be specified")
+    for bad, match in ((np.ones(5), r"sample_weight.shape == \(5,\)"),
+                       (np.full(len(X), np.nan), "sample_weight contains NaN"),
+                       (-np.ones(len(X)), "Negative values .*sample_weight")):
+        with pytest.raises(ValueError, match=match):
+            fitted.score(X, y, sample_weight=bad)
+    w = np.linspace(0.1, 1.0, len(X))
+    err = -np.array([fitted.score(X[i:i + 1], y[i:i + 1]) for i in range(len(X))])
+    assert fitted.score(X, y, sample_weight=w) == pytest.approx(
+        -np.average(err, weights=w), rel=1e-5)
 
 
 def _constant_network(basis, sampler, outputs, **params):

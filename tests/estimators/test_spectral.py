@@ -200,6 +200,32 @@ def test_bad_input(setting):
         est.fit(X, np.full(y.shape, "a"))
 
 
+def test_score_checks_y_and_sample_weight(setting):
+    """As ResNetBlurRegressor.score: one row of y was broadcast to all the
+    images (a wrong score, silently), NaN gave nan, a wrong width a torch
+    error, a sample_weight of the wrong length numpy's "Axis must be
+    specified"."""
+    basis, _, _, X, y, _, _ = setting
+    est = SpectralBlurRegressor(basis, window=16).fit(X[:40], y[:40])
+    nan_y = y[:4].copy()
+    nan_y[0, 0] = np.nan
+    for bad, match in ((y[:1], "as many samples; got 4 images and 1 gamma"),
+                       (nan_y, "y must be finite"),
+                       (y[:4, :2], r"shape \(n_samples, K=3\)")):
+        with pytest.raises(ValueError, match=match):
+            est.score(X[:4], bad)
+    with pytest.raises(ValueError, match="got 1 images and 4 gamma"):
+        est.score(X[:1], y[:4])
+    for bad, match in ((np.ones(2), r"sample_weight.shape == \(2,\)"),
+                       (-np.ones(4), "Negative values .*sample_weight")):
+        with pytest.raises(ValueError, match=match):
+            est.score(X[:4], y[:4], sample_weight=bad)
+    w = np.array([0.1, 0.2, 0.3, 1.0])
+    err = -np.array([est.score(X[i:i + 1], y[i:i + 1]) for i in range(4)])
+    assert est.score(X[:4], y[:4], sample_weight=w) == pytest.approx(
+        -np.average(err, weights=w), rel=1e-6)
+
+
 def test_predict_warns_about_much_noisier_images(setting):
     import warnings
 
