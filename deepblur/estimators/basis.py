@@ -80,7 +80,8 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
         Smoothing of the thin-plate spline that extends the maps from the
         measurement positions to every pixel (0 interpolates exactly).
     random_state : int, RandomState instance or None, default=None
-        Seed of the random initialisation (``init="random"``).
+        Seed of the random initialisation (``init="random"``; ``None`` draws
+        from numpy's global RNG). Unused with ``init="svd"``.
 
     Attributes
     ----------
@@ -277,8 +278,15 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
             )
         if not np.any(T):
             raise ValueError("X must not be all zeros: there is no PSF to fit.")
-        rng = check_random_state(self.random_state)
-        gen = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
+        if self.init == "random":
+            rng = check_random_state(self.random_state)
+            gen = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
+        else:
+            # The SVD start is deterministic: its generator only completes a
+            # mode with directions orthogonal to the data (on which the fit
+            # is zero). A fixed one leaves the global numpy RNG (what
+            # random_state=None draws from) untouched.
+            gen = np.random.default_rng(0)
         gamma, F, E, info = cp_als(T, K, init=self.init, max_iter=self.max_iter,
                                    tol=self.tol, random_state=gen)
         maps = interpolate_maps(positions, F, image_shape,

@@ -111,7 +111,9 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
     ----------
     basis : ProductConvolutionBasis, default=None
         Unfitted basis (its ``image_shape`` must be the images' shape);
-        default ``ProductConvolutionBasis(image_shape=X.shape[-2:])``.
+        default ``ProductConvolutionBasis(image_shape=X.shape[-2:])``. A
+        ``random_state`` of None is replaced by one drawn from
+        ``random_state`` (one of its own is kept).
     cone : ConeSimplifier, default=None
         Default ``ConeSimplifier(n_rays=10)``.
     sampler : ConeSampler, default=None
@@ -163,7 +165,8 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         ``deblurrer__lam`` then trains one regressor per value of the other
         parameters instead of one per ``lam``.
     random_state : int, RandomState instance or None, default=None
-        Seeds the sampler, the simulated training data and the network's
+        Seeds the basis (when its own ``random_state`` is None), the
+        sampler, the simulated training data and the network's
         initialisation (in a forked torch RNG: the global seed is untouched).
         An int makes ``fit`` reproducible on CPU.
 
@@ -305,6 +308,10 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
             )
         noise_std = _noise_param(self.noise_std)
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        if basis.get_params(deep=False).get("random_state", 0) is None:
+            # as the sampler's: the basis's random start (init="random")
+            # follows random_state, and the cache's key holds it
+            basis = clone(basis).set_params(random_state=seed)
         fit_model = check_memory(self.memory).cache(_fit_blur_model)
         self.basis_, self.cone_, self.sampler_, self.regressor_ = fit_model(
             basis, cone, self.sampler, regressor, clean, np.asarray(psf_fields),

@@ -119,6 +119,31 @@ def test_random_init_also_recovers():
     assert basis.score(fields) > -1e-3
 
 
+def _global_rng_state(seed=None):
+    """numpy's global RNG (what random_state=None draws from), seeded first."""
+    if seed is not None:
+        np.random.seed(seed)  # noqa: NPY002 (the legacy global RNG is tested)
+    return np.random.get_state()[1].copy()  # noqa: NPY002
+
+
+def test_svd_init_leaves_the_global_rng_alone():
+    """init="svd" is deterministic: fit drew a seed from numpy's global RNG
+    (random_state=None) all the same; init="random" still draws from it."""
+    fields, *_ = planted()
+    before = _global_rng_state(5)
+    a = ProductConvolutionBasis(3, image_shape=IMAGE).fit(fields)
+    np.testing.assert_array_equal(_global_rng_state(), before)
+    b = ProductConvolutionBasis(3, image_shape=IMAGE, random_state=3).fit(fields)
+    np.testing.assert_array_equal(a.kernels_, b.kernels_)
+    fits = []
+    for _ in range(2):
+        _global_rng_state(5)
+        fits.append(ProductConvolutionBasis(3, image_shape=IMAGE, init="random",
+                                            max_iter=3).fit(fields).kernels_)
+    np.testing.assert_array_equal(*fits)
+    assert not np.array_equal(_global_rng_state(), before)
+
+
 def test_grid_search_over_n_components_prefers_true_rank():
     fields, *_ = planted(K=3, P=30, noise=1e-3)
     search = GridSearchCV(ProductConvolutionBasis(image_shape=IMAGE),

@@ -57,6 +57,30 @@ def test_fit_is_reproducible_with_an_int_random_state(data, fitted):
     np.testing.assert_array_equal(again, fitted.estimate(blurry))
 
 
+def test_random_state_seeds_a_random_basis_start(data, tmp_path):
+    """A basis with init="random" and random_state=None kept its own seed:
+    two fits of BlindDeblurrer(random_state=0) differed, and a fit with
+    memory= differed from one without. Its random_state now comes from the
+    BlindDeblurrer's (as the sampler's); one set on the basis is kept."""
+    fields, blurry, clean = data
+
+    def model(**basis_params):
+        m = tiny(K=3)
+        return m.set_params(basis=ProductConvolutionBasis(
+            3, image_shape=m.basis.image_shape, init="random", max_iter=5,
+            **basis_params))
+
+    a = model().fit(blurry, clean, psf_fields=fields)
+    b = model().set_params(memory=str(tmp_path)).fit(blurry, clean,
+                                                     psf_fields=fields)
+    np.testing.assert_array_equal(a.basis_.kernels_, b.basis_.kernels_)
+    np.testing.assert_array_equal(a.estimate(blurry), b.estimate(blurry))
+    assert isinstance(a.basis_.random_state, int) and a.basis.random_state is None
+    own = model(random_state=7).fit(blurry, clean, psf_fields=fields)
+    assert own.basis_.random_state == 7
+    assert not np.array_equal(own.basis_.kernels_, a.basis_.kernels_)
+
+
 def test_score_is_the_psnr_of_the_blind_deblurring(data, fitted):
     fields, blurry, clean = data
     model = fitted
