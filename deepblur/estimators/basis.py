@@ -451,6 +451,14 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
             rel = np.where(den > 0, num / den, np.where(num > 0, np.inf, 0.0))
         return -float(np.mean(rel))
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # stacks of PSF fields, (P, gy, gx, kh, kw) or (P, n_positions, kh, kw):
+        # neither tabular data nor 3-D arrays (scikit-learn has no tag for them)
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = False
+        return tags
+
     # ------------------------------------------------------------ operators
     def _check_gamma(self, gamma, name="gamma", ndims=(1, 2)):
         K = self.kernels_.shape[0]

@@ -225,11 +225,10 @@ class ConeSimplifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         # What fit needs is a pointed cone: rows in an open half-space. Rows
-        # with negative entries are fine when they satisfy it, but the only
-        # sufficient condition scikit-learn's tags can express is non-negative
-        # data (the positive orthant), which makes its common checks generate
-        # valid inputs instead of centred data that spans a non-pointed cone.
-        tags.input_tags.positive_only = True
+        # with negative entries are valid when they satisfy it, so the
+        # estimator is not positive_only (the tests run scikit-learn's common
+        # checks on non-negative data, whose cone is pointed, by a subclass).
+        tags.input_tags.positive_only = False
         return tags
 
 

@@ -916,3 +916,13 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         with support_check_silenced():      # measured against the truth here
             y_pred = self.predict(X)
         return operator_error_score(gram, y_true, y_pred, sample_weight)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # images (n, H, W) or (n, 1, H, W), not tabular data; one gamma of K
+        # coefficients per image
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = True
+        tags.target_tags.multi_output = True
+        return tags

@@ -7,7 +7,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils import estimator_checks, get_tags
 
 from deepblur import ProductConvolutionBasis
 from deepblur.datasets import make_random_operators
@@ -258,36 +258,42 @@ def test_joblib_round_trip(tmp_path, rng):
     np.testing.assert_array_equal(loaded.gram_, basis.gram_)
 
 
-# Every check below feeds 2-D tabular X (n_samples, n_features); this estimator
-# takes stacks of PSF fields (P, gy, gx, kh, kw) or (P, n_positions, kh, kw), so
-# these checks cannot apply. Their intent is covered by the image-shaped tests
-# in this module (idempotence, pickling, clone, NaN/Inf, dtypes, no mutation).
-_TABULAR = "feeds 2-D tabular X; the estimator takes stacks of PSF fields"
-EXPECTED_FAILED = {
-    name: _TABULAR for name in [
-        "check_fit_score_takes_y", "check_estimators_overwrite_params",
-        "check_dont_overwrite_parameters", "check_estimators_fit_returns_self",
-        "check_readonly_memmap_input", "check_n_features_in_after_fitting",
-        "check_positive_only_tag_during_fit", "check_estimators_dtypes",
-        "check_dtype_object", "check_estimators_empty_data_messages",
-        "check_pipeline_consistency", "check_estimators_nan_inf",
-        "check_estimators_pickle", "check_f_contiguous_array_estimator",
-        "check_transformer_data_not_an_array", "check_transformer_general",
-        "check_transformer_preserve_dtypes", "check_transformer_n_iter",
-        "check_methods_sample_order_invariance", "check_methods_subset_invariance",
-        "check_fit2d_1sample", "check_fit2d_1feature", "check_dict_unchanged",
-        "check_fit_idempotent", "check_fit_check_is_fitted", "check_n_features_in",
-        "check_fit2d_predict1d",
-    ]
-}
+# scikit-learn runs none of its common checks on an estimator whose tags say
+# it takes no 2-D array (this one takes stacks of PSF fields (P, gy, gx, kh,
+# kw) or (P, n_positions, kh, kw)). These checks feed it no tabular data and
+# run one by one; the others' intent is covered by the tests of this module
+# (idempotence, pickling, clone, NaN/Inf, dtypes, no mutation).
+API_CHECKS = [
+    estimator_checks.check_estimator_cloneable,
+    estimator_checks.check_estimator_tags_renamed,
+    estimator_checks.check_valid_tag_types,
+    estimator_checks.check_estimator_repr,
+    estimator_checks.check_no_attributes_set_in_init,
+    estimator_checks.check_estimators_unfitted,
+    estimator_checks.check_do_not_raise_errors_in_init_or_set_params,
+    estimator_checks.check_mixin_order,
+    estimator_checks.check_complex_data,
+    estimator_checks.check_estimator_sparse_tag,
+    estimator_checks.check_estimator_sparse_array,
+    estimator_checks.check_estimator_sparse_matrix,
+    estimator_checks.check_transformers_unfitted,
+    estimator_checks.check_parameters_default_constructible,
+    estimator_checks.check_get_params_invariance,
+    estimator_checks.check_set_params,
+    estimator_checks.check_fit1d,
+]
 
 
-@parametrize_with_checks(
-    [ProductConvolutionBasis(n_components=1)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED,
-)
-def test_sklearn_compatible_estimator(estimator, check):
-    check(estimator)
+@pytest.mark.parametrize("check", API_CHECKS, ids=lambda check: check.__name__)
+def test_sklearn_compatible_estimator(check):
+    check("ProductConvolutionBasis", ProductConvolutionBasis(n_components=1))
+
+
+def test_tags_say_it_takes_psf_fields():
+    """The tags said two_d_array (the default) for 4-D/5-D PSF fields."""
+    tags = get_tags(ProductConvolutionBasis())
+    assert not tags.input_tags.two_d_array and not tags.input_tags.three_d_array
+    assert tags.transformer_tags is not None and not tags.target_tags.required
 
 
 def test_readonly_memmap_input(tmp_path):

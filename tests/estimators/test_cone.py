@@ -8,17 +8,33 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
+from sklearn.utils import get_tags
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.solvers.cone import circumcenter, cone_nnls, simplify_cone
 
+
+class NonNegativeDataConeSimplifier(ConeSimplifier):
+    """ConeSimplifier whose tags ask scikit-learn's common checks for
+    non-negative data. Left to themselves they generate centred data, whose
+    cone is not pointed (an error of fit); the estimator itself is not
+    positive_only: rows with negative entries in an open half-space are
+    valid."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        return tags
+
+
 EXPECTED_FAILED_CHECKS = {
     "check_positive_only_tag_during_fit": (
-        "The positive_only tag is set so that the common checks generate "
-        "non-negative data, whose cone is pointed. The estimator rightly fits "
-        "rows with negative entries when they lie in an open half-space (the "
-        "scalar-centred iris data do), instead of rejecting negative values."
+        "The positive_only tag is set (by the test subclass) so that the "
+        "common checks generate non-negative data, whose cone is pointed. The "
+        "estimator rightly fits rows with negative entries when they lie in "
+        "an open half-space (the scalar-centred iris data do), instead of "
+        "rejecting negative values."
     ),
     "check_estimators_dtypes": (
         "The integer-cast copies of the check's data contain an all-zero row; "
@@ -38,11 +54,20 @@ def expected_failed_checks(estimator):
 
 
 @parametrize_with_checks(
-    [ConeSimplifier(), ConeSampler()],
+    [NonNegativeDataConeSimplifier(), ConeSampler()],
     expected_failed_checks=expected_failed_checks,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_simplifier_is_not_positive_only():
+    """Its tags said positive_only, but rows with negative entries in an open
+    half-space are fitted (and are the rays kept)."""
+    assert not get_tags(ConeSimplifier()).input_tags.positive_only
+    X = np.array([[1.0, -0.5], [1.0, 0.4], [1.0, 0.0]])
+    est = ConeSimplifier(n_rays=2).fit(X)
+    np.testing.assert_array_equal(np.sort(est.ray_indices_), [0, 1])
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
+from sklearn.utils import get_tags
 from skorch.callbacks import Checkpoint, EarlyStopping, LoadInitState
 
 from deepblur.datasets.simulate import BlurDataset, make_blurred_images
@@ -907,3 +908,12 @@ def test_fit_hands_a_blurdataset_back_to_per_pass_seeding(setting):
 
     assert not torch.equal(plain_pass(), plain_pass())
 
+
+
+def test_tags_say_it_takes_images_and_predicts_k_outputs():
+    """The tags said two_d_array and single-output (skorch's defaults) for
+    images (n, H, W) and estimates (n, K)."""
+    tags = get_tags(ResNetBlurRegressor())
+    assert not tags.input_tags.two_d_array and tags.input_tags.three_d_array
+    assert tags.target_tags.multi_output and tags.target_tags.required
+    assert tags.estimator_type == "regressor"
