@@ -7,7 +7,12 @@ from numbers import Integral, Real
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -39,7 +44,8 @@ def _check_pair_or_none(value, name):
     return None if value is None else check_positive_int_pair(value, name)
 
 
-class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
+class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
+                              BaseEstimator):
     r"""Low-dimensional product-convolution model of a family of blur operators.
 
     Learns ``K`` kernels ``e_k`` and ``K`` coefficient maps ``f_k`` such that
@@ -406,6 +412,10 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
         Returns
         -------
         gamma : ndarray of shape (P, K)
+            Its columns are named by :meth:`get_feature_names_out`
+            (``productconvolutionbasis0``, ...), which lets a
+            :class:`~sklearn.pipeline.Pipeline` holding the basis take
+            ``set_output``.
         """
         check_is_fitted(self)
         T, positions, _, _ = self._fields_geometry(X, self.image_shape_,
@@ -450,6 +460,11 @@ class ProductConvolutionBasis(TransformerMixin, BaseEstimator):
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(den > 0, num / den, np.where(num > 0, np.inf, 0.0))
         return -float(np.mean(rel))
+
+    @property
+    def _n_features_out(self):
+        """Number of transformed output features (the K coefficients)."""
+        return self.kernels_.shape[0]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

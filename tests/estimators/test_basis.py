@@ -7,9 +7,10 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
 from sklearn.utils import estimator_checks, get_tags
 
-from deepblur import ProductConvolutionBasis
+from deepblur import ConeSimplifier, ProductConvolutionBasis
 from deepblur.datasets import make_random_operators
 from deepblur.operators.gram import gram_matrix
 from deepblur.solvers.psf_decomposition import grid_positions
@@ -294,6 +295,26 @@ def test_tags_say_it_takes_psf_fields():
     tags = get_tags(ProductConvolutionBasis())
     assert not tags.input_tags.two_d_array and not tags.input_tags.three_d_array
     assert tags.transformer_tags is not None and not tags.target_tags.required
+
+
+def test_feature_names_out_and_set_output_in_a_pipeline():
+    """A Pipeline holding the basis refused set_output ("set_output is not
+    available"): the basis had no get_feature_names_out."""
+    fields, *_ = planted()
+    with pytest.raises(NotFittedError):
+        ProductConvolutionBasis(3, image_shape=IMAGE).get_feature_names_out()
+    basis = ProductConvolutionBasis(3, image_shape=IMAGE).fit(fields)
+    assert list(basis.get_feature_names_out()) == [
+        "productconvolutionbasis0", "productconvolutionbasis1",
+        "productconvolutionbasis2"]
+    pipe = make_pipeline(ProductConvolutionBasis(3, image_shape=IMAGE),
+                         ConeSimplifier(n_rays=2)).set_output(transform="default")
+    out = pipe.fit(fields).transform(fields)
+    assert isinstance(out, np.ndarray) and out.shape == (len(fields), 2)
+    np.testing.assert_allclose(pipe[0].transform(fields),
+                               basis.transform(fields))
+    assert list(pipe.get_feature_names_out()) == ["conesimplifier0",
+                                                  "conesimplifier1"]
 
 
 def test_readonly_memmap_input(tmp_path):
