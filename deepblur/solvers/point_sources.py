@@ -43,6 +43,7 @@ import scipy.linalg
 import scipy.optimize
 from scipy.ndimage import center_of_mass, gaussian_filter, label, maximum_filter
 
+from deepblur._validation import check_ndim
 from deepblur.exceptions import NoPointSourceError
 
 __all__ = [
@@ -435,7 +436,7 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     kernels : ndarray of shape (K, kh, kw)
         Kernels ``e_k`` of the basis.
     maps : ndarray of shape (K, H, W)
-        Coefficient maps ``f_k``.
+        Coefficient maps ``f_k``, of the shape of ``y``.
     gamma0 : ndarray of shape (K,)
         Starting coefficients (e.g. the mean of the cone).
     threshold : float
@@ -446,7 +447,7 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     smoothing : float, default=0.0
         Gaussian filter of the detection (see :func:`detect_point_sources`).
     image_mean : float, default=0.5
-        Mean of the clean image: fixes the scale of ``gamma``.
+        Mean of the clean image (positive): fixes the scale of ``gamma``.
     max_iter : int, default=100
         Alternating iterations per round.
     tol : float, default=1e-6
@@ -492,6 +493,10 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
 
     Raises
     ------
+    ValueError
+        When ``maps`` is not of shape ``(K, H, W)`` for the ``K`` kernels and
+        the ``(H, W)`` image ``y``, ``gamma0`` not of shape ``(K,)``, or
+        ``image_mean`` not positive (and for the other invalid parameters).
     NoPointSourceError
         When no source is detected above ``threshold``, or none can be
         fitted (a ``ValueError``).
@@ -519,6 +524,23 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     kernels = np.asarray(kernels, dtype=np.float64)
     maps = np.asarray(maps, dtype=np.float64)
     gamma = np.asarray(gamma0, dtype=np.float64).copy()
+    check_ndim(y, "y", 2, "(H, W): one image")
+    check_ndim(kernels, "kernels", 3, "(K, kh, kw)")
+    check_ndim(maps, "maps", 3, "(K, H, W)")
+    K = kernels.shape[0]
+    if maps.shape != (K,) + y.shape:
+        raise ValueError(
+            f"maps must have shape (K, H, W) = {(K,) + y.shape}: one map per "
+            f"kernel, of the shape of y; got maps of shape {maps.shape} for "
+            f"{K} kernels and y of shape {y.shape}."
+        )
+    if gamma.shape != (K,):
+        raise ValueError(f"gamma0 must have shape (K,) = ({K},), one coefficient "
+                         f"per kernel; got shape {gamma.shape}.")
+    if not (isinstance(image_mean, Real) and np.isfinite(image_mean)
+            and image_mean > 0):
+        raise ValueError("image_mean must be positive (the mean of the clean "
+                         f"image, the scale of gamma); got {image_mean!r}.")
     if not (isinstance(n_rounds, Integral) and n_rounds >= 1):
         raise ValueError(f"n_rounds must be a positive int; got {n_rounds!r}.")
     if max_new is not None and not (isinstance(max_new, Integral) and max_new >= 1):

@@ -312,6 +312,35 @@ def test_bad_input():
         fit_point_sources(ring, kernels, maps, np.ones(3), threshold=0.5)
 
 
+def test_shapes_and_image_mean_are_checked():
+    """A 10x10 y with 16x16 maps was fitted silently (gamma 2.56 for 1: the
+    maps read at the wrong pixels, the scale from the wrong pixel count); a
+    gamma0 of another length than K and image_mean=0 gave numpy errors."""
+    x = np.arange(-2, 3)
+    k = np.exp(-(x[:, None] ** 2 + x[None] ** 2) / 2.0)
+    k = (k / k.sum())[None]
+    maps = np.ones((1, 16, 16))
+    u = np.zeros((16, 16))
+    u[5, 5] = 0.5 * u.size
+    y = _dense(k, maps, u, np.ones(1))
+    fit = fit_point_sources(y, k, maps, np.ones(1), threshold=0.05)
+    np.testing.assert_allclose(fit.gamma, [1.0], rtol=1e-6)
+    one = np.ones(1)
+    for args, kw, match in [
+            ((y[:10, :10], k, maps, one), {},
+             r"maps must have shape \(K, H, W\) = \(1, 10, 10\)"),
+            ((y, np.concatenate([k, k]), maps, np.ones(2)), {},
+             r"maps must have shape \(K, H, W\) = \(2, 16, 16\)"),
+            ((y, k, maps, np.ones(3)), {}, r"gamma0 must have shape \(K,\) = \(1,\)"),
+            ((y[None], k, maps, one), {}, "y must have 2 dimensions"),
+            ((y, k[0], maps, one), {}, "kernels must have 3 dimensions"),
+            ((y, k, maps, one), dict(image_mean=0.0), "image_mean must be positive"),
+            ((y, k, maps, one), dict(image_mean=np.nan), "image_mean must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fit_point_sources(*args, threshold=0.05, **kw)
+
+
 def test_sources_added_a_few_per_round():
     """``max_new`` caps the sources added per round; rounds continue until the
     residual has no maximum above the threshold."""
