@@ -327,8 +327,9 @@ def _greedy_select(U, center, n_rays):
     Maximising the smallest angle to the kept rays is minimising the largest
     cosine: keep, for every row, its largest cosine to the kept rays and update
     it with one matrix-vector product per step (O(P K) per step).
-    ``cosines[n]`` is the largest cosine of the n-th chosen row to the rays
-    kept before it.
+    ``cosines[n]`` is the largest cosine of the n-th chosen row to the rows
+    kept before it (the center excluded; -inf for the first row, kept before
+    any other).
     """
     U = np.ascontiguousarray(U, dtype=np.float64)
     indices = np.empty(n_rays, dtype=np.intp)
@@ -336,12 +337,15 @@ def _greedy_select(U, center, n_rays):
     # The matrix-vector products are memory-bound: BLAS threads do not speed
     # them up and, on a loaded machine, slowed the loop down 10-25 times.
     with threadpool_limits(limits=1, user_api="blas"):
-        max_cos = U @ center
+        max_cos = U @ center                  # to the kept set, center included
+        kept_cos = np.full(U.shape[0], -np.inf)   # to the kept rows only
         for n in range(n_rays):
             p = int(np.argmin(max_cos))
             indices[n] = p
-            cosines[n] = max_cos[p]
-            np.maximum(max_cos, U @ U[p], out=max_cos)
+            cosines[n] = kept_cos[p]
+            to_p = U @ U[p]
+            np.maximum(max_cos, to_p, out=max_cos)
+            np.maximum(kept_cos, to_p, out=kept_cos)
             max_cos[p] = np.inf  # removed from the rays to explore
     return indices, cosines
 

@@ -262,6 +262,21 @@ def test_greedy_warns_on_repeated_directions():
         simplify_cone(X, 5)
 
 
+def test_greedy_counts_repeats_of_kept_rays_only():
+    """The count took the first ray's cosine to the circumcenter (not a kept
+    ray) for a repeat: one row and n_rays=1 warned, K=1 and 2 rays said 2 of
+    them repeat; a row along the circumcenter kept after the extreme rays
+    was a "repeat" too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        simplify_cone(np.array([[1.0, 2.0]]), 1)
+        _, indices, _, _ = simplify_cone(np.array([[1.0, 0.0], [0.0, 1.0],
+                                                   [1.0, 1.0]]), 3)
+    assert sorted(indices[:2]) == [0, 1] and indices[2] == 2
+    with pytest.warns(UserWarning, match=r"n_rays=2: 1 of the kept rays repeat"):
+        simplify_cone(np.array([[1.0], [2.0], [3.0]]), 2)
+
+
 def test_greedy_bad_arguments():
     U = np.eye(3)
     with pytest.raises(ValueError, match=r"n_rays=4 must not exceed.*n_samples=3"):
