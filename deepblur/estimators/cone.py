@@ -31,6 +31,7 @@ from deepblur.solvers.cone import (
     _project_cone,
     _resolve_max_rays,
     _sample_cone,
+    _scale_rows,
     _simplify_cone,
     sample_cone_torch,
 )
@@ -210,6 +211,9 @@ class ConeSimplifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
+        # relative distances do not change with the rows' scale: scaled, rows
+        # of magnitude 1e-165 or 1e160 do not underflow or overflow
+        X = _scale_rows(X)[0]
         residuals = _cone_nnls(X, self.rays_)[1]
         norms = np.linalg.norm(X, axis=1)
         relative = np.divide(

@@ -124,10 +124,23 @@ def _points_and_rays(X, rays):
     return X, rays
 
 
+def _scale_rows(X):
+    """``X`` with each row divided by its largest absolute value (zero rows
+    kept), and those values: the sums of squares of the scaled rows neither
+    underflow (rows of magnitude 1e-165 had a norm of 0) nor overflow (1e160:
+    inf), and their directions are those of ``X``'s rows."""
+    scale = np.abs(X).max(axis=1, initial=0.0)
+    return X / np.where(scale > 0, scale, 1.0)[:, None], scale
+
+
 def _normalize_rows(X, name="X"):
-    """Unit-norm copy of the rows of ``X``; a zero row is an error."""
+    """Unit-norm copy of the rows of ``X``; a zero row is an error.
+
+    Valid at any magnitude of the rows (:func:`_scale_rows`).
+    """
+    X, scale = _scale_rows(X)
     norms = np.linalg.norm(X, axis=1)
-    zero = np.flatnonzero(norms == 0)
+    zero = np.flatnonzero(scale == 0)
     if zero.size:
         shown = ", ".join(str(i) for i in zero[:5]) + (", ..." if zero.size > 5 else "")
         raise ValueError(

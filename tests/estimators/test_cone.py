@@ -93,6 +93,18 @@ def test_simplifier_fitted_attributes(gammas):
     assert list(est.get_feature_names_out()) == [f"conesimplifier{i}" for i in range(7)]
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e-165, 1e160, 1e200])
+def test_simplifier_fits_and_scores_rows_of_any_magnitude(gammas, scale):
+    """Rows scaled by 1e-165 were refused as zero rows, by 1e160 as "not
+    pointed": the cone and the relative distances to it do not depend on the
+    rows' magnitude."""
+    est = ConeSimplifier(n_rays=4).fit(gammas)
+    scaled = ConeSimplifier(n_rays=4).fit(gammas * scale)
+    np.testing.assert_array_equal(scaled.ray_indices_, est.ray_indices_)
+    np.testing.assert_allclose(scaled.rays_, est.rays_, rtol=1e-12)
+    assert est.score(gammas * scale) == pytest.approx(est.score(gammas), rel=1e-9)
+
+
 def test_simplifier_transform_round_trip(gammas):
     est = ConeSimplifier(n_rays=12).fit(gammas)
     rng = np.random.default_rng(1)

@@ -175,6 +175,21 @@ def test_circumcenter_bad_rows():
         circumcenter(np.ones(3))
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e-165, 1e160, 1e200])
+def test_circumcenter_and_simplify_at_any_magnitude(scale):
+    """The cone depends on the rows' directions only: rows scaled by 1e-165
+    were refused as zero rows (their sum of squares underflowed), by 1e160 as
+    "not pointed" (it overflowed)."""
+    X = np.array([[1.0, 0.2], [0.3, 1.0], [0.6, 0.6]])
+    center, radius = circumcenter(X)
+    got_center, got_radius = circumcenter(X * scale)
+    np.testing.assert_allclose(got_center, center, rtol=1e-9)
+    assert got_radius == pytest.approx(radius, rel=1e-9)
+    rays, indices, _, _ = simplify_cone(X * scale, 2)
+    np.testing.assert_array_equal(indices, simplify_cone(X, 2)[1])
+    np.testing.assert_allclose(rays, unit_rows(X[indices]), rtol=1e-12)
+
+
 def test_circumcenter_solver_not_installed(monkeypatch):
     monkeypatch.setattr(cp, "installed_solvers", lambda: ["SCS", "OSQP"])
     with pytest.raises(ValueError, match=r"solver='CLARABEL' is not installed.*SCS"):
