@@ -1,7 +1,8 @@
 """Image-quality metrics for deblurring, and scikit-learn scorers built on them.
 
-``psnr`` and ``snr`` take numpy arrays or torch tensors of shape ``(H, W)`` or
-``(n, H, W)`` and return one value per image. The scorers are callables
+``psnr`` and ``snr`` take numpy arrays or torch tensors (any floating dtype,
+bfloat16 included) of shape ``(H, W)`` or ``(n, H, W)``, at any magnitude,
+and return one value per image. The scorers are callables
 ``scorer(estimator, X, y)`` (what ``GridSearchCV(scoring=...)`` and
 ``cross_val_score`` accept) that deblur ``X`` with ``estimator.transform`` and
 compare with the clean images ``y``; higher is better.
@@ -17,7 +18,10 @@ __all__ = ["psnr", "snr", "psnr_scorer", "snr_scorer", "psf_field_scorer"]
 
 def _as_batch(x, name):
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point():       # numpy has no bfloat16
+            x = x.to(torch.float64)
+        x = x.numpy()
     x = np.asarray(x, dtype=np.float64)
     if x.ndim not in (2, 3):
         raise ValueError(
@@ -40,7 +44,15 @@ def _pair(reference, estimate):
     single = ref.ndim == 2
     if single:
         ref, est = ref[None], est[None]
-    return ref.reshape(len(ref), -1), est.reshape(len(est), -1), single
+    ref, est = ref.reshape(len(ref), -1), est.reshape(len(est), -1)
+    # Both images of a pair divided by the power of two at or below their
+    # largest magnitude (exact): the sums of squares neither overflow (images
+    # of magnitude 1e200 gave NaN) nor underflow (1e-200), and the ratios of
+    # the metrics do not change.
+    peak = np.maximum(np.abs(ref).max(axis=1, initial=0.0),
+                      np.abs(est).max(axis=1, initial=0.0))
+    scale = np.ldexp(1.0, np.frexp(np.where(peak > 0, peak, 1.0))[1] - 1)
+    return ref / scale[:, None], est / scale[:, None], scale, single
 
 
 def _db(num, den):
@@ -80,13 +92,20 @@ def psnr(reference, estimate, *, data_range=None):
     >>> psnr(np.stack([ref, ref]), np.stack([est, ref]))
     array([20., inf])
     """
-    ref, est, single = _pair(reference, estimate)
+    ref, est, scale, single = _pair(reference, estimate)
     if data_range is None:
         rng = ref.max(axis=1) - ref.min(axis=1)
     else:
-        rng = np.broadcast_to(np.asarray(data_range, dtype=np.float64), (len(ref),))
+        rng = np.asarray(data_range, dtype=np.float64)
+        if rng.ndim > 1 or rng.size not in (1, len(ref)):
+            raise ValueError(
+                f"data_range must be a float or hold one value per image "
+                f"({len(ref)}); got shape {rng.shape}."
+            )
+        rng = np.broadcast_to(rng, (len(ref),))
         if not np.all(rng > 0):
             raise ValueError(f"data_range must be positive; got {data_range!r}.")
+        rng = rng / scale
     if np.any(rng <= 0):
         raise ValueError(
             "data_range is zero for a constant reference image; pass data_range "
@@ -118,7 +137,7 @@ def snr(reference, estimate):
     >>> round(float(snr(ref, 0.9 * ref)), 6)
     20.0
     """
-    ref, est, single = _pair(reference, estimate)
+    ref, est, _, single = _pair(reference, estimate)
     out = _db(np.sum(ref**2, axis=1), np.sum((ref - est) ** 2, axis=1))
     return float(out[0]) if single else out
 

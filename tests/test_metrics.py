@@ -40,6 +40,38 @@ def test_torch_and_numpy_agree():
     np.testing.assert_allclose(snr(torch.from_numpy(ref), est), snr(ref, est))
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_any_magnitude(scale):
+    """snr gave NaN at 1e-200 and 1e200, psnr at 1e200 (the sums of squares
+    underflowed or overflowed): both are ratios, unchanged by the scale."""
+    rng = np.random.default_rng(3)
+    ref = rng.random((2, 5, 5))
+    est = ref + 0.01 * rng.standard_normal(ref.shape)
+    np.testing.assert_allclose(snr(ref * scale, est * scale), snr(ref, est),
+                               rtol=1e-12)
+    np.testing.assert_allclose(psnr(ref * scale, est * scale), psnr(ref, est),
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        psnr(ref * scale, est * scale, data_range=[scale, 2 * scale]),
+        psnr(ref, est, data_range=[1.0, 2.0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [psnr, snr])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tensors(fn, dtype):
+    """bfloat16 tensors raised numpy's "Got unsupported ScalarType BFloat16"."""
+    ref = torch.linspace(0, 1, 16).reshape(4, 4)
+    est = ref + 0.125
+    got = fn(ref.to(dtype), est.to(dtype))
+    assert got == pytest.approx(fn(ref.to(dtype).double(), est.to(dtype).double()))
+
+
+def test_psnr_data_range_of_another_length():
+    with pytest.raises(ValueError,
+                       match=r"one value per image \(3\); got shape \(2,\)"):
+        psnr(np.ones((3, 4, 4)), np.zeros((3, 4, 4)), data_range=[1.0, 2.0])
+
+
 @pytest.mark.parametrize("fn", [psnr, snr])
 def test_bad_inputs(fn):
     with pytest.raises(ValueError, match="same shape"):
