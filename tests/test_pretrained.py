@@ -1640,3 +1640,66 @@ def test_save_model_keeps_scattered_positions_and_fit_diagnostics(tmp_path):
     assert loaded.reconstruction_error_ == pytest.approx(basis.reconstruction_error_)
     np.testing.assert_allclose(loaded.component_energy_ratio_,
                                basis.component_energy_ratio_)
+
+
+SYMMETRIC = dict(n_operators=12, image_shape=(16, 16), kernel_shape=(5, 5),
+                 grid_shape=(16, 16), n_components=4, n_rays=8,
+                 symmetry="dihedral")
+
+
+def test_dihedral_setting_is_closed_under_rotations_and_flips():
+    """symmetry='dihedral': the basis is fitted to the operators and their 8
+    transforms, and the cone's rays are Algorithm 1's n_rays / 8 and their
+    transforms, so the group maps the rays (and the sampled set) onto
+    themselves."""
+    from deepblur.operators import CLOSURE_TOLERANCE, dihedral_maps
+
+    setting = make_default_setting(**SYMMETRIC)
+    basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
+    assert setting["gamma"].shape == (12 * 8, 4)
+    forward, _, outside = dihedral_maps(basis.kernels_, basis.maps_)
+    assert outside.max() <= CLOSURE_TOLERANCE
+    rays = cone.rays_
+    assert rays.shape == (8, 4)
+    np.testing.assert_array_equal(sampler.generators_, rays)
+    scale = np.abs(rays).max()
+    for t in range(8):
+        moved = rays @ forward[t].T
+        gaps = np.abs(moved[:, None] - rays[None]).max(-1).min(1)
+        assert gaps.max() < 0.02 * scale        # each turned ray is a ray
+    plain = make_default_setting(**dict(SYMMETRIC, symmetry=None))
+    assert plain["gamma"].shape == (12, 4) and plain["params"]["symmetry"] is None
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(symmetry="rotations"), "symmetry must be one of"),
+    (dict(image_shape=(16, 20)), "square images and grids"),
+    (dict(kernel_shape=(4, 4)), "odd kernel sizes"),
+    (dict(n_rays=12), "n_rays a multiple of 8"),
+    (dict(grid_shape=(4, 4)), "is not closed under them"),
+])
+def test_dihedral_setting_bad_input(change, match):
+    with pytest.raises(ValueError, match=match):
+        make_default_setting(**dict(SYMMETRIC, **change))
+
+
+def test_dihedral_model_loads_with_test_time_augmentation(tmp_path):
+    setting = make_default_setting(**SYMMETRIC)
+    net = ResNetBlurRegressor(basis=setting["basis"], module__width=4,
+                              module__depth=1, module__stem_stride=2, verbose=0,
+                              device="cpu").initialize()
+    save_model(tmp_path, net, setting)
+    model = load_model(tmp_path)
+    assert model.setting["symmetry"] == "dihedral"
+    assert model.regressor.test_time_augmentation == "dihedral"
+    np.testing.assert_array_equal(model.sampler.generators_, setting["cone"].rays_)
+    X = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(
+        model.regressor.predict(X),
+        net.set_params(test_time_augmentation="dihedral").predict(X),
+        rtol=1e-5, atol=1e-6)
+    from deepblur.pretrained import load_default
+
+    shipped = load_default()
+    assert shipped.setting["symmetry"] is None
+    assert shipped.regressor.test_time_augmentation is None

@@ -40,6 +40,12 @@ from deepblur.nets.losses import (
     RelativeFrobeniusLoss,
 )
 from deepblur.nets.resnet import ResNet
+from deepblur.operators.symmetry import (
+    CLOSURE_TOLERANCE,
+    N_DIHEDRAL,
+    dihedral_maps,
+    dihedral_transform,
+)
 
 __all__ = ["ResNetBlurRegressor"]
 
@@ -299,6 +305,19 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         (``benchmarks/bench_mixed_precision.py``); CPUs without AVX-512 BF16
         or AMX emulate it and may run slower. A CUDA device without native
         bfloat16 (before Ampere) is refused in ``fit``/``initialize``.
+    test_time_augmentation : {None, "dihedral"}, default=None
+        ``"dihedral"``: :meth:`predict` (and :meth:`score`,
+        :meth:`support_distance`) averages the network's estimates over the
+        8 rotated and flipped copies of each image, each brought back to the
+        image's operator by :func:`~deepblur.operators.dihedral_maps` (8
+        times the inference). Only for a basis closed under the group, such
+        as that of ``make_default_setting(symmetry="dihedral")``: a basis
+        with more than 1 % of a transformed elementary operator outside its
+        span is refused (the shipped model's has 3-21 %, and averaging made
+        its estimates worse, benchmarks/README.md). On the CPU recipe's
+        network it took about one point off the operator error
+        (benchmarks/README.md, "A basis closed under rotations and flips").
+        Needs square images; not for a ``Dataset`` as ``X``.
     **kwargs
         Any other :class:`skorch.NeuralNet` parameter (``callbacks``,
         ``train_split``, ``iterator_train__num_workers``, ...).
@@ -374,7 +393,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                  criterion=RelativeFrobeniusLoss, optimizer=torch.optim.Adam,
                  lr=1e-3, max_epochs=10, batch_size=64, device=_DEFAULT_DEVICE,
                  n_valid_batches=4, project=True, support_tolerance=None,
-                 mixed_precision=None, **kwargs):
+                 mixed_precision=None, test_time_augmentation=None, **kwargs):
         super().__init__(module, *args, criterion=criterion, optimizer=optimizer,
                          lr=lr, max_epochs=max_epochs, batch_size=batch_size,
                          device=device, **kwargs)
@@ -384,11 +403,14 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         self.project = project
         self.support_tolerance = support_tolerance
         self.mixed_precision = mixed_precision
+        self.test_time_augmentation = test_time_augmentation
 
     def __setstate__(self, state):
-        """Unpickle; a regressor saved before ``mixed_precision`` existed
-        trained in float32."""
+        """Unpickle; a regressor saved before ``mixed_precision`` (or
+        ``test_time_augmentation``) existed trained in float32 (and predicted
+        from the image alone)."""
         state.setdefault("mixed_precision", None)
+        state.setdefault("test_time_augmentation", None)
         super().__setstate__(state)
 
     def __sklearn_clone__(self):
@@ -722,7 +744,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
             :class:`~deepblur.exceptions.OutOfSupportWarning`).
         """
         check_support_params(self.project, self.support_tolerance, self.sampler)
-        gamma = super().predict(X)
+        gamma = self._estimates(X)
         warn_if_noisy(X, getattr(self, "noise_level_", None))
         if not support_check_needed(self.sampler, self.project,
                                     self.support_tolerance):
@@ -749,7 +771,56 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         ndarray of shape (n,), float64
         """
         sampler = self._distance_sampler()
-        return support_distances(sampler, super().predict(X), self._gram())[1]
+        return support_distances(sampler, self._estimates(X), self._gram())[1]
+
+    def _estimates(self, X):
+        """The network's estimates (averaged over the transformed copies with
+        ``test_time_augmentation``), before any projection."""
+        augment = self.test_time_augmentation
+        if augment is None:
+            return super().predict(X)
+        if augment != "dihedral":
+            raise ValueError(f"test_time_augmentation must be None or "
+                             f"'dihedral'; got {augment!r}.")
+        if isinstance(X, torch.utils.data.Dataset):
+            raise TypeError("test_time_augmentation='dihedral' transforms the "
+                            "images: pass them as an array or tensor, not a "
+                            f"{type(X).__name__}.")
+        back = self._dihedral_back()
+        X = X if torch.is_tensor(X) else np.asarray(X)
+        if X.ndim < 2 or X.shape[-1] != X.shape[-2]:
+            raise ValueError(f"test_time_augmentation='dihedral' needs square "
+                             f"images; got shape {tuple(X.shape)}.")
+        total = None
+        for t in range(N_DIHEDRAL):
+            estimate = super().predict(dihedral_transform(X, t)).astype(np.float64)
+            estimate = estimate @ back[t].T
+            total = estimate if total is None else total + estimate
+        return (total / N_DIHEDRAL).astype(np.float32)
+
+    def _dihedral_back(self):
+        """``back`` of :func:`~deepblur.operators.dihedral_maps` for the basis
+        (computed once per basis), refused for a basis not closed under the
+        group."""
+        basis = self._basis_or_none()
+        if basis is None:
+            raise ValueError("test_time_augmentation='dihedral' needs the basis "
+                             "(a fitted ProductConvolutionBasis); got basis=None.")
+        cached = getattr(self, "_dihedral_cache", None)
+        if cached is not None and cached[0] is basis:
+            return cached[1]
+        _, back, outside = dihedral_maps(basis.kernels_, basis.maps_, basis.boundary)
+        worst = float(outside.max())
+        if worst > CLOSURE_TOLERANCE:
+            raise ValueError(
+                f"test_time_augmentation='dihedral' needs a basis closed under "
+                f"rotations and flips; up to {100 * worst:.1f} % of a "
+                f"transformed elementary operator lies outside this one's span, "
+                f"and the estimates of the transformed copies could not be "
+                f"brought back (fit it to a family closed under them: "
+                f"make_default_setting(symmetry='dihedral')).")
+        self._dihedral_cache = (basis, back)
+        return back
 
     # ---------------------------------------------------- the feature head
     def fit_feature_head(self, X, y=None, *, alphas=None, num_workers=0):

@@ -7,6 +7,12 @@ import numpy as np
 from deepblur.datasets.random_operators import make_random_operators
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
+from deepblur.operators.symmetry import (
+    CLOSURE_TOLERANCE,
+    N_DIHEDRAL,
+    dihedral_maps,
+    dihedral_transform,
+)
 
 __all__ = ["DEFAULT_SETTING", "compare_estimators", "make_default_setting",
            "relative_errors"]
@@ -25,7 +31,11 @@ DEFAULT_SETTING = dict(
     n_operators=200, image_shape=(128, 128), kernel_shape=(25, 25),
     grid_shape=(16, 16), n_components=20, n_rays=40, alpha_range=(0.8, 1.2),
     noise_std=0.01, image_mean=0.5, boundary="zero", random_state=0,
+    symmetry=None,
 )
+
+#: What ``symmetry`` may be (see :func:`make_default_setting`).
+SYMMETRIES = (None, "dihedral")
 
 
 def make_default_setting(**overrides):
@@ -35,7 +45,19 @@ def make_default_setting(**overrides):
     ----------
     **overrides
         Entries of :data:`DEFAULT_SETTING` to change (e.g. a smaller
-        ``image_shape`` for a quick run).
+        ``image_shape`` for a quick run). ``symmetry="dihedral"`` makes a
+        setting closed under the rotations and flips of the square (square
+        images, odd kernels, ``n_rays`` a multiple of 8): the basis is fitted
+        to the ``n_operators`` random operators and their 8 rotated and
+        flipped copies (the random family is invariant under them in
+        distribution, so nothing is narrowed), Algorithm 1 keeps
+        ``n_rays / 8`` rays of their coefficients, and the cone's rays are
+        those and their 8 transforms, which the sampler draws from. Its
+        networks can then average their estimates over the 8 transformed
+        copies of an image (``test_time_augmentation="dihedral"`` of
+        :class:`~deepblur.ResNetBlurRegressor`; about one point off the CPU
+        recipe's error, benchmarks/README.md "A basis closed under rotations
+        and flips").
 
     Returns
     -------
@@ -51,19 +73,76 @@ def make_default_setting(**overrides):
         raise ValueError(
             f"overrides must be among {sorted(DEFAULT_SETTING)}; got {sorted(unknown)}."
         )
+    symmetry = params["symmetry"]
+    if symmetry not in SYMMETRIES:
+        raise ValueError(f"symmetry must be one of {SYMMETRIES}; got {symmetry!r}.")
+    if symmetry == "dihedral":
+        _check_dihedral(params)
     seed = params["random_state"]
     ops = make_random_operators(
         params["n_operators"], image_shape=params["image_shape"],
         kernel_shape=params["kernel_shape"], grid_shape=params["grid_shape"],
         random_state=seed)
+    fields = ops.psf_fields if symmetry is None else _dihedral_fields(ops)
     basis = ProductConvolutionBasis(params["n_components"],
                                     image_shape=params["image_shape"],
-                                    random_state=seed).fit(ops.psf_fields)
-    gamma = basis.transform(ops.psf_fields)
-    cone = ConeSimplifier(n_rays=min(params["n_rays"], len(gamma))).fit(gamma)
+                                    random_state=seed).fit(fields)
+    gamma = basis.transform(fields)
+    if symmetry is None:
+        cone = ConeSimplifier(n_rays=min(params["n_rays"], len(gamma))).fit(gamma)
+    else:
+        forward, _, outside = dihedral_maps(basis.kernels_, basis.maps_,
+                                            basis.boundary)
+        if outside.max() > CLOSURE_TOLERANCE:
+            raise ValueError(
+                f"symmetry='dihedral': the K={params['n_components']} basis "
+                f"fitted to the rotated and flipped operators is not closed "
+                f"under them ({100 * outside.max():.1f} % of a transformed "
+                f"elementary operator outside its span; at most "
+                f"{100 * CLOSURE_TOLERANCE:g} % is accepted): K cuts through "
+                f"components that the group exchanges, or the grid is too "
+                f"coarse to be turned; try another n_components or a finer "
+                f"grid_shape.")
+        cone = ConeSimplifier(n_rays=params["n_rays"] // N_DIHEDRAL).fit(gamma)
+        # the kept rays and their transforms: a cone closed under the group
+        cone.rays_ = np.concatenate([cone.rays_ @ P.T for P in forward])
     sampler = ConeSampler(alpha_range=params["alpha_range"],
                           random_state=seed).fit(cone.rays_)
     return dict(basis=basis, cone=cone, sampler=sampler, gamma=gamma, params=params)
+
+
+def _check_dihedral(params):
+    (H, W), (kh, kw) = params["image_shape"], params["kernel_shape"]
+    gy, gx = params["grid_shape"]
+    if H != W or gy != gx:
+        raise ValueError(f"symmetry='dihedral' needs square images and grids; got "
+                         f"image_shape {params['image_shape']} and grid_shape "
+                         f"{params['grid_shape']}.")
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"symmetry='dihedral' needs odd kernel sizes (a turned "
+                         f"kernel keeps its centre); got {params['kernel_shape']}.")
+    n = params["n_rays"]
+    if n < N_DIHEDRAL or n % N_DIHEDRAL:
+        raise ValueError(f"symmetry='dihedral' needs n_rays a multiple of "
+                         f"{N_DIHEDRAL} (the kept rays and their transforms); "
+                         f"got {n}.")
+
+
+def _dihedral_fields(ops):
+    """The PSF fields of the random operators and of their 8 rotated and
+    flipped copies (each operator's own kernels and maps transformed, then
+    sampled on the grid)."""
+    from deepblur.solvers.psf_decomposition import grid_positions
+
+    positions = grid_positions(ops.image_shape, ops.grid_shape)
+    fields = []
+    for t in range(N_DIHEDRAL):
+        kernels = dihedral_transform(ops.kernels, t)
+        maps = dihedral_transform(ops.maps, t)
+        at = maps[:, :, positions[:, 0], positions[:, 1]]
+        fields.append(np.einsum("pix,pihw->pxhw", at, kernels).reshape(
+            (len(kernels),) + tuple(ops.grid_shape) + tuple(ops.kernel_shape)))
+    return np.concatenate(fields)
 
 
 def relative_errors(gamma_true, gamma_pred, gram):

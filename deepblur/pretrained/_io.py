@@ -874,6 +874,7 @@ default="network"
             basis.component_energy_ratio_ = np.asarray(energy, dtype=np.float64)
         setting = dict(meta["setting"])
         setting.setdefault("boundary", "zero")      # models saved before the option
+        setting.setdefault("symmetry", None)
         # a float, or a (low, high) range (JSON keeps it as a list)
         noise_std = setting["noise_std"] = _noise_param(setting["noise_std"])
     if estimator == "spectral":
@@ -905,6 +906,8 @@ default="network"
                                       noise_std, _META)
     if estimator in ("network", "crop_network"):    # written again, kept
         regressor.training_noise_std_ = noise_std
+        if setting["symmetry"] == "dihedral":   # a basis closed under the group
+            regressor.set_params(test_time_augmentation="dihedral")
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,
                            setting=setting)

@@ -917,3 +917,59 @@ def test_tags_say_it_takes_images_and_predicts_k_outputs():
     assert not tags.input_tags.two_d_array and tags.input_tags.three_d_array
     assert tags.target_tags.multi_output and tags.target_tags.required
     assert tags.estimator_type == "regressor"
+
+
+def _closed_basis():
+    """A basis made of the orbits of two components under the rotations and
+    flips: exactly closed under them."""
+    from deepblur.operators import dihedral_transform
+
+    rng = np.random.default_rng(3)
+    e0, f0 = rng.random((2, 3, 3)), rng.random((2, 16, 16))
+    return ProductConvolutionBasis.from_components(
+        np.concatenate([dihedral_transform(e0, t) for t in range(8)]),
+        np.concatenate([dihedral_transform(f0, t) for t in range(8)]))
+
+
+def test_test_time_augmentation_averages_the_copies_brought_back():
+    """predict averages the 8 transformed copies' estimates brought back by
+    the basis's maps, and so is equivariant: the estimate of a turned image
+    is the turned estimate."""
+    from deepblur.operators import dihedral_maps, dihedral_transform
+
+    basis = _closed_basis()
+    forward, back, _ = dihedral_maps(basis.kernels_, basis.maps_)
+    net = ResNetBlurRegressor(basis=basis, **SMALL).initialize()
+    X = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    plain = [net.predict(dihedral_transform(X, t)) @ back[t].T for t in range(8)]
+    net.set_params(test_time_augmentation="dihedral")
+    tta = net.predict(X)
+    assert tta.dtype == np.float32 and tta.shape == (3, 16)
+    np.testing.assert_allclose(tta, np.mean(plain, 0), rtol=1e-5, atol=1e-6)
+    for t in (1, 4, 6):
+        np.testing.assert_allclose(net.predict(dihedral_transform(X, t)),
+                                   tta @ forward[t].T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(net.predict(torch.from_numpy(X)), tta, rtol=1e-6)
+    assert clone(net).get_params()["test_time_augmentation"] == "dihedral"
+    restored = pickle.loads(pickle.dumps(net))
+    np.testing.assert_allclose(restored.predict(X), tta, rtol=1e-6)
+
+
+def test_test_time_augmentation_bad_input(setting):
+    basis, sampler, _, X, _ = setting
+    net = ResNetBlurRegressor(basis=basis, test_time_augmentation="dihedral",
+                              **SMALL).initialize()
+    with pytest.raises(ValueError, match="needs a basis closed under rotations "
+                       "and flips; up to .* % of a transformed"):
+        net.predict(X)
+    closed = ResNetBlurRegressor(basis=_closed_basis(), **SMALL).initialize()
+    closed.set_params(test_time_augmentation="rotate")
+    with pytest.raises(ValueError, match="must be None or 'dihedral'"):
+        closed.predict(X)
+    closed.set_params(test_time_augmentation="dihedral")
+    with pytest.raises(TypeError, match="not a BlurDataset"):
+        closed.predict(BlurDataset(X, closed.basis, ConeSampler(random_state=0).fit(
+            np.eye(16)), batch_size=4, n_batches=1, random_state=0))
+    with pytest.raises(ValueError, match="basis=None"):
+        ResNetBlurRegressor(test_time_augmentation="dihedral",
+                            module__n_outputs=3, **SMALL).initialize().predict(X)
