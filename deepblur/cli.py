@@ -1353,7 +1353,17 @@ def _read_psf_file(path):
         else:
             import tifffile
 
-            stack = tifffile.imread(path)
+            from deepblur.datasets.images import _ImageCountError, _main_tiff_series
+
+            with tifffile.TiffFile(path) as tif:
+                # a stack of PSFs is one series; several (fields appended
+                # one by one) are refused rather than all but one dropped
+                stack = _main_tiff_series(
+                    tif, path.name,
+                    "pass one PSF field (P, kh, kw) per file, or all fields as "
+                    "one (n, P, kh, kw) array (a single write).").asarray()
+    except _ImageCountError as exc:
+        raise CLIError(str(exc)) from None
     except Exception as exc:
         raise CLIError(f"could not read {path.name} ({type(exc).__name__}: "
                        f"{exc}).") from None

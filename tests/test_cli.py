@@ -477,6 +477,11 @@ def test_deblur_errors(model_dir, blurry, capsys, tmp_path):
                      photometric="minisblack")
     assert "holds a stack of 3 images" in error(tmp_path / "stack.tif", "-o",
                                               tmp_path / "o.tif")
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as w:
+        w.write(y, metadata={"axes": "YX"})          # two positions: the
+        w.write(y[::-1], metadata={"axes": "YX"})    # second was dropped
+    assert "two.ome.tif holds 2 separate images (series of shapes 64x64, " \
+        "64x64)" in error(tmp_path / "two.ome.tif", "-o", tmp_path / "o.tif")
     np.save(tmp_path / "g5.npy", np.ones(5))
     message = error(good, "-o", tmp_path / "o.tif", "--gamma", tmp_path / "g5.npy")
     assert "K=6" in message and "another model" in message
@@ -1202,6 +1207,15 @@ def test_basis_fits_saves_and_plots(psf_files, capsys, tmp_path):
     assert (out / "components.png").stat().st_size > 1000
     meta = json.loads((out / "basis.json").read_text())
     assert meta["sources"] == [str(f) for f in files]
+    # the 4 fields as one stack (one series) in one file: the same basis
+    tifffile.imwrite(tmp_path / "fields.tif",
+                     fields.reshape(4, 16, 7, 7).astype(np.float32))
+    code, stdout, err = _run(capsys, "basis", tmp_path / "fields.tif", "--grid",
+                             4, 4, "--image-shape", 32, 32, "-K", 3, "-o",
+                             tmp_path / "basis1")
+    assert code == 0, err
+    assert stdout.startswith("4 PSF field(s)")
+    assert np.allclose(load_basis(tmp_path / "basis1").gram_, ref.gram_, rtol=1e-6)
 
 
 def test_basis_errors(psf_files, capsys, tmp_path):
@@ -1223,6 +1237,14 @@ def test_basis_errors(psf_files, capsys, tmp_path):
     assert "same shape" in error(files[0], tmp_path / "k5.npy")
     np.save(tmp_path / "nan.npy", np.full((16, 7, 7), np.nan))
     assert "NaN or Inf" in error(tmp_path / "nan.npy")
+    # fields appended by separate writes: one was read, the rest dropped
+    with tifffile.TiffWriter(tmp_path / "appended.tif") as w:
+        for f in files:
+            w.write((np.load(f) if f.suffix == ".npy" else tifffile.imread(f))
+                    .astype(np.float32))
+    message = error(tmp_path / "appended.tif")
+    assert "appended.tif holds 4 separate images (series of shapes 16x7x7, " \
+        "16x7x7, 16x7x7, 16x7x7)" in message and "one PSF field" in message
     psf_tif = tmp_path / "psf.tif"
     tifffile.imwrite(psf_tif, np.load(files[0]).astype(np.float32))
     before = psf_tif.read_bytes()

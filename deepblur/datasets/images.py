@@ -108,7 +108,11 @@ def read_pixels(path):
     turned into intensities and RGB), other formats with Pillow (palette,
     1-bit, grayscale+alpha and CMYK images converted). An alpha channel is
     dropped. Stacks and animations are refused (one image per file), and so
-    are files that cannot be read, naming them.
+    is a TIFF holding several images (OME-TIFF positions, images appended
+    one after another: separate series), naming their count and shapes;
+    reduced-resolution copies that the file marks as such (thumbnails,
+    previews, pyramid levels) are passed over for the full-resolution image.
+    Files that cannot be read are refused, naming them.
     """
     path = Path(path)
     if not path.exists():
@@ -196,16 +200,56 @@ def _pillow_pixels(im):
     return img
 
 
+def _is_reduced(series):
+    """Whether tifffile's ``series`` is a reduced-resolution copy of another
+    image of its file (a thumbnail or preview: ``NewSubfileType`` bit 0)."""
+    try:
+        return bool(int(series.keyframe.subfiletype) & 1)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return False
+
+
+class _ImageCountError(ValueError):
+    """A TIFF file holds no image, or several where one is read."""
+
+
+def _main_tiff_series(tif, name, advice=None):
+    """The one image of an open ``tifffile.TiffFile``: its only series, less
+    the reduced-resolution copies (thumbnails, previews) that the file marks
+    as such. The levels of a pyramid are one series, whose full resolution
+    ``series.asarray()`` reads. A file holding several images (OME-TIFF
+    positions, images appended one after another) is refused, with their
+    count and shapes (a ``ValueError`` naming ``name``), and ``advice`` (by
+    default: one image per file, and how to split it).
+    """
+    series = list(tif.series)
+    if not series:
+        raise _ImageCountError(f"{name} holds no image.")
+    full = [s for s in series if not _is_reduced(s)] or series[:1]
+    if len(full) > 1:
+        shapes = ", ".join("x".join(str(n) for n in s.shape) for s in full[:8])
+        more = f" and {len(full) - 8} more" if len(full) > 8 else ""
+        raise _ImageCountError(
+            f"{name} holds {len(full)} separate images (series of shapes "
+            f"{shapes}{more}), of which only the first would be read; "
+            + (advice or "pass one image per file (split it: save each image "
+               "in its own TIFF, e.g. tifffile.imwrite of each "
+               "TiffFile(...).series[i].asarray())."))
+    return full[0]
+
+
 def _read_tiff(path):
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            img, axes = series.asarray(), series.axes
-            page = tif.pages[0]
+            series = _main_tiff_series(tif, path.name)
+            img, axes = series.asarray(), series.axes   # full resolution
+            page = series.keyframe
             photometric, bits = page.photometric, page.bitspersample
             colormap = page.colormap
+    except _ImageCountError:
+        raise
     except Exception as exc:            # tifffile's or a codec's refusal
         raise _unreadable(path, exc) from None
     if "S" in axes:                     # samples (colour channels) last

@@ -211,6 +211,45 @@ def test_16_bit_colour_png_is_refused_not_read_at_8_bits(tmp_path):
         path.unlink()
 
 
+def test_tiff_of_several_images_is_refused_unless_the_others_are_previews(
+        tmp_path):
+    """Only the first series was read: the second position of an OME-TIFF
+    was dropped, and a preview page before the image was read instead of
+    it. Several images are refused, with their count and shapes; a
+    reduced-resolution copy marked as such (NewSubfileType), before or
+    after the image or as a pyramid level, is passed over."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    pos1, pos2 = (rng.integers(0, 4000, (2, 64, 64))).astype(np.uint16)
+    with tifffile.TiffWriter(tmp_path / "positions.ome.tif", ome=True) as w:
+        w.write(pos1, metadata={"axes": "YX"})
+        w.write(pos2, metadata={"axes": "YX"})
+    with pytest.raises(ValueError, match=r"positions.ome.tif holds 2 separate "
+                       r"images \(series of shapes 64x64, 64x64\).*one image "
+                       r"per file \(split it"):
+        read_pixels(tmp_path / "positions.ome.tif")
+    with tifffile.TiffWriter(tmp_path / "preview.tif") as w:     # not marked
+        w.write(pos1[::4, ::4])
+        w.write(pos1)
+    with pytest.raises(ValueError, match="holds 2 separate images .*16x16, 64x64"):
+        load_image(tmp_path / "preview.tif")
+    # marked thumbnails before and after the image, and a pyramid
+    with tifffile.TiffWriter(tmp_path / "thumb_first.tif") as w:
+        w.write(pos1[::4, ::4], subfiletype=1)
+        w.write(pos1)
+    with tifffile.TiffWriter(tmp_path / "thumb_last.tif") as w:
+        w.write(pos1)
+        w.write(np.zeros((16, 16, 3), np.uint8), subfiletype=1,
+                photometric="rgb")
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif", ome=True) as w:
+        w.write(pos1, subifds=1, metadata={"axes": "YX"})
+        w.write(pos1[::2, ::2], subfiletype=1)
+    for name in ("thumb_first.tif", "thumb_last.tif", "pyramid.ome.tif"):
+        img = read_pixels(tmp_path / name)
+        assert img.dtype == np.uint16 and np.array_equal(img, pos1), name
+
+
 def test_point_sources():
     pts = make_point_sources(3, (64, 64), density=0.01, random_state=0)
     assert pts.shape == (3, 64, 64)
