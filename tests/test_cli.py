@@ -477,6 +477,10 @@ def test_deblur_errors(model_dir, blurry, capsys, tmp_path):
                      photometric="minisblack")
     assert "holds a stack of 3 images" in error(tmp_path / "stack.tif", "-o",
                                               tmp_path / "o.tif")
+    tifffile.imwrite(tmp_path / "c2.tif", np.stack([y, y[::-1]], axis=-1),
+                     photometric="minisblack", planarconfig="contig")
+    assert "c2.tif holds a stack of 2 images (channels of a MINISBLACK" in error(
+        tmp_path / "c2.tif", "-o", tmp_path / "o.tif")
     with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as w:
         w.write(y, metadata={"axes": "YX"})          # two positions: the
         w.write(y[::-1], metadata={"axes": "YX"})    # second was dropped

@@ -106,10 +106,18 @@ def read_pixels(path):
     TIFF with tifffile (any bit depth, float included; samples stored planar
     or interleaved; size-1 axes dropped; ``MINISWHITE`` grayscale and CMYK
     turned into intensities and RGB), other formats with Pillow (palette,
-    1-bit, grayscale+alpha and CMYK images converted). An alpha channel is
-    dropped. Stacks and animations are refused (one image per file), and so
-    is a TIFF holding several images (OME-TIFF positions, images appended
-    one after another: separate series), naming their count and shapes;
+    1-bit, grayscale+alpha and CMYK images converted).
+
+    An alpha channel is dropped: in a PNG (or other Pillow format) that of
+    its mode (``LA``, ``RGBA``); in a TIFF only samples that the file marks
+    as alpha (``ExtraSamples`` associated or unassociated alpha). Three
+    samples are colour only in an RGB (or YCbCr, CMYK) TIFF; a TIFF's other
+    samples are the channels of a multi-channel image (fluorescence channels
+    stored as samples), refused like a stack of channels.
+
+    Stacks and animations are refused (one image per file), and so is a TIFF
+    holding several images (OME-TIFF positions, images appended one after
+    another: separate series), naming their count and shapes;
     reduced-resolution copies that the file marks as such (thumbnails,
     previews, pyramid levels) are passed over for the full-resolution image.
     Files that cannot be read are refused, naming them.
@@ -127,8 +135,6 @@ def read_pixels(path):
         )
     read = _read_tiff if suffix in (".tif", ".tiff") else _read_raster
     img = read(path)
-    if img.ndim == 3 and img.shape[-1] in (2, 4):       # an alpha channel
-        img = img[..., :-1]
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3)):
@@ -195,6 +201,8 @@ def _pillow_pixels(im):
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         im = im.convert("RGB")
     img = np.array(im)
+    if img.ndim == 3 and img.shape[-1] in (2, 4):   # RGBA, RGBX: alpha, padding
+        img = img[..., :-1]
     if fmt == "PNG" and mode == "I":
         img = img.astype(np.uint16)     # 16-bit grayscale (Pillow < 10.3)
     return img
@@ -238,6 +246,30 @@ def _main_tiff_series(tif, name, advice=None):
     return full[0]
 
 
+def _colour_or_alpha(img, page, axes, name):
+    """The samples (last axis) of a TIFF's pixels, less its alpha channels:
+    RGB (or YCbCr) colour is 3 samples, any other photometric 1, and the
+    samples after them are dropped only where the file marks them as alpha
+    (``ExtraSamples`` 1 or 2). Other samples are channels of a
+    multi-channel image (fluorescence channels stored as samples): refused
+    like a stack of channels, not taken for alpha or mixed as RGB."""
+    import tifffile
+
+    n = img.shape[-1]
+    colour = 3 if page.photometric in (tifffile.PHOTOMETRIC.RGB,
+                                       tifffile.PHOTOMETRIC.YCBCR) else 1
+    marks = [int(e) for e in page.extrasamples or ()][-(n - colour):] \
+        if n > colour else []
+    if n < colour or len(marks) < n - colour or any(m not in (1, 2)
+                                                    for m in marks):
+        kind = getattr(page.photometric, "name", page.photometric)
+        raise ValueError(
+            f"{name} holds a stack of {n} images (channels of a {kind} image, "
+            f"axes {axes!r}, shape {img.shape}, neither colour nor marked "
+            "as alpha); pass a single 2-D image (or split the stack).")
+    return img[..., :colour] if colour > 1 else img[..., 0]
+
+
 def _read_tiff(path):
     import tifffile
 
@@ -264,6 +296,9 @@ def _read_tiff(path):
             "(or split the stack).")
     img = img.reshape([n for a, n in zip(axes, img.shape, strict=True)
                        if a in "YXS"])
+    if (img.ndim == 3 and img.shape[-1] > 1
+            and photometric != tifffile.PHOTOMETRIC.SEPARATED):    # CMYK: below
+        img = _colour_or_alpha(img, page, axes, path.name)
     if img.dtype == bool:       # 1-bit (a mask: True is on, as tifffile writes it)
         return img.astype(np.uint8)
     if img.dtype.kind in "ui":

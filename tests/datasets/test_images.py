@@ -211,6 +211,78 @@ def test_16_bit_colour_png_is_refused_not_read_at_8_bits(tmp_path):
         path.unlink()
 
 
+def test_ordinary_files_read_as_stored(tmp_path):
+    """Gray TIFFs of each dtype, RGB TIFFs, gray and RGB(A) PNGs: the
+    file's values and dtype, an alpha channel dropped."""
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    gray8 = rng.integers(0, 256, (12, 20)).astype(np.uint8)
+    rgb8 = rng.integers(0, 256, (12, 20, 3)).astype(np.uint8)
+    alpha = rng.integers(0, 256, (12, 20, 1)).astype(np.uint8)
+    cases = {"u8.tif": gray8, "u16.tif": gray8.astype(np.uint16) * 257,
+             "f32.tif": gray8.astype(np.float32) / 7,
+             "f64.tif": gray8 / 7.0, "rgb.tif": rgb8,
+             "rgb16.tif": rgb8.astype(np.uint16) * 257}
+    for name, pixels in cases.items():
+        tifffile.imwrite(tmp_path / name, pixels,
+                         photometric="rgb" if pixels.ndim == 3 else None)
+    tifffile.imwrite(tmp_path / "rgba.tif", np.concatenate([rgb8, alpha], -1),
+                     photometric="rgb", extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "gray_alpha.tif",
+                     np.concatenate([gray8[..., None], alpha], -1),
+                     photometric="minisblack", extrasamples=["assocalpha"])
+    Image.fromarray(gray8).save(tmp_path / "gray.png")
+    Image.fromarray(np.concatenate([rgb8, alpha], -1), "RGBA").save(
+        tmp_path / "rgba.png")
+    Image.merge("LA", [Image.fromarray(gray8), Image.fromarray(alpha[..., 0])]
+                ).save(tmp_path / "la.png")
+    Image.fromarray(np.concatenate([rgb8, alpha], -1), "RGBA").save(
+        tmp_path / "pillow_rgba.tif")
+    cases.update({"rgba.tif": rgb8, "gray_alpha.tif": gray8, "gray.png": gray8,
+                  "rgba.png": rgb8, "la.png": gray8, "pillow_rgba.tif": rgb8})
+    for name, pixels in cases.items():
+        img = read_pixels(tmp_path / name)
+        assert img.dtype == pixels.dtype and np.array_equal(img, pixels), name
+
+
+def test_tiff_channels_are_not_taken_for_alpha_or_colour(tmp_path):
+    """A 2-channel fluorescence TIFF (samples, MINISBLACK, ExtraSamples
+    unspecified) lost its second channel as if it were alpha; 3 channels
+    were mixed as RGB, 4 lost one and mixed the rest. Samples that are
+    neither colour (photometric RGB) nor marked as alpha are refused as a
+    multi-channel image, like an ImageJ stack of channels."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    channels = rng.integers(100, 4000, (4, 16, 24)).astype(np.uint16)
+    for n in (2, 3, 4):
+        path = tmp_path / f"c{n}.tif"
+        tifffile.imwrite(path, np.moveaxis(channels[:n], 0, -1),
+                         photometric="minisblack", planarconfig="contig")
+        with pytest.raises(ValueError, match=fr"c{n}.tif holds a stack of {n} "
+                           r"images \(channels of a MINISBLACK image, axes "
+                           fr"'YXS', shape \(16, 24, {n}\)"):
+            read_pixels(path)
+    tifffile.imwrite(tmp_path / "planar.tif", channels[:3],
+                     photometric="minisblack", planarconfig="separate")
+    with pytest.raises(ValueError, match="planar.tif holds a stack of 3 images"):
+        load_image(tmp_path / "planar.tif")
+    # RGB plus a channel not marked as alpha
+    with tifffile.TiffWriter(tmp_path / "rgb_extra.tif") as w:
+        w.write(np.moveaxis(channels, 0, -1), photometric="rgb",
+                extrasamples=["unspecified"])
+    with pytest.raises(ValueError, match="rgb_extra.tif holds a stack of 4"):
+        read_pixels(tmp_path / "rgb_extra.tif")
+    # the message an ImageJ stack of channels gets
+    tifffile.imwrite(tmp_path / "ij.tif", channels[:2], imagej=True,
+                     metadata={"axes": "CYX"})
+    with pytest.raises(ValueError, match="ij.tif holds a stack of 2 images "
+                       r"\(axes 'CYX'.*pass a single 2-D image \(or split"):
+        read_pixels(tmp_path / "ij.tif")
+
+
 def test_tiff_of_several_images_is_refused_unless_the_others_are_previews(
         tmp_path):
     """Only the first series was read: the second position of an OME-TIFF
