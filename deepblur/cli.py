@@ -229,11 +229,13 @@ def read_image(path):
 
     TIFF (tifffile) and PNG/JPEG (Pillow), 8/16-bit integers or float, as
     :func:`deepblur.datasets.read_pixels` reads them (size-1 axes dropped,
-    CMYK, palette and inverted-grayscale files converted); colour images
-    are converted to grayscale (ITU-R 709 luma) with a note on stderr. Unlike
+    CMYK and inverted-grayscale files converted, a palette image's indices
+    where its palette is a display LUT, its colours otherwise); colour
+    images are converted to grayscale (ITU-R 709 luma), with a note on
+    stderr, as is a palette read as indices. Unlike
     :func:`deepblur.datasets.load_image` the intensities are not rescaled.
     """
-    from deepblur.datasets import read_pixels
+    from deepblur.datasets.images import _read_pixels
 
     path = _check_exists(path, "image file")
     suffix = path.suffix.lower()
@@ -243,9 +245,11 @@ def read_image(path):
             "use TIFF (.tif, .tiff), PNG (.png) or JPEG (.jpg)."
         )
     try:
-        img = read_pixels(path)
+        img, info = _read_pixels(path)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    for note in info["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     dtype = img.dtype
     if img.ndim == 3:
         print(f"note: {path.name} is a colour image; it is converted to grayscale.",

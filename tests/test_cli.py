@@ -508,6 +508,27 @@ def test_deblur_colour_png_becomes_grayscale(model_dir, blurry, capsys, tmp_path
     assert iio.imread(tmp_path / "o.png").shape == (64, 64)
 
 
+def test_deblur_palette_with_a_display_lut_keeps_its_values(model_dir, blurry,
+                                                             capsys, tmp_path):
+    """An 8-bit image saved by Fiji with its Green LUT (a palette TIFF) came
+    back uint16, 184 times brighter (the LUT's colours); now its pixel
+    values are deblurred, in uint8, with a note."""
+    y = blurry[2]
+    data = (y / y.max() * 200).astype(np.uint8)
+    green = np.zeros((3, 256), np.uint16)
+    green[1] = np.arange(256) * 257
+    tifffile.imwrite(tmp_path / "gfp.tif", data, photometric="palette",
+                     colormap=green)
+    code, _, err = _run(capsys, "deblur", tmp_path / "gfp.tif", "-o",
+                        tmp_path / "o.tif", "--model", model_dir, "--max-iter", 5)
+    assert code == 0, err
+    assert "note: gfp.tif is an indexed image with a display LUT" in err
+    assert "colour image" not in err
+    out = tifffile.imread(tmp_path / "o.tif")
+    assert out.dtype == np.uint8
+    assert 0.8 < out.mean() / data.mean() < 1.25
+
+
 # ---------------------------------------------------------------- train
 TINY = """
 n_images = 64

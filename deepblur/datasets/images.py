@@ -105,8 +105,17 @@ def read_pixels(path):
 
     TIFF with tifffile (any bit depth, float included; samples stored planar
     or interleaved; size-1 axes dropped; ``MINISWHITE`` grayscale and CMYK
-    turned into intensities and RGB), other formats with Pillow (palette,
-    1-bit, grayscale+alpha and CMYK images converted).
+    turned into intensities and RGB), other formats with Pillow (1-bit,
+    grayscale+alpha and CMYK images converted).
+
+    A palette (indexed) image whose palette is a display LUT, its luma
+    non-decreasing with the index (gray, one hue such as Fiji's "Green",
+    "Fire"; to within 1 % of its range), gives its indices, in their dtype:
+    they are the measurement, the LUT only displays them (Fiji saves 8-bit
+    images with a colour LUT so). In a PNG or GIF the palette must have all
+    256 entries (a compacted palette holds the intensities themselves). Any
+    other palette (an indexed-colour picture, an inverted LUT) gives its
+    colours, as RGB in the palette's dtype.
 
     An alpha channel is dropped: in a PNG (or other Pillow format) that of
     its mode (``LA``, ``RGBA``); in a TIFF only samples that the file marks
@@ -122,6 +131,13 @@ def read_pixels(path):
     previews, pyramid levels) are passed over for the full-resolution image.
     Files that cannot be read are refused, naming them.
     """
+    return _read_pixels(path)[0]
+
+
+def _read_pixels(path):
+    """:func:`read_pixels`, and what a caller may report or carry to an
+    output: a dict with ``notes`` (lines on how the file was read, such as
+    a palette taken as indices)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.")
@@ -134,7 +150,8 @@ def read_pixels(path):
             "use PNG, TIFF or JPEG (or BMP, GIF)."
         )
     read = _read_tiff if suffix in (".tif", ".tiff") else _read_raster
-    img = read(path)
+    info = {"notes": []}
+    img = read(path, info)
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[-1] == 3)):
@@ -143,7 +160,7 @@ def read_pixels(path):
     if img.dtype.kind not in "uif":
         raise ValueError(f"{path.name} must hold integer or float pixels; got "
                          f"dtype {img.dtype}.")
-    return img
+    return img, info
 
 
 def _unreadable(path, exc):
@@ -169,7 +186,7 @@ def _check_png_depth(path):
             "it as a 16-bit TIFF, or as a 16-bit grayscale PNG.")
 
 
-def _read_raster(path):
+def _read_raster(path, info):
     from PIL import Image
 
     _check_png_depth(path)          # by the file's signature, not its name
@@ -181,7 +198,7 @@ def _read_raster(path):
             if frames > 1 and im.format != "MPO":
                 img = None
             else:
-                img = _pillow_pixels(im)
+                img = _pillow_pixels(im, path.name, info)
     except Exception as exc:            # Pillow's or a codec's refusal
         raise _unreadable(path, exc) from None
     if img is None:
@@ -190,10 +207,37 @@ def _read_raster(path):
     return img
 
 
-def _pillow_pixels(im):
-    """An open Pillow image's pixels: grayscale or RGB(A), in its dtype."""
+def _palette_note(name):
+    return (f"{name} is an indexed image with a display LUT (a palette whose "
+            "brightness rises with the index): its pixel values are read, not "
+            "the LUT's colours.")
+
+
+def _is_display_ramp(rgb):
+    """Whether a palette of ``(n, 3)`` RGB entries is a display LUT of
+    intensities (gray, one hue, Fire...): its luma never decreases with the
+    index (by more than 1 % of its range, for the rounding of interpolated
+    LUTs). An indexed-colour picture's palette is no such ramp."""
+    luma = np.asarray(rgb, dtype=np.float64) @ _LUMA
+    if luma.size < 2:
+        return True
+    return bool(np.all(np.diff(luma) >= -0.01 * (luma.max() - luma.min())))
+
+
+def _pillow_pixels(im, name="image", info=None):
+    """An open Pillow image's pixels: grayscale or RGB, in its dtype; a
+    palette image's indices where its palette is a full display ramp."""
     fmt, mode = im.format, im.mode
-    if mode in ("1", "LA"):
+    if mode in ("P", "PA"):
+        palette = im.getpalette()           # RGB entries, as many as stored
+        # a full 8-bit LUT (a GIF's compacted palette holds the intensities,
+        # not a ramp over the indices)
+        if palette is not None and len(palette) == 3 * 256 \
+                and _is_display_ramp(np.reshape(palette, (-1, 3))):
+            if info is not None:
+                info["notes"].append(_palette_note(name))
+            return np.array(im.getchannel(0))
+    if mode in ("1", "LA", "La"):
         im = im.convert("L")
     elif mode in ("P", "PA"):
         im = im.convert("RGBA" if "transparency" in im.info or mode == "PA"
@@ -270,7 +314,7 @@ def _colour_or_alpha(img, page, axes, name):
     return img[..., :colour] if colour > 1 else img[..., 0]
 
 
-def _read_tiff(path):
+def _read_tiff(path, info):
     import tifffile
 
     try:
@@ -310,7 +354,11 @@ def _read_tiff(path):
         img = (top - img).astype(img.dtype)           # dark is high: invert
     elif photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None \
             and img.ndim == 2:
-        img = np.moveaxis(np.asarray(colormap)[:, img], 0, -1)   # indices: RGB
+        colormap = np.asarray(colormap)
+        if _is_display_ramp(colormap.T):     # a display LUT: indices are data
+            info["notes"].append(_palette_note(path.name))
+        else:                                # an indexed-colour picture
+            img = np.moveaxis(colormap[:, img], 0, -1)
     elif photometric == tifffile.PHOTOMETRIC.SEPARATED and img.ndim == 3 \
             and img.shape[-1] >= 4:
         # CMYK, as Pillow converts it: R = top - min(top, C + K), ...

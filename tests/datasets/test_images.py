@@ -283,6 +283,73 @@ def test_tiff_channels_are_not_taken_for_alpha_or_colour(tmp_path):
         read_pixels(tmp_path / "ij.tif")
 
 
+def _fire_lut():
+    """ImageJ's "Fire" LUT (LutLoader.fire, interpolated to 256 entries):
+    its luma dips by a fraction of a level in places."""
+    r = [0, 0, 1, 25, 49, 73, 98, 122, 146, 162, 173, 184, 195, 207, 217, 229,
+         240, 252] + [255] * 14
+    g = [0] * 13 + [14, 35, 57, 79, 101, 117, 133, 147, 161, 175, 190, 205, 219,
+                    234, 248, 255, 255, 255, 255]
+    b = [0, 61, 96, 130, 165, 192, 220, 227, 210, 181, 151, 122, 93, 64, 35, 5,
+         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 35, 98, 160, 223, 255]
+    x = np.arange(256) * 32 / 256
+    lut = np.stack([np.interp(x, np.arange(32), c) for c in (r, g, b)])
+    return lut.astype(np.uint16) * 257
+
+
+def test_palette_of_a_display_lut_gives_the_indices(tmp_path):
+    """Fiji saves an 8-bit image with a colour LUT (Green for GFP) as a
+    palette TIFF: the indices are the measurement. They were mapped through
+    the LUT to RGB luma (uint16, 184 times brighter; a PNG 0.72 times).
+    A palette whose luma rises with the index gives the indices, in their
+    dtype, with a note; an indexed-colour picture its colours."""
+    import tifffile
+    from PIL import Image
+
+    from deepblur.datasets import images
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(10, 250, (16, 24)).astype(np.uint8)
+    ramp = np.arange(256, dtype=np.uint16) * 257
+    zero = np.zeros(256, np.uint16)
+    luts = {"green": np.stack([zero, ramp, zero]),
+            "blue": np.stack([zero, zero, ramp]),
+            "gray": np.stack([ramp] * 3), "fire": _fire_lut()}
+    for name, lut in luts.items():
+        tifffile.imwrite(tmp_path / f"{name}.tif", data, photometric="palette",
+                         colormap=lut)
+    green = Image.fromarray(data, mode="P")
+    green.putpalette([v for i in range(256) for v in (0, i, 0)])
+    green.save(tmp_path / "green.png")
+    for name in [f"{n}.tif" for n in luts] + ["green.png"]:
+        img = read_pixels(tmp_path / name)
+        assert img.dtype == np.uint8 and np.array_equal(img, data), name
+        img, info = images._read_pixels(tmp_path / name)     # and the notes
+        assert info["notes"] == [
+            f"{name} is an indexed image with a display LUT (a palette whose "
+            "brightness rises with the index): its pixel values are read, not "
+            "the LUT's colours."]
+        np.testing.assert_allclose(load_image(tmp_path / name),
+                                   (data - 10.0) / (data.max() - 10.0))
+    # an indexed-colour picture: its colours, as RGB
+    colours = rng.integers(0, 256, (256, 3))
+    tifffile.imwrite(tmp_path / "picture.tif", data, photometric="palette",
+                     colormap=(colours.T * 257).astype(np.uint16))
+    picture = Image.fromarray(data, mode="P")
+    picture.putpalette(colours.astype(np.uint8).ravel().tolist())
+    picture.save(tmp_path / "picture.png")
+    img, info = images._read_pixels(tmp_path / "picture.tif")
+    assert img.dtype == np.uint16 and info["notes"] == []
+    np.testing.assert_array_equal(img, colours[data] * 257)
+    img, info = images._read_pixels(tmp_path / "picture.png")
+    assert img.dtype == np.uint8 and info["notes"] == []
+    np.testing.assert_array_equal(img, colours[data])
+    # a GIF's compacted gray palette holds the intensities, not a ramp of them
+    Image.fromarray(data).save(tmp_path / "gray.gif")
+    np.testing.assert_array_equal(read_pixels(tmp_path / "gray.gif")[..., 0],
+                                  data)
+
+
 def test_tiff_of_several_images_is_refused_unless_the_others_are_previews(
         tmp_path):
     """Only the first series was read: the second position of an OME-TIFF
