@@ -225,7 +225,9 @@ def _use_agg():
 
 
 def read_image(path):
-    """Read a 2-D image file as is: ``(pixels float64, dtype of the file)``.
+    """Read a 2-D image file as is: ``(pixels float64, dtype of the file,
+    metadata)``, the metadata of a TIFF that :func:`write_image` carries to
+    its output (the pixel size), None for other formats.
 
     TIFF (tifffile) and PNG/JPEG (Pillow), 8/16-bit integers or float, as
     :func:`deepblur.datasets.read_pixels` reads them (size-1 axes dropped,
@@ -258,11 +260,29 @@ def read_image(path):
     img = img.astype(np.float64)
     if not np.isfinite(img).all():
         raise CLIError(f"{path.name} has NaN or Inf pixels; replace them first.")
-    return img, dtype
+    return img, dtype, info.get("tiff")
 
 
-def write_image(path, image, dtype):
-    """Write ``image`` as ``dtype``: integers rounded and clipped to its range."""
+# the dtypes that tifffile writes in an ImageJ TIFF
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
+
+
+def _imagej_text(value):
+    """A value of an ImageJ description: non-ASCII characters escaped as
+    ImageJ does (``\\u00B5m``)."""
+    if isinstance(value, str):
+        return "".join(c if ord(c) < 128 else f"\\u{ord(c):04X}" for c in value)
+    return value
+
+
+def write_image(path, image, dtype, metadata=None):
+    """Write ``image`` as ``dtype``: integers rounded and clipped to its range.
+
+    ``metadata`` (from :func:`read_image` of a TIFF) carries the input's
+    pixel size to a TIFF output: its resolution tags and, for an ImageJ
+    input, its ``unit`` and ``spacing`` in an ImageJ TIFF (where the dtype
+    allows one), so that Fiji shows the image in the input's units.
+    """
     path = Path(path)
     image = np.asarray(image, dtype=np.float64)
     dtype = np.dtype(dtype)
@@ -281,7 +301,25 @@ def write_image(path, image, dtype):
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(path, out)
+        kwargs = {}
+        if metadata:
+            if "resolution" in metadata:
+                kwargs["resolution"] = metadata["resolution"]
+                if "resolutionunit" in metadata:
+                    kwargs["resolutionunit"] = metadata["resolutionunit"]
+            if "imagej" in metadata and out.dtype in _IMAGEJ_DTYPES:
+                kwargs["imagej"] = True
+                kwargs["metadata"] = {k: _imagej_text(v)
+                                      for k, v in metadata["imagej"].items()}
+        try:
+            tifffile.imwrite(path, out, **kwargs)
+        except (ValueError, TypeError, ZeroDivisionError) as exc:
+            if not kwargs:
+                raise
+            print(f"warning: the pixel size of the input could not be written "
+                  f"to {path.name} ({type(exc).__name__}: {exc}); written "
+                  "without it.", file=sys.stderr)
+            tifffile.imwrite(path, out)
     else:
         import imageio.v3 as iio
 
@@ -320,7 +358,7 @@ def _read_gamma(path, K):
 
 def _model_image(model, path):
     """Read an image of at least the model's input shape (larger: tiled)."""
-    img, dtype = read_image(path)
+    img, dtype, meta = read_image(path)
     shape = tuple(model.basis.image_shape_)
     if img.shape[0] < shape[0] or img.shape[1] < shape[1]:
         raise CLIError(
@@ -333,7 +371,7 @@ def _model_image(model, path):
         raise CLIError(f"{Path(path).name} has a mean intensity <= 0; the model "
                        "needs intensities (a positive mean), not a signed or "
                        "background-subtracted image.")
-    return img, dtype
+    return img, dtype, meta
 
 
 # -------------------------------------------------------------------- commands
@@ -389,7 +427,7 @@ def cmd_estimate(args):
         _check_figure_path(args.figure, [args.image])
     model, source, estimator = _load_model(args.model, args.estimator, "estimate",
                                            args.project)
-    img, _ = _model_image(model, args.image)
+    img, _, _ = _model_image(model, args.image)
     if img.shape != tuple(model.basis.image_shape_):
         return _estimate_tiles(args, model, source, estimator, img)
     with _Warnings():
@@ -613,7 +651,7 @@ def cmd_deblur(args):
     _check_output(args.output, _IMAGE_WRITE, "output image")
     _check_not_input(args.output, [args.image], "-o")
     model, _, _ = _load_model(args.model, args.estimator, "deblur", args.project)
-    img, dtype = _model_image(model, args.image)
+    img, dtype, meta = _model_image(model, args.image)
     if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
         raise CLIError(
             f"{Path(args.image).name} has float pixels, which PNG cannot store: "
@@ -627,7 +665,7 @@ def cmd_deblur(args):
         restored, grid = _deblur_large(args, model, img)
         if args.gamma is None:
             _warn_if_zero_boundary(model)
-        write_image(args.output, restored, dtype)
+        write_image(args.output, restored, dtype, meta)
         mode = "blind" if args.gamma is None else f"operator from {args.gamma}"
         print(f"deblurred ({mode}, {grid.n_tiles} tiles, {args.regularization}, "
               f"lam={args.lam}): {args.output} ({dtype}, {img.shape[0]}x"
@@ -643,7 +681,7 @@ def cmd_deblur(args):
                                    device=args.device)
     if gamma is None:
         _warn_if_zero_boundary(model)
-    write_image(args.output, restored, dtype)
+    write_image(args.output, restored, dtype, meta)
     mode = "blind" if gamma is None else f"operator from {args.gamma}"
     print(f"deblurred ({mode}, {args.regularization}, lam={args.lam}): "
           f"{args.output} ({dtype}, {img.shape[0]}x{img.shape[1]})")

@@ -439,6 +439,62 @@ def test_write_image_rounds_and_clips(capsys, tmp_path):
     assert capsys.readouterr().err == ""
 
 
+def _pixel_size(path):
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        return (tags["XResolution"].value, tags["YResolution"].value,
+                int(tags["ResolutionUnit"].value),
+                {k: v for k, v in (tif.imagej_metadata or {}).items()
+                 if k in ("unit", "spacing")})
+
+
+def test_deblur_keeps_the_pixel_size_of_a_tiff(model_dir, blurry, capsys,
+                                               tmp_path):
+    """The output TIFF was written without the input's resolution: Fiji
+    showed a calibrated image (0.065 um pixels) in pixels. The resolution
+    tags and an ImageJ file's unit and spacing are carried over."""
+    y = blurry[2]
+    data = (y / y.max() * 50_000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True,
+                     resolution=(1 / 0.065, 1 / 0.065),
+                     metadata={"unit": "\\u00B5m", "spacing": 0.3})
+    tifffile.imwrite(tmp_path / "dpi.tif", data.astype(np.float32),
+                     resolution=((300, 1), (150, 1)), resolutionunit="INCH")
+    iio.imwrite(tmp_path / "in.png", data)
+    for name, expected in (
+            ("ij.tif", ((200, 13), (200, 13), 1, {"unit": "\\u00B5m",
+                                                  "spacing": 0.3})),
+            ("dpi.tif", ((300, 1), (150, 1), 2, {})),
+            ("in.png", ((1, 1), (1, 1), 1, {}))):       # no pixel size
+        out = tmp_path / f"out_{name}.tif"
+        code, _, err = _run(capsys, "deblur", tmp_path / name, "-o", out,
+                            "--model", model_dir, "--max-iter", 5)
+        assert code == 0, err
+        assert _pixel_size(out) == expected, name
+    with tifffile.TiffFile(tmp_path / "out_ij.tif.tif") as tif:
+        assert tif.is_imagej
+    # a PNG output from a calibrated TIFF: as before
+    code, _, err = _run(capsys, "deblur", tmp_path / "ij.tif", "-o",
+                        tmp_path / "o.png", "--model", model_dir, "--max-iter", 5)
+    assert code == 0, err
+    assert iio.imread(tmp_path / "o.png").dtype == np.uint16
+
+
+def test_write_image_carries_the_pixel_size(capsys, tmp_path):
+    """ImageJ's unit in its own escape for a non-ASCII character; a dtype
+    that an ImageJ TIFF cannot hold keeps the resolution tags only."""
+    image = np.arange(12.0).reshape(3, 4)
+    meta = {"resolution": ((20, 1), (20, 1)), "resolutionunit": 3,
+            "imagej": {"unit": "\u00b5m"}}
+    write_image(tmp_path / "u8.tif", image, np.uint8, meta)
+    assert _pixel_size(tmp_path / "u8.tif") == ((20, 1), (20, 1), 3,
+                                                {"unit": "\\u00B5m"})
+    write_image(tmp_path / "f64.tif", image, np.float64, meta)
+    assert _pixel_size(tmp_path / "f64.tif") == ((20, 1), (20, 1), 3, {})
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "f64.tif"), image)
+    assert capsys.readouterr().err == ""
+
+
 def test_deblur_errors(model_dir, blurry, capsys, tmp_path):
     y = blurry[2].astype(np.float32)
     good = tmp_path / "y.tif"

@@ -137,7 +137,10 @@ def read_pixels(path):
 def _read_pixels(path):
     """:func:`read_pixels`, and what a caller may report or carry to an
     output: a dict with ``notes`` (lines on how the file was read, such as
-    a palette taken as indices)."""
+    a palette taken as indices) and, for a TIFF, ``tiff``: its pixel size
+    as :func:`tifffile.imwrite` takes it (``resolution``,
+    ``resolutionunit``, and ``imagej``: the ``unit`` and ``spacing`` of an
+    ImageJ file), the keys it has."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.")
@@ -314,6 +317,21 @@ def _colour_or_alpha(img, page, axes, name):
     return img[..., :colour] if colour > 1 else img[..., 0]
 
 
+def _tiff_pixel_size(tif, page):
+    """The pixel size of a TIFF's image, as tifffile.imwrite takes it."""
+    meta = {}
+    tags = page.tags
+    if "XResolution" in tags and "YResolution" in tags:
+        meta["resolution"] = (tags["XResolution"].value,
+                              tags["YResolution"].value)
+        if "ResolutionUnit" in tags:
+            meta["resolutionunit"] = int(tags["ResolutionUnit"].value)
+    if tif.is_imagej:
+        ij = tif.imagej_metadata or {}
+        meta["imagej"] = {k: ij[k] for k in ("unit", "spacing") if k in ij}
+    return meta
+
+
 def _read_tiff(path, info):
     import tifffile
 
@@ -324,6 +342,7 @@ def _read_tiff(path, info):
             page = series.keyframe
             photometric, bits = page.photometric, page.bitspersample
             colormap = page.colormap
+            info["tiff"] = _tiff_pixel_size(tif, page)
     except _ImageCountError:
         raise
     except Exception as exc:            # tifffile's or a codec's refusal
