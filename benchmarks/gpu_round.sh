@@ -24,7 +24,12 @@
 # on a GPU here, whose compilation would come out of the call's 10 minutes),
 # MIXED_PRECISION ("": float32; bf16 trains the forward passes in bfloat16,
 # 2.5x faster steps for width 32 on a CPU with AMX, not measured on a GPU yet:
-# gpu_checks.sh measures it; the probe steps in the same precision).
+# gpu_checks.sh measures it; the probe steps in the same precision),
+# SYMMETRY ("": the shipped setting; dihedral trains in the setting closed
+# under rotations and flips, whose network predicts with test-time averaging
+# over the 8 transformed copies: -1 point on the CPU recipe, benchmarks/
+# README.md "A basis closed under rotations and flips"; its setting takes
+# a minute or two to fit before the training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/output/gpu_round}
@@ -93,6 +98,7 @@ python3 benchmarks/train_family_mix.py "$OUT/model" --init none \
   --width "${WIDTH:-32}" --n-images "${N_IMAGES:-1500000}" \
   ${NORM:+--input-norm "$NORM"} ${MOMENTS:+--moment-stage "$MOMENTS"} \
   ${MIXED_PRECISION:+--mixed-precision "$MIXED_PRECISION"} \
+  ${SYMMETRY:+--symmetry "$SYMMETRY"} \
   --epochs "${EPOCHS:-10}" --lr "${LR:-2e-3}" --noise-std ${NOISE:-0 0.02} \
   --family-fraction "${FAMILY_FRACTION:-0.5}" \
   --n-pool "${N_POOL:-16}" --head-images "${HEAD_IMAGES:-98304}" \

@@ -49,9 +49,11 @@ from safetensors.torch import load_file
 from deepblur import ConeSampler
 from deepblur.datasets import natural_image_split
 from deepblur.pretrained import (
+    DEFAULT_SETTING,
     FEATURE_HEAD_DEFAULTS,
     add_feature_head,
     load_model,
+    make_default_setting,
     save_model,
     train_regressor,
 )
@@ -97,6 +99,11 @@ def main():
     p.add_argument("--mixed-precision", choices=["bf16"], default=None,
                    help="train the forward passes in bfloat16 (train_regressor's "
                         "mixed_precision; default float32)")
+    p.add_argument("--symmetry", choices=["dihedral"], default=None,
+                   help="with --init none: train in the setting closed under "
+                        "rotations and flips (make_default_setting(symmetry="
+                        "'dihedral')) instead of the shipped one; the saved "
+                        "model then predicts with test_time_augmentation")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
@@ -116,6 +123,20 @@ def main():
     scratch = args.init.lower() == "none"
     source = DEFAULT_DIR if scratch else args.init    # its setting: basis, cone
     model = load_model(source)
+    gamma = load_file(f"{source}/model.safetensors")["cone.gamma"].numpy()
+    if args.symmetry is not None:
+        if not scratch:
+            p.error("--symmetry trains a new network: it needs --init none")
+        t = time.perf_counter()
+        closed = make_default_setting(symmetry=args.symmetry, **{
+            k: v for k, v in model.setting.items()
+            if k in DEFAULT_SETTING and k != "symmetry"})
+        model = model._replace(basis=closed["basis"], cone=closed["cone"],
+                               sampler=closed["sampler"],
+                               setting=dict(closed["params"]))
+        gamma = closed["gamma"]
+        print(f"setting with symmetry={args.symmetry!r} in "
+              f"{time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
     n_family = int(round(1000 * args.n_pool * args.family_fraction))
     n_draws = 1000 * args.n_pool - n_family
@@ -132,7 +153,6 @@ def main():
                       random_state=args.seed).fit(pool)
     print(f"pool of {len(pool)} gamma ({n_family} of the family) in "
           f"{time.perf_counter() - t:.0f} s", flush=True)
-    gamma = load_file(f"{source}/model.safetensors")["cone.gamma"].numpy()
     setting = dict(basis=model.basis, cone=model.cone, sampler=mix, gamma=gamma,
                    params=dict(model.setting))
     if scratch:
