@@ -210,9 +210,11 @@ def as_tensor(x, *, device=None, dtype=None):
     """Return ``(tensor, is_numpy)``; numpy input is copied to a tensor.
 
     Tensors keep their device unless ``device`` is given. Without ``dtype``,
-    float32 and float64 are kept, half precision (float16, bfloat16, which
-    the FFTs of the operators do not take on CPU) becomes float32, and other
-    dtypes (integers, booleans) float64, for tensors and arrays alike.
+    float32 and float64 are kept; tensors in half precision (float16,
+    bfloat16, which the FFTs of the operators do not take on CPU) become
+    float32 and other tensors (integers, booleans) torch's default dtype
+    (float32 unless set: float64 is slow on GPUs and absent on some); arrays
+    of other dtypes become float64.
     """
     if _is_tensor(x):
         t = x
@@ -221,7 +223,7 @@ def as_tensor(x, *, device=None, dtype=None):
         elif dtype is None and t.dtype in (torch.float16, torch.bfloat16):
             t = t.to(torch.float32)
         elif dtype is None and not t.is_floating_point():
-            t = t.to(torch.float64)
+            t = t.to(torch.get_default_dtype())
         if device is not None:
             t = t.to(device)
         return t, False

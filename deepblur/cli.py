@@ -1389,13 +1389,13 @@ def _read_psf_file(path):
     if suffix not in _PSF_READ:
         raise CLIError(f"unsupported PSF file format {suffix or '(none)'!r} for "
                        f"{path.name}: use .npy or .tif/.tiff stacks.")
+    from deepblur.datasets.images import _ImageCountError, _main_tiff_series
+
     try:
         if suffix == ".npy":
             stack = np.load(path, allow_pickle=False)
         else:
             import tifffile
-
-            from deepblur.datasets.images import _ImageCountError, _main_tiff_series
 
             with tifffile.TiffFile(path) as tif:
                 # a stack of PSFs is one series; several (fields appended

@@ -735,7 +735,8 @@ def test_train_interrupt_and_resume(capsys, tmp_path, monkeypatch):
     assert load_model(tmp_path / "tuned").regressor.support_tolerance is None
 
 
-def test_train_ctrl_c_while_a_checkpoint_is_written(capsys, tmp_path, monkeypatch):
+def test_train_ctrl_c_while_a_checkpoint_is_written(capsys, tmp_path, monkeypatch,
+                                                    request):
     """A Ctrl-C between the checkpoint's files (weights written, history not)
     left epoch 1's weights beside an empty history: --resume trained epoch 1
     twice, silently. The checkpoint is now written whole, then training stops,
@@ -744,6 +745,11 @@ def test_train_ctrl_c_while_a_checkpoint_is_written(capsys, tmp_path, monkeypatc
     import signal
 
     from skorch.callbacks import Checkpoint
+
+    # Python's own handler, whatever the suite was started with (a shell's
+    # background job ignores SIGINT), and that one back afterwards
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     original = Checkpoint._save_params
 
@@ -1318,6 +1324,10 @@ def test_basis_errors(psf_files, capsys, tmp_path):
     assert "same shape" in error(files[0], tmp_path / "k5.npy")
     np.save(tmp_path / "nan.npy", np.full((16, 7, 7), np.nan))
     assert "NaN or Inf" in error(tmp_path / "nan.npy")
+    (tmp_path / "bad.npy").write_bytes(b"garbage")      # a damaged file
+    assert "could not read bad.npy (ValueError" in error(tmp_path / "bad.npy")
+    np.save(tmp_path / "obj.npy", np.array([None, 1]), allow_pickle=True)
+    assert "could not read obj.npy" in error(tmp_path / "obj.npy")
     # fields appended by separate writes: one was read, the rest dropped
     with tifffile.TiffWriter(tmp_path / "appended.tif") as w:
         for f in files:

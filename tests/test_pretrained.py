@@ -1643,7 +1643,7 @@ def test_save_model_keeps_scattered_positions_and_fit_diagnostics(tmp_path):
 
 
 SYMMETRIC = dict(n_operators=12, image_shape=(16, 16), kernel_shape=(5, 5),
-                 grid_shape=(16, 16), n_components=4, n_rays=8,
+                 grid_shape=(16, 16), n_components=6, n_rays=8,
                  symmetry="dihedral")
 
 
@@ -1656,11 +1656,11 @@ def test_dihedral_setting_is_closed_under_rotations_and_flips():
 
     setting = make_default_setting(**SYMMETRIC)
     basis, cone, sampler = setting["basis"], setting["cone"], setting["sampler"]
-    assert setting["gamma"].shape == (12 * 8, 4)
+    assert setting["gamma"].shape == (12 * 8, 6)
     forward, _, outside = dihedral_maps(basis.kernels_, basis.maps_)
     assert outside.max() <= CLOSURE_TOLERANCE
     rays = cone.rays_
-    assert rays.shape == (8, 4)
+    assert rays.shape == (8, 6)
     np.testing.assert_array_equal(sampler.generators_, rays)
     scale = np.abs(rays).max()
     for t in range(8):
@@ -1668,7 +1668,7 @@ def test_dihedral_setting_is_closed_under_rotations_and_flips():
         gaps = np.abs(moved[:, None] - rays[None]).max(-1).min(1)
         assert gaps.max() < 0.02 * scale        # each turned ray is a ray
     plain = make_default_setting(**dict(SYMMETRIC, symmetry=None))
-    assert plain["gamma"].shape == (12, 4) and plain["params"]["symmetry"] is None
+    assert plain["gamma"].shape == (12, 6) and plain["params"]["symmetry"] is None
 
 
 @pytest.mark.parametrize("change, match", [
@@ -1676,30 +1676,78 @@ def test_dihedral_setting_is_closed_under_rotations_and_flips():
     (dict(image_shape=(16, 20)), "square images and grids"),
     (dict(kernel_shape=(4, 4)), "odd kernel sizes"),
     (dict(n_rays=12), "n_rays a multiple of 8"),
-    (dict(grid_shape=(4, 4)), "is not closed under them"),
+    (dict(n_components=4), "is not closed under them"),
 ])
 def test_dihedral_setting_bad_input(change, match):
     with pytest.raises(ValueError, match=match):
         make_default_setting(**dict(SYMMETRIC, **change))
 
 
-def test_dihedral_model_loads_with_test_time_augmentation(tmp_path):
+def test_dihedral_model_trains_saves_and_loads_with_test_time_augmentation(
+        tmp_path):
+    """A network trained in a setting closed under rotations and flips
+    predicts (and is checked and calibrated) with the averaging over the 8
+    copies; the model records it, and files without the record turn it on
+    for such a setting."""
+    from deepblur.pretrained import load_default, train_regressor
+
     setting = make_default_setting(**SYMMETRIC)
-    net = ResNetBlurRegressor(basis=setting["basis"], module__width=4,
-                              module__depth=1, module__stem_stride=2, verbose=0,
-                              device="cpu").initialize()
-    save_model(tmp_path, net, setting)
-    model = load_model(tmp_path)
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    net = train_regressor(setting, pool, n_images=16, epochs=1, batch_size=8,
+                          width=4, depth=1, stem_stride=2, num_workers=0,
+                          device="cpu", verbose=0)
+    assert net.test_time_augmentation == "dihedral"
+    save_model(tmp_path / "on", net, setting)
+    model = load_model(tmp_path / "on")
     assert model.setting["symmetry"] == "dihedral"
     assert model.regressor.test_time_augmentation == "dihedral"
     np.testing.assert_array_equal(model.sampler.generators_, setting["cone"].rays_)
     X = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
-    np.testing.assert_allclose(
-        model.regressor.predict(X),
-        net.set_params(test_time_augmentation="dihedral").predict(X),
-        rtol=1e-5, atol=1e-6)
-    from deepblur.pretrained import load_default
-
+    np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
+                               rtol=1e-5, atol=1e-6)
+    save_model(tmp_path / "off", net.set_params(test_time_augmentation=None),
+               setting)
+    assert load_model(tmp_path / "off").regressor.test_time_augmentation is None
+    meta = json.loads((tmp_path / "off" / "model.json").read_text())
+    del meta["test_time_augmentation"], meta["weights_sha256"]   # older files
+    (tmp_path / "off" / "model.json").write_text(json.dumps(meta))
+    assert (load_model(tmp_path / "off").regressor.test_time_augmentation
+            == "dihedral")
+    meta["test_time_augmentation"] = "rotate"
+    (tmp_path / "off" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="test_time_augmentation must be null"):
+        load_model(tmp_path / "off")
     shipped = load_default()
     assert shipped.setting["symmetry"] is None
     assert shipped.regressor.test_time_augmentation is None
+
+
+def test_ctrl_c_during_a_save_lands_after_both_files(small_setting, tmp_path,
+                                                     monkeypatch, request):
+    """A Ctrl-C between the renames of a model's two files is held until both
+    are in place: the directory holds the new model whole, then the
+    interrupt is raised."""
+    import os
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    net, _ = _tiny_regressor(small_setting)
+    other, _ = _tiny_regressor(small_setting, n_images=48)
+    save_model(tmp_path, net, small_setting)
+    replace = os.replace
+    calls = []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:                  # the new weights are in place
+            os.kill(os.getpid(), signal.SIGINT)
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(tmp_path, other, small_setting)
+    monkeypatch.undo()
+    X = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(load_model(tmp_path).regressor.predict(X),
+                               other.predict(X), rtol=1e-6)

@@ -588,8 +588,8 @@ def noisy_images_message(levels, noise_level, what="images", n_total=None,
         if not low <= mean <= high:
             scale = (
                 f"Their mean intensity is {mean:.3g} (median): regressors take "
-                "images scaled as their training images were (mean 0.5 for "
-                "the shipped models and the simulator's default), so these "
+                "images scaled as their training images were, and for the "
+                "shipped models and the simulator's default (mean 0.5) these "
                 "look unscaled (raw counts?) rather than noisy: scale them "
                 "to that mean first (deepblur.pretrained.deblur_image and "
                 "the command line do), which scales their noise with them. ")
@@ -638,9 +638,11 @@ def warn_if_noisy(X, noise_level, *, stacklevel=3):
         arr = X if torch.is_tensor(X) else np.asarray(X)
         sample = arr[noise_check_sample(len(arr))]
         levels = image_noise_levels(sample)
-        means = [float(x.mean()) for x in sample]
-    except (ValueError, TypeError, IndexError, RuntimeError):
+    except (ValueError, TypeError, IndexError):
         return
+    # (integer tensors have no torch mean: in float64, as their levels are)
+    means = [float(x.double().mean() if torch.is_tensor(x)
+                   else np.mean(x, dtype=np.float64)) for x in sample]
     message = noisy_images_message(levels, noise_level, n_total=len(arr),
                                    means=means)
     if message is not None:

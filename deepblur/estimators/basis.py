@@ -519,7 +519,8 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         shape ``(n, H, W)``, or ``(H, W)`` for one image and one ``gamma``. A
         single image with ``m`` rows of ``gamma`` gives ``m`` blurred images.
         float32 and float64 are kept; half-precision tensors (float16,
-        bfloat16) become float32, other dtypes (integers, booleans) float64.
+        bfloat16) become float32 and integer or boolean tensors torch's
+        default dtype (float32); arrays of other dtypes become float64.
         """
         return self._run("forward", u, gamma, "u")
 

@@ -108,8 +108,10 @@ def operator_distance(gamma_a, gamma_b, gram, relative=True, eps=0.0):
     -------
     Array or tensor of shape (...,).
         A tensor when ``gamma_a`` or ``gamma_b`` is one, on its device, in the
-        widest floating dtype of the three inputs (integers and booleans count
-        as float64, so nothing is truncated or rounded); else a float64 array.
+        widest floating dtype of the tensor inputs (at least float32; integer
+        and boolean tensors count as torch's default dtype, so nothing is
+        truncated, and a float64 tensor is not rounded to float32), arrays
+        and the Gram matrix taken in it; else a float64 array.
     """
     if torch.is_tensor(gamma_a) or torch.is_tensor(gamma_b):
         inputs = [x if torch.is_tensor(x) else np.asarray(x)
@@ -118,10 +120,8 @@ def operator_distance(gamma_a, gamma_b, gram, relative=True, eps=0.0):
         dtype = torch.float32
         for x in inputs:
             if torch.is_tensor(x):
-                kind = x.dtype if x.is_floating_point() else torch.float64
-            else:
-                kind = (torch.float32 if x.dtype == np.float32 else torch.float64)
-            dtype = torch.promote_types(dtype, kind)
+                dtype = torch.promote_types(dtype, x.dtype if x.is_floating_point()
+                                            else torch.get_default_dtype())
         a, b, G = (torch.as_tensor(x, device=device).to(dtype) for x in inputs)
         diff = a - b
         num = torch.einsum("...k,kl,...l->...", diff, G, diff).clamp_min(0)

@@ -167,7 +167,7 @@ class _Reading:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type in (KeyError, TypeError, IndexError):
+        if exc_type in (KeyError, TypeError, IndexError, AttributeError):
             what = (f"lacks {exc.args[0]!r}" if exc_type is KeyError
                     else f"holds a malformed entry ({exc})")
             raise ValueError(
@@ -584,9 +584,11 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
                                       else [float(e) for e in energy]))
     level = getattr(regressor, "noise_level_", None)
     _with_extra(meta, extra, ("weights_dtype", "noise_std", "support_tolerance",
-                              "noise_level"))
+                              "noise_level", "test_time_augmentation"))
     meta["weights_dtype"] = weights_dtype
     meta["noise_std"] = list(noise) if isinstance(noise, tuple) else noise
+    meta["test_time_augmentation"] = getattr(regressor, "test_time_augmentation",
+                                             None)
     if level is not None:       # what predict checks images against (Notes)
         meta["noise_level"] = float(level)
     _store_support_tolerance(meta, regressor)
@@ -709,8 +711,10 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
                 boundary="crop")
     level = getattr(regressor, "noise_level_", None)
     _with_extra(meta, extra, ("basis_gram", "model_setting", "support_tolerance",
-                              "noise_level"))
+                              "noise_level", "test_time_augmentation"))
     _record_model(meta, directory, model)
+    meta["test_time_augmentation"] = getattr(regressor, "test_time_augmentation",
+                                             None)
     meta["noise_level"] = float(np.max(noise) if level is None else level)
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _CROP_WEIGHTS, _module_tensors(regressor),
@@ -906,8 +910,17 @@ default="network"
                                       noise_std, _META)
     if estimator in ("network", "crop_network"):    # written again, kept
         regressor.training_noise_std_ = noise_std
-        if setting["symmetry"] == "dihedral":   # a basis closed under the group
-            regressor.set_params(test_time_augmentation="dihedral")
+        record, name = ((crop, _CROP_META) if estimator == "crop_network"
+                        else (meta, _META))
+        # as saved; files written before the record: on for a setting closed
+        # under rotations and flips
+        augment = record.get("test_time_augmentation", "dihedral" if setting[
+            "symmetry"] == "dihedral" else None)
+        if augment not in (None, "dihedral"):
+            raise ValueError(f"{name} in "
+                             f"{str(directory)!r}: test_time_augmentation must "
+                             f"be null or 'dihedral'; got {augment!r}.")
+        regressor.set_params(test_time_augmentation=augment)
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,
                            setting=setting)

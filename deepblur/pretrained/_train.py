@@ -619,6 +619,10 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         raise KeyboardInterrupt(
             f"training interrupted after {done} of {epochs} epochs"
         )
+    if setting["params"].get("symmetry") == "dihedral":
+        # its basis is closed under rotations and flips: predict (and the
+        # checks and calibrations made with it next) averages the 8 copies
+        net.set_params(test_time_augmentation="dihedral")
     return net
 
 

@@ -532,8 +532,8 @@ def deblur(
             x = y_t.clone()
         else:
             x, _ = as_tensor(x0, device=device, dtype=dtype)
-            if squeeze and x.shape == y_t.shape[1:]:
-                x = x.unsqueeze(0)                  # (H, W) beside a (H, W) y
+            if n == 1 and x.shape == y_t.shape[1:]:
+                x = x.unsqueeze(0)                  # (H, W) for one image
             if x.shape != y_t.shape:
                 raise ValueError(
                     f"x0 must have the shape of y, {tuple(y_t.shape[squeeze:])}; "

@@ -184,6 +184,9 @@ def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_pat
     with pytest.warns(NoisyImageWarning) as record:
         net.predict(images(0.2, seed=4))
     assert not any("mean intensity" in str(w.message) for w in record)
+    counts = torch.from_numpy(np.round(1000 * images(0.02, seed=4)).astype(np.int32))
+    with pytest.warns(NoisyImageWarning, match="look unscaled"):
+        net.predict(counts)                     # integer tensors are checked too
     # a large call checks 64 evenly spaced images, and says so
     many = make_blurred_images(pool, basis, sampler, 130, noise_std=0.2,
                                random_state=6)[0]

@@ -61,17 +61,27 @@ def test_gram_rejects_unknown_boundary():
 
 
 def test_operator_distance_tensors_keep_the_widest_float_dtype():
-    """Integer gamma (tensor, list or array beside a tensor) is not truncated,
-    nor a float64 Gram matrix or gamma rounded to a float32 gamma's dtype."""
+    """Integer gamma (tensor, list or array beside a tensor) is not truncated
+    (nor the Gram matrix to gamma_a's integer dtype), nor a float64 gamma
+    rounded to a float32 gamma's dtype; the tensors decide the dtype."""
     G = np.array([[0.4, 0.1], [0.1, 0.3]])        # entries below 1
     expected = operator_distance(np.array([1.0, 0.0]), np.array([0.5, 0.5]), G)
     for a, b in ((torch.tensor([1, 0]), torch.tensor([0.5, 0.5])),
                  ([1, 0], torch.tensor([0.5, 0.5])),
                  (np.array([1, 0]), torch.tensor([0.5, 0.5])),
-                 (torch.tensor([True, False]), torch.tensor([0.5, 0.5]))):
+                 (torch.tensor([True, False]), torch.tensor([0.5, 0.5])),
+                 (torch.tensor([1, 0]), torch.tensor([0, 1]))):
         d = operator_distance(a, b, G)
-        assert d.dtype == torch.float64
-        assert float(d) == pytest.approx(expected, rel=1e-12)
+        assert d.dtype == torch.float32
+        if b.is_floating_point():
+            assert float(d) == pytest.approx(expected, rel=1e-6)
+    assert float(operator_distance(torch.tensor([1, 0]), torch.tensor([0, 1]), G)
+                 ) == pytest.approx(operator_distance([1.0, 0], [0, 1.0], G),
+                                    rel=1e-6)
+    d = operator_distance(torch.tensor([1, 0]), torch.tensor([0.5, 0.5],
+                                                             dtype=torch.float64), G)
+    assert d.dtype == torch.float64 and float(d) == pytest.approx(expected,
+                                                                  rel=1e-12)
     a = torch.tensor([1.0, 1.0], dtype=torch.float32)
     b = torch.tensor([1.0, 1.0 + 1e-9], dtype=torch.float64)
     d = operator_distance(a, b, G, relative=False)

@@ -312,3 +312,5 @@ def test_deblur_checks_the_shape_of_x0():
     u3, _ = deblur(y[None], identity, identity, lam=10.0, x0=y[None], max_iter=3,
                    tol=0)
     np.testing.assert_allclose(u, u3[0])
+    u1, _ = deblur(y[None], identity, identity, lam=10.0, x0=y, max_iter=3, tol=0)
+    np.testing.assert_allclose(u1, u3)          # one image: (H, W) is its start
