@@ -1667,6 +1667,20 @@ def test_dihedral_setting_is_closed_under_rotations_and_flips():
         moved = rays @ forward[t].T
         gaps = np.abs(moved[:, None] - rays[None]).max(-1).min(1)
         assert gaps.max() < 0.02 * scale        # each turned ray is a ray
+    # transformed copies of one operator are one orbit of rays, not two: each
+    # ray once, and the rays are the coefficients of the rows they name
+    for change in (dict(n_rays=16), dict(image_shape=(32, 32), n_components=4,
+                                          n_rays=16)):
+        cone = make_default_setting(**dict(SYMMETRIC, **change))["cone"]
+        n = len(cone.rays_)
+        gaps = np.abs(cone.rays_[:, None] - cone.rays_[None]).max(-1)
+        assert 8 <= n <= 16
+        assert (gaps + np.eye(n)).min() > 1e-3 * np.abs(cone.rays_).max()
+        assert len(set(cone.ray_indices_.tolist())) == n
+    named = setting["gamma"][setting["cone"].ray_indices_]
+    np.testing.assert_allclose(named / np.linalg.norm(named, axis=1, keepdims=True),
+                               rays / np.linalg.norm(rays, axis=1, keepdims=True),
+                               atol=0.02)
     plain = make_default_setting(**dict(SYMMETRIC, symmetry=None))
     assert plain["gamma"].shape == (12, 6) and plain["params"]["symmetry"] is None
 
@@ -1751,3 +1765,13 @@ def test_ctrl_c_during_a_save_lands_after_both_files(small_setting, tmp_path,
     X = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(load_model(tmp_path).regressor.predict(X),
                                other.predict(X), rtol=1e-6)
+
+
+def test_a_directory_missing_one_file_of_a_pair_says_which(small_setting,
+                                                           tmp_path):
+    net, _ = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="holds model.json but not "
+                       "model.safetensors: the directory is incomplete"):
+        load_model(tmp_path)

@@ -483,6 +483,12 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                 "one output per coefficient; got basis=None.")
         check_sampler(self.sampler, K)  # before any training, not after
         check_support_params(self.project, self.support_tolerance, self.sampler)
+        if self.test_time_augmentation is not None:    # not after the training
+            if self.test_time_augmentation != "dihedral":
+                raise ValueError(f"test_time_augmentation must be None or "
+                                 f"'dihedral'; got {self.test_time_augmentation!r}.")
+            if self._basis_or_none() is not None:
+                self._dihedral_back()
         if "n_outputs" not in params and K is not None and isinstance(self.module,
                                                                        type):
             kwargs = dict(params, n_outputs=K)

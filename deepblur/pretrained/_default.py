@@ -119,12 +119,62 @@ def make_default_setting(**overrides):
                 f"of components that the group exchanges, or the grid is too "
                 f"coarse to be turned; try another n_components or "
                 f"n_operators, or a finer grid_shape.")
-        cone = ConeSimplifier(n_rays=params["n_rays"] // N_DIHEDRAL).fit(gamma)
-        # the kept rays and their transforms: a cone closed under the group
-        cone.rays_ = np.concatenate([cone.rays_ @ P.T for P in forward])
+        cone = _closed_cone(gamma, params["n_rays"] // N_DIHEDRAL,
+                            params["n_operators"], forward)
     sampler = ConeSampler(alpha_range=params["alpha_range"],
                           random_state=seed).fit(cone.rays_)
     return dict(basis=basis, cone=cone, sampler=sampler, gamma=gamma, params=params)
+
+
+def _closed_cone(gamma, n_orbits, n_operators, forward):
+    """Algorithm 1 on the coefficients of the operators and their transforms
+    (rows ``t * n_operators + i``: operator ``i`` turned by ``t``), keeping
+    ``n_orbits`` rays of distinct operators, then those rays' 8 transforms:
+    a cone of (at most) ``8 * n_orbits`` distinct rays closed under the
+    group. (Two kept rays that are turned copies of one operator would give
+    every ray twice; the greedy choice is then run longer until it has kept
+    ``n_orbits`` distinct operators. A ray that a transform maps onto itself
+    is kept once.)"""
+    m = n_orbits
+    while True:
+        cone = ConeSimplifier(n_rays=min(m, len(gamma))).fit(gamma)
+        _, first = np.unique(cone.ray_indices_ % n_operators, return_index=True)
+        keep = np.sort(first)[:n_orbits]
+        if len(keep) == n_orbits or m >= len(gamma):
+            break
+        m += n_orbits - len(keep)
+    if len(keep) < n_orbits:
+        raise ValueError(f"symmetry='dihedral': n_rays={N_DIHEDRAL * n_orbits} "
+                         f"needs rays from {n_orbits} distinct operators; the "
+                         f"cone of these has {len(keep)}.")
+    rays, indices = cone.rays_[keep], cone.ray_indices_[keep]
+    compose = _composition_table()
+    t0, i = np.divmod(indices, n_operators)
+    rays = np.concatenate([rays @ P.T for P in forward])
+    indices = np.concatenate([compose[t, t0] * n_operators + i
+                              for t in range(N_DIHEDRAL)])
+    # a ray that an element maps onto itself (in the span: its orbit has
+    # fewer than 8 points) is kept once
+    scale = np.abs(rays).max()
+    distinct = [0]
+    for r in range(1, len(rays)):
+        if np.abs(rays[distinct] - rays[r]).max(axis=1).min() > 1e-3 * scale:
+            distinct.append(r)
+    cone.rays_, cone.ray_indices_ = rays[distinct], indices[distinct]
+    return cone
+
+
+def _composition_table():
+    """``table[a, b]``: the element ``a`` applied after ``b``."""
+    x = np.arange(16.0).reshape(4, 4)
+    images = [dihedral_transform(x, t) for t in range(N_DIHEDRAL)]
+    table = np.empty((N_DIHEDRAL, N_DIHEDRAL), dtype=int)
+    for a in range(N_DIHEDRAL):
+        for b in range(N_DIHEDRAL):
+            both = dihedral_transform(images[b], a)
+            table[a, b] = next(t for t, im in enumerate(images)
+                               if np.array_equal(im, both))
+    return table
 
 
 def _check_dihedral(params):

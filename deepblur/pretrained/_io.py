@@ -118,6 +118,13 @@ def _read_pair(directory, weights, meta, missing):
 
     directory = _path(directory)
     if not _has_pair(directory, weights, meta):
+        absent = [name for name in (weights, meta)
+                  if not (directory / name).exists()]
+        if len(absent) == 1:        # one of the pair: a damaged directory
+            raise FileNotFoundError(
+                f"{str(directory)!r} holds {({weights, meta} - set(absent)).pop()} "
+                f"but not {absent[0]}: the directory is incomplete (a file "
+                f"deleted or not copied); copy or save it again.")
         raise FileNotFoundError(
             f"directory must hold {weights} and {meta}; got {str(directory)!r} "
             f"without them ({missing})."

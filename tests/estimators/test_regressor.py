@@ -959,11 +959,19 @@ def test_test_time_augmentation_averages_the_copies_brought_back():
 
 
 def test_test_time_augmentation_bad_input(setting):
-    basis, sampler, _, X, _ = setting
+    basis, sampler, _, X, y = setting
+    # refused before any training, not by every predict after it
     net = ResNetBlurRegressor(basis=basis, test_time_augmentation="dihedral",
-                              **SMALL).initialize()
+                              max_epochs=1, **SMALL)
     with pytest.raises(ValueError, match="needs a basis closed under rotations "
                        "and flips; up to .* % of a transformed"):
+        net.fit(X, y)
+    with pytest.raises(ValueError, match="must be None or 'dihedral'"):
+        ResNetBlurRegressor(basis=_closed_basis(), test_time_augmentation="Dihedral",
+                            **SMALL).initialize()
+    net = ResNetBlurRegressor(basis=basis, **SMALL).initialize()
+    net.set_params(test_time_augmentation="dihedral")
+    with pytest.raises(ValueError, match="needs a basis closed under rotations"):
         net.predict(X)
     closed = ResNetBlurRegressor(basis=_closed_basis(), **SMALL).initialize()
     closed.set_params(test_time_augmentation="rotate")
