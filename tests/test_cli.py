@@ -227,7 +227,14 @@ def test_demo_errors(model_dir, capsys, tmp_path):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     (broken / "model.json").write_text("{}")
     code, _, err = _run(capsys, "demo", "--model", broken)
-    assert code == 1 and "could not read the model" in _one_error_line(err)
+    line = _one_error_line(err)
+    assert code == 1 and "could not load the model" in line
+    assert "model.safetensors in" in line and "the file is damaged" in line
+    (broken / "model.json").write_text("[]")          # the loader names the file
+    code, _, err = _run(capsys, "demo", "--model", broken)
+    line = _one_error_line(err)
+    assert code == 1 and "model.json in" in line and "JSON object" in line
+    assert "save_model?" not in line
     if not torch.cuda.is_available():
         code, _, err = _run(capsys, "demo", "--model", model_dir, "--device",
                             "cuda", "-o", tmp_path / "d.png")
