@@ -647,3 +647,14 @@ def warn_if_noisy(X, noise_level, *, stacklevel=3):
                                    means=means)
     if message is not None:
         warnings.warn(message, NoisyImageWarning, stacklevel=stacklevel)
+
+
+def image_to_gamma_tags(tags, *, target_required=True):
+    """scikit-learn tags of an estimator that takes images ``(n, H, W)`` or
+    ``(n, 1, H, W)`` (not tabular data) and gives one ``gamma`` of ``K``
+    coefficients per image."""
+    tags.input_tags.two_d_array = False
+    tags.input_tags.three_d_array = True
+    tags.target_tags.required = target_required
+    tags.target_tags.multi_output = True
+    return tags

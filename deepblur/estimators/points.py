@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from deepblur.estimators._gamma import (
     SharedBasisMixin,
     check_gamma_targets,
+    image_to_gamma_tags,
 )
 from deepblur.estimators.regressor import _check_images
 from deepblur.exceptions import NoPointSourceError
@@ -323,9 +324,6 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         return fits
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        tags.target_tags.required = False
-        tags.target_tags.multi_output = True
-        return tags
+        # nothing learnt: fit takes no targets
+        return image_to_gamma_tags(super().__sklearn_tags__(),
+                                   target_required=False)

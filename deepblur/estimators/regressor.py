@@ -25,6 +25,7 @@ from deepblur.estimators._gamma import (
     check_support_params,
     checked_estimates,
     clone_sharing_fitted,
+    image_to_gamma_tags,
     merge_noise_levels,
     merge_noise_stds,
     operator_error_score,
@@ -998,11 +999,4 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         return operator_error_score(gram, y_true, y_pred, sample_weight)
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # images (n, H, W) or (n, 1, H, W), not tabular data; one gamma of K
-        # coefficients per image
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        tags.target_tags.required = True
-        tags.target_tags.multi_output = True
-        return tags
+        return image_to_gamma_tags(super().__sklearn_tags__())

@@ -22,6 +22,7 @@ from deepblur.estimators._gamma import (
     check_sampler,
     check_support_params,
     checked_estimates,
+    image_to_gamma_tags,
     support_distances,
     training_noise_level,
     warn_if_noisy,
@@ -343,9 +344,4 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
                                  self._fitted_basis().gram_)[1]
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        tags.target_tags.required = True
-        tags.target_tags.multi_output = True
-        return tags
+        return image_to_gamma_tags(super().__sklearn_tags__())
