@@ -128,9 +128,15 @@ def _load_model(directory, estimator="network", command=None, project=False):
                 estimator)
     except FileNotFoundError as exc:
         raise CLIError(f"--model: {exc}") from None
-    except ValueError as exc:   # the loader's own diagnosis (it names the file)
-        raise CLIError(f"could not load the model in {str(path)!r}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    except ValueError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        if ".json" in first or ".safetensors" in first:
+            # the loader's own diagnosis, which names the file at fault
+            raise CLIError(f"could not load the model in {str(path)!r}: "
+                           f"{first}") from None
+        raise CLIError(
+            f"could not read the model in {str(path)!r} (ValueError: {first}); "
+            "was it written by deepblur's save_model?") from None
     except Exception as exc:  # corrupt or foreign files: say which ones
         raise CLIError(
             f"could not read the model in {str(path)!r} ({type(exc).__name__}: "

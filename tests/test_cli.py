@@ -235,6 +235,17 @@ def test_demo_errors(model_dir, capsys, tmp_path):
     line = _one_error_line(err)
     assert code == 1 and "model.json in" in line and "JSON object" in line
     assert "save_model?" not in line
+    import shutil
+
+    from deepblur.pretrained._io import DEFAULT_DIR
+
+    foreign = tmp_path / "foreign"          # an error of its own, no file named
+    shutil.copytree(DEFAULT_DIR, foreign)
+    meta = json.loads((foreign / "model.json").read_text())
+    (foreign / "model.json").write_text(json.dumps(dict(meta, setting="abc")))
+    code, _, err = _run(capsys, "demo", "--model", foreign)
+    line = _one_error_line(err)
+    assert code == 1 and "(ValueError:" in line and "save_model?" in line
     if not torch.cuda.is_available():
         code, _, err = _run(capsys, "demo", "--model", model_dir, "--device",
                             "cuda", "-o", tmp_path / "d.png")

@@ -1716,6 +1716,9 @@ def test_dihedral_model_trains_saves_and_loads_with_test_time_augmentation(
     assert model.setting["symmetry"] == "dihedral"
     assert model.regressor.test_time_augmentation == "dihedral"
     np.testing.assert_array_equal(model.sampler.generators_, setting["cone"].rays_)
+    np.testing.assert_array_equal(model.cone.rays_, setting["cone"].rays_)
+    np.testing.assert_array_equal(model.cone.ray_indices_,
+                                  setting["cone"].ray_indices_)
     X = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(model.regressor.predict(X), net.predict(X),
                                rtol=1e-5, atol=1e-6)

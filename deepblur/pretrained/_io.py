@@ -571,6 +571,10 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
                                         dtype=torch.float64)
     tensors["cone.rays"] = torch.tensor(np.ascontiguousarray(cone.rays_),
                                        dtype=torch.float64)
+    indices = getattr(cone, "ray_indices_", None)
+    if indices is not None:     # which rows of cone.gamma the rays are
+        tensors["cone.ray_indices"] = torch.tensor(
+            np.ascontiguousarray(indices, dtype=np.int64))
     meta = dict(
         module=_module_params(regressor),
         n_outputs=int(basis.kernels_.shape[0]),
@@ -874,8 +878,11 @@ default="network"
         rays = tensors["cone.rays"].numpy()
         if cone.rays_.shape != rays.shape or not np.allclose(cone.rays_, rays,
                                                              atol=1e-8):
-            # Algorithm 1 is deterministic; keep the stored rays exactly anyway.
+            # Algorithm 1 is deterministic; keep the stored rays exactly anyway
+            # (and a cone closed under rotations and flips is not its output)
             cone.rays_ = rays
+        if "cone.ray_indices" in tensors:         # files written before: the refit's
+            cone.ray_indices_ = tensors["cone.ray_indices"].numpy()
         sampler = ConeSampler(max_rays=meta["max_rays"],
                               alpha_range=tuple(meta["alpha_range"]),
                               random_state=meta["random_state"]).fit(rays)
