@@ -1078,14 +1078,14 @@ class _Stages:
             self.path.unlink(missing_ok=True)
 
     def _digests(self, stage):
-        import hashlib
+        from deepblur.pretrained._io import _sha256
 
         digests = {}
         for name in self.FILES[stage]:
             f = self.output / name
             if not f.is_file():
                 return None
-            digests[name] = hashlib.sha256(f.read_bytes()).hexdigest()
+            digests[name] = _sha256(f)
         return digests
 
     def _read(self):

@@ -17,6 +17,7 @@ files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -95,8 +96,7 @@ def _has_pair(directory, weights, meta):
 
 
 def _sha256(path):
-    import hashlib
-
+    """The SHA-256 of a file (hex), read by blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -114,7 +114,7 @@ def _read_pair(directory, weights, meta, missing):
     ``weights_sha256``: a save interrupted between its two files, or files
     of two models) are a ValueError naming the file.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     directory = _path(directory)
     if not _has_pair(directory, weights, meta):
@@ -149,14 +149,15 @@ def _read_pair(directory, weights, meta, missing):
             f"{meta} {where} was written in format {version} (by deepblur "
             f"{record.get('deepblur_version', '?')}); this deepblur reads up to "
             f"format {FORMAT_VERSION}: upgrade deepblur to load it.")
+    data = (directory / weights).read_bytes()       # read once: digest, tensors
     digest = record.get("weights_sha256")
-    if digest is not None and digest != _sha256(directory / weights):
+    if digest is not None and digest != hashlib.sha256(data).hexdigest():
         raise ValueError(
             f"{weights} {where} is not the file {meta} was written with (its "
             "SHA-256 differs): a save interrupted between the two files, or "
             "files of two models; save the model again.")
     try:
-        tensors = load_file(str(directory / weights), device="cpu")
+        tensors = load(data)                        # on the CPU
     except Exception as exc:        # safetensors' own error types
         raise ValueError(f"{weights} {where} cannot be read as safetensors "
                          f"({exc}): the file is damaged.") from None
@@ -316,8 +317,6 @@ def _model_setting(meta, rays):
     """What a spectral regressor or crop network takes from the model beside
     it besides the basis: the images' mean intensity (its input scale) and
     the sampler (its support check and projection), as a digest."""
-    import hashlib
-
     setting = meta.get("setting", {})
     record = json.dumps(dict(image_mean=setting.get("image_mean"),
                              alpha_range=meta.get("alpha_range"),
@@ -662,15 +661,19 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary=boundary)
     _with_extra(meta, extra, ("basis_gram", "model_setting", "support_tolerance"))
-    _record_model(meta, directory, model)
+    _record_model(meta, model)
     _store_support_tolerance(meta, regressor)
     return _write_pair(directory, _SPECTRAL_WEIGHTS, tensors, _SPECTRAL_META, meta)
 
 
-def _record_model(meta, directory, model):
+def _record_model(meta, model):
     """Record in a companion's JSON the basis and the setting of the model it
     is saved beside (:func:`companion_mismatch`)."""
-    model_meta, _ = _read_pair(directory, _WEIGHTS, _META, "")
+    # the entries of its model.json that _model_setting reads, from the loaded
+    # model (not the files again)
+    model_meta = dict(setting=dict(image_mean=model.setting["image_mean"]),
+                      alpha_range=[float(a) for a in model.sampler.alpha_range],
+                      max_rays=model.sampler.max_rays)
     meta["basis_gram"] = np.asarray(model.basis.gram_).tolist()
     meta["model_setting"] = _model_setting(model_meta, model.sampler.generators_)
 
@@ -723,7 +726,7 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     level = getattr(regressor, "noise_level_", None)
     _with_extra(meta, extra, ("basis_gram", "model_setting", "support_tolerance",
                               "noise_level", "test_time_augmentation"))
-    _record_model(meta, directory, model)
+    _record_model(meta, model)
     meta["test_time_augmentation"] = getattr(regressor, "test_time_augmentation",
                                              None)
     meta["noise_level"] = float(np.max(noise) if level is None else level)
