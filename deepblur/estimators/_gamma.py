@@ -425,6 +425,17 @@ def operator_error_score(gram, y_true, y_pred, sample_weight=None):
     return -float(np.average(err, weights=sample_weight))
 
 
+def estimates_score(estimator, gram, X, y, sample_weight=None):
+    """The body of the ``score`` of an estimator of ``gamma``: ``y`` and
+    ``sample_weight`` checked (:func:`check_score_targets`), then
+    :func:`operator_error_score` of its ``predict(X)``, made without the
+    support check (the estimates are measured against the truth)."""
+    y, sample_weight = check_score_targets(X, y, np.shape(gram)[0], sample_weight)
+    with support_check_silenced():
+        gamma_hat = estimator.predict(X)
+    return operator_error_score(gram, y, gamma_hat, sample_weight)
+
+
 class SharedBasisMixin(FrozenComponentsMixin):
     """For estimators of ``gamma`` whose ``basis`` parameter is a fitted basis.
 
@@ -469,12 +480,8 @@ class SharedBasisMixin(FrozenComponentsMixin):
         -------
         score : float
         """
-        gram = self._fitted_basis().gram_
-        y, sample_weight = check_score_targets(X, y, np.shape(gram)[0],
-                                               sample_weight)
-        with support_check_silenced():
-            gamma_hat = self.predict(X)
-        return operator_error_score(gram, y, gamma_hat, sample_weight)
+        return estimates_score(self, self._fitted_basis().gram_, X, y,
+                               sample_weight)
 
 
 def image_noise_levels(X):

@@ -21,16 +21,14 @@ from deepblur.estimators._gamma import (
     check_gamma_targets,
     check_no_shared_nested,
     check_sampler,
-    check_score_targets,
     check_support_params,
     checked_estimates,
     clone_sharing_fitted,
+    estimates_score,
     image_to_gamma_tags,
     merge_noise_levels,
     merge_noise_stds,
-    operator_error_score,
     support_check_needed,
-    support_check_silenced,
     support_distances,
     training_noise_level,
     training_noise_std,
@@ -487,12 +485,9 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                 "one output per coefficient; got basis=None.")
         check_sampler(self.sampler, K)  # before any training, not after
         check_support_params(self.project, self.support_tolerance, self.sampler)
-        if self.test_time_augmentation is not None:    # not after the training
-            if self.test_time_augmentation != "dihedral":
-                raise ValueError(f"test_time_augmentation must be None or "
-                                 f"'dihedral'; got {self.test_time_augmentation!r}.")
-            if self._basis_or_none() is not None:
-                self._dihedral_back()
+        # not after the training: the value, and a basis closed under the group
+        if self._augmentation() is not None and self._basis_or_none() is not None:
+            self._dihedral_back()
         if "n_outputs" not in params and K is not None and isinstance(self.module,
                                                                        type):
             kwargs = dict(params, n_outputs=K)
@@ -786,12 +781,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     def _estimates(self, X):
         """The network's estimates (averaged over the transformed copies with
         ``test_time_augmentation``), before any projection."""
-        augment = self.test_time_augmentation
-        if augment is None:
+        if self._augmentation() is None:
             return super().predict(X)
-        if augment != "dihedral":
-            raise ValueError(f"test_time_augmentation must be None or "
-                             f"'dihedral'; got {augment!r}.")
         if isinstance(X, torch.utils.data.Dataset):
             raise TypeError("test_time_augmentation='dihedral' transforms the "
                             "images: pass them as an array or tensor, not a "
@@ -807,6 +798,14 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
             estimate = estimate @ back[t].T
             total = estimate if total is None else total + estimate
         return (total / N_DIHEDRAL).astype(np.float32)
+
+    def _augmentation(self):
+        """``test_time_augmentation``, checked."""
+        augment = self.test_time_augmentation
+        if augment not in (None, "dihedral"):
+            raise ValueError(f"test_time_augmentation must be None or "
+                             f"'dihedral'; got {augment!r}.")
+        return augment
 
     def _dihedral_back(self):
         """``back`` of :func:`~deepblur.operators.dihedral_maps` for the basis
@@ -991,12 +990,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
             raise TypeError("score needs images and their gamma as arrays (X, y); "
                             f"got a {type(X).__name__} (draw arrays from it, e.g. "
                             "with make_blurred_images).")
-        gram = self._gram()
-        y_true, sample_weight = check_score_targets(X, y, gram.shape[0],
-                                                    sample_weight)
-        with support_check_silenced():      # measured against the truth here
-            y_pred = self.predict(X)
-        return operator_error_score(gram, y_true, y_pred, sample_weight)
+        return estimates_score(self, self._gram(), X, y, sample_weight)
 
     def __sklearn_tags__(self):
         return image_to_gamma_tags(super().__sklearn_tags__())
