@@ -627,14 +627,17 @@ n_rays = 6
 """
 
 
-def _interrupt_after_first_epoch(monkeypatch):
+def _interrupt_after_first_epoch(monkeypatch, within=""):
+    """A Ctrl-C after the first checkpointed epoch of the trainings whose
+    checkpoint directory contains ``within`` ("crop_network": the crop
+    network's only)."""
     from skorch.callbacks import Checkpoint
 
     original = Checkpoint.on_epoch_end
 
     def on_epoch_end(self, net, **kwargs):
         original(self, net, **kwargs)
-        if len(net.history) == 1:
+        if within in str(self.dirname) and len(net.history) == 1:
             raise KeyboardInterrupt        # skorch stops quietly, as on Ctrl-C
 
     monkeypatch.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
@@ -873,22 +876,15 @@ def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
                                                          monkeypatch):
     """A [crop_network] table: the network for real images, beside the
     network; an interruption of it loses neither network's epochs."""
-    from skorch.callbacks import Checkpoint
 
     config = tmp_path / "crop.toml"
     # bfloat16 training steps, for both networks (the crop network takes the
     # main config's)
     config.write_text('mixed_precision = "bf16"\n' + TINY.format(
         output="with_crop") + TINY_CROP)
-    original = Checkpoint.on_epoch_end
-
-    def on_epoch_end(self, net, **kwargs):
-        original(self, net, **kwargs)
-        if "crop_network" in str(self.dirname) and len(net.history) == 1:
-            raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
+        _interrupt_after_first_epoch(m, "crop_network")
         code, out, err = _run(capsys, "train", config, "--no-progress")
     out_dir = tmp_path / "with_crop"
     assert code == 130 and "crop network" in err and "--resume" in err
@@ -927,7 +923,6 @@ def test_train_resume_skips_the_finished_stages(capsys, tmp_path, monkeypatch):
     the network's head, the spectral regressor and their checks, saved by the
     interrupted run, are not fitted again; a changed key or a replaced file
     makes its stage run again, and a run without --resume forgets them."""
-    from skorch.callbacks import Checkpoint
 
     import deepblur.pretrained
 
@@ -936,15 +931,9 @@ def test_train_resume_skips_the_finished_stages(capsys, tmp_path, monkeypatch):
         "n_test_images = 8", "n_test_images = 8\nhead_images = 64\n"
         "head_batch_size = 32\nspectral_images = 200") + TINY_CROP
     config.write_text(text)
-    original = Checkpoint.on_epoch_end
-
-    def on_epoch_end(self, net, **kwargs):
-        original(self, net, **kwargs)
-        if "crop_network" in str(self.dirname) and len(net.history) == 1:
-            raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
+        _interrupt_after_first_epoch(m, "crop_network")
         code, out, err = _run(capsys, "train", config, "--no-progress")
     assert code == 130 and "crop network" in err
     out_dir = tmp_path / "out"
@@ -998,7 +987,7 @@ def test_train_resume_skips_the_finished_stages(capsys, tmp_path, monkeypatch):
     assert "network: finished and saved in" in out
     # a fresh run (--overwrite) forgets the record before it starts
     with monkeypatch.context() as m:
-        m.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
+        _interrupt_after_first_epoch(m, "crop_network")
         code, out, err = _run(capsys, "train", config, "--overwrite",
                               "--no-progress")
     assert code == 130

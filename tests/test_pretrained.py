@@ -824,20 +824,26 @@ def test_save_crop_network_rejects_what_does_not_fit(small_setting, tmp_path):
     assert not has_crop_network(tmp_path)
 
 
+def _save_with_companions(directory, net, setting):
+    """Save ``net`` in ``directory`` with a spectral regressor and a crop
+    network fitted in its setting beside it."""
+    save_model(directory, net, setting)
+    pool = np.random.default_rng(1).random((12, 16, 16))
+    spectral = train_spectral_regressor(setting, pool, n_images=100,
+                                        batch_size=100, point_fraction=0.0,
+                                        **SMALL_SPECTRAL)
+    save_spectral(directory, spectral, noise_std=0.01, boundary="crop")
+    crop, _ = _tiny_regressor(setting, n_images=48)
+    save_crop_network(directory, crop, noise_std=0.01)
+
+
 def test_companions_of_a_replaced_model_are_refused(small_setting, tmp_path):
     """A spectral regressor and a crop network record their model's Gram
     matrix: once a model of another basis is saved over the directory's
     (same K, so shapes alone would not tell), loading them is an error, not
     coefficients read in the wrong basis. Files without the record load."""
     net, X = _tiny_regressor(small_setting)
-    save_model(tmp_path, net, small_setting)
-    pool = np.random.default_rng(1).random((12, 16, 16))
-    spectral = train_spectral_regressor(small_setting, pool, n_images=100,
-                                        batch_size=100, point_fraction=0.0,
-                                        **SMALL_SPECTRAL)
-    save_spectral(tmp_path, spectral, noise_std=0.01, boundary="crop")
-    crop, _ = _tiny_regressor(small_setting, n_images=48)
-    save_crop_network(tmp_path, crop, noise_std=0.01)
+    _save_with_companions(tmp_path, net, small_setting)
     for name in ("spectral.json", "crop_network.json"):
         gram = json.loads((tmp_path / name).read_text())["basis_gram"]
         np.testing.assert_allclose(gram, load_model(tmp_path).basis.gram_)
@@ -866,14 +872,7 @@ def test_companions_of_a_model_of_another_setting_are_refused(small_setting,
     trained for the old one (their input scale, their support check), and
     loading them with the new one gave other estimates without a word."""
     net, _ = _tiny_regressor(small_setting)
-    save_model(tmp_path, net, small_setting)
-    pool = np.random.default_rng(1).random((12, 16, 16))
-    spectral = train_spectral_regressor(small_setting, pool, n_images=100,
-                                        batch_size=100, point_fraction=0.0,
-                                        **SMALL_SPECTRAL)
-    save_spectral(tmp_path, spectral, noise_std=0.01, boundary="crop")
-    crop, _ = _tiny_regressor(small_setting, n_images=48)
-    save_crop_network(tmp_path, crop, noise_std=0.01)
+    _save_with_companions(tmp_path, net, small_setting)
     save_model(tmp_path, net, small_setting)          # the same setting: kept
     load_model(tmp_path, estimator="spectral")
     load_model(tmp_path, estimator="crop_network")
