@@ -290,7 +290,9 @@ def write_image(path, image, dtype, metadata=None):
     ``metadata`` (from :func:`read_image` of a TIFF) carries the input's
     pixel size to a TIFF output: its resolution tags and, for an ImageJ
     input, its ``unit`` and ``spacing`` in an ImageJ TIFF (where the dtype
-    allows one), so that Fiji shows the image in the input's units.
+    allows one), so that Fiji shows the image in the input's units; for an
+    OME-TIFF input, its ``PhysicalSizeX``/``Y`` and units in an OME-TIFF
+    (as Bio-Formats reads them).
     """
     path = Path(path)
     image = np.asarray(image, dtype=np.float64)
@@ -320,6 +322,9 @@ def write_image(path, image, dtype, metadata=None):
                 kwargs["imagej"] = True
                 kwargs["metadata"] = {k: _imagej_text(v)
                                       for k, v in metadata["imagej"].items()}
+            elif metadata.get("ome"):   # an OME-TIFF's pixel size
+                kwargs["ome"] = True
+                kwargs["metadata"] = dict(metadata["ome"], axes="YX")
         try:
             tifffile.imwrite(path, out, **kwargs)
         except (ValueError, TypeError, ZeroDivisionError) as exc:

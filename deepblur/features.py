@@ -26,6 +26,7 @@ not depend on its intensity scale.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ import torch
 
 from deepblur._validation import as_tensor, check_finite, check_ndim
 
-__all__ = ["blur_features", "n_blur_features"]
+__all__ = ["blur_features", "check_feature_params", "n_blur_features"]
 
 
 def _spectral_bins(window, n_radial, n_angular):
@@ -93,6 +94,52 @@ def n_blur_features(image_shape, *, window=32, n_radial=6, n_angular=4, border=1
     n_blocks = ((H - window) // step + 1) * ((W - window) // step + 1)
     n_border = 4 * border * n_segments if border else 0
     return n_blocks * int((counts > 0).sum()) + n_border + 2
+
+
+def check_feature_params(params, image_shape=None):
+    """Check a dict of :func:`blur_features` parameters (a network's
+    ``blur_features``) before any work, and return the number of statistics.
+
+    Parameters
+    ----------
+    params : dict
+        Keyword arguments of :func:`blur_features` (``batch_size`` aside).
+    image_shape : (H, W), optional
+        The images': the blocks and edge strips must fit in them. Without
+        it only the names and values of the parameters are checked.
+
+    Returns
+    -------
+    int or None
+        :func:`n_blur_features` for ``image_shape`` (None without it).
+
+    Examples
+    --------
+    >>> check_feature_params({"window": 16}, (128, 128))
+    1602
+    >>> check_feature_params({"windo": 16})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: blur_features has an unknown parameter 'windo'; known: border, ...
+    """
+    if not isinstance(params, dict):
+        raise ValueError(
+            "blur_features must be None or a dict of parameters of "
+            f"deepblur.features.blur_features; got {params!r}."
+        )
+    known = [k for k in sorted(inspect.signature(n_blur_features).parameters)
+             if k != "image_shape"]
+    for name in params:
+        if name not in known:
+            raise ValueError(f"blur_features has an unknown parameter {name!r}; "
+                             f"known: {', '.join(known)}.")
+    if image_shape is None:     # the values alone: any size fits
+        spec = {k: p.default for k, p in
+                inspect.signature(n_blur_features).parameters.items()
+                if k != "image_shape"}
+        _check_spec((2**31, 2**31), **dict(spec, **params))
+        return None
+    return n_blur_features(image_shape, **params)
 
 
 def _features(x, window, n_radial, n_angular, border, n_segments, stride):

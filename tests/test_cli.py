@@ -491,6 +491,18 @@ def test_deblur_keeps_the_pixel_size_of_a_tiff(model_dir, blurry, capsys,
         assert _pixel_size(out) == expected, name
     with tifffile.TiffFile(tmp_path / "out_ij.tif.tif") as tif:
         assert tif.is_imagej
+    # an OME-TIFF (microscopes, Bio-Formats) records it in its OME metadata
+    size = {"PhysicalSizeX": 0.065, "PhysicalSizeXUnit": "\u00b5m",
+            "PhysicalSizeY": 0.08, "PhysicalSizeYUnit": "\u00b5m"}
+    tifffile.imwrite(tmp_path / "in.ome.tif", data, ome=True,
+                     metadata=dict(size, axes="YX"))
+    code, _, err = _run(capsys, "deblur", tmp_path / "in.ome.tif", "-o",
+                        tmp_path / "out.ome.tif", "--model", model_dir,
+                        "--max-iter", 5)
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "out.ome.tif") as tif:
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+    assert {k: pixels[k] for k in size} == size
     # a PNG output from a calibrated TIFF: as before
     code, _, err = _run(capsys, "deblur", tmp_path / "ij.tif", "-o",
                         tmp_path / "o.png", "--model", model_dir, "--max-iter", 5)
@@ -509,6 +521,16 @@ def test_write_image_carries_the_pixel_size(capsys, tmp_path):
                                                 {"unit": "\\u00B5m"})
     write_image(tmp_path / "f64.tif", image, np.float64, meta)
     assert _pixel_size(tmp_path / "f64.tif") == ((20, 1), (20, 1), 3, {})
+    # an OME-TIFF's pixel size, in an OME-TIFF, whatever the dtype
+    ome = {"PhysicalSizeX": 0.1, "PhysicalSizeXUnit": "nm"}
+    for dtype in (np.uint8, np.float64):
+        write_image(tmp_path / "o.tif", image, dtype, {"ome": ome})
+        with tifffile.TiffFile(tmp_path / "o.tif") as tif:
+            pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"][
+                "Pixels"]
+        assert pixels["PhysicalSizeX"] == 0.1
+        assert pixels["PhysicalSizeXUnit"] == "nm"
+        assert "PhysicalSizeY" not in pixels
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "f64.tif"), image)
     assert capsys.readouterr().err == ""
 
@@ -1036,6 +1058,13 @@ def test_train_keeps_the_crop_network_when_its_calibration_fails(
     ('[crop_network]\nmixed_precision = "fp16"\n',
      "crop_network: mixed_precision must be 'bf16' or 'none'"),
     ('crop_network = 3\n', "must be a table"),
+    # the branch is made after the network's training: checked before it
+    ('[crop_network]\nblur_features = {window = 500}\n',
+     "crop_network: window must be at most the images' smaller side"),
+    ('[crop_network]\nblur_features = {windw = 16}\n',
+     "crop_network: blur_features has an unknown parameter 'windw'"),
+    ('[crop_network]\nblur_features = 3\n',
+     "crop_network: blur_features must be None or a dict"),
 ])
 def test_train_refuses_a_bad_crop_network_table_before_training(
         table, match, capsys, tmp_path):

@@ -969,7 +969,10 @@ def test_train_crop_network_refuses_bad_input_before_training(small_setting,
                        (dict(n_images=0), "n_images"),
                        (dict(head_images=0), "head_images"),
                        (dict(head_batch_size=2.5), "head_batch_size"),
-                       (dict(input_norm="log"), "input_norm")):
+                       (dict(input_norm="log"), "input_norm"),
+                       # the branch is made after the training
+                       (dict(blur_features=dict(window=64)), "window must be at"),
+                       (dict(blur_features=dict(wndow=8)), "unknown parameter")):
         with pytest.raises(ValueError, match=match):
             train_crop_network(small_setting, scenes, **dict(TINY_CROP, **bad))
     with pytest.raises(ValueError, match="image_shape"):

@@ -139,8 +139,9 @@ def _read_pixels(path):
     output: a dict with ``notes`` (lines on how the file was read, such as
     a palette taken as indices) and, for a TIFF, ``tiff``: its pixel size
     as :func:`tifffile.imwrite` takes it (``resolution``,
-    ``resolutionunit``, and ``imagej``: the ``unit`` and ``spacing`` of an
-    ImageJ file), the keys it has."""
+    ``resolutionunit``, ``imagej``: the ``unit`` and ``spacing`` of an
+    ImageJ file, and ``ome``: the ``PhysicalSizeX``/``Y`` and units of an
+    OME-TIFF), the keys it has."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.")
@@ -329,7 +330,34 @@ def _tiff_pixel_size(tif, page):
     if tif.is_imagej:
         ij = tif.imagej_metadata or {}
         meta["imagej"] = {k: ij[k] for k in ("unit", "spacing") if k in ij}
+    if tif.is_ome:
+        ome = _ome_pixel_size(tif.ome_metadata, page)
+        if ome:
+            meta["ome"] = ome
     return meta
+
+
+_OME_SIZE_KEYS = ("PhysicalSizeX", "PhysicalSizeXUnit", "PhysicalSizeY",
+                  "PhysicalSizeYUnit")
+
+
+def _ome_pixel_size(xml, page):
+    """``PhysicalSizeX``/``Y`` and their units in an OME-TIFF's metadata,
+    for the image of ``page``'s size (the first such ``Image``): microscopes
+    and Bio-Formats record the pixel size there, not in the resolution tags.
+    An empty dict if it has none or cannot be read."""
+    import tifffile
+
+    try:
+        images = tifffile.xml2dict(xml)["OME"].get("Image", [])
+    except Exception:                   # malformed XML: no pixel size
+        return {}
+    for image in images if isinstance(images, list) else [images]:
+        pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
+        if (pixels.get("SizeX") == page.imagewidth
+                and pixels.get("SizeY") == page.imagelength):
+            return {k: pixels[k] for k in _OME_SIZE_KEYS if k in pixels}
+    return {}
 
 
 def _read_tiff(path, info):

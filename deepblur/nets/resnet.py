@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from deepblur.features import _features as _blur_statistics
 from deepblur.features import blur_features as _blur_features_function
-from deepblur.features import n_blur_features
+from deepblur.features import check_feature_params
 
 __all__ = ["ResNet"]
 
@@ -327,11 +327,7 @@ class ResNet(nn.Module):
         self.image_shape = None
         if blur_features is None:
             return
-        if not isinstance(blur_features, dict):
-            raise ValueError(
-                "blur_features must be None or a dict of parameters of "
-                f"deepblur.features.blur_features; got {blur_features!r}."
-            )
+        check_feature_params(blur_features)
         if self.in_channels != 1:
             raise ValueError("blur_features needs grayscale input (in_channels=1); "
                              f"got in_channels={self.in_channels}.")
@@ -342,10 +338,7 @@ class ResNet(nn.Module):
             )
         self.blur_features = dict(blur_features)
         self.image_shape = tuple(int(v) for v in image_shape)
-        try:
-            n_features = n_blur_features(self.image_shape, **self.blur_features)
-        except TypeError as exc:
-            raise ValueError(f"blur_features has an unknown parameter: {exc}.") from exc
+        n_features = check_feature_params(self.blur_features, self.image_shape)
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_scale", torch.ones(n_features))
         self.feature_fc = nn.Linear(n_features, n_outputs, bias=False)

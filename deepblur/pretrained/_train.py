@@ -1057,7 +1057,8 @@ def check_crop_network_params(**params):
 
     Those of :func:`check_training_params`, plus ``noise_std`` (a float or a
     ``(low, high)`` range), ``point_fraction`` (in [0, 1)), ``head_images``
-    and ``head_batch_size`` (positive integers).
+    and ``head_batch_size`` (positive integers) and ``blur_features`` (the
+    branch's statistics, which must fit ``image_shape`` when given).
     """
     for name in ("head_images", "head_batch_size"):
         value = params.pop(name, 1)
@@ -1066,9 +1067,15 @@ def check_crop_network_params(**params):
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     noise_std = params.pop("noise_std", None)
     point_fraction = params.pop("point_fraction", 0.0)
-    params.pop("blur_features", None)         # checked by the network
+    blur_features = params.pop("blur_features", None)
     params.pop("random_state", None)
     check_training_params(**params)
+    if blur_features is not None:   # the branch is made after the training
+        from deepblur.features import check_feature_params
+
+        shape = params.get("image_shape")
+        check_feature_params(blur_features,
+                             None if shape is None else tuple(shape))
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if not (isinstance(point_fraction, (int, float))
@@ -1152,7 +1159,8 @@ progress_bar, verbose
         input_norm=input_norm, pool_size=pool_size, num_workers=num_workers,
         compile=compile, mixed_precision=mixed_precision, device=device,
         noise_std=noise_std, point_fraction=point_fraction,
-        head_images=head_images, head_batch_size=head_batch_size)
+        head_images=head_images, head_batch_size=head_batch_size,
+        blur_features=blur_features, **_setting_shape(setting))
     basis, sampler = setting["basis"], setting["sampler"]
     shape = tuple(int(s) for s in basis.image_shape_)
     crop = dict(setting, params=dict(setting["params"], boundary="crop",

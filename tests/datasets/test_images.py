@@ -471,3 +471,29 @@ def test_dead_leaves_bad_input(bad, match):
     kwargs = dict(n_images=1, image_shape=(8, 8)) | bad
     with pytest.raises(ValueError, match=match):
         make_dead_leaves(**kwargs)
+
+
+def test_the_pixel_size_of_an_ome_tiff(tmp_path):
+    """OME-TIFFs (microscopes, Bio-Formats) hold the pixel size in their OME
+    metadata, for the Image of the page's size; none when the XML cannot be
+    read or describes another image."""
+    import tifffile
+
+    from deepblur.datasets import images
+
+    size = {"PhysicalSizeX": 0.2, "PhysicalSizeXUnit": "\u00b5m",
+            "PhysicalSizeY": 0.25, "PhysicalSizeYUnit": "\u00b5m"}
+    data = np.arange(24 * 16, dtype=np.uint16).reshape(24, 16)
+    tifffile.imwrite(tmp_path / "a.ome.tif", data, ome=True,
+                     metadata=dict(size, axes="YX"))
+    img, info = images._read_pixels(tmp_path / "a.ome.tif")
+    np.testing.assert_array_equal(img, data)
+    assert info["tiff"]["ome"] == size
+    with tifffile.TiffFile(tmp_path / "a.ome.tif") as tif:
+        page, xml = tif.pages[0], tif.ome_metadata
+    assert images._ome_pixel_size(xml, page) == size
+    assert images._ome_pixel_size("<OME><Image", page) == {}
+    other = xml.replace('SizeX="16"', 'SizeX="17"')
+    assert images._ome_pixel_size(other, page) == {}
+    tifffile.imwrite(tmp_path / "plain.tif", data)
+    assert "ome" not in images._read_pixels(tmp_path / "plain.tif")[1]["tiff"]
