@@ -58,12 +58,14 @@ def _check_spec(image_shape, window, n_radial, n_angular, border, n_segments,
                 stride=None):
     H, W = (int(s) for s in image_shape)
     if stride is not None and (not isinstance(stride, (int, np.integer))
+                               or isinstance(stride, bool)
                                or stride < 1):
         raise ValueError(f"stride must be None or an integer >= 1; got {stride!r}.")
     for name, value, low in (("window", window, 4), ("n_radial", n_radial, 1),
                              ("n_angular", n_angular, 1), ("border", border, 0),
                              ("n_segments", n_segments, 1)):
-        if not isinstance(value, (int, np.integer)) or value < low:
+        if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+                or value < low):
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
     if window > min(H, W):
         raise ValueError(
@@ -139,7 +141,7 @@ def check_feature_params(params, image_shape=None):
                 if k != "image_shape"}
         _check_spec((2**31, 2**31), **dict(spec, **params))
         return None
-    return n_blur_features(image_shape, **params)
+    return int(n_blur_features(image_shape, **params))
 
 
 def _features(x, window, n_radial, n_angular, border, n_segments, stride):

@@ -137,6 +137,25 @@ def test_bad_parameters(kwargs, match):
         blur_features(X, **kwargs)
 
 
+def test_check_feature_params():
+    """A branch's statistics checked before any work: their names, values
+    (booleans are no integers) and, given the images' shape, its fit."""
+    from deepblur.features import check_feature_params
+
+    assert check_feature_params({}, (128, 128)) == n_blur_features((128, 128))
+    assert type(check_feature_params({"window": np.int64(16)},
+                                     np.array([64, 64]))) is int
+    assert check_feature_params({"window": 500}) is None     # no shape given
+    for bad, match in (({"window": 64}, "window must be at most"),
+                       ({"border": True}, "border must be"),
+                       ({"stride": True}, "stride must be"),
+                       ({"n_segments": False}, "n_segments must be"),
+                       ({"batch_size": 8}, "unknown parameter 'batch_size'"),
+                       ([("window", 16)], "must be None or a dict")):
+        with pytest.raises(ValueError, match=match):
+            check_feature_params(bad, (32, 32))
+
+
 def test_bad_images():
     with pytest.raises(ValueError, match="positive mean"):
         blur_features(np.stack([np.ones((32, 32)), -np.ones((32, 32))]))

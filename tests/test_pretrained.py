@@ -972,11 +972,22 @@ def test_train_crop_network_refuses_bad_input_before_training(small_setting,
                        (dict(input_norm="log"), "input_norm"),
                        # the branch is made after the training
                        (dict(blur_features=dict(window=64)), "window must be at"),
-                       (dict(blur_features=dict(wndow=8)), "unknown parameter")):
+                       (dict(blur_features=dict(wndow=8)), "unknown parameter"),
+                       (dict(blur_features=dict(border=True)), "border must be"),
+                       # None is the statistics' defaults: 32x32 blocks
+                       (dict(blur_features=None), "window must be at most")):
         with pytest.raises(ValueError, match=match):
             train_crop_network(small_setting, scenes, **dict(TINY_CROP, **bad))
     with pytest.raises(ValueError, match="image_shape"):
         train_crop_network(small_setting, np.ones((4, 20, 20)), **TINY_CROP)
+    # deepblur train's [setting] image_shape: an int is a square, and a
+    # malformed one is left to the setting's own message
+    from deepblur.pretrained._train import check_crop_network_params
+
+    check_crop_network_params(image_shape=64, blur_features={"window": 16})
+    check_crop_network_params(image_shape=["a", "b"], blur_features={})
+    with pytest.raises(ValueError, match="window must be at most"):
+        check_crop_network_params(image_shape=16, blur_features={"window": 32})
     with pytest.raises(ValueError, match="positive mean"):
         train_crop_network(small_setting, np.zeros((4, 16, 16)),
                            **dict(TINY_CROP, point_fraction=0.0))
@@ -1084,6 +1095,10 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
     from deepblur.pretrained._train import check_training_params
     for shape in ("128", (128, 128, 1), ("a", 2)):
         check_training_params(stem_stride=4, image_shape=shape)
+    # an int is a square (make_default_setting's image_shape=64)
+    check_training_params(stem_stride=4, image_shape=64)
+    with pytest.raises(ValueError, match=r"images of at least 32 .* \(16, 16\)"):
+        check_training_params(stem_stride=4, image_shape=16)
     with pytest.raises(ValueError, match=r"stem_stride=4 needs images of at least "
                                          r"32 pixels per side .* \(16, 16\)"):
         train_regressor(small_setting, pool, **dict(kw, stem_stride=4))

@@ -353,8 +353,8 @@ def _ome_pixel_size(xml, page):
     except Exception:                   # malformed XML: no pixel size
         return {}
     for image in images if isinstance(images, list) else [images]:
-        pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
-        if (pixels.get("SizeX") == page.imagewidth
+        pixels = image.get("Pixels") if isinstance(image, dict) else None
+        if (isinstance(pixels, dict) and pixels.get("SizeX") == page.imagewidth
                 and pixels.get("SizeY") == page.imagelength):
             return {k: pixels[k] for k in _OME_SIZE_KEYS if k in pixels}
     return {}

@@ -235,19 +235,15 @@ def check_training_params(**params):
                 or value < low):
             kind = "non-negative" if low == 0 else "positive"
             raise ValueError(f"{name} must be a {kind} integer; got {value!r}.")
-    try:        # a malformed image_shape is the setting's error, later
-        dims = [int(v) for v in params.get("image_shape", ())]
-    except (TypeError, ValueError):
-        dims = []
-    if isinstance(params.get("image_shape"), str) or len(dims) != 2:
-        dims = []
+    # a malformed image_shape is the setting's error, later
+    dims = _shape_pair(params.get("image_shape"))
     if dims and isinstance(params.get("stem_stride"), Integral):
         need = int(params["stem_stride"]) * 2 ** 3     # the ResNet's 4 stages
         if min(dims) < need:
             raise ValueError(
                 f"stem_stride={params['stem_stride']} needs images of at least "
                 f"{need} pixels per side (stem_stride * 8, for the network's four "
-                f"stages); the setting's are {tuple(params['image_shape'])}: "
+                f"stages); the setting's are {dims}: "
                 "lower stem_stride."
             )
     seed = params.get("random_state", 0)
@@ -1052,6 +1048,20 @@ CROP_NETWORK_DEFAULTS = dict(
 )
 
 
+def _shape_pair(image_shape):
+    """``image_shape`` as ``(H, W)`` (an int is a square), or None if it is
+    missing or malformed (the setting's own check names that)."""
+    if isinstance(image_shape, Integral) and not isinstance(image_shape, bool):
+        return (int(image_shape),) * 2
+    try:
+        dims = tuple(int(v) for v in image_shape)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(image_shape, str) or len(dims) != 2 or min(dims) < 1:
+        return None
+    return dims
+
+
 def check_crop_network_params(**params):
     """Validate parameters of :func:`train_crop_network` (before any work).
 
@@ -1070,12 +1080,11 @@ def check_crop_network_params(**params):
     blur_features = params.pop("blur_features", None)
     params.pop("random_state", None)
     check_training_params(**params)
-    if blur_features is not None:   # the branch is made after the training
-        from deepblur.features import check_feature_params
+    # the branch (None: the statistics' defaults) is made after the training
+    from deepblur.features import check_feature_params
 
-        shape = params.get("image_shape")
-        check_feature_params(blur_features,
-                             None if shape is None else tuple(shape))
+    check_feature_params({} if blur_features is None else blur_features,
+                         _shape_pair(params.get("image_shape")))
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if not (isinstance(point_fraction, (int, float))

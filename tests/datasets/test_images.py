@@ -493,6 +493,9 @@ def test_the_pixel_size_of_an_ome_tiff(tmp_path):
         page, xml = tif.pages[0], tif.ome_metadata
     assert images._ome_pixel_size(xml, page) == size
     assert images._ome_pixel_size("<OME><Image", page) == {}
+    for xml_ in ("<OME><Image><Pixels/></Image></OME>",
+                 "<OME><Image><Pixels/><Pixels/></Image></OME>"):
+        assert images._ome_pixel_size(xml_, page) == {}
     other = xml.replace('SizeX="16"', 'SizeX="17"')
     assert images._ome_pixel_size(other, page) == {}
     tifffile.imwrite(tmp_path / "plain.tif", data)
