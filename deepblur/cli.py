@@ -50,6 +50,17 @@ _CONVENTION = (
     "units: the output keeps the input's brightness."
 )
 
+_ESTIMATE_CONVENTION = (
+    "Intensity convention: the gain of a real image's blur is not identifiable "
+    "(H[a g] u = H[g] (a u)), so the image is multiplied by a scale that brings "
+    "it to the mean intensity of the model's training observations (clean "
+    "images of mean 0.5 blurred by the training operators) before the blur is "
+    "estimated: gamma is the operator of the scaled image, with the training "
+    "operators' gain (printed as 'operator gain'; the JSON output holds gamma, "
+    "gain and scale). deblur rescales it to unit gain, so that its output keeps "
+    "the input's brightness."
+)
+
 
 class CLIError(Exception):
     """An error the user can act on: printed as one line, exit code 1."""
@@ -758,7 +769,8 @@ _TRAIN_KEYS = {
     "head_images": "fit the network's blur-statistics head (a linear branch "
                    "on local power spectra, edge profiles and the mean, "
                    "fitted in closed form) on this many fresh images after "
-                   "training (the shipped network: 98304; 32768 took 133 s "
+                   "training, rounded up to whole batches of head_batch_size "
+                   "(the shipped network: 98304; 32768 took 133 s "
                    "on one CPU thread beside a width-8 network; default 0: "
                    "none)",
     "head_batch_size": "images simulated at a time for the head (default 1024)",
@@ -1606,7 +1618,7 @@ def build_parser():
                     "TIFF/PNG image of at least the model's input shape "
                     "(larger images: one operator per overlapping tile, see "
                     "--tile-stride). "
-                    + _CONVENTION)
+                    + _ESTIMATE_CONVENTION)
     p.add_argument("image", metavar="IMAGE", help="blurry image (TIFF or PNG)")
     _add_model(p)
     p.add_argument("-o", "--output", metavar="GAMMA",

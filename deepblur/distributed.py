@@ -332,6 +332,12 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     restored : list of numpy.ndarray, or list of dask.delayed.Delayed
         The deblurred images (``LargeDeblurResult.restored``), in order.
 
+    Warns
+    -----
+    BoundaryWarning
+        Before any task runs, for a model trained with a zero boundary (see
+        :func:`~deepblur.tiling.deblur_large`).
+
     Raises
     ------
     ValueError
@@ -350,7 +356,7 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     --------
     >>> from deepblur.distributed import deblur_large_images
     >>> from deepblur.pretrained import bundled_image, load_default
-    >>> model = load_default()
+    >>> model = load_default(estimator="crop_network")    # made for windows
     >>> images = [bundled_image("camera", (160, 192)),
     ...           bundled_image("camera", (192, 160))]
     >>> out = deblur_large_images(images, model, max_iter=5, tol=0)
@@ -378,12 +384,14 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
         _large_image_mean,
         _large_input,
         _model_parts,
+        _warn_if_zero_boundary,
     )
 
     # what fails without the model's estimates fails here, before any task:
     # a task's error would drop the images already deblurred. The model and
     # image_mean first (their errors are about no image), then each image
     _basis_parts(_model_parts(model)[0])
+    _warn_if_zero_boundary(model)       # here: a worker's warnings stay there
     image_mean = _large_image_mean(model, kwargs.get("image_mean", "auto"))
     images = [np.asarray(im.detach().cpu().numpy() if torch.is_tensor(im) else im)
               for im in images]

@@ -2,7 +2,28 @@
 
 from __future__ import annotations
 
-__all__ = ["NoPointSourceError", "NoisyImageWarning", "OutOfSupportWarning"]
+__all__ = ["BoundaryWarning", "NoPointSourceError", "NoisyImageWarning",
+           "OutOfSupportWarning"]
+
+
+class BoundaryWarning(UserWarning):
+    """A model trained on zero-boundary images is applied to windows of a scene.
+
+    The paper's protocol, and the shipped network
+    (:func:`deepblur.pretrained.load_default`), simulate blur with a zero
+    boundary: a dark surrounding, whose blurred fringe the network reads.
+    The tiles of a large image are windows of a larger scene with no such
+    fringe, and there the shipped network's operator error is 40 %, worse
+    than the mean operator's 24 % (benchmarks/README.md).
+    :func:`deepblur.tiling.deblur_large` and
+    :func:`deepblur.distributed.deblur_large_images` issue this warning for
+    such a model (a ``PretrainedModel`` whose setting's boundary is
+    ``"zero"``; the point-source fit, which is not trained, excepted). Use a
+    model trained on windows, ``load_default(estimator="crop_network")`` or
+    ``estimator="spectral"``, or a known operator
+    (:func:`deepblur.tiling.deblur_stitched`). The ``deepblur`` commands
+    print the same advice.
+    """
 
 
 class NoPointSourceError(ValueError):

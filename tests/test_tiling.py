@@ -810,3 +810,32 @@ def test_deblur_large_on_one_tile_is_deblur_image(boundary):
                                    max_iter=15)
     np.testing.assert_allclose(large.gamma_tiles[0], gamma, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(large.restored, restored, atol=2e-4 * image.max())
+
+
+def test_deblur_large_warns_about_a_zero_boundary_model():
+    """Tiles are windows of a larger scene: the default network (trained with
+    a zero boundary, 40 % error on windows) warns, the networks trained on
+    windows and a (basis, regressor) pair do not; deblur_large_images warns
+    in the caller's process, before its tasks (a worker's warnings stay in
+    its logs)."""
+    from deepblur.exceptions import BoundaryWarning
+    from deepblur.pretrained import bundled_image, load_default
+
+    image = bundled_image("camera", (128, 160))
+    kw = dict(max_iter=1, tol=0, lam=500.0)
+    with pytest.warns(BoundaryWarning, match="crop_network"):
+        deblur_large(image, load_default(), **kw)
+    crop = load_default(estimator="crop_network")
+    points = load_default(estimator="points")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BoundaryWarning)
+        deblur_large(image, crop, **kw)
+        deblur_large(image, (crop.basis, crop.regressor), **kw)
+        from deepblur.tiling import _warn_if_zero_boundary
+        _warn_if_zero_boundary(points)       # not trained: nothing to warn of
+    pytest.importorskip("dask")
+    from deepblur.distributed import deblur_large_images
+
+    with pytest.warns(BoundaryWarning):
+        tasks = deblur_large_images([image], load_default(), compute=False, **kw)
+    assert len(tasks) == 1
