@@ -228,9 +228,13 @@ class _Warnings:
         return self
 
     def __exit__(self, *exc):
+        from deepblur.exceptions import BoundaryWarning
+
         self._ctx.__exit__(*exc)
         seen = set()
         for w in self._caught:
+            if issubclass(w.category, BoundaryWarning):
+                continue        # the commands give their own advice (options)
             text = " ".join(str(w.message).split())
             if text not in seen:
                 seen.add(text)
