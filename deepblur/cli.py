@@ -52,13 +52,14 @@ _CONVENTION = (
 
 _ESTIMATE_CONVENTION = (
     "Intensity convention: the gain of a real image's blur is not identifiable "
-    "(H[a g] u = H[g] (a u)), so the image is multiplied by a scale that brings "
-    "it to the mean intensity of the model's training observations (clean "
-    "images of mean 0.5 blurred by the training operators) before the blur is "
+    "(H[a g] u = H[g] (a u)), so the image (each tile of a larger one) is "
+    "multiplied by a scale that brings it to the mean intensity of the model's "
+    "training observations (clean images of the model's training mean, 0.5 for "
+    "the shipped one, blurred by the training operators) before the blur is "
     "estimated: gamma is the operator of the scaled image, with the training "
-    "operators' gain (printed as 'operator gain'; the JSON output holds gamma, "
-    "gain and scale). deblur rescales it to unit gain, so that its output keeps "
-    "the input's brightness."
+    "operators' gain (for an image of the model's size, printed as 'operator "
+    "gain' and saved with gain and scale in the JSON output). deblur rescales "
+    "it to unit gain, so that its output keeps the input's brightness."
 )
 
 

@@ -335,7 +335,8 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     Warns
     -----
     BoundaryWarning
-        Before any task runs, for a model trained with a zero boundary (see
+        Once, before any task runs, when some image has more than one tile
+        and the model's regressor was trained on zero-boundary images (see
         :func:`~deepblur.tiling.deblur_large`).
 
     Raises
@@ -384,14 +385,15 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
         _large_image_mean,
         _large_input,
         _model_parts,
-        _warn_if_zero_boundary,
+        _warn_if_windows,
+        tile_grid,
     )
 
     # what fails without the model's estimates fails here, before any task:
     # a task's error would drop the images already deblurred. The model and
     # image_mean first (their errors are about no image), then each image
-    _basis_parts(_model_parts(model)[0])
-    _warn_if_zero_boundary(model)       # here: a worker's warnings stay there
+    basis, regressor = _model_parts(model)
+    _basis_parts(basis)
     image_mean = _large_image_mean(model, kwargs.get("image_mean", "auto"))
     images = [np.asarray(im.detach().cpu().numpy() if torch.is_tensor(im) else im)
               for im in images]
@@ -401,6 +403,13 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)
+    if kwargs.get("check_boundary", True):
+        # once, here: a worker's warnings stay in its logs
+        shape = tuple(int(s) for s in basis.image_shape_)
+        _warn_if_windows(regressor, max(
+            tile_grid(im.shape, shape, kwargs.get("tile_stride")).n_tiles
+            for im in images))
+    kwargs["check_boundary"] = False
     shared_model = _shared(dask, model, "deblur-model")
     run = dask.delayed(_deblur_large_one, pure=True)
     tasks = [run(shared_model, im, kwargs, i,

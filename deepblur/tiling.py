@@ -306,7 +306,8 @@ def _progress(progress, n):
 
 
 def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
-                   target_mean=None, batch_size=64, progress=None):
+                   target_mean=None, batch_size=64, progress=None,
+                   check_boundary=True):
     """Predict the operator coefficients of every tile of a large image.
 
     Parameters
@@ -337,6 +338,11 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     progress : bool, optional
         Show a progress bar over the batches; default: when there are at
         least 64 tiles.
+    check_boundary : bool, default=True
+        Warn when a regressor trained on zero-boundary images (its
+        ``training_boundary_``) estimates the tiles of a larger image
+        (see Warns); False when you know the scene is dark around each
+        tile.
 
     Returns
     -------
@@ -353,6 +359,12 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         Once for the image, when the estimates of some tiles lie farther
         than the regressor's ``support_tolerance`` from its sampler's
         support.
+    BoundaryWarning
+        When the image has more than one tile and the regressor was trained
+        on zero-boundary images (``training_boundary_ == "zero"``, as the
+        default network of :func:`~deepblur.pretrained.load_default`): the
+        tiles are windows of a larger scene, without the dark fringe it
+        reads the blur from.
 
     Examples
     --------
@@ -370,6 +382,8 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     grid = tile_grid(img.shape, tile_shape, stride)
+    if check_boundary:
+        _warn_if_windows(regressor, grid.n_tiles, stacklevel=2)
     image_factor = None
     if target_mean is not None:
         if not (np.isfinite(target_mean) and target_mean > 0):
@@ -1122,27 +1136,22 @@ def _model_parts(model):
     return basis, regressor
 
 
-def _warn_if_zero_boundary(model):
-    """:class:`~deepblur.exceptions.BoundaryWarning` for a PretrainedModel
-    trained on zero-boundary images (not the point-source fit): the tiles it
-    estimates are windows of a larger scene. Issued from one line, so that
-    Python's default filter shows it once (deblur_large_images warns before
-    its tasks, which warn again)."""
-    from deepblur.estimators.points import PointSourceBlurEstimator
+def _warn_if_windows(regressor, n_tiles, stacklevel=2):
+    """:class:`~deepblur.exceptions.BoundaryWarning` when a regressor trained
+    on zero-boundary images (``training_boundary_``) estimates the
+    ``n_tiles`` > 1 tiles of a larger image: windows of a larger scene.
+    ``stacklevel`` as for a ``warnings.warn`` in the caller."""
     from deepblur.exceptions import BoundaryWarning
 
-    if not (hasattr(model, "sampler") and hasattr(model, "setting")):
-        return              # a (basis, regressor) pair: its training unknown
-    if isinstance(model.regressor, PointSourceBlurEstimator):
-        return
-    if (model.setting or {}).get("boundary", "zero") == "zero":
+    if n_tiles > 1 and getattr(regressor, "training_boundary_", None) == "zero":
         warnings.warn(
-            "this model was trained on images blurred with a zero boundary; "
-            "the tiles of a large image are windows of a larger scene, on which "
-            "the shipped network's operator error is 40 %, worse than the mean "
-            "operator's 24 %: use load_default(estimator='crop_network') (or "
-            "'spectral'), trained on such windows, or a known operator.",
-            BoundaryWarning, stacklevel=1)
+            "this regressor was trained on images blurred with a zero boundary "
+            "(a dark surrounding); the tiles of a larger image are windows of a "
+            "scene, on which the shipped network's operator error is 40 %, "
+            "worse than the mean operator's 24 %: use a model trained on such "
+            "windows (load_default(estimator='crop_network') or 'spectral', or "
+            "load_model(directory, estimator=...) of your own), or a known "
+            "operator.", BoundaryWarning, stacklevel=stacklevel + 1)
 
 
 def _component_gains(basis, interior=False):
@@ -1273,7 +1282,8 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
                  max_pixels=DEFAULT_MAX_PIXELS, margin=None, target_mean="auto",
                  unit_gain=True, regularization="tv", positive=False,
                  max_iter=500, tol=1e-5, lipschitz=None, batch_size=64,
-                 device="cpu", dtype="float32", progress=None):
+                 device="cpu", dtype="float32", progress=None,
+                 check_boundary=True):
     """Blind deblurring of an image of any size >= the model's input.
 
     Estimates one operator per tile (:func:`estimate_tiles`), blends them into
@@ -1346,6 +1356,9 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
         Precision of the solver.
     progress : bool, optional
         Progress bars (default: for 64 tiles or blocks and more).
+    check_boundary : bool, default=True
+        Warn about a regressor trained on zero-boundary images (see Warns,
+        and :func:`estimate_tiles`).
 
     Returns
     -------
@@ -1357,9 +1370,10 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     Warns
     -----
     BoundaryWarning
-        For a ``PretrainedModel`` trained on zero-boundary images (the
-        default network of :func:`~deepblur.pretrained.load_default`): its
-        estimates on tiles, windows of a larger scene, are unreliable.
+        Before the work, for an image of more than one tile and a regressor
+        trained on zero-boundary images (the default network of
+        :func:`~deepblur.pretrained.load_default`): its estimates on tiles,
+        windows of a larger scene, are unreliable.
 
     Examples
     --------
@@ -1386,11 +1400,13 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     basis, regressor, img, scale = _large_input(image, model, image_mean)
     kernels, maps, _ = _basis_parts(basis)
     tile_shape = tuple(int(s) for s in maps.shape[1:])
-    _warn_if_zero_boundary(model)
     if boundary not in ("unknown", "model"):
         raise ValueError(
             f"boundary must be 'unknown' or 'model'; got {boundary!r}."
         )
+    if check_boundary:      # before the work
+        _warn_if_windows(regressor, tile_grid(img.shape, tile_shape,
+                                              tile_stride).n_tiles)
     pretrained = hasattr(model, "sampler") and hasattr(model, "basis")
     if pretrained:
         from deepblur.pretrained._apply import model_image_mean, training_gain
@@ -1412,7 +1428,8 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     try:
         gamma, grid = estimate_tiles(img, regressor, tile_shape, stride=tile_stride,
                                      target_mean=target_mean,
-                                     batch_size=batch_size, progress=progress)
+                                     batch_size=batch_size, progress=progress,
+                                     check_boundary=False)
     finally:
         if moved:
             module.to("cpu")

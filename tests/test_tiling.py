@@ -812,30 +812,48 @@ def test_deblur_large_on_one_tile_is_deblur_image(boundary):
     np.testing.assert_allclose(large.restored, restored, atol=2e-4 * image.max())
 
 
-def test_deblur_large_warns_about_a_zero_boundary_model():
-    """Tiles are windows of a larger scene: the default network (trained with
-    a zero boundary, 40 % error on windows) warns, the networks trained on
-    windows and a (basis, regressor) pair do not; deblur_large_images warns
-    in the caller's process, before its tasks (a worker's warnings stay in
-    its logs)."""
+def test_tiles_of_a_zero_boundary_network_warn():
+    """Tiles are windows of a larger scene: a regressor trained with a zero
+    boundary (the default network: 40 % error on windows) warns, once per
+    call, wherever it meets them (deblur_large, estimate_tiles, TVDeblurrer
+    on a large image, a (basis, regressor) pair); not on an image of one
+    tile (deblur_large on an image of the model's size is deblur_image), not
+    with check_boundary=False, not for networks trained on windows or of
+    unknown training (arrays). deblur_large_images warns in the caller's
+    process, once, before its tasks (a worker's warnings stay in its logs)."""
+    from deepblur.estimators.deblur import TVDeblurrer
     from deepblur.exceptions import BoundaryWarning
     from deepblur.pretrained import bundled_image, load_default
 
+    zero, crop = load_default(), load_default(estimator="crop_network")
+    assert zero.regressor.training_boundary_ == "zero"
+    assert crop.regressor.training_boundary_ == "crop"
+    assert load_default(estimator="spectral").regressor.training_boundary_ == "crop"
     image = bundled_image("camera", (128, 160))
     kw = dict(max_iter=1, tol=0, lam=500.0)
-    with pytest.warns(BoundaryWarning, match="crop_network"):
-        deblur_large(image, load_default(), **kw)
-    crop = load_default(estimator="crop_network")
-    points = load_default(estimator="points")
+    for call in (lambda: deblur_large(image, zero, **kw),
+                 lambda: deblur_large(image, (zero.basis, zero.regressor), **kw),
+                 lambda: estimate_tiles(image, zero.regressor),
+                 lambda: TVDeblurrer(zero.basis, blur_estimator=zero.regressor,
+                                     max_iter=1).fit(image[None]).transform(
+                                         image[None])):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        assert [w.category for w in caught].count(BoundaryWarning) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error", BoundaryWarning)
         deblur_large(image, crop, **kw)
-        deblur_large(image, (crop.basis, crop.regressor), **kw)
-        from deepblur.tiling import _warn_if_zero_boundary
-        _warn_if_zero_boundary(points)       # not trained: nothing to warn of
+        deblur_large(image, zero, check_boundary=False, **kw)
+        deblur_large(image[:128, :128], zero, boundary="model", **kw)  # one tile
+        estimate_tiles(image, zero.regressor, check_boundary=False)
+        del zero.regressor.training_boundary_      # unknown: trained on arrays
+        estimate_tiles(image, zero.regressor)
+    zero.regressor.training_boundary_ = "zero"
     pytest.importorskip("dask")
     from deepblur.distributed import deblur_large_images
 
-    with pytest.warns(BoundaryWarning):
-        tasks = deblur_large_images([image], load_default(), compute=False, **kw)
-    assert len(tasks) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deblur_large_images([image, image], zero, scheduler="sync", **kw)
+    assert [w.category for w in caught].count(BoundaryWarning) == 1

@@ -538,6 +538,16 @@ def training_noise_std(X):
     return None
 
 
+def training_boundary(X):
+    """How a regressor's training images were blurred at their border: a
+    :class:`~deepblur.datasets.simulate.BlurDataset`'s ``boundary``
+    (``"zero"``: a dark surrounding, as the paper simulates; ``"crop"``:
+    windows of larger scenes); None when unknown (arrays, other datasets)."""
+    from deepblur.datasets.simulate import BlurDataset
+
+    return X.boundary if isinstance(X, BlurDataset) else None
+
+
 def merge_noise_stds(previous, new):
     """The training noise after one more fit on data drawn at ``new``: the
     range covering both, None if either is unknown."""

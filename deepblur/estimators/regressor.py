@@ -30,6 +30,7 @@ from deepblur.estimators._gamma import (
     merge_noise_stds,
     support_check_needed,
     support_distances,
+    training_boundary,
     training_noise_level,
     training_noise_std,
     warn_if_noisy,
@@ -354,6 +355,14 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         ``noise_std`` unless told otherwise, and
         :func:`~deepblur.pretrained.load_model` restores it, so that a loaded
         model written again keeps its training noise.
+    training_boundary_ : {"zero", "crop"} or None
+        How the training images were blurred at their border (a
+        ``BlurDataset``'s ``boundary``; :func:`~deepblur.pretrained.load_model`
+        sets the model's); None when unknown (arrays). A network trained on
+        ``"zero"`` reads the dark fringe of such images:
+        :func:`deepblur.tiling.estimate_tiles` warns
+        (:class:`~deepblur.exceptions.BoundaryWarning`) when it estimates
+        the tiles of a larger image, which have none.
 
     See Also
     --------
@@ -690,6 +699,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         super().initialize()
         vars(self).pop("noise_level_", None)
         vars(self).pop("training_noise_std_", None)
+        vars(self).pop("training_boundary_", None)
         return self
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
@@ -705,7 +715,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         return super().fit_loop(X, y, epochs=epochs, **fit_params)
 
     def _record_training_noise(self, X, widen=None):
-        """Set ``noise_level_`` and ``training_noise_std_`` from training data.
+        """Set ``noise_level_``, ``training_noise_std_`` and
+        ``training_boundary_`` from training data.
 
         ``X`` is what the network is trained on (arrays or a ``BlurDataset``);
         with ``widen``, a regressor whose training this one continues, both
@@ -720,6 +731,11 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                                      noise)
         self.noise_level_ = level
         self.training_noise_std_ = noise
+        boundary = training_boundary(X)
+        if widen is not None and getattr(widen, "training_boundary_",
+                                         None) != boundary:
+            boundary = None             # mixed, or unknown before
+        self.training_boundary_ = boundary
         return self
 
     # ----------------------------------------------------------- prediction

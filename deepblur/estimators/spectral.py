@@ -24,6 +24,7 @@ from deepblur.estimators._gamma import (
     checked_estimates,
     image_to_gamma_tags,
     support_distances,
+    training_boundary,
     training_noise_level,
     warn_if_noisy,
 )
@@ -118,6 +119,9 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
         None when unknown (``snr``). :meth:`predict` warns about images over
         three times noisier (:class:`~deepblur.exceptions.NoisyImageWarning`;
         no check for 0.0 or None).
+    training_boundary_ : {"zero", "crop"} or None
+        A ``BlurDataset``'s ``boundary`` (None for arrays); see
+        :class:`~deepblur.ResNetBlurRegressor`.
 
     See Also
     --------
@@ -288,6 +292,7 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
         self.n_features_in_ = int(np.prod(image_shape))
         self.n_train_images_ = int(len(F))
         self.noise_level_ = training_noise_level(X)
+        self.training_boundary_ = training_boundary(X)
         return self
 
     def predict(self, X):

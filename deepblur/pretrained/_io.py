@@ -938,6 +938,8 @@ default="network"
                              f"{str(directory)!r}: test_time_augmentation must "
                              f"be null or 'dihedral'; got {augment!r}.")
         regressor.set_params(test_time_augmentation=augment)
+    if estimator != "points":       # how its training images were blurred
+        regressor.training_boundary_ = setting["boundary"]
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,
                            setting=setting)

@@ -233,6 +233,31 @@ def test_training_noise_is_recorded_and_predict_warns_beyond_it(setting, tmp_pat
     assert net.noise_level_ == 0.02 and net.training_noise_std_ == (0.0, 0.02)
 
 
+def test_training_boundary_is_recorded(setting):
+    """How the training images were blurred at their border (tiling warns
+    about zero-boundary networks on windows): a BlurDataset's boundary, None
+    for arrays or once a continued training mixed boundaries."""
+    basis, sampler, _, X, y = setting
+    pool = _smooth_pool(20, (16, 16), 1)
+
+    def data(boundary):
+        return BlurDataset(pool, basis, sampler, batch_size=16, n_batches=1,
+                           boundary=boundary, random_state=0)
+
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,
+                              **SMALL).fit(data("zero"), None)
+    assert net.training_boundary_ == "zero"
+    net.partial_fit(data("zero"), None)
+    assert net.training_boundary_ == "zero"
+    net.partial_fit(data("crop"), None)
+    assert net.training_boundary_ is None              # mixed
+    net.fit(data("crop"), None)
+    assert net.training_boundary_ == "crop"
+    net.fit(X, y)
+    assert net.training_boundary_ is None              # arrays: unknown
+    assert not hasattr(clone(net).initialize(), "training_boundary_")
+
+
 def test_clone_gridsearch_and_joblib(setting, tmp_path):
     basis, _, _, X, y = setting
     net = ResNetBlurRegressor(basis=basis, max_epochs=1, train_split=None,

@@ -91,6 +91,8 @@ def test_fit_on_a_blur_dataset_reads_its_batches(setting):
     again = SpectralBlurRegressor(basis, window=16).fit(X, y)
     assert est.n_train_images_ == 300
     np.testing.assert_allclose(est.coef_, again.coef_, rtol=1e-5, atol=1e-8)
+    # how the images were blurred at their border: known for the dataset
+    assert est.training_boundary_ == "zero" and again.training_boundary_ is None
     other = ProductConvolutionBasis.from_components(basis.kernels_,
                                                     np.ones((3, 16, 16)))
     with pytest.raises(ValueError, match="image shape"):
