@@ -15,14 +15,17 @@ class BoundaryWarning(UserWarning):
     The tiles of a large image are windows of a larger scene with no such
     fringe, and there the shipped network's operator error is 40 %, worse
     than the mean operator's 24 % (benchmarks/README.md).
-    :func:`deepblur.tiling.deblur_large` and
-    :func:`deepblur.distributed.deblur_large_images` issue this warning for
-    such a model (a ``PretrainedModel`` whose setting's boundary is
-    ``"zero"``; the point-source fit, which is not trained, excepted). Use a
-    model trained on windows, ``load_default(estimator="crop_network")`` or
-    ``estimator="spectral"``, or a known operator
-    (:func:`deepblur.tiling.deblur_stitched`). The ``deepblur`` commands
-    print the same advice.
+    :func:`deepblur.tiling.estimate_tiles` (and so
+    :func:`~deepblur.tiling.deblur_large`, :class:`~deepblur.TVDeblurrer` on
+    larger images and :func:`deepblur.distributed.deblur_large_images`,
+    once per call) issues this warning when an image of more than one tile
+    meets a regressor whose ``training_boundary_`` is ``"zero"`` (recorded
+    from its training ``BlurDataset``, or set by
+    :func:`~deepblur.pretrained.load_model`); ``check_boundary=False`` turns
+    it off. Use a model trained on windows,
+    ``load_default(estimator="crop_network")`` or ``estimator="spectral"``,
+    or a known operator (:func:`deepblur.tiling.deblur_stitched`). The
+    ``deepblur`` commands print the same advice.
     """
 
 
