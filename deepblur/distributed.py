@@ -403,12 +403,12 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)
+    shape = tuple(int(s) for s in basis.image_shape_)      # a bad tile_stride
+    n_tiles = max(tile_grid(im.shape, shape, kwargs.get("tile_stride")).n_tiles
+                  for im in images)
     if kwargs.get("check_boundary", True):
         # once, here: a worker's warnings stay in its logs
-        shape = tuple(int(s) for s in basis.image_shape_)
-        _warn_if_windows(regressor, max(
-            tile_grid(im.shape, shape, kwargs.get("tile_stride")).n_tiles
-            for im in images))
+        _warn_if_windows(regressor, n_tiles)
     kwargs["check_boundary"] = False
     shared_model = _shared(dask, model, "deblur-model")
     run = dask.delayed(_deblur_large_one, pure=True)

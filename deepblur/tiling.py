@@ -1148,10 +1148,11 @@ def _warn_if_windows(regressor, n_tiles, stacklevel=2):
             "this regressor was trained on images blurred with a zero boundary "
             "(a dark surrounding); the tiles of a larger image are windows of a "
             "scene, on which the shipped network's operator error is 40 %, "
-            "worse than the mean operator's 24 %: use a model trained on such "
-            "windows (load_default(estimator='crop_network') or 'spectral', or "
-            "load_model(directory, estimator=...) of your own), or a known "
-            "operator.", BoundaryWarning, stacklevel=stacklevel + 1)
+            "worse than the mean operator's 24 %: use a regressor trained on "
+            "such windows (load_default(estimator='crop_network') or "
+            "'spectral', a model of your own with one, or one trained on a "
+            "BlurDataset with boundary='crop'), or a known operator.",
+            BoundaryWarning, stacklevel=stacklevel + 1)
 
 
 def _component_gains(basis, interior=False):

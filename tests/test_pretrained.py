@@ -728,6 +728,11 @@ def test_save_spectral_rejects_what_does_not_fit(small_setting, tmp_path):
         save_spectral(tmp_path, net, noise_std=0.01, boundary="crop")
     with pytest.raises(ValueError, match="boundary"):
         save_spectral(tmp_path, spectral, noise_std=0.01, boundary="reflect")
+    # trained on windows (its training_boundary_): not saved as zero-boundary
+    assert spectral.training_boundary_ == "crop"
+    with pytest.raises(ValueError, match="trained on images blurred with "
+                                         "boundary 'crop'"):
+        save_spectral(tmp_path, spectral, noise_std=0.01, boundary="zero")
     for bad in (-0.1, (0.05, 0.01), (0.0, 0.1, 0.2), float("nan")):
         with pytest.raises(ValueError, match="noise_std"):
             save_spectral(tmp_path, spectral, noise_std=bad, boundary="crop")
@@ -799,6 +804,35 @@ def test_crop_network_saved_beside_the_network(small_setting, tmp_path):
         (tmp_path / "crop_network.json").write_text(json.dumps(meta))
         with pytest.raises(ValueError, match="crop_network.json: noise_level"):
             load_model(tmp_path, estimator="crop_network")
+
+
+def test_the_training_boundary_is_saved_when_known(small_setting, tmp_path):
+    """A network's training_boundary_ (tiling warns about zero-boundary
+    networks on windows) is written when known and restored; unknown
+    (trained on arrays), the setting's: the network's "zero", the crop
+    network's "crop". A network trained on windows saved in a zero-boundary
+    setting stays one, and the reverse."""
+    net, _ = _tiny_regressor(small_setting)
+    assert net.training_boundary_ is None                   # arrays
+    save_model(tmp_path, net, small_setting)
+    save_crop_network(tmp_path, net, noise_std=0.01)
+    assert "training_boundary" not in json.loads(
+        (tmp_path / "model.json").read_text())
+    assert load_model(tmp_path).regressor.training_boundary_ == "zero"
+    assert load_model(tmp_path, "crop_network").regressor.training_boundary_ \
+        == "crop"
+    net.training_boundary_ = "crop"
+    save_model(tmp_path / "m", net, small_setting)
+    assert load_model(tmp_path / "m").regressor.training_boundary_ == "crop"
+    net.training_boundary_ = "zero"
+    save_crop_network(tmp_path / "m", net, noise_std=0.01)
+    crop = load_model(tmp_path / "m", "crop_network")
+    assert crop.regressor.training_boundary_ == "zero"
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["training_boundary"] = "periodic"
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="model.json.*training_boundary must be"):
+        load_model(tmp_path / "m")
 
 
 def test_save_crop_network_rejects_what_does_not_fit(small_setting, tmp_path):

@@ -836,11 +836,13 @@ def test_tiles_of_a_zero_boundary_network_warn():
                  lambda: estimate_tiles(image, zero.regressor),
                  lambda: TVDeblurrer(zero.basis, blur_estimator=zero.regressor,
                                      max_iter=1).fit(image[None]).transform(
-                                         image[None])):
+                                         np.stack([image, image]))):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             call()
-        assert [w.category for w in caught].count(BoundaryWarning) == 1
+        boundary = [w for w in caught if w.category is BoundaryWarning]
+        assert len(boundary) == 1
+        assert boundary[0].filename == __file__       # the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error", BoundaryWarning)
         deblur_large(image, crop, **kw)

@@ -388,6 +388,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         """
         from deepblur.tiling import (
             DEFAULT_MAX_PIXELS,
+            _warn_if_windows,
             deblur_stitched,
             estimate_tiles,
             tile_grid,
@@ -396,6 +397,11 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         images, is_numpy, single = self._large_images(X)
         if gamma is None:
             estimator = self._predictor()
+            # once for the call, not once per image; at transform's caller
+            # (scikit-learn's set_output wraps transform: one more frame)
+            _warn_if_windows(estimator, max(
+                tile_grid(img.shape, self.image_shape_, self.tile_stride).n_tiles
+                for img in images), stacklevel=4)
         else:
             g = self._check_gamma(gamma, "gamma", len(images))
             g = g.detach().cpu().numpy().astype(np.float64)
@@ -405,7 +411,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         for i, img in enumerate(images):
             if gamma is None:
                 tiles, grid = estimate_tiles(img, estimator, self.image_shape_,
-                                             stride=self.tile_stride)
+                                             stride=self.tile_stride,
+                                             check_boundary=False)
             else:
                 grid = tile_grid(img.shape, self.image_shape_, self.tile_stride)
                 tiles = np.tile(g[i], (grid.n_tiles, 1))
@@ -465,6 +472,15 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         -------
         U : numpy.ndarray or torch.Tensor of shape like ``X``
             Deblurred images, in ``dtype``.
+
+        Warns
+        -----
+        BoundaryWarning
+            Once per call, in blind mode on images larger than the basis,
+            when ``blur_estimator`` was trained on zero-boundary images
+            (its ``training_boundary_``): its estimates on the tiles,
+            windows of a larger scene, are unreliable
+            (:func:`deepblur.tiling.estimate_tiles`).
 
         Notes
         -----

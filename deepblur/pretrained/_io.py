@@ -594,7 +594,9 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
                                       else [float(e) for e in energy]))
     level = getattr(regressor, "noise_level_", None)
     _with_extra(meta, extra, ("weights_dtype", "noise_std", "support_tolerance",
-                              "noise_level", "test_time_augmentation"))
+                              "noise_level", "test_time_augmentation",
+                              "training_boundary"))
+    _store_training_boundary(meta, regressor)
     meta["weights_dtype"] = weights_dtype
     meta["noise_std"] = list(noise) if isinstance(noise, tuple) else noise
     meta["test_time_augmentation"] = getattr(regressor, "test_time_augmentation",
@@ -625,7 +627,8 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
         The noise it was trained with (clean images of mean ``image_mean``).
     boundary : {"zero", "crop"}
         How its training images were blurred
-        (:func:`deepblur.datasets.blur_images`).
+        (:func:`deepblur.datasets.blur_images`); it must be the regressor's
+        ``training_boundary_`` when that is known.
     extra : dict, optional
         More JSON-serialisable metadata (e.g. measured errors).
         Keys that the function writes itself (the model's own metadata) are
@@ -643,6 +646,12 @@ def save_spectral(directory, regressor, *, noise_std, boundary, extra=None):
     check_is_fitted(regressor)
     if boundary not in ("zero", "crop"):
         raise ValueError(f"boundary must be 'zero' or 'crop'; got {boundary!r}.")
+    trained = getattr(regressor, "training_boundary_", None)
+    if trained is not None and trained != boundary:
+        raise ValueError(
+            f"boundary={boundary!r}, but the regressor was trained on images "
+            f"blurred with boundary {trained!r} (its training_boundary_): pass "
+            f"boundary={trained!r}.")
     noise = _noise_param(noise_std)
     directory = _path(directory)
     model = load_model(directory)       # the setting it must share
@@ -725,7 +734,9 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
                 boundary="crop")
     level = getattr(regressor, "noise_level_", None)
     _with_extra(meta, extra, ("basis_gram", "model_setting", "support_tolerance",
-                              "noise_level", "test_time_augmentation"))
+                              "noise_level", "test_time_augmentation",
+                              "training_boundary"))
+    _store_training_boundary(meta, regressor)
     _record_model(meta, model)
     meta["test_time_augmentation"] = getattr(regressor, "test_time_augmentation",
                                              None)
@@ -780,6 +791,28 @@ def _spectral_from(meta, tensors, basis):
     noise_std = _noise_param(meta["noise_std"])
     regressor.noise_level_ = float(np.max(noise_std))
     return regressor, noise_std, meta["boundary"]
+
+
+def _store_training_boundary(meta, regressor):
+    """Record how the network's training images were blurred at their border
+    (its ``training_boundary_``, when known) in its JSON: a network trained on
+    windows saved in a zero-boundary setting must not load as one trained on
+    dark borders, nor the reverse (tiling warns about the latter)."""
+    boundary = getattr(regressor, "training_boundary_", None)
+    if boundary is not None:
+        meta["training_boundary"] = str(boundary)
+
+
+def _training_boundary(meta, default, meta_name):
+    """The stored ``training_boundary`` (``default``, the setting's, when
+    absent), checked."""
+    from deepblur.datasets.simulate import BOUNDARIES
+
+    boundary = meta.get("training_boundary", default)
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"{meta_name}: training_boundary must be one of "
+                         f"{BOUNDARIES} (or absent); got {boundary!r}.")
+    return boundary
 
 
 def _store_support_tolerance(meta, regressor):
@@ -938,7 +971,10 @@ default="network"
                              f"{str(directory)!r}: test_time_augmentation must "
                              f"be null or 'dihedral'; got {augment!r}.")
         regressor.set_params(test_time_augmentation=augment)
-    if estimator != "points":       # how its training images were blurred
+        with _Reading(name, directory):     # how its training images were blurred
+            regressor.training_boundary_ = _training_boundary(
+                record, setting["boundary"], name)
+    elif estimator == "spectral":
         regressor.training_boundary_ = setting["boundary"]
     return PretrainedModel(basis=basis, cone=cone, sampler=sampler,
                            regressor=regressor, noise_std=noise_std,

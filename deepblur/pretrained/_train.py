@@ -726,6 +726,8 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     # to the branch's (initialize() forgot it)
     if hasattr(regressor, "noise_level_"):
         new._record_training_noise(data, widen=regressor)
+    elif hasattr(regressor, "training_boundary_"):  # e.g. an old pickle's
+        new.training_boundary_ = regressor.training_boundary_
     return new
 
 
