@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
 from deepblur._validation import (
@@ -39,7 +39,8 @@ __all__ = ["BlindDeblurrer"]
 
 
 def _fit_blur_model(basis, cone, sampler, regressor, clean, psf_fields, noise_std,
-                    image_mean, n_train_images, seed, project=False):
+                    image_mean, n_train_images, seed, project=False,
+                    boundary="zero"):
     """Fit basis -> cone -> sampler -> regressor; a pure function (cacheable).
 
     Every argument is an unfitted estimator or an array, so that
@@ -72,7 +73,8 @@ def _fit_blur_model(basis, cone, sampler, regressor, clean, psf_fields, noise_st
     n_batches = max(1, -(-int(n_train_images) // (batch_size * epochs)))
     data = BlurDataset(clean, basis, sampler, batch_size=batch_size,
                        n_batches=n_batches, noise_std=noise_std,
-                       image_mean=image_mean, random_state=seed)
+                       image_mean=image_mean, boundary=boundary,
+                       random_state=seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)        # the network's initialisation
         regressor.fit(data, None)
@@ -143,6 +145,15 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         Scale convention of the simulator: clean images are scaled to this
         mean before blurring. Images given to ``transform`` and ``score``
         must follow it (see :func:`~deepblur.datasets.make_deblurring_pairs`).
+    train_boundary : {"zero", "crop"}, default="zero"
+        How the simulated training images are blurred at their border
+        (:class:`~deepblur.datasets.BlurDataset`'s ``boundary``): ``"zero"``,
+        a dark surrounding (the paper's protocol), or ``"crop"``, windows of
+        larger scenes (each clean image extended by reflection, blurred and
+        cropped: what real images and the tiles of large ones are). A regressor
+        trained on ``"zero"`` reads the dark fringe, which windows lack:
+        ``transform`` of images larger than the basis then warns
+        (:class:`~deepblur.exceptions.BoundaryWarning`).
     n_train_images : int, default=10000
         Simulated images the regressor sees in training, over all epochs.
     project : bool, default=False
@@ -222,6 +233,7 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         "deblurrer": [None, HasMethods(["fit", "transform", "score"])],
         "noise_std": [Interval(Real, 0, None, closed="left"), tuple, list],
         "image_mean": [Interval(Real, 0, None, closed="neither")],
+        "train_boundary": [StrOptions({"zero", "crop"})],
         "n_train_images": [Interval(Integral, 1, None, closed="left")],
         "project": ["boolean"],
         "memory": [None, str, HasMethods(["cache"])],
@@ -230,8 +242,8 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
 
     def __init__(self, basis=None, cone=None, sampler=None, regressor=None,
                  deblurrer=None, *, noise_std=0.01, image_mean=0.5,
-                 n_train_images=10_000, project=False, memory=None,
-                 random_state=None):
+                 train_boundary="zero", n_train_images=10_000, project=False,
+                 memory=None, random_state=None):
         self.basis = basis
         self.cone = cone
         self.sampler = sampler
@@ -239,6 +251,7 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         self.deblurrer = deblurrer
         self.noise_std = noise_std
         self.image_mean = image_mean
+        self.train_boundary = train_boundary
         self.n_train_images = n_train_images
         self.project = project
         self.memory = memory
@@ -316,7 +329,7 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         self.basis_, self.cone_, self.sampler_, self.regressor_ = fit_model(
             basis, cone, self.sampler, regressor, clean, np.asarray(psf_fields),
             noise_std, float(self.image_mean), int(self.n_train_images), seed,
-            bool(self.project))
+            bool(self.project), self.train_boundary)
         deblurrer = TVDeblurrer() if self.deblurrer is None else self.deblurrer
         self.deblurrer_ = clone(deblurrer).set_params(
             basis=self.basis_, blur_estimator=self.regressor_).fit(Xa)

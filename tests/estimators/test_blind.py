@@ -219,6 +219,29 @@ def test_a_regressor_of_its_own_needs_no_batch_size(data):
                                               (len(blurry), 1)))
 
 
+def test_train_boundary_sets_how_the_training_images_are_blurred(data, fitted):
+    """train_boundary="crop" trains the regressor on windows of larger scenes
+    (the tiles of large images are such windows); the default, zero
+    boundary, warns when transform tiles a larger image."""
+    import warnings
+
+    from deepblur.exceptions import BoundaryWarning
+
+    fields, blurry, clean = data
+    assert fitted.regressor_.training_boundary_ == "zero"
+    big = np.tile(blurry[:1], (1, 2, 2))[:, :40, :48]
+    with pytest.warns(BoundaryWarning, match="boundary='crop'"):
+        fitted.transform(big)
+    crop = tiny(K=4, train_boundary="crop").fit(blurry, clean, psf_fields=fields)
+    assert crop.regressor_.training_boundary_ == "crop"
+    assert not np.allclose(crop.estimate(blurry), fitted.estimate(blurry))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BoundaryWarning)
+        crop.transform(big)
+    with pytest.raises(ValueError, match="train_boundary"):
+        tiny(train_boundary="periodic").fit(blurry, clean, psf_fields=fields)
+
+
 def test_joblib_round_trip(data, fitted, tmp_path):
     fields, blurry, clean = data
     model = fitted
