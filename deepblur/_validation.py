@@ -245,3 +245,35 @@ def to_like(t, is_numpy):
     if is_numpy:
         return t.detach().cpu().numpy()
     return t
+
+
+def _package_dirs():
+    """Directories whose frames are library code for :func:`user_stacklevel`:
+    deepblur's and scikit-learn's (whose wrappers, such as set_output's, sit
+    between a user's call and deepblur's methods)."""
+    import os
+
+    import sklearn
+
+    import deepblur
+
+    return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+                 for m in (deepblur, sklearn))
+
+
+def user_stacklevel():
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling
+    function point at the first frame outside deepblur and scikit-learn: the
+    user's line, whether it called a function directly, through a Pipeline,
+    ``fit_transform``, ``score`` or a search (a fixed stacklevel is right for
+    one of these paths only)."""
+    import os
+    import sys
+
+    internal = _package_dirs()
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(
+            frame.f_code.co_filename).startswith(internal):
+        frame, level = frame.f_back, level + 1
+    return level
+

@@ -535,7 +535,11 @@ def _warn_if_zero_boundary(model):
 
     if isinstance(model.regressor, PointSourceBlurEstimator):
         return
-    if (model.setting or {}).get("boundary", "zero") == "zero":
+    # how the regressor was trained (a network saved with its record), else
+    # the setting's
+    boundary = (getattr(model.regressor, "training_boundary_", None)
+                or (model.setting or {}).get("boundary", "zero"))
+    if boundary == "zero":
         print("warning: this model was trained on images blurred with a zero "
               "boundary; on windows of larger scenes (real images, tiles) the "
               "shipped one's operator error is 40 %, worse than the mean "

@@ -55,6 +55,7 @@ from deepblur._validation import (
     check_image_mean,
     check_positive_int_pair,
     resolve_device,
+    user_stacklevel,
 )
 from deepblur.estimators._gamma import (
     gathered_support_message,
@@ -383,7 +384,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     grid = tile_grid(img.shape, tile_shape, stride)
     if check_boundary:
-        _warn_if_windows(regressor, grid.n_tiles, stacklevel=2)
+        _warn_if_windows(regressor, grid.n_tiles)
     image_factor = None
     if target_mean is not None:
         if not (np.isfinite(target_mean) and target_mean > 0):
@@ -1136,11 +1137,12 @@ def _model_parts(model):
     return basis, regressor
 
 
-def _warn_if_windows(regressor, n_tiles, stacklevel=2):
+def _warn_if_windows(regressor, n_tiles):
     """:class:`~deepblur.exceptions.BoundaryWarning` when a regressor trained
     on zero-boundary images (``training_boundary_``) estimates the
     ``n_tiles`` > 1 tiles of a larger image: windows of a larger scene.
-    ``stacklevel`` as for a ``warnings.warn`` in the caller."""
+    Shown at the user's line (the first caller outside deepblur and
+    scikit-learn)."""
     from deepblur.exceptions import BoundaryWarning
 
     if n_tiles > 1 and getattr(regressor, "training_boundary_", None) == "zero":
@@ -1150,9 +1152,10 @@ def _warn_if_windows(regressor, n_tiles, stacklevel=2):
             "scene, on which the shipped network's operator error is 40 %, "
             "worse than the mean operator's 24 %: use a regressor trained on "
             "such windows (load_default(estimator='crop_network') or "
-            "'spectral', a model of your own with one, or one trained on a "
-            "BlurDataset with boundary='crop'), or a known operator.",
-            BoundaryWarning, stacklevel=stacklevel + 1)
+            "'spectral', a model of your own with one, one trained on a "
+            "BlurDataset with boundary='crop', or "
+            "BlindDeblurrer(train_boundary='crop')), or a known operator.",
+            BoundaryWarning, stacklevel=user_stacklevel())
 
 
 def _component_gains(basis, interior=False):

@@ -1,5 +1,6 @@
 """The ``deepblur`` command: every command's happy path, errors and help."""
 
+import copy
 import json
 import re
 import subprocess
@@ -174,7 +175,9 @@ def test_demo_adds_the_settings_noise_not_the_training_range(model, setting, cap
                           tmp_path / "fig.png", "--seed", 5, "--max-iter", 2)
     assert code == 0, err
     assert "noise std 0.01," in out
-    save_crop_network(saved, model.regressor, noise_std=(0.0, 0.05))
+    stand_in = copy.deepcopy(model.regressor)     # the network, as a crop one
+    del stand_in.training_boundary_
+    save_crop_network(saved, stand_in, noise_std=(0.0, 0.05))
     crop = load_model(saved, estimator="crop_network")
     res = simulate_blind_deblurring(crop, bundled_image("camera", (64, 64)),
                                     random_state=5, max_iter=2)
@@ -1510,6 +1513,16 @@ def test_blind_commands_warn_that_a_zero_boundary_model_is_unreliable(
                         tmp_path / "o.tif", "--gamma", tmp_path / "g.npy",
                         "--max-iter", "5", "--model", model_dir)
     assert code == 0 and "zero boundary" not in err      # a known operator
+    # a network recorded as trained on windows, in a zero-boundary setting
+    import shutil
+
+    windows = tmp_path / "windows"
+    shutil.copytree(model_dir, windows)
+    meta = json.loads((windows / "model.json").read_text())
+    meta["training_boundary"] = "crop"
+    (windows / "model.json").write_text(json.dumps(meta))
+    code, _, err = _run(capsys, "estimate", tmp_path / "y.tif", "--model", windows)
+    assert code == 0 and "zero boundary" not in err, err
 
 
 def test_blind_commands_warn_about_a_much_noisier_image(model_dir, model, blurry,

@@ -824,10 +824,16 @@ def test_the_training_boundary_is_saved_when_known(small_setting, tmp_path):
     net.training_boundary_ = "crop"
     save_model(tmp_path / "m", net, small_setting)
     assert load_model(tmp_path / "m").regressor.training_boundary_ == "crop"
-    net.training_boundary_ = "zero"
     save_crop_network(tmp_path / "m", net, noise_std=0.01)
     crop = load_model(tmp_path / "m", "crop_network")
-    assert crop.regressor.training_boundary_ == "zero"
+    assert crop.regressor.training_boundary_ == "crop"
+    # a network trained with a zero boundary is no crop network
+    net.training_boundary_ = "zero"
+    with pytest.raises(ValueError, match="trained on images blurred with a zero"):
+        save_crop_network(tmp_path / "m", net, noise_std=0.01)
+    net.training_boundary_ = "reflect"
+    with pytest.raises(ValueError, match="training_boundary_ must be one of"):
+        save_model(tmp_path / "m2", net, small_setting)
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     meta["training_boundary"] = "periodic"
     (tmp_path / "m" / "model.json").write_text(json.dumps(meta))

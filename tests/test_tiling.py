@@ -821,6 +821,9 @@ def test_tiles_of_a_zero_boundary_network_warn():
     with check_boundary=False, not for networks trained on windows or of
     unknown training (arrays). deblur_large_images warns in the caller's
     process, once, before its tasks (a worker's warnings stay in its logs)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
     from deepblur.estimators.deblur import TVDeblurrer
     from deepblur.exceptions import BoundaryWarning
     from deepblur.pretrained import bundled_image, load_default
@@ -836,7 +839,11 @@ def test_tiles_of_a_zero_boundary_network_warn():
                  lambda: estimate_tiles(image, zero.regressor),
                  lambda: TVDeblurrer(zero.basis, blur_estimator=zero.regressor,
                                      max_iter=1).fit(image[None]).transform(
-                                         np.stack([image, image]))):
+                                         np.stack([image, image])),
+                 # through scikit-learn: still at this line
+                 lambda: make_pipeline(FunctionTransformer(), TVDeblurrer(
+                     zero.basis, blur_estimator=zero.regressor, max_iter=1)
+                 ).fit(image[None]).score(image[None], image[None])):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             call()

@@ -153,7 +153,12 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         cropped: what real images and the tiles of large ones are). A regressor
         trained on ``"zero"`` reads the dark fringe, which windows lack:
         ``transform`` of images larger than the basis then warns
-        (:class:`~deepblur.exceptions.BoundaryWarning`).
+        (:class:`~deepblur.exceptions.BoundaryWarning`). ``score`` measures
+        on the pairs it is given: pairs of
+        :func:`~deepblur.datasets.make_deblurring_pairs` are blurred with a
+        zero boundary and favour ``"zero"`` in a search; for windows, score
+        on windows (and deblur them with the deblurrer's
+        ``boundary="unknown"``).
     n_train_images : int, default=10000
         Simulated images the regressor sees in training, over all epochs.
     project : bool, default=False
@@ -256,6 +261,11 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         self.project = project
         self.memory = memory
         self.random_state = random_state
+
+    def __setstate__(self, state):
+        """Unpickle, with the defaults of parameters added since."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("train_boundary", "zero")
 
     def _images(self, X, name, image_shape=None):
         t, _ = as_tensor(X)

@@ -397,11 +397,10 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         images, is_numpy, single = self._large_images(X)
         if gamma is None:
             estimator = self._predictor()
-            # once for the call, not once per image; at transform's caller
-            # (scikit-learn's set_output wraps transform: one more frame)
+            # once for the call, not once per image
             _warn_if_windows(estimator, max(
                 tile_grid(img.shape, self.image_shape_, self.tile_stride).n_tiles
-                for img in images), stacklevel=4)
+                for img in images))
         else:
             g = self._check_gamma(gamma, "gamma", len(images))
             g = g.detach().cpu().numpy().astype(np.float64)

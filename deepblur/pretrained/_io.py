@@ -541,7 +541,10 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     images, which its ``predict`` checks images against) is stored as
     ``noise_level`` when known: a network fine-tuned on a noise range other
     than the setting's keeps it. :func:`load_model` falls back to the top of
-    ``noise_std`` for models without it.
+    ``noise_std`` for models without it. Likewise its ``training_boundary_``
+    (how its training images were blurred at the border) is stored as
+    ``training_boundary`` when known, and :func:`load_model` falls back to
+    the setting's ``boundary``.
     """
     if weights_dtype not in _WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype must be one of {list(_WEIGHTS_DTYPES)}; "
@@ -697,9 +700,10 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     model's basis, sampler and cone. The directory must already hold a model
     (:func:`save_model`) of the same basis, and the network must have been
     trained on images blurred with ``boundary="crop"``
-    (:func:`deepblur.datasets.blur_images`), as real images and tiles are;
-    that is the only difference the directory records between the two
-    networks.
+    (:func:`deepblur.datasets.blur_images`), as real images and tiles are:
+    one whose ``training_boundary_`` says ``"zero"`` is refused. The JSON
+    records its ``training_boundary_`` when known, as :func:`save_model`
+    does.
     The JSON records the basis's Gram matrix (``basis_gram``), so that
     :func:`load_model` refuses the pair if a model of another basis is later
     saved over the directory's.
@@ -725,6 +729,11 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     if getattr(regressor, "basis", None) is None:
         raise ValueError("regressor.basis must be the model's fitted basis; "
                          "got None.")
+    if getattr(regressor, "training_boundary_", None) == "zero":
+        raise ValueError(
+            "the crop network must be trained on windows of larger scenes "
+            "(boundary='crop'); this one was trained on images blurred with a "
+            "zero boundary (its training_boundary_): save it with save_model.")
     noise = _noise_param(noise_std)
     directory = _path(directory)
     model = load_model(directory)       # the setting it must share
@@ -798,8 +807,13 @@ def _store_training_boundary(meta, regressor):
     (its ``training_boundary_``, when known) in its JSON: a network trained on
     windows saved in a zero-boundary setting must not load as one trained on
     dark borders, nor the reverse (tiling warns about the latter)."""
+    from deepblur.datasets.simulate import BOUNDARIES
+
     boundary = getattr(regressor, "training_boundary_", None)
     if boundary is not None:
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"regressor.training_boundary_ must be one of "
+                             f"{BOUNDARIES} or None; got {boundary!r}.")
         meta["training_boundary"] = str(boundary)
 
 

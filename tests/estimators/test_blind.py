@@ -240,6 +240,11 @@ def test_train_boundary_sets_how_the_training_images_are_blurred(data, fitted):
         crop.transform(big)
     with pytest.raises(ValueError, match="train_boundary"):
         tiny(train_boundary="periodic").fit(blurry, clean, psf_fields=fields)
+    # pickled before the parameter: its default, for clone and get_params
+    old = pickle.loads(pickle.dumps(crop))
+    del old.__dict__["train_boundary"]
+    old = pickle.loads(pickle.dumps(old))
+    assert clone(old).get_params()["train_boundary"] == "zero"
 
 
 def test_joblib_round_trip(data, fitted, tmp_path):
