@@ -249,24 +249,27 @@ def to_like(t, is_numpy):
 
 def _package_dirs():
     """Directories whose frames are library code for :func:`user_stacklevel`:
-    deepblur's and scikit-learn's (whose wrappers, such as set_output's, sit
-    between a user's call and deepblur's methods)."""
+    deepblur's, scikit-learn's (whose wrappers, such as set_output's, sit
+    between a user's call and deepblur's methods) and joblib's (through
+    which scikit-learn's searches and cross-validation call them)."""
     import os
 
+    import joblib
     import sklearn
 
     import deepblur
 
     return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-                 for m in (deepblur, sklearn))
+                 for m in (deepblur, sklearn, joblib))
 
 
 def user_stacklevel():
     """The ``stacklevel`` that makes a ``warnings.warn`` in the calling
-    function point at the first frame outside deepblur and scikit-learn: the
-    user's line, whether it called a function directly, through a Pipeline,
-    ``fit_transform``, ``score`` or a search (a fixed stacklevel is right for
-    one of these paths only)."""
+    function point at the first frame outside deepblur, scikit-learn and
+    joblib: the user's line, whether it called a function directly, through a
+    Pipeline, ``fit_transform``, ``score`` or a search run in this thread (a
+    fixed stacklevel is right for one of these paths only). In a worker
+    thread or process the stack starts there, not at the user's line."""
     import os
     import sys
 
@@ -276,4 +279,3 @@ def user_stacklevel():
             frame.f_code.co_filename).startswith(internal):
         frame, level = frame.f_back, level + 1
     return level
-

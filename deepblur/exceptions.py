@@ -21,8 +21,11 @@ class BoundaryWarning(UserWarning):
     once per call) issues this warning when an image of more than one tile
     meets a regressor whose ``training_boundary_`` is ``"zero"`` (recorded
     from its training ``BlurDataset``, or set by
-    :func:`~deepblur.pretrained.load_model`); ``check_boundary=False`` turns
-    it off. Use a model trained on windows,
+    :func:`~deepblur.pretrained.load_model`). The functions take
+    ``check_boundary=False`` to turn it off; for the estimators, filter it
+    (``warnings.filterwarnings("ignore", category=BoundaryWarning)``). A
+    regressor wrapped in a Pipeline or a search has no
+    ``training_boundary_`` and is not checked. Use a model trained on windows,
     ``load_default(estimator="crop_network")`` or ``estimator="spectral"``,
     or a known operator (:func:`deepblur.tiling.deblur_stitched`). The
     ``deepblur`` commands print the same advice.

@@ -104,11 +104,13 @@ def check_feature_params(params, image_shape=None):
 
     Parameters
     ----------
-    params : dict
-        Keyword arguments of :func:`blur_features` (``batch_size`` aside).
-    image_shape : (H, W), optional
-        The images': the blocks and edge strips must fit in them. Without
-        it only the names and values of the parameters are checked.
+    params : dict or None
+        Keyword arguments of :func:`blur_features` (``batch_size`` aside);
+        None: its defaults.
+    image_shape : int or (H, W), optional
+        The images' (an int: square): the blocks and edge strips must fit in
+        them. Without it only the names and values of the parameters are
+        checked.
 
     Returns
     -------
@@ -124,6 +126,8 @@ def check_feature_params(params, image_shape=None):
     ...
     ValueError: blur_features has an unknown parameter 'windo'; known: border, ...
     """
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
         raise ValueError(
             "blur_features must be None or a dict of parameters of "
@@ -141,6 +145,9 @@ def check_feature_params(params, image_shape=None):
                 if k != "image_shape"}
         _check_spec((2**31, 2**31), **dict(spec, **params))
         return None
+    if isinstance(image_shape, (int, np.integer)) and not isinstance(
+            image_shape, bool):
+        image_shape = (int(image_shape),) * 2
     return int(n_blur_features(image_shape, **params))
 
 

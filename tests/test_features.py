@@ -146,6 +146,8 @@ def test_check_feature_params():
     assert type(check_feature_params({"window": np.int64(16)},
                                      np.array([64, 64]))) is int
     assert check_feature_params({"window": 500}) is None     # no shape given
+    # None: the defaults; an int: a square
+    assert check_feature_params(None, 128) == n_blur_features((128, 128))
     for bad, match in (({"window": 64}, "window must be at most"),
                        ({"border": True}, "border must be"),
                        ({"stride": True}, "stride must be"),

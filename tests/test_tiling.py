@@ -850,6 +850,17 @@ def test_tiles_of_a_zero_boundary_network_warn():
         boundary = [w for w in caught if w.category is BoundaryWarning]
         assert len(boundary) == 1
         assert boundary[0].filename == __file__       # the caller's line
+    # a search calls score through joblib: still this file, for each call
+    from sklearn.model_selection import cross_val_score
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cross_val_score(TVDeblurrer(zero.basis, blur_estimator=zero.regressor,
+                                    max_iter=1), np.stack([image] * 2),
+                        np.stack([image] * 2), cv=2)
+    boundary = [w for w in caught if w.category is BoundaryWarning]
+    assert len(boundary) == 2
+    assert {w.filename for w in boundary} == {__file__}
     with warnings.catch_warnings():
         warnings.simplefilter("error", BoundaryWarning)
         deblur_large(image, crop, **kw)

@@ -345,7 +345,8 @@ def _ome_pixel_size(xml, page):
     """``PhysicalSizeX``/``Y`` and their units in an OME-TIFF's metadata,
     for the image of ``page``'s size (the first such ``Image``): microscopes
     and Bio-Formats record the pixel size there, not in the resolution tags.
-    An empty dict if it has none or cannot be read."""
+    Sizes that are not positive numbers are left out (with their units); an
+    empty dict if it has none or cannot be read."""
     import tifffile
 
     try:
@@ -356,7 +357,16 @@ def _ome_pixel_size(xml, page):
         pixels = image.get("Pixels") if isinstance(image, dict) else None
         if (isinstance(pixels, dict) and pixels.get("SizeX") == page.imagewidth
                 and pixels.get("SizeY") == page.imagelength):
-            return {k: pixels[k] for k in _OME_SIZE_KEYS if k in pixels}
+            size = {}
+            for axis in "XY":       # a size OME allows: a positive number
+                value = pixels.get(f"PhysicalSize{axis}")
+                if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and np.isfinite(value) and value > 0):
+                    size[f"PhysicalSize{axis}"] = value
+                    unit = pixels.get(f"PhysicalSize{axis}Unit")
+                    if isinstance(unit, str):
+                        size[f"PhysicalSize{axis}Unit"] = unit
+            return size
     return {}
 
 

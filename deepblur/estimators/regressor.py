@@ -358,7 +358,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     training_boundary_ : {"zero", "crop"} or None
         How the training images were blurred at their border (a
         ``BlurDataset``'s ``boundary``; :func:`~deepblur.pretrained.load_model`
-        sets the model's); None when unknown (arrays). A network trained on
+        sets the model's); None when unknown (arrays) or mixed (a continued
+        training on another boundary). A network trained on
         ``"zero"`` reads the dark fringe of such images:
         :func:`deepblur.tiling.estimate_tiles` warns
         (:class:`~deepblur.exceptions.BoundaryWarning`) when it estimates

@@ -498,5 +498,13 @@ def test_the_pixel_size_of_an_ome_tiff(tmp_path):
         assert images._ome_pixel_size(xml_, page) == {}
     other = xml.replace('SizeX="16"', 'SizeX="17"')
     assert images._ome_pixel_size(other, page) == {}
+    # a size OME does not allow is not carried to an output
+    bad = xml.replace('PhysicalSizeX="0.2"', 'PhysicalSizeX="abc"')
+    assert bad != xml
+    assert images._ome_pixel_size(bad, page) == {
+        k: v for k, v in size.items() if "Y" in k}
+    bad = xml.replace('PhysicalSizeY="0.25"', 'PhysicalSizeY="-1"')
+    assert images._ome_pixel_size(bad, page) == {
+        k: v for k, v in size.items() if "X" in k}
     tifffile.imwrite(tmp_path / "plain.tif", data)
     assert "ome" not in images._read_pixels(tmp_path / "plain.tif")[1]["tiff"]

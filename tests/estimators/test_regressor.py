@@ -255,7 +255,7 @@ def test_training_boundary_is_recorded(setting):
     assert net.training_boundary_ == "crop"
     net.fit(X, y)
     assert net.training_boundary_ is None              # arrays: unknown
-    assert not hasattr(clone(net).initialize(), "training_boundary_")
+    assert not hasattr(net.initialize(), "training_boundary_")
 
 
 def test_clone_gridsearch_and_joblib(setting, tmp_path):
