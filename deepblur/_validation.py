@@ -250,23 +250,25 @@ def to_like(t, is_numpy):
 def _package_dirs():
     """Directories whose frames are library code for :func:`user_stacklevel`:
     deepblur's, scikit-learn's (whose wrappers, such as set_output's, sit
-    between a user's call and deepblur's methods) and joblib's (through
-    which scikit-learn's searches and cross-validation call them)."""
+    between a user's call and deepblur's methods), joblib's (through which
+    scikit-learn's searches and cross-validation call them) and skorch's
+    (whose ``fit`` and ``predict`` call the regressor's methods)."""
     import os
 
     import joblib
     import sklearn
+    import skorch
 
     import deepblur
 
     return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-                 for m in (deepblur, sklearn, joblib))
+                 for m in (deepblur, sklearn, joblib, skorch))
 
 
 def user_stacklevel():
     """The ``stacklevel`` that makes a ``warnings.warn`` in the calling
-    function point at the first frame outside deepblur, scikit-learn and
-    joblib: the user's line, whether it called a function directly, through a
+    function point at the first frame outside deepblur, scikit-learn, joblib
+    and skorch: the user's line, whether it called a function directly, through a
     Pipeline, ``fit_transform``, ``score`` or a search run in this thread (a
     fixed stacklevel is right for one of these paths only). In a worker
     thread or process the stack starts there, not at the user's line."""

@@ -447,10 +447,10 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     message = (noisy_images_message(np.concatenate(levels), noise_level, "tiles",
                                     n_total=grid.n_tiles) if levels else None)
     if message is not None:
-        warnings.warn(message, NoisyImageWarning, stacklevel=2)
+        warnings.warn(message, NoisyImageWarning, stacklevel=user_stacklevel())
     message = gathered_support_message(distances, "tiles")
     if message is not None:
-        warnings.warn(message, OutOfSupportWarning, stacklevel=2)
+        warnings.warn(message, OutOfSupportWarning, stacklevel=user_stacklevel())
     if not out:
         raise ValueError(
             "every tile has a non-positive mean intensity: no tile's blur can "
@@ -478,7 +478,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         warnings.warn(
             f"{len(sourceless)} of {grid.n_tiles} tiles hold no point source "
             f"above the threshold (offsets {shown}{more}): they take the mean of "
-            "the other tiles' estimates.", UserWarning, stacklevel=2)
+            "the other tiles' estimates.", UserWarning, stacklevel=user_stacklevel())
     if blank:
         gamma[~done] = gamma[read].mean(axis=0)
         shown = ", ".join(str(tuple(int(v) for v in offsets[t])) for t in blank[:5])
@@ -487,7 +487,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
             f"{len(blank)} of {grid.n_tiles} tiles have a non-positive mean "
             f"intensity (black or signed; offsets {shown}{more}): their blur "
             "cannot be read, they take the mean of the other tiles' estimates.",
-            UserWarning, stacklevel=2)
+            UserWarning, stacklevel=user_stacklevel())
     return gamma, grid
 
 
@@ -1077,7 +1077,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         warnings.warn(
             f"deblur reached max_iter={max_iter} before tol={tol} in "
             f"{converged.count(False)} of {len(blocks)} block(s); increase "
-            "max_iter or tol.", ConvergenceWarning, stacklevel=2)
+            "max_iter or tol.", ConvergenceWarning, stacklevel=user_stacklevel())
     restored = restored[pr:pr + H, pc:pc + W]
     return restored, dict(lam=lam, blocks=blocks, n_iter=np.array(n_iter),
                           converged=np.array(converged), lipschitz=np.array(norms))

@@ -877,3 +877,22 @@ def test_tiles_of_a_zero_boundary_network_warn():
         warnings.simplefilter("always")
         deblur_large_images([image, image], zero, scheduler="sync", **kw)
     assert [w.category for w in caught].count(BoundaryWarning) == 1
+
+
+def test_warnings_point_at_the_users_line():
+    """Every warning of the library points at the line of the user's code
+    that led to it (the first frame outside deepblur, scikit-learn, joblib
+    and skorch), however deep in the library it is raised: the noise check
+    of estimate_tiles, called by deblur_large, pointed at deblur_large."""
+    from deepblur.exceptions import NoisyImageWarning
+    from deepblur.pretrained import bundled_image, load_default
+
+    crop = load_default(estimator="crop_network")
+    image = bundled_image("camera", (128, 160))
+    noisy = image + 0.3 * np.random.default_rng(0).standard_normal(image.shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deblur_large(noisy, crop, max_iter=1, tol=0, lam=500.0)
+    noise = [w for w in caught if w.category is NoisyImageWarning]
+    assert noise and {w.filename for w in noise} == {__file__}
+    assert {w.filename for w in caught} == {__file__}   # the solver's too

@@ -14,6 +14,7 @@ import torch
 from sklearn.base import _clone_parametrized
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
+from deepblur._validation import user_stacklevel
 from deepblur.exceptions import NoisyImageWarning, OutOfSupportWarning
 from deepblur.nets.losses import relative_frobenius_error
 from deepblur.solvers.cone import cone_distance_bounds
@@ -282,7 +283,7 @@ def support_distances_gathered():
 
 
 def checked_estimates(gamma, sampler, gram, *, project, support_tolerance,
-                      device=None, stacklevel=3):
+                      device=None):
     """What ``predict`` returns: ``gamma`` projected or not, checked or not.
 
     With a ``sampler``, ``project`` returns the projections on its support
@@ -307,7 +308,8 @@ def checked_estimates(gamma, sampler, gram, *, project, support_tolerance,
         else:
             message = out_of_support_message(dist, support_tolerance)
             if message is not None:
-                warnings.warn(message, OutOfSupportWarning, stacklevel=stacklevel)
+                warnings.warn(message, OutOfSupportWarning,
+                              stacklevel=user_stacklevel())
     return proj.astype(gamma.dtype, copy=False) if project else gamma
 
 
@@ -637,7 +639,7 @@ def noise_check_suspended():
         _NOISE_CHECK_SUSPENDED.reset(token)
 
 
-def warn_if_noisy(X, noise_level, *, stacklevel=3):
+def warn_if_noisy(X, noise_level):
     """Issue a :class:`~deepblur.exceptions.NoisyImageWarning` if it applies.
 
     The noise of at most ``NOISE_CHECK_SAMPLE`` evenly spaced images of ``X``
@@ -663,7 +665,7 @@ def warn_if_noisy(X, noise_level, *, stacklevel=3):
     message = noisy_images_message(levels, noise_level, n_total=len(arr),
                                    means=means)
     if message is not None:
-        warnings.warn(message, NoisyImageWarning, stacklevel=stacklevel)
+        warnings.warn(message, NoisyImageWarning, stacklevel=user_stacklevel())
 
 
 def image_to_gamma_tags(tags, *, target_required=True):

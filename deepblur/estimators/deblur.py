@@ -28,6 +28,7 @@ from deepblur._validation import (
     check_not_empty,
     resolve_device,
     to_like,
+    user_stacklevel,
 )
 from deepblur.estimators._gamma import FrozenComponentsMixin
 from deepblur.metrics import psnr
@@ -258,7 +259,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 warnings.warn(
                     f"this TVDeblurrer was fitted with device={self.device!r} but "
                     "CUDA is not available here; it runs on the CPU.",
-                    UserWarning, stacklevel=2)
+                    UserWarning, stacklevel=user_stacklevel())
             self._device = torch.device("cpu")
 
     # -------------------------------------------------------------- helpers

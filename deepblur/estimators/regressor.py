@@ -13,7 +13,12 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetRegressor
 from skorch.dataset import Dataset
 
-from deepblur._validation import all_finite, check_not_empty, resolve_device
+from deepblur._validation import (
+    all_finite,
+    check_not_empty,
+    resolve_device,
+    user_stacklevel,
+)
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
     FrozenComponentsMixin,
@@ -484,7 +489,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                 f"mixed_precision={self.mixed_precision!r}: this CPU has no "
                 "bfloat16 units (AVX-512 BF16 or AMX); torch emulates them, "
                 "which may train slower than mixed_precision=None.",
-                UserWarning, stacklevel=2)
+                UserWarning, stacklevel=user_stacklevel())
         params = self.get_params_for("module")
         K = self._n_outputs()
         if (K is None and "n_outputs" not in params

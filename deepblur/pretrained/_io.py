@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from sklearn.base import clone
 
+from deepblur._validation import user_stacklevel
 from deepblur.datasets.simulate import _noise_param
 from deepblur.estimators._gamma import check_support_tolerance
 from deepblur.estimators.basis import ProductConvolutionBasis
@@ -372,7 +373,7 @@ def _with_extra(meta, extra, owned=()):
         warnings.warn(
             f"extra holds {clash}, which are the saved model's own metadata: "
             "the model's values are written, not extra's (give them other "
-            "names to keep them).", UserWarning, stacklevel=3)
+            "names to keep them).", UserWarning, stacklevel=user_stacklevel())
     meta.update({k: v for k, v in extra.items() if k not in clash})
     return meta
 
@@ -388,7 +389,8 @@ def _sampler_seed(sampler):
     warnings.warn(
         f"the sampler's random_state ({type(seed).__name__}) cannot be written "
         "to JSON: the loaded sampler is unseeded (random_state=None). Seed it "
-        "with an int to save a reproducible one.", UserWarning, stacklevel=3)
+        "with an int to save a reproducible one.", UserWarning,
+        stacklevel=user_stacklevel())
     return None
 
 

@@ -57,7 +57,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from deepblur._validation import check_finite, resolve_device
+from deepblur._validation import check_finite, resolve_device, user_stacklevel
 
 __all__ = [
     "circumcenter",
@@ -376,7 +376,7 @@ def _simplify_cone(X, n_rays, solver=None, name="X"):
             f"of a ray kept before them; the rows of {name} span fewer distinct "
             "directions than n_rays, so a smaller n_rays gives the same cone.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return U[indices], indices, center, radius
 
@@ -419,7 +419,7 @@ def _nnls_fixed_sum(A, b, total, i, tol=1e-12, max_iter=100):
             f"did not meet the sum to a relative {tol:g} in {max_iter} "
             f"iterations (off by {abs(gap) / total:.2g}); its weights were "
             "rescaled onto the bound, a point of the set near the optimum.",
-            ConvergenceWarning, stacklevel=4)
+            ConvergenceWarning, stacklevel=user_stacklevel())
     s = w.sum()
     if s > 0:
         return w * (total / s)

@@ -53,7 +53,13 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from deepblur._validation import as_tensor, check_finite, check_ndim, to_like
+from deepblur._validation import (
+    as_tensor,
+    check_finite,
+    check_ndim,
+    to_like,
+    user_stacklevel,
+)
 from deepblur.operators.gradient import (
     GRADIENT_NORM_SQUARED_BOUND,
     gradient,
@@ -607,7 +613,7 @@ def deblur(
                 f"{int((~conv).sum())} of {n} image(s); increase max_iter or "
                 "tol.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         result = DeblurResult(
             n_iter=n_iter,
