@@ -6,6 +6,7 @@ expected and what was given. None of them modifies its input.
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -247,6 +248,7 @@ def to_like(t, is_numpy):
     return t
 
 
+@functools.lru_cache(maxsize=1)
 def _package_dirs():
     """Directories whose frames are library code for :func:`user_stacklevel`:
     deepblur's, scikit-learn's (whose wrappers, such as set_output's, sit
