@@ -6,7 +6,6 @@ expected and what was given. None of them modifies its input.
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import numpy as np
@@ -248,38 +247,44 @@ def to_like(t, is_numpy):
     return t
 
 
-@functools.lru_cache(maxsize=1)
 def _package_dirs():
     """Directories whose frames are library code for :func:`user_stacklevel`:
-    deepblur's, scikit-learn's (whose wrappers, such as set_output's, sit
-    between a user's call and deepblur's methods), joblib's (through which
-    scikit-learn's searches and cross-validation call them) and skorch's
-    (whose ``fit`` and ``predict`` call the regressor's methods)."""
+    this deepblur's (found from this file, whichever copy is imported),
+    scikit-learn's (whose wrappers, such as set_output's, sit between a
+    user's call and deepblur's methods), joblib's (through which
+    scikit-learn's searches and cross-validation call them), skorch's (whose
+    ``fit`` and ``predict`` call the regressor's methods) and dask's (whose
+    tasks run deepblur.distributed's work), those of them imported."""
     import os
+    import sys
 
-    import joblib
-    import sklearn
-    import skorch
-
-    import deepblur
-
-    return tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
-                 for m in (deepblur, sklearn, joblib, skorch))
+    dirs = [os.path.dirname(os.path.abspath(__file__))]       # deepblur/
+    for name in ("sklearn", "joblib", "skorch", "dask", "distributed"):
+        module = sys.modules.get(name)
+        if getattr(module, "__file__", None):
+            dirs.append(os.path.dirname(os.path.abspath(module.__file__)))
+    return tuple(os.path.normcase(d) + os.sep for d in dirs)
 
 
 def user_stacklevel():
     """The ``stacklevel`` that makes a ``warnings.warn`` in the calling
-    function point at the first frame outside deepblur, scikit-learn, joblib
-    and skorch: the user's line, whether it called a function directly, through a
-    Pipeline, ``fit_transform``, ``score`` or a search run in this thread (a
-    fixed stacklevel is right for one of these paths only). In a worker
-    thread or process the stack starts there, not at the user's line."""
+    function point at the first frame outside deepblur and the libraries
+    that call into it (scikit-learn, joblib, skorch, dask): the user's line,
+    whether it called a function directly, through a Pipeline,
+    ``fit_transform``, ``score``, a search or a dask computation run in this
+    thread (a fixed stacklevel is right for one of these paths only). In a
+    worker thread or process the stack starts there, not at the user's line;
+    a stack of library frames only (the ``deepblur`` command) gives its
+    outermost frame."""
     import os
     import sys
 
     internal = _package_dirs()
     frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(
-            frame.f_code.co_filename).startswith(internal):
+    while frame.f_back is not None:
+        name = frame.f_code.co_filename
+        if name.startswith("<") or not os.path.normcase(
+                os.path.abspath(name)).startswith(internal):
+            break
         frame, level = frame.f_back, level + 1
     return level

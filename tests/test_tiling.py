@@ -884,6 +884,8 @@ def test_warnings_point_at_the_users_line():
     that led to it (the first frame outside deepblur, scikit-learn, joblib
     and skorch), however deep in the library it is raised: the noise check
     of estimate_tiles, called by deblur_large, pointed at deblur_large."""
+    from sklearn.exceptions import ConvergenceWarning
+
     from deepblur.exceptions import NoisyImageWarning
     from deepblur.pretrained import bundled_image, load_default
 
@@ -895,4 +897,17 @@ def test_warnings_point_at_the_users_line():
         deblur_large(noisy, crop, max_iter=1, tol=0, lam=500.0)
     noise = [w for w in caught if w.category is NoisyImageWarning]
     assert noise and {w.filename for w in noise} == {__file__}
-    assert {w.filename for w in caught} == {__file__}   # the solver's too
+    # the solver's, of the blocks solved after the estimation
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deblur_large(image, crop, max_iter=1, lam=500.0)
+    converged = [w for w in caught if w.category is ConvergenceWarning]
+    assert converged and {w.filename for w in converged} == {__file__}
+    # through dask's tasks, run in this thread
+    dask = pytest.importorskip("dask")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dask.compute(dask.delayed(deblur_large)(noisy, crop, max_iter=1, tol=0,
+                                                lam=500.0), scheduler="sync")
+    noise = [w for w in caught if w.category is NoisyImageWarning]
+    assert noise and {w.filename for w in noise} == {__file__}
