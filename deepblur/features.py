@@ -133,22 +133,24 @@ def check_feature_params(params, image_shape=None):
             "blur_features must be None or a dict of parameters of "
             f"deepblur.features.blur_features; got {params!r}."
         )
-    known = [k for k in sorted(inspect.signature(n_blur_features).parameters)
-             if k != "image_shape"]
     for name in params:
-        if name not in known:
+        if name not in _FEATURE_DEFAULTS:
             raise ValueError(f"blur_features has an unknown parameter {name!r}; "
-                             f"known: {', '.join(known)}.")
+                             f"known: {', '.join(sorted(_FEATURE_DEFAULTS))}.")
     if image_shape is None:     # the values alone: any size fits
-        spec = {k: p.default for k, p in
-                inspect.signature(n_blur_features).parameters.items()
-                if k != "image_shape"}
-        _check_spec((2**31, 2**31), **dict(spec, **params))
+        _check_spec((2**31, 2**31), **dict(_FEATURE_DEFAULTS, **params))
         return None
     if isinstance(image_shape, (int, np.integer)) and not isinstance(
             image_shape, bool):
         image_shape = (int(image_shape),) * 2
     return int(n_blur_features(image_shape, **params))
+
+
+# The statistics' parameters and their defaults, as :func:`n_blur_features`
+# (and :func:`blur_features`, ``batch_size`` aside) declares them.
+_FEATURE_DEFAULTS = {name: p.default for name, p in
+                    inspect.signature(n_blur_features).parameters.items()
+                    if name != "image_shape"}
 
 
 def _features(x, window, n_radial, n_angular, border, n_segments, stride):

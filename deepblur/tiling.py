@@ -1141,8 +1141,7 @@ def _warn_if_windows(regressor, n_tiles):
     """:class:`~deepblur.exceptions.BoundaryWarning` when a regressor trained
     on zero-boundary images (``training_boundary_``) estimates the
     ``n_tiles`` > 1 tiles of a larger image: windows of a larger scene.
-    Shown at the user's line (the first caller outside deepblur and
-    scikit-learn)."""
+    Shown at the user's line (:func:`deepblur._validation.user_stacklevel`)."""
     from deepblur.exceptions import BoundaryWarning
 
     if n_tiles > 1 and getattr(regressor, "training_boundary_", None) == "zero":
@@ -1374,7 +1373,7 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     Warns
     -----
     BoundaryWarning
-        Before the work, for an image of more than one tile and a regressor
+        Before the estimation, for an image of more than one tile and a regressor
         trained on zero-boundary images (the default network of
         :func:`~deepblur.pretrained.load_default`): its estimates on tiles,
         windows of a larger scene, are unreliable.
@@ -1408,9 +1407,6 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
         raise ValueError(
             f"boundary must be 'unknown' or 'model'; got {boundary!r}."
         )
-    if check_boundary:      # before the work
-        _warn_if_windows(regressor, tile_grid(img.shape, tile_shape,
-                                              tile_stride).n_tiles)
     pretrained = hasattr(model, "sampler") and hasattr(model, "basis")
     if pretrained:
         from deepblur.pretrained._apply import model_image_mean, training_gain
@@ -1433,7 +1429,7 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
         gamma, grid = estimate_tiles(img, regressor, tile_shape, stride=tile_stride,
                                      target_mean=target_mean,
                                      batch_size=batch_size, progress=progress,
-                                     check_boundary=False)
+                                     check_boundary=check_boundary)
     finally:
         if moved:
             module.to("cpu")

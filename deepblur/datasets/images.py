@@ -337,10 +337,6 @@ def _tiff_pixel_size(tif, page):
     return meta
 
 
-_OME_SIZE_KEYS = ("PhysicalSizeX", "PhysicalSizeXUnit", "PhysicalSizeY",
-                  "PhysicalSizeYUnit")
-
-
 def _ome_pixel_size(xml, page):
     """``PhysicalSizeX``/``Y`` and their units in an OME-TIFF's metadata,
     for the image of ``page``'s size (the first such ``Image``): microscopes

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
 from numbers import Integral
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deepblur.features import _FEATURE_DEFAULTS, check_feature_params
 from deepblur.features import _features as _blur_statistics
-from deepblur.features import blur_features as _blur_features_function
-from deepblur.features import check_feature_params
 
 __all__ = ["ResNet"]
-
-# the statistics' parameters and defaults, as blur_features declares them
-_FEATURE_DEFAULTS = {
-    name: p.default
-    for name, p in inspect.signature(_blur_features_function).parameters.items()
-    if p.kind is p.KEYWORD_ONLY and name != "batch_size"
-}
 
 
 class _BasicBlock(nn.Module):

@@ -1085,8 +1085,7 @@ def check_crop_network_params(**params):
     # the branch (None: the statistics' defaults) is made after the training
     from deepblur.features import check_feature_params
 
-    check_feature_params({} if blur_features is None else blur_features,
-                         _shape_pair(params.get("image_shape")))
+    check_feature_params(blur_features, _shape_pair(params.get("image_shape")))
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
     if not (isinstance(point_fraction, (int, float))
