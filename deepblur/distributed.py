@@ -382,6 +382,7 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
         )
     from deepblur.tiling import (
         _basis_parts,
+        _check_boundary_flag,
         _large_image_mean,
         _large_input,
         _model_parts,
@@ -406,7 +407,7 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     shape = tuple(int(s) for s in basis.image_shape_)      # a bad tile_stride
     n_tiles = max(tile_grid(im.shape, shape, kwargs.get("tile_stride")).n_tiles
                   for im in images)
-    if kwargs.get("check_boundary", True):
+    if _check_boundary_flag(kwargs.get("check_boundary", True)):
         # once, here: a worker's warnings stay in its logs
         _warn_if_windows(regressor, n_tiles)
     kwargs["check_boundary"] = False

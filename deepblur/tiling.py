@@ -383,7 +383,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     grid = tile_grid(img.shape, tile_shape, stride)
-    if check_boundary:
+    if _check_boundary_flag(check_boundary):
         _warn_if_windows(regressor, grid.n_tiles)
     image_factor = None
     if target_mean is not None:
@@ -1135,6 +1135,14 @@ def _model_parts(model):
             f"(basis, regressor) pair; got {type(model).__name__}."
         )
     return basis, regressor
+
+
+def _check_boundary_flag(check_boundary):
+    """``check_boundary``, checked: True or False."""
+    if not isinstance(check_boundary, (bool, np.bool_)):
+        raise ValueError(f"check_boundary must be True or False; got "
+                         f"{check_boundary!r}.")
+    return bool(check_boundary)
 
 
 def _warn_if_windows(regressor, n_tiles):

@@ -870,6 +870,12 @@ def test_tiles_of_a_zero_boundary_network_warn():
         del zero.regressor.training_boundary_      # unknown: trained on arrays
         estimate_tiles(image, zero.regressor)
     zero.regressor.training_boundary_ = "zero"
+    for bad in ("no", None, 0):            # refused before any estimate
+        with pytest.raises(ValueError, match="check_boundary must be True or "
+                                             "False"):
+            estimate_tiles(image, zero.regressor, check_boundary=bad)
+        with pytest.raises(ValueError, match="check_boundary must be True"):
+            deblur_large(image, zero, check_boundary=bad, **kw)
     pytest.importorskip("dask")
     from deepblur.distributed import deblur_large_images
 
@@ -877,6 +883,8 @@ def test_tiles_of_a_zero_boundary_network_warn():
         warnings.simplefilter("always")
         deblur_large_images([image, image], zero, scheduler="sync", **kw)
     assert [w.category for w in caught].count(BoundaryWarning) == 1
+    with pytest.raises(ValueError, match="check_boundary must be True"):
+        deblur_large_images([image], zero, compute=False, check_boundary="no")
 
 
 def test_warnings_point_at_the_users_line():
