@@ -113,7 +113,9 @@ def _resolve_estimator(path, estimator, command):
         meta = json.loads((Path(path) / _META).read_text())
     except (OSError, ValueError):
         return "network"        # load_model reports unreadable files
-    boundary = meta.get("setting", {}).get("boundary", "zero")
+    # the network's own record of its training boundary, else the setting's
+    boundary = meta.get("training_boundary",
+                        meta.get("setting", {}).get("boundary", "zero"))
     return "spectral" if boundary == "zero" else "network"
 
 
@@ -410,6 +412,7 @@ def cmd_demo(args):
     from deepblur.plotting import plot_blind_deblurring
     from deepblur.pretrained._apply import (
         BUNDLED_IMAGES,
+        _model_boundary,
         bundled_image,
         simulate_blind_deblurring,
     )
@@ -432,7 +435,7 @@ def cmd_demo(args):
              else f"{drawn:g}")
     print(f"image: {args.image} ({shape[0]}x{shape[1]} centre crop, mean 0.5), "
           f"seed {args.seed}, noise std {noise}, "
-          f"{(model.setting or {}).get('boundary', 'zero')} boundary")
+          f"{_model_boundary(model)} boundary")
     print(f"relative operator error: {100 * res['operator_error']:.2f} %")
     print(f"SNR blurry: {res['snr_blurry']:.2f} dB")
     print(f"SNR deblurred (estimated operator): {res['snr_deblurred']:.2f} dB")
@@ -532,14 +535,11 @@ def _warn_if_zero_boundary(model):
     noise is checked by the regressor's ``predict``, whose
     ``NoisyImageWarning`` the commands print."""
     from deepblur.estimators.points import PointSourceBlurEstimator
+    from deepblur.pretrained._apply import _model_boundary
 
     if isinstance(model.regressor, PointSourceBlurEstimator):
         return
-    # how the regressor was trained (a network saved with its record), else
-    # the setting's
-    boundary = (getattr(model.regressor, "training_boundary_", None)
-                or (model.setting or {}).get("boundary", "zero"))
-    if boundary == "zero":
+    if _model_boundary(model) == "zero":
         print("warning: this model was trained on images blurred with a zero "
               "boundary; on windows of larger scenes (real images, tiles) the "
               "shipped one's operator error is 40 %, worse than the mean "

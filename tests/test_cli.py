@@ -1617,6 +1617,31 @@ def test_estimator_auto_takes_the_spectral_regressor_for_real_images(
     assert code == 0 and "zero boundary" not in err, err
 
 
+def test_estimator_auto_reads_the_networks_training_boundary(spectral_dir,
+                                                             tmp_path):
+    """``--estimator auto`` picks the spectral regressor for a network trained
+    on zero-boundary images, by its own record first, then by the setting."""
+    import shutil
+
+    from deepblur.cli import _resolve_estimator
+
+    for path in spectral_dir.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert "training_boundary" not in meta      # trained on arrays: no record
+    assert _resolve_estimator(tmp_path, "auto", "estimate") == "spectral"
+    for setting, trained, expected in (("crop", None, "network"),
+                                       ("crop", "zero", "spectral"),
+                                       ("zero", "crop", "network")):
+        meta["setting"]["boundary"] = setting
+        meta.pop("training_boundary", None)
+        if trained is not None:
+            meta["training_boundary"] = trained
+        (tmp_path / "model.json").write_text(json.dumps(meta))
+        assert _resolve_estimator(tmp_path, "auto", "estimate") == expected
+    assert _resolve_estimator(tmp_path, "auto", "demo") == "network"
+
+
 def test_demo_with_the_spectral_regressor(spectral_dir, capsys, tmp_path):
     code, out, err = _run(capsys, "demo", "--model", spectral_dir, "--estimator",
                           "spectral", "-o", tmp_path / "f.png", "--max-iter", 50)

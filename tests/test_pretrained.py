@@ -936,18 +936,58 @@ def test_training_gain_is_the_mean_of_the_training_observations(small_setting,
     net, _ = _tiny_regressor(small_setting)
     save_model(tmp_path, net, small_setting)
     model = load_model(tmp_path)
+    assert model.regressor.training_boundary_ == "zero"
     flat = [np.full((32, 32), 0.5)]
+    gains = {}
     for boundary in ("zero", "crop"):
         X, _ = make_blurred_images(flat, model.basis, model.sampler, 4000,
                                    noise_std=0.0, boundary=boundary,
                                    image_mean=0.5, random_state=0)
-        gain = training_gain(model._replace(
-            setting=dict(model.setting, boundary=boundary)))
-        assert X.mean() == pytest.approx(0.5 * gain, rel=0.01)
-    zero = training_gain(model)
-    crop = training_gain(model._replace(setting=dict(model.setting,
-                                                     boundary="crop")))
-    assert crop > 1.05 * zero       # 16x16 images lose much at their border
+        model.regressor.training_boundary_ = boundary
+        gains[boundary] = training_gain(model)
+        assert X.mean() == pytest.approx(0.5 * gains[boundary], rel=0.01)
+    assert gains["crop"] > 1.05 * gains["zero"]  # 16x16 images lose at the border
+
+
+def test_training_gain_and_the_demo_follow_the_networks_record(small_setting,
+                                                               tmp_path):
+    """The network's own ``training_boundary_`` wins over the setting's
+    boundary (a network saved in another setting than it learnt in); without
+    a record the setting's is used."""
+    from deepblur.pretrained import training_gain
+    from deepblur.pretrained._apply import (
+        _model_boundary,
+        operator_gain,
+        simulate_blind_deblurring,
+    )
+
+    net, _ = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    model = load_model(tmp_path)
+    crop_setting = dict(model.setting, boundary="crop")
+    rays = model.sampler.generators_
+    alpha = np.mean(model.sampler.alpha_range)
+    whole = alpha * operator_gain(model.basis, rays).mean()
+    interior = alpha * operator_gain(model.basis, rays, interior=True).mean()
+    # trained on the zero boundary, saved in a crop setting: the zero gain
+    in_crop = model._replace(setting=crop_setting)
+    assert _model_boundary(in_crop) == "zero"
+    assert training_gain(in_crop) == pytest.approx(whole)
+    # no record: the setting's boundary
+    del model.regressor.training_boundary_
+    assert _model_boundary(in_crop) == "crop"
+    assert training_gain(in_crop) == pytest.approx(interior)
+    assert _model_boundary(model._replace(setting=None)) == "zero"
+    # the demo simulates the boundary the network was trained with: with the
+    # zero boundary, the blurry image's mean is the whole image's gain
+    model.regressor.training_boundary_ = "zero"
+    shape = tuple(model.basis.image_shape_)
+    res = simulate_blind_deblurring(in_crop, np.full(shape, 0.5),
+                                    max_iter=300, random_state=3)
+    g = res["gamma"]
+    assert res["blurry_gain"] == pytest.approx(operator_gain(model.basis, g))
+    assert res["blurry_gain"] != pytest.approx(
+        operator_gain(model.basis, g, interior=True))
 
 
 TINY_CROP = dict(n_images=64, epochs=2, batch_size=16, width=4, depth=1,

@@ -156,6 +156,30 @@ def operator_gain(basis, gamma, *, interior=False):
     return gains if g.ndim == 2 else float(gains[0])
 
 
+def _model_boundary(model):
+    """How the model's training images were blurred at their border.
+
+    The regressor's own record (``training_boundary_``, set by training on a
+    :class:`~deepblur.datasets.BlurDataset` and kept by
+    :func:`~deepblur.pretrained.save_model`) comes first: a network may be
+    saved in a setting whose ``boundary`` is not the one it learnt from.
+    Models without that record fall back to ``model.setting["boundary"]``,
+    then to ``"zero"`` (the paper's).
+
+    Parameters
+    ----------
+    model : PretrainedModel
+
+    Returns
+    -------
+    {"zero", "crop"}
+    """
+    trained = getattr(model.regressor, "training_boundary_", None)
+    if trained is not None:
+        return trained
+    return (getattr(model, "setting", None) or {}).get("boundary", "zero")
+
+
 def training_gain(model):
     """Mean gain of the operators the model was trained on.
 
@@ -164,7 +188,8 @@ def training_gain(model):
     uniformly), so the expected gain is
     ``mean(alpha_range) * mean_r operator_gain(r)`` over the sampler's rays.
     The gain is that of the boundary the training images were blurred with
-    (``model.setting["boundary"]``): the whole image's, boundary losses
+    (the regressor's ``training_boundary_`` when it records one, else
+    ``model.setting["boundary"]``): the whole image's, boundary losses
     included, for ``"zero"``; the interior's for ``"crop"`` (a window of a
     larger scene loses no light at its border; on the shipped basis the two
     differ by 3 %).
@@ -179,7 +204,7 @@ def training_gain(model):
     """
     rays = np.asarray(model.sampler.generators_, dtype=np.float64)
     alpha = float(np.mean(model.sampler.alpha_range))
-    crop = (model.setting or {}).get("boundary", "zero") == "crop"
+    crop = _model_boundary(model) == "crop"
     return alpha * float(np.mean(operator_gain(model.basis, rays, interior=crop)))
 
 
@@ -433,7 +458,7 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     original = img * (model_image_mean(model) / mean)
     sampler = clone(model.sampler).set_params(random_state=random_state)
     gamma = sampler.fit(model.sampler.generators_).sample(1)[0]
-    boundary = (model.setting or {}).get("boundary", "zero")
+    boundary = _model_boundary(model)
     noise = (model.setting or {}).get("noise_std", model.noise_std)
     blurry = blur_images(original, gamma, basis, noise_std=noise,
                          boundary=boundary,
