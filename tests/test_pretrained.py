@@ -1145,6 +1145,32 @@ def test_load_basis_missing(tmp_path):
         load_basis(tmp_path)
 
 
+def test_training_functions_refuse_a_folder_or_name_for_images(small_setting,
+                                                              tmp_path):
+    """images = "natural" (a deepblur train config's) given to the Python
+    functions failed deep inside with torch's or numpy's message about
+    strings, after the checkpoint folder was made."""
+    from deepblur.pretrained import (
+        add_feature_head,
+        train_crop_network,
+        train_spectral_regressor,
+    )
+
+    net, _ = _tiny_regressor(small_setting)
+    calls = (lambda im: train_regressor(small_setting, im, n_images=32, epochs=1,
+                                        checkpoint_dir=tmp_path / "ck"),
+             lambda im: train_crop_network(small_setting, im, n_images=32,
+                                           epochs=1),
+             lambda im: add_feature_head(small_setting, im, net, n_images=32),
+             lambda im: train_spectral_regressor(small_setting, im, n_images=32))
+    for call in calls:
+        for bad in ("natural", tmp_path):
+            with pytest.raises(TypeError, match="images must be images.*"
+                                                "natural_image_split"):
+                call(bad)
+    assert not (tmp_path / "ck").exists()
+
+
 def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
         small_setting, tmp_path):
     from deepblur.pretrained import finished_epochs, train_regressor

@@ -20,6 +20,7 @@ signal-to-noise ratio ``SNR = 10 log10(mean(H u ** 2) / sigma ** 2)`` in dB
 from __future__ import annotations
 
 import math
+import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -95,8 +96,29 @@ def _check_normalize(normalize, image_mean):
                          f"{image_mean!r}.")
 
 
+def _check_not_path(images, name="images"):
+    """Refuse a folder or a name where images are expected (``deepblur
+    train``'s config takes both; the Python functions take the images)."""
+    if isinstance(images, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{name} must be images (arrays, a list or a dict of them); got "
+            f"{images!r}: read a folder with deepblur.datasets.load_images, and "
+            "the bundled natural training images (images = 'natural' in a "
+            "deepblur train config) are deepblur.datasets.natural_image_split()[0].")
+
+
 def _check_images(images, image_shape, name="images"):
-    t = images if torch.is_tensor(images) else torch.as_tensor(np.asarray(images))
+    _check_not_path(images, name)
+    if torch.is_tensor(images):
+        t = images
+    else:
+        arr = np.asarray(images)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold numbers; got an array of dtype "
+                            f"{arr.dtype}.")
+        if not arr.dtype.isnative:      # big-endian data (FITS, some TIFFs)
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        t = torch.as_tensor(arr)
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:

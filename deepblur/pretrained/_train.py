@@ -22,7 +22,7 @@ import torch
 from skorch.callbacks import Checkpoint
 
 from deepblur._validation import resolve_device
-from deepblur.datasets.simulate import BlurDataset, _check_range
+from deepblur.datasets.simulate import BlurDataset, _check_not_path, _check_range
 from deepblur.estimators.regressor import (
     ResNetBlurRegressor,
     check_mixed_precision,
@@ -509,6 +509,7 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         When the training was interrupted (skorch stops quietly on Ctrl-C):
         the finished epochs are in the checkpoint, resume with ``resume=True``.
     """
+    _check_not_path(images)
     from skorch.callbacks import LRScheduler, ProgressBar
 
     # what the training learns from (recorded beside a checkpoint, below)
@@ -684,6 +685,7 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
     -------
     ResNetBlurRegressor
     """
+    _check_not_path(images)
     from sklearn.base import clone
     from sklearn.exceptions import NotFittedError
 
@@ -969,6 +971,7 @@ def train_spectral_regressor(setting, images, *, n_images=40_000,
     SpectralBlurRegressor
         Fitted.
     """
+    _check_not_path(images)
     import numpy as np
 
     from deepblur.estimators.spectral import SpectralBlurRegressor
@@ -1160,6 +1163,7 @@ progress_bar, verbose
         Trained, with its branch, and ``noise_level_`` the top of
         ``noise_std``.
     """
+    _check_not_path(images)
     import numpy as np
     from sklearn.base import clone
 

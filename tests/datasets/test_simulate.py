@@ -249,6 +249,50 @@ def test_bad_images_and_gamma(basis, rng):
                     ProductConvolutionBasis(2))
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">u2"])
+def test_big_endian_images_are_read_as_native(basis, sampler, rng, dtype):
+    """Big-endian arrays (FITS files, some TIFFs) gave torch's raw byte-order
+    error in every simulation function; the rest of the library took them."""
+    from deepblur.datasets import make_random_operators
+
+    pool = (rng.random((4, 12, 12)) * 200 + 10).astype(dtype)
+    native = pool.astype(pool.dtype.newbyteorder("="))
+    gamma = sampler.sample(4)
+    np.testing.assert_array_equal(
+        blur_images(pool, gamma, basis, random_state=0),
+        blur_images(native, gamma, basis, random_state=0))
+    for args in ((4,), ()):
+        X, y = make_blurred_images(pool, basis, sampler, *args, random_state=0)
+        X0, y0 = make_blurred_images(native, basis, sampler, *args, random_state=0)
+        np.testing.assert_array_equal(X, X0)
+    batch = next(iter(BlurDataset(pool, basis, sampler, batch_size=2,
+                                  random_state=0)))
+    again = next(iter(BlurDataset(native, basis, sampler, batch_size=2,
+                                  random_state=0)))
+    torch.testing.assert_close(batch[0], again[0])
+    ops = make_random_operators(2, image_shape=(12, 12), kernel_shape=(5, 5),
+                                grid_shape=(4, 4), random_state=0)
+    np.testing.assert_array_equal(
+        make_deblurring_pairs(pool, ops, 2, random_state=0)[0],
+        make_deblurring_pairs(native, ops, 2, random_state=0)[0])
+
+
+@pytest.mark.parametrize("bad", ["natural", b"natural", "images/"])
+def test_a_folder_or_name_is_not_images(basis, sampler, bad):
+    """A path or a name where images are expected (as a deepblur train config
+    takes them) failed in torch or numpy with a message about strings."""
+    import pathlib
+
+    for value in (bad, pathlib.Path("images")):
+        with pytest.raises(TypeError, match="must be images.*load_images.*"
+                                            "natural_image_split"):
+            blur_images(value, [1.0, 1.0], basis)
+        with pytest.raises(TypeError, match="must be images"):
+            next(iter(BlurDataset(value, basis, sampler)))
+    with pytest.raises(TypeError, match="must hold numbers"):
+        blur_images(np.array([["a"] * 12] * 12), [1.0, 1.0], basis)
+
+
 def test_dataset_bad_parameters(basis, sampler, rng):
     with pytest.raises(ValueError, match="batch_size"):
         next(iter(BlurDataset(rng.random((2, 12, 12)), basis, sampler,
