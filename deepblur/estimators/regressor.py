@@ -369,6 +369,10 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         :func:`deepblur.tiling.estimate_tiles` warns
         (:class:`~deepblur.exceptions.BoundaryWarning`) when it estimates
         the tiles of a larger image, which have none.
+    n_features_in_ : int
+        Pixels of each image the network reads, ``H * W`` of the basis's
+        ``image_shape`` (as the other estimators of images give it); defined
+        once the network is initialised (fitted or loaded) with a basis.
 
     See Also
     --------
@@ -566,6 +570,17 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     def _image_shape(self):
         basis = self._basis_or_none()
         return None if basis is None else tuple(basis.image_shape_)
+
+    @property
+    def n_features_in_(self):
+        """``H * W`` of the images the network reads (see Attributes)."""
+        shape = (self._image_shape() if getattr(self, "initialized_", False)
+                 else None)
+        if shape is None:
+            raise AttributeError(
+                "n_features_in_ is defined once the regressor is fitted (or "
+                "loaded) with a basis.")
+        return int(np.prod(shape))
 
     def check_data(self, X, y):
         """Validate training data: images, finiteness, width of ``y``."""

@@ -276,6 +276,14 @@ def test_clone_gridsearch_and_joblib(setting, tmp_path):
     fitted_clone = clone(best)
     assert not hasattr(fitted_clone, "module_") or not getattr(
         fitted_clone, "initialized_", False)
+    # n_features_in_, as the other estimators of images give it: H * W once
+    # fitted or loaded, absent before (and with no basis to say H and W)
+    assert best.n_features_in_ == loaded.n_features_in_ == X[0].size
+    assert not hasattr(net, "n_features_in_")
+    assert not hasattr(fitted_clone, "n_features_in_")
+    no_basis = ResNetBlurRegressor(criterion__gram=basis.gram_, max_epochs=1,
+                                   train_split=None, **SMALL)
+    assert not hasattr(no_basis.fit(X, y), "n_features_in_")
 
 
 def test_the_shared_basis_and_sampler_parameters_cannot_be_set(setting):
