@@ -41,6 +41,11 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _LAST_TRANSFORM = ("n_iter_", "objective_history_", "converged_", "lam_")
 
 
+_GRID_HINT = (
+    " (A grid over this parameter gets clones of its values, and a clone is "
+    "unfitted: wrap each fitted value in sklearn.frozen.FrozenEstimator.)")
+
+
 def _is_prefitted(obj):
     """Whether ``obj`` is a component to share as is rather than to clone.
 
@@ -115,7 +120,9 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         :class:`sklearn.frozen.FrozenEstimator`, or any non-estimator object
         with ``predict``) is shared, not cloned, by :func:`sklearn.base.clone`
         and hence by ``GridSearchCV``: a fresh unfitted copy could not predict.
-        The same holds for ``basis``.
+        The same holds for ``basis``. A grid *over* either parameter is
+        another matter: ``GridSearchCV`` clones the grid's values, so give
+        them as ``FrozenEstimator(fitted)``.
     tile_stride : int, default=None
         Images larger than the basis's ``image_shape`` are cut into
         overlapping tiles of that shape, this many pixels apart (default half
@@ -282,6 +289,11 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 "(non-blind deblurring) or set blur_estimator to a fitted "
                 "estimator with predict(X) -> gamma (blind deblurring)."
             )
+        if not _is_prefitted(self.blur_estimator):
+            raise NotFittedError(
+                "blur_estimator must be fitted: this TVDeblurrer never fits it; "
+                f"got an unfitted {type(self.blur_estimator).__name__}."
+                + _GRID_HINT)
         return self.blur_estimator
 
     def _check_gamma(self, gamma, name, n):
@@ -335,7 +347,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
             raise ValueError(
                 "basis must be a fitted ProductConvolutionBasis (fit it, or build "
                 "it with ProductConvolutionBasis.from_components); got an unfitted "
-                f"{type(self.basis).__name__}."
+                f"{type(self.basis).__name__}." + _GRID_HINT
             ) from None
         except TypeError:
             pass

@@ -266,6 +266,32 @@ def test_grid_search_blind(basis, data, wrap):
     assert np.isfinite(search.best_score_)
 
 
+def test_grid_over_blur_estimators_needs_them_frozen(basis, data):
+    """GridSearchCV clones the values of its grid: a grid of fitted
+    regressors got unfitted copies and failed in the regressor; the error now
+    says to freeze them, and frozen ones are compared."""
+    from sklearn.exceptions import NotFittedError
+
+    X, clean, gamma = data
+    good = FakeBlurRegressor().fit(X, gamma)
+    off = FakeBlurRegressor(offset=0.5).fit(X, gamma)
+    est = _est(basis, blur_estimator=good, max_iter=100)
+    with pytest.raises(NotFittedError, match="blur_estimator must be fitted.*"
+                                             "FrozenEstimator"):
+        GridSearchCV(est, {"blur_estimator": [good, off]}, cv=KFold(2),
+                     error_score="raise").fit(X, clean)
+    search = GridSearchCV(est, {"blur_estimator": [FrozenEstimator(off),
+                                                   FrozenEstimator(good)]},
+                          cv=KFold(2), error_score="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, clean)
+    assert search.best_estimator_.blur_estimator.estimator is good
+    with pytest.raises(ValueError, match="unfitted ProductConvolutionBasis.*"
+                                         "FrozenEstimator"):
+        _est(clone(basis)).fit(X)
+
+
 def test_grid_search_non_blind_with_metadata_routing(basis, data):
     X, clean, gamma = data
     with sklearn.config_context(enable_metadata_routing=True):
