@@ -366,6 +366,14 @@ def _read_gamma(path, K):
             gamma = np.load(path, allow_pickle=False)
         elif suffix == ".json":
             data = json.loads(path.read_text())
+            if isinstance(data, dict) and "gamma_tiles" in data \
+                    and "gamma" not in data:
+                shape = "x".join(str(n) for n in data.get("image_shape", ()))
+                raise CLIError(
+                    f"{path.name} holds one gamma per tile of a larger image "
+                    f"({shape or 'its'} pixels, from `deepblur estimate`), not "
+                    "the one gamma of an image of the model's input size: "
+                    "estimate this image's gamma, or deblur that image with it.")
             gamma = data["gamma"] if isinstance(data, dict) else data
         else:
             raise CLIError(f"unsupported gamma file format {suffix or '(none)'!r} "
@@ -578,6 +586,10 @@ def _estimate_tiles(args, model, source, estimator, img):
         out = Path(args.output)
         if out.suffix.lower() == ".npy":
             np.save(out, gamma)
+            print(f"note: {out.name} holds the ({grid.n_tiles}, K) estimates "
+                  "without their tile grid, which `deepblur deblur --gamma` "
+                  "needs for this image: write a .json for that.",
+                  file=sys.stderr)
         else:
             out.write_text(json.dumps(dict(
                 gamma_tiles=gamma.tolist(), K=int(gamma.shape[1]),
@@ -651,6 +663,7 @@ def _deblur_large(args, model, img):
         _solve_scale,
         _unit_gain_tiles,
         deblur_large,
+        tile_grid,
     )
 
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
@@ -665,6 +678,14 @@ def _deblur_large(args, model, img):
             return result.restored, result.grid
         gamma, grid = _read_gamma_tiles(args.gamma, img.shape,
                                         model.basis.kernels_.shape[0])
+        stride = _tile_stride(args, model)
+        if stride is not None and tile_grid(img.shape, grid.tile_shape,
+                                            stride) != grid:
+            raise CLIError(
+                f"--tile-stride {stride}: the tiles are those of "
+                f"{Path(args.gamma).name} ({grid.n_tiles} tiles, the grid "
+                "`deepblur estimate` used), not tiles this far apart; leave "
+                "--tile-stride out, or estimate again with it.")
         try:
             gamma = _unit_gain_tiles(model.basis, gamma, grid,
                                      interior=args.boundary == "unknown")
@@ -1560,7 +1581,8 @@ def _add_tiling(p):
                    help="images larger than the model's input are cut into "
                         "overlapping tiles of its input size, S pixels apart "
                         "(default: half a tile); one operator per tile, blended "
-                        "by a smooth partition of unity")
+                        "by a smooth partition of unity (with a per-tile --gamma "
+                        "file, the file's tiles)")
 
 
 def _add_max_iter(p):
@@ -1631,7 +1653,9 @@ def build_parser():
     p.add_argument("image", metavar="IMAGE", help="blurry image (TIFF or PNG)")
     _add_model(p)
     p.add_argument("-o", "--output", metavar="GAMMA",
-                   help="save gamma_hat (.json with metadata, or .npy)")
+                   help="save gamma_hat (.json with metadata, or .npy; for an "
+                        "image larger than the model's input, only the .json "
+                        "keeps the tile grid that deblur --gamma needs)")
     p.add_argument("--figure", metavar="FIG",
                    help="save the estimated operator on a Dirac comb (.png, .pdf)")
     _add_tiling(p)

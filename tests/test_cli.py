@@ -1499,7 +1499,33 @@ def test_large_image_errors(model_dir, large, capsys, tmp_path):
     assert "too small for one solve" in error(
         "deblur", tmp_path / "big.tif", "-o", tmp_path / "o.tif", "--max-pixels",
         "100")
+    # a per-tile file fixes the tiles: another --tile-stride was ignored
+    code, _, err = _run(capsys, "estimate", tmp_path / "big.tif", "--model",
+                        model_dir, "-o", tmp_path / "tiles.json")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "tiles.json").read_text())
+    stride = saved["row_starts"][1] - saved["row_starts"][0]
+    assert "not tiles this far apart" in error(
+        "deblur", tmp_path / "big.tif", "-o", tmp_path / "o.tif", "--gamma",
+        tmp_path / "tiles.json", "--tile-stride", str(stride // 2))
+    # ... the same stride is the same grid
+    code, _, err = _run(capsys, "deblur", tmp_path / "big.tif", "-o",
+                        tmp_path / "same.tif", "--model", model_dir, "--gamma",
+                        tmp_path / "tiles.json", "--tile-stride", str(stride),
+                        "--max-iter", "2")
+    assert code == 0, err
+    # a per-tile file for an image of the model's input size
+    shape = tuple(load_model(model_dir).basis.image_shape_)
+    tifffile.imwrite(tmp_path / "one.tif", y[:shape[0], :shape[1]])
+    message = error("deblur", tmp_path / "one.tif", "-o", tmp_path / "o.tif",
+                    "--gamma", tmp_path / "tiles.json")
+    assert "one gamma per tile of a larger image" in message
+    assert f"{y.shape[0]}x{y.shape[1]}" in message
     assert not (tmp_path / "o.tif").exists()
+    # a .npy of the tiles: said to lack the grid deblur needs
+    code, out, err = _run(capsys, "estimate", tmp_path / "big.tif", "--model",
+                          model_dir, "-o", tmp_path / "tiles.npy")
+    assert code == 0 and "without their tile grid" in err, err
 
 
 def test_blind_commands_warn_that_a_zero_boundary_model_is_unreliable(
