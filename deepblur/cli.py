@@ -890,6 +890,7 @@ def cmd_train(args):
         make_default_setting,
         train_regressor,
     )
+    from deepblur.pretrained._default import check_setting_params
     from deepblur.pretrained._train import check_training_params
 
     config = _read_config(args.config)
@@ -926,13 +927,17 @@ def cmd_train(args):
             and not (args.resume or args.overwrite)):
         raise CLIError(f"{output} already holds a model: pass --overwrite to "
                        "replace it, or name another output.")
-    stages = _Stages(checkpoint_dir, output, resume=args.resume)
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in config.get("setting", {}).items()}
     unknown = sorted(set(overrides) - set(DEFAULT_SETTING))
     if unknown:
         raise CLIError(f"unknown setting override(s) {', '.join(unknown)}; "
                        f"overrides must be among {', '.join(DEFAULT_SETTING)}.")
+    try:                # before the slow setting fit, and before any file
+        check_setting_params(overrides)
+    except ValueError as exc:
+        raise CLIError(f"[setting]: {exc}") from None
+    stages = _Stages(checkpoint_dir, output, resume=args.resume)
     hyper = {k: config[k] for k in TRAINING_DEFAULTS if k in config}
     if "input_norm" in hyper:
         hyper["input_norm"] = _config_input_norm(hyper["input_norm"], "")

@@ -1248,6 +1248,28 @@ def test_train_errors(capsys, tmp_path):
     assert "head must be" in error('head = "max"')
     assert "or 'none'" in error('input_norm = "whiten"')
     assert "overrides must be among" in error("[setting]\nn_layers = 3")
+    # the setting's entries too (they failed after its fit, once a folder was
+    # made), checked without fitting anything
+    import deepblur.pretrained
+
+    def no_fit(**_):
+        raise AssertionError("the setting was fitted")
+
+    real_fit = deepblur.pretrained.make_default_setting
+    deepblur.pretrained.make_default_setting = no_fit
+    try:
+        for text, message in (
+                ("noise_std = -1", "[setting]: noise_std must be >= 0"),
+                ("alpha_range = [1.2, 0.8]", "0 < alpha_min < alpha_max"),
+                ("image_mean = 0", "image_mean must be a positive float"),
+                ('boundary = "reflect"', "boundary must be one of"),
+                ("n_rays = 0", "n_rays must be a positive int"),
+                ("n_components = 2.5", "n_components must be a positive int"),
+                ('symmetry = "x"', "symmetry must be one of")):
+            assert message in error("[setting]\n" + text)
+    finally:
+        deepblur.pretrained.make_default_setting = real_fit
+    assert not (tmp_path / "deepblur_model").exists()
     assert "no checkpoint" in error("epochs = 1", "r.toml", "--resume")
     assert "is not a folder" in error('images = "nowhere"')
     assert "is not a model directory" in error('init_model = "nowhere"')

@@ -43,6 +43,33 @@ def small_setting():
                                 n_components=4, n_rays=6)
 
 
+@pytest.mark.parametrize("bad, match", [
+    (dict(noise_std=-0.1), "noise_std must be >= 0"),
+    (dict(noise_std=(0.02, 0.01)), "low <= high"),
+    (dict(image_mean=-1.0), "image_mean must be a positive float"),
+    (dict(boundary="periodic"), "boundary must be one of"),
+    (dict(alpha_range=(0.0, 1.0)), "0 < alpha_min < alpha_max"),
+    (dict(alpha_range=1.0), "alpha_range must be a pair"),
+    (dict(n_rays=True), "n_rays must be a positive int"),
+    (dict(n_operators=0), "n_operators must be a positive int"),
+    (dict(image_shape="big"), "image_shape"),
+    (dict(symmetry="cyclic"), "symmetry must be one of"),
+    (dict(depth=3), "overrides must be among"),
+])
+def test_default_setting_checks_its_entries_before_fitting(monkeypatch, bad,
+                                                           match):
+    """The noise, image mean, boundary and the cone's and sampler's entries
+    were used (and refused) only after the fits, or by what trains later."""
+    import deepblur.pretrained._default as default
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the entries were checked")
+
+    monkeypatch.setattr(default, "make_random_operators", no_fit)
+    with pytest.raises(ValueError, match=match):
+        make_default_setting(**bad)
+
+
 def test_default_setting_is_seeded(small_setting):
     again = make_default_setting(n_operators=12, image_shape=(16, 16),
                                  kernel_shape=(5, 5), grid_shape=(4, 4),

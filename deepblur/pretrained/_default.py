@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 
 from deepblur.datasets.random_operators import make_random_operators
@@ -36,6 +38,58 @@ DEFAULT_SETTING = dict(
 
 #: What ``symmetry`` may be (see :func:`make_default_setting`).
 SYMMETRIES = (None, "dihedral")
+
+
+def check_setting_params(params):
+    """Check a setting's entries before its slow fits.
+
+    The noise, image mean and boundary are used only by what trains and
+    tests in the setting, and the cone's and sampler's parameters only
+    after the basis is fitted: a bad one failed minutes later (``deepblur
+    train``: after the fit of the default setting). The random operators
+    check their own shapes first thing.
+
+    Parameters
+    ----------
+    params : dict
+        Entries of :data:`DEFAULT_SETTING` (all, or overrides of them).
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad entry (unknown names included).
+    """
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from deepblur._validation import check_image_mean
+    from deepblur.datasets.simulate import _check_boundary, _noise_param
+    from deepblur.solvers.cone import _check_alpha_range
+
+    unknown = set(params) - set(DEFAULT_SETTING)
+    if unknown:
+        raise ValueError(
+            f"overrides must be among {sorted(DEFAULT_SETTING)}; got {sorted(unknown)}."
+        )
+    p = dict(DEFAULT_SETTING, **params)
+    for name in ("n_operators", "n_components", "n_rays"):
+        value = p[name]
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    _check_alpha_range(p["alpha_range"])
+    try:        # the estimators' own constraints, checked without fitting
+        ProductConvolutionBasis(p["n_components"], image_shape=p["image_shape"],
+                                random_state=p["random_state"])._validate_params()
+        ConeSimplifier(n_rays=p["n_rays"])._validate_params()
+        ConeSampler(alpha_range=p["alpha_range"],
+                    random_state=p["random_state"])._validate_params()
+    except InvalidParameterError as exc:
+        raise ValueError(str(exc)) from None
+    _noise_param(p["noise_std"], "noise_std")
+    check_image_mean(p["image_mean"])
+    _check_boundary(p["boundary"])
+    if p["symmetry"] not in SYMMETRIES:
+        raise ValueError(f"symmetry must be one of {SYMMETRIES}; got "
+                         f"{p['symmetry']!r}.")
 
 
 def make_default_setting(**overrides):
@@ -76,14 +130,8 @@ def make_default_setting(**overrides):
         and ``params`` (the setting used).
     """
     params = dict(DEFAULT_SETTING, **overrides)
-    unknown = set(params) - set(DEFAULT_SETTING)
-    if unknown:
-        raise ValueError(
-            f"overrides must be among {sorted(DEFAULT_SETTING)}; got {sorted(unknown)}."
-        )
+    check_setting_params(params)
     symmetry = params["symmetry"]
-    if symmetry not in SYMMETRIES:
-        raise ValueError(f"symmetry must be one of {SYMMETRIES}; got {symmetry!r}.")
     if symmetry == "dihedral":
         _check_dihedral(params)
     seed = params["random_state"]
