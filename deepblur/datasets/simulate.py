@@ -99,7 +99,10 @@ def _check_normalize(normalize, image_mean):
 def _check_not_path(images, name="images"):
     """Refuse a folder or a name where images are expected (``deepblur
     train``'s config takes both; the Python functions take the images)."""
-    if isinstance(images, (str, bytes, os.PathLike)):
+    paths = (str, bytes, os.PathLike)
+    listed = (images.values() if isinstance(images, dict) else images
+              if isinstance(images, (list, tuple)) else ())
+    if isinstance(images, paths) or any(isinstance(im, paths) for im in listed):
         raise TypeError(
             f"{name} must be images (arrays, a list or a dict of them); got "
             f"{images!r}: read a folder with deepblur.datasets.load_images, and "
@@ -114,11 +117,12 @@ def _check_images(images, image_shape, name="images"):
     else:
         arr = np.asarray(images)
         if arr.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold numbers; got an array of dtype "
-                            f"{arr.dtype}.")
+            raise TypeError(f"{name} must hold real numbers; got an array of "
+                            f"dtype {arr.dtype}.")
         if not arr.dtype.isnative:      # big-endian data (FITS, some TIFFs)
             arr = arr.astype(arr.dtype.newbyteorder("="))
-        t = torch.as_tensor(arr)
+        # flipped or strided views: torch takes no negative strides
+        t = torch.as_tensor(np.ascontiguousarray(arr))
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:
@@ -305,6 +309,7 @@ def blur_images(images, gamma, basis, *, noise_std=0.01, snr=None, normalize="me
 def _patch_pool(images, image_shape, n_patches, random_state, normalize="mean"):
     """Patches at ``image_shape``: given as an array, or cropped from images
     (without black crops when ``normalize="mean"``)."""
+    _check_not_path(images)
     if isinstance(images, dict) or (isinstance(images, (list, tuple)) and any(
             np.shape(im) != tuple(image_shape) for im in images)):
         # Filled in place, with no float64 copy (a pool of 20 000 patches of
@@ -712,6 +717,7 @@ def make_deblurring_pairs(images, operators, n_samples=100, *, noise_std=0.01,
     _check_normalize("mean", image_mean)
     image_shape = maps.shape[-2:]
     rng = check_random_state(random_state)
+    _check_not_path(images)
     if isinstance(images, dict) or (isinstance(images, (list, tuple)) and any(
             np.shape(im) != tuple(image_shape) for im in images)):
         u = extract_patches(images, n_samples, image_shape, augment=augment,

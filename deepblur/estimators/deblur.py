@@ -11,6 +11,7 @@ and ``gamma`` either given (non-blind) or predicted by a fitted blur estimator
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,6 +20,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
+from skorch.exceptions import NotInitializedError
 
 from deepblur._validation import (
     as_tensor,
@@ -59,7 +61,9 @@ def _is_prefitted(obj):
         check_is_fitted(obj)
     except NotFittedError:
         return False
-    except TypeError:  # no ``fit``: not an estimator, nothing to refit
+    except (TypeError, AttributeError):
+        # no ``fit`` (not an estimator, nothing to refit), or a ``fit`` but
+        # none of scikit-learn's machinery to tell: used as it is
         return True
     return True
 
@@ -289,12 +293,20 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 "(non-blind deblurring) or set blur_estimator to a fitted "
                 "estimator with predict(X) -> gamma (blind deblurring)."
             )
-        if not _is_prefitted(self.blur_estimator):
+        return self.blur_estimator
+
+    @contextmanager
+    def _fitted_blur_estimator(self):
+        """Say what to do when the blur estimator's ``predict`` finds it
+        unfitted (what a grid over ``blur_estimator`` gives it); anything
+        with a working ``predict`` is used as it is."""
+        try:
+            yield
+        except (NotFittedError, NotInitializedError) as exc:
             raise NotFittedError(
                 "blur_estimator must be fitted: this TVDeblurrer never fits it; "
-                f"got an unfitted {type(self.blur_estimator).__name__}."
-                + _GRID_HINT)
-        return self.blur_estimator
+                f"its {type(self.blur_estimator).__name__}.predict says: {exc}"
+                + _GRID_HINT) from exc
 
     def _check_gamma(self, gamma, name, n):
         """``gamma`` of shape (K,) or (1 or n, K), finite -> tensor (n, K)."""
@@ -318,7 +330,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
 
     def _gamma(self, X_t, X, gamma, single):
         if gamma is None:
-            gamma = self._predictor().predict(X[None] if single else X)
+            with self._fitted_blur_estimator():
+                gamma = self._predictor().predict(X[None] if single else X)
             name = "blur_estimator.predict(X)"
         else:
             name = "gamma"
@@ -422,9 +435,10 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         out, lams, n_iter, converged = [], [], [], []
         for i, img in enumerate(images):
             if gamma is None:
-                tiles, grid = estimate_tiles(img, estimator, self.image_shape_,
-                                             stride=self.tile_stride,
-                                             check_boundary=False)
+                with self._fitted_blur_estimator():
+                    tiles, grid = estimate_tiles(img, estimator, self.image_shape_,
+                                                 stride=self.tile_stride,
+                                                 check_boundary=False)
             else:
                 grid = tile_grid(img.shape, self.image_shape_, self.tile_stride)
                 tiles = np.tile(g[i], (grid.n_tiles, 1))

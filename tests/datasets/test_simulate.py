@@ -289,8 +289,27 @@ def test_a_folder_or_name_is_not_images(basis, sampler, bad):
             blur_images(value, [1.0, 1.0], basis)
         with pytest.raises(TypeError, match="must be images"):
             next(iter(BlurDataset(value, basis, sampler)))
-    with pytest.raises(TypeError, match="must hold numbers"):
+    for listed in (["a.tif", "b.tif"], {"a": pathlib.Path("a.tif")}):
+        with pytest.raises(TypeError, match="must be images"):
+            next(iter(BlurDataset(listed, basis, sampler)))
+    with pytest.raises(TypeError, match="must hold real numbers"):
         blur_images(np.array([["a"] * 12] * 12), [1.0, 1.0], basis)
+    with pytest.raises(TypeError, match="must hold real numbers"):
+        blur_images(np.ones((12, 12), dtype=complex), [1.0, 1.0], basis)
+
+
+def test_flipped_views_are_taken(basis, sampler, rng):
+    """A flipped array (negative strides) gave torch's raw error."""
+    pool = rng.random((3, 12, 12)) + 0.1
+    flipped = pool[:, ::-1]
+    gamma = sampler.sample(3)
+    np.testing.assert_array_equal(
+        blur_images(flipped, gamma, basis, random_state=0),
+        blur_images(flipped.copy(), gamma, basis, random_state=0))
+    X, _ = make_blurred_images(flipped, basis, sampler, 2, random_state=0)
+    np.testing.assert_array_equal(
+        X, make_blurred_images(flipped.copy(), basis, sampler, 2,
+                               random_state=0)[0])
 
 
 def test_dataset_bad_parameters(basis, sampler, rng):

@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.utils.validation import check_is_fitted
 
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.deblur import TVDeblurrer
@@ -58,6 +59,7 @@ class FakeBlurRegressor(BaseEstimator):
         return round(float(np.asarray(x).sum()), 6)
 
     def predict(self, X):
+        check_is_fitted(self)
         return np.stack([self.table_[self._key(x)] + self.offset for x in X])
 
 
@@ -290,6 +292,56 @@ def test_grid_over_blur_estimators_needs_them_frozen(basis, data):
     with pytest.raises(ValueError, match="unfitted ProductConvolutionBasis.*"
                                          "FrozenEstimator"):
         _est(clone(basis)).fit(X)
+    # a network, unfitted (skorch says "not initialized")
+    from deepblur import ResNetBlurRegressor
+
+    with pytest.raises(NotFittedError, match="not initialized.*FrozenEstimator"):
+        _est(basis, blur_estimator=ResNetBlurRegressor(basis=basis)).fit(
+            X).transform(X)
+    # large images: the same advice from the tiles' estimates
+    big = np.tile(X[0], (2, 2))
+    with pytest.raises(NotFittedError, match="FrozenEstimator"):
+        _est(basis, blur_estimator=clone(good), max_iter=2).fit(big).transform(big)
+
+
+class _Stateless(BaseEstimator):
+    """An estimator with nothing to learn: fit returns self, no attributes."""
+
+    def __init__(self, gamma=None):
+        self.gamma = gamma
+
+    def fit(self, X, y=None):
+        return self
+
+    def predict(self, X):
+        return np.tile(self.gamma, (len(X), 1))
+
+
+class _DuckTyped:
+    """fit and predict, but no scikit-learn base class."""
+
+    def __init__(self, gamma):
+        self.gamma = gamma
+
+    def fit(self, X, y=None):
+        return self
+
+    def predict(self, X):
+        return np.tile(self.gamma, (len(X), 1))
+
+
+def test_blur_estimators_without_fitted_attributes_are_used(basis, data):
+    """Estimators that scikit-learn cannot tell fitted (nothing learnt, or
+    not its estimators) are used as they are, cloned or not: only what their
+    own predict refuses is called unfitted."""
+    X, _, gamma = data
+    for estimator in (_Stateless(gamma[0]).fit(X), _DuckTyped(gamma[0])):
+        est = _est(basis, blur_estimator=estimator, max_iter=50)
+        expected = est.fit(X).transform(X, gamma=gamma[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            np.testing.assert_allclose(est.transform(X), expected)
+            np.testing.assert_allclose(clone(est).fit(X).transform(X), expected)
 
 
 def test_grid_search_non_blind_with_metadata_routing(basis, data):
