@@ -378,7 +378,14 @@ def _read_gamma(path, K):
         else:
             raise CLIError(f"unsupported gamma file format {suffix or '(none)'!r} "
                            f"for {path.name}: use .json or .npy.")
-        gamma = np.asarray(gamma, dtype=np.float64).reshape(-1)
+        gamma = np.asarray(gamma, dtype=np.float64)
+        if gamma.ndim == 2 and gamma.shape[0] > 1:
+            raise CLIError(
+                f"{path.name} holds {gamma.shape[0]} rows of coefficients (one "
+                "per tile of a larger image, as `deepblur estimate -o .npy` "
+                "writes them), not the one gamma of an image of the model's "
+                "input size.")
+        gamma = gamma.reshape(-1)
     except CLIError:
         raise
     except (ValueError, KeyError, TypeError) as exc:

@@ -1548,6 +1548,9 @@ def test_large_image_errors(model_dir, large, capsys, tmp_path):
     code, out, err = _run(capsys, "estimate", tmp_path / "big.tif", "--model",
                           model_dir, "-o", tmp_path / "tiles.npy")
     assert code == 0 and "without their tile grid" in err, err
+    assert "one per tile of a larger image" in error(
+        "deblur", tmp_path / "one.tif", "-o", tmp_path / "o.tif", "--gamma",
+        tmp_path / "tiles.npy")
 
 
 def test_blind_commands_warn_that_a_zero_boundary_model_is_unreliable(
