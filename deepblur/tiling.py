@@ -284,7 +284,10 @@ def _check_large_image(image, tile_shape):
     _check_image_shape(img.shape, tile_shape)
     if not np.isfinite(img).all():
         raise ValueError("image must contain only finite values; got NaN or Inf.")
-    return img
+    if not img.dtype.isnative:      # big-endian data (FITS, some TIFFs)
+        img = img.astype(img.dtype.newbyteorder("="))
+    # flipped or rotated views: torch takes no negative strides
+    return np.ascontiguousarray(img)
 
 
 def _tile_shape_of(regressor, tile_shape):

@@ -519,6 +519,18 @@ def test_global_solve_is_the_solver_on_the_stitched_operator(problem):
     np.testing.assert_allclose(u, ref[0].numpy(), atol=1e-10)
 
 
+def test_deblur_stitched_takes_flipped_and_big_endian_images(problem):
+    """np.flipud / np.rot90 views (negative strides) and big-endian arrays
+    gave torch's raw errors; the rest of the API takes them."""
+    p = problem
+    kw = dict(lam=300.0, max_iter=20, tol=0, dtype="float64")
+    y = np.ascontiguousarray(p["y"][::-1, ::-1])
+    ref, _ = deblur_stitched(y, p["basis"], p["gamma"], p["grid"], **kw)
+    for view in (p["y"].copy()[::-1, ::-1], y.astype(">f8")):
+        u, _ = deblur_stitched(view, p["basis"], p["gamma"], p["grid"], **kw)
+        np.testing.assert_array_equal(u, ref)
+
+
 def test_tiled_solve_matches_global_on_the_seams(problem):
     """Two blocks (cores of 32 columns, windows of 44) against one global solve,
     both converged: the difference is largest on the seam and small with a
