@@ -41,8 +41,10 @@ one tile only covers a pixel (the image's borders) its weight is 1.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -104,6 +106,9 @@ DEFAULT_MAX_PIXELS = 1024 * 1024
 
 # Below this many tiles (or blocks) no progress bar is shown by default.
 _PROGRESS_MIN = 64
+
+# Held while deblur_large has moved a network to another device.
+_NETWORK_MOVES = threading.RLock()
 
 
 # --------------------------------------------------------------------- grid
@@ -1432,19 +1437,27 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     dev = resolve_device(device)
     module = getattr(regressor, "module_", None)
     moved = module is not None and dev.type != "cpu"
-    old_device = getattr(regressor, "device", None)
-    if moved:
-        module.to(dev)
-        regressor.device = str(dev)
-    try:
-        gamma, grid = estimate_tiles(img, regressor, tile_shape, stride=tile_stride,
-                                     target_mean=target_mean,
-                                     batch_size=batch_size, progress=progress,
-                                     check_boundary=check_boundary)
-    finally:
+    # The network goes to the device for the estimates and back to where it
+    # was (a CUDA network stays there; before, it was left on the CPU with
+    # its device still saying CUDA). One call at a time moves a network:
+    # tasks of a threaded scheduler share the model.
+    with _NETWORK_MOVES if moved else contextlib.nullcontext():
         if moved:
-            module.to("cpu")
-            regressor.device = old_device
+            old_device = getattr(regressor, "device", None)
+            home = next(module.parameters(), torch.empty(0)).device
+            module.to(dev)
+            regressor.device = str(dev)
+        try:
+            gamma, grid = estimate_tiles(img, regressor, tile_shape,
+                                         stride=tile_stride,
+                                         target_mean=target_mean,
+                                         batch_size=batch_size,
+                                         progress=progress,
+                                         check_boundary=check_boundary)
+        finally:
+            if moved:
+                module.to(home)
+                regressor.device = old_device
     if unit_gain:
         try:
             gamma = _unit_gain_tiles(basis, gamma, grid,

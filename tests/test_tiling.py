@@ -931,3 +931,42 @@ def test_warnings_point_at_the_users_line():
                                                 lam=500.0), scheduler="sync")
     noise = [w for w in caught if w.category is NoisyImageWarning]
     assert noise and {w.filename for w in noise} == {__file__}
+
+
+def test_deblur_large_puts_a_network_back_on_its_device(problem, monkeypatch):
+    """device="cuda" with a network already on CUDA: it was moved to the CPU
+    afterwards while its device still said CUDA (its next predict failed).
+    Mocked on the CPU: where the module goes, and in which order."""
+    import deepblur.tiling as tiling
+
+    p = problem
+    K_ = p["gamma"].shape[1]
+    moves = []
+
+    class Param:
+        device = "cuda:0"
+
+    class Module:
+        def parameters(self):
+            return iter([Param()])
+
+        def to(self, device):
+            moves.append(str(device))
+            return self
+
+    class Network:
+        module_ = Module()
+        device = "cuda:0"
+
+        def predict(self, X):
+            return np.ones((len(X), K_))
+
+    net = Network()
+    monkeypatch.setattr(tiling, "resolve_device", lambda d: torch.device("cuda"))
+    solved = []
+    monkeypatch.setattr(tiling, "_deblur_scaled",
+                        lambda *a, **k: solved.append(moves[:]) or (
+                            None, dict(lam=1.0, blocks=[], n_iter=0)))
+    deblur_large(p["y"] + 1.0, (p["basis"], net), device="cuda", max_iter=2)
+    assert moves == ["cuda", "cuda:0"] and solved == [moves]
+    assert net.device == "cuda:0"
