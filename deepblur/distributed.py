@@ -343,9 +343,11 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     ------
     ValueError
         Before any task runs: a model whose basis is not fitted, a bad
-        ``image_mean``, and, naming ``images[i]``, an image that is not 2-D,
-        smaller than the model's ``image_shape``, not finite, or of a
-        non-positive mean (unless ``image_mean=None``). An error inside a
+        ``image_mean`` or ``target_mean``, and, naming ``images[i]``, an
+        image that is not 2-D, smaller than the model's ``image_shape``, not
+        finite, of a non-positive mean (unless ``image_mean=None`` and
+        ``target_mean=None``), or that ``max_pixels``, ``margin`` or
+        ``boundary`` cannot cut into solve blocks. An error inside a
         task names its image too: in the message of a plain ``ValueError``,
         in a note (``__notes__``) of other errors, which keep their type.
 
@@ -381,11 +383,15 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
             f"{len(images) if hasattr(images, '__len__') else '?'}."
         )
     from deepblur.tiling import (
+        DEFAULT_MAX_PIXELS,
         _basis_parts,
         _check_boundary_flag,
         _large_image_mean,
         _large_input,
+        _large_target_mean,
         _model_parts,
+        _solve_plan,
+        _tile_factor,
         _warn_if_windows,
         tile_grid,
     )
@@ -394,13 +400,20 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     # a task's error would drop the images already deblurred. The model and
     # image_mean first (their errors are about no image), then each image
     basis, regressor = _model_parts(model)
-    _basis_parts(basis)
+    kernels, maps, _ = _basis_parts(basis)
     image_mean = _large_image_mean(model, kwargs.get("image_mean", "auto"))
+    target_mean = _large_target_mean(model, kwargs.get("target_mean", "auto"))
     images = [np.asarray(im.detach().cpu().numpy() if torch.is_tensor(im) else im)
               for im in images]
     for i, im in enumerate(images):
         try:
-            _large_input(im, model, image_mean)
+            _, _, img, _ = _large_input(im, model, image_mean)
+            _tile_factor(img, target_mean)      # the tiles' scaling
+            # the blocks of the solve (max_pixels, margin, boundary)
+            _solve_plan(img.shape, kernels.shape[1:], maps.shape[1:],
+                        kwargs.get("boundary", "unknown"),
+                        kwargs.get("max_pixels", DEFAULT_MAX_PIXELS),
+                        kwargs.get("margin"))
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)

@@ -393,19 +393,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     grid = tile_grid(img.shape, tile_shape, stride)
     if _check_boundary_flag(check_boundary):
         _warn_if_windows(regressor, grid.n_tiles)
-    image_factor = None
-    if target_mean is not None:
-        if not (np.isfinite(target_mean) and target_mean > 0):
-            raise ValueError(
-                f"target_mean must be positive and finite; got {target_mean!r}."
-            )
-        mean = float(img.mean())
-        if not mean > 0:
-            raise ValueError(
-                "image must have a positive mean intensity to be scaled to "
-                f"target_mean={target_mean}; got mean {mean:.4g}."
-            )
-        image_factor = target_mean / mean
+    image_factor = _tile_factor(img, target_mean)
     offsets = grid.offsets
     h, w = tile_shape
     out, levels, distances, blank, sourceless = [], [], [], [], []
@@ -762,6 +750,43 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
     return blocks
 
 
+def _solve_plan(image_shape, kernel_shape, tile_shape, boundary, max_pixels,
+                margin):
+    """The blocks :func:`deblur_stitched` solves an image of ``image_shape``
+    in, checked: ``(blocks, pr, pc, margin)``, with ``pr, pc`` the rows and
+    columns the solve adds on each side (half a kernel with
+    ``boundary="unknown"``, whose unknown scene there is estimated with the
+    rest and dropped, so that every pixel of the image is fitted)."""
+    if boundary not in ("model", "unknown"):
+        raise ValueError(
+            f"boundary must be 'model' or 'unknown'; got {boundary!r}."
+        )
+    unknown = boundary == "unknown"
+    radius = _kernel_radius(kernel_shape)
+    if margin is None:
+        margin = _default_margin(kernel_shape)
+    if not (isinstance(margin, numbers.Integral) and margin >= radius):
+        raise ValueError(
+            f"margin must be an int >= the kernel radius {radius} (else the "
+            f"blocks miss the blur from their neighbours); got {margin!r}."
+        )
+    H, W = image_shape
+    pr, pc = (int(k) // 2 for k in kernel_shape) if unknown else (0, 0)
+    try:
+        blocks = solve_blocks((H + 2 * pr, W + 2 * pc), max_pixels, margin,
+                              min_core=tile_shape)
+    except ValueError as exc:
+        if not unknown:
+            raise
+        raise ValueError(
+            f"{exc} With boundary='unknown' the solve covers the image extended "
+            f"by half a kernel ({pr} rows and {pc} columns) on each side: a "
+            f"{H}x{W} image in one piece needs max_pixels >= "
+            f"{(H + 2 * pr) * (W + 2 * pc)}."
+        ) from None
+    return blocks, pr, pc, margin
+
+
 def _default_margin(kernel_shape):
     return 2 * _kernel_radius(kernel_shape) + 16
 
@@ -987,14 +1012,9 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
             f"boundary must be 'model' or 'unknown'; got {boundary!r}."
         )
     unknown = boundary == "unknown"
-    radius = _kernel_radius(kernels.shape[1:])
-    if margin is None:
-        margin = _default_margin(kernels.shape[1:])
-    if not (isinstance(margin, numbers.Integral) and margin >= radius):
-        raise ValueError(
-            f"margin must be an int >= the kernel radius {radius} (else the "
-            f"blocks miss the blur from their neighbours); got {margin!r}."
-        )
+    blocks, pr, pc, margin = _solve_plan(img.shape, kernels.shape[1:],
+                                         grid.tile_shape, boundary, max_pixels,
+                                         margin)
     dev = resolve_device(device)
     tdtype = torch.float32 if dtype == "float32" else torch.float64
     if isinstance(lam, str):
@@ -1011,22 +1031,6 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
             raise ValueError(
                 f"lipschitz must be positive and finite; got {lipschitz!r}.")
     H, W = img.shape
-    # boundary="unknown": the solve runs on the image extended by half a
-    # kernel on each side (the unknown scene there is estimated with the rest
-    # and dropped), every pixel of the image is fitted
-    pr, pc = (int(k) // 2 for k in kernels.shape[1:]) if unknown else (0, 0)
-    try:
-        blocks = solve_blocks((H + 2 * pr, W + 2 * pc), max_pixels, margin,
-                              min_core=grid.tile_shape)
-    except ValueError as exc:
-        if not unknown:
-            raise
-        raise ValueError(
-            f"{exc} With boundary='unknown' the solve covers the image extended "
-            f"by half a kernel ({pr} rows and {pc} columns) on each side: a "
-            f"{H}x{W} image in one piece needs max_pixels >= "
-            f"{(H + 2 * pr) * (W + 2 * pc)}."
-        ) from None
     if len(blocks) > 1 and not unknown and model_boundary != "zero":
         raise ValueError(
             f"a block-wise solve with boundary='model' needs the 'zero' boundary "
@@ -1251,7 +1255,8 @@ def _solve_scale(image, image_mean):
             f"the image has a mean intensity {mean:.4g} <= 0: it cannot be scaled "
             "to image_mean (the model needs intensities, not a signed or "
             "background-subtracted image); pass image_mean=None to solve it in "
-            "its own units."
+            "its own units (and target_mean=None to read its tiles as they "
+            "are)."
         )
     return float(image_mean) / mean
 
@@ -1274,6 +1279,45 @@ def _large_image_mean(model, image_mean="auto"):
             return model_image_mean(model)
         return 0.5
     return check_image_mean(image_mean)
+
+
+def _tile_factor(img, target_mean):
+    """The factor that brings ``img`` to ``target_mean`` (None: none),
+    checked as :func:`estimate_tiles` needs it."""
+    if target_mean is None:
+        return None
+    if not (isinstance(target_mean, numbers.Real) and np.isfinite(target_mean)
+            and target_mean > 0):
+        raise ValueError(
+            f"target_mean must be positive and finite; got {target_mean!r}."
+        )
+    mean = float(img.mean())
+    if not mean > 0:
+        raise ValueError(
+            "image must have a positive mean intensity for its tiles to be "
+            f"scaled to target_mean={target_mean:.4g} (for a pretrained "
+            "model, 'auto' is its training mean times its training gain); "
+            f"got mean {mean:.4g}: pass target_mean=None to read the tiles "
+            "as they are (and image_mean=None to deblur_large)."
+        )
+    return target_mean / mean
+
+
+def _large_target_mean(model, target_mean="auto"):
+    """``deblur_large``'s ``target_mean`` resolved: "auto" is a pretrained
+    model's training mean times its training gain, None for a ``(basis,
+    regressor)`` pair."""
+    if isinstance(target_mean, str):
+        if target_mean != "auto":
+            raise ValueError(
+                f"target_mean must be a float, 'auto' or None; got {target_mean!r}."
+            )
+        if not (hasattr(model, "sampler") and hasattr(model, "basis")):
+            return None
+        from deepblur.pretrained._apply import model_image_mean, training_gain
+
+        return model_image_mean(model) * training_gain(model)
+    return target_mean
 
 
 def _large_input(image, model, image_mean="auto"):
@@ -1318,7 +1362,8 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     ----------
     image : array-like of shape (H, W)
         Blurry image, at least the model's ``image_shape`` along each axis,
-        finite, with a positive mean (unless ``image_mean=None``).
+        finite, with a positive mean (unless ``image_mean=None`` and, for
+        a PretrainedModel, ``target_mean=None``).
     model : PretrainedModel or tuple (basis, regressor)
         A model from :func:`deepblur.pretrained.load_default` /
         :func:`~deepblur.pretrained.load_model`, or a fitted basis and a
@@ -1423,17 +1468,7 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
         raise ValueError(
             f"boundary must be 'unknown' or 'model'; got {boundary!r}."
         )
-    pretrained = hasattr(model, "sampler") and hasattr(model, "basis")
-    if pretrained:
-        from deepblur.pretrained._apply import model_image_mean, training_gain
-    if isinstance(target_mean, str):
-        if target_mean != "auto":
-            raise ValueError(
-                f"target_mean must be a float, 'auto' or None; got {target_mean!r}."
-            )
-        target_mean = None
-        if pretrained:
-            target_mean = model_image_mean(model) * training_gain(model)
+    target_mean = _large_target_mean(model, target_mean)
     dev = resolve_device(device)
     module = getattr(regressor, "module_", None)
     moved = module is not None and dev.type != "cpu"

@@ -309,6 +309,20 @@ def test_deblur_large_images_equals_deblur_large(fitted, client):
             with pytest.raises(ValueError, match=match):
                 deblur_large_images([images[0], bad], model, scheduler="sync",
                                     **kwargs)
+        # the tiles' scaling and the solve's blocks, which failed in the
+        # tasks and dropped the images already deblurred
+        for extra, match in (
+                (dict(image_mean=None, target_mean=1.0),
+                 r"images\[1\]: image must have a positive mean intensity for "
+                 r"its tiles.*target_mean=None"),
+                (dict(max_pixels=100), r"images\[0\]: max_pixels=100 is too"),
+                (dict(boundary="reflect"), r"images\[0\]: boundary must be"),
+                (dict(margin=1), r"images\[0\]: margin must be an int")):
+            with pytest.raises(ValueError, match=match):
+                deblur_large_images([images[0], images[1] - 5], model,
+                                    scheduler="sync", **dict(kwargs, **extra))
+        with pytest.raises(ValueError, match=r"^target_mean must be a float"):
+            deblur_large_images([images[0]], model, target_mean="mean")
         # the model's and image_mean's errors are about no image
         with pytest.raises(ValueError, match=r"^basis must be a fitted"):
             deblur_large_images([images[0]], (ProductConvolutionBasis(3),
