@@ -618,7 +618,11 @@ def _estimate_tiles(args, model, source, estimator, img):
         import matplotlib.pyplot as plt
 
         op = stitched_operator(model.basis, gamma, grid)
-        comb = dirac_comb(img.shape, spacing=max(16, min(img.shape) // 16))
+        # PSFs 1.5 kernel widths apart, as plot_operator draws them: closer,
+        # neighbours overlapped on images under about 400 pixels
+        spacing = max(int(1.5 * max(model.basis.kernel_shape_)),
+                      min(img.shape) // 16)
+        comb = dirac_comb(img.shape, spacing=spacing)
         import torch
 
         with torch.no_grad():
@@ -626,8 +630,10 @@ def _estimate_tiles(args, model, source, estimator, img):
                               torch.ones(gamma.shape[1], dtype=torch.float64))
         psfs = psfs[0].cpu().numpy()
         fig, ax = plt.subplots(figsize=(6, 6 * img.shape[0] / img.shape[1]))
-        ax.imshow(psfs, cmap="magma")
-        ax.set_title(f"estimated operator on a Dirac comb ({grid.n_tiles} tiles)")
+        # the square root shows the PSFs' tails as well as their cores
+        ax.imshow(np.clip(psfs, 0, None) ** 0.5, cmap="magma")
+        ax.set_title(f"estimated operator on a Dirac comb ({grid.n_tiles} tiles, "
+                     f"PSFs {spacing} px apart; square root)")
         ax.axis("off")
         _save_figure(fig, args.figure)
         print(f"figure: {args.figure}")

@@ -1419,16 +1419,24 @@ def large(setting, model):
 
 
 def test_estimate_and_deblur_large_images_by_tiles(model_dir, model, large, capsys,
-                                                   tmp_path):
+                                                   tmp_path, monkeypatch):
+    import deepblur.plotting
     from deepblur.pretrained._apply import _IMAGE_MEAN, training_gain
     from deepblur.tiling import deblur_large, estimate_tiles
 
     y, grid = large
     tifffile.imwrite(tmp_path / "big.tif", y)
+    spacings = []
+    comb = deepblur.plotting.dirac_comb
+    monkeypatch.setattr(deepblur.plotting, "dirac_comb",
+                        lambda shape, spacing: spacings.append(spacing)
+                        or comb(shape, spacing))
     code, out, err = _run(capsys, "estimate", tmp_path / "big.tif", "--model",
                           model_dir, "-o", tmp_path / "g.json", "--figure",
                           tmp_path / "op.png")
     assert code == 0, err
+    # the figure's PSFs do not overlap: 1.5 kernel widths apart at least
+    assert spacings[0] >= int(1.5 * max(model.basis.kernel_shape_))
     assert f"{grid.n_tiles} tiles ({grid.shape[0]}x{grid.shape[1]})" in out
     saved = json.loads((tmp_path / "g.json").read_text())
     expected, _ = estimate_tiles(y, model.regressor, (64, 64),
