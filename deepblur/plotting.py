@@ -209,7 +209,10 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     gain = (operator_gain(basis, gamma) if blurry_gain is None
             else float(blurry_gain))
     if not np.isfinite(gain):
-        raise ValueError(f"blurry_gain must be finite; got {blurry_gain!r}.")
+        raise ValueError(
+            f"blurry_gain must be finite; got {blurry_gain!r}" + (
+                f" (computed: the gain of H[gamma] on a flat image is {gain})"
+                if blurry_gain is None else "") + ".")
     panels = [(blurry, "blurry-noisy"), (original, "original"),
               (deblurred, "deblurred (estimate)")]
     if deblurred_true is not None:

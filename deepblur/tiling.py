@@ -1222,9 +1222,10 @@ def tile_gains(basis, gamma_tiles, *, interior=False):
     >>> tile_gains(box, [[1.0]]).round(4), tile_gains(box, [[1.0]], interior=True)
     (array([0.8403]), array([1.]))
     """
+    kernels, _, _ = _basis_parts(basis)         # a fitted basis, or a clear error
     gamma = np.asarray(gamma_tiles, dtype=np.float64)
-    K = np.asarray(basis.kernels_).shape[0] if hasattr(basis, "kernels_") else None
-    if gamma.ndim != 2 or K is None or gamma.shape[1] != K:
+    K = kernels.shape[0]
+    if gamma.ndim != 2 or gamma.shape[1] != K:
         raise ValueError(
             f"gamma_tiles must have shape (n_tiles, K={K}); got shape {gamma.shape}."
         )

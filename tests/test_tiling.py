@@ -717,6 +717,8 @@ def test_deblur_large_with_a_basis_and_regressor(problem):
     np.testing.assert_allclose(tile_gains(basis, g), g @ gains)
     with pytest.raises(ValueError, match="gamma_tiles must have shape"):
         tile_gains(basis, g[:, :2])
+    with pytest.raises(ValueError, match="basis must be a fitted"):   # not K=None
+        tile_gains(ProductConvolutionBasis(K), g)
     reg = FixedRegressor(lambda x: np.array([1.0, 0.5, 2.0]))
     kw = dict(lam=300.0, max_iter=50, tol=0, max_pixels=38 * 50, margin=12)
     result = deblur_large(p["y"], (basis, reg), boundary="model", **kw)
