@@ -400,7 +400,7 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     # a task's error would drop the images already deblurred. The model and
     # image_mean first (their errors are about no image), then each image
     basis, regressor = _model_parts(model)
-    kernels, maps, _ = _basis_parts(basis)
+    kernels, maps, model_boundary = _basis_parts(basis)
     image_mean = _large_image_mean(model, kwargs.get("image_mean", "auto"))
     target_mean = _large_target_mean(model, kwargs.get("target_mean", "auto"))
     images = [np.asarray(im.detach().cpu().numpy() if torch.is_tensor(im) else im)
@@ -413,7 +413,7 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
             _solve_plan(img.shape, kernels.shape[1:], maps.shape[1:],
                         kwargs.get("boundary", "unknown"),
                         kwargs.get("max_pixels", DEFAULT_MAX_PIXELS),
-                        kwargs.get("margin"))
+                        kwargs.get("margin"), model_boundary)
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)

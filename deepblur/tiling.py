@@ -751,7 +751,7 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
 
 
 def _solve_plan(image_shape, kernel_shape, tile_shape, boundary, max_pixels,
-                margin):
+                margin, model_boundary="zero"):
     """The blocks :func:`deblur_stitched` solves an image of ``image_shape``
     in, checked: ``(blocks, pr, pc, margin)``, with ``pr, pc`` the rows and
     columns the solve adds on each side (half a kernel with
@@ -784,6 +784,12 @@ def _solve_plan(image_shape, kernel_shape, tile_shape, boundary, max_pixels,
             f"{H}x{W} image in one piece needs max_pixels >= "
             f"{(H + 2 * pr) * (W + 2 * pc)}."
         ) from None
+    if len(blocks) > 1 and not unknown and model_boundary != "zero":
+        raise ValueError(
+            f"a block-wise solve with boundary='model' needs the 'zero' boundary "
+            f"model; the basis has {model_boundary!r}: pass boundary='unknown' or "
+            f"raise max_pixels to {H * W} for a global solve."
+        )
     return blocks, pr, pc, margin
 
 
@@ -1014,7 +1020,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     unknown = boundary == "unknown"
     blocks, pr, pc, margin = _solve_plan(img.shape, kernels.shape[1:],
                                          grid.tile_shape, boundary, max_pixels,
-                                         margin)
+                                         margin, model_boundary)
     dev = resolve_device(device)
     tdtype = torch.float32 if dtype == "float32" else torch.float64
     if isinstance(lam, str):
@@ -1031,12 +1037,6 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
             raise ValueError(
                 f"lipschitz must be positive and finite; got {lipschitz!r}.")
     H, W = img.shape
-    if len(blocks) > 1 and not unknown and model_boundary != "zero":
-        raise ValueError(
-            f"a block-wise solve with boundary='model' needs the 'zero' boundary "
-            f"model; the basis has {model_boundary!r}: pass boundary='unknown' or "
-            f"raise max_pixels to {img.size} for a global solve."
-        )
     restored = np.empty((H + 2 * pr, W + 2 * pc), dtype=np.float64)
     n_iter, converged, norms = [], [], []
     K = kernels.shape[0]
@@ -1285,13 +1285,9 @@ def _large_image_mean(model, image_mean="auto"):
 def _tile_factor(img, target_mean):
     """The factor that brings ``img`` to ``target_mean`` (None: none),
     checked as :func:`estimate_tiles` needs it."""
+    target_mean = _check_target_mean(target_mean)
     if target_mean is None:
         return None
-    if not (isinstance(target_mean, numbers.Real) and np.isfinite(target_mean)
-            and target_mean > 0):
-        raise ValueError(
-            f"target_mean must be positive and finite; got {target_mean!r}."
-        )
     mean = float(img.mean())
     if not mean > 0:
         raise ValueError(
@@ -1302,6 +1298,25 @@ def _tile_factor(img, target_mean):
             "as they are (and image_mean=None to deblur_large)."
         )
     return target_mean / mean
+
+
+def _check_target_mean(target_mean):
+    """None, or a positive finite float (NumPy scalars and 0-d arrays too)."""
+    if target_mean is None:
+        return None
+    if (isinstance(target_mean, (bool, np.bool_, str, bytes))
+            or np.ndim(target_mean) != 0):
+        value = None
+    else:
+        try:
+            value = float(target_mean)
+        except (TypeError, ValueError):
+            value = None
+    if value is None or not (np.isfinite(value) and value > 0):
+        raise ValueError(
+            f"target_mean must be positive and finite; got {target_mean!r}."
+        )
+    return value
 
 
 def _large_target_mean(model, target_mean="auto"):
@@ -1318,7 +1333,7 @@ def _large_target_mean(model, target_mean="auto"):
         from deepblur.pretrained._apply import model_image_mean, training_gain
 
         return model_image_mean(model) * training_gain(model)
-    return target_mean
+    return _check_target_mean(target_mean)
 
 
 def _large_input(image, model, image_mean="auto"):

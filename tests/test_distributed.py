@@ -323,6 +323,8 @@ def test_deblur_large_images_equals_deblur_large(fitted, client):
                                     scheduler="sync", **dict(kwargs, **extra))
         with pytest.raises(ValueError, match=r"^target_mean must be a float"):
             deblur_large_images([images[0]], model, target_mean="mean")
+        with pytest.raises(ValueError, match=r"^target_mean must be positive"):
+            deblur_large_images([images[0]], model, target_mean=-1.0)
         # the model's and image_mean's errors are about no image
         with pytest.raises(ValueError, match=r"^basis must be a fitted"):
             deblur_large_images([images[0]], (ProductConvolutionBasis(3),

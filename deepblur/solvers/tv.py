@@ -84,14 +84,13 @@ REGULARIZATIONS = ("tv", "l1")
 #: Margin on the power-iteration estimate of ``||H||^2`` (it is a lower bound).
 LIPSCHITZ_SAFETY = 1.05
 
-#: Calibrated constants of :func:`default_lam` (``lam = C (m / 0.5) /
-#: sigma^2``, for images of mean ``m``).
+#: :func:`estimate_noise_level` leaves out the blocks constant at the
+#: image's extremes when at least this share of the blocks remains.
+_NOISE_KEPT = 0.2
+
+#: Calibrated constants of :func:`default_lam` (``lam = C / sigma^2``).
 C_TV = 0.25
 C_L1 = 0.03
-
-#: The mean intensity of the images :data:`C_TV` and :data:`C_L1` were
-#: calibrated on.
-_LAM_MEAN = 0.5
 
 #: Number of iterations over which the relative objective decrease is measured.
 _WINDOW = 5
@@ -314,8 +313,11 @@ def estimate_noise_level(y):
     0.6745 (Donoho and Johnstone 1994). Blur removes the image's content at
     that scale, so what remains is mostly noise. Blocks that are constant at
     the image's minimum or maximum (a dark camera or registration border,
-    padding, saturation: no noise there) are left out; with them, an image
-    more than half of which was such a border got 0.
+    padding, saturation: no noise there) are left out when at least a fifth
+    of the blocks remain; with them, an image more than half of which was
+    such a border got 0. (Below a fifth, the rest is more likely the edges
+    of a noise-free picture whose flat areas are at its extremes, such as
+    a binary mask: all the blocks are used, as before.)
 
     Parameters
     ----------
@@ -355,33 +357,38 @@ def estimate_noise_level(y):
     lo = t.amin(dim=(1, 2), keepdim=True)
     hi = t.amax(dim=(1, 2), keepdim=True)
     clipped = (a == b) & (a == c) & (a == e) & ((a == lo) | (a == hi))
-    d = d.masked_fill(clipped, float("nan")).reshape(d.shape[0], -1)
+    clipped = clipped.reshape(d.shape[0], -1)
+    # ... when the rest is a fair sample: a noise-free picture whose flat
+    # areas are at its extremes (a binary mask, a point source on a black
+    # ground) would otherwise be measured on its edges alone
+    kept = (~clipped).float().mean(dim=1, keepdim=True) >= _NOISE_KEPT
+    d = d.reshape(d.shape[0], -1).masked_fill(clipped & kept, float("nan"))
     sigma = d.nanmedian(dim=1).values / 0.6745
-    # a constant image: every block left out, and no noise
-    sigma = torch.nan_to_num(sigma, nan=0.0).cpu().numpy()
+    sigma = sigma.cpu().numpy()
     return float(sigma[0]) if single else sigma
 
 
 def default_lam(y, regularization="tv", *, sigma=None):
     """A data-term weight ``lam`` per image from its noise level (no grid search).
 
-    ``lam = C (m / 0.5) / sigma^2`` with ``sigma`` the noise level
-    (:func:`estimate_noise_level` unless given), ``m`` the image's mean
-    absolute intensity and ``C`` a constant calibrated
-    per regulariser by grid search on simulated blurry images of mean 0.5
-    (the library's convention; ``C_TV = 0.25``
+    ``lam = C / sigma^2`` with ``sigma`` the noise level
+    (:func:`estimate_noise_level` unless given) and ``C`` a constant calibrated
+    per regulariser by grid search on simulated blurry images scaled to
+    [0, 1] (``C_TV = 0.25``
     from 12 scikit-image pictures x 4 noise levels blurred by random K=20
     operators, 0.14 dB below the per-image grid optimum on average;
     ``C_L1 = 0.03`` from simulated point sources). The rule is the MAP scaling
     of the data term, ``1 / sigma^2``; ``benchmarks/README.md`` compares it
     with grid-searched values on other images. The noise level is floored at
     ``1e-3`` times each image's peak-to-peak range so that a noise-free image
-    gets a large but finite weight. The factor ``m / 0.5`` makes the result
-    independent of the image's units: the regulariser scales with the
-    intensity and the data term with its square, so the same image in 8-bit,
-    16-bit or [0, 1] units is restored alike (``lam`` alone, ``C / sigma^2``,
-    over-smoothed a 16-bit image thousands of times more than its [0, 1]
-    version). An image of zero mean absolute intensity keeps ``m = 0.5``.
+    gets a large but finite weight. The rule holds for images in the units
+    of the calibration, [0, 1]: the regulariser scales with the intensity
+    and the data term with its square, so an image ``s`` times brighter
+    needs ``lam / s``, not ``lam / s^2``; the same image in 8-bit units
+    (``s = 255``) is over-smoothed. Scale images to [0, 1] first (as
+    :func:`deepblur.pretrained.deblur_image`,
+    :func:`deepblur.tiling.deblur_large` and the command line do: to mean
+    0.5).
 
     Parameters
     ----------
@@ -419,9 +426,7 @@ def default_lam(y, regularization="tv", *, sigma=None):
     floor = 1e-3 * np.where(ptp > 0, ptp, 1.0)
     sig = np.maximum(sig, floor)
     c = C_TV if regularization == "tv" else C_L1
-    level = flat.abs().mean(dim=1).cpu().numpy()
-    level = np.where(level > 0, level, _LAM_MEAN)
-    lam = c * (level / _LAM_MEAN) / sig**2
+    lam = c / sig**2
     return float(lam[0]) if single else lam
 
 
