@@ -47,7 +47,8 @@ CRITERIA = {"mse": torch.nn.MSELoss, "frobenius": RelativeFrobeniusLoss}
 #: train_default_model.py``, with noise drawn in [0, 0.02]), then given a
 #: blur-statistics head (:func:`add_feature_head`; the calls are recorded in
 #: its model.json). Measured: 211 s on an NVIDIA H200, the batches made on the
-#: GPU (20 000 images/s), then 10 s for the head. On a 2-core CPU this width
+#: GPU (20 000 images/s), then 10 s for the head (the shipped network was then
+#: fine-tuned on a CPU, ``init_model``: its model.json). On a 2-core CPU this width
 #: trains at about 76 images/s (one thread, AMD EPYC): most of a day
 #: (derived; benchmarks/README.md, "GPU round on an H200").
 TRAINING_DEFAULTS = dict(
