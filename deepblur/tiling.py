@@ -669,6 +669,15 @@ def _max_window(n, parts, margin):
                for s, e in _split(n, parts))
 
 
+def _least_max_pixels(H, W, mh, mw, margin):
+    """The smallest ``max_pixels`` for which :func:`solve_blocks` can cut an
+    ``H x W`` image into cores of at least ``mh x mw``: the smallest largest
+    window over the cuts (the windows of one cut into a single core per
+    axis are the whole axis)."""
+    return min(_max_window(H, n_r, margin) * _max_window(W, n_c, margin)
+               for n_r in range(1, H // mh + 1) for n_c in range(1, W // mw + 1))
+
+
 def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
     """Cut an image into the fewest blocks whose solve windows fit ``max_pixels``.
 
@@ -711,16 +720,6 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
     mh, mw = min(H, mh), min(W, mw)
     if H * W <= max_pixels:
         return [SolveBlock((0, H, 0, W), (0, H, 0, W))]
-    # the smallest window holding a full core: a core inside the image
-    need = (H if mh == H else min(H, mh + 2 * margin)) * (
-        W if mw == W else min(W, mw + 2 * margin))
-    if need > max_pixels:
-        raise ValueError(
-            f"max_pixels={max_pixels} is too small for one solve: a core of "
-            f"{mh}x{mw} pixels (one model tile) with a margin of {margin} pixels "
-            f"on each side needs {need} pixels; raise max_pixels to at least "
-            f"{need} (or lower margin)."
-        )
     best = None
     for n_r in range(1, H // mh + 1):
         if best is not None and n_r >= best[0][0]:
@@ -735,10 +734,15 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
         if best is None or key < best[0]:
             best = (key, n_r, n_c)
     if best is None:
+        # (a bound from one core with margins on both sides refused cuts in
+        # two, whose cores have a margin on one side only, and was too low
+        # for others: this is the least over every cut)
         raise ValueError(
-            f"max_pixels={max_pixels} is too small to cut an image of shape "
-            f"{(H, W)} into cores of at least {mh}x{mw} pixels with a margin of "
-            f"{margin}; raise max_pixels."
+            f"max_pixels={max_pixels} is too small for one solve: cutting an "
+            f"image of shape {(H, W)} into cores of at least {mh}x{mw} pixels "
+            f"(one model tile) with a margin of {margin} pixels needs windows "
+            f"of {_least_max_pixels(H, W, mh, mw, margin)} pixels at least; "
+            "raise max_pixels to that (or lower margin)."
         )
     _, n_r, n_c = best
     blocks = []

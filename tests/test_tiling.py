@@ -480,12 +480,40 @@ def test_solve_blocks_fit_and_partition():
         solve_blocks((100, 130), 40 * 40, 8, min_core=(32, 32))
     # a core is at least min_core wide even when that exceeds the image's
     # height (a wide tile of a non-square model): the width was capped at H
-    with pytest.raises(ValueError, match="core of 16x64"):     # 50 wide before
+    with pytest.raises(ValueError, match="cores of at least 16x64"):  # 50 before
         solve_blocks((20, 300), 20 * 60, 4, min_core=(16, 64))
     for b in solve_blocks((20, 300), 20 * 84, 4, min_core=(16, 64)):
         assert b.core[3] - b.core[2] >= 64
     with pytest.raises(ValueError, match="at least 29x159"):
         solve_blocks((30, 255), 7622, 20, min_core=(29, 159))
+
+
+def test_solve_blocks_says_the_least_max_pixels_that_works():
+    """The number an error gives is enough, and one less is not. Before, it
+    was a bound from one core with margins on both sides: too low for some
+    images (following the advice failed again, with no number) and too high
+    for cuts in two, whose cores have a margin on one side only (refused
+    though they fit)."""
+    import re
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        H, W = (int(v) for v in rng.integers(20, 400, 2))
+        mh, mw = (int(v) for v in rng.integers(4, 80, 2))
+        margin, max_pixels = int(rng.integers(0, 30)), int(rng.integers(100, 40000))
+        try:
+            solve_blocks((H, W), max_pixels, margin, min_core=(mh, mw))
+        except ValueError as exc:
+            least = int(re.search(r"windows of (\d+) pixels", str(exc)).group(1))
+            assert least > max_pixels
+            for b in solve_blocks((H, W), least, margin, min_core=(mh, mw)):
+                assert b.n_pixels <= least
+            with pytest.raises(ValueError, match="too small for one solve"):
+                solve_blocks((H, W), least - 1, margin, min_core=(mh, mw))
+    # 40x100 in cores of 16x40 with a margin of 8: the old bound, 32x56 =
+    # 1 792 pixels, refused 1 791, which four blocks fit
+    blocks = solve_blocks((40, 100), 1791, 8, min_core=(16, 40))
+    assert len(blocks) == 4 and max(b.n_pixels for b in blocks) <= 1791
 
 
 @pytest.fixture(scope="module")
