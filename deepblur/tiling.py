@@ -674,8 +674,35 @@ def _least_max_pixels(H, W, mh, mw, margin):
     ``H x W`` image into cores of at least ``mh x mw``: the smallest largest
     window over the cuts (the windows of one cut into a single core per
     axis are the whole axis)."""
-    return min(_max_window(H, n_r, margin) * _max_window(W, n_c, margin)
-               for n_r in range(1, H // mh + 1) for n_c in range(1, W // mw + 1))
+    # the two axes are independent: the least product is the product of the
+    # least windows along each. Along one: a single core (the whole axis),
+    # two (each with one margin), or from three on, the most cores (a middle
+    # core, with two margins, sets the window, which shrinks with the cores)
+    def least(n, m):
+        most = n // m
+        return min(_max_window(n, parts, margin)
+                   for parts in {1, min(2, most), most})
+
+    return least(H, mh) * least(W, mw)
+
+
+def _best_cut(H, W, mh, mw, margin, max_pixels):
+    """``((n_blocks, n_r), n_r, n_c)`` of the cut into the fewest blocks
+    (then the fewest rows) whose windows fit ``max_pixels``; None if none."""
+    best = None
+    for n_r in range(1, H // mh + 1):
+        if best is not None and n_r >= best[0][0]:
+            break                           # n_c >= 1: no better count left
+        allowed_w = max_pixels // _max_window(H, n_r, margin)
+        n_c = max(1, math.ceil(W / max(allowed_w, 1)))
+        while n_c <= W // mw and _max_window(W, n_c, margin) > allowed_w:
+            n_c += 1
+        if n_c > W // mw:
+            continue
+        key = (n_r * n_c, n_r)
+        if best is None or key < best[0]:
+            best = (key, n_r, n_c)
+    return best
 
 
 def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
@@ -720,19 +747,9 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
     mh, mw = min(H, mh), min(W, mw)
     if H * W <= max_pixels:
         return [SolveBlock((0, H, 0, W), (0, H, 0, W))]
-    best = None
-    for n_r in range(1, H // mh + 1):
-        if best is not None and n_r >= best[0][0]:
-            break                           # n_c >= 1: no better count left
-        allowed_w = max_pixels // _max_window(H, n_r, margin)
-        n_c = max(1, math.ceil(W / max(allowed_w, 1)))
-        while n_c <= W // mw and _max_window(W, n_c, margin) > allowed_w:
-            n_c += 1
-        if n_c > W // mw:
-            continue
-        key = (n_r * n_c, n_r)
-        if best is None or key < best[0]:
-            best = (key, n_r, n_c)
+    least = _least_max_pixels(H, W, mh, mw, margin)
+    best = None if least > max_pixels else _best_cut(H, W, mh, mw, margin,
+                                                      max_pixels)
     if best is None:
         # (a bound from one core with margins on both sides refused cuts in
         # two, whose cores have a margin on one side only, and was too low
@@ -741,7 +758,7 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
             f"max_pixels={max_pixels} is too small for one solve: cutting an "
             f"image of shape {(H, W)} into cores of at least {mh}x{mw} pixels "
             f"(one model tile) with a margin of {margin} pixels needs windows "
-            f"of {_least_max_pixels(H, W, mh, mw, margin)} pixels at least; "
+            f"of {least} pixels at least; "
             "raise max_pixels to that (or lower margin)."
         )
     _, n_r, n_c = best
