@@ -206,6 +206,15 @@ def resolve_device(device, *, auto=True):
     return dev
 
 
+def native_contiguous(arr):
+    """``arr`` in native byte order and C-contiguous, copied only when it is
+    not: torch takes neither big-endian data (FITS files, some TIFFs) nor
+    the negative strides of flipped or rotated views."""
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr)
+
+
 def as_tensor(x, *, device=None, dtype=None):
     """Return ``(tensor, is_numpy)``; numpy input is copied to a tensor.
 

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 from deepblur._validation import (
     check_image_mean,
     check_positive_int_pair,
+    native_contiguous,
     resolve_device,
     user_stacklevel,
 )
@@ -289,10 +290,7 @@ def _check_large_image(image, tile_shape):
     _check_image_shape(img.shape, tile_shape)
     if not np.isfinite(img).all():
         raise ValueError("image must contain only finite values; got NaN or Inf.")
-    if not img.dtype.isnative:      # big-endian data (FITS, some TIFFs)
-        img = img.astype(img.dtype.newbyteorder("="))
-    # flipped or rotated views: torch takes no negative strides
-    return np.ascontiguousarray(img)
+    return native_contiguous(img)
 
 
 def _tile_shape_of(regressor, tile_shape):
@@ -1034,14 +1032,11 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         )
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
-    if boundary not in ("model", "unknown"):
-        raise ValueError(
-            f"boundary must be 'model' or 'unknown'; got {boundary!r}."
-        )
-    unknown = boundary == "unknown"
+    # the boundary, margin and max_pixels are checked there
     blocks, pr, pc, margin = _solve_plan(img.shape, kernels.shape[1:],
                                          grid.tile_shape, boundary, max_pixels,
                                          margin, model_boundary)
+    unknown = boundary == "unknown"
     dev = resolve_device(device)
     tdtype = torch.float32 if dtype == "float32" else torch.float64
     if isinstance(lam, str):

@@ -29,7 +29,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import IterableDataset, get_worker_info
 
-from deepblur._validation import all_finite, resolve_device
+from deepblur._validation import all_finite, native_contiguous, resolve_device
 from deepblur.datasets.images import extract_patches
 
 __all__ = ["BlurDataset", "blur_images", "make_blurred_images", "make_deblurring_pairs"]
@@ -119,10 +119,7 @@ def _check_images(images, image_shape, name="images"):
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers; got an array of "
                             f"dtype {arr.dtype}.")
-        if not arr.dtype.isnative:      # big-endian data (FITS, some TIFFs)
-            arr = arr.astype(arr.dtype.newbyteorder("="))
-        # flipped or strided views: torch takes no negative strides
-        t = torch.as_tensor(np.ascontiguousarray(arr))
+        t = torch.as_tensor(native_contiguous(arr))
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:

@@ -16,6 +16,7 @@ from skorch.dataset import Dataset
 from deepblur._validation import (
     all_finite,
     check_not_empty,
+    native_contiguous,
     resolve_device,
     user_stacklevel,
 )
@@ -65,9 +66,7 @@ def _check_images(X, image_shape=None, name="X"):
         arr = np.asarray(X)
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
-        if not arr.dtype.isnative:      # big-endian files (FITS, some TIFFs)
-            arr = arr.astype(arr.dtype.newbyteorder("="))
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = torch.from_numpy(native_contiguous(arr))
     if t.ndim == 3:
         t = t[:, None]
     if t.ndim != 4 or t.shape[1] != 1:
