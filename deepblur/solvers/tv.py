@@ -95,6 +95,11 @@ C_L1 = 0.03
 #: Number of iterations over which the relative objective decrease is measured.
 _WINDOW = 5
 
+#: Steps in a row without descent after which an image's objective has
+#: stalled: the warm-started dual of the TV step has then run
+#: ``_STALL * inner_iter`` more iterations, and the step still does not descend.
+_STALL = 50
+
 
 # --------------------------------------------------------------------------
 # Private helpers
@@ -124,8 +129,13 @@ def _check_regularization(regularization):
         )
 
 
-def _check_lam(lam, n, dtype, device):
-    """Turn a positive scalar or a vector of ``n`` positive values into (n,)."""
+def _check_lam(lam, n, dtype, device, name="lam"):
+    """Turn a positive scalar or a vector of ``n`` positive values into (n,).
+
+    The values are checked in float64, then again in ``dtype``: a value that
+    is positive in float64 but zero, subnormal or infinite in float32 would
+    give NaN steps.
+    """
     if isinstance(lam, numbers.Real) and not isinstance(lam, bool):
         values = np.full(n, float(lam))
     else:
@@ -136,14 +146,42 @@ def _check_lam(lam, n, dtype, device):
             values = np.full(n, float(values))
         if values.shape != (n,):
             raise ValueError(
-                f"lam must be a positive scalar or a vector with one value per "
-                f"image ({n}); got shape {values.shape}."
+                f"{name} must be a positive scalar or a vector with one value "
+                f"per image ({n}); got shape {values.shape}."
             )
     if not (np.all(np.isfinite(values)) and np.all(values > 0)):
         raise ValueError(
-            f"lam must be finite and strictly positive; got {lam!r}."
+            f"{name} must be finite and strictly positive; got {lam!r}."
         )
-    return torch.as_tensor(values, dtype=dtype, device=device)
+    out = torch.as_tensor(values, dtype=dtype, device=device)
+    _check_representable(out, name, lam, dtype)
+    return out
+
+
+def _check_representable(values, name, given, dtype):
+    """Refuse values that are zero, subnormal or infinite in ``dtype``."""
+    info = torch.finfo(dtype)
+    if not bool(torch.all(torch.isfinite(values) & (values >= info.tiny))):
+        raise ValueError(
+            f"{name} = {given!r} is out of the range of {dtype} (normal "
+            f"numbers span {info.tiny:.3g} to {info.max:.3g}), where the "
+            "solver's steps would be zero or NaN; rescale it, or solve in "
+            "float64 (dtype='float64')."
+        )
+
+
+def _check_objective(f, k, dtype):
+    """Refuse an objective that overflowed (or is NaN) in ``dtype``."""
+    bad = ~torch.isfinite(f)
+    if bool(bad.any()):
+        which = torch.nonzero(bad).flatten().tolist()
+        where = "at the start" if k == 0 else f"at iteration {k}"
+        raise FloatingPointError(
+            f"the objective of image(s) {which} is not finite {where} in "
+            f"{dtype}: lam ||H u - y||^2 overflows (lam or the images too "
+            "large for the dtype, or a lipschitz value far below ||H||^2); "
+            "rescale the images to [0, 1] or lam, or solve in float64."
+        )
 
 
 # --------------------------------------------------------------------------
@@ -444,7 +482,8 @@ class DeblurResult:
         Objective of every image at the start and after each iteration; it
         never increases (monotone variant).
     converged : numpy.ndarray of shape (n,) of bool
-        Whether each image met the tolerance before ``max_iter``.
+        Whether each image met the tolerance before ``max_iter`` (False for
+        an image that stalled, see ``tol`` of :func:`deblur`).
     lipschitz : numpy.ndarray of shape (n,)
         The Lipschitz constants ``L`` used (the step is ``1 / L``).
     """
@@ -492,10 +531,15 @@ def deblur(
         when it is reached before ``tol``.
     tol : float, default=1e-5
         Stop once, for every image, the objective decreased by less than
-        ``tol`` relative over the last 5 iterations:
-        ``F_{k-5} - F_k <= tol |F_k|``. With ``tol=0`` the solver runs until
-        the objective stalls in floating point or ``max_iter`` is reached, and
-        does not warn.
+        ``tol`` relative over the last 5 iterations,
+        ``F_{k-5} - F_k <= tol |F_k|``, with at least one step among them
+        that lowered it (a step that would raise the objective is not taken:
+        the proximal step of TV is inexact, and steps that do not descend say
+        nothing of the distance to the minimum). An image with 50 steps in a
+        row that do not lower its objective has stalled: it stops, is not
+        ``converged`` and a ``ConvergenceWarning`` says so. With ``tol=0``
+        the solver runs until the objective stalls in floating point
+        (counted as converged) or ``max_iter`` is reached, and does not warn.
     inner_iter : int, default=10
         Warm-started dual iterations per proximal step of TV (unused for
         ``"l1"``).
@@ -558,8 +602,10 @@ def deblur(
                     "the image, and the deblurring problem has no unique "
                     "solution; check the operator.")
         else:
-            norm2 = _check_lam(lipschitz, n, dtype, device)
+            norm2 = _check_lam(lipschitz, n, dtype, device, "lipschitz")
         lip = LIPSCHITZ_SAFETY * lam_t * norm2
+        _check_representable(lip, "1.05 lam ||H||^2 (the step's inverse)",
+                             lip.tolist() if n > 1 else float(lip[0]), dtype)
         step = _col(1.0 / lip)
 
         if x0 is None:
@@ -586,13 +632,17 @@ def deblur(
 
         hx = forward(x)
         fx = reg(x) + 0.5 * lam_t * _sum_images((hx - y_t) ** 2)
+        _check_objective(fx, 0, dtype)
         z_pt, hz_pt = x, hx  # extrapolated point and its image by H
         t = torch.ones(n, dtype=dtype, device=device)
         p = None
         history = [fx]
         converged = torch.zeros(n, dtype=torch.bool, device=device)
+        stalled = torch.zeros(n, dtype=torch.bool, device=device)
         n_iter_img = torch.full((n,), max_iter, dtype=torch.long, device=device)
         tiny = torch.finfo(dtype).tiny
+        descents = []                # steps that lowered the objective, last 5
+        flat_run = torch.zeros(n, dtype=torch.long, device=device)
 
         for k in range(1, max_iter + 1):
             v = z_pt - step * (lam3 * adjoint(hz_pt - y_t))
@@ -603,8 +653,13 @@ def deblur(
                 z = prox_l1(v, step, positive=positive)
             hz = forward(z)
             fz = reg(z) + 0.5 * lam_t * _sum_images((hz - y_t) ** 2)
+            _check_objective(fz, k, dtype)
 
             accept = fz <= fx
+            descent = fz < fx
+            descents = descents[-(_WINDOW - 1):] + [descent]
+            flat_run = torch.where(descent, torch.zeros_like(flat_run),
+                                   flat_run + 1)
             a3 = _col(accept)
             x_new = torch.where(a3, z, x)
             hx_new = torch.where(a3, hz, hx)
@@ -623,23 +678,44 @@ def deblur(
             history.append(fx)
 
             if k >= _WINDOW:
+                # A window without descent only proves that the (inexact)
+                # proximal steps did not descend, not that the objective is
+                # near its minimum: it needs a step that lowered it.
                 dec = history[-1 - _WINDOW] - fx
-                ok = dec <= tol * torch.clamp(fx.abs(), min=tiny)
-                newly = ok & ~converged
+                ok = ((dec <= tol * torch.clamp(fx.abs(), min=tiny))
+                      & torch.stack(descents).any(dim=0))
+                if tol == 0:
+                    # tol=0 runs until the objective stalls (documented).
+                    ok = ok | (flat_run >= _STALL)
+                newly = ok & ~converged & ~stalled
                 n_iter_img = torch.where(newly, torch.full_like(n_iter_img, k),
                                          n_iter_img)
-                converged = converged | ok
-                if bool(converged.all()):
+                converged = converged | (ok & ~stalled)
+                stalled = stalled | ((flat_run >= _STALL) & ~converged)
+                if bool((converged | stalled).all()):
                     break
 
         n_iter = k
+        n_iter_img = torch.clamp(n_iter_img, max=n_iter)
         conv = converged.cpu().numpy()
-        if tol > 0 and not conv.all():
+        stuck = stalled.cpu().numpy()
+        if tol > 0 and stuck.any():
+            warnings.warn(
+                f"deblur stopped on {int(stuck.sum())} of {n} image(s) "
+                f"{np.flatnonzero(stuck).tolist()} whose objective no longer "
+                f"decreased ({_STALL} steps in a row) before its "
+                f"relative change fell below tol={tol}: a lipschitz value "
+                "below ||H||^2, or a tol under the precision of the dtype; "
+                "their result is not the minimiser to tol.",
+                ConvergenceWarning,
+                stacklevel=user_stacklevel(),
+            )
+        if tol > 0 and not (conv | stuck).all():
             warnings.warn(
                 f"deblur reached max_iter={max_iter} before the relative "
                 f"objective change fell below tol={tol} for "
-                f"{int((~conv).sum())} of {n} image(s); increase max_iter or "
-                "tol.",
+                f"{int((~(conv | stuck)).sum())} of {n} image(s); increase "
+                "max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=user_stacklevel(),
             )

@@ -176,9 +176,61 @@ def test_given_lipschitz_is_used(problem):
     assert res2.lipschitz[0] == pytest.approx(1.05 * LAM * norm2, rel=1e-3)
 
 
+def test_steps_that_do_not_descend_are_not_convergence(problem):
+    """A lipschitz value ten times too small makes every step overshoot, and
+    every step is rejected: the objective stays at its start. That used to
+    count as converged (a decrease of 0 over the window) and returned ``y``
+    without a warning; it is a stall, reported as such."""
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    norm2 = np.linalg.norm(A, 2) ** 2
+    with pytest.warns(ConvergenceWarning, match="no longer decreased"):
+        u, res = deblur(y[None], forward, adjoint, LAM, lipschitz=norm2 / 10,
+                        max_iter=500, tol=1e-6)
+    assert not res.converged.any()
+    assert res.n_iter == 50 and res.n_iter_per_image.tolist() == [50]
+    np.testing.assert_array_equal(res.objective[-1], res.objective[0])
+    # the right constant converges to the same tolerance
+    _, ok = deblur(y[None], forward, adjoint, LAM, lipschitz=norm2,
+                   max_iter=3000, tol=1e-6)
+    assert ok.converged.all() and ok.objective[-1, 0] < res.objective[-1, 0]
+
+
+def test_tol_zero_stops_silently_on_a_stall(problem):
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    norm2 = np.linalg.norm(A, 2) ** 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, res = deblur(y[None], forward, adjoint, LAM, lipschitz=norm2 / 10,
+                        max_iter=500, tol=0)
+    assert res.converged.all() and res.n_iter == 50
+
+
+def test_values_out_of_the_dtype_range_are_refused():
+    """lam = 1e-40 is positive in float64 but subnormal in float32: the steps
+    were NaN, all rejected, and the solver returned y as converged."""
+    y32 = np.random.default_rng(0).random((1, 6, 6)).astype(np.float32)
+    identity = lambda u: u  # noqa: E731
+    with pytest.raises(ValueError, match="lam = 1e-40 is out of the range of "
+                                         "torch.float32"):
+        deblur(y32, identity, identity, 1e-40)
+    u, res = deblur(y32.astype(np.float64), identity, identity, 1e-40,
+                    max_iter=5, tol=0)
+    assert np.isfinite(u).all()
+    with pytest.raises(ValueError, match="lipschitz = 1e-45 is out of"):
+        deblur(y32, identity, identity, 1.0, lipschitz=1e-45)
+    with pytest.raises(ValueError, match="the step's inverse"):
+        deblur(y32, identity, identity, 1e30, lipschitz=1e30)
+    with pytest.raises(FloatingPointError, match="not finite at the start"):
+        deblur(1e20 * y32, identity, identity, 1.0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        ({"lipschitz": 0.0}, "lipschitz must be finite"),
+        ({"lipschitz": [1.0, 2.0, 3.0]}, "lipschitz must be a positive"),
         ({"lam": 0.0}, "lam"),
         ({"lam": -1.0}, "lam"),
         ({"lam": [1.0, 2.0]}, "lam"),
