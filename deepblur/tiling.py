@@ -826,19 +826,20 @@ def extended_problem(kernels, maps, y, gamma, pads, *, positive=False):
     :func:`deepblur.solvers.tv.deblur`.
 
     ``u`` lives on ``y``'s domain extended by ``pads`` (the scene beyond the
-    border, unknown), and further at the bottom and right up to a fast FFT
-    length. It is blurred by the product-convolution operator with ``maps``
-    extended by their edge values; the data term keeps the pixels of ``y``
-    whose kernel lies inside ``y``'s domain extended by ``pads``,
+    border, unknown). It is blurred by the product-convolution operator with
+    ``maps`` extended by their edge values; the data term keeps the pixels
+    of ``y`` whose kernel lies inside ``y``'s domain extended by ``pads``,
     ``||M H[gamma] u - M y_ext||^2``. With ``pads`` of half a kernel on each
     side, ``M`` keeps every pixel of ``y``: nothing is assumed outside. A
     side padded by 0 (a cut inside a larger image, with a margin) leaves its
     half-kernel band unfitted.
 
-    The operator is periodic on the extended domain: its wrap-around only
-    reaches pixels within half a kernel of the domain's edges, which are not
-    fitted, so it is the zero-boundary operator on the fitted pixels, with
-    FFTs of the domain's own size.
+    The operator is periodic on the extended domain, zero-padded at the
+    bottom and right up to a fast FFT length inside ``forward`` and
+    ``adjoint`` (so that ``u``, and the regularisation on it, stop at the
+    extended domain): its wrap-around only reaches pixels within half a
+    kernel of the domain's edges, which are not fitted, so it is the
+    zero-boundary operator on the fitted pixels.
 
     Parameters
     ----------
@@ -848,17 +849,15 @@ def extended_problem(kernels, maps, y, gamma, pads, *, positive=False):
     y : torch.Tensor of shape (n, h, w)
     gamma : torch.Tensor of shape (K,) or (n, K)
     pads : ((top, bottom), (left, right))
-        Pixels added on each side (at least; the bottom and right sides get
-        more up to a fast FFT length).
+        Pixels added on each side.
     positive : bool, default=False
         Project the starting point on ``u >= 0``.
 
     Returns
     -------
-    data : torch.Tensor of shape (n, H, W)
+    data : torch.Tensor of shape (n, top + h + bottom, left + w + right)
         ``M y_ext``; ``y`` is at rows ``top:top + h`` and columns
-        ``left:left + w``, ``H >= top + h + bottom`` and
-        ``W >= left + w + right``.
+        ``left:left + w``.
     forward, adjoint : callables
         ``u -> M H[gamma] u`` and its adjoint.
     x0 : torch.Tensor of shape (n, H, W)
@@ -884,14 +883,16 @@ def extended_problem(kernels, maps, y, gamma, pads, *, positive=False):
         raise ValueError(f"pads must be >= 0; got {pads!r}.")
     h, w = (int(v) for v in y.shape[-2:])
     r, c = (int(k) // 2 for k in kernels.shape[1:])
-    H = int(scipy.fft.next_fast_len(top + h + bottom, real=True))
-    W = int(scipy.fft.next_fast_len(left + w + right, real=True))
+    He, We = top + h + bottom, left + w + right          # u's domain
+    H = int(scipy.fft.next_fast_len(He, real=True))      # the FFTs'
+    W = int(scipy.fft.next_fast_len(We, real=True))
     width = (left, W - left - w, top, H - top - h)
     if any(width):
         maps = tnf.pad(maps[None], width, mode="replicate")[0]
-        y = tnf.pad(y[:, None], width, mode="replicate")[:, 0]
-    # fitted: the pixels of y whose kernel lies within y and pads (not the
-    # extra rows and columns, which only bring the FFTs to a fast length)
+    if any(pads[0]) or any(pads[1]):
+        y = tnf.pad(y[:, None], (left, right, top, bottom),
+                    mode="replicate")[:, 0]
+    # fitted: the pixels of y whose kernel lies within y and pads
     rows = (max(top, r), top + h - max(0, r - bottom))
     cols = (max(left, c), left + w - max(0, c - right))
     if rows[0] >= rows[1] or cols[0] >= cols[1]:
@@ -900,15 +901,21 @@ def extended_problem(kernels, maps, y, gamma, pads, *, positive=False):
             f"{tuple(kernels.shape[1:])}: no pixel is half a kernel away from "
             "its border."
         )
-    mask = torch.zeros((H, W), dtype=y.dtype, device=y.device)
+    mask = torch.zeros((He, We), dtype=y.dtype, device=y.device)
     mask[rows[0]:rows[1], cols[0]:cols[1]] = 1.0
     op = ProductConvolution(kernels, maps, "periodic")
+    fast = (0, W - We, 0, H - He)
 
     def forward(v):
-        return op.forward(v, gamma) * mask
+        if any(fast):
+            v = tnf.pad(v, fast)
+        return op.forward(v, gamma)[..., :He, :We] * mask
 
     def adjoint(v):
-        return op.adjoint(v * mask, gamma)
+        v = v * mask
+        if any(fast):
+            v = tnf.pad(v, fast)
+        return op.adjoint(v, gamma)[..., :He, :We]
 
     return y * mask, forward, adjoint, (y.clamp(min=0) if positive else y)
 
@@ -926,7 +933,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     larger scene (``boundary="unknown"``, as
     :func:`deepblur.pretrained.deblur_image` has it), with no assumption on
     the scene outside: ``u`` is then the image extended by half a kernel on
-    each side (and at the bottom and right up to a fast FFT length), ``H``
+    each side, ``H``
     blurs it with the maps extended by their edge values, every pixel of
     ``y`` is fitted (``min_u R(u) + lam/2 ||M H u - y||^2``, ``M`` the crop
     to the image), and the extension is dropped

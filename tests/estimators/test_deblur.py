@@ -550,20 +550,20 @@ def _windows(basis, n, pad, seed):
 
 def test_unknown_boundary_solves_on_the_extended_image(basis):
     """boundary="unknown" is the solver on the image extended by the kernel
-    radius (2) per side and up to a fast FFT length (28 -> 30) at the bottom
-    and right, with a zero-boundary basis of the extended shape (maps
-    extended by their edge values), the data term on the image's pixels,
-    started from the image extended by its edge values; batched, one gamma
-    per image."""
+    radius (2) per side, 28x28, with a zero-boundary basis of the extended
+    shape (maps extended by their edge values), the data term on the image's
+    pixels, started from the image extended by its edge values; batched, one
+    gamma per image. The FFTs' padding to a fast length (30) is inside the
+    operator, not in the TV."""
     X, _, gamma = _windows(basis, 3, 6, 0)
     est = _est(basis, boundary="unknown", dtype="float64", tol=0, max_iter=40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         U = est.fit(X).transform(X, gamma=gamma)
-    pads = ((2, 4), (2, 4))            # 24 + 2 + 4 = 30, a fast length
+    pads = ((2, 2), (2, 2))
     maps = np.pad(basis.maps_, ((0, 0),) + pads, mode="edge")
     ext = ProductConvolutionBasis.from_components(basis.kernels_, maps).operator_
-    mask = torch.zeros((30, 30), dtype=torch.float64)
+    mask = torch.zeros((28, 28), dtype=torch.float64)
     mask[2:26, 2:26] = 1.0
     g = torch.as_tensor(gamma)
     y = torch.as_tensor(np.pad(X, ((0, 0),) + pads, mode="edge"))
