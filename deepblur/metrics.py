@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["psnr", "snr", "psnr_scorer", "snr_scorer", "psf_field_scorer"]
+__all__ = ["psnr", "snr", "psnr_scorer", "snr_scorer", "psf_field_scorer",
+           "clean_ranges"]
 
 
 def _as_batch(x, name):
@@ -108,8 +109,10 @@ def psnr(reference, estimate, *, data_range=None):
         rng = rng / scale
     if np.any(rng <= 0):
         raise ValueError(
-            "data_range is zero for a constant reference image; pass data_range "
-            "explicitly."
+            f"data_range is zero for the constant reference image(s) "
+            f"{np.flatnonzero(rng <= 0).tolist()}: pass data_range to psnr "
+            "(the scorers and TVDeblurrer.score use the range of all the "
+            "clean images for those)."
         )
     mse = np.mean((ref - est) ** 2, axis=1)
     out = _db(rng**2, mse)
@@ -142,11 +145,48 @@ def snr(reference, estimate):
     return float(out[0]) if single else out
 
 
+def clean_ranges(y):
+    """Data ranges of clean images for the scorers: each image's
+    peak-to-peak range, or, for a constant image (a background patch), the
+    range of the whole set of clean images.
+
+    Parameters
+    ----------
+    y : array-like or torch.Tensor of shape (n, H, W) or (H, W)
+
+    Returns
+    -------
+    ranges : numpy.ndarray of shape (n,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.zeros((2, 4, 4)); y[0, 1:3, 1:3] = 2.0; y[1] = 0.5
+    >>> clean_ranges(y)
+    array([2., 2.])
+    """
+    ref = _as_batch(y, "y")
+    ref = ref.reshape(len(ref), -1) if ref.ndim == 3 else ref.reshape(1, -1)
+    ranges = ref.max(axis=1) - ref.min(axis=1)
+    flat = ranges <= 0
+    if flat.any():
+        whole = float(ref.max() - ref.min())
+        if not whole > 0:
+            raise ValueError(
+                "every clean image is the same constant: a PSNR needs a data "
+                "range; score the deblurring on images with some structure, "
+                "or call deepblur.metrics.psnr with data_range set.")
+        ranges[flat] = whole
+    return ranges
+
+
 def psnr_scorer(estimator, X, y):
     """Mean :func:`psnr` of ``estimator.transform(X)`` against ``y``.
 
     A scorer for ``GridSearchCV(..., scoring=psnr_scorer)``; the data range is
-    each clean image's peak-to-peak range.
+    each clean image's peak-to-peak range, or for a constant clean image (a
+    background patch) the range of all the clean images
+    (:func:`clean_ranges`).
 
     Examples
     --------
@@ -158,7 +198,8 @@ def psnr_scorer(estimator, X, y):
     >>> round(psnr_scorer(Identity(), y + 0.1, y), 6)
     20.0
     """
-    return float(np.mean(psnr(y, estimator.transform(X))))
+    return float(np.mean(psnr(y, estimator.transform(X),
+                              data_range=clean_ranges(y))))
 
 
 def snr_scorer(estimator, X, y):

@@ -101,6 +101,28 @@ def test_scorers_use_transform():
     assert snr_scorer(Shift(), y + 0.1, y) == np.inf
 
 
+def test_scorers_take_constant_clean_images():
+    """A background patch (constant clean image) has no range of its own: the
+    scorers and TVDeblurrer.score use the set's range for it (they used to
+    fail with advice to pass a data_range that they do not take)."""
+    from deepblur.metrics import clean_ranges
+
+    class Shift:
+        def transform(self, X):
+            return X - 0.1
+
+    y = np.zeros((2, 4, 4))
+    y[0, 1:3, 1:3] = 2.0
+    y[1] = 0.5
+    np.testing.assert_array_equal(clean_ranges(y), [2.0, 2.0])
+    # each image: mse 0.01, range 2 -> 10 log10(400)
+    assert psnr_scorer(Shift(), y + 0.2, y) == pytest.approx(10 * np.log10(400))
+    with pytest.raises(ValueError, match=r"constant reference image\(s\) \[1\]"):
+        psnr(y, y + 0.1)
+    with pytest.raises(ValueError, match="every clean image is the same constant"):
+        psnr_scorer(Shift(), np.ones((2, 4, 4)), np.ones((2, 4, 4)))
+
+
 def test_inputs_not_modified():
     ref = np.random.default_rng(3).random((2, 4, 4))
     est = ref.copy() + 0.1

@@ -33,7 +33,7 @@ from deepblur._validation import (
     user_stacklevel,
 )
 from deepblur.estimators._gamma import FrozenComponentsMixin
-from deepblur.metrics import psnr
+from deepblur.metrics import clean_ranges, psnr
 from deepblur.solvers.tv import REGULARIZATIONS, deblur, default_lam
 
 __all__ = ["TVDeblurrer"]
@@ -570,8 +570,10 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         """Mean PSNR (dB) of the deblurred ``X`` against the clean ``y``.
 
         The data range of each image is its clean version's peak-to-peak range
-        (``y.max() - y.min()``), see :func:`deepblur.metrics.psnr`. Higher is
-        better, so ``GridSearchCV`` can select ``lam``.
+        (``y.max() - y.min()``), see :func:`deepblur.metrics.psnr`, or for a
+        constant clean image (a background patch) the range of all the clean
+        images (:func:`deepblur.metrics.clean_ranges`). Higher is better, so
+        ``GridSearchCV`` can select ``lam``.
 
         Parameters
         ----------
@@ -596,7 +598,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         check_finite(y_t, "y")
         if isinstance(U, torch.Tensor):
             U = U.detach().cpu().numpy()
-        return float(np.mean(psnr(y_t.detach().cpu().numpy(), U)))
+        y_np = y_t.detach().cpu().numpy()
+        return float(np.mean(psnr(y_np, U, data_range=clean_ranges(y_np))))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

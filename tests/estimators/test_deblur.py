@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.deblur import TVDeblurrer
+from deepblur.metrics import psnr
 from deepblur.solvers.tv import deblur
 
 SHAPE = (24, 24)
@@ -209,6 +210,14 @@ def test_bad_inputs(basis, data):
     bad_y[0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="y must contain only finite"):
         est.score(X, bad_y, gamma=gamma)
+    # a background patch among the clean images: scored with the set's range
+    flat = clean.copy()
+    flat[1] = 0.3
+    U = est.transform(X, gamma=gamma)
+    whole = flat.max() - flat.min()
+    expected = np.mean(psnr(flat, U, data_range=np.where(
+        np.ptp(flat, axis=(1, 2)) > 0, np.ptp(flat, axis=(1, 2)), whole)))
+    assert est.score(X, flat, gamma=gamma) == pytest.approx(expected)
 
 
 def test_transform_before_fit(basis, data):
