@@ -68,6 +68,25 @@ def _is_prefitted(obj):
     return True
 
 
+def _warn_integer_units(X):
+    """Warn that ``lam="auto"`` does not suit images in integer units."""
+    if isinstance(X, torch.Tensor):
+        integer = not (X.is_floating_point() or X.is_complex()
+                       or X.dtype == torch.bool)
+    else:
+        dtype = getattr(X, "dtype", None)
+        integer = (isinstance(dtype, np.dtype)
+                   and np.issubdtype(dtype, np.integer))
+    if integer:
+        warnings.warn(
+            f"lam='auto' is calibrated for images scaled to [0, 1]; these "
+            f"are integers ({X.dtype}), and an image s times brighter than "
+            "its [0, 1] version is over-smoothed as if lam were s times too "
+            "small (s = 255 for 8-bit counts). Divide the images by their "
+            "maximum (or the dtype's) first, or give lam.",
+            UserWarning, stacklevel=user_stacklevel())
+
+
 class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
     """Deblur images by total-variation or ``l1`` regularised least squares.
 
@@ -92,6 +111,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         Weight of the data term, > 0. ``"auto"`` picks one per image from an
         estimate of its noise level (:func:`deepblur.solvers.tv.default_lam`);
         see ``benchmarks/README.md`` for how it compares with a grid search.
+        It is calibrated for images scaled to [0, 1]: integer images (8- or
+        16-bit counts) get a ``UserWarning``, as they would be over-smoothed.
     regularization : {"tv", "l1"}, default="tv"
         Total variation (natural and cell images) or ``l1`` (sparse images:
         fluorescent point sources).
@@ -520,6 +541,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         :mod:`deepblur.tiling`).
         """
         check_is_fitted(self, "image_shape_")
+        if isinstance(self.lam, str):
+            _warn_integer_units(X)
         if self._is_large(X):
             return self._transform_large(X, gamma)
         X_t, is_numpy, single = self._validate_images(X)

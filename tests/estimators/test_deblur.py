@@ -662,3 +662,21 @@ def test_large_image_errors():
         est.set_params(max_pixels=50).transform(y, gamma=np.ones(2))
     with pytest.raises(ValueError, match="image_shape"):
         est.transform(rng.random((20, 56)), gamma=np.ones(2))   # smaller on an axis
+
+
+def test_auto_lam_warns_on_integer_images(basis, data):
+    """lam='auto' is calibrated on [0, 1] images: the same image in 8-bit
+    counts is over-smoothed (measured by the audit: 17.9 dB against 31.8 dB
+    for the image divided by 255), so integer input is flagged."""
+    X, _, gamma = data
+    counts = np.clip(np.round(X * 200), 0, 255).astype(np.uint8)
+    est = _est(basis, lam="auto", max_iter=5).fit(X)
+    with pytest.warns(UserWarning, match=r"integers \(uint8\).*Divide the images"):
+        est.transform(counts, gamma=gamma)
+    with pytest.warns(UserWarning, match=r"integers \(torch.int16\)"):
+        est.transform(torch.as_tensor(counts.astype(np.int16)), gamma=gamma)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.transform(counts / 255.0, gamma=gamma)
+        _est(basis, lam=100.0, max_iter=5).fit(X).transform(counts, gamma=gamma)
