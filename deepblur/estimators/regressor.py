@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import platform
 import warnings
@@ -631,8 +632,15 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
             return super().get_split_datasets(X, y, **fit_params)
         if not self.train_split or not self.n_valid_batches:
             return X, None
-        seed = (int(X.random_state) + 1 if isinstance(X.random_state, Integral)
-                else None)
+        rs = X.random_state
+        if isinstance(rs, Integral):
+            seed = int(rs) + 1
+        elif isinstance(rs, np.random.RandomState):
+            # drawn from a copy: the same batches for the same state, and the
+            # training stream is left as it is
+            seed = int(copy.deepcopy(rs).randint(np.iinfo(np.int32).max)) + 1
+        else:
+            seed = None
         valid = BlurDataset(
             X.images, X.basis, X.sampler, batch_size=X.batch_size,
             n_batches=int(self.n_valid_batches), noise_std=X.noise_std, snr=X.snr,

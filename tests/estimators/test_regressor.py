@@ -98,6 +98,35 @@ def test_fit_on_blur_dataset(setting):
     assert net.predict(X).shape == (48, 3)
 
 
+def test_validation_batches_of_a_random_state_are_reproducible(setting):
+    """A BlurDataset seeded with a RandomState is validated on batches drawn
+    from a copy of it: the same state gives the same valid_loss (they came
+    from numpy's global generator, and differed from run to run)."""
+    basis, sampler, pool, _, _ = setting
+
+    def valid_losses(state):
+        data = BlurDataset(pool, basis, sampler, batch_size=8, n_batches=2,
+                           random_state=state)
+        torch.manual_seed(0)
+        net = ResNetBlurRegressor(basis=basis, max_epochs=1, n_valid_batches=1,
+                                  **SMALL).fit(data, None)
+        return net.history[:, "valid_loss"]
+
+    np.random.seed(1)  # noqa: NPY002 (the global stream must not matter)
+    first = valid_losses(np.random.RandomState(0))
+    np.random.seed(2)  # noqa: NPY002
+    again = valid_losses(np.random.RandomState(0))
+    assert first == again
+    # drawn from a copy: the training stream is left as it was
+    state = np.random.RandomState(0)
+    data = BlurDataset(pool, basis, sampler, batch_size=8, n_batches=2,
+                       random_state=state)
+    net = ResNetBlurRegressor(basis=basis, n_valid_batches=1, **SMALL)
+    before = state.get_state()[1].copy()
+    net.get_split_datasets(data)
+    np.testing.assert_array_equal(state.get_state()[1], before)
+
+
 def test_blur_dataset_epochs_draw_new_samples_with_workers(setting):
     """Each epoch's DataLoader starts new workers; the data must still be new."""
     from skorch.callbacks import Callback
