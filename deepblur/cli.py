@@ -799,7 +799,9 @@ _TRAIN_KEYS = {
                        "without bfloat16) or 'none' (float32, the default)",
     "init_model": "start from this model directory's weights (fine-tuning; "
                   "e.g. the shipped deepblur/pretrained/default)",
-    "seed": "seed of the weights and the training data",
+    "seed": "seed of the weights and the training data (of the spectral "
+            "regressor's data too; the crop network takes the seed of its "
+            "table)",
     "n_test_images": "held-out test images for the final evaluation (default "
                      "512; 0: none)",
     "support_images": "fresh training-like images on which the networks' "
@@ -1028,13 +1030,16 @@ def cmd_train(args):
             return code
         stages.mark("network", network_params)
     if n_spectral:
-        spectral_params = dict(spectral_images=n_spectral, n_test_images=n_test_images)
+        spectral_seed = config.get("seed")
+        spectral_params = dict(spectral_images=n_spectral, n_test_images=n_test_images,
+                               seed=spectral_seed)
         if stages.done("spectral", spectral_params):
             print(f"spectral regressor: finished and saved in {output} by the "
                   "interrupted run")
         else:
             _train_spectral(setting, images, n_spectral, n_test_images, mean_gamma,
-                            output, progress=not args.no_progress)
+                            output, progress=not args.no_progress,
+                            seed=spectral_seed)
             stages.mark("spectral", spectral_params)
     if crop_params is not None:
         # its resolved parameters: the table's, and those it takes from the
@@ -1417,8 +1422,9 @@ def _held_out_errors(regressor, setting, n_test, boundary, mean_gamma, seed):
 
 
 def _train_spectral(setting, images, n_images, n_test, mean_gamma, output,
-                    progress):
-    """`deepblur train` with ``spectral_images``: the regressor for real images."""
+                    progress, seed=None):
+    """`deepblur train` with ``spectral_images``: the regressor for real images
+    (seeded by the config's ``seed`` when it has one)."""
     from deepblur.pretrained import (
         SPECTRAL_DEFAULTS,
         save_spectral,
@@ -1426,6 +1432,8 @@ def _train_spectral(setting, images, n_images, n_test, mean_gamma, output,
     )
 
     params = dict(SPECTRAL_DEFAULTS, n_images=n_images)
+    if seed is not None:
+        params["random_state"] = seed
     print(f"spectral regressor: {n_images} windows of larger scenes (noise "
           f"{params['noise_std'][0]}-{params['noise_std'][1]}, point sources "
           f"{params['point_fraction']:.0%} of the pool)")

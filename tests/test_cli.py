@@ -1792,7 +1792,7 @@ def test_estimator_auto_takes_the_crop_network_for_real_images(
 def test_train_also_fits_a_spectral_regressor(capsys, tmp_path):
     config = tmp_path / "spectral.toml"
     config.write_text(TINY.format(output="with_spectral").replace(
-        "n_test_images = 8", "n_test_images = 16\nspectral_images = 300"))
+        "n_test_images = 8", "n_test_images = 16\nspectral_images = 300\nseed = 3"))
     code, out, err = _run(capsys, "train", config, "--no-progress")
     assert code == 0, err
     assert "spectral regressor, held-out windows" in out
@@ -1801,6 +1801,8 @@ def test_train_also_fits_a_spectral_regressor(capsys, tmp_path):
     assert model.setting["boundary"] == "crop"
     meta = json.loads((tmp_path / "with_spectral" / "spectral.json").read_text())
     assert meta["training"]["script"] == "deepblur train"
+    # the config's seed seeds its data too (it was always 0)
+    assert meta["training"]["random_state"] == 3
     assert 0 < meta["test_errors"]["natural"]["operator"] < 1
     # estimate takes it by default
     image = tmp_path / "y.tif"
