@@ -1732,7 +1732,14 @@ def test_load_refuses_mixed_newer_and_damaged_files(small_setting, tmp_path):
             ([1, 2], "must hold a JSON object; got a list"),
             ({k: v for k, v in meta.items() if k != "module"},
              "model.json in .* lacks 'module': the file is damaged"),
-            (dict(meta, grid_shape=3), "model.json in .* holds a malformed entry")):
+            (dict(meta, grid_shape=3), "model.json in .* holds a malformed entry"),
+            # a JSON of another network beside these weights (files written
+            # before the digest load as before): torch's raw RuntimeError
+            ({k: v for k, v in dict(meta, module=dict(
+                meta["module"], width=2 * meta["module"]["width"])).items()
+              if k != "weights_sha256"},
+             r"model.json does not describe the network of its weights file "
+             r"\(size mismatch for stem")):
         (b / "model.json").write_text(json.dumps(edit))
         with pytest.raises(ValueError, match=match):
             load_model(b)
