@@ -358,7 +358,35 @@ def write_image(path, image, dtype, metadata=None):
         iio.imwrite(path, out)
 
 
-def _read_gamma(path, K):
+def _check_gamma_basis(path, data, basis):
+    """Refuse a gamma file of `deepblur estimate` written with a model of
+    another basis (its ``basis_gram``); files without one pass."""
+    from deepblur.pretrained._io import _same_gram
+
+    gram = data.get("basis_gram") if isinstance(data, dict) else None
+    if gram is None:
+        return
+    try:
+        same = _same_gram(basis.gram_, np.asarray(gram, dtype=np.float64))
+    except (ValueError, TypeError):
+        same = False
+    if not same:
+        raise CLIError(
+            f"{path.name} was estimated with a model of another basis (model "
+            f"{data.get('model', '?')!r}; its basis_gram is not this model's "
+            "Gram matrix): its coefficients mean nothing in this model's "
+            "basis. Estimate the gamma with this model, or deblur with the "
+            "model that estimated it (--model).")
+
+
+def _note_npy_unchecked(path):
+    print(f"note: {path.name} does not record the basis it was estimated in, "
+          "so it cannot be checked against this model's (the .json of "
+          "`deepblur estimate` can).", file=sys.stderr)
+
+
+def _read_gamma(path, basis):
+    K = basis.kernels_.shape[0]
     path = _check_exists(path, "gamma file")
     suffix = path.suffix.lower()
     try:
@@ -366,6 +394,7 @@ def _read_gamma(path, K):
             gamma = np.load(path, allow_pickle=False)
         elif suffix == ".json":
             data = json.loads(path.read_text())
+            _check_gamma_basis(path, data, basis)
             if isinstance(data, dict) and "gamma_tiles" in data \
                     and "gamma" not in data:
                 shape = "x".join(str(n) for n in data.get("image_shape", ()))
@@ -400,6 +429,8 @@ def _read_gamma(path, K):
         )
     if not np.isfinite(gamma).all():
         raise CLIError(f"{path.name} holds NaN or Inf coefficients.")
+    if suffix == ".npy":
+        _note_npy_unchecked(path)
     return gamma
 
 
@@ -501,6 +532,7 @@ def cmd_estimate(args):
                 image=str(args.image), model=source, estimator=estimator,
                 scale=scale, support_distance=distance,
                 support_tolerance=tolerance,
+                basis_gram=model.basis.gram_.tolist(),
                 convention="gamma is the operator of the image multiplied by "
                            "scale (to the mean intensity of the training "
                            "observations); deblur rescales it to unit gain"),
@@ -607,6 +639,7 @@ def _estimate_tiles(args, model, source, estimator, img):
                 support_distances=(None if distances is None
                                    else distances.tolist()),
                 support_tolerance=tolerance,
+                basis_gram=model.basis.gram_.tolist(),
                 convention="one gamma per tile, row-major, for the tile scaled to "
                            "the mean intensity of the training observations; "
                            "deblur rescales each to unit gain"), indent=1))
@@ -640,10 +673,11 @@ def _estimate_tiles(args, model, source, estimator, img):
     return 0
 
 
-def _read_gamma_tiles(path, grid_shape, K):
+def _read_gamma_tiles(path, grid_shape, basis):
     """Per-tile gammas from `deepblur estimate` of an image of this size."""
     from deepblur.tiling import TileGrid
 
+    K = basis.kernels_.shape[0]
     path = _check_exists(path, "gamma file")
     if path.suffix.lower() != ".json":
         raise CLIError(f"for an image larger than the model's input, --gamma must "
@@ -651,6 +685,7 @@ def _read_gamma_tiles(path, grid_shape, K):
                        f"its tile grid); got {path.name}.")
     try:
         data = json.loads(path.read_text())
+        _check_gamma_basis(path, data, basis)
         gamma = np.asarray(data["gamma_tiles"], dtype=np.float64)
         grid = TileGrid(tuple(data["image_shape"]), tuple(data["tile_shape"]),
                         tuple(data["row_starts"]), tuple(data["col_starts"]))
@@ -689,8 +724,7 @@ def _deblur_large(args, model, img):
             result = deblur_large(img, model, tile_stride=_tile_stride(args, model),
                                   **kwargs)
             return result.restored, result.grid
-        gamma, grid = _read_gamma_tiles(args.gamma, img.shape,
-                                        model.basis.kernels_.shape[0])
+        gamma, grid = _read_gamma_tiles(args.gamma, img.shape, model.basis)
         stride = _tile_stride(args, model)
         if stride is not None and tile_grid(img.shape, grid.tile_shape,
                                             stride) != grid:
@@ -739,8 +773,7 @@ def cmd_deblur(args):
               f"lam={args.lam}): {args.output} ({dtype}, {img.shape[0]}x"
               f"{img.shape[1]})")
         return 0
-    K = model.basis.kernels_.shape[0]
-    gamma = None if args.gamma is None else _read_gamma(args.gamma, K)
+    gamma = None if args.gamma is None else _read_gamma(args.gamma, model.basis)
     with _Warnings():
         restored, _ = deblur_image(model, img, gamma=gamma, lam=args.lam,
                                    regularization=args.regularization,

@@ -424,6 +424,7 @@ def test_deblur_with_true_operator_keeps_brightness(model_dir, model, capsys,
                               "--boundary", boundary)
         assert code == 0, err
         assert "operator from" in out
+        assert "gamma.npy does not record the basis it was estimated in" in err
         results[boundary] = tifffile.imread(dst).astype(np.float64)
     restored = results["unknown"]
     inner = (slice(8, -8), slice(8, -8))
@@ -444,6 +445,14 @@ def test_deblur_with_true_operator_keeps_brightness(model_dir, model, capsys,
                         "--max-iter", 30)
     assert code == 0, err
     assert (tifffile.imread(tmp_path / "l1.tif") >= 0).all()
+    # a file of `deepblur estimate` with another model's basis is refused
+    other = 2 * model.basis.gram_
+    (tmp_path / "other.json").write_text(json.dumps(
+        {"gamma": gamma.tolist(), "model": "m2", "basis_gram": other.tolist()}))
+    code, _, err = _run(capsys, "deblur", src, "-o", tmp_path / "x.tif",
+                        "--model", model_dir, "--gamma", tmp_path / "other.json")
+    assert code == 1 and ("other.json was estimated with a model of another "
+                          "basis (model 'm2'") in _one_error_line(err)
 
 
 def test_write_image_rounds_and_clips(capsys, tmp_path):
@@ -1439,6 +1448,13 @@ def test_estimate_and_deblur_large_images_by_tiles(model_dir, model, large, caps
     assert spacings[0] >= int(1.5 * max(model.basis.kernel_shape_))
     assert f"{grid.n_tiles} tiles ({grid.shape[0]}x{grid.shape[1]})" in out
     saved = json.loads((tmp_path / "g.json").read_text())
+    np.testing.assert_allclose(saved["basis_gram"], model.basis.gram_)
+    other = dict(saved, basis_gram=(2 * model.basis.gram_).tolist())
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    code, _, err = _run(capsys, "deblur", tmp_path / "big.tif", "-o",
+                        tmp_path / "x.tif", "--model", model_dir, "--gamma",
+                        tmp_path / "other.json")
+    assert code == 1 and "estimated with a model of another basis" in err
     expected, _ = estimate_tiles(y, model.regressor, (64, 64),
                                  target_mean=_IMAGE_MEAN * training_gain(model))
     np.testing.assert_allclose(saved["gamma_tiles"], expected, rtol=1e-5)
