@@ -88,6 +88,10 @@ LIPSCHITZ_SAFETY = 1.05
 #: image's extremes when at least this share of the blocks remains.
 _NOISE_KEPT = 0.2
 
+#: ... and the blocks constant at one other value (a fill), when they are at
+#: least this share of the blocks.
+_NOISE_FILL = 0.1
+
 #: Calibrated constants of :func:`default_lam` (``lam = C / sigma^2``).
 C_TV = 0.25
 C_L1 = 0.03
@@ -351,11 +355,13 @@ def estimate_noise_level(y):
     0.6745 (Donoho and Johnstone 1994). Blur removes the image's content at
     that scale, so what remains is mostly noise. Blocks that are constant at
     the image's minimum or maximum (a dark camera or registration border,
-    padding, saturation: no noise there) are left out when at least a fifth
-    of the blocks remain; with them, an image more than half of which was
-    such a border got 0. (Below a fifth, the rest is more likely the edges
-    of a noise-free picture whose flat areas are at its extremes, such as
-    a binary mask: all the blocks are used, as before.)
+    padding, saturation: no noise there), or at one other value over at
+    least a tenth of the blocks (a border filled with 0 in a signed image,
+    or with the mean), are left out when at least a fifth of the blocks
+    remain; with them, an image more than half of which was such a border
+    got 0. (Below a fifth, the rest is more likely the edges of a
+    noise-free picture whose flat areas are at its extremes, such as a
+    binary mask: all the blocks are used, as before.)
 
     Parameters
     ----------
@@ -394,7 +400,18 @@ def estimate_noise_level(y):
     d = ((a - b - c + e) / 2.0).abs()
     lo = t.amin(dim=(1, 2), keepdim=True)
     hi = t.amax(dim=(1, 2), keepdim=True)
-    clipped = (a == b) & (a == c) & (a == e) & ((a == lo) | (a == hi))
+    flat = (a == b) & (a == c) & (a == e)
+    clipped = flat & ((a == lo) | (a == hi))
+    for i in range(len(t)):
+        # a border filled with another value (0 in a signed, background-
+        # subtracted image; the mean): the commonest value of the constant
+        # blocks, when they cover a tenth of the image at that value
+        values = a[i][flat[i]]
+        if values.numel() >= _NOISE_FILL * flat[i].numel():
+            mode = torch.mode(values).values
+            fill = flat[i] & (a[i] == mode)
+            if fill.sum() >= _NOISE_FILL * flat[i].numel():
+                clipped[i] |= fill
     clipped = clipped.reshape(d.shape[0], -1)
     # ... when the rest is a fair sample: a noise-free picture whose flat
     # areas are at its extremes (a binary mask, a point source on a black

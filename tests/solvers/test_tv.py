@@ -386,6 +386,12 @@ def test_noise_level_of_white_noise_and_of_a_dark_border():
         bright[:, :int(frac * 192)] = 3.0            # saturated
         np.testing.assert_allclose(estimate_noise_level(bright), 0.01,
                                    rtol=0.05)
+    # a border filled with a value inside the range: 0 in a signed,
+    # background-subtracted image, or the mean (it gave 0 too)
+    for fill, offset in ((0.0, -0.5), (0.5, 0.0)):
+        filled = y.copy() + offset
+        filled[:, :, :int(0.6 * 256)] = fill
+        np.testing.assert_allclose(estimate_noise_level(filled), 0.01, rtol=0.05)
     # constant blocks inside the range are content, not padding: kept
     steps = np.repeat(np.repeat(rng.integers(1, 9, (32, 32)), 4, 0), 4, 1)
     steps = steps.astype(float)
