@@ -386,11 +386,11 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
         DEFAULT_MAX_PIXELS,
         _basis_parts,
         _check_boundary_flag,
+        _check_solve,
         _large_image_mean,
         _large_input,
         _large_target_mean,
         _model_parts,
-        _solve_plan,
         _tile_factor,
         _warn_if_windows,
         tile_grid,
@@ -409,11 +409,17 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
         try:
             _, _, img, _ = _large_input(im, model, image_mean)
             _tile_factor(img, target_mean)      # the tiles' scaling
-            # the blocks of the solve (max_pixels, margin, boundary)
-            _solve_plan(img.shape, kernels.shape[1:], maps.shape[1:],
-                        kwargs.get("boundary", "unknown"),
-                        kwargs.get("max_pixels", DEFAULT_MAX_PIXELS),
-                        kwargs.get("margin"), model_boundary)
+            # the solve: its blocks (max_pixels, margin, boundary), lam,
+            # regularization, dtype, lipschitz
+            _check_solve(img.shape, kernels.shape[1:], maps.shape[1:],
+                         lam=kwargs.get("lam", "auto"),
+                         boundary=kwargs.get("boundary", "unknown"),
+                         regularization=kwargs.get("regularization", "tv"),
+                         dtype=kwargs.get("dtype", "float32"),
+                         max_pixels=kwargs.get("max_pixels", DEFAULT_MAX_PIXELS),
+                         margin=kwargs.get("margin"),
+                         model_boundary=model_boundary,
+                         lipschitz=kwargs.get("lipschitz"))
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)

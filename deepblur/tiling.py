@@ -783,6 +783,42 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
     return blocks
 
 
+def _check_solve(image_shape, kernel_shape, tile_shape, *, lam, boundary,
+                 regularization, dtype, max_pixels, margin, model_boundary,
+                 lipschitz=None):
+    """Everything :func:`deblur_stitched` refuses of its solve's parameters,
+    checked without solving: what a large-image path calls before its
+    network estimates the tiles. Returns :func:`_solve_plan`'s plan."""
+    if regularization not in REGULARIZATIONS:
+        raise ValueError(
+            f"regularization must be one of {tuple(REGULARIZATIONS)}; got "
+            f"{regularization!r}."
+        )
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
+    if isinstance(lam, str):
+        if lam != "auto":
+            raise ValueError(f"lam must be a positive float or 'auto'; got {lam!r}.")
+    else:
+        try:
+            value = float(lam)
+        except (TypeError, ValueError):
+            value = np.nan
+        if isinstance(lam, bool) or not (np.isfinite(value) and value > 0):
+            raise ValueError(f"lam must be positive and finite; got {lam!r}.")
+    if lipschitz is not None:
+        try:
+            value = float(lipschitz)
+        except (TypeError, ValueError):
+            value = np.nan
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(
+                f"lipschitz must be positive and finite; got {lipschitz!r}.")
+    # the boundary, margin and max_pixels are checked there
+    return _solve_plan(image_shape, kernel_shape, tile_shape, boundary,
+                       max_pixels, margin, model_boundary)
+
+
 def _solve_plan(image_shape, kernel_shape, tile_shape, boundary, max_pixels,
                 margin, model_boundary="zero"):
     """The blocks :func:`deblur_stitched` solves an image of ``image_shape``
@@ -1046,33 +1082,20 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
             f"image must have the grid's image_shape {tuple(grid.image_shape)}; got "
             f"shape {img.shape}."
         )
-    if regularization not in REGULARIZATIONS:
-        raise ValueError(
-            f"regularization must be one of {tuple(REGULARIZATIONS)}; got "
-            f"{regularization!r}."
-        )
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
-    # the boundary, margin and max_pixels are checked there
-    blocks, pr, pc, margin = _solve_plan(img.shape, kernels.shape[1:],
-                                         grid.tile_shape, boundary, max_pixels,
-                                         margin, model_boundary)
+    blocks, pr, pc, margin = _check_solve(
+        img.shape, kernels.shape[1:], grid.tile_shape, lam=lam,
+        boundary=boundary, regularization=regularization, dtype=dtype,
+        max_pixels=max_pixels, margin=margin, model_boundary=model_boundary,
+        lipschitz=lipschitz)
     unknown = boundary == "unknown"
     dev = resolve_device(device)
     tdtype = torch.float32 if dtype == "float32" else torch.float64
     if isinstance(lam, str):
-        if lam != "auto":
-            raise ValueError(f"lam must be a positive float or 'auto'; got {lam!r}.")
         lam = float(default_lam(img, regularization))
     else:
         lam = float(lam)
-        if not (np.isfinite(lam) and lam > 0):
-            raise ValueError(f"lam must be positive and finite; got {lam!r}.")
     if lipschitz is not None:
         lipschitz = float(lipschitz)
-        if not (np.isfinite(lipschitz) and lipschitz > 0):
-            raise ValueError(
-                f"lipschitz must be positive and finite; got {lipschitz!r}.")
     H, W = img.shape
     restored = np.empty((H + 2 * pr, W + 2 * pc), dtype=np.float64)
     n_iter, converged, norms = [], [], []
@@ -1515,12 +1538,13 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     True
     """
     basis, regressor, img, scale = _large_input(image, model, image_mean)
-    kernels, maps, _ = _basis_parts(basis)
+    kernels, maps, model_boundary = _basis_parts(basis)
     tile_shape = tuple(int(s) for s in maps.shape[1:])
-    if boundary not in ("unknown", "model"):
-        raise ValueError(
-            f"boundary must be 'unknown' or 'model'; got {boundary!r}."
-        )
+    # the solve's parameters before the network's minutes on the tiles
+    _check_solve(img.shape, kernels.shape[1:], tile_shape, lam=lam,
+                 boundary=boundary, regularization=regularization, dtype=dtype,
+                 max_pixels=max_pixels, margin=margin,
+                 model_boundary=model_boundary, lipschitz=lipschitz)
     target_mean = _large_target_mean(model, target_mean)
     dev = resolve_device(device)
     module = getattr(regressor, "module_", None)

@@ -317,7 +317,10 @@ def test_deblur_large_images_equals_deblur_large(fitted, client):
                  r"its tiles.*target_mean=None"),
                 (dict(max_pixels=100), r"images\[0\]: max_pixels=100 is too"),
                 (dict(boundary="reflect"), r"images\[0\]: boundary must be"),
-                (dict(margin=1), r"images\[0\]: margin must be an int")):
+                (dict(margin=1), r"images\[0\]: margin must be an int"),
+                (dict(lam=-1.0), r"images\[0\]: lam must be positive"),
+                (dict(regularization="L1"), r"images\[0\]: regularization must"),
+                (dict(dtype="float16"), r"images\[0\]: dtype must be")):
             with pytest.raises(ValueError, match=match):
                 deblur_large_images([images[0], images[1] - 5], model,
                                     scheduler="sync", **dict(kwargs, **extra))

@@ -822,6 +822,29 @@ def test_deblur_large_does_not_depend_on_the_image_units(problem, lam):
     assert np.abs(raw.restored - big.restored).max() > 0.01 * 4000.0
 
 
+def test_large_paths_check_the_solve_before_the_estimates(problem):
+    """The solve's parameters are refused before the network estimates the
+    tiles (minutes on a large image on a CPU; they were refused after)."""
+    from deepblur import TVDeblurrer
+
+    basis = problem["basis"]
+    reg = FixedRegressor(lambda x: np.ones(K))
+    for bad, match in ((dict(max_pixels=300), "too small for one solve"),
+                       (dict(lam=-1.0), "lam must be positive"),
+                       (dict(lam="grid"), "lam must be a positive float or 'auto'"),
+                       (dict(regularization="L1"), "regularization must be"),
+                       (dict(dtype="float16"), "dtype must be"),
+                       (dict(lipschitz=0.0), "lipschitz must be"),
+                       (dict(margin=1), "margin must be an int")):
+        with pytest.raises(ValueError, match=match):
+            deblur_large(problem["y"], (basis, reg), **bad)
+    deblurrer = TVDeblurrer(basis, blur_estimator=reg, max_pixels=300,
+                            device="cpu").fit()
+    with pytest.raises(ValueError, match="too small for one solve"):
+        deblurrer.transform(np.stack([problem["y"], problem["y"]]))
+    assert reg.calls == []
+
+
 def test_deblur_large_errors(problem):
     basis = problem["basis"]
     reg = FixedRegressor(lambda x: np.ones(K))

@@ -437,6 +437,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         """
         from deepblur.tiling import (
             DEFAULT_MAX_PIXELS,
+            _basis_parts,
+            _check_solve,
             _warn_if_windows,
             deblur_stitched,
             estimate_tiles,
@@ -444,6 +446,15 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         )
 
         images, is_numpy, single = self._large_images(X)
+        max_pixels = (DEFAULT_MAX_PIXELS if self.max_pixels is None
+                      else int(self.max_pixels))
+        kernels, _, model_boundary = _basis_parts(self.basis)
+        for img in images:      # the solves' blocks, before the estimates
+            _check_solve(img.shape, kernels.shape[1:], self.image_shape_,
+                         lam=self.lam, boundary=self.boundary,
+                         regularization=self.regularization, dtype=self.dtype,
+                         max_pixels=max_pixels, margin=None,
+                         model_boundary=model_boundary)
         if gamma is None:
             estimator = self._predictor()
             # once for the call, not once per image
@@ -453,8 +464,6 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         else:
             g = self._check_gamma(gamma, "gamma", len(images))
             g = g.detach().cpu().numpy().astype(np.float64)
-        max_pixels = (DEFAULT_MAX_PIXELS if self.max_pixels is None
-                      else int(self.max_pixels))
         out, lams, n_iter, converged = [], [], [], []
         for i, img in enumerate(images):
             if gamma is None:
