@@ -686,6 +686,13 @@ def _read_gamma_tiles(path, grid_shape, basis):
     try:
         data = json.loads(path.read_text())
         _check_gamma_basis(path, data, basis)
+        if isinstance(data, dict) and "gamma" in data \
+                and "gamma_tiles" not in data or isinstance(data, list):
+            raise CLIError(
+                f"{path.name} holds one gamma, for an image of the model's "
+                f"input size, not one per tile of this {grid_shape[0]}x"
+                f"{grid_shape[1]} image: run `deepblur estimate` on this image "
+                "for its per-tile .json, or deblur blind (without --gamma).")
         gamma = np.asarray(data["gamma_tiles"], dtype=np.float64)
         grid = TileGrid(tuple(data["image_shape"]), tuple(data["tile_shape"]),
                         tuple(data["row_starts"]), tuple(data["col_starts"]))

@@ -771,7 +771,8 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
             f"image of shape {(H, W)} into cores of at least {mh}x{mw} pixels "
             f"(one model tile) with a margin of {margin} pixels needs windows "
             f"of {least} pixels at least; "
-            "raise max_pixels to that (or lower margin)."
+            "raise max_pixels (--max-pixels on the command line) to that, or "
+            "lower margin (Python only)."
         )
     _, n_r, n_c = best
     blocks = []

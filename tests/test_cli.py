@@ -1542,6 +1542,14 @@ def test_large_image_errors(model_dir, large, capsys, tmp_path):
     assert "estimated on a 64x80 image" in error(
         "deblur", tmp_path / "big.tif", "-o", tmp_path / "o.tif", "--gamma",
         tmp_path / "other.json")
+    # the one gamma of a model-size image (it said: not a per-tile file
+    # ('gamma_tiles'))
+    for one in ({"gamma": [1.0] * 6}, [1.0] * 6):
+        (tmp_path / "one.json").write_text(json.dumps(one))
+        assert "one.json holds one gamma, for an image of the model's input " \
+               "size, not one per tile" in error(
+                   "deblur", tmp_path / "big.tif", "-o", tmp_path / "o.tif",
+                   "--gamma", tmp_path / "one.json")
     assert "too small for one solve" in error(
         "deblur", tmp_path / "big.tif", "-o", tmp_path / "o.tif", "--max-pixels",
         "100")
