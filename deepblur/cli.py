@@ -686,8 +686,14 @@ def _read_gamma_tiles(path, grid_shape, basis):
     try:
         data = json.loads(path.read_text())
         _check_gamma_basis(path, data, basis)
-        if isinstance(data, dict) and "gamma" in data \
-                and "gamma_tiles" not in data or isinstance(data, list):
+        one = (data.get("gamma") if isinstance(data, dict)
+               and "gamma_tiles" not in data else data)
+        if isinstance(one, list) and np.ndim(one) != 1:
+            raise CLIError(
+                f"{path.name} holds rows of coefficients without the tile grid "
+                "that `deepblur estimate` writes beside them (its .json): run "
+                "`deepblur estimate` on this image for its per-tile .json.")
+        if isinstance(one, list):
             raise CLIError(
                 f"{path.name} holds one gamma, for an image of the model's "
                 f"input size, not one per tile of this {grid_shape[0]}x"

@@ -804,8 +804,11 @@ def _check_solve(image_shape, kernel_shape, tile_shape, *, lam, boundary,
         try:
             value = float(lam)
         except (TypeError, ValueError):
-            value = np.nan
-        if isinstance(lam, bool) or not (np.isfinite(value) and value > 0):
+            value = None
+        if value is None or np.ndim(lam) != 0 or isinstance(lam, (bool, np.bool_)):
+            raise ValueError(f"lam must be a positive scalar (or 'auto'), one "
+                             f"for the whole image; got {lam!r}.")
+        if not (np.isfinite(value) and value > 0):
             raise ValueError(f"lam must be positive and finite; got {lam!r}.")
     if lipschitz is not None:
         try:
@@ -1146,10 +1149,22 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         converged.append(bool(res.converged[0]))
         norms.append(float(res.lipschitz[0]) / (LIPSCHITZ_SAFETY * lam))
         del forward, adjoint, u
-    if tol > 0 and not all(converged):
+    stalled = [not ok and it < max_iter
+               for ok, it in zip(converged, n_iter, strict=True)]
+    capped = [not ok and it >= max_iter
+              for ok, it in zip(converged, n_iter, strict=True)]
+    if tol > 0 and any(stalled):
+        warnings.warn(
+            f"deblur stopped on {sum(stalled)} of {len(blocks)} block(s) whose "
+            "objective no longer decreased before tol: a lipschitz value "
+            "below ||H||^2, or a tol under the precision of the dtype "
+            "(more iterations would not help); their result is not the "
+            "minimiser to tol.", ConvergenceWarning,
+            stacklevel=user_stacklevel())
+    if tol > 0 and any(capped):
         warnings.warn(
             f"deblur reached max_iter={max_iter} before tol={tol} in "
-            f"{converged.count(False)} of {len(blocks)} block(s); increase "
+            f"{sum(capped)} of {len(blocks)} block(s); increase "
             "max_iter or tol.", ConvergenceWarning, stacklevel=user_stacklevel())
     restored = restored[pr:pr + H, pc:pc + W]
     return restored, dict(lam=lam, blocks=blocks, n_iter=np.array(n_iter),

@@ -1544,6 +1544,10 @@ def test_large_image_errors(model_dir, large, capsys, tmp_path):
         tmp_path / "other.json")
     # the one gamma of a model-size image (it said: not a per-tile file
     # ('gamma_tiles'))
+    (tmp_path / "rows.json").write_text(json.dumps([[1.0] * 6] * 4))
+    assert "rows.json holds rows of coefficients without the tile grid" in error(
+        "deblur", tmp_path / "big.tif", "-o", tmp_path / "o.tif", "--gamma",
+        tmp_path / "rows.json")
     for one in ({"gamma": [1.0] * 6}, [1.0] * 6):
         (tmp_path / "one.json").write_text(json.dumps(one))
         assert "one.json holds one gamma, for an image of the model's input " \

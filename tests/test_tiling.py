@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 from scipy.signal import convolve2d
+from sklearn.exceptions import ConvergenceWarning
 
 from deepblur.datasets import gaussian_kernel
 from deepblur.estimators.basis import ProductConvolutionBasis
@@ -822,6 +823,18 @@ def test_deblur_large_does_not_depend_on_the_image_units(problem, lam):
     assert np.abs(raw.restored - big.restored).max() > 0.01 * 4000.0
 
 
+def test_deblur_stitched_says_a_stalled_block_is_not_a_capped_one(problem):
+    """A lipschitz far below ||H||^2: every step overshoots and the block
+    stalls after 50 steps; more iterations would not help, and the warning
+    no longer says to raise max_iter."""
+    p = problem
+    with pytest.warns(ConvergenceWarning, match="no longer decreased") as rec:
+        _, info = deblur_stitched(p["y"], p["basis"], p["gamma"], p["grid"],
+                                  lam=300.0, lipschitz=1e-3, max_iter=500)
+    assert not any("increase max_iter" in str(w.message) for w in rec)
+    assert info["n_iter"].tolist() == [50] and not info["converged"].any()
+
+
 def test_large_paths_check_the_solve_before_the_estimates(problem):
     """The solve's parameters are refused before the network estimates the
     tiles (minutes on a large image on a CPU; they were refused after)."""
@@ -832,6 +845,8 @@ def test_large_paths_check_the_solve_before_the_estimates(problem):
     for bad, match in ((dict(max_pixels=300), "too small for one solve"),
                        (dict(lam=-1.0), "lam must be positive"),
                        (dict(lam="grid"), "lam must be a positive float or 'auto'"),
+                       (dict(lam=np.array([5.0])), "lam must be a positive scalar"),
+                       (dict(lam=True), "lam must be a positive scalar"),
                        (dict(regularization="L1"), "regularization must be"),
                        (dict(dtype="float16"), "dtype must be"),
                        (dict(lipschitz=0.0), "lipschitz must be"),

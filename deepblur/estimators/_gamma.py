@@ -52,6 +52,28 @@ def check_gamma_targets(y, K, name="y"):
     return arr
 
 
+def check_dataset_basis(dataset, basis, who="the regressor"):
+    """Refuse a ``BlurDataset`` whose basis is not ``basis`` (its image shape,
+    and its Gram matrix to float32 rounding): its targets are coefficients
+    of another basis, meaningless for this one."""
+    if basis is None or dataset.basis is basis:
+        return
+    theirs = dataset.basis
+    if tuple(theirs.image_shape_) != tuple(basis.image_shape_):
+        raise ValueError(
+            f"X (a BlurDataset) must use {who}'s basis image shape "
+            f"{tuple(basis.image_shape_)}; got {tuple(theirs.image_shape_)}.")
+    ours, other = np.asarray(basis.gram_), np.asarray(theirs.gram_)
+    if ours.shape != other.shape or (np.linalg.norm(ours - other)
+                                     > 1e-5 * np.linalg.norm(ours)):
+        raise ValueError(
+            f"X (a BlurDataset) draws gamma in another basis than {who}'s "
+            f"(K={other.shape[0]} against K={ours.shape[0]}"
+            + (", their Gram matrices differ" if ours.shape == other.shape
+               else "") + "): its targets would be coefficients of other "
+            "operators. Build the dataset with the same basis.")
+
+
 def check_sampler(sampler, K):
     """``sampler`` (None, or a fitted ``ConeSampler`` of ``K`` features)."""
     if sampler is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,13 +16,14 @@ from sklearn.base import (
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 
+from deepblur._validation import user_stacklevel
 from deepblur.estimators._gamma import (
     SharedBasisMixin,
     check_gamma_targets,
     image_to_gamma_tags,
 )
 from deepblur.estimators.regressor import _check_images
-from deepblur.exceptions import NoPointSourceError
+from deepblur.exceptions import NoPointSourceError, PoorPointSourceFitWarning
 from deepblur.solvers.point_sources import fit_point_sources
 from deepblur.solvers.tv import estimate_noise_level
 
@@ -38,6 +40,38 @@ def _filter_norm(smoothing):
     delta = np.zeros((2 * r + 1, 2 * r + 1))
     delta[r, r] = 1.0
     return float(np.linalg.norm(gaussian_filter(delta, smoothing, mode="constant")))
+
+
+#: A fit whose residual's root mean square exceeds this many times the
+#: image's noise is not the point-source model (PoorPointSourceFitWarning).
+_POOR_FIT = 5.0
+
+
+def _warn_poor_fits(fits, images, sigma):
+    """One PoorPointSourceFitWarning for the fits that leave far more than
+    the noise (saturated sources, hot pixels, extended objects)."""
+    poor = []
+    for i, fit in enumerate(fits):
+        if isinstance(fit, Exception):
+            continue
+        y = images[i]
+        rms = fit.residual * np.linalg.norm(y) / np.sqrt(y.size)
+        # a noise-free image: measured against a thousandth of its range
+        noise = max(float(sigma[i]), 1e-3 * float(np.ptp(y)))
+        if rms > _POOR_FIT * noise:
+            poor.append((i, rms / noise))
+    if poor:
+        which = ", ".join(f"{i} ({r:.0f}x)" for i, r in poor[:6])
+        more = f" and {len(poor) - 6} more" if len(poor) > 6 else ""
+        warnings.warn(
+            f"the point-source fit leaves a residual over {_POOR_FIT:g} times "
+            f"the noise on {len(poor)} of {len(fits)} image(s): {which}{more}. "
+            "Something there is not isolated point sources on a constant "
+            "background (saturated sources, hot pixels, extended objects, a "
+            "varying background, PSFs outside the basis), and gamma can be far "
+            "off (two clipped pixels of a bead gave 33 % operator error): "
+            "leave such sources out, or subtract the background first.",
+            PoorPointSourceFitWarning, stacklevel=user_stacklevel())
 
 
 class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
@@ -220,8 +254,12 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
                     f"{len(y)} rows of y."
                 )
         if self.gamma_init is not None:
-            init = check_gamma_targets(np.atleast_2d(self.gamma_init), K,
-                                       "gamma_init")[0]
+            init = np.asarray(self.gamma_init, dtype=np.float64)
+            if init.shape != (K,):
+                raise ValueError(
+                    f"gamma_init must have shape (K,) = ({K},), one coefficient "
+                    f"per kernel of the basis; got shape {init.shape}.")
+            init = check_gamma_targets(init[None], K, "gamma_init")[0]
         elif y is not None:
             init = check_gamma_targets(y, K).mean(axis=0)
         else:
@@ -268,7 +306,9 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
             from tqdm.auto import tqdm
 
             indices = tqdm(indices, unit="image", desc="PointSourceBlurEstimator")
-        return Parallel(n_jobs=self.n_jobs)(delayed(one)(i) for i in indices)
+        fits = Parallel(n_jobs=self.n_jobs)(delayed(one)(i) for i in indices)
+        _warn_poor_fits(fits, images, sigma)
+        return fits
 
     def _raise_without_sources(self, fits, estimates=None):
         """One NoPointSourceError for the images whose fit found no source."""

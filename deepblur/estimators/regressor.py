@@ -25,6 +25,7 @@ from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
     FrozenComponentsMixin,
     SupportCheckMixin,
+    check_dataset_basis,
     check_gamma_targets,
     check_no_shared_nested,
     check_sampler,
@@ -585,14 +586,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     def check_data(self, X, y):
         """Validate training data: images, finiteness, width of ``y``."""
         if isinstance(X, BlurDataset):
-            basis = self._basis_or_none()
-            if basis is not None and X.basis is not basis and tuple(
-                    X.basis.image_shape_) != tuple(basis.image_shape_):
-                raise ValueError(
-                    "X (a BlurDataset) must use the regressor's basis image "
-                    f"shape {tuple(basis.image_shape_)}; got "
-                    f"{tuple(X.basis.image_shape_)}."
-                )
+            check_dataset_basis(X, self._basis_or_none())
             return
         if isinstance(X, torch.utils.data.Dataset):
             return super().check_data(X, y)

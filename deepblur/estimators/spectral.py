@@ -18,6 +18,7 @@ from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import (
     SharedBasisMixin,
     SupportCheckMixin,
+    check_dataset_basis,
     check_gamma_targets,
     check_sampler,
     check_support_params,
@@ -210,11 +211,7 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
     def _training_data(self, X, y, image_shape, K):
         """Features and targets from arrays or from a ``BlurDataset``."""
         if isinstance(X, BlurDataset):
-            if tuple(X.basis.image_shape_) != image_shape:
-                raise ValueError(
-                    "X (a BlurDataset) must use the basis's image shape "
-                    f"{image_shape}; got {tuple(X.basis.image_shape_)}."
-                )
+            check_dataset_basis(X, self._fitted_basis(), "the regressor")
             feats, targets = [], []
             batches = X
             if self.verbose:

@@ -673,7 +673,11 @@ def deblur(
             _check_objective(fz, k, dtype)
 
             accept = fz <= fx
-            descent = fz < fx
+            # a step that lowers the objective, or one that cannot: at the
+            # minimum (an objective of 0, or a step whose point is no worse
+            # than the current one to tol: the objective is flat there)
+            scale = tol * torch.clamp(fx.abs(), min=tiny)
+            descent = (fz < fx) | (fx <= tiny) | (fz - fx <= scale)
             descents = descents[-(_WINDOW - 1):] + [descent]
             flat_run = torch.where(descent, torch.zeros_like(flat_run),
                                    flat_run + 1)

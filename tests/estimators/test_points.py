@@ -1,5 +1,7 @@
 """PointSourceBlurEstimator: accuracy on simulated sources, sklearn, bad input."""
 
+import warnings
+
 import joblib
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from deepblur import PointSourceBlurEstimator
 from deepblur.datasets import blur_images, make_point_sources
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler
+from deepblur.exceptions import PoorPointSourceFitWarning
 from deepblur.pretrained import relative_errors
 
 
@@ -93,7 +96,9 @@ def test_camera_offset_is_fitted(setting):
     assert [f.background for f in fits] == pytest.approx([0.1, 0.1], abs=1e-3)
     # ignoring the offset: noise maxima above 10 sigma become "sources", and
     # the offset is explained by them and by a wider PSF
-    dark = est.set_params(background=False).predict_sources(X[:1] + 0.1)[0]
+    # (and the residual says that the model does not fit)
+    with pytest.warns(PoorPointSourceFitWarning, match="1 of 1 image"):
+        dark = est.set_params(background=False).predict_sources(X[:1] + 0.1)[0]
     assert len(dark.positions) > 2 * len(fits[0].positions)
     errors = relative_errors(gamma[:1], np.stack([dark.gamma, fits[0].gamma]),
                              basis.gram_)["operator"]
@@ -112,6 +117,27 @@ def test_clone_grid_search_and_joblib(setting, tmp_path):
     np.testing.assert_array_equal(loaded.predict(X[:2]), fitted.predict(X[:2]))
 
 
+def test_saturated_sources_and_hot_pixels_warn(setting):
+    """Clipped sources or a hot pixel are not the model, and their gamma is
+    far off: the fit's residual, far above the noise, says so (a good fit
+    leaves about the noise, and warns not)."""
+    basis, sampler, X, gamma = setting
+    est = PointSourceBlurEstimator(basis, noise_std=0.002).fit(
+        None, sampler.sample(500))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PoorPointSourceFitWarning)
+        good = est.predict(X[:3])
+    clipped = np.minimum(X[:3], 0.6 * X[:3].max(axis=(1, 2), keepdims=True))
+    hot = X[:3].copy()
+    hot[1, 5, 40] += X.max()
+    for bad, images in ((clipped, r"3 of 3 image\(s\): 0 \(\d+x\), 1"),
+                       (hot, r"1 of 3 image\(s\): 1 \(\d+x\)\.")):
+        with pytest.warns(PoorPointSourceFitWarning, match=images):
+            worse = est.predict(bad)
+        assert (relative_errors(gamma[:3], worse, basis.gram_)["operator"].max()
+                > 3 * relative_errors(gamma[:3], good, basis.gram_)["operator"].max())
+
+
 def test_bad_input(setting):
     basis, sampler, X, gamma = setting
     with pytest.raises(ValueError, match="basis=None"):
@@ -126,8 +152,10 @@ def test_bad_input(setting):
         PointSourceBlurEstimator(basis).fit(X)
     with pytest.raises(ValueError, match=r"shape \(n_samples, K=3\)"):
         PointSourceBlurEstimator(basis).fit(X, gamma[:, :2])
-    with pytest.raises(ValueError, match="gamma_init"):
+    with pytest.raises(ValueError, match=r"gamma_init must have shape \(K,\) = \(3,\)"):
         PointSourceBlurEstimator(basis, gamma_init=[1.0, 2.0]).fit()
+    with pytest.raises(ValueError, match=r"got shape \(2, 3\)"):   # a row dropped
+        PointSourceBlurEstimator(basis, gamma_init=np.ones((2, 3))).fit()
     with pytest.raises(ValueError, match="finite"):
         PointSourceBlurEstimator(basis).fit(X, np.full_like(gamma, np.nan))
     with pytest.raises(ValueError, match="as many samples"):

@@ -196,6 +196,20 @@ def test_steps_that_do_not_descend_are_not_convergence(problem):
     assert ok.converged.all() and ok.objective[-1, 0] < res.objective[-1, 0]
 
 
+def test_a_start_at_the_minimum_converges(problem):
+    """No step can lower an objective at its minimum (a black image, a warm
+    start from a converged solve): that is convergence, not a stall."""
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, res = deblur(np.zeros((1, SIZE, SIZE)), forward, adjoint, LAM)
+        assert res.converged.all() and res.n_iter == 5
+        u, _ = deblur(y[None], forward, adjoint, LAM, max_iter=3000, tol=1e-9)
+        _, again = deblur(y[None], forward, adjoint, LAM, x0=u)
+    assert again.converged.all() and again.n_iter < 50
+
+
 def test_tol_zero_stops_silently_on_a_stall(problem):
     A, y = problem
     forward, adjoint = _dense_ops(A)
