@@ -686,19 +686,29 @@ def _read_gamma_tiles(path, grid_shape, basis):
     try:
         data = json.loads(path.read_text())
         _check_gamma_basis(path, data, basis)
-        one = (data.get("gamma") if isinstance(data, dict)
-               and "gamma_tiles" not in data else data)
-        if isinstance(one, list) and np.ndim(one) != 1:
-            raise CLIError(
-                f"{path.name} holds rows of coefficients without the tile grid "
-                "that `deepblur estimate` writes beside them (its .json): run "
-                "`deepblur estimate` on this image for its per-tile .json.")
-        if isinstance(one, list):
+        grid_keys = ("image_shape", "tile_shape", "row_starts", "col_starts")
+        rows = (data.get("gamma_tiles", data.get("gamma"))
+                if isinstance(data, dict) else data)
+        try:
+            shape = np.shape(np.asarray(rows, dtype=np.float64))
+        except (ValueError, TypeError):
+            shape = None
+        if shape == (K,):
             raise CLIError(
                 f"{path.name} holds one gamma, for an image of the model's "
                 f"input size, not one per tile of this {grid_shape[0]}x"
                 f"{grid_shape[1]} image: run `deepblur estimate` on this image "
                 "for its per-tile .json, or deblur blind (without --gamma).")
+        if shape is not None and len(shape) == 2 and not (
+                isinstance(data, dict) and all(k in data for k in grid_keys)):
+            raise CLIError(
+                f"{path.name} holds rows of coefficients without the tile grid "
+                "that `deepblur estimate` writes beside them (its .json): run "
+                "`deepblur estimate` on this image for its per-tile .json.")
+        if not isinstance(data, dict):
+            raise CLIError(
+                f"{path.name} is not a per-tile gamma file of `deepblur "
+                "estimate` (a JSON object with gamma_tiles and its tile grid).")
         gamma = np.asarray(data["gamma_tiles"], dtype=np.float64)
         grid = TileGrid(tuple(data["image_shape"]), tuple(data["tile_shape"]),
                         tuple(data["row_starts"]), tuple(data["col_starts"]))

@@ -1102,7 +1102,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         lipschitz = float(lipschitz)
     H, W = img.shape
     restored = np.empty((H + 2 * pr, W + 2 * pc), dtype=np.float64)
-    n_iter, converged, norms = [], [], []
+    n_iter, converged, stalled, norms = [], [], [], []
     K = kernels.shape[0]
     ones = torch.ones(K, dtype=tdtype, device=dev)
     kern = torch.as_tensor(kernels, dtype=tdtype, device=dev)
@@ -1147,12 +1147,11 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         restored[a:b, c:d] = u[0, a - r0:b - r0, c - c0:d - c0].double().cpu().numpy()
         n_iter.append(int(res.n_iter))
         converged.append(bool(res.converged[0]))
+        stalled.append(bool(res.stalled[0]))
         norms.append(float(res.lipschitz[0]) / (LIPSCHITZ_SAFETY * lam))
         del forward, adjoint, u
-    stalled = [not ok and it < max_iter
-               for ok, it in zip(converged, n_iter, strict=True)]
-    capped = [not ok and it >= max_iter
-              for ok, it in zip(converged, n_iter, strict=True)]
+    capped = [not (ok or stop) for ok, stop in zip(converged, stalled,
+                                                   strict=True)]
     if tol > 0 and any(stalled):
         warnings.warn(
             f"deblur stopped on {sum(stalled)} of {len(blocks)} block(s) whose "

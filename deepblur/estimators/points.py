@@ -68,9 +68,9 @@ def _warn_poor_fits(fits, images, sigma):
             f"the noise on {len(poor)} of {len(fits)} image(s): {which}{more}. "
             "Something there is not isolated point sources on a constant "
             "background (saturated sources, hot pixels, extended objects, a "
-            "varying background, PSFs outside the basis), and gamma can be far "
-            "off (two clipped pixels of a bead gave 33 % operator error): "
-            "leave such sources out, or subtract the background first.",
+            "varying background, PSFs outside the basis), and gamma can be "
+            "off (see PoorPointSourceFitWarning): leave such sources out, or "
+            "subtract the background first.",
             PoorPointSourceFitWarning, stacklevel=user_stacklevel())
 
 

@@ -503,6 +503,9 @@ class DeblurResult:
         an image that stalled, see ``tol`` of :func:`deblur`).
     lipschitz : numpy.ndarray of shape (n,)
         The Lipschitz constants ``L`` used (the step is ``1 / L``).
+    stalled : numpy.ndarray of shape (n,) of bool
+        Whether each image stopped because its objective no longer decreased
+        before the tolerance (see ``tol`` of :func:`deblur`).
     """
 
     n_iter: int
@@ -510,6 +513,7 @@ class DeblurResult:
     objective: np.ndarray
     converged: np.ndarray
     lipschitz: np.ndarray = field(repr=False)
+    stalled: np.ndarray | None = None
 
 
 def deblur(
@@ -674,10 +678,14 @@ def deblur(
 
             accept = fz <= fx
             # a step that lowers the objective, or one that cannot: at the
-            # minimum (an objective of 0, or a step whose point is no worse
-            # than the current one to tol: the objective is flat there)
+            # minimum (an objective of 0, or a step that barely moves, to a
+            # point no worse than the current one to tol: the objective is
+            # flat there; an overshooting step, from a lipschitz below
+            # ||H||^2, moves far)
             scale = tol * torch.clamp(fx.abs(), min=tiny)
-            descent = (fz < fx) | (fx <= tiny) | (fz - fx <= scale)
+            moved = 0.5 * lip * _sum_images((z - x) ** 2)
+            descent = ((fz < fx) | (fx <= tiny)
+                       | ((fz - fx <= scale) & (moved <= scale)))
             descents = descents[-(_WINDOW - 1):] + [descent]
             flat_run = torch.where(descent, torch.zeros_like(flat_run),
                                    flat_run + 1)
@@ -746,6 +754,7 @@ def deblur(
             objective=torch.stack(history).cpu().numpy(),
             converged=conv,
             lipschitz=lip.cpu().numpy(),
+            stalled=stuck,
         )
     if squeeze:
         x = x[0]

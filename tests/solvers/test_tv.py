@@ -196,6 +196,45 @@ def test_steps_that_do_not_descend_are_not_convergence(problem):
     assert ok.converged.all() and ok.objective[-1, 0] < res.objective[-1, 0]
 
 
+def test_an_overshoot_that_barely_raises_the_objective_is_a_stall(problem,
+                                                                   monkeypatch):
+    """A lipschitz below ||H||^2 whose first (rejected) step raises the
+    objective by less than tol: the l1 step is then the same at every
+    iteration, "no worse to tol", and was taken for convergence at y (a
+    review found it); it moves far, so it is a stall."""
+    import deepblur.solvers.tv as tv
+
+    A, y = problem
+    forward, adjoint = _dense_ops(A)
+    norm2 = np.linalg.norm(A, 2) ** 2
+    seen = []
+    check = tv._check_objective
+    monkeypatch.setattr(tv, "_check_objective",
+                        lambda f, k, d: (seen.append(float(f[0])), check(f, k, d))[1])
+
+    def rise(div):          # relative change of the objective by the first step
+        seen.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            deblur(y[None], forward, adjoint, LAM, regularization="l1",
+                   lipschitz=norm2 / div, max_iter=1, tol=0)
+        return (seen[1] - seen[0]) / seen[0]
+
+    lo, hi = 1.5, 1000.0
+    assert rise(lo) < 0 < rise(hi)
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if rise(mid) > 0 else (mid, hi)
+        if 0 < rise(hi) < 1e-6:
+            break
+    assert 0 < rise(hi) < 1e-5
+    with pytest.warns(ConvergenceWarning, match="no longer decreased"):
+        u, res = deblur(y[None], forward, adjoint, LAM, regularization="l1",
+                        lipschitz=norm2 / hi)
+    assert not res.converged.any() and res.stalled.all()
+    np.testing.assert_array_equal(u[0], y)
+
+
 def test_a_start_at_the_minimum_converges(problem):
     """No step can lower an objective at its minimum (a black image, a warm
     start from a converged solve): that is convergence, not a stall."""
