@@ -361,13 +361,13 @@ def write_image(path, image, dtype, metadata=None):
 def _check_gamma_basis(path, data, basis):
     """Refuse a gamma file of `deepblur estimate` written with a model of
     another basis (its ``basis_gram``); files without one pass."""
-    from deepblur.pretrained._io import _same_gram
+    from deepblur.estimators._gamma import same_gram
 
     gram = data.get("basis_gram") if isinstance(data, dict) else None
     if gram is None:
         return
     try:
-        same = _same_gram(basis.gram_, np.asarray(gram, dtype=np.float64))
+        same = same_gram(basis.gram_, np.asarray(gram, dtype=np.float64))
     except (ValueError, TypeError):
         same = False
     if not same:

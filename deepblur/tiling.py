@@ -79,6 +79,7 @@ from deepblur.solvers.tv import (
     REGULARIZATIONS,
     deblur,
     default_lam,
+    stall_message,
 )
 
 __all__ = [
@@ -1153,13 +1154,9 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     capped = [not (ok or stop) for ok, stop in zip(converged, stalled,
                                                    strict=True)]
     if tol > 0 and any(stalled):
-        warnings.warn(
-            f"deblur stopped on {sum(stalled)} of {len(blocks)} block(s) whose "
-            "objective no longer decreased before tol: a lipschitz value "
-            "below ||H||^2, or a tol under the precision of the dtype "
-            "(more iterations would not help); their result is not the "
-            "minimiser to tol.", ConvergenceWarning,
-            stacklevel=user_stacklevel())
+        warnings.warn(stall_message(f"{sum(stalled)} of {len(blocks)} block(s)",
+                                    tol),
+                      ConvergenceWarning, stacklevel=user_stacklevel())
     if tol > 0 and any(capped):
         warnings.warn(
             f"deblur reached max_iter={max_iter} before tol={tol} in "

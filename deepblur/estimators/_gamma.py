@@ -52,6 +52,14 @@ def check_gamma_targets(y, K, name="y"):
     return arr
 
 
+def same_gram(ours, theirs):
+    """Whether two bases have the same Gram matrix (up to the float32 maps of
+    a saved model: a relative difference of 1e-5 at most)."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    return (ours.shape == theirs.shape and np.linalg.norm(ours - theirs)
+            <= 1e-5 * np.linalg.norm(theirs))
+
+
 def check_dataset_basis(dataset, basis, who="the regressor"):
     """Refuse a ``BlurDataset`` whose basis is not ``basis`` (its image shape,
     and its Gram matrix to float32 rounding): its targets are coefficients
@@ -64,8 +72,7 @@ def check_dataset_basis(dataset, basis, who="the regressor"):
             f"X (a BlurDataset) must use {who}'s basis image shape "
             f"{tuple(basis.image_shape_)}; got {tuple(theirs.image_shape_)}.")
     ours, other = np.asarray(basis.gram_), np.asarray(theirs.gram_)
-    if ours.shape != other.shape or (np.linalg.norm(ours - other)
-                                     > 1e-5 * np.linalg.norm(ours)):
+    if not same_gram(other, ours):
         raise ValueError(
             f"X (a BlurDataset) draws gamma in another basis than {who}'s "
             f"(K={other.shape[0]} against K={ours.shape[0]}"

@@ -31,6 +31,7 @@ from sklearn.base import clone
 from deepblur._validation import user_stacklevel
 from deepblur.datasets.simulate import _noise_param
 from deepblur.estimators._gamma import check_support_tolerance
+from deepblur.estimators._gamma import same_gram as _same_gram
 from deepblur.estimators.basis import ProductConvolutionBasis
 from deepblur.estimators.cone import ConeSampler, ConeSimplifier
 from deepblur.estimators.points import PointSourceBlurEstimator
@@ -294,14 +295,6 @@ def _module_params(regressor):
     """The ``module__`` parameters that rebuild the network (JSON-able)."""
     params = regressor.get_params_for("module")
     return {k: params[k] for k in _MODULE_KEYS if k in params}
-
-
-def _same_gram(ours, theirs):
-    """Whether two bases have the same Gram matrix (up to model.safetensors's
-    float32 maps)."""
-    ours, theirs = np.asarray(ours), np.asarray(theirs)
-    return (ours.shape == theirs.shape and np.linalg.norm(ours - theirs)
-            <= 1e-5 * np.linalg.norm(theirs))
 
 
 def _check_same_basis(gram, directory, model):

@@ -174,6 +174,16 @@ def _check_representable(values, name, given, dtype):
         )
 
 
+def stall_message(which, tol):
+    """The ConvergenceWarning's text for solves that stalled (``which``: how
+    many of what, e.g. "2 of 5 image(s) [0, 3]")."""
+    return (f"deblur stopped on {which} whose objective no longer decreased "
+            f"({_STALL} steps in a row) before its relative change fell below "
+            f"tol={tol}: a lipschitz value below ||H||^2, or a tol under the "
+            "precision of the dtype (more iterations would not help); their "
+            "result is not the minimiser to tol.")
+
+
 def _check_objective(f, k, dtype):
     """Refuse an objective that overflowed (or is NaN) in ``dtype``."""
     bad = ~torch.isfinite(f)
@@ -683,9 +693,11 @@ def deblur(
             # flat there; an overshooting step, from a lipschitz below
             # ||H||^2, moves far)
             scale = tol * torch.clamp(fx.abs(), min=tiny)
-            moved = 0.5 * lip * _sum_images((z - x) ** 2)
-            descent = ((fz < fx) | (fx <= tiny)
-                       | ((fz - fx <= scale) & (moved <= scale)))
+            descent = (fz < fx) | (fx <= tiny)
+            level = ~descent & (fz - fx <= scale)
+            if bool(level.any()):       # only then: a reduction per image
+                moved = 0.5 * lip * _sum_images((z - x) ** 2)
+                descent = descent | (level & (moved <= scale))
             descents = descents[-(_WINDOW - 1):] + [descent]
             flat_run = torch.where(descent, torch.zeros_like(flat_run),
                                    flat_run + 1)
@@ -730,12 +742,8 @@ def deblur(
         stuck = stalled.cpu().numpy()
         if tol > 0 and stuck.any():
             warnings.warn(
-                f"deblur stopped on {int(stuck.sum())} of {n} image(s) "
-                f"{np.flatnonzero(stuck).tolist()} whose objective no longer "
-                f"decreased ({_STALL} steps in a row) before its "
-                f"relative change fell below tol={tol}: a lipschitz value "
-                "below ||H||^2, or a tol under the precision of the dtype; "
-                "their result is not the minimiser to tol.",
+                stall_message(f"{int(stuck.sum())} of {n} image(s) "
+                              f"{np.flatnonzero(stuck).tolist()}", tol),
                 ConvergenceWarning,
                 stacklevel=user_stacklevel(),
             )
