@@ -131,7 +131,8 @@ class PoorPointSourceFitWarning(UserWarning):
     shipped basis, a hot pixel as bright as the brightest source was flagged
     on 32 of 32 images, clipping at 70 % of the peak on 8 of 32 (errors up
     to 4.3 %), and well-specified fields on 0 of 128 images at density 0.002
-    and 5 of 160 at 0.005 (errors 1.8-5.9 %). ``predict`` and
+    and 5 of 160 at 0.005 (errors 1.8-5.9 %; benchmarks/README.md,
+    "Checks of session 35's fixes"). ``predict`` and
     ``predict_sources`` issue it once per call, naming the images; each
     fit's ``residual`` is in
     :meth:`~deepblur.PointSourceBlurEstimator.predict_sources`. Leave
