@@ -376,6 +376,7 @@ def _read_tiff(path, info):
             page = series.keyframe
             photometric, bits = page.photometric, page.bitspersample
             colormap = page.colormap
+            compression = page.compression
             info["tiff"] = _tiff_pixel_size(tif, page)
     except _ImageCountError:
         raise
@@ -396,6 +397,11 @@ def _read_tiff(path, info):
     if (img.ndim == 3 and img.shape[-1] > 1
             and photometric != tifffile.PHOTOMETRIC.SEPARATED):    # CMYK: below
         img = _colour_or_alpha(img, page, axes, path.name)
+    if (photometric == tifffile.PHOTOMETRIC.YCBCR
+            and compression != tifffile.COMPRESSION.JPEG):
+        # tifffile gives the Y, Cb, Cr samples themselves (a JPEG-compressed
+        # file's decoder gives RGB): converted as Pillow converts them
+        img = _ycbcr_tiff(path, img, bits)
     if img.dtype == bool:       # 1-bit (a mask: True is on, as tifffile writes it)
         return img.astype(np.uint8)
     if img.dtype.kind in "ui":
@@ -404,6 +410,13 @@ def _read_tiff(path, info):
     else:
         top = 1.0
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE and img.ndim == 2:
+        if img.dtype.kind != "u":
+            # 1 - x for floats, or max - x for signed counts, is a guess
+            raise ValueError(
+                f"{path.name} is a {img.dtype} image whose file says that dark "
+                "is high (MINISWHITE): only unsigned integer pixels can be "
+                "inverted without knowing their range. Save it as an ordinary "
+                "(MINISBLACK) image, inverted if it needs to be.")
         img = (top - img).astype(img.dtype)           # dark is high: invert
     elif photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None \
             and img.ndim == 2:
@@ -419,6 +432,26 @@ def _read_tiff(path, info):
         rgb = top - np.minimum(top, cmyk[..., :3] + cmyk[..., 3:4])
         img = rgb.astype(img.dtype)
     return img
+
+
+def _ycbcr_tiff(path, img, bits):
+    """The RGB pixels of an uncompressed (or LZW, Deflate...) YCbCr TIFF, as
+    Pillow converts them; 8-bit only (what Pillow reads)."""
+    from PIL import Image
+
+    shape = img.shape[:2]
+    try:
+        if bits != 8:
+            raise ValueError(f"{bits}-bit samples")
+        with Image.open(path) as im:
+            rgb = np.array(im.convert("RGB"))
+        if rgb.shape[:2] != shape:
+            raise ValueError(f"Pillow read {rgb.shape[:2]}, tifffile {shape}")
+    except Exception as exc:
+        raise ValueError(
+            f"{path.name} is a YCbCr TIFF that cannot be converted to RGB here "
+            f"({exc}); save it as an RGB or grayscale TIFF.") from None
+    return rgb
 
 
 def load_image(path):
@@ -440,7 +473,7 @@ def load_images(source):
     ----------
     source : str, Path, sequence of paths, ndarray (n, H, W) or list of arrays
         A folder (its image files, hidden files skipped), files, or arrays:
-        an array of shape ``(H, W)`` or ``(H, W, 3|4)`` is one (colour)
+        an array of shape ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3|4)`` is one (colour)
         image, one of shape ``(n, H, W)`` is ``n`` images; torch tensors are
         read as arrays.
 
@@ -465,11 +498,17 @@ def load_images(source):
     if hasattr(source, "detach") and hasattr(source, "cpu"):     # a torch tensor
         source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
+        if source.ndim == 3 and source.shape[-1] == 1 and source.shape[0] > 1:
+            source = source[..., 0]     # (H, W, 1): one image, one channel
+        if source.ndim == 3 and source.shape[0] == 0:
+            raise ValueError(f"no image given (an array of shape {source.shape}).")
         if source.ndim == 2:
             return [_to_gray_unit(source, "image")]
         if source.ndim == 3 and source.shape[-1] not in (3, 4):
             return [_to_gray_unit(s, f"image {i}") for i, s in enumerate(source)]
         return [_to_gray_unit(source, "image")]
+    if isinstance(source, (list, tuple)) and len(source) == 0:
+        raise ValueError("no image given (an empty list).")
     out = []
     for i, item in enumerate(source):
         if isinstance(item, (str, os.PathLike)):
@@ -482,7 +521,8 @@ def load_images(source):
 
 
 def _load_bundled(table, names):
-    names = list(table) if names is None else list(names)
+    names = (list(table) if names is None
+             else [names] if isinstance(names, str) else list(names))
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(
@@ -520,6 +560,8 @@ def load_microscopy_images(names=None):
 def natural_image_split(test_names=NATURAL_TEST_IMAGES):
     """Natural images split by source image: ``(train, test)`` dicts."""
     images = load_natural_images()
+    if isinstance(test_names, str):
+        test_names = [test_names]
     unknown = [n for n in test_names if n not in images]
     if unknown:
         raise ValueError(
@@ -613,10 +655,15 @@ def make_point_sources(n_images, image_shape=(128, 128), *, density=0.002,
     n_images : int
     image_shape : (H, W), default=(128, 128)
     density : float, default=0.002
-        Expected number of sources per pixel (Poisson).
+        Sources per pixel: each image draws ``max(1, Poisson(density * H *
+        W))`` sources (at least one) at uniformly random pixels. Two sources
+        drawn on the same pixel make one (the later one's intensity), so at
+        high densities fewer pixels are lit than drawn (``1 - exp(-density)``
+        of them: 0.2 % fewer at the default density, 37 % at 1).
     intensity_range : (low, high), default=(0.5, 1.0)
-        Uniform range of the sources' intensities.
+        Uniform range of the sources' intensities, above the background.
     background : float, default=0.0
+        Constant level of the field; the sources add to it (clipped to 1).
     random_state : int, RandomState instance or None
 
     Returns
@@ -639,7 +686,7 @@ def make_point_sources(n_images, image_shape=(128, 128), *, density=0.002,
     for i in range(n_images):
         n = max(1, rng.poisson(density * H * W))
         rows, cols = rng.randint(H, size=n), rng.randint(W, size=n)
-        out[i, rows, cols] = rng.uniform(lo, hi, size=n)
+        out[i, rows, cols] = float(background) + rng.uniform(lo, hi, size=n)
     return np.clip(out, 0, 1)
 
 

@@ -508,3 +508,54 @@ def test_the_pixel_size_of_an_ome_tiff(tmp_path):
         k: v for k, v in size.items() if "X" in k}
     tifffile.imwrite(tmp_path / "plain.tif", data)
     assert "ome" not in images._read_pixels(tmp_path / "plain.tif")[1]["tiff"]
+
+
+def test_ycbcr_tiff_is_converted_to_rgb(tmp_path):
+    """An uncompressed YCbCr TIFF (Pillow's) gave its Y, Cb, Cr samples as
+    R, G, B: gray values off by up to 0.54."""
+    from PIL import Image
+    from skimage import data
+
+    rgb = data.astronaut()[:64, :64]
+    Image.fromarray(rgb).convert("YCbCr").save(tmp_path / "ycbcr.tif")
+    px = read_pixels(tmp_path / "ycbcr.tif")
+    assert px.shape == rgb.shape and np.abs(px.astype(int) - rgb).max() <= 3
+    np.testing.assert_allclose(load_image(tmp_path / "ycbcr.tif"),
+                               load_images(rgb)[0], atol=0.02)
+
+
+def test_miniswhite_tiff_other_than_unsigned_is_refused(tmp_path):
+    """1 - x made counts of 0-2540 into -2539..1; signed counts overflowed."""
+    import tifffile
+
+    x = np.random.default_rng(0).random((16, 16)) * 2540
+    tifffile.imwrite(tmp_path / "f.tif", x.astype(np.float32), photometric="miniswhite")
+    tifffile.imwrite(tmp_path / "i.tif", x.astype(np.int16), photometric="miniswhite")
+    for name in ("f.tif", "i.tif"):
+        with pytest.raises(ValueError, match="MINISWHITE"):
+            read_pixels(tmp_path / name)
+
+
+def test_point_sources_add_to_the_background():
+    pts = make_point_sources(2, (32, 32), density=0.02, background=0.3,
+                             intensity_range=(0.2, 0.4), random_state=0)
+    lit = pts > 0.3
+    assert lit.sum() > 10 and np.all(pts[~lit] == 0.3)
+    assert pts[lit].min() >= 0.5 - 1e-12 and pts.max() <= 0.7 + 1e-12
+    # the default dark field: the same draws as before
+    np.testing.assert_array_equal(
+        make_point_sources(2, (32, 32), density=0.02, random_state=0) > 0,
+        make_point_sources(2, (32, 32), density=0.02, background=0.3,
+                           random_state=0) > 0.3)
+
+
+def test_empty_input_single_names_and_one_channel_arrays():
+    for empty in ([], np.zeros((0, 8, 8))):
+        with pytest.raises(ValueError, match="no image given"):
+            load_images(empty)
+    one = np.random.default_rng(0).random((20, 24, 1))
+    (img,) = load_images(one)
+    np.testing.assert_array_equal(img, load_images(one[..., 0])[0])
+    train, test = natural_image_split("camera")
+    assert set(test) == {"camera"} and "camera" not in train
+    assert set(load_natural_images("camera")) == {"camera"}
