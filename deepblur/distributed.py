@@ -154,6 +154,15 @@ def _check_image_stack(images, da):
                          f"{tuple(arr.shape)}.")
     if arr.dtype.kind not in "fiu":
         raise ValueError(f"images must hold real numbers; got dtype {arr.dtype}.")
+    if not isinstance(arr, da.Array) and arr.dtype.kind == "f":
+        # here, not in a task after others have run (a dask array's values
+        # are only known by computing it: its tasks refuse theirs)
+        bad = np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))
+        if len(bad):
+            raise ValueError(
+                f"images must contain only finite values; image {int(bad[0])}"
+                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''} "
+                "holds NaN or Inf.")
     return arr, isinstance(arr, da.Array)
 
 
@@ -419,7 +428,9 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
                          max_pixels=kwargs.get("max_pixels", DEFAULT_MAX_PIXELS),
                          margin=kwargs.get("margin"),
                          model_boundary=model_boundary,
-                         lipschitz=kwargs.get("lipschitz"))
+                         lipschitz=kwargs.get("lipschitz"),
+                         max_iter=kwargs.get("max_iter", 500),
+                         tol=kwargs.get("tol", 1e-5))
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)

@@ -23,12 +23,17 @@ def _as_batch(x, name):
         if x.is_floating_point():       # numpy has no bfloat16
             x = x.to(torch.float64)
         x = x.numpy()
+    if np.iscomplexobj(x):
+        raise ValueError(f"{name} must hold real numbers; got complex values.")
     x = np.asarray(x, dtype=np.float64)
     if x.ndim not in (2, 3):
         raise ValueError(
             f"{name} must have 2 or 3 dimensions (H, W) or (n, H, W); got an array "
             f"of shape {x.shape}."
         )
+    if x.size == 0:
+        raise ValueError(f"{name} must hold at least one pixel; got an array of "
+                         f"shape {x.shape}.")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} must contain only finite values; got NaN or Inf.")
     return x
@@ -133,6 +138,11 @@ def snr(reference, estimate):
     -------
     snr : float or numpy.ndarray of shape (n,)
 
+    Raises
+    ------
+    ValueError
+        When a reference image is all zero (its SNR is undefined).
+
     Examples
     --------
     >>> import numpy as np
@@ -141,7 +151,16 @@ def snr(reference, estimate):
     20.0
     """
     ref, est, _, single = _pair(reference, estimate)
-    out = _db(np.sum(ref**2, axis=1), np.sum((ref - est) ** 2, axis=1))
+    energy = np.sum(ref**2, axis=1)
+    if not np.all(energy > 0):
+        black = np.flatnonzero(~(energy > 0))
+        raise ValueError(
+            f"the SNR against an all-zero clean image is undefined (image "
+            f"{int(black[0])}{f' and {len(black) - 1} more' if len(black) > 1 else ''}"
+            "): every estimate of it scores -inf, a perfect one NaN. Score such "
+            "images (background crops) with psnr / psnr_scorer, which use a "
+            "data range.")
+    out = _db(energy, np.sum((ref - est) ** 2, axis=1))
     return float(out[0]) if single else out
 
 

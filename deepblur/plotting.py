@@ -43,9 +43,21 @@ def dirac_comb(image_shape, spacing=16, offset=None):
     sy, sx = check_positive_int_pair(spacing, "spacing")
     oy, ox = (sy // 2, sx // 2) if offset is None else check_positive_int_pair(
         offset, "offset", allow_zero=True)
+    if oy >= H or ox >= W:
+        raise ValueError(f"offset {(oy, ox)} must lie inside the {(H, W)} image "
+                         "(the comb would be empty).")
     comb = np.zeros((H, W))
     comb[oy::sy, ox::sx] = 1.0
     return comb
+
+
+def _one_gamma(gamma, name, K):
+    """One operator's coefficients, of shape (K,) (or (1, K))."""
+    g = np.asarray(gamma, dtype=np.float64)
+    if g.size != K or g.ndim > 2 or (g.ndim == 2 and g.shape[0] != 1):
+        raise ValueError(f"{name} must have shape (K,) = ({K},), one operator's "
+                         f"coefficients; got shape {g.shape}.")
+    return g.reshape(-1)
 
 
 @contextmanager
@@ -198,8 +210,9 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     from deepblur.metrics import snr
     from deepblur.pretrained import operator_gain
 
-    gamma = np.asarray(gamma, dtype=np.float64).reshape(-1)
-    gamma_hat = np.asarray(gamma_hat, dtype=np.float64).reshape(-1)
+    K = int(np.asarray(basis.gram_).shape[0])
+    gamma, gamma_hat = (_one_gamma(g, name, K) for g, name in
+                        ((gamma, "gamma"), (gamma_hat, "gamma_hat")))
     original = np.asarray(original, dtype=np.float64)
     H, W = basis.image_shape_
     if spacing is None:

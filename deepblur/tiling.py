@@ -77,6 +77,7 @@ from deepblur.operators.product_convolution import ProductConvolution
 from deepblur.solvers.tv import (
     LIPSCHITZ_SAFETY,
     REGULARIZATIONS,
+    check_iterations,
     deblur,
     default_lam,
     stall_message,
@@ -787,10 +788,11 @@ def solve_blocks(image_shape, max_pixels, margin, *, min_core=(1, 1)):
 
 def _check_solve(image_shape, kernel_shape, tile_shape, *, lam, boundary,
                  regularization, dtype, max_pixels, margin, model_boundary,
-                 lipschitz=None):
+                 lipschitz=None, max_iter=1, tol=0.0, inner_iter=1):
     """Everything :func:`deblur_stitched` refuses of its solve's parameters,
     checked without solving: what a large-image path calls before its
     network estimates the tiles. Returns :func:`_solve_plan`'s plan."""
+    check_iterations(max_iter, tol, inner_iter)
     if regularization not in REGULARIZATIONS:
         raise ValueError(
             f"regularization must be one of {tuple(REGULARIZATIONS)}; got "
@@ -1091,7 +1093,7 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
         img.shape, kernels.shape[1:], grid.tile_shape, lam=lam,
         boundary=boundary, regularization=regularization, dtype=dtype,
         max_pixels=max_pixels, margin=margin, model_boundary=model_boundary,
-        lipschitz=lipschitz)
+        lipschitz=lipschitz, max_iter=max_iter, tol=tol, inner_iter=inner_iter)
     unknown = boundary == "unknown"
     dev = resolve_device(device)
     tdtype = torch.float32 if dtype == "float32" else torch.float64
@@ -1556,7 +1558,8 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     _check_solve(img.shape, kernels.shape[1:], tile_shape, lam=lam,
                  boundary=boundary, regularization=regularization, dtype=dtype,
                  max_pixels=max_pixels, margin=margin,
-                 model_boundary=model_boundary, lipschitz=lipschitz)
+                 model_boundary=model_boundary, lipschitz=lipschitz,
+                 max_iter=max_iter, tol=tol)
     target_mean = _large_target_mean(model, target_mean)
     dev = resolve_device(device)
     module = getattr(regressor, "module_", None)

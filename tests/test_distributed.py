@@ -268,10 +268,20 @@ def test_deblur_images_errors(data, fitted):
     with pytest.raises(ValueError, match=r"images\[0:2\]: .*image_shape"):
         deblur_images(np.zeros((2, 16, 16)), deblurrer, scheduler="sync",
                       images_per_task=2)
+    # NaN refused before any task runs (it failed in its task, after others
+    # had been deblurred and were then dropped)
     bad = blurry.copy()
-    bad[5, 3, 3] = np.nan
-    with pytest.raises(ValueError, match=r"^images\[5\]: X must contain only finite"):
-        deblur_images(bad, deblurrer, scheduler="sync")
+    bad[5, 3, 3] = bad[7, 0, 0] = np.nan
+    calls = []
+
+    class Counting:
+        def transform(self, X):
+            calls.append(len(X))
+            return deblurrer.transform(X)
+
+    with pytest.raises(ValueError, match=r"image 5 and 1 more holds NaN or Inf"):
+        deblur_images(bad, Counting(), scheduler="sync")
+    assert calls == []
 
 
 def test_deblur_large_images_equals_deblur_large(fitted, client):

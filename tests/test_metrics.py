@@ -131,3 +131,31 @@ def test_inputs_not_modified():
     snr(ref, est)
     np.testing.assert_array_equal(ref, r0)
     np.testing.assert_array_equal(est, e0)
+
+
+def test_complex_empty_and_black_references_are_refused():
+    """Complex input lost its imaginary part (psnr(x, x + 1j) was inf); an
+    all-black clean image gave snr -inf for every estimate (NaN for a
+    perfect one), so snr_scorer ranked estimators arbitrarily."""
+    x = np.eye(4)
+    for fn in (psnr, snr):
+        with pytest.raises(ValueError, match="real numbers"):
+            fn(x, x + 1j)
+        with pytest.raises(ValueError, match="at least one pixel"):
+            fn(np.zeros((0, 4, 4)), np.zeros((0, 4, 4)))
+    import torch
+
+    with pytest.raises(ValueError, match="real numbers"):
+        psnr(torch.as_tensor(x), torch.as_tensor(x) * (1 + 1j), data_range=1.0)
+    y = np.ones((2, 4, 4))
+    y[1] = 0.0
+    with pytest.raises(ValueError,
+                       match=r"all-zero clean image is undefined \(image 1\)"):
+        snr(y, y)
+
+    class Identity:
+        def transform(self, X):
+            return X
+
+    with pytest.raises(ValueError, match="psnr_scorer"):
+        snr_scorer(Identity(), y, y)

@@ -8,7 +8,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from deepblur import ProductConvolutionBasis  # noqa: E402
-from deepblur.plotting import dirac_comb, plot_components, plot_operator  # noqa: E402
+from deepblur.plotting import (  # noqa: E402
+    dirac_comb,
+    plot_blind_deblurring,
+    plot_components,
+    plot_operator,
+)
 
 
 @pytest.fixture
@@ -150,3 +155,14 @@ def test_dirac_comb_offsets_start_at_zero():
     for bad in (-1, (0, -2), (1, 2, 3), 1.5, "a"):
         with pytest.raises(ValueError, match="offset must be a non-negative"):
             dirac_comb((8, 8), 4, offset=bad)
+
+
+def test_comb_offset_and_gamma_shapes_are_checked(basis):
+    with pytest.raises(ValueError, match="offset .* must lie inside"):
+        dirac_comb((8, 8), spacing=4, offset=20)
+    K = basis.gram_.shape[0]
+    g = np.ones(K)
+    y = np.zeros(basis.image_shape_)
+    for bad in (np.ones((2, K)), np.ones(K + 1)):
+        with pytest.raises(ValueError, match=r"gamma must have shape \(K,\)"):
+            plot_blind_deblurring(basis, bad, g, y, y, y)

@@ -850,7 +850,10 @@ def test_large_paths_check_the_solve_before_the_estimates(problem):
                        (dict(regularization="L1"), "regularization must be"),
                        (dict(dtype="float16"), "dtype must be"),
                        (dict(lipschitz=0.0), "lipschitz must be"),
-                       (dict(margin=1), "margin must be an int")):
+                       (dict(margin=1), "margin must be an int"),
+                       (dict(max_iter=0), "max_iter must be a positive int"),
+                       (dict(max_iter=100.0), "max_iter must be a positive int"),
+                       (dict(tol=-1.0), "tol must be a non-negative float")):
         with pytest.raises(ValueError, match=match):
             deblur_large(problem["y"], (basis, reg), **bad)
     deblurrer = TVDeblurrer(basis, blur_estimator=reg, max_pixels=300,

@@ -526,6 +526,23 @@ class DeblurResult:
     stalled: np.ndarray | None = None
 
 
+def check_iterations(max_iter=1, tol=0.0, inner_iter=1):
+    """Refuse :func:`deblur`'s ``max_iter``, ``tol`` and ``inner_iter`` when
+    they are not what it takes (also checked before long work that ends in
+    a solve: the large-image paths' tile estimates)."""
+    if not (isinstance(max_iter, numbers.Integral)
+            and not isinstance(max_iter, bool) and max_iter >= 1):
+        raise ValueError(f"max_iter must be a positive int; got {max_iter!r}.")
+    if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool)
+            and tol >= 0):
+        raise ValueError(f"tol must be a non-negative float; got {tol!r}.")
+    if not (isinstance(inner_iter, numbers.Integral)
+            and not isinstance(inner_iter, bool) and inner_iter >= 1):
+        raise ValueError(
+            f"inner_iter must be a positive int; got {inner_iter!r}."
+        )
+
+
 def deblur(
     y,
     forward,
@@ -602,14 +619,7 @@ def deblur(
     True
     """
     _check_regularization(regularization)
-    if not (isinstance(max_iter, numbers.Integral) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive int; got {max_iter!r}.")
-    if not (isinstance(tol, numbers.Real) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative float; got {tol!r}.")
-    if not (isinstance(inner_iter, numbers.Integral) and inner_iter >= 1):
-        raise ValueError(
-            f"inner_iter must be a positive int; got {inner_iter!r}."
-        )
+    check_iterations(max_iter, tol, inner_iter)
     y_t, is_numpy = as_tensor(y)
     check_ndim(y_t, "y", (2, 3), "(n, H, W) or (H, W)")
     check_finite(y_t, "y")
