@@ -159,10 +159,10 @@ def _check_image_stack(images, da):
         # are only known by computing it: its tasks refuse theirs)
         bad = np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))
         if len(bad):
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise ValueError(
-                f"images must contain only finite values; image {int(bad[0])}"
-                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''} "
-                "holds NaN or Inf.")
+                f"images[{int(bad[0])}]{more}: images must contain only "
+                "finite values; got NaN or Inf.")
     return arr, isinstance(arr, da.Array)
 
 

@@ -222,7 +222,12 @@ def psnr_scorer(estimator, X, y):
 
 
 def snr_scorer(estimator, X, y):
-    """Mean :func:`snr` of ``estimator.transform(X)`` against ``y``."""
+    """Mean :func:`snr` of ``estimator.transform(X)`` against ``y``.
+
+    Raises ``ValueError`` when a clean image of ``y`` is all zero (its SNR
+    is undefined; ``GridSearchCV`` then scores the fold NaN): score sets
+    with background crops with :func:`psnr_scorer`.
+    """
     return float(np.mean(snr(y, estimator.transform(X))))
 
 

@@ -473,9 +473,10 @@ def load_images(source):
     ----------
     source : str, Path, sequence of paths, ndarray (n, H, W) or list of arrays
         A folder (its image files, hidden files skipped), files, or arrays:
-        an array of shape ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3|4)`` is one (colour)
-        image, one of shape ``(n, H, W)`` is ``n`` images; torch tensors are
-        read as arrays.
+        an array of shape ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3|4)`` is one
+        (colour) image, one of shape ``(n, H, W)`` is ``n`` images (a last
+        axis of 1, 3 or 4 is read as channels, not as a width); torch
+        tensors are read as arrays.
 
     Returns
     -------
@@ -498,7 +499,7 @@ def load_images(source):
     if hasattr(source, "detach") and hasattr(source, "cpu"):     # a torch tensor
         source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
-        if source.ndim == 3 and source.shape[-1] == 1 and source.shape[0] > 1:
+        if source.ndim == 3 and source.shape[-1] == 1:
             source = source[..., 0]     # (H, W, 1): one image, one channel
         if source.ndim == 3 and source.shape[0] == 0:
             raise ValueError(f"no image given (an array of shape {source.shape}).")
@@ -657,9 +658,10 @@ def make_point_sources(n_images, image_shape=(128, 128), *, density=0.002,
     density : float, default=0.002
         Sources per pixel: each image draws ``max(1, Poisson(density * H *
         W))`` sources (at least one) at uniformly random pixels. Two sources
-        drawn on the same pixel make one (the later one's intensity), so at
-        high densities fewer pixels are lit than drawn (``1 - exp(-density)``
-        of them: 0.2 % fewer at the default density, 37 % at 1).
+        drawn on the same pixel make one (the later one's intensity): a
+        fraction ``1 - exp(-density)`` of the pixels is lit, so about
+        ``density / 2`` of the sources drawn are lost (0.1 % at the
+        default, 37 % at 1).
     intensity_range : (low, high), default=(0.5, 1.0)
         Uniform range of the sources' intensities, above the background.
     background : float, default=0.0

@@ -454,7 +454,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                          lam=self.lam, boundary=self.boundary,
                          regularization=self.regularization, dtype=self.dtype,
                          max_pixels=max_pixels, margin=None,
-                         model_boundary=model_boundary)
+                         model_boundary=model_boundary, max_iter=self.max_iter,
+                         tol=self.tol, inner_iter=self.inner_iter)
         if gamma is None:
             estimator = self._predictor()
             # once for the call, not once per image

@@ -553,9 +553,10 @@ def test_empty_input_single_names_and_one_channel_arrays():
     for empty in ([], np.zeros((0, 8, 8))):
         with pytest.raises(ValueError, match="no image given"):
             load_images(empty)
-    one = np.random.default_rng(0).random((20, 24, 1))
-    (img,) = load_images(one)
-    np.testing.assert_array_equal(img, load_images(one[..., 0])[0])
+    for shape in ((20, 24, 1), (1, 9, 1)):
+        one = np.random.default_rng(0).random(shape)
+        (img,) = load_images(one)
+        np.testing.assert_array_equal(img, load_images(one[..., 0])[0])
     train, test = natural_image_split("camera")
     assert set(test) == {"camera"} and "camera" not in train
     assert set(load_natural_images("camera")) == {"camera"}
