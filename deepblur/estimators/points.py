@@ -156,7 +156,11 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     the maps are read at the source's pixel. A constant offset is fitted
     (``background``); a background that varies across the field is not:
     subtract it first. Images with no source above the threshold raise a
-    ``ValueError`` naming the image.
+    ``ValueError`` naming the image. The scale of ``gamma`` comes from the
+    clean image's mean (``image_mean``), sources included wherever they
+    are: an operator whose PSF vanishes somewhere (maps that reach 0 at the
+    border) hides the sources there, and ``gamma``'s scale is then not
+    determined by the image.
 
     Examples
     --------
@@ -167,13 +171,13 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     >>> k = [np.exp(-(x[:, None] ** 2 + x[None] ** 2) / (2 * s ** 2)) for s in (1, 2)]
     >>> basis = ProductConvolutionBasis.from_components(
     ...     np.stack([g / g.sum() for g in k]),
-    ...     np.stack([np.linspace(1, 0, 32)[None].repeat(32, 0),
-    ...               np.linspace(0, 1, 32)[None].repeat(32, 0)]))
+    ...     np.stack([np.linspace(1, 0.25, 32)[None].repeat(32, 0),
+    ...               np.linspace(0.25, 1, 32)[None].repeat(32, 0)]))
     >>> gamma = ConeSampler(random_state=0).fit(np.eye(2)).sample(4)
     >>> u = make_point_sources(4, (32, 32), density=0.01, random_state=0)
     >>> X = blur_images(u, gamma, basis, noise_std=1e-3, random_state=0)
     >>> est = PointSourceBlurEstimator(basis).fit(X, gamma)
-    >>> bool(est.score(X, gamma) > -0.05)
+    >>> bool(est.score(X, gamma) > -0.01)       # under 1 % operator error
     True
     """
 
