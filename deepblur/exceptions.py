@@ -65,7 +65,7 @@ class NoisyImageWarning(UserWarning):
     A regressor of ``gamma`` learns the blur at the noise levels it was
     trained on, and its error grows fast beyond them: the shipped network,
     trained on noise drawn in [0, 0.02], goes from 4.5 % operator error at
-    noise 0.01 to 6.8 % at 0.03 and 15 % at 0.1, where predicting the mean
+    noise 0.01 to 6.7 % at 0.03 and 15 % at 0.1, where predicting the mean
     operator gives 24 % (the network before it, trained at 0.01: 5.5, 8.4 and
     27 %). ``predict`` of :class:`~deepblur.ResNetBlurRegressor` and
     :class:`~deepblur.SpectralBlurRegressor` estimates the noise of the images

@@ -648,7 +648,7 @@ def noisy_images_message(levels, noise_level, what="images", n_total=None,
         f"noise_level_): their noise std is estimated at {median:.3g} (median), "
         f"{median / noise_level:.0f} times that. A blind estimate degrades fast "
         "with noise (the shipped zero-boundary network, trained on noise up to "
-        "0.02: 4.5 % operator error at 0.01, 6.8 % at 0.03, 15 % at 0.1, where "
+        "0.02: 4.5 % operator error at 0.01, 6.7 % at 0.03, 15 % at 0.1, where "
         "the mean operator is at 24 %): denoise or bin the images, or use a "
         "regressor trained at their noise level."
     )
