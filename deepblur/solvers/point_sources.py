@@ -360,7 +360,10 @@ class PointSourceFit:
         Coefficients of the operator.
     positions : ndarray of shape (J, 2)
         Pixels of the sources (detections and residual completions, moved to
-        the pixel nearest their fitted position when it was free).
+        the pixel nearest their fitted position when it was free). Sources
+        where the operator's PSF gain is under 5 % of the median source's
+        are left out at the end (not seen, they would set gamma's scale
+        through the image mean).
     amplitudes : ndarray of shape (J,)
         Their non-negative amplitudes (zero for spurious detections), with the
         clean image's mean equal to ``image_mean``.
@@ -670,6 +673,19 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         offsets = np.concatenate([offsets, np.zeros((len(new), 2))])
         positions, offsets, a, c, converged, residual = fit_and_refine(positions,
                                                                    offsets)
+    # Sources where the operator's PSF (nearly) vanishes are not seen, but
+    # their amplitudes count in the image mean that sets gamma's scale: one
+    # there can take any amplitude and rescale gamma (25-fold on maps that
+    # reach 0 at the border). They are left out and the rest refitted.
+    gain = np.einsum("k,kj->j", state["gamma"] * kernels.sum(axis=(1, 2)),
+                     maps[:, positions[:, 0], positions[:, 1]])
+    lit = a > 0
+    if lit.any():
+        unseen = lit & (np.abs(gain) < 0.05 * np.median(np.abs(gain[lit])))
+        if unseen.any() and (~unseen & lit).any():
+            positions, offsets = positions[~unseen], offsets[~unseen]
+            positions, offsets, a, c, converged, residual = fit_and_refine(
+                positions, offsets)
     return PointSourceFit(
         gamma=state["gamma"], positions=positions, amplitudes=a,
         n_iter=state["n_iter"],
