@@ -124,6 +124,11 @@ def read_pixels(path):
     samples are the channels of a multi-channel image (fluorescence channels
     stored as samples), refused like a stack of channels.
 
+    A file read with Pillow (JPEG, PNG...) whose EXIF ``Orientation`` asks
+    for a rotation or a flip (phones save upright photos so) is turned as
+    viewers show it, so that what is deblurred and written is the picture
+    as seen (a note says so); a TIFF's pixels are read as stored.
+
     Stacks and animations are refused (one image per file), and so is a TIFF
     holding several images (OME-TIFF positions, images appended one after
     another: separate series), naming their count and shapes;
@@ -232,6 +237,15 @@ def _pillow_pixels(im, name="image", info=None):
     """An open Pillow image's pixels: grayscale or RGB, in its dtype; a
     palette image's indices where its palette is a full display ramp."""
     fmt, mode = im.format, im.mode
+    orientation = im.getexif().get(0x0112, 1)      # EXIF Orientation
+    if orientation in range(2, 9):
+        from PIL import ImageOps
+
+        im = ImageOps.exif_transpose(im)
+        if info is not None:
+            info["notes"].append(
+                f"{name} is turned as its EXIF orientation ({orientation}) "
+                "says, as viewers show it.")
     if mode in ("P", "PA"):
         palette = im.getpalette()           # RGB entries, as many as stored
         # a full 8-bit LUT (a GIF's compacted palette holds the intensities,

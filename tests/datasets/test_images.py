@@ -560,3 +560,19 @@ def test_empty_input_single_names_and_one_channel_arrays():
     train, test = natural_image_split("camera")
     assert set(test) == {"camera"} and "camera" not in train
     assert set(load_natural_images("camera")) == {"camera"}
+
+
+def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path):
+    """A phone's upright photo (stored sideways, EXIF Orientation 6) was read
+    sideways, and deblurred and written so."""
+    from PIL import Image, ImageOps
+
+    pixels = (np.random.default_rng(0).random((40, 60)) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "phone.png", exif=exif.tobytes())
+    shown = np.array(ImageOps.exif_transpose(Image.open(tmp_path / "phone.png")))
+    px = read_pixels(tmp_path / "phone.png")
+    assert px.shape == (60, 40)
+    np.testing.assert_array_equal(px, shown)
+    np.testing.assert_array_equal(px, np.rot90(pixels, -1))
