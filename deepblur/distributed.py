@@ -37,6 +37,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.exceptions import DeviceWarning
 from skorch.hf import AccelerateMixin
 
+from deepblur._validation import all_finite
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import SHARED_PARAMS
 from deepblur.estimators.regressor import ResNetBlurRegressor
@@ -154,11 +155,11 @@ def _check_image_stack(images, da):
                          f"{tuple(arr.shape)}.")
     if arr.dtype.kind not in "fiu":
         raise ValueError(f"images must hold real numbers; got dtype {arr.dtype}.")
-    if not isinstance(arr, da.Array) and arr.dtype.kind == "f":
+    if not isinstance(arr, da.Array) and not all_finite(arr):
         # here, not in a task after others have run (a dask array's values
         # are only known by computing it: its tasks refuse theirs)
-        bad = np.flatnonzero(~np.isfinite(arr).all(axis=(1, 2)))
-        if len(bad):
+        bad = [i for i in range(len(arr)) if not all_finite(arr[i])]
+        if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise ValueError(
                 f"images[{int(bad[0])}]{more}: images must contain only "

@@ -196,6 +196,13 @@ def _atoms(kernels, maps, positions, offsets=None):
 WALK = 0.6
 
 
+def _psf_gains(gamma, kernels, maps, pixels):
+    """The sum of the PSF of ``H[gamma]`` at each of ``pixels`` (J, 2):
+    ``sum_k gamma_k f_k(p) sum(e_k)``, how much of a source there is seen."""
+    pixels = np.asarray(pixels).reshape(-1, 2)
+    return (gamma * kernels.sum(axis=(1, 2))) @ maps[:, pixels[:, 0], pixels[:, 1]]
+
+
 def _refine_offsets(y, kernels, maps, positions, offsets, amplitudes, gamma):
     """One Gauss-Newton step on the sub-pixel offsets of all sources at once.
 
@@ -638,16 +645,18 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         positions, offsets = positions.copy(), offsets.copy()
         occupied = np.zeros(image_shape, dtype=bool)
         occupied[positions[:, 0], positions[:, 1]] = True
-        gain = np.einsum("k,khw->hw", state["gamma"] * kernels.sum(axis=(1, 2)), maps)
         for j in np.nonzero((np.abs(offsets) > WALK).any(axis=1) & (a > 0))[0]:
             step = np.where(np.abs(offsets[j]) > WALK, np.sign(offsets[j]), 0)
             to = positions[j] + step.astype(np.int64)
+            if (not ((to >= 0) & (to < image_shape)).all() or occupied[tuple(to)]
+                    or np.array_equal(to, left[j])):
+                continue
             # never onto a pixel whose PSF is much dimmer (maps that vanish at
             # the border): a source there explains nothing and its amplitude
             # would only rescale gamma through the image-mean convention
-            if (((to >= 0) & (to < image_shape)).all() and not occupied[tuple(to)]
-                    and not np.array_equal(to, left[j])
-                    and gain[tuple(to)] >= 0.5 * gain[tuple(positions[j])]):
+            there, here = _psf_gains(state["gamma"], kernels, maps,
+                                     [to, positions[j]])
+            if there >= 0.5 * here:
                 occupied[tuple(positions[j])], occupied[tuple(to)] = False, True
                 left[j] = positions[j]
                 positions[j], offsets[j] = to, offsets[j] - step
@@ -677,8 +686,7 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     # their amplitudes count in the image mean that sets gamma's scale: one
     # there can take any amplitude and rescale gamma (25-fold on maps that
     # reach 0 at the border). They are left out and the rest refitted.
-    gain = np.einsum("k,kj->j", state["gamma"] * kernels.sum(axis=(1, 2)),
-                     maps[:, positions[:, 0], positions[:, 1]])
+    gain = _psf_gains(state["gamma"], kernels, maps, positions)
     lit = a > 0
     if lit.any():
         unseen = lit & (np.abs(gain) < 0.05 * np.median(np.abs(gain[lit])))
