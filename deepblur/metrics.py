@@ -155,7 +155,7 @@ def snr(reference, estimate):
     if not np.all(energy > 0):
         black = np.flatnonzero(~(energy > 0))
         raise ValueError(
-            f"the SNR against an all-zero clean image is undefined (image "
+            f"reference: the SNR against an all-zero clean image is undefined (image "
             f"{int(black[0])}{f' and {len(black) - 1} more' if len(black) > 1 else ''}"
             "): every estimate of it scores -inf, a perfect one NaN. Score such "
             "images (background crops) with psnr / psnr_scorer, which use a "

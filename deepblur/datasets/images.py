@@ -516,14 +516,16 @@ def load_images(source):
         if source.ndim == 3 and source.shape[-1] == 1:
             source = source[..., 0]     # (H, W, 1): one image, one channel
         if source.ndim == 3 and source.shape[0] == 0:
-            raise ValueError(f"no image given (an array of shape {source.shape}).")
+            raise ValueError(f"no image given: source is an array of shape "
+                             f"{source.shape}.")
         if source.ndim == 2:
             return [_to_gray_unit(source, "image")]
         if source.ndim == 3 and source.shape[-1] not in (3, 4):
             return [_to_gray_unit(s, f"image {i}") for i, s in enumerate(source)]
         return [_to_gray_unit(source, "image")]
     if isinstance(source, (list, tuple)) and len(source) == 0:
-        raise ValueError("no image given (an empty list).")
+        raise ValueError("no image given: source is an empty "
+                         f"{type(source).__name__}.")
     out = []
     for i, item in enumerate(source):
         if isinstance(item, (str, os.PathLike)):
