@@ -217,15 +217,26 @@ class ProductConvolution:
 
     # -- cached device/dtype copies ----------------------------------------
     def _buffers(self, device, dtype):
+        """Kernel spectra, maps and conjugate spectra on ``device`` in ``dtype``.
+
+        Built as normal tensors even when the first call runs under
+        ``torch.inference_mode()``: inference tensors cached here could be
+        neither written in place nor saved for backward by later calls.
+        """
         key = (str(device), dtype)
         buf = self._cache.get(key)
         if buf is None:
-            kernels = self.kernels.to(device=device, dtype=dtype)
-            placed = place_kernels(kernels, self.fft_shape)
-            spectra = torch.fft.rfft2(placed)
-            maps = self.maps.to(device=device, dtype=dtype).contiguous()
-            # materialised conjugate: multiplying by a lazy conj view is slower
-            buf = (spectra, maps, spectra.conj().resolve_conj())
+            with torch.inference_mode(False):
+                kernels = self.kernels.to(device=device, dtype=dtype)
+                placed = place_kernels(kernels, self.fft_shape)
+                spectra = torch.fft.rfft2(placed)
+                maps = self.maps.to(device=device, dtype=dtype).contiguous()
+                if maps.is_inference():
+                    # an operator built in inference mode: ``.to`` returned
+                    # its own maps, which autograd could not save
+                    maps = maps.clone()
+                # materialised conjugate: multiplying by a lazy conj view is slower
+                buf = (spectra, maps, spectra.conj().resolve_conj())
             self._cache[key] = buf
         return buf
 
@@ -238,9 +249,11 @@ class ProductConvolution:
         key = ("forward", str(device), dtype, c, threading.get_ident())
         work = self._cache.get(key)
         if work is None:
-            K, (M1, M2) = self.n_components, self.fft_shape
-            cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
-            work = (torch.zeros((c, K, M1, M2), dtype=dtype, device=device),
+            with torch.inference_mode(False):   # normal tensors (see _buffers)
+                K, (M1, M2) = self.n_components, self.fft_shape
+                cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
+                work = (
+                    torch.zeros((c, K, M1, M2), dtype=dtype, device=device),
                     torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
                     torch.empty((c, M1, M2 // 2 + 1), dtype=cdtype, device=device),
                     torch.empty((c, M1, M2), dtype=dtype, device=device))
@@ -434,9 +447,12 @@ class ProductConvolution:
         key = ("adjoint", str(device), dtype, c, threading.get_ident())
         work = self._cache.get(key)
         if work is None:
-            K, (H, W), (M1, M2) = self.n_components, self.image_shape, self.fft_shape
-            cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
-            work = (torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
+            with torch.inference_mode(False):   # normal tensors (see _buffers)
+                K, (H, W) = self.n_components, self.image_shape
+                M1, M2 = self.fft_shape
+                cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
+                work = (
+                    torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
                     torch.empty((c, K, M1, M2), dtype=dtype, device=device),
                     torch.empty((c, K, H, W), dtype=dtype, device=device))
             self._cache[key] = work

@@ -284,3 +284,41 @@ def test_basis_apply_dtypes_of_tensors():
     assert basis.apply(torch.from_numpy(u > 0.5), g).dtype == torch.float32
     assert basis.apply((u > 0.5).astype(np.int64), g).dtype == np.float64
     np.testing.assert_allclose(basis.apply(torch.from_numpy(u), g).numpy(), expected)
+
+
+@pytest.mark.parametrize("first", ["inference_mode", "no_grad"])
+@pytest.mark.parametrize("built_inside", [False, True])
+def test_cache_filled_without_grad_serves_later_calls(first, built_inside, rng):
+    """The spectra and work arrays cached by a first call under
+    ``torch.inference_mode()`` (or ``no_grad``) are normal tensors: later plain
+    and autograd calls on the same operator work and give the same results
+    (inference tensors can be neither written in place nor saved for
+    backward outside inference mode)."""
+    K, H, W = 2, 7, 6
+    e, f = rng.random((K, 3, 3)), rng.random((K, H, W))
+    u = torch.from_numpy(rng.random((2, H, W)))
+    g = torch.from_numpy(rng.random((2, K)))
+    gammas = g[:, None]
+    ref = ProductConvolution(e, f)
+    mode = torch.inference_mode if first == "inference_mode" else torch.no_grad
+    with mode():
+        op = ProductConvolution(e, f) if built_inside else None
+    op = op or ProductConvolution(e, f)
+    with mode():
+        for name in ("forward", "adjoint"):
+            torch.testing.assert_close(getattr(op, name)(u, g),
+                                       getattr(ref, name)(u, g))
+        op.forward_many(u, gammas)
+    for name in ("forward", "adjoint"):
+        torch.testing.assert_close(getattr(op, name)(u, g), getattr(ref, name)(u, g))
+        x = u.clone().requires_grad_(True)
+        getattr(op, name)(x, g).sum().backward()
+        xr = u.clone().requires_grad_(True)
+        getattr(ref, name)(xr, g).sum().backward()
+        torch.testing.assert_close(x.grad, xr.grad)
+    x = u.clone().requires_grad_(True)
+    op.forward_many(x, gammas).sum().backward()
+    torch.testing.assert_close(x.grad, op.adjoint(torch.ones_like(u), g))
+    # and back in inference mode once more
+    with torch.inference_mode():
+        torch.testing.assert_close(op.forward(u, g), ref.forward(u, g))
