@@ -172,6 +172,7 @@ class ProductConvolution:
         self.maps = maps
         self.batch_chunk = batch_chunk
         self._cache = {}
+        self._local = threading.local()
 
     # -- geometry -----------------------------------------------------------
     @property
@@ -194,10 +195,12 @@ class ProductConvolution:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cache"] = {}
+        state.pop("_local", None)       # per-thread work arrays (unpicklable)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._local = threading.local()
 
     def __repr__(self):
         return (
@@ -240,25 +243,41 @@ class ProductConvolution:
             self._cache[key] = buf
         return buf
 
-    def _forward_work(self, c, device, dtype):
-        """Work arrays of the forward for chunks of ``c`` images.
+    def _work(self, kind, c, device, dtype, make):
+        """Work arrays of ``kind`` for a chunk of ``c`` images.
 
-        One set per thread, so concurrent calls never share one; only used
-        when no gradient is recorded (in-place writes would break autograd).
+        One set per thread, device and dtype, so concurrent calls never share
+        one. It lives in a ``threading.local`` (it goes with its thread) and
+        is grown to the largest chunk seen, smaller chunks using its leading
+        rows: memory stays at one chunk's worth per thread whatever the
+        batch sizes, with no allocation per call. Only used when no gradient
+        is recorded (in-place writes would break autograd).
         """
-        key = ("forward", str(device), dtype, c, threading.get_ident())
-        work = self._cache.get(key)
-        if work is None:
+        sets = getattr(self._local, "work", None)
+        if sets is None:
+            sets = self._local.work = {}
+        key = (kind, str(device), dtype)
+        work = sets.get(key)
+        if work is None or work[0].shape[0] < c:
             with torch.inference_mode(False):   # normal tensors (see _buffers)
-                K, (M1, M2) = self.n_components, self.fft_shape
-                cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
-                work = (
-                    torch.zeros((c, K, M1, M2), dtype=dtype, device=device),
-                    torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
-                    torch.empty((c, M1, M2 // 2 + 1), dtype=cdtype, device=device),
-                    torch.empty((c, M1, M2), dtype=dtype, device=device))
-            self._cache[key] = work
-        return work
+                work = make(c)
+            sets[key] = work
+        if work[0].shape[0] == c:
+            return work
+        return tuple(w[:c] for w in work)
+
+    def _forward_work(self, c, device, dtype):
+        """Work arrays of the forward (see :meth:`_work`); the padding of the
+        first is never written, so it stays zero."""
+        def make(c):
+            K, (M1, M2) = self.n_components, self.fft_shape
+            cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
+            return (
+                torch.zeros((c, K, M1, M2), dtype=dtype, device=device),
+                torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
+                torch.empty((c, M1, M2 // 2 + 1), dtype=cdtype, device=device),
+                torch.empty((c, M1, M2), dtype=dtype, device=device))
+        return self._work("forward", c, device, dtype, make)
 
     def _chunk(self, n, device):
         if self.batch_chunk is not None:
@@ -444,19 +463,16 @@ class ProductConvolution:
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _adjoint_work(self, c, device, dtype):
-        key = ("adjoint", str(device), dtype, c, threading.get_ident())
-        work = self._cache.get(key)
-        if work is None:
-            with torch.inference_mode(False):   # normal tensors (see _buffers)
-                K, (H, W) = self.n_components, self.image_shape
-                M1, M2 = self.fft_shape
-                cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
-                work = (
-                    torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
-                    torch.empty((c, K, M1, M2), dtype=dtype, device=device),
-                    torch.empty((c, K, H, W), dtype=dtype, device=device))
-            self._cache[key] = work
-        return work
+        """Work arrays of the adjoint (see :meth:`_work`)."""
+        def make(c):
+            K, (H, W) = self.n_components, self.image_shape
+            M1, M2 = self.fft_shape
+            cdtype = (torch.ones((), dtype=dtype) * 1j).dtype
+            return (
+                torch.empty((c, K, M1, M2 // 2 + 1), dtype=cdtype, device=device),
+                torch.empty((c, K, M1, M2), dtype=dtype, device=device),
+                torch.empty((c, K, H, W), dtype=dtype, device=device))
+        return self._work("adjoint", c, device, dtype, make)
 
     def normal(self, u, gamma):
         """``H^T H u`` (the gradient of ``||H u - y||^2 / 2`` without ``y``)."""

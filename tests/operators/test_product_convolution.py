@@ -322,3 +322,95 @@ def test_cache_filled_without_grad_serves_later_calls(first, built_inside, rng):
     # and back in inference mode once more
     with torch.inference_mode():
         torch.testing.assert_close(op.forward(u, g), ref.forward(u, g))
+
+
+def _held_tensors(op):
+    """The tensors an operator keeps between calls, seen from this thread."""
+    sets = list(op._cache.values())
+    sets += list(getattr(getattr(op, "_local", None), "work", {}).values())
+    return [t for s in sets for t in s]
+
+
+def test_work_arrays_do_not_grow_with_batch_sizes(rng):
+    """One work set per kind, device and dtype, grown to the largest chunk and
+    sliced: distinct batch sizes do not each leave their own arrays behind,
+    and the results are those of a fresh operator."""
+    K, H, W = 2, 8, 7
+    e, f = rng.random((K, 3, 3)), rng.random((K, H, W))
+    op = ProductConvolution(e, f, "periodic")
+    for n in (3, 1, 6, 2, 5):
+        u = torch.from_numpy(rng.random((n, H, W)))
+        g = torch.from_numpy(rng.random((n, K)))
+        fresh = ProductConvolution(e, f, "periodic")
+        torch.testing.assert_close(op.forward(u, g), fresh.forward(u, g))
+        torch.testing.assert_close(op.adjoint(u, g), fresh.adjoint(u, g))
+    held = _held_tensors(op)
+    # spectra, maps, conjugate spectra + 4 forward + 3 adjoint work arrays
+    assert len(held) == 3 + 4 + 3
+    assert max(t.shape[0] for t in held[3:]) == 6
+    one_set = sum(t.numel() * t.element_size() for t in held)
+    for n in range(7, 0, -1):
+        op.forward(torch.zeros(n, H, W, dtype=torch.float64), [1.0, 1.0])
+        op.adjoint(torch.zeros(n, H, W, dtype=torch.float64), [1.0, 1.0])
+    held = _held_tensors(op)
+    assert len(held) == 3 + 4 + 3
+    assert sum(t.numel() * t.element_size() for t in held) <= one_set * 7 / 6
+
+
+def test_work_arrays_die_with_their_thread(rng):
+    """Each thread's work arrays go when the thread ends; the operator itself
+    keeps only the shared spectra."""
+    import gc
+    import threading
+    import weakref
+
+    op = ProductConvolution(rng.random((2, 3, 3)), rng.random((2, 6, 6)))
+    u = torch.from_numpy(rng.random((3, 6, 6)))
+    refs, errors = [], []
+    barrier = threading.Barrier(4)
+
+    def work():
+        try:
+            op.forward(u, [1.0, 2.0])
+            op.adjoint(u, [1.0, 2.0])
+            refs.extend(weakref.ref(t) for t in _held_tensors(op)[3:])
+            barrier.wait()      # all alive at once: distinct thread ids
+        except Exception as exc:        # pragma: no cover - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    gc.collect()
+    assert len(refs) == 4 * (4 + 3)
+    assert all(r() is None for r in refs)
+    assert len(_held_tensors(op)) == 3
+
+
+@pytest.mark.parametrize("batch_chunk", [None, 2])
+def test_concurrent_calls_on_one_operator(batch_chunk, rng):
+    """Threads calling the same operator at once, with different batch sizes,
+    get the results of serial calls (no shared work array)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    K, H, W = 3, 9, 8
+    op = ProductConvolution(rng.random((K, 4, 3)), rng.random((K, H, W)),
+                            batch_chunk=batch_chunk)
+    cases = [(torch.from_numpy(rng.random((n, H, W))),
+              torch.from_numpy(rng.random((n, K)))) for n in (1, 4, 2, 5, 3, 1)]
+    expected = [(op.forward(u, g), op.adjoint(u, g)) for u, g in cases]
+    op = ProductConvolution(op.kernels, op.maps, batch_chunk=batch_chunk)
+
+    def run(i):
+        u, g = cases[i % len(cases)]
+        return i % len(cases), op.forward(u, g), op.adjoint(u, g)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(48)))
+    for i, fwd, adj in results:
+        torch.testing.assert_close(fwd, expected[i][0], rtol=0, atol=0)
+        torch.testing.assert_close(adj, expected[i][1], rtol=0, atol=0)
