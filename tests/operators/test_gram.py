@@ -94,3 +94,28 @@ def test_operator_distance_tensors_keep_the_widest_float_dtype():
     assert d32.dtype == torch.float32
     d32.backward()
     assert a32.grad is not None and torch.isfinite(a32.grad).all()
+
+
+@pytest.mark.parametrize("boundary", ["zero", "periodic"])
+@pytest.mark.parametrize(
+    "kernels, maps, match",
+    [
+        (np.ones((2, 3, 3)), np.ones((3, 8, 8)), "same number of components"),
+        (np.ones((3, 3, 3)), np.ones((2, 8, 8)), "same number of components"),
+        (np.full((1, 3, 3), np.nan), np.ones((1, 8, 8)), "kernels must contain only"),
+        (np.ones((1, 3, 3)), np.full((1, 8, 8), np.inf), "maps must contain only"),
+        (np.ones((3, 3)), np.ones((1, 8, 8)), "kernels must have 3 dimensions"),
+        (np.ones((1, 3, 3)), np.ones((8, 8)), "maps must have 3 dimensions"),
+        (np.zeros((0, 3, 3)), np.zeros((0, 8, 8)), "kernels must be non-empty"),
+    ],
+)
+def test_gram_checks_the_family_as_the_operator_does(boundary, kernels, maps,
+                                                     match):
+    """Not a family, no Gram matrix: 2 kernels with 3 maps gave a wrong 2x2
+    matrix silently (periodic), NaN kernels a NaN matrix."""
+    with pytest.raises(ValueError, match=match):
+        ProductConvolution(kernels, maps, boundary)
+    with pytest.raises(ValueError, match=match):
+        gram_matrix(kernels, maps, boundary)
+    with pytest.raises(ValueError, match=match):
+        gram_matrix(torch.from_numpy(kernels), torch.from_numpy(maps), boundary)
