@@ -342,9 +342,10 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         kernels : array-like of shape (K, kh, kw)
         maps : array-like of shape (K, H, W)
         boundary : {"zero", "periodic"}, default="zero"
-        grid_shape : tuple of int, default=(16, 16)
+        grid_shape : int or tuple of int, default=(16, 16)
             Grid on which :meth:`inverse_transform` returns PSF fields (clipped
-            to the image's shape); ignored when ``positions`` is given.
+            to the image's shape), positive; ignored when ``positions`` is
+            given.
         positions : array-like of shape (n_positions, 2), optional
             Scattered measurement positions instead of a grid.
 
@@ -353,6 +354,13 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         basis : ProductConvolutionBasis
             Fitted: ``kernels_``, ``maps_``, ``gram_`` and ``operator_`` are set;
             ``reconstruction_error_`` and ``n_iter_`` are ``None``.
+
+        Raises
+        ------
+        ValueError
+            If ``kernels`` and ``maps`` are not a product-convolution family,
+            ``boundary`` is unknown or, without ``positions``, ``grid_shape``
+            is not a positive int or pair of positive ints.
 
         Examples
         --------
@@ -368,6 +376,8 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                         dtype=np.float64)
         check_families(kernels, maps)
         check_boundary(boundary)
+        if positions is None:
+            grid_shape = check_positive_int_pair(grid_shape, "grid_shape")
         image_shape = tuple(int(s) for s in maps.shape[1:])
         est = cls(n_components=int(kernels.shape[0]), image_shape=image_shape,
                   kernel_shape=tuple(int(s) for s in kernels.shape[1:]),

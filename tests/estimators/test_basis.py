@@ -223,6 +223,33 @@ def test_from_components():
         ProductConvolutionBasis.from_components(e, f[:1])
 
 
+@pytest.mark.parametrize("grid_shape", [(0, 0), (-3, 4), (2.5, 2), "ab", (2, 2, 2),
+                                        (True, 2), 0, None])
+def test_from_components_refuses_bad_grid_shape(grid_shape):
+    """A grid with no (or fractional) positions gave a 'fitted' basis without
+    measurement positions, or an IndexError later in inverse_transform."""
+    r = np.random.default_rng(0)
+    e, f = r.random((2, 3, 3)), r.random((2, 8, 8))
+    with pytest.raises(ValueError, match="grid_shape must be a positive int or a "
+                                         "pair of positive ints"):
+        ProductConvolutionBasis.from_components(e, f, grid_shape=grid_shape)
+
+
+def test_from_components_grid_shape_int_and_ignored_with_positions():
+    r = np.random.default_rng(0)
+    e, f = r.random((2, 3, 3)), r.random((2, 8, 8))
+    basis = ProductConvolutionBasis.from_components(e, f, grid_shape=3)
+    assert basis.grid_shape_ == (3, 3) and basis.positions_.shape == (9, 2)
+    # an int pair of numpy ints, and a grid larger than the image is clipped
+    basis = ProductConvolutionBasis.from_components(
+        e, f, grid_shape=(np.int64(20), np.int64(2)))
+    assert basis.grid_shape_ == (8, 2)
+    positions = np.array([[1, 1], [4, 6]])
+    basis = ProductConvolutionBasis.from_components(e, f, grid_shape=None,
+                                                    positions=positions)
+    assert basis.grid_shape_ is None and basis.positions_.shape == (2, 2)
+
+
 # ------------------------------------------------------ sklearn conventions
 def test_clone_get_set_params():
     est = ProductConvolutionBasis(4, image_shape=(16, 16), boundary="periodic")
