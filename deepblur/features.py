@@ -212,7 +212,8 @@ def blur_features(X, *, window=32, n_radial=6, n_angular=4, border=12,
     Returns
     -------
     ndarray of shape (n, n_features) or (n_features,), float64
-        ``n_features = n_blur_features(X.shape[-2:], ...)``.
+        ``n_features = n_blur_features(X.shape[-2:], ...)``; no rows for an
+        empty batch (``n == 0``).
 
     Examples
     --------
@@ -236,6 +237,10 @@ def blur_features(X, *, window=32, n_radial=6, n_angular=4, border=12,
         raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
     t = t.detach().cpu().to(torch.float64)
     check_finite(t, "X")
+    if len(t) == 0:     # no image, no statistics (torch.cat takes no empty list)
+        return np.zeros((0, n_blur_features(
+            t.shape[-2:], window=window, n_radial=n_radial, n_angular=n_angular,
+            border=border, n_segments=n_segments, stride=stride)))
     means = t.mean((1, 2))
     if not bool((means > 0).all()):
         bad = int(torch.nonzero(means <= 0)[0, 0])

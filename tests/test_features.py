@@ -184,3 +184,15 @@ def test_overlapping_blocks():
                                blur_features(X, window=32))
     with pytest.raises(ValueError, match="stride"):
         blur_features(X, stride=0)
+
+
+def test_empty_batch_gives_no_rows():
+    """An empty batch: no rows of the right width (torch.cat of no pass
+    raised before), in all input types."""
+    for X in (np.zeros((0, 40, 52)), torch.zeros(0, 40, 52, dtype=torch.float32)):
+        F = blur_features(X)
+        assert F.shape == (0, n_blur_features((40, 52))) and F.dtype == np.float64
+    F = blur_features(np.zeros((0, 32, 32)), window=16, border=0, stride=8)
+    assert F.shape == (0, n_blur_features((32, 32), window=16, border=0, stride=8))
+    with pytest.raises(ValueError, match="window must be at most"):
+        blur_features(np.zeros((0, 16, 16)))

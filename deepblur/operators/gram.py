@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepblur._validation import check_boundary
+from deepblur._validation import check_boundary, check_families
 from deepblur.operators.product_convolution import place_kernels
 
 __all__ = ["gram_matrix", "operator_distance"]
@@ -56,6 +56,15 @@ def gram_matrix(kernels, maps, boundary="zero"):
     -------
     G : ndarray of shape (K, K), symmetric positive semi-definite.
 
+    Raises
+    ------
+    ValueError
+        If ``boundary`` is unknown, or ``kernels`` and ``maps`` are not a
+        product-convolution family (the checks of
+        :class:`~deepblur.operators.ProductConvolution`): not 3-D, different
+        numbers ``K`` of kernels and maps, empty kernels, or NaN or Inf
+        entries.
+
     Examples
     --------
     >>> import numpy as np
@@ -69,6 +78,7 @@ def gram_matrix(kernels, maps, boundary="zero"):
                    dtype=np.float64)
     f = np.asarray(maps.detach().cpu() if torch.is_tensor(maps) else maps,
                    dtype=np.float64)
+    check_families(e, f)
     K, kh, kw = e.shape
     _, H, W = f.shape
     if boundary == "periodic":

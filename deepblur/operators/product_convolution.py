@@ -327,6 +327,16 @@ class ProductConvolution:
             gamma = gamma.expand(n, -1)
         return x, gamma
 
+    @staticmethod
+    def _empty(x, gamma, shape):
+        """The result of an empty batch, of ``shape``: the FFTs take no empty
+        batch. When a graph is recorded it depends on ``x`` and ``gamma`` (zero
+        gradients), as a non-empty result would."""
+        out = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        if torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad):
+            out = out + 0 * (x.sum() + gamma.sum())
+        return out
+
     # -- the operators ------------------------------------------------------
     @_half_in_float32
     def forward(self, u, gamma):
@@ -343,10 +353,13 @@ class ProductConvolution:
         Returns
         -------
         torch.Tensor of shape (max(n, m), H, W), dtype and device of ``u``.
+            Empty for an empty batch (``n == 0`` or ``m == 0``).
         """
         u, gamma = self._prepare(u, gamma, "u")
-        spectra, maps, _ = self._buffers(u.device, u.dtype)
         H, W = self.image_shape
+        if u.shape[0] == 0:
+            return self._empty(u, gamma, (0, H, W))
+        spectra, maps, _ = self._buffers(u.device, u.dtype)
         M = self.fft_shape
         step = self._chunk(u.shape[0], u.device)
         reuse = not (torch.is_grad_enabled()
@@ -398,6 +411,7 @@ class ProductConvolution:
         Returns
         -------
         torch.Tensor of shape (n, g, H, W), dtype and device of ``u``.
+            Empty for an empty batch (``n == 0``).
         """
         u = self._check_images(u, "u")
         gammas = torch.as_tensor(gammas, dtype=u.dtype, device=u.device)
@@ -408,8 +422,10 @@ class ProductConvolution:
                 f"gammas must have shape (n={n}, g, K={K}): one set of "
                 f"coefficient vectors per image; got {tuple(gammas.shape)}."
             )
-        spectra, maps, _ = self._buffers(u.device, u.dtype)
         (H, W), (M1, M2), g = self.image_shape, self.fft_shape, gammas.shape[1]
+        if n == 0:
+            return self._empty(u, gammas, (0, g, H, W))
+        spectra, maps, _ = self._buffers(u.device, u.dtype)
         step = self._chunk(n, u.device)
         outs = []
         for start in range(0, n, step):
@@ -430,8 +446,10 @@ class ProductConvolution:
         holds to floating-point precision for both boundary models.
         """
         v, gamma = self._prepare(v, gamma, "v")
-        _, maps, conj = self._buffers(v.device, v.dtype)
         H, W = self.image_shape
+        if v.shape[0] == 0:
+            return self._empty(v, gamma, (0, H, W))
+        _, maps, conj = self._buffers(v.device, v.dtype)
         M = self.fft_shape
         K = self.n_components
         n = v.shape[0]

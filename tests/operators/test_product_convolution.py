@@ -414,3 +414,30 @@ def test_concurrent_calls_on_one_operator(batch_chunk, rng):
     for i, fwd, adj in results:
         torch.testing.assert_close(fwd, expected[i][0], rtol=0, atol=0)
         torch.testing.assert_close(adj, expected[i][1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad", ["none", "u", "gamma"])
+def test_empty_batches_give_empty_results(grad, rng):
+    """n = 0 images (or 0 operators for one image): correctly shaped empty
+    results on every path, in the graph when one is recorded (torch.cat of no
+    chunk raised before)."""
+    K, H, W = 2, 8, 7
+    op = ProductConvolution(rng.random((K, 3, 3)), rng.random((K, H, W)))
+    u = torch.zeros(0, H, W, dtype=torch.float64, requires_grad=grad == "u")
+    g = torch.ones(K, dtype=torch.float64, requires_grad=grad == "gamma")
+    one = torch.zeros(1, H, W, dtype=torch.float64, requires_grad=grad == "u")
+    no_rows = torch.ones(0, K, dtype=torch.float64, requires_grad=grad == "gamma")
+    outs = [op.forward(u, g), op.adjoint(u, g), op.normal(u, g),
+            op.forward(one, no_rows), op.adjoint(one, no_rows)]
+    for out in outs:
+        assert out.shape == (0, H, W) and out.dtype == torch.float64
+    gammas = torch.ones(0, 3, K, dtype=torch.float64, requires_grad=grad == "gamma")
+    many = op.forward_many(u, gammas)
+    assert many.shape == (0, 3, H, W) and many.dtype == torch.float64
+    if grad != "none":
+        leaf = {"u": u, "gamma": g}[grad]
+        sum(o.sum() for o in outs[:3]).backward()
+        assert leaf.grad.shape == leaf.shape and not leaf.grad.any()
+        many.sum().backward()
+    with torch.inference_mode():
+        assert op.forward(u.detach(), g.detach()).shape == (0, H, W)
