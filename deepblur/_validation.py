@@ -18,6 +18,7 @@ __all__ = [
     "check_ndim",
     "check_shape_tail",
     "check_positive_int_pair",
+    "check_real",
     "check_boundary",
     "check_families",
     "check_images",
@@ -61,6 +62,14 @@ def check_finite(x, name):
         raise ValueError(
             f"{name} must contain only finite values; got NaN or Inf entries."
         )
+    return x
+
+
+def check_real(x, name):
+    """Raise if ``x`` (array, tensor or array-like) is complex: casting it
+    to a real dtype would drop its imaginary part silently."""
+    if x.is_complex() if _is_tensor(x) else np.iscomplexobj(x):
+        raise ValueError(f"{name} must be real. Complex data not supported.")
     return x
 
 
@@ -215,7 +224,7 @@ def native_contiguous(arr):
     return np.ascontiguousarray(arr)
 
 
-def as_tensor(x, *, device=None, dtype=None):
+def as_tensor(x, *, device=None, dtype=None, name="input"):
     """Return ``(tensor, is_numpy)``; numpy input is copied to a tensor.
 
     Tensors keep their device unless ``device`` is given. Without ``dtype``,
@@ -223,9 +232,11 @@ def as_tensor(x, *, device=None, dtype=None):
     bfloat16, which the FFTs of the operators do not take on CPU) become
     float32 and other tensors (integers, booleans) torch's default dtype
     (float32 unless set: float64 is slow on GPUs and absent on some); arrays
-    of other dtypes become float64.
+    of other dtypes become float64. Complex input is refused (a
+    ``ValueError`` naming ``name``), not cast to real.
     """
     if _is_tensor(x):
+        check_real(x, name)
         t = x
         if dtype is not None and t.dtype != dtype:
             t = t.to(dtype)
@@ -236,7 +247,7 @@ def as_tensor(x, *, device=None, dtype=None):
         if device is not None:
             t = t.to(device)
         return t, False
-    arr = np.asarray(x)
+    arr = check_real(np.asarray(x), name)
     if dtype is None:
         if arr.dtype in (np.float32, np.float64):
             t = torch.from_numpy(np.ascontiguousarray(arr))

@@ -193,7 +193,8 @@ def blur_features(X, *, window=32, n_radial=6, n_angular=4, border=12,
     Parameters
     ----------
     X : array-like or tensor of shape (n, H, W) or (H, W)
-        Blurry images with a positive mean intensity.
+        Blurry images with a positive mean intensity, real (complex ones are
+        refused, not cast).
     window : int, default=32
         Side of the blocks of the local spectra (a grid from the top-left
         corner; ``H // window`` x ``W // window`` blocks by default).
@@ -227,7 +228,7 @@ def blur_features(X, *, window=32, n_radial=6, n_angular=4, border=12,
     >>> bool(np.allclose(blur_features(7 * X)[:, :-2], F[:, :-2]))
     True
     """
-    t, _ = as_tensor(X)
+    t, _ = as_tensor(X, name="X")
     check_ndim(t, "X", (2, 3), "(H, W) or (n, H, W)")
     single = t.ndim == 2
     t = t[None] if single else t

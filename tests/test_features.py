@@ -196,3 +196,11 @@ def test_empty_batch_gives_no_rows():
     assert F.shape == (0, n_blur_features((32, 32), window=16, border=0, stride=8))
     with pytest.raises(ValueError, match="window must be at most"):
         blur_features(np.zeros((0, 16, 16)))
+
+
+def test_complex_images_are_refused():
+    """Complex images were cast to real (imaginary part dropped)."""
+    X = np.random.default_rng(4).random((2, 32, 32)) + 0.1
+    for bad in (X + 1j, torch.from_numpy(X + 0j)):
+        with pytest.raises(ValueError, match="X must be real"):
+            blur_features(bad, window=16)

@@ -42,3 +42,24 @@ def test_resolve_device_names_a_bad_device(bad):
 
     with pytest.raises(ValueError, match="device must be a torch device such as"):
         resolve_device(bad)
+
+
+def test_as_tensor_refuses_complex_input():
+    """Complex arrays and tensors were cast to real, the imaginary part
+    dropped (with at most a ComplexWarning); real input is unchanged."""
+    import warnings
+
+    from deepblur._validation import as_tensor
+
+    z = np.ones((2, 3)) + 1j
+    for x in (z, torch.from_numpy(z), z.astype(np.complex64), z.tolist()):
+        with pytest.raises(ValueError, match="^y must be real. Complex data not "
+                                             "supported.$"):
+            as_tensor(x, name="y")
+        with pytest.raises(ValueError, match="must be real"):
+            as_tensor(x, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t, is_numpy = as_tensor(z.real)
+    assert is_numpy and t.dtype == torch.float64
+    assert as_tensor(torch.ones(2, dtype=torch.int64))[0].is_floating_point()

@@ -25,6 +25,7 @@ from deepblur._validation import (
     check_images,
     check_ndim,
     check_positive_int_pair,
+    check_real,
     to_like,
 )
 from deepblur.operators.gram import gram_matrix, operator_distance
@@ -370,6 +371,8 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         >>> basis.gram_
         array([[64.]])
         """
+        check_real(kernels, "kernels")
+        check_real(maps, "maps")
         kernels = np.array(kernels.detach().cpu() if torch.is_tensor(kernels)
                            else kernels, dtype=np.float64)
         maps = np.array(maps.detach().cpu() if torch.is_tensor(maps) else maps,
@@ -488,6 +491,7 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     def _check_gamma(self, gamma, name="gamma", ndims=(1, 2)):
         K = self.kernels_.shape[0]
         is_t = torch.is_tensor(gamma)
+        check_real(gamma, name)
         g = gamma if is_t else np.asarray(gamma, dtype=np.float64)
         check_ndim(g, name, ndims, "(K,) or (n, K)" if 1 in ndims else "(n, K)")
         if g.shape[-1] != K:
@@ -506,7 +510,7 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         check_images(x, name, self.image_shape_)
         gamma = self._check_gamma(gamma)
         single = x.ndim == 2 and gamma.ndim == 1
-        t, is_numpy = as_tensor(x)
+        t, is_numpy = as_tensor(x, name=name)
         g = torch.as_tensor(gamma, dtype=t.dtype, device=t.device)
         if t.ndim == 2:
             t = t[None]
@@ -521,6 +525,7 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         Parameters
         ----------
         u : ndarray or torch.Tensor of shape (H, W) or (n, H, W)
+            Real images (complex ones are refused, not cast).
         gamma : array-like or torch.Tensor of shape (K,) or (n, K)
 
         Returns

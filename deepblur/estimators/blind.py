@@ -268,7 +268,7 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         self.__dict__.setdefault("train_boundary", "zero")
 
     def _images(self, X, name, image_shape=None):
-        t, _ = as_tensor(X)
+        t, _ = as_tensor(X, name=name)
         check_ndim(t, name, (3,), "(n, H, W)")
         check_images(t, name, t.shape[-2:] if image_shape is None else image_shape,
                      " (the images' shape)")

@@ -299,7 +299,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
     # -------------------------------------------------------------- helpers
     def _validate_images(self, X, name="X"):
         """Tensor (n, H, W) on the solver's device/dtype, plus numpy flag."""
-        t, is_numpy = as_tensor(X)
+        t, is_numpy = as_tensor(X, name=name)
         check_images(t, name, self.image_shape_, " (the basis' image shape)")
         check_not_empty(t, name)
         single = t.ndim == 2
@@ -334,7 +334,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
     def _check_gamma(self, gamma, name, n):
         """``gamma`` of shape (K,) or (1 or n, K), finite -> tensor (n, K)."""
         K = self.n_components_
-        g, _ = as_tensor(gamma)
+        g, _ = as_tensor(gamma, name=name)
         check_ndim(g, name, (1, 2), "(K,) or (n, K)")
         if g.shape[-1] != K:
             raise ValueError(
@@ -417,7 +417,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
 
     def _large_images(self, X):
         """(n, H', W') float64 numpy of images larger than the basis."""
-        t, is_numpy = as_tensor(X)
+        t, is_numpy = as_tensor(X, name="X")
         check_ndim(t, "X", (2, 3), "(H, W) or (n, H, W)")
         check_not_empty(t, "X")
         check_finite(t, "X")
@@ -622,7 +622,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         score : float
         """
         U = self.transform(X, gamma=gamma)
-        y_t, _ = as_tensor(y)
+        y_t, _ = as_tensor(y, name="y")
         if tuple(y_t.shape) != tuple(np.shape(U)):
             raise ValueError(
                 f"y must have the shape of X ({tuple(np.shape(U))}); got "

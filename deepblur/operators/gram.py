@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deepblur._validation import check_boundary, check_families
+from deepblur._validation import check_boundary, check_families, check_real
 from deepblur.operators.product_convolution import place_kernels
 
 __all__ = ["gram_matrix", "operator_distance"]
@@ -62,8 +62,8 @@ def gram_matrix(kernels, maps, boundary="zero"):
         If ``boundary`` is unknown, or ``kernels`` and ``maps`` are not a
         product-convolution family (the checks of
         :class:`~deepblur.operators.ProductConvolution`): not 3-D, different
-        numbers ``K`` of kernels and maps, empty kernels, or NaN or Inf
-        entries.
+        numbers ``K`` of kernels and maps, empty kernels, NaN or Inf
+        entries, or complex ones.
 
     Examples
     --------
@@ -74,6 +74,8 @@ def gram_matrix(kernels, maps, boundary="zero"):
     array([[16.]])
     """
     check_boundary(boundary)
+    check_real(kernels, "kernels")
+    check_real(maps, "maps")
     e = np.asarray(kernels.detach().cpu() if torch.is_tensor(kernels) else kernels,
                    dtype=np.float64)
     f = np.asarray(maps.detach().cpu() if torch.is_tensor(maps) else maps,

@@ -49,6 +49,7 @@ from deepblur._validation import (
     check_boundary,
     check_families,
     check_ndim,
+    check_real,
 )
 
 __all__ = [
@@ -130,9 +131,9 @@ class ProductConvolution:
     Parameters
     ----------
     kernels : array-like or torch.Tensor of shape (K, kh, kw)
-        Kernels ``e_k``.
+        Kernels ``e_k``, real.
     maps : array-like or torch.Tensor of shape (K, H, W)
-        Coefficient maps ``f_k``.
+        Coefficient maps ``f_k``, real.
     boundary : {"zero", "periodic"}, default="zero"
         Boundary model (see the module's documentation).
     batch_chunk : int or None, default=None
@@ -164,8 +165,8 @@ class ProductConvolution:
     """
 
     def __init__(self, kernels, maps, boundary="zero", *, batch_chunk=None):
-        kernels, _ = as_tensor(kernels)
-        maps, _ = as_tensor(maps)
+        kernels, _ = as_tensor(kernels, name="kernels")
+        maps, _ = as_tensor(maps, name="maps")
         check_families(kernels, maps)
         self.boundary = check_boundary(boundary)
         self.kernels = kernels
@@ -290,12 +291,14 @@ class ProductConvolution:
 
     # -- input handling -----------------------------------------------------
     def _check_images(self, x, name):
-        """``x`` as a floating-point (n, H, W) tensor of the operator's shape."""
+        """``x`` as a real floating-point (n, H, W) tensor of the operator's
+        shape."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"{name} must be a torch.Tensor; got {type(x).__name__} (use "
                 "ProductConvolutionBasis.apply for numpy arrays)."
             )
+        check_real(x, name)
         check_ndim(x, name, 3, "(n, H, W)")
         if tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(
@@ -306,7 +309,8 @@ class ProductConvolution:
 
     def _prepare(self, x, gamma, name):
         x = self._check_images(x, name)
-        gamma = torch.as_tensor(gamma, dtype=x.dtype, device=x.device)
+        gamma = torch.as_tensor(check_real(gamma, "gamma"), dtype=x.dtype,
+                                device=x.device)
         check_ndim(gamma, "gamma", (1, 2), "(K,) or (n, K)")
         if gamma.shape[-1] != self.n_components:
             raise ValueError(
@@ -345,8 +349,9 @@ class ProductConvolution:
         Parameters
         ----------
         u : torch.Tensor of shape (n, H, W)
+            Real images (complex ones are refused, not cast).
         gamma : torch.Tensor or array-like of shape (K,), (1, K) or (n, K)
-            One coefficient vector for all images or one per image. With
+            One coefficient vector for all images or one per image, real. With
             ``n == 1`` and ``m`` rows of ``gamma``, the image is blurred by each
             of the ``m`` operators.
 
@@ -414,7 +419,8 @@ class ProductConvolution:
             Empty for an empty batch (``n == 0``).
         """
         u = self._check_images(u, "u")
-        gammas = torch.as_tensor(gammas, dtype=u.dtype, device=u.device)
+        gammas = torch.as_tensor(check_real(gammas, "gammas"), dtype=u.dtype,
+                                 device=u.device)
         check_ndim(gammas, "gammas", 3, "(n, g, K)")
         n, K = u.shape[0], self.n_components
         if gammas.shape[0] != n or gammas.shape[2] != K:

@@ -390,7 +390,7 @@ def estimate_noise_level(y):
     >>> round(float(estimate_noise_level(y)), 2)
     0.1
     """
-    t, _ = as_tensor(y)
+    t, _ = as_tensor(y, name="y")
     check_ndim(t, "y", (2, 3), "(n, H, W) or (H, W)")
     check_finite(t, "y")
     single = t.ndim == 2
@@ -475,7 +475,7 @@ def default_lam(y, regularization="tv", *, sigma=None):
     array([4., 4.])
     """
     _check_regularization(regularization)
-    t, _ = as_tensor(y)
+    t, _ = as_tensor(y, name="y")
     check_ndim(t, "y", (2, 3), "(n, H, W) or (H, W)")
     single = t.ndim == 2
     if single:
@@ -620,7 +620,7 @@ def deblur(
     """
     _check_regularization(regularization)
     check_iterations(max_iter, tol, inner_iter)
-    y_t, is_numpy = as_tensor(y)
+    y_t, is_numpy = as_tensor(y, name="y")
     check_ndim(y_t, "y", (2, 3), "(n, H, W) or (H, W)")
     check_finite(y_t, "y")
     squeeze = y_t.ndim == 2
@@ -652,7 +652,7 @@ def deblur(
         if x0 is None:
             x = y_t.clone()
         else:
-            x, _ = as_tensor(x0, device=device, dtype=dtype)
+            x, _ = as_tensor(x0, device=device, dtype=dtype, name="x0")
             if n == 1 and x.shape == y_t.shape[1:]:
                 x = x.unsqueeze(0)                  # (H, W) for one image
             if x.shape != y_t.shape:

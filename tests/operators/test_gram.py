@@ -119,3 +119,10 @@ def test_gram_checks_the_family_as_the_operator_does(boundary, kernels, maps,
         gram_matrix(kernels, maps, boundary)
     with pytest.raises(ValueError, match=match):
         gram_matrix(torch.from_numpy(kernels), torch.from_numpy(maps), boundary)
+
+
+def test_gram_refuses_complex_families():
+    with pytest.raises(ValueError, match="kernels must be real"):
+        gram_matrix(np.ones((1, 3, 3)) + 1j, np.ones((1, 4, 4)))
+    with pytest.raises(ValueError, match="maps must be real"):
+        gram_matrix(np.ones((1, 3, 3)), torch.ones(1, 4, 4, dtype=torch.complex64))

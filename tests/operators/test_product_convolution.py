@@ -441,3 +441,37 @@ def test_empty_batches_give_empty_results(grad, rng):
         many.sum().backward()
     with torch.inference_mode():
         assert op.forward(u.detach(), g.detach()).shape == (0, H, W)
+
+
+def test_complex_inputs_are_refused(rng):
+    """Complex images, coefficients, kernels or maps were cast to real
+    silently (the imaginary part dropped): refused as basis.fit does."""
+    from deepblur import ProductConvolutionBasis
+
+    e, f = rng.random((2, 3, 3)), rng.random((2, 8, 8))
+    op = ProductConvolution(e, f)
+    u = torch.from_numpy(rng.random((1, 8, 8)) + 1j * rng.random((1, 8, 8)))
+    real = u.real.contiguous()
+    g = [1.0, 2.0]
+    for method in (op.forward, op.adjoint):
+        with pytest.raises(ValueError, match="must be real"):
+            method(u, g)
+        with pytest.raises(ValueError, match="gamma must be real"):
+            method(real, torch.tensor(g) + 0j)
+    with pytest.raises(ValueError, match="u must be real"):
+        op.forward_many(u, torch.ones(1, 1, 2))
+    with pytest.raises(ValueError, match="gammas must be real"):
+        op.forward_many(real, torch.ones(1, 1, 2) + 1j)
+    with pytest.raises(ValueError, match="kernels must be real"):
+        ProductConvolution(e + 1j, f)
+    with pytest.raises(ValueError, match="maps must be real"):
+        ProductConvolution(e, torch.from_numpy(f + 0j))
+    basis = ProductConvolutionBasis.from_components(e, f)
+    with pytest.raises(ValueError, match="u must be real"):
+        basis.apply(u.numpy()[0], g)
+    with pytest.raises(ValueError, match="v must be real"):
+        basis.adjoint(u, g)
+    with pytest.raises(ValueError, match="gamma must be real"):
+        basis.apply(real, np.array(g) + 0j)
+    with pytest.raises(ValueError, match="kernels must be real"):
+        ProductConvolutionBasis.from_components(e + 0j, f)
