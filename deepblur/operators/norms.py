@@ -7,6 +7,9 @@ on the whole batch at once and returns one norm per batch element.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 __all__ = ["power_iteration"]
@@ -31,10 +34,11 @@ def power_iteration(forward, adjoint, x0, *, max_iter=100, tol=1e-5,
         vector (a random start has a non-zero component on the top singular
         vector with probability one, unlike a constant image).
     max_iter : int, default=100
-        Cap on the number of iterations.
+        Cap on the number of iterations, at least 1.
     tol : float, default=1e-5
         Stop when every element's estimate changed by less than ``tol``
-        relative between two iterations.
+        relative between two iterations; finite and non-negative (0 runs
+        ``max_iter`` iterations unless the estimate stops changing).
     generator : torch.Generator, optional
         Source of the random start. By default a CPU generator seeded with 0,
         and the start is then moved to ``x0``'s device: the same start, hence
@@ -48,6 +52,13 @@ def power_iteration(forward, adjoint, x0, *, max_iter=100, tol=1e-5,
         below; callers that need an upper bound (step sizes) multiply by a
         small safety factor.
 
+    Raises
+    ------
+    ValueError
+        If ``max_iter`` is not an int >= 1 (no iteration would return a norm
+        of 0, on which a step size divides) or ``tol`` is not a finite,
+        non-negative number.
+
     Examples
     --------
     >>> import torch
@@ -58,6 +69,14 @@ def power_iteration(forward, adjoint, x0, *, max_iter=100, tol=1e-5,
     >>> round(float(sigma[0]), 4)
     3.0
     """
+    if not (isinstance(max_iter, numbers.Integral)
+            and not isinstance(max_iter, bool) and max_iter >= 1):
+        raise ValueError(f"max_iter must be a positive int; got {max_iter!r}.")
+    if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool)
+            and math.isfinite(tol) and tol >= 0):
+        raise ValueError(
+            f"tol must be a finite, non-negative float; got {tol!r}."
+        )
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
