@@ -17,7 +17,7 @@ The PSF field of an operator at pixel ``x`` (its impulse response there) is
 
 from __future__ import annotations
 
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -40,6 +40,23 @@ def _positive_pair(value, name):
         raise ValueError(f"{name} must be a pair of positive, finite numbers; "
                          f"got {value!r}.")
     return a, b
+
+
+def _positive_int(value, name):
+    """A positive int (booleans are no ints)."""
+    if not (isinstance(value, Integral) and not isinstance(value, bool)
+            and value >= 1):
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return int(value)
+
+
+def _optional_scale(value, name):
+    """None or a non-negative, finite number (booleans are no numbers)."""
+    if value is not None and (isinstance(value, bool) or not (
+            isinstance(value, Real) and np.isfinite(value) and value >= 0)):
+        raise ValueError(f"{name} must be a non-negative number or None; "
+                         f"got {value!r}.")
+    return value
 
 
 def gaussian_kernel(kernel_shape, sigmas, angle):
@@ -72,20 +89,32 @@ def random_maps(image_shape, n_pairs, rng, *, field_scale=None, smoothing=None):
 
     Parameters
     ----------
-    image_shape : (H, W)
+    image_shape : int or (H, W)
+        Positive.
     n_pairs : int
+        Number of maps, at least 1.
     rng : numpy Generator
     field_scale : float, optional
-        Correlation length (pixels) of the random fields; default ``min(H, W)/6``.
+        Correlation length (pixels) of the random fields, finite and
+        non-negative; default ``min(H, W)/6``.
     smoothing : float, optional
         Standard deviation (pixels) of the wide Gaussian applied to the
-        indicators; default ``min(H, W)/16``.
+        indicators, finite and non-negative; default ``min(H, W)/16``.
 
     Returns
     -------
     ndarray of shape (n_pairs, H, W), non-negative, summing to 1 per pixel.
+
+    Raises
+    ------
+    ValueError
+        If ``image_shape``, ``n_pairs``, ``field_scale`` or ``smoothing`` is
+        not as described.
     """
-    H, W = image_shape
+    H, W = check_positive_int_pair(image_shape, "image_shape")
+    n_pairs = _positive_int(n_pairs, "n_pairs")
+    _optional_scale(field_scale, "field_scale")
+    _optional_scale(smoothing, "smoothing")
     field_scale = min(H, W) / 6 if field_scale is None else field_scale
     smoothing = min(H, W) / 16 if smoothing is None else smoothing
     fields = np.stack([
@@ -108,10 +137,11 @@ def make_random_operators(n_operators=100, *, image_shape=(128, 128),
     Parameters
     ----------
     n_operators : int, default=100
+        Positive.
     image_shape : (H, W), default=(128, 128)
     kernel_shape : (kh, kw), default=(31, 31)
     n_pairs : int, default=2
-        Kernel/map pairs per operator (paper Fig. 2 uses 2).
+        Kernel/map pairs per operator (paper Fig. 2 uses 2), positive.
     sigma_range : (low, high), default=(1, 4)
         Range of the Gaussian kernels' standard deviations, in pixels.
     grid_shape : (gy, gx), default=(16, 16)
@@ -131,6 +161,14 @@ def make_random_operators(n_operators=100, *, image_shape=(128, 128),
         - ``positions`` (gy * gx, 2): the grid's pixel coordinates;
         - ``image_shape``, ``kernel_shape``, ``grid_shape``.
 
+    Raises
+    ------
+    ValueError
+        If a parameter is not as described (the message names it): counts
+        and shapes must be positive ints (booleans are not), ``sigma_range``
+        positive and ordered, ``field_scale`` and ``smoothing`` finite and
+        non-negative, the grid no larger than the image.
+
     Examples
     --------
     >>> from deepblur.datasets import make_random_operators
@@ -141,12 +179,8 @@ def make_random_operators(n_operators=100, *, image_shape=(128, 128),
     >>> bool(abs(ops.psf_fields.sum(axis=(-2, -1)) - 1).max() < 1e-12)
     True
     """
-    if not (isinstance(n_operators, (int, np.integer)) and n_operators >= 1):
-        raise ValueError(
-            f"n_operators must be a positive int; got {n_operators!r}."
-        )
-    if not (isinstance(n_pairs, (int, np.integer)) and n_pairs >= 1):
-        raise ValueError(f"n_pairs must be a positive int; got {n_pairs!r}.")
+    n_operators = _positive_int(n_operators, "n_operators")
+    n_pairs = _positive_int(n_pairs, "n_pairs")
     image_shape = check_positive_int_pair(image_shape, "image_shape")
     kernel_shape = check_positive_int_pair(kernel_shape, "kernel_shape")
     grid_shape = check_positive_int_pair(grid_shape, "grid_shape")
@@ -155,11 +189,8 @@ def make_random_operators(n_operators=100, *, image_shape=(128, 128),
         raise ValueError(
             f"sigma_range must satisfy 0 < low <= high; got {sigma_range!r}."
         )
-    for name, value in (("field_scale", field_scale), ("smoothing", smoothing)):
-        if value is not None and not (isinstance(value, Real)
-                                      and np.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a non-negative number or None; "
-                             f"got {value!r}.")
+    _optional_scale(field_scale, "field_scale")
+    _optional_scale(smoothing, "smoothing")
     if grid_shape[0] > image_shape[0] or grid_shape[1] > image_shape[1]:
         raise ValueError(
             f"grid_shape {grid_shape} must not exceed image_shape {image_shape}."

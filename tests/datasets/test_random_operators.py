@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from deepblur.datasets import gaussian_kernel, make_random_operators
+from deepblur.datasets.random_operators import random_maps
 
 
 def test_gaussian_kernel_moments():
@@ -52,7 +53,13 @@ def test_maps_are_contrasted_and_smooth():
      ({"sigma_range": (1, np.inf)}, "sigma_range"),
      ({"sigma_range": (2, 1)}, "sigma_range"),
      ({"field_scale": -1.0}, "field_scale"),
-     ({"smoothing": np.nan}, "smoothing")],
+     ({"smoothing": np.nan}, "smoothing"),
+     # booleans are no counts or scales (True was taken as 1 operator, and
+     # n_pairs=True raised a raw TypeError)
+     ({"n_operators": True}, "n_operators must be a positive int; got True"),
+     ({"n_pairs": True}, "n_pairs must be a positive int; got True"),
+     ({"n_pairs": 2.0}, "n_pairs must be a positive int"),
+     ({"field_scale": True}, "field_scale")],
 )
 def test_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -72,3 +79,29 @@ def test_unsmoothed_maps_are_allowed():
 def test_gaussian_kernel_bad_parameters(sigmas, angle, match):
     with pytest.raises(ValueError, match=match):
         gaussian_kernel((5, 5), sigmas, angle)
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    (((8, 8), 0), {}, "n_pairs must be a positive int; got 0"),
+    (((8, 8), -1), {}, "n_pairs must be a positive int"),
+    (((8, 8), True), {}, "n_pairs must be a positive int"),
+    (((0, 8), 2), {}, "image_shape must be a positive int or a pair"),
+    (((8, 8), 2), {"smoothing": -1}, "smoothing must be a non-negative number"),
+    (((8, 8), 2), {"smoothing": np.nan}, "smoothing must be a non-negative number"),
+    (((8, 8), 2), {"field_scale": np.inf}, "field_scale must be a non-negative"),
+])
+def test_random_maps_bad_parameters(args, kwargs, match):
+    """random_maps checks what make_random_operators checks: n_pairs=0 gave
+    numpy's 'need at least one array to stack', smoothing=-1 or NaN maps of
+    zeros or unsmoothed indicators."""
+    with pytest.raises(ValueError, match=match):
+        random_maps(*args, np.random.default_rng(0), **kwargs)
+
+
+def test_random_maps_valid_calls_unchanged():
+    a = random_maps((12, 10), 3, np.random.default_rng(1), smoothing=1.5)
+    b = random_maps(np.array([12, 10]), np.int64(3), np.random.default_rng(1),
+                    smoothing=np.float64(1.5))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (3, 12, 10)
+    np.testing.assert_allclose(a.sum(0), 1.0)
