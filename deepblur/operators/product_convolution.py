@@ -38,6 +38,7 @@ time (``batch_chunk``) because whole-batch FFTs fall out of cache.
 from __future__ import annotations
 
 import functools
+import numbers
 import threading
 
 import numpy as np
@@ -137,8 +138,8 @@ class ProductConvolution:
     boundary : {"zero", "periodic"}, default="zero"
         Boundary model (see the module's documentation).
     batch_chunk : int or None, default=None
-        Images processed per FFT batch. ``None`` picks a cache-friendly size on
-        CPU and the whole batch on CUDA.
+        Images processed per FFT batch, at least 1. ``None`` picks a
+        cache-friendly size on CPU and the whole batch on CUDA.
 
     Attributes
     ----------
@@ -149,6 +150,13 @@ class ProductConvolution:
     n_components : int
     fft_shape : tuple of int
         FFT size per axis.
+
+    Raises
+    ------
+    ValueError
+        If ``kernels`` and ``maps`` are not a real, finite family of ``K``
+        non-empty kernels and ``K`` maps, ``boundary`` is unknown or
+        ``batch_chunk`` is neither None nor an int >= 1.
 
     Examples
     --------
@@ -169,9 +177,16 @@ class ProductConvolution:
         maps, _ = as_tensor(maps, name="maps")
         check_families(kernels, maps)
         self.boundary = check_boundary(boundary)
+        if batch_chunk is not None and not (
+                isinstance(batch_chunk, numbers.Integral)
+                and not isinstance(batch_chunk, bool) and batch_chunk >= 1):
+            raise ValueError(
+                f"batch_chunk must be None or an int >= 1 (images per FFT "
+                f"batch); got {batch_chunk!r}."
+            )
         self.kernels = kernels
         self.maps = maps
-        self.batch_chunk = batch_chunk
+        self.batch_chunk = None if batch_chunk is None else int(batch_chunk)
         self._cache = {}
         self._local = threading.local()
 
@@ -282,7 +297,7 @@ class ProductConvolution:
 
     def _chunk(self, n, device):
         if self.batch_chunk is not None:
-            return max(1, int(self.batch_chunk))
+            return self.batch_chunk
         if device.type != "cpu":
             return max(n, 1)
         M1, M2 = self.fft_shape

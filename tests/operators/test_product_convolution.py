@@ -475,3 +475,18 @@ def test_complex_inputs_are_refused(rng):
         basis.apply(real, np.array(g) + 0j)
     with pytest.raises(ValueError, match="kernels must be real"):
         ProductConvolutionBasis.from_components(e + 0j, f)
+
+
+@pytest.mark.parametrize("batch_chunk", [0, -4, 2.7, "2", True, 1.0])
+def test_bad_batch_chunk_is_refused_at_construction(batch_chunk, rng):
+    """0, -4, 2.7, '2' and True were taken (silently as 1 or 2 images)."""
+    with pytest.raises(ValueError, match="batch_chunk must be None or an int >= 1"):
+        ProductConvolution(rng.random((2, 3, 3)), rng.random((2, 6, 6)),
+                           batch_chunk=batch_chunk)
+
+
+def test_batch_chunk_numpy_int_kept_by_to(rng):
+    op = ProductConvolution(rng.random((2, 3, 3)), rng.random((2, 6, 6)),
+                            batch_chunk=np.int64(2))
+    assert op.batch_chunk == 2 and type(op.batch_chunk) is int
+    assert op.to(dtype=torch.float32).batch_chunk == 2
