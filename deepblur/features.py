@@ -32,7 +32,12 @@ import math
 import numpy as np
 import torch
 
-from deepblur._validation import as_tensor, check_finite, check_ndim
+from deepblur._validation import (
+    as_tensor,
+    check_finite,
+    check_ndim,
+    check_positive_int_pair,
+)
 
 __all__ = ["blur_features", "check_feature_params", "n_blur_features"]
 
@@ -83,14 +88,33 @@ def n_blur_features(image_shape, *, window=32, n_radial=6, n_angular=4, border=1
                     n_segments=4, stride=None):
     """Length of the vectors :func:`blur_features` returns for ``image_shape``.
 
+    Parameters
+    ----------
+    image_shape : int or (H, W)
+        The images' shape (an int: square), positive.
+    window, n_radial, n_angular, border, n_segments, stride
+        As in :func:`blur_features`.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        If ``image_shape`` is not a positive int or pair of positive ints, a
+        parameter is out of its range or the blocks or edge strips do not
+        fit in the images.
+
     Examples
     --------
     >>> n_blur_features((128, 128))
     578
     """
+    image_shape = check_positive_int_pair(image_shape, "image_shape")
     _check_spec(image_shape, window, n_radial, n_angular, border, n_segments,
                 stride)
-    H, W = (int(s) for s in image_shape)
+    H, W = image_shape
     _, _, counts = _spectral_bins(window, n_radial, n_angular)
     step = stride or window
     n_blocks = ((H - window) // step + 1) * ((W - window) // step + 1)
@@ -207,14 +231,21 @@ def blur_features(X, *, window=32, n_radial=6, n_angular=4, border=12,
     stride : int, default=None
         Step between blocks (``None``: ``window``, no overlap).
     batch_size : int, default=512
-        Images per vectorised pass (bounds the memory: the spectra of one
-        pass take about ``batch_size * H * W * 32`` bytes).
+        Images per vectorised pass, at least 1 (bounds the memory: the
+        spectra of one pass take about ``batch_size * H * W * 32`` bytes).
 
     Returns
     -------
     ndarray of shape (n, n_features) or (n_features,), float64
         ``n_features = n_blur_features(X.shape[-2:], ...)``; no rows for an
         empty batch (``n == 0``).
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is not one real, finite image or a batch of them with a
+        positive mean each, a parameter is out of its range (``batch_size``
+        included) or the blocks or edge strips do not fit in the images.
 
     Examples
     --------
@@ -234,8 +265,12 @@ def blur_features(X, *, window=32, n_radial=6, n_angular=4, border=12,
     t = t[None] if single else t
     _check_spec(t.shape[-2:], window, n_radial, n_angular, border, n_segments,
                 stride)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
+    if (not isinstance(batch_size, (int, np.integer))
+            or isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(
+            f"batch_size must be an integer >= 1; got {batch_size!r}."
+        )
+    batch_size = int(batch_size)
     t = t.detach().cpu().to(torch.float64)
     check_finite(t, "X")
     if len(t) == 0:     # no image, no statistics (torch.cat takes no empty list)
@@ -249,8 +284,8 @@ def blur_features(X, *, window=32, n_radial=6, n_angular=4, border=12,
             "X must hold images of positive mean intensity (the statistics are "
             f"relative to the mean); image {bad} has mean {float(means[bad]):.3g}."
         )
-    out = torch.cat([_features(t[i:i + int(batch_size)], window, n_radial,
+    out = torch.cat([_features(t[i:i + batch_size], window, n_radial,
                                n_angular, border, n_segments, stride)
-                     for i in range(0, len(t), int(batch_size))])
+                     for i in range(0, len(t), batch_size)])
     out = out.numpy()
     return out[0] if single else out

@@ -130,6 +130,10 @@ def test_inputs_batches_and_dtypes_agree():
     (dict(border=-1), "border must be"),
     (dict(border=20), "border"),
     (dict(batch_size=0), "batch_size"),
+    # a raw int() error, or truncated silently
+    (dict(batch_size="a"), "batch_size must be an integer >= 1; got 'a'"),
+    (dict(batch_size=2.7), "batch_size must be an integer >= 1; got 2.7"),
+    (dict(batch_size=True), "batch_size must be an integer >= 1"),
 ])
 def test_bad_parameters(kwargs, match):
     X = np.ones((1, 32, 32))
@@ -204,3 +208,27 @@ def test_complex_images_are_refused():
     for bad in (X + 1j, torch.from_numpy(X + 0j)):
         with pytest.raises(ValueError, match="X must be real"):
             blur_features(bad, window=16)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (64,), "ab", (0, 64), (-5, 64),
+                                   (64.0, 64), None])
+def test_n_blur_features_refuses_a_bad_image_shape(shape):
+    """(64, 64, 3) raised 'too many values to unpack', (-5, 64) a message on
+    the window."""
+    from deepblur.features import check_feature_params
+
+    with pytest.raises(ValueError, match="image_shape must be a positive int "
+                                         "or a pair of positive ints"):
+        n_blur_features(shape)
+    if shape is not None:
+        with pytest.raises(ValueError, match="image_shape must be"):
+            check_feature_params({}, shape)
+
+
+def test_n_blur_features_shapes_and_numpy_batch_size():
+    assert n_blur_features(64) == n_blur_features((64, 64)) == 290
+    assert n_blur_features(np.array([64, 48])) == n_blur_features((64, 48))
+    X = np.random.default_rng(5).random((3, 32, 32)) + 0.1
+    np.testing.assert_array_equal(blur_features(X, window=16,
+                                                batch_size=np.int64(2)),
+                                  blur_features(X, window=16))
