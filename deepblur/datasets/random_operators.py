@@ -72,8 +72,9 @@ def gaussian_kernel(kernel_shape, sigmas, angle):
     """
     kh, kw = check_positive_int_pair(kernel_shape, "kernel_shape")
     sigmas = _positive_pair(sigmas, "sigmas")
-    if not np.isfinite(angle):
-        raise ValueError(f"angle must be finite; got {angle!r}.")
+    if (not isinstance(angle, Real) or isinstance(angle, bool)
+            or not np.isfinite(angle)):
+        raise ValueError(f"angle must be a finite number; got {angle!r}.")
     y = np.arange(kh) - (kh - 1) // 2
     x = np.arange(kw) - (kw - 1) // 2
     yy, xx = np.meshgrid(y, x, indexing="ij")
@@ -93,7 +94,8 @@ def random_maps(image_shape, n_pairs, rng, *, field_scale=None, smoothing=None):
         Positive.
     n_pairs : int
         Number of maps, at least 1.
-    rng : numpy Generator
+    rng : numpy Generator, int or None
+        The random generator, or a seed for :func:`numpy.random.default_rng`.
     field_scale : float, optional
         Correlation length (pixels) of the random fields, finite and
         non-negative; default ``min(H, W)/6``.
@@ -108,13 +110,20 @@ def random_maps(image_shape, n_pairs, rng, *, field_scale=None, smoothing=None):
     Raises
     ------
     ValueError
-        If ``image_shape``, ``n_pairs``, ``field_scale`` or ``smoothing`` is
-        not as described.
+        If ``image_shape``, ``n_pairs``, ``rng``, ``field_scale`` or
+        ``smoothing`` is not as described.
     """
     H, W = check_positive_int_pair(image_shape, "image_shape")
     n_pairs = _positive_int(n_pairs, "n_pairs")
     _optional_scale(field_scale, "field_scale")
     _optional_scale(smoothing, "smoothing")
+    if not isinstance(rng, np.random.Generator):
+        if rng is not None and (not isinstance(rng, Integral) or isinstance(rng, bool)):
+            raise ValueError(
+                "rng must be a numpy Generator, an int seed or None; got "
+                f"{type(rng).__name__}."
+            )
+        rng = np.random.default_rng(rng)
     field_scale = min(H, W) / 6 if field_scale is None else field_scale
     smoothing = min(H, W) / 16 if smoothing is None else smoothing
     fields = np.stack([

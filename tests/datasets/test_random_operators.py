@@ -75,7 +75,8 @@ def test_unsmoothed_maps_are_allowed():
 
 @pytest.mark.parametrize("sigmas, angle, match", [
     ((0, 1), 0.0, "sigmas"), ((1, np.nan), 0.0, "sigmas"), (1.0, 0.0, "sigmas"),
-    ((1, 1), np.inf, "angle")])
+    ((1, 1), np.inf, "angle"), ((1, 1), "a", "angle must be a finite number"),
+    ((1, 1), None, "angle must be a finite number")])
 def test_gaussian_kernel_bad_parameters(sigmas, angle, match):
     with pytest.raises(ValueError, match=match):
         gaussian_kernel((5, 5), sigmas, angle)
@@ -105,3 +106,12 @@ def test_random_maps_valid_calls_unchanged():
     np.testing.assert_array_equal(a, b)
     assert a.shape == (3, 12, 10)
     np.testing.assert_allclose(a.sum(0), 1.0)
+
+
+def test_random_maps_takes_a_seed_and_refuses_other_rngs():
+    """An int rng raised 'int' object has no attribute 'standard_normal'."""
+    np.testing.assert_array_equal(
+        random_maps((12, 10), 2, 5), random_maps((12, 10), 2, np.random.default_rng(5)))
+    for bad in (np.random.RandomState(0), 1.5, True, "0"):
+        with pytest.raises(ValueError, match="rng must be a numpy Generator"):
+            random_maps((12, 10), 2, bad)
