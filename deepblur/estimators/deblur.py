@@ -157,6 +157,27 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
     max_pixels : int, default=None
         Largest number of pixels of one solve for large images (memory bound);
         default :data:`deepblur.tiling.DEFAULT_MAX_PIXELS`.
+    target_mean : float, default=None
+        Blind mode: each image (each tile of a large one) is multiplied by
+        ``target_mean / mean(image)`` before ``blur_estimator.predict``, the
+        intensity convention the estimator was trained in; the solve still
+        runs on the image as given. For a pretrained model it is
+        ``model_image_mean(model) * training_gain(model)``
+        (:mod:`deepblur.pretrained`, what :func:`~deepblur.pretrained.deblur_image`
+        and :func:`~deepblur.tiling.deblur_large` use). ``None``: the images
+        are predicted as they are, which suits simulated images made in the
+        estimator's own convention. Real images need it: a network reads the
+        blur's gain from the image's brightness, so images in other units
+        (``[0, 1]``, counts) get operators of a wrong gain, and the restored
+        image a wrong brightness.
+    unit_gain : bool, default=False
+        Divide the coefficients (estimated or given) by the gain of their
+        operator (:func:`deepblur.tiling.tile_gains`: the mean of
+        ``H[gamma]`` on a flat image, over its interior with
+        ``boundary="unknown"``), so that the restored image keeps the
+        input's brightness. The gain of a real image's blur is not
+        identifiable: use it (with ``target_mean``) on real images; leave it
+        off on simulated ones, whose operators' gain is part of the truth.
 
     Attributes
     ----------
@@ -226,6 +247,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         "blur_estimator": [None, HasMethods(["predict"])],
         "tile_stride": [None, Interval(Integral, 1, None, closed="left")],
         "max_pixels": [None, Interval(Integral, 1, None, closed="left")],
+        "target_mean": [None, Interval(Real, 0, None, closed="neither")],
+        "unit_gain": ["boolean"],
     }
 
     def __init__(
@@ -244,6 +267,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         blur_estimator=None,
         tile_stride=None,
         max_pixels=None,
+        target_mean=None,
+        unit_gain=False,
     ):
         self.basis = basis
         self.lam = lam
@@ -258,6 +283,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         self.blur_estimator = blur_estimator
         self.tile_stride = tile_stride
         self.max_pixels = max_pixels
+        self.target_mean = target_mean
+        self.unit_gain = unit_gain
 
     # ------------------------------------------------------------------ clone
     def __sklearn_clone__(self):
@@ -287,6 +314,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         super().__setstate__(state)
         # pickled before the parameter existed: the basis's boundary model
         self.__dict__.setdefault("boundary", "model")
+        self.__dict__.setdefault("target_mean", None)
+        self.__dict__.setdefault("unit_gain", False)
         dev = self.__dict__.get("_device")
         if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
             if self.device not in (None, "auto"):
@@ -353,13 +382,69 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
 
     def _gamma(self, X_t, X, gamma, single):
         if gamma is None:
+            estimator = self._predictor()
+            if self.target_mean is not None:
+                X = self._scaled_to_target(X_t)
+            elif single:
+                X = X[None]
             with self._fitted_blur_estimator():
-                gamma = self._predictor().predict(X[None] if single else X)
+                gamma = estimator.predict(X)
             name = "blur_estimator.predict(X)"
         else:
             name = "gamma"
         g = self._check_gamma(gamma, name, X_t.shape[0])
+        if self.unit_gain:
+            g = torch.as_tensor(self._unit_gain(g.detach().cpu().numpy()))
         return g.to(device=X_t.device, dtype=X_t.dtype)
+
+    def _checked_target_mean(self):
+        """``target_mean`` as a float (None stays None), checked positive and
+        finite also after a ``set_params`` that skipped :meth:`fit`."""
+        from deepblur.tiling import _check_target_mean
+
+        return _check_target_mean(self.target_mean)
+
+    def _check_positive_means(self, images):
+        """Refuse, before any estimate, images that ``target_mean`` cannot
+        scale (a non-positive mean); ``images`` is a sequence of (H, W)."""
+        target = self._checked_target_mean()
+        if target is None:
+            return
+        for i, img in enumerate(images):
+            mean = float(np.mean(img, dtype=np.float64))
+            if not mean > 0:
+                raise ValueError(
+                    f"image {i} has a mean intensity {mean:.4g} <= 0: it "
+                    f"cannot be scaled to target_mean={target:.4g} before the "
+                    "blur estimate (the estimator reads intensities, not a "
+                    "signed or background-subtracted image); pass "
+                    "target_mean=None to predict on the images as they are."
+                )
+
+    def _scaled_to_target(self, X_t):
+        """The images (n, H, W) as float32 numpy, each at ``target_mean``."""
+        images = X_t.detach().cpu().numpy().astype(np.float32)
+        self._check_positive_means(images)
+        means = images.reshape(len(images), -1).mean(1, dtype=np.float64)
+        factors = (self._checked_target_mean() / means).astype(np.float32)
+        return images * factors[:, None, None]
+
+    def _unit_gain(self, gamma, grid=None):
+        """``gamma`` (n, K) divided row-wise by its operator's gain."""
+        from deepblur.tiling import tile_gains
+
+        gamma = np.asarray(gamma, dtype=np.float64)
+        gains = tile_gains(self.basis, gamma, interior=self.boundary == "unknown")
+        if not np.all(gains > 0):
+            bad = int(np.argmin(gains))
+            where = (f"tile {bad} (offset {tuple(grid.offsets[bad])})"
+                     if grid is not None else f"image {bad}")
+            raise ValueError(
+                f"the operator of {where} has a non-positive gain "
+                f"{gains[bad]:.4g}: it cannot be rescaled to unit gain; pass "
+                "unit_gain=False."
+            )
+        return gamma / gains[:, None]
 
     # ------------------------------------------------------------------ API
     @_fit_context(prefer_skip_nested_validation=True)
@@ -388,6 +473,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         except TypeError:
             pass
         self._device = resolve_device(self.device)
+        self._checked_target_mean()
         operator = self.basis.operator_
         self.image_shape_ = tuple(int(s) for s in operator.image_shape)
         self.n_components_ = int(operator.n_components)
@@ -458,6 +544,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                          tol=self.tol, inner_iter=self.inner_iter)
         if gamma is None:
             estimator = self._predictor()
+            self._check_positive_means(images)
             # once for the call, not once per image
             _warn_if_windows(estimator, max(
                 tile_grid(img.shape, self.image_shape_, self.tile_stride).n_tiles
@@ -471,10 +558,13 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 with self._fitted_blur_estimator():
                     tiles, grid = estimate_tiles(img, estimator, self.image_shape_,
                                                  stride=self.tile_stride,
+                                                 target_mean=self.target_mean,
                                                  check_boundary=False)
             else:
                 grid = tile_grid(img.shape, self.image_shape_, self.tile_stride)
                 tiles = np.tile(g[i], (grid.n_tiles, 1))
+            if self.unit_gain:
+                tiles = self._unit_gain(tiles, grid)
             restored, info = deblur_stitched(
                 img, self.basis, tiles, grid, lam=self.lam,
                 boundary=self.boundary,

@@ -680,3 +680,118 @@ def test_auto_lam_warns_on_integer_images(basis, data):
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.transform(counts / 255.0, gamma=gamma)
         _est(basis, lam=100.0, max_iter=5).fit(X).transform(counts, gamma=gamma)
+
+
+class _BrightnessReader:
+    """A blur estimator that, like a network trained at a fixed image mean,
+    reads the operator's gain from the image's brightness (gamma = mean/0.5
+    times a fixed direction), and records the means it was given."""
+
+    def __init__(self, direction):
+        self.direction = np.asarray(direction, dtype=np.float64)
+        self.seen = []
+
+    def predict(self, X):
+        means = np.asarray(X, dtype=np.float64).reshape(len(X), -1).mean(1)
+        self.seen.append(means)
+        return means[:, None] / 0.5 * self.direction
+
+
+def _identity_basis(shape, n=2):
+    e = np.zeros((n, 3, 3))
+    e[:, 1, 1] = 1.0
+    return ProductConvolutionBasis.from_components(e, np.full((n,) + shape, 1.0 / n))
+
+
+def test_unit_gain_keeps_the_brightness():
+    """H = 2 I (an identity kernel with gain 2): the solve divides the image
+    by 2, unless unit_gain rescales the operator to gain 1 (closed form: a
+    smooth image deblurred with a large lam is itself)."""
+    basis = _identity_basis(SHAPE)
+    rng = np.random.default_rng(0)
+    X = 0.4 + gaussian_filter(rng.random((2,) + SHAPE), 3.0)
+    gamma = np.array([1.0, 3.0])          # gain (1 + 3) / 2 = 2
+    solve = dict(lam=1e4, tol=1e-8, max_iter=400, dtype="float64")
+    plain = _est(basis, **solve).fit(X).transform(X, gamma=gamma)
+    unit = _est(basis, unit_gain=True, **solve).fit(X).transform(X, gamma=gamma)
+    np.testing.assert_allclose(plain, X / 2, atol=2e-3)
+    np.testing.assert_allclose(unit, X, atol=2e-3)
+    bad = _est(basis, unit_gain=True, **solve).fit(X)
+    with pytest.raises(ValueError, match="non-positive gain .* unit_gain=False"):
+        bad.transform(X, gamma=np.array([1.0, -3.0]))
+
+
+def test_blind_target_mean_scales_what_the_estimator_sees():
+    """Images in other units than the estimator's (here [0, 1] against a
+    network trained at mean 0.5): without target_mean the estimated gain
+    follows the units and the restored brightness is wrong; with target_mean
+    and unit_gain it is the input's, in any units."""
+    basis = _identity_basis(SHAPE)
+    rng = np.random.default_rng(1)
+    X = 0.1 + 0.2 * gaussian_filter(rng.random((2,) + SHAPE), 2.0)    # mean ~0.2
+    solve = dict(lam=1e4, tol=1e-8, max_iter=400, dtype="float64")
+    reader = _BrightnessReader([1.0, 1.0])
+    naive = _est(basis, blur_estimator=reader, **solve).fit(X).transform(X)
+    assert np.all(naive.mean((1, 2)) > 2 * X.mean((1, 2)))   # gain 0.4: too bright
+    for units in (1.0, 1000.0):
+        reader = _BrightnessReader([1.0, 1.0])
+        est = _est(basis, blur_estimator=reader, target_mean=0.5, unit_gain=True,
+                   **solve).fit(X * units)
+        U = est.transform(X * units)
+        np.testing.assert_allclose(reader.seen[-1], 0.5, rtol=1e-6)
+        np.testing.assert_allclose(U.mean((1, 2)), units * X.mean((1, 2)), rtol=1e-3)
+        one = est.transform(X[0] * units)                      # a single image
+        np.testing.assert_allclose(reader.seen[-1], [0.5], rtol=1e-6)
+        np.testing.assert_allclose(one, U[0], rtol=1e-5, atol=1e-6 * units)
+
+
+def test_blind_target_mean_on_large_images_scales_every_tile():
+    basis = _identity_basis((24, 24))
+    rng = np.random.default_rng(2)
+    X = 0.1 + 0.2 * gaussian_filter(rng.random((40, 56)), 2.0)
+    reader = _BrightnessReader([1.0, 1.0])
+    est = _est(basis, blur_estimator=reader, target_mean=0.5, unit_gain=True,
+               lam=1e4, tol=1e-8, max_iter=400, dtype="float64").fit(X)
+    U = est.transform(X)
+    seen = np.concatenate(reader.seen)
+    assert seen.size > 1
+    np.testing.assert_allclose(seen, 0.5, rtol=1e-6)
+    np.testing.assert_allclose(U.mean(), X.mean(), rtol=2e-3)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_blind_target_mean_refuses_images_of_non_positive_mean(large):
+    """Refused before any estimate (the estimator is never called)."""
+    shape = (40, 56) if large else SHAPE
+    basis = _identity_basis(SHAPE)
+    X = np.stack([np.full(shape, 0.3), np.full(shape, -0.1)])
+    reader = _BrightnessReader([1.0, 1.0])
+    est = _est(basis, blur_estimator=reader, target_mean=0.5).fit(X)
+    with pytest.raises(ValueError, match="image 1 has a mean intensity -0.1 <= 0"):
+        est.transform(X)
+    assert reader.seen == []
+
+
+def test_target_mean_checked_in_fit_and_after_set_params(basis, data):
+    X = data[0]
+    with pytest.raises(ValueError, match="target_mean"):
+        _est(basis, target_mean=-1.0).fit(X)
+    est = _est(basis, blur_estimator=_BrightnessReader(np.ones(K))).fit(X)
+    est.set_params(target_mean=float("inf"))
+    with pytest.raises(ValueError, match="target_mean must be positive and finite"):
+        est.transform(X)
+
+
+def test_pickles_without_the_new_parameters_load(basis, data):
+    """A TVDeblurrer pickled before target_mean and unit_gain existed loads
+    with their defaults (the old behaviour)."""
+    import pickle
+
+    est = _est(basis).fit(data[0])
+    state = dict(est.__getstate__())
+    del state["target_mean"], state["unit_gain"]
+    old = TVDeblurrer.__new__(TVDeblurrer)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old.target_mean is None and old.unit_gain is False
+    np.testing.assert_allclose(old.transform(data[0], gamma=data[2]),
+                               est.transform(data[0], gamma=data[2]))
