@@ -962,7 +962,7 @@ def cmd_train(args):
         train_regressor,
     )
     from deepblur.pretrained._default import check_setting_params
-    from deepblur.pretrained._train import check_training_params
+    from deepblur.pretrained._train import check_training_params, checkpoint_files
 
     config = _read_config(args.config)
     base = Path(args.config).resolve().parent
@@ -978,14 +978,16 @@ def cmd_train(args):
                        "of files; name another output.")
     checkpoint_dir = resolve(config["checkpoint_dir"]) if "checkpoint_dir" in \
         config else output / "checkpoints"
-    has_checkpoint = (checkpoint_dir / "params.pt").exists()
+    # any file of one (train_regressor refuses them all without resume)
+    has_checkpoint = bool(checkpoint_files(checkpoint_dir))
     if has_checkpoint and not (args.resume or args.overwrite):
         raise CLIError(
             f"{checkpoint_dir} already holds a checkpoint: pass --resume to continue "
             "it, or --overwrite to start over."
         )
-    if has_checkpoint and args.overwrite and not args.resume:
+    if args.overwrite and not args.resume:
         # start over: a later --resume must not pick up the old run's epochs
+        # (nor train_crop_network meet a crop network's checkpoint of its own)
         from deepblur.pretrained._train import remove_checkpoint
 
         remove_checkpoint(checkpoint_dir)

@@ -1329,6 +1329,41 @@ def test_train_regressor_validates_and_resumes_only_from_a_checkpoint(
                         **dict(kw, width=8))
 
 
+@pytest.mark.parametrize("name", ["params.pt", "optimizer.pt", "criterion.pt",
+                                  "history.json"])
+def test_a_fresh_training_refuses_a_directory_holding_a_checkpoint(
+        small_setting, tmp_path, monkeypatch, name):
+    """Without resume, a checkpoint in checkpoint_dir is refused before any
+    work: the new run would rewrite run.json at once but the old run's
+    weights and history only after its first epoch, and a resume of the new
+    run interrupted before then went on from the old run's epochs."""
+    import deepblur.pretrained._train as T
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("no data before the checkpoint_dir is checked")
+
+    monkeypatch.setattr(T, "BlurDataset", no_data)
+    monkeypatch.setattr(T, "_pool_with_points", no_data)
+    (tmp_path / name).write_text("an older run's")
+    (tmp_path / "run.json").write_text('{"epochs": 2}')
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    kw = dict(n_images=32, epochs=2, batch_size=8, width=4, depth=1,
+              stem_stride=2, num_workers=0, verbose=0, checkpoint_dir=tmp_path)
+    match = (rf"holds a checkpoint \({name}\): pass resume=True to continue it, "
+             "or remove it")
+    with pytest.raises(ValueError, match=match):
+        train_regressor(small_setting, pool, **kw)
+    with pytest.raises(ValueError, match=match):
+        train_crop_network(small_setting, pool, checkpoint_dir=tmp_path,
+                           **TINY_CROP)
+    assert (tmp_path / "run.json").read_text() == '{"epochs": 2}'    # untouched
+    # a directory with the record alone (a run stopped in its first epoch)
+    # holds no checkpoint: a fresh training may start there
+    (tmp_path / name).unlink()
+    with pytest.raises(AssertionError, match="no data before"):
+        train_regressor(small_setting, pool, **kw)
+
+
 @pytest.mark.filterwarnings("ignore::deepblur.exceptions.NoisyImageWarning")
 def test_training_takes_numpy_integers(small_setting, tmp_path):
     """Hyper-parameters from a NumPy grid (np.int64) train as Python ints do:

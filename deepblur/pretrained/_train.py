@@ -153,6 +153,32 @@ def remove_checkpoint(directory):
         (directory / name).unlink(missing_ok=True)
 
 
+def checkpoint_files(directory):
+    """The checkpoint files of :func:`train_regressor` that ``directory``
+    holds (their names; none if it does not exist)."""
+    directory = Path(directory)
+    return [name for name in _CHECKPOINT_FILES.values()
+            if (directory / name).exists()]
+
+
+def _check_fresh_checkpoint_dir(checkpoint_dir, resume):
+    """Refuse to start a training (``resume=False``) over a checkpoint: its
+    ``run.json`` would be replaced at once but the old run's weights,
+    optimizer and history only at the end of the first epoch, and a resume
+    after an interruption before then would go on from the old run's epochs
+    under the new run's parameters, without a word."""
+    if resume or checkpoint_dir is None:
+        return
+    found = checkpoint_files(checkpoint_dir)
+    if found:
+        raise ValueError(
+            f"checkpoint_dir {str(checkpoint_dir)!r} holds a checkpoint "
+            f"({', '.join(found)}): pass resume=True to continue it, or remove "
+            f"it ({', '.join((*_CHECKPOINT_FILES.values(), _RUN_FILE))}) to "
+            "start over, or name another directory."
+        )
+
+
 def finished_epochs(net):
     """Number of epochs of ``net.history`` that ran to their end."""
     return sum(1 for row in net.history if "dur" in row)
@@ -484,7 +510,8 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         batches use ``random_state + 1``).
     checkpoint_dir : str or Path, optional
         Save the parameters, optimizer, criterion and history after every
-        epoch there (skorch ``Checkpoint``).
+        epoch there (skorch ``Checkpoint``). Without ``resume``, a directory
+        that already holds a checkpoint is refused.
     resume : bool, default=False
         Continue from the checkpoint in ``checkpoint_dir``: its finished
         epochs are kept, the learning-rate schedule and the data stream go on
@@ -509,6 +536,14 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     KeyboardInterrupt
         When the training was interrupted (skorch stops quietly on Ctrl-C):
         the finished epochs are in the checkpoint, resume with ``resume=True``.
+    ValueError
+        Before any work, when ``resume=False`` and ``checkpoint_dir`` holds a
+        checkpoint (its ``params.pt``, ``optimizer.pt``, ``criterion.pt`` or
+        ``history.json``): the new run would replace them only at the end of
+        its first epoch, and an interruption before then left the old run's
+        weights and history to be resumed under the new run's parameters.
+        Continue it with ``resume=True``, or remove those files (and
+        ``run.json``) to start over, as ``deepblur train --overwrite`` does.
     """
     _check_not_path(images)
     from skorch.callbacks import LRScheduler, ProgressBar
@@ -539,6 +574,7 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         _check_range(noise_std, "noise_std")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from.")
+    _check_fresh_checkpoint_dir(checkpoint_dir, resume)
     basis, sampler = setting["basis"], setting["sampler"]
     # one set of draws serves the output bias and the moments' standardisation,
     # from a fresh stream of the sampler: the network does not depend on what
@@ -1138,9 +1174,10 @@ def train_crop_network(setting, images, *, n_images=384_000, epochs=10,
 num_workers, device, compile, mixed_precision, checkpoint_dir, resume, \
 progress_bar, verbose
         As in :func:`train_regressor` (an interrupted training resumes with
-        ``resume=True``; the branch is fitted after the last epoch, on images
-        simulated in this process whatever ``num_workers``, as the shipped
-        crop network's were).
+        ``resume=True``; without it, a ``checkpoint_dir`` holding a
+        checkpoint is refused; the branch is fitted after the last epoch, on
+        images simulated in this process whatever ``num_workers``, as the
+        shipped crop network's were).
     pool_size : int, default=2000
         Patches of ``images`` in each pool.
     noise_std : float or (low, high), default=(0.0, 0.05)
@@ -1176,6 +1213,9 @@ progress_bar, verbose
         noise_std=noise_std, point_fraction=point_fraction,
         head_images=head_images, head_batch_size=head_batch_size,
         blur_features=blur_features, **_setting_shape(setting))
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from.")
+    _check_fresh_checkpoint_dir(checkpoint_dir, resume)   # before the pools
     basis, sampler = setting["basis"], setting["sampler"]
     shape = tuple(int(s) for s in basis.image_shape_)
     crop = dict(setting, params=dict(setting["params"], boundary="crop",
