@@ -1365,6 +1365,65 @@ def test_a_fresh_training_refuses_a_directory_holding_a_checkpoint(
 
 
 @pytest.mark.filterwarnings("ignore::deepblur.exceptions.NoisyImageWarning")
+def test_a_checkpoint_resumes_with_either_value_of_compile(small_setting,
+                                                           tmp_path, monkeypatch):
+    """The checkpoint holds the uncompiled network's weights (torch.compile's
+    wrapper prefixes its keys with "_orig_mod."): an interrupted training goes
+    on compiled or not, as if it had not stopped, and a checkpoint written
+    compiled by an earlier version (prefixed keys) loads too."""
+    import functools
+
+    from deepblur.datasets.simulate import BlurDataset
+
+    # the eager backend: a compiled module without the compiler's minutes
+    monkeypatch.setattr(torch, "compile",
+                        functools.partial(torch.compile, backend="eager"))
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    bias = small_setting["sampler"].sample(1000).mean(0)
+    kw = dict(n_images=32, epochs=2, batch_size=8, width=4, depth=1,
+              stem_stride=2, num_workers=0, output_bias=bias, device="cpu",
+              verbose=0)
+    X = pool[:3].astype(np.float32)
+    whole = train_regressor(small_setting, pool, **kw).predict(X)
+    real_iter = BlurDataset.__iter__
+
+    def interrupted_in_epoch_2(self):     # (epochs count from 1 there)
+        if self._epoch_set and self._epoch >= 2:
+            raise KeyboardInterrupt
+        yield from real_iter(self)
+
+    def first_epoch(directory, compile):
+        with monkeypatch.context() as m:
+            m.setattr(BlurDataset, "__iter__", interrupted_in_epoch_2)
+            with pytest.raises(KeyboardInterrupt, match="after 1 of 2"):
+                train_regressor(small_setting, pool, checkpoint_dir=directory,
+                                compile=compile, **kw)
+
+    first_epoch(tmp_path / "compiled", True)
+    for name in ("params.pt", "criterion.pt"):
+        state = torch.load(tmp_path / "compiled" / name, weights_only=True)
+        assert not any(k.startswith("_orig_mod.") for k in state)
+    net = train_regressor(small_setting, pool, checkpoint_dir=tmp_path / "compiled",
+                          resume=True, compile=False, **kw)
+    assert len(net.history) == 2
+    np.testing.assert_allclose(net.predict(X), whole, rtol=1e-5, atol=1e-6)
+    first_epoch(tmp_path / "plain", False)
+    for name in ("params.pt", "criterion.pt"):      # as written compiled before
+        path = tmp_path / "plain" / name
+        state = torch.load(path, weights_only=True)
+        torch.save({"_orig_mod." + k: v for k, v in state.items()}, path)
+    for compile in (True, False):
+        directory = tmp_path / f"old-{compile}"
+        directory.mkdir()
+        for path in (tmp_path / "plain").iterdir():
+            (directory / path.name).write_bytes(path.read_bytes())
+        net = train_regressor(small_setting, pool, checkpoint_dir=directory,
+                              resume=True, compile=compile, **kw)
+        assert len(net.history) == 2
+        np.testing.assert_allclose(net.predict(X), whole, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::deepblur.exceptions.NoisyImageWarning")
 def test_training_takes_numpy_integers(small_setting, tmp_path):
     """Hyper-parameters from a NumPy grid (np.int64) train as Python ints do:
     the same network, and a run.json of integers that a resume with Python

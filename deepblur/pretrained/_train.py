@@ -9,6 +9,7 @@ for real images (``examples/train_crop_model.py``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -356,14 +357,57 @@ class _SigintDeferred:
         return False
 
 
+#: What ``torch.compile``'s wrapper prefixes to every key of its state_dict.
+_COMPILED_PREFIX = "_orig_mod."
+
+
+class _PlainState:
+    """A network's (or loss's) state as a checkpoint holds it: that of the
+    module unwrapped from ``torch.compile``, whose keys carry no
+    ``"_orig_mod."`` prefix, loaded from files with or without it (those
+    that compiled trainings wrote before)."""
+
+    def __init__(self, component):
+        self.component = getattr(component, "_orig_mod", component)
+
+    def state_dict(self):
+        return self.component.state_dict()
+
+    def load_state_dict(self, state_dict):
+        from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+        consume_prefix_in_state_dict_if_present(state_dict, _COMPILED_PREFIX)
+        return self.component.load_state_dict(state_dict)
+
+
+@contextlib.contextmanager
+def _uncompiled_state(net):
+    """Within the block, skorch's ``save_params`` and ``load_params`` of
+    ``net`` read and write the state of its module and criterion unwrapped
+    from ``torch.compile`` (:class:`_PlainState`): a checkpoint then resumes
+    with either value of ``compile`` (the optimizer's state is indexed by the
+    parameters' order, which the wrapper keeps)."""
+    held = {name + "_": getattr(net, name + "_")
+            for name in (*net._modules, *net._criteria)
+            if isinstance(getattr(net, name + "_", None), torch.nn.Module)}
+    try:
+        for attr, component in held.items():
+            setattr(net, attr, _PlainState(component))
+        yield net
+    finally:
+        for attr, component in held.items():
+            setattr(net, attr, component)
+
+
 class _WholeCheckpoint(Checkpoint):
     """skorch's Checkpoint, whose files (weights, optimizer, criterion, then
     history) are written whole: a Ctrl-C between them left the weights of
     epoch N beside the history of N - 1, and a resume then trained epoch N
-    twice without a word."""
+    twice without a word. The weights are those of the uncompiled network
+    (:func:`_uncompiled_state`)."""
 
     def save_model(self, net):
-        with _SigintDeferred():
+        with _SigintDeferred(), _uncompiled_state(net):
             super().save_model(net)
 
 
@@ -486,7 +530,9 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         CPU a training step of the width-16 network ran 25 % faster (464 to
         578 images/s, 1 thread, batches of 256) after about 30 s of
         compilation (benchmarks/README.md), so it pays off for runs longer
-        than a few minutes.
+        than a few minutes. A resume need not repeat it: the checkpoint
+        holds the uncompiled network's weights and goes on with or without
+        it (so do checkpoints that earlier versions wrote compiled).
     mixed_precision : {None, "bf16"}, default=None
         Train the forward pass in bfloat16
         (:class:`~deepblur.ResNetBlurRegressor`'s ``mixed_precision``): on a
@@ -924,7 +970,8 @@ def _resume(net, data, checkpoint_dir, epochs):
     import pickle
 
     try:
-        net.load_params(checkpoint=dict(net.callbacks_)["checkpoint"])
+        with _uncompiled_state(net):    # written with or without compile
+            net.load_params(checkpoint=dict(net.callbacks_)["checkpoint"])
     except (pickle.UnpicklingError, EOFError, OSError) as exc:
         # (the unpickler's own message suggests weights_only=False: unsafe on
         # a file one did not write, so it is not repeated)
