@@ -1276,6 +1276,13 @@ def test_train_errors(capsys, tmp_path):
                 ("n_components = 2.5", "n_components must be a positive int"),
                 ('symmetry = "x"', "symmetry must be one of")):
             assert message in error("[setting]\n" + text)
+        # CUDA where there is none, also with num_workers given (the device
+        # was then resolved only after the setting's fit)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda: False)
+            for extra in ("", "num_workers = 0\n", "num_workers = 1\n"):
+                assert "CUDA is not available" in error(
+                    'device = "cuda"\n' + extra)
     finally:
         deepblur.pretrained.make_default_setting = real_fit
     assert not (tmp_path / "deepblur_model").exists()

@@ -1680,11 +1680,19 @@ def test_check_training_params_checks_mixed_precision_on_the_device(monkeypatch)
     from deepblur.pretrained._train import check_training_params
 
     check_training_params(mixed_precision="bf16", device="cpu")
-    check_training_params(mixed_precision=None, device="cuda")  # nothing to check
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available"):
         check_training_params(mixed_precision="bf16", device="cuda")
+    # the device whenever it is given (deepblur train checked it before the
+    # setting's fit only to choose num_workers, when not given)
+    for params in (dict(mixed_precision=None), dict(num_workers=0), {}):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            check_training_params(device="cuda", **params)
+    with pytest.raises(ValueError, match="must be a torch device"):
+        check_training_params(device="gpu")
+    check_training_params(device="auto", num_workers=0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_training_params(mixed_precision=None, device="cuda")  # nothing to check
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))

@@ -249,9 +249,15 @@ def check_training_params(**params):
         ``compile`` (bool), ``mixed_precision`` (None or ``"bf16"``),
         ``moment_stage`` (None or a stage, 1 to 4), ``moment_weight``
         (non-negative number), ``random_state`` (an integer from 0 to
-        2**31 - 1: the seeds derived from it stay within NumPy's range) and
-        ``image_shape`` (the setting's: with ``stem_stride``, the network's
-        four stages must fit in it).
+        2**31 - 1: the seeds derived from it stay within NumPy's range),
+        ``device`` (a torch device name or ``"auto"``; CUDA must be
+        available where it is asked for) and ``image_shape`` (the setting's:
+        with ``stem_stride``, the network's four stages must fit in it).
+
+    Raises
+    ------
+    ValueError
+        Naming the first parameter refused.
     """
     for name in ("n_images", "epochs", "batch_size", "width", "depth",
                  "stem_stride", "pool_size", "gammas_per_image", "num_workers"):
@@ -294,13 +300,14 @@ def check_training_params(**params):
         raise ValueError(
             f"compile must be true or false; got {params['compile']!r}."
         )
+    device = None
+    if "device" in params:  # a bad name, or CUDA where there is none
+        device = resolve_device(params["device"])
     if "mixed_precision" in params:     # on the training device, if known
-        device = torch.device("cpu")
-        if params["mixed_precision"] is not None:
-            try:    # the trainings' default device is "auto" (CUDA if any)
-                device = resolve_device(params.get("device") or "auto")
-            except (RuntimeError, TypeError):   # a bad name fails in training
-                pass
+        if params["mixed_precision"] is None:
+            device = torch.device("cpu")    # nothing to check
+        elif device is None:    # the trainings' default device is "auto"
+            device = resolve_device("auto")
         check_mixed_precision(params["mixed_precision"], device)
     if params.get("head", "spatial") not in ("spatial", "avg"):
         raise ValueError(
