@@ -225,6 +225,44 @@ def _regrouped(pieces, size):
         yield torch.cat(xs), torch.cat(ys)
 
 
+class _NoLoneLastBatch(torch.utils.data.Sampler):
+    """Batches of ``batch_size`` indices of ``sampler``, as
+    ``BatchSampler(sampler, batch_size, drop_last=False)`` makes them, except
+    that a last batch of one index is joined to the batch before it."""
+
+    def __init__(self, sampler, batch_size):
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+
+    def __iter__(self):
+        batches = list(torch.utils.data.BatchSampler(self.sampler, self.batch_size,
+                                                     drop_last=False))
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            last = batches.pop()
+            batches[-1] = batches[-1] + last
+        return iter(batches)
+
+    def __len__(self):
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (rest > 1 or (rest == 1 and full == 0))
+
+
+def _lone_last_image(dataset, iterator, kwargs, size):
+    """Whether the training batches of ``size`` images of a map-style
+    ``dataset`` (batched by a ``DataLoader`` whose sampling the caller left
+    to skorch) would end with a batch of one image."""
+    if (isinstance(dataset, torch.utils.data.IterableDataset)
+            or not hasattr(dataset, "__len__")
+            or not (isinstance(iterator, type)
+                    and issubclass(iterator, torch.utils.data.DataLoader))
+            or {"sampler", "batch_sampler", "drop_last"} & set(kwargs)
+            or not isinstance(size, Integral) or isinstance(size, bool)
+            or size < 2):
+        return False
+    n = len(dataset)
+    return n > size and n % size == 1
+
+
 class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                           NeuralNetRegressor):
     r"""Estimate the coefficients ``gamma`` of a space-varying blur from one image.
@@ -389,6 +427,19 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     wrong width of ``y`` are errors. The images must follow the scale
     convention of the simulator (clean image mean ``image_mean``), which
     makes the scale of ``gamma`` identifiable.
+
+    In training, arrays (and other map-style datasets) are batched as skorch
+    does, except that an epoch whose last batch would hold a single image
+    (``n_train % batch_size == 1``, e.g. in the folds of a grid search)
+    joins it to the batch before, of ``batch_size + 1`` images: batch
+    normalisation cannot normalise one image whose last stage is 1x1 (images
+    of the network's smallest size, 16x16 at the default ``stem_stride=2``),
+    which torch refuses ("Expected more than 1 value per channel when
+    training"), and one image gives it noisy statistics at any size. Every
+    image is still trained on in every epoch (in the order, shuffled or not,
+    that the loader draws); other sizes batch as before. Passing
+    ``iterator_train__sampler``, ``iterator_train__batch_sampler`` or
+    ``iterator_train__drop_last`` leaves the batching to them.
 
     Examples
     --------
@@ -647,7 +698,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     def get_iterator(self, dataset, training=False):
         """``BlurDataset`` yields whole batches: no re-batching, no shuffling.
         Other data are batched as skorch does, with a batch size given as a
-        NumPy integer (a grid of ``np.arange`` values) taken as an int."""
+        NumPy integer (a grid of ``np.arange`` values) taken as an int, and
+        in training without a last batch of one image (see Notes)."""
         kwargs = self.get_params_for(
             "iterator_train" if training else "iterator_valid")
         if isinstance(dataset, BlurDataset):
@@ -655,10 +707,22 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
             kwargs.pop("shuffle", None)
             return torch.utils.data.DataLoader(dataset, batch_size=None, **kwargs)
         size = kwargs.get("batch_size", self.batch_size)
-        if isinstance(size, Integral) and not isinstance(size, (bool, int)):
-            kwargs["batch_size"] = len(dataset) if size == -1 else int(size)
-            iterator = self.iterator_train if training else self.iterator_valid
-            return iterator(dataset, **kwargs)
+        iterator = self.iterator_train if training else self.iterator_valid
+        if isinstance(size, Integral) and not isinstance(size, bool):
+            whole = len(dataset) if size == -1 else int(size)
+            if training and _lone_last_image(dataset, iterator, kwargs, whole):
+                # see Notes: the lone last image joins the batch before it
+                # (drawn in the order, shuffled or not, the loader would use)
+                kwargs.pop("batch_size", None)
+                sampler = (torch.utils.data.RandomSampler(
+                    dataset, generator=kwargs.get("generator"))
+                    if kwargs.pop("shuffle", False)
+                    else torch.utils.data.SequentialSampler(dataset))
+                return iterator(dataset, batch_sampler=_NoLoneLastBatch(
+                    sampler, whole), **kwargs)
+            if not isinstance(size, int):
+                kwargs["batch_size"] = whole
+                return iterator(dataset, **kwargs)
         return super().get_iterator(dataset, training=training)
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None,

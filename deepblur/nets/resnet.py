@@ -218,6 +218,15 @@ class ResNet(nn.Module):
         was 0.2-0.4 point worse (two seeds; benchmarks/README.md, "Supervising
         the local PSF moments").
 
+    Notes
+    -----
+    In training mode, batch normalisation needs more than one value per
+    channel: where the last stage is 1x1 (images of the smallest size taken,
+    ``stem_stride * 2**(n_stages - 1)`` pixels a side: 16 by default), torch
+    refuses a batch of one image. :class:`~deepblur.ResNetBlurRegressor`
+    never trains on one: a lone last image of an epoch joins the batch before
+    (see its Notes).
+
     Examples
     --------
     >>> import torch

@@ -14,7 +14,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils import get_tags
-from skorch.callbacks import Checkpoint, EarlyStopping, LoadInitState
+from skorch.callbacks import Callback, Checkpoint, EarlyStopping, LoadInitState
 
 from deepblur.datasets.simulate import BlurDataset, make_blurred_images
 from deepblur.estimators.basis import ProductConvolutionBasis
@@ -1046,3 +1046,47 @@ def test_test_time_augmentation_bad_input(setting):
     with pytest.raises(ValueError, match="basis=None"):
         ResNetBlurRegressor(test_time_augmentation="dihedral",
                             module__n_outputs=3, **SMALL).initialize().predict(X)
+
+
+class _BatchSizes(Callback):
+    """Records the size of every training batch."""
+
+    def initialize(self):
+        self.sizes = []
+        return self
+
+    def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+        if training:
+            self.sizes.append(len(batch[0]))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_lone_last_training_image_joins_the_batch_before(setting, shuffle):
+    """16x16 images: the network's last stage is 1x1, where BatchNorm refuses a
+    training batch of one image. A training set of n_train % batch_size == 1
+    images (e.g. a fold of a grid search) gives its last image to the batch
+    before; other sizes batch as before, and every image is trained on."""
+    basis, _, _, X, y = setting
+    kw = dict(SMALL, max_epochs=2, train_split=None,
+              iterator_train__shuffle=shuffle)
+    for n, sizes in ((17, [17]), (33, [16, 17]), (18, [16, 2]), (16, [16])):
+        record = _BatchSizes()
+        ResNetBlurRegressor(basis=basis, callbacks=[record], **kw).fit(X[:n], y[:n])
+        assert record.sizes == sizes * 2
+    # with the default validation split (22 images: 17 to train on), and a
+    # batch size given as a NumPy integer
+    record = _BatchSizes()
+    ResNetBlurRegressor(basis=basis, callbacks=[record],
+                        **dict(SMALL, max_epochs=1,
+                               batch_size=np.int64(16))).fit(X[:22], y[:22])
+    assert record.sizes == [17]
+    # the batches hold every image once, in the sampler's order
+    from deepblur.estimators.regressor import _NoLoneLastBatch
+
+    for n in range(1, 40):
+        batches = list(_NoLoneLastBatch(range(n), 8))
+        assert len(batches) == len(_NoLoneLastBatch(range(n), 8))
+        assert sum(batches, []) == list(range(n))
+        assert all(len(b) > 1 for b in batches) or n == 1
+        plain = list(torch.utils.data.BatchSampler(range(n), 8, drop_last=False))
+        assert batches == plain or n % 8 == 1
