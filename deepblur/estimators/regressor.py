@@ -954,8 +954,10 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         Parameters
         ----------
         X : array-like of shape (n, H, W) or (n, 1, H, W), or BlurDataset
-            Training images (a ``BlurDataset`` is read once, batch by batch);
-            not the images the network was trained on, if possible.
+            Training images (a ``BlurDataset`` is read once, batch by batch;
+            arrays by batches of the regressor's ``batch_size``, -1 for one
+            batch, as skorch reads them); not the images the network was
+            trained on, if possible.
         y : array-like of shape (n, K), default=None
             Their ``gamma`` (``None`` with a ``BlurDataset``).
         alphas : array-like of float, default=None
@@ -1028,7 +1030,12 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
             self.check_data(X, y)
             Xt = _check_images(X, self._image_shape())
             targets = check_gamma_targets(y, gram.shape[0])
-            step = int(self.batch_size)
+            step = self.batch_size
+            if (not isinstance(step, Integral) or isinstance(step, bool)
+                    or not (step >= 1 or step == -1)):
+                raise ValueError(f"batch_size must be a positive int or -1 (one "
+                                 f"batch); got {step!r}.")
+            step = len(Xt) if step == -1 else int(step)     # as skorch's
             batches = [(Xt[i:i + step], targets[i:i + step])
                        for i in range(0, len(Xt), step)]
         P, F, Y = [], [], []

@@ -1090,3 +1090,25 @@ def test_a_lone_last_training_image_joins_the_batch_before(setting, shuffle):
         assert all(len(b) > 1 for b in batches) or n == 1
         plain = list(torch.utils.data.BatchSampler(range(n), 8, drop_last=False))
         assert batches == plain or n % 8 == 1
+
+
+def test_feature_head_takes_batch_size_minus_one(setting):
+    """batch_size=-1 is skorch's one batch (fit and predict honour it): the
+    head read no batch at all (range(0, n, -1))."""
+    basis, _, _, X, y = setting
+    feats = dict(window=8, n_radial=2, n_angular=2, border=3, n_segments=2)
+    net = ResNetBlurRegressor(basis=basis, module__blur_features=feats,
+                              module__image_shape=(16, 16),
+                              **dict(SMALL, batch_size=-1)).initialize()
+    state = copy.deepcopy(net.module_.state_dict())
+    net.fit_feature_head(X, y)
+    assert net.feature_head_n_images_ == len(X)
+    one_batch = net.predict(X)
+    net.module_.load_state_dict(state)
+    net.set_params(batch_size=len(X)).fit_feature_head(X, y)
+    np.testing.assert_allclose(one_batch, net.predict(X), rtol=1e-6, atol=1e-7)
+    for bad in (0, -2, 2.5, True):
+        net.set_params(batch_size=bad)
+        with pytest.raises(ValueError, match=r"batch_size must be a positive int "
+                                             r"or -1 \(one batch\)"):
+            net.fit_feature_head(X, y)
