@@ -64,6 +64,9 @@ def _check_images(X, image_shape=None, name="X"):
     """(n, H, W) or (n, 1, H, W), finite -> float32 tensor (n, 1, H, W)."""
     if torch.is_tensor(X):
         t = X.detach()
+        # as for arrays: a cast would drop an imaginary part, take booleans
+        if t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}.")
     else:
         arr = np.asarray(X)
         if arr.dtype.kind not in "fiu":

@@ -1112,3 +1112,19 @@ def test_feature_head_takes_batch_size_minus_one(setting):
         with pytest.raises(ValueError, match=r"batch_size must be a positive int "
                                              r"or -1 \(one batch\)"):
             net.fit_feature_head(X, y)
+
+
+def test_tensors_of_complex_or_bool_dtype_are_refused(setting):
+    """As arrays of those dtypes are: a complex tensor lost its imaginary part
+    (with torch's warning only), a boolean one was read as 0/1 images."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).initialize()
+    Xt = torch.from_numpy(X[:4])
+    for bad in (Xt.to(torch.complex64), Xt > 0.5):
+        with pytest.raises(ValueError, match=rf"X must hold real numbers; got "
+                                             rf"dtype {bad.dtype}"):
+            net.predict(bad)
+        with pytest.raises(ValueError, match="must hold real numbers"):
+            net.fit(bad, y[:4])
+    assert net.predict(Xt.double()).shape == (4, 3)      # real tensors: as before
+    assert net.predict(Xt.to(torch.int32)).shape == (4, 3)
