@@ -91,6 +91,18 @@ def _check_images(X, image_shape=None, name="X"):
     return t
 
 
+def _refuse_sample_weight(fit_params, method):
+    """Refuse ``sample_weight`` among the parameters of a training call:
+    skorch hands them to the split and the module's ``forward``, which failed
+    on it with their own messages."""
+    if "sample_weight" in fit_params:
+        raise ValueError(
+            f"sample_weight is not supported for training ({method}): the loss "
+            "weighs every image alike; score takes sample_weight, to weigh the "
+            "images' errors."
+        )
+
+
 # set_params prefixes that re-initialise no component (see its docstring)
 _PASSIVE_PREFIXES = ("iterator_train", "iterator_valid", "dataset")
 
@@ -790,6 +802,50 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         vars(self).pop("training_noise_std_", None)
         vars(self).pop("training_boundary_", None)
         return self
+
+    def fit(self, X, y=None, **fit_params):
+        """Initialise the network (unless ``warm_start``) and train it (skorch).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W) or (n, 1, H, W), or a Dataset
+            Training images, or a :class:`~deepblur.datasets.BlurDataset`.
+        y : array-like of shape (n, K), default=None
+            Their ``gamma`` (``None`` with a ``BlurDataset``).
+        **fit_params
+            Passed on by skorch (to the module's ``forward``).
+
+        Returns
+        -------
+        self : ResNetBlurRegressor
+
+        Raises
+        ------
+        ValueError
+            For ``sample_weight``: the loss weighs every training image alike
+            (:meth:`score` takes weights); refused before the network is
+            initialised, so a fitted one keeps its weights.
+        """
+        _refuse_sample_weight(fit_params, "fit")
+        return super().fit(X, y, **fit_params)
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """Train the network further (skorch), initialising it if needed.
+
+        Parameters are those of :meth:`fit` (``classes`` is skorch's, unused
+        by a regressor).
+
+        Returns
+        -------
+        self : ResNetBlurRegressor
+
+        Raises
+        ------
+        ValueError
+            For ``sample_weight``, as :meth:`fit`.
+        """
+        _refuse_sample_weight(fit_params, "partial_fit")
+        return super().partial_fit(X, y, classes=classes, **fit_params)
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         """skorch's training loop, recording the noise of the training images.

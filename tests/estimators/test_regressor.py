@@ -1128,3 +1128,19 @@ def test_tensors_of_complex_or_bool_dtype_are_refused(setting):
             net.fit(bad, y[:4])
     assert net.predict(Xt.double()).shape == (4, 3)      # real tensors: as before
     assert net.predict(Xt.to(torch.int32)).shape == (4, 3)
+
+
+def test_training_refuses_sample_weight(setting):
+    """skorch handed sample_weight to the split or the module's forward, which
+    failed with their own messages; a fitted network keeps its weights."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).initialize()
+    state = copy.deepcopy(net.module_.state_dict())
+    for method in ("fit", "partial_fit"):
+        with pytest.raises(ValueError, match=rf"sample_weight is not supported for "
+                                             rf"training \({method}\).*score "
+                                             r"takes sample_weight"):
+            getattr(net, method)(X, y, sample_weight=np.ones(len(X)))
+    for key, value in net.module_.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    assert len(net.history) == 0
