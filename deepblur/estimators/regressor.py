@@ -899,6 +899,14 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
             The network's outputs, projected on the sampler's support when
             ``sampler`` is given and ``project`` is True.
 
+        Raises
+        ------
+        ValueError
+            When some of the network's estimates are not finite (NaN or Inf):
+            its weights diverged in training or are damaged (the message says
+            whether they are finite). :meth:`score` and
+            :meth:`support_distance` raise it too.
+
         Warns
         -----
         NoisyImageWarning
@@ -941,7 +949,34 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
 
     def _estimates(self, X):
         """The network's estimates (averaged over the transformed copies with
-        ``test_time_augmentation``), before any projection."""
+        ``test_time_augmentation``), before any projection; refused when not
+        finite (:meth:`_check_finite_estimates`)."""
+        return self._check_finite_estimates(self._raw_estimates(X))
+
+    def _check_finite_estimates(self, gamma):
+        """``gamma``, or a ``ValueError`` naming the cause when some estimates
+        are NaN or Inf (they would be returned, projected or scored as if
+        they were estimates): weights that are not finite (a training that
+        diverged, damaged weights), or else estimates that overflow."""
+        bad = ~np.isfinite(gamma).all(axis=1)
+        if not bad.any():
+            return gamma
+        state = plain_module(self).state_dict().values()
+        if all(all_finite(t) for t in state):
+            cause = ("its weights are finite but so large (or the images so "
+                     "far from the scale of the training images) that the "
+                     "estimates overflow float32")
+        else:
+            cause = ("its weights are not finite either: its training diverged "
+                     "(e.g. a too large learning rate) or they are damaged; "
+                     "train it again or load sound weights")
+        raise ValueError(
+            f"the network's estimates are not finite (NaN or Inf) for "
+            f"{int(bad.sum())} of {len(gamma)} images: {cause}."
+        )
+
+    def _raw_estimates(self, X):
+        """:meth:`_estimates`, unchecked."""
         if self._augmentation() is None:
             return super().predict(X)
         if isinstance(X, torch.utils.data.Dataset):
@@ -1153,6 +1188,13 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         Returns
         -------
         score : float
+
+        Raises
+        ------
+        ValueError
+            When some of the network's estimates are not finite (see
+            :meth:`predict`): a score of NaN would rank the network as if it
+            had been measured.
         """
         if isinstance(X, torch.utils.data.Dataset):
             raise TypeError("score needs images and their gamma as arrays (X, y); "

@@ -1144,3 +1144,30 @@ def test_training_refuses_sample_weight(setting):
     for key, value in net.module_.state_dict().items():
         torch.testing.assert_close(value, state[key])
     assert len(net.history) == 0
+
+
+def test_non_finite_estimates_are_refused_with_their_cause(setting):
+    """A network whose weights diverged returned NaN estimates (and a NaN
+    score) without a word, or scikit-learn's bare "Input contains NaN." when
+    they were projected on the sampler's support."""
+    basis, sampler, _, X, y = setting
+    diverged = _constant_network(basis, None, [np.nan, 0.1, 0.1])
+    message = (r"the network's estimates are not finite \(NaN or Inf\) for 4 of "
+               r"4 images: its weights are not finite either: its training "
+               "diverged")
+    with pytest.raises(ValueError, match=message):
+        diverged.predict(X[:4])
+    with pytest.raises(ValueError, match=message):
+        diverged.score(X[:4], y[:4])
+    diverged.set_params(sampler=sampler)
+    for call in (diverged.predict, diverged.support_distance):
+        with pytest.raises(ValueError, match=message):
+            call(X[:4])
+    diverged.set_params(project=False, support_tolerance=0.05)
+    with pytest.raises(ValueError, match=message):
+        diverged.predict(X[:4])
+    # finite weights whose outputs overflow
+    net = _constant_network(basis, None, [0.1, 0.1, 0.1])
+    net.module_.register_forward_hook(lambda module, args, out: out * np.inf)
+    with pytest.raises(ValueError, match="weights are finite but so large"):
+        net.predict(X[:4])
