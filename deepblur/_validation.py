@@ -189,9 +189,10 @@ def resolve_device(device, *, auto=True):
     """Turn ``None``/``"auto"`` into CUDA when present, else CPU.
 
     An explicit CUDA device where CUDA is absent is an error (never a silent
-    fallback that would hide a misconfiguration). With ``auto=False`` (a
-    skorch estimator, which moves its tensors to ``device`` as given),
-    ``None`` and ``"auto"`` are errors too.
+    fallback that would hide a misconfiguration), as are ``"mps"`` and
+    ``"xpu"`` where torch has none, and other device types (``"meta"``...).
+    With ``auto=False`` (a skorch estimator, which moves its tensors to
+    ``device`` as given), ``None`` and ``"auto"`` are errors too.
     """
     if device is None or device == "auto":
         if not auto:
@@ -212,7 +213,34 @@ def resolve_device(device, *, auto=True):
             f"device={device!r} was asked for but CUDA is not available on this "
             "machine; use device='cpu'" + (" or device='auto'." if auto else ".")
         )
+    if dev.type in _OTHER_ACCELERATORS:
+        if not _OTHER_ACCELERATORS[dev.type]():
+            raise ValueError(
+                f"device={device!r} was asked for but this torch build or machine "
+                f"has no {dev.type!r} device; use device='cpu'"
+                + (" or device='auto'." if auto else ".")
+            )
+    elif dev.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device={device!r} is not a device deepblur runs on: use 'cpu' or "
+            "'cuda' (or 'mps' / 'xpu' where torch has them)"
+            + (", or 'auto'." if auto else ".")
+        )
     return dev
+
+
+def _backend_available(name):
+    backend = getattr(torch.backends, name, None) or getattr(torch, name, None)
+    return bool(backend is not None and backend.is_available())
+
+
+#: Accelerators other than CUDA that torch may have, with their availability
+#: (untested by deepblur's suite, which runs on CPU and CUDA; allowed where
+#: present rather than crashing deep in a solver where absent)
+_OTHER_ACCELERATORS = {
+    "mps": lambda: _backend_available("mps"),
+    "xpu": lambda: _backend_available("xpu"),
+}
 
 
 def native_contiguous(arr):

@@ -44,6 +44,24 @@ def test_resolve_device_names_a_bad_device(bad):
         resolve_device(bad)
 
 
+@pytest.mark.parametrize("device, match", [
+    ("mps", "has no 'mps' device"), ("xpu:0", "has no 'xpu' device"),
+    ("meta", "is not a device deepblur runs on"), ("hip", "is not a device")])
+def test_resolve_device_refuses_absent_or_foreign_accelerators(device, match,
+                                                               monkeypatch):
+    """'mps' or 'xpu' where there is none, and 'meta', passed torch.device and
+    crashed deep in a solver (the CLI printed a 25-77 line traceback)."""
+    from deepblur import _validation
+
+    monkeypatch.setitem(_validation._OTHER_ACCELERATORS, "mps", lambda: False)
+    monkeypatch.setitem(_validation._OTHER_ACCELERATORS, "xpu", lambda: False)
+    with pytest.raises(ValueError, match=match):
+        _validation.resolve_device(device)
+    monkeypatch.setitem(_validation._OTHER_ACCELERATORS, "mps", lambda: True)
+    assert _validation.resolve_device("mps").type == "mps"
+    assert _validation.resolve_device("cpu:0").type == "cpu"
+
+
 def test_as_tensor_refuses_complex_input():
     """Complex arrays and tensors were cast to real, the imaginary part
     dropped (with at most a ComplexWarning); real input is unchanged."""
