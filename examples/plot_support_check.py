@@ -10,18 +10,18 @@ set of operators the network was trained on (the support of its
 :class:`~deepblur.ConeSampler`): ``regressor.support_distance(X)`` measures,
 per image, the relative operator distance of the estimate to that set, and
 ``predict`` issues an :class:`~deepblur.exceptions.OutOfSupportWarning` for
-the images beyond the regressor's ``support_tolerance`` (0.05 for the shipped
+the images beyond the regressor's ``support_tolerance`` (0.06 for the shipped
 network, 0.1 for its crop network).
 
 This example blurs natural images of held-out sources, the bundled
 microscopy images, point sources at two densities and windows of larger
 scenes with operators drawn from the model's sampler (noise sigma = 0.01),
 and plots, image by image, the distance of each estimate against its
-operator error. It shows what the warning is worth: it flags almost every
-window given to the zero-boundary network and a third of the sparse point
+operator error. It shows what the warning is worth: it flags most windows
+given to the zero-boundary network (61 %) and some of the sparse point
 fields, where the estimates are bad, and almost no natural image, but an
 estimate that passes is not guaranteed to be good (most point fields).
-``benchmarks/bench_support_check.py`` measures it on 2 048 images per set.
+``benchmarks/bench_support_check.py`` measures it on 512 images per set.
 
 Set ``DEEPBLUR_FAST=1`` for a run of a few seconds (24 images per set instead
 of 256). Figures are written to ``DEEPBLUR_OUTPUT`` (default

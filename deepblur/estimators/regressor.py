@@ -322,11 +322,12 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         relative operator distance to the sampler's support
         (:meth:`support_distance`, measured before any projection) exceeds
         it; the sign of images unlike the training images. ``None`` checks
-        nothing. The shipped network's is 0.05: it flags 0-0.1 % of
-        simulated natural and microscopy images at the protocol's noise, 99 %
-        of the windows of larger scenes and a third of the sparse
-        point-source fields on a dark field, where its estimates are far off
-        (``benchmarks/bench_support_check.py``). The check costs a projection
+        nothing. The shipped network's is 0.06: it flags under 0.2 % of
+        simulated natural and microscopy images at the protocol's noise, 61 %
+        of the windows of larger scenes and 6-18 % of the point-source
+        fields on a dark field, where its estimates are far off (26-39 %
+        error; ``benchmarks/bench_support_check.py``): a warning marks an
+        estimate to distrust, its absence proves nothing. The check costs a projection
         per image on the CPU, 2-10 % of the inference on one CPU thread; on a
         CUDA device, batches of 4 096 estimates or more that are not projected
         (``project=False``, as :func:`~deepblur.pretrained.load_model`
