@@ -294,7 +294,10 @@ def _main_tiff_series(tif, name, advice=None):
     """
     series = list(tif.series)
     if not series:
-        raise _ImageCountError(f"{name} holds no image.")
+        raise _ImageCountError(
+            f"{name} holds no image that tifffile can find: the file is damaged "
+            "(truncated, or its first page's offset is wrong), or a TIFF "
+            "without pages.")
     full = [s for s in series if not _is_reduced(s)] or series[:1]
     if len(full) > 1:
         shapes = ", ".join("x".join(str(n) for n in s.shape) for s in full[:8])

@@ -576,3 +576,11 @@ def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path):
     assert px.shape == (60, 40)
     np.testing.assert_array_equal(px, shown)
     np.testing.assert_array_equal(px, np.rot90(pixels, -1))
+
+
+def test_a_tiff_whose_first_page_cannot_be_found_is_called_damaged(tmp_path):
+    """A TIFF header followed by garbage said only 'holds no image'."""
+    path = tmp_path / "garbage.tif"
+    path.write_bytes(b"II*\x00garbage")
+    with pytest.raises(ValueError, match="garbage.tif holds no image .* damaged"):
+        load_images(path)
