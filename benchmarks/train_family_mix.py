@@ -106,8 +106,20 @@ def main():
                         "model then predicts with test_time_augmentation")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the training checkpointed in --checkpoint-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over, removing the checkpoint in --checkpoint-dir")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if (args.resume or args.overwrite) and args.checkpoint_dir is None:
+        p.error("--resume and --overwrite need --checkpoint-dir")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    if args.overwrite:
+        from deepblur.pretrained._train import remove_checkpoint
+
+        remove_checkpoint(args.checkpoint_dir)
     if args.n_pool < 1:
         p.error(f"--n-pool must be at least 1 (thousand gamma); got {args.n_pool}")
     if not 0.0 <= args.family_fraction <= 1.0:
@@ -173,7 +185,7 @@ def main():
                           compile=not args.no_compile,
                           mixed_precision=args.mixed_precision,
                           random_state=args.seed,
-                          checkpoint_dir=args.checkpoint_dir,
+                          checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                           moment_stage=args.moment_stage, **start)
     seconds = time.perf_counter() - t
     print(f"trained in {seconds:.0f} s", flush=True)

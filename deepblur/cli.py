@@ -1388,6 +1388,13 @@ def _train_crop_network(setting, images, params, n_test, mean_gamma, output,
 
     full = dict(CROP_NETWORK_DEFAULTS, **params)
     resume = bool(args.resume) and (checkpoint_dir / "history.json").exists()
+    if args.resume and not resume:
+        # no finished epoch (history.json is written last): what a run
+        # stopped in its first epoch, or killed while writing it, leaves;
+        # the crop network starts over, as train_crop_network would not
+        from deepblur.pretrained._train import remove_checkpoint
+
+        remove_checkpoint(checkpoint_dir)
     noise = full["noise_std"]
     print(f"crop network: {full['n_images']} windows of larger scenes (noise "
           + (f"{noise[0]}-{noise[1]}" if isinstance(noise, tuple) else f"{noise}")

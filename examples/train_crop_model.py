@@ -105,6 +105,8 @@ shape = tuple(basis.image_shape_)
 # network on windows (``boundary="crop"``) and fits its branch.
 checkpoint = OUT / "checkpoint"
 resume = (checkpoint / "history.json").exists()
+if not resume:          # no finished epoch (history.json is written last)
+    shutil.rmtree(checkpoint, ignore_errors=True)
 t0 = time.perf_counter()
 regressor = train_crop_network(setting, train_images, checkpoint_dir=checkpoint,
                                resume=resume, verbose=1, **recipe)

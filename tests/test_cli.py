@@ -952,6 +952,26 @@ def test_train_also_trains_a_crop_network_and_resumes_it(capsys, tmp_path,
     assert code == 0 and "(crop_network estimator)" in out, err
 
 
+def test_train_resume_starts_a_crop_network_without_a_finished_epoch_over(
+        capsys, tmp_path, monkeypatch):
+    """A crop network killed while writing its first checkpoint (params.pt
+    written, history.json not yet) is trained from the start by --resume:
+    the check for a checkpoint left behind refused it."""
+    config = tmp_path / "crop.toml"
+    config.write_text(TINY.format(output="out") + TINY_CROP)
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m, "crop_network")
+        code, out, err = _run(capsys, "train", config, "--no-progress")
+    assert code == 130
+    crop = tmp_path / "out" / "checkpoints" / "crop_network"
+    (crop / "history.json").unlink()
+    assert (crop / "params.pt").exists()
+    code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert len(json.loads((crop / "history.json").read_text())) == 2
+    assert load_model(tmp_path / "out", estimator="crop_network") is not None
+
+
 def test_train_resume_skips_the_finished_stages(capsys, tmp_path, monkeypatch):
     """--resume after an interruption in the crop network goes on from there:
     the network's head, the spectral regressor and their checks, saved by the

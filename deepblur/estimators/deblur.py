@@ -87,6 +87,10 @@ def _warn_integer_units(X):
             UserWarning, stacklevel=user_stacklevel())
 
 
+#: Largest factor ``target_mean / mean`` that float32 images can take
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
     """Deblur images by total-variation or ``l1`` regularised least squares.
 
@@ -159,9 +163,11 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         default :data:`deepblur.tiling.DEFAULT_MAX_PIXELS`.
     target_mean : float, default=None
         Blind mode: each image (each tile of a large one) is multiplied by
-        ``target_mean / mean(image)`` before ``blur_estimator.predict``, the
-        intensity convention the estimator was trained in; the solve still
-        runs on the image as given. For a pretrained model it is
+        ``target_mean / mean(image)`` before ``blur_estimator.predict``:
+        the mean of the blurry images the estimator was trained on (their
+        clean images' mean times the mean gain of the training operators),
+        its intensity convention; the solve still runs on the image as
+        given. For a pretrained model it is
         ``model_image_mean(model) * training_gain(model)``
         (:mod:`deepblur.pretrained`, what :func:`~deepblur.pretrained.deblur_image`
         and :func:`~deepblur.tiling.deblur_large` use). ``None``: the images
@@ -412,13 +418,15 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
             return
         for i, img in enumerate(images):
             mean = float(np.mean(img, dtype=np.float64))
-            if not mean > 0:
+            if not (mean > 0 and target / mean < _FLOAT32_MAX):
                 raise ValueError(
-                    f"image {i} has a mean intensity {mean:.4g} <= 0: it "
-                    f"cannot be scaled to target_mean={target:.4g} before the "
-                    "blur estimate (the estimator reads intensities, not a "
-                    "signed or background-subtracted image); pass "
-                    "target_mean=None to predict on the images as they are."
+                    f"image {i} has a mean intensity {mean:.4g}"
+                    + (" <= 0" if not mean > 0 else ", too close to 0")
+                    + f": it cannot be scaled to target_mean={target:.4g} "
+                    "before the blur estimate (the estimator reads "
+                    "intensities, not a signed or background-subtracted "
+                    "image); pass target_mean=None to predict on the images "
+                    "as they are."
                 )
 
     def _scaled_to_target(self, X_t):
@@ -615,7 +623,9 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
             back as a tensor on the solver's device.
         gamma : array-like of shape (n, K) or (K,), optional
             Operator coefficients (one row per image, or one for all). When
-            omitted, ``blur_estimator.predict(X)`` supplies them (blind mode).
+            omitted, ``blur_estimator.predict(X)`` supplies them (blind mode;
+            on ``X`` scaled to ``target_mean`` when it is given), and
+            ``unit_gain`` rescales either.
 
         Returns
         -------

@@ -250,12 +250,20 @@ class _NoLoneLastBatch(torch.utils.data.Sampler):
         self.batch_size = int(batch_size)
 
     def __iter__(self):
-        batches = list(torch.utils.data.BatchSampler(self.sampler, self.batch_size,
-                                                     drop_last=False))
-        if len(batches) > 1 and len(batches[-1]) == 1:
-            last = batches.pop()
-            batches[-1] = batches[-1] + last
-        return iter(batches)
+        # lazy, one batch held back: the sampler draws (its shuffle seed
+        # included) when the loader asks for the first batch, as in a plain
+        # DataLoader, whatever its number of workers
+        held = None
+        for batch in torch.utils.data.BatchSampler(self.sampler, self.batch_size,
+                                                   drop_last=False):
+            if held is not None and len(batch) == 1:
+                held = held + batch
+                continue
+            if held is not None:
+                yield held
+            held = batch
+        if held is not None:
+            yield held
 
     def __len__(self):
         full, rest = divmod(len(self.sampler), self.batch_size)

@@ -795,3 +795,15 @@ def test_pickles_without_the_new_parameters_load(basis, data):
     assert old.target_mean is None and old.unit_gain is False
     np.testing.assert_allclose(old.transform(data[0], gamma=data[2]),
                                est.transform(data[0], gamma=data[2]))
+
+
+def test_blind_target_mean_refuses_a_mean_too_close_to_zero():
+    """A positive mean so small that target_mean / mean overflows float32."""
+    basis = _identity_basis(SHAPE)
+    X = np.stack([np.full(SHAPE, 0.3), np.full(SHAPE, 1e-39)])
+    reader = _BrightnessReader([1.0, 1.0])
+    est = _est(basis, blur_estimator=reader, target_mean=0.5).fit(X)
+    with pytest.raises(ValueError,
+                       match="image 1 has a mean intensity .* too close to 0"):
+        est.transform(X)
+    assert reader.seen == []

@@ -1171,3 +1171,24 @@ def test_non_finite_estimates_are_refused_with_their_cause(setting):
     net.module_.register_forward_hook(lambda module, args, out: out * np.inf)
     with pytest.raises(ValueError, match="weights are finite but so large"):
         net.predict(X[:4])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_lone_last_image_keeps_the_loaders_shuffled_order(workers):
+    """The batches with a lone last image joined are drawn lazily: the epoch's
+    order is the plain DataLoader's for the same seed, with or without a
+    worker (built eagerly, the sampler drew before the loader's base seed)."""
+    from skorch.dataset import Dataset
+
+    X = np.arange(33, dtype=np.float32)[:, None, None] * np.ones((1, 16, 16),
+                                                                np.float32)
+    ds = Dataset(X, np.zeros((33, 3), np.float32))
+    net = ResNetBlurRegressor(batch_size=16, iterator_train__shuffle=True,
+                              iterator_train__num_workers=workers, device="cpu")
+    torch.manual_seed(0)
+    ours = [b[0][:, 0, 0].int().tolist() for b in net.get_iterator(ds, training=True)]
+    torch.manual_seed(0)
+    plain = [b[0][:, 0, 0].int().tolist() for b in torch.utils.data.DataLoader(
+        ds, batch_size=16, shuffle=True, num_workers=workers)]
+    assert [len(b) for b in ours] == [16, 17]
+    assert sum(ours, []) == sum(plain, [])
