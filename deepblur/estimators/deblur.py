@@ -68,19 +68,38 @@ def _is_prefitted(obj):
     return True
 
 
+#: Brightest pixel beyond which float images are taken for counts by
+#: ``lam="auto"``'s warning: images in [0, 1], or in the simulator's
+#: convention (clean mean 0.5 times gains of about 4), stay far below it;
+#: 8- and 16-bit counts stored as floats pass it (measured: a 128x128
+#: camera crop lost 5 dB at 255 times its [0, 1] units, 19 dB at 65 535,
+#: 0.3 dB at 10)
+_COUNTS_MAX = 100.0
+
+
 def _warn_integer_units(X):
-    """Warn that ``lam="auto"`` does not suit images in integer units."""
+    """Warn that ``lam="auto"`` does not suit images in integer units (counts,
+    whether stored as integers or as floats)."""
     if isinstance(X, torch.Tensor):
         integer = not (X.is_floating_point() or X.is_complex()
                        or X.dtype == torch.bool)
+        floating = X.is_floating_point()
     else:
         dtype = getattr(X, "dtype", None)
         integer = (isinstance(dtype, np.dtype)
                    and np.issubdtype(dtype, np.integer))
-    if integer:
+        floating = isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.floating)
+    what = f"integers ({X.dtype})" if integer else None
+    size = X.numel() if isinstance(X, torch.Tensor) else getattr(X, "size", 0)
+    if floating and size:
+        peak = float(X.detach().abs().max() if isinstance(X, torch.Tensor)
+                     else np.max(np.abs(X)))
+        if peak > _COUNTS_MAX:          # NaN compares False: refused later
+            what = f"floats reaching {peak:.4g}, like counts"
+    if what is not None:
         warnings.warn(
             f"lam='auto' is calibrated for images scaled to [0, 1]; these "
-            f"are integers ({X.dtype}), and an image s times brighter than "
+            f"are {what}, and an image s times brighter than "
             "its [0, 1] version is over-smoothed as if lam were s times too "
             "small (s = 255 for 8-bit counts). Divide the images by their "
             "maximum (or the dtype's) first, or give lam.",
@@ -115,8 +134,9 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         Weight of the data term, > 0. ``"auto"`` picks one per image from an
         estimate of its noise level (:func:`deepblur.solvers.tv.default_lam`);
         see ``benchmarks/README.md`` for how it compares with a grid search.
-        It is calibrated for images scaled to [0, 1]: integer images (8- or
-        16-bit counts) get a ``UserWarning``, as they would be over-smoothed.
+        It is calibrated for images scaled to [0, 1]: images in counts (8- or
+        16-bit integers, or floats brighter than 100) get a ``UserWarning``,
+        as they would be over-smoothed.
     regularization : {"tv", "l1"}, default="tv"
         Total variation (natural and cell images) or ``l1`` (sparse images:
         fluorescent point sources).

@@ -679,7 +679,19 @@ def test_auto_lam_warns_on_integer_images(basis, data):
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.transform(counts / 255.0, gamma=gamma)
+        est.transform(counts / 255.0 * 40, gamma=gamma)  # simulator-like units
         _est(basis, lam=100.0, max_iter=5).fit(X).transform(counts, gamma=gamma)
+
+
+def test_auto_lam_warns_on_counts_stored_as_floats(basis, data):
+    """16-bit counts read as float32 (65 535 times their [0, 1] units lost 19
+    dB with lam='auto', 255 times 5 dB) had no warning: only integer dtypes
+    did."""
+    X, _, gamma = data
+    est = _est(basis, lam="auto", max_iter=5).fit(X)
+    for counts in (X.astype(np.float32) * 65535, torch.as_tensor(X * 255)):
+        with pytest.warns(UserWarning, match=r"floats reaching .* like counts"):
+            est.transform(counts, gamma=gamma)
 
 
 class _BrightnessReader:
