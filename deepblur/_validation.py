@@ -68,7 +68,13 @@ def check_finite(x, name):
 def check_real(x, name):
     """Raise if ``x`` (array, tensor or array-like) is complex: casting it
     to a real dtype would drop its imaginary part silently."""
-    if x.is_complex() if _is_tensor(x) else np.iscomplexobj(x):
+    probe = x
+    if not _is_tensor(x) and not isinstance(x, np.ndarray):
+        try:            # a list of tensors (on a GPU, or recording a graph)
+            probe = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            pass        # not numbers: the caller's conversion will say so
+    if probe.is_complex() if _is_tensor(probe) else np.iscomplexobj(probe):
         raise ValueError(f"{name} must be real. Complex data not supported.")
     return x
 

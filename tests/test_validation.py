@@ -81,3 +81,15 @@ def test_as_tensor_refuses_complex_input():
         t, is_numpy = as_tensor(z.real)
     assert is_numpy and t.dtype == torch.float64
     assert as_tensor(torch.ones(2, dtype=torch.int64))[0].is_floating_point()
+
+
+def test_check_real_takes_a_list_of_tensors_recording_a_graph():
+    """np.iscomplexobj on such a list raised numpy's "Can't call numpy() on
+    Tensor that requires grad"; a complex one is refused as any other."""
+    from deepblur._validation import check_real
+
+    g = [torch.tensor(0.5, requires_grad=True), torch.tensor(1.0)]
+    assert check_real(g, "gamma") is g                      # returned as given
+    with pytest.raises(ValueError, match="gamma must be real"):
+        check_real([torch.tensor(1 + 1j), torch.tensor(0j)], "gamma")
+    assert check_real(["a", "b"], "x") == ["a", "b"]       # left to the caller

@@ -94,7 +94,7 @@ def random_maps(image_shape, n_pairs, rng, *, field_scale=None, smoothing=None):
         Positive.
     n_pairs : int
         Number of maps, at least 1.
-    rng : numpy Generator, int or None
+    rng : numpy Generator or RandomState, int or None
         The random generator, or a seed for :func:`numpy.random.default_rng`.
     field_scale : float, optional
         Correlation length (pixels) of the random fields, finite and
@@ -117,11 +117,11 @@ def random_maps(image_shape, n_pairs, rng, *, field_scale=None, smoothing=None):
     n_pairs = _positive_int(n_pairs, "n_pairs")
     _optional_scale(field_scale, "field_scale")
     _optional_scale(smoothing, "smoothing")
-    if not isinstance(rng, np.random.Generator):
+    if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
         if rng is not None and (not isinstance(rng, Integral) or isinstance(rng, bool)):
             raise ValueError(
-                "rng must be a numpy Generator, an int seed or None; got "
-                f"{type(rng).__name__}."
+                "rng must be a numpy Generator or RandomState, an int seed or "
+                f"None; got {type(rng).__name__}."
             )
         rng = np.random.default_rng(rng)
     field_scale = min(H, W) / 6 if field_scale is None else field_scale

@@ -431,7 +431,8 @@ class ProductConvolution:
         Returns
         -------
         torch.Tensor of shape (n, g, H, W), dtype and device of ``u``.
-            Empty for an empty batch (``n == 0``).
+            Empty for an empty batch (``n == 0``) or no operators
+            (``g == 0``).
         """
         u = self._check_images(u, "u")
         gammas = torch.as_tensor(check_real(gammas, "gammas"), dtype=u.dtype,
@@ -444,8 +445,8 @@ class ProductConvolution:
                 f"coefficient vectors per image; got {tuple(gammas.shape)}."
             )
         (H, W), (M1, M2), g = self.image_shape, self.fft_shape, gammas.shape[1]
-        if n == 0:
-            return self._empty(u, gammas, (0, g, H, W))
+        if n == 0 or g == 0:
+            return self._empty(u, gammas, (n, g, H, W))
         spectra, maps, _ = self._buffers(u.device, u.dtype)
         step = self._chunk(n, u.device)
         outs = []

@@ -112,6 +112,9 @@ def test_random_maps_takes_a_seed_and_refuses_other_rngs():
     """An int rng raised 'int' object has no attribute 'standard_normal'."""
     np.testing.assert_array_equal(
         random_maps((12, 10), 2, 5), random_maps((12, 10), 2, np.random.default_rng(5)))
-    for bad in (np.random.RandomState(0), 1.5, True, "0"):
+    np.testing.assert_array_equal(                     # a RandomState, as before
+        random_maps((12, 10), 2, np.random.RandomState(3)),
+        random_maps((12, 10), 2, np.random.RandomState(3)))
+    for bad in (1.5, True, "0"):
         with pytest.raises(ValueError, match="rng must be a numpy Generator"):
             random_maps((12, 10), 2, bad)

@@ -421,7 +421,7 @@ def test_concurrent_calls_on_one_operator(batch_chunk, rng):
 
 @pytest.mark.parametrize("grad", ["none", "u", "gamma"])
 def test_empty_batches_give_empty_results(grad, rng):
-    """n = 0 images (or 0 operators for one image): correctly shaped empty
+    """n = 0 images (or 0 operators per image): correctly shaped empty
     results on every path, in the graph when one is recorded (torch.cat of no
     chunk raised before)."""
     K, H, W = 2, 8, 7
@@ -437,6 +437,9 @@ def test_empty_batches_give_empty_results(grad, rng):
     gammas = torch.ones(0, 3, K, dtype=torch.float64, requires_grad=grad == "gamma")
     many = op.forward_many(u, gammas)
     assert many.shape == (0, 3, H, W) and many.dtype == torch.float64
+    two = torch.zeros(2, H, W, dtype=torch.float64, requires_grad=grad == "u")
+    none = torch.ones(2, 0, K, dtype=torch.float64, requires_grad=grad == "gamma")
+    assert op.forward_many(two, none).shape == (2, 0, H, W)  # no operator per image
     if grad != "none":
         leaf = {"u": u, "gamma": g}[grad]
         sum(o.sum() for o in outs[:3]).backward()
