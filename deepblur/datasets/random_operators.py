@@ -72,9 +72,15 @@ def gaussian_kernel(kernel_shape, sigmas, angle):
     """
     kh, kw = check_positive_int_pair(kernel_shape, "kernel_shape")
     sigmas = _positive_pair(sigmas, "sigmas")
-    if (not isinstance(angle, Real) or isinstance(angle, bool)
-            or not np.isfinite(angle)):
+    value = None
+    if not isinstance(angle, (bool, np.bool_, str, bytes)) and np.ndim(angle) == 0:
+        try:            # a number, or a 0-d array or tensor
+            value = float(angle)
+        except (TypeError, ValueError):
+            pass
+    if value is None or not np.isfinite(value):
         raise ValueError(f"angle must be a finite number; got {angle!r}.")
+    angle = value
     y = np.arange(kh) - (kh - 1) // 2
     x = np.arange(kw) - (kw - 1) // 2
     yy, xx = np.meshgrid(y, x, indexing="ij")

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from deepblur.datasets import gaussian_kernel, make_random_operators
 from deepblur.datasets.random_operators import random_maps
@@ -76,7 +77,8 @@ def test_unsmoothed_maps_are_allowed():
 @pytest.mark.parametrize("sigmas, angle, match", [
     ((0, 1), 0.0, "sigmas"), ((1, np.nan), 0.0, "sigmas"), (1.0, 0.0, "sigmas"),
     ((1, 1), np.inf, "angle"), ((1, 1), "a", "angle must be a finite number"),
-    ((1, 1), None, "angle must be a finite number")])
+    ((1, 1), None, "angle must be a finite number"),
+    ((1, 1), np.array([0.3]), "angle must be a finite number")])
 def test_gaussian_kernel_bad_parameters(sigmas, angle, match):
     with pytest.raises(ValueError, match=match):
         gaussian_kernel((5, 5), sigmas, angle)
@@ -118,3 +120,11 @@ def test_random_maps_takes_a_seed_and_refuses_other_rngs():
     for bad in (1.5, True, "0"):
         with pytest.raises(ValueError, match="rng must be a numpy Generator"):
             random_maps((12, 10), 2, bad)
+
+
+def test_gaussian_kernel_takes_a_0d_angle():
+    ref = gaussian_kernel((5, 5), (1.0, 2.0), 0.3)
+    for angle in (np.float32(0.3), np.array(0.3),
+                  torch.tensor(0.3, dtype=torch.float64)):
+        np.testing.assert_allclose(gaussian_kernel((5, 5), (1.0, 2.0), angle), ref,
+                                   rtol=1e-6)
