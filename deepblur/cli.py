@@ -322,8 +322,9 @@ def write_image(path, image, dtype, metadata=None):
         if outside:
             print(f"warning: {outside} pixel(s) ({100 * outside / image.size:.3g} %) "
                   f"of {path.name} fell outside {dtype}'s range [{info.min}, "
-                  f"{info.max}] and were clipped to it; write a .tif of a float "
-                  "image to keep them.", file=sys.stderr)
+                  f"{info.max}] and were clipped to it; --output-dtype float32 "
+                  "(a .tif) keeps them (negative ones are ringing: --positive "
+                  "prevents it).", file=sys.stderr)
         out = np.clip(rounded, info.min, info.max).astype(dtype)
     else:
         out = image.astype(dtype)
@@ -775,8 +776,13 @@ def cmd_deblur(args):
 
     _check_output(args.output, _IMAGE_WRITE, "output image")
     _check_not_input(args.output, [args.image], "-o")
+    if Path(args.output).suffix.lower() == ".png" and args.output_dtype == "float32":
+        raise CLIError("--output-dtype float32: PNG cannot store float pixels; "
+                       "write the output as .tif.")
     model, _, _ = _load_model(args.model, args.estimator, "deblur", args.project)
     img, dtype, meta = _model_image(model, args.image)
+    if args.output_dtype == "float32":
+        dtype = np.dtype(np.float32)
     if Path(args.output).suffix.lower() == ".png" and dtype.kind == "f":
         raise CLIError(
             f"{Path(args.image).name} has float pixels, which PNG cannot store: "
@@ -1763,7 +1769,8 @@ def build_parser():
                     "estimated by the model (blind) or read from --gamma. "
                     "8/16-bit integer and float images; the output keeps the "
                     "input's dtype (integers rounded and clipped to the dtype's "
-                    "range). " + _CONVENTION)
+                    "range; --output-dtype float32 keeps every value). "
+                    + _CONVENTION)
     p.add_argument("image", metavar="IMAGE", help="blurry image (TIFF or PNG)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="deblurred image (.tif or .png; float images need .tif)")
@@ -1776,6 +1783,11 @@ def build_parser():
                         "l1 (sparse point sources)")
     p.add_argument("--positive", action="store_true",
                    help="constrain the deblurred image to be non-negative")
+    p.add_argument("--output-dtype", choices=("input", "float32"), default="input",
+                   help="input (default): the input's dtype, integers rounded "
+                        "and clipped to its range (ringing below 0 or above "
+                        "the top is lost, which changes the mean); float32: "
+                        "every value kept, in the input's units (.tif only)")
     p.add_argument("--boundary", choices=("unknown", "model"), default="unknown",
                    help="unknown (default): the image is a window on a larger "
                         "scene, whose unknown surrounding (half a kernel wide) is "

@@ -393,6 +393,31 @@ def test_deblur_round_trips_dtype(dtype, suffix, model_dir, blurry, capsys,
     assert 0.5 < ratio < 2
 
 
+def test_deblur_output_dtype_float32_keeps_what_integers_clip(model_dir, blurry,
+                                                              capsys, tmp_path):
+    """Ringing past 255 is clipped from an 8-bit output of an image that
+    reaches it (the warning said to write a float .tif, which the command
+    could not do); --output-dtype float32 keeps every value, in the input's
+    units."""
+    _, _, y = blurry
+    image = np.round(y / y.max() * 255).astype(np.uint8)
+    src = tmp_path / "in.tif"
+    _write(src, image)
+    run = ("--model", model_dir, "--max-iter", 30, "--lam", 5000)
+    code, out, err = _run(capsys, "deblur", src, "-o", tmp_path / "u8.tif", *run)
+    assert code == 0 and "were clipped" in err and "--output-dtype float32" in err, err
+    code, out, err = _run(capsys, "deblur", src, "-o", tmp_path / "f.tif",
+                          "--output-dtype", "float32", *run)
+    assert code == 0 and "clipped" not in err, err
+    as_float, as_u8 = tifffile.imread(tmp_path / "f.tif"), _read(tmp_path / "u8.tif")
+    assert as_float.dtype == np.float32
+    assert as_float.min() < -0.5 or as_float.max() > 255.5
+    np.testing.assert_array_equal(np.clip(np.rint(as_float), 0, 255), as_u8)
+    code, out, err = _run(capsys, "deblur", src, "-o", tmp_path / "f.png",
+                          "--output-dtype", "float32", *run)
+    assert code == 1 and "PNG cannot store float" in err
+
+
 def _window(model, u_big, gamma, r):
     """Blur a larger scene by H[gamma] extended past the edges, keep the centre.
 
