@@ -68,13 +68,18 @@ def check_finite(x, name):
 def check_real(x, name):
     """Raise if ``x`` (array, tensor or array-like) is complex: casting it
     to a real dtype would drop its imaginary part silently."""
-    probe = x
-    if not _is_tensor(x) and not isinstance(x, np.ndarray):
-        try:            # a list of tensors (on a GPU, or recording a graph)
-            probe = torch.as_tensor(x)
+    if _is_tensor(x):
+        complex_ = x.is_complex()
+    else:
+        try:
+            complex_ = np.iscomplexobj(x)
         except (TypeError, ValueError, RuntimeError):
-            pass        # not numbers: the caller's conversion will say so
-    if probe.is_complex() if _is_tensor(probe) else np.iscomplexobj(probe):
+            # a list of tensors numpy cannot take (recording a graph, on a GPU)
+            try:
+                complex_ = torch.as_tensor(x).is_complex()
+            except (TypeError, ValueError, RuntimeError):
+                complex_ = False    # not numbers: the caller's conversion says so
+    if complex_:
         raise ValueError(f"{name} must be real. Complex data not supported.")
     return x
 

@@ -1898,6 +1898,11 @@ def main(argv=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "device", None) not in (None, "auto"):
+            from deepblur._validation import resolve_device
+
+            # one absent here is refused before any work, not in the solver
+            resolve_device(args.device)
         return args.func(args)
     except (CLIError, FileNotFoundError, ValueError, OSError) as exc:
         if args.traceback:

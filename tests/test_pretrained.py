@@ -2037,3 +2037,25 @@ def test_a_directory_missing_one_file_of_a_pair_says_which(small_setting,
     with pytest.raises(FileNotFoundError, match="holds model.json but not "
                        "model.safetensors: the directory is incomplete"):
         load_model(tmp_path)
+
+
+def test_deblur_image_does_not_warn_about_counts_it_scaled_itself():
+    """deblur_image scales the image to the model's mean before the solve: a
+    sparse image may then peak far above 1 (here one pixel of 8 192, whole
+    numbers at mean 0.5), which is not a user's counts; lam='auto''s
+    warning about counts ("divide the images...") must not fire there."""
+    import warnings
+
+    from deepblur.pretrained import deblur_image, load_default
+
+    model = load_default()
+    image = np.zeros(model.basis.image_shape_)
+    image[40, 70] = 0.5 * image.size               # mean 0.5: scaled by 1
+    gamma = model.sampler.sample(1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", category=Warning,
+                                message=".*(max_iter|converge).*")
+        restored, _ = deblur_image(model, image, gamma=gamma, boundary="model",
+                                   max_iter=3)
+    assert restored.shape == image.shape

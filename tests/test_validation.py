@@ -93,3 +93,8 @@ def test_check_real_takes_a_list_of_tensors_recording_a_graph():
     with pytest.raises(ValueError, match="gamma must be real"):
         check_real([torch.tensor(1 + 1j), torch.tensor(0j)], "gamma")
     assert check_real(["a", "b"], "x") == ["a", "b"]       # left to the caller
+    import warnings
+
+    with warnings.catch_warnings():         # torch warns on lists of arrays
+        warnings.simplefilter("error")
+        check_real([np.ones(2), np.zeros(2)], "kernels")

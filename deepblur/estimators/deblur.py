@@ -68,18 +68,18 @@ def _is_prefitted(obj):
     return True
 
 
-#: Brightest pixel beyond which float images are taken for counts by
-#: ``lam="auto"``'s warning: images in [0, 1], or in the simulator's
-#: convention (clean mean 0.5 times gains of about 4), stay far below it;
-#: 8- and 16-bit counts stored as floats pass it (measured: a 128x128
-#: camera crop lost 5 dB at 255 times its [0, 1] units, 19 dB at 65 535,
-#: 0.3 dB at 10)
+#: Brightest pixel beyond which whole-numbered float images are taken for
+#: counts (8- or 16-bit data stored as floats) by ``lam="auto"``'s warning.
+#: Images in [0, 1] stay below it, and images scaled to a mean (the
+#: simulator's, or ``deblur_image``'s), whose sparse point sources can peak
+#: in the hundreds, are not whole numbers. Measured: a 128x128 camera crop
+#: lost 5 dB at 255 times its [0, 1] units, 19 dB at 65 535, 0.3 dB at 10.
 _COUNTS_MAX = 100.0
 
 
 def _warn_integer_units(X):
     """Warn that ``lam="auto"`` does not suit images in integer units (counts,
-    whether stored as integers or as floats)."""
+    whether stored as integers or as whole-numbered floats)."""
     if isinstance(X, torch.Tensor):
         integer = not (X.is_floating_point() or X.is_complex()
                        or X.dtype == torch.bool)
@@ -92,10 +92,12 @@ def _warn_integer_units(X):
     what = f"integers ({X.dtype})" if integer else None
     size = X.numel() if isinstance(X, torch.Tensor) else getattr(X, "size", 0)
     if floating and size:
-        peak = float(X.detach().abs().max() if isinstance(X, torch.Tensor)
-                     else np.max(np.abs(X)))
-        if peak > _COUNTS_MAX:          # NaN compares False: refused later
-            what = f"floats reaching {peak:.4g}, like counts"
+        a = X.detach() if isinstance(X, torch.Tensor) else np.asarray(X)
+        peak = float(a.abs().max() if isinstance(a, torch.Tensor)
+                     else np.max(np.abs(a)))
+        # (NaN compares False: refused later)
+        if peak > _COUNTS_MAX and bool((a == a.round()).all()):
+            what = f"whole-numbered floats reaching {peak:.4g}, like counts"
     if what is not None:
         warnings.warn(
             f"lam='auto' is calibrated for images scaled to [0, 1]; these "
@@ -135,8 +137,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         estimate of its noise level (:func:`deepblur.solvers.tv.default_lam`);
         see ``benchmarks/README.md`` for how it compares with a grid search.
         It is calibrated for images scaled to [0, 1]: images in counts (8- or
-        16-bit integers, or floats brighter than 100) get a ``UserWarning``,
-        as they would be over-smoothed.
+        16-bit integers, or whole-numbered floats above 100) get a
+        ``UserWarning``, as they would be over-smoothed.
     regularization : {"tv", "l1"}, default="tv"
         Total variation (natural and cell images) or ``l1`` (sparse images:
         fluorescent point sources).
@@ -671,7 +673,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         :mod:`deepblur.tiling`).
         """
         check_is_fitted(self, "image_shape_")
-        if isinstance(self.lam, str):
+        if isinstance(self.lam, str) and not getattr(self, "_scaled_input", False):
             _warn_integer_units(X)
         if self._is_large(X):
             return self._transform_large(X, gamma)

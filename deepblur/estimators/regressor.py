@@ -330,8 +330,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         relative operator distance to the sampler's support
         (:meth:`support_distance`, measured before any projection) exceeds
         it; the sign of images unlike the training images. ``None`` checks
-        nothing. The shipped network's is 0.06: it flags under 0.2 % of
-        simulated natural and microscopy images at the protocol's noise, 61 %
+        nothing. The shipped network's is 0.06: it flags none of 512
+        simulated natural or microscopy images at the protocol's noise, 61 %
         of the windows of larger scenes and 6-18 % of the point-source
         fields on a dark field, where its estimates are far off (26-39 %
         error; ``benchmarks/bench_support_check.py``): a warning marks an

@@ -297,8 +297,13 @@ def estimate_gamma(model, image, *, image_mean=None):
 
 
 def _deblurrer(basis, lam, regularization, positive, device, max_iter):
-    return TVDeblurrer(basis, lam=lam, regularization=regularization,
-                       positive=positive, max_iter=max_iter, device=device).fit()
+    deblurrer = TVDeblurrer(basis, lam=lam, regularization=regularization,
+                            positive=positive, max_iter=max_iter,
+                            device=device).fit()
+    # its images are scaled here (to the model's image mean): lam="auto"'s
+    # warning about images in counts does not concern them
+    deblurrer._scaled_input = True
+    return deblurrer
 
 
 def _deblur_unknown_boundary(basis, y, gamma, lam, regularization, positive,

@@ -686,12 +686,20 @@ def test_auto_lam_warns_on_integer_images(basis, data):
 def test_auto_lam_warns_on_counts_stored_as_floats(basis, data):
     """16-bit counts read as float32 (65 535 times their [0, 1] units lost 19
     dB with lam='auto', 255 times 5 dB) had no warning: only integer dtypes
-    did."""
+    did. Images scaled to a mean, whose sparse peaks may pass 100, are not
+    whole numbers and do not warn."""
     X, _, gamma = data
     est = _est(basis, lam="auto", max_iter=5).fit(X)
-    for counts in (X.astype(np.float32) * 65535, torch.as_tensor(X * 255)):
-        with pytest.warns(UserWarning, match=r"floats reaching .* like counts"):
+    u16 = np.clip(np.round(X * 50_000), 0, 65535)
+    for counts in (u16.astype(np.float32), torch.as_tensor(np.round(X * 255) + 1)):
+        with pytest.warns(UserWarning, match=r"whole-numbered floats reaching"):
             est.transform(counts, gamma=gamma)
+    sparse = np.zeros_like(X)
+    sparse[:, 5, 7], sparse[:, 15, 12] = 150.3, 99.7     # scaled point sources
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.transform(sparse, gamma=gamma)
 
 
 class _BrightnessReader:
