@@ -275,8 +275,10 @@ def test_estimate_tiles_order_batches_and_scaling():
     # of the others' estimates, with a warning naming them
     image[:32, :32] = 0.0
     image[32:, 64:] = -1.0
+    image[32:, 64:96] = 1e-39       # a vanishing positive mean: overflows float32
     reg = FixedRegressor(lambda x: np.array([x[0, 0], x.mean()]))
     with pytest.warns(UserWarning, match=r"2 of 15 tiles have a non-positive mean "
+                                         r".*too close to 0 to scale"
                                          r".*offsets \(0, 0\), \(32, 64\)"):
         blank, grid = estimate_tiles(image, reg, TILE, target_mean=0.5)
     assert sum(n for n, *_ in reg.calls) == 13
@@ -821,6 +823,17 @@ def test_deblur_large_does_not_depend_on_the_image_units(problem, lam):
     assert big.lam == pytest.approx(one.lam)
     raw = deblur_large(4000.0 * p["y"], (p["basis"], reg), image_mean=None, **kw)
     assert np.abs(raw.restored - big.restored).max() > 0.01 * 4000.0
+    # image_mean=None solves in the input's units, where lam="auto" does not
+    # suit counts: 16-bit counts as floats get TVDeblurrer's warning
+    counts = np.round(4000.0 * p["y"])
+    if lam == "auto":
+        with pytest.warns(UserWarning, match="whole-numbered floats reaching"):
+            deblur_large(counts, (p["basis"], reg), image_mean=None, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        deblur_large(counts, (p["basis"], reg), **kw)       # scaled: no warning
+        if lam != "auto":
+            deblur_large(counts, (p["basis"], reg), image_mean=None, **kw)
 
 
 def test_deblur_stitched_says_a_stalled_block_is_not_a_capped_one(problem):

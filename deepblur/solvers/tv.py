@@ -433,6 +433,48 @@ def estimate_noise_level(y):
     return float(sigma[0]) if single else sigma
 
 
+#: Brightest pixel beyond which whole-numbered float images are taken for
+#: counts (8- or 16-bit data stored as floats) by ``lam="auto"``'s warning.
+#: Images in [0, 1] stay below it, and images scaled to a mean (the
+#: simulator's, or ``deblur_image``'s), whose sparse point sources can peak
+#: in the hundreds, are not whole numbers. Measured: a 128x128 camera crop
+#: lost 5 dB at 255 times its [0, 1] units, 19 dB at 65 535, 0.3 dB at 10.
+_COUNTS_MAX = 100.0
+
+
+def warn_if_counts(X):
+    """Warn that ``lam="auto"`` does not suit images in counts (integers, or
+    whole-numbered floats above 100): :func:`default_lam` is calibrated for
+    images in [0, 1], and an image ``s`` times brighter is over-smoothed as if
+    ``lam`` were ``s`` times too small."""
+    if isinstance(X, torch.Tensor):
+        integer = not (X.is_floating_point() or X.is_complex()
+                       or X.dtype == torch.bool)
+        floating = X.is_floating_point()
+    else:
+        dtype = getattr(X, "dtype", None)
+        integer = (isinstance(dtype, np.dtype)
+                   and np.issubdtype(dtype, np.integer))
+        floating = isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.floating)
+    what = f"integers ({X.dtype})" if integer else None
+    size = X.numel() if isinstance(X, torch.Tensor) else getattr(X, "size", 0)
+    if floating and size:
+        a = X.detach() if isinstance(X, torch.Tensor) else np.asarray(X)
+        peak = float(a.abs().max() if isinstance(a, torch.Tensor)
+                     else np.max(np.abs(a)))
+        # (NaN compares False: refused later)
+        if peak > _COUNTS_MAX and bool((a == a.round()).all()):
+            what = f"whole-numbered floats reaching {peak:.4g}, like counts"
+    if what is not None:
+        warnings.warn(
+            f"lam='auto' is calibrated for images scaled to [0, 1]; these "
+            f"are {what}, and an image s times brighter than "
+            "its [0, 1] version is over-smoothed as if lam were s times too "
+            "small (s = 255 for 8-bit counts). Divide the images by their "
+            "maximum (or the dtype's) first, or give lam.",
+            UserWarning, stacklevel=user_stacklevel())
+
+
 def default_lam(y, regularization="tv", *, sigma=None):
     """A data-term weight ``lam`` per image from its noise level (no grid search).
 
