@@ -73,6 +73,15 @@ def _is_prefitted(obj):
     return True
 
 
+def _device_available(dev):
+    """Whether ``dev`` (a fitted deblurrer's device) exists here."""
+    try:
+        resolve_device(dev)
+    except ValueError:
+        return False
+    return True
+
+
 #: Largest factor ``target_mean / mean`` that float32 images can take
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -310,11 +319,12 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         self.__dict__.setdefault("target_mean", None)
         self.__dict__.setdefault("unit_gain", False)
         dev = self.__dict__.get("_device")
-        if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
+        if dev is not None and dev.type != "cpu" and not _device_available(dev):
             if self.device not in (None, "auto"):
+                name = "CUDA" if dev.type == "cuda" else repr(dev.type)
                 warnings.warn(
                     f"this TVDeblurrer was fitted with device={self.device!r} but "
-                    "CUDA is not available here; it runs on the CPU.",
+                    f"{name} is not available here; it runs on the CPU.",
                     UserWarning, stacklevel=user_stacklevel())
             self._device = torch.device("cpu")
 

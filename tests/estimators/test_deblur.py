@@ -435,6 +435,26 @@ def test_fitted_on_cuda_loads_and_runs_on_cpu(basis, data, tmp_path, monkeypatch
                                rtol=1e-5, atol=1e-6)
 
 
+def test_fitted_on_mps_loads_and_runs_on_cpu(basis, data, tmp_path, monkeypatch):
+    """Only CUDA fell back to the CPU on load; an 'mps' deblurrer kept its
+    device where there is none (since resolve_device accepts mps where
+    present)."""
+    from deepblur import _validation
+
+    X, _, gamma = data
+    est = _est(basis, device="cpu").fit(X)
+    expected = est.transform(X[:2], gamma=gamma[:2])
+    est.set_params(device="mps")
+    est._device = torch.device("mps")
+    joblib.dump(est, tmp_path / "d.joblib")
+    monkeypatch.setitem(_validation._OTHER_ACCELERATORS, "mps", lambda: False)
+    with pytest.warns(UserWarning, match="'mps' is not available here"):
+        loaded = joblib.load(tmp_path / "d.joblib")
+    assert loaded._device.type == "cpu"
+    np.testing.assert_allclose(loaded.transform(X[:2], gamma=gamma[:2]), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_plain_predictor_object(basis, data):
     X, _, gamma = data
 
