@@ -107,9 +107,6 @@ __all__ = [
 #: float32 (``benchmarks/README.md``, "Large images").
 DEFAULT_MAX_PIXELS = 1024 * 1024
 
-#: Largest float32: a tile scaled to ``target_mean`` must stay below it
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
 # Below this many tiles (or blocks) no progress bar is shown by default.
 _PROGRESS_MIN = 64
 
@@ -414,9 +411,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         ok = np.ones(len(batch), dtype=bool)
         if image_factor is not None:
             means = batch.mean(axis=(1, 2))
-            # a positive mean so close to 0 that the scaled tile would
-            # overflow float32 is as unreadable as a black one
-            ok = means > target_mean / _FLOAT32_MAX
+            ok = means > 0
             blank.extend(start + np.flatnonzero(~ok))
             batch = batch[ok] * (target_mean / means[ok])[:, None, None]
         batch = batch.astype(np.float32)
@@ -486,9 +481,8 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         more = f" and {len(blank) - 5} more" if len(blank) > 5 else ""
         warnings.warn(
             f"{len(blank)} of {grid.n_tiles} tiles have a non-positive mean "
-            f"intensity (black or signed, or too close to 0 to scale; offsets "
-            f"{shown}{more}): their blur cannot be read, they take the mean of "
-            "the other tiles' estimates.",
+            f"intensity (black or signed; offsets {shown}{more}): their blur "
+            "cannot be read, they take the mean of the other tiles' estimates.",
             UserWarning, stacklevel=user_stacklevel())
     return gamma, grid
 
@@ -1563,7 +1557,7 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     if isinstance(lam, str) and _large_image_mean(model, image_mean) is None:
         from deepblur.solvers.tv import warn_if_counts
 
-        warn_if_counts(np.asarray(image))       # solved in the image's units
+        warn_if_counts(img)             # solved in the image's units
     kernels, maps, model_boundary = _basis_parts(basis)
     tile_shape = tuple(int(s) for s in maps.shape[1:])
     # the solve's parameters before the network's minutes on the tiles

@@ -100,9 +100,13 @@ def test_usage_errors_exit_2(capsys):
     assert code == 2 and "positive number or 'auto'" in err
     code, _, err = _run(capsys, "demo", "--device", "toaster")
     assert code == 2 and "torch device" in err
+    code, _, err = _run(capsys, "basis", "a.npy", "--grid", "0", "4",
+                        "--image-shape", "8", "8", "-K", "2", "-o", "out")
+    assert code == 2 and "positive integer" in err
 
 
-def test_an_absent_device_is_refused_before_any_work(capsys, monkeypatch):
+def test_an_absent_device_is_refused_before_any_work(capsys, monkeypatch,
+                                                     model_dir, blurry, tmp_path):
     """--device mps (or meta) passed torch.device: deblur ran the blind
     estimate, then crashed in the solver with a long traceback."""
     import deepblur.pretrained._apply as apply
@@ -110,17 +114,16 @@ def test_an_absent_device_is_refused_before_any_work(capsys, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("the model ran")
 
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, blurry[2].astype(np.float32))
     monkeypatch.setattr(apply, "estimate_gamma", never)
     monkeypatch.setattr("deepblur._validation._OTHER_ACCELERATORS",
                         {"mps": lambda: False, "xpu": lambda: False})
     for device, expected in (("mps", "has no 'mps' device"),
                              ("meta", "not a device deepblur runs on")):
-        code, _, err = _run(capsys, "deblur", "y.tif", "-o", "u.tif",
-                            "--device", device)
+        code, _, err = _run(capsys, "deblur", image, "-o", tmp_path / "u.tif",
+                            "--model", model_dir, "--device", device)
         assert code == 1 and expected in _one_error_line(err)
-    code, _, err = _run(capsys, "basis", "a.npy", "--grid", "0", "4",
-                        "--image-shape", "8", "8", "-K", "2", "-o", "out")
-    assert code == 2 and "positive integer" in err
 
 
 def test_console_script_and_module():
