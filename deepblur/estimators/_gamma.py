@@ -689,7 +689,7 @@ def warn_if_noisy(X, noise_level):
     except (ValueError, TypeError, IndexError):
         return
     # (integer tensors have no torch mean: in float64, as their levels are)
-    means = [float(x.double().mean() if torch.is_tensor(x)
+    means = [float(x.detach().double().mean() if torch.is_tensor(x)
                    else np.mean(x, dtype=np.float64)) for x in sample]
     message = noisy_images_message(levels, noise_level, n_total=len(arr),
                                    means=means)

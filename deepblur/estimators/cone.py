@@ -399,6 +399,8 @@ class ConeSampler(BaseEstimator):
                [0.  , 0.5 ]])
         """
         check_is_fitted(self)
+        if torch.is_tensor(X):      # estimates recording a graph, or on a GPU
+            X = X.detach().cpu()
         X = check_array(X, dtype=np.float64)
         if X.shape[1] != self.generators_.shape[1]:
             raise ValueError(

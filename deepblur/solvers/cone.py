@@ -57,7 +57,12 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from deepblur._validation import check_finite, resolve_device, user_stacklevel
+from deepblur._validation import (
+    check_finite,
+    check_real,
+    resolve_device,
+    user_stacklevel,
+)
 
 __all__ = [
     "circumcenter",
@@ -100,7 +105,10 @@ _BOUND_CHECK_EVERY = 25
 
 def _as_2d_float(X, name, dtypes=(np.float64,)):
     """``X`` as a 2-D finite floating array (a copy only when needed)."""
+    if torch.is_tensor(X):          # recording a graph, or on a GPU
+        X = X.detach().cpu()
     arr = np.asarray(X)
+    check_real(arr, name)
     if arr.ndim != 2:
         raise ValueError(
             f"{name} must be a 2-D array of shape (n_rows, n_features); got an "
@@ -116,6 +124,12 @@ def _points_and_rays(X, rays):
     """``X`` and ``rays`` as 2-D float arrays with as many columns."""
     X = _as_2d_float(X, "X")
     rays = _as_2d_float(rays, "rays")
+    if rays.shape[0] == 0 or X.shape[1] == 0:
+        # (scipy's nnls aborts the interpreter on a matrix without columns)
+        raise ValueError(
+            "rays must hold at least one ray of at least one coefficient; got "
+            f"rays of shape {rays.shape} for X of shape {X.shape}."
+        )
     if rays.shape[1] != X.shape[1]:
         raise ValueError(
             f"rays must have {X.shape[1]} columns like X; got rays of shape "
@@ -443,7 +457,9 @@ def _metric_root(gram, K):
     """``M`` with ``M^T M = gram`` (so that ``||v||_gram = ||M v||``)."""
     if gram is None:
         return None
-    G = np.asarray(gram, dtype=np.float64)
+    if torch.is_tensor(gram):
+        gram = gram.detach().cpu()
+    G = np.asarray(check_real(np.asarray(gram), "gram"), dtype=np.float64)
     if G.shape != (K, K):
         raise ValueError(
             f"gram must be a ({K}, {K}) matrix (the metric of the {K} "

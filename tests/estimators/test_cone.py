@@ -329,3 +329,11 @@ def test_joblib_round_trip_sampler(gammas, tmp_path):
     loaded = joblib.load(tmp_path / "sampler.joblib")
     # The stream state travels with the estimator.
     np.testing.assert_array_equal(loaded.sample(11), sampler.sample(11))
+
+
+def test_project_takes_estimates_recording_a_graph():
+    """check_array called numpy() on a tensor that requires grad."""
+    sampler = ConeSampler(alpha_range=(0.5, 1.5)).fit(np.eye(3))
+    X = np.array([[1.0, 2.0, 0.5]])
+    np.testing.assert_allclose(sampler.project(torch.tensor(X, requires_grad=True)),
+                               sampler.project(X))

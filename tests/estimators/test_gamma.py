@@ -212,3 +212,18 @@ def test_check_score_targets():
                        (np.zeros(4), "at least one non-zero")):
         with pytest.raises(ValueError, match=match):
             check_score_targets(X, y, K, bad)
+
+
+def test_noise_check_on_images_recording_a_graph_warns_only_about_noise():
+    """The images' means were taken without detach: torch's 'Converting a
+    tensor with requires_grad=True to a scalar' warning leaked to the user."""
+    import torch
+
+    from deepblur.estimators._gamma import warn_if_noisy
+    from deepblur.exceptions import NoisyImageWarning
+
+    X = torch.rand(4, 32, 32, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_noisy(X, noise_level=1e-6)
+    assert [type(w.message) for w in caught] == [NoisyImageWarning]

@@ -794,3 +794,34 @@ def test_torch_sampler_reproducible_and_dtype():
         sample_cone_torch(G, 2, max_rays=5)
     with pytest.raises(ValueError, match="alpha_range must satisfy"):
         sample_cone_torch(G, 2, alpha_range=(1.0, 0.5))
+
+
+def test_no_ray_or_no_coefficient_is_refused():
+    """rays of shape (0, K) reached scipy's nnls, which aborts the
+    interpreter ('double free'); K = 0 returned uninitialised weights."""
+    X = np.ones((2, 3))
+    for call in (lambda: cone.project_cone(X, np.empty((0, 3))),
+                 lambda: cone.project_cone(X, np.empty((0, 3)), alpha_range=(1, 2)),
+                 lambda: cone.cone_nnls(X, np.empty((0, 3))),
+                 lambda: cone.cone_distance_bounds(X, np.empty((0, 3))),
+                 lambda: cone.project_cone(np.ones((2, 0)), np.ones((3, 0)))):
+        with pytest.raises(ValueError, match="at least one ray of at least one"):
+            call()
+
+
+def test_complex_and_graph_inputs():
+    """Complex X, rays or gram lost their imaginary part with only numpy's
+    ComplexWarning; a tensor recording a graph raised torch's numpy() error."""
+    X, rays = np.array([[1.0, 2.0, 0.5]]), np.eye(3)
+    for kwargs, name in ((dict(X=X + 1j, rays=rays), "X"),
+                         (dict(X=X, rays=rays + 1j), "rays"),
+                         (dict(X=X, rays=rays, gram=np.eye(3) + 1j), "gram")):
+        with pytest.raises(ValueError, match=f"{name} must be real"):
+            cone.project_cone(**kwargs)
+    with pytest.raises(ValueError, match="X must be real"):
+        cone.cone_distance_bounds(X + 1j, rays)
+    graph = torch.tensor(X, requires_grad=True)
+    np.testing.assert_allclose(cone.project_cone(graph, rays)[0],
+                               cone.project_cone(X, rays)[0])
+    np.testing.assert_allclose(cone.cone_distance_bounds(graph, rays),
+                               cone.cone_distance_bounds(X, rays))
