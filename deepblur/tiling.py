@@ -1015,7 +1015,8 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     grid : TileGrid
     lam : float or "auto", default="auto"
         Data-term weight, in the image's units; ``"auto"``:
-        :func:`deepblur.solvers.tv.default_lam` of the whole image.
+        :func:`deepblur.solvers.tv.default_lam` of the whole image, calibrated
+        for images in [0, 1] (counts get a ``UserWarning``).
     boundary : {"model", "unknown"}, default="model"
         ``"model"``: the basis's boundary model (zero: a dark surrounding; a
         block-wise solve needs it); the border of a cropped scene then blows
@@ -1077,6 +1078,24 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     >>> len(info["blocks"]), bool(abs(u - clean).mean() < abs(y - clean).mean())
     (2, True)
     """
+    if isinstance(lam, str):        # solved in the image's units
+        from deepblur.solvers.tv import warn_if_counts
+
+        warn_if_counts(image if torch.is_tensor(image) else np.asarray(image))
+    return _deblur_stitched(
+        image, basis, gamma_tiles, grid, lam=lam, boundary=boundary,
+        regularization=regularization, positive=positive, max_iter=max_iter,
+        tol=tol, inner_iter=inner_iter, max_pixels=max_pixels, margin=margin,
+        lipschitz=lipschitz, device=device, dtype=dtype, progress=progress)
+
+
+def _deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
+                     boundary="model", regularization="tv", positive=False,
+                     max_iter=500, tol=1e-5, inner_iter=10,
+                     max_pixels=DEFAULT_MAX_PIXELS, margin=None, lipschitz=None,
+                     device="cpu", dtype="float32", progress=None):
+    """:func:`deblur_stitched` without its warning about counts (for the
+    callers that scaled the image, or warned, themselves)."""
     kernels, maps, model_boundary = _basis_parts(basis)
     if tuple(maps.shape[1:]) != tuple(grid.tile_shape):
         raise ValueError(
@@ -1425,8 +1444,8 @@ def _large_input(image, model, image_mean="auto"):
 def _deblur_scaled(image, basis, gamma_tiles, grid, *, scale, **solve):
     """:func:`deblur_stitched` of ``image * scale``, mapped back to the
     input's units."""
-    restored, info = deblur_stitched(image * scale, basis, gamma_tiles, grid,
-                                     **solve)
+    restored, info = _deblur_stitched(image * scale, basis, gamma_tiles, grid,
+                                      **solve)
     return restored / scale, info
 
 

@@ -833,6 +833,15 @@ def test_deblur_large_does_not_depend_on_the_image_units(problem, lam):
         deblur_large(counts, (p["basis"], reg), **kw)       # scaled: no warning
         if lam != "auto":
             deblur_large(counts, (p["basis"], reg), image_mean=None, **kw)
+    # deblur_stitched (public) solves in the image's units too
+    solve = dict(lam=lam, max_iter=2, tol=0)
+    if lam == "auto":
+        with pytest.warns(UserWarning, match="whole-numbered floats reaching"):
+            deblur_stitched(counts, p["basis"], p["gamma"], p["grid"], **solve)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            deblur_stitched(counts, p["basis"], p["gamma"], p["grid"], **solve)
 
 
 def test_deblur_stitched_says_a_stalled_block_is_not_a_capped_one(problem):

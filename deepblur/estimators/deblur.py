@@ -530,8 +530,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
             DEFAULT_MAX_PIXELS,
             _basis_parts,
             _check_solve,
+            _deblur_stitched,
             _warn_if_windows,
-            deblur_stitched,
             estimate_tiles,
             tile_grid,
         )
@@ -570,7 +570,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 tiles = np.tile(g[i], (grid.n_tiles, 1))
             if self.unit_gain:
                 tiles = self._unit_gain(tiles, grid)
-            restored, info = deblur_stitched(
+            # (transform warned about counts once for the call)
+            restored, info = _deblur_stitched(
                 img, self.basis, tiles, grid, lam=self.lam,
                 boundary=self.boundary,
                 regularization=self.regularization, positive=self.positive,

@@ -316,11 +316,12 @@ def _deblur_unknown_boundary(basis, y, gamma, lam, regularization, positive,
     :func:`deepblur.tiling.deblur_stitched` with ``boundary="unknown"`` on
     one tile.
     """
-    from deepblur.tiling import deblur_stitched, tile_grid
+    from deepblur.tiling import _deblur_stitched, tile_grid
 
     shape = tuple(int(n) for n in basis.image_shape_)
     kh, kw = basis.kernels_.shape[1:]
-    u, _ = deblur_stitched(
+    # y is scaled to the model's image mean: no warning about counts
+    u, _ = _deblur_stitched(
         y, basis, np.asarray(gamma, dtype=np.float64)[None],
         tile_grid(shape, shape), lam=lam, boundary="unknown",
         regularization=regularization, positive=positive, max_iter=max_iter,
