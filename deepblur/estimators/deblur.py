@@ -407,12 +407,15 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
 
         return _check_target_mean(self.target_mean)
 
-    def _check_positive_means(self, images):
-        """Refuse, before any estimate, images that ``target_mean`` cannot
-        scale (a non-positive mean); ``images`` is a sequence of (H, W)."""
+    def _target_factors(self, images):
+        """The factors ``target_mean / mean`` that bring each image (a
+        sequence of (H, W)) to ``target_mean`` (None without one), refusing,
+        before any estimate, images that it cannot scale (a non-positive
+        mean, or one so small that the factor overflows float32)."""
         target = self._checked_target_mean()
         if target is None:
-            return
+            return None
+        factors = []
         for i, img in enumerate(images):
             mean = float(np.mean(img, dtype=np.float64))
             if not (mean > 0 and target / mean < _FLOAT32_MAX):
@@ -425,14 +428,13 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                     "image); pass target_mean=None to predict on the images "
                     "as they are."
                 )
+            factors.append(target / mean)
+        return np.asarray(factors, dtype=np.float32)
 
     def _scaled_to_target(self, X_t):
         """The images (n, H, W) as float32 numpy, each at ``target_mean``."""
         images = X_t.detach().cpu().numpy().astype(np.float32)
-        self._check_positive_means(images)
-        means = images.reshape(len(images), -1).mean(1, dtype=np.float64)
-        factors = (self._checked_target_mean() / means).astype(np.float32)
-        return images * factors[:, None, None]
+        return images * self._target_factors(images)[:, None, None]
 
     def _unit_gain(self, gamma, grid=None):
         """``gamma`` (n, K) divided row-wise by its operator's gain."""
@@ -549,7 +551,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                          tol=self.tol, inner_iter=self.inner_iter)
         if gamma is None:
             estimator = self._predictor()
-            self._check_positive_means(images)
+            self._target_factors(images)        # refused before any estimate
             # once for the call, not once per image
             _warn_if_windows(estimator, max(
                 tile_grid(img.shape, self.image_shape_, self.tile_stride).n_tiles

@@ -162,12 +162,15 @@ def checkpoint_files(directory):
             if (directory / name).exists()]
 
 
-def _check_fresh_checkpoint_dir(checkpoint_dir, resume):
-    """Refuse to start a training (``resume=False``) over a checkpoint: its
-    ``run.json`` would be replaced at once but the old run's weights,
-    optimizer and history only at the end of the first epoch, and a resume
-    after an interruption before then would go on from the old run's epochs
-    under the new run's parameters, without a word."""
+def _check_checkpoint_dir(checkpoint_dir, resume):
+    """Refuse ``resume`` without a ``checkpoint_dir``, and a training started
+    (``resume=False``) over a checkpoint: its ``run.json`` would be replaced
+    at once but the old run's weights, optimizer and history only at the end
+    of the first epoch, and a resume after an interruption before then would
+    go on from the old run's epochs under the new run's parameters, without a
+    word."""
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from.")
     if resume or checkpoint_dir is None:
         return
     found = checkpoint_files(checkpoint_dir)
@@ -625,9 +628,7 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
     random_state = int(random_state)
     if noise_std is not None:
         _check_range(noise_std, "noise_std")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs the checkpoint_dir to resume from.")
-    _check_fresh_checkpoint_dir(checkpoint_dir, resume)
+    _check_checkpoint_dir(checkpoint_dir, resume)
     basis, sampler = setting["basis"], setting["sampler"]
     # one set of draws serves the output bias and the moments' standardisation,
     # from a fresh stream of the sampler: the network does not depend on what
@@ -1267,9 +1268,7 @@ progress_bar, verbose
         noise_std=noise_std, point_fraction=point_fraction,
         head_images=head_images, head_batch_size=head_batch_size,
         blur_features=blur_features, **_setting_shape(setting))
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs the checkpoint_dir to resume from.")
-    _check_fresh_checkpoint_dir(checkpoint_dir, resume)   # before the pools
+    _check_checkpoint_dir(checkpoint_dir, resume)     # before the pools
     basis, sampler = setting["basis"], setting["sampler"]
     shape = tuple(int(s) for s in basis.image_shape_)
     crop = dict(setting, params=dict(setting["params"], boundary="crop",
