@@ -58,6 +58,7 @@ from deepblur._validation import (
     check_positive_int_pair,
     native_contiguous,
     resolve_device,
+    scalar_value,
     user_stacklevel,
 )
 from deepblur.estimators._gamma import (
@@ -81,6 +82,7 @@ from deepblur.solvers.tv import (
     deblur,
     default_lam,
     stall_message,
+    warn_if_counts,
 )
 
 __all__ = [
@@ -1079,8 +1081,6 @@ def deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
     (2, True)
     """
     if isinstance(lam, str):        # solved in the image's units
-        from deepblur.solvers.tv import warn_if_counts
-
         warn_if_counts(image if torch.is_tensor(image) else np.asarray(image))
     return _deblur_stitched(
         image, basis, gamma_tiles, grid, lam=lam, boundary=boundary,
@@ -1397,14 +1397,7 @@ def _check_target_mean(target_mean):
     """None, or a positive finite float (NumPy scalars and 0-d arrays too)."""
     if target_mean is None:
         return None
-    if (isinstance(target_mean, (bool, np.bool_, str, bytes))
-            or np.ndim(target_mean) != 0):
-        value = None
-    else:
-        try:
-            value = float(target_mean)
-        except (TypeError, ValueError):
-            value = None
+    value = scalar_value(target_mean)
     if value is None or not (np.isfinite(value) and value > 0):
         raise ValueError(
             f"target_mean must be positive and finite; got {target_mean!r}."
@@ -1573,9 +1566,7 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     True
     """
     basis, regressor, img, scale = _large_input(image, model, image_mean)
-    if isinstance(lam, str) and _large_image_mean(model, image_mean) is None:
-        from deepblur.solvers.tv import warn_if_counts
-
+    if isinstance(lam, str) and image_mean is None:
         warn_if_counts(img)             # solved in the image's units
     kernels, maps, model_boundary = _basis_parts(basis)
     tile_shape = tuple(int(s) for s in maps.shape[1:])
