@@ -17,6 +17,8 @@ __all__ = [
     "check_finite",
     "check_ndim",
     "check_shape_tail",
+    "check_positive_int",
+    "scalar_value",
     "check_positive_int_pair",
     "check_real",
     "check_boundary",
@@ -107,6 +109,27 @@ def check_shape_tail(x, name, tail, what="image_shape"):
             f"of shape {tuple(x.shape)}."
         )
     return x
+
+
+def scalar_value(value):
+    """``value`` as a float when it is one real number (a Python or NumPy
+    number, a 0-d array or tensor), else None: booleans and strings are no
+    numbers, and arrays of other shapes no scalars."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_positive_int(value, name):
+    """``value`` as an int, or a ``ValueError`` naming ``name`` unless it is an
+    integer >= 1 (booleans are no integers)."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= 1):
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return int(value)
 
 
 def check_positive_int_pair(value, name, *, allow_zero=False):

@@ -23,7 +23,11 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from sklearn.utils import Bunch, check_random_state
 
-from deepblur._validation import check_positive_int_pair
+from deepblur._validation import (
+    check_positive_int,
+    check_positive_int_pair,
+    scalar_value,
+)
 from deepblur.solvers.psf_decomposition import grid_positions
 
 __all__ = ["gaussian_kernel", "make_random_operators", "random_maps"]
@@ -40,14 +44,6 @@ def _positive_pair(value, name):
         raise ValueError(f"{name} must be a pair of positive, finite numbers; "
                          f"got {value!r}.")
     return a, b
-
-
-def _positive_int(value, name):
-    """A positive int (booleans are no ints)."""
-    if not (isinstance(value, Integral) and not isinstance(value, bool)
-            and value >= 1):
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return int(value)
 
 
 def _optional_scale(value, name):
@@ -72,12 +68,7 @@ def gaussian_kernel(kernel_shape, sigmas, angle):
     """
     kh, kw = check_positive_int_pair(kernel_shape, "kernel_shape")
     sigmas = _positive_pair(sigmas, "sigmas")
-    value = None
-    if not isinstance(angle, (bool, np.bool_, str, bytes)) and np.ndim(angle) == 0:
-        try:            # a number, or a 0-d array or tensor
-            value = float(angle)
-        except (TypeError, ValueError):
-            pass
+    value = scalar_value(angle)        # a number, or a 0-d array or tensor
     if value is None or not np.isfinite(value):
         raise ValueError(f"angle must be a finite number; got {angle!r}.")
     angle = value
@@ -120,7 +111,7 @@ def random_maps(image_shape, n_pairs, rng, *, field_scale=None, smoothing=None):
         ``smoothing`` is not as described.
     """
     H, W = check_positive_int_pair(image_shape, "image_shape")
-    n_pairs = _positive_int(n_pairs, "n_pairs")
+    n_pairs = check_positive_int(n_pairs, "n_pairs")
     _optional_scale(field_scale, "field_scale")
     _optional_scale(smoothing, "smoothing")
     if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
@@ -194,8 +185,8 @@ def make_random_operators(n_operators=100, *, image_shape=(128, 128),
     >>> bool(abs(ops.psf_fields.sum(axis=(-2, -1)) - 1).max() < 1e-12)
     True
     """
-    n_operators = _positive_int(n_operators, "n_operators")
-    n_pairs = _positive_int(n_pairs, "n_pairs")
+    n_operators = check_positive_int(n_operators, "n_operators")
+    n_pairs = check_positive_int(n_pairs, "n_pairs")
     image_shape = check_positive_int_pair(image_shape, "image_shape")
     kernel_shape = check_positive_int_pair(kernel_shape, "kernel_shape")
     grid_shape = check_positive_int_pair(grid_shape, "grid_shape")

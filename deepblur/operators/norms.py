@@ -12,6 +12,8 @@ import numbers
 
 import torch
 
+from deepblur._validation import check_positive_int
+
 __all__ = ["power_iteration"]
 
 
@@ -69,9 +71,7 @@ def power_iteration(forward, adjoint, x0, *, max_iter=100, tol=1e-5,
     >>> round(float(sigma[0]), 4)
     3.0
     """
-    if not (isinstance(max_iter, numbers.Integral)
-            and not isinstance(max_iter, bool) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive int; got {max_iter!r}.")
+    check_positive_int(max_iter, "max_iter")
     if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool)
             and math.isfinite(tol) and tol >= 0):
         raise ValueError(

@@ -57,6 +57,7 @@ from deepblur._validation import (
     as_tensor,
     check_finite,
     check_ndim,
+    check_positive_int,
     to_like,
     user_stacklevel,
 )
@@ -572,17 +573,11 @@ def check_iterations(max_iter=1, tol=0.0, inner_iter=1):
     """Refuse :func:`deblur`'s ``max_iter``, ``tol`` and ``inner_iter`` when
     they are not what it takes (also checked before long work that ends in
     a solve: the large-image paths' tile estimates)."""
-    if not (isinstance(max_iter, numbers.Integral)
-            and not isinstance(max_iter, bool) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive int; got {max_iter!r}.")
+    check_positive_int(max_iter, "max_iter")
     if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool)
             and tol >= 0):
         raise ValueError(f"tol must be a non-negative float; got {tol!r}.")
-    if not (isinstance(inner_iter, numbers.Integral)
-            and not isinstance(inner_iter, bool) and inner_iter >= 1):
-        raise ValueError(
-            f"inner_iter must be a positive int; got {inner_iter!r}."
-        )
+    check_positive_int(inner_iter, "inner_iter")
 
 
 def deblur(
