@@ -262,6 +262,32 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         self.memory = memory
         self.random_state = random_state
 
+    #: what ``fit`` uses for a component left at None, as the user writes it
+    _DEFAULT_COMPONENTS = {
+        "basis": "ProductConvolutionBasis(image_shape=X.shape[-2:])",
+        "cone": "ConeSimplifier(n_rays=10)",
+        "sampler": "ConeSampler()",
+        "regressor": "ResNetBlurRegressor(verbose=0)",
+        "deblurrer": "TVDeblurrer()",
+    }
+
+    def set_params(self, **params):
+        """Set the parameters, refusing nested ones of a component left at
+        None (``deblurrer__lam`` with ``deblurrer=None``) with a message
+        that says what to pass instead, not scikit-learn's
+        ``'NoneType' object has no attribute 'set_params'``."""
+        for key in params:
+            name, nested, _ = key.partition("__")
+            if (nested and name in self._DEFAULT_COMPONENTS
+                    and params.get(name, getattr(self, name, None)) is None):
+                default = self._DEFAULT_COMPONENTS[name]
+                raise ValueError(
+                    f"cannot set {key!r}: {name} is None, which fit replaces "
+                    f"by a default {default}; to set or tune its parameters "
+                    f"(e.g. in a grid search), pass the component, e.g. "
+                    f"BlindDeblurrer({name}={default.split('(')[0]}(...)).")
+        return super().set_params(**params)
+
     def __setstate__(self, state):
         """Unpickle, with the defaults of parameters added since."""
         super().__setstate__(state)

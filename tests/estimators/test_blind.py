@@ -12,8 +12,10 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 import deepblur.estimators.blind as blind_module
 from deepblur import (
+    BlindDeblurrer,
     ConeSimplifier,
     ProductConvolutionBasis,
+    TVDeblurrer,
 )
 
 
@@ -301,3 +303,22 @@ def test_bad_inputs(data, monkeypatch):
 
     with pytest.raises(NotFittedError):
         tiny().transform(blurry)
+
+
+@pytest.mark.parametrize("key, name", [
+    ("deblurrer__lam", "deblurrer"), ("basis__n_components", "basis"),
+    ("regressor__lr", "regressor"), ("cone__n_rays", "cone"),
+    ("sampler__alpha_range", "sampler"),
+])
+def test_nested_parameters_of_a_default_component_say_what_to_pass(key, name):
+    """A grid over deblurrer__lam with deblurrer=None (the default) failed
+    with "'NoneType' object has no attribute 'set_params'"."""
+    with pytest.raises(ValueError, match=rf"{name} is None.*pass the component"):
+        BlindDeblurrer().set_params(**{key: 1})
+    with pytest.raises(ValueError, match=rf"{name} is None"):
+        clone(BlindDeblurrer()).set_params(**{key: 1})
+    # the component and its parameter in one call, as a grid's candidate does
+    est = BlindDeblurrer().set_params(deblurrer=TVDeblurrer(), deblurrer__lam=3.0)
+    assert est.deblurrer.lam == 3.0
+    assert BlindDeblurrer(deblurrer=TVDeblurrer()).set_params(
+        deblurrer__lam=2.0).deblurrer.lam == 2.0
