@@ -1176,7 +1176,7 @@ def _deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
                                                    strict=True)]
     if tol > 0 and any(stalled):
         warnings.warn(stall_message(f"{sum(stalled)} of {len(blocks)} block(s)",
-                                    tol),
+                                    tol, regularization),
                       ConvergenceWarning, stacklevel=user_stacklevel())
     if tol > 0 and any(capped):
         warnings.warn(

@@ -175,14 +175,16 @@ def _check_representable(values, name, given, dtype):
         )
 
 
-def stall_message(which, tol):
+def stall_message(which, tol, regularization="tv"):
     """The ConvergenceWarning's text for solves that stalled (``which``: how
     many of what, e.g. "2 of 5 image(s) [0, 3]")."""
+    causes = ("an inexact TV proximal step (raise inner_iter), "
+              if regularization == "tv" else "")
     return (f"deblur stopped on {which} whose objective no longer decreased "
             f"({_STALL} steps in a row) before its relative change fell below "
-            f"tol={tol}: a lipschitz value below ||H||^2, or a tol under the "
-            "precision of the dtype (more iterations would not help); their "
-            "result is not the minimiser to tol.")
+            f"tol={tol}: {causes}a lipschitz value below ||H||^2, or a tol "
+            "under the precision of the dtype (more iterations alone would "
+            "not help); their result is not the minimiser to tol.")
 
 
 def _check_objective(f, k, dtype):
@@ -448,6 +450,13 @@ def warn_if_counts(X):
     whole-numbered floats above 100): :func:`default_lam` is calibrated for
     images in [0, 1], and an image ``s`` times brighter is over-smoothed as if
     ``lam`` were ``s`` times too small."""
+    if not isinstance(X, torch.Tensor) and not hasattr(X, "dtype"):
+        # lists (of arrays or numbers) by their numpy dtype: a list of 8-bit
+        # images did not warn where the same array did
+        try:
+            X = np.asarray(X)
+        except (ValueError, TypeError, RuntimeError):
+            return                      # ragged: refused by the caller
     if isinstance(X, torch.Tensor):
         integer = not (X.is_floating_point() or X.is_complex()
                        or X.dtype == torch.bool)
@@ -790,7 +799,8 @@ def deblur(
         if tol > 0 and stuck.any():
             warnings.warn(
                 stall_message(f"{int(stuck.sum())} of {n} image(s) "
-                              f"{np.flatnonzero(stuck).tolist()}", tol),
+                              f"{np.flatnonzero(stuck).tolist()}", tol,
+                              regularization),
                 ConvergenceWarning,
                 stacklevel=user_stacklevel(),
             )

@@ -472,3 +472,14 @@ def test_default_lam_is_c_over_sigma_squared():
     flat = np.full((8, 8), 0.5)
     flat[0, 0] = 0.6                          # no noise: the floor, 1e-4
     assert default_lam(flat) == pytest.approx(C_TV / 1e-4**2)
+
+
+def test_the_stall_message_names_the_inexact_tv_step():
+    """Stalls of TV with a tight tol in float64 come from the inexact
+    proximal step (the audit's 12x12 solve stalled with inner_iter=10 and
+    converged with 50), which the message did not name: it blamed lipschitz,
+    which TVDeblurrer has not, or the dtype's precision."""
+    from deepblur.solvers.tv import stall_message
+
+    assert "raise inner_iter" in stall_message("1 of 1 image(s) [0]", 1e-10)
+    assert "inner_iter" not in stall_message("1 of 1 image(s) [0]", 1e-10, "l1")
