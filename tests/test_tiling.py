@@ -883,7 +883,7 @@ def test_large_paths_check_the_solve_before_the_estimates(problem):
         deblurrer.transform(np.stack([problem["y"], problem["y"]]))
     # set after fit (a set_params of a fitted estimator)
     deblurrer.set_params(max_pixels=None, max_iter=0)
-    with pytest.raises(ValueError, match="max_iter must be a positive int"):
+    with pytest.raises(ValueError, match="'max_iter' parameter"):
         deblurrer.transform(problem["y"])
     assert reg.calls == []
 

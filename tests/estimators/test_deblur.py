@@ -818,7 +818,7 @@ def test_target_mean_checked_in_fit_and_after_set_params(basis, data):
         _est(basis, target_mean=-1.0).fit(X)
     est = _est(basis, blur_estimator=_BrightnessReader(np.ones(K))).fit(X)
     est.set_params(target_mean=float("inf"))
-    with pytest.raises(ValueError, match="target_mean must be positive and finite"):
+    with pytest.raises(ValueError, match="target_mean"):
         est.transform(X)
 
 
@@ -847,3 +847,66 @@ def test_blind_target_mean_refuses_a_mean_too_close_to_zero():
                        match="image 1 has a mean intensity .* too close to 0"):
         est.transform(X)
     assert reader.seen == []
+
+
+def test_blind_single_image_given_as_a_list(basis, data):
+    """One image as a nested list, blind: the batch of one was made by
+    indexing the list (TypeError: list indices must be integers or slices,
+    not NoneType)."""
+    X, _, gamma = data
+    reg = FakeBlurRegressor().fit(X, gamma)
+    est = _est(basis, blur_estimator=reg, max_iter=20).fit(X)
+    from_list = est.transform(X[0].tolist())
+    assert np.shape(from_list) == SHAPE
+    np.testing.assert_allclose(from_list, est.transform(X[0]), atol=1e-6)
+
+
+def test_auto_lam_warns_on_lists_of_counts(basis, data):
+    """A list of 8-bit images did not warn where the same uint8 array did:
+    the check read only a dtype, which lists have not."""
+    X, _, gamma = data
+    counts = np.clip(np.round(X * 200), 0, 255).astype(np.uint8)
+    est = _est(basis, lam="auto", max_iter=5).fit(X)
+    with pytest.warns(UserWarning, match=r"integers \(uint8\)"):
+        est.transform(list(counts), gamma=gamma)
+    with pytest.warns(UserWarning, match=r"integers \(int64\)"):
+        est.transform(counts[0].astype(int).tolist(), gamma=gamma[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.transform(list(counts / 255.0), gamma=gamma)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"lam": "banana"}, "'lam' parameter"),
+    ({"boundary": "zero"}, "'boundary' parameter"),
+    ({"positive": "yes"}, "'positive' parameter"),
+    ({"dtype": "float16"}, "'dtype' parameter"),
+    ({"max_iter": 0}, "'max_iter' parameter"),
+])
+def test_parameters_set_after_fit_are_checked(basis, data, params, match):
+    """set_params after fit skips fit's validation: lam='banana' was solved
+    as lam='auto', boundary='zero' as 'model' and positive='yes' as True
+    without a word, and dtype='float16' raised a bare KeyError."""
+    X, _, gamma = data
+    est = _est(basis, max_iter=5).fit(X).set_params(**params)
+    with pytest.raises(ValueError, match=match):
+        est.transform(X, gamma=gamma)
+
+
+def test_score_checks_y_before_the_solve(basis, data, monkeypatch):
+    """A y of the wrong shape or with NaN was refused only after the whole
+    deblurring had run."""
+    X, clean, gamma = data
+    est = _est(basis, max_iter=5).fit(X)
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("the solve ran before y was checked")
+
+    monkeypatch.setattr(est, "transform", no_solve)
+    with pytest.raises(ValueError, match="y must have the shape of X"):
+        est.score(X, clean[:2], gamma=gamma)
+    bad = clean.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="y must contain only finite"):
+        est.score(X, bad, gamma=gamma)
