@@ -24,7 +24,7 @@ from deepblur.estimators._gamma import (
 )
 from deepblur.estimators.regressor import _check_images
 from deepblur.exceptions import NoPointSourceError, PoorPointSourceFitWarning
-from deepblur.solvers.point_sources import fit_point_sources
+from deepblur.solvers.point_sources import _check_start, fit_point_sources
 from deepblur.solvers.tv import estimate_noise_level
 
 __all__ = ["PointSourceBlurEstimator"]
@@ -271,6 +271,10 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
                 "fit needs a starting gamma: pass y (e.g. samples of the cone) "
                 "or set gamma_init."
             )
+        _check_start(init, np.asarray(basis.kernels_, dtype=np.float64),
+                     np.asarray(basis.maps_, dtype=np.float64),
+                     "gamma_init" if self.gamma_init is not None else
+                     "the mean of y (the starting gamma)")
         self.gamma_init_ = init
         self.image_shape_ = image_shape
         self.n_features_in_ = int(np.prod(image_shape))

@@ -48,7 +48,7 @@ import scipy.linalg
 import scipy.optimize
 from scipy.ndimage import center_of_mass, gaussian_filter, label, maximum_filter
 
-from deepblur._validation import check_ndim
+from deepblur._validation import check_finite, check_ndim
 from deepblur.exceptions import NoPointSourceError
 
 __all__ = [
@@ -83,6 +83,11 @@ def detect_point_sources(y, threshold, *, min_distance=2, smoothing=0.0):
     ndarray of shape (J, 2), int
         Row and column of each detection, sorted by decreasing value.
 
+    Raises
+    ------
+    ValueError
+        When ``y`` is not one finite 2-D image, or ``threshold`` not a number.
+
     Examples
     --------
     >>> import numpy as np
@@ -94,7 +99,13 @@ def detect_point_sources(y, threshold, *, min_distance=2, smoothing=0.0):
             or min_distance < 1):
         raise ValueError("min_distance must be an int >= 1 (a maximum is the "
                          f"largest value within it); got {min_distance!r}.")
+    if (not isinstance(threshold, Real) or isinstance(threshold, bool)
+            or np.isnan(threshold)):
+        raise ValueError("threshold must be a number (the smallest value of a "
+                         f"detected maximum); got {threshold!r}.")
     y = np.asarray(y, dtype=np.float64)
+    check_ndim(y, "y", 2, "(H, W): one image")
+    check_finite(y, "y")
     if smoothing > 0:
         y = gaussian_filter(y, float(smoothing), mode="constant")
     size = 2 * int(min_distance) + 1
@@ -201,6 +212,21 @@ def _psf_gains(gamma, kernels, maps, pixels):
     ``sum_k gamma_k f_k(p) sum(e_k)``, how much of a source there is seen."""
     pixels = np.asarray(pixels).reshape(-1, 2)
     return (gamma * kernels.sum(axis=(1, 2))) @ maps[:, pixels[:, 0], pixels[:, 1]]
+
+
+def _check_start(gamma, kernels, maps, name="gamma0"):
+    """Raise unless the PSF of ``H[gamma]`` sums to a positive value at some
+    pixel: from a start whose PSFs are zero or negative everywhere, every
+    non-negative amplitude fits the image worst at 0, and the fit would end
+    on 'no point source could be fitted', blaming the image."""
+    gains = (gamma * kernels.sum(axis=(1, 2))) @ maps.reshape(len(maps), -1)
+    if not (gains > 0).any():
+        raise ValueError(
+            f"{name} gives PSFs of zero or negative sum at every pixel (their "
+            f"largest sum is {gains.max():.3g}): no non-negative source can be "
+            "fitted from it. Start from an operator that blurs, e.g. the mean "
+            "of the cone's samples."
+        )
 
 
 def _refine_offsets(y, kernels, maps, positions, offsets, amplitudes, gamma):
@@ -526,11 +552,12 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     ------
     ValueError
         When ``maps`` is not of shape ``(K, H, W)`` for the ``K`` kernels and
-        the ``(H, W)`` image ``y``, ``gamma0`` not of shape ``(K,)``, or
+        the ``(H, W)`` image ``y``, ``gamma0`` not of shape ``(K,)`` or its
+        PSFs of zero or negative sum at every pixel, an input not finite, or
         ``image_mean`` not positive (and for the other invalid parameters).
     NoPointSourceError
-        When no source is detected above ``threshold``, or none can be
-        fitted (a ``ValueError``).
+        When no source is detected above ``threshold``, ``positions`` is
+        empty, or no source can be fitted (a ``ValueError``).
 
     Examples
     --------
@@ -558,6 +585,9 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     check_ndim(y, "y", 2, "(H, W): one image")
     check_ndim(kernels, "kernels", 3, "(K, kh, kw)")
     check_ndim(maps, "maps", 3, "(K, H, W)")
+    for name, value in (("y", y), ("kernels", kernels), ("maps", maps),
+                        ("gamma0", gamma)):
+        check_finite(value, name)
     K = kernels.shape[0]
     if maps.shape != (K,) + y.shape:
         raise ValueError(
@@ -568,6 +598,7 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     if gamma.shape != (K,):
         raise ValueError(f"gamma0 must have shape (K,) = ({K},), one coefficient "
                          f"per kernel; got shape {gamma.shape}.")
+    _check_start(gamma, kernels, maps)
     if not (isinstance(image_mean, Real) and np.isfinite(image_mean)
             and image_mean > 0):
         raise ValueError("image_mean must be positive (the mean of the clean "
@@ -588,6 +619,9 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     kernel_shape, image_shape = kernels.shape[1:], y.shape
     if positions is not None:
         positions = np.asarray(positions).reshape(-1, 2)
+        if len(positions) == 0:
+            raise NoPointSourceError("positions is empty: there is no point "
+                                     "source to fit.")
         if (positions.dtype.kind not in "iu" or (positions < 0).any()
                 or (positions >= np.array(image_shape)).any()):
             raise ValueError(

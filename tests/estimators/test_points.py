@@ -158,6 +158,12 @@ def test_bad_input(setting):
         PointSourceBlurEstimator(basis, gamma_init=np.ones((2, 3))).fit()
     with pytest.raises(ValueError, match="finite"):
         PointSourceBlurEstimator(basis).fit(X, np.full_like(gamma, np.nan))
+    # a start of zero PSFs failed every image in predict, blaming the images
+    # ('every amplitude is 0: the image does not look like point sources')
+    with pytest.raises(ValueError, match="gamma_init gives PSFs of zero"):
+        PointSourceBlurEstimator(basis, gamma_init=np.zeros(3)).fit()
+    with pytest.raises(ValueError, match="the mean of y .* gives PSFs of zero"):
+        PointSourceBlurEstimator(basis).fit(X, np.zeros_like(gamma))
     with pytest.raises(ValueError, match="as many samples"):
         PointSourceBlurEstimator(basis).fit(X, gamma[:3])
     with pytest.raises(InvalidParameterError):

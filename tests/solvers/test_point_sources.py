@@ -341,6 +341,51 @@ def test_shapes_and_image_mean_are_checked():
             fit_point_sources(*args, threshold=0.05, **kw)
 
 
+def test_inputs_a_fit_cannot_use_are_refused_by_name():
+    """Empty positions (a localisation that found nothing) raised a TypeError
+    from formatting threshold=None; a NaN in y was reported as 'no point
+    source above the threshold (image maximum nan)', an Inf as scipy's
+    'array must not contain infs or NaNs'; a stack or a 1-D array given to
+    detect_point_sources raised scipy's 'structure and input must have equal
+    rank'; a start gamma0 of zero PSFs failed on every image with 'every
+    amplitude is 0: the image does not look like point sources'."""
+    from deepblur.exceptions import NoPointSourceError
+
+    kernels, maps = _family()
+    u, _ = _scene(0)
+    y = _dense(kernels, maps, u, np.ones(3))
+    for empty in (np.zeros((0, 2), dtype=int), []):
+        with pytest.raises(NoPointSourceError, match="positions is empty"):
+            fit_point_sources(y, kernels, maps, np.ones(3), positions=empty)
+    for bad in (np.nan, np.inf):
+        z = y.copy()
+        z[3, 3] = bad
+        with pytest.raises(ValueError, match="y must contain only finite"):
+            fit_point_sources(z, kernels, maps, np.ones(3), threshold=0.01)
+        with pytest.raises(ValueError, match="y must contain only finite"):
+            detect_point_sources(z, 0.01)
+    with pytest.raises(ValueError, match="gamma0 must contain only finite"):
+        fit_point_sources(y, kernels, maps, np.array([1.0, np.nan, 1.0]),
+                          threshold=0.01)
+    bad_maps = maps.copy()
+    bad_maps[1, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="maps must contain only finite"):
+        fit_point_sources(y, kernels, bad_maps, np.ones(3), threshold=0.01)
+    for g0 in (np.zeros(3), -np.ones(3)):
+        with pytest.raises(ValueError, match="gamma0 gives PSFs of zero or negative"):
+            fit_point_sources(y, kernels, maps, g0, threshold=0.01)
+    # a start positive somewhere is taken
+    fit = fit_point_sources(y, kernels, maps, np.array([0.0, 1.0, 0.0]),
+                            threshold=0.01)
+    np.testing.assert_allclose(fit.gamma, np.ones(3), rtol=1e-4, atol=1e-5)
+    for shape in ((5,), (2, 9, 9)):
+        with pytest.raises(ValueError, match="y must have 2 dimensions"):
+            detect_point_sources(np.zeros(shape), 0.1)
+    for threshold in (None, np.nan, "0.1"):
+        with pytest.raises(ValueError, match="threshold must be a number"):
+            detect_point_sources(y, threshold)
+
+
 def test_sources_added_a_few_per_round():
     """``max_new`` caps the sources added per round; rounds continue until the
     residual has no maximum above the threshold."""
