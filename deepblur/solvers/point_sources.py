@@ -335,6 +335,33 @@ def _gamma_matrix(rows, cols, blocks, a):
     return P
 
 
+def _check_positions(positions, image_shape, name="positions"):
+    """``positions`` as an int64 array of shape (J, 2) of pixels inside the
+    image. Only that layout is read: a (2, J) array (``np.nonzero``'s rows
+    then columns) or (J, 3) rows reshaped to pairs would give other pixels."""
+    positions = np.asarray(positions)
+    if positions.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if positions.ndim == 1 and positions.shape == (2,):
+        positions = positions[None]
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise ValueError(
+            f"{name} must have shape (J, 2), one (row, column) pixel per "
+            f"source (np.argwhere's layout, not np.nonzero's); got shape "
+            f"{positions.shape}."
+        )
+    whole = positions.dtype.kind in "iu" or (
+        positions.dtype.kind == "f" and np.isfinite(positions).all()
+        and (positions == np.round(positions)).all())
+    if (not whole or (positions < 0).any()
+            or (positions >= np.array(image_shape)).any()):
+        raise ValueError(
+            f"{name} must be integer (row, column) pixels inside the "
+            f"{tuple(image_shape)} image; got {positions.tolist()[:4]}..."
+        )
+    return positions.astype(np.int64)
+
+
 def point_source_image(kernels, maps, positions, amplitudes, gamma, offsets=None):
     """``H[gamma] u`` for ``u = sum_j a_j delta_{p_j}`` (zero boundary).
 
@@ -343,6 +370,8 @@ def point_source_image(kernels, maps, positions, amplitudes, gamma, offsets=None
     kernels : ndarray of shape (K, kh, kw)
     maps : ndarray of shape (K, H, W)
     positions : ndarray of shape (J, 2), int
+        Pixels inside the image, one (row, column) pair per row (whole
+        floats are taken; put fractions in ``offsets``).
     amplitudes : ndarray of shape (J,)
     gamma : ndarray of shape (K,)
     offsets : ndarray of shape (J, 2), optional
@@ -355,7 +384,27 @@ def point_source_image(kernels, maps, positions, amplitudes, gamma, offsets=None
     """
     kernels = np.asarray(kernels, dtype=np.float64)
     maps = np.asarray(maps, dtype=np.float64)
-    positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    check_ndim(kernels, "kernels", 3, "(K, kh, kw)")
+    check_ndim(maps, "maps", 3, "(K, H, W)")
+    K = len(kernels)
+    if len(maps) != K:
+        raise ValueError(f"maps must hold one map per kernel ({K}); got "
+                         f"{len(maps)}.")
+    positions = _check_positions(positions, maps.shape[1:])
+    J = len(positions)
+    amplitudes = np.asarray(amplitudes, dtype=np.float64)
+    gamma = np.asarray(gamma, dtype=np.float64)
+    for name, value, shape in (("amplitudes", amplitudes, (J,)),
+                               ("gamma", gamma, (K,))):
+        if value.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}; got "
+                             f"{value.shape} (for {J} positions and {K} "
+                             "kernels).")
+    if offsets is not None:
+        offsets = np.asarray(offsets, dtype=np.float64)
+        if offsets.shape != (J, 2):
+            raise ValueError(f"offsets must have shape ({J}, 2), one per "
+                             f"position; got {offsets.shape}.")
     atoms = _atoms(kernels, maps, positions, offsets)
     top, left, _ = _windows(positions, kernels.shape[1:], maps.shape[1:])
     return _image(atoms, top, left, amplitudes, gamma, maps.shape[1:])
@@ -516,9 +565,11 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         simulated single-molecule images from 1.2 % to 0.36 %
         (``benchmarks/README.md``).
     positions : array-like of shape (J, 2), optional
-        Known pixels of the sources (e.g. from a localisation software):
-        no detection, one round (with ``subpixel``, their offsets are still
-        fitted, and a source whose offset passes 0.6 pixel moves).
+        Known pixels of the sources (e.g. from a localisation software), one
+        (row, column) pair per row, whole numbers (round sub-pixel
+        localisations; a ``(2, J)`` array is refused): no detection, one
+        round (with ``subpixel``, their offsets are still fitted, and a
+        source whose offset passes 0.6 pixel moves).
     background : bool, default=True
         Fit a constant offset ``c`` of the image, ``y = H[gamma] u + c``
         (a camera's dark level, a uniform haze): jointly with the amplitudes
@@ -618,17 +669,11 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         raise ValueError(f"max_refine must be a non-negative int; got {max_refine!r}.")
     kernel_shape, image_shape = kernels.shape[1:], y.shape
     if positions is not None:
-        positions = np.asarray(positions).reshape(-1, 2)
+        positions = _check_positions(positions, image_shape)
         if len(positions) == 0:
             raise NoPointSourceError("positions is empty: there is no point "
                                      "source to fit.")
-        if (positions.dtype.kind not in "iu" or (positions < 0).any()
-                or (positions >= np.array(image_shape)).any()):
-            raise ValueError(
-                "positions must be integer (row, column) pixels inside the "
-                f"{image_shape} image; got {positions.tolist()[:4]}..."
-            )
-        positions, n_rounds = np.unique(positions.astype(np.int64), axis=0), 1
+        positions, n_rounds = np.unique(positions, axis=0), 1
     elif threshold is None:
         raise ValueError("threshold must be given when positions are not.")
     else:

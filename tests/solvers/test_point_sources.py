@@ -386,6 +386,45 @@ def test_inputs_a_fit_cannot_use_are_refused_by_name():
             detect_point_sources(y, threshold)
 
 
+def test_positions_must_be_rows_of_pixels():
+    """positions were reshaped to (-1, 2): np.nonzero's (2, J) layout, or
+    (J, 3) rows with an amplitude, were read as other pixels and fitted
+    without a word (gamma (0.03, 3.72, -0.03) for (0.52, 0, 0.32) on a
+    simulated field);
+    point_source_image also truncated fractional positions, ignored extra
+    amplitudes and raised IndexErrors for short ones or pixels outside."""
+    kernels, maps = _family()
+    u, _ = _scene(0)
+    gamma = np.array([1.0, 0.5, 0.8])
+    y = _dense(kernels, maps, u, gamma)
+    pos = np.argwhere(u > 0)[:3]
+    assert len(pos) == 3
+    for bad in (pos.T, np.c_[pos, np.ones(3, dtype=int)]):
+        with pytest.raises(ValueError, match=r"positions must have shape \(J, 2\)"):
+            fit_point_sources(y, kernels, maps, gamma, positions=bad)
+        with pytest.raises(ValueError, match=r"positions must have shape \(J, 2\)"):
+            point_source_image(kernels, maps, bad, np.ones(3), gamma)
+    # whole floats and a single (2,) pair are pixels; fractions are refused
+    np.testing.assert_array_equal(
+        point_source_image(kernels, maps, pos.astype(float), np.ones(3), gamma),
+        point_source_image(kernels, maps, pos, np.ones(3), gamma))
+    np.testing.assert_array_equal(
+        point_source_image(kernels, maps, pos[0], np.ones(1), gamma),
+        point_source_image(kernels, maps, pos[:1], np.ones(1), gamma))
+    for bad in ([[10.7, 3.0]], [[32, 3]], [[-1, 3]]):
+        with pytest.raises(ValueError, match="positions must be integer"):
+            point_source_image(kernels, maps, bad, np.ones(1), gamma)
+    for amp in (np.ones(2), np.ones(5)):
+        with pytest.raises(ValueError, match=r"amplitudes must have shape \(3,\)"):
+            point_source_image(kernels, maps, pos, amp, gamma)
+    with pytest.raises(ValueError, match=r"gamma must have shape \(3,\)"):
+        point_source_image(kernels, maps, pos, np.ones(3), gamma[:2])
+    with pytest.raises(ValueError, match=r"offsets must have shape \(3, 2\)"):
+        point_source_image(kernels, maps, pos, np.ones(3), gamma, np.zeros((2, 2)))
+    assert not point_source_image(kernels, maps, np.zeros((0, 2), int),
+                                  np.zeros(0), gamma).any()
+
+
 def test_sources_added_a_few_per_round():
     """``max_new`` caps the sources added per round; rounds continue until the
     residual has no maximum above the threshold."""
