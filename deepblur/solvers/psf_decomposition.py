@@ -17,6 +17,8 @@ family, and extends the sampled maps to every pixel with thin-plate splines.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 from scipy.interpolate import RBFInterpolator
 from threadpoolctl import threadpool_limits
@@ -153,7 +155,7 @@ def cp_als(T, n_components, *, init="svd", max_iter=2000, tol=1e-10, n_refine=20
         than ``tol`` (relative) between two sweeps.
     n_refine : int, default=20
         Cap on ALS sweeps on the full tensor after the compressed solve.
-    random_state : numpy Generator
+    random_state : None, int, numpy Generator or RandomState, default=None
         Random initial factors (``init="random"``); also completes the SVD
         initialisation when ``K`` exceeds a mode's size.
 
@@ -178,7 +180,24 @@ def cp_als(T, n_components, *, init="svd", max_iter=2000, tol=1e-10, n_refine=20
     3. The factors are lifted back and refined by a few ALS sweeps on the full
        tensor (which removes the compression's bias for approximate models).
     """
-    rng = random_state
+    T = np.asarray(T, dtype=np.float64)
+    if T.ndim != 3:
+        raise ValueError(f"T must have 3 dimensions (P, X, D): operators, "
+                         f"positions, kernel pixels; got shape {T.shape}.")
+    if (not isinstance(n_components, Integral) or isinstance(n_components, bool)
+            or n_components < 1):
+        raise ValueError(f"n_components must be a positive int; got "
+                         f"{n_components!r}.")
+    if init not in ("svd", "random"):
+        raise ValueError(f"init must be 'svd' or 'random'; got {init!r}.")
+    for name, value in (("max_iter", max_iter), ("n_refine", n_refine)):
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int; got {value!r}.")
+    if not (isinstance(tol, Real) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative float; got {tol!r}.")
+    if isinstance(random_state, np.random.RandomState):
+        random_state = random_state.randint(np.iinfo(np.int32).max)
+    rng = np.random.default_rng(random_state)   # a Generator is kept as is
     P, X, D = T.shape
     K = int(n_components)
     norm_T = np.linalg.norm(T)

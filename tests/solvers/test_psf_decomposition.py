@@ -90,6 +90,30 @@ def test_all_zero_tensor_is_refused():
         cp_als(np.zeros((2, 3, 4)), 1, random_state=np.random.default_rng(0))
 
 
+def test_cp_als_checks_its_arguments():
+    """cp_als's default random_state=None (and an int seed) crashed
+    init='random' with 'NoneType' object has no attribute 'standard_normal';
+    n_components=-1 returned 2 components, an unknown init ran the SVD
+    start, and a 2-D T failed in numpy's unpacking."""
+    r = np.random.default_rng(0)
+    T = reconstruct_fields(r.random((6, 3)) + 0.1, r.standard_normal((10, 3)),
+                           r.standard_normal((25, 3)))
+    fits = [cp_als(T, 3, init="random", random_state=seed)
+            for seed in (None, 0, 0, np.random.RandomState(0))]
+    assert all(f[3]["residual"] < 1e-6 for f in fits)
+    np.testing.assert_array_equal(fits[1][0], fits[2][0])     # an int seeds it
+    for args, kw, match in [((T, 0), {}, "n_components must be a positive int"),
+                            ((T, -1), {}, "n_components must be a positive int"),
+                            ((T, 2.5), {}, "n_components must be a positive int"),
+                            ((T, 3), dict(init="SVD"), "init must be"),
+                            ((T[0], 3), {}, "T must have 3 dimensions"),
+                            ((T, 3), dict(max_iter=-1), "max_iter"),
+                            ((T, 3), dict(n_refine=1.5), "n_refine"),
+                            ((T, 3), dict(tol=-1.0), "tol")]:
+        with pytest.raises(ValueError, match=match):
+            cp_als(*args, **kw)
+
+
 def test_exact_low_rank_is_recovered_to_the_tolerance():
     """The stopping test reads the residual directly near an exact fit: the
     expanded formula cancels to ~1e-8 and stopped ALS there whatever tol."""
