@@ -48,7 +48,7 @@ import scipy.linalg
 import scipy.optimize
 from scipy.ndimage import center_of_mass, gaussian_filter, label, maximum_filter
 
-from deepblur._validation import check_finite, check_ndim
+from deepblur._validation import check_finite, check_ndim, scalar_value
 from deepblur.exceptions import NoPointSourceError
 
 __all__ = [
@@ -86,7 +86,8 @@ def detect_point_sources(y, threshold, *, min_distance=2, smoothing=0.0):
     Raises
     ------
     ValueError
-        When ``y`` is not one finite 2-D image, or ``threshold`` not a number.
+        When ``y`` is not one finite 2-D image, ``threshold`` not a number or
+        ``smoothing`` negative.
 
     Examples
     --------
@@ -99,10 +100,16 @@ def detect_point_sources(y, threshold, *, min_distance=2, smoothing=0.0):
             or min_distance < 1):
         raise ValueError("min_distance must be an int >= 1 (a maximum is the "
                          f"largest value within it); got {min_distance!r}.")
-    if (not isinstance(threshold, Real) or isinstance(threshold, bool)
-            or np.isnan(threshold)):
+    value = scalar_value(threshold)
+    if value is None or np.isnan(value):
         raise ValueError("threshold must be a number (the smallest value of a "
                          f"detected maximum); got {threshold!r}.")
+    threshold = value
+    value = scalar_value(smoothing)
+    if value is None or not (0 <= value < np.inf):
+        raise ValueError("smoothing must be a non-negative number (the "
+                         f"filter's standard deviation, 0: none); got {smoothing!r}.")
+    smoothing = value
     y = np.asarray(y, dtype=np.float64)
     check_ndim(y, "y", 2, "(H, W): one image")
     check_finite(y, "y")

@@ -384,6 +384,17 @@ def test_inputs_a_fit_cannot_use_are_refused_by_name():
     for threshold in (None, np.nan, "0.1"):
         with pytest.raises(ValueError, match="threshold must be a number"):
             detect_point_sources(y, threshold)
+    # 0-d arrays are numbers
+    np.testing.assert_array_equal(
+        detect_point_sources(y, np.array(0.01), smoothing=np.array(1.0)),
+        detect_point_sources(y, 0.01, smoothing=1.0))
+    # a negative or NaN smoothing ran no filter without a word
+    for smoothing in (-1.0, np.nan, None):
+        with pytest.raises(ValueError, match="smoothing must be a non-negative"):
+            detect_point_sources(y, 0.1, smoothing=smoothing)
+        with pytest.raises(ValueError, match="smoothing must be a non-negative"):
+            fit_point_sources(y, kernels, maps, np.ones(3), threshold=0.01,
+                              smoothing=smoothing)
 
 
 def test_positions_must_be_rows_of_pixels():
