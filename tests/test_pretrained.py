@@ -654,6 +654,30 @@ def test_save_a_compiled_regressor(small_setting, tmp_path):
                                rtol=1e-5, atol=1e-7)
 
 
+def test_the_point_source_fit_takes_the_settings_image_mean(small_setting,
+                                                            tmp_path):
+    """load_model(estimator='points') built its PointSourceBlurEstimator with
+    image_mean=0.5 whatever the setting's: in a setting of image_mean=1.0 it
+    returned twice the operator of the model's own simulations (100 %
+    operator error, every image)."""
+    from deepblur.datasets import blur_images, make_point_sources
+
+    setting = dict(small_setting,
+                   params=dict(small_setting["params"], image_mean=1.0))
+    net, _ = _tiny_regressor(small_setting, n_images=8)
+    save_model(tmp_path, net, setting)
+    model = load_model(tmp_path, estimator="points")
+    assert model.setting["image_mean"] == 1.0
+    assert model.regressor.image_mean == 1.0
+    gamma = small_setting["gamma"][:2]
+    u = make_point_sources(2, (16, 16), density=0.005, random_state=0)
+    y = blur_images(u, gamma, model.basis, noise_std=1e-4, image_mean=1.0,
+                    random_state=0)
+    err = relative_errors(gamma, model.regressor.predict(y),
+                          model.basis.gram_)["operator"]
+    assert err.max() < 1e-3           # 1.0 (twice the operator) before
+
+
 def test_load_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)

@@ -896,8 +896,9 @@ default="network"
         (trained on windows of larger scenes), likewise with its training
         noise and ``setting["boundary"] == "crop"``.
         ``"points"``: a :class:`~deepblur.PointSourceBlurEstimator` on the
-        model's basis, started from the mean operator of its cone (for
-        images of beads or single molecules; nothing trained).
+        model's basis, started from the mean operator of its cone, with the
+        setting's ``image_mean`` (for images of beads or single molecules;
+        nothing trained).
     project : bool, default=False
         The networks and the spectral regressor always hold the model's
         ``sampler``, for their support check (``support_tolerance``, read
@@ -964,7 +965,10 @@ default="network"
         # nothing learnt: the fit starts from the mean operator of the cone
         start = (clone(sampler).set_params(random_state=0).fit(rays)
                  .sample(50_000).mean(0))
-        regressor = PointSourceBlurEstimator(basis, gamma_init=start).fit()
+        # gamma's scale: the clean image of the model's setting has its mean
+        regressor = PointSourceBlurEstimator(
+            basis, gamma_init=start,
+            image_mean=float(setting.get("image_mean", 0.5))).fit()
     elif estimator == "crop_network":
         crop, crop_tensors = _read_pair(
             directory, _CROP_WEIGHTS, _CROP_META,
