@@ -56,7 +56,7 @@ def dihedral_transform(x, t, *, inverse=False):
 
     Parameters
     ----------
-    x : ndarray or torch.Tensor of shape (..., H, W)
+    x : array-like or torch.Tensor of shape (..., H, W)
         Square in its last two axes unless ``t`` is 0, 2, 4 or 6 (the
         elements that keep the shape of any rectangle).
     t : int, 0 to 7
@@ -80,6 +80,11 @@ def dihedral_transform(x, t, *, inverse=False):
     """
     t = _check_element(t)
     turns, flip = t % 4, t >= 4
+    if not torch.is_tensor(x):
+        x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have at least 2 dimensions (..., H, W); got "
+                         f"shape {tuple(x.shape)}.")
     if turns % 2 and x.shape[-1] != x.shape[-2]:
         raise ValueError(f"a quarter turn (t={t}) needs square images; got "
                          f"shape {tuple(x.shape[-2:])}.")
@@ -89,7 +94,6 @@ def dihedral_transform(x, t, *, inverse=False):
             return (torch.flip(y, dims=(-1,)) if flip else y).contiguous()
         y = torch.flip(x, dims=(-1,)) if flip else x
         return torch.rot90(y, -turns, dims=(-2, -1)).contiguous()
-    x = np.asarray(x)
     if not inverse:
         y = np.rot90(x, turns, axes=(-2, -1))
         return np.ascontiguousarray(y[..., ::-1] if flip else y)

@@ -98,6 +98,13 @@ def test_bad_input():
     with pytest.raises(ValueError, match="needs square images"):
         dihedral_transform(np.zeros((3, 4)), 1)
     assert dihedral_transform(np.zeros((3, 4)), 2).shape == (3, 4)
+    # a list was refused with 'list' object has no attribute 'shape', a 1-D
+    # array with an IndexError
+    np.testing.assert_array_equal(dihedral_transform([[1.0, 2.0], [3.0, 4.0]], 1),
+                                  [[2.0, 4.0], [1.0, 3.0]])
+    for x in (np.arange(3.0), torch.zeros(3)):
+        with pytest.raises(ValueError, match="at least 2 dimensions"):
+            dihedral_transform(x, 1)
     with pytest.raises(ValueError, match="odd sizes"):
         dihedral_maps(np.zeros((1, 2, 3)), np.ones((1, 4, 4)))
     with pytest.raises(ValueError, match="square maps"):
