@@ -277,6 +277,14 @@ def interpolate_maps(positions, values, image_shape, *, smoothing=0.0):
     H, W = image_shape
     positions = np.asarray(positions, dtype=np.float64)
     values = np.asarray(values)
+    if positions.ndim != 2 or positions.shape[1] != 2 or len(positions) == 0:
+        raise ValueError(f"positions must have shape (X, 2), one (row, col) per "
+                         f"sample; got shape {positions.shape}.")
+    if values.ndim < 1 or len(values) != len(positions):
+        raise ValueError(f"values must have one row per position ({len(positions)});"
+                         f" got shape {values.shape}.")
+    if not (np.isfinite(positions).all() and np.isfinite(values).all()):
+        raise ValueError("positions and values must be finite; got NaN or Inf.")
     unique, inverse, counts = np.unique(positions, axis=0, return_inverse=True,
                                         return_counts=True)
     if len(unique) < len(positions):    # a spline through one point twice is singular

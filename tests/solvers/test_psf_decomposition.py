@@ -114,6 +114,21 @@ def test_cp_als_checks_its_arguments():
             cp_als(*args, **kw)
 
 
+def test_interpolate_maps_checks_its_arguments():
+    """Samples of another count than the positions failed in scipy ('the
+    first axis of `d`'), (X, 3) positions in a matmul, a NaN position in
+    'SVD did not converge'."""
+    pos = np.array([[1, 1], [5, 5], [9, 1]])
+    for args, match in [((pos, np.ones((2, 3))), "one row per position"),
+                        ((np.c_[pos, pos[:, :1]], np.ones((3, 2))),
+                         r"shape \(X, 2\)"),
+                        ((np.where(pos == 9, np.nan, pos), np.ones((3, 2))),
+                         "finite"),
+                        ((pos, np.full((3, 2), np.inf)), "finite")]:
+        with pytest.raises(ValueError, match=match):
+            interpolate_maps(*args, (10, 10))
+
+
 def test_exact_low_rank_is_recovered_to_the_tolerance():
     """The stopping test reads the residual directly near an exact fit: the
     expanded formula cancels to ~1e-8 and stopped ALS there whatever tol."""
