@@ -1853,6 +1853,10 @@ def build_parser():
                     "regular R x C grid of the field of view: each file holds one "
                     "field, a stack (P, kh, kw) with P = R*C PSFs in row-major "
                     "order (.npy or TIFF), measured at the grid cells' centres. "
+                    "The PSFs are taken as given: subtract the camera's dark "
+                    "level and divide each by its bead's brightness (e.g. to "
+                    "unit sum) first, or their differences are fitted as "
+                    "changes of the blur. "
                     "Writes basis.safetensors + basis.json (no pickle; "
                     "deepblur.pretrained.load_basis reads them) and a figure of "
                     "the kernels and maps.")

@@ -264,6 +264,14 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         ----------
         X : array-like of shape (P, gy, gx, kh, kw) or (P, n_positions, kh, kw)
             PSF fields of ``P`` operators on a grid, or at ``positions``.
+            Every difference between the PSFs is read as a change of the
+            operator: subtract the camera's dark level from measured bead
+            crops and divide each PSF by its bead's brightness (e.g. to unit
+            sum), unless that brightness is the operator's. Fitted to raw
+            crops of 15 random operators (``make_random_operators``, 8x8
+            grid of 9x9 PSFs), beads of 500-1 500 counts on a dark level of
+            100, a 6-component basis represented 5 held-out operators to
+            33 % error instead of 19 %.
         y : None
             Ignored.
 
