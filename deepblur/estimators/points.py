@@ -160,7 +160,15 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     clean image's mean (``image_mean``), sources included wherever they
     are: an operator whose PSF vanishes somewhere (maps that reach 0 at the
     border) hides the sources there, and ``gamma``'s scale is then not
-    determined by the image.
+    determined by the image. Likewise the mean is that of the sources
+    found: the light of sources under the threshold is not counted (with
+    ``background``, the fitted offset takes it), and ``gamma``'s gain comes
+    out low by the share of the light they carry, its direction nearly
+    unchanged (an 8-bit image of simulated sources with noise under one
+    grey level: 8 of its 14 sources found, 65 % of the light, gain 0.63,
+    direction off by 2.4 %). Lower ``threshold``, or give ``noise_std``,
+    where dim sources matter (the noise estimate reads quantisation steps
+    as noise: 0.74 grey level there, for 0.29).
 
     Examples
     --------

@@ -556,6 +556,9 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
         Gaussian filter of the detection (see :func:`detect_point_sources`).
     image_mean : float, default=0.5
         Mean of the clean image (positive): fixes the scale of ``gamma``.
+        The sources fitted are taken to be all of it: sources missed (under
+        ``threshold``) make ``gamma``'s gain low by the share of the light
+        they carry.
     max_iter : int, default=100
         Alternating iterations per round.
     tol : float, default=1e-6
