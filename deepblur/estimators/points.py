@@ -74,6 +74,18 @@ def _warn_poor_fits(fits, images, sigma):
             PoorPointSourceFitWarning, stacklevel=user_stacklevel())
 
 
+def _fit_one(i, image, kernels, maps, gamma_init, threshold, params):
+    """The fit of image ``i``; a NoPointSourceError is returned, not raised
+    (the other images are fitted all the same)."""
+    try:
+        return fit_point_sources(image, kernels, maps, gamma_init,
+                                 threshold=threshold, **params)
+    except NoPointSourceError as exc:
+        return exc
+    except ValueError as exc:
+        raise ValueError(f"image {i}: {exc}") from None
+
+
 class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     r"""Estimate ``gamma`` from images of point sources (beads, molecules).
 
@@ -301,28 +313,22 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         kernels = np.asarray(basis.kernels_, dtype=np.float64)
         maps = np.asarray(basis.maps_, dtype=np.float64)
 
-        def one(i):
-            try:
-                return fit_point_sources(
-                    images[i], kernels, maps, self.gamma_init_,
-                    threshold=threshold[i], min_distance=int(self.min_distance),
-                    smoothing=float(self.smoothing), image_mean=float(self.image_mean),
-                    max_iter=int(self.max_iter), tol=float(self.tol),
-                    n_rounds=int(self.n_rounds),
-                    max_new=None if self.max_new is None else int(self.max_new),
-                    background=bool(self.background),
-                    subpixel=bool(self.subpixel))
-            except NoPointSourceError as exc:
-                return exc          # the other images are fitted all the same
-            except ValueError as exc:
-                raise ValueError(f"image {i}: {exc}") from None
-
+        params = dict(
+            min_distance=int(self.min_distance), smoothing=float(self.smoothing),
+            image_mean=float(self.image_mean), max_iter=int(self.max_iter),
+            tol=float(self.tol), n_rounds=int(self.n_rounds),
+            max_new=None if self.max_new is None else int(self.max_new),
+            background=bool(self.background), subpixel=bool(self.subpixel))
         indices = range(len(images))
         if self.verbose:
             from tqdm.auto import tqdm
 
             indices = tqdm(indices, unit="image", desc="PointSourceBlurEstimator")
-        fits = Parallel(n_jobs=self.n_jobs)(delayed(one)(i) for i in indices)
+        # each task gets its own image (a closure over all of them was
+        # pickled whole for every task: quadratic in the number of images)
+        fits = Parallel(n_jobs=self.n_jobs)(
+            delayed(_fit_one)(i, images[i], kernels, maps, self.gamma_init_,
+                              threshold[i], params) for i in indices)
         _warn_poor_fits(fits, images, sigma)
         return fits
 

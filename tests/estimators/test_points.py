@@ -68,6 +68,33 @@ def test_start_noise_level_parallel_and_progress_bar(setting):
     assert d.score(X, gamma) > -0.05
 
 
+def test_parallel_tasks_carry_one_image_each(setting, monkeypatch):
+    """With n_jobs, each task was a closure over every image and the
+    estimator (basis included), pickled for every task: the data sent grew
+    with the square of the number of images (64 images of 128x128 with the
+    shipped basis: 11 MB per task)."""
+    import deepblur.estimators.points as points
+
+    cloudpickle = pytest.importorskip("cloudpickle")
+
+    basis, _, X, gamma = setting
+    est = PointSourceBlurEstimator(basis, gamma_init=gamma.mean(0), n_jobs=2).fit()
+    sizes = {}
+
+    def serial(n_jobs=None):
+        def run(tasks):
+            tasks = list(tasks)
+            sizes[len(tasks)] = max(len(cloudpickle.dumps(t)) for t in tasks)
+            return [f(*a, **k) for f, a, k in tasks]
+        return run
+
+    monkeypatch.setattr(points, "Parallel", serial)
+    expected = est.set_params(n_jobs=None).predict(X)
+    np.testing.assert_array_equal(est.predict(X[:2]), expected[:2])
+    np.testing.assert_array_equal(est.predict(X), expected)
+    assert sizes[6] < 1.1 * sizes[2]
+
+
 def test_score_checks_y_and_sample_weight(setting):
     """One row of y was broadcast to all the images (a wrong score, silently),
     NaN gave nan."""
