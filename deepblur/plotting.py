@@ -51,6 +51,28 @@ def dirac_comb(image_shape, spacing=16, offset=None):
     return comb
 
 
+def _check_basis(basis):
+    """``basis``, checked fitted: an unfitted one failed with an
+    ``AttributeError`` on ``image_shape_``, ``kernels_`` or ``gram_``."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(basis, "gram_", msg=(
+        "basis must be a fitted ProductConvolutionBasis (fit it, or build it "
+        "with ProductConvolutionBasis.from_components); got an unfitted "
+        "%(name)s."))
+    return basis
+
+
+def _check_panel(img, name, shape):
+    """One image of a figure, of shape (H, W) (``shape`` when given)."""
+    img = np.asarray(img, dtype=np.float64)
+    if img.ndim != 2 or (shape is not None and img.shape != shape):
+        want = f"the shape of original {shape}" if shape is not None else "(H, W)"
+        raise ValueError(f"{name} must be one image of {want}; got an array "
+                         f"of shape {img.shape}.")
+    return img
+
+
 def _one_gamma(gamma, name, K):
     """One operator's coefficients, of shape (K,) (or (1, K))."""
     g = np.asarray(gamma, dtype=np.float64)
@@ -102,7 +124,11 @@ def plot_operator(basis, gamma, *, spacing=None, titles=None, cmap="magma"):
     -------
     matplotlib.figure.Figure
     """
+    _check_basis(basis)
     gamma = np.atleast_2d(np.asarray(gamma, dtype=np.float64))
+    if len(gamma) == 0:
+        raise ValueError(f"gamma must hold at least one operator's coefficients; "
+                         f"got shape {gamma.shape}.")
     if titles is not None and len(titles) != len(gamma):
         raise ValueError(f"titles must have one entry per operator ({len(gamma)}); "
                          f"got {len(titles)}.")
@@ -145,6 +171,7 @@ def plot_components(basis, *, n_max=8, cmap="viridis"):
     if (not isinstance(n_max, numbers.Integral) or isinstance(n_max, bool)
             or n_max < 1):
         raise ValueError(f"n_max must be a positive int; got {n_max!r}.")
+    _check_basis(basis)
     n = min(n_max, basis.kernels_.shape[0])
     fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
     with _closed_on_error(fig):
@@ -210,10 +237,10 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     from deepblur.metrics import snr
     from deepblur.pretrained import operator_gain
 
-    K = int(np.asarray(basis.gram_).shape[0])
+    K = int(np.asarray(_check_basis(basis).gram_).shape[0])
     gamma, gamma_hat = (_one_gamma(g, name, K) for g, name in
                         ((gamma, "gamma"), (gamma_hat, "gamma_hat")))
-    original = np.asarray(original, dtype=np.float64)
+    original = _check_panel(original, "original", None)
     H, W = basis.image_shape_
     if spacing is None:
         spacing = max(4, int(1.5 * max(basis.kernel_shape_)))
@@ -226,14 +253,17 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
             f"blurry_gain must be finite; got {blurry_gain!r}" + (
                 f" (computed: the gain of H[gamma] on a flat image is {gain})"
                 if blurry_gain is None else "") + ".")
-    panels = [(blurry, "blurry-noisy"), (original, "original"),
-              (deblurred, "deblurred (estimate)")]
+    panels = [(_check_panel(blurry, "blurry", original.shape), "blurry-noisy"),
+              (original, "original"),
+              (_check_panel(deblurred, "deblurred", original.shape),
+               "deblurred (estimate)")]
     if deblurred_true is not None:
-        panels.append((deblurred_true, "deblurred (true operator)"))
+        panels.append((_check_panel(deblurred_true, "deblurred_true",
+                                    original.shape),
+                       "deblurred (true operator)"))
     # the SNRs first: images that cannot be scored fail before a figure exists
     titled = []
     for img, title in panels:
-        img = np.asarray(img, dtype=np.float64)
         if title == "blurry-noisy" and gain > 0:
             title = (f"{title} (gain {gain:.2f})\nSNR "
                      f"{snr(original, img / gain):.2f} dB")

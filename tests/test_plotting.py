@@ -166,3 +166,35 @@ def test_comb_offset_and_gamma_shapes_are_checked(basis):
     for bad in (np.ones((2, K)), np.ones(K + 1)):
         with pytest.raises(ValueError, match=r"gamma must have shape \(K,\)"):
             plot_blind_deblurring(basis, bad, g, y, y, y)
+
+
+def test_unfitted_basis_empty_gamma_and_stacks_of_images_are_refused(basis):
+    """An unfitted basis failed with an AttributeError on image_shape_,
+    kernels_ or gram_; gamma of shape (0, K) with a ZeroDivisionError in
+    matplotlib; images given as (1, H, W) stacks with numpy's 'unsupported
+    format string passed to numpy.ndarray.__format__' (their SNR was an
+    array)."""
+    import matplotlib.pyplot as plt
+    from sklearn.exceptions import NotFittedError
+
+    plt.close("all")
+    unfitted = ProductConvolutionBasis()
+    g = np.ones(3)
+    y = np.random.default_rng(3).random((32, 32)) + 0.5
+    for call in (lambda: plot_operator(unfitted, g),
+                 lambda: plot_components(unfitted),
+                 lambda: plot_blind_deblurring(unfitted, g, g, y, y, y)):
+        with pytest.raises(NotFittedError, match="basis must be a fitted"):
+            call()
+    with pytest.raises(ValueError, match="at least one operator"):
+        plot_operator(basis, np.ones((0, 3)))
+    stack = y[None]
+    cases = [((stack, y, y), r"blurry must be one image .* \(1, 32, 32\)"),
+             ((y, stack, stack), r"original must be one image of \(H, W\)"),
+             ((y, y, stack), r"deblurred must be one image .* \(1, 32, 32\)")]
+    for images, match in cases:
+        with pytest.raises(ValueError, match=match):
+            plot_blind_deblurring(basis, g, g, *images)
+    with pytest.raises(ValueError, match="deblurred_true must be one image"):
+        plot_blind_deblurring(basis, g, g, y, y, y, deblurred_true=y[:16])
+    assert plt.get_fignums() == []
