@@ -448,7 +448,22 @@ def operator_error_score(gram, y_true, y_pred, sample_weight=None):
     """Minus the mean relative operator error (higher is better, 0 exact).
 
     ``y_true`` and ``sample_weight`` as checked by :func:`check_score_targets`.
+    A true operator of zero norm (``y_true`` a row of zeros) has no relative
+    error and is refused (as :func:`deepblur.metrics.snr` refuses an
+    all-zero clean image): its -inf (NaN for a perfect estimate, or with a
+    zero weight) ranked every candidate of a search alike.
     """
+    gram = np.asarray(gram, dtype=np.float64)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    energy = np.einsum("nk,kl,nl->n", y_true, gram, y_true)
+    if not np.all(energy > 0):
+        zero = np.flatnonzero(~(energy > 0))
+        raise ValueError(
+            f"y: the relative operator error against a zero operator is "
+            f"undefined (||H[y_i]||_F = 0 for row {int(zero[0])}"
+            f"{f' and {len(zero) - 1} more' if len(zero) > 1 else ''}): every "
+            "estimate of it scores -inf, a perfect one NaN. Leave such rows "
+            "out of y.")
     err = relative_frobenius_error(
         torch.as_tensor(np.asarray(y_true, dtype=np.float64)),
         torch.as_tensor(np.asarray(y_pred, dtype=np.float64)),
@@ -503,7 +518,8 @@ class SharedBasisMixin(FrozenComponentsMixin):
         X : array-like of shape (n, H, W) or (n, 1, H, W)
             Images.
         y : array-like of shape (n, K)
-            Their true gamma (finite, one row per image).
+            Their true gamma (finite, one row per image; a row of a zero
+            operator, whose relative error is undefined, is refused).
         sample_weight : array-like of shape (n,), default=None
             Weights of the images' errors in the mean (finite, non-negative).
 

@@ -1190,7 +1190,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         X : array-like of shape (n, H, W) or (n, 1, H, W)
             Images.
         y : array-like of shape (n, K)
-            Their true gamma (finite, one row per image).
+            Their true gamma (finite, one row per image; a row of a zero
+            operator, whose relative error is undefined, is refused).
         sample_weight : array-like of shape (n,), default=None
             Weights of the images' errors in the mean (finite, non-negative).
 

@@ -15,6 +15,7 @@ from deepblur.estimators._gamma import (
     check_support_tolerance,
     checked_estimates,
     gathered_support_message,
+    operator_error_score,
     out_of_support_message,
     settled_check_pays,
     support_distances,
@@ -212,6 +213,24 @@ def test_check_score_targets():
                        (np.zeros(4), "at least one non-zero")):
         with pytest.raises(ValueError, match=match):
             check_score_targets(X, y, K, bad)
+
+
+def test_operator_error_score_refuses_zero_true_operators():
+    """A row of zeros in y (a zero operator) scored -inf, NaN with a zero
+    weight or a perfect estimate, without a word: in a search every
+    candidate got the same -inf on that fold, and the first one won."""
+    gram = np.array([[2.0, 0.5], [0.5, 1.0]])
+    y = np.array([[1.0, 0.5], [0.0, 0.0], [0.5, 1.0], [0.0, 0.0]])
+    pred = y + 0.1
+    for weights in (None, np.array([1.0, 0.0, 1.0, 0.0])):
+        with pytest.raises(ValueError, match=r"zero operator .* row 1 and 1 more"):
+            operator_error_score(gram, y, pred, weights)
+    # the other rows score as before: minus the mean relative operator error
+    keep = [0, 2]
+    d = pred[keep] - y[keep]
+    expected = -np.mean(np.sqrt(np.einsum("nk,kl,nl->n", d, gram, d)
+                                / np.einsum("nk,kl,nl->n", y[keep], gram, y[keep])))
+    assert operator_error_score(gram, y[keep], pred[keep]) == pytest.approx(expected)
 
 
 def test_noise_check_on_images_recording_a_graph_warns_only_about_noise():
