@@ -360,7 +360,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     n_valid_batches : int, default=4
         With a :class:`~deepblur.datasets.simulate.BlurDataset` in ``fit``,
         the validation set is this many fixed batches drawn from the same
-        distribution with another seed (``train_split=None`` disables it).
+        distribution with another seed (``train_split=None``, 0 or None
+        disable it).
     mixed_precision : {None, "bf16"}, default=None
         ``"bf16"`` runs the forward pass of the training steps under
         ``torch.autocast`` in bfloat16 (convolutions and matrix products in
@@ -580,6 +581,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                 "one output per coefficient; got basis=None.")
         check_sampler(self.sampler, K)  # before any training, not after
         check_support_params(self.project, self.support_tolerance, self.sampler)
+        self._checked_n_valid_batches()
         # not after the training: the value, and a basis closed under the group
         if self._augmentation() is not None and self._basis_or_none() is not None:
             self._dihedral_back()
@@ -693,13 +695,30 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                                            else y, dtype=np.float32))
         return Dataset(Xt, y)
 
+    def _checked_n_valid_batches(self):
+        """``n_valid_batches`` as an int >= 0 (0 and None: no validation set).
+
+        -1 failed in the split with Python's '__len__() should return >= 0',
+        and 2.5 or "2" were taken as 2 without a word.
+        """
+        value = self.n_valid_batches
+        if value is None:
+            return 0
+        if not (isinstance(value, Integral) and not isinstance(value, bool)
+                and value >= 0):
+            raise ValueError(
+                "n_valid_batches must be a non-negative int (0 or None: no "
+                f"validation set); got {value!r}.")
+        return int(value)
+
     def get_split_datasets(self, X, y=None, **fit_params):
         """A ``BlurDataset`` is validated on fixed batches from another seed."""
         if not isinstance(X, BlurDataset):
             if isinstance(y, (list, tuple)):    # skorch reads a list as inputs
                 y = np.asarray(y)
             return super().get_split_datasets(X, y, **fit_params)
-        if not self.train_split or not self.n_valid_batches:
+        n_valid = self._checked_n_valid_batches()
+        if not self.train_split or not n_valid:
             return X, None
         rs = X.random_state
         if isinstance(rs, Integral):
@@ -712,7 +731,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
             seed = None
         valid = BlurDataset(
             X.images, X.basis, X.sampler, batch_size=X.batch_size,
-            n_batches=int(self.n_valid_batches), noise_std=X.noise_std, snr=X.snr,
+            n_batches=n_valid, noise_std=X.noise_std, snr=X.snr,
             normalize=X.normalize, image_mean=X.image_mean, augment=X.augment,
             pool_size=X.pool_size, boundary=X.boundary, device=X.device,
             random_state=seed)

@@ -1192,3 +1192,25 @@ def test_a_lone_last_image_keeps_the_loaders_shuffled_order(workers):
         ds, batch_size=16, shuffle=True, num_workers=workers)]
     assert [len(b) for b in ours] == [16, 17]
     assert sum(ours, []) == sum(plain, [])
+
+
+def test_n_valid_batches_is_checked(setting):
+    """n_valid_batches=-1 failed in the split with Python's '__len__() should
+    return >= 0', and 2.5 or "2" trained with 2 batches without a word."""
+    basis, sampler, pool, _, _ = setting
+    data = BlurDataset(pool, basis, sampler, batch_size=8, n_batches=2,
+                       random_state=0)
+    for bad in (-1, 2.5, "2", True):
+        net = ResNetBlurRegressor(basis=basis, max_epochs=1, n_valid_batches=bad,
+                                  **SMALL)
+        with pytest.raises(ValueError, match=r"n_valid_batches must be a "
+                                             rf"non-negative int .*{bad!r}"):
+            net.fit(data, None)
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(data, None)
+    assert "valid_loss" in net.history[-1]
+    with pytest.raises(ValueError, match="n_valid_batches must be"):
+        net.set_params(n_valid_batches=-1).partial_fit(data, None)
+    for off in (0, None):
+        net = ResNetBlurRegressor(basis=basis, max_epochs=1, n_valid_batches=off,
+                                  **SMALL).fit(data, None)
+        assert "valid_loss" not in net.history[-1]
