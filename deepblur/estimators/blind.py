@@ -18,7 +18,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, get_tags
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, check_memory
 
@@ -426,4 +426,9 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         tags.input_tags.three_d_array = True
         tags.target_tags.required = True
         tags.non_deterministic = True
+        # the deblurrer's output dtype (float32 for the default TVDeblurrer)
+        deblurrer = TVDeblurrer() if self.deblurrer is None else self.deblurrer
+        if isinstance(deblurrer, TVDeblurrer):
+            tags.transformer_tags.preserves_dtype = list(
+                get_tags(deblurrer).transformer_tags.preserves_dtype)
         return tags

@@ -747,4 +747,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         tags.input_tags.two_d_array = False
         tags.input_tags.three_d_array = True
         tags.requires_fit = True
+        # the output is in ``dtype`` whatever the input's (scikit-learn's
+        # default said float64 is kept; float32, the default, is)
+        tags.transformer_tags.preserves_dtype = (
+            [self.dtype] if self.dtype in _DTYPES else [])
         return tags

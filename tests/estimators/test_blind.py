@@ -322,3 +322,13 @@ def test_nested_parameters_of_a_default_component_say_what_to_pass(key, name):
     assert est.deblurrer.lam == 3.0
     assert BlindDeblurrer(deblurrer=TVDeblurrer()).set_params(
         deblurrer__lam=2.0).deblurrer.lam == 2.0
+
+
+def test_tags_give_the_deblurrers_output_dtype():
+    """The tags said float64 is kept; the default deblurrer returns float32."""
+    from sklearn.utils import get_tags
+
+    assert get_tags(BlindDeblurrer()).transformer_tags.preserves_dtype == [
+        "float32"]
+    model = BlindDeblurrer(deblurrer=TVDeblurrer(dtype="float64"))
+    assert get_tags(model).transformer_tags.preserves_dtype == ["float64"]

@@ -910,3 +910,18 @@ def test_score_checks_y_before_the_solve(basis, data, monkeypatch):
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="y must contain only finite"):
         est.score(X, bad, gamma=gamma)
+
+
+def test_tags_give_the_output_dtype(basis):
+    """The tags said float64 inputs keep their dtype (scikit-learn's default)
+    while the default dtype="float32" returns float32 for every input."""
+    from sklearn.utils import get_tags
+
+    X = np.random.default_rng(0).random((1,) + basis.image_shape_)
+    for dtype in ("float32", "float64"):
+        est = TVDeblurrer(basis, lam=10.0, dtype=dtype, max_iter=2,
+                          device="cpu").fit(X)
+        assert get_tags(est).transformer_tags.preserves_dtype == [dtype]
+        for in_dtype in (np.float32, np.float64):
+            U = est.transform(X.astype(in_dtype), gamma=np.ones(K))
+            assert (U.dtype == in_dtype) == (np.dtype(in_dtype).name == dtype)
