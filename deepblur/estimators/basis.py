@@ -41,6 +41,10 @@ from deepblur.solvers.psf_decomposition import (
 __all__ = ["ProductConvolutionBasis"]
 
 
+#: ``_fields_geometry``'s default: the ``positions`` parameter
+_PARAMETER = object()
+
+
 def _check_pair_or_none(value, name):
     return None if value is None else check_positive_int_pair(value, name)
 
@@ -192,8 +196,16 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.random_state = random_state
 
     # ------------------------------------------------------------------ data
-    def _fields_geometry(self, X, image_shape, kernel_shape=None):
-        """Validate PSF fields; return (T (P, n_pos, d), positions, grid, kshape)."""
+    def _fields_geometry(self, X, image_shape, kernel_shape=None,
+                         positions=_PARAMETER):
+        """Validate PSF fields; return (T (P, n_pos, d), positions, grid, kshape).
+
+        ``positions``: those of the fields, None for a grid; by default the
+        ``positions`` parameter (what ``fit`` reads; a fitted basis reads its
+        ``positions_``, see :meth:`_fitted_positions`).
+        """
+        if positions is _PARAMETER:
+            positions = self.positions
         if sp.issparse(X):
             raise TypeError(
                 "X must be a dense array of PSF fields; sparse input is not "
@@ -206,7 +218,7 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             raise ValueError(
                 f"X must hold numbers (PSF values); got dtype {X.dtype}."
             )
-        if self.positions is None:
+        if positions is None:
             check_ndim(X, "X", 5, "(n_operators, gy, gx, kh, kw) of PSF fields "
                        "on a grid (or pass positions for scattered PSFs)")
             grid = tuple(int(g) for g in X.shape[1:3])
@@ -217,7 +229,7 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 )
             positions = grid_positions(image_shape, grid)
         else:
-            positions = np.asarray(self.positions)
+            positions = np.asarray(positions)
             if positions.ndim != 2 or positions.shape[1] != 2:
                 raise ValueError(
                     "positions must have shape (n_positions, 2) of (row, col) "
@@ -415,6 +427,15 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         return est
 
     # ------------------------------------------------------------- transform
+    def _fitted_positions(self):
+        """The fields' positions for :meth:`transform` and :meth:`score`:
+        those of the fit (``positions_``) for scattered fields, None (any
+        grid) for a basis fitted on a grid. Not the ``positions`` parameter:
+        a ``set_params(positions=...)`` after ``fit`` changed the gamma and
+        the score without a refit (while ``inverse_transform`` kept the
+        fitted positions)."""
+        return None if self.grid_shape_ is not None else self.positions_
+
     def _family_at(self, positions):
         rows, cols = positions[:, 0].astype(int), positions[:, 1].astype(int)
         F = self.maps_[:, rows, cols].T                     # (n_pos, K)
@@ -427,8 +448,9 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         Parameters
         ----------
         X : array-like of shape (P, gy, gx, kh, kw) or (P, n_positions, kh, kw)
-            PSF fields (same layout as in ``fit``; any grid when ``positions``
-            is ``None``).
+            PSF fields (same layout as in ``fit``: any grid for a basis
+            fitted on a grid, else one PSF per position of ``positions_``,
+            whatever ``set_params`` changed since: refit to use others).
 
         Returns
         -------
@@ -440,7 +462,8 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """
         check_is_fitted(self)
         T, positions, _, _ = self._fields_geometry(X, self.image_shape_,
-                                                   self.kernel_shape_)
+                                                   self.kernel_shape_,
+                                                   self._fitted_positions())
         F, E = self._family_at(positions)
         return project_fields(T, F, E)
 
@@ -472,7 +495,8 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """
         check_is_fitted(self)
         T, positions, _, _ = self._fields_geometry(X, self.image_shape_,
-                                                   self.kernel_shape_)
+                                                   self.kernel_shape_,
+                                                   self._fitted_positions())
         F, E = self._family_at(positions)
         gamma = project_fields(T, F, E)
         resid = T - reconstruct_fields(gamma, F, E)

@@ -90,6 +90,31 @@ def test_scattered_positions_equal_grid_fit():
     assert scat.inverse_transform(scat.transform(flat)).shape == flat.shape
 
 
+def test_set_params_positions_takes_effect_on_the_next_fit():
+    """set_params(positions=...) after fit changed transform and score at
+    once, without a refit (the maps read at the new positions), while
+    inverse_transform kept the fitted ones."""
+    fields, *_ = planted()
+    pos = grid_positions(IMAGE, GRID)
+    flat = fields.reshape(fields.shape[0], -1, *KSHAPE)
+    scat = ProductConvolutionBasis(3, image_shape=IMAGE, positions=pos).fit(flat)
+    gamma, score = scat.transform(flat), scat.score(flat)
+    for other in (pos[::-1].copy(), None):
+        scat.set_params(positions=other)
+        np.testing.assert_array_equal(scat.transform(flat), gamma)
+        assert scat.score(flat) == score
+    with pytest.raises(ValueError, match="X must have one PSF per position"):
+        scat.transform(fields[:, :2].reshape(fields.shape[0], -1, *KSHAPE))
+    # the next fit reads the parameter
+    refit = scat.set_params(positions=pos[::-1].copy()).fit(flat)
+    np.testing.assert_array_equal(refit.positions_, pos[::-1])
+    # a basis fitted on a grid takes fields on any grid, whatever positions says
+    grid_fit = ProductConvolutionBasis(3, image_shape=IMAGE).fit(fields)
+    gamma = grid_fit.transform(fields)
+    grid_fit.set_params(positions=pos)
+    np.testing.assert_array_equal(grid_fit.transform(fields), gamma)
+
+
 def test_fitted_attributes_and_normalisation():
     fields, *_ = planted()
     basis = ProductConvolutionBasis(3, image_shape=IMAGE).fit(fields)
