@@ -105,7 +105,9 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
     basis : ProductConvolutionBasis
         A *fitted* basis (for instance from ``ProductConvolutionBasis.fit`` or
         ``ProductConvolutionBasis.from_components``); it defines ``H[gamma]``
-        and the image shape. It is never refitted.
+        and the image shape. It is never refitted. Another basis set after
+        ``fit`` (``set_params``) with another image shape or K needs a new
+        ``fit``.
     lam : float or "auto", default="auto"
         Weight of the data term, > 0. ``"auto"`` picks one per image from an
         estimate of its noise level (:func:`deepblur.solvers.tv.default_lam`);
@@ -497,6 +499,26 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 self._validate_images(X)
         return self
 
+    def _check_basis_unchanged(self):
+        """Refuse a ``basis`` set (``set_params``) since ``fit`` with another
+        image shape or K: ``transform`` used its operator with the fitted
+        geometry, and refused gamma of either K ('gamma must have K=3
+        coefficients', then 'gamma must have 4 coefficients')."""
+        operator = getattr(self.basis, "operator_", None)
+        if operator is None:
+            raise NotFittedError(
+                "basis must be a fitted ProductConvolutionBasis; the one set "
+                "since fit is not (fit it, and call fit on this TVDeblurrer "
+                "again).")
+        shape = tuple(int(v) for v in operator.image_shape)
+        K = int(operator.n_components)
+        if (shape, K) != (self.image_shape_, self.n_components_):
+            raise ValueError(
+                f"basis has image shape {shape} and K={K}, but this "
+                f"TVDeblurrer was fitted with a basis of image shape "
+                f"{self.image_shape_} and K={self.n_components_}: call fit "
+                "again after set_params(basis=...).")
+
     def _forget_last_transform(self):
         """Drop what describes the last ``transform``: a refit, or a call on
         large images (which sets no ``objective_history_``), leaves nothing
@@ -658,6 +680,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         # parameters set after fit (set_params skips fit's validation): a
         # misspelt lam or boundary was taken as the default silently
         self._validate_params()
+        self._check_basis_unchanged()
         if isinstance(self.lam, str) and not getattr(self, "_scaled_input", False):
             warn_if_counts(X)
         if self._is_large(X):

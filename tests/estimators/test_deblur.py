@@ -925,3 +925,37 @@ def test_tags_give_the_output_dtype(basis):
         for in_dtype in (np.float32, np.float64):
             U = est.transform(X.astype(in_dtype), gamma=np.ones(K))
             assert (U.dtype == in_dtype) == (np.dtype(in_dtype).name == dtype)
+
+
+def test_basis_set_since_fit_with_another_geometry_asks_for_a_refit(basis):
+    """set_params(basis=...) after fit with another K made transform refuse
+    gamma of either K ('gamma must have K=3 coefficients', then 'gamma must
+    have 4 coefficients'), and another image shape refused the images."""
+    from sklearn.exceptions import NotFittedError
+
+    rng = np.random.default_rng(0)
+    X = rng.random((2,) + SHAPE)
+    est = TVDeblurrer(basis, lam=10.0, max_iter=2, device="cpu").fit(X)
+    other_k = ProductConvolutionBasis.from_components(rng.random((K + 1, 5, 5)),
+                                                      rng.random((K + 1,) + SHAPE))
+    smaller = ProductConvolutionBasis.from_components(rng.random((K, 5, 5)),
+                                                      rng.random((K, 20, 20)))
+    for other in (other_k, smaller):
+        est.set_params(basis=other)
+        for gamma in (np.ones(K), np.ones(K + 1)):
+            with pytest.raises(ValueError, match=r"call fit again after "
+                                                 r"set_params\(basis=\.\.\.\)"):
+                est.transform(X, gamma=gamma)
+    est.set_params(basis=ProductConvolutionBasis())
+    with pytest.raises(NotFittedError, match="the one set since fit is not"):
+        est.transform(X, gamma=np.ones(K))
+    # refitted, it deblurs with the new basis; a basis of the same geometry
+    # is used as it is
+    assert est.set_params(basis=other_k).fit(X).transform(
+        X, gamma=np.ones(K + 1)).shape == X.shape
+    same = ProductConvolutionBasis.from_components(rng.random((K + 1, 5, 5)),
+                                                   rng.random((K + 1,) + SHAPE))
+    U = est.set_params(basis=same).transform(X, gamma=np.ones(K + 1))
+    ref = TVDeblurrer(same, lam=10.0, max_iter=2, device="cpu").fit(X).transform(
+        X, gamma=np.ones(K + 1))
+    np.testing.assert_array_equal(U, ref)
