@@ -507,6 +507,26 @@ class SharedBasisMixin(FrozenComponentsMixin):
                             "call basis.fit(psf_fields) first (got an unfitted one).")
         return self.basis
 
+    def _fitted_K(self):
+        """The number of coefficients the fitted estimator gives."""
+        raise NotImplementedError
+
+    def _predicting_basis(self):
+        """The basis, for a fitted estimator: one set (``set_params``) since
+        ``fit`` with another image shape or K is refused, asking for a new
+        ``fit`` (the estimates were those of the fitted basis, and the score
+        measured them in the new one's metric)."""
+        basis = self._fitted_basis()
+        shape = tuple(int(s) for s in basis.image_shape_)
+        K = int(np.asarray(basis.gram_).shape[0])
+        if (shape, K) != (tuple(self.image_shape_), self._fitted_K()):
+            raise ValueError(
+                f"basis has image shape {shape} and K={K}, but this "
+                f"{type(self).__name__} was fitted with a basis of image shape "
+                f"{tuple(self.image_shape_)} and K={self._fitted_K()}: call fit "
+                "again after set_params(basis=...).")
+        return basis
+
     def score(self, X, y, sample_weight=None):
         """Minus the mean relative operator error (higher is better, 0 exact).
 
@@ -527,7 +547,8 @@ class SharedBasisMixin(FrozenComponentsMixin):
         -------
         score : float
         """
-        return estimates_score(self, self._fitted_basis().gram_, X, y,
+        check_is_fitted(self)
+        return estimates_score(self, self._predicting_basis().gram_, X, y,
                                sample_weight)
 
 

@@ -241,6 +241,9 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
 
+    def _fitted_K(self):
+        return int(len(self.gamma_init_))
+
     def _fitted_basis(self):
         super()._fitted_basis()
         if getattr(self.basis, "boundary", "zero") != "zero":
@@ -302,7 +305,7 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
 
     def _fits(self, X):
         check_is_fitted(self)
-        basis = self._fitted_basis()
+        basis = self._predicting_basis()
         t = _check_images(X, self.image_shape_)[:, 0].to(torch.float64)
         if self.noise_std is None:
             sigma = np.asarray(estimate_noise_level(t), dtype=np.float64)

@@ -192,6 +192,9 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
         self.batch_size = batch_size
         self.verbose = verbose
 
+    def _fitted_K(self):
+        return int(self.coef_.shape[1])
+
     def _spec(self):
         return dict(window=int(self.window), n_radial=int(self.n_radial),
                     n_angular=int(self.n_angular), border=int(self.border),
@@ -316,11 +319,12 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
             the sampler's support.
         """
         check_is_fitted(self)
+        basis = self._predicting_basis()
         check_support_params(self.project, self.support_tolerance, self.sampler)
         F = self._features(X, self.image_shape_, self._fitted_spec())
         warn_if_noisy(X, getattr(self, "noise_level_", None))
         gamma = (F @ self.coef_ + self.intercept_).astype(np.float32)
-        return checked_estimates(gamma, self.sampler, self._fitted_basis().gram_,
+        return checked_estimates(gamma, self.sampler, basis.gram_,
                                  project=self.project,
                                  support_tolerance=self.support_tolerance)
 
@@ -340,10 +344,11 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
         ndarray of shape (n,), float64
         """
         check_is_fitted(self)
+        basis = self._predicting_basis()
         sampler = self._distance_sampler()
         F = self._features(X, self.image_shape_, self._fitted_spec())
         return support_distances(sampler, F @ self.coef_ + self.intercept_,
-                                 self._fitted_basis().gram_)[1]
+                                 basis.gram_)[1]
 
     def __sklearn_tags__(self):
         return image_to_gamma_tags(super().__sklearn_tags__())

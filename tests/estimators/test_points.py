@@ -258,3 +258,23 @@ def test_maps_that_vanish_do_not_rescale_gamma():
         gain = f.gamma @ (np.asarray(basis.maps_)[:, lit[:, 0], lit[:, 1]]
                           * np.asarray(basis.kernels_).sum(axis=(1, 2))[:, None])
         assert gain.min() > 0.05 * np.median(gain)
+
+
+def test_basis_set_since_fit_with_another_geometry_asks_for_a_refit(setting):
+    """set_params(basis=...) after fit with another K failed in the fit of
+    the first image ('image 0: gamma0 must have shape (K,) = (4,)'), with
+    another image shape in the image check."""
+    basis, sampler, X, gamma = setting
+    est = PointSourceBlurEstimator(basis).fit(None, sampler.sample(50))
+    rng = np.random.default_rng(0)
+    other_k = ProductConvolutionBasis.from_components(rng.random((4, 5, 5)),
+                                                      rng.random((4, 48, 48)))
+    smaller = ProductConvolutionBasis.from_components(basis.kernels_,
+                                                      rng.random((3, 40, 40)))
+    for other in (other_k, smaller):
+        est.set_params(basis=other)
+        for call in (lambda: est.predict(X[:1]), lambda: est.score(X[:1], gamma[:1]),
+                     lambda: est.predict_sources(X[:1])):
+            with pytest.raises(ValueError, match=r"call fit again after "
+                                                 r"set_params\(basis=\.\.\.\)"):
+                call()

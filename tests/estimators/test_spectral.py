@@ -325,3 +325,27 @@ def test_predict_uses_the_statistics_it_was_fitted_on(setting):
     del old.__dict__["feature_spec_"]
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(old)).predict(Xt),
                                   expected)
+
+
+def test_basis_set_since_fit_with_another_geometry_asks_for_a_refit(setting):
+    """set_params(basis=...) after fit with another image shape: predict gave
+    the fitted basis's gamma without a word and score measured them in the
+    new basis's metric; with another K, score refused y of the fitted K."""
+    basis, sampler, _, X, y, _, _ = setting
+    est = SpectralBlurRegressor(basis, sampler=sampler, window=16).fit(X[:60],
+                                                                       y[:60])
+    rng = np.random.default_rng(0)
+    smaller = ProductConvolutionBasis.from_components(basis.kernels_,
+                                                      rng.random((3, 24, 24)))
+    other_k = ProductConvolutionBasis.from_components(rng.random((4, 5, 5)),
+                                                      rng.random((4, 32, 32)))
+    for other in (smaller, other_k):
+        est.set_params(basis=other)
+        for call in (lambda: est.predict(X[:2]), lambda: est.score(X[:2], y[:2]),
+                     lambda: est.support_distance(X[:2])):
+            with pytest.raises(ValueError, match=r"call fit again after "
+                                                 r"set_params\(basis=\.\.\.\)"):
+                call()
+    # the same geometry: used as it is (the basis is shared, not copied)
+    est.set_params(basis=basis)
+    assert est.predict(X[:2]).shape == (2, 3)
