@@ -978,8 +978,16 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     def _estimates(self, X):
         """The network's estimates (averaged over the transformed copies with
         ``test_time_augmentation``), before any projection; refused when not
-        finite (:meth:`_check_finite_estimates`)."""
-        return self._check_finite_estimates(self._raw_estimates(X))
+        finite (:meth:`_check_finite_estimates`), or when the network does
+        not give the K of the basis (one set since ``fit``)."""
+        gamma = self._check_finite_estimates(self._raw_estimates(X))
+        K = self._n_outputs()
+        if K is not None and gamma.shape[1] != K:
+            raise ValueError(
+                f"the network gives {gamma.shape[1]} coefficients per image but "
+                f"the basis (or criterion__gram) has K={K}: a basis set since "
+                "fit (set_params) with another K needs a new fit.")
+        return gamma
 
     def _check_finite_estimates(self, gamma):
         """``gamma``, or a ``ValueError`` naming the cause when some estimates

@@ -1214,3 +1214,18 @@ def test_n_valid_batches_is_checked(setting):
         net = ResNetBlurRegressor(basis=basis, max_epochs=1, n_valid_batches=off,
                                   **SMALL).fit(data, None)
         assert "valid_loss" not in net.history[-1]
+
+
+def test_basis_of_another_k_set_since_fit_is_refused(setting):
+    """set_params(basis=...) with another K after fit: predict returned the
+    fitted K's estimates as the new basis's gamma without a word."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    rng = np.random.default_rng(0)
+    other = ProductConvolutionBasis.from_components(rng.random((4, 3, 3)),
+                                                    rng.random((4, 16, 16)))
+    net.set_params(basis=other)
+    with pytest.raises(ValueError, match=r"the network gives 3 coefficients per "
+                                         r"image but the basis .* has K=4"):
+        net.predict(X[:2])
+    assert net.set_params(basis=basis).predict(X[:2]).shape == (2, 3)
