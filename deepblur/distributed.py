@@ -122,7 +122,31 @@ def _transform_block(estimator, block, gamma, dtype, start=0):
             f"{block.shape}; {type(estimator).__name__}.transform returned "
             f"shape {U.shape}."
         )
-    return U.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):            # refused below
+        out = U.astype(dtype, copy=False)
+    if not all_finite(out) and all_finite(U):
+        raise ValueError(
+            f"{where}: the deblurred images exceed the range of dtype {dtype} "
+            f"(largest magnitude {float(np.abs(U).max()):.4g}): pass "
+            "dtype='float32'.")
+    return out
+
+
+def _check_out_dtype(dtype):
+    """``dtype`` as a floating numpy dtype: deblurred images ring below 0 and
+    above the input's range, which an integer dtype would wrap around."""
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        out = None
+    if out is None or out.kind != "f":
+        raise ValueError(
+            f"dtype must be a floating dtype ('float32' or 'float64'); got "
+            f"{dtype!r}. Deblurred images ring below 0 and above the input's "
+            "range, which an integer dtype wraps around (-1 becomes 65535 in "
+            "uint16): clip and round the float result yourself, e.g. "
+            "np.clip(U, 0, 65535).round().astype(np.uint16).")
+    return out
 
 
 def _check_image_stack(images, da):
@@ -204,7 +228,10 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
         ``images_per_task=1`` gives exactly ``estimator.transform(X[i:i+1])``
         for every ``i``, ``images_per_task=n`` exactly ``transform(X)``.
     dtype : str or numpy dtype, default="float32"
-        Dtype of the returned images (``TVDeblurrer``'s default precision).
+        Dtype of the returned images (``TVDeblurrer``'s default precision):
+        a floating dtype. The deblurred images ring below 0 and above the
+        input's range, so integer images come back as floats (clip and round
+        them yourself to store them as integers).
     compute : bool, default=True
         Compute and return a numpy array; ``False`` returns the lazy dask
         array (to store with ``to_zarr``, or to compute with other results).
@@ -224,7 +251,10 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
         If dask is not installed.
     ValueError
         For images that are not a stack of 2-D images, a ``gamma`` with a
-        number of rows other than 1 or ``n``, an unfitted estimator.
+        number of rows other than 1 or ``n``, an unfitted estimator, a
+        ``dtype`` that is not a floating one; from a task, naming its images,
+        deblurred values beyond the range of ``dtype`` (e.g. counts above
+        65504 in float16).
 
     See Also
     --------
@@ -264,7 +294,7 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
                                                        "__sklearn_is_fitted__"):
         check_is_fitted(estimator)     # a plain object with transform is trusted
     per_task = _check_positive_int(images_per_task, "images_per_task")
-    out_dtype = np.dtype(dtype)
+    out_dtype = _check_out_dtype(dtype)
     arr, is_dask = _check_image_stack(images, da)
     n, H, W = (int(s) for s in arr.shape)
     g = None

@@ -285,6 +285,30 @@ def test_deblur_images_errors(data, fitted):
     assert calls == []
 
 
+def test_deblur_images_returns_floats_not_wrapped_integers():
+    """dtype='uint16' wrapped the ringing below 0 around to 65535 (and
+    uint8 counts modulo 256) without a word; integer dtypes are refused,
+    and a float16 that overflows fails naming its images."""
+    pytest.importorskip("dask.array")
+    from deepblur.distributed import deblur_images
+
+    class Ringing:          # a deblurred image rings below 0
+        def transform(self, X):
+            return X - 1.0
+
+    X = np.full((2, 8, 8), 1000.0)
+    X[:, 2:4, 2:4] = 0.0
+    U = deblur_images(X, Ringing(), scheduler="sync")
+    assert U.dtype == np.float32 and U.min() == -1.0
+    for dtype in ("uint16", np.uint8, "int32", "complex64", "no such type"):
+        with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+            deblur_images(X, Ringing(), dtype=dtype, scheduler="sync")
+    X[1] *= 100.0
+    with pytest.raises(ValueError, match=r"^images\[1\]: the deblurred images "
+                                         r"exceed the range of dtype float16"):
+        deblur_images(X, Ringing(), dtype="float16", scheduler="sync")
+
+
 def test_deblur_large_images_equals_deblur_large(fitted, client):
     from deepblur.distributed import deblur_large_images
     from deepblur.tiling import deblur_large
