@@ -250,8 +250,9 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
     ImportError
         If dask is not installed.
     ValueError
-        For images that are not a stack of 2-D images, a ``gamma`` with a
-        number of rows other than 1 or ``n``, an unfitted estimator, a
+        For images that are not a stack of 2-D images, or not finite, a
+        ``gamma`` with a number of rows other than 1 or ``n``, or not finite
+        (both before any task runs), an unfitted estimator, a
         ``dtype`` that is not a floating one; from a task, naming its images,
         deblurred values beyond the range of ``dtype`` (e.g. counts above
         65504 in float16).
@@ -308,6 +309,14 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
                 f"gamma must have shape (K,) or (n, K) with n={n} (one row per "
                 f"image); got shape {g.shape}."
             )
+        if not all_finite(g):
+            # here, not in the task of its image after others have run
+            rows = ([i for i in range(n) if not all_finite(g[i])] if g.ndim == 2
+                    else [])
+            where = f"gamma[{rows[0]}] (for images[{rows[0]}])" if rows else "gamma"
+            more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+            raise ValueError(f"{where}{more} must contain only finite values; "
+                             "got NaN or Inf.")
     est = _shared(dask, estimator, "deblur-estimator")
     g_all = None if g is None or g.ndim == 2 else _shared(dask, g, "deblur-gamma")
     transform = dask.delayed(_transform_block, pure=True)

@@ -282,6 +282,15 @@ def test_deblur_images_errors(data, fitted):
     with pytest.raises(ValueError,
                        match=r"^images\[5\] \(and 1 more\): images must contain"):
         deblur_images(bad, Counting(), scheduler="sync")
+    # so is a NaN gamma (it failed in the task of its image, and the others'
+    # results were dropped)
+    gamma = np.ones((len(blurry), 3))
+    gamma[6, 1] = np.inf
+    with pytest.raises(ValueError, match=r"^gamma\[6\] \(for images\[6\]\) must "
+                                         "contain only finite values"):
+        deblur_images(blurry, Counting(), gamma=gamma, scheduler="sync")
+    with pytest.raises(ValueError, match=r"^gamma must contain only finite"):
+        deblur_images(blurry, Counting(), gamma=gamma[6], scheduler="sync")
     assert calls == []
 
 
