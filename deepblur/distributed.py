@@ -348,6 +348,22 @@ def _deblur_large_one(model, image, kwargs, index=0):
         _raise_named(exc, f"images[{index}]")
 
 
+def _check_keywords(kwargs):
+    """Refuse what :func:`~deepblur.tiling.deblur_large` does not take (a
+    TypeError from every task, with a note naming an image it is not about)."""
+    import inspect
+
+    from deepblur.tiling import deblur_large
+
+    accepted = [name for name, p in inspect.signature(deblur_large).parameters.items()
+                if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"deblur_large_images got keyword argument(s) {unknown} that "
+            f"deblur_large does not take; it takes {accepted}.")
+
+
 def deblur_large_images(images, model, *, compute=True, scheduler=None,
                         **kwargs):
     """Deblur images larger than the model, one dask task per image.
@@ -374,7 +390,8 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     **kwargs
         Passed to :func:`~deepblur.tiling.deblur_large` (``lam``,
         ``max_pixels``, ``max_iter``, ``tol``, ``device``, ...); ``progress``
-        defaults to ``False`` (no progress bars in workers).
+        defaults to ``False`` (no progress bars in workers). A keyword that
+        ``deblur_large`` does not take is a TypeError before any task runs.
 
     Returns
     -------
@@ -446,8 +463,10 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
     )
 
     # what fails without the model's estimates fails here, before any task:
-    # a task's error would drop the images already deblurred. The model and
-    # image_mean first (their errors are about no image), then each image
+    # a task's error would drop the images already deblurred. The keywords,
+    # the model and image_mean first (their errors are about no image), then
+    # each image
+    _check_keywords(kwargs)
     basis, regressor = _model_parts(model)
     kernels, maps, model_boundary = _basis_parts(basis)
     image_mean = _large_image_mean(model, kwargs.get("image_mean", "auto"))

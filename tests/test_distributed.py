@@ -368,6 +368,13 @@ def test_deblur_large_images_equals_deblur_large(fitted, client):
             with pytest.raises(ValueError, match=match):
                 deblur_large_images([images[0], images[1] - 5], model,
                                     scheduler="sync", **dict(kwargs, **extra))
+        # a keyword deblur_large does not take (a TypeError from every task,
+        # with a note naming an image it was not about)
+        with pytest.raises(TypeError, match=r"keyword argument\(s\) \['max_iters'\]"
+                                            r" that deblur_large does not take"):
+            deblur_large_images([images[0]], model, max_iters=3, scheduler="sync")
+        with pytest.raises(TypeError, match="'image'"):
+            deblur_large_images([images[0]], model, image=images[0])
         with pytest.raises(ValueError, match=r"^target_mean must be a float"):
             deblur_large_images([images[0]], model, target_mean="mean")
         with pytest.raises(ValueError, match=r"^target_mean must be positive"):
