@@ -365,7 +365,9 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     -----
     NoisyImageWarning
         Once for the image, when some of (at most 64 evenly spaced) tiles
-        are far noisier than the regressor's ``noise_level_``.
+        are far noisier than the regressor's ``noise_level_`` (for a wrapper
+        without one, such as a pipeline, the level its regressor's
+        ``predict`` checks against).
     OutOfSupportWarning
         Once for the image, when the estimates of some tiles lie farther
         than the regressor's ``support_tolerance`` from its sampler's
@@ -402,6 +404,10 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     noise_level = getattr(regressor, "noise_level_", None)
     if noise_level is not None and not noise_level > 0:
         noise_level = None          # trained without noise: nothing to check
+    # a wrapper (a pipeline, a search) has no noise_level_ of its own: the
+    # level its regressor's predict would check against is heard below
+    measure = noise_level is not None or not hasattr(regressor, "noise_level_")
+    heard = []
     checked = np.zeros(grid.n_tiles, dtype=bool)       # tiles whose noise is checked
     checked[noise_check_sample(grid.n_tiles)] = True
     starts = range(0, grid.n_tiles, batch_size)
@@ -419,7 +425,8 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         batch = batch.astype(np.float32)
         if len(batch):
             # the noise and the support are checked once for the image, below
-            with noise_check_suspended(), support_distances_gathered() as far:
+            with noise_check_suspended() as levels_of_predict, \
+                    support_distances_gathered() as far:
                 try:
                     pred = regressor.predict(batch)
                 except NoPointSourceError as exc:
@@ -430,6 +437,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
                     kept = start + np.flatnonzero(ok)
                     sourceless.extend(kept[exc.images])
             distances.extend(far)
+            heard.extend(levels_of_predict)
             if torch.is_tensor(pred):
                 pred = pred.detach().cpu().numpy()
             pred = np.asarray(pred, dtype=np.float64)
@@ -440,8 +448,10 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
                 )
             out.append(pred)
         sample = checked[start:start + batch_size][ok]
-        if noise_level is not None and sample.any():
+        if measure and sample.any():
             levels.append(image_noise_levels(batch[sample]))
+    if noise_level is None and heard:
+        noise_level = max(heard)
     message = (noisy_images_message(np.concatenate(levels), noise_level, "tiles",
                                     n_total=grid.n_tiles) if levels else None)
     if message is not None:

@@ -362,11 +362,22 @@ def test_estimate_tiles_warns_once_about_noisy_tiles():
     clean = 1.0 + 0.3 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
     noisy = clean.copy()
     noisy[:, 56:] += rng.normal(0, 0.2, (96, 72))     # 20 times, on the right
-    for image, expect in ((clean, 0), (noisy, None)):
+    class Wrapper:      # a pipeline or a search: no noise_level_ of its own
+        def __init__(self, regressor):
+            self.regressor = regressor
+
+        def predict(self, X):
+            return self.regressor.predict(X)
+
+    for image, expect, wrap in ((clean, 0, False), (noisy, None, False),
+                                (clean, 0, True), (noisy, None, True)):
+        # a wrapped regressor's tiles are checked too (the check its predict
+        # makes was suspended, and the wrapper has no noise_level_: no warning)
+        regressor = NoisyAware(lambda x: np.ones(K))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _, grid = estimate_tiles(image, NoisyAware(lambda x: np.ones(K)), TILE,
-                                     stride=16, batch_size=4, target_mean=1.0)
+            _, grid = estimate_tiles(image, Wrapper(regressor) if wrap else regressor,
+                                     TILE, stride=16, batch_size=4, target_mean=1.0)
         found = [w for w in caught if issubclass(w.category, NoisyImageWarning)]
         if expect == 0:
             assert found == []

@@ -28,9 +28,10 @@ _NOISE_CHUNK = 256          # images per call of the noise estimate (memory)
 #: that does not grow with the batch (0.13 ms per 128x128 image on one CPU
 #: thread, a tenth of the network's inference there)
 NOISE_CHECK_SAMPLE = 64
-# set by callers that check the noise of many predict calls at once
+# a list while a caller checks the noise of many predict calls at once: the
+# noise levels those calls would have checked against
 _NOISE_CHECK_SUSPENDED = contextvars.ContextVar("deepblur_noise_check_suspended",
-                                                default=False)
+                                                default=None)
 # a list while a caller gathers the support distances of many predict calls
 _SUPPORT_DISTANCES = contextvars.ContextVar("deepblur_support_distances",
                                             default=None)
@@ -693,14 +694,19 @@ def noisy_images_message(levels, noise_level, what="images", n_total=None,
 
 @contextlib.contextmanager
 def noise_check_suspended():
-    """Within it, :func:`warn_if_noisy` checks nothing (in this thread/task).
+    """Within it, :func:`warn_if_noisy` checks nothing (in this thread/task)
+    but appends the ``noise_level`` it would have checked against to the
+    list it yields.
 
     For callers that split one input over many ``predict`` calls (the tiles
-    of an image) and check the noise of the whole once.
+    of an image) and check the noise of the whole once: against the level
+    heard here when the estimator they call is a wrapper (a pipeline, a
+    search) that has no ``noise_level_`` of its own.
     """
-    token = _NOISE_CHECK_SUSPENDED.set(True)
+    heard = []
+    token = _NOISE_CHECK_SUSPENDED.set(heard)
     try:
-        yield
+        yield heard
     finally:
         _NOISE_CHECK_SUSPENDED.reset(token)
 
@@ -716,8 +722,11 @@ def warn_if_noisy(X, noise_level):
     message would be None whatever the images).
     """
     if (noise_level is None or not noise_level > 0
-            or isinstance(X, torch.utils.data.Dataset)
-            or _NOISE_CHECK_SUSPENDED.get()):
+            or isinstance(X, torch.utils.data.Dataset)):
+        return
+    heard = _NOISE_CHECK_SUSPENDED.get()
+    if heard is not None:
+        heard.append(float(noise_level))
         return
     try:
         arr = X if torch.is_tensor(X) else np.asarray(X)
