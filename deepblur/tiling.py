@@ -79,6 +79,7 @@ from deepblur.solvers.tv import (
     LIPSCHITZ_SAFETY,
     REGULARIZATIONS,
     check_iterations,
+    convergence_warnings_suspended,
     deblur,
     default_lam,
     stall_message,
@@ -1167,9 +1168,9 @@ def _deblur_stitched(image, basis, gamma_tiles, grid, *, lam="auto",
 
             data, x0 = y, None
         del F
-        with warnings.catch_warnings():
-            # one warning for all the blocks, below
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        # one warning for all the blocks, below (not catch_warnings: its
+        # process-wide filters race between threads)
+        with convergence_warnings_suspended():
             u, res = deblur(
                 data, forward, adjoint, lam,
                 regularization=regularization, positive=positive,

@@ -774,6 +774,37 @@ def test_deblur_stitched_warns_once_when_not_converged(problem):
     assert len(messages) == 1 and "block(s)" in messages[0]
 
 
+def test_deblur_stitched_in_threads_leaves_the_warning_filters_alone(problem):
+    """Blocks solved in threads at once (dask's threaded scheduler runs
+    deblur_large_images so) silenced their ConvergenceWarnings with
+    warnings.catch_warnings, whose process-wide filters the threads restored
+    over each other's: 'ignore ConvergenceWarning' stayed in the process and
+    every later ConvergenceWarning, the user's own too, was lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = problem
+    before = list(warnings.filters)
+
+    def solve(_):
+        return deblur_stitched(p["y"], p["basis"], p["gamma"], p["grid"],
+                               lam=300.0, max_iter=5, tol=0, max_pixels=32 * 44,
+                               margin=12)[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(solve, range(24)))
+    assert all(np.array_equal(u, results[0]) for u in results)
+    assert warnings.filters == before
+    # the blocks' warning is still one for the call, in each thread
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: deblur_stitched(
+                p["y"], p["basis"], p["gamma"], p["grid"], lam=300.0, max_iter=2,
+                max_pixels=32 * 44, margin=12), range(2)))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and all("2 block(s)" in m for m in messages)
+
+
 # ------------------------------------------------------------------ blind
 def test_deblur_large_with_a_basis_and_regressor(problem):
     p = problem

@@ -45,6 +45,8 @@ schemes", Found. Comput. Math. 15, 2015.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -173,6 +175,31 @@ def _check_representable(values, name, given, dtype):
             "solver's steps would be zero or NaN; rescale it, or solve in "
             "float64 (dtype='float64')."
         )
+
+
+# True while a caller words one ConvergenceWarning for many solves
+_CONVERGENCE_WARNINGS_SUSPENDED = contextvars.ContextVar(
+    "deepblur_convergence_warnings_suspended", default=False)
+
+
+@contextlib.contextmanager
+def convergence_warnings_suspended():
+    """Within it, :func:`deblur` issues no ``ConvergenceWarning`` (in this
+    thread or task): for callers that solve one problem in many calls and
+    word one warning for all (the blocks of
+    :func:`deepblur.tiling.deblur_stitched`).
+
+    Unlike ``warnings.catch_warnings``, it changes no process-wide state:
+    solves running at the same time in other threads (dask's threaded
+    scheduler) keep their warnings, and no filter is left behind (two
+    threads inside ``catch_warnings`` at once restore each other's filters,
+    which left ``ignore ConvergenceWarning`` in the process for good).
+    """
+    token = _CONVERGENCE_WARNINGS_SUSPENDED.set(True)
+    try:
+        yield
+    finally:
+        _CONVERGENCE_WARNINGS_SUSPENDED.reset(token)
 
 
 def stall_message(which, tol, regularization="tv"):
@@ -796,7 +823,8 @@ def deblur(
         n_iter_img = torch.clamp(n_iter_img, max=n_iter)
         conv = converged.cpu().numpy()
         stuck = stalled.cpu().numpy()
-        if tol > 0 and stuck.any():
+        warn = tol > 0 and not _CONVERGENCE_WARNINGS_SUSPENDED.get()
+        if warn and stuck.any():
             warnings.warn(
                 stall_message(f"{int(stuck.sum())} of {n} image(s) "
                               f"{np.flatnonzero(stuck).tolist()}", tol,
@@ -804,7 +832,7 @@ def deblur(
                 ConvergenceWarning,
                 stacklevel=user_stacklevel(),
             )
-        if tol > 0 and not (conv | stuck).all():
+        if warn and not (conv | stuck).all():
             warnings.warn(
                 f"deblur reached max_iter={max_iter} before the relative "
                 f"objective change fell below tol={tol} for "
