@@ -401,7 +401,7 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
     image_factor = _tile_factor(img, target_mean)
     offsets = grid.offsets
     h, w = tile_shape
-    out, levels, distances, blank, sourceless = [], [], [], [], []
+    out, levels, level_means, distances, blank, sourceless = [], [], [], [], [], []
     noise_level = getattr(regressor, "noise_level_", None)
     if noise_level is not None and not noise_level > 0:
         noise_level = None          # trained without noise: nothing to check
@@ -451,10 +451,14 @@ def estimate_tiles(image, regressor, tile_shape=None, *, stride=None,
         sample = checked[start:start + batch_size][ok]
         if measure and sample.any():
             levels.append(image_noise_levels(batch[sample]))
+            # (the message says when they look unscaled rather than noisy)
+            level_means.append(batch[sample].mean(axis=(1, 2), dtype=np.float64))
     if noise_level is None and heard:
         noise_level = max(heard)
     message = (noisy_images_message(np.concatenate(levels), noise_level, "tiles",
-                                    n_total=grid.n_tiles) if levels else None)
+                                    n_total=grid.n_tiles,
+                                    means=np.concatenate(level_means))
+               if levels else None)
     if message is not None:
         warnings.warn(message, NoisyImageWarning, stacklevel=user_stacklevel())
     message = gathered_support_message(distances, "tiles")

@@ -387,6 +387,15 @@ def test_estimate_tiles_warns_once_about_noisy_tiles():
                          str(found[0].message)).group(1))
         # the tiles mostly in the noisy part (a median estimate): from column 48
         assert n == int(np.sum(grid.offsets[:, 1] >= 48)) == 20
+    # tiles in counts (not scaled to a target_mean): the warning says they
+    # look unscaled, as predict's does for one image (it advised denoising)
+    with pytest.warns(NoisyImageWarning, match=r"^Their mean intensity is 1e\+04 "
+                                               r"\(median\).*look unscaled"):
+        estimate_tiles(1e4 * noisy, NoisyAware(lambda x: np.ones(K)), TILE,
+                       stride=16)
+    with pytest.warns(NoisyImageWarning, match=r"^20 of 35 tiles are over"):
+        estimate_tiles(1e4 * noisy, NoisyAware(lambda x: np.ones(K)), TILE,
+                       stride=16, target_mean=1.0)
     # a regressor that does not say its training noise: nothing is checked
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoisyImageWarning)
