@@ -235,6 +235,9 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
     compute : bool, default=True
         Compute and return a numpy array; ``False`` returns the lazy dask
         array (to store with ``to_zarr``, or to compute with other results).
+        A store written by ``to_zarr`` keeps the images done before a task
+        failed, and reads the others back as zarr's fill value (0): write it
+        under a temporary name, renamed once ``to_zarr`` returns.
     scheduler : str or None, default=None
         Passed to ``dask.compute``; ``None`` uses the active
         ``dask.distributed`` client if there is one, else dask's default
