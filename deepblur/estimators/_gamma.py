@@ -291,9 +291,15 @@ def gathered_support_message(gathered, what="tiles"):
 @contextlib.contextmanager
 def support_check_silenced():
     """Within it, ``predict`` issues no :class:`OutOfSupportWarning`: for
-    ``score``, which measures the estimates against their known truth."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OutOfSupportWarning)
+    ``score``, which measures the estimates against their known truth.
+
+    The distances are gathered and dropped (a context variable), not the
+    warning filtered: ``warnings.catch_warnings`` changes process-wide
+    filters, which ``score`` calls in threads at once (a threaded search)
+    restored over each other's, leaving ``ignore OutOfSupportWarning`` in
+    the process for good.
+    """
+    with support_distances_gathered():
         yield
 
 

@@ -105,6 +105,36 @@ def test_checked_estimates_project_warn_or_pass():
     assert gathered_support_message(gathered).startswith("1 of 3 tiles")
 
 
+def test_score_in_threads_leaves_the_warning_filters_alone():
+    """score silenced the support check with warnings.catch_warnings, whose
+    process-wide filters concurrent calls (a threaded search) restored over
+    each other's: 'ignore OutOfSupportWarning' stayed in the process and no
+    later predict warned about estimates off the support."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deepblur.estimators._gamma import estimates_score
+
+    gram = np.eye(K)
+    g = np.array([[2.4 / K] * K, [0.3, 0.3, 0.4]])
+
+    class Checked:          # a predict that warns about the first estimate
+        def predict(self, X):
+            return checked_estimates(g, SAMPLER, gram, project=False,
+                                     support_tolerance=0.5)
+
+    X = np.zeros((2, 4, 4))
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(4) as pool:
+            scores = list(pool.map(lambda _: estimates_score(Checked(), gram, X, g),
+                                   range(200)))
+    assert scores == [0.0] * 200 and caught == []
+    assert warnings.filters == before
+    with pytest.warns(OutOfSupportWarning, match="1 of 2 images"):
+        Checked().predict(X)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**16), tolerance=st.floats(0.01, 0.5))
 def test_settled_distances_decide_as_the_exact_ones(seed, tolerance):
