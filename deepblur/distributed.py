@@ -118,9 +118,9 @@ def _transform_block(estimator, block, gamma, dtype, start=0):
     U = np.asarray(U)
     if U.shape != block.shape:
         raise ValueError(
-            f"estimator.transform must return images of the input's shape "
-            f"{block.shape}; {type(estimator).__name__}.transform returned "
-            f"shape {U.shape}."
+            f"{where}: estimator.transform must return images of the input's "
+            f"shape {block.shape}; {type(estimator).__name__}.transform "
+            f"returned shape {U.shape}."
         )
     with np.errstate(over="ignore"):            # refused below
         out = U.astype(dtype, copy=False)

@@ -268,6 +268,15 @@ def test_deblur_images_errors(data, fitted):
     with pytest.raises(ValueError, match=r"images\[0:2\]: .*image_shape"):
         deblur_images(np.zeros((2, 16, 16)), deblurrer, scheduler="sync",
                       images_per_task=2)
+    # every error of a task names its images, a transform of the wrong shape too
+    class Squeezes:         # drops the batch axis of images[2:4]
+        def transform(self, X):
+            return X[0] if X[0, 0, 0] > 1 else X
+
+    with pytest.raises(ValueError, match=r"^images\[2:4\]: estimator.transform "
+                                         r"must return images of the input's"):
+        deblur_images(np.concatenate([np.ones((2, 8, 8)), np.full((2, 8, 8), 2.0)]),
+                      Squeezes(), images_per_task=2, scheduler="sync")
     # NaN refused before any task runs (it failed in its task, after others
     # had been deblurred and were then dropped)
     bad = blurry.copy()
