@@ -95,6 +95,14 @@ _NOISE_KEPT = 0.2
 #: least this share of the blocks.
 _NOISE_FILL = 0.1
 
+#: ... and reads the median of quantised coefficients (whole-numbered
+#: counts, or counts divided by 255: ties at a few values) as grouped data
+#: when at least this share of them equals the median.
+_NOISE_TIES = 0.01
+
+#: ... unless this share of them is 0 (flat content, noise-free).
+_NOISE_FLAT = 0.9
+
 #: Calibrated constants of :func:`default_lam` (``lam = C / sigma^2``).
 C_TV = 0.25
 C_L1 = 0.03
@@ -403,6 +411,17 @@ def estimate_noise_level(y):
     noise-free picture whose flat areas are at its extremes, such as a
     binary mask: all the blocks are used, as before.)
 
+    Quantised images (8-bit counts, or counts divided by 255) have
+    coefficients on a grid of half a grey level, and a median on that grid
+    says little of a noise under a few levels: when at least 1 % of the
+    coefficients equal their median, they are read as grouped data (each
+    value standing for the interval of half a step around it) and sigma is
+    matched, for Gaussian noise, to the share of coefficients below the
+    boundary of the median's interval nearest to one half. The result is
+    the level that the data term sees, noise and rounding together
+    (``sqrt(s^2 + 1/12)`` grey levels for noise of ``s`` levels; 0 for flat
+    content, nine tenths of whose coefficients are 0).
+
     Parameters
     ----------
     y : array-like or torch.Tensor of shape (n, H, W) or (H, W)
@@ -458,9 +477,53 @@ def estimate_noise_level(y):
     # ground) would otherwise be measured on its edges alone
     kept = (~clipped).float().mean(dim=1, keepdim=True) >= _NOISE_KEPT
     d = d.reshape(d.shape[0], -1).masked_fill(clipped & kept, float("nan"))
-    sigma = d.nanmedian(dim=1).values / 0.6745
+    median = d.nanmedian(dim=1, keepdim=True).values
+    sigma = median[:, 0] / 0.6745
+    # quantised images (8-bit counts, or those divided by 255): the
+    # coefficients take a few values, and their median is one of them; read
+    # as it is, sigma came out in steps of 0.74 grey level (0 for an image
+    # whose noise is under one level, where half the coefficients are 0)
+    tol = 1e-6 * (hi - lo).reshape(-1, 1)
+    ties = ((d - median).abs() <= tol).sum(dim=1)
+    size = (~d.isnan()).sum(dim=1)
     sigma = sigma.cpu().numpy()
+    for i in np.flatnonzero((ties >= torch.clamp(_NOISE_TIES * size, min=10))
+                            .cpu().numpy()):
+        x = d[i][~d[i].isnan()].double().cpu().numpy()
+        sigma[i] = _grouped_sigma(x, float(median[i, 0]), float(tol[i, 0]))
     return float(sigma[0]) if single else sigma
+
+
+def _grouped_sigma(x, m, tol):
+    """The noise level from quantised Haar coefficients ``x`` (absolute
+    values, median ``m``): the values within ``tol`` of a grid point stand
+    for the interval of half a step around it, and sigma is matched to the
+    share of ``x`` below the boundary of the median's interval nearest to
+    one half, ``b / Phi^-1((1 + F(b)) / 2)`` (Gaussian noise; for
+    continuous data this is the median rule ``m / 0.6745``). The
+    quantisation error is counted as noise, as the data term sees it."""
+    from scipy.special import ndtri
+
+    n = x.size
+    if m <= tol and (x <= tol).sum() >= _NOISE_FLAT * n:
+        # flat content (a mask, steps, a point on black ground), whose
+        # noise, if any, is under the quantisation step: 0, as the median
+        # says, not a level made up from the step
+        return 0.0
+    above, below = x[x > m + tol], x[x < m - tol]
+    gaps = [above.min() - m] if above.size else []
+    if below.size and m > tol:
+        gaps.append(m - below.max())
+    if not gaps:                        # one value: 0 (noise-free) or a ramp
+        return 0.0 if m <= tol else m / 0.6745
+    step = min(gaps)
+    bounds = [((x <= m + tol).sum() / n, m + step / 2)]
+    if m > tol:
+        bounds.append(((x < m - tol).sum() / n, m - step / 2))
+    share, bound = min(bounds, key=lambda fb: abs(fb[0] - 0.5))
+    if share >= 1.0:
+        return 0.0
+    return float(bound / ndtri((1.0 + share) / 2.0))
 
 
 #: Brightest pixel beyond which whole-numbered float images are taken for
