@@ -262,13 +262,19 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         self.memory = memory
         self.random_state = random_state
 
-    #: what ``fit`` uses for a component left at None, as the user writes it
+    #: what ``fit`` uses for a component left at None, as the user writes it,
+    #: and what one passed instead must be given to behave alike
     _DEFAULT_COMPONENTS = {
-        "basis": "ProductConvolutionBasis(image_shape=X.shape[-2:])",
-        "cone": "ConeSimplifier(n_rays=10)",
-        "sampler": "ConeSampler()",
-        "regressor": "ResNetBlurRegressor(verbose=0)",
-        "deblurrer": "TVDeblurrer()",
+        "basis": ("ProductConvolutionBasis", "(image_shape=X.shape[-2:])", ""),
+        "cone": ("ConeSimplifier", "(n_rays=10)", ""),
+        "sampler": ("ConeSampler", "(alpha_range=(low, high)) (low, high: the "
+                    "5th and 95th percentiles of ||gamma|| over the calibration "
+                    "fields)", " with an alpha_range of its own: a ConeSampler "
+                    "passed keeps its alpha_range (default (0.5, 1.5), the "
+                    "scale of unit rays, not the gain of the calibration "
+                    "operators)"),
+        "regressor": ("ResNetBlurRegressor", "(verbose=0)", ""),
+        "deblurrer": ("TVDeblurrer", "()", ""),
     }
 
     def set_params(self, **params):
@@ -280,12 +286,12 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
             name, nested, _ = key.partition("__")
             if (nested and name in self._DEFAULT_COMPONENTS
                     and params.get(name, getattr(self, name, None)) is None):
-                default = self._DEFAULT_COMPONENTS[name]
+                cls, args, note = self._DEFAULT_COMPONENTS[name]
                 raise ValueError(
                     f"cannot set {key!r}: {name} is None, which fit replaces "
-                    f"by a default {default}; to set or tune its parameters "
+                    f"by a default {cls}{args}; to set or tune its parameters "
                     f"(e.g. in a grid search), pass the component, e.g. "
-                    f"BlindDeblurrer({name}={default.split('(')[0]}(...)).")
+                    f"BlindDeblurrer({name}={cls}(...)){note}.")
         return super().set_params(**params)
 
     def __setstate__(self, state):

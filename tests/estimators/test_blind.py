@@ -332,3 +332,18 @@ def test_tags_give_the_deblurrers_output_dtype():
         "float32"]
     model = BlindDeblurrer(deblurrer=TVDeblurrer(dtype="float64"))
     assert get_tags(model).transformer_tags.preserves_dtype == ["float64"]
+
+
+def test_the_message_for_a_default_sampler_names_its_alpha_range():
+    """The message said fit uses 'a default ConeSampler()': one passed as
+    told samples alpha_range=(0.5, 1.5), where fit's default takes the
+    calibration's ||gamma|| (0.13 to 0.22 on make_random_operators' fields),
+    so the regressor trained on operators 4 to 7 times too bright."""
+    with pytest.raises(ValueError, match=r"ConeSampler\(alpha_range=\(low, high"
+                       r"\)\).*percentiles of \|\|gamma\|\|.*keeps its "
+                       r"alpha_range \(default \(0\.5, 1\.5\)"):
+        BlindDeblurrer().set_params(sampler__max_rays=3)
+    with pytest.raises(ValueError, match=r"default TVDeblurrer\(\); to set or "
+                       r"tune .*\(deblurrer=TVDeblurrer\(\.\.\.\)\)\.$"):
+        BlindDeblurrer().set_params(deblurrer__lam=3.0)
+
