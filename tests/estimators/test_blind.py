@@ -347,3 +347,19 @@ def test_the_message_for_a_default_sampler_names_its_alpha_range():
                        r"tune .*\(deblurrer=TVDeblurrer\(\.\.\.\)\)\.$"):
         BlindDeblurrer().set_params(deblurrer__lam=3.0)
 
+
+def test_the_grid_search_examples_pass_the_components_they_tune():
+    """docs/user_guide/scale_out.rst searched over basis__n_components and
+    deblurrer__lam of BlindDeblurrer(random_state=0), whose components are
+    None: the search failed on its first candidate."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "user_guide" / "scale_out.rst").read_text()
+    example = text[text.index("search = GridSearchCV("):]
+    example = example[:example.index("cv=KFold(3))")]
+    model = eval(example[example.index("BlindDeblurrer("):example.index("{")]
+                 .rstrip().rstrip(","),
+                 {"BlindDeblurrer": BlindDeblurrer, "TVDeblurrer": TVDeblurrer,
+                  "ProductConvolutionBasis": ProductConvolutionBasis})
+    model.set_params(basis__n_components=10, deblurrer__lam=50.0)
