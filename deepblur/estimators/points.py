@@ -305,6 +305,10 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
 
     def _fits(self, X):
         check_is_fitted(self)
+        # parameters set after fit (set_params skips fit's validation):
+        # background='no' was fitted as True, a negative threshold detected
+        # every maximum of the noise, n_rounds=2.7 ran 2 rounds
+        self._validate_params()
         basis = self._predicting_basis()
         t = _check_images(X, self.image_shape_)[:, 0].to(torch.float64)
         if self.noise_std is None:

@@ -278,3 +278,20 @@ def test_basis_set_since_fit_with_another_geometry_asks_for_a_refit(setting):
             with pytest.raises(ValueError, match=r"call fit again after "
                                                  r"set_params\(basis=\.\.\.\)"):
                 call()
+
+
+@pytest.mark.parametrize("params", [
+    {"background": "no"}, {"subpixel": "no"}, {"threshold": -1.0},
+    {"noise_std": -0.01}, {"n_rounds": 2.7}, {"image_mean": "0.5"},
+])
+def test_parameters_set_after_fit_are_checked(setting, params):
+    """set_params after fit skips fit's validation: background='no' was
+    fitted as True, a negative threshold or noise_std detected every maximum
+    of the noise, n_rounds=2.7 ran 2 rounds, all without a word."""
+    basis, _, X, gamma = setting
+    est = PointSourceBlurEstimator(basis, gamma_init=gamma.mean(0)).fit()
+    est.set_params(**params)
+    name = next(iter(params))
+    for method in (est.predict, est.predict_sources):
+        with pytest.raises(InvalidParameterError, match=f"'{name}' parameter"):
+            method(X[:1])
