@@ -346,6 +346,18 @@ def _check_positions(positions, image_shape, name="positions"):
     """``positions`` as an int64 array of shape (J, 2) of pixels inside the
     image. Only that layout is read: a (2, J) array (``np.nonzero``'s rows
     then columns) or (J, 3) rows reshaped to pairs would give other pixels."""
+    if (isinstance(positions, tuple) and len(positions) == 2
+            and all(getattr(p, "ndim", None) == 1 and len(p) > 0
+                    for p in positions)):
+        # np.nonzero's (or np.where's) rows and columns: refused by their
+        # shape (2, J) below, except for J = 2, where they read as two pixels
+        # (empty ones, no source, are left to the callers)
+        raise ValueError(
+            f"{name} must have shape (J, 2), one (row, column) pixel per "
+            "source; got a tuple of two 1-D arrays, np.nonzero's (rows, "
+            "columns) layout, which reads as other pixels for two sources: "
+            "pass np.argwhere(mask), np.stack(positions, axis=1) or an "
+            "array of pairs.")
     positions = np.asarray(positions)
     if positions.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
@@ -577,7 +589,8 @@ def fit_point_sources(y, kernels, maps, gamma0, *, threshold=None, min_distance=
     positions : array-like of shape (J, 2), optional
         Known pixels of the sources (e.g. from a localisation software), one
         (row, column) pair per row, whole numbers (round sub-pixel
-        localisations; a ``(2, J)`` array is refused): no detection, one
+        localisations; a ``(2, J)`` array, or ``np.nonzero``'s tuple, is
+        refused: use ``np.argwhere``): no detection, one
         round (with ``subpixel``, their offsets are still fitted, and a
         source whose offset passes 0.6 pixel moves).
     background : bool, default=True

@@ -512,3 +512,29 @@ def test_a_source_walks_as_far_as_it_needs_and_the_fit_matches_its_pixels():
         assert fit.residual == pytest.approx(
             np.linalg.norm(y - model) / np.linalg.norm(y), rel=1e-9, abs=1e-12)
         assert fit.residual < 1e-6
+
+
+def test_np_nonzero_of_two_sources_is_refused():
+    """np.nonzero's (rows, columns) tuple is refused by its shape (2, J),
+    except for two sources: (2, 2) read as the pixels (r1, r2) and (c1, c2),
+    and fitted without a word."""
+    kernels, maps = _family()
+    u = np.zeros(maps.shape[1:])
+    u[3, 20] = u[10, 5] = 1.0
+    gamma = np.array([1.0, 0.5, 0.8])
+    y = _dense(kernels, maps, u, gamma)
+    for nonzero in (np.nonzero(u), np.where(u > 0)):
+        with pytest.raises(ValueError, match="np.nonzero's"):
+            fit_point_sources(y, kernels, maps, gamma, positions=nonzero)
+        with pytest.raises(ValueError, match="np.nonzero's"):
+            point_source_image(kernels, maps, nonzero, np.ones(2), gamma)
+    # nothing found is no source (a NoPointSourceError), as before
+    with pytest.raises(ValueError, match="positions is empty"):
+        fit_point_sources(y, kernels, maps, gamma, positions=np.nonzero(0 * u))
+    # the layouts it names, and a tuple of pairs, give the two sources
+    expected = point_source_image(kernels, maps, np.argwhere(u), np.ones(2), gamma)
+    np.testing.assert_allclose(expected, _dense(kernels, maps, u, gamma), atol=1e-12)
+    for pos in (np.stack(np.nonzero(u), axis=1), [(3, 20), (10, 5)],
+                ((3, 20), (10, 5))):
+        np.testing.assert_array_equal(
+            point_source_image(kernels, maps, pos, np.ones(2), gamma), expected)
