@@ -980,7 +980,12 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         ``test_time_augmentation``), before any projection; refused when not
         finite (:meth:`_check_finite_estimates`), or when the network does
         not give the K of the basis (one set since ``fit``)."""
-        gamma = self._check_finite_estimates(self._raw_estimates(X))
+        return self._check_n_outputs(
+            self._check_finite_estimates(self._raw_estimates(X)))
+
+    def _check_n_outputs(self, gamma):
+        """``gamma``, refused when the network does not give the K of the
+        basis (or ``criterion__gram``): one of another K set since ``fit``."""
         K = self._n_outputs()
         if K is not None and gamma.shape[1] != K:
             raise ValueError(
@@ -1027,7 +1032,9 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         total = None
         for t in range(N_DIHEDRAL):
             estimate = super().predict(dihedral_transform(X, t)).astype(np.float64)
-            estimate = estimate @ back[t].T
+            # the K of the basis before its maps are applied: numpy's matmul
+            # error ('mismatch in its core dimension') said nothing of it
+            estimate = self._check_n_outputs(estimate) @ back[t].T
             total = estimate if total is None else total + estimate
         return (total / N_DIHEDRAL).astype(np.float32)
 

@@ -1229,3 +1229,22 @@ def test_basis_of_another_k_set_since_fit_is_refused(setting):
                                          r"image but the basis .* has K=4"):
         net.predict(X[:2])
     assert net.set_params(basis=basis).predict(X[:2]).shape == (2, 3)
+
+
+def test_basis_of_another_k_with_test_time_augmentation_is_refused_by_name():
+    """With test_time_augmentation, a basis of another K set since fit failed
+    in numpy's matmul ('mismatch in its core dimension 0'), before the check
+    of the estimates' K."""
+    from deepblur.operators import dihedral_transform
+
+    net = ResNetBlurRegressor(basis=_closed_basis(), **SMALL).initialize()
+    e0, f0 = np.random.default_rng(4).random((2, 1, 3, 3))
+    smaller = ProductConvolutionBasis.from_components(   # one orbit: K=8
+        np.stack([dihedral_transform(e0[0], t) for t in range(8)]),
+        np.stack([dihedral_transform(np.tile(f0[0], (6, 6))[:16, :16], t)
+                  for t in range(8)]))
+    net.set_params(basis=smaller, test_time_augmentation="dihedral")
+    X = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"the network gives 16 coefficients "
+                                         r"per image but the basis .* has K=8"):
+        net.predict(X)
