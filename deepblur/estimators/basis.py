@@ -247,8 +247,8 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                     f"in [{positions[:, 1].min()}, {positions[:, 1].max()}]."
                 )
             positions = np.round(positions).astype(int)
-            check_ndim(X, "X", 4, "(n_operators, n_positions, kh, kw) when "
-                       "positions is given")
+            check_ndim(X, "X", 4, "(n_operators, n_positions, kh, kw) of PSFs "
+                       "at scattered positions")
             if X.shape[1] != positions.shape[0]:
                 raise ValueError(
                     f"X must have one PSF per position: positions has "
@@ -427,13 +427,16 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         return est
 
     # ------------------------------------------------------------- transform
-    def _fitted_positions(self):
+    def _fitted_positions(self, positions=None):
         """The fields' positions for :meth:`transform` and :meth:`score`:
-        those of the fit (``positions_``) for scattered fields, None (any
-        grid) for a basis fitted on a grid. Not the ``positions`` parameter:
-        a ``set_params(positions=...)`` after ``fit`` changed the gamma and
-        the score without a refit (while ``inverse_transform`` kept the
-        fitted positions)."""
+        ``positions`` when given (PSFs measured elsewhere than in the fit),
+        else those of the fit (``positions_``) for scattered fields, None
+        (any grid) for a basis fitted on a grid. Not the ``positions``
+        parameter: a ``set_params(positions=...)`` after ``fit`` changed the
+        gamma and the score without a refit (while ``inverse_transform``
+        kept the fitted positions)."""
+        if positions is not None:
+            return positions
         return None if self.grid_shape_ is not None else self.positions_
 
     def _family_at(self, positions):
@@ -442,15 +445,20 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         E = self.kernels_.reshape(self.kernels_.shape[0], -1).T   # (d, K)
         return F, E
 
-    def transform(self, X):
+    def transform(self, X, positions=None):
         """Coefficients ``gamma`` of each operator, by least squares.
 
         Parameters
         ----------
         X : array-like of shape (P, gy, gx, kh, kw) or (P, n_positions, kh, kw)
-            PSF fields (same layout as in ``fit``: any grid for a basis
-            fitted on a grid, else one PSF per position of ``positions_``,
-            whatever ``set_params`` changed since: refit to use others).
+            PSF fields: with ``positions``, one PSF per position; else in the
+            layout of ``fit``: any grid for a basis fitted on a grid, else
+            one PSF per position of ``positions_`` (the ``positions``
+            parameter is read by ``fit`` only).
+        positions : array-like of shape (n_positions, 2), optional
+            (row, col) pixel positions of ``X``'s PSFs when they were
+            measured elsewhere than the fit's fields (e.g. beads of another
+            acquisition): the maps are read there.
 
         Returns
         -------
@@ -461,9 +469,9 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             ``set_output``.
         """
         check_is_fitted(self)
-        T, positions, _, _ = self._fields_geometry(X, self.image_shape_,
-                                                   self.kernel_shape_,
-                                                   self._fitted_positions())
+        T, positions, _, _ = self._fields_geometry(
+            X, self.image_shape_, self.kernel_shape_,
+            self._fitted_positions(positions))
         F, E = self._family_at(positions)
         return project_fields(T, F, E)
 
@@ -487,16 +495,17 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                                     else (self.positions_.shape[0],))
         return fields.reshape(lead + tuple(self.kernel_shape_))
 
-    def score(self, X, y=None):
+    def score(self, X, y=None, positions=None):
         """Minus the mean relative approximation error of the PSF fields.
 
         ``-mean_p ||T_p - T_hat_p|| / ||T_p||`` with ``T_hat_p`` the projection
         of operator ``p``'s field on the family: higher is better, 0 is exact.
+        ``X`` and ``positions`` as in :meth:`transform`; ``y`` is ignored.
         """
         check_is_fitted(self)
-        T, positions, _, _ = self._fields_geometry(X, self.image_shape_,
-                                                   self.kernel_shape_,
-                                                   self._fitted_positions())
+        T, positions, _, _ = self._fields_geometry(
+            X, self.image_shape_, self.kernel_shape_,
+            self._fitted_positions(positions))
         F, E = self._family_at(positions)
         gamma = project_fields(T, F, E)
         resid = T - reconstruct_fields(gamma, F, E)

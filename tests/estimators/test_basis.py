@@ -115,6 +115,37 @@ def test_set_params_positions_takes_effect_on_the_next_fit():
     np.testing.assert_array_equal(grid_fit.transform(fields), gamma)
 
 
+
+def test_transform_and_score_take_the_positions_of_fields_measured_elsewhere():
+    """PSFs measured elsewhere than the fit's fields (beads of another
+    acquisition) are projected with transform(X, positions=...): after
+    set_params(positions=...) stopped reaching transform, a basis fitted on a
+    grid refused them, telling to 'pass positions for scattered PSFs'."""
+    fields, *_ = planted()
+    pos = grid_positions(IMAGE, GRID)
+    flat = fields.reshape(fields.shape[0], -1, *KSHAPE)
+    grid_fit = ProductConvolutionBasis(3, image_shape=IMAGE).fit(fields)
+    scat = ProductConvolutionBasis(3, image_shape=IMAGE, positions=pos).fit(flat)
+    # the same operators' PSFs on another grid, given as scattered PSFs
+    on_grid, *_ = planted(grid=(4, 4))
+    other = on_grid.reshape(len(on_grid), 16, *KSHAPE)
+    where = grid_positions(IMAGE, (4, 4))
+    reference = grid_fit.transform(on_grid)
+    for basis in (grid_fit, scat):
+        np.testing.assert_allclose(basis.transform(other, positions=where),
+                                   reference, rtol=1e-8)
+        assert basis.score(other, positions=where) == pytest.approx(
+            grid_fit.score(on_grid))
+        # the maps are interpolated between the fit's positions
+        assert basis.score(other, positions=where) > -5e-2
+    with pytest.raises(ValueError, match="or pass positions for scattered"):
+        grid_fit.transform(other)
+    with pytest.raises(ValueError, match="X must have one PSF per position"):
+        scat.transform(other)
+    with pytest.raises(ValueError, match=r"\(n_operators, n_positions, kh, kw\) "
+                                         "of PSFs at scattered positions"):
+        scat.transform(fields)
+
 def test_fitted_attributes_and_normalisation():
     fields, *_ = planted()
     basis = ProductConvolutionBasis(3, image_shape=IMAGE).fit(fields)
