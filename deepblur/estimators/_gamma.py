@@ -451,6 +451,23 @@ def check_score_targets(X, y, K, sample_weight=None):
     return y, sample_weight
 
 
+def _check_nonzero_operators(gram, y_true):
+    """``y_true`` as float64, refused when a row is a zero operator (its
+    relative error is undefined)."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    energy = np.einsum("nk,kl,nl->n", y_true, np.asarray(gram, dtype=np.float64),
+                       y_true)
+    if not np.all(energy > 0):
+        zero = np.flatnonzero(~(energy > 0))
+        raise ValueError(
+            f"y: the relative operator error against a zero operator is "
+            f"undefined (||H[y_i]||_F = 0 for row {int(zero[0])}"
+            f"{f' and {len(zero) - 1} more' if len(zero) > 1 else ''}): every "
+            "estimate of it scores -inf, a perfect one NaN. Leave such rows "
+            "out of y.")
+    return y_true
+
+
 def operator_error_score(gram, y_true, y_pred, sample_weight=None):
     """Minus the mean relative operator error (higher is better, 0 exact).
 
@@ -461,16 +478,7 @@ def operator_error_score(gram, y_true, y_pred, sample_weight=None):
     zero weight) ranked every candidate of a search alike.
     """
     gram = np.asarray(gram, dtype=np.float64)
-    y_true = np.asarray(y_true, dtype=np.float64)
-    energy = np.einsum("nk,kl,nl->n", y_true, gram, y_true)
-    if not np.all(energy > 0):
-        zero = np.flatnonzero(~(energy > 0))
-        raise ValueError(
-            f"y: the relative operator error against a zero operator is "
-            f"undefined (||H[y_i]||_F = 0 for row {int(zero[0])}"
-            f"{f' and {len(zero) - 1} more' if len(zero) > 1 else ''}): every "
-            "estimate of it scores -inf, a perfect one NaN. Leave such rows "
-            "out of y.")
+    y_true = _check_nonzero_operators(gram, y_true)
     err = relative_frobenius_error(
         torch.as_tensor(np.asarray(y_true, dtype=np.float64)),
         torch.as_tensor(np.asarray(y_pred, dtype=np.float64)),
@@ -484,6 +492,8 @@ def estimates_score(estimator, gram, X, y, sample_weight=None):
     :func:`operator_error_score` of its ``predict(X)``, made without the
     support check (the estimates are measured against the truth)."""
     y, sample_weight = check_score_targets(X, y, np.shape(gram)[0], sample_weight)
+    # before the estimates, which can take minutes (a point-source fit per image)
+    _check_nonzero_operators(gram, y)
     with support_check_silenced():
         gamma_hat = estimator.predict(X)
     return operator_error_score(gram, y, gamma_hat, sample_weight)

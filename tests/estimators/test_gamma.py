@@ -14,6 +14,7 @@ from deepblur.estimators._gamma import (
     check_support_params,
     check_support_tolerance,
     checked_estimates,
+    estimates_score,
     gathered_support_message,
     operator_error_score,
     out_of_support_message,
@@ -261,6 +262,19 @@ def test_operator_error_score_refuses_zero_true_operators():
     expected = -np.mean(np.sqrt(np.einsum("nk,kl,nl->n", d, gram, d)
                                 / np.einsum("nk,kl,nl->n", y[keep], gram, y[keep])))
     assert operator_error_score(gram, y[keep], pred[keep]) == pytest.approx(expected)
+
+
+def test_zero_true_operators_are_refused_before_the_estimates():
+    """The score of a gamma estimator refused a zero operator in y only after
+    predicting every image (a point-source fit each, minutes for a set)."""
+    class Unpredictable:
+        def predict(self, X):
+            raise AssertionError("predict called before y was checked")
+
+    gram = np.array([[2.0, 0.5], [0.5, 1.0]])
+    y = np.array([[1.0, 0.5], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"zero operator .* row 1\)"):
+        estimates_score(Unpredictable(), gram, np.zeros((2, 4, 4)), y)
 
 
 def test_noise_check_on_images_recording_a_graph_warns_only_about_noise():
