@@ -63,9 +63,21 @@ def _check_basis(basis):
     return basis
 
 
+def _as_float64(x):
+    """``x`` as a float64 array; a tensor on any device, recording a graph or
+    in bfloat16 too (numpy's conversion refuses all three)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        x = x.to(torch.float64) if x.is_floating_point() else x
+        x = x.numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
 def _check_panel(img, name, shape):
     """One image of a figure, of shape (H, W) (``shape`` when given)."""
-    img = np.asarray(img, dtype=np.float64)
+    img = _as_float64(img)
     if img.ndim != 2 or (shape is not None and img.shape != shape):
         want = f"the shape of original {shape}" if shape is not None else "(H, W)"
         raise ValueError(f"{name} must be one image of {want}; got an array "
@@ -75,7 +87,7 @@ def _check_panel(img, name, shape):
 
 def _one_gamma(gamma, name, K):
     """One operator's coefficients, of shape (K,) (or (1, K))."""
-    g = np.asarray(gamma, dtype=np.float64)
+    g = _as_float64(gamma)
     if g.size != K or g.ndim > 2 or (g.ndim == 2 and g.shape[0] != 1):
         raise ValueError(f"{name} must have shape (K,) = ({K},), one operator's "
                          f"coefficients; got shape {g.shape}.")
@@ -112,7 +124,7 @@ def plot_operator(basis, gamma, *, spacing=None, titles=None, cmap="magma"):
     Parameters
     ----------
     basis : fitted :class:`deepblur.ProductConvolutionBasis`
-    gamma : array-like of shape (K,) or (n, K)
+    gamma : array-like or torch.Tensor of shape (K,) or (n, K)
         One panel per row of ``gamma`` (e.g. the true and the estimated
         operator side by side, as in paper Fig. 3).
     spacing : int, optional
@@ -125,7 +137,7 @@ def plot_operator(basis, gamma, *, spacing=None, titles=None, cmap="magma"):
     matplotlib.figure.Figure
     """
     _check_basis(basis)
-    gamma = np.atleast_2d(np.asarray(gamma, dtype=np.float64))
+    gamma = np.atleast_2d(_as_float64(gamma))
     if len(gamma) == 0:
         raise ValueError(f"gamma must hold at least one operator's coefficients; "
                          f"got shape {gamma.shape}.")
@@ -206,11 +218,11 @@ def plot_blind_deblurring(basis, gamma, gamma_hat, blurry, original, deblurred, 
     Parameters
     ----------
     basis : fitted :class:`deepblur.ProductConvolutionBasis`
-    gamma, gamma_hat : array-like of shape (K,)
+    gamma, gamma_hat : array-like or torch.Tensor of shape (K,)
         True and estimated coefficients.
-    blurry, original, deblurred : array-like of shape (H, W)
+    blurry, original, deblurred : array-like or torch.Tensor of shape (H, W)
         Observation, clean image and image deblurred with ``gamma_hat``.
-    deblurred_true : array-like of shape (H, W), optional
+    deblurred_true : array-like or torch.Tensor of shape (H, W), optional
         Image deblurred with the true ``gamma`` (an extra panel, the best the
         deblurring can do with a perfect estimate).
     spacing : int, optional

@@ -198,3 +198,26 @@ def test_unfitted_basis_empty_gamma_and_stacks_of_images_are_refused(basis):
     with pytest.raises(ValueError, match="deblurred_true must be one image"):
         plot_blind_deblurring(basis, g, g, y, y, y, deblurred_true=y[:16])
     assert plt.get_fignums() == []
+
+
+def test_tensors_are_taken_as_arrays(basis):
+    """Tensors recording a graph or in bfloat16 (and, on an accelerator, any
+    tensor there) failed in numpy's conversion ("Can't call numpy() on
+    Tensor that requires grad", "Got unsupported ScalarType BFloat16"),
+    though deepblur.metrics.snr, which titles the panels, takes them."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    plt.close("all")
+    g = np.ones(3)
+    y = np.random.default_rng(3).random((32, 32)) + 0.5
+    expected = [ax.get_title() for ax in
+                plot_blind_deblurring(basis, g, 0.9 * g, y, y, 0.8 * y).axes]
+    for convert in (lambda a: torch.tensor(a, requires_grad=True),
+                    lambda a: torch.tensor(a).bfloat16()):
+        fig = plot_blind_deblurring(basis, convert(g), convert(0.9 * g),
+                                    convert(y), y, convert(0.8 * y))
+        assert len(fig.axes) == len(expected)
+        assert fig.axes[-1].get_title().startswith("deblurred (estimate)\nSNR")
+        assert len(plot_operator(basis, convert(np.stack([g, 0.9 * g]))).axes) == 2
+    plt.close("all")
