@@ -109,7 +109,8 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     Parameters
     ----------
     basis : ProductConvolutionBasis, default=None
-        Fitted basis with ``boundary="zero"`` (required in ``fit``).
+        Fitted basis with ``boundary="zero"`` (required in ``fit``). One
+        set since ``fit`` with another image shape or K needs a new ``fit``.
     threshold : float, default=10.0
         Detection threshold in noise standard deviations (of the filtered
         image when ``smoothing > 0``).

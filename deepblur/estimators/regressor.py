@@ -306,6 +306,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         Fitted basis whose coefficients are regressed. Required in ``fit``
         unless the criterion gets ``criterion__gram`` explicitly; gives the
         Gram matrix of the loss and of ``score`` and checks image shapes.
+        One set since ``fit`` with another K, or another image shape than
+        ``image_shape_``, needs a new ``fit``.
     sampler : ConeSampler, default=None
         Fitted sampler of the training ``gamma`` (Algorithm 2). When given
         (and ``project``), :meth:`predict` returns the point of the set its
@@ -433,6 +435,12 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         :func:`deepblur.tiling.estimate_tiles` warns
         (:class:`~deepblur.exceptions.BoundaryWarning`) when it estimates
         the tiles of a larger image, which have none.
+    image_shape_ : tuple of int or None
+        The image shape of the basis the network was trained with: a basis
+        of another shape set since (``set_params``) is refused by
+        :meth:`predict` (its estimates would be read as the new maps'
+        coefficients). None when unknown (a loaded model, one trained
+        without a basis or before deepblur recorded it).
     n_features_in_ : int
         Pixels of each image the network reads, ``H * W`` of the basis's
         ``image_shape`` (as the other estimators of images give it); defined
@@ -829,6 +837,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         vars(self).pop("noise_level_", None)
         vars(self).pop("training_noise_std_", None)
         vars(self).pop("training_boundary_", None)
+        vars(self).pop("image_shape_", None)
         return self
 
     def fit(self, X, y=None, **fit_params):
@@ -889,7 +898,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
 
     def _record_training_noise(self, X, widen=None):
         """Set ``noise_level_``, ``training_noise_std_`` and
-        ``training_boundary_`` from training data.
+        ``training_boundary_`` from training data (and ``image_shape_``
+        from the basis it is trained with).
 
         ``X`` is what the network is trained on (arrays or a ``BlurDataset``);
         with ``widen``, a regressor whose training this one continues, both
@@ -909,6 +919,7 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
                                          None) != boundary:
             boundary = None             # mixed, or unknown before
         self.training_boundary_ = boundary
+        self.image_shape_ = self._image_shape()
         return self
 
     # ----------------------------------------------------------- prediction
@@ -978,8 +989,17 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
     def _estimates(self, X):
         """The network's estimates (averaged over the transformed copies with
         ``test_time_augmentation``), before any projection; refused when not
-        finite (:meth:`_check_finite_estimates`), or when the network does
-        not give the K of the basis (one set since ``fit``)."""
+        finite (:meth:`_check_finite_estimates`), or when the basis was set
+        since ``fit`` with another image shape (``image_shape_``) or the
+        network does not give its K."""
+        shape, fitted = self._image_shape(), getattr(self, "image_shape_", None)
+        if None not in (shape, fitted) and tuple(shape) != tuple(fitted):
+            # the estimates would be those of the trained basis's maps
+            raise ValueError(
+                f"basis has image shape {tuple(shape)}, but this network was "
+                f"trained with a basis of image shape {tuple(fitted)}: a basis "
+                "set since fit (set_params) with another image shape needs a "
+                "new fit.")
         return self._check_n_outputs(
             self._check_finite_estimates(self._raw_estimates(X)))
 

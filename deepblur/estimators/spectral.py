@@ -61,6 +61,8 @@ class SpectralBlurRegressor(SupportCheckMixin, SharedBasisMixin, RegressorMixin,
     basis : ProductConvolutionBasis, default=None
         Fitted basis whose coefficients are regressed (required in ``fit``):
         its Gram matrix is the metric, its ``image_shape_`` the input shape.
+        One set since ``fit`` with another image shape or K needs a new
+        ``fit``.
     sampler : ConeSampler, default=None
         Fitted sampler of the training ``gamma``. When given, :meth:`predict`
         projects the ridge's estimates on the set its samples fill, in the

@@ -1248,3 +1248,31 @@ def test_basis_of_another_k_with_test_time_augmentation_is_refused_by_name():
     with pytest.raises(ValueError, match=r"the network gives 16 coefficients "
                                          r"per image but the basis .* has K=8"):
         net.predict(X)
+
+
+def test_basis_of_another_image_shape_set_since_fit_is_refused(setting):
+    """set_params(basis=...) with the same K but another image shape after
+    fit: predict read images of the new shape and returned the trained
+    basis's coefficients as the new maps' without a word (the spectral and
+    point-source estimators refuse it)."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    assert net.image_shape_ == (16, 16)
+    rng = np.random.default_rng(0)
+    larger = ProductConvolutionBasis.from_components(basis.kernels_,
+                                                     rng.random((3, 24, 24)))
+    net.set_params(basis=larger)
+    for call in (lambda: net.predict(rng.random((2, 24, 24))),
+                 lambda: net.score(rng.random((2, 24, 24)), y[:2])):
+        with pytest.raises(ValueError, match=r"basis has image shape \(24, 24\), "
+                                             r"but this network was trained with "
+                                             r"a basis of image shape \(16, 16\)"):
+            call()
+    # trained on it, the network takes it; without the record (a loaded
+    # model, an old pickle) nothing is refused
+    Xl, yl = rng.random((8, 24, 24)), rng.random((8, 3)) + 0.1
+    assert net.partial_fit(Xl, yl).image_shape_ == (24, 24)
+    assert net.predict(Xl[:2]).shape == (2, 3)
+    del net.image_shape_
+    assert net.set_params(basis=basis).predict(X[:2]).shape == (2, 3)
+    assert "image_shape_" not in vars(net.initialize())
