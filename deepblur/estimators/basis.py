@@ -76,7 +76,9 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         the nearest pixel (the model's impulse responses live on pixels). ``None``
         means a regular grid: ``X`` of shape ``(P, gy, gx, kh, kw)`` measured
         at the grid cells' centre pixels
-        (:func:`deepblur.solvers.psf_decomposition.grid_positions`).
+        (:func:`deepblur.solvers.psf_decomposition.grid_positions`). Read by
+        ``fit``: :meth:`transform` and :meth:`score` take fields in the
+        fit's layout, or at the positions they are given.
     boundary : {"zero", "periodic"}, default="zero"
         Boundary model of the convolutions (see
         :mod:`deepblur.operators.product_convolution`).
