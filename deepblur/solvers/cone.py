@@ -408,7 +408,7 @@ def _nnls_row(A, b, i):
         ) from exc
 
 
-def _nnls_fixed_sum(A, b, total, i, tol=1e-12, max_iter=100):
+def _nnls_fixed_sum(A, b, total, i, tol=1e-12, max_iter=100, warn=True):
     """``min ||A w - b|| s.t. w >= 0, sum(w) = total`` (method of multipliers).
 
     The equality enters as an extra row ``rho * 1^T w = rho * (total + u)``
@@ -428,12 +428,14 @@ def _nnls_fixed_sum(A, b, total, i, tol=1e-12, max_iter=100):
             break
         u += gap
     else:
-        warnings.warn(
-            f"The projection of row {i} on the set with sum(w) = {total:.6g} "
-            f"did not meet the sum to a relative {tol:g} in {max_iter} "
-            f"iterations (off by {abs(gap) / total:.2g}); its weights were "
-            "rescaled onto the bound, a point of the set near the optimum.",
-            ConvergenceWarning, stacklevel=user_stacklevel())
+        if warn:
+            warnings.warn(
+                f"The projection of row {i} on the set with sum(w) = "
+                f"{total:.6g} did not meet the sum to a relative {tol:g} in "
+                f"{max_iter} iterations (off by {abs(gap) / total:.2g}); its "
+                "weights were rescaled onto the bound, a point of the set "
+                "near the optimum.",
+                ConvergenceWarning, stacklevel=user_stacklevel())
     s = w.sum()
     if s > 0:
         return w * (total / s)
@@ -477,7 +479,7 @@ def _metric_root(gram, K):
     return np.sqrt(np.clip(vals, 0.0, None))[:, None] * vecs.T
 
 
-def _project_cone(X, rays, alpha_range=None, gram=None):
+def _project_cone(X, rays, alpha_range=None, gram=None, *, warn=True):
     """Nearest points of ``{w @ rays : w >= 0[, lo <= sum(w) <= hi]}``.
 
     One non-negative least-squares problem per row in the metric's
@@ -485,6 +487,9 @@ def _project_cone(X, rays, alpha_range=None, gram=None):
     summing outside ``[lo, hi]`` is solved again with the sum fixed at the
     violated bound: the problem is convex, so when the bound is not met by
     any minimiser on the cone, the constrained minimiser lies on it.
+    ``warn=False`` drops the ``ConvergenceWarning`` of a fixed-sum solve
+    that misses its sum (rather than ``warnings.catch_warnings``, whose
+    process-wide filters race between threads).
     """
     M = _metric_root(gram, X.shape[1])
     A = np.ascontiguousarray(rays.T if M is None else M @ rays.T, dtype=np.float64)
@@ -496,7 +501,7 @@ def _project_cone(X, rays, alpha_range=None, gram=None):
             lo, hi = alpha_range
             s = w.sum()
             if s > hi or s < lo:
-                w = _nnls_fixed_sum(A, b, hi if s > hi else lo, i)
+                w = _nnls_fixed_sum(A, b, hi if s > hi else lo, i, warn=warn)
         W[i] = w
     return W @ rays, W
 
@@ -1020,9 +1025,12 @@ def cone_distance_bounds(X, rays, *, alpha_range=None, gram=None, tol=None,
     if lo is None:
         p_min, p_max = 0.0, np.inf
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            w = _project_cone(np.zeros((1, X.shape[1])), rays, (lo, hi), gram)[1]
+        # its weights need not be optimal (a certified bound follows); not
+        # warnings.catch_warnings: predict calls this in threads at once (a
+        # threaded search, dask's threads), which restored each other's
+        # process-wide filters and left 'ignore ConvergenceWarning' behind
+        w = _project_cone(np.zeros((1, X.shape[1])), rays, (lo, hi), gram,
+                          warn=False)[1]
         p_min = float(_gap_lower_bound(w, w @ A.T, A, lo, hi)[0])
         p_max = hi * float(np.linalg.norm(A, axis=0).max())
     lower, upper = np.zeros(len(X)), np.full(len(X), np.inf)

@@ -575,6 +575,36 @@ def test_cone_distance_bounds_with_a_zero_norm_point_in_the_slab():
     assert (lower <= exact + 1e-9).all() and (upper >= exact - 1e-9).all()
 
 
+def test_cone_distance_bounds_in_threads_leave_the_warning_filters_alone():
+    """The bounds silenced their inner projection's ConvergenceWarning with
+    warnings.catch_warnings, whose process-wide filters calls in threads at
+    once (predict's support check on a GPU, in a threaded search or dask's
+    threads) restored over each other's: 'ignore ConvergenceWarning' stayed
+    in the process and every later ConvergenceWarning was lost."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    rays = np.abs(rng.normal(size=(12, 6)))
+    X = rng.normal(size=(3, 6))
+    before = list(warnings.filters)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)         # threads switch often (as under load)
+    try:
+        for _ in range(5):
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda _: cone_distance_bounds(
+                    X, rays, alpha_range=(0.5, 1.5), n_iter=1), range(400)))
+            assert warnings.filters == before
+    finally:
+        sys.setswitchinterval(interval)
+    # the inner projection's warning is still dropped (its weights need not
+    # be optimal: the bound is certified whatever they are)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cone_distance_bounds([[2.0, 1.0, 0.5]], np.eye(3), alpha_range=(1e-16, 1.5))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="CUDA is not available on this machine")
 def test_cone_distance_bounds_on_cuda_match_the_cpu():
