@@ -293,13 +293,20 @@ def test_deblur_images_errors(data, fitted):
         deblur_images(bad, Counting(), scheduler="sync")
     # so is a NaN gamma (it failed in the task of its image, and the others'
     # results were dropped)
+    class CountingGamma:        # takes gamma, as a non-blind deblurrer does
+        def transform(self, X, gamma=None):
+            calls.append(len(X))
+            if not np.isfinite(gamma).all():
+                raise ValueError("gamma must be finite")
+            return X
+
     gamma = np.ones((len(blurry), 3))
     gamma[6, 1] = np.inf
     with pytest.raises(ValueError, match=r"^gamma\[6\] \(for images\[6\]\) must "
                                          "contain only finite values"):
-        deblur_images(blurry, Counting(), gamma=gamma, scheduler="sync")
+        deblur_images(blurry, CountingGamma(), gamma=gamma, scheduler="sync")
     with pytest.raises(ValueError, match=r"^gamma must contain only finite"):
-        deblur_images(blurry, Counting(), gamma=gamma[6], scheduler="sync")
+        deblur_images(blurry, CountingGamma(), gamma=gamma[6], scheduler="sync")
     assert calls == []
 
 
