@@ -103,6 +103,9 @@ _NOISE_TIES = 0.01
 #: ... unless this share of them is 0 (flat content, noise-free).
 _NOISE_FLAT = 0.9
 
+#: ... and whose grid step is over this many times the tolerance of a tie.
+_NOISE_GRID = 2.0
+
 #: Calibrated constants of :func:`default_lam` (``lam = C / sigma^2``).
 C_TV = 0.25
 C_L1 = 0.03
@@ -414,7 +417,10 @@ def estimate_noise_level(y):
     Quantised images (8-bit counts, or counts divided by 255) have
     coefficients on a grid of half a grey level, and a median on that grid
     says little of a noise under a few levels: when at least 1 % of the
-    coefficients equal their median, they are read as grouped data (each
+    coefficients equal their median (within a millionth of the image's
+    range) and the nearest other value is over twice that tolerance away
+    (a grid, not the ties by chance of continuous data whose noise is far
+    under the range), they are read as grouped data (each
     value standing for the interval of half a step around it) and sigma is
     matched, for Gaussian noise, to the share of coefficients below the
     boundary of the median's interval nearest to one half. The result is
@@ -517,6 +523,11 @@ def _grouped_sigma(x, m, tol):
     if not gaps:                        # one value: 0 (noise-free) or a ramp
         return 0.0 if m <= tol else m / 0.6745
     step = min(gaps)
+    if step <= _NOISE_GRID * tol:
+        # no grid coarser than the tolerance: continuous data whose median
+        # ties by chance (a noise far under the range, as with a bright
+        # spot, or large counts): the median rule
+        return m / 0.6745
     bounds = [((x <= m + tol).sum() / n, m + step / 2)]
     if m > tol:
         bounds.append(((x < m - tol).sum() / n, m - step / 2))
