@@ -361,5 +361,9 @@ def test_the_grid_search_examples_pass_the_components_they_tune():
     model = eval(example[example.index("BlindDeblurrer("):example.index("{")]
                  .rstrip().rstrip(","),
                  {"BlindDeblurrer": BlindDeblurrer, "TVDeblurrer": TVDeblurrer,
-                  "ProductConvolutionBasis": ProductConvolutionBasis})
+                  "ProductConvolutionBasis": ProductConvolutionBasis,
+                  "blurry": np.zeros((4, 32, 48))})
     model.set_params(basis__n_components=10, deblurrer__lam=50.0)
+    # the basis is made for the images (the default 128x128 refused 32x48
+    # images in fit: 'basis.image_shape must be the images' shape')
+    assert tuple(model.basis.image_shape) == (32, 48)
