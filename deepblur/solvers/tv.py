@@ -507,7 +507,12 @@ def _grouped_sigma(x, m, tol):
     share of ``x`` below the boundary of the median's interval nearest to
     one half, ``b / Phi^-1((1 + F(b)) / 2)`` (Gaussian noise; for
     continuous data this is the median rule ``m / 0.6745``). The
-    quantisation error is counted as noise, as the data term sees it."""
+    quantisation error is counted as noise, as the data term sees it: the
+    match gives the spread of a continuous variable whose rounding to the
+    grid gives ``x``, and the coefficients themselves spread more, by
+    ``step^2 / 12`` in variance (Sheppard's correction), which is added back
+    (without it, sigma came out ``sqrt(s^2 + 1/16)`` grey levels for 8-bit
+    data, 6 to 12 % low under 0.3 level of noise)."""
     from scipy.special import ndtri
 
     n = x.size
@@ -534,7 +539,10 @@ def _grouped_sigma(x, m, tol):
     share, bound = min(bounds, key=lambda fb: abs(fb[0] - 0.5))
     if share >= 1.0:
         return 0.0
-    return float(bound / ndtri((1.0 + share) / 2.0))
+    # the grouped match, plus the spread of the grouping itself (its
+    # uniform error over the step), which the data term sees too
+    return float(np.hypot(bound / ndtri((1.0 + share) / 2.0),
+                          step / np.sqrt(12.0)))
 
 
 #: Brightest pixel beyond which whole-numbered float images are taken for
