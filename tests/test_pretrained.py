@@ -2083,3 +2083,26 @@ def test_deblur_image_does_not_warn_about_counts_it_scaled_itself():
         restored, _ = deblur_image(model, image, gamma=gamma, boundary="model",
                                    max_iter=3)
     assert restored.shape == image.shape
+
+
+def test_a_loaded_network_refuses_a_basis_of_another_image_shape(small_setting,
+                                                                 tmp_path):
+    """A loaded network had no image_shape_ (AttributeError, though documented
+    as None), so a basis of another image shape set on it was taken without a
+    word: its estimates were returned as the new maps' coefficients. It was
+    trained with the basis it is saved with, whose shape it now records."""
+    from deepblur import ProductConvolutionBasis
+
+    net, X = _tiny_regressor(small_setting)
+    save_model(tmp_path, net, small_setting)
+    regressor = load_model(tmp_path).regressor
+    assert regressor.image_shape_ == net.image_shape_ == (16, 16)
+    basis = small_setting["basis"]
+    rng = np.random.default_rng(0)
+    larger = ProductConvolutionBasis.from_components(
+        basis.kernels_, rng.random((len(basis.kernels_), 24, 24)))
+    regressor.set_params(basis=larger)
+    with pytest.raises(ValueError, match=r"basis has image shape \(24, 24\), "
+                                         r"but this network was trained with "
+                                         r"a basis of image shape \(16, 16\)"):
+        regressor.predict(rng.random((2, 24, 24)))

@@ -439,8 +439,10 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         The image shape of the basis the network was trained with: a basis
         of another shape set since (``set_params``) is refused by
         :meth:`predict` (its estimates would be read as the new maps'
-        coefficients). None when unknown (a loaded model, one trained
-        without a basis or before deepblur recorded it).
+        coefficients). A loaded model (:func:`deepblur.pretrained.load_model`)
+        has that of the basis saved with it; None for a network trained
+        without a basis, and absent on one pickled before deepblur recorded
+        it (neither is checked).
     n_features_in_ : int
         Pixels of each image the network reads, ``H * W`` of the basis's
         ``image_shape`` (as the other estimators of images give it); defined

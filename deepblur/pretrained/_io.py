@@ -878,6 +878,9 @@ def _load_network(meta, tensors, basis, sampler, project, noise_std, meta_name):
         raise ValueError(f"{meta_name}: noise_level must be a non-negative "
                          f"number (or absent); got {level!r}.")
     regressor.noise_level_ = float(np.max(noise_std) if level is None else level)
+    # trained with the basis it is saved with: a basis of another image shape
+    # set since is refused by predict, as for a network fitted here
+    regressor.image_shape_ = regressor._image_shape()
     return regressor
 
 
