@@ -418,12 +418,13 @@ def estimate_noise_level(y):
     coefficients on a grid of half a grey level, and a median on that grid
     says little of a noise under a few levels: when at least 1 % of the
     coefficients equal their median (within a millionth of the image's
-    range) and the nearest other value is over twice that tolerance away
-    (a grid, not the ties by chance of continuous data whose noise is far
-    under the range), they are read as grouped data (each
-    value standing for the interval of half a step around it) and sigma is
-    matched, for Gaussian noise, to the share of coefficients below the
-    boundary of the median's interval nearest to one half. The result is
+    range, or the dtype's rounding) and the nearest other value is over
+    twice that tolerance away (a grid, not the ties by chance of continuous
+    data whose noise is far under the range), they are read as grouped data
+    (each value standing for the interval of half a step around it) and
+    sigma is matched, for Gaussian noise, to the share of coefficients
+    below the boundary of the median's interval nearest to one half, plus
+    the spread of the grouping itself (Sheppard's correction). The result is
     the level that the data term sees, noise and rounding together
     (``sqrt(s^2 + 1/12)`` grey levels for noise of ``s`` levels; 0 for flat
     content, nine tenths of whose coefficients are 0).
@@ -489,7 +490,13 @@ def estimate_noise_level(y):
     # coefficients take a few values, and their median is one of them; read
     # as it is, sigma came out in steps of 0.74 grey level (0 for an image
     # whose noise is under one level, where half the coefficients are 0)
-    tol = 1e-6 * (hi - lo).reshape(-1, 1)
+    # ties: within a millionth of the range, or of the dtype's rounding at
+    # the largest magnitude (16-bit counts near saturation divided by 65535
+    # in float32 are off their grid by more than a millionth of their range)
+    tol = torch.maximum(
+        1e-6 * (hi - lo),
+        8 * torch.finfo(t.dtype).eps * torch.maximum(hi.abs(), lo.abs()),
+    ).reshape(-1, 1)
     ties = ((d - median).abs() <= tol).sum(dim=1)
     size = (~d.isnan()).sum(dim=1)
     sigma = sigma.cpu().numpy()

@@ -534,3 +534,23 @@ def test_noise_level_of_continuous_images_whose_median_ties_by_chance(
     assert estimate_noise_level(y) == pytest.approx(lower_median / 0.6745,
                                                     rel=1e-9)
     assert estimate_noise_level(y) == pytest.approx(noise, rel=0.05)
+
+
+@pytest.mark.parametrize("level", [0.3, 1.0])
+def test_noise_level_of_16_bit_images_near_saturation_in_float32(level):
+    """16-bit counts near the top of their range divided by 65535 in float32
+    are off their grid by float32's rounding, more than the tie tolerance of
+    a millionth of their narrow range: their coefficients were not read as
+    grouped data, and sigma came out in the median's steps (1.8 and 0.67
+    times the level the data term sees)."""
+    from deepblur.solvers.tv import estimate_noise_level
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:256, :256] / 255.0
+    bright = 64000 + 1000 * (0.5 * cols + 0.4 * np.sin(3 * rows))
+    counts = np.round(bright + level * rng.standard_normal(bright.shape))
+    seen = np.hypot(level, np.sqrt(1 / 12))
+    scaled = (counts / 65535).astype(np.float32)
+    np.testing.assert_allclose(estimate_noise_level(scaled) * 65535, seen,
+                               rtol=0.08)
+    np.testing.assert_allclose(estimate_noise_level(counts), seen, rtol=0.08)
