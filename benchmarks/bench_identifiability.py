@@ -19,8 +19,9 @@ mean-gamma baseline), with a trained model (default: the shipped one):
 2. **Stacking.** The same ridge on the features plus the network's estimate:
    what the network misses that the features carry.
    (``--probe``: a linear probe, the same ridge on the network's last feature
-   maps before its head, 2048 numbers, with its estimate, and with the
-   features too: whether the head, not the features, limits the network.)
+   maps before its head, 2048 numbers for the width-16 network (4096 for the
+   shipped width-32 one), with its estimate, and with the features too:
+   whether the head, not the features, limits the network.)
 3. **Parametric-bootstrap bias correction** (``--bootstrap``). Re-blur an
    estimate of the clean image with the estimate ``g`` of gamma, predict again
    (``r`` noise draws) and correct ``g - (mean(pred) - g)``. With the true
@@ -90,13 +91,26 @@ class GramRidge:
 
 
 def feature_maps(net, X, batch_size=256):
-    """The network's last feature maps, before its head, flattened."""
+    """The network's last feature maps, before its head, flattened.
+
+    Read from the module's own forward pass (a hook on its last residual
+    block), so that they are computed from what the stem sees: the image with
+    its Laplacian or other input channels (``input_norm``, ``coord_channels``),
+    not the bare image.
+    """
     module = net.module_.eval()
+    device = next(module.parameters()).device
     out = []
-    with torch.no_grad():
-        for i in range(0, len(X), batch_size):
-            x = torch.as_tensor(X[i:i + batch_size], dtype=torch.float32)[:, None]
-            out.append(module.blocks(module.stem(x)).flatten(1).numpy())
+    hook = module.blocks[-1].register_forward_hook(
+        lambda _module, _input, output: out.append(
+            output.flatten(1).float().cpu().numpy()))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(X), batch_size):
+                module(torch.as_tensor(X[i:i + batch_size], dtype=torch.float32,
+                                       device=device)[:, None])
+    finally:
+        hook.remove()
     return np.concatenate(out)
 
 

@@ -1,0 +1,44 @@
+"""Helpers of the benchmark scripts (benchmarks/*.py) that CI does not run
+whole: they must still match the library they measure."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_identifiability():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_identifiability
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return bench_identifiability
+
+
+def test_identifiability_probe_reads_the_networks_own_input(bench_identifiability):
+    """``--probe``'s feature maps are those of the network's forward pass: the
+    shipped network's stem takes the image and its Laplacian
+    (``input_norm="laplacian"``), and the maps were computed from the bare
+    image (a RuntimeError on the stem's 2 input channels)."""
+    from deepblur.datasets import make_blurred_images, natural_image_split
+    from deepblur.nets.resnet import _INPUT_CHANNELS
+    from deepblur.pretrained import load_default
+
+    model = load_default()
+    X, _ = make_blurred_images(natural_image_split()[1], model.basis,
+                               model.sampler, 5, noise_std=0.01, random_state=0)
+    maps = bench_identifiability.feature_maps(model.regressor, X, batch_size=2)
+    module = model.regressor.module_.eval()
+    assert module.input_norm == "laplacian"
+    x = torch.as_tensor(X, dtype=torch.float32)[:, None]
+    with torch.no_grad():
+        expected = module.blocks(module.stem(
+            _INPUT_CHANNELS[module.input_norm][1](x))).flatten(1).numpy()
+    assert maps.shape == expected.shape == (5, expected.shape[1])
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-4)
