@@ -41,6 +41,7 @@ figures and the model go to ``DEEPBLUR_OUTPUT`` (default ``examples/output``).
 
 # %%
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -63,6 +64,16 @@ from deepblur.pretrained import (  # noqa: E402
     save_model,
     train_regressor,
 )
+
+# The settings are the environment variables of the docstring: an argument
+# (even --help) would be ignored by a run of minutes to hours.
+if sys.argv[1:] in (["-h"], ["--help"]):
+    print(__doc__)
+    sys.exit(0)
+if sys.argv[1:]:
+    sys.exit(f"{Path(__file__).name} takes no arguments (got "
+             f"{' '.join(sys.argv[1:])!r}): its settings are the DEEPBLUR_* "
+             "environment variables of its docstring (--help prints it).")
 
 FAST = os.environ.get("DEEPBLUR_FAST", "0") == "1"
 OUT = Path(os.environ.get("DEEPBLUR_OUTPUT", Path(__file__).parent / "output"))

@@ -35,6 +35,7 @@ set (default 512).
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +58,16 @@ from deepblur.pretrained import (
     train_spectral_regressor,
 )
 from deepblur.pretrained._io import DEFAULT_DIR
+
+# The settings are the environment variables of the docstring: an argument
+# (even --help) would be ignored by a run of minutes to hours.
+if sys.argv[1:] in (["-h"], ["--help"]):
+    print(__doc__)
+    sys.exit(0)
+if sys.argv[1:]:
+    sys.exit(f"{Path(__file__).name} takes no arguments (got "
+             f"{' '.join(sys.argv[1:])!r}): its settings are the DEEPBLUR_* "
+             "environment variables of its docstring (--help prints it).")
 
 OUT = Path(os.environ.get("DEEPBLUR_OUTPUT",
                           Path(__file__).parent / "output" / "spectral_model"))

@@ -117,3 +117,30 @@ def test_readme_test_command_is_what_ci_runs():
     block = readme.split(marker)[1]
     command = block.split("```bash")[1].split("```")[0].strip()
     assert command and command in ci
+
+
+TRAINING_SCRIPTS = ["train_default_model", "train_crop_model",
+                    "train_spectral_model"]
+
+
+@pytest.mark.parametrize("script", TRAINING_SCRIPTS)
+def test_the_training_scripts_take_no_arguments(script, tmp_path):
+    """Their settings are environment variables: ``--help`` prints the
+    docstring that lists them, and any other argument is refused before
+    any work. Both used to be ignored, so ``--help`` started the training
+    (a day on a CPU for the default model) and wrote to examples/output."""
+    env = dict(os.environ, DEEPBLUR_OUTPUT=str(tmp_path / "out"),
+               MPLBACKEND="Agg")
+    path = str(ROOT / "examples" / f"{script}.py")
+    proc = subprocess.run([sys.executable, path, "--help"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DEEPBLUR_TRAIN_IMAGES" in proc.stdout
+    if script != "train_default_model":     # the same lines in the three
+        return
+    proc = subprocess.run([sys.executable, path, "--n-images", "10"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "takes no arguments (got '--n-images 10')" in proc.stderr
+    assert "DEEPBLUR_*" in proc.stderr
+    assert not (tmp_path / "out").exists()
