@@ -21,10 +21,12 @@ import time
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from deepblur.datasets import BlurDataset, make_blurred_images
 from deepblur.datasets.images import load_microscopy_images, natural_image_split
 from deepblur.pretrained import load_default, relative_errors
+from deepblur.pretrained._io import DEFAULT_DIR
 from deepblur.pretrained._train import train_regressor
 
 
@@ -41,6 +43,15 @@ def time_draws(model, train, gammas, batch_size=64, repeats=20):
             data.draw(batch_size)
         rates[g] = repeats * batch_size / (time.perf_counter() - t)
     return rates
+
+
+def shipped_setting(model):
+    """The setting dict of the shipped ``model`` (``load_default()``), as
+    :func:`~deepblur.pretrained.save_model` takes it: with the calibration
+    ``gamma``, which it writes beside the cone's rays."""
+    gamma = load_file(str(DEFAULT_DIR / "model.safetensors"))["cone.gamma"].numpy()
+    return dict(basis=model.basis, cone=model.cone, sampler=model.sampler,
+                gamma=gamma, params=dict(model.setting))
 
 
 def main():
@@ -67,8 +78,7 @@ def main():
               f"({rate / rates[args.gammas[0]]:.2f}x)", flush=True)
     if not args.images:
         return
-    setting = dict(basis=model.basis, cone=model.cone, sampler=model.sampler,
-                   params=dict(model.setting))
+    setting = shipped_setting(model)
     mean_gamma = model.sampler.sample(50_000).mean(0)
     sets = {}
     for name, images in (("natural", test), ("microscopy", load_microscopy_images())):

@@ -42,3 +42,23 @@ def test_identifiability_probe_reads_the_networks_own_input(bench_identifiabilit
             _INPUT_CHANNELS[module.input_norm][1](x))).flatten(1).numpy()
     assert maps.shape == expected.shape == (5, expected.shape[1])
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_data_reuse_saves_its_networks(tmp_path):
+    """``bench_data_reuse.py --save-dir`` writes each trained network with
+    ``save_model``, whose setting needs the calibration ``gamma``: the
+    script's setting had none, and every network failed to save with
+    ``KeyError: 'gamma'`` after its training (minutes to an hour)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_data_reuse
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from deepblur.pretrained import load_default, load_model, save_model
+
+    model = load_default()
+    save_model(tmp_path / "g1_d2", model.regressor,
+               bench_data_reuse.shipped_setting(model), noise_std=(0.0, 0.02))
+    again = load_model(tmp_path / "g1_d2")
+    np.testing.assert_allclose(again.cone.rays_, model.cone.rays_, atol=1e-6)
+    np.testing.assert_allclose(again.basis.gram_, model.basis.gram_, rtol=1e-5)
