@@ -2106,3 +2106,22 @@ def test_a_loaded_network_refuses_a_basis_of_another_image_shape(small_setting,
                                          r"but this network was trained with "
                                          r"a basis of image shape \(16, 16\)"):
         regressor.predict(rng.random((2, 24, 24)))
+
+
+def test_save_model_names_what_the_setting_lacks(small_setting, tmp_path):
+    """A setting without the calibration gamma (the dict a script builds from
+    a loaded model's basis, cone and sampler) is refused by name, before
+    anything is written: it failed with a bare KeyError: 'gamma' (and a
+    loaded model passed as the setting, with 'tuple indices must be
+    integers')."""
+    from deepblur.pretrained import load_default
+
+    net, _ = _tiny_regressor(small_setting)
+    partial = {k: v for k, v in small_setting.items() if k != "gamma"}
+    with pytest.raises(ValueError, match=r"without 'gamma'.*cone\.gamma"):
+        save_model(tmp_path / "m", net, partial)
+    with pytest.raises(ValueError, match="got a PretrainedModel"):
+        save_model(tmp_path / "m", net, load_default())
+    assert not (tmp_path / "m").exists()
+    save_model(tmp_path / "m", net, small_setting)
+    assert (tmp_path / "m" / "model.safetensors").is_file()

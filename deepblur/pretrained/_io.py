@@ -22,6 +22,7 @@ import json
 import os
 import warnings
 from collections import namedtuple
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -486,6 +487,10 @@ def _check_saveable_network(regressor):
             f"got {regressor.module!r}.")
 
 
+#: What :func:`save_model` reads of its ``setting``.
+_SETTING_KEYS = ("basis", "cone", "sampler", "gamma", "params")
+
+
 def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
                weights_dtype="float32"):
     """Write a trained regressor and its setting to ``directory``.
@@ -496,7 +501,10 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     regressor : ResNetBlurRegressor
         Trained (initialised) regressor.
     setting : dict
-        As returned by :func:`deepblur.pretrained.make_default_setting`.
+        As returned by :func:`deepblur.pretrained.make_default_setting`: its
+        ``basis``, ``cone``, ``sampler``, ``gamma`` (the calibration
+        coefficients, stored beside the cone's rays) and ``params`` are
+        written; a ValueError names any of them it lacks.
     noise_std : float or (low, high), optional
         The noise the network was trained on (standard deviation, or the
         range it was drawn from, for clean images of mean
@@ -550,6 +558,17 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     if weights_dtype not in _WEIGHTS_DTYPES:
         raise ValueError(f"weights_dtype must be one of {list(_WEIGHTS_DTYPES)}; "
                          f"got {weights_dtype!r}.")
+    missing = ([] if not isinstance(setting, Mapping) else
+               [k for k in _SETTING_KEYS if k not in setting])
+    if not isinstance(setting, Mapping) or missing:
+        raise ValueError(
+            "setting must be the dict of make_default_setting, with "
+            f"{', '.join(map(repr, _SETTING_KEYS))}; got "
+            + (f"a {type(setting).__name__}" if not isinstance(setting, Mapping)
+               else f"one without {', '.join(map(repr, missing))}")
+            + ". 'gamma' are the calibration coefficients the cone was "
+            "simplified from (of a saved model: the 'cone.gamma' tensor of its "
+            "model.safetensors).")
     _check_saveable_network(regressor)
     own = getattr(regressor, "basis", None)
     if own is not None and not _same_gram(own.gram_, setting["basis"].gram_):
