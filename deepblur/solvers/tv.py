@@ -525,15 +525,17 @@ def _grouped_sigma(x, m, tol):
     n = x.size
     if m <= tol and (x <= tol).sum() >= _NOISE_FLAT * n:
         # flat content (a mask, steps, a point on black ground), whose
-        # noise, if any, is under the quantisation step: 0, as the median
-        # says, not a level made up from the step
-        return 0.0
+        # noise, if any, is under the quantisation step: the median rule, 0
+        # for its zeros, not a level made up from the step; continuous data
+        # whose noise is under the tolerance (a millionth of the range, as
+        # beside a bright spot) keep their median's level
+        return m / 0.6745
     above, below = x[x > m + tol], x[x < m - tol]
     gaps = [above.min() - m] if above.size else []
     if below.size and m > tol:
         gaps.append(m - below.max())
-    if not gaps:                        # one value: 0 (noise-free) or a ramp
-        return 0.0 if m <= tol else m / 0.6745
+    if not gaps:                # one value (noise-free, a ramp), or no grid
+        return m / 0.6745
     step = min(gaps)
     if step <= _NOISE_GRID * tol:
         # no grid coarser than the tolerance: continuous data whose median

@@ -554,3 +554,25 @@ def test_noise_level_of_16_bit_images_near_saturation_in_float32(level):
     np.testing.assert_allclose(estimate_noise_level(scaled) * 65535, seen,
                                rtol=0.08)
     np.testing.assert_allclose(estimate_noise_level(counts), seen, rtol=0.08)
+
+
+@pytest.mark.parametrize("noise, spot", [(1.0, 1e7), (1e-7, 1.0)])
+def test_noise_level_of_continuous_images_whose_noise_is_under_the_tolerance(
+        noise, spot):
+    """Continuous data whose noise is under the tie tolerance (a millionth of
+    the range: noise 1 beside a bright spot of 1e7, a [0, 1] image with
+    noise 1e-7) have nine tenths of their coefficients within it of 0, and
+    were taken for flat quantised content: sigma came out 0 where the median
+    rule gives the noise."""
+    from deepblur.solvers.tv import estimate_noise_level
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:256, :256] / 255.0
+    y = 0.5 * cols + 0.4 * np.sin(3 * rows)       # no diagonal Haar content
+    y = y + noise * rng.standard_normal(y.shape)
+    y[10, 10] = spot
+    d = np.abs(y[0::2, 0::2] - y[1::2, 0::2] - y[0::2, 1::2] + y[1::2, 1::2]) / 2
+    lower_median = np.sort(d.ravel())[(d.size - 1) // 2]
+    assert estimate_noise_level(y) == pytest.approx(lower_median / 0.6745,
+                                                    rel=1e-9)
+    assert estimate_noise_level(y) == pytest.approx(noise, rel=0.05)
