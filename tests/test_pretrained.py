@@ -2125,3 +2125,29 @@ def test_save_model_names_what_the_setting_lacks(small_setting, tmp_path):
     assert not (tmp_path / "m").exists()
     save_model(tmp_path / "m", net, small_setting)
     assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_save_model_refuses_a_network_trained_with_a_basis_of_another_shape(
+        small_setting, tmp_path):
+    """A network trained on 16x16 images whose basis was set since to one of
+    24x24 (which its predict refuses) was saved with a setting of that basis
+    and loaded as trained on it (load_model records the saved basis's shape
+    as image_shape_): its predict then took 24x24 images without a word."""
+    from deepblur import ProductConvolutionBasis
+
+    net, X = _tiny_regressor(small_setting)
+    basis = small_setting["basis"]
+    rng = np.random.default_rng(0)
+    larger = ProductConvolutionBasis.from_components(
+        basis.kernels_, rng.random((len(basis.kernels_), 24, 24)))
+    net.set_params(basis=larger)
+    with pytest.raises(ValueError, match=r"trained with a basis of image shape "
+                                         r"\(16, 16\) \(its image_shape_\), but "
+                                         r"the setting's basis has image shape "
+                                         r"\(24, 24\)"):
+        save_model(tmp_path, net, dict(small_setting, basis=larger))
+    assert not list(tmp_path.iterdir())             # nothing written
+    # in the basis it was trained with, it saves and loads as before
+    net.set_params(basis=basis)
+    save_model(tmp_path, net, small_setting)
+    assert load_model(tmp_path).regressor.image_shape_ == (16, 16)

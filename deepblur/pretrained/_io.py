@@ -491,6 +491,23 @@ def _check_saveable_network(regressor):
 _SETTING_KEYS = ("basis", "cone", "sampler", "gamma", "params")
 
 
+def _check_trained_shape(regressor, basis, what):
+    """Refuse a network trained with a basis of another image shape than
+    ``basis``, the one saved with it: :func:`load_model` records the saved
+    basis's shape as the network's ``image_shape_``, which its ``predict``
+    then takes images of (refused before the save, as a basis set since
+    ``fit``)."""
+    fitted = getattr(regressor, "image_shape_", None)
+    shape = tuple(int(v) for v in basis.image_shape_)
+    if fitted is not None and tuple(fitted) != shape:
+        raise ValueError(
+            f"regressor was trained with a basis of image shape "
+            f"{tuple(fitted)} (its image_shape_), but {what} has image shape "
+            f"{shape}: loaded, the network would take images of that shape and "
+            "its estimates be read as that basis's coefficients; save it with "
+            "the basis it was trained with, or fit it again.")
+
+
 def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
                weights_dtype="float32"):
     """Write a trained regressor and its setting to ``directory``.
@@ -499,7 +516,9 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
     ----------
     directory : str or Path
     regressor : ResNetBlurRegressor
-        Trained (initialised) regressor.
+        Trained (initialised) regressor, in the setting's basis (one trained
+        with a basis of another image shape, its ``image_shape_``, is
+        refused: loaded, it would take images of the saved basis's shape).
     setting : dict
         As returned by :func:`deepblur.pretrained.make_default_setting`: its
         ``basis``, ``cone``, ``sampler``, ``gamma`` (the calibration
@@ -576,6 +595,7 @@ def save_model(directory, regressor, setting, *, noise_std=None, extra=None,
             "regressor.basis must be the setting's basis (their Gram matrices "
             "differ): its coefficients are only meaningful in the basis it was "
             "trained in.")
+    _check_trained_shape(regressor, setting["basis"], "the setting's basis")
     if noise_std is None:
         noise_std = getattr(regressor, "training_noise_std_", None)
     noise = _noise_param(setting["params"]["noise_std"] if noise_std is None
@@ -758,6 +778,7 @@ def save_crop_network(directory, regressor, *, noise_std, extra=None):
     directory = _path(directory)
     model = load_model(directory)       # the setting it must share
     _check_same_basis(regressor.basis.gram_, directory, model)
+    _check_trained_shape(regressor, model.basis, "the model's basis")
     meta = dict(module=_module_params(regressor),
                 noise_std=list(noise) if isinstance(noise, tuple) else noise,
                 boundary="crop")
