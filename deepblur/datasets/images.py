@@ -702,6 +702,15 @@ def make_point_sources(n_images, image_shape=(128, 128), *, density=0.002,
     if not (isinstance(background, Real) and not isinstance(background, bool)
             and 0 <= background <= 1):
         raise ValueError(f"background must be in [0, 1]; got {background!r}.")
+    if hi == 0 or background == 1:
+        # the sources would be invisible: 0 above the field, or clipped to a
+        # field already at 1 (images without a source, returned silently)
+        raise ValueError(
+            "the sources would not show: "
+            + ("intensity_range is (0, 0)" if hi == 0 else "background is 1, "
+               "and the sources add to it, clipped to 1")
+            + f"; got intensity_range={intensity_range!r}, "
+            f"background={background!r}.")
     rng = check_random_state(random_state)
     out = np.full((int(n_images), H, W), float(background))
     for i in range(n_images):

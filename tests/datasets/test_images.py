@@ -584,3 +584,18 @@ def test_a_tiff_whose_first_page_cannot_be_found_is_called_damaged(tmp_path):
     path.write_bytes(b"II*\x00garbage")
     with pytest.raises(ValueError, match="garbage.tif holds no image .* damaged"):
         load_images(path)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(intensity_range=(0, 0)), r"intensity_range is \(0, 0\)"),
+    (dict(background=1.0), "background is 1"),
+])
+def test_point_sources_that_would_not_show_are_refused(kwargs, match):
+    """intensity_range=(0, 0), or a background of 1 (the sources add to it,
+    clipped to 1), returned images without a visible source silently."""
+    with pytest.raises(ValueError, match=match):
+        make_point_sources(2, (16, 16), density=0.05, **kwargs)
+    # a source brighter than the field, even clipped, still shows
+    pts = make_point_sources(1, (16, 16), density=0.05, background=0.9,
+                             random_state=0)
+    assert (pts > 0.9).any()
