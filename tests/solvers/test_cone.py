@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from sklearn.exceptions import ConvergenceWarning
 
 from deepblur.solvers import cone
 from deepblur.solvers.cone import (
@@ -603,6 +604,32 @@ def test_cone_distance_bounds_in_threads_leave_the_warning_filters_alone():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cone_distance_bounds([[2.0, 1.0, 0.5]], np.eye(3), alpha_range=(1e-16, 1.5))
+
+
+def test_cone_distance_bounds_drop_the_inner_projections_warning(monkeypatch):
+    """A fixed-sum projection that does not meet its sum warns in
+    project_cone, but not inside cone_distance_bounds (its bound holds
+    whatever the weights): the test above never reached an unconverged
+    projection, so it could not tell. Here the NNLS of the fixed-sum
+    problem (the rays' coordinates plus the sum's row) returns zero weights,
+    so no fixed-sum solve meets its sum."""
+    import deepblur.solvers.cone as cone_module
+
+    real = cone_module._nnls_row
+
+    def stuck(A, b, i):
+        w, res = real(A, b, i)
+        return (0.0 * w if A.shape[0] == 5 else w), res
+
+    monkeypatch.setattr(cone_module, "_nnls_row", stuck)
+    rng = np.random.default_rng(1)
+    rays = np.abs(rng.normal(size=(8, 4)))
+    X = 100.0 * np.abs(rng.normal(size=(3, 4)))    # far beyond the slab
+    with pytest.warns(ConvergenceWarning, match="did not meet the sum"):
+        project_cone(X, rays, alpha_range=(0.5, 1.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        cone_distance_bounds(X, rays, alpha_range=(0.5, 1.5), n_iter=1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
