@@ -152,6 +152,19 @@ def check_positive_int_pair(value, name, *, allow_zero=False):
     return (int(pair[0]), int(pair[1]))
 
 
+def check_basis_geometry(shape, K, fitted_shape, fitted_K, owner):
+    """Refuse a basis set (``set_params``) since ``fit`` whose image shape
+    ``shape`` or number of components ``K`` is not the fitted one's: the
+    estimator's fitted state (its estimates, its solve) belongs to the basis
+    it was fitted with."""
+    shape, fitted_shape = tuple(shape), tuple(fitted_shape)
+    if (shape, int(K)) != (fitted_shape, int(fitted_K)):
+        raise ValueError(
+            f"basis has image shape {shape} and K={K}, but this {owner} was "
+            f"fitted with a basis of image shape {fitted_shape} and "
+            f"K={fitted_K}: call fit again after set_params(basis=...).")
+
+
 def check_families(kernels, maps):
     """Check a product-convolution family: (K, kh, kw) kernels, (K, H, W) maps.
 

@@ -14,7 +14,7 @@ import torch
 from sklearn.base import _clone_parametrized
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from deepblur._validation import user_stacklevel
+from deepblur._validation import check_basis_geometry, user_stacklevel
 from deepblur.exceptions import NoisyImageWarning, OutOfSupportWarning
 from deepblur.nets.losses import relative_frobenius_error
 from deepblur.solvers.cone import cone_distance_bounds
@@ -534,14 +534,10 @@ class SharedBasisMixin(FrozenComponentsMixin):
         ``fit`` (the estimates were those of the fitted basis, and the score
         measured them in the new one's metric)."""
         basis = self._fitted_basis()
-        shape = tuple(int(s) for s in basis.image_shape_)
-        K = int(np.asarray(basis.gram_).shape[0])
-        if (shape, K) != (tuple(self.image_shape_), self._fitted_K()):
-            raise ValueError(
-                f"basis has image shape {shape} and K={K}, but this "
-                f"{type(self).__name__} was fitted with a basis of image shape "
-                f"{tuple(self.image_shape_)} and K={self._fitted_K()}: call fit "
-                "again after set_params(basis=...).")
+        check_basis_geometry(tuple(int(s) for s in basis.image_shape_),
+                             int(np.asarray(basis.gram_).shape[0]),
+                             self.image_shape_, self._fitted_K(),
+                             type(self).__name__)
         return basis
 
     def score(self, X, y, sample_weight=None):

@@ -24,6 +24,7 @@ from skorch.exceptions import NotInitializedError
 
 from deepblur._validation import (
     as_tensor,
+    check_basis_geometry,
     check_finite,
     check_images,
     check_ndim,
@@ -510,14 +511,9 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 "basis must be a fitted ProductConvolutionBasis; the one set "
                 "since fit is not (fit it, and call fit on this TVDeblurrer "
                 "again).")
-        shape = tuple(int(v) for v in operator.image_shape)
-        K = int(operator.n_components)
-        if (shape, K) != (self.image_shape_, self.n_components_):
-            raise ValueError(
-                f"basis has image shape {shape} and K={K}, but this "
-                f"TVDeblurrer was fitted with a basis of image shape "
-                f"{self.image_shape_} and K={self.n_components_}: call fit "
-                "again after set_params(basis=...).")
+        check_basis_geometry(tuple(int(v) for v in operator.image_shape),
+                             int(operator.n_components), self.image_shape_,
+                             self.n_components_, "TVDeblurrer")
 
     def _forget_last_transform(self):
         """Drop what describes the last ``transform``: a refit, or a call on
