@@ -478,11 +478,16 @@ def operator_error_score(gram, y_true, y_pred, sample_weight=None):
     zero weight) ranked every candidate of a search alike.
     """
     gram = np.asarray(gram, dtype=np.float64)
-    y_true = _check_nonzero_operators(gram, y_true)
+    return _operator_error_score(gram, _check_nonzero_operators(gram, y_true),
+                                 y_pred, sample_weight)
+
+
+def _operator_error_score(gram, y_true, y_pred, sample_weight):
+    """:func:`operator_error_score` of ``y_true`` already checked (float64,
+    no zero operator) in the float64 ``gram``."""
     err = relative_frobenius_error(
-        torch.as_tensor(np.asarray(y_true, dtype=np.float64)),
-        torch.as_tensor(np.asarray(y_pred, dtype=np.float64)),
-        torch.as_tensor(np.asarray(gram, dtype=np.float64)), eps=0.0).numpy()
+        torch.as_tensor(y_true), torch.as_tensor(np.asarray(y_pred, dtype=np.float64)),
+        torch.as_tensor(gram), eps=0.0).numpy()
     return -float(np.average(err, weights=sample_weight))
 
 
@@ -493,10 +498,11 @@ def estimates_score(estimator, gram, X, y, sample_weight=None):
     support check (the estimates are measured against the truth)."""
     y, sample_weight = check_score_targets(X, y, np.shape(gram)[0], sample_weight)
     # before the estimates, which can take minutes (a point-source fit per image)
-    _check_nonzero_operators(gram, y)
+    gram = np.asarray(gram, dtype=np.float64)
+    y = _check_nonzero_operators(gram, y)
     with support_check_silenced():
         gamma_hat = estimator.predict(X)
-    return operator_error_score(gram, y, gamma_hat, sample_weight)
+    return _operator_error_score(gram, y, gamma_hat, sample_weight)
 
 
 class SharedBasisMixin(FrozenComponentsMixin):
