@@ -23,6 +23,8 @@ import numpy as np
 from scipy.interpolate import RBFInterpolator
 from threadpoolctl import threadpool_limits
 
+from deepblur._validation import check_positive_int
+
 __all__ = [
     "cp_als",
     "grid_positions",
@@ -184,10 +186,7 @@ def cp_als(T, n_components, *, init="svd", max_iter=2000, tol=1e-10, n_refine=20
     if T.ndim != 3:
         raise ValueError(f"T must have 3 dimensions (P, X, D): operators, "
                          f"positions, kernel pixels; got shape {T.shape}.")
-    if (not isinstance(n_components, Integral) or isinstance(n_components, bool)
-            or n_components < 1):
-        raise ValueError(f"n_components must be a positive int; got "
-                         f"{n_components!r}.")
+    K = check_positive_int(n_components, "n_components")
     if init not in ("svd", "random"):
         raise ValueError(f"init must be 'svd' or 'random'; got {init!r}.")
     for name, value in (("max_iter", max_iter), ("n_refine", n_refine)):
@@ -199,7 +198,6 @@ def cp_als(T, n_components, *, init="svd", max_iter=2000, tol=1e-10, n_refine=20
         random_state = random_state.randint(np.iinfo(np.int32).max)
     rng = np.random.default_rng(random_state)   # a Generator is kept as is
     P, X, D = T.shape
-    K = int(n_components)
     norm_T = np.linalg.norm(T)
     if norm_T == 0:
         raise ValueError("X must not be all zeros: there is no PSF to decompose.")
