@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from numbers import Integral
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.exceptions import DeviceWarning
 from skorch.hf import AccelerateMixin
 
-from deepblur._validation import all_finite
+from deepblur._validation import all_finite, check_positive_int
 from deepblur.datasets.simulate import BlurDataset
 from deepblur.estimators._gamma import SHARED_PARAMS
 from deepblur.estimators.regressor import ResNetBlurRegressor
@@ -68,12 +67,6 @@ def _import_dask():
             f"{_INSTALL} or pip install 'dask[array]'; importing it failed: {exc}"
         ) from exc
     return dask, da
-
-
-def _check_positive_int(value, name):
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return int(value)
 
 
 def _shared(dask, obj, prefix):
@@ -297,7 +290,7 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
     if isinstance(estimator, BaseEstimator) or hasattr(estimator,
                                                        "__sklearn_is_fitted__"):
         check_is_fitted(estimator)     # a plain object with transform is trusted
-    per_task = _check_positive_int(images_per_task, "images_per_task")
+    per_task = check_positive_int(images_per_task, "images_per_task")
     out_dtype = _check_out_dtype(dtype)
     arr, is_dask = _check_image_stack(images, da)
     n, H, W = (int(s) for s in arr.shape)
@@ -314,8 +307,8 @@ def deblur_images(images, estimator, *, gamma=None, images_per_task=1,
             )
         if not all_finite(g):
             # here, not in the task of its image after others have run
-            rows = ([i for i in range(n) if not all_finite(g[i])] if g.ndim == 2
-                    else [])
+            rows = (np.flatnonzero(~np.isfinite(g).all(axis=1)).tolist()
+                    if g.ndim == 2 else [])
             where = f"gamma[{rows[0]}] (for images[{rows[0]}])" if rows else "gamma"
             more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
             raise ValueError(f"{where}{more} must contain only finite values; "
