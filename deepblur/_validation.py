@@ -10,6 +10,7 @@ import numbers
 
 import numpy as np
 import torch
+from sklearn.utils.validation import _check_sample_weight
 
 __all__ = [
     "all_finite",
@@ -21,11 +22,13 @@ __all__ = [
     "scalar_value",
     "check_positive_int_pair",
     "check_real",
+    "check_sample_weight",
     "check_boundary",
     "check_families",
     "check_images",
     "resolve_device",
     "to_like",
+    "weighted_mean",
 ]
 
 BOUNDARIES = ("zero", "periodic")
@@ -121,6 +124,42 @@ def scalar_value(value):
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def check_sample_weight(sample_weight, n_samples):
+    """The ``sample_weight`` of a ``score`` as float64 ``(n_samples,)``, or None.
+
+    scikit-learn's rules (``_check_sample_weight``): one real, finite,
+    non-negative weight per sample, not all zero (a scalar weighs every
+    sample alike); otherwise a ``ValueError`` that says so, followed by
+    scikit-learn's own message. A tensor is read on the CPU.
+    """
+    if sample_weight is None:
+        return None
+    if _is_tensor(sample_weight):
+        sample_weight = sample_weight.detach().cpu().numpy()
+    n_samples = int(n_samples)
+    try:
+        return _check_sample_weight(sample_weight, np.empty(n_samples),
+                                    dtype=np.float64, ensure_non_negative=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"sample_weight must hold one real, finite, non-negative weight per "
+            f"sample ({n_samples}), not all zero: {exc}") from None
+
+
+def weighted_mean(values, sample_weight=None):
+    """The mean of per-sample ``values``, weighted by a checked
+    ``sample_weight`` (:func:`check_sample_weight`) when it is given.
+
+    A sample of weight 0 is left out, so that its value, even ``inf`` (a
+    perfect PSNR) or NaN, does not make the mean NaN (``0 * inf``).
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if sample_weight is None:
+        return float(values.mean())
+    kept = sample_weight > 0
+    return float(np.average(values[kept], weights=sample_weight[kept]))
 
 
 def check_positive_int(value, name):

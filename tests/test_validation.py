@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from deepblur._validation import all_finite, check_finite
+from deepblur._validation import (
+    all_finite,
+    check_finite,
+    check_sample_weight,
+    weighted_mean,
+)
 
 _floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
@@ -98,3 +103,31 @@ def test_check_real_takes_a_list_of_tensors_recording_a_graph():
     with warnings.catch_warnings():         # torch warns on lists of arrays
         warnings.simplefilter("error")
         check_real([np.ones(2), np.zeros(2)], "kernels")
+
+
+def test_check_sample_weight():
+    np.testing.assert_array_equal(check_sample_weight([1, 2, 0], 3), [1.0, 2.0, 0.0])
+    assert check_sample_weight(None, 3) is None
+    np.testing.assert_array_equal(check_sample_weight(2.0, 3), [2.0, 2.0, 2.0])
+    out = check_sample_weight(torch.tensor([0.5, 1.0], requires_grad=True), 2)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    np.testing.assert_array_equal(out, [0.5, 1.0])
+    for bad, detail in (([1.0, 2.0], r"shape == \(2,\), expected \(3,\)"),
+                        ([1.0, -2.0, 1.0], "Negative"),
+                        ([1.0, np.nan, 1.0], "NaN"),
+                        ([0.0, 0.0, 0.0], "non-zero"),
+                        (np.ones(3) * 1j, "Complex"),
+                        (["a", "b", "c"], "could not convert")):
+        with pytest.raises(ValueError, match=r"^sample_weight must hold one "
+                           r"real, finite, non-negative weight per sample \(3\), "
+                           rf"not all zero: .*{detail}"):
+            check_sample_weight(bad, 3)
+
+
+def test_weighted_mean_leaves_out_samples_of_weight_zero():
+    """0 * inf (a perfect image's PSNR) or 0 * NaN made the mean NaN."""
+    values = np.array([np.inf, 30.0, 20.0, np.nan])
+    w = np.array([0.0, 1.0, 3.0, 0.0])
+    assert weighted_mean(values, w) == pytest.approx((30.0 + 3 * 20.0) / 4)
+    assert weighted_mean([1.0, 2.0, 6.0]) == pytest.approx(3.0)
+    assert weighted_mean([np.inf, 1.0]) == np.inf

@@ -12,9 +12,14 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import _clone_parametrized
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
-from deepblur._validation import check_basis_geometry, user_stacklevel
+from deepblur._validation import (
+    check_basis_geometry,
+    check_sample_weight,
+    user_stacklevel,
+    weighted_mean,
+)
 from deepblur.exceptions import NoisyImageWarning, OutOfSupportWarning
 from deepblur.nets.losses import relative_frobenius_error
 from deepblur.solvers.cone import cone_distance_bounds
@@ -433,8 +438,8 @@ def check_score_targets(X, y, K, sample_weight=None):
     K : int
         The number of basis elements.
     sample_weight : array-like of shape (n,) or None
-        Finite, non-negative and not all zero (scikit-learn's
-        ``_check_sample_weight``).
+        Finite, non-negative and not all zero
+        (:func:`~deepblur._validation.check_sample_weight`).
 
     Returns
     -------
@@ -445,10 +450,7 @@ def check_score_targets(X, y, K, sample_weight=None):
     if len(y) != len(X):
         raise ValueError(f"X and y must hold as many samples; got {len(X)} "
                          f"images and {len(y)} gamma.")
-    if sample_weight is not None:
-        sample_weight = _check_sample_weight(sample_weight, y, dtype=np.float64,
-                                             ensure_non_negative=True)
-    return y, sample_weight
+    return y, check_sample_weight(sample_weight, len(y))
 
 
 def _check_nonzero_operators(gram, y_true):
@@ -488,7 +490,7 @@ def _operator_error_score(gram, y_true, y_pred, sample_weight):
     err = relative_frobenius_error(
         torch.as_tensor(y_true), torch.as_tensor(np.asarray(y_pred, dtype=np.float64)),
         torch.as_tensor(gram), eps=0.0).numpy()
-    return -float(np.average(err, weights=sample_weight))
+    return -weighted_mean(err, sample_weight)
 
 
 def estimates_score(estimator, gram, X, y, sample_weight=None):

@@ -26,7 +26,9 @@ from deepblur._validation import (
     check_ndim,
     check_positive_int_pair,
     check_real,
+    check_sample_weight,
     to_like,
+    weighted_mean,
 )
 from deepblur.operators.gram import gram_matrix, operator_distance
 from deepblur.operators.product_convolution import ProductConvolution
@@ -497,17 +499,35 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                                     else (self.positions_.shape[0],))
         return fields.reshape(lead + tuple(self.kernel_shape_))
 
-    def score(self, X, y=None, positions=None):
+    def score(self, X, y=None, positions=None, sample_weight=None):
         """Minus the mean relative approximation error of the PSF fields.
 
         ``-mean_p ||T_p - T_hat_p|| / ||T_p||`` with ``T_hat_p`` the projection
         of operator ``p``'s field on the family: higher is better, 0 is exact.
-        ``X`` and ``positions`` as in :meth:`transform`; ``y`` is ignored.
+
+        Parameters
+        ----------
+        X : array-like of shape (P, gy, gx, kh, kw) or (P, n_positions, kh, kw)
+            PSF fields, as in :meth:`transform`.
+        y : None
+            Ignored.
+        positions : array-like of shape (n_positions, 2), optional
+            As in :meth:`transform`.
+        sample_weight : array-like of shape (P,), default=None
+            Weights of the operators' errors in the mean (finite,
+            non-negative, not all zero); an operator of weight 0 is left out.
+            In a ``Pipeline`` or ``GridSearchCV`` with metadata routing
+            enabled, request it with ``set_score_request(sample_weight=True)``.
+
+        Returns
+        -------
+        score : float
         """
         check_is_fitted(self)
         T, positions, _, _ = self._fields_geometry(
             X, self.image_shape_, self.kernel_shape_,
             self._fitted_positions(positions))
+        sample_weight = check_sample_weight(sample_weight, len(T))
         F, E = self._family_at(positions)
         gamma = project_fields(T, F, E)
         resid = T - reconstruct_fields(gamma, F, E)
@@ -515,7 +535,7 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         den = np.linalg.norm(T.reshape(len(T), -1), axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(den > 0, num / den, np.where(num > 0, np.inf, 0.0))
-        return -float(np.mean(rel))
+        return -weighted_mean(rel, sample_weight)
 
     @property
     def _n_features_out(self):

@@ -409,7 +409,7 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         return self.deblurrer_.transform(X)
 
-    def score(self, X, y):
+    def score(self, X, y, sample_weight=None):
         """Mean PSNR (dB) of the blindly deblurred ``X`` against clean ``y``.
 
         Parameters
@@ -418,13 +418,21 @@ class BlindDeblurrer(TransformerMixin, BaseEstimator):
             Blurry images.
         y : array-like of shape (n, H, W)
             Clean images (scaled by the same convention, ``image_mean``).
+        sample_weight : array-like of shape (n,), default=None
+            Weights of the images' PSNRs in the mean, as in
+            :meth:`TVDeblurrer.score`. In a ``Pipeline`` or ``GridSearchCV``
+            with metadata routing enabled, request it with
+            ``set_score_request(sample_weight=True)``.
 
         Returns
         -------
         score : float
         """
         check_is_fitted(self)
-        return self.deblurrer_.score(X, y)
+        if sample_weight is None:
+            # a deblurrer of the user's whose score takes no weights
+            return self.deblurrer_.score(X, y)
+        return self.deblurrer_.score(X, y, sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

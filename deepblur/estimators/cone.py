@@ -22,6 +22,7 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from deepblur._validation import check_sample_weight, weighted_mean
 from deepblur.solvers.cone import (
     SOCP_SOLVERS,
     _as_generator,
@@ -190,7 +191,7 @@ class ConeSimplifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             )
         return W @ self.rays_
 
-    def score(self, X, y=None):
+    def score(self, X, y=None, sample_weight=None):
         """Minus the mean relative distance of the rows of X to ``cone(rays_)``.
 
         For each row ``x``, ``||x - P(x)|| / ||x||`` where ``P`` projects on
@@ -203,6 +204,11 @@ class ConeSimplifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             Held-out ``gamma``.
         y : None
             Ignored.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows' distances in the mean (finite, non-negative,
+            not all zero). In a ``Pipeline`` or ``GridSearchCV`` with metadata
+            routing enabled, request it with
+            ``set_score_request(sample_weight=True)``.
 
         Returns
         -------
@@ -211,6 +217,7 @@ class ConeSimplifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
+        sample_weight = check_sample_weight(sample_weight, X.shape[0])
         # relative distances do not change with the rows' scale: scaled, rows
         # of magnitude 1e-165 or 1e160 do not underflow or overflow
         X = _scale_rows(X)[0]
@@ -219,7 +226,7 @@ class ConeSimplifier(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         relative = np.divide(
             residuals, norms, out=np.zeros_like(residuals), where=norms > 0
         )
-        return -float(relative.mean())
+        return -weighted_mean(relative, sample_weight)
 
     @property
     def _n_features_out(self):

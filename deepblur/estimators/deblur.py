@@ -29,9 +29,11 @@ from deepblur._validation import (
     check_images,
     check_ndim,
     check_not_empty,
+    check_sample_weight,
     resolve_device,
     to_like,
     user_stacklevel,
+    weighted_mean,
 )
 from deepblur.estimators._gamma import FrozenComponentsMixin
 from deepblur.metrics import clean_ranges, psnr
@@ -725,7 +727,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
             U = U[0]
         return to_like(U, is_numpy)
 
-    def score(self, X, y, gamma=None):
+    def score(self, X, y, gamma=None, sample_weight=None):
         """Mean PSNR (dB) of the deblurred ``X`` against the clean ``y``.
 
         The data range of each image is its clean version's peak-to-peak range
@@ -742,12 +744,18 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
             Clean images.
         gamma : array-like of shape (n, K) or (K,), optional
             As in :meth:`transform`.
+        sample_weight : array-like of shape (n,), default=None
+            Weights of the images' PSNRs in the mean (finite, non-negative,
+            not all zero); an image of weight 0 is left out. In a
+            ``Pipeline`` or ``GridSearchCV`` with metadata routing enabled,
+            request it with ``set_score_request(sample_weight=True)``.
 
         Returns
         -------
         score : float
         """
-        # y is checked before the solve, which can take minutes
+        # y and sample_weight are checked before the solve, which can take
+        # minutes
         y_t, _ = as_tensor(y, name="y")
         if tuple(y_t.shape) != tuple(np.shape(X)):
             raise ValueError(
@@ -755,11 +763,14 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 f"{tuple(y_t.shape)}."
             )
         check_finite(y_t, "y")
+        sample_weight = check_sample_weight(
+            sample_weight, y_t.shape[0] if y_t.ndim > 2 else 1)
         U = self.transform(X, gamma=gamma)
         if isinstance(U, torch.Tensor):
             U = U.detach().cpu().numpy()
         y_np = y_t.detach().cpu().numpy()
-        return float(np.mean(psnr(y_np, U, data_range=clean_ranges(y_np))))
+        return weighted_mean(psnr(y_np, U, data_range=clean_ranges(y_np)),
+                             sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

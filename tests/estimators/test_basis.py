@@ -4,6 +4,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from _routing import check_bad_weights_refused, check_weighted_score
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
@@ -398,6 +399,33 @@ def test_feature_names_out_and_set_output_in_a_pipeline():
                                basis.transform(fields))
     assert list(pipe.get_feature_names_out()) == ["conesimplifier0",
                                                   "conesimplifier1"]
+
+
+def _relative_projection_errors(basis, fields, y=None):
+    """Minus each field's relative distance to its least-squares fit by the
+    fitted family ``sum_k gamma_k f_k(x) e_k`` (NumPy's lstsq)."""
+    pos = grid_positions(IMAGE, GRID)
+    design = np.stack([np.outer(basis.maps_[k][pos[:, 0], pos[:, 1]],
+                                basis.kernels_[k].ravel()).ravel()
+                       for k in range(len(basis.kernels_))], axis=1)
+    T = fields.reshape(len(fields), -1)
+    gamma = np.linalg.lstsq(design, T.T, rcond=None)[0]
+    return -np.linalg.norm(T - (design @ gamma).T, axis=1) / np.linalg.norm(T, axis=1)
+
+
+def test_weighted_score_in_pipeline_and_grid_search():
+    """score took no sample_weight: Pipeline.score failed whenever metadata
+    routing was on ("Pipeline.score got unexpected argument(s)
+    {'sample_weight'}", even without weights), and with routing off when
+    given weights (TypeError); GridSearchCV could not weigh its folds'
+    scores. Now it is the weighted mean of the operators' errors."""
+    fields, *_ = planted(K=3, P=12, noise=0.05)
+    w = np.random.default_rng(3).uniform(0.0, 1.0, len(fields))
+    check_weighted_score(ProductConvolutionBasis(2, image_shape=IMAGE), fields,
+                         None, w, _relative_projection_errors,
+                         grid={"n_components": [1, 2]})
+    check_bad_weights_refused(
+        ProductConvolutionBasis(2, image_shape=IMAGE).fit(fields), fields, None)
 
 
 def test_readonly_memmap_input(tmp_path):

@@ -6,7 +6,9 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+import sklearn
 from _blind_setup import make_blind_data, tiny
+from _routing import check_bad_weights_refused
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GridSearchCV, KFold
 
@@ -90,6 +92,52 @@ def test_score_is_the_psnr_of_the_blind_deblurring(data, fitted):
 
     expected = np.mean(psnr(clean, model.transform(blurry)))
     assert model.score(blurry, clean) == pytest.approx(expected, rel=1e-6)
+
+
+def test_weighted_score_in_pipeline_and_grid_search(data, fitted):
+    """score took no sample_weight: Pipeline.score failed whenever metadata
+    routing was on ("Pipeline.score got unexpected argument(s)
+    {'sample_weight'}", even without weights), and with routing off when
+    given weights (TypeError). Now it is the weighted mean of the images'
+    PSNRs; psf_fields reaches fit through routing (set_fit_request)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    fields, blurry, clean = data
+    w = np.linspace(0.0, 2.0, len(blurry))
+    U = fitted.transform(blurry).astype(np.float64)
+    psnrs = 10 * np.log10(np.ptp(clean, axis=(1, 2)) ** 2
+                          / np.mean((U - clean) ** 2, axis=(1, 2)))
+    expected = np.average(psnrs, weights=w)
+    assert fitted.score(blurry, clean, sample_weight=w) == pytest.approx(
+        expected, rel=1e-5)
+    check_bad_weights_refused(fitted, blurry, clean)
+    for routing in (False, True):
+        with sklearn.config_context(enable_metadata_routing=routing):
+            if routing:
+                step = tiny(K=4).set_fit_request(psf_fields=True).set_score_request(
+                    sample_weight=True)
+                pipe = make_pipeline(FunctionTransformer(), step).fit(
+                    blurry, clean, psf_fields=fields)
+            else:
+                pipe = make_pipeline(FunctionTransformer(), tiny(K=4)).fit(
+                    blurry, clean, blinddeblurrer__psf_fields=fields)
+            assert pipe.score(blurry, clean, sample_weight=w) == pytest.approx(
+                expected, rel=1e-5)
+            assert pipe.score(blurry, clean) == pytest.approx(psnrs.mean(),
+                                                              rel=1e-5)
+    cv = KFold(2)
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = tiny(K=4).set_fit_request(psf_fields=True).set_score_request(
+            sample_weight=True)
+        search = GridSearchCV(est, {"deblurrer__lam": [50.0]}, cv=cv,
+                              refit=False).fit(blurry, clean, psf_fields=fields,
+                                               sample_weight=w)
+    train, test = next(cv.split(blurry))
+    by_hand = tiny(K=4).fit(blurry[train], clean[train], psf_fields=fields).score(
+        blurry[test], clean[test], sample_weight=w[test])
+    assert search.cv_results_["split0_test_score"][0] == pytest.approx(by_hand,
+                                                                       rel=1e-5)
 
 
 def test_joint_grid_search_over_K_and_lambda(data):

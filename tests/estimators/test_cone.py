@@ -5,6 +5,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from _routing import check_bad_weights_refused, check_weighted_score
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
@@ -124,6 +125,26 @@ def test_simplifier_score_is_minus_mean_relative_residual(gammas):
     relative = residuals[:50] / np.linalg.norm(X[:50], axis=1)
     assert est.score(X) == pytest.approx(-relative.sum() / 51)
     assert -1 <= est.score(-gammas) <= est.score(gammas) <= 0
+
+
+def _relative_cone_distances(est, X, y=None):
+    """Minus each row's relative distance to cone(rays_), by SciPy's NNLS."""
+    from scipy.optimize import nnls
+
+    return [-nnls(est.rays_.T, x)[1] / np.linalg.norm(x) for x in X]
+
+
+def test_simplifier_weighted_score_in_pipeline_and_grid_search(gammas):
+    """score took no sample_weight: Pipeline.score failed whenever metadata
+    routing was on ("Pipeline.score got unexpected argument(s)
+    {'sample_weight'}", even without weights), and with routing off when
+    given weights (TypeError); there was no set_score_request. Now it is the
+    weighted mean of the rows' distances."""
+    X = gammas[:50]
+    w = np.random.default_rng(2).uniform(0.0, 1.0, len(X))
+    check_weighted_score(ConeSimplifier(n_rays=3), X, None, w,
+                         _relative_cone_distances, grid={"n_rays": [2, 4]})
+    check_bad_weights_refused(ConeSimplifier(n_rays=3).fit(X), X, None)
 
 
 def test_simplifier_score_increases_with_n_rays(gammas):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import sklearn
 import torch
+from _routing import check_bad_weights_refused, check_weighted_score
 from scipy.ndimage import gaussian_filter
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
@@ -362,6 +363,50 @@ def test_grid_search_non_blind_with_metadata_routing(basis, data):
             warnings.simplefilter("ignore", ConvergenceWarning)
             search.fit(X, clean, gamma=gamma)
     assert search.best_params_["lam"] == 100.0
+
+
+def _psnrs(est, X, clean):
+    """Each image's PSNR by hand, on its clean version's peak-to-peak range."""
+    U = est.transform(X).astype(np.float64)
+    mse = np.mean((U - clean) ** 2, axis=(1, 2))
+    return 10 * np.log10(np.ptp(clean, axis=(1, 2)) ** 2 / mse)
+
+
+def test_weighted_score_in_pipeline_and_grid_search(basis, data):
+    """score took no sample_weight: Pipeline.score failed whenever metadata
+    routing was on ("Pipeline.score got unexpected argument(s)
+    {'sample_weight'}", even without weights), and with routing off when
+    given weights (TypeError). Now it is the weighted mean of the images'
+    PSNRs, blind and with gamma routed beside the weights."""
+    X, clean, gamma = data
+    reg = FakeBlurRegressor().fit(X, gamma)
+    w = np.array([0.2, 1.0, 0.0, 3.0, 0.5, 1.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check_weighted_score(_est(basis, blur_estimator=reg, max_iter=60), X,
+                             clean, w, _psnrs, grid={"lam": [1.0, 100.0]})
+        est = _est(basis, max_iter=60).fit(X)
+        expected = np.average(_psnrs(_est(basis, blur_estimator=reg, max_iter=60)
+                                     .fit(X), X, clean), weights=w)
+        assert est.score(X, clean, gamma=gamma, sample_weight=w) == \
+            pytest.approx(expected, rel=1e-6)
+        with sklearn.config_context(enable_metadata_routing=True):
+            search = GridSearchCV(
+                _est(basis, max_iter=60).set_score_request(gamma=True,
+                                                           sample_weight=True),
+                {"lam": [100.0]}, cv=KFold(2)).fit(X, clean, gamma=gamma,
+                                                   sample_weight=w)
+        train, test = next(KFold(2).split(X))
+        assert search.cv_results_["split0_test_score"][0] == pytest.approx(
+            est.score(X[test], clean[test], gamma=gamma[test],
+                      sample_weight=w[test]), rel=1e-6)
+
+
+def test_bad_sample_weight_is_refused_before_the_solve(basis, data):
+    X, clean, gamma = data
+    est = _est(basis, blur_estimator=FakeBlurRegressor().fit(X, gamma)).fit(X)
+    check_bad_weights_refused(est, X, clean)
+    assert not hasattr(est, "n_iter_")      # no image was deblurred
 
 
 def test_the_shared_basis_and_blur_estimator_parameters_cannot_be_set(basis, data):

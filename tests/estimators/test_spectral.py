@@ -3,6 +3,7 @@
 import joblib
 import numpy as np
 import pytest
+from _routing import check_weighted_score
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
@@ -226,6 +227,20 @@ def test_score_checks_y_and_sample_weight(setting):
     err = -np.array([est.score(X[i:i + 1], y[i:i + 1]) for i in range(4)])
     assert est.score(X[:4], y[:4], sample_weight=w) == pytest.approx(
         -np.average(err, weights=w), rel=1e-6)
+
+
+def test_weighted_score_in_pipeline_and_grid_search(setting):
+    """The weighted operator error, alone, in a Pipeline and in GridSearchCV,
+    with metadata routing on and off."""
+    basis, _, _, X, y, _, _ = setting
+    X, y = X[:60], y[:60]
+    w = np.random.default_rng(4).uniform(0.0, 1.0, len(X))
+
+    def errors(est, X, y):
+        return -relative_errors(y, est.predict(X), basis.gram_)["operator"]
+
+    check_weighted_score(SpectralBlurRegressor(basis, window=16), X, y, w, errors,
+                         grid={"n_radial": [3, 6]})
 
 
 def test_predict_warns_about_much_noisier_images(setting):
