@@ -672,7 +672,9 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
         ``clone`` (there is one accelerator state per process).
     device : None, default=None
         The accelerator places the module and the batches; a device here is
-        an error when the accelerator does device placement (skorch).
+        an error when the accelerator does device placement (skorch), from
+        ``set_params`` as well (where a trained regressor would be moved off
+        the accelerator's device).
     mixed_precision : None, default=None
         The accelerator's ``mixed_precision`` applies; setting the
         regressor's is an error.
@@ -737,6 +739,21 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
                 "mixed_precision is the accelerator's here: use "
                 f"Accelerator(mixed_precision={self.mixed_precision!r}) and "
                 "leave the regressor's mixed_precision=None.")
+
+    def set_params(self, **params):
+        """Set parameters; a ``device`` other than None is refused while the
+        accelerator places the module (skorch refuses it at initialisation
+        only, so a trained regressor took it and was moved off the
+        accelerator's device)."""
+        accelerator = params.get("accelerator", self.accelerator)
+        if (params.get("device") is not None
+                and getattr(accelerator, "device_placement", False)):
+            raise ValueError(
+                f"device={params['device']!r}: the accelerator places the "
+                "module and the batches (device_placement=True); leave "
+                "device=None and choose the device with the Accelerator "
+                "(e.g. Accelerator(cpu=True)).")
+        return super().set_params(**params)
 
     def initialize(self):
         """Check the accelerator, then initialise and prepare the components."""

@@ -518,6 +518,14 @@ def test_accelerated_regressor_errors(fitted, training, accelerator):
     net.set_params(mixed_precision="bf16")       # after initialisation too
     with pytest.raises(ValueError, match="mixed_precision is the accelerator's"):
         net.partial_fit(X, y)
+    # a device set after initialisation was taken without a word (skorch
+    # checks it at initialisation): the trained network would leave the
+    # accelerator's device
+    for regressor in (net, clone(net)):
+        with pytest.raises(ValueError, match="leave device=None"):
+            regressor.set_params(device="cpu")
+        assert regressor.device is None
+    assert net.set_params(device=None, mixed_precision=None).device is None
 
 
 @pytest.mark.cuda

@@ -814,8 +814,28 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         (``basis__tol``) are refused: they are used as fitted and shared by
         ``clone`` (as scikit-learn's ``FrozenEstimator`` does), and
         :meth:`get_params` does not list them.
+
+        ``device`` on an initialised regressor moves the trained network
+        there: its module, criterion and optimizer state (so that
+        ``predict`` and ``partial_fit`` run on the new device with the same
+        weights). skorch 1.x only records the name, and the next ``predict``
+        failed in torch (its inputs on the new device, the weights on the
+        old). A device that is not available (``"cuda"`` without CUDA) or a
+        ``mixed_precision`` it cannot run is refused before anything
+        changes; ``device=None`` (skorch's "move nothing") moves nothing.
         """
         check_no_shared_nested(self, params)
+        target = None
+        if "device" in params and getattr(self, "initialized_", False):
+            target = self._device_to_move_to(
+                params["device"], params.get("mixed_precision",
+                                             self.mixed_precision))
+        self._set_params(params)
+        if target is not None:
+            self._move_to(target)
+        return self
+
+    def _set_params(self, params):
         passive = {k: v for k, v in params.items()
                    if k.split("__", 1)[0] in _PASSIVE_PREFIXES}
         if not passive or not getattr(self, "initialized_", False):
@@ -832,6 +852,31 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         self._params_to_validate.update(passive)
         self._validate_params()     # skorch's checks (names, a shuffled predict)
         return self
+
+    @staticmethod
+    def _device_to_move_to(device, mixed_precision):
+        """The torch device that ``set_params(device=device)`` moves an
+        initialised regressor to (None: skorch's "move nothing"), checked as
+        :meth:`initialize_module` checks it."""
+        if device is None:
+            return None
+        target = resolve_device(device, auto=False)
+        check_mixed_precision(mixed_precision, target)
+        return target
+
+    def _move_to(self, device):
+        """Move the modules, the criteria and the optimizers' state to
+        ``device`` (torch's ``load_state_dict`` puts each optimizer's state
+        where its parameters now are, Adam's step counts staying where torch
+        keeps them)."""
+        for name in self._modules + self._criteria:
+            component = getattr(self, name + "_", None)
+            if isinstance(component, torch.nn.Module):
+                component.to(device)
+        for name in self._optimizers:
+            optimizer = getattr(self, name + "_", None)
+            if isinstance(optimizer, torch.optim.Optimizer):
+                optimizer.load_state_dict(optimizer.state_dict())
 
     def initialize(self):
         """Initialise the components (skorch) and forget the training noise."""

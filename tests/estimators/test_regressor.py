@@ -560,6 +560,65 @@ def test_cuda_pickle_loads_on_cpu(setting, monkeypatch):
     assert loaded.predict(X).shape == (48, 3)
 
 
+def test_set_params_device_on_a_trained_regressor_is_checked(setting, monkeypatch):
+    """set_params(device='cuda') on a trained regressor was taken without a
+    word where there is no CUDA (the module stayed on the CPU, net.device
+    said 'cuda'), and the next predict failed in torch ("Torch not compiled
+    with CUDA enabled"). Refused now, before anything changes."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    expected = net.predict(X)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, match in (("cuda", "CUDA is not available"),
+                          ("auto", "device must name a device"),
+                          ("meta", "not a device deepblur runs on")):
+        with pytest.raises(ValueError, match=match):
+            net.set_params(device=device)
+        assert net.device == "cpu"
+    np.testing.assert_array_equal(net.predict(X), expected)
+    # unfitted, the device is checked by fit, as before
+    unfitted = ResNetBlurRegressor(basis=basis, **SMALL).set_params(device="cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        unfitted.fit(X, y)
+
+
+def test_set_params_device_keeps_the_training_state(setting):
+    """The move goes through the optimizer's state_dict: training goes on
+    exactly as without it (Adam's moments and step counts kept)."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    moved = copy.deepcopy(net).set_params(device=torch.device("cpu"))
+    assert str(moved.device) == "cpu"
+    for regressor in (net, moved):
+        torch.manual_seed(0)
+        regressor.partial_fit(X, y)
+    for a, b in zip(net.module_.parameters(), moved.module_.parameters(),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_set_params_device_moves_a_trained_regressor(setting, tmp_path):
+    """set_params(device=...) on a trained regressor moves its module,
+    criterion and optimizer state: skorch only recorded the name."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    expected = net.predict(X)
+    net.set_params(device="cuda")
+    assert {p.device.type for p in net.module_.parameters()} == {"cuda"}
+    assert {b.device.type for b in net.criterion_.buffers()} == {"cuda"}
+    assert {v.device.type for state in net.optimizer_.state.values()
+            for k, v in state.items() if k != "step"} == {"cuda"}
+    np.testing.assert_allclose(net.predict(X), expected, rtol=1e-4, atol=1e-5)
+    net.partial_fit(X, y)
+    assert np.isfinite(net.history[-1, "train_loss"])
+    after = net.predict(X)
+    net.set_params(device="cpu")
+    assert {p.device.type for p in net.module_.parameters()} == {"cpu"}
+    np.testing.assert_allclose(net.predict(X), after, rtol=1e-4, atol=1e-5)
+    net.partial_fit(X, y)
+
+
 def test_cuda_requested_without_cuda_is_an_error(setting, monkeypatch):
     basis, _, _, X, y = setting
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
