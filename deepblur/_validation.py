@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.utils.validation import _check_sample_weight
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_real",
     "check_sample_weight",
     "check_boundary",
+    "check_dense",
     "check_families",
     "check_images",
     "resolve_device",
@@ -70,9 +72,23 @@ def check_finite(x, name):
     return x
 
 
+def check_dense(x, name):
+    """Raise a ``TypeError`` naming ``name`` if ``x`` is a SciPy sparse
+    matrix or array: NumPy made it a 0-d object array, refused later with a
+    message about its dtype or a sequence."""
+    if sp.issparse(x):
+        raise TypeError(
+            f"{name} must be a dense array or tensor; sparse input is not "
+            f"supported (got a {type(x).__name__}): convert it with "
+            f"{name}.toarray().")
+    return x
+
+
 def check_real(x, name):
     """Raise if ``x`` (array, tensor or array-like) is complex: casting it
-    to a real dtype would drop its imaginary part silently."""
+    to a real dtype would drop its imaginary part silently; or sparse
+    (:func:`check_dense`)."""
+    check_dense(x, name)
     if _is_tensor(x):
         complex_ = x.is_complex()
     else:
@@ -347,7 +363,8 @@ def as_tensor(x, *, device=None, dtype=None, name="input"):
     float32 and other tensors (integers, booleans) torch's default dtype
     (float32 unless set: float64 is slow on GPUs and absent on some); arrays
     of other dtypes become float64. Complex input is refused (a
-    ``ValueError`` naming ``name``), not cast to real.
+    ``ValueError`` naming ``name``), not cast to real, and sparse input (a
+    ``TypeError``, :func:`check_dense`).
     """
     if _is_tensor(x):
         check_real(x, name)
@@ -361,7 +378,7 @@ def as_tensor(x, *, device=None, dtype=None, name="input"):
         if device is not None:
             t = t.to(device)
         return t, False
-    arr = check_real(np.asarray(x), name)
+    arr = check_real(np.asarray(check_dense(x, name)), name)
     if dtype is None:
         if arr.dtype in (np.float32, np.float64):
             t = torch.from_numpy(np.ascontiguousarray(arr))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +10,10 @@ from hypothesis.extra.numpy import arrays
 
 from deepblur._validation import (
     all_finite,
+    as_tensor,
+    check_dense,
     check_finite,
+    check_real,
     check_sample_weight,
     weighted_mean,
 )
@@ -131,3 +135,17 @@ def test_weighted_mean_leaves_out_samples_of_weight_zero():
     assert weighted_mean(values, w) == pytest.approx((30.0 + 3 * 20.0) / 4)
     assert weighted_mean([1.0, 2.0, 6.0]) == pytest.approx(3.0)
     assert weighted_mean([np.inf, 1.0]) == np.inf
+
+
+@pytest.mark.parametrize("make", [sp.csr_matrix, sp.coo_array])
+def test_sparse_input_is_refused_by_name(make):
+    """NumPy made a sparse matrix a 0-d object array: as_tensor failed with
+    "setting an array element with a sequence" (TVDeblurrer, BlindDeblurrer)."""
+    x = make(np.eye(3))
+    for check in (check_dense, check_real,
+                  lambda x, name: as_tensor(x, name=name)):
+        with pytest.raises(TypeError, match=r"^X must be a dense array or tensor; "
+                           r"sparse input is not supported \(got a "
+                           rf"{type(x).__name__}\): convert it with X.toarray\(\)"):
+            check(x, "X")
+    assert check_dense(np.eye(3), "X") is not None

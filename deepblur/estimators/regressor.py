@@ -16,6 +16,7 @@ from skorch.dataset import Dataset
 
 from deepblur._validation import (
     all_finite,
+    check_dense,
     check_not_empty,
     native_contiguous,
     resolve_device,
@@ -68,7 +69,7 @@ def _check_images(X, image_shape=None, name="X"):
         if t.dtype == torch.bool or t.is_complex():
             raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}.")
     else:
-        arr = np.asarray(X)
+        arr = np.asarray(check_dense(X, name))
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
         t = torch.from_numpy(native_contiguous(arr))

@@ -140,6 +140,20 @@ def test_weighted_score_in_pipeline_and_grid_search(data, fitted):
                                                                        rel=1e-5)
 
 
+def test_sparse_input_is_refused_by_name(data, fitted):
+    """A sparse image failed with NumPy's "setting an array element with a
+    sequence"."""
+    import scipy.sparse as sp
+
+    fields, blurry, clean = data
+    for call in (lambda: fitted.transform(sp.csr_matrix(blurry[0])),
+                 lambda: tiny().fit(sp.csr_matrix(blurry[0]), clean[:1],
+                                    psf_fields=fields)):
+        with pytest.raises(TypeError, match="X must be a dense array or tensor; "
+                                            "sparse input is not supported"):
+            call()
+
+
 def test_joint_grid_search_over_K_and_lambda(data):
     """One GridSearchCV rebuilds basis, cone and regressor for every K."""
     fields, blurry, clean = data

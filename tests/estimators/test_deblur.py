@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.utils import estimator_checks
 from sklearn.utils.validation import check_is_fitted
 
 from deepblur.estimators.basis import ProductConvolutionBasis
@@ -400,6 +401,16 @@ def test_weighted_score_in_pipeline_and_grid_search(basis, data):
         assert search.cv_results_["split0_test_score"][0] == pytest.approx(
             est.score(X[test], clean[test], gamma=gamma[test],
                       sample_weight=w[test]), rel=1e-6)
+
+
+@pytest.mark.parametrize("check", [estimator_checks.check_estimator_sparse_array,
+                                   estimator_checks.check_estimator_sparse_matrix,
+                                   estimator_checks.check_complex_data],
+                         ids=lambda check: check.__name__)
+def test_sparse_and_complex_input_are_refused_by_name(basis, check):
+    """A sparse matrix failed with NumPy's "setting an array element with a
+    sequence"."""
+    check("TVDeblurrer", _est(basis))
 
 
 def test_bad_sample_weight_is_refused_before_the_solve(basis, data):

@@ -8,6 +8,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
+from sklearn.utils import estimator_checks
 from sklearn.utils._param_validation import InvalidParameterError
 
 from deepblur import PointSourceBlurEstimator
@@ -163,6 +164,15 @@ def test_saturated_sources_and_hot_pixels_warn(setting):
             worse = est.predict(bad)
         assert (relative_errors(gamma[:3], worse, basis.gram_)["operator"].max()
                 > 3 * relative_errors(gamma[:3], good, basis.gram_)["operator"].max())
+
+
+@pytest.mark.parametrize("check", [estimator_checks.check_estimator_sparse_array,
+                                   estimator_checks.check_estimator_sparse_matrix],
+                         ids=lambda check: check.__name__)
+def test_sparse_input_is_refused_by_name(setting, check):
+    """A sparse matrix was refused as "X must hold real numbers; got dtype
+    object" (NumPy made it a 0-d object array)."""
+    check("PointSourceBlurEstimator", PointSourceBlurEstimator(setting[0]))
 
 
 def test_bad_input(setting):

@@ -13,7 +13,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
-from sklearn.utils import get_tags
+from sklearn.utils import estimator_checks, get_tags
 from skorch.callbacks import Callback, Checkpoint, EarlyStopping, LoadInitState
 
 from deepblur.datasets.simulate import BlurDataset, make_blurred_images
@@ -558,6 +558,15 @@ def test_cuda_pickle_loads_on_cpu(setting, monkeypatch):
         loaded = pickle.loads(blob)
     assert loaded.device == "cpu" or str(loaded.device) == "cpu"
     assert loaded.predict(X).shape == (48, 3)
+
+
+@pytest.mark.parametrize("check", [estimator_checks.check_estimator_sparse_array,
+                                   estimator_checks.check_estimator_sparse_matrix],
+                         ids=lambda check: check.__name__)
+def test_sparse_input_is_refused_by_name(setting, check):
+    """A sparse matrix was refused as "X must hold real numbers; got dtype
+    object" (NumPy made it a 0-d object array)."""
+    check("ResNetBlurRegressor", ResNetBlurRegressor(basis=setting[0], **SMALL))
 
 
 def test_set_params_device_on_a_trained_regressor_is_checked(setting, monkeypatch):

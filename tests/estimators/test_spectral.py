@@ -229,6 +229,20 @@ def test_score_checks_y_and_sample_weight(setting):
         -np.average(err, weights=w), rel=1e-6)
 
 
+def test_sparse_input_is_refused_by_name(setting):
+    """A sparse image was refused as "X must hold real numbers; got dtype
+    object" (NumPy made it a 0-d object array)."""
+    import scipy.sparse as sp
+
+    basis, _, _, X, y, _, _ = setting
+    est = SpectralBlurRegressor(basis, window=16)
+    with pytest.raises(TypeError, match="X must be a dense array or tensor; "
+                                        "sparse input is not supported"):
+        est.fit(sp.csr_matrix(X[0]), y[:1])
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        est.fit(X[:40], y[:40]).predict(sp.csr_matrix(X[0]))
+
+
 def test_weighted_score_in_pipeline_and_grid_search(setting):
     """The weighted operator error, alone, in a Pipeline and in GridSearchCV,
     with metadata routing on and off."""
