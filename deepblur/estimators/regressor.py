@@ -1315,4 +1315,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         return estimates_score(self, self._gram(), X, y, sample_weight)
 
     def __sklearn_tags__(self):
-        return image_to_gamma_tags(super().__sklearn_tags__())
+        tags = image_to_gamma_tags(super().__sklearn_tags__())
+        # no random_state: the weights' initialisation and the batches follow
+        # torch's global generator, so two fits give two networks
+        tags.non_deterministic = True
+        return tags

@@ -1052,6 +1052,17 @@ def test_tags_say_it_takes_images_and_predicts_k_outputs():
     assert tags.estimator_type == "regressor"
 
 
+def test_tags_say_it_is_not_deterministic(setting):
+    """The tags said deterministic (scikit-learn's default), but with no
+    random_state two fits on the same data give different networks (the
+    weights' start and the batches follow torch's global generator)."""
+    basis, _, _, X, y = setting
+    assert get_tags(ResNetBlurRegressor()).non_deterministic
+    a, b = (ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+            for _ in range(2))
+    assert not np.allclose(a.predict(X), b.predict(X))
+
+
 def _closed_basis():
     """A basis made of the orbits of two components under the rotations and
     flips: exactly closed under them."""
