@@ -10,6 +10,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from _routing import check_weighted_score
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
@@ -54,6 +55,19 @@ def test_fit_predict_score_is_relative_operator_error(setting):
     # 4-D input and float64 give the same predictions.
     np.testing.assert_allclose(net.predict(X[:, None].astype(np.float64)), pred,
                                rtol=1e-5)
+
+
+def test_weighted_score_in_a_pipeline_with_and_without_routing(setting):
+    """skorch's set_score_request carries sample_weight to score: the
+    weighted mean of the operator errors, alone and in a Pipeline."""
+    basis, _, _, X, y = setting
+    w = np.random.default_rng(5).uniform(0.0, 1.0, len(X))
+
+    def errors(net, X, y):
+        return -relative_errors(y, net.predict(X), basis.gram_)["operator"]
+
+    check_weighted_score(ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL),
+                         X, y, w, errors)
 
 
 def test_training_lowers_the_loss(setting):
