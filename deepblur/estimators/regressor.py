@@ -160,11 +160,12 @@ def _bf16_autocast_problem(device):
     refuses some devices outright and, on others, warns and leaves autocast
     off (MPS before macOS 14): both count as not running. It draws no random
     numbers and runs with gradients whatever the caller's mode (its answer is
-    cached)."""
+    cached). Torch's warnings are shown, once per device: they say why
+    autocast is off, and ``warnings.catch_warnings`` would change the
+    process-wide filters under the feet of other threads (a threaded search
+    fits networks at once)."""
     try:
-        with warnings.catch_warnings(), torch.inference_mode(False), \
-                torch.enable_grad():
-            warnings.simplefilter("ignore")
+        with torch.inference_mode(False), torch.enable_grad():
             weight = torch.ones(1, 1, 3, 3, device=device, requires_grad=True)
             x = torch.ones(1, 1, 5, 5, device=device)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):

@@ -814,6 +814,44 @@ def test_mixed_precision_probes_other_devices(monkeypatch):
             check_mixed_precision("bf16", torch.device("cuda"))
 
 
+def test_the_bf16_probe_leaves_the_warnings_of_other_threads_alone(monkeypatch):
+    """The probe silenced torch's warnings with warnings.catch_warnings,
+    whose filters are the process's: while it ran (fits on an MPS or ROCm
+    device in a threaded search), the warnings of every other thread were
+    dropped, and a filter another thread set meanwhile was undone when it
+    left. Here the probe is held inside (its autocast paused) while this
+    thread warns and sets a filter."""
+    import threading
+
+    from deepblur.estimators import regressor
+
+    inside, resume, answers = threading.Event(), threading.Event(), []
+
+    class Paused(torch.autocast):
+        def __enter__(self):
+            inside.set()
+            resume.wait(10)
+            return super().__enter__()
+
+    monkeypatch.setattr(torch, "autocast", Paused)
+    probe = threading.Thread(target=lambda: answers.append(
+        regressor._bf16_autocast_problem.__wrapped__("cpu")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe.start()
+        try:
+            assert inside.wait(10)
+            warnings.warn("another thread's warning", UserWarning, stacklevel=1)
+            warnings.filterwarnings("error", "another thread's filter")
+            filters = list(warnings.filters)
+        finally:
+            resume.set()
+            probe.join()
+        assert warnings.filters == filters
+    assert [str(w.message) for w in caught] == ["another thread's warning"]
+    assert answers == [None]
+
+
 def test_mixed_precision_warns_on_a_cpu_without_bf16_units(setting,
                                                           monkeypatch):
     basis, _, _, X, y = setting
