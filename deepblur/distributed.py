@@ -27,13 +27,11 @@ needs one.
 from __future__ import annotations
 
 import uuid
-import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
-from skorch.exceptions import DeviceWarning
 from skorch.hf import AccelerateMixin
 
 from deepblur._validation import all_finite, check_positive_int
@@ -809,13 +807,14 @@ class AcceleratedResNetBlurRegressor(AccelerateMixin, ResNetBlurRegressor):
         CPU, warns, and sets ``device="cpu"``, which the accelerator's device
         placement then refuses at the next ``fit``. The modules are moved to
         the accelerator's device instead and ``device`` stays ``None``.
+        skorch is handed ``device="cpu"`` (where it maps ``None``), so that it
+        does not warn: filtering its warning with ``warnings.catch_warnings``
+        changed the process's filters under the feet of other threads
+        (unpickling in threads: dask's, a threaded search).
         """
         if state.get("device") is not None:
             return super().__setstate__(state)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeviceWarning,
-                                    message=".*requested device was not specified")
-            super().__setstate__(state)
+        super().__setstate__(dict(state, device="cpu"))
         self.device = None
         acc = self.__dict__.get("accelerator")
         if acc is not None and getattr(acc, "device_placement", False):

@@ -497,6 +497,45 @@ def test_accelerated_regressor_round_trips_and_clones(fitted, training,
     assert not [k for k in copy.get_params() if k.startswith("sampler__")]
 
 
+def test_unpickling_an_accelerated_regressor_leaves_other_threads_filters(
+        fitted, accelerator, monkeypatch):
+    """Unpickling silenced skorch's warning about device=None with
+    warnings.catch_warnings, whose filters are the process's: a filter that
+    another thread set while a net was being unpickled (dask's threads, a
+    threaded search) was undone when it was done. Here the unpickling is
+    held inside skorch's part while this thread sets a filter."""
+    import threading
+    import warnings
+
+    net, _ = _nets(accelerator, fitted.basis_)
+    data = pickle.dumps(net.initialize())
+    inside, resume, loaded = threading.Event(), threading.Event(), []
+    setstate = ResNetBlurRegressor.__setstate__
+
+    def paused(self, state):
+        inside.set()
+        resume.wait(10)
+        return setstate(self, state)
+
+    monkeypatch.setattr(ResNetBlurRegressor, "__setstate__", paused)
+    thread = threading.Thread(target=lambda: loaded.append(pickle.loads(data)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        thread.start()
+        try:
+            assert inside.wait(10)
+            warnings.filterwarnings("error", "another thread's filter")
+            filters = list(warnings.filters)
+        finally:
+            resume.set()
+            thread.join()
+        assert warnings.filters == filters
+    assert caught == []                 # skorch's warning is not issued
+    assert loaded[0].device is None
+    for name, value in net.module_.state_dict().items():
+        torch.testing.assert_close(loaded[0].module_.state_dict()[name], value)
+
+
 def test_accelerated_regressor_errors(fitted, training, accelerator):
     from deepblur.distributed import AcceleratedResNetBlurRegressor
 
