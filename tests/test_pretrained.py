@@ -641,6 +641,51 @@ def test_add_feature_head_copies_the_trunk_and_fits_the_branch(small_setting):
         add_feature_head(small_setting, pool, untrained)
 
 
+def test_add_feature_head_leaves_the_warnings_of_other_threads_alone(
+        small_setting, monkeypatch):
+    """add_feature_head silenced the copy's 'no bfloat16 units' warning with
+    warnings.catch_warnings, whose filters are the process's: while it
+    initialised the copy, the same warning of a regressor of another thread
+    was dropped, and a filter that thread set meanwhile was undone. Here the
+    copy's initialisation is held while this thread initialises its own."""
+    import threading
+    import warnings
+
+    feats = dict(window=8, n_radial=2, n_angular=2, border=3, n_segments=2)
+    net, _ = _tiny_regressor(small_setting, mixed_precision="bf16")
+    pool = np.random.default_rng(2).random((10, 16, 16))
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    inside, resume, heads = threading.Event(), threading.Event(), []
+    initialize = ResNetBlurRegressor.initialize
+
+    def paused(self):
+        if threading.current_thread() is not threading.main_thread():
+            inside.set()
+            resume.wait(10)
+        return initialize(self)
+
+    monkeypatch.setattr(ResNetBlurRegressor, "initialize", paused)
+    thread = threading.Thread(target=lambda: heads.append(add_feature_head(
+        small_setting, pool, net, n_images=32, batch_size=16,
+        blur_features=feats, num_workers=0)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        thread.start()
+        try:
+            assert inside.wait(10)
+            clone(net).initialize()             # this thread's own regressor
+            warnings.filterwarnings("error", "another thread's filter")
+            filters = list(warnings.filters)
+        finally:
+            resume.set()
+            thread.join()
+        assert warnings.filters == filters
+    # this thread's warning, and none of the copy's
+    assert ["no bfloat16 units" in str(w.message) for w in caught] == [True]
+    assert heads[0].module_.blur_features == feats
+
+
 def test_save_a_compiled_regressor(small_setting, tmp_path):
     # compile=True wraps the module (its state_dict keys gain "_orig_mod."):
     # the saved file must hold the plain module's weights, which load_model

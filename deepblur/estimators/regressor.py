@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import functools
 import platform
@@ -144,6 +146,27 @@ def check_mixed_precision(mixed_precision, device):
             f"run on device {str(device)!r} ({problem}); use "
             "mixed_precision=None.")
     return dtype
+
+
+# True while a caller initialises a copy of a network whose training warned
+# already that this CPU has no bfloat16 units (add_feature_head)
+_BF16_UNITS_WARNING_SUSPENDED = contextvars.ContextVar(
+    "deepblur_bf16_units_warning_suspended", default=False)
+
+
+@contextlib.contextmanager
+def bf16_units_warning_suspended():
+    """Within it (in this thread or task), initialising a regressor with
+    ``mixed_precision="bf16"`` on a CPU without bfloat16 units does not warn.
+
+    Unlike ``warnings.catch_warnings``, it changes no process-wide state:
+    the warnings of other threads are kept, and their filters are not undone.
+    """
+    token = _BF16_UNITS_WARNING_SUSPENDED.set(True)
+    try:
+        yield
+    finally:
+        _BF16_UNITS_WARNING_SUSPENDED.reset(token)
 
 
 def _cuda_has_bf16(device):
@@ -577,7 +600,8 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         device = (torch.device("cpu") if self.device is None
                   else resolve_device(self.device, auto=False))
         if (check_mixed_precision(self.mixed_precision, device) is not None
-                and device.type == "cpu" and cpu_has_bf16_units() is False):
+                and device.type == "cpu" and cpu_has_bf16_units() is False
+                and not _BF16_UNITS_WARNING_SUSPENDED.get()):
             warnings.warn(
                 f"mixed_precision={self.mixed_precision!r}: this CPU has no "
                 "bfloat16 units (AVX-512 BF16 or AMX); torch emulates them, "

@@ -14,7 +14,6 @@ import copy
 import json
 import math
 import multiprocessing
-import warnings
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from deepblur._validation import resolve_device
 from deepblur.datasets.simulate import BlurDataset, _check_not_path, _check_range
 from deepblur.estimators.regressor import (
     ResNetBlurRegressor,
+    bf16_units_warning_suspended,
     check_mixed_precision,
     plain_module,
 )
@@ -793,9 +793,10 @@ def add_feature_head(setting, images, regressor, *, n_images=98_304,
         module__blur_features={} if blur_features is None else blur_features,
         module__image_shape=tuple(int(v) for v in basis.image_shape_),
         compile=False, support_tolerance=None)
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-        # the training warned about it already; the weights are replaced below
-        warnings.filterwarnings("ignore", "mixed_precision=.*no bfloat16 units")
+    # the training warned already that this CPU has no bfloat16 units (not
+    # warnings.catch_warnings: its filters are the process's, and other
+    # threads' warnings would be lost); the weights are replaced below
+    with bf16_units_warning_suspended(), torch.random.fork_rng(devices=[]):
         new.initialize()
     missing, unexpected = plain_module(new).load_state_dict(
         plain_module(regressor).state_dict(), strict=False)
