@@ -62,6 +62,8 @@ from deepblur.operators.norms import power_iteration
 from deepblur.pretrained import load_default
 from deepblur.pretrained._apply import training_gain
 from deepblur.tiling import (
+    _basis_parts,
+    _check_solve,
     deblur_stitched,
     estimate_tiles,
     stitched_maps,
@@ -207,6 +209,21 @@ def seam_mask(blocks, shape, width=4):
             if 0 < edge < shape[1]:
                 mask[:, max(0, edge - width):edge + width] = True
     return mask
+
+
+def check_solves(basis, args):
+    """Refuse, before any work, the settings that :func:`run_size`'s
+    block-wise solve would refuse (a ``--margin`` under the kernel radius,
+    a ``--max-pixels`` too small for one tile with its margins) after the
+    blur and the estimation of each size (minutes): the library's own
+    check of :func:`deepblur.tiling.deblur_stitched`'s parameters."""
+    kernels, maps, model_boundary = _basis_parts(basis)
+    for n in args.sizes:
+        _check_solve((n, n), kernels.shape[1:], maps.shape[1:], lam="auto",
+                     boundary="model", regularization="tv", dtype="float32",
+                     max_pixels=args.max_pixels, margin=args.margin,
+                     model_boundary=model_boundary, max_iter=args.max_iter,
+                     tol=0)
 
 
 def run_size(model, n, args):
@@ -357,6 +374,10 @@ def main(argv=None):
     print(f"{run_header(args.threads, args.max_iter)}, stride={args.stride}, "
           f"max_pixels={args.max_pixels}, truth={args.truth}")
     model = load_default()
+    try:
+        check_solves(model.basis, args)
+    except ValueError as exc:
+        parser.error(str(exc))
     cue = boundary_cue(model)
     print(f"# regressor error on 128x128 images, zero boundary (training): "
           f"{cue['zero']:.3f}; cut from a larger blurred image: "

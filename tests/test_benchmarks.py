@@ -62,3 +62,31 @@ def test_data_reuse_saves_its_networks(tmp_path):
     again = load_model(tmp_path / "g1_d2")
     np.testing.assert_allclose(again.cone.rays_, model.cone.rays_, atol=1e-6)
     np.testing.assert_allclose(again.basis.gram_, model.basis.gram_, rtol=1e-5)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--margin", "2"], "margin must be an int >= the kernel radius"),
+    (["--max-pixels", "1000"], "too small for one solve"),
+])
+def test_large_refuses_its_solve_settings_before_any_work(monkeypatch, capsys,
+                                                          flags, match):
+    """``bench_large.py --margin`` under the kernel radius was refused by the
+    block-wise solve only, after the blur and the estimation of the first
+    size (minutes); the library's check of the solve now runs first."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_large
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def started(*args, **kwargs):
+        raise AssertionError("the benchmark started before checking its flags")
+
+    monkeypatch.setattr(bench_large, "boundary_cue", started)
+    monkeypatch.setattr(bench_large, "run_size", started)
+    with pytest.raises(SystemExit) as exc:
+        bench_large.main(["--sizes", "1024", *flags])
+    assert exc.value.code == 2
+    assert match in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="started before"):
+        bench_large.main(["--sizes", "1024"])       # the defaults pass
