@@ -124,10 +124,12 @@ def read_pixels(path):
     samples are the channels of a multi-channel image (fluorescence channels
     stored as samples), refused like a stack of channels.
 
-    A file read with Pillow (JPEG, PNG...) whose EXIF ``Orientation`` asks
-    for a rotation or a flip (phones save upright photos so) is turned as
-    viewers show it, so that what is deblurred and written is the picture
-    as seen (a note says so); a TIFF's pixels are read as stored.
+    A file whose ``Orientation`` asks for a rotation or a flip (phones save
+    upright photos so) is turned as viewers show it, so that what is
+    deblurred and written is the picture as seen (a note says so): the EXIF
+    tag of a file read with Pillow (JPEG, PNG...), the TIFF tag (274) of a
+    TIFF, whose pixel size (``resolution``, OME's ``PhysicalSizeX``/``Y``)
+    then follows its axes.
 
     Stacks and animations are refused (one image per file), and so is a TIFF
     holding several images (OME-TIFF positions, images appended one after
@@ -383,7 +385,49 @@ def _ome_pixel_size(xml, page):
     return {}
 
 
+#: What the TIFF (and EXIF) ``Orientation`` tag asks of the stored pixels
+#: (axis 0 the rows, 1 the columns) to show them as viewers do
+#: (``PIL.ImageOps.exif_transpose``'s operations): 2 mirrors left-right, 3
+#: turns by 180 degrees, 4 mirrors top-bottom, 5 transposes, 6 turns 90
+#: degrees clockwise, 7 transposes across the other diagonal, 8 turns 90
+#: degrees anticlockwise.
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+_SWAP_XY = str.maketrans("XY", "YX")
+
+
 def _read_tiff(path, info):
+    """A TIFF's pixels, turned as its ``Orientation`` tag says (with a note,
+    as the EXIF orientation of other files): tifffile gives them as stored."""
+    img, orientation = _stored_tiff(path, info)
+    if not (isinstance(orientation, Integral) and orientation in _ORIENTATIONS):
+        return img
+    img = np.ascontiguousarray(_ORIENTATIONS[orientation](img))
+    if orientation >= 5:                # rows and columns exchanged
+        meta = info.get("tiff", {})
+        if "resolution" in meta:
+            meta["resolution"] = meta["resolution"][::-1]
+        ome = meta.get("ome", {})
+        # PhysicalSizeX (and its unit) is PhysicalSizeY now, and back
+        swapped = {key.translate(_SWAP_XY): value for key, value in ome.items()}
+        ome.clear()
+        ome.update(swapped)
+    info["notes"].append(
+        f"{path.name} is turned as its TIFF orientation ({orientation}) says, "
+        "as viewers show it.")
+    return img
+
+
+def _stored_tiff(path, info):
+    """A TIFF's pixels as stored, and its ``Orientation`` (1 without one)."""
     import tifffile
 
     try:
@@ -395,6 +439,7 @@ def _read_tiff(path, info):
             colormap = page.colormap
             compression = page.compression
             info["tiff"] = _tiff_pixel_size(tif, page)
+            orientation = getattr(page.tags.get(274), "value", 1)  # Orientation
     except _ImageCountError:
         raise
     except Exception as exc:            # tifffile's or a codec's refusal
@@ -418,9 +463,9 @@ def _read_tiff(path, info):
             and compression != tifffile.COMPRESSION.JPEG):
         # tifffile gives the Y, Cb, Cr samples themselves (a JPEG-compressed
         # file's decoder gives RGB): converted as Pillow converts them
-        img = _ycbcr_tiff(path, img, bits)
+        img = _ycbcr_tiff(path, img, bits, orientation)
     if img.dtype == bool:       # 1-bit (a mask: True is on, as tifffile writes it)
-        return img.astype(np.uint8)
+        return img.astype(np.uint8), orientation
     if img.dtype.kind in "ui":
         top = (2 ** int(bits) - 1 if isinstance(bits, Integral) and bits
                <= 8 * img.dtype.itemsize else np.iinfo(img.dtype).max)
@@ -448,12 +493,13 @@ def _read_tiff(path, info):
         cmyk = img[..., :4].astype(np.float64)
         rgb = top - np.minimum(top, cmyk[..., :3] + cmyk[..., 3:4])
         img = rgb.astype(img.dtype)
-    return img
+    return img, orientation
 
 
-def _ycbcr_tiff(path, img, bits):
+def _ycbcr_tiff(path, img, bits, orientation=1):
     """The RGB pixels of an uncompressed (or LZW, Deflate...) YCbCr TIFF, as
-    Pillow converts them; 8-bit only (what Pillow reads)."""
+    Pillow converts them, as stored (Pillow turns them as the file's
+    ``orientation`` says: turned back); 8-bit only (what Pillow reads)."""
     from PIL import Image
 
     shape = img.shape[:2]
@@ -462,6 +508,12 @@ def _ycbcr_tiff(path, img, bits):
             raise ValueError(f"{bits}-bit samples")
         with Image.open(path) as im:
             rgb = np.array(im.convert("RGB"))
+            # Pillow drops the tag once it has turned the pixels
+            turned = im.tag_v2.get(274) is None
+        if turned and orientation in _ORIENTATIONS:
+            # 6 and 8 undo each other; the other turns undo themselves
+            rgb = np.ascontiguousarray(
+                _ORIENTATIONS[{6: 8, 8: 6}.get(orientation, orientation)](rgb))
         if rgb.shape[:2] != shape:
             raise ValueError(f"Pillow read {rgb.shape[:2]}, tifffile {shape}")
     except Exception as exc:

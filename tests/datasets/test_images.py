@@ -578,6 +578,73 @@ def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path):
     np.testing.assert_array_equal(px, np.rot90(pixels, -1))
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_tiff_orientation_is_applied_as_viewers_show_it(tmp_path, orientation):
+    """A TIFF's Orientation tag (274) was ignored (tifffile gives the pixels
+    as stored) while a JPEG's or PNG's EXIF orientation was applied: a
+    sideways or mirrored TIFF was deblurred and written so. Each tag value
+    against the numpy turn that the TIFF specification gives (the position
+    of the stored first row and column in the picture)."""
+    import tifffile
+
+    from deepblur.datasets import images
+
+    def turn(a):
+        return {1: a, 2: np.fliplr(a), 3: np.rot90(a, 2), 4: np.flipud(a),
+                5: a.T, 6: np.rot90(a, -1), 7: np.rot90(a, 2).T,
+                8: np.rot90(a, 1)}[orientation]
+
+    a = (np.random.default_rng(0).random((6, 10)) * 255).astype(np.uint8)
+    shown = turn(a)
+    tag = [(274, "H", 1, orientation, True)]
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, a, extratags=tag, resolution=(2.0, 4.0))
+    img, info = images._read_pixels(path)
+    np.testing.assert_array_equal(img, shown)
+    assert img.flags.c_contiguous
+    np.testing.assert_array_equal(load_images(path)[0], shown / shown.max())
+    turned = [n for n in info["notes"] if "TIFF orientation" in n]
+    assert len(turned) == (orientation != 1)
+    # the pixel size follows the axes; colour samples stay last
+    (x, y) = ((2, 1), (4, 1)) if orientation < 5 else ((4, 1), (2, 1))
+    assert info["tiff"]["resolution"] == (x, y)
+    rgb = np.stack([a, a // 2, a // 3], axis=-1)
+    tifffile.imwrite(path, rgb, extratags=tag, photometric="rgb")
+    expected = np.stack([turn(c) for c in np.moveaxis(rgb, -1, 0)], axis=-1)
+    np.testing.assert_array_equal(read_pixels(path), expected)
+    # a YCbCr TIFF (read by Pillow, which turns it itself): turned once
+    from PIL import Image
+    from skimage import data
+
+    rgb = data.astronaut()[:40, :64]
+    Image.fromarray(rgb).convert("YCbCr").save(path, tiffinfo={274: 1})
+    upright = read_pixels(path)
+    Image.fromarray(rgb).convert("YCbCr").save(path, tiffinfo={274: orientation})
+    np.testing.assert_array_equal(
+        read_pixels(path),
+        np.stack([turn(c) for c in np.moveaxis(upright, -1, 0)], axis=-1))
+
+
+def test_a_turned_ome_tiff_keeps_its_pixel_size_on_the_right_axes(tmp_path):
+    """An OME-TIFF turned by 90 degrees (Orientation 6): its width is its
+    stored height, and so are their pixel sizes."""
+    import tifffile
+
+    from deepblur.datasets import images
+
+    size = {"PhysicalSizeX": 0.2, "PhysicalSizeXUnit": "\u00b5m",
+            "PhysicalSizeY": 0.25, "PhysicalSizeYUnit": "nm"}
+    data = np.arange(24 * 16, dtype=np.uint16).reshape(24, 16)
+    tifffile.imwrite(tmp_path / "a.ome.tif", data, ome=True,
+                     metadata=dict(size, axes="YX"),
+                     extratags=[(274, "H", 1, 6, True)])
+    img, info = images._read_pixels(tmp_path / "a.ome.tif")
+    np.testing.assert_array_equal(img, np.rot90(data, -1))
+    assert info["tiff"]["ome"] == {
+        "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "nm",
+        "PhysicalSizeY": 0.2, "PhysicalSizeYUnit": "\u00b5m"}
+
+
 def test_a_tiff_whose_first_page_cannot_be_found_is_called_damaged(tmp_path):
     """A TIFF header followed by garbage said only 'holds no image'."""
     path = tmp_path / "garbage.tif"
