@@ -1461,8 +1461,8 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
                  image_mean="auto", tile_stride=None,
                  max_pixels=DEFAULT_MAX_PIXELS, margin=None, target_mean="auto",
                  unit_gain=True, regularization="tv", positive=False,
-                 max_iter=500, tol=1e-5, lipschitz=None, batch_size=64,
-                 device="cpu", dtype="float32", progress=None,
+                 max_iter=500, tol=1e-5, inner_iter=10, lipschitz=None,
+                 batch_size=64, device="cpu", dtype="float32", progress=None,
                  check_boundary=True):
     """Blind deblurring of an image of any size >= the model's input.
 
@@ -1528,6 +1528,9 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     positive : bool, default=False
     max_iter : int, default=500
     tol : float, default=1e-5
+    inner_iter : int, default=10
+        Iterations of the TV proximal step per iteration (the solver's
+        warning when the objective stalls may advise raising it).
     lipschitz : float, optional
         ``||H||_2^2`` if known (:func:`deblur_stitched`); estimated per solve
         by default.
@@ -1590,7 +1593,7 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
                  boundary=boundary, regularization=regularization, dtype=dtype,
                  max_pixels=max_pixels, margin=margin,
                  model_boundary=model_boundary, lipschitz=lipschitz,
-                 max_iter=max_iter, tol=tol)
+                 max_iter=max_iter, tol=tol, inner_iter=inner_iter)
     target_mean = _large_target_mean(model, target_mean)
     dev = resolve_device(device)
     module = getattr(regressor, "module_", None)
@@ -1625,8 +1628,9 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
     restored, info = _deblur_scaled(
         img, basis, gamma, grid, scale=scale, lam=lam,
         boundary=boundary, regularization=regularization, positive=positive,
-        max_iter=max_iter, tol=tol, max_pixels=max_pixels, margin=margin,
-        lipschitz=lipschitz, device=dev, dtype=dtype, progress=progress)
+        max_iter=max_iter, tol=tol, inner_iter=inner_iter,
+        max_pixels=max_pixels, margin=margin, lipschitz=lipschitz, device=dev,
+        dtype=dtype, progress=progress)
     return LargeDeblurResult(restored=restored, gamma_tiles=gamma, grid=grid,
                              basis=basis, lam=info["lam"], blocks=info["blocks"],
                              n_iter=info["n_iter"])

@@ -997,6 +997,54 @@ def test_deblur_large_on_one_tile_is_deblur_image(boundary):
     np.testing.assert_allclose(large.restored, restored, atol=2e-4 * image.max())
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_front_doors_take_the_solvers_inner_iter_and_tol(monkeypatch):
+    """The solver's warning when the objective stalls says to raise
+    inner_iter, and the one at max_iter to raise tol: deblur_image took
+    neither (TypeError), deblur_large (and so deblur_large_images) no
+    inner_iter. Both reach every solve; bad values are refused before the
+    network's estimate."""
+    import deepblur.estimators.deblur as estimators
+    import deepblur.tiling as tiling
+    from deepblur.distributed import _check_keywords
+    from deepblur.pretrained import _apply, bundled_image, deblur_image, load_default
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["inner_iter"], kwargs["tol"]))
+        return deblur(*args, **kwargs)
+
+    monkeypatch.setattr(tiling, "deblur", spy)
+    monkeypatch.setattr(estimators, "deblur", spy)
+    model = load_default()
+    image = bundled_image("camera", (128, 128))
+    big = bundled_image("camera", (128, 200))
+    gamma = model.sampler.sample(1)[0]
+    for boundary in ("unknown", "model"):
+        seen.clear()
+        deblur_image(model, image, gamma=gamma, boundary=boundary, lam=800.0,
+                     max_iter=3, tol=1e-3, inner_iter=3)
+        assert seen and set(seen) == {(3, 1e-3)}
+    seen.clear()
+    deblur_large(big, model, lam=800.0, max_iter=3, tol=1e-3, inner_iter=4,
+                 check_boundary=False)
+    assert seen and set(seen) == {(4, 1e-3)}
+    _check_keywords({"inner_iter": 4})          # deblur_large_images takes it
+
+    def never(*args, **kwargs):
+        raise AssertionError("estimated before checking the solve")
+
+    monkeypatch.setattr(_apply, "estimate_gamma", never)
+    monkeypatch.setattr(tiling, "estimate_tiles", never)
+    for bad, match in ((dict(inner_iter=0), "inner_iter must be a positive int"),
+                       (dict(tol=-1.0), "tol must be a non-negative float")):
+        with pytest.raises(ValueError, match=match):
+            deblur_image(model, image, **bad)
+        with pytest.raises(ValueError, match=match):
+            deblur_large(big, model, **bad)
+
+
 def test_tiles_of_a_zero_boundary_network_warn():
     """Tiles are windows of a larger scene: a regressor trained with a zero
     boundary (the default network: 40 % error on windows) warns, once per

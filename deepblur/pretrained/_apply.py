@@ -33,6 +33,7 @@ from deepblur.datasets.images import (
 from deepblur.datasets.simulate import blur_images
 from deepblur.estimators.deblur import TVDeblurrer
 from deepblur.metrics import snr
+from deepblur.solvers.tv import check_iterations
 
 __all__ = [
     "BUNDLED_IMAGES",
@@ -296,10 +297,11 @@ def estimate_gamma(model, image, *, image_mean=None):
     return np.asarray(gamma, dtype=np.float64), float(scale)
 
 
-def _deblurrer(basis, lam, regularization, positive, device, max_iter):
+def _deblurrer(basis, lam, regularization, positive, device, max_iter,
+               tol=1e-5, inner_iter=10):
     deblurrer = TVDeblurrer(basis, lam=lam, regularization=regularization,
-                            positive=positive, max_iter=max_iter,
-                            device=device).fit()
+                            positive=positive, max_iter=max_iter, tol=tol,
+                            inner_iter=inner_iter, device=device).fit()
     # its images are scaled here (to the model's image mean): lam="auto"'s
     # warning about images in counts does not concern them
     deblurrer._scaled_input = True
@@ -307,7 +309,7 @@ def _deblurrer(basis, lam, regularization, positive, device, max_iter):
 
 
 def _deblur_unknown_boundary(basis, y, gamma, lam, regularization, positive,
-                             device, max_iter):
+                             device, max_iter, tol=1e-5, inner_iter=10):
     """``min_u R(u) + lam/2 ||M H[gamma] u - y||^2`` with ``u`` the image
     extended by half a kernel on each side and ``M`` the crop to the image.
 
@@ -325,13 +327,14 @@ def _deblur_unknown_boundary(basis, y, gamma, lam, regularization, positive,
         y, basis, np.asarray(gamma, dtype=np.float64)[None],
         tile_grid(shape, shape), lam=lam, boundary="unknown",
         regularization=regularization, positive=positive, max_iter=max_iter,
+        tol=tol, inner_iter=inner_iter,
         max_pixels=(shape[0] + kh) * (shape[1] + kw), device=device)
     return u
 
 
 def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
-                 positive=False, boundary="unknown", max_iter=500, device="cpu",
-                 image_mean=None):
+                 positive=False, boundary="unknown", max_iter=500, tol=1e-5,
+                 inner_iter=10, device="cpu", image_mean=None):
     """Deblur a real image, blind (the model's estimate) or with a given ``gamma``.
 
     ``gamma`` (given, or estimated by :func:`estimate_gamma`) is rescaled to
@@ -368,6 +371,12 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
         See above.
     max_iter : int, default=500
         Cap on the solver's iterations.
+    tol : float, default=1e-5
+        Relative change of the objective at which the solver stops
+        (:func:`deepblur.solvers.tv.deblur`).
+    inner_iter : int, default=10
+        Iterations of the TV proximal step per iteration (its warning when
+        the objective stalls may advise raising it).
     device : str, default="cpu"
     image_mean : float, optional
         The mean the image is scaled to, for the estimate and the solve;
@@ -381,6 +390,7 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     """
     image_mean = _resolve_image_mean(model, image_mean)
     img, mean = _check_image(image, model.basis.image_shape_)
+    check_iterations(max_iter, tol, inner_iter)     # before the estimate
     K = model.basis.kernels_.shape[0]
     if gamma is None:
         gamma, _ = estimate_gamma(model, img, image_mean=image_mean)
@@ -409,10 +419,10 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     if unknown:
         restored = _deblur_unknown_boundary(model.basis, y, gamma, lam,
                                             regularization, positive, device,
-                                            max_iter)
+                                            max_iter, tol, inner_iter)
     else:
         deblurrer = _deblurrer(model.basis, lam, regularization, positive, device,
-                               max_iter)
+                               max_iter, tol, inner_iter)
         restored = deblurrer.transform(y, gamma=gamma)
     return np.asarray(restored, dtype=np.float64) / scale, gamma
 
