@@ -741,8 +741,8 @@ def _deblur_large(args, model, img):
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     kwargs = dict(lam=args.lam, boundary=args.boundary,
                   regularization=args.regularization, positive=args.positive,
-                  max_iter=args.max_iter, max_pixels=max_pixels,
-                  device=args.device)
+                  max_iter=args.max_iter, inner_iter=args.inner_iter,
+                  max_pixels=max_pixels, device=args.device)
     with _Warnings():
         if args.gamma is None:
             result = deblur_large(img, model, tile_stride=_tile_stride(args, model),
@@ -808,6 +808,7 @@ def cmd_deblur(args):
                                    regularization=args.regularization,
                                    positive=args.positive,
                                    boundary=args.boundary, max_iter=args.max_iter,
+                                   inner_iter=args.inner_iter,
                                    device=args.device)
     if gamma is None:
         _warn_if_zero_boundary(model)
@@ -1807,6 +1808,10 @@ def build_parser():
                         "overlapping blocks (default: "
                         "deepblur.tiling.DEFAULT_MAX_PIXELS)")
     _add_max_iter(p)
+    p.add_argument("--inner-iter", type=_positive_int, default=10, metavar="N",
+                   help="iterations of the total-variation proximal step per "
+                        "solver iteration (default: 10); raise it when the "
+                        "solver warns that the objective no longer decreased")
     _add_model(p)
     _add_estimator(p, "auto")
     _add_device(p)

@@ -1500,6 +1500,46 @@ def large(setting, model):
     return (blurred[0].numpy() * 1000).astype(np.float32), grid
 
 
+def test_deblur_takes_inner_iter(model_dir, blurry, large, capsys, tmp_path,
+                                 monkeypatch):
+    """The solver's warning when the objective stalls says to raise
+    inner_iter, which `deepblur deblur` did not take: --inner-iter reaches
+    every solve, of a model-sized image, of a large one, blind or with
+    --gamma."""
+    import deepblur.estimators.deblur as estimators
+    import deepblur.tiling as tiling
+    from deepblur.solvers.tv import deblur
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["inner_iter"])
+        return deblur(*args, **kwargs)
+
+    monkeypatch.setattr(tiling, "deblur", spy)
+    monkeypatch.setattr(estimators, "deblur", spy)
+    _, _, y = blurry
+    tifffile.imwrite(tmp_path / "y.tif", y.astype(np.float32))
+    tifffile.imwrite(tmp_path / "big.tif", large[0])
+    code, _, err = _run(capsys, "estimate", tmp_path / "big.tif", "--model",
+                        model_dir, "-o", tmp_path / "g.json")
+    assert code == 0, err
+    for image, extra in (("y.tif", ()), ("y.tif", ("--boundary", "model")),
+                         ("big.tif", ()),
+                         ("big.tif", ("--gamma", tmp_path / "g.json"))):
+        seen.clear()
+        code, _, err = _run(capsys, "deblur", tmp_path / image, "-o",
+                            tmp_path / "o.tif", "--model", model_dir,
+                            "--max-iter", 2, "--inner-iter", 3, *extra)
+        assert code == 0, err
+        assert seen and set(seen) == {3}, (image, extra)
+        (tmp_path / "o.tif").unlink()
+    code, _, err = _run(capsys, "deblur", tmp_path / "y.tif", "-o",
+                        tmp_path / "o.tif", "--model", model_dir,
+                        "--inner-iter", 0)
+    assert code == 2 and "positive integer" in err
+
+
 def test_estimate_and_deblur_large_images_by_tiles(model_dir, model, large, capsys,
                                                    tmp_path, monkeypatch):
     import deepblur.plotting
