@@ -475,6 +475,7 @@ def cmd_demo(args):
     with _Warnings():
         res = simulate_blind_deblurring(model, image, random_state=args.seed,
                                         lam=args.lam, max_iter=args.max_iter,
+                                        inner_iter=args.inner_iter,
                                         device=args.device)
     print(f"model: {source} ({estimator} estimator)")
     drawn = res["noise_std"]
@@ -1688,6 +1689,13 @@ def _add_max_iter(p):
                    help="cap on the deblurring solver's iterations (default: 500)")
 
 
+def _add_inner_iter(p):
+    p.add_argument("--inner-iter", type=_positive_int, default=10, metavar="N",
+                   help="iterations of the total-variation proximal step per "
+                        "solver iteration (default: 10); raise it when the "
+                        "solver warns that the objective no longer decreased")
+
+
 def _add_device(p):
     p.add_argument("--device", type=_device, default="cpu",
                    help="torch device: cpu (default), cuda or auto")
@@ -1736,6 +1744,7 @@ def build_parser():
                    help="weight of the data term (default: auto, from the noise "
                         "level)")
     _add_max_iter(p)
+    _add_inner_iter(p)
     _add_model(p)
     _add_estimator(p, "network")
     _add_device(p)
@@ -1808,10 +1817,7 @@ def build_parser():
                         "overlapping blocks (default: "
                         "deepblur.tiling.DEFAULT_MAX_PIXELS)")
     _add_max_iter(p)
-    p.add_argument("--inner-iter", type=_positive_int, default=10, metavar="N",
-                   help="iterations of the total-variation proximal step per "
-                        "solver iteration (default: 10); raise it when the "
-                        "solver warns that the objective no longer decreased")
+    _add_inner_iter(p)
     _add_model(p)
     _add_estimator(p, "auto")
     _add_device(p)

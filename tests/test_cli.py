@@ -1500,12 +1500,12 @@ def large(setting, model):
     return (blurred[0].numpy() * 1000).astype(np.float32), grid
 
 
-def test_deblur_takes_inner_iter(model_dir, blurry, large, capsys, tmp_path,
-                                 monkeypatch):
+def test_deblur_and_demo_take_inner_iter(model_dir, blurry, large, capsys,
+                                         tmp_path, monkeypatch):
     """The solver's warning when the objective stalls says to raise
-    inner_iter, which `deepblur deblur` did not take: --inner-iter reaches
-    every solve, of a model-sized image, of a large one, blind or with
-    --gamma."""
+    inner_iter, which `deepblur deblur` and `deepblur demo` did not take:
+    --inner-iter reaches every solve, of a model-sized image, of a large
+    one, blind or with --gamma, and the demo's."""
     import deepblur.estimators.deblur as estimators
     import deepblur.tiling as tiling
     from deepblur.solvers.tv import deblur
@@ -1534,10 +1534,16 @@ def test_deblur_takes_inner_iter(model_dir, blurry, large, capsys, tmp_path,
         assert code == 0, err
         assert seen and set(seen) == {3}, (image, extra)
         (tmp_path / "o.tif").unlink()
-    code, _, err = _run(capsys, "deblur", tmp_path / "y.tif", "-o",
-                        tmp_path / "o.tif", "--model", model_dir,
-                        "--inner-iter", 0)
-    assert code == 2 and "positive integer" in err
+    seen.clear()
+    code, _, err = _run(capsys, "demo", "--model", model_dir, "-o",
+                        tmp_path / "demo.png", "--max-iter", 2, "--inner-iter", 3)
+    assert code == 0, err
+    assert seen and set(seen) == {3}
+    for command in (("deblur", tmp_path / "y.tif", "-o", tmp_path / "o.tif"),
+                    ("demo", "-o", tmp_path / "demo2.png")):
+        code, _, err = _run(capsys, *command, "--model", model_dir,
+                            "--inner-iter", 0)
+        assert code == 2 and "positive integer" in err
 
 
 def test_estimate_and_deblur_large_images_by_tiles(model_dir, model, large, capsys,
