@@ -1216,8 +1216,10 @@ def sample_cone_torch(
     """Algorithm 2 in torch: a batch of random points of the cone.
 
     The same distribution as :func:`sample_cone`, computed with torch on the
-    device and in the dtype of ``generators``, so that a data pipeline can
-    draw one batch of operator coefficients per step without leaving the GPU.
+    device of ``generators`` and returned in their dtype (the random draws
+    are made in float32 at least, so that half-precision generators are
+    chosen uniformly too), so that a data pipeline can draw one batch of
+    operator coefficients per step without leaving the GPU.
 
     Parameters
     ----------
@@ -1279,7 +1281,14 @@ def sample_cone_torch(
     R, K = generators.shape
     max_rays = _resolve_max_rays(max_rays, R, K)
     lo, hi = _check_alpha_range(alpha_range)
-    kw = {"device": generators.device, "dtype": generators.dtype}
+    # The draws are made in float32 at least: keys of half precision tie
+    # (float16 has 2 048 values in [0, 1), bfloat16 256) and ``topk`` breaks
+    # ties by position, so the generators were not chosen uniformly (with
+    # 200 bfloat16 generators, one at a time: the first ones 1.4 times as
+    # often as their share, the last ones 0.6 to 0.7 times), and a rounded
+    # ``alpha`` left ``alpha_range``. The samples are cast at the end.
+    dtype = torch.promote_types(generators.dtype, torch.float32)
+    kw = {"device": generators.device, "dtype": dtype}
     J = torch.randint(
         1, max_rays + 1, (n_samples, 1), generator=generator,
         device=generators.device,
@@ -1295,9 +1304,10 @@ def sample_cone_torch(
     # instead of n * R * K, and neither a BLAS call nor advanced indexing,
     # whose thread pools stalled small batches on a loaded 2-core machine
     # (12 to 16 ms for a batch of 64, against 0.25 ms for this function).
-    picked = generators.index_select(0, chosen.reshape(-1))
+    picked = generators.index_select(0, chosen.reshape(-1)).to(dtype)
     samples = (w.unsqueeze(-1) * picked.reshape(n_samples, max_rays, K)).sum(dim=1)
+    samples = samples.to(generators.dtype)
     if not return_weights:
         return samples
     weights = torch.zeros((n_samples, R), **kw).scatter_(1, chosen, w)
-    return samples, weights
+    return samples, weights.to(generators.dtype)
