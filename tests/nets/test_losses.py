@@ -59,6 +59,34 @@ def test_error_function_float64_and_gradient(basis, rng):
                                    rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_half_and_mixed_precision_coefficients(dtype):
+    """The quadratic forms were computed in the predictions' dtype: in
+    float16 those of a Gram matrix like a 128 x 128 basis's (diagonal about
+    1e4) overflowed to inf, and the loss of the first row was 0 (finite /
+    inf) instead of 0.085; targets of another dtype than the predictions
+    raised torch's 'expected scalar type Float but found Double'."""
+    G = torch.tensor([[2e4, 5e3], [5e3, 1e4]], dtype=torch.float64)
+    g_true = torch.tensor([[2.0, 1.0], [1.5, 0.5]], dtype=torch.float64)
+    g_pred = torch.tensor([[1.8, 1.2], [1.5, 0.4]], dtype=torch.float64)
+    d = g_true - g_pred
+    ref = torch.sqrt(torch.einsum("nk,kl,nl->n", d, G, d)
+                     / torch.einsum("nk,kl,nl->n", g_true, G, g_true))
+    loss = RelativeFrobeniusLoss(G, reduction="none")
+    pred = g_pred.to(dtype).requires_grad_(True)
+    for target in (g_true.to(dtype), g_true.float(), g_true):
+        got = loss(pred, target)
+        # the coefficients' own rounding (bfloat16: 8 bits) bounds the agreement
+        rtol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-6)
+        np.testing.assert_allclose(got.detach().double().numpy(), ref.numpy(),
+                                   rtol=rtol)
+        assert got.dtype == torch.promote_types(
+            torch.promote_types(dtype, target.dtype), torch.float32)
+    got.sum().backward()
+    assert pred.grad.dtype == dtype and torch.isfinite(pred.grad).all()
+
+
 def test_squared_option(basis, rng):
     g = torch.tensor(rng.random((3, 3)), dtype=torch.float64)
     p = torch.tensor(rng.random((3, 3)), dtype=torch.float64)
