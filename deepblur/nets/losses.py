@@ -130,7 +130,9 @@ def psf_moment_fields(kernels, maps):
     are linear in ``g``: ``moments[c](x) = sum_k g_k A[k, c](x)`` with
     ``A[k, c] = m_c(e_k) f_k`` and ``m_c`` the kernel's sum, its second
     moments along rows and along columns and its cross moment, about the
-    kernel's centre ``(h // 2, w // 2)``.
+    kernel's centre ``((h - 1) // 2, (w - 1) // 2)``, the index that the
+    operators put on the point source (scipy's ``mode="same"`` centre, see
+    :mod:`deepblur.operators.product_convolution`).
 
     Parameters
     ----------
@@ -156,8 +158,8 @@ def psf_moment_fields(kernels, maps):
             "kernels and maps must have shapes (K, h, w) and (K, H, W) with the "
             f"same K; got {e.shape} and {f.shape}."
         )
-    i = (np.arange(e.shape[1]) - e.shape[1] // 2)[:, None]
-    j = (np.arange(e.shape[2]) - e.shape[2] // 2)[None, :]
+    i = (np.arange(e.shape[1]) - (e.shape[1] - 1) // 2)[:, None]
+    j = (np.arange(e.shape[2]) - (e.shape[2] - 1) // 2)[None, :]
     m = np.stack([e.sum((1, 2)), (e * i**2).sum((1, 2)), (e * j**2).sum((1, 2)),
                   (e * i * j).sum((1, 2))], 1)
     return m[:, :, None, None] * f[:, None]

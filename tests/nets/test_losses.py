@@ -147,14 +147,20 @@ def _brute_force_moments(basis, gamma, row, col):
                      (psf * i * j).sum()])
 
 
-def test_psf_moment_fields_are_the_moments_of_the_dense_operators_columns(rng):
+@pytest.mark.parametrize("kernel_shape", [(5, 3), (4, 6), (4, 3)])
+def test_psf_moment_fields_are_the_moments_of_the_dense_operators_columns(
+        rng, kernel_shape):
+    """Also for even kernel sizes, whose centre (the operators' and scipy's,
+    index (k - 1) // 2) the moments were taken one pixel away from (k // 2):
+    the row moment of a PSF was 16 % off for 4 x 6 kernels, the cross
+    moment 130 % for 4 x 3."""
     # asymmetric kernels, so that the cross moment and the centre matter
-    basis = ProductConvolutionBasis.from_components(rng.random((3, 5, 3)),
+    basis = ProductConvolutionBasis.from_components(rng.random((3,) + kernel_shape),
                                                     rng.random((3, 9, 8)))
     A = psf_moment_fields(basis.kernels_, basis.maps_)
     assert A.shape == (3, 4, 9, 8)
     gamma = rng.standard_normal(3)
-    for row, col in [(4, 4), (2, 1), (6, 5)]:     # kernels inside the image
+    for row, col in [(4, 4), (2, 2), (6, 4)]:     # kernels inside the image
         expected = _brute_force_moments(basis, gamma, row, col)
         np.testing.assert_allclose(np.einsum("k,kc->c", gamma, A[:, :, row, col]),
                                    expected, rtol=1e-10, atol=1e-12)
