@@ -234,11 +234,21 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             positions = grid_positions(image_shape, grid)
         else:
             positions = np.asarray(positions)
+            if positions.dtype.kind == "c":
+                raise ValueError("positions must be real (row, col) pixel "
+                                 "coordinates. Complex data not supported.")
+            if positions.dtype.kind not in "iuf":
+                raise ValueError(
+                    "positions must hold numbers, (row, col) pixel "
+                    f"coordinates; got dtype {positions.dtype}.")
             if positions.ndim != 2 or positions.shape[1] != 2:
                 raise ValueError(
                     "positions must have shape (n_positions, 2) of (row, col) "
                     f"pixel coordinates; got shape {positions.shape}."
                 )
+            if positions.shape[0] == 0:
+                raise ValueError("positions must hold at least one (row, col) "
+                                 "position; got none.")
             check_finite(positions, "positions")
             H, W = image_shape
             if (positions < 0).any() or (positions[:, 0] > H - 1).any() or (
@@ -259,8 +269,10 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                     f"{positions.shape[0]} rows but X has shape {X.shape}."
                 )
             grid = None
-        if X.shape[0] < 1 or min(X.shape[-2:]) < 1:
-            raise ValueError(f"X must not be empty; got shape {X.shape}.")
+        if 0 in X.shape:
+            raise ValueError(
+                "X must not be empty (at least one operator, one PSF position "
+                f"and one PSF pixel); got shape {X.shape}.")
         kshape = tuple(int(k) for k in X.shape[-2:])
         if kernel_shape is not None and kshape != tuple(kernel_shape):
             raise ValueError(

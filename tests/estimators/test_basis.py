@@ -459,6 +459,18 @@ def test_readonly_memmap_input(tmp_path):
         ({"boundary": "mirror"}, np.ones((3, 2, 2, 5, 5)), r"boundary"),
         ({"n_components": 0}, np.ones((3, 2, 2, 5, 5)), r"n_components"),
         ({}, np.zeros((3, 2, 2, 5, 5)), r"all zeros"),
+        # an empty grid or no position: numpy's "cannot reshape array of
+        # size 0 into shape (3,0,newaxis)"
+        ({}, np.ones((3, 0, 2, 5, 5)), r"X must not be empty"),
+        ({}, np.ones((3, 2, 0, 5, 5)), r"X must not be empty"),
+        ({"positions": np.zeros((0, 2))}, np.ones((3, 0, 5, 5)),
+         r"positions must hold at least one"),
+        # strings: numpy's UFuncTypeError; complex: the imaginary part was
+        # dropped with only numpy's ComplexWarning (the PSFs read at row 0)
+        ({"positions": [["a", "b"]] * 4}, np.ones((3, 4, 5, 5)),
+         r"positions must hold numbers.*dtype <U1"),
+        ({"positions": np.full((4, 2), 2 + 3j)}, np.ones((3, 4, 5, 5)),
+         r"positions must be real"),
     ],
 )
 def test_bad_fit_input(params, X, match):
@@ -497,6 +509,12 @@ def test_bad_inputs_after_fit(rng):
         basis.transform(np.ones((2, 6, 6, 3, 3)))
     with pytest.raises(ValueError, match="gamma_b must have K=3"):
         basis.operator_distance(g, np.ones(2))
+    with pytest.raises(ValueError, match="X must not be empty"):
+        basis.transform(np.ones((2, 0, 6, 5, 5)))
+    with pytest.raises(ValueError, match="X must not be empty"):
+        basis.score(np.ones((2, 6, 0, 5, 5)))
+    with pytest.raises(ValueError, match="positions must hold numbers"):
+        basis.transform(np.ones((2, 1, 5, 5)), positions=[["1", "2"]])
 
 
 def test_not_fitted_errors():
