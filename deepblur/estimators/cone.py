@@ -22,7 +22,11 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from deepblur._validation import check_sample_weight, weighted_mean
+from deepblur._validation import (
+    check_sample_weight,
+    resolve_device,
+    weighted_mean,
+)
 from deepblur.solvers.cone import (
     SOCP_SOLVERS,
     _as_generator,
@@ -436,6 +440,9 @@ class ConeSampler(BaseEstimator):
             In the dtype of ``generators_``.
         """
         check_is_fitted(self)
+        # an unknown name, or CUDA where there is none: a ValueError saying
+        # so (torch's was an AssertionError, 'Torch not compiled with CUDA')
+        device = torch.device("cpu") if device is None else resolve_device(device)
         generators = torch.as_tensor(self.generators_, device=device)
         if generator is None:
             seed = int(self._rng.integers(np.iinfo(np.int64).max))

@@ -317,6 +317,22 @@ def test_sampler_bad_inputs():
         ConeSampler().fit(np.array([[1.0, np.nan]]))
 
 
+def test_sampler_torch_refuses_a_device_it_cannot_use():
+    """An unknown device name raised torch's RuntimeError, and CUDA where
+    there is none an AssertionError ('Torch not compiled with CUDA
+    enabled'), after the sampler's stream had moved on."""
+    sampler = ConeSampler(random_state=0).fit(np.eye(3))
+    with pytest.raises(ValueError, match="device must be a torch device.*'gpu'"):
+        sampler.sample_torch(2, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            sampler.sample_torch(2, device="cuda")
+    # the refused calls drew nothing from the stream
+    fresh = ConeSampler(random_state=0).fit(np.eye(3))
+    torch.testing.assert_close(sampler.sample_torch(4, device="cpu"),
+                               fresh.sample_torch(4), rtol=0, atol=0)
+
+
 # --- clone and persistence ----------------------------------------------------
 
 
