@@ -107,7 +107,9 @@ def dihedral_maps(kernels, maps, boundary="zero"):
     Parameters
     ----------
     kernels : array-like of shape (K, kh, kw)
-        Odd ``kh`` and ``kw`` (a kernel's centre must stay its centre).
+        Odd ``kh`` and ``kw`` (a kernel's centre must stay its centre); a
+        quarter turn swaps them, so kernels that are not square are padded
+        with zeros to ``max(kh, kw)`` on both sides (the same operators).
     maps : array-like of shape (K, H, W)
         Square (``H == W``).
     boundary : {"zero", "periodic"}, default="zero"
@@ -150,6 +152,11 @@ def dihedral_maps(kernels, maps, boundary="zero"):
     if f.shape[1] != f.shape[2]:
         raise ValueError(f"the rotations and flips need square maps; got "
                          f"{f.shape[1:]}.")
+    # a quarter turn of a kh x kw kernel is kw x kh: pad to a square of
+    # the larger odd size about the same centre, (k - 1) // 2
+    m = max(e.shape[1:])
+    rows, cols = (m - e.shape[1]) // 2, (m - e.shape[2]) // 2
+    e = np.pad(e, ((0, 0), (rows, rows), (cols, cols)))
     K = len(e)
     G = gram_matrix(e, f, boundary)
     forward, back, outside = [], [], []

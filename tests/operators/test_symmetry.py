@@ -90,6 +90,33 @@ def test_maps_measure_what_lies_outside_an_open_span(rng):
                                           rel=1e-10)
 
 
+
+@pytest.mark.parametrize("boundary", ["zero", "periodic"])
+@pytest.mark.parametrize("kernel_shape", [(3, 5), (7, 1)])
+def test_maps_of_kernels_that_are_not_square(kernel_shape, boundary, rng):
+    """Odd kernels that are not square were refused by dihedral_transform's
+    'a quarter turn (t=1) needs square images; got shape (3, 5)': the maps
+    are the least-squares projections of the dense T H T^-1 and T^-1 H T
+    on the span, and outside their residual shares."""
+    n = 6
+    e, f = rng.random((3,) + kernel_shape), rng.random((3, n, n))
+    forward, back, outside = dihedral_maps(e, f, boundary)
+    op = ProductConvolution(e, f, boundary)
+    A = np.stack([dense_matrix(op, row).numpy().ravel() for row in np.eye(3)], 1)
+    gamma = rng.standard_normal(3)
+    H = (A @ gamma).reshape(n * n, n * n)
+    for t in range(N_DIHEDRAL):
+        P = _permutation(t, n)
+        for maps, M in ((forward, P @ H @ P.T), (back, P.T @ H @ P)):
+            best = np.linalg.lstsq(A, M.ravel(), rcond=None)[0]
+            np.testing.assert_allclose(maps[t] @ gamma, best, atol=1e-9)
+        moved = np.stack([(P.T @ A[:, k].reshape(n * n, n * n) @ P).ravel()
+                          for k in range(3)], 1)
+        resid = moved - A @ np.linalg.lstsq(A, moved, rcond=None)[0]
+        np.testing.assert_allclose(outside[t], (resid ** 2).sum(0)
+                                   / (moved ** 2).sum(0), atol=1e-9)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="int from 0 to 7"):
         dihedral_transform(np.zeros((3, 3)), 8)
