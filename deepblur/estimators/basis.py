@@ -496,14 +496,17 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
         Parameters
         ----------
-        X : array-like of shape (P, K)
-            Coefficients ``gamma``.
+        X : array-like or torch.Tensor of shape (P, K)
+            Coefficients ``gamma`` (a tensor may record a graph or lie on a
+            GPU: its values are read).
 
         Returns
         -------
         ndarray of shape (P, gy, gx, kh, kw) (grid) or (P, n_positions, kh, kw).
         """
         check_is_fitted(self)
+        if torch.is_tensor(X):      # estimates recording a graph, or on a GPU
+            X = check_real(X.detach().cpu(), "X").to(torch.float64).numpy()
         gamma = self._check_gamma(X, "X", ndims=(2,))
         F, E = self._family_at(self.positions_)
         fields = reconstruct_fields(gamma, F, E)

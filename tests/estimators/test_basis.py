@@ -170,6 +170,24 @@ def test_inverse_transform_round_trip():
     assert np.linalg.norm(rec - fields) / np.linalg.norm(fields) < 1e-3
 
 
+def test_inverse_transform_reads_tensors_of_any_kind():
+    """Coefficients recording a graph raised torch's "Can't call numpy() on
+    Tensor that requires grad", bfloat16 ones a TypeError ('Got unsupported
+    ScalarType BFloat16'), where ConeSampler.project reads such estimates."""
+    basis = ProductConvolutionBasis.from_components(
+        np.random.default_rng(0).random((3, 5, 5)),
+        np.random.default_rng(1).random((3, 8, 8)), grid_shape=(2, 2))
+    gamma = np.array([[1.0, 0.5, -0.25], [0.0, 2.0, 1.0]])
+    expected = basis.inverse_transform(gamma)
+    for t in (torch.tensor(gamma, requires_grad=True),
+              torch.tensor(gamma, dtype=torch.bfloat16)):
+        got = basis.inverse_transform(t)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="X must be real"):
+        basis.inverse_transform(torch.tensor(gamma) + 1j)
+
+
 def test_random_init_also_recovers():
     fields, *_ = planted()
     basis = ProductConvolutionBasis(3, image_shape=IMAGE, init="random",
