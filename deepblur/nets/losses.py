@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch import nn
@@ -101,6 +103,10 @@ class RelativeFrobeniusLoss(nn.Module):
                 f"{reduction!r}."
             )
         self.reduction = reduction
+        if isinstance(eps, bool) or not (isinstance(eps, numbers.Real)
+                                         and np.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a finite, non-negative float; got "
+                             f"{eps!r}.")
         self.eps = float(eps)
         self.register_buffer("gram", _as_gram(gram).to(torch.float32))
 

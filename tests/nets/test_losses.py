@@ -137,6 +137,16 @@ def test_bad_shapes_and_reduction(basis):
         RelativeFrobeniusLoss(basis.gram_, reduction="max")
 
 
+@pytest.mark.parametrize("eps", [-1e-3, np.nan, np.inf, "1e-3", True, None])
+def test_bad_eps_is_refused(basis, eps):
+    """A negative or NaN eps made the loss of a perfect prediction NaN, a
+    string was read as its number, None raised float()'s TypeError."""
+    with pytest.raises(ValueError, match="eps must be a finite, non-negative"):
+        RelativeFrobeniusLoss(basis.gram_, eps=eps)
+    assert float(RelativeFrobeniusLoss(basis.gram_, eps=0)(
+        torch.ones(1, 3), 2 * torch.ones(1, 3))) == pytest.approx(0.5)
+
+
 def _brute_force_moments(basis, gamma, row, col):
     """Raw moments of column (row, col) of the dense operator: the PSF there."""
     H, W = basis.image_shape_
