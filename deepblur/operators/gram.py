@@ -124,7 +124,14 @@ def operator_distance(gamma_a, gamma_b, gram, relative=True, eps=0.0):
         and boolean tensors count as torch's default dtype, so nothing is
         truncated, and a float64 tensor is not rounded to float32), arrays
         and the Gram matrix taken in it; else a float64 array.
+
+    Raises
+    ------
+    ValueError
+        If an input is complex (casting it would drop its imaginary part).
     """
+    for x, name in ((gamma_a, "gamma_a"), (gamma_b, "gamma_b"), (gram, "gram")):
+        check_real(x, name)
     if torch.is_tensor(gamma_a) or torch.is_tensor(gamma_b):
         inputs = [x if torch.is_tensor(x) else np.asarray(x)
                   for x in (gamma_a, gamma_b, gram)]

@@ -55,6 +55,20 @@ def test_operator_distance_batched(rng):
     np.testing.assert_allclose(d, np.ones(5))
 
 
+@pytest.mark.parametrize("tensors", [False, True])
+def test_operator_distance_refuses_complex_inputs(tensors):
+    """Complex coefficients or Gram matrices lost their imaginary part with
+    only numpy's ComplexWarning (torch's UserWarning), as the operators and
+    gram_matrix refuse them."""
+    a, b, G = np.array([1.0, 0.0]), np.zeros(2), np.eye(2)
+    if tensors:
+        a, b = torch.tensor(a), torch.tensor(b)
+    for args, name in (((a + 1j, b, G), "gamma_a"), ((a, b + 1j, G), "gamma_b"),
+                       ((a, b, G + 1j), "gram")):
+        with pytest.raises(ValueError, match=f"{name} must be real"):
+            operator_distance(*args)
+
+
 def test_gram_rejects_unknown_boundary():
     with pytest.raises(ValueError, match="boundary"):
         gram_matrix(np.ones((1, 3, 3)), np.ones((1, 4, 4)), "mirror")
