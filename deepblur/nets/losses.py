@@ -9,11 +9,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from deepblur._validation import check_real
+
 __all__ = ["PSFMomentLoss", "RelativeFrobeniusLoss", "psf_moment_fields",
            "relative_frobenius_error"]
 
 
 def _as_gram(gram):
+    check_real(gram, "gram")
     G = torch.as_tensor(np.asarray(gram.detach().cpu() if torch.is_tensor(gram)
                                    else gram, dtype=np.float64))
     if G.ndim != 2 or G.shape[0] != G.shape[1]:
@@ -52,6 +55,8 @@ def relative_frobenius_error(gamma_true, gamma_pred, gram, eps=1e-12):
         basis's Gram matrix they reach 12 935 on 256 draws of its sampler,
         and they grow with the images' pixel count).
     """
+    check_real(gamma_true, "gamma_true")
+    check_real(gamma_pred, "gamma_pred")
     dtype = torch.promote_types(
         torch.promote_types(gamma_true.dtype, gamma_pred.dtype), torch.float32)
     gamma_true = gamma_true.to(dtype)
@@ -157,8 +162,8 @@ def psf_moment_fields(kernels, maps):
     >>> A[0, :, 0, 0]          # sum, rows, columns, cross, times f = 2
     array([2., 0., 2., 0.])
     """
-    e = np.asarray(kernels, dtype=np.float64)
-    f = np.asarray(maps, dtype=np.float64)
+    e = np.asarray(check_real(kernels, "kernels"), dtype=np.float64)
+    f = np.asarray(check_real(maps, "maps"), dtype=np.float64)
     if e.ndim != 3 or f.ndim != 3 or e.shape[0] != f.shape[0]:
         raise ValueError(
             "kernels and maps must have shapes (K, h, w) and (K, H, W) with the "
@@ -219,7 +224,8 @@ class PSFMomentLoss(nn.Module):
     def __init__(self, kernels, maps, gamma_samples, weight=0.01):
         super().__init__()
         A = psf_moment_fields(np.asarray(kernels), np.asarray(maps))
-        g = np.asarray(gamma_samples, dtype=np.float64)
+        g = np.asarray(check_real(gamma_samples, "gamma_samples"),
+                       dtype=np.float64)
         if g.ndim != 2 or g.shape[1] != A.shape[0] or len(g) < 2:
             raise ValueError(
                 f"gamma_samples must have shape (n >= 2, K={A.shape[0]}); got "

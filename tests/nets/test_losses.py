@@ -137,6 +137,26 @@ def test_bad_shapes_and_reduction(basis):
         RelativeFrobeniusLoss(basis.gram_, reduction="max")
 
 
+def test_complex_inputs_are_refused(rng):
+    """A complex Gram matrix, kernels, maps or gamma samples lost their
+    imaginary part with only numpy's ComplexWarning; complex coefficients
+    raised torch's 'clamp is not supported for complex types'."""
+    G = np.eye(2)
+    with pytest.raises(ValueError, match="gram must be real"):
+        RelativeFrobeniusLoss(G + 1j)
+    g = torch.ones(1, 2)
+    for args, name in (((g + 1j, g), "gamma_pred"), ((g, g + 1j), "gamma_true")):
+        with pytest.raises(ValueError, match=f"{name} must be real"):
+            RelativeFrobeniusLoss(G)(*args)
+    kernels, maps = rng.random((2, 3, 3)), rng.random((2, 4, 4))
+    samples = rng.random((5, 2))
+    for args, name in (((kernels + 1j, maps, samples), "kernels"),
+                       ((kernels, maps + 1j, samples), "maps"),
+                       ((kernels, maps, samples + 1j), "gamma_samples")):
+        with pytest.raises(ValueError, match=f"{name} must be real"):
+            PSFMomentLoss(*args)
+
+
 @pytest.mark.parametrize("eps", [-1e-3, np.nan, np.inf, "1e-3", True, None])
 def test_bad_eps_is_refused(basis, eps):
     """A negative or NaN eps made the loss of a perfect prediction NaN, a
