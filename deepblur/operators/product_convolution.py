@@ -144,7 +144,13 @@ class ProductConvolution:
     Attributes
     ----------
     kernels, maps : torch.Tensor
-        The families as given (converted to tensors, on their original device).
+        The families as given (converted to tensors, on their original
+        device). Tensors and float32 or float64 arrays are not copied, so do
+        not modify them in place afterwards (e.g. reuse one array for the
+        maps of several operators): the kernels' spectra are cached at the
+        first call and the maps read at each, and the results would belong
+        to neither family (kernels scaled by 3 and maps by 2 in place after
+        a first call: results scaled by 2, not 6).
     image_shape : tuple of int
     kernel_shape : tuple of int
     n_components : int
