@@ -223,8 +223,8 @@ def check_basis_geometry(shape, K, fitted_shape, fitted_K, owner):
 def check_families(kernels, maps):
     """Check a product-convolution family: (K, kh, kw) kernels, (K, H, W) maps.
 
-    Works on numpy arrays and tensors; raises on shapes, empty kernels and
-    non-finite values.
+    Works on numpy arrays and tensors; raises on shapes, empty kernels or
+    maps and non-finite values.
     """
     check_ndim(kernels, "kernels", 3, "(K, kh, kw)")
     check_ndim(maps, "maps", 3, "(K, H, W)")
@@ -236,6 +236,11 @@ def check_families(kernels, maps):
     if kernels.shape[0] == 0 or min(kernels.shape[1:]) == 0:
         raise ValueError(
             f"kernels must be non-empty; got shape {tuple(kernels.shape)}."
+        )
+    if min(maps.shape[1:]) == 0:
+        raise ValueError(
+            f"maps must be non-empty (images of at least one pixel); got shape "
+            f"{tuple(maps.shape)}."
         )
     check_finite(kernels, "kernels")
     check_finite(maps, "maps")

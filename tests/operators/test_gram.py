@@ -121,6 +121,10 @@ def test_operator_distance_tensors_keep_the_widest_float_dtype():
         (np.ones((3, 3)), np.ones((1, 8, 8)), "kernels must have 3 dimensions"),
         (np.ones((1, 3, 3)), np.ones((8, 8)), "maps must have 3 dimensions"),
         (np.zeros((0, 3, 3)), np.zeros((0, 8, 8)), "kernels must be non-empty"),
+        # maps of no pixel: a Gram matrix of 0 (zero boundary) or a
+        # 'RuntimeError: ZeroDivisionError' (periodic)
+        (np.ones((1, 3, 3)), np.ones((1, 0, 8)), "maps must be non-empty"),
+        (np.ones((1, 3, 3)), np.ones((1, 8, 0)), "maps must be non-empty"),
     ],
 )
 def test_gram_checks_the_family_as_the_operator_does(boundary, kernels, maps,
