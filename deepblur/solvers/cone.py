@@ -1277,6 +1277,12 @@ def sample_cone_torch(
             f"shape {tuple(generators.shape)}."
         )
     check_finite(generators, "generators")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        # (torch's TypeError lists randint's signatures)
+        raise ValueError(
+            "generator must be a torch.Generator or None (a seed: "
+            "torch.Generator().manual_seed(seed)); got "
+            f"{type(generator).__name__}.")
     n_samples = _check_n_samples(n_samples)
     R, K = generators.shape
     max_rays = _resolve_max_rays(max_rays, R, K)

@@ -851,6 +851,11 @@ def test_torch_sampler_reproducible_and_dtype():
         sample_cone_torch(G, 2, max_rays=5)
     with pytest.raises(ValueError, match="alpha_range must satisfy"):
         sample_cone_torch(G, 2, alpha_range=(1.0, 0.5))
+    # a seed or a numpy generator: torch's TypeError listing randint's
+    # signatures ('randint() received an invalid combination of arguments')
+    for generator in (0, np.random.default_rng(0)):
+        with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+            sample_cone_torch(G, 2, generator=generator)
 
 
 
