@@ -1303,7 +1303,7 @@ def sample_cone_torch(
     chosen = keys.topk(max_rays, dim=1).indices
     active = torch.arange(max_rays, device=generators.device) < J
     E = torch.empty((n_samples, max_rays), **kw).exponential_(generator=generator)
-    E = E.clamp_min(torch.finfo(generators.dtype).tiny) * active
+    E = E.clamp_min(torch.finfo(dtype).tiny) * active
     alpha = lo + (hi - lo) * torch.rand((n_samples, 1), generator=generator, **kw)
     w = E * (alpha / E.sum(dim=1, keepdim=True))
     # A gather and a sum rather than a matrix product: n * max_rays * K work

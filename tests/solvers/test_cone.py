@@ -877,6 +877,25 @@ def test_torch_sampler_half_precision_generators_are_chosen_uniformly(dtype, R):
     assert alpha.min() >= 0.5 and alpha.max() <= 1.5
 
 
+
+def test_torch_sampler_half_precision_keeps_small_exponential_draws(monkeypatch):
+    """The exponential draws, made in float32 for float16 generators, were
+    still clamped at float16's smallest normal number (6.1e-5): a draw of
+    1e-6 beside one of 1 gave its generator a share of 6.1e-5, not 1e-6."""
+    def draws(self, *args, **kwargs):      # one small draw, one of 1, per row
+        self[:, 0], self[:, 1:] = 1e-6, 1.0
+        return self
+    monkeypatch.setattr(torch.Tensor, "exponential_", draws)
+    G = torch.eye(2, dtype=torch.float16)
+    _, W = sample_cone_torch(G, 200, max_rays=2, return_weights=True,
+                             generator=torch.Generator().manual_seed(0))
+    W = W.double()
+    both = (W > 0).all(dim=1)
+    assert both.any()
+    share = W[both].min(dim=1).values / W[both].sum(dim=1)
+    np.testing.assert_allclose(share.numpy(), 1e-6, rtol=0.1)
+
+
 def test_no_ray_or_no_coefficient_is_refused():
     """rays of shape (0, K) reached scipy's nnls, which aborts the
     interpreter ('double free'); K = 0 returned uninitialised weights."""
