@@ -61,6 +61,7 @@ from deepblur._validation import (
     check_finite,
     check_real,
     resolve_device,
+    scalar_value,
     user_stacklevel,
 )
 
@@ -180,17 +181,21 @@ def _check_n_rays(n_rays, n_rows, name="n_rays"):
 
 
 def _check_alpha_range(alpha_range, name="alpha_range"):
-    """``(alpha_min, alpha_max)`` as floats with ``0 < alpha_min < alpha_max``."""
+    """``(alpha_min, alpha_max)`` as floats with ``0 < alpha_min < alpha_max``.
+
+    Each must be a number (a string or a boolean is none, though numpy
+    would read ``("0.5", "1.5")`` and ``(True, 2)`` as floats)."""
     try:
-        pair = np.asarray(alpha_range, dtype=np.float64)
-    except (TypeError, ValueError):
+        pair = [scalar_value(v) for v in alpha_range]
+    except TypeError:
         pair = None
-    if pair is None or pair.shape != (2,):
+    if (pair is None or isinstance(alpha_range, (str, bytes)) or len(pair) != 2
+            or None in pair):
         raise ValueError(
             f"{name} must be a pair (alpha_min, alpha_max) of floats; got "
             f"{alpha_range!r}."
         )
-    lo, hi = float(pair[0]), float(pair[1])
+    lo, hi = pair
     if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
         raise ValueError(
             f"{name} must satisfy 0 < alpha_min < alpha_max (finite); got "

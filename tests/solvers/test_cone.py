@@ -787,6 +787,12 @@ def test_sample_cone_reproducible_dtype_and_empty():
         ({"alpha_range": (0.5, np.inf)}, r"alpha_range must satisfy.*finite"),
         ({"alpha_range": (1.0,)}, r"alpha_range must be a pair"),
         ({"alpha_range": "ab"}, r"alpha_range must be a pair"),
+        # numbers given as strings or booleans were read as floats by numpy
+        ({"alpha_range": ("0.5", "1.5")}, r"alpha_range must be a pair"),
+        ({"alpha_range": (True, 2.0)}, r"alpha_range must be a pair"),
+        ({"alpha_range": "12"}, r"alpha_range must be a pair"),
+        ({"alpha_range": 1.5}, r"alpha_range must be a pair"),
+        ({"alpha_range": np.ones((2, 1))}, r"alpha_range must be a pair"),
         ({"max_rays": 0}, r"max_rays must be a positive int or None; got 0"),
         ({"max_rays": 5}, r"max_rays=5 must not exceed the number of generators"),
         ({"n_samples": -1}, r"n_samples must be a non-negative int; got -1"),
