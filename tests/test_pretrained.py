@@ -2018,7 +2018,11 @@ def test_dihedral_setting_is_closed_under_rotations_and_flips():
     (dict(image_shape=(16, 20)), "square images and grids"),
     (dict(kernel_shape=(4, 4)), "odd kernel sizes"),
     (dict(n_rays=12), "n_rays a multiple of 8"),
-    (dict(n_components=4), "is not closed under them"),
+    # which components the CP fit keeps depends on the BLAS's summation
+    # order and library versions: K=4, not closed when this test was written,
+    # is closed (1.8e-5 outside) with numpy 2.4.6 and scipy 1.17.1; K=2 is
+    # 100 % outside
+    (dict(n_components=2), "is not closed under them"),
 ])
 def test_dihedral_setting_bad_input(change, match):
     with pytest.raises(ValueError, match=match):
