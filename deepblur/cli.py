@@ -760,7 +760,7 @@ def _deblur_large(args, model, img):
                 "--tile-stride out, or estimate again with it.")
         try:
             gamma = _unit_gain_tiles(model.basis, gamma, grid,
-                                     interior=args.boundary == "unknown")
+                                     boundary=args.boundary)
         except ValueError as exc:
             raise CLIError(f"{Path(args.gamma).name}: {exc}") from None
         # the conventions of deblur_large: lam for the image scaled to the

@@ -1609,7 +1609,8 @@ def test_estimate_and_deblur_large_images_by_tiles(model_dir, model, large, caps
     assert np.mean(np.abs(blocks - restored)) < 0.05 * np.mean(np.abs(restored))
     # --boundary and --lam reach the tiled solve; --lam is the weight for the
     # image scaled to mean 0.5 (the 1000x image solves as its [0, 1] version),
-    # and the given tiles are rescaled to unit interior gain
+    # and the given tiles are rescaled to unit interior gain (the PSFs' mass)
+    # with either boundary: the tiles' borders are inside the image
     from deepblur.tiling import deblur_stitched, tile_gains
 
     for boundary in ("unknown", "model"):
@@ -1619,8 +1620,7 @@ def test_estimate_and_deblur_large_images_by_tiles(model_dir, model, large, caps
                               "--lam", "800", "--boundary", boundary)
         assert code == 0, err
         gamma = np.asarray(saved["gamma_tiles"])
-        gamma = gamma / tile_gains(model.basis, gamma,
-                                   interior=boundary == "unknown")[:, None]
+        gamma = gamma / tile_gains(model.basis, gamma, interior=True)[:, None]
         scale = _IMAGE_MEAN / y.astype(np.float64).mean()
         ref, _ = deblur_stitched(y * scale, model.basis, gamma, grid, lam=800.0,
                                  boundary=boundary, max_iter=30)

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, uniform_filter
 from scipy.signal import convolve2d
 from sklearn.exceptions import ConvergenceWarning
 
@@ -830,7 +830,11 @@ def test_deblur_large_with_a_basis_and_regressor(problem):
     result = deblur_large(p["y"], (basis, reg), boundary="model", **kw)
     assert isinstance(result, LargeDeblurResult)
     assert result.grid.n_tiles == 21 and len(result.blocks) == 2
-    np.testing.assert_allclose(result.gamma_tiles @ gains, 1.0)      # unit gain
+    # unit gain: the interior's (the PSFs' mass), the tiles' borders are
+    # inside the image
+    inner = np.array([basis.apply(np.ones((16, 16)), e)[3:-3, 3:-3].mean()
+                      for e in np.eye(K)])
+    np.testing.assert_allclose(result.gamma_tiles @ inner, 1.0)
     # the solve is deblur_stitched's on the image scaled to mean 0.5
     scale = 0.5 / p["y"].mean()
     expected, _ = deblur_stitched(scale * p["y"], basis, result.gamma_tiles,
@@ -841,9 +845,7 @@ def test_deblur_large_with_a_basis_and_regressor(problem):
     raw = deblur_large(p["y"], (basis, reg), lam=300.0, max_iter=2, tol=0,
                        unit_gain=False)
     np.testing.assert_allclose(raw.gamma_tiles, np.tile([1.0, 0.5, 2.0], (21, 1)))
-    # by default (boundary="unknown") the gain is the interior's
-    inner = np.array([basis.apply(np.ones((16, 16)), e)[3:-3, 3:-3].mean()
-                      for e in np.eye(K)])
+    # by default (boundary="unknown") the gain is the interior's too
     default = deblur_large(p["y"], (basis, reg), **kw)
     np.testing.assert_allclose(default.gamma_tiles @ inner, 1.0)
     np.testing.assert_allclose(tile_gains(basis, g, interior=True), g @ inner)
@@ -855,6 +857,48 @@ def test_deblur_large_with_a_basis_and_regressor(problem):
     expected, _ = deblur_stitched(p["y"], basis, units.gamma_tiles, units.grid,
                                   boundary="unknown", **kw)
     np.testing.assert_allclose(units.restored, expected, atol=1e-6)
+
+
+def _box_basis(tile):
+    """A 3x3 box blur of mass 1 on ``tile``: its operator is
+    ``uniform_filter(u, 3, mode="constant")`` (zero boundary)."""
+    return ProductConvolutionBasis.from_components(np.full((1, 3, 3), 1 / 9),
+                                                   np.ones((1,) + tile))
+
+
+def test_unit_gain_tiles_of_a_larger_image_have_unit_psf_mass():
+    """boundary="model" on an image of several tiles: the tiles are parts of
+    one operator that loses light at the image's border only, so each is
+    brought to unit PSF mass, and a scene blurred with a zero boundary by a
+    box of mass 1 (scipy's, an independent operator) is restored at its own
+    brightness. Each tile was divided by its whole gain, its own border's
+    losses included ((46 / 3 / 16) ** 2 = 0.918 for this box): the operator
+    was the box times 1.089, the restored interior 8 % darker than the scene.
+    An image of one tile keeps deblur_image's convention (its whole gain: its
+    border is the image's)."""
+    basis = _box_basis((16, 16))
+    reg = FixedRegressor(lambda x: np.array([2.0]))      # gain not identifiable
+    rng = np.random.default_rng(0)
+    clean = 0.3 + gaussian_filter(rng.random((40, 56)), 3.0)
+    y = uniform_filter(clean, 3, mode="constant")
+    kw = dict(boundary="model", lam=1e4, tol=1e-8, max_iter=400, dtype="float64")
+    result = deblur_large(y, (basis, reg), **kw)
+    assert result.grid.n_tiles > 1
+    np.testing.assert_allclose(result.gamma_tiles, 1.0)
+    op = result.operator()
+    blurred = op.forward(torch.from_numpy(clean)[None], torch.ones(1))[0].numpy()
+    np.testing.assert_allclose(blurred, y, atol=1e-12)
+    inside = (slice(2, -2), slice(2, -2))
+    assert result.restored[inside].mean() == pytest.approx(clean[inside].mean(),
+                                                           rel=1e-3)
+    # one tile: the whole tile's gain, as deblur_image
+    one = deblur_large(y[:16, :16], (basis, reg), max_iter=2, tol=0,
+                       boundary="model")
+    np.testing.assert_allclose(one.gamma_tiles, 1 / (46 / 3 / 16) ** 2)
+    # boundary="unknown": the interior's gain, one tile or several
+    for image in (y, y[:16, :16]):
+        unknown = deblur_large(image, (basis, reg), max_iter=2, tol=0)
+        np.testing.assert_allclose(unknown.gamma_tiles, 1.0)
 
 
 @pytest.mark.parametrize("lam", ["auto", 300.0])
@@ -977,8 +1021,10 @@ def test_deblur_large_with_the_shipped_model_follows_its_intensity_convention():
     big = deblur_large(bundled_image("camera", (128, 200)), model, max_iter=2, tol=0,
                        boundary="model")
     assert big.grid.shape == (1, 3) and big.restored.shape == (128, 200)
+    # unit PSF mass: the gain on a flat tile, half a kernel from its border
     gains = np.asarray(model.basis.apply(np.ones((128, 128)), big.gamma_tiles))
-    np.testing.assert_allclose(gains.mean(axis=(1, 2)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(gains[:, 12:-12, 12:-12].mean(axis=(1, 2)), 1.0,
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("boundary", ["unknown", "model"])

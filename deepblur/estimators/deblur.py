@@ -182,7 +182,8 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         Divide the coefficients (estimated or given) by the gain of their
         operator (:func:`deepblur.tiling.tile_gains`: the mean of
         ``H[gamma]`` on a flat image, over its interior with
-        ``boundary="unknown"``), so that the restored image keeps the
+        ``boundary="unknown"`` and for the tiles of a larger image, the mass
+        of the PSFs), so that the restored image keeps the
         input's brightness. The gain of a real image's blur is not
         identifiable: use it (with ``target_mean``) on real images; leave it
         off on simulated ones, whose operators' gain is part of the truth.
@@ -447,10 +448,12 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
 
     def _unit_gain(self, gamma, grid=None):
         """``gamma`` (n, K) divided row-wise by its operator's gain."""
-        from deepblur.tiling import tile_gains
+        from deepblur.tiling import _unit_gain_is_interior, tile_gains
 
         gamma = np.asarray(gamma, dtype=np.float64)
-        gains = tile_gains(self.basis, gamma, interior=self.boundary == "unknown")
+        interior = (self.boundary == "unknown" if grid is None
+                    else _unit_gain_is_interior(self.boundary, grid))
+        gains = tile_gains(self.basis, gamma, interior=interior)
         if not np.all(gains > 0):
             bad = int(np.argmin(gains))
             where = (f"tile {bad} (offset {tuple(grid.offsets[bad])})"

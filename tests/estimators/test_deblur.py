@@ -6,7 +6,7 @@ import pytest
 import sklearn
 import torch
 from _routing import check_bad_weights_refused, check_weighted_score
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, uniform_filter
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
@@ -815,6 +815,36 @@ def test_unit_gain_keeps_the_brightness():
     bad = _est(basis, unit_gain=True, **solve).fit(X)
     with pytest.raises(ValueError, match="non-positive gain .* unit_gain=False"):
         bad.transform(X, gamma=np.array([1.0, -3.0]))
+
+
+def test_unit_gain_on_large_images_with_the_zero_boundary():
+    """boundary="model", unit_gain on an image of several tiles: the tiles
+    are brought to unit PSF mass (a 3x3 box of mass 1), as the image's own
+    operator (a basis of the image's shape, an independent construction),
+    and a scene blurred by that box with a zero boundary keeps its
+    brightness. Each tile was divided by its whole gain, with its own
+    border's losses (0.918 for this box on 16x16): the restored image came
+    out 8 % darker. An image of the basis's shape keeps its whole gain."""
+    box = np.full((1, 3, 3), 1 / 9)
+    basis = ProductConvolutionBasis.from_components(box, np.ones((1, 16, 16)))
+    whole = ProductConvolutionBasis.from_components(box, np.ones((1, 40, 56)))
+    rng = np.random.default_rng(0)
+    clean = 0.3 + gaussian_filter(rng.random((40, 56)), 3.0)
+    y = uniform_filter(clean, 3, mode="constant")
+    solve = dict(boundary="model", lam=1e4, tol=1e-8, max_iter=400,
+                 dtype="float64")
+    unit = _est(basis, unit_gain=True, **solve).fit(y[None, :16, :16])
+    restored = unit.transform(y, gamma=np.array([2.0]))
+    ref = _est(whole, **solve).fit(y[None]).transform(y, gamma=np.array([1.0]))
+    np.testing.assert_allclose(restored, ref, atol=1e-4)
+    inside = (slice(2, -2), slice(2, -2))
+    assert restored[inside].mean() == pytest.approx(clean[inside].mean(), rel=1e-3)
+    short = dict(solve, tol=0, max_iter=50)
+    one = unit.set_params(**short).transform(y[:16, :16], gamma=np.array([2.0]))
+    gain = (46 / 3 / 16) ** 2            # the 16x16 tile's whole gain
+    plain = _est(basis, **short).fit(y[None, :16, :16])
+    np.testing.assert_allclose(
+        one, plain.transform(y[:16, :16], gamma=np.array([1 / gain])), atol=1e-6)
 
 
 def test_blind_target_mean_scales_what_the_estimator_sees():
