@@ -483,7 +483,8 @@ def deblur_large_images(images, model, *, compute=True, scheduler=None,
                          model_boundary=model_boundary,
                          lipschitz=kwargs.get("lipschitz"),
                          max_iter=kwargs.get("max_iter", 500),
-                         tol=kwargs.get("tol", 1e-5))
+                         tol=kwargs.get("tol", 1e-5),
+                         inner_iter=kwargs.get("inner_iter", 10))
         except ValueError as exc:
             raise ValueError(f"images[{i}]: {exc}") from None
     kwargs.setdefault("progress", False)

@@ -380,7 +380,10 @@ def test_deblur_large_images_equals_deblur_large(fitted, client):
                 (dict(margin=1), r"images\[0\]: margin must be an int"),
                 (dict(lam=-1.0), r"images\[0\]: lam must be positive"),
                 (dict(regularization="L1"), r"images\[0\]: regularization must"),
-                (dict(dtype="float16"), r"images\[0\]: dtype must be")):
+                (dict(dtype="float16"), r"images\[0\]: dtype must be"),
+                (dict(inner_iter=0), r"images\[0\]: inner_iter must be a "
+                                     r"positive int"),
+                (dict(tol=-1.0), r"images\[0\]: tol must be a non-negative")):
             with pytest.raises(ValueError, match=match):
                 deblur_large_images([images[0], images[1] - 5], model,
                                     scheduler="sync", **dict(kwargs, **extra))
