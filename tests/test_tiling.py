@@ -1047,8 +1047,8 @@ def test_deblur_large_on_one_tile_is_deblur_image(boundary):
 def test_the_front_doors_take_the_solvers_inner_iter_and_tol(monkeypatch):
     """The solver's warning when the objective stalls says to raise
     inner_iter, and the one at max_iter to raise tol: deblur_image took
-    neither (TypeError), deblur_large (and so deblur_large_images) and
-    simulate_blind_deblurring no inner_iter. They reach every solve; bad
+    neither (TypeError), deblur_large (and so deblur_large_images) no
+    inner_iter, simulate_blind_deblurring neither. They reach every solve; bad
     values are refused before the network's estimate."""
     import deepblur.estimators.deblur as estimators
     import deepblur.tiling as tiling
@@ -1086,8 +1086,9 @@ def test_the_front_doors_take_the_solvers_inner_iter_and_tol(monkeypatch):
     # the demo's solves, of the network (zero boundary) and the crop network's
     for demo in (model, load_default(estimator="crop_network")):
         seen.clear()
-        simulate_blind_deblurring(demo, image, max_iter=2, inner_iter=5)
-        assert seen and set(seen) == {(5, 1e-5)}
+        simulate_blind_deblurring(demo, image, max_iter=2, tol=1e-3,
+                                  inner_iter=5)
+        assert seen and set(seen) == {(5, 1e-3)}
 
     def never(*args, **kwargs):
         raise AssertionError("estimated before checking the solve")
@@ -1102,6 +1103,8 @@ def test_the_front_doors_take_the_solvers_inner_iter_and_tol(monkeypatch):
             deblur_large(big, model, **bad)
     with pytest.raises(ValueError, match="inner_iter must be a positive int"):
         simulate_blind_deblurring(model, image, inner_iter=0)
+    with pytest.raises(ValueError, match="tol must be a non-negative float"):
+        simulate_blind_deblurring(model, image, tol=-1.0)
 
 
 def test_tiles_of_a_zero_boundary_network_warn():

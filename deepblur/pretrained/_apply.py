@@ -428,8 +428,8 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
 
 
 def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
-                              regularization="tv", max_iter=500, inner_iter=10,
-                              device="cpu"):
+                              regularization="tv", max_iter=500, tol=1e-5,
+                              inner_iter=10, device="cpu"):
     """Paper Fig. 3 on one image: simulate a blur, estimate it, deblur.
 
     Draws ``gamma`` from the model's sampler (Algorithm 2, seeded by
@@ -453,6 +453,9 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     regularization : {"tv", "l1"}, default="tv"
     max_iter : int, default=500
         Cap on the solver's iterations.
+    tol : float, default=1e-5
+        Relative change of the objective at which the solver stops
+        (:func:`deepblur.solvers.tv.deblur`).
     inner_iter : int, default=10
         Iterations of the TV proximal step per iteration (the solver's
         warning when the objective stalls may advise raising it).
@@ -475,7 +478,7 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
     """
     basis = model.basis
     img, mean = _check_image(image, basis.image_shape_)
-    check_iterations(max_iter, inner_iter=inner_iter)
+    check_iterations(max_iter, tol, inner_iter)
     original = img * (model_image_mean(model) / mean)
     sampler = clone(model.sampler).set_params(random_state=random_state)
     gamma = sampler.fit(model.sampler.generators_).sample(1)[0]
@@ -497,12 +500,12 @@ def simulate_blind_deblurring(model, image, *, random_state=0, lam="auto",
             c = operator_gain(basis, g, interior=True)
             return _deblur_unknown_boundary(basis, blurry / c, g / c, lam,
                                             regularization, False, dev, max_iter,
-                                            inner_iter=inner_iter)
+                                            tol, inner_iter)
 
         deblurred, deblurred_true = solve(gamma_hat), solve(gamma)
     else:
         deblurrer = _deblurrer(basis, lam, regularization, False, dev, max_iter,
-                               inner_iter=inner_iter)
+                               tol, inner_iter)
         # one batched solve: with the estimate and with the true operator
         deblurred, deblurred_true = deblurrer.transform(
             np.stack([blurry, blurry]), gamma=np.stack([gamma_hat, gamma]))
