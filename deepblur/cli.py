@@ -93,6 +93,17 @@ def _positive_int(value):
     return n
 
 
+def _tol(value):
+    try:
+        tol = float(value)
+    except ValueError:
+        tol = math.nan
+    if not (math.isfinite(tol) and tol >= 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a non-negative number; got {value!r}")
+    return tol
+
+
 def _resolve_estimator(path, estimator, command):
     """``--estimator auto``: for real images (``estimate``, ``deblur``), the
     model's network trained on windows of larger scenes when it has one, else
@@ -475,7 +486,7 @@ def cmd_demo(args):
     with _Warnings():
         res = simulate_blind_deblurring(model, image, random_state=args.seed,
                                         lam=args.lam, max_iter=args.max_iter,
-                                        inner_iter=args.inner_iter,
+                                        tol=args.tol, inner_iter=args.inner_iter,
                                         device=args.device)
     print(f"model: {source} ({estimator} estimator)")
     drawn = res["noise_std"]
@@ -742,8 +753,9 @@ def _deblur_large(args, model, img):
     max_pixels = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
     kwargs = dict(lam=args.lam, boundary=args.boundary,
                   regularization=args.regularization, positive=args.positive,
-                  max_iter=args.max_iter, inner_iter=args.inner_iter,
-                  max_pixels=max_pixels, device=args.device)
+                  max_iter=args.max_iter, tol=args.tol,
+                  inner_iter=args.inner_iter, max_pixels=max_pixels,
+                  device=args.device)
     with _Warnings():
         if args.gamma is None:
             result = deblur_large(img, model, tile_stride=_tile_stride(args, model),
@@ -809,7 +821,7 @@ def cmd_deblur(args):
                                    regularization=args.regularization,
                                    positive=args.positive,
                                    boundary=args.boundary, max_iter=args.max_iter,
-                                   inner_iter=args.inner_iter,
+                                   tol=args.tol, inner_iter=args.inner_iter,
                                    device=args.device)
     if gamma is None:
         _warn_if_zero_boundary(model)
@@ -1689,6 +1701,13 @@ def _add_max_iter(p):
                    help="cap on the deblurring solver's iterations (default: 500)")
 
 
+def _add_tol(p):
+    p.add_argument("--tol", type=_tol, default=1e-5, metavar="T",
+                   help="relative change of the objective at which the solver "
+                        "stops (default: 1e-5); 0 runs to --max-iter or until "
+                        "the objective stalls, without a warning")
+
+
 def _add_inner_iter(p):
     p.add_argument("--inner-iter", type=_positive_int, default=10, metavar="N",
                    help="iterations of the total-variation proximal step per "
@@ -1744,6 +1763,7 @@ def build_parser():
                    help="weight of the data term (default: auto, from the noise "
                         "level)")
     _add_max_iter(p)
+    _add_tol(p)
     _add_inner_iter(p)
     _add_model(p)
     _add_estimator(p, "network")
@@ -1817,6 +1837,7 @@ def build_parser():
                         "overlapping blocks (default: "
                         "deepblur.tiling.DEFAULT_MAX_PIXELS)")
     _add_max_iter(p)
+    _add_tol(p)
     _add_inner_iter(p)
     _add_model(p)
     _add_estimator(p, "auto")

@@ -1500,12 +1500,13 @@ def large(setting, model):
     return (blurred[0].numpy() * 1000).astype(np.float32), grid
 
 
-def test_deblur_and_demo_take_inner_iter(model_dir, blurry, large, capsys,
-                                         tmp_path, monkeypatch):
+def test_deblur_and_demo_take_inner_iter_and_tol(model_dir, blurry, large,
+                                                 capsys, tmp_path, monkeypatch):
     """The solver's warning when the objective stalls says to raise
-    inner_iter, which `deepblur deblur` and `deepblur demo` did not take:
-    --inner-iter reaches every solve, of a model-sized image, of a large
-    one, blind or with --gamma, and the demo's."""
+    inner_iter, the one at max_iter to increase max_iter or tol, which
+    `deepblur deblur` and `deepblur demo` did not take (they printed those
+    warnings): --inner-iter and --tol reach every solve, of a model-sized
+    image, of a large one, blind or with --gamma, and the demo's."""
     import deepblur.estimators.deblur as estimators
     import deepblur.tiling as tiling
     from deepblur.solvers.tv import deblur
@@ -1513,7 +1514,7 @@ def test_deblur_and_demo_take_inner_iter(model_dir, blurry, large, capsys,
     seen = []
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["inner_iter"])
+        seen.append((kwargs["inner_iter"], kwargs["tol"]))
         return deblur(*args, **kwargs)
 
     monkeypatch.setattr(tiling, "deblur", spy)
@@ -1530,20 +1531,26 @@ def test_deblur_and_demo_take_inner_iter(model_dir, blurry, large, capsys,
         seen.clear()
         code, _, err = _run(capsys, "deblur", tmp_path / image, "-o",
                             tmp_path / "o.tif", "--model", model_dir,
-                            "--max-iter", 2, "--inner-iter", 3, *extra)
+                            "--max-iter", 2, "--inner-iter", 3, "--tol", 0.5,
+                            *extra)
         assert code == 0, err
-        assert seen and set(seen) == {3}, (image, extra)
+        assert seen and set(seen) == {(3, 0.5)}, (image, extra)
         (tmp_path / "o.tif").unlink()
     seen.clear()
     code, _, err = _run(capsys, "demo", "--model", model_dir, "-o",
-                        tmp_path / "demo.png", "--max-iter", 2, "--inner-iter", 3)
+                        tmp_path / "demo.png", "--max-iter", 2, "--inner-iter", 3,
+                        "--tol", 0)
     assert code == 0, err
-    assert seen and set(seen) == {3}
+    assert seen and set(seen) == {(3, 0.0)}
     for command in (("deblur", tmp_path / "y.tif", "-o", tmp_path / "o.tif"),
                     ("demo", "-o", tmp_path / "demo2.png")):
         code, _, err = _run(capsys, *command, "--model", model_dir,
                             "--inner-iter", 0)
         assert code == 2 and "positive integer" in err
+        for tol in (-1, "nan", "x"):
+            code, _, err = _run(capsys, *command, "--model", model_dir,
+                                "--tol", tol)
+            assert code == 2 and "--tol: must be a non-negative number" in err
 
 
 def test_estimate_and_deblur_large_images_by_tiles(model_dir, model, large, capsys,
