@@ -1005,14 +1005,6 @@ def cmd_train(args):
             f"{checkpoint_dir} already holds a checkpoint: pass --resume to continue "
             "it, or --overwrite to start over."
         )
-    if args.overwrite and not args.resume:
-        # start over: a later --resume must not pick up the old run's epochs
-        # (nor train_crop_network meet a crop network's checkpoint of its own)
-        from deepblur.pretrained._train import remove_checkpoint
-
-        remove_checkpoint(checkpoint_dir)
-        remove_checkpoint(checkpoint_dir / "crop_network")
-        has_checkpoint = False
     if args.resume and not has_checkpoint:
         raise CLIError(f"--resume: no checkpoint in {checkpoint_dir} to resume "
                        "from; run without --resume first.")
@@ -1030,7 +1022,6 @@ def cmd_train(args):
         check_setting_params(overrides)
     except ValueError as exc:
         raise CLIError(f"[setting]: {exc}") from None
-    stages = _Stages(checkpoint_dir, output, resume=args.resume)
     hyper = {k: config[k] for k in TRAINING_DEFAULTS if k in config}
     if "input_norm" in hyper:
         hyper["input_norm"] = _config_input_norm(hyper["input_norm"], "")
@@ -1078,6 +1069,16 @@ def cmd_train(args):
     setting = make_default_setting(**overrides)
     sampler = setting["sampler"]
     mean_gamma = sampler.sample(50_000).mean(0)
+    if args.overwrite and not args.resume:
+        # start over: a later --resume must not pick up the old run's epochs
+        # (nor train_crop_network meet a crop network's checkpoint of its
+        # own). Only now, once the config is known to be good: a typo must
+        # not cost the old run's checkpoint.
+        from deepblur.pretrained._train import remove_checkpoint
+
+        remove_checkpoint(checkpoint_dir)
+        remove_checkpoint(checkpoint_dir / "crop_network")
+    stages = _Stages(checkpoint_dir, output, resume=args.resume)
     hp = dict(TRAINING_DEFAULTS, **hyper)
     print(f"training: {hp['n_images']} images, {hp['epochs']} epochs, "
           f"image_shape {setting['params']['image_shape']}, K="

@@ -2079,3 +2079,37 @@ def test_train_resume_refuses_a_damaged_checkpoint(capsys, tmp_path,
     line = _one_error_line(err)
     assert code == 1 and "cannot be read" in line and "damaged" in line
     assert "weights_only" not in err
+
+
+def test_train_overwrite_keeps_the_checkpoint_when_the_config_is_refused(
+        capsys, tmp_path, monkeypatch):
+    """--overwrite deleted the old run's checkpoint before the config was
+    checked: a typo (a missing images folder, a setting refused by its fit)
+    cost an interrupted run's epochs and trained nothing. The checkpoint now
+    goes only when the new training starts."""
+    quick = TINY.replace("n_test_images = 8", "n_test_images = 0").replace(
+        "support_images = 256", "support_images = 0")
+    config = tmp_path / "tiny.toml"
+    config.write_text(quick.format(output="out"))
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        code, _, _ = _run(capsys, "train", config, "--no-progress")
+    assert code == 130
+    checkpoint = tmp_path / "out" / "checkpoints"
+    before = {f.name: f.read_bytes() for f in checkpoint.iterdir()}
+    assert "params.pt" in before and "run.json" in before
+    for typo, named in (('images = "no_such_folder"\n', "is not a folder"),
+                        (quick.format(output="out").replace(
+                            "grid_shape = [4, 4]", "grid_shape = [40, 40]"),
+                         "must not exceed image_shape")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(typo + quick.format(output="out") if typo.startswith(
+            "images") else typo)
+        code, out, err = _run(capsys, "train", bad, "--overwrite", "--no-progress")
+        assert code == 1 and named in _one_error_line(err)
+        assert "training:" not in out
+        assert {f.name: f.read_bytes() for f in checkpoint.iterdir()} == before
+    # the checkpoint is still the interrupted run's, and goes on
+    code, _, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert len(json.loads((checkpoint / "history.json").read_text())) == 2
