@@ -1091,8 +1091,8 @@ def cmd_train(args):
                               **dict(hyper, num_workers=workers))
     except KeyboardInterrupt as exc:
         print(f"deepblur train: {str(exc) or 'interrupted'}; the finished epochs "
-              f"are in {checkpoint_dir}: continue with `deepblur train {args.config} "
-              "--resume`.", file=sys.stderr)
+              f"are in {checkpoint_dir}: continue with `{_resume_command(args)}`.",
+              file=sys.stderr)
         return 130
     network_params = {k: v for k, v in config.items()
                       if k not in ("spectral_images", "crop_network", "output",
@@ -1138,11 +1138,23 @@ def cmd_train(args):
                 print(f"deepblur train: crop network: {str(exc) or 'interrupted'}; "
                       f"the network is saved in {output}, the finished epochs of "
                       f"the crop network are in {crop_checkpoints}: continue with "
-                      f"`deepblur train {args.config} --resume`.", file=sys.stderr)
+                      f"`{_resume_command(args)}`.", file=sys.stderr)
                 return 130
             stages.mark("crop_network", crop_record)
     print(f"model: {output} (use it with --model {output})")
     return 0
+
+
+def _resume_command(args):
+    """The command line that resumes this training: its config and, when
+    one was given, its ``-o`` (without it, another output and checkpoint
+    directory), quoted for a shell."""
+    import shlex
+
+    words = ["deepblur", "train", str(args.config)]
+    if args.output:
+        words += ["-o", str(args.output)]
+    return " ".join(shlex.quote(w) for w in [*words, "--resume"])
 
 
 def _finish_network(net, setting, images, config, hp, n_head, head_batch,
@@ -1158,8 +1170,8 @@ def _finish_network(net, setting, images, config, hp, n_head, head_batch,
         config={k: v for k, v in config.items() if k != "setting"})
     if n_head:
         start = time.perf_counter()
-        redo = (f"the trained epochs are in {checkpoint_dir}: `deepblur train "
-                f"{args.config} --resume` fits the head again without "
+        redo = (f"the trained epochs are in {checkpoint_dir}: "
+                f"`{_resume_command(args)}` fits the head again without "
                 "retraining.")
         try:
             net = add_feature_head(setting, images, net, n_images=n_head,

@@ -2113,3 +2113,34 @@ def test_train_overwrite_keeps_the_checkpoint_when_the_config_is_refused(
     code, _, err = _run(capsys, "train", config, "--resume", "--no-progress")
     assert code == 0, err
     assert len(json.loads((checkpoint / "history.json").read_text())) == 2
+
+
+def test_train_interrupted_with_an_output_option_says_how_to_resume_it(
+        capsys, tmp_path, monkeypatch):
+    """The advice after a Ctrl-C was `deepblur train CONFIG --resume`
+    whatever -o the run was given: followed, it looked for a checkpoint in
+    the config's output and failed ('no checkpoint ... to resume from'). It
+    now repeats -o, quoted for a shell (a config path with a space)."""
+    import shlex
+
+    quick = TINY.replace("n_test_images = 8", "n_test_images = 0").replace(
+        "support_images = 256", "support_images = 0")
+    folder = tmp_path / "my configs"
+    folder.mkdir()
+    config = folder / "tiny run.toml"
+    config.write_text(quick.format(output="from_config"))
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        code, _, err = _run(capsys, "train", config, "-o", "given",
+                            "--no-progress")
+    assert code == 130
+    advice = re.search(r"continue with `([^`]*)`", err).group(1)
+    words = shlex.split(advice)
+    assert words[:2] == ["deepblur", "train"] and "--resume" in words
+    assert words[words.index("-o") + 1] == "given"
+    code, _, err = _run(capsys, *words[1:], "--no-progress")
+    assert code == 0, err
+    assert not (folder / "from_config").exists()
+    history = tmp_path / "given" / "checkpoints" / "history.json"
+    assert len(json.loads(history.read_text())) == 2
