@@ -1492,6 +1492,52 @@ def test_a_checkpoint_resumes_with_either_value_of_compile(small_setting,
         np.testing.assert_allclose(net.predict(X), whole, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:mixed_precision=.*no bfloat16 units")
+def test_run_json_records_the_precision_of_the_epochs(small_setting, tmp_path,
+                                                      monkeypatch):
+    """run.json did not say whether the epochs were trained in bfloat16: a
+    checkpoint resumed in the other precision (allowed: how, not what, the
+    network learns) left no trace of it. It now holds the first run's
+    mixed_precision and, for each resume that trains, its own with the epochs
+    finished before it; neither is checked on resume."""
+    from deepblur.datasets.simulate import BlurDataset
+
+    pool = np.random.default_rng(0).random((10, 16, 16)) + 0.1
+    bias = small_setting["sampler"].sample(1000).mean(0)
+    kw = dict(n_images=32, epochs=2, batch_size=8, width=4, depth=1,
+              stem_stride=2, num_workers=0, output_bias=bias, device="cpu",
+              verbose=0)
+    real_iter = BlurDataset.__iter__
+
+    def interrupted_in_epoch_2(self):     # (epochs count from 1 there)
+        if self._epoch_set and self._epoch >= 2:
+            raise KeyboardInterrupt
+        yield from real_iter(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(BlurDataset, "__iter__", interrupted_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt, match="after 1 of 2"):
+            train_regressor(small_setting, pool, checkpoint_dir=tmp_path, **kw)
+    path = tmp_path / "run.json"
+    first = json.loads(path.read_text())
+    assert first["mixed_precision"] is None and "resumes" not in first
+    net = train_regressor(small_setting, pool, checkpoint_dir=tmp_path,
+                          resume=True, mixed_precision="bf16", **kw)
+    assert len(net.history) == 2
+    record = json.loads(path.read_text())
+    assert record["resumes"] == [dict(finished_epochs=1, mixed_precision="bf16")]
+    assert record == dict(first, resumes=record["resumes"])    # nothing else
+    # a resume of the finished run trains nothing: nothing recorded
+    train_regressor(small_setting, pool, checkpoint_dir=tmp_path, resume=True,
+                    **kw)
+    assert json.loads(path.read_text()) == record
+    # a run in bfloat16 from the start
+    train_regressor(small_setting, pool, checkpoint_dir=tmp_path / "bf16",
+                    mixed_precision="bf16", **dict(kw, epochs=1))
+    assert json.loads((tmp_path / "bf16" / "run.json").read_text())[
+        "mixed_precision"] == "bf16"
+
+
 @pytest.mark.filterwarnings("ignore::deepblur.exceptions.NoisyImageWarning")
 def test_training_takes_numpy_integers(small_setting, tmp_path):
     """Hyper-parameters from a NumPy grid (np.int64) train as Python ints do:

@@ -548,7 +548,9 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
         (:class:`~deepblur.ResNetBlurRegressor`'s ``mixed_precision``): on a
         CPU with AMX, the width-8 step ran 1.26x faster and width 32 2.51x;
         elsewhere it may be slower. Not part of what a resume must repeat:
-        a checkpoint may go on with or without it.
+        a checkpoint may go on with or without it. ``run.json`` (see
+        ``resume``) records it: the first run's ``mixed_precision``, and
+        under ``resumes`` each resume's, with the epochs finished before it.
     init_model : str, Path or PretrainedModel, optional
         Start from the weights of this model (a directory written by
         :func:`~deepblur.pretrained.save_model`, e.g.
@@ -697,7 +699,7 @@ def train_regressor(setting, images, *, n_images=4_229_120, epochs=10,
                                                   random_state=random_state,
                                                   setting=_setting_record(setting),
                                                   images=_images_digest(images)),
-                             resume)
+                             resume, mixed_precision=mixed_precision)
     if resume:
         _resume(net, data, checkpoint_dir, epochs)
     else:
@@ -918,23 +920,33 @@ def _same_setting(recorded, now):
     return True
 
 
-def _check_or_record_run(checkpoint_dir, run, resume):
+def _check_or_record_run(checkpoint_dir, run, resume, *, mixed_precision=None):
     """Write the training's parameters beside its checkpoint, or, when
     resuming, refuse parameters other than those the checkpoint was made
     with: resumed with other ``epochs`` or ``n_images`` (e.g. defaults that
     changed between versions), a run would stop early or train on another
     schedule without a word. Checkpoints written before this record are
-    resumed unchecked."""
+    resumed unchecked.
+
+    The record also says in which precision the epochs were trained
+    (``mixed_precision``: how, not what, the network learns, so a resume may
+    change it): the first run's, and for each resume the number of epochs
+    finished before it and its own (``resumes``)."""
     path = Path(checkpoint_dir) / _RUN_FILE
     # tuples become lists, NumPy scalars Python numbers
     run = json.loads(json.dumps(run, default=_json_number))
     if not resume:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(run, indent=1))
+        path.write_text(json.dumps(dict(run, mixed_precision=mixed_precision),
+                                   indent=1))
         return
     if not path.exists():
         return
-    recorded = json.loads(path.read_text())
+    text = path.read_text()
+    recorded = json.loads(text)
+    # how the epochs were trained (below), not what they learnt from
+    resumes = recorded.pop("resumes", [])
+    recorded.pop("mixed_precision", None)
     noise = recorded.get("noise_std")
     if isinstance(noise, (int, float)):     # a level, as one recorded it before
         recorded["noise_std"] = [noise, noise]
@@ -959,6 +971,22 @@ def _check_or_record_run(checkpoint_dir, run, resume):
                         f"{k}={recorded.get(k)!r} (now {run.get(k)!r})"
                         for k in changed)
             + "; resume with the same ones, or train without resuming.")
+    # the epochs finished before this resume (history.json is written last)
+    try:
+        history = json.loads((path.parent / _CHECKPOINT_FILES["f_history"])
+                             .read_text())
+        done = sum(1 for row in history if isinstance(row, dict) and "dur" in row)
+    except (OSError, ValueError, TypeError):
+        return              # _resume reports a damaged or missing checkpoint
+    if done >= run["epochs"]:
+        return              # nothing left to train
+    # the record as it was (older records keep what they lacked), with this
+    # resume's precision
+    record = dict(json.loads(text), resumes=[
+        *resumes, dict(finished_epochs=done, mixed_precision=mixed_precision)])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
 
 
 def _json_number(value):
