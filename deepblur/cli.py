@@ -836,7 +836,8 @@ _TRAIN_KEYS = {
     "setting": "overrides of deepblur.pretrained.DEFAULT_SETTING (a table)",
     "images": "'natural' (default; the bundled natural training images) or a "
               "folder of images",
-    "n_images": "training images over all epochs",
+    "n_images": "training images over all epochs (rounded down to whole "
+                "batches, at least one batch per epoch)",
     "epochs": "epochs",
     "batch_size": "batch size",
     "lr": "learning rate",
@@ -856,9 +857,9 @@ _TRAIN_KEYS = {
                   "(the image alone)",
     "criterion": "'mse' or 'frobenius'",
     "pool_size": "clean training patches kept in memory",
-    "gammas_per_image": "operators per clean patch in a batch (default 1; 8 "
-                        "draws batches about 4 times faster on a CPU, for "
-                        "slightly less learning per image)",
+    "gammas_per_image": "operators per clean patch in a batch (8 draws "
+                        "batches about 4 times faster on a CPU, for slightly "
+                        "less learning per image)",
     "moment_stage": "supervise this stage's output (1-4) with the local PSF "
                     "moments of the true operator (3 sped up the start of "
                     "the 15-minute CPU recipe, 4-12 % less error after 64 000 "
@@ -1080,7 +1081,11 @@ def cmd_train(args):
         remove_checkpoint(checkpoint_dir / "crop_network")
     stages = _Stages(checkpoint_dir, output, resume=args.resume)
     hp = dict(TRAINING_DEFAULTS, **hyper)
-    print(f"training: {hp['n_images']} images, {hp['epochs']} epochs, "
+    trained = _trained_images(hp)
+    rounded = ("" if trained == hp["n_images"] else
+               f" (n_images {hp['n_images']} made whole batches of "
+               f"{hp['batch_size']}, at least one per epoch)")
+    print(f"training: {trained} images{rounded}, {hp['epochs']} epochs, "
           f"image_shape {setting['params']['image_shape']}, K="
           f"{setting['params']['n_components']}; checkpoints in {checkpoint_dir}")
     try:
@@ -1145,6 +1150,13 @@ def cmd_train(args):
     return 0
 
 
+def _trained_images(hp):
+    """The images a training of hyper-parameters ``hp`` draws: whole batches,
+    at least one per epoch (train_regressor's ``n_batches``)."""
+    per_epoch = max(1, int(hp["n_images"]) // (hp["batch_size"] * hp["epochs"]))
+    return int(per_epoch * hp["batch_size"] * hp["epochs"])
+
+
 def _resume_command(args):
     """The command line that resumes this training: its config and, when
     one was given, its ``-o`` (without it, another output and checkpoint
@@ -1165,8 +1177,7 @@ def _finish_network(net, setting, images, config, hp, n_head, head_batch,
     code of an interruption)."""
     from deepblur.pretrained import add_feature_head, save_model
 
-    extra = dict(n_train_images=int(max(1, hp["n_images"] // (
-        hp["batch_size"] * hp["epochs"])) * hp["batch_size"] * hp["epochs"]),
+    extra = dict(n_train_images=_trained_images(hp),
         config={k: v for k, v in config.items() if k != "setting"})
     if n_head:
         start = time.perf_counter()

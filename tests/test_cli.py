@@ -2144,3 +2144,25 @@ def test_train_interrupted_with_an_output_option_says_how_to_resume_it(
     assert not (folder / "from_config").exists()
     history = tmp_path / "given" / "checkpoints" / "history.json"
     assert len(json.loads(history.read_text())) == 2
+
+
+def test_train_says_how_many_images_it_trains_on(capsys, tmp_path, monkeypatch):
+    """n_images is rounded to whole batches (at least one per epoch), but the
+    command printed the number asked for: 'training: 100 images' for 96, and
+    'training: 8 images' for 32 (one batch of 16 in each of 2 epochs)."""
+    import deepblur.pretrained
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt("stopped by the test")
+
+    monkeypatch.setattr(deepblur.pretrained, "train_regressor", stop)
+    for n_images, trained in ((100, 96), (8, 32), (64, 64)):
+        config = tmp_path / f"n{n_images}.toml"
+        config.write_text(TINY.format(output=f"out{n_images}").replace(
+            "n_images = 64", f"n_images = {n_images}"))
+        code, out, _ = _run(capsys, "train", config, "--no-progress")
+        assert code == 130
+        line = out.splitlines()[0]
+        assert line.startswith(f"training: {trained} images")
+        assert (f"(n_images {n_images} made whole batches of 16" in line) == (
+            n_images != trained)
