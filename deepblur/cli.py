@@ -313,6 +313,33 @@ def _imagej_text(value):
     return value
 
 
+def _write_whole(path, write):
+    """Write ``path`` whole or not at all: ``write`` is called with a
+    temporary file beside it (its name ends with ``path``'s), which then
+    replaces it. An error
+    or a Ctrl-C while writing leaves ``path`` as it was (an earlier output
+    intact) and no half-written file; the file gets the permissions of a
+    plain new file."""
+    import os
+    import tempfile
+
+    path = Path(os.path.realpath(path))     # through a link, not over it
+    # ending with the whole name: the writers read the format from it
+    # (tifffile an OME-TIFF from '.ome.tif')
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=f".{path.name}",
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_image(path, image, dtype, metadata=None):
     """Write ``image`` as ``dtype``: integers rounded and clipped to its range.
 
@@ -339,6 +366,12 @@ def write_image(path, image, dtype, metadata=None):
         out = np.clip(rounded, info.min, info.max).astype(dtype)
     else:
         out = image.astype(dtype)
+    _write_whole(path, lambda tmp: _write_pixels(tmp, path.name, out, metadata))
+
+
+def _write_pixels(path, name, out, metadata):
+    """Write the pixels ``out`` to ``path`` (as :func:`write_image`; ``name``:
+    the output's, for the messages)."""
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
@@ -361,7 +394,7 @@ def write_image(path, image, dtype, metadata=None):
             if not kwargs:
                 raise
             print(f"warning: the pixel size of the input could not be written "
-                  f"to {path.name} ({type(exc).__name__}: {exc}); written "
+                  f"to {name} ({type(exc).__name__}: {exc}); written "
                   "without it.", file=sys.stderr)
             tifffile.imwrite(path, out)
     else:
@@ -538,9 +571,9 @@ def cmd_estimate(args):
     if args.output is not None:
         out = Path(args.output)
         if out.suffix.lower() == ".npy":
-            np.save(out, gamma)
+            _write_whole(out, lambda tmp: np.save(tmp, gamma))
         else:
-            out.write_text(json.dumps(dict(
+            text = json.dumps(dict(
                 gamma=gamma.tolist(), K=int(gamma.size), gain=gain,
                 image=str(args.image), model=source, estimator=estimator,
                 scale=scale, support_distance=distance,
@@ -549,7 +582,8 @@ def cmd_estimate(args):
                 convention="gamma is the operator of the image multiplied by "
                            "scale (to the mean intensity of the training "
                            "observations); deblur rescales it to unit gain"),
-                indent=1))
+                indent=1)
+            _write_whole(out, lambda tmp: tmp.write_text(text))
         print(f"gamma: {out}")
     if args.figure is not None:
         from deepblur.plotting import plot_operator
@@ -637,13 +671,13 @@ def _estimate_tiles(args, model, source, estimator, img):
     if args.output is not None:
         out = Path(args.output)
         if out.suffix.lower() == ".npy":
-            np.save(out, gamma)
+            _write_whole(out, lambda tmp: np.save(tmp, gamma))
             print(f"note: {out.name} holds the ({grid.n_tiles}, K) estimates "
                   "without their tile grid, which `deepblur deblur --gamma` "
                   "needs for this image: write a .json for that.",
                   file=sys.stderr)
         else:
-            out.write_text(json.dumps(dict(
+            text = json.dumps(dict(
                 gamma_tiles=gamma.tolist(), K=int(gamma.shape[1]),
                 image_shape=list(grid.image_shape),
                 tile_shape=list(grid.tile_shape),
@@ -655,7 +689,8 @@ def _estimate_tiles(args, model, source, estimator, img):
                 basis_gram=model.basis.gram_.tolist(),
                 convention="one gamma per tile, row-major, for the tile scaled to "
                            "the mean intensity of the training observations; "
-                           "deblur rescales each to unit gain"), indent=1))
+                           "deblur rescales each to unit gain"), indent=1)
+            _write_whole(out, lambda tmp: tmp.write_text(text))
         print(f"gamma: {out}")
     if args.figure is not None:
         from deepblur.plotting import dirac_comb

@@ -2166,3 +2166,61 @@ def test_train_says_how_many_images_it_trains_on(capsys, tmp_path, monkeypatch):
         assert line.startswith(f"training: {trained} images")
         assert (f"(n_images {n_images} made whole batches of 16" in line) == (
             n_images != trained)
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     KeyboardInterrupt()])
+def test_outputs_are_written_whole_or_not_at_all(model_dir, blurry, capsys,
+                                                 tmp_path, monkeypatch, failure):
+    """The deblurred image and the gamma file were written in place: a full
+    disk or a Ctrl-C while writing destroyed the previous output and left a
+    truncated file. They are now written beside it and renamed when whole:
+    the previous output stays as it was, and nothing else is left."""
+    import imageio.v3 as iio_module
+    import numpy.lib.format
+
+    _, _, y = blurry
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, y.astype(np.float32))
+
+    def half_written(target, *args, **kwargs):       # a truncated file
+        if hasattr(target, "write"):                  # np.save's open file
+            target.write(b"\x93NUMPY half")
+        else:
+            Path(target).write_bytes(b"II*\x00 half")
+        raise failure
+
+    kept = {}
+    for name in ("out.tif", "out.png", "g.json", "g.npy"):
+        kept[name] = f"earlier result {name}".encode()
+        (tmp_path / name).write_bytes(kept[name])
+    runs = (("deblur", "out.tif", tifffile, "imwrite"),
+            ("deblur", "out.png", iio_module, "imwrite"),
+            ("estimate", "g.json", Path, "write_text"),
+            ("estimate", "g.npy", numpy.lib.format, "write_array"))
+    for command, name, module, function in runs:
+        with monkeypatch.context() as m:
+            m.setattr(module, function, half_written)
+            args = [command, image, "-o", tmp_path / name, "--model", model_dir]
+            if command == "deblur":
+                args += ["--max-iter", 5, "--output-dtype", "input"]
+                if name.endswith(".png"):
+                    tifffile.imwrite(tmp_path / "y16.tif",
+                                     (y / y.max() * 50_000).astype(np.uint16))
+                    args[1] = tmp_path / "y16.tif"
+            code, _, err = _run(capsys, *args)
+        assert code == (130 if isinstance(failure, KeyboardInterrupt) else 1), err
+        assert (tmp_path / name).read_bytes() == kept[name], name
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [*kept, "y.tif"] + (["y16.tif"] if (tmp_path / "y16.tif").exists()
+                                else [])), name
+    # and a write that succeeds replaces the file, with a new file's mode
+    code, _, err = _run(capsys, "estimate", image, "-o", tmp_path / "g.json",
+                        "--model", model_dir)
+    assert code == 0, err
+    assert json.loads((tmp_path / "g.json").read_text())["K"] == 6
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "g.json").stat().st_mode & 0o777 == 0o666 & ~umask
