@@ -1018,7 +1018,11 @@ def cmd_train(args):
         train_regressor,
     )
     from deepblur.pretrained._default import check_setting_params
-    from deepblur.pretrained._train import check_training_params, checkpoint_files
+    from deepblur.pretrained._train import (
+        _RunMismatch,
+        check_training_params,
+        checkpoint_files,
+    )
 
     config = _read_config(args.config)
     base = Path(args.config).resolve().parent
@@ -1129,6 +1133,9 @@ def cmd_train(args):
                               checkpoint_dir=checkpoint_dir, resume=args.resume,
                               progress_bar=not args.no_progress,
                               **dict(hyper, num_workers=workers))
+    except _RunMismatch as exc:
+        raise CLIError(f"{exc} (--overwrite starts over, without the finished "
+                       "epochs.)") from None
     except KeyboardInterrupt as exc:
         print(f"deepblur train: {str(exc) or 'interrupted'}; the finished epochs "
               f"are in {checkpoint_dir}: continue with `{_resume_command(args)}`.",
@@ -1174,6 +1181,13 @@ def cmd_train(args):
                 _train_crop_network(setting, images, crop_params, n_test_images,
                                     mean_gamma, output, crop_checkpoints, args,
                                     n_support)
+            except _RunMismatch as exc:
+                # --overwrite would train the saved network again as well
+                raise CLIError(
+                    f"crop network: {exc} To start the crop network alone over "
+                    f"(the network saved in {output} is kept), delete "
+                    f"{crop_checkpoints} and run `{_resume_command(args)}` "
+                    "again.") from None
             except KeyboardInterrupt as exc:
                 print(f"deepblur train: crop network: {str(exc) or 'interrupted'}; "
                       f"the network is saved in {output}, the finished epochs of "

@@ -2224,3 +2224,42 @@ def test_outputs_are_written_whole_or_not_at_all(model_dir, blurry, capsys,
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "g.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_train_resume_with_another_crop_table_says_how_to_keep_the_network(
+        capsys, tmp_path, monkeypatch):
+    """A resume whose [crop_network] table changed was refused with 'train
+    without resuming': in the command that is --overwrite, which trains the
+    saved network again too. The error now names the crop network's
+    checkpoint to delete; doing so trains the crop network alone over."""
+    quick = TINY.replace("n_test_images = 8", "n_test_images = 0").replace(
+        "support_images = 256", "support_images = 0")
+    config = tmp_path / "crop.toml"
+    config.write_text(quick.format(output="out") + TINY_CROP)
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m, "crop_network")
+        code, _, _ = _run(capsys, "train", config, "--no-progress")
+    assert code == 130
+    network = (tmp_path / "out" / "model.safetensors").read_bytes()
+    crop_checkpoint = tmp_path / "out" / "checkpoints" / "crop_network"
+    config.write_text(quick.format(output="out") + TINY_CROP.replace(
+        "epochs = 2", "epochs = 3"))
+    code, _, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    line = _one_error_line(err)
+    assert code == 1 and "epochs=2 (now 3)" in line
+    assert f"delete {crop_checkpoint} and run `deepblur train" in line
+    import shutil
+
+    shutil.rmtree(crop_checkpoint)
+    code, out, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    assert code == 0, err
+    assert "network: finished and saved" in out
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == network
+    assert len(json.loads((crop_checkpoint / "history.json").read_text())) == 3
+    # the network's own checkpoint with other parameters: --overwrite
+    config.write_text(quick.format(output="out").replace("epochs = 2",
+                                                         "epochs = 3"))
+    code, _, err = _run(capsys, "train", config, "--resume", "--no-progress")
+    line = _one_error_line(err)
+    assert code == 1 and "epochs=2 (now 3)" in line
+    assert "--overwrite starts over" in line

@@ -870,6 +870,11 @@ def _load_initial_weights(net, source):
 _RUN_FILE = "run.json"
 
 
+class _RunMismatch(ValueError):
+    """A resume with other training parameters than its checkpoint's
+    (``deepblur train`` says which checkpoint to start over)."""
+
+
 def _setting_record(setting):
     """What of the setting a training learns from, for ``run.json``: the
     basis's Gram matrix (the loss's metric), the sampler's generators and
@@ -962,7 +967,7 @@ def _check_or_record_run(checkpoint_dir, run, resume, *, mixed_precision=None):
                      if (not _same_setting(recorded.get(k), run.get(k))
                          if k == "setting" else run.get(k) != recorded.get(k)))
     if changed:
-        raise ValueError(
+        raise _RunMismatch(
             f"the checkpoint in {str(path.parent)!r} was made with other training "
             "parameters than this call's: "
             + ", ".join("setting (basis, sampler, image mean or boundary)"
