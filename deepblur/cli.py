@@ -1163,9 +1163,17 @@ def cmd_train(args):
             print(f"spectral regressor: finished and saved in {output} by the "
                   "interrupted run")
         else:
-            _train_spectral(setting, images, n_spectral, n_test_images, mean_gamma,
-                            output, progress=not args.no_progress,
-                            seed=spectral_seed)
+            try:
+                _train_spectral(setting, images, n_spectral, n_test_images,
+                                mean_gamma, output, progress=not args.no_progress,
+                                seed=spectral_seed)
+            except KeyboardInterrupt as exc:
+                print(f"deepblur train: spectral regressor: "
+                      f"{str(exc) or 'interrupted'}; the network is saved in "
+                      f"{output}: `{_resume_command(args)}` fits the spectral "
+                      "regressor again without training the network again.",
+                      file=sys.stderr)
+                return 130
             stages.mark("spectral", spectral_params)
     if crop_params is not None:
         # its resolved parameters: the table's, and those it takes from the

@@ -2263,3 +2263,33 @@ def test_train_resume_with_another_crop_table_says_how_to_keep_the_network(
     line = _one_error_line(err)
     assert code == 1 and "epochs=2 (now 3)" in line
     assert "--overwrite starts over" in line
+
+
+def test_train_interrupted_in_the_spectral_regressor_says_how_to_go_on(
+        capsys, tmp_path, monkeypatch):
+    """A Ctrl-C while the spectral regressor was fitted (minutes at the
+    shipped size) printed only 'interrupted': nothing said that the network
+    was saved nor that --resume fits the regressor alone."""
+    import deepblur.pretrained
+
+    quick = TINY.replace("n_test_images = 8", "n_test_images = 0").replace(
+        "support_images = 256", "support_images = 0")
+    config = tmp_path / "spectral.toml"
+    config.write_text("spectral_images = 300\n" + quick.format(output="out"))
+    real = deepblur.pretrained.train_spectral_regressor
+    with monkeypatch.context() as m:
+        m.setattr(deepblur.pretrained, "train_spectral_regressor",
+                  lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        code, _, err = _run(capsys, "train", config, "-o", tmp_path / "out",
+                            "--no-progress")
+    assert code == 130
+    assert f"the network is saved in {tmp_path / 'out'}" in err
+    assert f"-o {tmp_path / 'out'} --resume` fits the spectral regressor" in err
+    network = (tmp_path / "out" / "model.safetensors").read_bytes()
+    assert deepblur.pretrained.train_spectral_regressor is real
+    code, out, err = _run(capsys, "train", config, "-o", tmp_path / "out",
+                          "--resume", "--no-progress")
+    assert code == 0, err
+    assert "network: finished and saved" in out
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == network
+    load_model(tmp_path / "out", estimator="spectral")
