@@ -996,8 +996,13 @@ def _read_config(path):
     return config
 
 
-def _training_images(spec, base):
+def _training_images(spec, base, image_shape=None):
+    """The clean training images of a config's ``images``; those of a folder
+    must be at least ``image_shape`` (the setting's): one that is not is
+    named before anything is trained or removed."""
     from deepblur.datasets import load_images, natural_image_split
+    from deepblur.datasets.images import FOLDER_SUFFIXES
+    from deepblur.pretrained._train import _shape_pair
 
     if spec == "natural":
         return natural_image_split()[0]
@@ -1005,7 +1010,23 @@ def _training_images(spec, base):
     if not folder.is_dir():
         raise CLIError(f"images must be 'natural' or a folder of images; "
                        f"{str(folder)!r} is not a folder.")
-    return load_images(folder)
+    # the files load_images reads from a folder, in its order
+    files = sorted(p for p in folder.iterdir() if p.is_file()
+                   and not p.name.startswith(".")
+                   and p.suffix.lower() in FOLDER_SUFFIXES)
+    images = load_images(files or folder)   # (a folder without any: its error)
+    dims = _shape_pair(image_shape)
+    small = [(f.name, img.shape) for f, img in zip(files, images, strict=True)
+             if dims and (img.shape[0] < dims[0] or img.shape[1] < dims[1])]
+    if small:
+        listed = ", ".join(f"{name} ({h}x{w})" for name, (h, w) in small[:3])
+        more = f" and {len(small) - 3} more" if len(small) > 3 else ""
+        raise CLIError(
+            f"{len(small)} of the {len(files)} images in {str(folder)!r} are "
+            f"smaller than the setting's image_shape {dims[0]}x{dims[1]}, which "
+            f"the training crops from them: {listed}{more}; remove them or "
+            "lower image_shape.")
+    return images
 
 
 def cmd_train(args):
@@ -1105,7 +1126,9 @@ def cmd_train(args):
             raise CLIError(f"head_images needs blur statistics of the setting's "
                            f"images {shape}: {exc}") from None
     crop_params = _crop_network_params(config, hyper, args.config, shape)
-    images = _training_images(config.get("images", "natural"), base)
+    images = _training_images(config.get("images", "natural"), base,
+                              overrides.get("image_shape",
+                                            DEFAULT_SETTING["image_shape"]))
     setting = make_default_setting(**overrides)
     sampler = setting["sampler"]
     mean_gamma = sampler.sample(50_000).mean(0)

@@ -2098,7 +2098,18 @@ def test_train_overwrite_keeps_the_checkpoint_when_the_config_is_refused(
     checkpoint = tmp_path / "out" / "checkpoints"
     before = {f.name: f.read_bytes() for f in checkpoint.iterdir()}
     assert "params.pt" in before and "run.json" in before
+    # a folder with an image smaller than the setting's (the training failed
+    # on it, after the checkpoint was gone, as 'image 1 of shape (20, 20)')
+    (tmp_path / "photos").mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.png", (40, 48)), ("b.png", (20, 40))):
+        iio.imwrite(tmp_path / "photos" / name,
+                    (rng.random(shape) * 255).astype(np.uint8))
     for typo, named in (('images = "no_such_folder"\n', "is not a folder"),
+                        ('images = "photos"\n',
+                         "1 of the 2 images in '" + str(tmp_path / "photos")
+                         + "' are smaller than the setting's image_shape 32x32,"
+                         " which the training crops from them: b.png (20x40)"),
                         (quick.format(output="out").replace(
                             "grid_shape = [4, 4]", "grid_shape = [40, 40]"),
                          "must not exceed image_shape")):
