@@ -1132,6 +1132,10 @@ def cmd_train(args):
     setting = make_default_setting(**overrides)
     sampler = setting["sampler"]
     mean_gamma = sampler.sample(50_000).mean(0)
+    if "init_model" in hyper:       # its network must fit this training's
+        hyper["init_model"] = _initial_network(
+            hyper["init_model"], dict(TRAINING_DEFAULTS, **hyper),
+            setting["params"]["n_components"])
     if args.overwrite and not args.resume:
         # start over: a later --resume must not pick up the old run's epochs
         # (nor train_crop_network meet a crop network's checkpoint of its
@@ -1228,6 +1232,35 @@ def cmd_train(args):
             stages.mark("crop_network", crop_record)
     print(f"model: {output} (use it with --model {output})")
     return 0
+
+
+def _initial_network(path, hp, n_components):
+    """The model of a config's ``init_model``, loaded, whose network has the
+    training's architecture (checked before anything is trained or
+    removed; train_regressor would find out only when it loads the
+    weights)."""
+    from deepblur.pretrained import load_model
+
+    try:
+        source = load_model(path)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CLIError(f"init_model {str(path)!r} cannot be loaded: {first}") \
+            from None
+    params = source.regressor.get_params()
+    differ = [f"{name}={params.get('module__' + name)!r} (this training: "
+              f"{hp[name]!r})"
+              for name in ("width", "depth", "stem_stride", "head", "input_norm")
+              if params.get("module__" + name, hp[name]) != hp[name]]
+    K = int(source.basis.kernels_.shape[0])
+    if K != n_components:
+        differ.append(f"K={K} (this setting: {n_components})")
+    if differ:
+        raise CLIError(
+            f"the network of init_model {str(path)!r} does not match this "
+            f"training's: {', '.join(differ)}; give the config its values "
+            "(or train from random weights without init_model).")
+    return source
 
 
 def _trained_images(hp):

@@ -2304,3 +2304,41 @@ def test_train_interrupted_in_the_spectral_regressor_says_how_to_go_on(
     assert "network: finished and saved" in out
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == network
     load_model(tmp_path / "out", estimator="spectral")
+
+
+def test_train_checks_the_init_model_before_anything_is_removed(
+        capsys, tmp_path, monkeypatch):
+    """An init_model whose network differs from the config's (another width,
+    K...) was found out only when its weights were loaded into the new
+    network: after the setting's fit and after --overwrite had deleted the
+    old run's checkpoint, with torch's state_dict message. It is now refused
+    before, naming what differs."""
+    quick = TINY.replace("n_test_images = 8", "n_test_images = 0").replace(
+        "support_images = 256", "support_images = 0")
+    (tmp_path / "base.toml").write_text(quick.format(output="base"))
+    code, _, err = _run(capsys, "train", tmp_path / "base.toml", "--no-progress")
+    assert code == 0, err
+    config = tmp_path / "tune.toml"
+    config.write_text(quick.format(output="out"))
+    with monkeypatch.context() as m:
+        _interrupt_after_first_epoch(m)
+        code, _, _ = _run(capsys, "train", config, "--no-progress")
+    assert code == 130
+    checkpoint = tmp_path / "out" / "checkpoints"
+    before = {f.name: f.read_bytes() for f in checkpoint.iterdir()}
+    for change, named in (
+            (("width = 4", "width = 8"), "width=4 (this training: 8)"),
+            (("n_components = 4", "n_components = 3"),
+             "K=4 (this setting: 3)")):
+        config.write_text('init_model = "base"\n'
+                          + quick.format(output="out").replace(*change))
+        code, out, err = _run(capsys, "train", config, "--overwrite",
+                              "--no-progress")
+        line = _one_error_line(err)
+        assert code == 1 and "the network of init_model" in line
+        assert named in line and "training:" not in out
+        assert {f.name: f.read_bytes() for f in checkpoint.iterdir()} == before
+    # the same architecture fine-tunes, as before
+    config.write_text('init_model = "base"\n' + quick.format(output="out"))
+    code, _, err = _run(capsys, "train", config, "--overwrite", "--no-progress")
+    assert code == 0, err
