@@ -316,23 +316,34 @@ def _imagej_text(value):
 def _write_whole(path, write):
     """Write ``path`` whole or not at all: ``write`` is called with a
     temporary file beside it (its name ends with ``path``'s), which then
-    replaces it. An error
-    or a Ctrl-C while writing leaves ``path`` as it was (an earlier output
-    intact) and no half-written file; the file gets the permissions of a
-    plain new file."""
+    replaces it. An error or a Ctrl-C while writing leaves ``path`` as it
+    was (an earlier output intact) and no half-written file. The file keeps
+    the permissions of the one it replaces (a read-only one is refused),
+    else gets a new file's."""
     import os
     import tempfile
 
     path = Path(os.path.realpath(path))     # through a link, not over it
+    if path.exists() and not os.access(path, os.W_OK):
+        # a rename would replace it all the same
+        raise CLIError(f"{str(path)!r} is read-only: it is not replaced.")
     # ending with the whole name: the writers read the format from it
     # (tifffile an OME-TIFF from '.ome.tif')
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=f".{path.name}",
-                               dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=f".{path.name}",
+                                   dir=path.parent)
+    except OSError as exc:      # (its message would name the temporary file)
+        raise CLIError(f"cannot write {str(path)!r} ({exc.strerror or exc}).") \
+            from None
     os.close(fd)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        if path.exists():           # the mode of the file it replaces
+            mode = path.stat().st_mode & 0o7777
+        else:                       # or a plain new file's
+            mode = os.umask(0)
+            os.umask(mode)
+            mode = 0o666 & ~mode
+        os.chmod(tmp, mode)
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:

@@ -2225,16 +2225,32 @@ def test_outputs_are_written_whole_or_not_at_all(model_dir, blurry, capsys,
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
             [*kept, "y.tif"] + (["y16.tif"] if (tmp_path / "y16.tif").exists()
                                 else [])), name
-    # and a write that succeeds replaces the file, with a new file's mode
+    # and a write that succeeds replaces the file, keeping its mode (a new
+    # file gets a new file's)
+    import os
+
+    (tmp_path / "g.json").chmod(0o640)
     code, _, err = _run(capsys, "estimate", image, "-o", tmp_path / "g.json",
                         "--model", model_dir)
     assert code == 0, err
     assert json.loads((tmp_path / "g.json").read_text())["K"] == 6
-    import os
-
+    assert (tmp_path / "g.json").stat().st_mode & 0o777 == 0o640
+    code, _, err = _run(capsys, "estimate", image, "-o", tmp_path / "new.json",
+                        "--model", model_dir)
+    assert code == 0, err
     umask = os.umask(0)
     os.umask(umask)
-    assert (tmp_path / "g.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    # a read-only output was refused by the write; a rename would replace it
+    # (checked by access(), which is True for root whatever the mode: faked)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(
+        p).name == "g.json" else real_access(p, mode, **kw))
+    before = (tmp_path / "g.json").read_bytes()
+    code, _, err = _run(capsys, "estimate", image, "-o", tmp_path / "g.json",
+                        "--model", model_dir)
+    assert code == 1 and "is read-only: it is not replaced" in err
+    assert (tmp_path / "g.json").read_bytes() == before
 
 
 def test_train_resume_with_another_crop_table_says_how_to_keep_the_network(
