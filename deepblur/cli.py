@@ -132,7 +132,7 @@ def _resolve_estimator(path, estimator, command):
 
 def _load_model(directory, estimator="network", command=None, project=False):
     from deepblur.pretrained import load_model
-    from deepblur.pretrained._io import _WEIGHTS, DEFAULT_DIR
+    from deepblur.pretrained._io import _META, _WEIGHTS, DEFAULT_DIR
 
     if directory is None:
         path = DEFAULT_DIR
@@ -147,6 +147,12 @@ def _load_model(directory, estimator="network", command=None, project=False):
         if not path.is_dir():
             raise CLIError(f"--model {directory!r} is not a directory (a model "
                            "directory holds model.safetensors and model.json).")
+        if not any((path / name).exists() for name in (_WEIGHTS, _META)):
+            # (the loader's advice, a script of the source tree, is not the
+            # command's)
+            raise CLIError(f"--model {directory!r} holds no model (no "
+                           "model.safetensors nor model.json): `deepblur train "
+                           "CONFIG` writes one; name the directory it wrote.")
     estimator = _resolve_estimator(path, estimator, command)
     try:
         return (load_model(path, estimator=estimator, project=project), str(path),

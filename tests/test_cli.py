@@ -245,7 +245,10 @@ def test_demo_errors(model_dir, capsys, tmp_path):
     assert code == 1 and "not a directory" in _one_error_line(err)
     (tmp_path / "empty").mkdir()
     code, _, err = _run(capsys, "demo", "--model", tmp_path / "empty")
-    assert code == 1 and "model.safetensors" in _one_error_line(err)
+    line = _one_error_line(err)
+    assert code == 1 and "model.safetensors" in line
+    # the command's advice, not a script of the source tree (examples/)
+    assert "`deepblur train CONFIG` writes one" in line and "examples/" not in line
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
