@@ -13,7 +13,8 @@ scaled to a mean (its ``setting["image_mean"]``, 0.5 for the shipped model)
 and blurred by the operators of its sampler, so ``estimate`` and ``deblur``
 scale the image to the mean intensity of those
 training observations before predicting, and ``deblur`` rescales the operator
-to unit gain (it keeps the mean of a flat image), deblurs the image scaled to
+to unit gain (its PSFs have mass 1: it keeps a flat scene's brightness away
+from the border), deblurs the image scaled to
 that mean and maps the result back to the input's units: the deblurred image
 keeps the input's brightness and dtype (see :mod:`deepblur.pretrained._apply`).
 A real image is a window on a larger scene: by default ``deblur`` assumes
@@ -45,9 +46,9 @@ _CONVENTION = (
     "(H[a g] u = H[g] (a u)), so the image is scaled to the mean intensity of "
     "the model's training observations (clean images of mean 0.5 blurred by "
     "the training operators) before the blur is estimated; the operator is "
-    "then rescaled to unit gain (it keeps the mean of a flat image), the image "
-    "is deblurred at mean 0.5 and the result is mapped back to the input's "
-    "units: the output keeps the input's brightness."
+    "then rescaled to unit gain (its PSFs have mass 1, with either --boundary), "
+    "the image is deblurred at mean 0.5 and the result is mapped back to the "
+    "input's units: the output keeps the input's brightness."
 )
 
 _ESTIMATE_CONVENTION = (
@@ -823,8 +824,7 @@ def _deblur_large(args, model, img):
                 "`deepblur estimate` used), not tiles this far apart; leave "
                 "--tile-stride out, or estimate again with it.")
         try:
-            gamma = _unit_gain_tiles(model.basis, gamma, grid,
-                                     boundary=args.boundary)
+            gamma = _unit_gain_tiles(model.basis, gamma, grid)
         except ValueError as exc:
             raise CLIError(f"{Path(args.gamma).name}: {exc}") from None
         # the conventions of deblur_large: lam for the image scaled to the

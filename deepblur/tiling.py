@@ -1214,7 +1214,7 @@ class LargeDeblurResult:
         The deblurred image, in the input's units.
     gamma_tiles : ndarray of shape (n_tiles, K)
         Coefficients of each tile's operator, as used for deblurring
-        (rescaled to unit gain when ``unit_gain``).
+        (rescaled to unit PSF mass when ``unit_gain``).
     grid : TileGrid
     basis : ProductConvolutionBasis
         The model's basis (kernels and tile maps).
@@ -1300,8 +1300,10 @@ def tile_gains(basis, gamma_tiles, *, interior=False):
     The factor by which the tile's operator scales a flat image (as
     :func:`deepblur.pretrained.operator_gain`); it is linear in ``gamma``, so
     it is computed from the ``K`` elementary operators once. Dividing each
-    row of ``gamma_tiles`` by its gain gives unit-gain operators (what
-    :func:`deblur_large` does with ``unit_gain=True``).
+    row of ``gamma_tiles`` by its ``interior=True`` gain gives unit-gain
+    operators, whose PSFs have mass 1 (what :func:`deblur_large`,
+    :func:`~deepblur.pretrained.deblur_image` and
+    ``TVDeblurrer(unit_gain=True)`` do, with either boundary).
 
     Parameters
     ----------
@@ -1310,9 +1312,10 @@ def tile_gains(basis, gamma_tiles, *, interior=False):
     interior : bool, default=False
         Average over the pixels at least half a kernel away from the tile's
         border only: the mass of the PSFs there, what a flat scene around the
-        tile sees, whatever the boundary model (the gain of a tile inside a
-        larger image). By default the whole tile, boundary losses included
-        (the gain of an image of one tile under a zero boundary).
+        tile sees, whatever the boundary model: the unit gain of
+        ``unit_gain=True``. By default the whole tile, boundary losses
+        included (the mean of an image of one tile blurred with a zero
+        boundary, for a flat scene).
 
     Returns
     -------
@@ -1341,27 +1344,20 @@ def tile_gains(basis, gamma_tiles, *, interior=False):
     return gamma @ _component_gains(basis, interior)
 
 
-def _unit_gain_is_interior(boundary, grid):
-    """Whether the tiles of ``grid`` are brought to unit gain over their
-    interior (the mass of their PSFs) rather than over the whole tile.
+def _unit_gain_tiles(basis, gamma_tiles, grid):
+    """``gamma_tiles`` with each row divided by its interior :func:`tile_gains`
+    (the mass of its PSFs), whatever the boundary and the number of tiles.
 
-    The interior's, unless the image is a single tile solved with the basis's
-    boundary model: that tile's border is the image's, and its whole gain,
-    boundary losses included, is :func:`deepblur.pretrained.deblur_image`'s
-    convention. Tiles of a larger image are parts of one operator that loses
-    light at the image's border only: their own borders inside the image lose
-    none. (Divided by their whole gain, the shipped basis's tiles made an
-    operator of interior gain 1.03 and a restored interior 2.9 % darker than
-    the scene: ``benchmarks/bench_unit_gain_tiles.py``.)
+    A blur that keeps the light has PSFs of mass 1; the whole tile's gain
+    also counts the light the zero boundary loses at the tile's border, which
+    inside a larger image is no border at all, and at the image's border is
+    light the data term models as lost, not a darker scene. (Divided by their
+    whole gain, the shipped basis's tiles made an operator of interior gain
+    1.03 and a restored interior 2.9 % darker than the scene, and an image of
+    one tile 3 % darker than the same scene one row taller:
+    ``benchmarks/bench_unit_gain_tiles.py``.)
     """
-    return boundary == "unknown" or grid.n_tiles > 1
-
-
-def _unit_gain_tiles(basis, gamma_tiles, grid, *, boundary="unknown"):
-    """``gamma_tiles`` with each row divided by its :func:`tile_gains` (over
-    the interior or the whole tile as :func:`_unit_gain_is_interior` says)."""
-    gains = tile_gains(basis, gamma_tiles,
-                       interior=_unit_gain_is_interior(boundary, grid))
+    gains = tile_gains(basis, gamma_tiles, interior=True)
     if not np.all(gains > 0):
         bad = int(np.argmin(gains))
         raise ValueError(
@@ -1539,12 +1535,12 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
         scaling for a ``(basis, regressor)`` pair.
     unit_gain : bool, default=True
         Divide each tile's coefficients by the operator's gain
-        (:func:`tile_gains`: the mean of ``H[gamma]`` on a flat tile, over
-        its interior, the mass of its PSFs; over the whole tile, boundary
-        losses included, only for an image of one tile with
-        ``boundary="model"``, as :func:`~deepblur.pretrained.deblur_image`)
-        so that the restored image keeps the input's brightness; the gain of
-        a real blur is not identifiable.
+        (:func:`tile_gains` with ``interior=True``: the mean of ``H[gamma]``
+        on a flat tile half a kernel and more from its border, the mass of
+        its PSFs), with either ``boundary`` and any number of tiles, as
+        :func:`~deepblur.pretrained.deblur_image`, so that the restored image
+        keeps the input's brightness; the gain of a real blur is not
+        identifiable.
     regularization : {"tv", "l1"}, default="tv"
     positive : bool, default=False
     max_iter : int, default=500
@@ -1642,7 +1638,7 @@ def deblur_large(image, model, *, lam="auto", boundary="unknown",
                 regressor.device = old_device
     if unit_gain:
         try:
-            gamma = _unit_gain_tiles(basis, gamma, grid, boundary=boundary)
+            gamma = _unit_gain_tiles(basis, gamma, grid)
         except ValueError as exc:
             raise ValueError(f"{exc} Pass unit_gain=False.") from None
     restored, info = _deblur_scaled(

@@ -2158,6 +2158,58 @@ def test_a_directory_missing_one_file_of_a_pair_says_which(small_setting,
         load_model(tmp_path)
 
 
+@pytest.mark.parametrize("boundary", ["model", "unknown"])
+def test_deblur_image_brings_the_operator_to_unit_psf_mass(boundary):
+    """deblur_image rescales the operator to PSFs of mass 1 with either
+    boundary: a scene blurred with a zero boundary by a 3x3 box of mass 1
+    (scipy's), given twice that operator (its gain is not identifiable), is
+    restored as the true operator restores it, at the scene's brightness, as
+    bright as deblur_large restores the same scene one row taller. With
+    boundary="model" the operator was divided by its whole gain (0.918 on
+    16x16, the zero boundary's losses included): the restored interior came
+    out 8.2 % darker than the scene and than the larger image."""
+    from scipy.ndimage import gaussian_filter, uniform_filter
+
+    from deepblur import ProductConvolutionBasis
+    from deepblur.pretrained import PretrainedModel, deblur_image
+    from deepblur.solvers.tv import deblur
+    from deepblur.tiling import deblur_large
+
+    class Fixed:                        # the regressor of deblur_large
+        def predict(self, X):
+            return np.full((len(X), 1), 2.0)
+
+    box = ProductConvolutionBasis.from_components(np.full((1, 3, 3), 1 / 9),
+                                                  np.ones((1, 16, 16)))
+    model = PretrainedModel(box, None, None, Fixed(), 0.01, {"image_mean": 0.5})
+    clean = 0.3 + gaussian_filter(np.random.default_rng(2).random((17, 16)), 3.0)
+    y = uniform_filter(clean[:16], 3, mode="constant")
+    solve = dict(lam=1e4, tol=1e-6, max_iter=400)      # deblur_image: float32
+    restored, gamma = deblur_image(model, y, gamma=[2.0], boundary=boundary,
+                                   **solve)
+    np.testing.assert_allclose(gamma, [1.0])
+    inside = (slice(2, -2), slice(2, -2))
+    assert restored[inside].mean() == pytest.approx(clean[:16][inside].mean(),
+                                                    rel=1e-3)
+    if boundary == "model":
+        # the true operator's solve (scipy's box: its own adjoint), at mean 0.5
+        scale = 0.5 / y.mean()
+
+        def apply_box(u):
+            return torch.from_numpy(uniform_filter(u.numpy(), (1, 3, 3),
+                                                   mode="constant"))
+
+        ref, _ = deblur(torch.from_numpy(y * scale)[None], apply_box, apply_box,
+                        1e4, tol=1e-8, max_iter=400)
+        np.testing.assert_allclose(restored, ref[0].numpy() / scale,
+                                   atol=1e-3 * y.max())
+    taller = deblur_large(uniform_filter(clean, 3, mode="constant"),
+                          (box, Fixed()), boundary=boundary, **solve)
+    assert taller.grid.n_tiles == 2
+    assert taller.restored[:16][inside].mean() == pytest.approx(
+        restored[inside].mean(), rel=1e-3)
+
+
 def test_deblur_image_does_not_warn_about_counts_it_scaled_itself():
     """deblur_image scales the image to the model's mean before the solve: a
     sparse image may then peak far above 1 (here one pixel of 8 192, whole

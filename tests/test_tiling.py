@@ -874,8 +874,8 @@ def test_unit_gain_tiles_of_a_larger_image_have_unit_psf_mass():
     brightness. Each tile was divided by its whole gain, its own border's
     losses included ((46 / 3 / 16) ** 2 = 0.918 for this box): the operator
     was the box times 1.089, the restored interior 8 % darker than the scene.
-    An image of one tile keeps deblur_image's convention (its whole gain: its
-    border is the image's)."""
+    An image of one tile, and boundary="unknown", have the same unit gain
+    (test_unit_gain_of_one_tile_is_the_psf_mass_too)."""
     basis = _box_basis((16, 16))
     reg = FixedRegressor(lambda x: np.array([2.0]))      # gain not identifiable
     rng = np.random.default_rng(0)
@@ -891,14 +891,50 @@ def test_unit_gain_tiles_of_a_larger_image_have_unit_psf_mass():
     inside = (slice(2, -2), slice(2, -2))
     assert result.restored[inside].mean() == pytest.approx(clean[inside].mean(),
                                                            rel=1e-3)
-    # one tile: the whole tile's gain, as deblur_image
-    one = deblur_large(y[:16, :16], (basis, reg), max_iter=2, tol=0,
-                       boundary="model")
-    np.testing.assert_allclose(one.gamma_tiles, 1 / (46 / 3 / 16) ** 2)
     # boundary="unknown": the interior's gain, one tile or several
     for image in (y, y[:16, :16]):
         unknown = deblur_large(image, (basis, reg), max_iter=2, tol=0)
         np.testing.assert_allclose(unknown.gamma_tiles, 1.0)
+
+
+def test_unit_gain_of_one_tile_is_the_psf_mass_too():
+    """boundary="model" on an image of ONE tile: the tile is brought to unit
+    PSF mass as the tiles of a larger image are, so a scene blurred with a
+    zero boundary by a box of mass 1 (scipy's) is restored as the true
+    operator restores it, at the scene's brightness, and an image one row
+    taller (two tiles) comes out as bright. The tile was divided by its
+    whole gain ((46 / 3 / 16) ** 2 = 0.918): the operator was the box times
+    1.089, the restored interior 8.2 % darker than the scene and than the
+    17x16 image's."""
+    basis = _box_basis((16, 16))
+    reg = FixedRegressor(lambda x: np.array([2.0]))      # gain not identifiable
+    rng = np.random.default_rng(1)
+    clean = 0.3 + gaussian_filter(rng.random((17, 16)), 3.0)
+    kw = dict(boundary="model", lam=1e4, tol=1e-8, max_iter=400, dtype="float64")
+    y = uniform_filter(clean[:16], 3, mode="constant")
+    one = deblur_large(y, (basis, reg), **kw)
+    assert one.grid.n_tiles == 1
+    np.testing.assert_allclose(one.gamma_tiles, 1.0)
+    # the true operator's solve (scipy's box, symmetric: its own adjoint) at
+    # the same scale (mean 0.5)
+    scale = 0.5 / y.mean()
+
+    def box(u):
+        return torch.from_numpy(uniform_filter(u.numpy(), (1, 3, 3),
+                                               mode="constant"))
+
+    ref, _ = deblur(torch.from_numpy(y * scale)[None], box, box, 1e4, tol=1e-8,
+                    max_iter=400)
+    np.testing.assert_allclose(one.restored, ref[0].numpy() / scale, atol=1e-6)
+    inside = (slice(2, -2), slice(2, -2))
+    assert one.restored[inside].mean() == pytest.approx(clean[:16][inside].mean(),
+                                                        rel=1e-3)
+    # one row more: two tiles, the same brightness
+    taller = deblur_large(uniform_filter(clean, 3, mode="constant"), (basis, reg),
+                          **kw)
+    assert taller.grid.n_tiles == 2
+    assert taller.restored[:16][inside].mean() == pytest.approx(
+        one.restored[inside].mean(), rel=1e-3)
 
 
 @pytest.mark.parametrize("lam", ["auto", 300.0])

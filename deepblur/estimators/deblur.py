@@ -180,11 +180,14 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         image a wrong brightness.
     unit_gain : bool, default=False
         Divide the coefficients (estimated or given) by the gain of their
-        operator (:func:`deepblur.tiling.tile_gains`: the mean of
-        ``H[gamma]`` on a flat image, over its interior with
-        ``boundary="unknown"`` and for the tiles of a larger image, the mass
-        of the PSFs), so that the restored image keeps the
-        input's brightness. The gain of a real image's blur is not
+        operator (:func:`deepblur.tiling.tile_gains` with ``interior=True``:
+        the mean of ``H[gamma]`` on a flat image half a kernel and more from
+        its border, the mass of the PSFs), with either ``boundary``, on
+        images of the basis's shape and on larger ones, so that the restored
+        image keeps the input's brightness (a flat scene's, away from the
+        border; with ``boundary="model"`` the light that the zero boundary
+        loses at the image's border is restored, not taken for a darker
+        scene). The gain of a real image's blur is not
         identifiable: use it (with ``target_mean``) on real images; leave it
         off on simulated ones, whose operators' gain is part of the truth.
 
@@ -447,13 +450,13 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         return images * self._target_factors(images)[:, None, None]
 
     def _unit_gain(self, gamma, grid=None):
-        """``gamma`` (n, K) divided row-wise by its operator's gain."""
-        from deepblur.tiling import _unit_gain_is_interior, tile_gains
+        """``gamma`` (n, K) divided row-wise by its operator's gain, the mass
+        of its PSFs."""
+        from deepblur.tiling import tile_gains
 
         gamma = np.asarray(gamma, dtype=np.float64)
-        interior = (self.boundary == "unknown" if grid is None
-                    else _unit_gain_is_interior(self.boundary, grid))
-        gains = tile_gains(self.basis, gamma, interior=interior)
+        # the mass of the PSFs, whatever the boundary (tiling._unit_gain_tiles)
+        gains = tile_gains(self.basis, gamma, interior=True)
         if not np.all(gains > 0):
             bad = int(np.argmin(gains))
             where = (f"tile {bad} (offset {tuple(grid.offsets[bad])})"

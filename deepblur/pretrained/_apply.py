@@ -12,9 +12,10 @@ mean of a training observation is therefore about
 (``H[a g] u = H[g] (a u)``, the scale ambiguity of the paper), so
 :func:`estimate_gamma` scales the image to that mean, the mean the network
 saw, before predicting. :func:`deblur_image` then rescales the operator to
-unit gain, deblurs the image scaled to mean ``image_mean`` and maps the result
-back to the input's units, so that the deblurred image keeps the brightness
-of the input.
+unit gain (its PSFs have mass 1: :func:`operator_gain` with
+``interior=True``, whatever the boundary), deblurs the image scaled to mean
+``image_mean`` and maps the result back to the input's units, so that the
+deblurred image keeps the brightness of the input.
 """
 
 from __future__ import annotations
@@ -130,8 +131,9 @@ def operator_gain(basis, gamma, *, interior=False):
     gamma : array-like of shape (K,) or (n, K)
     interior : bool, default=False
         Average over the pixels at least half a kernel away from the border
-        only: the mass of the PSFs there, whatever the boundary model. By
-        default the whole image, boundary losses included.
+        only: the mass of the PSFs there, whatever the boundary model (the
+        gain that :func:`deblur_image` rescales to 1). By default the whole
+        image, boundary losses included.
 
     Returns
     -------
@@ -338,8 +340,11 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     """Deblur a real image, blind (the model's estimate) or with a given ``gamma``.
 
     ``gamma`` (given, or estimated by :func:`estimate_gamma`) is rescaled to
-    unit :func:`operator_gain` (on the interior with ``boundary="unknown"``;
-    the gain of a real image's blur is not identifiable); the image is scaled
+    unit :func:`operator_gain` on the interior, PSFs of mass 1, with either
+    ``boundary`` (the gain of a real image's blur is not identifiable; with
+    ``boundary="model"`` the light the zero boundary loses at the border is
+    restored, as on a larger image: :func:`deepblur.tiling.deblur_large`);
+    the image is scaled
     to mean ``image_mean``, the problem
     ``min_u R(u) + lam/2 ||M H[gamma] u - y||^2`` is solved
     (:func:`deepblur.solvers.tv.deblur`), and the result is mapped back to the
@@ -386,7 +391,7 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
     -------
     restored : ndarray of shape (H, W), float64, in the input's units.
     gamma : ndarray of shape (K,)
-        The unit-gain operator used.
+        The unit-gain operator used (PSFs of mass 1).
     """
     image_mean = _resolve_image_mean(model, image_mean)
     img, mean = _check_image(image, model.basis.image_shape_)
@@ -407,7 +412,8 @@ def deblur_image(model, image, *, gamma=None, lam="auto", regularization="tv",
             f"boundary must be 'unknown' or 'model'; got {boundary!r}."
         )
     unknown = boundary == "unknown"
-    gain = operator_gain(model.basis, gamma, interior=unknown)
+    # the mass of the PSFs, whatever the boundary (tiling._unit_gain_tiles)
+    gain = operator_gain(model.basis, gamma, interior=True)
     if not gain > 0:
         raise ValueError(
             f"the operator must have a positive gain (it must keep a flat "
