@@ -17,8 +17,18 @@ border) and, per result, its interior mean over the clean image's (pixels
 24 and more from the border) and its PSNR against the clean image (peak:
 the clean image's maximum), whole / interior.
 
+Then (``--one-tile``, on by default; ``--no-one-tile`` skips it) the same on
+an image of ONE tile, 128x128 (the basis's shape), blurred with the zero
+boundary by the basis's operator of a mix of 3 rays at unit PSF mass, noise
+0.01: :func:`deepblur.pretrained.deblur_image` (what ``deepblur deblur
+--boundary model`` runs on one image), ``deblur_large`` and
+``TVDeblurrer(unit_gain=True)``, each given twice the true ``gamma``, the
+true operator's solve, and, for continuity, ``deblur_large`` (oracle) on a
+129x128 image (2 tiles) of the same scene blurred by its stitched operator of
+the same ``gamma``; interior: pixels 16 and more from the border.
+
 Usage: ``python benchmarks/bench_unit_gain_tiles.py [--images camera coffee cell]
-[--max-iter 200] [--threads 1]``.
+[--max-iter 200] [--threads 1] [--no-one-tile] [--no-large]``.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import numpy as np
 import torch
 
 from deepblur import TVDeblurrer
-from deepblur.pretrained import bundled_image, load_default
+from deepblur.pretrained import bundled_image, deblur_image, load_default
 from deepblur.tiling import (
     deblur_large,
     deblur_stitched,
@@ -62,15 +72,79 @@ class Oracle:
         return 2.0 * self.gamma[d.argmin(1)]
 
 
+def report(label, out, u, inside):
+    out = np.asarray(out, dtype=np.float64)
+    print(f"  {label:<38} interior mean / clean "
+          f"{out[inside].mean() / u[inside].mean():.4f}  PSNR "
+          f"{psnr(out, u):.2f} / {psnr(out[inside], u[inside]):.2f} dB",
+          flush=True)
+
+
+def one_tile(model, names, max_iter):
+    """The image of one tile (the basis's shape), and one a row larger."""
+    basis = model.basis
+    shape = tuple(basis.image_shape_)
+    K = basis.kernels_.shape[0]
+    rays = np.asarray(model.sampler.generators_)
+    ones = torch.ones(K, dtype=torch.float64)
+    band = 16
+    inside = (slice(band, -band), slice(band, -band))
+    solve = dict(boundary="model", lam=LAM, max_iter=max_iter, tol=0)
+    print(f"one tile ({shape[0]}x{shape[1]}), boundary='model'; interior: "
+          f"pixels {band} and more from the border")
+    for name in names:
+        rng = np.random.default_rng(sum(map(ord, name)) + 1)
+        g = rng.dirichlet(np.ones(3)) @ rays[rng.integers(len(rays), size=3)]
+        g = g / tile_gains(basis, g[None], interior=True)[0]   # PSFs of mass 1
+        u = bundled_image(name, shape)
+        y = basis.apply(u, g) + 0.01 * rng.standard_normal(shape)
+        scale = 0.5 / y.mean()
+        print(f"{name}: whole gain of the true operator "
+              f"{tile_gains(basis, g[None])[0]:.4f} (PSF mass 1); blurry "
+              f"interior mean / clean {y[inside].mean() / u[inside].mean():.4f}",
+              flush=True)
+        report("blurry", y, u, inside)
+        report("deblur_image, gamma x 2", deblur_image(
+            model, y, gamma=2 * g, **solve)[0], u, inside)
+        report("deblur_large, oracle gamma x 2", deblur_large(
+            y, (basis, Oracle(y, g[None], tile_grid(shape, shape))),
+            check_boundary=False, **solve).restored, u, inside)
+        report("TVDeblurrer unit_gain, gamma x 2", TVDeblurrer(
+            basis, unit_gain=True, **solve).fit(y[None]).transform(
+                y, gamma=2 * g), u, inside)
+        ref = TVDeblurrer(basis, **solve).fit(y[None]).transform(
+            y * scale, gamma=g) / scale
+        report("true operator", ref, u, inside)
+        # one row more: 2 tiles, the same gamma, the scene one row taller
+        big = (shape[0] + 1, shape[1])
+        grid = tile_grid(big, shape)
+        gt = np.tile(g, (grid.n_tiles, 1))
+        u1 = bundled_image(name, big)
+        y1 = stitched_operator(basis, gt, grid).forward(
+            torch.from_numpy(u1)[None], ones).numpy()[0]
+        y1 = y1 + 0.01 * rng.standard_normal(big)
+        report(f"{big[0]}x{big[1]}: deblur_large, oracle x 2", deblur_large(
+            y1, (basis, Oracle(y1, gt, grid)), check_boundary=False,
+            **solve).restored, u1, inside)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", nargs="+", default=["camera", "coffee", "cell"])
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--one-tile", action=argparse.BooleanOptionalAction,
+                   default=True)
+    p.add_argument("--large", action=argparse.BooleanOptionalAction,
+                   default=True, help="the 256x384 images (3x5 tiles)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     model = load_default(estimator="crop_network")
+    if args.one_tile:
+        one_tile(model, args.images, args.max_iter)
+    if not args.large:
+        return
     basis = model.basis
     K = basis.kernels_.shape[0]
     grid = tile_grid(SHAPE, basis.image_shape_)
@@ -115,11 +189,7 @@ def main():
               f"{psnr(y[inside], u[inside]):.2f} dB "
               f"({time.perf_counter() - t0:.0f} s)")
         for label, out in results.items():
-            out = np.asarray(out, dtype=np.float64)
-            print(f"  {label:<38} interior mean / clean "
-                  f"{out[inside].mean() / u[inside].mean():.4f}  PSNR "
-                  f"{psnr(out, u):.2f} / {psnr(out[inside], u[inside]):.2f} dB",
-                  flush=True)
+            report(label, out, u, inside)
 
 
 if __name__ == "__main__":
