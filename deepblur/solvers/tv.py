@@ -95,6 +95,15 @@ _NOISE_KEPT = 0.2
 #: least this share of the blocks.
 _NOISE_FILL = 0.1
 
+#: ... but keeps the blocks at the minimum or the fill when this share of
+#: the non-constant blocks beside them span one quantisation step exactly (a
+#: background whose noise is under the step, not padding).
+_NOISE_SUB_LEVEL = 2 / 3
+
+#: ... and over the share of all the non-constant blocks by this much (the
+#: blocks beside padding are a sample of the content).
+_NOISE_EDGE = 0.05
+
 #: ... and reads the median of quantised coefficients (whole-numbered
 #: counts, or counts divided by 255: ties at a few values) as grouped data
 #: when at least this share of them equals the median.
@@ -412,7 +421,17 @@ def estimate_noise_level(y):
     remain; with them, an image more than half of which was such a border
     got 0. (Below a fifth, the rest is more likely the edges of a
     noise-free picture whose flat areas are at its extremes, such as a
-    binary mask: all the blocks are used, as before.)
+    binary mask: all the blocks are used, as before.) Constant blocks at the
+    minimum or the fill are kept, though, when two thirds of the
+    non-constant blocks beside them span exactly one quantisation step, and
+    more of them than of all the image's non-constant blocks: a quantised
+    background whose noise is under one grey level, turning to the next
+    level around point sources, not padding (8-bit images of point sources
+    blurred by the default model's operators read 0.9 to 1.2 grey levels
+    without it, 0.27 to 0.33 with it, for the 0.29 of their rounding).
+    Tails steeper than a level per block around sources on a background
+    that sits on a level (narrow PSFs) do not show this, and are still left
+    out.
 
     Quantised images (8-bit counts, or counts divided by 255) have
     coefficients on a grid of half a grey level, and a median on that grid
@@ -466,9 +485,24 @@ def estimate_noise_level(y):
     d = ((a - b - c + e) / 2.0).abs()
     lo = t.amin(dim=(1, 2), keepdim=True)
     hi = t.amax(dim=(1, 2), keepdim=True)
+    # ties: within a millionth of the range, or of the dtype's rounding at
+    # the largest magnitude (16-bit counts near saturation divided by 65535
+    # in float32 are off their grid by more than a millionth of their range)
+    tol = torch.maximum(
+        1e-6 * (hi - lo),
+        8 * torch.finfo(t.dtype).eps * torch.maximum(hi.abs(), lo.abs()),
+    ).reshape(-1, 1)
     flat = (a == b) & (a == c) & (a == e)
-    clipped = flat & ((a == lo) | (a == hi))
+    # saturation: no noise there
+    clipped = flat & (a == hi)
     for i in range(len(t)):
+        # a dark camera or registration border, padding, unless a quantised
+        # background whose noise is under one level (its span: computed once)
+        span = []
+        low = flat[i] & (a[i] == lo[i])
+        if not _sub_level(a[i], b[i], c[i], e[i], flat[i], low, span,
+                          float(tol[i, 0])):
+            clipped[i] |= low
         # a border filled with another value (0 in a signed, background-
         # subtracted image; the mean): the commonest value of the constant
         # blocks, when they cover a tenth of the image at that value
@@ -476,7 +510,10 @@ def estimate_noise_level(y):
         if values.numel() >= _NOISE_FILL * flat[i].numel():
             mode = torch.mode(values).values
             fill = flat[i] & (a[i] == mode)
-            if fill.sum() >= _NOISE_FILL * flat[i].numel():
+            if (mode != lo[i, 0, 0]
+                    and fill.sum() >= _NOISE_FILL * flat[i].numel()
+                    and not _sub_level(a[i], b[i], c[i], e[i], flat[i], fill,
+                                       span, float(tol[i, 0]))):
                 clipped[i] |= fill
     clipped = clipped.reshape(d.shape[0], -1)
     # ... when the rest is a fair sample: a noise-free picture whose flat
@@ -490,13 +527,6 @@ def estimate_noise_level(y):
     # coefficients take a few values, and their median is one of them; read
     # as it is, sigma came out in steps of 0.74 grey level (0 for an image
     # whose noise is under one level, where half the coefficients are 0)
-    # ties: within a millionth of the range, or of the dtype's rounding at
-    # the largest magnitude (16-bit counts near saturation divided by 65535
-    # in float32 are off their grid by more than a millionth of their range)
-    tol = torch.maximum(
-        1e-6 * (hi - lo),
-        8 * torch.finfo(t.dtype).eps * torch.maximum(hi.abs(), lo.abs()),
-    ).reshape(-1, 1)
     ties = ((d - median).abs() <= tol).sum(dim=1)
     size = (~d.isnan()).sum(dim=1)
     sigma = sigma.cpu().numpy()
@@ -505,6 +535,47 @@ def estimate_noise_level(y):
         x = d[i][~d[i].isnan()].double().cpu().numpy()
         sigma[i] = _grouped_sigma(x, float(median[i, 0]), float(tol[i, 0]))
     return float(sigma[0]) if single else sigma
+
+
+def _sub_level(a, b, c, e, flat, const, span, tol):
+    """Whether the constant 2x2 blocks ``const`` of one image are a
+    background whose noise is under the quantisation step, not padding.
+
+    ``a, b, c, e`` are the image's four pixels per block, ``flat`` its
+    constant blocks, ``span`` an empty list, or one holding the blocks'
+    spans (filled on first use). At least ``_NOISE_SUB_LEVEL`` of the (at
+    least 10) non-constant blocks beside ``const`` span one step exactly
+    (their smallest span, over twice the tie tolerance ``tol``: a grid), and
+    ``_NOISE_EDGE`` more of them than of all the non-constant blocks. Beside
+    such a background the blocks are where it turns to the next level (the
+    tails of point sources, whose rounding is all the noise there: 75 to
+    99 % of them span one level, against 22 to 28 % of all); beside padding
+    they are a sample of the content. Continuous data never tie so.
+    """
+    if not bool(const.any()):
+        return False
+    near = const.clone()
+    near[1:] |= const[:-1]
+    near[:-1] |= const[1:]
+    near[:, 1:] |= const[:, :-1]
+    near[:, :-1] |= const[:, 1:]
+    near &= ~flat
+    n = int(near.sum())
+    if n < 10:
+        return False
+    if not span:
+        span.append(torch.maximum(torch.maximum(a, b), torch.maximum(c, e))
+                    - torch.minimum(torch.minimum(a, b), torch.minimum(c, e)))
+    beside = span[0][near]
+    step = float(beside.min())
+    share = int((beside <= step + tol).sum()) / n
+    if step <= _NOISE_GRID * tol or share < _NOISE_SUB_LEVEL:
+        return False
+    # ... more of them than of all the image's non-constant blocks: those
+    # next to padding are a sample of the content (noise of half a level in
+    # flat content at the fill value: 72 % of either)
+    everywhere = int((span[0] <= step + tol).sum() - flat.sum())
+    return share >= everywhere / int((~flat).sum()) + _NOISE_EDGE
 
 
 def _grouped_sigma(x, m, tol):
