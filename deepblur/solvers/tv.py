@@ -423,15 +423,16 @@ def estimate_noise_level(y):
     noise-free picture whose flat areas are at its extremes, such as a
     binary mask: all the blocks are used, as before.) Constant blocks at the
     minimum or the fill are kept, though, when two thirds of the
-    non-constant blocks beside them span exactly one quantisation step, and
-    more of them than of all the image's non-constant blocks: a quantised
+    non-constant blocks beside them span exactly one quantisation step, or
+    have their pixels nearest to that value one step off it, and more of
+    them than of all the image's non-constant blocks: a quantised
     background whose noise is under one grey level, turning to the next
     level around point sources, not padding (8-bit images of point sources
     blurred by the default model's operators read 0.9 to 1.2 grey levels
     without it, 0.27 to 0.33 with it, for the 0.29 of their rounding).
-    Tails steeper than a level per block around sources on a background
-    that sits on a level (narrow PSFs) do not show this, and are still left
-    out.
+    Sources whose PSFs rise by more than a level per pixel from the
+    background (a Gaussian of 1 pixel) do not show this, and their
+    background is still left out.
 
     Quantised images (8-bit counts, or counts divided by 255) have
     coefficients on a grid of half a grey level, and a median on that grid
@@ -588,12 +589,15 @@ def _sub_level(a, b, c, e, flat, const, span, tol):
     constant blocks, ``span`` an empty list, or one holding the blocks'
     spans (filled on first use). At least ``_NOISE_SUB_LEVEL`` of the (at
     least 10) non-constant blocks beside ``const`` span one step exactly
-    (their smallest span, over twice the tie tolerance ``tol``: a grid), and
-    ``_NOISE_EDGE`` more of them than of all the non-constant blocks. Beside
-    such a background the blocks are where it turns to the next level (the
-    tails of point sources, whose rounding is all the noise there: 75 to
-    99 % of them span one level, against 22 to 28 % of all); beside padding
-    they are a sample of the content. Continuous data never tie so.
+    (their smallest span, over twice the tie tolerance ``tol``: a grid), or
+    have their pixels nearest to the constant value (other than it) one step
+    from it, and ``_NOISE_EDGE`` more of them than of all the non-constant
+    blocks. Beside such a background the blocks are where it turns to the
+    next level (the tails of point sources, whose rounding is all the noise
+    there: with the default model's operators 75 to 99 % of them span one
+    level, against 22 to 28 % of all; a steeper rise from a background on
+    a level shows in the second test); beside padding they are a sample of
+    the content. Continuous data never tie so.
     """
     if not bool(const.any()):
         return False
@@ -609,16 +613,24 @@ def _sub_level(a, b, c, e, flat, const, span, tol):
     if not span:
         span.append(torch.maximum(torch.maximum(a, b), torch.maximum(c, e))
                     - torch.minimum(torch.minimum(a, b), torch.minimum(c, e)))
-    beside = span[0][near]
-    step = float(beside.min())
-    share = int((beside <= step + tol).sum()) / n
-    if step <= _NOISE_GRID * tol or share < _NOISE_SUB_LEVEL:
-        return False
-    # ... more of them than of all the image's non-constant blocks: those
-    # next to padding are a sample of the content (noise of half a level in
-    # flat content at the fill value: 72 % of either)
-    everywhere = int((span[0] <= step + tol).sum() - flat.sum())
-    return share >= everywhere / int((~flat).sum()) + _NOISE_EDGE
+    # ... or whose pixels off the background's value are one step off it,
+    # at the nearest (a steeper rise, from a background on a level)
+    v = a[const][0]
+    off = torch.stack([torch.where(x == v, torch.inf, (x - v).abs())
+                       for x in (a, b, c, e)]).amin(dim=0)
+    for size in (span[0], off):
+        beside = size[near]
+        step = float(beside.min())
+        share = int((beside <= step + tol).sum()) / n
+        if step <= _NOISE_GRID * tol or share < _NOISE_SUB_LEVEL:
+            continue
+        # ... more of them than of all the image's non-constant blocks:
+        # those next to padding are a sample of the content (noise of half
+        # a level in flat content at the fill value: 72 % of either)
+        everywhere = int((size[~flat] <= step + tol).sum()) / int((~flat).sum())
+        if share >= everywhere + _NOISE_EDGE:
+            return True
+    return False
 
 
 def _grouped_sigma(x, m, tol):
