@@ -508,8 +508,8 @@ def estimate_noise_level(y):
         # background whose noise is under one level (its span: computed once)
         span = []
         low = flat[i] & (a[i] == lo[i])
-        if not _sub_level(a[i], b[i], c[i], e[i], flat[i], low, span,
-                          float(tol[i, 0])):
+        if not _sub_level(a[i], b[i], c[i], e[i], flat[i], low, lo[i, 0, 0],
+                          span, float(tol[i, 0])):
             clipped[i] |= low
         # a border filled with another value (0 in a signed, background-
         # subtracted image; the mean): the commonest value of the constant
@@ -521,7 +521,7 @@ def estimate_noise_level(y):
             if (mode != lo[i, 0, 0]
                     and fill.sum() >= _NOISE_FILL * flat[i].numel()
                     and not _sub_level(a[i], b[i], c[i], e[i], flat[i], fill,
-                                       span, float(tol[i, 0]))):
+                                       mode, span, float(tol[i, 0]))):
                 clipped[i] |= fill
     clipped = clipped.reshape(d.shape[0], -1)
     # ... when the rest is a fair sample: a noise-free picture whose flat
@@ -581,23 +581,22 @@ def _counts_in_half(t, dtype):
     return torch.where(counts[:, None, None], k / 255.0, x)
 
 
-def _sub_level(a, b, c, e, flat, const, span, tol):
+def _sub_level(a, b, c, e, flat, const, value, span, tol):
     """Whether the constant 2x2 blocks ``const`` of one image are a
     background whose noise is under the quantisation step, not padding.
 
     ``a, b, c, e`` are the image's four pixels per block, ``flat`` its
-    constant blocks, ``span`` an empty list, or one holding the blocks'
-    spans (filled on first use). At least ``_NOISE_SUB_LEVEL`` of the (at
-    least 10) non-constant blocks beside ``const`` span one step exactly
-    (their smallest span, over twice the tie tolerance ``tol``: a grid), or
-    have their pixels nearest to the constant value (other than it) one step
-    from it, and ``_NOISE_EDGE`` more of them than of all the non-constant
-    blocks. Beside such a background the blocks are where it turns to the
-    next level (the tails of point sources, whose rounding is all the noise
-    there: with the default model's operators 75 to 99 % of them span one
-    level, against 22 to 28 % of all; a steeper rise from a background on
-    a level shows in the second test); beside padding they are a sample of
-    the content. Continuous data never tie so.
+    constant blocks, ``value`` that of ``const``, ``span`` an empty list, or
+    one holding the blocks' spans (filled on first use). At least
+    ``_NOISE_SUB_LEVEL`` of the (at least 10) non-constant blocks beside
+    ``const`` span one step exactly, or have their pixels nearest to
+    ``value`` (other than it) one step from it (:func:`_one_step`). Beside
+    such a background the blocks are where it turns to the next level (the
+    tails of point sources, whose rounding is all the noise there: with the
+    default model's operators 75 to 99 % of them span one level, against 22
+    to 28 % of all; a steeper rise from a background on a level shows in the
+    second test); beside padding they are a sample of the content.
+    Continuous data never tie so.
     """
     if not bool(const.any()):
         return False
@@ -613,24 +612,28 @@ def _sub_level(a, b, c, e, flat, const, span, tol):
     if not span:
         span.append(torch.maximum(torch.maximum(a, b), torch.maximum(c, e))
                     - torch.minimum(torch.minimum(a, b), torch.minimum(c, e)))
-    # ... or whose pixels off the background's value are one step off it,
-    # at the nearest (a steeper rise, from a background on a level)
-    v = a[const][0]
-    off = torch.stack([torch.where(x == v, torch.inf, (x - v).abs())
+    if _one_step(span[0], near, flat, tol):
+        return True
+    # ... or whose pixels nearest to the constant value are one step off it
+    # (a steeper rise, from a background on a level)
+    off = torch.stack([torch.where(x == value, torch.inf, (x - value).abs())
                        for x in (a, b, c, e)]).amin(dim=0)
-    for size in (span[0], off):
-        beside = size[near]
-        step = float(beside.min())
-        share = int((beside <= step + tol).sum()) / n
-        if step <= _NOISE_GRID * tol or share < _NOISE_SUB_LEVEL:
-            continue
-        # ... more of them than of all the image's non-constant blocks:
-        # those next to padding are a sample of the content (noise of half
-        # a level in flat content at the fill value: 72 % of either)
-        everywhere = int((size[~flat] <= step + tol).sum()) / int((~flat).sum())
-        if share >= everywhere + _NOISE_EDGE:
-            return True
-    return False
+    return _one_step(off, near, flat, tol)
+
+
+def _one_step(size, near, flat, tol):
+    """Whether ``_NOISE_SUB_LEVEL`` of the blocks ``near`` have the smallest
+    ``size`` among them (over twice ``tol``: a grid step), and
+    ``_NOISE_EDGE`` more of them than of all the non-constant blocks (those
+    next to padding are a sample of the content: noise of half a level in
+    flat content at the fill value spans one level in 72 % of either)."""
+    beside = size[near]
+    step = float(beside.min())
+    share = int((beside <= step + tol).sum()) / beside.numel()
+    if step <= _NOISE_GRID * tol or share < _NOISE_SUB_LEVEL:
+        return False
+    everywhere = int((size[~flat] <= step + tol).sum()) / int((~flat).sum())
+    return share >= everywhere + _NOISE_EDGE
 
 
 def _grouped_sigma(x, m, tol):
