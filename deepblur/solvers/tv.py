@@ -560,25 +560,33 @@ def _counts_in_half(t, dtype):
     """The images of ``t`` (n, H, W) that are 8-bit counts divided by 255
     and stored in ``dtype`` (float16), as those quotients in float64; the
     others as they are. An image is taken for counts when each pixel is
-    within the dtype's spacing at its value of a count / 255, and that
-    spacing at the image's largest magnitude is at most a quarter of a
-    level (float16 up to 2; bfloat16, whose spacing near 1 is a level, never:
-    its rounding is noise that the data term sees). float16's rounding of
+    within the dtype's rounding (half its eps, relative) of a count / 255,
+    and the dtype's spacing at the image's largest magnitude is at most a
+    quarter of a level (float16 up to 2; bfloat16, whose spacing near 1 is a
+    level, never: its rounding is noise that the data term sees). float16's
+    rounding of
     the counts (up to a sixteenth of a level per pixel, an eighth per Haar
     coefficient) kept their coefficients off the grid: sigma came out 0.01
     grey level for the counts' 0.33, 1.05 for 0.58, 0.74 for 1.04."""
-    x = t.to(torch.float64)
-    k = torch.round(x * 255.0)
+    # in float32 (float16's values are exact there, and its rounding of a
+    # count / 255 is within half its relative eps of it: 2^-11, and never
+    # within that of another count below 2), then the counts in float64
     info = torch.finfo(dtype)
-    spacing = info.eps * torch.exp2(torch.floor(torch.log2(
-        x.abs().clamp(min=info.tiny))))
-    near = ((x - k / 255.0).abs() <= spacing).flatten(1).all(dim=1)
-    peak = x.abs().flatten(1).amax(dim=1).clamp(min=info.tiny)
+    x = t.to(torch.float32)
+    mag = x.abs()
+    peak = mag.flatten(1).amax(dim=1).clamp(min=info.tiny)
     fine = info.eps * torch.exp2(torch.floor(torch.log2(peak))) <= 0.25 / 255
-    counts = near & fine
+    if not bool(fine.any()):
+        return t
+    k = (x * 255.0).round_()
+    err = (k / 255.0).sub_(x).abs_()
+    counts = fine & (err <= mag.mul_(info.eps / 2 + 2.0 ** -20)).flatten(1).all(dim=1)
     if not bool(counts.any()):
         return t
-    return torch.where(counts[:, None, None], k / 255.0, x)
+    k = k.to(torch.float64).div_(255.0)
+    if bool(counts.all()):
+        return k
+    return torch.where(counts[:, None, None], k, t.to(torch.float64))
 
 
 def _sub_level(a, b, c, e, flat, const, value, span, tol):
