@@ -505,11 +505,10 @@ def estimate_noise_level(y):
     clipped = flat & (a == hi)
     for i in range(len(t)):
         # a dark camera or registration border, padding, unless a quantised
-        # background whose noise is under one level (its span: computed once)
-        span = []
+        # background whose noise is under one level
         low = flat[i] & (a[i] == lo[i])
         if not _sub_level(a[i], b[i], c[i], e[i], flat[i], low, lo[i, 0, 0],
-                          span, float(tol[i, 0])):
+                          float(tol[i, 0])):
             clipped[i] |= low
         # a border filled with another value (0 in a signed, background-
         # subtracted image; the mean): the commonest value of the constant
@@ -521,7 +520,7 @@ def estimate_noise_level(y):
             if (mode != lo[i, 0, 0]
                     and fill.sum() >= _NOISE_FILL * flat[i].numel()
                     and not _sub_level(a[i], b[i], c[i], e[i], flat[i], fill,
-                                       mode, span, float(tol[i, 0]))):
+                                       mode, float(tol[i, 0]))):
                 clipped[i] |= fill
     clipped = clipped.reshape(d.shape[0], -1)
     # ... when the rest is a fair sample: a noise-free picture whose flat
@@ -589,13 +588,12 @@ def _counts_in_half(t, dtype):
     return torch.where(counts[:, None, None], k, t.to(torch.float64))
 
 
-def _sub_level(a, b, c, e, flat, const, value, span, tol):
+def _sub_level(a, b, c, e, flat, const, value, tol):
     """Whether the constant 2x2 blocks ``const`` of one image are a
     background whose noise is under the quantisation step, not padding.
 
     ``a, b, c, e`` are the image's four pixels per block, ``flat`` its
-    constant blocks, ``value`` that of ``const``, ``span`` an empty list, or
-    one holding the blocks' spans (filled on first use). At least
+    constant blocks, ``value`` that of ``const``. At least
     ``_NOISE_SUB_LEVEL`` of the (at least 10) non-constant blocks beside
     ``const`` span one step exactly, or have their pixels nearest to
     ``value`` (other than it) one step from it (:func:`_one_step`). Beside
@@ -604,7 +602,8 @@ def _sub_level(a, b, c, e, flat, const, value, span, tol):
     default model's operators 75 to 99 % of them span one level, against 22
     to 28 % of all; a steeper rise from a background on a level shows in the
     second test); beside padding they are a sample of the content.
-    Continuous data never tie so.
+    Continuous data never tie so. The whole image's statistics are computed
+    only when those of the blocks beside ``const`` pass.
     """
     if not bool(const.any()):
         return False
@@ -614,34 +613,42 @@ def _sub_level(a, b, c, e, flat, const, value, span, tol):
     near[:, 1:] |= const[:, :-1]
     near[:, :-1] |= const[:, 1:]
     near &= ~flat
-    n = int(near.sum())
-    if n < 10:
+    if int(near.sum()) < 10:
         return False
-    if not span:
-        span.append(torch.maximum(torch.maximum(a, b), torch.maximum(c, e))
-                    - torch.minimum(torch.minimum(a, b), torch.minimum(c, e)))
-    if _one_step(span[0], near, flat, tol):
-        return True
-    # ... or whose pixels nearest to the constant value are one step off it
-    # (a steeper rise, from a background on a level)
-    off = torch.stack([torch.where(x == value, torch.inf, (x - value).abs())
-                       for x in (a, b, c, e)]).amin(dim=0)
-    return _one_step(off, near, flat, tol)
+
+    def span(x):
+        return x.amax(dim=0) - x.amin(dim=0)
+
+    def off(x):
+        return torch.where(x == value, torch.inf, (x - value).abs()).amin(dim=0)
+
+    def stack(mask):
+        rows, cols = mask.nonzero(as_tuple=True)
+        return torch.stack([x[rows, cols] for x in (a, b, c, e)])
+
+    beside, rest = stack(near), []
+    return any(_one_step(size, beside, rest, lambda: stack(~flat), tol)
+               for size in (span, off))
 
 
-def _one_step(size, near, flat, tol):
-    """Whether ``_NOISE_SUB_LEVEL`` of the blocks ``near`` have the smallest
-    ``size`` among them (over twice ``tol``: a grid step), and
-    ``_NOISE_EDGE`` more of them than of all the non-constant blocks (those
-    next to padding are a sample of the content: noise of half a level in
-    flat content at the fill value spans one level in 72 % of either)."""
-    beside = size[near]
-    step = float(beside.min())
-    share = int((beside <= step + tol).sum()) / beside.numel()
+def _one_step(size, beside, rest, stack, tol):
+    """Whether ``_NOISE_SUB_LEVEL`` of the blocks ``beside`` a constant area
+    (their four pixels, stacked) have the smallest ``size`` (a statistic of
+    a block's pixels) among them, over twice ``tol`` (a grid step), and
+    ``_NOISE_EDGE`` more of them than of all the image's non-constant blocks
+    (``rest``: an empty list, or one holding those blocks' pixels, which
+    ``stack()`` gives): those next to padding are a sample of the content
+    (noise of half a level in flat content at the fill value spans one
+    level in 72 % of either)."""
+    values = size(beside)
+    step = float(values.min())
+    share = int((values <= step + tol).sum()) / values.numel()
     if step <= _NOISE_GRID * tol or share < _NOISE_SUB_LEVEL:
         return False
-    everywhere = int((size[~flat] <= step + tol).sum()) / int((~flat).sum())
-    return share >= everywhere + _NOISE_EDGE
+    if not rest:
+        rest.append(stack())
+    values = size(rest[0])
+    return share >= int((values <= step + tol).sum()) / values.numel() + _NOISE_EDGE
 
 
 def _grouped_sigma(x, m, tol):
