@@ -169,13 +169,16 @@ def weighted_mean(values, sample_weight=None):
     ``sample_weight`` (:func:`check_sample_weight`) when it is given.
 
     A sample of weight 0 is left out, so that its value, even ``inf`` (a
-    perfect PSNR) or NaN, does not make the mean NaN (``0 * inf``).
+    perfect PSNR) or NaN, does not make the mean NaN (``0 * inf``). The
+    weights are divided by the largest first: only their ratios count, and
+    the sum of huge weights (``1e307``) does not overflow to ``inf``.
     """
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if sample_weight is None:
         return float(values.mean())
     kept = sample_weight > 0
-    return float(np.average(values[kept], weights=sample_weight[kept]))
+    weights = sample_weight[kept]
+    return float(np.average(values[kept], weights=weights / weights.max()))
 
 
 def check_positive_int(value, name):

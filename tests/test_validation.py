@@ -137,6 +137,20 @@ def test_weighted_mean_leaves_out_samples_of_weight_zero():
     assert weighted_mean([np.inf, 1.0]) == np.inf
 
 
+def test_weighted_mean_of_huge_or_tiny_weights():
+    """Weights of 1e307 overflowed their sum to inf: the mean was 0 (NaN
+    for weights of 1e308), with only a RuntimeWarning. Only their ratios
+    count."""
+    import warnings
+
+    values = np.array([1.0, 2.0, 6.0])
+    for scale in (1e307, 1e308, np.finfo(np.float64).max, 1e-310):
+        w = check_sample_weight(scale * np.array([0.5, 0.5, 1.0]), 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert weighted_mean(values, w) == pytest.approx(15.0 / 4, rel=1e-12)
+
+
 @pytest.mark.parametrize("make", [sp.csr_matrix, sp.coo_array])
 def test_sparse_input_is_refused_by_name(make):
     """NumPy made a sparse matrix a 0-d object array: as_tensor failed with
