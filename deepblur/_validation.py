@@ -74,13 +74,19 @@ def check_finite(x, name):
 
 def check_dense(x, name):
     """Raise a ``TypeError`` naming ``name`` if ``x`` is a SciPy sparse
-    matrix or array: NumPy made it a 0-d object array, refused later with a
-    message about its dtype or a sequence."""
+    matrix or array (NumPy made it a 0-d object array, refused later with a
+    message about its dtype or a sequence) or a torch sparse tensor (which
+    failed in torch)."""
     if sp.issparse(x):
         raise TypeError(
             f"{name} must be a dense array or tensor; sparse input is not "
             f"supported (got a {type(x).__name__}): convert it with "
             f"{name}.toarray().")
+    if _is_tensor(x) and x.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense array or tensor; sparse input is not "
+            f"supported (got a tensor of layout {x.layout}): convert it with "
+            f"{name}.to_dense().")
     return x
 
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepblur._validation import check_dense
+
 __all__ = ["psnr", "snr", "psnr_scorer", "snr_scorer", "psf_field_scorer",
            "clean_ranges"]
 
 
 def _as_batch(x, name):
+    check_dense(x, name)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.is_floating_point():       # numpy has no bfloat16

@@ -82,6 +82,20 @@ def test_bad_inputs(fn):
         fn(np.ones(4), np.ones(4))
 
 
+
+@pytest.mark.parametrize("fn", [psnr, snr])
+def test_sparse_images_are_refused_by_name(fn):
+    """A SciPy sparse image failed with NumPy's "setting an array element
+    with a sequence", a torch sparse one in torch."""
+    import scipy.sparse as sp
+
+    ref = np.eye(4)
+    for bad in (sp.csr_matrix(ref), torch.eye(4).to_sparse()):
+        with pytest.raises(TypeError, match="estimate must be a dense array or "
+                                            "tensor; sparse input is not supported"):
+            fn(ref, bad)
+
+
 def test_psnr_constant_reference_needs_range():
     with pytest.raises(ValueError, match="data_range"):
         psnr(np.ones((4, 4)), np.zeros((4, 4)))

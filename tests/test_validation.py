@@ -163,3 +163,19 @@ def test_sparse_input_is_refused_by_name(make):
                            rf"{type(x).__name__}\): convert it with X.toarray\(\)"):
             check(x, "X")
     assert check_dense(np.eye(3), "X") is not None
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_tensors_are_refused_by_name(layout):
+    """A torch sparse tensor passed the sparse check: TVDeblurrer.transform
+    then failed in torch ("Could not run 'aten::as_strided' with arguments
+    from the 'SparseCPU' backend")."""
+    x = torch.eye(3)
+    x = x.to_sparse() if layout == "coo" else x.to_sparse_csr()
+    for check in (check_dense, check_real,
+                  lambda x, name: as_tensor(x, name=name)):
+        with pytest.raises(TypeError, match=r"^X must be a dense array or tensor; "
+                           r"sparse input is not supported \(got a tensor of "
+                           r"layout torch.sparse_.*\): convert it with "
+                           r"X.to_dense\(\)"):
+            check(x, "X")

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from deepblur._validation import (
     as_tensor,
     check_boundary,
+    check_dense,
     check_families,
     check_finite,
     check_images,
@@ -582,7 +583,7 @@ class ProductConvolutionBasis(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     def _run(self, method, x, gamma, name):
         check_is_fitted(self)
-        is_t = torch.is_tensor(x)
+        is_t = torch.is_tensor(check_dense(x, name))
         if not is_t:
             x = np.asarray(x)
         check_images(x, name, self.image_shape_)

@@ -65,13 +65,13 @@ _DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def _check_images(X, image_shape=None, name="X"):
     """(n, H, W) or (n, 1, H, W), finite -> float32 tensor (n, 1, H, W)."""
-    if torch.is_tensor(X):
+    if torch.is_tensor(check_dense(X, name)):
         t = X.detach()
         # as for arrays: a cast would drop an imaginary part, take booleans
         if t.dtype == torch.bool or t.is_complex():
             raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}.")
     else:
-        arr = np.asarray(check_dense(X, name))
+        arr = np.asarray(X)
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
         t = torch.from_numpy(native_contiguous(arr))

@@ -239,6 +239,23 @@ def test_random_operators_experiment_is_one_fit():
 
 
 # -------------------------------------------------------- operators on images
+def test_apply_refuses_sparse_images_by_name(rng):
+    """A SciPy sparse image was refused as "u must have 2 or 3 dimensions
+    ... got an array of shape () (0 dimensions)", a torch sparse one
+    failed in torch."""
+    import scipy.sparse as sp
+
+    fields, *_ = planted()
+    basis = ProductConvolutionBasis(3, image_shape=IMAGE).fit(fields)
+    g = basis.transform(fields)[0]
+    u = rng.random(IMAGE)
+    for method, name in ((basis.apply, "u"), (basis.adjoint, "v")):
+        for bad in (sp.csr_matrix(u), torch.as_tensor(u).to_sparse()):
+            with pytest.raises(TypeError, match=f"{name} must be a dense array "
+                                                "or tensor; sparse input"):
+                method(bad, g)
+
+
 def test_apply_types_devices_and_dtypes(rng):
     fields, *_ = planted()
     basis = ProductConvolutionBasis(3, image_shape=IMAGE).fit(fields)

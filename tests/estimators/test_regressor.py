@@ -583,6 +583,18 @@ def test_sparse_input_is_refused_by_name(setting, check):
     check("ResNetBlurRegressor", ResNetBlurRegressor(basis=setting[0], **SMALL))
 
 
+def test_sparse_tensors_are_refused_by_name(setting):
+    """A torch sparse tensor passed the sparse check and failed in torch."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL)
+    sparse = torch.as_tensor(X[:4]).to_sparse()
+    with pytest.raises(TypeError, match="X must be a dense array or tensor; "
+                                        "sparse input is not supported"):
+        net.fit(sparse, y[:4])
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        net.fit(X, y).predict(sparse)
+
+
 def test_set_params_device_on_a_trained_regressor_is_checked(setting, monkeypatch):
     """set_params(device='cuda') on a trained regressor was taken without a
     word where there is no CUDA (the module stayed on the CPU, net.device
