@@ -846,9 +846,10 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         ``predict`` and ``partial_fit`` run on the new device with the same
         weights). skorch 1.x only records the name, and the next ``predict``
         failed in torch (its inputs on the new device, the weights on the
-        old). A device that is not available (``"cuda"`` without CUDA) or a
-        ``mixed_precision`` it cannot run is refused before anything
-        changes; ``device=None`` (skorch's "move nothing") moves nothing.
+        old). A device that is not available (``"cuda"`` without CUDA,
+        ``"cuda:1"`` with one GPU) or a ``mixed_precision`` it cannot run is
+        refused before anything changes; ``device=None`` (skorch's "move
+        nothing") moves nothing.
         """
         check_no_shared_nested(self, params)
         target = None
@@ -887,6 +888,13 @@ class ResNetBlurRegressor(SupportCheckMixin, FrozenComponentsMixin,
         if device is None:
             return None
         target = resolve_device(device, auto=False)
+        # an index beyond the GPUs failed in torch's move, the device recorded
+        count = torch.cuda.device_count() if target.type == "cuda" else 0
+        if target.index is not None and target.type == "cuda" and target.index >= count:
+            raise ValueError(
+                f"device={device!r}: this machine has {count} CUDA device"
+                f"{'s' if count != 1 else ''} (cuda:0"
+                + (f" to cuda:{count - 1}" if count > 1 else "") + ").")
         check_mixed_precision(mixed_precision, target)
         return target
 

@@ -617,6 +617,26 @@ def test_set_params_device_on_a_trained_regressor_is_checked(setting, monkeypatc
         unfitted.fit(X, y)
 
 
+def test_set_params_device_refuses_a_cuda_index_beyond_the_devices(setting,
+                                                                    monkeypatch):
+    """set_params(device='cuda:1') on a one-GPU machine recorded the device
+    and then failed in torch while moving the module: net.device said
+    'cuda:1', the weights stayed where they were. Refused before anything
+    changes now (CUDA faked present: torch's move fails on a CPU build as
+    it does for a missing index)."""
+    basis, _, _, X, y = setting
+    net = ResNetBlurRegressor(basis=basis, max_epochs=1, **SMALL).fit(X, y)
+    expected = net.predict(X)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device='cuda:1': this machine has 1 "
+                                         r"CUDA device \(cuda:0\)"):
+        net.set_params(device="cuda:1")
+    assert net.device == "cpu"
+    monkeypatch.undo()
+    np.testing.assert_array_equal(net.predict(X), expected)
+
+
 def test_set_params_device_keeps_the_training_state(setting):
     """The move goes through the optimizer's state_dict: training goes on
     exactly as without it (Adam's moments and step counts kept)."""
