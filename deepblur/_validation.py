@@ -159,7 +159,10 @@ def check_sample_weight(sample_weight, n_samples):
     if sample_weight is None:
         return None
     if _is_tensor(sample_weight):
-        sample_weight = sample_weight.detach().cpu().numpy()
+        sample_weight = sample_weight.detach().cpu()
+        if sample_weight.is_floating_point():   # numpy has no bfloat16
+            sample_weight = sample_weight.to(torch.float64)
+        sample_weight = sample_weight.numpy()
     n_samples = int(n_samples)
     try:
         return _check_sample_weight(sample_weight, np.empty(n_samples),

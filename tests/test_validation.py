@@ -116,6 +116,11 @@ def test_check_sample_weight():
     out = check_sample_weight(torch.tensor([0.5, 1.0], requires_grad=True), 2)
     assert isinstance(out, np.ndarray) and out.dtype == np.float64
     np.testing.assert_array_equal(out, [0.5, 1.0])
+    # a bfloat16 tensor was a TypeError from torch ("Got unsupported
+    # ScalarType BFloat16"): numpy has no bfloat16
+    np.testing.assert_array_equal(
+        check_sample_weight(torch.tensor([0.5, 2.0], dtype=torch.bfloat16), 2),
+        [0.5, 2.0])
     for bad, detail in (([1.0, 2.0], r"shape == \(2,\), expected \(3,\)"),
                         ([1.0, -2.0, 1.0], "Negative"),
                         ([1.0, np.nan, 1.0], "NaN"),
