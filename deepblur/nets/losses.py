@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deepblur._validation import check_real
+from deepblur._validation import check_real, scalar_value
 
 __all__ = ["PSFMomentLoss", "RelativeFrobeniusLoss", "psf_moment_fields",
            "relative_frobenius_error"]
@@ -29,6 +27,17 @@ def _as_gram(gram):
         raise ValueError("gram must be symmetric (a Gram matrix); got an "
                          "asymmetric matrix.")
     return G
+
+
+def _check_eps(eps):
+    """``eps`` as a float: a finite, non-negative number (a 0-d array or
+    tensor too, but no boolean or string); a negative or NaN one made the
+    error of a perfect prediction NaN."""
+    value = scalar_value(eps)
+    if value is None or not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"eps must be a finite, non-negative float; got "
+                         f"{eps!r}.")
+    return value
 
 
 def relative_frobenius_error(gamma_true, gamma_pred, gram, eps=1e-12):
@@ -54,9 +63,17 @@ def relative_frobenius_error(gamma_true, gamma_pred, gram, eps=1e-12):
         computed in float32 (float16 overflows past 65 504; with the shipped
         basis's Gram matrix they reach 12 935 on 256 draws of its sampler,
         and they grow with the images' pixel count).
+
+    Raises
+    ------
+    ValueError
+        If an input is complex (casting it would drop its imaginary part) or
+        ``eps`` is not a finite, non-negative number.
     """
     check_real(gamma_true, "gamma_true")
     check_real(gamma_pred, "gamma_pred")
+    check_real(gram, "gram")
+    eps = _check_eps(eps)
     dtype = torch.promote_types(
         torch.promote_types(gamma_true.dtype, gamma_pred.dtype), torch.float32)
     gamma_true = gamma_true.to(dtype)
@@ -108,11 +125,7 @@ class RelativeFrobeniusLoss(nn.Module):
                 f"{reduction!r}."
             )
         self.reduction = reduction
-        if isinstance(eps, bool) or not (isinstance(eps, numbers.Real)
-                                         and np.isfinite(eps) and eps >= 0):
-            raise ValueError(f"eps must be a finite, non-negative float; got "
-                             f"{eps!r}.")
-        self.eps = float(eps)
+        self.eps = _check_eps(eps)
         self.register_buffer("gram", _as_gram(gram).to(torch.float32))
 
     def forward(self, y_pred, y_true):

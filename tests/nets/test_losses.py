@@ -167,6 +167,34 @@ def test_bad_eps_is_refused(basis, eps):
         torch.ones(1, 3), 2 * torch.ones(1, 3))) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("eps", [-1e-3, np.nan, "1e-3", True])
+def test_relative_frobenius_error_refuses_bad_eps_and_complex_gram(eps):
+    """The function behind the loss took what the loss refuses: a negative
+    or NaN eps gave NaN for a perfect prediction, and a complex Gram matrix
+    lost its imaginary part with only torch's UserWarning."""
+    g = torch.tensor([[3.0, 4.0]])
+    with pytest.raises(ValueError, match="eps must be a finite, non-negative"):
+        relative_frobenius_error(g, g, torch.eye(2), eps=eps)
+    with pytest.raises(ValueError, match="gram must be real"):
+        relative_frobenius_error(g, g, torch.eye(2) * (1 + 1j))
+
+
+@pytest.mark.parametrize("eps", [np.array(0.25), torch.tensor(0.25),
+                                 np.float32(0.25), 1])
+def test_eps_may_be_any_real_scalar(eps):
+    """A 0-d array or tensor eps, read by float() before, was refused
+    ('eps must be a finite, non-negative float; got tensor(0.2500)') once
+    eps was checked."""
+    loss = RelativeFrobeniusLoss(torch.eye(2), eps=eps)
+    assert loss.eps == float(eps)
+    g, p = torch.tensor([[3.0, 4.0]]), torch.tensor([[3.0, 3.0]])
+    # the mean of G's diagonal is 1: eps is added under both square roots
+    expected = np.sqrt((1 + float(eps)) / (25 + float(eps)))
+    assert float(loss(p, g)) == pytest.approx(expected, rel=1e-6)
+    assert float(relative_frobenius_error(g, p, torch.eye(2), eps=eps)[0]) \
+        == pytest.approx(expected, rel=1e-6)
+
+
 def _brute_force_moments(basis, gamma, row, col):
     """Raw moments of column (row, col) of the dense operator: the PSF there."""
     H, W = basis.image_shape_
