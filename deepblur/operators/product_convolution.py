@@ -145,12 +145,15 @@ class ProductConvolution:
     ----------
     kernels, maps : torch.Tensor
         The families as given (converted to tensors, on their original
-        device). Tensors and float32 or float64 arrays are not copied, so do
-        not modify them in place afterwards (e.g. reuse one array for the
-        maps of several operators): the kernels' spectra are cached at the
-        first call and the maps read at each, and the results would belong
-        to neither family (kernels scaled by 3 and maps by 2 in place after
-        a first call: results scaled by 2, not 6).
+        device). float32 and float64 tensors and C-contiguous arrays are
+        not copied, so do not modify them in place afterwards (e.g. reuse
+        one array for the maps of several operators): the kernels' spectra
+        are cached at the first call, and so are the maps when the images'
+        dtype or device differs from theirs (else the maps are read at each
+        call), and the results would belong to neither family (float64
+        kernels scaled by 3 and maps by 2 in place after a first call:
+        results of float64 images scaled by 2, not 6; of float32 images,
+        unchanged).
     image_shape : tuple of int
     kernel_shape : tuple of int
     n_components : int
