@@ -443,6 +443,9 @@ class ConeSampler(BaseEstimator):
         # an unknown name, or CUDA where there is none: a ValueError saying
         # so (torch's was an AssertionError, 'Torch not compiled with CUDA')
         device = torch.device("cpu") if device is None else resolve_device(device)
+        # checked before the seed is drawn, so that a refused call leaves the
+        # sampler's stream where it was (as ``sample`` does)
+        n_samples = _check_n_samples(n_samples)
         generators = torch.as_tensor(self.generators_, device=device)
         if generator is None:
             seed = int(self._rng.integers(np.iinfo(np.int64).max))

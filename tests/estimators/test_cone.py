@@ -333,6 +333,19 @@ def test_sampler_torch_refuses_a_device_it_cannot_use():
                                fresh.sample_torch(4), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("n_samples", [-1, 2.5, "3"])
+def test_sampler_torch_refused_n_samples_leaves_the_stream(n_samples):
+    """sample_torch drew its torch seed from the sampler's stream before
+    sample_cone_torch refused n_samples, so the refused call moved the
+    stream on (sample, the numpy twin, checks first)."""
+    sampler = ConeSampler(random_state=0).fit(np.eye(3))
+    with pytest.raises(ValueError, match="n_samples must be a non-negative int"):
+        sampler.sample_torch(n_samples)
+    fresh = ConeSampler(random_state=0).fit(np.eye(3))
+    torch.testing.assert_close(sampler.sample_torch(4), fresh.sample_torch(4),
+                               rtol=0, atol=0)
+
+
 # --- clone and persistence ----------------------------------------------------
 
 
