@@ -2063,6 +2063,9 @@ def test_dihedral_setting_is_closed_under_rotations_and_flips():
     (dict(symmetry="rotations"), "symmetry must be one of"),
     (dict(image_shape=(16, 20)), "square images and grids"),
     (dict(kernel_shape=(4, 4)), "odd kernel sizes"),
+    # a quarter turn of 3 x 5 kernels: dihedral_transform's 'a quarter turn
+    # (t=1) needs square images; got shape (3, 5)', after the operators
+    (dict(kernel_shape=(3, 5)), "needs square kernels.*got \\(3, 5\\)"),
     (dict(n_rays=12), "n_rays a multiple of 8"),
     # which components the CP fit keeps depends on the BLAS's summation
     # order and library versions: K=4, not closed when this test was written,

@@ -101,7 +101,7 @@ def make_default_setting(**overrides):
         Entries of :data:`DEFAULT_SETTING` to change (e.g. a smaller
         ``image_shape`` for a quick run). ``symmetry="dihedral"`` makes a
         setting closed under the rotations and flips of the square (square
-        images, odd kernels, ``n_rays`` a multiple of 8): the basis is fitted
+        images, odd square kernels, ``n_rays`` a multiple of 8): the basis is fitted
         to the ``n_operators`` random operators and their 8 rotated and
         flipped copies (the random family is invariant under them in
         distribution, so nothing is narrowed; the fit runs on one BLAS
@@ -238,6 +238,13 @@ def _check_dihedral(params):
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"symmetry='dihedral' needs odd kernel sizes (a turned "
                          f"kernel keeps its centre); got {params['kernel_shape']}.")
+    if kh != kw:
+        # dihedral_transform's 'a quarter turn (t=1) needs square images'
+        # said nothing of the kernels
+        raise ValueError(f"symmetry='dihedral' needs square kernels (a quarter "
+                         f"turn makes a kh x kw kernel kw x kh, which the "
+                         f"basis's kernel_shape cannot hold); got "
+                         f"{params['kernel_shape']}.")
     n = params["n_rays"]
     if n < N_DIHEDRAL or n % N_DIHEDRAL:
         raise ValueError(f"symmetry='dihedral' needs n_rays a multiple of "
