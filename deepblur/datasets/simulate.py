@@ -29,7 +29,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import IterableDataset, get_worker_info
 
-from deepblur._validation import all_finite, native_contiguous, resolve_device
+from deepblur._validation import (
+    all_finite,
+    native_contiguous,
+    resolve_device,
+    scalar_value,
+)
 from deepblur.datasets.images import extract_patches
 
 __all__ = ["BlurDataset", "blur_images", "make_blurred_images", "make_deblurring_pairs"]
@@ -52,12 +57,18 @@ def _check_range(value, name, low=0.0, allow_negative=False):
     if isinstance(value, Real) and not isinstance(value, bool):
         lo = hi = float(value)
     else:
-        try:
-            lo, hi = (float(v) for v in value)
-        except (TypeError, ValueError):
+        # numbers only: float() read ("0.01", "0.02") and (False, True)
+        pair = None
+        if not isinstance(value, (str, bytes)):
+            try:
+                pair = [scalar_value(v) for v in value]
+            except TypeError:
+                pass
+        if pair is None or len(pair) != 2 or None in pair:
             raise ValueError(
                 f"{name} must be a float or a (low, high) pair; got {value!r}."
-            ) from None
+            )
+        lo, hi = pair
     if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
         raise ValueError(
             f"{name} must be finite with low <= high; got {value!r}."

@@ -466,6 +466,11 @@ def test_dead_leaves_have_a_natural_power_spectrum():
     (dict(exponent=np.nan), "exponent"),
     (dict(value_range=(-0.1, 1)), "value_range"),
     (dict(value_range=(0.6, 0.2)), "value_range"),
+    # strings and booleans are no numbers: float() read them as (0, 1), (1, 5)
+    # and (1, 2)
+    (dict(value_range=("0", "1")), "value_range must be a pair"),
+    (dict(radius_range=(True, 5)), "radius_range must be a pair"),
+    (dict(radius_range="12"), "radius_range must be a pair"),
 ])
 def test_dead_leaves_bad_input(bad, match):
     kwargs = dict(n_images=1, image_shape=(8, 8)) | bad

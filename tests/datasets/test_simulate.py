@@ -219,6 +219,10 @@ def test_dataset_with_one_gamma_per_image_keeps_its_stream(basis, sampler, rng):
 @pytest.mark.parametrize("kwargs, match", [
     ({"noise_std": -0.1}, "noise_std"),
     ({"noise_std": (0.2, 0.1)}, "noise_std"),
+    # strings and booleans are no numbers: float() read them as (0.01, 0.02)
+    # and (0, 1)
+    ({"noise_std": ("0.01", "0.02")}, "noise_std must be a float or a"),
+    ({"noise_std": (False, True)}, "noise_std must be a float or a"),
     ({"noise_std": 0.1, "snr": 10.0}, "either"),
     ({"normalize": "max"}, "normalize"),
     ({"image_mean": 0.0}, "image_mean"),
