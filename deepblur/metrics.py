@@ -105,7 +105,12 @@ def psnr(reference, estimate, *, data_range=None):
     if data_range is None:
         rng = ref.max(axis=1) - ref.min(axis=1)
     else:
-        rng = np.asarray(data_range, dtype=np.float64)
+        rng = np.asarray(data_range)
+        if rng.dtype.kind not in "iuf":
+            # numbers only: numpy read True and "1" as 1.0
+            raise ValueError(f"data_range must hold numbers (a float, or one "
+                             f"per image); got {data_range!r}.")
+        rng = rng.astype(np.float64)
         if rng.ndim > 1 or rng.size not in (1, len(ref)):
             raise ValueError(
                 f"data_range must be a float or hold one value per image "

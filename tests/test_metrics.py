@@ -66,6 +66,13 @@ def test_half_precision_tensors(fn, dtype):
     assert got == pytest.approx(fn(ref.to(dtype).double(), est.to(dtype).double()))
 
 
+@pytest.mark.parametrize("data_range", [True, "1", ["1", "2"]])
+def test_psnr_data_range_must_hold_numbers(data_range):
+    """numpy read True and "1" as a data range of 1 (20 dB here)."""
+    with pytest.raises(ValueError, match="data_range must hold numbers"):
+        psnr(np.zeros((2, 4, 4)), np.full((2, 4, 4), 0.1), data_range=data_range)
+
+
 def test_psnr_data_range_of_another_length():
     with pytest.raises(ValueError,
                        match=r"one value per image \(3\); got shape \(2,\)"):
