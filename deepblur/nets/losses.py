@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deepblur._validation import check_real, scalar_value
+from deepblur._validation import check_families, check_real, scalar_value
 
 __all__ = ["PSFMomentLoss", "RelativeFrobeniusLoss", "psf_moment_fields",
            "relative_frobenius_error"]
@@ -182,6 +182,9 @@ def psf_moment_fields(kernels, maps):
             "kernels and maps must have shapes (K, h, w) and (K, H, W) with the "
             f"same K; got {e.shape} and {f.shape}."
         )
+    # kernels or maps of no pixel gave moments of 0 or NaN standardised
+    # targets; NaN or Inf ones NaN targets (as the operators refuse them)
+    check_families(e, f)
     i = (np.arange(e.shape[1]) - (e.shape[1] - 1) // 2)[:, None]
     j = (np.arange(e.shape[2]) - (e.shape[2] - 1) // 2)[None, :]
     m = np.stack([e.sum((1, 2)), (e * i**2).sum((1, 2)), (e * j**2).sum((1, 2)),

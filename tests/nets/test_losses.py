@@ -157,6 +157,23 @@ def test_complex_inputs_are_refused(rng):
             PSFMomentLoss(*args)
 
 
+@pytest.mark.parametrize("kernels, maps, match", [
+    (np.ones((2, 0, 3)), np.ones((2, 4, 4)), "kernels must be non-empty"),
+    (np.ones((2, 3, 3)), np.ones((2, 0, 4)), "maps must be non-empty"),
+    (np.full((2, 3, 3), np.nan), np.ones((2, 4, 4)),
+     "kernels must contain only finite"),
+])
+def test_moments_of_empty_or_non_finite_families_are_refused(kernels, maps, match):
+    """As the operators refuse them (f5e9f9b): kernels of no pixel gave
+    moment fields of 0 without a word, maps of no pixel a PSFMomentLoss with
+    NaN offsets that failed in torch's adaptive_avg_pool2d at its first
+    call, NaN kernels NaN targets."""
+    with pytest.raises(ValueError, match=match):
+        psf_moment_fields(kernels, maps)
+    with pytest.raises(ValueError, match=match):
+        PSFMomentLoss(kernels, maps, np.ones((5, 2)))
+
+
 @pytest.mark.parametrize("eps", [-1e-3, np.nan, np.inf, "1e-3", True, None])
 def test_bad_eps_is_refused(basis, eps):
     """A negative or NaN eps made the loss of a perfect prediction NaN, a
