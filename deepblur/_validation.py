@@ -142,6 +142,10 @@ def scalar_value(value):
     numbers, and arrays of other shapes no scalars."""
     if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
         return None
+    # a complex NumPy scalar's float() dropped its imaginary part with only a
+    # ComplexWarning, and a complex tensor's raised torch's RuntimeError
+    if value.is_complex() if _is_tensor(value) else np.iscomplexobj(value):
+        return None
     try:
         return float(value)
     except (TypeError, ValueError):

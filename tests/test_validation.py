@@ -15,6 +15,7 @@ from deepblur._validation import (
     check_finite,
     check_real,
     check_sample_weight,
+    scalar_value,
     weighted_mean,
 )
 
@@ -184,3 +185,19 @@ def test_sparse_tensors_are_refused_by_name(layout):
                            r"layout torch.sparse_.*\): convert it with "
                            r"X.to_dense\(\)"):
             check(x, "X")
+
+
+@pytest.mark.parametrize("value", [np.complex128(0.5 + 1j), np.complex64(0.5),
+                                   torch.tensor(0.5 + 1j), np.array(0.5 + 1j)])
+def test_scalar_value_is_none_for_complex_numbers(value):
+    """A complex NumPy scalar was read as its real part (with only a
+    ComplexWarning), so alpha_range=(np.complex128(0.5 + 1j), 1.5) and such
+    a noise_std or eps were taken; a complex tensor raised torch's
+    RuntimeError ('value cannot be converted to type double')."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scalar_value(value) is None
+    assert scalar_value(np.float32(0.5)) == scalar_value(torch.tensor(0.5)) == 0.5
+
