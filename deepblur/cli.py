@@ -326,18 +326,29 @@ def _write_whole(path, write):
     replaces it. An error or a Ctrl-C while writing leaves ``path`` as it
     was (an earlier output intact) and no half-written file. The file keeps
     the permissions of the one it replaces (a read-only one is refused),
-    else gets a new file's."""
+    else gets a new file's. A path that is not a plain file (a device or a
+    pipe, such as /dev/null) is written to as it is."""
     import os
     import tempfile
 
+    if os.path.exists(path) and not os.path.isfile(path):
+        # a device, a pipe or a folder (-o /dev/null, /dev/stdout): written
+        # in place, as before; a rename would replace it (/dev/null itself by
+        # a plain file, as root), or fail naming the temporary file
+        write(Path(path))
+        return
     path = Path(os.path.realpath(path))     # through a link, not over it
     if path.exists() and not os.access(path, os.W_OK):
         # a rename would replace it all the same
         raise CLIError(f"{str(path)!r} is read-only: it is not replaced.")
     # ending with the whole name: the writers read the format from it
-    # (tifffile an OME-TIFF from '.ome.tif')
+    # (tifffile an OME-TIFF from '.ome.tif'); with its end only where the
+    # whole would make too long a name (255 bytes on most file systems)
+    tail = path.name
+    while len(os.fsencode(tail)) > 200:
+        tail = tail[1:]
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=f".{path.name}",
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=f".{tail}",
                                    dir=path.parent)
     except OSError as exc:      # (its message would name the temporary file)
         raise CLIError(f"cannot write {str(path)!r} ({exc.strerror or exc}).") \

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -2286,6 +2287,40 @@ def test_outputs_are_written_whole_or_not_at_all(model_dir, blurry, capsys,
                         "--model", model_dir)
     assert code == 1 and "is read-only: it is not replaced" in err
     assert (tmp_path / "g.json").read_bytes() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_outputs_to_a_pipe_or_a_long_name_are_written(model_dir, blurry,
+                                                      capsys, tmp_path):
+    """The whole-or-nothing write renamed its temporary file over any path:
+    over a named pipe (or, as root, over /dev/null itself: it became a plain
+    file) instead of writing to it, and it refused a name of 250 bytes
+    ('File name too long': the temporary name is longer)."""
+    import stat
+
+    _, _, y = blurry
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, y.astype(np.float32))
+    pipe = tmp_path / "pipe.json"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)   # (the writer waits
+    try:                                                    # for none then)
+        code, _, err = _run(capsys, "estimate", image, "-o", pipe,
+                            "--model", model_dir)
+        assert code == 0, err
+        chunks = []
+        while chunk := os.read(reader, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert json.loads(b"".join(chunks))["K"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.json", "y.tif"]
+    long = tmp_path / ("g" * 245 + ".json")
+    code, _, err = _run(capsys, "estimate", image, "-o", long, "--model",
+                        model_dir)
+    assert code == 0, err
+    assert json.loads(long.read_text())["K"] == 6
 
 
 def test_train_resume_with_another_crop_table_says_how_to_keep_the_network(
