@@ -327,7 +327,8 @@ def _write_whole(path, write):
     was (an earlier output intact) and no half-written file. The file keeps
     the permissions of the one it replaces (a read-only one is refused),
     else gets a new file's. A path that is not a plain file (a device or a
-    pipe, such as /dev/null) is written to as it is."""
+    pipe, such as /dev/null) is written to as it is, and so is a file that
+    may be written in a folder that cannot hold the temporary one."""
     import os
     import tempfile
 
@@ -351,6 +352,11 @@ def _write_whole(path, write):
         fd, tmp = tempfile.mkstemp(prefix=".", suffix=f".{tail}",
                                    dir=path.parent)
     except OSError as exc:      # (its message would name the temporary file)
+        if path.is_file() and os.access(path, os.W_OK):
+            # a folder that takes no new file (no write permission on it) but
+            # an output that may be written: written in place, as before
+            write(path)
+            return
         raise CLIError(f"cannot write {str(path)!r} ({exc.strerror or exc}).") \
             from None
     os.close(fd)

@@ -2323,6 +2323,39 @@ def test_outputs_to_a_pipe_or_a_long_name_are_written(model_dir, blurry,
     assert json.loads(long.read_text())["K"] == 6
 
 
+def test_an_output_in_a_folder_that_takes_no_new_file_is_written(
+        model_dir, blurry, capsys, tmp_path, monkeypatch):
+    """A writable output in a folder without write permission (or an
+    immutable one) was written in place; the whole-or-nothing write, which
+    needs a temporary file beside it, refused it ('cannot write ... (Operation
+    not permitted)'). It is written in place there again; a new file that the
+    folder cannot take is still refused, naming the output."""
+    import tempfile
+
+    _, _, y = blurry
+    image = tmp_path / "y.tif"
+    tifffile.imwrite(image, y.astype(np.float32))
+    (tmp_path / "g.json").write_text("earlier")
+    real = tempfile.mkstemp
+
+    def no_new_file(*args, dir=None, **kwargs):     # as the folder's mode does
+        if Path(dir) == tmp_path:
+            raise PermissionError(1, "Operation not permitted")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_new_file)
+    code, _, err = _run(capsys, "estimate", image, "-o", tmp_path / "g.json",
+                        "--model", model_dir)
+    assert code == 0, err
+    assert json.loads((tmp_path / "g.json").read_text())["K"] == 6
+    code, _, err = _run(capsys, "estimate", image, "-o", tmp_path / "new.json",
+                        "--model", model_dir)
+    assert code == 1 and "Traceback" not in err
+    assert (f"error: cannot write {str(tmp_path / 'new.json')!r} (Operation not "
+            "permitted)") in err
+    assert not (tmp_path / "new.json").exists()
+
+
 def test_train_resume_with_another_crop_table_says_how_to_keep_the_network(
         capsys, tmp_path, monkeypatch):
     """A resume whose [crop_network] table changed was refused with 'train
