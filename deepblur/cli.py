@@ -59,8 +59,9 @@ _ESTIMATE_CONVENTION = (
     "the shipped one, blurred by the training operators) before the blur is "
     "estimated: gamma is the operator of the scaled image, with the training "
     "operators' gain (for an image of the model's size, printed as 'operator "
-    "gain' and saved with gain and scale in the JSON output). deblur rescales "
-    "it to unit gain, so that its output keeps the input's brightness."
+    "gain', the mass of its PSFs, and saved with gain and scale in the JSON "
+    "output). deblur divides it by that gain (unit gain, PSFs of mass 1), so "
+    "that its output keeps the input's brightness."
 )
 
 
@@ -593,11 +594,14 @@ def cmd_estimate(args):
     with _Warnings():
         gamma, scale = estimate_gamma(model, img)
     _warn_if_zero_boundary(model)
-    gain = operator_gain(model.basis, gamma)
+    # the mass of its PSFs: what deblur divides gamma by (unit gain, with
+    # either --boundary), not the zero boundary's whole-image gain
+    gain = operator_gain(model.basis, gamma, interior=True)
     distance, tolerance = _support_distance(model, gamma, args.project)
     print(f"model: {source} ({estimator} estimator)")
     print(f"gamma_hat (K={gamma.size}): " + " ".join(f"{g:.6g}" for g in gamma))
-    print(f"operator gain (on a flat image): {gain:.4f}")
+    print(f"operator gain (the mass of its PSFs, which deblur rescales to 1): "
+          f"{gain:.4f}")
     if distance is not None:
         print(f"distance to the operators the model was trained on: {distance:.4g}"
               " (relative; " + ("it warns above its support_tolerance "
