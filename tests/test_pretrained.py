@@ -2213,6 +2213,41 @@ def test_deblur_image_brings_the_operator_to_unit_psf_mass(boundary):
         restored[inside].mean(), rel=1e-3)
 
 
+def test_unit_gain_of_an_image_no_larger_than_the_kernels():
+    """An image with no pixel half a kernel from its border (9x9 kernels on
+    8x8): operator_gain(interior=True) is the mean mass of the PSFs
+    (sum_k gamma_k sum(e_k) f_k(x), averaged over the pixels), and
+    deblur_image rescales to it with either boundary. It raised 'the images
+    8x8 are too small for kernels (9, 9)', which since unit gain is the PSFs'
+    mass with boundary="model" too (c0bae16) refused deblur_image,
+    TVDeblurrer(unit_gain=True) and deblur_large there, where the whole
+    gain had been used."""
+    from deepblur import ProductConvolutionBasis, TVDeblurrer
+    from deepblur.pretrained import PretrainedModel, deblur_image, operator_gain
+
+    rng = np.random.default_rng(0)
+    kernels = rng.random((2, 9, 9))
+    maps = np.stack([np.linspace(0.2, 1.0, 64).reshape(8, 8),
+                     np.full((8, 8), 0.5)])
+    basis = ProductConvolutionBasis.from_components(kernels, maps)
+    gamma = np.array([1.5, 0.25])
+    # the PSF at each pixel, summed (pixel by pixel, as the model defines it)
+    mass = np.mean([sum(gamma[k] * basis.maps_[k][i, j] * basis.kernels_[k].sum()
+                        for k in range(2)) for i in range(8) for j in range(8)])
+    assert operator_gain(basis, gamma, interior=True) == pytest.approx(mass)
+    np.testing.assert_allclose(operator_gain(basis, np.stack([gamma, 2 * gamma]),
+                                             interior=True), [mass, 2 * mass])
+    model = PretrainedModel(basis, None, None, None, 0.01, {"image_mean": 0.5})
+    y = 0.5 + rng.random((8, 8))
+    for boundary in ("model", "unknown"):
+        _, used = deblur_image(model, y, gamma=gamma, boundary=boundary,
+                               max_iter=2)
+        np.testing.assert_allclose(used, gamma / mass)
+    U = TVDeblurrer(basis, unit_gain=True, boundary="model", lam=10.0,
+                    max_iter=2, device="cpu").fit().transform(y, gamma=gamma)
+    assert np.isfinite(U).all()
+
+
 def test_deblur_image_does_not_warn_about_counts_it_scaled_itself():
     """deblur_image scales the image to the model's mean before the solve: a
     sparse image may then peak far above 1 (here one pixel of 8 192, whole

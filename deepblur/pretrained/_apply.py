@@ -110,12 +110,6 @@ def _interior(basis):
     r, c = (k // 2 for k in basis.kernels_.shape[1:])
     mask = np.zeros((H, W), dtype=bool)
     mask[r:H - r, c:W - c] = True
-    if not mask.any():
-        raise ValueError(
-            f"the images {H}x{W} are too small for kernels "
-            f"{tuple(basis.kernels_.shape[1:])}: no pixel is half a kernel away "
-            "from the border."
-        )
     return mask
 
 
@@ -132,7 +126,9 @@ def operator_gain(basis, gamma, *, interior=False):
     interior : bool, default=False
         Average over the pixels at least half a kernel away from the border
         only: the mass of the PSFs there, whatever the boundary model (the
-        gain that :func:`deblur_image` rescales to 1). By default the whole
+        gain that :func:`deblur_image` rescales to 1). An image with no such
+        pixel (kernels as large as the image) gets the mean mass of its
+        PSFs, ``sum_k gamma_k sum(e_k) mean(f_k)``. By default the whole
         image, boundary losses included.
 
     Returns
@@ -153,8 +149,17 @@ def operator_gain(basis, gamma, *, interior=False):
     g = np.asarray(gamma, dtype=np.float64)
     ones = np.ones(tuple(basis.image_shape_))
     flat = np.asarray(basis.apply(ones, np.atleast_2d(g))).reshape(-1, ones.size)
+    inside = _interior(basis).ravel() if interior else None
+    if inside is not None and not inside.any():
+        # no pixel half a kernel from the border: the PSFs' mean mass (the
+        # PSF at x is sum_k f_k(x) e_k), what the interior measures elsewhere
+        kernels = np.asarray(basis.kernels_, dtype=np.float64)
+        maps = np.asarray(basis.maps_, dtype=np.float64)
+        mass = kernels.sum(axis=(1, 2)) * maps.reshape(len(maps), -1).mean(axis=1)
+        gains = np.atleast_2d(g) @ mass
+        return gains if g.ndim == 2 else float(gains[0])
     if interior:
-        flat = flat[:, _interior(basis).ravel()]
+        flat = flat[:, inside]
     gains = flat.mean(axis=1)
     return gains if g.ndim == 2 else float(gains[0])
 
