@@ -2237,6 +2237,12 @@ def test_unit_gain_of_an_image_no_larger_than_the_kernels():
     assert operator_gain(basis, gamma, interior=True) == pytest.approx(mass)
     np.testing.assert_allclose(operator_gain(basis, np.stack([gamma, 2 * gamma]),
                                              interior=True), [mass, 2 * mass])
+    # with flat maps, the gain half a kernel from the border of a larger
+    # image, where there is one: the same
+    flat = [ProductConvolutionBasis.from_components(kernels, np.ones((2,) + s))
+            for s in ((8, 8), (24, 24))]
+    assert operator_gain(flat[0], gamma, interior=True) == pytest.approx(
+        operator_gain(flat[1], gamma, interior=True))
     model = PretrainedModel(basis, None, None, None, 0.01, {"image_mean": 0.5})
     y = 0.5 + rng.random((8, 8))
     for boundary in ("model", "unknown"):
