@@ -152,6 +152,21 @@ def scalar_value(value):
         return None
 
 
+def number_pair(value):
+    """``value`` as ``(low, high)`` floats when it holds two numbers in the
+    sense of :func:`scalar_value`, else None (numpy's ``float()`` would read
+    ``("0.5", "1.5")`` and ``(False, True)`` as pairs of floats)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        pair = [scalar_value(v) for v in value]
+    except TypeError:
+        return None
+    if len(pair) != 2 or None in pair:
+        return None
+    return pair[0], pair[1]
+
+
 def check_sample_weight(sample_weight, n_samples):
     """The ``sample_weight`` of a ``score`` as float64 ``(n_samples,)``, or None.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import check_random_state
 
-from deepblur._validation import check_positive_int_pair, scalar_value
+from deepblur._validation import check_positive_int_pair, number_pair
 
 __all__ = [
     "MICROSCOPY_IMAGES",
@@ -774,13 +774,8 @@ def make_point_sources(n_images, image_shape=(128, 128), *, density=0.002,
 
 def _check_range(value, name, low, high, strict_low=False):
     # numbers only: float() read ("0", "1") and (False, True)
-    pair = None
-    if not isinstance(value, (str, bytes)):
-        try:
-            pair = [scalar_value(v) for v in value]
-        except TypeError:
-            pass
-    if pair is None or len(pair) != 2 or None in pair:
+    pair = number_pair(value)
+    if pair is None:
         raise ValueError(f"{name} must be a pair (low, high); got {value!r}.")
     lo, hi = pair
     if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi and hi <= high

@@ -32,8 +32,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from deepblur._validation import (
     all_finite,
     native_contiguous,
+    number_pair,
     resolve_device,
-    scalar_value,
 )
 from deepblur.datasets.images import extract_patches
 
@@ -58,13 +58,8 @@ def _check_range(value, name, low=0.0, allow_negative=False):
         lo = hi = float(value)
     else:
         # numbers only: float() read ("0.01", "0.02") and (False, True)
-        pair = None
-        if not isinstance(value, (str, bytes)):
-            try:
-                pair = [scalar_value(v) for v in value]
-            except TypeError:
-                pass
-        if pair is None or len(pair) != 2 or None in pair:
+        pair = number_pair(value)
+        if pair is None:
             raise ValueError(
                 f"{name} must be a float or a (low, high) pair; got {value!r}."
             )

@@ -60,8 +60,8 @@ from threadpoolctl import threadpool_limits
 from deepblur._validation import (
     check_finite,
     check_real,
+    number_pair,
     resolve_device,
-    scalar_value,
     user_stacklevel,
 )
 
@@ -185,12 +185,8 @@ def _check_alpha_range(alpha_range, name="alpha_range"):
 
     Each must be a number (a string or a boolean is none, though numpy
     would read ``("0.5", "1.5")`` and ``(True, 2)`` as floats)."""
-    try:
-        pair = [scalar_value(v) for v in alpha_range]
-    except TypeError:
-        pair = None
-    if (pair is None or isinstance(alpha_range, (str, bytes)) or len(pair) != 2
-            or None in pair):
+    pair = number_pair(alpha_range)
+    if pair is None:
         raise ValueError(
             f"{name} must be a pair (alpha_min, alpha_max) of floats; got "
             f"{alpha_range!r}."
