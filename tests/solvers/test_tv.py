@@ -627,3 +627,26 @@ def test_noise_level_of_8_bit_images_in_float16(level):
     y = ((smooth + level * rng.standard_normal(smooth.shape)) / 255)
     y = y.astype(np.float16)
     assert estimate_noise_level(y) == estimate_noise_level(y.astype(np.float64))
+
+
+def test_noise_level_of_a_camera_frame_beside_a_zero_border():
+    """A 12-bit camera frame (offset 100.5, noise half a level: 70 % of its
+    blocks span one level) beside a registration border of zeros, with
+    content away from the border: the border's neighbours span one level
+    more often than the image's blocks, and it was kept as a background
+    (0.31 for 0.68). A background's neighbours are one step off it; the
+    border's are 100 levels off, so it is left out as padding."""
+    from scipy.ndimage import gaussian_filter
+
+    from deepblur.solvers.tv import estimate_noise_level
+
+    rng = np.random.default_rng(0)
+    u = np.zeros((128, 128))
+    u[8:120, 80:124] = rng.random((112, 44)) > 0.7
+    counts = np.round(100.5 + 400 * gaussian_filter(u, 3)
+                      + 0.5 * rng.standard_normal(u.shape))
+    seen = estimate_noise_level(counts[:, 64:])
+    counts[:, :64] = 0
+    np.testing.assert_allclose(estimate_noise_level(counts), seen, rtol=1e-6)
+    np.testing.assert_allclose(estimate_noise_level(counts / 4095) * 4095,
+                               seen, rtol=0.02)
