@@ -425,7 +425,9 @@ def estimate_noise_level(y):
     minimum or the fill are kept, though, when two thirds of the
     non-constant blocks beside them span exactly one quantisation step, or
     have their pixels nearest to that value one step off it, and more of
-    them than of all the image's non-constant blocks: a quantised
+    them than of all the image's non-constant blocks (and none of them is
+    further off it than the smallest span among them: a zero border beside
+    a camera's offset is padding): a quantised
     background whose noise is under one grey level, turning to the next
     level around point sources, not padding (8-bit images of point sources
     blurred by the default model's operators read 0.9 to 1.2 grey levels
