@@ -178,11 +178,13 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
     ``background``, the fitted offset takes it), and ``gamma``'s gain comes
     out low by the share of the light they carry, its direction nearly
     unchanged (an 8-bit image of simulated sources with noise under one
-    grey level: 10 of its 14 sources found, 79 % of the light, gain 0.78,
-    direction off by 4.7 %). Lower ``threshold``, or give ``noise_std``,
-    where dim sources matter (the noise estimate, which leaves out the flat
-    background of such an image, read 0.56 grey level there, for the 0.29
-    of the rounding).
+    grey level, whose noise estimate then left out its flat background and
+    read 0.56 grey level for the 0.29 of the rounding: 10 of its 14 sources
+    found, 79 % of the light, gain 0.78, direction off by 4.7 %). Lower
+    ``threshold``, or give ``noise_std``, where dim sources matter (the
+    estimate now keeps such a background: 0.25 grey level on such images of
+    14 sources blurred by the shipped model, all of which were found;
+    ``benchmarks/README.md``).
 
     Examples
     --------
