@@ -429,9 +429,10 @@ def estimate_noise_level(y):
     further off it than the smallest span among them: a zero border beside
     a camera's offset is padding): a quantised
     background whose noise is under one grey level, turning to the next
-    level around point sources, not padding (8-bit images of point sources
-    blurred by the default model's operators read 0.9 to 1.2 grey levels
-    without it, 0.27 to 0.33 with it, for the 0.29 of their rounding).
+    level around point sources, not padding (point sources blurred by the
+    default model's operators, rounded to counts on a background of 10 with
+    peaks of 500 to 900, read 0.9 to 1.2 grey levels without it, 0.27 to
+    0.33 with it, for the 0.29 of their rounding: ``benchmarks/README.md``).
     Sources whose PSFs rise by more than a level per pixel from the
     background (a Gaussian of 1 pixel) do not show this, and their
     background is still left out.
