@@ -39,6 +39,7 @@ from deepblur.estimators._gamma import FrozenComponentsMixin
 from deepblur.metrics import clean_ranges, psnr
 from deepblur.solvers.tv import (
     REGULARIZATIONS,
+    _half_dtype,
     deblur,
     default_lam,
     warn_if_counts,
@@ -693,7 +694,10 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         g = self._gamma(X_t, X, gamma, single)
         operator = self.basis.operator_
         if isinstance(self.lam, str):
-            lam = default_lam(X_t, self.regularization)
+            # a half-precision X as it is (X_t is cast to the solver's dtype:
+            # float16 counts / 255 are read as the counts in their own dtype)
+            lam = default_lam(X_t if _half_dtype(X) is None else X,
+                              self.regularization)
         else:
             lam = float(self.lam)
         if self.boundary == "unknown":

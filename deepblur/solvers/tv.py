@@ -804,7 +804,10 @@ def default_lam(y, regularization="tv", *, sigma=None):
     if single:
         t = t[None]
     if sigma is None:
-        sig = np.atleast_1d(estimate_noise_level(t))
+        # a half-precision y as it is: as_tensor cast it up, and float16
+        # counts / 255 are read as the counts only in their own dtype
+        sig = np.atleast_1d(
+            estimate_noise_level(t if _half_dtype(y) is None else y))
     else:
         sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (t.shape[0],))
         if not np.all(np.isfinite(sig) & (sig > 0)):

@@ -650,3 +650,25 @@ def test_noise_level_of_a_camera_frame_beside_a_zero_border():
     np.testing.assert_allclose(estimate_noise_level(counts), seen, rtol=1e-6)
     np.testing.assert_allclose(estimate_noise_level(counts / 4095) * 4095,
                                seen, rtol=0.02)
+
+
+@pytest.mark.parametrize("level", [0.1, 0.5, 1.0])
+def test_default_lam_of_8_bit_images_in_float16(level):
+    """lam="auto" reads float16 counts / 255 as the counts, as
+    estimate_noise_level does: default_lam cast them up before estimating
+    their noise, where float16's rounding is no longer told from noise, and
+    gave 3.4, 0.30 and 2.0 times the lam of the same counts in float64."""
+    from scipy.ndimage import gaussian_filter
+
+    from deepblur.solvers.tv import default_lam
+
+    rng = np.random.default_rng(3)
+    smooth = gaussian_filter(rng.random((256, 256)), 8)
+    smooth = 40 + 180 * (smooth - smooth.min()) / np.ptp(smooth)
+    counts = np.round(smooth + level * rng.standard_normal(smooth.shape)) / 255
+    exact = default_lam(counts)
+    half = counts.astype(np.float16)
+    assert default_lam(half) == pytest.approx(exact, rel=1e-6)
+    assert default_lam(torch.from_numpy(half)) == pytest.approx(exact, rel=1e-6)
+    np.testing.assert_allclose(default_lam(np.stack([half, half])),
+                               [exact, exact], rtol=1e-6)
