@@ -25,7 +25,7 @@ from deepblur.estimators._gamma import (
 from deepblur.estimators.regressor import _check_images
 from deepblur.exceptions import NoPointSourceError, PoorPointSourceFitWarning
 from deepblur.solvers.point_sources import _check_start, fit_point_sources
-from deepblur.solvers.tv import estimate_noise_level
+from deepblur.solvers.tv import _half_dtype, estimate_noise_level
 
 __all__ = ["PointSourceBlurEstimator"]
 
@@ -316,7 +316,11 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         basis = self._predicting_basis()
         t = _check_images(X, self.image_shape_)[:, 0].to(torch.float64)
         if self.noise_std is None:
-            sigma = np.asarray(estimate_noise_level(t), dtype=np.float64)
+            # half precision in its own dtype (exact: t holds its values), in
+            # which float16 counts / 255 are read as the counts
+            half = _half_dtype(X)
+            sigma = np.asarray(estimate_noise_level(t if half is None else t.to(half)),
+                               dtype=np.float64)
         else:
             sigma = np.full(len(t), float(self.noise_std))
         threshold = float(self.threshold) * sigma * _filter_norm(float(self.smoothing))
