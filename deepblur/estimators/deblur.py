@@ -590,8 +590,15 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         else:
             g = self._check_gamma(gamma, "gamma", len(images))
             g = g.detach().cpu().numpy().astype(np.float64)
+        half = _half_dtype(X) if isinstance(self.lam, str) else None
         out, lams, n_iter, converged = [], [], [], []
         for i, img in enumerate(images):
+            lam = self.lam
+            if half is not None:
+                # lam="auto" of a half-precision image in its own dtype (img
+                # holds its values exactly), as the images of the basis's shape
+                lam = float(default_lam(torch.from_numpy(img).to(half),
+                                        self.regularization))
             if gamma is None:
                 with self._fitted_blur_estimator():
                     tiles, grid = estimate_tiles(img, estimator, self.image_shape_,
@@ -605,7 +612,7 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
                 tiles = self._unit_gain(tiles, grid)
             # (transform warned about counts once for the call)
             restored, info = _deblur_stitched(
-                img, self.basis, tiles, grid, lam=self.lam,
+                img, self.basis, tiles, grid, lam=lam,
                 boundary=self.boundary,
                 regularization=self.regularization, positive=self.positive,
                 max_iter=self.max_iter, tol=self.tol, inner_iter=self.inner_iter,

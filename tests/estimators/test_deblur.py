@@ -1071,3 +1071,23 @@ def test_auto_lam_of_8_bit_images_in_float16(basis, data):
     np.testing.assert_allclose(est.lam_, exact, rtol=1e-5)
     est.transform(torch.from_numpy(half[0]), gamma=gamma[0])
     np.testing.assert_allclose(est.lam_, exact[:1], rtol=1e-5)
+
+
+def test_auto_lam_of_8_bit_images_in_float16_larger_than_the_basis(basis):
+    """The same on images larger than the basis (tiled): their lam was
+    computed from the images cast to float64, 1.76 times the lam of the same
+    counts in float64 here."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    smooth = gaussian_filter(rng.random((64, 64)), 3)
+    smooth = 40 + 180 * (smooth - smooth.min()) / np.ptp(smooth)
+    counts = np.round(smooth + 0.3 * rng.standard_normal(smooth.shape)) / 255
+    est = _est(basis, lam="auto", max_iter=1, tol=0.0).fit()
+    est.transform(counts, gamma=np.ones(K))
+    exact = est.lam_.copy()
+    est.transform(counts.astype(np.float16), gamma=np.ones(K))
+    np.testing.assert_allclose(est.lam_, exact, rtol=1e-9)
+    est.transform(torch.from_numpy(np.stack([counts, counts]).astype(np.float16)),
+                  gamma=np.ones(K))
+    np.testing.assert_allclose(est.lam_, [exact[0], exact[0]], rtol=1e-9)
