@@ -547,6 +547,54 @@ def estimate_noise_level(y):
     return float(sigma[0]) if single else sigma
 
 
+def _quantisation_step(y):
+    """The step of the grid that each image's pixel values lie on (1 for
+    counts, ``1 / 255`` for 8-bit counts divided by 255), or 0 where they
+    lie on none (continuous data), read from the differences between
+    neighbouring pixels: the smallest one over the tie tolerance of
+    :func:`estimate_noise_level` (a millionth of the range, or the dtype's
+    rounding), when it is over twice that tolerance and at least 1 % (and
+    10) of those differences equal it within the tolerance, as they do
+    where rounding makes a staircase of one step. An image of two values
+    (a mask) has no step: its rounding is unknown. Rounding to a grid of
+    step ``q`` alone is noise of ``q / sqrt(12)`` that
+    :func:`estimate_noise_level` does not see on flat content (it returns
+    0 where nine tenths of the Haar coefficients are 0): the floor of the
+    point-source detection's noise level
+    (:class:`~deepblur.PointSourceBlurEstimator`).
+
+    Parameters
+    ----------
+    y : torch.Tensor of shape (n, H, W)
+
+    Returns
+    -------
+    step : numpy.ndarray of shape (n,)
+    """
+    half = _half_dtype(y)
+    t, _ = as_tensor(y, name="y")
+    if half is not None:
+        t = _counts_in_half(t, half)
+    if t.dtype != torch.float32:
+        t = t.to(torch.float64)
+    step = np.zeros(len(t))
+    for i, x in enumerate(t):
+        lo, hi = float(x.amin()), float(x.amax())
+        tol = max(1e-6 * (hi - lo),
+                  8 * torch.finfo(x.dtype).eps * max(abs(hi), abs(lo)))
+        diffs = torch.cat([(x[1:] - x[:-1]).abs().flatten(),
+                           (x[:, 1:] - x[:, :-1]).abs().flatten()])
+        diffs = diffs[diffs > tol]
+        if diffs.numel() == 0:
+            continue
+        q = float(diffs.min())
+        ties = int((diffs <= q + tol).sum())
+        if (q > _NOISE_GRID * tol and hi - lo > q + tol
+                and ties >= max(10, _NOISE_TIES * diffs.numel())):
+            step[i] = q
+    return step
+
+
 def _half_dtype(y):
     """``y``'s dtype when it is float16 or bfloat16 (a tensor or an array),
     else None: :func:`~deepblur._validation.as_tensor` casts them up."""

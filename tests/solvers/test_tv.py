@@ -672,3 +672,29 @@ def test_default_lam_of_8_bit_images_in_float16(level):
     assert default_lam(torch.from_numpy(half)) == pytest.approx(exact, rel=1e-6)
     np.testing.assert_allclose(default_lam(np.stack([half, half])),
                                [exact, exact], rtol=1e-6)
+
+
+def test_quantisation_step_of_counts_and_of_continuous_images():
+    """The grid of the pixel values that floors the point-source detection's
+    noise level: 1 for counts, 1 / 255 for counts divided by 255 (float32,
+    float16), 16 for 12-bit counts stored in 16 bits; none (0) for continuous
+    images, a two-valued mask or a constant image."""
+    from scipy.ndimage import gaussian_filter
+
+    from deepblur.solvers.tv import _quantisation_step
+
+    rng = np.random.default_rng(0)
+    smooth = gaussian_filter(rng.random((2, 64, 64)), (0, 4, 4))
+    smooth = 10 + 100 * (smooth - smooth.min()) / np.ptp(smooth)
+    counts = np.round(smooth + 0.02 * rng.standard_normal(smooth.shape))
+    np.testing.assert_array_equal(_quantisation_step(counts), [1.0, 1.0])
+    for dtype in (np.float32, np.float16):
+        np.testing.assert_allclose(
+            _quantisation_step((counts / 255).astype(dtype)), 1 / 255,
+            rtol=1e-3)
+    np.testing.assert_array_equal(_quantisation_step(16 * counts), [16, 16])
+    continuous = smooth + 0.02 * rng.standard_normal(smooth.shape)
+    mask = 255.0 * (smooth > 50)
+    flat = np.full((2, 64, 64), 3.0)
+    for y in (continuous, continuous.astype(np.float32), mask, flat):
+        np.testing.assert_array_equal(_quantisation_step(y), [0.0, 0.0])
