@@ -25,7 +25,7 @@ from deepblur.estimators._gamma import (
 from deepblur.estimators.regressor import _check_images
 from deepblur.exceptions import NoPointSourceError, PoorPointSourceFitWarning
 from deepblur.solvers.point_sources import _check_start, fit_point_sources
-from deepblur.solvers.tv import _half_dtype, estimate_noise_level
+from deepblur.solvers.tv import _half_dtype, _quantisation_step, estimate_noise_level
 
 __all__ = ["PointSourceBlurEstimator"]
 
@@ -113,11 +113,22 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         set since ``fit`` with another image shape or K needs a new ``fit``.
     threshold : float, default=10.0
         Detection threshold in noise standard deviations (of the filtered
-        image when ``smoothing > 0``).
+        image when ``smoothing > 0``). With ``noise_std=None``, a quantised
+        image's threshold is never under ``threshold`` times its rounding's
+        level (see ``noise_std``).
     noise_std : float, default=None
         Noise standard deviation of the images; ``None`` estimates it per
         image (:func:`deepblur.solvers.tv.estimate_noise_level`, which
-        overestimates it on sharp sources: a conservative threshold).
+        overestimates it on sharp sources: a conservative threshold), and
+        takes at least the level of the rounding, ``q / sqrt(12)``, for an
+        image whose values lie on a grid of step ``q`` (0.29 grey level for
+        8-bit counts; continuous images keep the estimate). The estimate
+        reads 0 for such an image whose noise is under one level on a
+        background on a level (nine tenths of its Haar coefficients are 0),
+        and every maximum of the rounding's staircase on the sources' flanks
+        was detected: 43 sources fitted for 14, direction of ``gamma`` off
+        by 57 % for 32.5 % with the floor, on an 8-bit image made with the
+        shipped point-source model.
     smoothing : float, default=0.0
         Gaussian filter (pixels) before the detection: 1-2 for very noisy
         images (SNR near 0 dB), where single pixels are not reliable maxima.
@@ -319,8 +330,12 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
             # half precision in its own dtype (exact: t holds its values), in
             # which float16 counts / 255 are read as the counts
             half = _half_dtype(X)
-            sigma = np.asarray(estimate_noise_level(t if half is None else t.to(half)),
-                               dtype=np.float64)
+            own = t if half is None else t.to(half)
+            sigma = np.asarray(estimate_noise_level(own), dtype=np.float64)
+            # a quantised image's rounding is noise that the estimate does
+            # not see on flat content (0 there): every maximum of the
+            # staircase on the sources' flanks was detected
+            sigma = np.maximum(sigma, _quantisation_step(own) / np.sqrt(12.0))
         else:
             sigma = np.full(len(t), float(self.noise_std))
         threshold = float(self.threshold) * sigma * _filter_norm(float(self.smoothing))

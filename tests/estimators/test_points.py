@@ -337,3 +337,41 @@ def test_noise_level_of_8_bit_images_in_float16(setting, monkeypatch):
         del thresholds[:]
         est.predict(counts.astype(np.float16))
     np.testing.assert_allclose(thresholds, exact, rtol=1e-5)
+
+
+def test_quantised_images_threshold_no_lower_than_their_rounding(setting):
+    """8-bit images of sources on a background on a grey level, noise far
+    under one level: nine tenths of the Haar coefficients are 0 and the
+    noise estimate is 0 (flat content), so the threshold was 0 and every
+    maximum of the rounding's staircase on the sources' flanks was detected
+    (20 sources fitted for 2 here, 9 and 12 of them bright). The noise level
+    is now floored at the rounding's, ``1 / sqrt(12)`` grey level (the grid
+    of the values); continuous images keep the estimate."""
+    from deepblur.solvers.tv import estimate_noise_level
+
+    basis, _, _, gamma = setting
+    est = PointSourceBlurEstimator(basis, gamma_init=gamma.mean(0)).fit()
+    truth = gamma[0] / np.linalg.norm(gamma[0])
+    for seed in (1, 2):
+        u = make_point_sources(1, (48, 48), density=0.002, random_state=seed)
+        x = blur_images(u, gamma[:1], basis, noise_std=None)
+        rng = np.random.default_rng(seed)
+        counts = np.round(100 * x / x.max() + 10
+                          + 0.017 * rng.standard_normal(x.shape))
+        assert estimate_noise_level(counts[0]) == 0.0
+        for y in (counts, (counts / 255).astype(np.float32)):
+            fit = est.predict_sources(y)[0]
+            assert len(fit.positions) == int((u > 0).sum()) == 2
+            direction = fit.gamma / np.linalg.norm(fit.gamma)
+            assert np.linalg.norm(direction - truth) < 0.03
+        # given the rounding's level, the same fit
+        given = clone(est).set_params(noise_std=1 / np.sqrt(12)).fit()
+        np.testing.assert_allclose(given.predict_sources(counts)[0].gamma,
+                                   est.predict_sources(counts)[0].gamma)
+        # continuous data: the estimate as it is
+        y = 100 * x / x.max() + 10 + 0.3 * rng.standard_normal(x.shape)
+        sigma = estimate_noise_level(y[0])
+        given = clone(est).set_params(noise_std=sigma).fit()
+        a, b = est.predict_sources(y)[0], given.predict_sources(y)[0]
+        np.testing.assert_array_equal(a.gamma, b.gamma)
+        np.testing.assert_array_equal(a.positions, b.positions)
