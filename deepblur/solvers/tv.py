@@ -582,15 +582,16 @@ def _quantisation_step(y):
         lo, hi = float(x.amin()), float(x.amax())
         tol = max(1e-6 * (hi - lo),
                   8 * torch.finfo(x.dtype).eps * max(abs(hi), abs(lo)))
-        diffs = torch.cat([(x[1:] - x[:-1]).abs().flatten(),
-                           (x[:, 1:] - x[:, :-1]).abs().flatten()])
-        diffs = diffs[diffs > tol]
-        if diffs.numel() == 0:
-            continue
-        q = float(diffs.min())
-        ties = int((diffs <= q + tol).sum())
+        # (one direction at a time: no copy of both on a large image)
+        diffs = [(x[1:] - x[:-1]).abs_(), (x[:, 1:] - x[:, :-1]).abs_()]
+        diffs = [d.masked_fill_(d <= tol, torch.inf) for d in diffs]
+        q = min((float(d.amin()) for d in diffs if d.numel()), default=np.inf)
+        if not np.isfinite(q):
+            continue                    # constant
+        size = sum(int(d.isfinite().sum()) for d in diffs)
+        ties = sum(int((d <= q + tol).sum()) for d in diffs)
         if (q > _NOISE_GRID * tol and hi - lo > q + tol
-                and ties >= max(10, _NOISE_TIES * diffs.numel())):
+                and ties >= max(10, _NOISE_TIES * size)):
             step[i] = q
     return step
 
