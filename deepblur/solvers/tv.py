@@ -597,13 +597,20 @@ def _quantisation_step(y):
 
 
 def _half_dtype(y):
-    """``y``'s dtype when it is float16 or bfloat16 (a tensor or an array),
-    else None: :func:`~deepblur._validation.as_tensor` casts them up."""
+    """``y``'s dtype when it is float16 or bfloat16 (a tensor or an array,
+    or a list or tuple of those all in that dtype), else None:
+    :func:`~deepblur._validation.as_tensor` casts them up."""
     dtype = getattr(y, "dtype", None)
     if isinstance(dtype, torch.dtype):
         return dtype if dtype in (torch.float16, torch.bfloat16) else None
-    if isinstance(dtype, np.dtype) and dtype == np.float16:
-        return torch.float16
+    if isinstance(dtype, np.dtype):
+        return torch.float16 if dtype == np.float16 else None
+    if isinstance(y, (list, tuple)) and len(y):
+        # a list of float16 images (the first element first: a list of
+        # Python numbers is not walked through)
+        first = _half_dtype(y[0])
+        if first is not None and all(_half_dtype(e) == first for e in y[1:]):
+            return first
     return None
 
 

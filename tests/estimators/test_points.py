@@ -336,6 +336,9 @@ def test_noise_level_of_8_bit_images_in_float16(setting, monkeypatch):
         exact = np.array(thresholds)
         del thresholds[:]
         est.predict(counts.astype(np.float16))
+        np.testing.assert_allclose(thresholds, exact, rtol=1e-5)
+        del thresholds[:]
+        est.predict(list(counts.astype(np.float16)))       # a list of them
     np.testing.assert_allclose(thresholds, exact, rtol=1e-5)
 
 

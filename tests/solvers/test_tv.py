@@ -660,7 +660,7 @@ def test_default_lam_of_8_bit_images_in_float16(level):
     gave 3.4, 0.30 and 2.0 times the lam of the same counts in float64."""
     from scipy.ndimage import gaussian_filter
 
-    from deepblur.solvers.tv import default_lam
+    from deepblur.solvers.tv import default_lam, estimate_noise_level
 
     rng = np.random.default_rng(3)
     smooth = gaussian_filter(rng.random((256, 256)), 8)
@@ -672,6 +672,12 @@ def test_default_lam_of_8_bit_images_in_float16(level):
     assert default_lam(torch.from_numpy(half)) == pytest.approx(exact, rel=1e-6)
     np.testing.assert_allclose(default_lam(np.stack([half, half])),
                                [exact, exact], rtol=1e-6)
+    # a list of float16 images too (3.4, 0.30 and 2.0 times before: the
+    # noise estimate too cast a list up before reading it)
+    for images in ([half, half], (torch.from_numpy(half),) * 2):
+        np.testing.assert_allclose(default_lam(images), [exact, exact], rtol=1e-6)
+        np.testing.assert_allclose(estimate_noise_level(images),
+                                   [estimate_noise_level(counts)] * 2, rtol=1e-6)
 
 
 def test_quantisation_step_of_counts_and_of_continuous_images():
