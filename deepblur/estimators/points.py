@@ -122,7 +122,7 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         overestimates it on sharp sources: a conservative threshold), and
         takes at least the level of the rounding, ``q / sqrt(12)``, for an
         image whose values lie on a grid of step ``q`` (0.29 grey level for
-        8-bit counts; continuous images keep the estimate). The estimate
+        8-bit counts; continuous images with noise keep the estimate). The estimate
         reads 0 for such an image whose noise is under one level on a
         background on a level (nine tenths of its Haar coefficients are 0),
         and every maximum of the rounding's staircase on the sources' flanks
