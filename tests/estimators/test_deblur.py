@@ -1091,3 +1091,9 @@ def test_auto_lam_of_8_bit_images_in_float16_larger_than_the_basis(basis):
     est.transform(torch.from_numpy(np.stack([counts, counts]).astype(np.float16)),
                   gamma=np.ones(K))
     np.testing.assert_allclose(est.lam_, [exact[0], exact[0]], rtol=1e-9)
+    # a list of float16 images
+    est.transform([counts.astype(np.float16), counts.T.astype(np.float16)],
+                  gamma=np.ones(K))
+    listed = est.lam_.copy()
+    est.transform(counts.T, gamma=np.ones(K))
+    np.testing.assert_allclose(listed, [exact[0], est.lam_[0]], rtol=1e-9)
