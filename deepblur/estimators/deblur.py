@@ -114,8 +114,11 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
         ``fit``.
     lam : float or "auto", default="auto"
         Weight of the data term, > 0. ``"auto"`` picks one per image from an
-        estimate of its noise level (:func:`deepblur.solvers.tv.default_lam`);
-        see ``benchmarks/README.md`` for how it compares with a grid search.
+        estimate of its noise level (:func:`deepblur.solvers.tv.default_lam`),
+        at least the rounding's for quantised images (``1 / 255 / sqrt(12)``
+        for 8-bit counts / 255, where the estimate can read 0 on a flat
+        background); see ``benchmarks/README.md`` for how it compares with a
+        grid search.
         It is calibrated for images scaled to [0, 1]: images in counts (8- or
         16-bit integers, or whole-numbered floats above 100) get a
         ``UserWarning``, as they would be over-smoothed.
