@@ -876,7 +876,9 @@ def default_lam(y, regularization="tv", *, sigma=None):
     if sigma is None:
         # a half-precision y as it is: as_tensor cast it up, and float16
         # counts / 255 are read as the counts only in their own dtype
-        own = t if _half_dtype(y) is None else y
+        # (t holds y's values exactly; a list of float16 images is no array)
+        half = _half_dtype(y)
+        own = t if half is None else t.to(half)
         sig = np.atleast_1d(estimate_noise_level(own))
         # a quantised image's rounding is noise that the estimate does not
         # see on flat content (0 there, and lam fell to its floor): at least
