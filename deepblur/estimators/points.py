@@ -25,7 +25,7 @@ from deepblur.estimators._gamma import (
 from deepblur.estimators.regressor import _check_images
 from deepblur.exceptions import NoPointSourceError, PoorPointSourceFitWarning
 from deepblur.solvers.point_sources import _check_start, fit_point_sources
-from deepblur.solvers.tv import _half_dtype, _quantisation_step, estimate_noise_level
+from deepblur.solvers.tv import _floored_noise_level, _half_dtype
 
 __all__ = ["PointSourceBlurEstimator"]
 
@@ -327,15 +327,7 @@ class PointSourceBlurEstimator(SharedBasisMixin, RegressorMixin, BaseEstimator):
         basis = self._predicting_basis()
         t = _check_images(X, self.image_shape_)[:, 0].to(torch.float64)
         if self.noise_std is None:
-            # half precision in its own dtype (exact: t holds its values), in
-            # which float16 counts / 255 are read as the counts
-            half = _half_dtype(X)
-            own = t if half is None else t.to(half)
-            sigma = np.asarray(estimate_noise_level(own), dtype=np.float64)
-            # a quantised image's rounding is noise that the estimate does
-            # not see on flat content (0 there): every maximum of the
-            # staircase on the sources' flanks was detected
-            sigma = np.maximum(sigma, _quantisation_step(own) / np.sqrt(12.0))
+            sigma = _floored_noise_level(t, _half_dtype(X))
         else:
             sigma = np.full(len(t), float(self.noise_std))
         threshold = float(self.threshold) * sigma * _filter_norm(float(self.smoothing))

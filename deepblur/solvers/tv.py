@@ -565,8 +565,8 @@ def _quantisation_step(y):
     step ``q`` alone is noise of ``q / sqrt(12)`` that
     :func:`estimate_noise_level` does not see on flat content (it returns
     0 where nine tenths of the Haar coefficients are 0): the floor of the
-    point-source detection's noise level
-    (:class:`~deepblur.PointSourceBlurEstimator`).
+    noise level of ``lam="auto"`` and of the point-source detection
+    (:func:`_floored_noise_level`).
 
     Parameters
     ----------
@@ -599,6 +599,22 @@ def _quantisation_step(y):
                 and ties >= max(10, _NOISE_TIES * size)):
             step[i] = q
     return step
+
+
+def _floored_noise_level(t, half=None):
+    """:func:`estimate_noise_level` of each image of ``t`` (n, H, W), at
+    least the rounding's level ``q / sqrt(12)`` for images whose values lie
+    on a grid of step ``q`` (:func:`_quantisation_step`; continuous images
+    keep the estimate): the estimate reads 0 on flat content, such as 8-bit
+    cells or point sources on a background on a grey level, where
+    ``lam="auto"`` fell to its floor and the point-source detection took
+    every maximum of the rounding's staircase. ``half``: the half-precision
+    dtype that ``t`` was cast up from (``t`` holds its values exactly; float16
+    counts / 255 are read as the counts only in their own dtype, and a list of
+    float16 images is no array)."""
+    own = t if half is None else t.to(half)
+    sigma = np.atleast_1d(np.asarray(estimate_noise_level(own), dtype=np.float64))
+    return np.maximum(sigma, _quantisation_step(own) / np.sqrt(12.0))
 
 
 def _half_dtype(y):
@@ -874,17 +890,7 @@ def default_lam(y, regularization="tv", *, sigma=None):
     if single:
         t = t[None]
     if sigma is None:
-        # a half-precision y as it is: as_tensor cast it up, and float16
-        # counts / 255 are read as the counts only in their own dtype
-        # (t holds y's values exactly; a list of float16 images is no array)
-        half = _half_dtype(y)
-        own = t if half is None else t.to(half)
-        sig = np.atleast_1d(estimate_noise_level(own))
-        # a quantised image's rounding is noise that the estimate does not
-        # see on flat content (0 there, and lam fell to its floor): at least
-        # the rounding's level, q / sqrt(12) (0 for continuous images)
-        step = _quantisation_step(own[None] if own.ndim == 2 else own)
-        sig = np.maximum(sig, step / np.sqrt(12.0))
+        sig = _floored_noise_level(t, _half_dtype(y))
     else:
         sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (t.shape[0],))
         if not np.all(np.isfinite(sig) & (sig > 0)):
