@@ -485,24 +485,13 @@ def estimate_noise_level(y):
         raise ValueError(
             f"y must have at least 2x2 pixels; got shape {tuple(t.shape)}."
         )
-    # float32 stays float32 (ample for a median, and half the memory traffic)
-    t = t[:, :h, :w]
-    if half is not None:
-        t = _counts_in_half(t, half)
-    if t.dtype != torch.float32:
-        t = t.to(torch.float64)
+    t = _noise_pixels(t[:, :h, :w], half)
     a, b = t[:, 0::2, 0::2], t[:, 1::2, 0::2]
     c, e = t[:, 0::2, 1::2], t[:, 1::2, 1::2]
     d = ((a - b - c + e) / 2.0).abs()
     lo = t.amin(dim=(1, 2), keepdim=True)
     hi = t.amax(dim=(1, 2), keepdim=True)
-    # ties: within a millionth of the range, or of the dtype's rounding at
-    # the largest magnitude (16-bit counts near saturation divided by 65535
-    # in float32 are off their grid by more than a millionth of their range)
-    tol = torch.maximum(
-        1e-6 * (hi - lo),
-        8 * torch.finfo(t.dtype).eps * torch.maximum(hi.abs(), lo.abs()),
-    ).reshape(-1, 1)
+    tol = _tie_tolerance(lo, hi, t.dtype).reshape(-1, 1)
     flat = (a == b) & (a == c) & (a == e)
     # saturation: no noise there
     clipped = flat & (a == hi)
@@ -578,15 +567,12 @@ def _quantisation_step(y):
     """
     half = _half_dtype(y)
     t, _ = as_tensor(y, name="y")
-    if half is not None:
-        t = _counts_in_half(t, half)
-    if t.dtype != torch.float32:
-        t = t.to(torch.float64)
+    t = _noise_pixels(t, half)
     step = np.zeros(len(t))
     for i, x in enumerate(t):
         lo, hi = float(x.amin()), float(x.amax())
-        tol = max(1e-6 * (hi - lo),
-                  8 * torch.finfo(x.dtype).eps * max(abs(hi), abs(lo)))
+        tol = float(_tie_tolerance(torch.tensor(lo, dtype=torch.float64),
+                                   torch.tensor(hi, dtype=torch.float64), x.dtype))
         # (one direction at a time: no copy of both on a large image)
         diffs = [(x[1:] - x[:-1]).abs_(), (x[:, 1:] - x[:, :-1]).abs_()]
         diffs = [d.masked_fill_(d <= tol, torch.inf) for d in diffs]
@@ -615,6 +601,27 @@ def _floored_noise_level(t, half=None):
     own = t if half is None else t.to(half)
     sigma = np.atleast_1d(np.asarray(estimate_noise_level(own), dtype=np.float64))
     return np.maximum(sigma, _quantisation_step(own) / np.sqrt(12.0))
+
+
+def _noise_pixels(t, half):
+    """The images ``t`` (n, H, W) in the dtype their noise is read in:
+    float16 counts / 255 as the counts (``half``: the dtype ``t`` was cast up
+    from; :func:`_counts_in_half`), float32 as it is (ample for a median, and
+    half the memory traffic), anything else in float64."""
+    if half is not None:
+        t = _counts_in_half(t, half)
+    return t if t.dtype == torch.float32 else t.to(torch.float64)
+
+
+def _tie_tolerance(lo, hi, dtype):
+    """Values within it of each other tie, for images of ``dtype`` between
+    ``lo`` and ``hi`` (tensors): a millionth of the range, or the dtype's
+    rounding at the largest magnitude (16-bit counts near saturation divided
+    by 65535 in float32 are off their grid by more than a millionth of their
+    range)."""
+    return torch.maximum(
+        1e-6 * (hi - lo),
+        8 * torch.finfo(dtype).eps * torch.maximum(hi.abs(), lo.abs()))
 
 
 def _half_dtype(y):
