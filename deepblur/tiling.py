@@ -1344,9 +1344,11 @@ def tile_gains(basis, gamma_tiles, *, interior=False):
     return gamma @ _component_gains(basis, interior)
 
 
-def _unit_gain_tiles(basis, gamma_tiles, grid):
+def _unit_gain_tiles(basis, gamma_tiles, grid=None, hint=None):
     """``gamma_tiles`` with each row divided by its interior :func:`tile_gains`
-    (the mass of its PSFs), whatever the boundary and the number of tiles.
+    (the mass of its PSFs), whatever the boundary and the number of tiles:
+    the rows are the tiles of ``grid``, or images where it is None; ``hint``
+    ends the message of a non-positive gain.
 
     A blur that keeps the light has PSFs of mass 1; the whole tile's gain
     also counts the light the zero boundary loses at the tile's border, which
@@ -1360,10 +1362,12 @@ def _unit_gain_tiles(basis, gamma_tiles, grid):
     gains = tile_gains(basis, gamma_tiles, interior=True)
     if not np.all(gains > 0):
         bad = int(np.argmin(gains))
+        where = (f"tile {bad} (offset {tuple(grid.offsets[bad])})"
+                 if grid is not None else f"image {bad}")
         raise ValueError(
-            f"the operator of tile {bad} (offset {tuple(grid.offsets[bad])}) has "
-            f"a non-positive gain {gains[bad]:.4g}: it cannot be rescaled to unit "
-            "gain."
+            f"the operator of {where} has a non-positive gain {gains[bad]:.4g}: "
+            "it cannot be rescaled to unit gain"
+            + (f"; {hint}." if hint else ".")
         )
     return np.asarray(gamma_tiles, dtype=np.float64) / gains[:, None]
 

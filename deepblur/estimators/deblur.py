@@ -455,22 +455,11 @@ class TVDeblurrer(FrozenComponentsMixin, TransformerMixin, BaseEstimator):
 
     def _unit_gain(self, gamma, grid=None):
         """``gamma`` (n, K) divided row-wise by its operator's gain, the mass
-        of its PSFs."""
-        from deepblur.tiling import tile_gains
+        of its PSFs (:func:`deepblur.tiling._unit_gain_tiles`)."""
+        from deepblur.tiling import _unit_gain_tiles
 
-        gamma = np.asarray(gamma, dtype=np.float64)
-        # the mass of the PSFs, whatever the boundary (tiling._unit_gain_tiles)
-        gains = tile_gains(self.basis, gamma, interior=True)
-        if not np.all(gains > 0):
-            bad = int(np.argmin(gains))
-            where = (f"tile {bad} (offset {tuple(grid.offsets[bad])})"
-                     if grid is not None else f"image {bad}")
-            raise ValueError(
-                f"the operator of {where} has a non-positive gain "
-                f"{gains[bad]:.4g}: it cannot be rescaled to unit gain; pass "
-                "unit_gain=False."
-            )
-        return gamma / gains[:, None]
+        return _unit_gain_tiles(self.basis, gamma, grid,
+                                hint="pass unit_gain=False")
 
     # ------------------------------------------------------------------ API
     @_fit_context(prefer_skip_nested_validation=True)
